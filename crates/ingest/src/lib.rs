@@ -1,0 +1,219 @@
+//! CrowdTick's ingest edge: the public vote API.
+//!
+//! - [`routes`]: `POST /v1/votes` and `POST /v1/votes/batch` (axum), body limits, JSON errors.
+//! - [`validate`] (pure): parse and judge a vote against its poll — exists, open at the stamped time,
+//!   choices fit, ids well-formed — with the [`schemas::ApiError`] each failure answers.
+//! - [`rate_limit`]: per-address token buckets.
+//! - [`Ingest`]: the shared state and [`Ingest::submit`], the one way a vote enters the log (the seed
+//!   API adapter uses it too): stamp, judge, encode (Avro), append with a deadline, answer.
+//!
+//! A 202 is only sent once the log says the vote is durable; if it cannot be durable before the
+//! deadline the log does not write it and the answer is 503 with `Retry-After`.
+
+pub mod rate_limit;
+pub mod routes;
+pub mod validate;
+
+use schemas::vote::{encode_vote, vote_key};
+use schemas::{partition_for, ApiError, PollId};
+use serde::Serialize;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use storage::{AppendBatch, EdgeReason, EdgeRejections, Log, LogError, PollCatalog, Topic};
+
+pub use routes::router;
+
+#[derive(Debug, Clone)]
+pub struct IngestConfig {
+    /// How long the edge waits for the log to make a vote durable before answering 503.
+    pub deadline: Duration,
+    pub max_vote_bytes: usize,
+    pub max_batch_bytes: usize,
+    pub max_batch_votes: usize,
+    /// Requests per second per client address (0: no limit), and the burst above it.
+    pub rate_limit_per_sec: u32,
+    pub rate_limit_burst: u32,
+    /// Loopback clients (load tests, a local proxy) are not rate limited.
+    pub rate_limit_exempt_loopback: bool,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            deadline: Duration::from_secs(2),
+            max_vote_bytes: 16 << 10,
+            max_batch_bytes: 8 << 20,
+            max_batch_votes: 10_000,
+            rate_limit_per_sec: 50,
+            rate_limit_burst: 100,
+            rate_limit_exempt_loopback: true,
+        }
+    }
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct IngestMetrics {
+    pub requests: AtomicU64,
+    pub batch_requests: AtomicU64,
+    pub votes_accepted: AtomicU64,
+    pub votes_rejected: AtomicU64,
+    pub votes_unavailable: AtomicU64,
+    /// Sum of append waits in microseconds (with `votes_accepted`, the mean durable latency).
+    pub append_wait_us: AtomicU64,
+}
+
+/// A durable vote's receipt.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Receipt {
+    pub vote_id: String,
+    pub poll_id: PollId,
+    pub partition: u32,
+    pub offset: u64,
+    pub accepted_at: String,
+}
+
+/// The edge's shared state.
+pub struct Ingest {
+    pub log: Arc<dyn Log>,
+    pub catalog: PollCatalog,
+    pub config: IngestConfig,
+    pub rejections: Arc<EdgeRejections>,
+    pub metrics: IngestMetrics,
+    pub(crate) limiter: rate_limit::RateLimiter,
+    ids: VoteIds,
+}
+
+impl Ingest {
+    pub fn new(
+        log: Arc<dyn Log>,
+        catalog: PollCatalog,
+        config: IngestConfig,
+        rejections: Arc<EdgeRejections>,
+    ) -> Arc<Self> {
+        let limiter = rate_limit::RateLimiter::new(
+            config.rate_limit_per_sec,
+            config.rate_limit_burst,
+            config.rate_limit_exempt_loopback,
+        );
+        Arc::new(Self {
+            log,
+            catalog,
+            config,
+            rejections,
+            metrics: Default::default(),
+            limiter,
+            ids: VoteIds::new(),
+        })
+    }
+
+    /// Stamps, judges and appends one vote; answers once it is durable.
+    pub async fn submit(
+        &self,
+        vote: &validate::VoteIn<'_>,
+        source: &str,
+    ) -> Result<Receipt, ApiError> {
+        let (accepted_at, poll) = self.catalog.stamp_and_get(vote.poll_id);
+        let options = validate::judge(vote, poll.as_deref(), accepted_at)
+            .inspect_err(|e| self.count_rejection(vote.poll_id, e))?;
+        let vote_id = match vote.vote_id.as_deref() {
+            Some(id) => id.to_owned(),
+            None => self.ids.next(),
+        };
+        let partitions = self.log.partitions(Topic::Votes);
+        let partition = partition_for(vote.poll_id, &vote.voter_id, partitions);
+        let mut batch = AppendBatch::with_capacity(1, 64 + vote_id.len() + 2 * vote.voter_id.len());
+        batch.push_with(
+            partition,
+            accepted_at,
+            |k| vote_key(vote.poll_id, &vote.voter_id, k),
+            |v| {
+                encode_vote(
+                    v,
+                    &vote_id,
+                    vote.poll_id,
+                    &vote.voter_id,
+                    &options,
+                    accepted_at,
+                    source,
+                )
+            },
+        );
+        let started = Instant::now();
+        let positions = self
+            .log
+            .append(Topic::Votes, batch, started + self.config.deadline)
+            .await
+            .map_err(|e| {
+                self.rejections
+                    .add(vote.poll_id, EdgeReason::Unavailable, 1);
+                self.metrics
+                    .votes_unavailable
+                    .fetch_add(1, Ordering::Relaxed);
+                unavailable(e)
+            })?;
+        self.metrics
+            .append_wait_us
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        self.metrics.votes_accepted.fetch_add(1, Ordering::Relaxed);
+        Ok(Receipt {
+            vote_id,
+            poll_id: vote.poll_id,
+            partition,
+            offset: positions[0].offset,
+            accepted_at: format_micros(accepted_at),
+        })
+    }
+
+    pub(crate) fn count_rejection(&self, poll: PollId, e: &ApiError) {
+        self.metrics.votes_rejected.fetch_add(1, Ordering::Relaxed);
+        if let Some(reason) = validate::edge_reason(e) {
+            self.rejections.add(poll, reason, 1);
+        }
+    }
+
+    pub(crate) fn next_vote_id(&self) -> String {
+        self.ids.next()
+    }
+}
+
+/// The 503 a log failure answers with.
+pub(crate) fn unavailable(e: LogError) -> ApiError {
+    match e {
+        LogError::Timeout | LogError::Overloaded => {
+            ApiError::unavailable("the vote log is busy and could not make the vote durable in time; it was not recorded — retry with the same vote_id", 1)
+        }
+        other => ApiError::unavailable(format!("the vote log is unavailable ({other}); the vote was not recorded — retry with the same vote_id"), 2),
+    }
+}
+
+/// RFC 3339 with microseconds, UTC.
+pub fn format_micros(us: i64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_micros(us.max(0) as u64);
+    humantime::format_rfc3339_micros(t).to_string()
+}
+
+/// Server-made vote ids: a random per-process prefix and a counter (no syscall per vote).
+struct VoteIds {
+    prefix: String,
+    counter: AtomicU64,
+}
+
+impl VoteIds {
+    fn new() -> Self {
+        let seed = schemas::now_micros() as u64 ^ ((std::process::id() as u64) << 40);
+        let mixed = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17) ^ seed;
+        Self {
+            prefix: format!("{mixed:016x}"),
+            counter: AtomicU64::new(0),
+        }
+    }
+    fn next(&self) -> String {
+        format!(
+            "{}-{}",
+            self.prefix,
+            self.counter.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+}

@@ -1,0 +1,271 @@
+//! The HTTP routes of the edge: `POST /v1/votes` and `POST /v1/votes/batch`.
+
+use crate::validate::{self, VoteIn};
+use crate::{format_micros, unavailable, Ingest};
+use axum::body::Body;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use schemas::vote::{encode_vote, vote_key};
+use schemas::{partition_for, ApiError};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+use storage::{AppendBatch, EdgeReason, Topic};
+
+pub fn router(ingest: Arc<Ingest>) -> Router {
+    Router::new()
+        .route("/v1/votes", post(post_vote))
+        .route("/v1/votes/batch", post(post_batch))
+        .layer(DefaultBodyLimit::disable())
+        .with_state(ingest)
+}
+
+/// Reads a request body up to `limit` bytes, after the per-address rate check.
+pub async fn read_body(
+    ingest: &Ingest,
+    req: Request,
+    limit: usize,
+) -> Result<axum::body::Bytes, ApiError> {
+    if let Some(ConnectInfo(addr)) = req.extensions().get::<ConnectInfo<SocketAddr>>() {
+        ingest
+            .limiter
+            .check(addr.ip(), Instant::now())
+            .map_err(ApiError::rate_limited)?;
+    }
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::too_large(limit));
+    }
+    axum::body::to_bytes(Body::new(req.into_body()), limit)
+        .await
+        .map_err(|e| {
+            let text = format!("{e:?}");
+            if text.contains("LengthLimit") {
+                ApiError::too_large(limit)
+            } else {
+                ApiError::bad_request(
+                    "unreadable_body",
+                    format!("the request body could not be read: {e}"),
+                )
+            }
+        })
+}
+
+async fn post_vote(State(ingest): State<Arc<Ingest>>, req: Request) -> Response {
+    ingest.metrics.requests.fetch_add(1, Ordering::Relaxed);
+    let result = async {
+        let body = read_body(&ingest, req, ingest.config.max_vote_bytes).await?;
+        let vote = validate::parse_vote(&body)?;
+        ingest.submit(&vote, "web").await
+    }
+    .await;
+    match result {
+        Ok(receipt) => (StatusCode::ACCEPTED, Json(receipt)).into_response(),
+        Err(e) => {
+            if e.code == "rate_limited" || e.code == "malformed" || e.code == "body_too_large" {
+                ingest
+                    .metrics
+                    .votes_rejected
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            e.into_response()
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct BatchIn<'a> {
+    #[serde(borrow)]
+    votes: Vec<&'a RawValue>,
+}
+
+#[derive(Deserialize, Default)]
+struct BatchQuery {
+    /// `rejected`: answer only the rejected votes (with their index).
+    results: Option<String>,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+enum VoteResult<'a> {
+    Accepted {
+        vote_id: Cow<'a, str>,
+        partition: u32,
+        offset: u64,
+    },
+    Rejected {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        index: Option<usize>,
+        error: serde_json::Value,
+    },
+}
+
+#[derive(Serialize)]
+struct BatchOut<'a> {
+    accepted: usize,
+    rejected: usize,
+    accepted_at: String,
+    results: Vec<VoteResult<'a>>,
+}
+
+/// Many votes in one request (SMS aggregators): judged one by one, appended as one batch, answered
+/// with a result per vote once the accepted ones are durable.
+async fn post_batch(
+    State(ingest): State<Arc<Ingest>>,
+    Query(q): Query<BatchQuery>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    ingest
+        .metrics
+        .batch_requests
+        .fetch_add(1, Ordering::Relaxed);
+    let body = read_body(&ingest, req, ingest.config.max_batch_bytes).await?;
+    let batch: BatchIn = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(
+            "malformed",
+            format!("the body must be {{\"votes\": [vote, …]}}: {e}"),
+        )
+    })?;
+    if batch.votes.len() > ingest.config.max_batch_votes {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_many_votes",
+            format!(
+                "a batch holds at most {} votes; this one has {}",
+                ingest.config.max_batch_votes,
+                batch.votes.len()
+            ),
+        ));
+    }
+    let only_rejected = q.results.as_deref() == Some("rejected");
+    let (accepted_at, polls) = ingest.catalog.stamp_and_snapshot();
+    let partitions = ingest.log.partitions(Topic::Votes);
+    let mut append = AppendBatch::with_capacity(batch.votes.len(), body.len());
+    // Per vote: Ok(vote_id, partition) awaiting its offset, or the rejection.
+    let mut judged: Vec<Result<(Cow<str>, u32), ApiError>> = Vec::with_capacity(batch.votes.len());
+    for raw in &batch.votes {
+        let verdict = serde_json::from_str::<VoteIn>(raw.get())
+            .map_err(validate::malformed)
+            .and_then(|vote| {
+                let choice =
+                    validate::judge(&vote, polls.get(&vote.poll_id).map(|p| &**p), accepted_at)
+                        .inspect_err(|e| ingest.count_rejection(vote.poll_id, e))?;
+                let vote_id = vote
+                    .vote_id
+                    .clone()
+                    .unwrap_or_else(|| Cow::Owned(ingest.next_vote_id()));
+                let partition = partition_for(vote.poll_id, &vote.voter_id, partitions);
+                append.push_with(
+                    partition,
+                    accepted_at,
+                    |k| vote_key(vote.poll_id, &vote.voter_id, k),
+                    |v| {
+                        encode_vote(
+                            v,
+                            &vote_id,
+                            vote.poll_id,
+                            &vote.voter_id,
+                            &choice,
+                            accepted_at,
+                            "batch",
+                        )
+                    },
+                );
+                Ok((vote_id, partition))
+            });
+        if let Err(e) = &verdict {
+            if e.code == "malformed" {
+                ingest
+                    .metrics
+                    .votes_rejected
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        judged.push(verdict);
+    }
+    let n_accepted = append.len();
+    let started = Instant::now();
+    let positions = if n_accepted > 0 {
+        ingest
+            .log
+            .append(Topic::Votes, append, started + ingest.config.deadline)
+            .await
+            .map_err(|e| {
+                ingest
+                    .metrics
+                    .votes_unavailable
+                    .fetch_add(n_accepted as u64, Ordering::Relaxed);
+                for (poll, n) in per_poll(&batch.votes, &judged) {
+                    ingest.rejections.add(poll, EdgeReason::Unavailable, n);
+                }
+                unavailable(e)
+            })?
+    } else {
+        Vec::new()
+    };
+    ingest
+        .metrics
+        .votes_accepted
+        .fetch_add(n_accepted as u64, Ordering::Relaxed);
+    ingest.metrics.append_wait_us.fetch_add(
+        started.elapsed().as_micros() as u64 * n_accepted as u64,
+        Ordering::Relaxed,
+    );
+
+    let mut positions = positions.into_iter();
+    let mut results = Vec::with_capacity(if only_rejected { 0 } else { judged.len() });
+    let mut rejected = 0;
+    for (index, verdict) in judged.into_iter().enumerate() {
+        match verdict {
+            Ok((vote_id, partition)) => {
+                let pos = positions.next().expect("one position per appended vote");
+                debug_assert_eq!(pos.partition, partition);
+                if !only_rejected {
+                    results.push(VoteResult::Accepted {
+                        vote_id,
+                        partition,
+                        offset: pos.offset,
+                    });
+                }
+            }
+            Err(e) => {
+                rejected += 1;
+                results.push(VoteResult::Rejected {
+                    index: only_rejected.then_some(index),
+                    error: e.body_json(),
+                });
+            }
+        }
+    }
+    let out = BatchOut {
+        accepted: n_accepted,
+        rejected,
+        accepted_at: format_micros(accepted_at),
+        results,
+    };
+    Ok((StatusCode::OK, Json(out)).into_response())
+}
+
+/// Accepted votes per poll (for accounting a failed append).
+fn per_poll(raw: &[&RawValue], judged: &[Result<(Cow<str>, u32), ApiError>]) -> Vec<(i64, u64)> {
+    let mut counts: std::collections::BTreeMap<i64, u64> = Default::default();
+    for (r, j) in raw.iter().zip(judged) {
+        if j.is_ok() {
+            if let Ok(v) = serde_json::from_str::<VoteIn>(r.get()) {
+                *counts.entry(v.poll_id).or_default() += 1;
+            }
+        }
+    }
+    counts.into_iter().collect()
+}

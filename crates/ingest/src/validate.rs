@@ -1,0 +1,248 @@
+//! Parsing and judging a vote: pure, no I/O. Every failure is the [`ApiError`] the client gets.
+
+use schemas::poll::{ChoiceError, PollState, MAX_OPTIONS};
+use schemas::{ApiError, Poll, PollId};
+use serde::Deserialize;
+use std::borrow::Cow;
+use storage::EdgeReason;
+
+pub const MAX_VOTER_ID: usize = 128;
+pub const MAX_VOTE_ID: usize = 64;
+
+/// A vote as a client sends it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct VoteIn<'a> {
+    pub poll_id: PollId,
+    #[serde(default)]
+    pub option_id: Option<i64>,
+    #[serde(default)]
+    pub option_ids: Option<Vec<i64>>,
+    #[serde(borrow)]
+    pub voter_id: Cow<'a, str>,
+    #[serde(borrow, default)]
+    pub vote_id: Option<Cow<'a, str>>,
+}
+
+/// The chosen options, checked, without a heap allocation.
+#[derive(Debug, Clone, Copy)]
+pub struct Choice {
+    options: [u32; MAX_OPTIONS],
+    len: usize,
+}
+
+impl std::ops::Deref for Choice {
+    type Target = [u32];
+    fn deref(&self) -> &[u32] {
+        &self.options[..self.len]
+    }
+}
+
+pub fn parse_vote(body: &[u8]) -> Result<VoteIn<'_>, ApiError> {
+    serde_json::from_slice(body).map_err(malformed)
+}
+
+pub fn malformed(e: serde_json::Error) -> ApiError {
+    ApiError::bad_request("malformed", format!("the body is not a valid vote: {e}"))
+}
+
+/// Judges a vote stamped at `accepted_at` against its poll (None: no such poll).
+pub fn judge(vote: &VoteIn<'_>, poll: Option<&Poll>, accepted_at: i64) -> Result<Choice, ApiError> {
+    check_id("voter_id", &vote.voter_id, MAX_VOTER_ID, "invalid_voter_id")?;
+    if let Some(id) = &vote.vote_id {
+        check_id("vote_id", id, MAX_VOTE_ID, "invalid_vote_id")?;
+    }
+    let single;
+    let chosen: &[i64] = match (&vote.option_id, &vote.option_ids) {
+        (Some(o), None) => {
+            single = [*o];
+            &single
+        }
+        (None, Some(list)) => list,
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "malformed",
+                "give either option_id or option_ids, not both",
+            ))
+        }
+        (None, None) => {
+            return Err(ApiError::bad_request(
+                "malformed",
+                "missing field `option_id` (or `option_ids` for a multi-choice poll)",
+            ))
+        }
+    };
+    let poll = poll.ok_or_else(|| {
+        ApiError::not_found("unknown_poll", format!("there is no poll {}", vote.poll_id))
+    })?;
+    match poll.state_at(accepted_at) {
+        PollState::Open => {}
+        PollState::Closed => {
+            return Err(ApiError::conflict(
+                "poll_closed",
+                format!("poll {} is closed; votes are no longer accepted", poll.id),
+            ))
+        }
+        PollState::Draft | PollState::Scheduled => {
+            return Err(ApiError::conflict(
+                "poll_not_open",
+                format!("poll {} is not open yet", poll.id),
+            ))
+        }
+    }
+    poll.rules()
+        .check_choice(chosen.iter().copied())
+        .map_err(|e| match e {
+            ChoiceError::TooMany { .. } => {
+                ApiError::unprocessable("too_many_choices", e.to_string())
+            }
+            _ => ApiError::unprocessable("invalid_option", e.to_string()),
+        })?;
+    let mut choice = Choice {
+        options: [0; MAX_OPTIONS],
+        len: chosen.len(),
+    };
+    for (slot, &o) in choice.options.iter_mut().zip(chosen) {
+        *slot = o as u32;
+    }
+    Ok(choice)
+}
+
+fn check_id(field: &str, value: &str, max: usize, code: &'static str) -> Result<(), ApiError> {
+    if value.is_empty() || value.len() > max || value.chars().any(char::is_control) {
+        return Err(ApiError::unprocessable(
+            code,
+            format!("{field} must be 1 to {max} bytes of printable text"),
+        ));
+    }
+    Ok(())
+}
+
+/// Which per-poll accounting bucket an edge rejection goes to (None: not attributable to a poll).
+pub fn edge_reason(e: &ApiError) -> Option<EdgeReason> {
+    match e.code {
+        "poll_closed" | "poll_not_open" => Some(EdgeReason::Closed),
+        "invalid_option" | "too_many_choices" | "invalid_voter_id" | "invalid_vote_id" => {
+            Some(EdgeReason::Invalid)
+        }
+        "rate_limited" => Some(EdgeReason::RateLimited),
+        "unavailable" => Some(EdgeReason::Unavailable),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::StatusCode;
+    use proptest::prelude::*;
+
+    fn poll() -> Poll {
+        Poll {
+            id: 7,
+            slug: "s".into(),
+            title: "t".into(),
+            options: vec!["a".into(), "b".into(), "c".into()],
+            max_choices: 2,
+            visibility: Default::default(),
+            opens_at: None,
+            closes_at: Some(1_000),
+            opened_at: Some(10),
+            closed_at: None,
+            revealed: false,
+            created_at: 0,
+            creator: None,
+        }
+    }
+
+    fn status(body: &str, at: i64) -> Result<Vec<u32>, (StatusCode, &'static str)> {
+        let p = poll();
+        let v = parse_vote(body.as_bytes()).map_err(|e| (e.status, e.code))?;
+        let found = (v.poll_id == 7).then_some(&p);
+        judge(&v, found, at)
+            .map(|c| c.to_vec())
+            .map_err(|e| (e.status, e.code))
+    }
+
+    #[test]
+    fn judges_each_kind_of_bad_vote() {
+        assert_eq!(
+            status(r#"{"poll_id":7,"option_id":1,"voter_id":"v"}"#, 500),
+            Ok(vec![1])
+        );
+        assert_eq!(
+            status(
+                r#"{"poll_id":7,"option_ids":[0,2],"voter_id":"v","vote_id":"x"}"#,
+                500
+            ),
+            Ok(vec![0, 2])
+        );
+        assert_eq!(
+            status(r#"{"poll_id":8,"option_id":1,"voter_id":"v"}"#, 500),
+            Err((StatusCode::NOT_FOUND, "unknown_poll"))
+        );
+        assert_eq!(
+            status(r#"{"poll_id":7,"option_id":1,"voter_id":"v"}"#, 5),
+            Err((StatusCode::CONFLICT, "poll_not_open"))
+        );
+        assert_eq!(
+            status(r#"{"poll_id":7,"option_id":1,"voter_id":"v"}"#, 1_000),
+            Ok(vec![1]),
+            "the close instant still counts"
+        );
+        assert_eq!(
+            status(r#"{"poll_id":7,"option_id":1,"voter_id":"v"}"#, 1_001),
+            Err((StatusCode::CONFLICT, "poll_closed"))
+        );
+        assert_eq!(
+            status(r#"{"poll_id":7,"option_id":3,"voter_id":"v"}"#, 500),
+            Err((StatusCode::UNPROCESSABLE_ENTITY, "invalid_option"))
+        );
+        assert_eq!(
+            status(r#"{"poll_id":7,"option_ids":[0,1,2],"voter_id":"v"}"#, 500),
+            Err((StatusCode::UNPROCESSABLE_ENTITY, "too_many_choices"))
+        );
+        assert_eq!(
+            status(r#"{"poll_id":7,"option_ids":[1,1],"voter_id":"v"}"#, 500),
+            Err((StatusCode::UNPROCESSABLE_ENTITY, "invalid_option"))
+        );
+        assert_eq!(
+            status(r#"{"poll_id":7,"option_id":1,"voter_id":""}"#, 500),
+            Err((StatusCode::UNPROCESSABLE_ENTITY, "invalid_voter_id"))
+        );
+        assert_eq!(
+            status(r#"{"poll_id":7,"voter_id":"v"}"#, 500),
+            Err((StatusCode::BAD_REQUEST, "malformed"))
+        );
+        assert_eq!(
+            status(r#"{"poll_id":"7","option_id":1,"voter_id":"v"}"#, 500),
+            Err((StatusCode::BAD_REQUEST, "malformed"))
+        );
+        assert_eq!(
+            status(r#"{"poll_id":7,"option_id":1,"voter_id":"v","#, 500),
+            Err((StatusCode::BAD_REQUEST, "malformed"))
+        );
+        assert_eq!(
+            status(r#"[]"#, 500),
+            Err((StatusCode::BAD_REQUEST, "malformed"))
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic_and_errors_are_4xx(body in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let p = poll();
+            match parse_vote(&body) {
+                Err(e) => prop_assert!(e.status.is_client_error()),
+                Ok(v) => if let Err(e) = judge(&v, Some(&p), 500) { prop_assert!(e.status.is_client_error()) },
+            }
+        }
+
+        #[test]
+        fn arbitrary_json_votes_never_panic(poll_id in any::<i64>(), option in any::<i64>(), voter in ".{0,200}") {
+            let body = serde_json::json!({"poll_id": poll_id, "option_id": option, "voter_id": voter}).to_string();
+            let p = poll();
+            let v = parse_vote(body.as_bytes()).unwrap();
+            if let Err(e) = judge(&v, Some(&p), 500) { prop_assert!(e.status.is_client_error()) }
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! The live results every reader shares: partials from the tallies topic, merged per poll.
+//!
+//! [`tail_tallies`] reads every tallies partition from the start and applies each partial to the
+//! [`ResultsBoard`]; each poll has a `watch` channel holding its latest [`Snapshot`], so a slow
+//! subscriber always gets the newest state and never a queue.
+
+use crate::merge::PollResults;
+use crate::runner::Published;
+use parking_lot::RwLock;
+use schemas::{now_micros, PartialTally, PollId, Rejections, WindowCount};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use storage::{Log, LogError, Topic};
+use tokio::sync::watch;
+
+/// A poll's merged results at one version.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct Snapshot {
+    pub poll_id: PollId,
+    pub version: i64,
+    pub counts: Vec<i64>,
+    pub voters: i64,
+    pub rejected: Rejections,
+    pub late_for_window: i64,
+    /// Every partition has counted everything accepted up to here (None until all have reported).
+    pub complete_until: Option<i64>,
+    pub updated_at: i64,
+}
+
+impl Snapshot {
+    /// Final: the poll has closed and every partition has counted everything accepted by then.
+    pub fn is_final(&self, close_time: Option<i64>) -> bool {
+        matches!((close_time, self.complete_until), (Some(c), Some(done)) if done >= c)
+    }
+
+    pub fn total_votes(&self) -> i64 {
+        self.counts.iter().sum()
+    }
+}
+
+struct Entry {
+    results: PollResults,
+    tx: watch::Sender<Arc<Snapshot>>,
+}
+
+/// Merged results of every poll, shared by the query API and the realtime fan-out.
+pub struct ResultsBoard {
+    polls: RwLock<HashMap<PollId, Entry>>,
+    /// Votes-topic partitions: a poll is complete when this many partitions have reported.
+    partitions: u32,
+}
+
+impl ResultsBoard {
+    pub fn new(partitions: u32) -> Self {
+        Self {
+            polls: RwLock::new(HashMap::new()),
+            partitions,
+        }
+    }
+
+    /// Merges a partial; subscribers of its poll are woken if anything changed.
+    pub fn apply(&self, tally: PartialTally) {
+        let mut polls = self.polls.write();
+        let poll_id = tally.poll_id;
+        let entry = polls.entry(poll_id).or_insert_with(|| Entry {
+            results: PollResults::default(),
+            tx: watch::channel(Arc::new(Snapshot {
+                poll_id,
+                ..Default::default()
+            }))
+            .0,
+        });
+        if entry.results.apply(tally) {
+            let snap = self.snapshot_of(poll_id, &entry.results);
+            entry.tx.send_replace(Arc::new(snap));
+        }
+    }
+
+    fn snapshot_of(&self, poll_id: PollId, r: &PollResults) -> Snapshot {
+        Snapshot {
+            poll_id,
+            version: r.version(),
+            counts: r.counts(0),
+            voters: r.voters(),
+            rejected: r.rejected(),
+            late_for_window: r.late_for_window(),
+            complete_until: r.complete_until(self.partitions),
+            updated_at: now_micros(),
+        }
+    }
+
+    /// The latest snapshot of a poll (empty, version 0, if nothing was counted yet).
+    pub fn snapshot(&self, poll_id: PollId) -> Arc<Snapshot> {
+        self.polls
+            .read()
+            .get(&poll_id)
+            .map(|e| e.tx.borrow().clone())
+            .unwrap_or_else(|| {
+                Arc::new(Snapshot {
+                    poll_id,
+                    ..Default::default()
+                })
+            })
+    }
+
+    /// A receiver that always holds the poll's latest snapshot.
+    pub fn subscribe(&self, poll_id: PollId) -> watch::Receiver<Arc<Snapshot>> {
+        if let Some(e) = self.polls.read().get(&poll_id) {
+            return e.tx.subscribe();
+        }
+        let mut polls = self.polls.write();
+        polls
+            .entry(poll_id)
+            .or_insert_with(|| Entry {
+                results: PollResults::default(),
+                tx: watch::channel(Arc::new(Snapshot {
+                    poll_id,
+                    ..Default::default()
+                }))
+                .0,
+            })
+            .tx
+            .subscribe()
+    }
+
+    pub fn timeline(&self, poll_id: PollId) -> Vec<WindowCount> {
+        self.polls
+            .read()
+            .get(&poll_id)
+            .map(|e| e.results.timeline())
+            .unwrap_or_default()
+    }
+
+    /// What has been published for one votes partition, per poll (to resume without re-emitting).
+    pub fn published(&self, partition: u32) -> Published {
+        self.polls
+            .read()
+            .iter()
+            .filter_map(|(&poll, e)| {
+                e.results
+                    .partial(partition as i32)
+                    .map(|t| (poll, (t.offset, t.complete_until)))
+            })
+            .collect()
+    }
+
+    /// Every poll's merged partials (for `recount`).
+    pub fn all_results(&self) -> HashMap<PollId, PollResults> {
+        self.polls
+            .read()
+            .iter()
+            .map(|(&id, e)| (id, e.results.clone()))
+            .collect()
+    }
+
+    pub fn partitions(&self) -> u32 {
+        self.partitions
+    }
+}
+
+/// Reads every tallies partition from `positions` up to its current end into the board; returns
+/// the positions reached. Used at start-up, before the processors resume.
+pub async fn load_tallies(log: &dyn Log, board: &ResultsBoard) -> Result<Vec<u64>, LogError> {
+    let mut positions = Vec::new();
+    for p in 0..log.partitions(Topic::Tallies) {
+        let end = log.high_watermark(Topic::Tallies, p).await?;
+        let mut next = 0;
+        while next < end {
+            let f = log
+                .fetch(Topic::Tallies, p, next, 4 << 20, Duration::ZERO)
+                .await?;
+            apply_fetched(board, &f);
+            next = f.next_offset();
+        }
+        positions.push(next);
+    }
+    Ok(positions)
+}
+
+/// Follows the tallies topic from `positions` until shutdown.
+pub async fn tail_tallies(
+    log: Arc<dyn Log>,
+    board: Arc<ResultsBoard>,
+    positions: Vec<u64>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let tasks: Vec<_> = positions
+        .into_iter()
+        .enumerate()
+        .map(|(p, mut next)| {
+            let (log, board, mut shutdown) = (log.clone(), board.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                loop {
+                    let f = tokio::select! {
+                        r = log.fetch(Topic::Tallies, p as u32, next, 4 << 20, Duration::from_secs(1)) => r,
+                        _ = shutdown.changed() => return,
+                    };
+                    match f {
+                        Ok(f) => {
+                            apply_fetched(&board, &f);
+                            next = f.next_offset();
+                        }
+                        Err(e) => {
+                            tracing::warn!(partition = p, error = %e, "reading the tallies topic failed; retrying");
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+fn apply_fetched(board: &ResultsBoard, f: &storage::Fetched) {
+    for (offset, _, _, value) in f.iter() {
+        match PartialTally::from_avro(value) {
+            Ok(t) => board.apply(t),
+            Err(e) => {
+                tracing::warn!(partition = f.partition, offset, error = %e, "undecodable partial tally; skipped")
+            }
+        }
+    }
+}

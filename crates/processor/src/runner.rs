@@ -1,0 +1,216 @@
+//! The partition tasks: each owns one votes partition, replays it from the start to rebuild its
+//! exact state (deterministic, so the rebuilt state equals the lost one), then keeps consuming and
+//! emits the absolute partials of changed polls to the tallies topic every flush interval.
+//!
+//! Positions are held here, not in the log: the consumer decides where it reads from. A partial is
+//! only written when it is newer than the one already published for its (poll, partition), so a
+//! replay after a crash re-emits nothing stale.
+
+use crate::pipeline::{Outcome, PartitionCounter, WindowConfig};
+use schemas::vote::decode_vote;
+use schemas::{now_micros, PartialTally, PollId};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use storage::{AppendBatch, Log, LogError, PollCatalog, Topic};
+use tokio::sync::watch;
+
+#[derive(Debug, Clone)]
+pub struct ProcessorConfig {
+    /// How often changed polls' partials are emitted.
+    pub flush_interval: Duration,
+    pub windows: WindowConfig,
+    pub max_fetch_bytes: usize,
+    /// The edge's deadline for making a vote durable. A record that was not written within it never
+    /// will be, so once caught up at time t, everything accepted before t − deadline is counted.
+    pub ingest_deadline: Duration,
+}
+
+impl Default for ProcessorConfig {
+    fn default() -> Self {
+        Self {
+            flush_interval: Duration::from_millis(50),
+            windows: WindowConfig::default(),
+            max_fetch_bytes: 1 << 20,
+            ingest_deadline: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct ProcessorMetrics {
+    pub records_read: AtomicU64,
+    pub votes_counted: AtomicU64,
+    pub votes_counted_late_for_window: AtomicU64,
+    pub votes_duplicate: AtomicU64,
+    pub votes_rejected: AtomicU64,
+    pub records_undecodable: AtomicU64,
+    pub partials_emitted: AtomicU64,
+    pub restarts: AtomicU64,
+}
+
+/// What a partition has already published per poll: (offset, complete_until).
+pub type Published = HashMap<PollId, (i64, i64)>;
+
+/// Runs one partition until shutdown, restarting it (replay from the start) after an error.
+pub async fn run_partition_supervised(
+    log: Arc<dyn Log>,
+    catalog: PollCatalog,
+    partition: u32,
+    config: ProcessorConfig,
+    published: Published,
+    metrics: Arc<ProcessorMetrics>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let mut published = published;
+    loop {
+        match run_partition(
+            log.clone(),
+            &catalog,
+            partition,
+            &config,
+            &mut published,
+            &metrics,
+            shutdown.clone(),
+        )
+        .await
+        {
+            Ok(()) => return,
+            Err(e) => {
+                metrics.restarts.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(partition, error = %e, "partition task failed; replaying it from the start in 1 s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if *shutdown.borrow() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// One pass of a partition task: replay, then follow the log until shutdown or an error.
+pub async fn run_partition(
+    log: Arc<dyn Log>,
+    catalog: &PollCatalog,
+    partition: u32,
+    config: &ProcessorConfig,
+    published: &mut Published,
+    metrics: &ProcessorMetrics,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), LogError> {
+    let mut counter = PartitionCounter::new(partition, config.windows);
+    let replay_to = log.high_watermark(Topic::Votes, partition).await?;
+    let started = Instant::now();
+    let mut replaying = replay_to > 0;
+    let mut last_flush = Instant::now();
+    loop {
+        let fetch_wall = now_micros();
+        let fetched = tokio::select! {
+            r = log.fetch(Topic::Votes, partition, counter.next_offset(), config.max_fetch_bytes, config.flush_interval) => r?,
+            _ = shutdown.changed() => break,
+        };
+        let polls = catalog.snapshot();
+        let (mut counted, mut late_window, mut dup, mut rejected, mut bad) =
+            (0u64, 0u64, 0u64, 0u64, 0u64);
+        for (offset, _ts, _key, value) in fetched.iter() {
+            match decode_vote(value) {
+                Ok(vote) => {
+                    let rules = polls.get(&vote.poll_id).map(|p| p.rules());
+                    match counter.apply(offset, &vote, rules.as_ref()) {
+                        Outcome::Counted => counted += 1,
+                        Outcome::CountedLate => {
+                            counted += 1;
+                            late_window += 1
+                        }
+                        Outcome::Duplicate => dup += 1,
+                        Outcome::Late | Outcome::Closed | Outcome::Invalid => rejected += 1,
+                    }
+                }
+                Err(e) => {
+                    bad += 1;
+                    tracing::warn!(partition, offset, error = %e, "undecodable record in the votes topic; skipped");
+                    counter.skip(offset);
+                }
+            }
+        }
+        metrics
+            .records_read
+            .fetch_add(fetched.len() as u64, Ordering::Relaxed);
+        metrics.votes_counted.fetch_add(counted, Ordering::Relaxed);
+        metrics
+            .votes_counted_late_for_window
+            .fetch_add(late_window, Ordering::Relaxed);
+        metrics.votes_duplicate.fetch_add(dup, Ordering::Relaxed);
+        metrics
+            .votes_rejected
+            .fetch_add(rejected, Ordering::Relaxed);
+        metrics
+            .records_undecodable
+            .fetch_add(bad, Ordering::Relaxed);
+
+        if counter.next_offset() >= fetched.high_watermark {
+            // Caught up with everything written before this fetch began.
+            let margin = (config.ingest_deadline + Duration::from_secs(1)).as_micros() as i64;
+            let closing = polls
+                .values()
+                .filter_map(|p| p.close_time().map(|c| (p.id, c)));
+            counter.mark_complete(fetch_wall - margin, closing);
+            if replaying {
+                replaying = false;
+                tracing::info!(
+                    partition,
+                    records = replay_to,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "partition state rebuilt from the log"
+                );
+            }
+        }
+        if !replaying && last_flush.elapsed() >= config.flush_interval {
+            flush(&*log, &mut counter, published, metrics).await?;
+            last_flush = Instant::now();
+        }
+    }
+    flush(&*log, &mut counter, published, metrics).await
+}
+
+async fn flush(
+    log: &dyn Log,
+    counter: &mut PartitionCounter,
+    published: &mut Published,
+    metrics: &ProcessorMetrics,
+) -> Result<(), LogError> {
+    let partials: Vec<PartialTally> = counter
+        .take_partials(now_micros())
+        .into_iter()
+        .filter(|t| match published.get(&t.poll_id) {
+            Some(&(offset, complete)) => {
+                t.offset > offset || (t.offset == offset && t.complete_until > complete)
+            }
+            None => true,
+        })
+        .collect();
+    if partials.is_empty() {
+        return Ok(());
+    }
+    let tally_partitions = log.partitions(Topic::Tallies);
+    let mut batch = AppendBatch::with_capacity(partials.len(), partials.len() * 128);
+    for t in &partials {
+        let p = (t.poll_id.rem_euclid(tally_partitions as i64)) as u32;
+        batch.push(p, t.emitted_at, &t.key(), &t.to_avro());
+    }
+    log.append(
+        Topic::Tallies,
+        batch,
+        Instant::now() + Duration::from_secs(10),
+    )
+    .await?;
+    metrics
+        .partials_emitted
+        .fetch_add(partials.len() as u64, Ordering::Relaxed);
+    for t in partials {
+        published.insert(t.poll_id, (t.offset, t.complete_until));
+    }
+    Ok(())
+}

@@ -1,0 +1,31 @@
+//! CrowdTick's query service: poll management, results, timelines, rejection accounting, the
+//! OpenAPI document and the web UI.
+//!
+//! - [`auth`]: operator API keys (`Authorization: Bearer`, `X-Api-Key` or `?key=`).
+//! - [`views`]: the JSON shapes of a poll and of its results (shared with the realtime service, so
+//!   a pushed update and a `GET` agree), including the embargo rule.
+//! - [`routes`]: `/v1/polls…` handlers.
+//! - [`ui`]: the pages in `ui/` (embedded in the binary, no build step), the QR code, `/openapi.json`.
+
+pub mod auth;
+pub mod routes;
+pub mod ui;
+pub mod views;
+
+use processor::ResultsBoard;
+use std::sync::Arc;
+use storage::{EdgeRejections, PollCatalog};
+
+pub use auth::OperatorKeys;
+pub use routes::router;
+
+/// The query service's shared state.
+#[derive(Clone)]
+pub struct QueryState {
+    pub catalog: PollCatalog,
+    pub board: Arc<ResultsBoard>,
+    pub keys: OperatorKeys,
+    pub edge_rejections: Arc<EdgeRejections>,
+    /// Base URL printed in QR codes and links (empty: taken from the request's Host header).
+    pub public_url: String,
+}

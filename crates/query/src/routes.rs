@@ -1,0 +1,354 @@
+//! `/v1/polls…`: create, list, read, open, close, reveal, results, timeline, rejections.
+
+use crate::views::{format_time, poll_view, results_view};
+use crate::QueryState;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use schemas::poll::{PollState, MAX_OPTIONS};
+use schemas::{now_micros, ApiError, Poll, PollId, Visibility};
+use serde::Deserialize;
+use serde_json::json;
+use storage::StoreError;
+
+pub fn router(state: QueryState) -> Router {
+    Router::new()
+        .route("/v1/polls", post(create_poll).get(list_polls))
+        .route("/v1/polls/{id}", get(get_poll))
+        .route("/v1/s/{slug}", get(get_poll_by_slug))
+        .route("/v1/polls/{id}/open", post(open_poll))
+        .route("/v1/polls/{id}/close", post(close_poll))
+        .route("/v1/polls/{id}/reveal", post(reveal_poll))
+        .route("/v1/polls/{id}/results", get(results))
+        .route("/v1/polls/{id}/timeline", get(timeline))
+        .route("/v1/polls/{id}/rejections", get(rejections))
+        .with_state(state)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreatePoll {
+    pub title: String,
+    pub options: Vec<String>,
+    #[serde(default)]
+    pub max_choices: Option<u32>,
+    #[serde(default)]
+    pub visibility: Option<Visibility>,
+    /// Open at once.
+    #[serde(default)]
+    pub open: bool,
+    #[serde(default)]
+    pub opens_at: Option<String>,
+    #[serde(default)]
+    pub closes_at: Option<String>,
+    #[serde(default)]
+    pub closes_in_secs: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+pub struct KeyQuery {
+    pub key: Option<String>,
+}
+
+fn parse_time(field: &str, s: &str) -> Result<i64, ApiError> {
+    humantime::parse_rfc3339_weak(s)
+        .map_err(|e| {
+            ApiError::unprocessable(
+                "invalid_time",
+                format!("{field}: {e}; use RFC 3339, e.g. 2026-11-24T20:00:00Z"),
+            )
+        })
+        .map(|t| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_micros() as i64)
+                .unwrap_or(0)
+        })
+}
+
+/// Checks a poll creation request and builds the poll (pure; also used by the seed API adapter).
+pub fn build_poll(
+    req: &CreatePoll,
+    id: PollId,
+    slug: String,
+    now: i64,
+    creator: Option<String>,
+) -> Result<Poll, ApiError> {
+    let title = req.title.trim().to_owned();
+    if title.is_empty() || title.chars().count() > 255 {
+        return Err(ApiError::unprocessable(
+            "invalid_title",
+            "title must be 1 to 255 characters",
+        ));
+    }
+    if req.options.len() < 2 || req.options.len() > MAX_OPTIONS {
+        return Err(ApiError::unprocessable(
+            "invalid_options",
+            format!(
+                "a poll has 2 to {MAX_OPTIONS} options; got {}",
+                req.options.len()
+            ),
+        ));
+    }
+    let options: Vec<String> = req.options.iter().map(|o| o.trim().to_owned()).collect();
+    for (i, o) in options.iter().enumerate() {
+        if o.is_empty() || o.chars().count() > 200 {
+            return Err(ApiError::unprocessable(
+                "invalid_options",
+                format!("option {i} must be 1 to 200 characters"),
+            ));
+        }
+        if options[..i].contains(o) {
+            return Err(ApiError::unprocessable(
+                "invalid_options",
+                format!("option \"{o}\" appears twice"),
+            ));
+        }
+    }
+    let max_choices = req.max_choices.unwrap_or(1);
+    if max_choices == 0 || max_choices as usize > options.len() {
+        return Err(ApiError::unprocessable(
+            "invalid_max_choices",
+            format!(
+                "max_choices must be 1 to {} (the number of options)",
+                options.len()
+            ),
+        ));
+    }
+    let opens_at = req
+        .opens_at
+        .as_deref()
+        .map(|s| parse_time("opens_at", s))
+        .transpose()?;
+    let mut closes_at = req
+        .closes_at
+        .as_deref()
+        .map(|s| parse_time("closes_at", s))
+        .transpose()?;
+    if let Some(secs) = req.closes_in_secs {
+        if closes_at.is_some() {
+            return Err(ApiError::unprocessable(
+                "invalid_time",
+                "give closes_at or closes_in_secs, not both",
+            ));
+        }
+        closes_at = Some(now + secs as i64 * 1_000_000);
+    }
+    let opened_at = req.open.then_some(now);
+    if let (Some(open), Some(close)) = (opens_at.or(opened_at), closes_at) {
+        if close <= open {
+            return Err(ApiError::unprocessable(
+                "invalid_time",
+                "closes_at must be after the poll opens",
+            ));
+        }
+    }
+    Ok(Poll {
+        id,
+        slug,
+        title,
+        options,
+        max_choices,
+        visibility: req.visibility.unwrap_or_default(),
+        opens_at,
+        closes_at,
+        opened_at,
+        closed_at: None,
+        revealed: false,
+        created_at: now,
+        creator,
+    })
+}
+
+pub fn store_error(e: StoreError) -> ApiError {
+    match e {
+        StoreError::NotFound(id) => {
+            ApiError::not_found("unknown_poll", format!("there is no poll {id}"))
+        }
+        StoreError::Rejected(msg) => ApiError::conflict("invalid_state", msg),
+        other => {
+            tracing::error!(error = %other, "poll store failed");
+            ApiError::unavailable(format!("the poll store failed: {other}"), 5)
+        }
+    }
+}
+
+async fn create_poll(
+    State(s): State<QueryState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    s.keys.require(&headers, None)?;
+    let req: CreatePoll = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request("malformed", format!("the body is not a valid poll: {e}"))
+    })?;
+    let now = now_micros();
+    // Validate before taking an id, so a bad request leaves nothing behind.
+    build_poll(&req, 0, String::new(), now, None)?;
+    let poll = s
+        .catalog
+        .create(|id, slug| {
+            build_poll(&req, id, slug, now, Some("operator".into())).expect("validated above")
+        })
+        .await
+        .map_err(store_error)?;
+    Ok((StatusCode::CREATED, Json(poll_view(&poll, now_micros()))).into_response())
+}
+
+async fn list_polls(State(s): State<QueryState>) -> Json<serde_json::Value> {
+    let now = now_micros();
+    let polls = s.catalog.list();
+    Json(json!({ "polls": polls.iter().map(|p| poll_view(p, now)).collect::<Vec<_>>() }))
+}
+
+pub fn find(s: &QueryState, id: PollId) -> Result<std::sync::Arc<Poll>, ApiError> {
+    s.catalog
+        .get(id)
+        .ok_or_else(|| ApiError::not_found("unknown_poll", format!("there is no poll {id}")))
+}
+
+/// Path ids that are not numbers are a 404 with a JSON body, like unknown ones.
+fn poll_id(raw: &str) -> Result<PollId, ApiError> {
+    raw.parse()
+        .map_err(|_| ApiError::not_found("unknown_poll", format!("there is no poll {raw:?}")))
+}
+
+async fn get_poll(
+    State(s): State<QueryState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let p = find(&s, poll_id(&id)?)?;
+    Ok(Json(poll_view(&p, now_micros())).into_response())
+}
+
+async fn get_poll_by_slug(
+    State(s): State<QueryState>,
+    Path(slug): Path<String>,
+) -> Result<Response, ApiError> {
+    let p = s.catalog.by_slug(&slug).ok_or_else(|| {
+        ApiError::not_found(
+            "unknown_poll",
+            format!("there is no poll with the code {slug:?}"),
+        )
+    })?;
+    Ok(Json(poll_view(&p, now_micros())).into_response())
+}
+
+async fn change(
+    s: &QueryState,
+    headers: &HeaderMap,
+    id: &str,
+    f: impl FnOnce(&mut Poll, i64) -> Result<(), String>,
+) -> Result<Response, ApiError> {
+    s.keys.require(headers, None)?;
+    let p = s
+        .catalog
+        .update(poll_id(id)?, f)
+        .await
+        .map_err(store_error)?;
+    tracing::info!(poll = p.id, state = ?p.state_at(now_micros()), "poll changed");
+    Ok(Json(poll_view(&p, now_micros())).into_response())
+}
+
+async fn open_poll(
+    State(s): State<QueryState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    change(&s, &headers, &id, |p, now| match p.state_at(now) {
+        PollState::Closed => Err(format!(
+            "poll {} is closed and cannot reopen (its results would change after the fact)",
+            p.id
+        )),
+        PollState::Open => Ok(()),
+        _ => {
+            p.opened_at = Some(now);
+            Ok(())
+        }
+    })
+    .await
+}
+
+async fn close_poll(
+    State(s): State<QueryState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    change(&s, &headers, &id, |p, now| {
+        if p.state_at(now) != PollState::Closed {
+            p.closed_at = Some(now);
+        }
+        Ok(())
+    })
+    .await
+}
+
+async fn reveal_poll(
+    State(s): State<QueryState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    change(&s, &headers, &id, |p, _| {
+        p.revealed = true;
+        Ok(())
+    })
+    .await
+}
+
+async fn results(
+    State(s): State<QueryState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<KeyQuery>,
+) -> Result<Response, ApiError> {
+    let p = find(&s, poll_id(&id)?)?;
+    let operator = s.keys.is_operator(&headers, q.key.as_deref());
+    let snap = s.board.snapshot(p.id);
+    Ok(Json(results_view(&p, &snap, operator, now_micros())).into_response())
+}
+
+async fn timeline(
+    State(s): State<QueryState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<KeyQuery>,
+) -> Result<Response, ApiError> {
+    let p = find(&s, poll_id(&id)?)?;
+    let now = now_micros();
+    if !s.keys.is_operator(&headers, q.key.as_deref()) && !p.results_public(now) {
+        return Ok(Json(
+            json!({"poll_id": p.id, "hidden": true, "window_ms": 1000, "windows": []}),
+        )
+        .into_response());
+    }
+    let windows: Vec<_> = s
+        .board
+        .timeline(p.id)
+        .into_iter()
+        .map(|w| json!({"start": format_time(w.start_ms * 1000), "start_ms": w.start_ms, "votes": w.votes}))
+        .collect();
+    Ok(
+        Json(json!({"poll_id": p.id, "hidden": false, "window_ms": 1000, "windows": windows}))
+            .into_response(),
+    )
+}
+
+async fn rejections(
+    State(s): State<QueryState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    s.keys.require(&headers, None)?;
+    let p = find(&s, poll_id(&id)?)?;
+    let snap = s.board.snapshot(p.id);
+    Ok(Json(json!({
+        "poll_id": p.id,
+        "edge": s.edge_rejections.get(p.id),
+        "processor": snap.rejected,
+        "late_for_window": snap.late_for_window,
+        "note": "edge: refused before the log (since this process started); processor: in the log but not counted",
+    }))
+    .into_response())
+}

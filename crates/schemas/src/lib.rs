@@ -1,0 +1,50 @@
+//! CrowdTick's data contracts.
+//!
+//! - [`vote`]: the vote record of the `votes` topic, its Avro codec (hand-rolled for the hot path,
+//!   checked byte for byte against `apache-avro`) and the partitioner (`hash(poll, voter)`).
+//! - [`tally`]: the absolute partial tally of the `tallies` topic (Avro via `apache-avro`).
+//! - [`poll`]: a poll's definition and lifecycle rules (open, close, visibility).
+//! - [`api_error`]: the one JSON error type every HTTP endpoint answers with.
+//! - `avro/*.avsc`, `sql/polls.sql`, `cql/tallies.cql`: the schema files themselves, embedded below.
+
+pub mod api_error;
+pub mod poll;
+pub mod tally;
+pub mod vote;
+
+pub use api_error::ApiError;
+pub use poll::{Poll, PollId, PollRules, Visibility};
+pub use tally::{PartialTally, Rejections, WindowCount};
+pub use vote::{partition_for, Vote, VoteRef};
+
+/// Avro schema of a vote (`io.crowdtick.Vote`).
+pub const VOTE_AVSC: &str = include_str!("../avro/vote.avsc");
+/// Avro schema of a partial tally (`io.crowdtick.PartialTally`).
+pub const TALLY_AVSC: &str = include_str!("../avro/tally.avsc");
+/// PostgreSQL schema: polls and partial tallies.
+pub const POSTGRES_SQL: &str = include_str!("../sql/polls.sql");
+/// ScyllaDB schema: partial tallies and windows.
+pub const SCYLLA_CQL: &str = include_str!("../cql/tallies.cql");
+
+/// Microseconds since the Unix epoch, the unit of every timestamp in the contracts.
+pub fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+/// Errors decoding a record.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("record truncated")]
+    Truncated,
+    #[error("malformed varint")]
+    BadVarint,
+    #[error("invalid UTF-8 in a string field")]
+    Utf8,
+    #[error("negative length")]
+    NegativeLength,
+    #[error("avro: {0}")]
+    Avro(String),
+}

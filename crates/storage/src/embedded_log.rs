@@ -1,0 +1,690 @@
+//! The embedded log: one append-only file per partition under `<dir>/<topic>/<partition>.log`.
+//!
+//! Frame: `[u32 body length][u32 CRC-32 of body][body: i64 timestamp µs, u32 key length, key, value]`
+//! (little endian). One writer thread takes every append request waiting in its queue, drops those
+//! whose deadline has passed (so a caller that gave up never has its record written), writes each
+//! partition's share with one `pwrite`, `fdatasync`s each partition it touched, and only then makes
+//! the records visible to readers and answers the callers: group commit, many records per fsync.
+//! On open, each file is scanned and cut at the first torn or corrupt frame (a crash mid-write).
+
+use crate::log::{AppendBatch, Fetched, Log, LogError, Position, Topic};
+use async_trait::async_trait;
+use parking_lot::RwLock;
+use std::fs::{File, OpenOptions};
+use std::io::{BufReader, Read};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot, watch};
+
+const HEADER: usize = 8;
+const BODY_FIXED: usize = 12;
+
+#[derive(Debug, Clone)]
+pub struct EmbeddedLogConfig {
+    pub dir: PathBuf,
+    pub votes_partitions: u32,
+    pub tallies_partitions: u32,
+    /// `fdatasync` before acknowledging (on by default; off only for throwaway benchmarks).
+    pub fsync: bool,
+    /// Append requests that may wait for the writer; past that, appends fail fast with `Overloaded`.
+    pub queue_capacity: usize,
+    /// Bytes the writer takes into one group commit at most.
+    pub max_group_bytes: usize,
+}
+
+impl EmbeddedLogConfig {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            votes_partitions: 8,
+            tallies_partitions: 1,
+            fsync: true,
+            queue_capacity: 65_536,
+            max_group_bytes: 8 << 20,
+        }
+    }
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct LogMetrics {
+    pub records_appended: AtomicU64,
+    pub bytes_appended: AtomicU64,
+    pub group_commits: AtomicU64,
+    pub fsyncs: AtomicU64,
+    pub appends_expired: AtomicU64,
+    pub appends_rejected_full: AtomicU64,
+}
+
+struct PartitionFile {
+    file: File,
+    /// Start position of every record, then the end of the last one: `len() - 1` records.
+    index: RwLock<Vec<u64>>,
+    high_watermark: watch::Sender<u64>,
+}
+
+struct TopicFiles {
+    partitions: Vec<PartitionFile>,
+}
+
+struct AppendRequest {
+    topic: Topic,
+    batch: AppendBatch,
+    deadline: Instant,
+    reply: oneshot::Sender<Result<Vec<Position>, LogError>>,
+}
+
+pub struct EmbeddedLog {
+    topics: Arc<Vec<TopicFiles>>,
+    queue: Option<mpsc::Sender<AppendRequest>>,
+    pub metrics: Arc<LogMetrics>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+struct Meta {
+    votes_partitions: u32,
+    tallies_partitions: u32,
+}
+
+impl EmbeddedLog {
+    /// Opens (or creates) the log for reading and writing; starts the writer thread.
+    pub fn open(config: EmbeddedLogConfig) -> Result<Self, LogError> {
+        let meta = Self::check_meta(&config)?;
+        let topics = Arc::new(Self::open_topics(&config.dir, &meta, true)?);
+        let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
+        let metrics = Arc::new(LogMetrics::default());
+        let writer = Writer {
+            topics: topics.clone(),
+            fsync: config.fsync,
+            max_group_bytes: config.max_group_bytes,
+            metrics: metrics.clone(),
+        };
+        std::thread::Builder::new()
+            .name("log-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| LogError::Io(e.to_string()))?;
+        Ok(Self {
+            topics,
+            queue: Some(tx),
+            metrics,
+        })
+    }
+
+    /// Opens an existing log for reading only, without cutting anything (for `recount` beside a
+    /// running server). Records written after opening are not seen.
+    pub fn open_read_only(dir: &Path) -> Result<Self, LogError> {
+        let meta: Meta = read_meta(dir)?.ok_or_else(|| {
+            LogError::Config(format!(
+                "no log in {} (meta.json missing): is this the server's data directory?",
+                dir.display()
+            ))
+        })?;
+        let topics = Arc::new(Self::open_topics(dir, &meta, false)?);
+        Ok(Self {
+            topics,
+            queue: None,
+            metrics: Default::default(),
+        })
+    }
+
+    fn check_meta(config: &EmbeddedLogConfig) -> Result<Meta, LogError> {
+        let want = Meta {
+            votes_partitions: config.votes_partitions,
+            tallies_partitions: config.tallies_partitions,
+        };
+        if want.votes_partitions == 0 || want.tallies_partitions == 0 {
+            return Err(LogError::Config(
+                "partition counts must be at least 1".into(),
+            ));
+        }
+        std::fs::create_dir_all(&config.dir).map_err(io)?;
+        match read_meta(&config.dir)? {
+            Some(have) if have != want => Err(LogError::Config(format!(
+                "the log in {} has {} votes and {} tallies partitions but the configuration asks for {} and {}; \
+                 partition counts cannot change once votes are written (votes are placed by hash(poll, voter) mod partitions)",
+                config.dir.display(), have.votes_partitions, have.tallies_partitions, want.votes_partitions, want.tallies_partitions
+            ))),
+            Some(have) => Ok(have),
+            None => {
+                let tmp = config.dir.join("meta.json.tmp");
+                std::fs::write(&tmp, serde_json::to_vec_pretty(&want).unwrap()).map_err(io)?;
+                std::fs::rename(&tmp, config.dir.join("meta.json")).map_err(io)?;
+                Ok(want)
+            }
+        }
+    }
+
+    fn open_topics(dir: &Path, meta: &Meta, writable: bool) -> Result<Vec<TopicFiles>, LogError> {
+        Topic::ALL
+            .iter()
+            .map(|&topic| {
+                let n = match topic {
+                    Topic::Votes => meta.votes_partitions,
+                    Topic::Tallies => meta.tallies_partitions,
+                };
+                let tdir = dir.join(topic.name());
+                if writable {
+                    std::fs::create_dir_all(&tdir).map_err(io)?;
+                }
+                let partitions = (0..n)
+                    .map(|p| open_partition(&tdir.join(format!("{p:05}.log")), writable))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(TopicFiles { partitions })
+            })
+            .collect()
+    }
+
+    fn partition(&self, topic: Topic, partition: u32) -> Result<&PartitionFile, LogError> {
+        self.topics[topic.index()]
+            .partitions
+            .get(partition as usize)
+            .ok_or(LogError::NoSuchPartition(partition))
+    }
+}
+
+fn read_meta(dir: &Path) -> Result<Option<Meta>, LogError> {
+    match std::fs::read(dir.join("meta.json")) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| LogError::Config(format!("meta.json: {e}"))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io(e)),
+    }
+}
+
+fn io(e: std::io::Error) -> LogError {
+    LogError::Io(e.to_string())
+}
+
+/// Scans a partition file, building the index and cutting a torn or corrupt tail.
+fn open_partition(path: &Path, writable: bool) -> Result<PartitionFile, LogError> {
+    let file = if writable {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(io)?
+    } else {
+        match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(PartitionFile {
+                    file: File::open("/dev/null").map_err(io)?,
+                    index: RwLock::new(vec![0]),
+                    high_watermark: watch::channel(0).0,
+                })
+            }
+            Err(e) => return Err(io(e)),
+        }
+    };
+    let len = file.metadata().map_err(io)?.len();
+    let mut reader = BufReader::with_capacity(1 << 20, &file);
+    let mut index = vec![0u64];
+    let mut pos = 0u64;
+    let mut header = [0u8; HEADER];
+    let mut body = Vec::new();
+    loop {
+        if reader.read_exact(&mut header).is_err() {
+            break;
+        }
+        let body_len = u32::from_le_bytes(header[0..4].try_into().unwrap()) as usize;
+        let crc = u32::from_le_bytes(header[4..8].try_into().unwrap());
+        if body_len < BODY_FIXED || pos + (HEADER + body_len) as u64 > len {
+            break;
+        }
+        body.resize(body_len, 0);
+        if reader.read_exact(&mut body).is_err() || crc32fast::hash(&body) != crc {
+            break;
+        }
+        pos += (HEADER + body_len) as u64;
+        index.push(pos);
+    }
+    if pos < len {
+        if writable {
+            tracing::warn!(path = %path.display(), valid = pos, len, "cutting a torn or corrupt tail left by a crash");
+            file.set_len(pos).map_err(io)?;
+            file.sync_all().map_err(io)?;
+        } else {
+            tracing::info!(path = %path.display(), valid = pos, len, "reading up to the last whole record");
+        }
+    }
+    let records = index.len() as u64 - 1;
+    Ok(PartitionFile {
+        file,
+        index: RwLock::new(index),
+        high_watermark: watch::channel(records).0,
+    })
+}
+
+struct Writer {
+    topics: Arc<Vec<TopicFiles>>,
+    fsync: bool,
+    max_group_bytes: usize,
+    metrics: Arc<LogMetrics>,
+}
+
+impl Writer {
+    fn run(self, mut rx: mpsc::Receiver<AppendRequest>) {
+        // Per topic, per partition: bytes of this group, and the start of each new record.
+        let mut bufs: Vec<Vec<Vec<u8>>> = self
+            .topics
+            .iter()
+            .map(|t| vec![Vec::new(); t.partitions.len()])
+            .collect();
+        let mut starts: Vec<Vec<Vec<u64>>> = bufs
+            .clone()
+            .into_iter()
+            .map(|t| vec![Vec::new(); t.len()])
+            .collect();
+        let mut group: Vec<AppendRequest> = Vec::new();
+        while let Some(first) = rx.blocking_recv() {
+            let mut bytes = first.batch.bytes();
+            group.push(first);
+            while bytes < self.max_group_bytes {
+                match rx.try_recv() {
+                    Ok(req) => {
+                        bytes += req.batch.bytes();
+                        group.push(req);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.commit(&mut group, &mut bufs, &mut starts);
+        }
+        tracing::debug!("log writer stopped");
+    }
+
+    fn commit(
+        &self,
+        group: &mut Vec<AppendRequest>,
+        bufs: &mut [Vec<Vec<u8>>],
+        starts: &mut [Vec<Vec<u64>>],
+    ) {
+        let now = Instant::now();
+        let mut answered: Vec<(
+            oneshot::Sender<Result<Vec<Position>, LogError>>,
+            Result<Vec<Position>, LogError>,
+        )> = Vec::with_capacity(group.len());
+        for req in group.drain(..) {
+            let t = req.topic.index();
+            let parts = &self.topics[t].partitions;
+            if req.deadline <= now {
+                self.metrics.appends_expired.fetch_add(1, Ordering::Relaxed);
+                answered.push((req.reply, Err(LogError::Timeout)));
+                continue;
+            }
+            if let Some((p, ..)) = req.batch.iter().find(|(p, ..)| *p as usize >= parts.len()) {
+                answered.push((req.reply, Err(LogError::NoSuchPartition(p))));
+                continue;
+            }
+            let mut positions = Vec::with_capacity(req.batch.len());
+            for (p, ts, key, value) in req.batch.iter() {
+                let p = p as usize;
+                let (end, records) = {
+                    let idx = parts[p].index.read();
+                    (*idx.last().unwrap(), idx.len() as u64 - 1)
+                };
+                let buf = &mut bufs[t][p];
+                let st = &mut starts[t][p];
+                let offset = records + st.len() as u64;
+                st.push(end + buf.len() as u64);
+                let body_len = BODY_FIXED + key.len() + value.len();
+                let at = buf.len();
+                buf.extend_from_slice(&(body_len as u32).to_le_bytes());
+                buf.extend_from_slice(&[0; 4]);
+                buf.extend_from_slice(&ts.to_le_bytes());
+                buf.extend_from_slice(&(key.len() as u32).to_le_bytes());
+                buf.extend_from_slice(key);
+                buf.extend_from_slice(value);
+                let crc = crc32fast::hash(&buf[at + HEADER..]);
+                buf[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
+                positions.push(Position {
+                    partition: p as u32,
+                    offset,
+                });
+            }
+            answered.push((req.reply, Ok(positions)));
+        }
+
+        let written = self.write_and_sync(bufs);
+        let mut records = 0u64;
+        let mut bytes = 0u64;
+        for (t, topic) in self.topics.iter().enumerate() {
+            for (p, part) in topic.partitions.iter().enumerate() {
+                let new = std::mem::take(&mut starts[t][p]);
+                let buf = &mut bufs[t][p];
+                if new.is_empty() {
+                    continue;
+                }
+                if written.is_ok() {
+                    records += new.len() as u64;
+                    bytes += buf.len() as u64;
+                    let end = new[0] + buf.len() as u64;
+                    let hw = {
+                        let mut idx = part.index.write();
+                        idx.extend_from_slice(&new[1..]);
+                        idx.push(end);
+                        idx.len() as u64 - 1
+                    };
+                    part.high_watermark.send_replace(hw);
+                } else {
+                    // Undo a partial write so the file ends at the last acknowledged record.
+                    let _ = part.file.set_len(new[0]);
+                }
+                buf.clear();
+                starts[t][p] = new;
+                starts[t][p].clear();
+            }
+        }
+        self.metrics
+            .records_appended
+            .fetch_add(records, Ordering::Relaxed);
+        self.metrics
+            .bytes_appended
+            .fetch_add(bytes, Ordering::Relaxed);
+        self.metrics.group_commits.fetch_add(1, Ordering::Relaxed);
+        for (reply, result) in answered {
+            let result = match (&written, result) {
+                (Err(e), Ok(_)) => Err(e.clone()),
+                (_, r) => r,
+            };
+            let _ = reply.send(result);
+        }
+    }
+
+    fn write_and_sync(&self, bufs: &[Vec<Vec<u8>>]) -> Result<(), LogError> {
+        for (t, topic) in self.topics.iter().enumerate() {
+            for (p, part) in topic.partitions.iter().enumerate() {
+                let buf = &bufs[t][p];
+                if buf.is_empty() {
+                    continue;
+                }
+                let end = *part.index.read().last().unwrap();
+                part.file.write_all_at(buf, end).map_err(io)?;
+                if self.fsync {
+                    part.file.sync_data().map_err(io)?;
+                    self.metrics.fsyncs.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Log for EmbeddedLog {
+    fn partitions(&self, topic: Topic) -> u32 {
+        self.topics[topic.index()].partitions.len() as u32
+    }
+
+    async fn append(
+        &self,
+        topic: Topic,
+        batch: AppendBatch,
+        deadline: Instant,
+    ) -> Result<Vec<Position>, LogError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let queue = self.queue.as_ref().ok_or(LogError::Closed)?;
+        let (reply, answer) = oneshot::channel();
+        queue
+            .try_send(AppendRequest {
+                topic,
+                batch,
+                deadline,
+                reply,
+            })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => {
+                    self.metrics
+                        .appends_rejected_full
+                        .fetch_add(1, Ordering::Relaxed);
+                    LogError::Overloaded
+                }
+                mpsc::error::TrySendError::Closed(_) => LogError::Closed,
+            })?;
+        // The writer answers every request it takes, expired ones with Timeout, so waiting for the
+        // answer (rather than for the deadline) is what keeps "503 means not written" true.
+        answer.await.map_err(|_| LogError::Closed)?
+    }
+
+    async fn fetch(
+        &self,
+        topic: Topic,
+        partition: u32,
+        offset: u64,
+        max_bytes: usize,
+        max_wait: Duration,
+    ) -> Result<Fetched, LogError> {
+        let part = self.partition(topic, partition)?;
+        let mut hw_rx = part.high_watermark.subscribe();
+        let give_up = tokio::time::Instant::now() + max_wait;
+        let hw = loop {
+            let hw = *hw_rx.borrow_and_update();
+            if offset < hw {
+                break hw;
+            }
+            match tokio::time::timeout_at(give_up, hw_rx.changed()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) => return Err(LogError::Closed),
+                Err(_) => {
+                    return Ok(Fetched {
+                        partition,
+                        first_offset: offset,
+                        high_watermark: hw,
+                        ..Default::default()
+                    })
+                }
+            }
+        };
+        let (start, end) = {
+            let idx = part.index.read();
+            let start = idx[offset as usize];
+            let limit = start + max_bytes.max(1) as u64;
+            let candidates = &idx[offset as usize + 1..=hw as usize];
+            let n = candidates.partition_point(|&pos| pos <= limit).max(1);
+            (start, candidates[n - 1])
+        };
+        let mut data = vec![0u8; (end - start) as usize];
+        part.file.read_exact_at(&mut data, start).map_err(io)?;
+        let mut records = Vec::new();
+        let mut at = 0usize;
+        while at < data.len() {
+            let body_len = u32::from_le_bytes(data[at..at + 4].try_into().unwrap()) as usize;
+            let body = at + HEADER;
+            let ts = i64::from_le_bytes(data[body..body + 8].try_into().unwrap());
+            let key_len =
+                u32::from_le_bytes(data[body + 8..body + 12].try_into().unwrap()) as usize;
+            let key_start = body + BODY_FIXED;
+            let value_start = key_start + key_len;
+            let rec_end = body + body_len;
+            records.push((ts, key_start as u32, value_start as u32, rec_end as u32));
+            at = rec_end;
+        }
+        Ok(Fetched {
+            partition,
+            first_offset: offset,
+            high_watermark: hw,
+            data,
+            records,
+        })
+    }
+
+    async fn high_watermark(&self, topic: Topic, partition: u32) -> Result<u64, LogError> {
+        Ok(*self.partition(topic, partition)?.high_watermark.borrow())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dir: &Path) -> EmbeddedLogConfig {
+        EmbeddedLogConfig {
+            votes_partitions: 3,
+            ..EmbeddedLogConfig::new(dir)
+        }
+    }
+
+    fn far() -> Instant {
+        Instant::now() + Duration::from_secs(10)
+    }
+
+    async fn read_all(log: &EmbeddedLog, p: u32) -> Vec<(u64, Vec<u8>, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut next = 0;
+        loop {
+            let f = log
+                .fetch(Topic::Votes, p, next, 100, Duration::ZERO)
+                .await
+                .unwrap();
+            if f.is_empty() {
+                return out;
+            }
+            out.extend(f.iter().map(|(o, _, k, v)| (o, k.to_vec(), v.to_vec())));
+            next = f.next_offset();
+        }
+    }
+
+    #[tokio::test]
+    async fn appends_get_dense_offsets_per_partition_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let log = EmbeddedLog::open(config(dir.path())).unwrap();
+            let mut b = AppendBatch::default();
+            for i in 0..10u8 {
+                b.push((i % 3) as u32, i as i64, &[i], &[i, i]);
+            }
+            let pos = log.append(Topic::Votes, b, far()).await.unwrap();
+            assert_eq!(
+                pos[0],
+                Position {
+                    partition: 0,
+                    offset: 0
+                }
+            );
+            assert_eq!(
+                pos[3],
+                Position {
+                    partition: 0,
+                    offset: 1
+                }
+            );
+            assert_eq!(
+                pos[9],
+                Position {
+                    partition: 0,
+                    offset: 3
+                }
+            );
+            assert_eq!(log.high_watermark(Topic::Votes, 1).await.unwrap(), 3);
+        }
+        let log = EmbeddedLog::open(config(dir.path())).unwrap();
+        let p0 = read_all(&log, 0).await;
+        assert_eq!(
+            p0.iter().map(|r| r.1[0]).collect::<Vec<_>>(),
+            vec![0, 3, 6, 9]
+        );
+        assert_eq!(p0[2], (2, vec![6], vec![6, 6]));
+        let mut b = AppendBatch::default();
+        b.push(0, 0, b"k", b"v");
+        assert_eq!(
+            log.append(Topic::Votes, b, far()).await.unwrap()[0].offset,
+            4
+        );
+    }
+
+    #[tokio::test]
+    async fn a_torn_tail_is_cut_and_earlier_records_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let log = EmbeddedLog::open(config(dir.path())).unwrap();
+            for i in 0..5u8 {
+                let mut b = AppendBatch::default();
+                b.push(1, 0, b"key", &[i; 20]);
+                log.append(Topic::Votes, b, far()).await.unwrap();
+            }
+        }
+        let path = dir.path().join("votes/00001.log");
+        let len = std::fs::metadata(&path).unwrap().len();
+        // A crash mid-write: the last record is half there.
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(len - 7)
+            .unwrap();
+        let log = EmbeddedLog::open(config(dir.path())).unwrap();
+        assert_eq!(read_all(&log, 1).await.len(), 4);
+        // A flipped bit in the (now) last record: cut there too.
+        drop(log);
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let l = f.metadata().unwrap().len();
+        f.write_all_at(&[0xAA], l - 3).unwrap();
+        let log = EmbeddedLog::open(config(dir.path())).unwrap();
+        assert_eq!(read_all(&log, 1).await.len(), 3);
+        let mut b = AppendBatch::default();
+        b.push(1, 0, b"key", b"after");
+        assert_eq!(
+            log.append(Topic::Votes, b, far()).await.unwrap()[0].offset,
+            3
+        );
+    }
+
+    #[tokio::test]
+    async fn an_expired_append_is_refused_and_not_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EmbeddedLog::open(config(dir.path())).unwrap();
+        let mut b = AppendBatch::default();
+        b.push(0, 0, b"k", b"v");
+        let err = log
+            .append(Topic::Votes, b, Instant::now() - Duration::from_millis(1))
+            .await
+            .unwrap_err();
+        assert_eq!(err, LogError::Timeout);
+        assert_eq!(log.high_watermark(Topic::Votes, 0).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn fetch_waits_for_new_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(EmbeddedLog::open(config(dir.path())).unwrap());
+        let reader = {
+            let log = log.clone();
+            tokio::spawn(async move {
+                log.fetch(Topic::Votes, 2, 0, 1 << 20, Duration::from_secs(5))
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut b = AppendBatch::default();
+        b.push(2, 7, b"k", b"hello");
+        log.append(Topic::Votes, b, far()).await.unwrap();
+        let f = reader.await.unwrap().unwrap();
+        let recs: Vec<_> = f.iter().collect();
+        assert_eq!(recs, vec![(0, 7, &b"k"[..], &b"hello"[..])]);
+    }
+
+    #[test]
+    fn changing_the_partition_count_is_refused_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(EmbeddedLog::open(config(dir.path())).unwrap());
+        let err = EmbeddedLog::open(EmbeddedLogConfig {
+            votes_partitions: 4,
+            ..config(dir.path())
+        })
+        .err()
+        .unwrap();
+        assert!(err.to_string().contains("cannot change"), "{err}");
+    }
+}

@@ -1,0 +1,220 @@
+//! The log abstraction: Kafka's model (topics of partitions of offset-numbered records, positions
+//! held by the consumer), small enough for an embedded file log and for Kafka to implement.
+
+use async_trait::async_trait;
+use std::time::{Duration, Instant};
+
+/// The two topics of the pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Topic {
+    /// Votes, keyed by (poll, voter).
+    Votes,
+    /// Absolute partial tallies, keyed by poll.
+    Tallies,
+}
+
+impl Topic {
+    pub const ALL: [Topic; 2] = [Topic::Votes, Topic::Tallies];
+    pub fn name(self) -> &'static str {
+        match self {
+            Topic::Votes => "votes",
+            Topic::Tallies => "tallies",
+        }
+    }
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Where a record landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Position {
+    pub partition: u32,
+    pub offset: u64,
+}
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum LogError {
+    /// The record could not be made durable before the caller's deadline; it was not written.
+    #[error("the log could not persist the record before the deadline")]
+    Timeout,
+    /// The write queue is full; nothing was written.
+    #[error("the log's write queue is full")]
+    Overloaded,
+    #[error("log I/O error: {0}")]
+    Io(String),
+    #[error("partition {0} does not exist")]
+    NoSuchPartition(u32),
+    #[error("the log is shut down")]
+    Closed,
+    #[error("log configuration: {0}")]
+    Config(String),
+}
+
+/// Records to append in one call: one buffer, one reply, however many records.
+#[derive(Debug, Default, Clone)]
+pub struct AppendBatch {
+    pub(crate) data: Vec<u8>,
+    pub(crate) entries: Vec<BatchEntry>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BatchEntry {
+    pub partition: u32,
+    pub timestamp_us: i64,
+    pub key_start: u32,
+    pub value_start: u32,
+    pub end: u32,
+}
+
+impl AppendBatch {
+    pub fn with_capacity(records: usize, bytes: usize) -> Self {
+        Self {
+            data: Vec::with_capacity(bytes),
+            entries: Vec::with_capacity(records),
+        }
+    }
+
+    /// Adds a record whose key and value are written straight into the batch buffer.
+    pub fn push_with(
+        &mut self,
+        partition: u32,
+        timestamp_us: i64,
+        write_key: impl FnOnce(&mut Vec<u8>),
+        write_value: impl FnOnce(&mut Vec<u8>),
+    ) {
+        let key_start = self.data.len() as u32;
+        write_key(&mut self.data);
+        let value_start = self.data.len() as u32;
+        write_value(&mut self.data);
+        self.entries.push(BatchEntry {
+            partition,
+            timestamp_us,
+            key_start,
+            value_start,
+            end: self.data.len() as u32,
+        });
+    }
+
+    pub fn push(&mut self, partition: u32, timestamp_us: i64, key: &[u8], value: &[u8]) {
+        self.push_with(
+            partition,
+            timestamp_us,
+            |b| b.extend_from_slice(key),
+            |b| b.extend_from_slice(value),
+        );
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+    pub fn bytes(&self) -> usize {
+        self.data.len()
+    }
+
+    /// The records in order: (partition, timestamp, key, value).
+    pub fn iter(&self) -> impl Iterator<Item = (u32, i64, &[u8], &[u8])> {
+        self.entries.iter().map(|e| {
+            (
+                e.partition,
+                e.timestamp_us,
+                &self.data[e.key_start as usize..e.value_start as usize],
+                &self.data[e.value_start as usize..e.end as usize],
+            )
+        })
+    }
+}
+
+/// Records read from one partition: one buffer, parsed views into it.
+#[derive(Debug, Default)]
+pub struct Fetched {
+    pub partition: u32,
+    /// Offset of the first record.
+    pub first_offset: u64,
+    /// The partition's end (next offset to be written) when the fetch was served.
+    pub high_watermark: u64,
+    pub(crate) data: Vec<u8>,
+    /// (timestamp, key range, value range) per record.
+    pub(crate) records: Vec<(i64, u32, u32, u32)>,
+}
+
+impl Fetched {
+    pub fn from_records(
+        partition: u32,
+        first_offset: u64,
+        high_watermark: u64,
+        recs: &[(i64, &[u8], &[u8])],
+    ) -> Self {
+        let mut f = Fetched {
+            partition,
+            first_offset,
+            high_watermark,
+            ..Default::default()
+        };
+        for (ts, k, v) in recs {
+            let ks = f.data.len() as u32;
+            f.data.extend_from_slice(k);
+            let vs = f.data.len() as u32;
+            f.data.extend_from_slice(v);
+            f.records.push((*ts, ks, vs, f.data.len() as u32));
+        }
+        f
+    }
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+    /// The offset after the last record (where the next fetch starts).
+    pub fn next_offset(&self) -> u64 {
+        self.first_offset + self.records.len() as u64
+    }
+    /// (offset, timestamp, key, value) per record.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, i64, &[u8], &[u8])> {
+        self.records
+            .iter()
+            .enumerate()
+            .map(move |(i, &(ts, ks, vs, end))| {
+                (
+                    self.first_offset + i as u64,
+                    ts,
+                    &self.data[ks as usize..vs as usize],
+                    &self.data[vs as usize..end as usize],
+                )
+            })
+    }
+}
+
+/// A partitioned, offset-addressed, durable log.
+#[async_trait]
+pub trait Log: Send + Sync + 'static {
+    fn partitions(&self, topic: Topic) -> u32;
+
+    /// Appends the batch and resolves once every record is durable, with each record's position in
+    /// batch order. If that cannot happen before `deadline`, nothing is written and the answer is
+    /// [`LogError::Timeout`] (so a caller that answered 503 never sees its vote counted).
+    async fn append(
+        &self,
+        topic: Topic,
+        batch: AppendBatch,
+        deadline: Instant,
+    ) -> Result<Vec<Position>, LogError>;
+
+    /// Reads records from `offset` on, at most about `max_bytes` (at least one record if any),
+    /// waiting up to `max_wait` for the first one.
+    async fn fetch(
+        &self,
+        topic: Topic,
+        partition: u32,
+        offset: u64,
+        max_bytes: usize,
+        max_wait: Duration,
+    ) -> Result<Fetched, LogError>;
+
+    /// The next offset to be written in a partition.
+    async fn high_watermark(&self, topic: Topic, partition: u32) -> Result<u64, LogError>;
+}

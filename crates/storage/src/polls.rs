@@ -1,0 +1,297 @@
+//! Polls: the [`PollStore`] trait (where definitions persist) and the [`PollCatalog`] every stage
+//! reads per vote.
+//!
+//! Close-time safety: the edge stamps a vote's `accepted_at` and reads the poll under one read lock
+//! ([`PollCatalog::stamp_and_get`]); a manual close computes its `closed_at` under the write lock. So
+//! every vote the edge accepts as open has `accepted_at <= closed_at`, and the processor and `recount`
+//! (which judge by the stored close time) count exactly the votes the edge acknowledged.
+
+use async_trait::async_trait;
+use parking_lot::{Mutex, RwLock};
+use schemas::{now_micros, Poll, PollId};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::sync::watch;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("poll store I/O: {0}")]
+    Io(String),
+    #[error("poll store data: {0}")]
+    Data(String),
+    #[error("no poll with id {0}")]
+    NotFound(PollId),
+    #[error("{0}")]
+    Rejected(String),
+}
+
+/// Where poll definitions persist.
+#[async_trait]
+pub trait PollStore: Send + Sync + 'static {
+    async fn load(&self) -> Result<Vec<Poll>, StoreError>;
+    /// Inserts or replaces a poll; durable when it returns.
+    async fn save(&self, poll: &Poll) -> Result<(), StoreError>;
+}
+
+/// Poll definitions in one JSON file, rewritten atomically (temp file, fsync, rename) on each change.
+pub struct FilePollStore {
+    path: PathBuf,
+    polls: Mutex<BTreeMap<PollId, Poll>>,
+}
+
+impl FilePollStore {
+    pub fn open(path: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        let path = path.into();
+        let polls: Vec<Poll> = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| StoreError::Data(format!("{}: {e}", path.display())))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(StoreError::Io(format!("{}: {e}", path.display()))),
+        };
+        Ok(Self {
+            path,
+            polls: Mutex::new(polls.into_iter().map(|p| (p.id, p)).collect()),
+        })
+    }
+}
+
+#[async_trait]
+impl PollStore for FilePollStore {
+    async fn load(&self) -> Result<Vec<Poll>, StoreError> {
+        Ok(self.polls.lock().values().cloned().collect())
+    }
+
+    async fn save(&self, poll: &Poll) -> Result<(), StoreError> {
+        let mut polls = self.polls.lock();
+        polls.insert(poll.id, poll.clone());
+        let all: Vec<&Poll> = polls.values().collect();
+        let bytes = serde_json::to_vec_pretty(&all).map_err(|e| StoreError::Data(e.to_string()))?;
+        let tmp = self.path.with_extension("json.tmp");
+        let io = |e: std::io::Error| StoreError::Io(format!("{}: {e}", self.path.display()));
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp).map_err(io)?;
+            f.write_all(&bytes).map_err(io)?;
+            f.sync_all().map_err(io)?;
+        }
+        std::fs::rename(&tmp, &self.path).map_err(io)?;
+        if let Some(dir) = self.path.parent() {
+            let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+        }
+        Ok(())
+    }
+}
+
+type PollMap = Arc<HashMap<PollId, Arc<Poll>>>;
+
+/// Every poll, in memory; cheap to read per vote, changed rarely.
+#[derive(Clone)]
+pub struct PollCatalog {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    polls: RwLock<PollMap>,
+    store: Arc<dyn PollStore>,
+    writers: tokio::sync::Mutex<()>,
+    generation: watch::Sender<u64>,
+}
+
+impl PollCatalog {
+    pub async fn load(store: Arc<dyn PollStore>) -> Result<Self, StoreError> {
+        let polls = store.load().await?;
+        let map: HashMap<_, _> = polls.into_iter().map(|p| (p.id, Arc::new(p))).collect();
+        Ok(Self {
+            inner: Arc::new(Inner {
+                polls: RwLock::new(Arc::new(map)),
+                store,
+                writers: tokio::sync::Mutex::new(()),
+                generation: watch::channel(0).0,
+            }),
+        })
+    }
+
+    pub fn get(&self, id: PollId) -> Option<Arc<Poll>> {
+        self.inner.polls.read().get(&id).cloned()
+    }
+
+    /// Stamps the current time and reads the poll in one critical section (see the module docs).
+    pub fn stamp_and_get(&self, id: PollId) -> (i64, Option<Arc<Poll>>) {
+        let polls = self.inner.polls.read();
+        (now_micros(), polls.get(&id).cloned())
+    }
+
+    /// Stamps the current time and takes the whole catalog: one lock for a batch of votes.
+    pub fn stamp_and_snapshot(&self) -> (i64, PollMap) {
+        let polls = self.inner.polls.read();
+        (now_micros(), polls.clone())
+    }
+
+    pub fn snapshot(&self) -> PollMap {
+        self.inner.polls.read().clone()
+    }
+
+    pub fn by_slug(&self, slug: &str) -> Option<Arc<Poll>> {
+        self.inner
+            .polls
+            .read()
+            .values()
+            .find(|p| p.slug == slug)
+            .cloned()
+    }
+
+    /// All polls, newest first.
+    pub fn list(&self) -> Vec<Arc<Poll>> {
+        let mut v: Vec<_> = self.inner.polls.read().values().cloned().collect();
+        v.sort_by_key(|p| std::cmp::Reverse(p.id));
+        v
+    }
+
+    /// A counter that moves on every change (subscribe to learn of opens, closes, reveals).
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.inner.generation.subscribe()
+    }
+
+    /// Creates a poll: `build` gets the new id and a fresh unique slug.
+    pub async fn create(
+        &self,
+        build: impl FnOnce(PollId, String) -> Poll,
+    ) -> Result<Arc<Poll>, StoreError> {
+        let _w = self.inner.writers.lock().await;
+        let (id, slug) = {
+            let polls = self.inner.polls.read();
+            let id = polls.keys().max().copied().unwrap_or(0) + 1;
+            let mut slug = new_slug();
+            while polls.values().any(|p| p.slug == slug) {
+                slug = new_slug();
+            }
+            (id, slug)
+        };
+        let poll = build(id, slug);
+        self.inner.store.save(&poll).await?;
+        Ok(self.install(poll))
+    }
+
+    /// Changes a poll. `change` runs under the write lock with the current time, so a close it
+    /// records is ordered with every vote the edge stamps; then the poll is persisted.
+    pub async fn update(
+        &self,
+        id: PollId,
+        change: impl FnOnce(&mut Poll, i64) -> Result<(), String>,
+    ) -> Result<Arc<Poll>, StoreError> {
+        let _w = self.inner.writers.lock().await;
+        let updated = {
+            let mut polls = self.inner.polls.write();
+            let mut poll = (**polls.get(&id).ok_or(StoreError::NotFound(id))?).clone();
+            change(&mut poll, now_micros()).map_err(StoreError::Rejected)?;
+            let poll = Arc::new(poll);
+            let mut map = (**polls).clone();
+            map.insert(id, poll.clone());
+            *polls = Arc::new(map);
+            poll
+        };
+        self.inner.generation.send_modify(|g| *g += 1);
+        // The in-memory close is already in force (the safe direction); persisting it can still fail,
+        // and then the operator is told and may repeat the action.
+        self.inner.store.save(&updated).await?;
+        Ok(updated)
+    }
+
+    /// Re-reads the store (for services that share PostgreSQL with other writers).
+    pub async fn refresh(&self) -> Result<(), StoreError> {
+        let polls = self.inner.store.load().await?;
+        let map: HashMap<_, _> = polls.into_iter().map(|p| (p.id, Arc::new(p))).collect();
+        *self.inner.polls.write() = Arc::new(map);
+        self.inner.generation.send_modify(|g| *g += 1);
+        Ok(())
+    }
+
+    fn install(&self, poll: Poll) -> Arc<Poll> {
+        let poll = Arc::new(poll);
+        {
+            let mut polls = self.inner.polls.write();
+            let mut map = (**polls).clone();
+            map.insert(poll.id, poll.clone());
+            *polls = Arc::new(map);
+        }
+        self.inner.generation.send_modify(|g| *g += 1);
+        poll
+    }
+}
+
+fn new_slug() -> String {
+    // Unambiguous characters for a code read off a TV screen.
+    const ALPHABET: &[u8] = b"abcdefghjkmnpqrstuvwxyz23456789";
+    let mut x = now_micros() as u64
+        ^ (std::process::id() as u64).rotate_left(32)
+        ^ COUNTER.fetch_add(0x9E37_79B9, std::sync::atomic::Ordering::Relaxed);
+    (0..6)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            ALPHABET[(x % ALPHABET.len() as u64) as usize] as char
+        })
+        .collect()
+}
+
+static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0x1234_5678);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use schemas::Visibility;
+
+    fn poll(id: PollId, slug: String) -> Poll {
+        Poll {
+            id,
+            slug,
+            title: "Who wins?".into(),
+            options: vec!["A".into(), "B".into()],
+            max_choices: 1,
+            visibility: Visibility::Live,
+            opens_at: None,
+            closes_at: None,
+            opened_at: None,
+            closed_at: None,
+            revealed: false,
+            created_at: 0,
+            creator: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn polls_persist_and_closes_are_ordered_after_earlier_stamps() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("polls.json");
+        let catalog = PollCatalog::load(Arc::new(FilePollStore::open(&path).unwrap()))
+            .await
+            .unwrap();
+        let a = catalog.create(poll).await.unwrap();
+        let b = catalog.create(poll).await.unwrap();
+        assert_eq!((a.id, b.id), (1, 2));
+        assert_ne!(a.slug, b.slug);
+        let (stamp, _) = catalog.stamp_and_get(1);
+        let closed = catalog
+            .update(1, |p, now| {
+                p.closed_at = Some(now);
+                Ok(())
+            })
+            .await
+            .unwrap();
+        assert!(closed.closed_at.unwrap() >= stamp);
+        let err = catalog
+            .update(1, |_, _| Err("already closed".into()))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Rejected(_)));
+
+        let again = PollCatalog::load(Arc::new(FilePollStore::open(&path).unwrap()))
+            .await
+            .unwrap();
+        assert_eq!(again.get(1).unwrap().closed_at, closed.closed_at);
+        assert_eq!(again.by_slug(&b.slug).unwrap().id, 2);
+        assert_eq!(again.list().len(), 2);
+    }
+}

@@ -1,0 +1,153 @@
+//! The command line: `crowdtick [--config FILE] [COMMAND]`, `serve` when no command is given.
+
+use crate::config::Config;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "crowdtick",
+    version,
+    about = "Real-time polling at broadcast scale: every acknowledged vote counted exactly once, live results on every screen.",
+    long_about = "Real-time polling at broadcast scale: every acknowledged vote counted exactly once, live results on every screen.\n\n\
+        With no command, `crowdtick` runs `serve`: every service in one process, durable on local disk under --data-dir, \
+        with the web UI at http://127.0.0.1:8080/ (operator key: dev-operator-key).\n\n\
+        Configuration: defaults < a TOML file (--config, or ./crowdtick.toml) < CROWDTICK_* environment variables \
+        (nested keys joined by __, e.g. CROWDTICK_INGEST__DEADLINE_MS=500) < flags. `crowdtick config` prints the result."
+)]
+pub struct Cli {
+    /// TOML configuration file (default: ./crowdtick.toml if it exists).
+    #[arg(long, global = true, env = "CROWDTICK_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run every service in one process on the embedded log (the default).
+    Serve(ServeArgs),
+    /// Run only the ingest edge (distributed mode: needs Kafka; not available yet).
+    Ingest(ServeArgs),
+    /// Run only the processor (distributed mode: needs Kafka; not available yet).
+    Processor(ServeArgs),
+    /// Run only the query API and web UI (distributed mode: not available yet).
+    Query(ServeArgs),
+    /// Run only the realtime fan-out (distributed mode: not available yet).
+    Realtime(ServeArgs),
+    /// Rebuild every tally from the votes log and check it against what was published.
+    Recount(RecountArgs),
+    /// Generate load against a running server and check the published tallies exactly.
+    Loadgen(loadtest::LoadgenArgs),
+    /// Print the effective configuration (after file, environment and flags) as TOML.
+    Config(ServeArgs),
+}
+
+#[derive(Debug, Args, Default, Clone)]
+pub struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1:8080; 127.0.0.1:0 picks a free port].
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Data directory: the log, polls and accounts [default: ./data].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Partitions of the votes topic, for a new data directory [default: 8].
+    #[arg(long)]
+    pub partitions: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+pub struct RecountArgs {
+    /// Data directory of the server whose tallies to check [default: ./data].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl ServeArgs {
+    fn apply(&self, config: &mut Config) {
+        if let Some(l) = &self.listen {
+            config.listen = l.clone();
+        }
+        if let Some(d) = &self.data_dir {
+            config.data_dir = d.clone();
+        }
+        if let Some(p) = self.partitions {
+            config.log.partitions = p;
+        }
+    }
+}
+
+pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
+    let mut config = Config::load(cli.config.as_deref())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
+        Command::Serve(args) => {
+            args.apply(&mut config);
+            config.validate()?;
+            runtime.block_on(async {
+                let listener = tokio::net::TcpListener::bind(&config.listen)
+                    .await
+                    .map_err(|e| {
+                        anyhow::anyhow!(
+                            "cannot listen on {}: {e} (choose another with --listen)",
+                            config.listen
+                        )
+                    })?;
+                crate::serve::run(listener, config, crate::serve::shutdown_signal()).await
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ingest(_) | Command::Processor(_) | Command::Query(_) | Command::Realtime(_) => {
+            anyhow::bail!(
+                "running one service alone needs the distributed mode (Kafka, PostgreSQL, Redis), which is not available in this version; \
+                 run `crowdtick serve` for every service in one process"
+            )
+        }
+        Command::Recount(args) => {
+            if let Some(d) = args.data_dir {
+                config.data_dir = d;
+            }
+            let agrees = runtime.block_on(crate::recount::run(&config, args.json))?;
+            Ok(if agrees {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Loadgen(args) => {
+            runtime.block_on(loadtest::main(args))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config(args) => {
+            args.apply(&mut config);
+            print!("{}", toml_of(&config));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn toml_of(config: &Config) -> String {
+    // figment reads TOML; writing it back is done by hand to avoid another dependency.
+    let v = serde_json::to_value(config).unwrap_or_default();
+    let mut top = String::new();
+    let mut sections = String::new();
+    if let Some(map) = v.as_object() {
+        for (k, v) in map {
+            if let Some(inner) = v.as_object() {
+                sections.push_str(&format!("\n[{k}]\n"));
+                for (ik, iv) in inner {
+                    sections.push_str(&format!("{ik} = {iv}\n"));
+                }
+            } else {
+                top.push_str(&format!("{k} = {v}\n"));
+            }
+        }
+    }
+    top + &sections
+}

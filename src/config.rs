@@ -1,0 +1,222 @@
+//! Typed configuration: defaults < file (`--config`, or `crowdtick.toml` if present) <
+//! `CROWDTICK_*` environment variables (nested keys with `__`, e.g. `CROWDTICK_INGEST__DEADLINE_MS`)
+//! < command-line flags.
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address the HTTP server binds (`127.0.0.1:0` picks a free port).
+    pub listen: String,
+    /// Where the embedded log, polls and accounts live.
+    pub data_dir: PathBuf,
+    /// Operator API keys (management endpoints, embargoed results).
+    pub operator_keys: Vec<String>,
+    /// Public base URL for links and QR codes (empty: from the request's Host header).
+    pub public_url: String,
+    pub log: LogSection,
+    pub ingest: IngestSection,
+    pub processor: ProcessorSection,
+    pub realtime: RealtimeSection,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSection {
+    /// Partitions of the votes topic (fixed once votes are written).
+    pub partitions: u32,
+    /// fdatasync before acknowledging a vote. Turning it off loses acknowledged votes on power loss.
+    pub fsync: bool,
+    /// Append requests that may wait for the log writer before votes get 503.
+    pub queue_capacity: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestSection {
+    /// How long a vote may wait to become durable before the answer is 503.
+    pub deadline_ms: u64,
+    pub max_batch_votes: usize,
+    /// Requests per second per client address; 0 turns the limit off.
+    pub rate_limit_per_sec: u32,
+    pub rate_limit_burst: u32,
+    pub rate_limit_exempt_loopback: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProcessorSection {
+    /// How often changed tallies are published.
+    pub flush_interval_ms: u64,
+    pub window_ms: i64,
+    pub allowed_lateness_ms: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RealtimeSection {
+    /// At most one live update per connection per this many milliseconds.
+    pub coalesce_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            data_dir: "data".into(),
+            operator_keys: vec!["dev-operator-key".into()],
+            public_url: String::new(),
+            log: LogSection::default(),
+            ingest: IngestSection::default(),
+            processor: ProcessorSection::default(),
+            realtime: RealtimeSection::default(),
+        }
+    }
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        Self {
+            partitions: 8,
+            fsync: true,
+            queue_capacity: 65_536,
+        }
+    }
+}
+
+impl Default for IngestSection {
+    fn default() -> Self {
+        let d = ingest::IngestConfig::default();
+        Self {
+            deadline_ms: d.deadline.as_millis() as u64,
+            max_batch_votes: d.max_batch_votes,
+            rate_limit_per_sec: d.rate_limit_per_sec,
+            rate_limit_burst: d.rate_limit_burst,
+            rate_limit_exempt_loopback: d.rate_limit_exempt_loopback,
+        }
+    }
+}
+
+impl Default for ProcessorSection {
+    fn default() -> Self {
+        Self {
+            flush_interval_ms: 50,
+            window_ms: 1_000,
+            allowed_lateness_ms: 2_000,
+        }
+    }
+}
+
+impl Default for RealtimeSection {
+    fn default() -> Self {
+        Self { coalesce_ms: 100 }
+    }
+}
+
+impl Config {
+    /// Defaults, then the file (an explicit `--config` must exist), then `CROWDTICK_*`.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        match file {
+            Some(f) => {
+                anyhow::ensure!(
+                    f.exists(),
+                    "the configuration file {} does not exist",
+                    f.display()
+                );
+                fig = fig.merge(Toml::file(f));
+            }
+            None => fig = fig.merge(Toml::file("crowdtick.toml")),
+        }
+        fig = fig.merge(Env::prefixed("CROWDTICK_").split("__"));
+        let config: Config = fig
+            .extract()
+            .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.log.partitions >= 1 && self.log.partitions <= 1024,
+            "log.partitions must be 1 to 1024"
+        );
+        anyhow::ensure!(
+            self.ingest.deadline_ms >= 10,
+            "ingest.deadline_ms must be at least 10"
+        );
+        anyhow::ensure!(
+            self.processor.window_ms >= 10,
+            "processor.window_ms must be at least 10"
+        );
+        anyhow::ensure!(
+            self.processor.flush_interval_ms >= 1,
+            "processor.flush_interval_ms must be at least 1"
+        );
+        if self.operator_keys.iter().all(|k| k.is_empty()) {
+            anyhow::bail!("operator_keys is empty: set at least one key (CROWDTICK_OPERATOR_KEYS='[\"…\"]' or in the file)");
+        }
+        Ok(())
+    }
+
+    pub fn ingest_config(&self) -> ingest::IngestConfig {
+        ingest::IngestConfig {
+            deadline: Duration::from_millis(self.ingest.deadline_ms),
+            max_batch_votes: self.ingest.max_batch_votes,
+            rate_limit_per_sec: self.ingest.rate_limit_per_sec,
+            rate_limit_burst: self.ingest.rate_limit_burst,
+            rate_limit_exempt_loopback: self.ingest.rate_limit_exempt_loopback,
+            ..Default::default()
+        }
+    }
+
+    pub fn processor_config(&self) -> processor::ProcessorConfig {
+        processor::ProcessorConfig {
+            flush_interval: Duration::from_millis(self.processor.flush_interval_ms),
+            windows: processor::WindowConfig {
+                window_ms: self.processor.window_ms,
+                allowed_lateness_ms: self.processor.allowed_lateness_ms,
+            },
+            ingest_deadline: Duration::from_millis(self.ingest.deadline_ms),
+            ..Default::default()
+        }
+    }
+
+    pub fn log_dir(&self) -> PathBuf {
+        self.data_dir.join("log")
+    }
+    pub fn polls_file(&self) -> PathBuf {
+        self.data_dir.join("polls.json")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_env_override_defaults() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "c.toml",
+                "listen = \"0.0.0.0:9000\"\n[ingest]\ndeadline_ms = 500\n",
+            )?;
+            jail.set_env("CROWDTICK_INGEST__DEADLINE_MS", "750");
+            let c = Config::load(Some(Path::new("c.toml"))).unwrap();
+            assert_eq!(c.listen, "0.0.0.0:9000");
+            assert_eq!(c.ingest.deadline_ms, 750);
+            assert_eq!(c.log.partitions, 8);
+            jail.create_file("bad.toml", "lisen = 1\n")?;
+            let err = Config::load(Some(Path::new("bad.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("lisen"), "unknown keys are named: {err}");
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,23 @@
+//! CrowdTick: real-time polling at broadcast scale. This crate is the `crowdtick` binary's library:
+//! the command line, the configuration, and the composition of the service crates.
+//!
+//! - [`cli`]: subcommands (`serve`, `ingest`, `processor`, `query`, `realtime`, `recount`, `loadgen`,
+//!   `config`) and their dispatch.
+//! - [`config`]: typed configuration (defaults < file < `CROWDTICK_*` env < flags).
+//! - [`serve`]: every service in one process on the embedded log; `run(listener, config, shutdown)`.
+//! - [`seed`]: the old Django API (`/api/…`, `/ws/poll/{id}/`) as a thin adapter over the same pipeline.
+//! - [`recount`]: the audit command.
+//! - [`metrics`]: `GET /metrics`.
+//!
+//! The pipeline itself lives in the workspace crates: `schemas` (contracts), `storage` (log, polls),
+//! `ingest` (edge), `processor` (counting, merging), `query` (API, UI), `realtime` (fan-out),
+//! `loadtest` (load generator). ARCHITECTURE.md follows a vote through them.
+
+pub mod cli;
+pub mod config;
+pub mod metrics;
+pub mod recount;
+pub mod seed;
+pub mod serve;
+
+pub use config::Config;

@@ -1,0 +1,170 @@
+//! `GET /metrics`: Prometheus text exposition of the log, edge, processor and realtime counters.
+
+use crate::serve::AppState;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+fn counter(out: &mut String, name: &str, help: &str, v: &AtomicU64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+        v.load(Ordering::Relaxed)
+    );
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, v: u64) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+}
+
+pub async fn render(State(s): State<AppState>) -> impl IntoResponse {
+    let mut out = String::with_capacity(4096);
+    let l = &s.log.metrics;
+    counter(
+        &mut out,
+        "crowdtick_log_records_appended_total",
+        "Records made durable in the embedded log.",
+        &l.records_appended,
+    );
+    counter(
+        &mut out,
+        "crowdtick_log_bytes_appended_total",
+        "Bytes made durable in the embedded log.",
+        &l.bytes_appended,
+    );
+    counter(
+        &mut out,
+        "crowdtick_log_group_commits_total",
+        "Group commits (one write + fsync round).",
+        &l.group_commits,
+    );
+    counter(
+        &mut out,
+        "crowdtick_log_fsyncs_total",
+        "fdatasync calls.",
+        &l.fsyncs,
+    );
+    counter(
+        &mut out,
+        "crowdtick_log_appends_expired_total",
+        "Append requests dropped unwritten because their deadline passed.",
+        &l.appends_expired,
+    );
+    counter(
+        &mut out,
+        "crowdtick_log_appends_rejected_full_total",
+        "Append requests refused because the queue was full.",
+        &l.appends_rejected_full,
+    );
+    let i = &s.ingest.metrics;
+    counter(
+        &mut out,
+        "crowdtick_ingest_requests_total",
+        "Single-vote requests.",
+        &i.requests,
+    );
+    counter(
+        &mut out,
+        "crowdtick_ingest_batch_requests_total",
+        "Batch requests.",
+        &i.batch_requests,
+    );
+    counter(
+        &mut out,
+        "crowdtick_ingest_votes_accepted_total",
+        "Votes acknowledged (durable).",
+        &i.votes_accepted,
+    );
+    counter(
+        &mut out,
+        "crowdtick_ingest_votes_rejected_total",
+        "Votes refused with a 4xx.",
+        &i.votes_rejected,
+    );
+    counter(
+        &mut out,
+        "crowdtick_ingest_votes_unavailable_total",
+        "Votes answered 503 (not written).",
+        &i.votes_unavailable,
+    );
+    counter(
+        &mut out,
+        "crowdtick_ingest_append_wait_microseconds_total",
+        "Time votes waited to become durable.",
+        &i.append_wait_us,
+    );
+    let p = &s.processor_metrics;
+    counter(
+        &mut out,
+        "crowdtick_processor_records_read_total",
+        "Votes-topic records read (replays included).",
+        &p.records_read,
+    );
+    counter(
+        &mut out,
+        "crowdtick_processor_votes_counted_total",
+        "Votes counted.",
+        &p.votes_counted,
+    );
+    counter(
+        &mut out,
+        "crowdtick_processor_votes_counted_late_for_window_total",
+        "Votes counted after their window closed.",
+        &p.votes_counted_late_for_window,
+    );
+    counter(
+        &mut out,
+        "crowdtick_processor_votes_duplicate_total",
+        "Votes not counted: voter already counted.",
+        &p.votes_duplicate,
+    );
+    counter(
+        &mut out,
+        "crowdtick_processor_votes_rejected_total",
+        "Votes not counted: late, closed or invalid.",
+        &p.votes_rejected,
+    );
+    counter(
+        &mut out,
+        "crowdtick_processor_records_undecodable_total",
+        "Records that were not decodable votes.",
+        &p.records_undecodable,
+    );
+    counter(
+        &mut out,
+        "crowdtick_processor_partials_emitted_total",
+        "Partial tallies published.",
+        &p.partials_emitted,
+    );
+    counter(
+        &mut out,
+        "crowdtick_processor_restarts_total",
+        "Partition task restarts after an error.",
+        &p.restarts,
+    );
+    gauge(
+        &mut out,
+        "crowdtick_realtime_connections",
+        "Open WebSocket/SSE connections.",
+        s.realtime.connections.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "crowdtick_realtime_messages_sent_total",
+        "Live messages sent.",
+        &s.realtime.messages_sent,
+    );
+    let _ = writeln!(out, "# HELP crowdtick_log_high_watermark Records in each votes partition.\n# TYPE crowdtick_log_high_watermark gauge");
+    for part in 0..storage::Log::partitions(&*s.log, storage::Topic::Votes) {
+        let hw = storage::Log::high_watermark(&*s.log, storage::Topic::Votes, part)
+            .await
+            .unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "crowdtick_log_high_watermark{{topic=\"votes\",partition=\"{part}\"}} {hw}"
+        );
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}

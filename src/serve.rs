@@ -1,0 +1,180 @@
+//! `crowdtick serve`: every service in one process on the embedded log.
+//!
+//! [`start`] opens the data directory, restores the results board from the tallies topic, starts one
+//! processor task per votes partition (each replays its partition to rebuild its exact state) and
+//! the tallies tailer, and builds the router. [`run`] serves it on a listener until `shutdown`
+//! resolves, then lets the processors publish their last partials.
+
+use crate::config::Config;
+use crate::metrics;
+use axum::routing::get;
+use axum::{Json, Router};
+use processor::board::{load_tallies, tail_tallies};
+use processor::runner::run_partition_supervised;
+use processor::{ProcessorMetrics, ResultsBoard};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use storage::{
+    EdgeRejections, EmbeddedLog, EmbeddedLogConfig, FilePollStore, Log, PollCatalog, Topic,
+};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Everything a running server shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub log: Arc<EmbeddedLog>,
+    pub catalog: PollCatalog,
+    pub board: Arc<ResultsBoard>,
+    pub ingest: Arc<ingest::Ingest>,
+    pub realtime: Arc<realtime::Realtime>,
+    pub processor_metrics: Arc<ProcessorMetrics>,
+}
+
+/// A started server: its router and its background tasks.
+pub struct App {
+    pub state: AppState,
+    pub router: Router,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+pub async fn start(config: Config) -> anyhow::Result<App> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot create the data directory {}: {e}",
+            config.data_dir.display()
+        )
+    })?;
+    let log = Arc::new(EmbeddedLog::open(EmbeddedLogConfig {
+        votes_partitions: config.log.partitions,
+        fsync: config.log.fsync,
+        queue_capacity: config.log.queue_capacity,
+        ..EmbeddedLogConfig::new(config.log_dir())
+    })?);
+    let dyn_log: Arc<dyn Log> = log.clone();
+    let catalog = PollCatalog::load(Arc::new(FilePollStore::open(config.polls_file())?)).await?;
+    let partitions = log.partitions(Topic::Votes);
+    let board = Arc::new(ResultsBoard::new(partitions));
+    let positions = load_tallies(&*log, &board).await?;
+
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let processor_metrics = Arc::new(ProcessorMetrics::default());
+    let mut tasks = vec![tokio::spawn(tail_tallies(
+        dyn_log.clone(),
+        board.clone(),
+        positions,
+        shutdown_rx.clone(),
+    ))];
+    for p in 0..partitions {
+        tasks.push(tokio::spawn(run_partition_supervised(
+            dyn_log.clone(),
+            catalog.clone(),
+            p,
+            config.processor_config(),
+            board.published(p),
+            processor_metrics.clone(),
+            shutdown_rx.clone(),
+        )));
+    }
+
+    let edge_rejections = Arc::new(EdgeRejections::default());
+    let ingest = ingest::Ingest::new(
+        dyn_log.clone(),
+        catalog.clone(),
+        config.ingest_config(),
+        edge_rejections.clone(),
+    );
+    let keys = query::OperatorKeys::new(config.operator_keys.clone());
+    let query_state = query::QueryState {
+        catalog: catalog.clone(),
+        board: board.clone(),
+        keys: keys.clone(),
+        edge_rejections,
+        public_url: config.public_url.clone(),
+    };
+    let realtime = realtime::Realtime::new(
+        catalog.clone(),
+        board.clone(),
+        keys,
+        std::time::Duration::from_millis(config.realtime.coalesce_ms),
+    );
+    let state = AppState {
+        config: Arc::new(config),
+        log,
+        catalog,
+        board,
+        ingest: ingest.clone(),
+        realtime: realtime.clone(),
+        processor_metrics,
+    };
+    let router = Router::new()
+        .merge(ingest::router(ingest))
+        .merge(query::router(query_state.clone()))
+        .merge(query::ui::router(query_state))
+        .merge(realtime::router(realtime))
+        .merge(crate::seed::router(state.clone()))
+        .route(
+            "/healthz",
+            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
+        )
+        .route("/metrics", get(metrics::render).with_state(state.clone()));
+    Ok(App {
+        state,
+        router,
+        shutdown,
+        tasks,
+    })
+}
+
+/// Serves until `shutdown` resolves; prints `listening on http://ADDR` first (tests read it).
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let app = start(config).await?;
+    let addr = listener.local_addr()?;
+    println!("listening on http://{addr}");
+    tracing::info!(%addr, data_dir = %app.state.config.data_dir.display(), partitions = app.state.log.partitions(Topic::Votes), "CrowdTick is serving: operator console at /, API under /v1");
+    axum::serve(
+        listener,
+        app.router
+            .clone()
+            .into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await?;
+    app.stop().await;
+    Ok(())
+}
+
+impl App {
+    /// Stops the background tasks; processors publish what they hold first.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutting down");
+}
