@@ -7,7 +7,9 @@
 
 use crate::config::Config;
 use crate::metrics;
+use axum::http::StatusCode;
 use axum::routing::get;
+use schemas::ApiError;
 use axum::{Json, Router};
 use processor::board::{load_tallies, tail_tallies};
 use processor::runner::run_partition_supervised;
@@ -121,7 +123,11 @@ pub async fn start(config: Config) -> anyhow::Result<App> {
             "/healthz",
             get(|| async { Json(serde_json::json!({"status": "ok"})) }),
         )
-        .route("/metrics", get(metrics::render).with_state(state.clone()));
+        .route("/metrics", get(metrics::render).with_state(state.clone()))
+        .fallback(|| async { ApiError::not_found("no_route", "no such endpoint; the API is described at /openapi.json") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint does not take that method; see /openapi.json")
+        });
     Ok(App {
         state,
         router,

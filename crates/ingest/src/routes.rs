@@ -90,11 +90,6 @@ struct BatchIn<'a> {
     votes: Vec<&'a RawValue>,
 }
 
-#[derive(Deserialize, Default)]
-struct BatchQuery {
-    /// `rejected`: answer only the rejected votes (with their index).
-    results: Option<String>,
-}
 
 #[derive(Serialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
@@ -123,7 +118,7 @@ struct BatchOut<'a> {
 /// with a result per vote once the accepted ones are durable.
 async fn post_batch(
     State(ingest): State<Arc<Ingest>>,
-    Query(q): Query<BatchQuery>,
+    Query(q): Query<Vec<(String, String)>>,
     req: Request,
 ) -> Result<Response, ApiError> {
     ingest
@@ -148,7 +143,8 @@ async fn post_batch(
             ),
         ));
     }
-    let only_rejected = q.results.as_deref() == Some("rejected");
+    // `?results=rejected`: answer only the rejected votes (with their index).
+    let only_rejected = q.iter().any(|(k, v)| k == "results" && v == "rejected");
     let (accepted_at, polls) = ingest.catalog.stamp_and_snapshot();
     let partitions = ingest.log.partitions(Topic::Votes);
     let mut append = AppendBatch::with_capacity(batch.votes.len(), body.len());

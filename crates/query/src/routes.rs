@@ -48,9 +48,19 @@ pub struct CreatePoll {
     pub closes_in_secs: Option<u64>,
 }
 
+/// Query-string parameters, taken leniently (repeated or unknown ones never make a request fail).
 #[derive(Debug, Deserialize, Default)]
-pub struct KeyQuery {
-    pub key: Option<String>,
+#[serde(transparent)]
+pub struct KeyQuery(pub Vec<(String, String)>);
+
+impl KeyQuery {
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+    /// The operator key given as `?key=`.
+    pub fn key(&self) -> Option<&str> {
+        self.get("key")
+    }
 }
 
 fn parse_time(field: &str, s: &str) -> Result<i64, ApiError> {
@@ -304,7 +314,7 @@ async fn results(
     Query(q): Query<KeyQuery>,
 ) -> Result<Response, ApiError> {
     let p = find(&s, poll_id(&id)?)?;
-    let operator = s.keys.is_operator(&headers, q.key.as_deref());
+    let operator = s.keys.is_operator(&headers, q.key());
     let snap = s.board.snapshot(p.id);
     Ok(Json(results_view(&p, &snap, operator, now_micros())).into_response())
 }
@@ -317,7 +327,7 @@ async fn timeline(
 ) -> Result<Response, ApiError> {
     let p = find(&s, poll_id(&id)?)?;
     let now = now_micros();
-    if !s.keys.is_operator(&headers, q.key.as_deref()) && !p.results_public(now) {
+    if !s.keys.is_operator(&headers, q.key()) && !p.results_public(now) {
         return Ok(Json(
             json!({"poll_id": p.id, "hidden": true, "window_ms": 1000, "windows": []}),
         )

@@ -1,6 +1,7 @@
 //! `GET /v1/polls/{id}/ws` (WebSocket) and `GET /v1/polls/{id}/sse` (Server-Sent Events).
 
 use crate::Realtime;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
@@ -31,10 +32,11 @@ async fn ws(
     Path(id): Path<String>,
     Query(q): Query<KeyQuery>,
     headers: HeaderMap,
-    upgrade: WebSocketUpgrade,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
+    let upgrade = upgrade.map_err(|e| ApiError::bad_request("not_a_websocket", format!("this endpoint speaks WebSocket: {e}")))?;
     let id = poll_id(&id)?;
-    let operator = rt.keys.is_operator(&headers, q.key.as_deref());
+    let operator = rt.keys.is_operator(&headers, q.key());
     let sub = rt
         .subscribe(id)
         .ok_or_else(|| ApiError::not_found("unknown_poll", format!("there is no poll {id}")))?;
@@ -66,7 +68,7 @@ async fn sse(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let id = poll_id(&id)?;
-    let operator = rt.keys.is_operator(&headers, q.key.as_deref());
+    let operator = rt.keys.is_operator(&headers, q.key());
     let sub = rt
         .subscribe(id)
         .ok_or_else(|| ApiError::not_found("unknown_poll", format!("there is no poll {id}")))?;

@@ -1,0 +1,192 @@
+//! Exactly once through kill -9: the server binary is killed with SIGKILL several times while votes
+//! pour in (20% duplicates, 5% retries with the same vote_id), restarted on the same data directory,
+//! and at the end every poll's published counts equal those computed from the acknowledged votes,
+//! and `crowdtick recount` agrees. (The full-size variant is scripts/crash-test.sh.)
+
+use rand::{Rng, SeedableRng};
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const POLLS: i64 = 3;
+const OPTIONS: i64 = 3;
+const VOTERS: u32 = 3_000;
+const SUBMISSIONS: usize = 20_000;
+const LANES: usize = 32;
+const KILLS: u64 = 3;
+
+#[derive(Clone, Debug)]
+struct Submission {
+    poll: i64,
+    voter: u32,
+    option: i64,
+    vote_id: String,
+}
+
+/// The plan: first votes, duplicates (same voter, new vote_id, any option) and retries (an earlier
+/// submission again, same vote_id), in plan order.
+fn plan(seed: u64, first_poll: i64) -> Vec<Submission> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut subs: Vec<Submission> = Vec::with_capacity(SUBMISSIONS);
+    let mut voted: Vec<(i64, u32)> = Vec::new();
+    for i in 0..SUBMISSIONS {
+        let r: f64 = rng.gen();
+        let s = if r < 0.05 && !subs.is_empty() {
+            subs[rng.gen_range(0..subs.len())].clone()
+        } else if r < 0.25 && !voted.is_empty() {
+            let (poll, voter) = voted[rng.gen_range(0..voted.len())];
+            Submission { poll, voter, option: rng.gen_range(0..OPTIONS), vote_id: format!("c{i}") }
+        } else {
+            let (poll, voter) = (first_poll + rng.gen_range(0..POLLS), rng.gen_range(0..VOTERS));
+            voted.push((poll, voter));
+            Submission { poll, voter, option: rng.gen_range(0..OPTIONS), vote_id: format!("c{i}") }
+        };
+        subs.push(s);
+    }
+    subs
+}
+
+/// Expected counts: each (poll, voter)'s first submission in plan order (all get acknowledged).
+fn expected(subs: &[Submission]) -> HashMap<i64, Vec<i64>> {
+    let mut first: HashMap<(i64, u32), i64> = HashMap::new();
+    for s in subs {
+        first.entry((s.poll, s.voter)).or_insert(s.option);
+    }
+    let mut counts: HashMap<i64, Vec<i64>> = HashMap::new();
+    for ((poll, _), option) in first {
+        counts.entry(poll).or_insert_with(|| vec![0; OPTIONS as usize])[option as usize] += 1;
+    }
+    counts
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn start_server(data: &Path, port: u16) -> Child {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(data.with_extension("server.log")).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_crowdtick"))
+        .args(["serve", "--data-dir"])
+        .arg(data)
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--partitions", "4"])
+        .env("CROWDTICK_PROCESSOR__FLUSH_INTERVAL_MS", "20")
+        .env("CROWDTICK_INGEST__DEADLINE_MS", "1000")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start crowdtick")
+}
+
+async fn wait_healthy(client: &reqwest::Client, base: &str) {
+    for _ in 0..400 {
+        if client.get(format!("{base}/healthz")).send().await.is_ok_and(|r| r.status().is_success()) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the server at {base} did not come up");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_load_loses_no_acknowledged_vote_and_counts_none_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).pool_max_idle_per_host(LANES).build().unwrap();
+    let mut server = start_server(&data, port);
+    wait_healthy(&client, &base).await;
+
+    let mut first_poll = 0;
+    for p in 0..POLLS {
+        let r = client
+            .post(format!("{base}/v1/polls"))
+            .bearer_auth("dev-operator-key")
+            .json(&serde_json::json!({"title": format!("crash {p}"), "options": ["A", "B", "C"], "open": true}))
+            .send()
+            .await
+            .unwrap();
+        let id = r.json::<serde_json::Value>().await.unwrap()["id"].as_i64().unwrap();
+        if p == 0 {
+            first_poll = id;
+        }
+    }
+    let subs = plan(42, first_poll);
+    let want = expected(&subs);
+
+    // Lanes keep each (poll, voter)'s submissions in plan order; each is retried until acknowledged.
+    let mut lanes: Vec<Vec<Submission>> = vec![Vec::new(); LANES];
+    for s in &subs {
+        lanes[(s.poll as usize * 7919 + s.voter as usize) % LANES].push(s.clone());
+    }
+    let acked = Arc::new(AtomicU64::new(0));
+    let failures = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = lanes
+        .into_iter()
+        .map(|lane| {
+            let (client, base, acked, failures) = (client.clone(), base.clone(), acked.clone(), failures.clone());
+            tokio::spawn(async move {
+                for s in lane {
+                    let body = serde_json::json!({"poll_id": s.poll, "option_id": s.option, "voter_id": format!("voter-{}", s.voter), "vote_id": s.vote_id});
+                    let give_up = Instant::now() + Duration::from_secs(120);
+                    loop {
+                        match client.post(format!("{base}/v1/votes")).json(&body).send().await {
+                            Ok(r) if r.status().as_u16() == 202 => break,
+                            Ok(r) if r.status().is_client_error() => panic!("{body} refused: {}", r.text().await.unwrap()),
+                            _ => {
+                                failures.fetch_add(1, Ordering::Relaxed);
+                                assert!(Instant::now() < give_up, "{body} never acknowledged");
+                                tokio::time::sleep(Duration::from_millis(30)).await;
+                            }
+                        }
+                    }
+                    acked.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+
+    // Kill -9 at 20%, 45% and 70% of the load; restart at once on the same data directory.
+    let mut kills = 0;
+    while kills < KILLS {
+        let at = SUBMISSIONS as u64 * (20 + 25 * kills) / 100;
+        while acked.load(Ordering::Relaxed) < at {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        server.kill().unwrap(); // SIGKILL
+        server.wait().unwrap();
+        kills += 1;
+        server = start_server(&data, port);
+        wait_healthy(&client, &base).await;
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(acked.load(Ordering::Relaxed), SUBMISSIONS as u64);
+    eprintln!("{SUBMISSIONS} submissions acknowledged through {kills} kill -9s; {} attempts failed and were retried", failures.load(Ordering::Relaxed));
+    assert!(failures.load(Ordering::Relaxed) > 0, "the kills should have interrupted requests in flight");
+
+    for (poll, counts) in &want {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let r: serde_json::Value = client.get(format!("{base}/v1/polls/{poll}/results")).send().await.unwrap().json().await.unwrap();
+            let got: Vec<i64> = r["counts"].as_array().unwrap().iter().map(|c| c.as_i64().unwrap()).collect();
+            if &got == counts {
+                break;
+            }
+            assert!(Instant::now() < deadline, "poll {poll}: published {got:?}, expected {counts:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // The audit, beside the running server.
+    let out = Command::new(env!("CARGO_BIN_EXE_crowdtick")).args(["recount", "--data-dir"]).arg(&data).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "recount disagreed:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("recount agrees"), "{text}");
+    eprintln!("{text}");
+    server.kill().unwrap();
+    let _ = server.wait();
+}

@@ -1,0 +1,137 @@
+//! Spawning servers for tests, and a small HTTP client.
+
+use crowdtick::Config;
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tempfile::TempDir;
+
+pub const KEY: &str = "dev-operator-key";
+
+/// A server running in this process on a free port, on its own data directory.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub base: String,
+    pub client: reqwest::Client,
+    pub data: TempDir,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    handle: Option<tokio::task::JoinHandle<()>>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
+    let data = tempfile::tempdir().unwrap();
+    spawn_app_in(data, configure).await
+}
+
+pub async fn spawn_app_in(data: TempDir, configure: impl FnOnce(&mut Config)) -> TestApp {
+    let mut config = Config { data_dir: data.path().to_path_buf(), ..Config::default() };
+    config.log.partitions = 4;
+    config.realtime.coalesce_ms = 20;
+    config.processor.flush_interval_ms = 10;
+    config.ingest.deadline_ms = 1_000;
+    configure(&mut config);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(async move {
+        crowdtick::serve::run(listener, config, async move {
+            let _ = rx.await;
+        })
+        .await
+        .expect("server failed");
+    });
+    let client = reqwest::Client::builder().cookie_store(true).timeout(Duration::from_secs(20)).build().unwrap();
+    let app = TestApp { addr, base: format!("http://{addr}"), client, data, shutdown: Some(tx), handle: Some(handle) };
+    app.wait_healthy().await;
+    app
+}
+
+impl TestApp {
+    pub async fn wait_healthy(&self) {
+        for _ in 0..200 {
+            if let Ok(r) = self.client.get(format!("{}/healthz", self.base)).send().await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("server at {} never became healthy", self.base);
+    }
+
+    /// Stops the server gracefully and hands back its data directory.
+    pub async fn stop(mut self) -> TempDir {
+        let _ = self.shutdown.take().unwrap().send(());
+        self.handle.take().unwrap().await.unwrap();
+        let data = tempfile::tempdir().unwrap();
+        std::mem::replace(&mut self.data, data)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// A request; answers (status, JSON body or Null).
+    pub async fn call(&self, method: &str, path: &str, body: Option<Value>, operator: bool) -> (u16, Value) {
+        let mut req = self.client.request(method.parse().unwrap(), self.url(path));
+        if operator {
+            req = req.bearer_auth(KEY);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    pub async fn raw(&self, method: &str, path: &str, body: Vec<u8>, content_type: &str) -> (u16, String) {
+        let resp = self
+            .client
+            .request(method.parse().unwrap(), self.url(path))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    }
+
+    /// Creates an open poll with the given options; returns its id.
+    pub async fn open_poll(&self, options: &[&str]) -> i64 {
+        let (status, body) = self.call("POST", "/v1/polls", Some(json!({"title": "Test poll", "options": options, "open": true})), true).await;
+        assert_eq!(status, 201, "{body}");
+        body["id"].as_i64().unwrap()
+    }
+
+    pub async fn vote(&self, poll: i64, option: i64, voter: &str) -> (u16, Value) {
+        self.call("POST", "/v1/votes", Some(json!({"poll_id": poll, "option_id": option, "voter_id": voter})), false).await
+    }
+
+    pub async fn results(&self, poll: i64) -> Value {
+        let (status, body) = self.call("GET", &format!("/v1/polls/{poll}/results"), None, true).await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// Waits until a poll's counts equal `expected` (or panics after `secs`).
+    pub async fn wait_counts(&self, poll: i64, expected: &[i64], secs: u64) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            let r = self.results(poll).await;
+            let counts: Vec<i64> = r["counts"].as_array().unwrap().iter().map(|c| c.as_i64().unwrap()).collect();
+            if counts == expected {
+                return r;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("poll {poll}: counts {counts:?}, expected {expected:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
