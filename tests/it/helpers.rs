@@ -90,18 +90,6 @@ impl TestApp {
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
-    pub async fn raw(&self, method: &str, path: &str, body: Vec<u8>, content_type: &str) -> (u16, String) {
-        let resp = self
-            .client
-            .request(method.parse().unwrap(), self.url(path))
-            .header("content-type", content_type)
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        (resp.status().as_u16(), resp.text().await.unwrap())
-    }
-
     /// Creates an open poll with the given options; returns its id.
     pub async fn open_poll(&self, options: &[&str]) -> i64 {
         let (status, body) = self.call("POST", "/v1/polls", Some(json!({"title": "Test poll", "options": options, "open": true})), true).await;

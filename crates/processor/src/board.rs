@@ -26,6 +26,9 @@ pub struct Snapshot {
     pub late_for_window: i64,
     /// Every partition has counted everything accepted up to here (None until all have reported).
     pub complete_until: Option<i64>,
+    /// Per votes partition, how many records the counts reflect: a vote whose receipt says
+    /// (partition p, offset o) is included once `offsets[p] > o`.
+    pub offsets: Vec<i64>,
     pub updated_at: i64,
 }
 
@@ -87,6 +90,15 @@ impl ResultsBoard {
             rejected: r.rejected(),
             late_for_window: r.late_for_window(),
             complete_until: r.complete_until(self.partitions),
+            offsets: {
+                let mut o = vec![0; self.partitions as usize];
+                for (p, off) in r.offsets() {
+                    if let Some(slot) = o.get_mut(p as usize) {
+                        *slot = off;
+                    }
+                }
+                o
+            },
             updated_at: now_micros(),
         }
     }

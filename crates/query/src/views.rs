@@ -96,10 +96,13 @@ pub struct ResultsView<'a> {
     pub total_votes: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub voters: Option<i64>,
+    /// Records counted per votes partition: a receipt (partition p, offset o) is included once
+    /// `offsets[p] > o`.
+    pub offsets: &'a [i64],
 }
 
 /// The results of a poll as `operator` (or the public) may see them at `now`.
-pub fn results_view<'a>(p: &'a Poll, s: &Snapshot, operator: bool, now: i64) -> ResultsView<'a> {
+pub fn results_view<'a>(p: &'a Poll, s: &'a Snapshot, operator: bool, now: i64) -> ResultsView<'a> {
     let hidden = !operator && !p.results_public(now);
     let mut counts = s.counts.clone();
     counts.resize(p.options.len().max(counts.len()), 0);
@@ -124,6 +127,7 @@ pub fn results_view<'a>(p: &'a Poll, s: &Snapshot, operator: bool, now: i64) -> 
         total_votes: visible.then(|| counts.iter().sum()),
         voters: visible.then_some(s.voters),
         counts: visible.then_some(counts),
+        offsets: &s.offsets,
     }
 }
 

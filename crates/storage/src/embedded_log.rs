@@ -1,11 +1,14 @@
-//! The embedded log: one append-only file per partition under `<dir>/<topic>/<partition>.log`.
+//! The embedded log: one append-only file per topic (`<dir>/<topic>.log`) holding every partition's
+//! records interleaved, with an in-memory index per partition (offset → position in the file).
 //!
-//! Frame: `[u32 body length][u32 CRC-32 of body][body: i64 timestamp µs, u32 key length, key, value]`
-//! (little endian). One writer thread takes every append request waiting in its queue, drops those
-//! whose deadline has passed (so a caller that gave up never has its record written), writes each
-//! partition's share with one `pwrite`, `fdatasync`s each partition it touched, and only then makes
-//! the records visible to readers and answers the callers: group commit, many records per fsync.
-//! On open, each file is scanned and cut at the first torn or corrupt frame (a crash mid-write).
+//! Frame: `[u32 body length][u32 CRC-32 of body][body: u32 partition, i64 timestamp µs,
+//! u32 key length, key, value]` (little endian). One writer thread takes every append request
+//! waiting in its queue, drops those whose deadline has passed (so a caller that gave up never has
+//! its record written), writes the group with one `pwrite` per topic and makes it durable with one
+//! `fdatasync` per topic, and only then makes the records visible to readers and answers the
+//! callers: group commit, many records per fsync however many partitions they touch. (One file per
+//! partition was measured at 3.5× fewer votes/s on this machine: one fsync per partition per group.)
+//! On open, the file is scanned and cut at the first torn or corrupt frame (a crash mid-write).
 
 use crate::log::{AppendBatch, Fetched, Log, LogError, Position, Topic};
 use async_trait::async_trait;
@@ -20,7 +23,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 
 const HEADER: usize = 8;
-const BODY_FIXED: usize = 12;
+const BODY_FIXED: usize = 16;
 
 #[derive(Debug, Clone)]
 pub struct EmbeddedLogConfig {
@@ -59,26 +62,31 @@ pub struct LogMetrics {
     pub appends_rejected_full: AtomicU64,
 }
 
-struct PartitionFile {
-    file: File,
-    /// Start position of every record, then the end of the last one: `len() - 1` records.
-    index: RwLock<Vec<u64>>,
+/// Where each record of one partition sits in its topic's file.
+struct PartitionIndex {
+    /// (position, frame length) of every record, by offset.
+    records: RwLock<Vec<(u64, u32)>>,
     high_watermark: watch::Sender<u64>,
 }
 
-struct TopicFiles {
-    partitions: Vec<PartitionFile>,
+struct TopicFile {
+    file: File,
+    /// End of the last durable frame (the writer appends here).
+    end: AtomicU64,
+    partitions: Vec<PartitionIndex>,
 }
+
+type Reply = oneshot::Sender<Result<Vec<Position>, LogError>>;
 
 struct AppendRequest {
     topic: Topic,
     batch: AppendBatch,
     deadline: Instant,
-    reply: oneshot::Sender<Result<Vec<Position>, LogError>>,
+    reply: Reply,
 }
 
 pub struct EmbeddedLog {
-    topics: Arc<Vec<TopicFiles>>,
+    topics: Arc<Vec<TopicFile>>,
     queue: Option<mpsc::Sender<AppendRequest>>,
     pub metrics: Arc<LogMetrics>,
 }
@@ -96,49 +104,28 @@ impl EmbeddedLog {
         let topics = Arc::new(Self::open_topics(&config.dir, &meta, true)?);
         let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
         let metrics = Arc::new(LogMetrics::default());
-        let writer = Writer {
-            topics: topics.clone(),
-            fsync: config.fsync,
-            max_group_bytes: config.max_group_bytes,
-            metrics: metrics.clone(),
-        };
+        let writer = Writer { topics: topics.clone(), fsync: config.fsync, max_group_bytes: config.max_group_bytes, metrics: metrics.clone() };
         std::thread::Builder::new()
             .name("log-writer".into())
             .spawn(move || writer.run(rx))
             .map_err(|e| LogError::Io(e.to_string()))?;
-        Ok(Self {
-            topics,
-            queue: Some(tx),
-            metrics,
-        })
+        Ok(Self { topics, queue: Some(tx), metrics })
     }
 
     /// Opens an existing log for reading only, without cutting anything (for `recount` beside a
     /// running server). Records written after opening are not seen.
     pub fn open_read_only(dir: &Path) -> Result<Self, LogError> {
         let meta: Meta = read_meta(dir)?.ok_or_else(|| {
-            LogError::Config(format!(
-                "no log in {} (meta.json missing): is this the server's data directory?",
-                dir.display()
-            ))
+            LogError::Config(format!("no log in {} (meta.json missing): is this the server's data directory?", dir.display()))
         })?;
         let topics = Arc::new(Self::open_topics(dir, &meta, false)?);
-        Ok(Self {
-            topics,
-            queue: None,
-            metrics: Default::default(),
-        })
+        Ok(Self { topics, queue: None, metrics: Default::default() })
     }
 
     fn check_meta(config: &EmbeddedLogConfig) -> Result<Meta, LogError> {
-        let want = Meta {
-            votes_partitions: config.votes_partitions,
-            tallies_partitions: config.tallies_partitions,
-        };
+        let want = Meta { votes_partitions: config.votes_partitions, tallies_partitions: config.tallies_partitions };
         if want.votes_partitions == 0 || want.tallies_partitions == 0 {
-            return Err(LogError::Config(
-                "partition counts must be at least 1".into(),
-            ));
+            return Err(LogError::Config("partition counts must be at least 1".into()));
         }
         std::fs::create_dir_all(&config.dir).map_err(io)?;
         match read_meta(&config.dir)? {
@@ -157,7 +144,7 @@ impl EmbeddedLog {
         }
     }
 
-    fn open_topics(dir: &Path, meta: &Meta, writable: bool) -> Result<Vec<TopicFiles>, LogError> {
+    fn open_topics(dir: &Path, meta: &Meta, writable: bool) -> Result<Vec<TopicFile>, LogError> {
         Topic::ALL
             .iter()
             .map(|&topic| {
@@ -165,31 +152,21 @@ impl EmbeddedLog {
                     Topic::Votes => meta.votes_partitions,
                     Topic::Tallies => meta.tallies_partitions,
                 };
-                let tdir = dir.join(topic.name());
-                if writable {
-                    std::fs::create_dir_all(&tdir).map_err(io)?;
-                }
-                let partitions = (0..n)
-                    .map(|p| open_partition(&tdir.join(format!("{p:05}.log")), writable))
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok(TopicFiles { partitions })
+                open_topic(&dir.join(format!("{}.log", topic.name())), n, writable)
             })
             .collect()
     }
 
-    fn partition(&self, topic: Topic, partition: u32) -> Result<&PartitionFile, LogError> {
-        self.topics[topic.index()]
-            .partitions
-            .get(partition as usize)
-            .ok_or(LogError::NoSuchPartition(partition))
+    fn partition(&self, topic: Topic, partition: u32) -> Result<(&TopicFile, &PartitionIndex), LogError> {
+        let t = &self.topics[topic.index()];
+        let p = t.partitions.get(partition as usize).ok_or(LogError::NoSuchPartition(partition))?;
+        Ok((t, p))
     }
 }
 
 fn read_meta(dir: &Path) -> Result<Option<Meta>, LogError> {
     match std::fs::read(dir.join("meta.json")) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| LogError::Config(format!("meta.json: {e}"))),
+        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| LogError::Config(format!("meta.json: {e}"))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(io(e)),
     }
@@ -199,32 +176,20 @@ fn io(e: std::io::Error) -> LogError {
     LogError::Io(e.to_string())
 }
 
-/// Scans a partition file, building the index and cutting a torn or corrupt tail.
-fn open_partition(path: &Path, writable: bool) -> Result<PartitionFile, LogError> {
+/// Scans a topic file, building each partition's index and cutting a torn or corrupt tail.
+fn open_topic(path: &Path, partitions: u32, writable: bool) -> Result<TopicFile, LogError> {
     let file = if writable {
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(io)?
+        OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).map_err(io)?
     } else {
         match File::open(path) {
             Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(PartitionFile {
-                    file: File::open("/dev/null").map_err(io)?,
-                    index: RwLock::new(vec![0]),
-                    high_watermark: watch::channel(0).0,
-                })
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => File::open("/dev/null").map_err(io)?,
             Err(e) => return Err(io(e)),
         }
     };
     let len = file.metadata().map_err(io)?.len();
     let mut reader = BufReader::with_capacity(1 << 20, &file);
-    let mut index = vec![0u64];
+    let mut index: Vec<Vec<(u64, u32)>> = vec![Vec::new(); partitions as usize];
     let mut pos = 0u64;
     let mut header = [0u8; HEADER];
     let mut body = Vec::new();
@@ -241,8 +206,13 @@ fn open_partition(path: &Path, writable: bool) -> Result<PartitionFile, LogError
         if reader.read_exact(&mut body).is_err() || crc32fast::hash(&body) != crc {
             break;
         }
-        pos += (HEADER + body_len) as u64;
-        index.push(pos);
+        let partition = u32::from_le_bytes(body[0..4].try_into().unwrap()) as usize;
+        if partition >= index.len() {
+            break;
+        }
+        let frame = (HEADER + body_len) as u32;
+        index[partition].push((pos, frame));
+        pos += frame as u64;
     }
     if pos < len {
         if writable {
@@ -253,34 +223,37 @@ fn open_partition(path: &Path, writable: bool) -> Result<PartitionFile, LogError
             tracing::info!(path = %path.display(), valid = pos, len, "reading up to the last whole record");
         }
     }
-    let records = index.len() as u64 - 1;
-    Ok(PartitionFile {
-        file,
-        index: RwLock::new(index),
-        high_watermark: watch::channel(records).0,
-    })
+    let partitions = index
+        .into_iter()
+        .map(|records| {
+            let hw = records.len() as u64;
+            PartitionIndex { records: RwLock::new(records), high_watermark: watch::channel(hw).0 }
+        })
+        .collect();
+    Ok(TopicFile { file, end: AtomicU64::new(pos), partitions })
 }
 
 struct Writer {
-    topics: Arc<Vec<TopicFiles>>,
+    topics: Arc<Vec<TopicFile>>,
     fsync: bool,
     max_group_bytes: usize,
     metrics: Arc<LogMetrics>,
 }
 
+/// One topic's share of a group commit.
+#[derive(Default)]
+struct Pending {
+    buf: Vec<u8>,
+    /// (partition, position, frame length) of each new record, in order.
+    records: Vec<(u32, u64, u32)>,
+    /// Records already assigned per partition in this group (for their offsets).
+    assigned: Vec<u64>,
+}
+
 impl Writer {
     fn run(self, mut rx: mpsc::Receiver<AppendRequest>) {
-        // Per topic, per partition: bytes of this group, and the start of each new record.
-        let mut bufs: Vec<Vec<Vec<u8>>> = self
-            .topics
-            .iter()
-            .map(|t| vec![Vec::new(); t.partitions.len()])
-            .collect();
-        let mut starts: Vec<Vec<Vec<u64>>> = bufs
-            .clone()
-            .into_iter()
-            .map(|t| vec![Vec::new(); t.len()])
-            .collect();
+        let mut pending: Vec<Pending> =
+            self.topics.iter().map(|t| Pending { assigned: vec![0; t.partitions.len()], ..Default::default() }).collect();
         let mut group: Vec<AppendRequest> = Vec::new();
         while let Some(first) = rx.blocking_recv() {
             let mut bytes = first.batch.bytes();
@@ -294,99 +267,79 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            self.commit(&mut group, &mut bufs, &mut starts);
+            self.commit(&mut group, &mut pending);
         }
         tracing::debug!("log writer stopped");
     }
 
-    fn commit(
-        &self,
-        group: &mut Vec<AppendRequest>,
-        bufs: &mut [Vec<Vec<u8>>],
-        starts: &mut [Vec<Vec<u64>>],
-    ) {
+    fn commit(&self, group: &mut Vec<AppendRequest>, pending: &mut [Pending]) {
         let now = Instant::now();
-        let mut answered: Vec<(
-            oneshot::Sender<Result<Vec<Position>, LogError>>,
-            Result<Vec<Position>, LogError>,
-        )> = Vec::with_capacity(group.len());
+        let mut answered: Vec<(Reply, Result<Vec<Position>, LogError>)> = Vec::with_capacity(group.len());
         for req in group.drain(..) {
             let t = req.topic.index();
-            let parts = &self.topics[t].partitions;
+            let topic = &self.topics[t];
             if req.deadline <= now {
                 self.metrics.appends_expired.fetch_add(1, Ordering::Relaxed);
                 answered.push((req.reply, Err(LogError::Timeout)));
                 continue;
             }
-            if let Some((p, ..)) = req.batch.iter().find(|(p, ..)| *p as usize >= parts.len()) {
+            if let Some((p, ..)) = req.batch.iter().find(|(p, ..)| *p as usize >= topic.partitions.len()) {
                 answered.push((req.reply, Err(LogError::NoSuchPartition(p))));
                 continue;
             }
+            let pend = &mut pending[t];
+            let end = topic.end.load(Ordering::Relaxed);
             let mut positions = Vec::with_capacity(req.batch.len());
             for (p, ts, key, value) in req.batch.iter() {
-                let p = p as usize;
-                let (end, records) = {
-                    let idx = parts[p].index.read();
-                    (*idx.last().unwrap(), idx.len() as u64 - 1)
-                };
-                let buf = &mut bufs[t][p];
-                let st = &mut starts[t][p];
-                let offset = records + st.len() as u64;
-                st.push(end + buf.len() as u64);
+                let durable = topic.partitions[p as usize].records.read().len() as u64;
+                let offset = durable + pend.assigned[p as usize];
+                pend.assigned[p as usize] += 1;
+                let at = pend.buf.len();
                 let body_len = BODY_FIXED + key.len() + value.len();
-                let at = buf.len();
-                buf.extend_from_slice(&(body_len as u32).to_le_bytes());
-                buf.extend_from_slice(&[0; 4]);
-                buf.extend_from_slice(&ts.to_le_bytes());
-                buf.extend_from_slice(&(key.len() as u32).to_le_bytes());
-                buf.extend_from_slice(key);
-                buf.extend_from_slice(value);
-                let crc = crc32fast::hash(&buf[at + HEADER..]);
-                buf[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
-                positions.push(Position {
-                    partition: p as u32,
-                    offset,
-                });
+                pend.buf.extend_from_slice(&(body_len as u32).to_le_bytes());
+                pend.buf.extend_from_slice(&[0; 4]);
+                pend.buf.extend_from_slice(&p.to_le_bytes());
+                pend.buf.extend_from_slice(&ts.to_le_bytes());
+                pend.buf.extend_from_slice(&(key.len() as u32).to_le_bytes());
+                pend.buf.extend_from_slice(key);
+                pend.buf.extend_from_slice(value);
+                let crc = crc32fast::hash(&pend.buf[at + HEADER..]);
+                pend.buf[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
+                pend.records.push((p, end + at as u64, (HEADER + body_len) as u32));
+                positions.push(Position { partition: p, offset });
             }
             answered.push((req.reply, Ok(positions)));
         }
 
-        let written = self.write_and_sync(bufs);
-        let mut records = 0u64;
-        let mut bytes = 0u64;
-        for (t, topic) in self.topics.iter().enumerate() {
-            for (p, part) in topic.partitions.iter().enumerate() {
-                let new = std::mem::take(&mut starts[t][p]);
-                let buf = &mut bufs[t][p];
-                if new.is_empty() {
-                    continue;
-                }
-                if written.is_ok() {
-                    records += new.len() as u64;
-                    bytes += buf.len() as u64;
-                    let end = new[0] + buf.len() as u64;
-                    let hw = {
-                        let mut idx = part.index.write();
-                        idx.extend_from_slice(&new[1..]);
-                        idx.push(end);
-                        idx.len() as u64 - 1
-                    };
-                    part.high_watermark.send_replace(hw);
-                } else {
-                    // Undo a partial write so the file ends at the last acknowledged record.
-                    let _ = part.file.set_len(new[0]);
-                }
-                buf.clear();
-                starts[t][p] = new;
-                starts[t][p].clear();
+        let written = self.write_and_sync(pending);
+        let (mut records, mut bytes) = (0u64, 0u64);
+        for (topic, pend) in self.topics.iter().zip(pending.iter_mut()) {
+            if pend.records.is_empty() {
+                continue;
             }
+            if written.is_ok() {
+                records += pend.records.len() as u64;
+                bytes += pend.buf.len() as u64;
+                topic.end.fetch_add(pend.buf.len() as u64, Ordering::Relaxed);
+                let mut touched = vec![false; topic.partitions.len()];
+                for &(p, pos, len) in &pend.records {
+                    topic.partitions[p as usize].records.write().push((pos, len));
+                    touched[p as usize] = true;
+                }
+                for (part, _) in topic.partitions.iter().zip(&touched).filter(|(_, &t)| t) {
+                    let hw = part.records.read().len() as u64;
+                    part.high_watermark.send_replace(hw);
+                }
+            } else {
+                // Undo a partial write so the file ends at the last acknowledged record.
+                let _ = topic.file.set_len(topic.end.load(Ordering::Relaxed));
+            }
+            pend.buf.clear();
+            pend.records.clear();
+            pend.assigned.iter_mut().for_each(|a| *a = 0);
         }
-        self.metrics
-            .records_appended
-            .fetch_add(records, Ordering::Relaxed);
-        self.metrics
-            .bytes_appended
-            .fetch_add(bytes, Ordering::Relaxed);
+        self.metrics.records_appended.fetch_add(records, Ordering::Relaxed);
+        self.metrics.bytes_appended.fetch_add(bytes, Ordering::Relaxed);
         self.metrics.group_commits.fetch_add(1, Ordering::Relaxed);
         for (reply, result) in answered {
             let result = match (&written, result) {
@@ -397,19 +350,15 @@ impl Writer {
         }
     }
 
-    fn write_and_sync(&self, bufs: &[Vec<Vec<u8>>]) -> Result<(), LogError> {
-        for (t, topic) in self.topics.iter().enumerate() {
-            for (p, part) in topic.partitions.iter().enumerate() {
-                let buf = &bufs[t][p];
-                if buf.is_empty() {
-                    continue;
-                }
-                let end = *part.index.read().last().unwrap();
-                part.file.write_all_at(buf, end).map_err(io)?;
-                if self.fsync {
-                    part.file.sync_data().map_err(io)?;
-                    self.metrics.fsyncs.fetch_add(1, Ordering::Relaxed);
-                }
+    fn write_and_sync(&self, pending: &[Pending]) -> Result<(), LogError> {
+        for (topic, pend) in self.topics.iter().zip(pending) {
+            if pend.buf.is_empty() {
+                continue;
+            }
+            topic.file.write_all_at(&pend.buf, topic.end.load(Ordering::Relaxed)).map_err(io)?;
+            if self.fsync {
+                topic.file.sync_data().map_err(io)?;
+                self.metrics.fsyncs.fetch_add(1, Ordering::Relaxed);
             }
         }
         Ok(())
@@ -422,47 +371,26 @@ impl Log for EmbeddedLog {
         self.topics[topic.index()].partitions.len() as u32
     }
 
-    async fn append(
-        &self,
-        topic: Topic,
-        batch: AppendBatch,
-        deadline: Instant,
-    ) -> Result<Vec<Position>, LogError> {
+    async fn append(&self, topic: Topic, batch: AppendBatch, deadline: Instant) -> Result<Vec<Position>, LogError> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
         let queue = self.queue.as_ref().ok_or(LogError::Closed)?;
         let (reply, answer) = oneshot::channel();
-        queue
-            .try_send(AppendRequest {
-                topic,
-                batch,
-                deadline,
-                reply,
-            })
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => {
-                    self.metrics
-                        .appends_rejected_full
-                        .fetch_add(1, Ordering::Relaxed);
-                    LogError::Overloaded
-                }
-                mpsc::error::TrySendError::Closed(_) => LogError::Closed,
-            })?;
+        queue.try_send(AppendRequest { topic, batch, deadline, reply }).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => {
+                self.metrics.appends_rejected_full.fetch_add(1, Ordering::Relaxed);
+                LogError::Overloaded
+            }
+            mpsc::error::TrySendError::Closed(_) => LogError::Closed,
+        })?;
         // The writer answers every request it takes, expired ones with Timeout, so waiting for the
         // answer (rather than for the deadline) is what keeps "503 means not written" true.
         answer.await.map_err(|_| LogError::Closed)?
     }
 
-    async fn fetch(
-        &self,
-        topic: Topic,
-        partition: u32,
-        offset: u64,
-        max_bytes: usize,
-        max_wait: Duration,
-    ) -> Result<Fetched, LogError> {
-        let part = self.partition(topic, partition)?;
+    async fn fetch(&self, topic: Topic, partition: u32, offset: u64, max_bytes: usize, max_wait: Duration) -> Result<Fetched, LogError> {
+        let (file, part) = self.partition(topic, partition)?;
         let mut hw_rx = part.high_watermark.subscribe();
         let give_up = tokio::time::Instant::now() + max_wait;
         let hw = loop {
@@ -473,51 +401,38 @@ impl Log for EmbeddedLog {
             match tokio::time::timeout_at(give_up, hw_rx.changed()).await {
                 Ok(Ok(())) => continue,
                 Ok(Err(_)) => return Err(LogError::Closed),
-                Err(_) => {
-                    return Ok(Fetched {
-                        partition,
-                        first_offset: offset,
-                        high_watermark: hw,
-                        ..Default::default()
-                    })
-                }
+                Err(_) => return Ok(Fetched { partition, first_offset: offset, high_watermark: hw, ..Default::default() }),
             }
         };
-        let (start, end) = {
-            let idx = part.index.read();
-            let start = idx[offset as usize];
+        // The records of one partition are interleaved with the others': read the span from the
+        // first wanted record to the end of the last one that keeps it under `max_bytes`.
+        let (start, end, frames) = {
+            let idx = part.records.read();
+            let wanted = &idx[offset as usize..hw as usize];
+            let start = wanted[0].0;
             let limit = start + max_bytes.max(1) as u64;
-            let candidates = &idx[offset as usize + 1..=hw as usize];
-            let n = candidates.partition_point(|&pos| pos <= limit).max(1);
-            (start, candidates[n - 1])
+            let n = wanted.partition_point(|&(pos, len)| pos + len as u64 <= limit).max(1);
+            let (last_pos, last_len) = wanted[n - 1];
+            (start, last_pos + last_len as u64, wanted[..n].to_vec())
         };
         let mut data = vec![0u8; (end - start) as usize];
-        part.file.read_exact_at(&mut data, start).map_err(io)?;
-        let mut records = Vec::new();
-        let mut at = 0usize;
-        while at < data.len() {
-            let body_len = u32::from_le_bytes(data[at..at + 4].try_into().unwrap()) as usize;
-            let body = at + HEADER;
-            let ts = i64::from_le_bytes(data[body..body + 8].try_into().unwrap());
-            let key_len =
-                u32::from_le_bytes(data[body + 8..body + 12].try_into().unwrap()) as usize;
-            let key_start = body + BODY_FIXED;
-            let value_start = key_start + key_len;
-            let rec_end = body + body_len;
-            records.push((ts, key_start as u32, value_start as u32, rec_end as u32));
-            at = rec_end;
-        }
-        Ok(Fetched {
-            partition,
-            first_offset: offset,
-            high_watermark: hw,
-            data,
-            records,
-        })
+        file.file.read_exact_at(&mut data, start).map_err(io)?;
+        let records = frames
+            .iter()
+            .map(|&(pos, len)| {
+                let body = (pos - start) as usize + HEADER;
+                let ts = i64::from_le_bytes(data[body + 4..body + 12].try_into().unwrap());
+                let key_len = u32::from_le_bytes(data[body + 12..body + 16].try_into().unwrap()) as usize;
+                let key_start = body + BODY_FIXED;
+                let value_start = key_start + key_len;
+                (ts, key_start as u32, value_start as u32, ((pos - start) + len as u64) as u32)
+            })
+            .collect();
+        Ok(Fetched { partition, first_offset: offset, high_watermark: hw, data, records })
     }
 
     async fn high_watermark(&self, topic: Topic, partition: u32) -> Result<u64, LogError> {
-        Ok(*self.partition(topic, partition)?.high_watermark.borrow())
+        Ok(*self.partition(topic, partition)?.1.high_watermark.borrow())
     }
 }
 
@@ -611,7 +526,7 @@ mod tests {
                 log.append(Topic::Votes, b, far()).await.unwrap();
             }
         }
-        let path = dir.path().join("votes/00001.log");
+        let path = dir.path().join("votes.log");
         let len = std::fs::metadata(&path).unwrap().len();
         // A crash mid-write: the last record is half there.
         OpenOptions::new()
