@@ -133,7 +133,22 @@ impl Config {
             }
             None => fig = fig.merge(Toml::file("crowdtick.toml")),
         }
-        fig = fig.merge(Env::prefixed("CROWDTICK_").split("__"));
+        // Only variables naming a configuration key; others (CROWDTICK_CONFIG, a test's own
+        // CROWDTICK_SOMETHING) are not ours to refuse. A typo inside a section is still refused.
+        let known = [
+            "listen",
+            "data_dir",
+            "operator_keys",
+            "public_url",
+            "log",
+            "ingest",
+            "processor",
+            "realtime",
+        ];
+        fig = fig.merge(Env::prefixed("CROWDTICK_").split("__").filter(move |k| {
+            let top = k.as_str().split('.').next().unwrap_or_default();
+            known.iter().any(|known| top.eq_ignore_ascii_case(known))
+        }));
         let config: Config = fig
             .extract()
             .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
@@ -208,6 +223,7 @@ mod tests {
                 "listen = \"0.0.0.0:9000\"\n[ingest]\ndeadline_ms = 500\n",
             )?;
             jail.set_env("CROWDTICK_INGEST__DEADLINE_MS", "750");
+            jail.set_env("CROWDTICK_SCREENSHOTS", "1"); // not a configuration key: ignored
             let c = Config::load(Some(Path::new("c.toml"))).unwrap();
             assert_eq!(c.listen, "0.0.0.0:9000");
             assert_eq!(c.ingest.deadline_ms, 750);

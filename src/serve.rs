@@ -8,12 +8,13 @@
 use crate::config::Config;
 use crate::metrics;
 use axum::http::StatusCode;
+use axum::response::IntoResponse;
 use axum::routing::get;
-use schemas::ApiError;
 use axum::{Json, Router};
 use processor::board::{load_tallies, tail_tallies};
 use processor::runner::run_partition_supervised;
 use processor::{ProcessorMetrics, ResultsBoard};
+use schemas::ApiError;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -124,16 +125,68 @@ pub async fn start(config: Config) -> anyhow::Result<App> {
             get(|| async { Json(serde_json::json!({"status": "ok"})) }),
         )
         .route("/metrics", get(metrics::render).with_state(state.clone()))
-        .fallback(|| async { ApiError::not_found("no_route", "no such endpoint; the API is described at /openapi.json") })
+        .fallback(|| async {
+            ApiError::not_found(
+                "no_route",
+                "no such endpoint; the API is described at /openapi.json",
+            )
+        })
         .method_not_allowed_fallback(|| async {
-            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint does not take that method; see /openapi.json")
-        });
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint does not take that method; see /openapi.json",
+            )
+        })
+        .layer(axum::middleware::map_response(json_errors));
     Ok(App {
         state,
         router,
         shutdown,
         tasks,
     })
+}
+
+/// Every error answer is JSON: a framework rejection (a body over a route's limit, a bad header)
+/// arrives as plain text and is rewrapped as `{"error": {"code", "message"}}` with its status.
+async fn json_errors(resp: axum::response::Response) -> axum::response::Response {
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json") || v.starts_with("text/event-stream"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 64 << 10)
+        .await
+        .unwrap_or_default();
+    let message = String::from_utf8_lossy(&text).trim().to_owned();
+    let code = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        s if s.is_server_error() => "internal",
+        _ => "bad_request",
+    };
+    let mut fixed = ApiError::new(
+        status,
+        code,
+        if message.is_empty() {
+            status.to_string()
+        } else {
+            message
+        },
+    )
+    .into_response();
+    if let Some(retry) = parts.headers.get(axum::http::header::RETRY_AFTER) {
+        fixed
+            .headers_mut()
+            .insert(axum::http::header::RETRY_AFTER, retry.clone());
+    }
+    fixed
 }
 
 /// Serves until `shutdown` resolves; prints `listening on http://ADDR` first (tests read it).

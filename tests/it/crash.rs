@@ -38,11 +38,24 @@ fn plan(seed: u64, first_poll: i64) -> Vec<Submission> {
             subs[rng.gen_range(0..subs.len())].clone()
         } else if r < 0.25 && !voted.is_empty() {
             let (poll, voter) = voted[rng.gen_range(0..voted.len())];
-            Submission { poll, voter, option: rng.gen_range(0..OPTIONS), vote_id: format!("c{i}") }
+            Submission {
+                poll,
+                voter,
+                option: rng.gen_range(0..OPTIONS),
+                vote_id: format!("c{i}"),
+            }
         } else {
-            let (poll, voter) = (first_poll + rng.gen_range(0..POLLS), rng.gen_range(0..VOTERS));
+            let (poll, voter) = (
+                first_poll + rng.gen_range(0..POLLS),
+                rng.gen_range(0..VOTERS),
+            );
             voted.push((poll, voter));
-            Submission { poll, voter, option: rng.gen_range(0..OPTIONS), vote_id: format!("c{i}") }
+            Submission {
+                poll,
+                voter,
+                option: rng.gen_range(0..OPTIONS),
+                vote_id: format!("c{i}"),
+            }
         };
         subs.push(s);
     }
@@ -57,21 +70,36 @@ fn expected(subs: &[Submission]) -> HashMap<i64, Vec<i64>> {
     }
     let mut counts: HashMap<i64, Vec<i64>> = HashMap::new();
     for ((poll, _), option) in first {
-        counts.entry(poll).or_insert_with(|| vec![0; OPTIONS as usize])[option as usize] += 1;
+        counts
+            .entry(poll)
+            .or_insert_with(|| vec![0; OPTIONS as usize])[option as usize] += 1;
     }
     counts
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn start_server(data: &Path, port: u16) -> Child {
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(data.with_extension("server.log")).unwrap();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(data.with_extension("server.log"))
+        .unwrap();
     Command::new(env!("CARGO_BIN_EXE_crowdtick"))
         .args(["serve", "--data-dir"])
         .arg(data)
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--partitions", "4"])
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--partitions",
+            "4",
+        ])
         .env("CROWDTICK_PROCESSOR__FLUSH_INTERVAL_MS", "20")
         .env("CROWDTICK_INGEST__DEADLINE_MS", "1000")
         .stdout(Stdio::null())
@@ -82,7 +110,12 @@ fn start_server(data: &Path, port: u16) -> Child {
 
 async fn wait_healthy(client: &reqwest::Client, base: &str) {
     for _ in 0..400 {
-        if client.get(format!("{base}/healthz")).send().await.is_ok_and(|r| r.status().is_success()) {
+        if client
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
             return;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
@@ -96,7 +129,11 @@ async fn kill_9_mid_load_loses_no_acknowledged_vote_and_counts_none_twice() {
     let data = dir.path().join("data");
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).pool_max_idle_per_host(LANES).build().unwrap();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .pool_max_idle_per_host(LANES)
+        .build()
+        .unwrap();
     let mut server = start_server(&data, port);
     wait_healthy(&client, &base).await;
 
@@ -109,7 +146,9 @@ async fn kill_9_mid_load_loses_no_acknowledged_vote_and_counts_none_twice() {
             .send()
             .await
             .unwrap();
-        let id = r.json::<serde_json::Value>().await.unwrap()["id"].as_i64().unwrap();
+        let id = r.json::<serde_json::Value>().await.unwrap()["id"]
+            .as_i64()
+            .unwrap();
         if p == 0 {
             first_poll = id;
         }
@@ -167,24 +206,50 @@ async fn kill_9_mid_load_loses_no_acknowledged_vote_and_counts_none_twice() {
     }
     assert_eq!(acked.load(Ordering::Relaxed), SUBMISSIONS as u64);
     eprintln!("{SUBMISSIONS} submissions acknowledged through {kills} kill -9s; {} attempts failed and were retried", failures.load(Ordering::Relaxed));
-    assert!(failures.load(Ordering::Relaxed) > 0, "the kills should have interrupted requests in flight");
+    assert!(
+        failures.load(Ordering::Relaxed) > 0,
+        "the kills should have interrupted requests in flight"
+    );
 
     for (poll, counts) in &want {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let r: serde_json::Value = client.get(format!("{base}/v1/polls/{poll}/results")).send().await.unwrap().json().await.unwrap();
-            let got: Vec<i64> = r["counts"].as_array().unwrap().iter().map(|c| c.as_i64().unwrap()).collect();
+            let r: serde_json::Value = client
+                .get(format!("{base}/v1/polls/{poll}/results"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let got: Vec<i64> = r["counts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c.as_i64().unwrap())
+                .collect();
             if &got == counts {
                 break;
             }
-            assert!(Instant::now() < deadline, "poll {poll}: published {got:?}, expected {counts:?}");
+            assert!(
+                Instant::now() < deadline,
+                "poll {poll}: published {got:?}, expected {counts:?}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
     // The audit, beside the running server.
-    let out = Command::new(env!("CARGO_BIN_EXE_crowdtick")).args(["recount", "--data-dir"]).arg(&data).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_crowdtick"))
+        .args(["recount", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "recount disagreed:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "recount disagreed:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains("recount agrees"), "{text}");
     eprintln!("{text}");
     server.kill().unwrap();

@@ -28,7 +28,10 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
 }
 
 pub async fn spawn_app_in(data: TempDir, configure: impl FnOnce(&mut Config)) -> TestApp {
-    let mut config = Config { data_dir: data.path().to_path_buf(), ..Config::default() };
+    let mut config = Config {
+        data_dir: data.path().to_path_buf(),
+        ..Config::default()
+    };
     config.log.partitions = 4;
     config.realtime.coalesce_ms = 20;
     config.processor.flush_interval_ms = 10;
@@ -44,8 +47,19 @@ pub async fn spawn_app_in(data: TempDir, configure: impl FnOnce(&mut Config)) ->
         .await
         .expect("server failed");
     });
-    let client = reqwest::Client::builder().cookie_store(true).timeout(Duration::from_secs(20)).build().unwrap();
-    let app = TestApp { addr, base: format!("http://{addr}"), client, data, shutdown: Some(tx), handle: Some(handle) };
+    let client = reqwest::Client::builder()
+        .cookie_store(true)
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let app = TestApp {
+        addr,
+        base: format!("http://{addr}"),
+        client,
+        data,
+        shutdown: Some(tx),
+        handle: Some(handle),
+    };
     app.wait_healthy().await;
     app
 }
@@ -53,7 +67,12 @@ pub async fn spawn_app_in(data: TempDir, configure: impl FnOnce(&mut Config)) ->
 impl TestApp {
     pub async fn wait_healthy(&self) {
         for _ in 0..200 {
-            if let Ok(r) = self.client.get(format!("{}/healthz", self.base)).send().await {
+            if let Ok(r) = self
+                .client
+                .get(format!("{}/healthz", self.base))
+                .send()
+                .await
+            {
                 if r.status().is_success() {
                     return;
                 }
@@ -76,7 +95,13 @@ impl TestApp {
     }
 
     /// A request; answers (status, JSON body or Null).
-    pub async fn call(&self, method: &str, path: &str, body: Option<Value>, operator: bool) -> (u16, Value) {
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        operator: bool,
+    ) -> (u16, Value) {
         let mut req = self.client.request(method.parse().unwrap(), self.url(path));
         if operator {
             req = req.bearer_auth(KEY);
@@ -92,17 +117,32 @@ impl TestApp {
 
     /// Creates an open poll with the given options; returns its id.
     pub async fn open_poll(&self, options: &[&str]) -> i64 {
-        let (status, body) = self.call("POST", "/v1/polls", Some(json!({"title": "Test poll", "options": options, "open": true})), true).await;
+        let (status, body) = self
+            .call(
+                "POST",
+                "/v1/polls",
+                Some(json!({"title": "Test poll", "options": options, "open": true})),
+                true,
+            )
+            .await;
         assert_eq!(status, 201, "{body}");
         body["id"].as_i64().unwrap()
     }
 
     pub async fn vote(&self, poll: i64, option: i64, voter: &str) -> (u16, Value) {
-        self.call("POST", "/v1/votes", Some(json!({"poll_id": poll, "option_id": option, "voter_id": voter})), false).await
+        self.call(
+            "POST",
+            "/v1/votes",
+            Some(json!({"poll_id": poll, "option_id": option, "voter_id": voter})),
+            false,
+        )
+        .await
     }
 
     pub async fn results(&self, poll: i64) -> Value {
-        let (status, body) = self.call("GET", &format!("/v1/polls/{poll}/results"), None, true).await;
+        let (status, body) = self
+            .call("GET", &format!("/v1/polls/{poll}/results"), None, true)
+            .await;
         assert_eq!(status, 200, "{body}");
         body
     }
@@ -112,7 +152,12 @@ impl TestApp {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
         loop {
             let r = self.results(poll).await;
-            let counts: Vec<i64> = r["counts"].as_array().unwrap().iter().map(|c| c.as_i64().unwrap()).collect();
+            let counts: Vec<i64> = r["counts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c.as_i64().unwrap())
+                .collect();
             if counts == expected {
                 return r;
             }

@@ -2,6 +2,8 @@
 //! port 0, or the built binary as a child process when a test must kill it) on a temporary data dir.
 
 mod api;
+mod browser;
 mod crash;
 mod helpers;
 mod hostile;
+mod seed_api;

@@ -90,7 +90,6 @@ struct BatchIn<'a> {
     votes: Vec<&'a RawValue>,
 }
 
-
 #[derive(Serialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 enum VoteResult<'a> {

@@ -55,7 +55,10 @@ pub struct KeyQuery(pub Vec<(String, String)>);
 
 impl KeyQuery {
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
     /// The operator key given as `?key=`.
     pub fn key(&self) -> Option<&str> {

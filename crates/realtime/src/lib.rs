@@ -115,6 +115,7 @@ impl Realtime {
             viewers,
             last_sent: None,
             started: false,
+            viewers_sent: false,
         })
     }
 
@@ -137,6 +138,8 @@ pub struct Subscription {
     viewers_rx: watch::Receiver<u64>,
     last_sent: Option<Instant>,
     started: bool,
+    /// The viewer count is sent right after the first results, then on change.
+    viewers_sent: bool,
 }
 
 impl Subscription {
@@ -152,6 +155,10 @@ impl Subscription {
             self.results.mark_unchanged();
             self.last_sent = Some(Instant::now());
             return Update::Results(self.poll.clone(), self.results.borrow().clone());
+        }
+        if !self.viewers_sent {
+            self.viewers_sent = true;
+            return Update::Viewers(*self.viewers_rx.borrow_and_update());
         }
         let which = tokio::select! {
             r = self.results.changed() => { if r.is_err() { std::future::pending::<()>().await; } 0 }

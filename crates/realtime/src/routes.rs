@@ -34,7 +34,12 @@ async fn ws(
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
-    let upgrade = upgrade.map_err(|e| ApiError::bad_request("not_a_websocket", format!("this endpoint speaks WebSocket: {e}")))?;
+    let upgrade = upgrade.map_err(|e| {
+        ApiError::bad_request(
+            "not_a_websocket",
+            format!("this endpoint speaks WebSocket: {e}"),
+        )
+    })?;
     let id = poll_id(&id)?;
     let operator = rt.keys.is_operator(&headers, q.key());
     let sub = rt

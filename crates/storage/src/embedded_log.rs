@@ -104,28 +104,49 @@ impl EmbeddedLog {
         let topics = Arc::new(Self::open_topics(&config.dir, &meta, true)?);
         let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
         let metrics = Arc::new(LogMetrics::default());
-        let writer = Writer { topics: topics.clone(), fsync: config.fsync, max_group_bytes: config.max_group_bytes, metrics: metrics.clone() };
+        let writer = Writer {
+            topics: topics.clone(),
+            fsync: config.fsync,
+            max_group_bytes: config.max_group_bytes,
+            metrics: metrics.clone(),
+        };
         std::thread::Builder::new()
             .name("log-writer".into())
             .spawn(move || writer.run(rx))
             .map_err(|e| LogError::Io(e.to_string()))?;
-        Ok(Self { topics, queue: Some(tx), metrics })
+        Ok(Self {
+            topics,
+            queue: Some(tx),
+            metrics,
+        })
     }
 
     /// Opens an existing log for reading only, without cutting anything (for `recount` beside a
     /// running server). Records written after opening are not seen.
     pub fn open_read_only(dir: &Path) -> Result<Self, LogError> {
         let meta: Meta = read_meta(dir)?.ok_or_else(|| {
-            LogError::Config(format!("no log in {} (meta.json missing): is this the server's data directory?", dir.display()))
+            LogError::Config(format!(
+                "no log in {} (meta.json missing): is this the server's data directory?",
+                dir.display()
+            ))
         })?;
         let topics = Arc::new(Self::open_topics(dir, &meta, false)?);
-        Ok(Self { topics, queue: None, metrics: Default::default() })
+        Ok(Self {
+            topics,
+            queue: None,
+            metrics: Default::default(),
+        })
     }
 
     fn check_meta(config: &EmbeddedLogConfig) -> Result<Meta, LogError> {
-        let want = Meta { votes_partitions: config.votes_partitions, tallies_partitions: config.tallies_partitions };
+        let want = Meta {
+            votes_partitions: config.votes_partitions,
+            tallies_partitions: config.tallies_partitions,
+        };
         if want.votes_partitions == 0 || want.tallies_partitions == 0 {
-            return Err(LogError::Config("partition counts must be at least 1".into()));
+            return Err(LogError::Config(
+                "partition counts must be at least 1".into(),
+            ));
         }
         std::fs::create_dir_all(&config.dir).map_err(io)?;
         match read_meta(&config.dir)? {
@@ -157,16 +178,25 @@ impl EmbeddedLog {
             .collect()
     }
 
-    fn partition(&self, topic: Topic, partition: u32) -> Result<(&TopicFile, &PartitionIndex), LogError> {
+    fn partition(
+        &self,
+        topic: Topic,
+        partition: u32,
+    ) -> Result<(&TopicFile, &PartitionIndex), LogError> {
         let t = &self.topics[topic.index()];
-        let p = t.partitions.get(partition as usize).ok_or(LogError::NoSuchPartition(partition))?;
+        let p = t
+            .partitions
+            .get(partition as usize)
+            .ok_or(LogError::NoSuchPartition(partition))?;
         Ok((t, p))
     }
 }
 
 fn read_meta(dir: &Path) -> Result<Option<Meta>, LogError> {
     match std::fs::read(dir.join("meta.json")) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| LogError::Config(format!("meta.json: {e}"))),
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| LogError::Config(format!("meta.json: {e}"))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(io(e)),
     }
@@ -179,11 +209,19 @@ fn io(e: std::io::Error) -> LogError {
 /// Scans a topic file, building each partition's index and cutting a torn or corrupt tail.
 fn open_topic(path: &Path, partitions: u32, writable: bool) -> Result<TopicFile, LogError> {
     let file = if writable {
-        OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).map_err(io)?
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(io)?
     } else {
         match File::open(path) {
             Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => File::open("/dev/null").map_err(io)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                File::open("/dev/null").map_err(io)?
+            }
             Err(e) => return Err(io(e)),
         }
     };
@@ -227,10 +265,17 @@ fn open_topic(path: &Path, partitions: u32, writable: bool) -> Result<TopicFile,
         .into_iter()
         .map(|records| {
             let hw = records.len() as u64;
-            PartitionIndex { records: RwLock::new(records), high_watermark: watch::channel(hw).0 }
+            PartitionIndex {
+                records: RwLock::new(records),
+                high_watermark: watch::channel(hw).0,
+            }
         })
         .collect();
-    Ok(TopicFile { file, end: AtomicU64::new(pos), partitions })
+    Ok(TopicFile {
+        file,
+        end: AtomicU64::new(pos),
+        partitions,
+    })
 }
 
 struct Writer {
@@ -252,8 +297,14 @@ struct Pending {
 
 impl Writer {
     fn run(self, mut rx: mpsc::Receiver<AppendRequest>) {
-        let mut pending: Vec<Pending> =
-            self.topics.iter().map(|t| Pending { assigned: vec![0; t.partitions.len()], ..Default::default() }).collect();
+        let mut pending: Vec<Pending> = self
+            .topics
+            .iter()
+            .map(|t| Pending {
+                assigned: vec![0; t.partitions.len()],
+                ..Default::default()
+            })
+            .collect();
         let mut group: Vec<AppendRequest> = Vec::new();
         while let Some(first) = rx.blocking_recv() {
             let mut bytes = first.batch.bytes();
@@ -274,7 +325,8 @@ impl Writer {
 
     fn commit(&self, group: &mut Vec<AppendRequest>, pending: &mut [Pending]) {
         let now = Instant::now();
-        let mut answered: Vec<(Reply, Result<Vec<Position>, LogError>)> = Vec::with_capacity(group.len());
+        let mut answered: Vec<(Reply, Result<Vec<Position>, LogError>)> =
+            Vec::with_capacity(group.len());
         for req in group.drain(..) {
             let t = req.topic.index();
             let topic = &self.topics[t];
@@ -283,7 +335,11 @@ impl Writer {
                 answered.push((req.reply, Err(LogError::Timeout)));
                 continue;
             }
-            if let Some((p, ..)) = req.batch.iter().find(|(p, ..)| *p as usize >= topic.partitions.len()) {
+            if let Some((p, ..)) = req
+                .batch
+                .iter()
+                .find(|(p, ..)| *p as usize >= topic.partitions.len())
+            {
                 answered.push((req.reply, Err(LogError::NoSuchPartition(p))));
                 continue;
             }
@@ -300,13 +356,18 @@ impl Writer {
                 pend.buf.extend_from_slice(&[0; 4]);
                 pend.buf.extend_from_slice(&p.to_le_bytes());
                 pend.buf.extend_from_slice(&ts.to_le_bytes());
-                pend.buf.extend_from_slice(&(key.len() as u32).to_le_bytes());
+                pend.buf
+                    .extend_from_slice(&(key.len() as u32).to_le_bytes());
                 pend.buf.extend_from_slice(key);
                 pend.buf.extend_from_slice(value);
                 let crc = crc32fast::hash(&pend.buf[at + HEADER..]);
                 pend.buf[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
-                pend.records.push((p, end + at as u64, (HEADER + body_len) as u32));
-                positions.push(Position { partition: p, offset });
+                pend.records
+                    .push((p, end + at as u64, (HEADER + body_len) as u32));
+                positions.push(Position {
+                    partition: p,
+                    offset,
+                });
             }
             answered.push((req.reply, Ok(positions)));
         }
@@ -320,10 +381,15 @@ impl Writer {
             if written.is_ok() {
                 records += pend.records.len() as u64;
                 bytes += pend.buf.len() as u64;
-                topic.end.fetch_add(pend.buf.len() as u64, Ordering::Relaxed);
+                topic
+                    .end
+                    .fetch_add(pend.buf.len() as u64, Ordering::Relaxed);
                 let mut touched = vec![false; topic.partitions.len()];
                 for &(p, pos, len) in &pend.records {
-                    topic.partitions[p as usize].records.write().push((pos, len));
+                    topic.partitions[p as usize]
+                        .records
+                        .write()
+                        .push((pos, len));
                     touched[p as usize] = true;
                 }
                 for (part, _) in topic.partitions.iter().zip(&touched).filter(|(_, &t)| t) {
@@ -338,8 +404,12 @@ impl Writer {
             pend.records.clear();
             pend.assigned.iter_mut().for_each(|a| *a = 0);
         }
-        self.metrics.records_appended.fetch_add(records, Ordering::Relaxed);
-        self.metrics.bytes_appended.fetch_add(bytes, Ordering::Relaxed);
+        self.metrics
+            .records_appended
+            .fetch_add(records, Ordering::Relaxed);
+        self.metrics
+            .bytes_appended
+            .fetch_add(bytes, Ordering::Relaxed);
         self.metrics.group_commits.fetch_add(1, Ordering::Relaxed);
         for (reply, result) in answered {
             let result = match (&written, result) {
@@ -355,7 +425,10 @@ impl Writer {
             if pend.buf.is_empty() {
                 continue;
             }
-            topic.file.write_all_at(&pend.buf, topic.end.load(Ordering::Relaxed)).map_err(io)?;
+            topic
+                .file
+                .write_all_at(&pend.buf, topic.end.load(Ordering::Relaxed))
+                .map_err(io)?;
             if self.fsync {
                 topic.file.sync_data().map_err(io)?;
                 self.metrics.fsyncs.fetch_add(1, Ordering::Relaxed);
@@ -371,25 +444,46 @@ impl Log for EmbeddedLog {
         self.topics[topic.index()].partitions.len() as u32
     }
 
-    async fn append(&self, topic: Topic, batch: AppendBatch, deadline: Instant) -> Result<Vec<Position>, LogError> {
+    async fn append(
+        &self,
+        topic: Topic,
+        batch: AppendBatch,
+        deadline: Instant,
+    ) -> Result<Vec<Position>, LogError> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
         let queue = self.queue.as_ref().ok_or(LogError::Closed)?;
         let (reply, answer) = oneshot::channel();
-        queue.try_send(AppendRequest { topic, batch, deadline, reply }).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => {
-                self.metrics.appends_rejected_full.fetch_add(1, Ordering::Relaxed);
-                LogError::Overloaded
-            }
-            mpsc::error::TrySendError::Closed(_) => LogError::Closed,
-        })?;
+        queue
+            .try_send(AppendRequest {
+                topic,
+                batch,
+                deadline,
+                reply,
+            })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => {
+                    self.metrics
+                        .appends_rejected_full
+                        .fetch_add(1, Ordering::Relaxed);
+                    LogError::Overloaded
+                }
+                mpsc::error::TrySendError::Closed(_) => LogError::Closed,
+            })?;
         // The writer answers every request it takes, expired ones with Timeout, so waiting for the
         // answer (rather than for the deadline) is what keeps "503 means not written" true.
         answer.await.map_err(|_| LogError::Closed)?
     }
 
-    async fn fetch(&self, topic: Topic, partition: u32, offset: u64, max_bytes: usize, max_wait: Duration) -> Result<Fetched, LogError> {
+    async fn fetch(
+        &self,
+        topic: Topic,
+        partition: u32,
+        offset: u64,
+        max_bytes: usize,
+        max_wait: Duration,
+    ) -> Result<Fetched, LogError> {
         let (file, part) = self.partition(topic, partition)?;
         let mut hw_rx = part.high_watermark.subscribe();
         let give_up = tokio::time::Instant::now() + max_wait;
@@ -401,7 +495,14 @@ impl Log for EmbeddedLog {
             match tokio::time::timeout_at(give_up, hw_rx.changed()).await {
                 Ok(Ok(())) => continue,
                 Ok(Err(_)) => return Err(LogError::Closed),
-                Err(_) => return Ok(Fetched { partition, first_offset: offset, high_watermark: hw, ..Default::default() }),
+                Err(_) => {
+                    return Ok(Fetched {
+                        partition,
+                        first_offset: offset,
+                        high_watermark: hw,
+                        ..Default::default()
+                    })
+                }
             }
         };
         // The records of one partition are interleaved with the others': read the span from the
@@ -411,7 +512,9 @@ impl Log for EmbeddedLog {
             let wanted = &idx[offset as usize..hw as usize];
             let start = wanted[0].0;
             let limit = start + max_bytes.max(1) as u64;
-            let n = wanted.partition_point(|&(pos, len)| pos + len as u64 <= limit).max(1);
+            let n = wanted
+                .partition_point(|&(pos, len)| pos + len as u64 <= limit)
+                .max(1);
             let (last_pos, last_len) = wanted[n - 1];
             (start, last_pos + last_len as u64, wanted[..n].to_vec())
         };
@@ -422,13 +525,25 @@ impl Log for EmbeddedLog {
             .map(|&(pos, len)| {
                 let body = (pos - start) as usize + HEADER;
                 let ts = i64::from_le_bytes(data[body + 4..body + 12].try_into().unwrap());
-                let key_len = u32::from_le_bytes(data[body + 12..body + 16].try_into().unwrap()) as usize;
+                let key_len =
+                    u32::from_le_bytes(data[body + 12..body + 16].try_into().unwrap()) as usize;
                 let key_start = body + BODY_FIXED;
                 let value_start = key_start + key_len;
-                (ts, key_start as u32, value_start as u32, ((pos - start) + len as u64) as u32)
+                (
+                    ts,
+                    key_start as u32,
+                    value_start as u32,
+                    ((pos - start) + len as u64) as u32,
+                )
             })
             .collect();
-        Ok(Fetched { partition, first_offset: offset, high_watermark: hw, data, records })
+        Ok(Fetched {
+            partition,
+            first_offset: offset,
+            high_watermark: hw,
+            data,
+            records,
+        })
     }
 
     async fn high_watermark(&self, topic: Topic, partition: u32) -> Result<u64, LogError> {

@@ -1,0 +1,261 @@
+//! `WS /ws/poll/{id}/`: live results in the seed shape, and votes over the socket.
+//!
+//! - Authentication as for HTTP (the `sessionid` cookie or Basic on the upgrade request).
+//! - Server → client: on connect `{"results": {label: count, …}}` (every label, option order), then
+//!   the same shape whenever the counts change, from [`realtime::Subscription`] (coalesced; a
+//!   message never shows a lower total than one already sent; `Update::Viewers` is not forwarded).
+//!   While the poll's visibility hides its counts: `{"hidden": true, "detail": "Results are hidden …"}`
+//!   instead, then results once they are public.
+//! - Client → server (optional): `{"choice": "X"}` votes on this poll as the connection's user,
+//!   exactly as `POST /api/polls/{id}/vote/`. Answer: `{"vote": {"choice": "X"}}` once durable, or
+//!   `{"error": "<sentence>", "status": <the HTTP status the same vote would get>}` (for example
+//!   `{"error": "You have already voted on this poll.", "status": 400}`; field errors read
+//!   `"choice: \"X\" is not a valid choice."`). Other messages are answered with an error too;
+//!   binary messages are ignored.
+//! - Unknown poll (or a non-numeric id), or no valid credentials: the upgrade is accepted, then the
+//!   socket is closed with code 1008 (policy violation) and the reason (DRF's sentence). A plain
+//!   HTTP request (not an upgrade) gets `400 {"detail": …}`.
+
+use super::auth::UserId;
+use super::drf::{self, hidden_detail, DrfError, LabelCounts};
+use super::{padded_counts, Seed};
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures::future::BoxFuture;
+use futures::{SinkExt, StreamExt};
+use processor::Snapshot;
+use realtime::{Subscription, Update};
+use schemas::{now_micros, Poll, PollId};
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+pub async fn handler(
+    State(seed): State<Arc<Seed>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let upgrade = match upgrade {
+        Ok(u) => u,
+        Err(e) => {
+            return DrfError::detail(
+                StatusCode::BAD_REQUEST,
+                format!("This endpoint speaks WebSocket: {e}"),
+            )
+            .into_response()
+        }
+    };
+    // Credentials first, then the poll (a refused client is never counted as a viewer).
+    let outcome = match seed.auth.authenticate(&headers).await {
+        Err(e) => Err(e.message()),
+        Ok(user) => drf::path_poll_id(&id)
+            .and_then(|id| seed.app.realtime.subscribe(id))
+            .map(|sub| (user, sub))
+            .ok_or_else(|| drf::NO_POLL.to_owned()),
+    };
+    upgrade
+        .on_upgrade(move |socket| async move {
+            match outcome {
+                Err(reason) => refuse(socket, &reason).await,
+                Ok((user, sub)) => serve(seed, socket, user, sub).await,
+            }
+        })
+        .into_response()
+}
+
+/// Closes a just-opened socket with 1008 and a reason.
+async fn refuse(mut socket: WebSocket, reason: &str) {
+    // A close reason is at most 123 bytes.
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let frame = CloseFrame {
+        code: close_code::POLICY,
+        reason: reason[..end].into(),
+    };
+    let _ = socket.send(Message::Close(Some(frame))).await;
+    // Wait (briefly) for the client's close reply so the frame is not lost to a reset.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+        while let Some(Ok(m)) = socket.recv().await {
+            if matches!(m, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// The next update, owning the subscription: the future is kept across loop turns and never
+/// dropped half-way (`Subscription::next` is not cancel-safe: a dropped call can lose a change).
+fn next_update(mut sub: Subscription) -> BoxFuture<'static, (Subscription, Update)> {
+    Box::pin(async move {
+        let update = sub.next().await;
+        (sub, update)
+    })
+}
+
+async fn serve(seed: Arc<Seed>, socket: WebSocket, user: UserId, sub: Subscription) {
+    let poll_id = sub.poll().id;
+    let (mut tx, mut rx) = socket.split();
+    let mut next = next_update(sub);
+    let mut last = LastSent::default();
+    loop {
+        tokio::select! {
+            (sub, update) = &mut next => {
+                next = next_update(sub);
+                let Update::Results(poll, snap) = update else { continue };
+                if let Some(msg) = last.message(&poll, &snap, now_micros()) {
+                    if tx.send(Message::Text(msg.into())).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            incoming = rx.next() => match incoming {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+                Some(Ok(Message::Text(text))) => {
+                    let reply = client_message(&seed, user, poll_id, text.as_str()).await;
+                    if tx.send(Message::Text(reply.to_string().into())).await.is_err() {
+                        break;
+                    }
+                }
+                Some(Ok(_)) => {} // pings are answered by axum; binary messages are ignored
+            }
+        }
+    }
+}
+
+/// Answers one client message: a vote, or an error.
+async fn client_message(seed: &Arc<Seed>, user: UserId, poll_id: PollId, text: &str) -> Value {
+    let result = async {
+        let body = drf::parse_object(text.as_bytes())?;
+        let poll = seed
+            .app
+            .catalog
+            .get(poll_id)
+            .ok_or_else(DrfError::not_found)?;
+        seed.vote(user, &poll, body.get("choice")).await
+    }
+    .await;
+    match result {
+        Ok(label) => json!({"vote": {"choice": label}}),
+        Err(e) => json!({"error": e.message(), "status": e.status.as_u16()}),
+    }
+}
+
+/// What a connection was last sent, to send only changes and never a lower total.
+#[derive(Debug, Default)]
+pub struct LastSent {
+    version: i64,
+    total: i64,
+    counts: Option<Vec<i64>>,
+    hidden: Option<bool>,
+}
+
+impl LastSent {
+    /// The message to send for this state of the poll, if the client has not seen it.
+    pub fn message(&mut self, poll: &Poll, snap: &Snapshot, now: i64) -> Option<String> {
+        if snap.version < self.version {
+            return None;
+        }
+        self.version = snap.version;
+        if !poll.results_public(now) {
+            if self.hidden == Some(true) {
+                return None;
+            }
+            self.hidden = Some(true);
+            return Some(
+                json!({"hidden": true, "detail": hidden_detail(poll.visibility)}).to_string(),
+            );
+        }
+        let counts = padded_counts(poll, &snap.counts);
+        let total: i64 = counts.iter().sum();
+        if self.hidden == Some(false)
+            && (self.counts.as_ref() == Some(&counts) || total < self.total)
+        {
+            return None;
+        }
+        self.hidden = Some(false);
+        self.total = total;
+        let msg = serde_json::to_string(&json_results(&poll.options, &counts)).ok();
+        self.counts = Some(counts);
+        msg
+    }
+}
+
+#[derive(serde::Serialize)]
+struct Results<'a> {
+    results: LabelCounts<'a>,
+}
+
+fn json_results<'a>(labels: &'a [String], counts: &'a [i64]) -> Results<'a> {
+    Results {
+        results: LabelCounts { labels, counts },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use schemas::Visibility;
+
+    fn poll(visibility: Visibility) -> Poll {
+        serde_json::from_value(json!({
+            "id": 1, "slug": "s", "title": "t", "options": ["a", "b"], "max_choices": 1,
+            "visibility": visibility, "opens_at": null, "closes_at": null, "opened_at": 0,
+            "closed_at": null, "created_at": 0, "creator": null,
+        }))
+        .unwrap()
+    }
+
+    fn snap(version: i64, counts: &[i64]) -> Snapshot {
+        Snapshot {
+            version,
+            counts: counts.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn sends_changes_only_and_never_goes_back() {
+        let p = poll(Visibility::Live);
+        let mut last = LastSent::default();
+        assert_eq!(
+            last.message(&p, &snap(0, &[]), 1).as_deref(),
+            Some(r#"{"results":{"a":0,"b":0}}"#)
+        );
+        assert_eq!(last.message(&p, &snap(0, &[]), 1), None);
+        assert_eq!(
+            last.message(&p, &snap(3, &[1, 2]), 1).as_deref(),
+            Some(r#"{"results":{"a":1,"b":2}}"#)
+        );
+        assert_eq!(last.message(&p, &snap(4, &[1, 2]), 1), None, "same counts");
+        assert_eq!(
+            last.message(&p, &snap(2, &[1, 3]), 1),
+            None,
+            "older version"
+        );
+        assert_eq!(last.message(&p, &snap(5, &[1, 1]), 1), None, "lower total");
+        assert_eq!(
+            last.message(&p, &snap(6, &[2, 2]), 1).as_deref(),
+            Some(r#"{"results":{"a":2,"b":2}}"#)
+        );
+    }
+
+    #[test]
+    fn hidden_polls_say_so_once_then_show_results_when_public() {
+        let mut p = poll(Visibility::OnReveal);
+        let mut last = LastSent::default();
+        let m = last.message(&p, &snap(1, &[1, 0]), 1).unwrap();
+        assert!(m.contains(r#""hidden":true"#), "{m}");
+        assert_eq!(last.message(&p, &snap(2, &[2, 0]), 1), None);
+        p.revealed = true;
+        assert_eq!(
+            last.message(&p, &snap(2, &[2, 0]), 1).as_deref(),
+            Some(r#"{"results":{"a":2,"b":0}}"#)
+        );
+    }
+}
