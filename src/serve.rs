@@ -119,7 +119,7 @@ pub async fn start(config: Config) -> anyhow::Result<App> {
         .merge(query::router(query_state.clone()))
         .merge(query::ui::router(query_state))
         .merge(realtime::router(realtime))
-        .merge(crate::seed::router(state.clone()))
+        .merge(crate::seed::try_router(state.clone())?)
         .route(
             "/healthz",
             get(|| async { Json(serde_json::json!({"status": "ok"})) }),

@@ -48,20 +48,33 @@ async fn ws(
     Ok(upgrade
         .on_upgrade(move |socket| async move {
             let (mut tx, mut rx) = socket.split();
-            let mut sub = sub;
-            loop {
-                tokio::select! {
-                    update = sub.next() => {
-                        if tx.send(Message::Text(update.to_json(operator).into())).await.is_err() {
-                            break;
-                        }
-                    }
-                    incoming = rx.next() => match incoming {
-                        None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
-                        Some(Ok(_)) => {} // pings are answered by axum; other messages are ignored
+            // `Subscription::next` must not be cancelled midway (it may have taken a change it
+            // has not returned yet), so incoming frames are read by their own task and only a
+            // closed connection interrupts the loop.
+            let (closed_tx, mut closed) = tokio::sync::oneshot::channel::<()>();
+            let reader = tokio::spawn(async move {
+                while let Some(Ok(msg)) = rx.next().await {
+                    if matches!(msg, Message::Close(_)) {
+                        break;
                     }
                 }
+                let _ = closed_tx.send(());
+            });
+            let mut sub = sub;
+            loop {
+                let update = tokio::select! {
+                    u = sub.next() => u,
+                    _ = &mut closed => break,
+                };
+                if tx
+                    .send(Message::Text(update.to_json(operator).into()))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
             }
+            reader.abort();
         })
         .into_response())
 }
