@@ -289,10 +289,10 @@ struct Writer {
 #[derive(Default)]
 struct Pending {
     buf: Vec<u8>,
-    /// (partition, position, frame length) of each new record, in order.
-    records: Vec<(u32, u64, u32)>,
-    /// Records already assigned per partition in this group (for their offsets).
-    assigned: Vec<u64>,
+    /// Per partition: (position, frame length) of each new record, in order.
+    new: Vec<Vec<(u64, u32)>>,
+    /// Per partition: records already durable when the group began (the first new offset).
+    base: Vec<u64>,
 }
 
 impl Writer {
@@ -301,7 +301,8 @@ impl Writer {
             .topics
             .iter()
             .map(|t| Pending {
-                assigned: vec![0; t.partitions.len()],
+                new: vec![Vec::new(); t.partitions.len()],
+                base: vec![0; t.partitions.len()],
                 ..Default::default()
             })
             .collect();
@@ -325,6 +326,12 @@ impl Writer {
 
     fn commit(&self, group: &mut Vec<AppendRequest>, pending: &mut [Pending]) {
         let now = Instant::now();
+        // One index lock per partition per group, not per record.
+        for (topic, pend) in self.topics.iter().zip(pending.iter_mut()) {
+            for (base, part) in pend.base.iter_mut().zip(&topic.partitions) {
+                *base = part.records.read().len() as u64;
+            }
+        }
         let mut answered: Vec<(Reply, Result<Vec<Position>, LogError>)> =
             Vec::with_capacity(group.len());
         for req in group.drain(..) {
@@ -347,9 +354,7 @@ impl Writer {
             let end = topic.end.load(Ordering::Relaxed);
             let mut positions = Vec::with_capacity(req.batch.len());
             for (p, ts, key, value) in req.batch.iter() {
-                let durable = topic.partitions[p as usize].records.read().len() as u64;
-                let offset = durable + pend.assigned[p as usize];
-                pend.assigned[p as usize] += 1;
+                let offset = pend.base[p as usize] + pend.new[p as usize].len() as u64;
                 let at = pend.buf.len();
                 let body_len = BODY_FIXED + key.len() + value.len();
                 pend.buf.extend_from_slice(&(body_len as u32).to_le_bytes());
@@ -362,8 +367,7 @@ impl Writer {
                 pend.buf.extend_from_slice(value);
                 let crc = crc32fast::hash(&pend.buf[at + HEADER..]);
                 pend.buf[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
-                pend.records
-                    .push((p, end + at as u64, (HEADER + body_len) as u32));
+                pend.new[p as usize].push((end + at as u64, (HEADER + body_len) as u32));
                 positions.push(Position {
                     partition: p,
                     offset,
@@ -375,34 +379,34 @@ impl Writer {
         let written = self.write_and_sync(pending);
         let (mut records, mut bytes) = (0u64, 0u64);
         for (topic, pend) in self.topics.iter().zip(pending.iter_mut()) {
-            if pend.records.is_empty() {
+            if pend.buf.is_empty() {
                 continue;
             }
             if written.is_ok() {
-                records += pend.records.len() as u64;
                 bytes += pend.buf.len() as u64;
                 topic
                     .end
                     .fetch_add(pend.buf.len() as u64, Ordering::Relaxed);
-                let mut touched = vec![false; topic.partitions.len()];
-                for &(p, pos, len) in &pend.records {
-                    topic.partitions[p as usize]
-                        .records
-                        .write()
-                        .push((pos, len));
-                    touched[p as usize] = true;
-                }
-                for (part, _) in topic.partitions.iter().zip(&touched).filter(|(_, &t)| t) {
-                    let hw = part.records.read().len() as u64;
+                // One index lock per touched partition, then wake its readers.
+                for (part, new) in topic.partitions.iter().zip(pend.new.iter_mut()) {
+                    if new.is_empty() {
+                        continue;
+                    }
+                    records += new.len() as u64;
+                    let hw = {
+                        let mut idx = part.records.write();
+                        idx.extend_from_slice(new);
+                        idx.len() as u64
+                    };
                     part.high_watermark.send_replace(hw);
+                    new.clear();
                 }
             } else {
                 // Undo a partial write so the file ends at the last acknowledged record.
                 let _ = topic.file.set_len(topic.end.load(Ordering::Relaxed));
+                pend.new.iter_mut().for_each(Vec::clear);
             }
             pend.buf.clear();
-            pend.records.clear();
-            pend.assigned.iter_mut().for_each(|a| *a = 0);
         }
         self.metrics
             .records_appended
