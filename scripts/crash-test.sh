@@ -41,12 +41,12 @@ interval=$(( span / (KILLS + 1) )); [ "$interval" -ge 1 ] || interval=1
 for k in $(seq "$KILLS"); do
   sleep "$interval"
   kill -9 "$SERVER"; wait "$SERVER" 2>/dev/null || true
-  echo "kill -9 #$k at $(date +%T) ($(tail -c 200 "$WORK/loadgen.progress" | tr '\r' '\n' | grep acked | tail -1 | awk '{print $5}') acked so far)"
+  echo "kill -9 #$k at $(date +%T)"
   start
 done
 wait "$LOADGEN"; LOADGEN=
 tail -n 6 "$WORK/loadgen.progress" || true
-grep -E '"(acknowledged|retried|gave_up)"' "$WORK/load.json" || true
+grep -E '"(submissions|acknowledged|requests|given_up|given_up_uncertain|rejected)"' "$WORK/load.json" || true
 
 echo "== verify against the acknowledged votes"
 "$BIN" loadgen --url "$URL" --verify-only --record "$WORK/acks.rec" --verify-timeout-secs 120

@@ -38,10 +38,12 @@ pub enum Command {
     Realtime(ServeArgs),
     /// Rebuild every tally from the votes log and check it against what was published.
     Recount(RecountArgs),
-    /// Generate load against a running server and check the published tallies exactly.
-    Loadgen(loadtest::LoadgenArgs),
+    // Help text: the `#[command(about, long_about)]` of `loadtest::LoadgenArgs` (with examples).
+    Loadgen(Box<loadtest::LoadgenArgs>),
     /// Print the effective configuration (after file, environment and flags) as TOML.
     Config(ServeArgs),
+    /// Create or update the PostgreSQL tables of the distributed mode (polls, partial tallies); safe to repeat.
+    Migrate(MigrateArgs),
 }
 
 #[derive(Debug, Args, Default, Clone)]
@@ -65,6 +67,16 @@ pub struct RecountArgs {
     /// Print the report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// PostgreSQL connection URL, e.g. postgres://crowdtick:secret@db:5432/crowdtick.
+    #[arg(long, env = "CROWDTICK_POSTGRES", value_name = "URL")]
+    pub postgres: String,
+    /// PostgreSQL schema that holds CrowdTick's tables (created if missing).
+    #[arg(long, value_name = "NAME", default_value = storage::postgres::DEFAULT_SCHEMA)]
+    pub schema: String,
 }
 
 impl ServeArgs {
@@ -121,12 +133,32 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Loadgen(args) => {
-            runtime.block_on(loadtest::main(args))?;
+            runtime.block_on(loadtest::main(*args))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Config(args) => {
             args.apply(&mut config);
             print!("{}", toml_of(&config));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate(args) => {
+            runtime.block_on(async {
+                let pool = storage::postgres::connect(&args.postgres)
+                    .await
+                    .map_err(|e| {
+                        if e.unreachable {
+                            anyhow::anyhow!("{e}; is it running? (--postgres or CROWDTICK_POSTGRES)")
+                        } else {
+                            anyhow::anyhow!("{e}; check the user, password and database in --postgres or CROWDTICK_POSTGRES")
+                        }
+                    })?;
+                let mut client = pool.get().await.map_err(|e| {
+                    anyhow::anyhow!("lost the connection to PostgreSQL: {e}; try again")
+                })?;
+                storage::postgres::migrate(&mut client, &args.schema).await?;
+                println!("PostgreSQL schema {:?} is up to date", args.schema);
+                anyhow::Ok(())
+            })?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -15,11 +15,26 @@ CREATE TABLE IF NOT EXISTS polls (
     creator     TEXT
 );
 
--- Absolute partial tallies, one row per (poll, partition); written only with a higher offset.
+-- Absolute partial tallies, one row per (poll, partition); written only with a higher offset, or the
+-- same offset and a higher complete_until (a stale or zombie processor cannot overwrite a newer one):
+--   INSERT … ON CONFLICT (poll_id, partition) DO UPDATE SET … WHERE partial_tallies."offset" < EXCLUDED."offset"
+--     OR (partial_tallies."offset" = EXCLUDED."offset" AND partial_tallies.complete_until < EXCLUDED.complete_until)
 CREATE TABLE IF NOT EXISTS partial_tallies (
+    poll_id        BIGINT NOT NULL,
+    partition      INTEGER NOT NULL,
+    "offset"       BIGINT NOT NULL,
+    complete_until BIGINT NOT NULL,        -- copy of the tally's field, for the write condition
+    tally          BYTEA NOT NULL,         -- Avro datum of io.crowdtick.PartialTally, windows left out
+    PRIMARY KEY (poll_id, partition)
+);
+
+-- Event-time windows per (poll, partition), each written only with a higher offset than its own stored
+-- one (a partial carries only the windows that changed, so each window merges on its own).
+CREATE TABLE IF NOT EXISTS tally_windows (
     poll_id     BIGINT NOT NULL,
     partition   INTEGER NOT NULL,
+    start_ms    BIGINT NOT NULL,           -- window start, milliseconds since the Unix epoch
     "offset"    BIGINT NOT NULL,
-    tally       BYTEA NOT NULL,            -- Avro datum of io.crowdtick.PartialTally
-    PRIMARY KEY (poll_id, partition)
+    votes       BIGINT NOT NULL,
+    PRIMARY KEY (poll_id, partition, start_ms)
 );

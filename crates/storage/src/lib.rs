@@ -3,16 +3,27 @@
 //! - [`log`]: the [`Log`] trait — topics, partitions, offsets, consumer-held positions (Kafka's model).
 //! - [`embedded_log`]: [`EmbeddedLog`], a file per partition, group commit (many records per fsync),
 //!   CRC-framed records, torn tails cut on open. What `crowdtick serve` runs on by default.
+//! - [`kafka_log`]: [`KafkaLog`], the log on Kafka for the distributed mode (rdkafka, idempotent producer).
 //! - [`polls`]: [`PollCatalog`], the in-memory view of every poll that the edge and
 //!   the processor consult per vote, over a [`PollStore`] ([`FilePollStore`] when embedded).
 //! - [`edge_stats`]: [`EdgeRejections`], per-poll counts of the votes the edge refused.
+//! - [`tally_store`]: [`TallyStore`], the latest partial tally per (poll, partition) with its offset;
+//!   a partial older than the stored one is never written ([`MemoryTallyStore`] in memory).
+//! - [`postgres`]: the distributed mode's PostgreSQL side: [`postgres::connect`], [`postgres::migrate`],
+//!   [`PgPollStore`] and [`PgTallyStore`].
 
 pub mod edge_stats;
 pub mod embedded_log;
+pub mod kafka_log;
 pub mod log;
 pub mod polls;
+pub mod postgres;
+pub mod tally_store;
 
 pub use edge_stats::{EdgeCounts, EdgeReason, EdgeRejections};
 pub use embedded_log::{EmbeddedLog, EmbeddedLogConfig};
+pub use kafka_log::{KafkaConfig, KafkaLog};
 pub use log::{AppendBatch, Fetched, Log, LogError, Position, Topic};
 pub use polls::{FilePollStore, PollCatalog, PollStore, StoreError};
+pub use postgres::{PgPollStore, PgTallyStore};
+pub use tally_store::{MemoryTallyStore, TallyStore};

@@ -1,0 +1,1016 @@
+//! PostgreSQL stores of the distributed mode.
+//!
+//! - [`connect`]: a connection pool (deadpool over tokio-postgres), checked by connecting once.
+//! - [`migrate`]: applies `schemas::POSTGRES_SQL` inside a PostgreSQL schema of its own (created if
+//!   missing), idempotent, under an advisory lock so services starting together do not race.
+//! - [`PgPollStore`]: the [`PollStore`] of poll definitions (table `polls`).
+//! - [`PgTallyStore`]: the [`TallyStore`] of the latest partials (tables `partial_tallies` and
+//!   `tally_windows`). A batch is one statement (arrays bound as parameters, `UNNEST`ed), so it is
+//!   atomic and one round trip; the offset comparison is in the statement, so a stale or zombie
+//!   processor never overwrites a newer partial, whatever the interleaving.
+//!
+//! Every statement names its tables with the schema (`"crowdtick".polls`): stores of different
+//! schemas can share one database (the tests run side by side that way).
+
+use crate::polls::{PollStore, StoreError};
+use crate::tally_store::{Batch, TallyStore};
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
+use schemas::{PartialTally, Poll, Visibility, WindowCount};
+use std::time::Duration;
+use tokio_postgres::NoTls;
+
+/// The PostgreSQL schema `crowdtick migrate` and the services use unless told otherwise.
+pub const DEFAULT_SCHEMA: &str = "crowdtick";
+
+/// A connection or migration failure, worded for an operator.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct PgError {
+    pub message: String,
+    /// No server answered (refused, unknown host, timed out), as opposed to a server that refused
+    /// the login, the database or a statement.
+    pub unreachable: bool,
+}
+
+impl PgError {
+    fn new(message: String) -> Self {
+        Self {
+            message,
+            unreachable: false,
+        }
+    }
+}
+
+impl From<PgError> for StoreError {
+    fn from(e: PgError) -> Self {
+        StoreError::Io(e.message)
+    }
+}
+
+/// A pool of connections to `url` (`postgres://user[:password]@host:port/database`), after one
+/// successful connection. The error names the server (password hidden) and the cause.
+pub async fn connect(url: &str) -> Result<Pool, PgError> {
+    let shown = redact(url);
+    let mut config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e| PgError::new(format!("invalid PostgreSQL URL {shown}: {}", pg_text(&e))))?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(5));
+    }
+    let manager = Manager::from_config(
+        config,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    let pool = Pool::builder(manager)
+        .max_size(8)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(Duration::from_secs(10)))
+        .create_timeout(Some(Duration::from_secs(10)))
+        .build()
+        .map_err(|e| PgError::new(format!("PostgreSQL pool for {shown}: {e}")))?;
+    let first = pool.get().await.map_err(|e| {
+        let unreachable = match &e {
+            PoolError::Backend(e) => e.as_db_error().is_none(),
+            _ => true,
+        };
+        PgError {
+            message: format!("cannot connect to PostgreSQL at {shown}: {}", pool_text(e)),
+            unreachable,
+        }
+    })?;
+    drop(first);
+    Ok(pool)
+}
+
+/// Creates `schema` if needed and applies `schemas::POSTGRES_SQL` inside it, in one transaction.
+/// Idempotent; concurrent runs wait for each other (advisory lock).
+pub async fn migrate(client: &mut tokio_postgres::Client, schema: &str) -> Result<(), PgError> {
+    let quoted = quote_ident(schema)?;
+    let failed = |e: tokio_postgres::Error| {
+        let hint = if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) {
+            "; the user needs the CREATE privilege on the database, or on an existing schema"
+        } else {
+            ""
+        };
+        PgError::new(format!(
+            "applying the CrowdTick schema in {quoted}: {}{hint}",
+            pg_text(&e)
+        ))
+    };
+    let tx = client.transaction().await.map_err(failed)?;
+    tx.batch_execute(&format!(
+        "SET LOCAL client_min_messages TO warning;\n\
+         SELECT pg_advisory_xact_lock({MIGRATE_LOCK});\n\
+         CREATE SCHEMA IF NOT EXISTS {quoted};\n\
+         SET LOCAL search_path TO {quoted};\n\
+         {}",
+        schemas::POSTGRES_SQL
+    ))
+    .await
+    .map_err(failed)?;
+    tx.commit().await.map_err(failed)
+}
+
+/// Advisory lock key of [`migrate`] (any constant; "crowdtic" in ASCII).
+const MIGRATE_LOCK: i64 = 0x63726f7764746963;
+
+/// Poll definitions in table `polls` of one schema. `save` is an upsert by id.
+pub struct PgPollStore {
+    pool: Pool,
+    load_sql: String,
+    save_sql: String,
+}
+
+impl PgPollStore {
+    /// A store over `pool` in `schema` (already migrated: see [`migrate`]).
+    pub fn new(pool: Pool, schema: &str) -> Result<Self, StoreError> {
+        let s = quote_ident(schema)?;
+        Ok(Self {
+            pool,
+            load_sql: format!(
+                "SELECT id, slug, title, options::text, max_choices, visibility, opens_at, closes_at, \
+                        opened_at, closed_at, revealed, created_at, creator \
+                 FROM {s}.polls ORDER BY id"
+            ),
+            save_sql: format!(
+                "INSERT INTO {s}.polls (id, slug, title, options, max_choices, visibility, opens_at, \
+                        closes_at, opened_at, closed_at, revealed, created_at, creator) \
+                 VALUES ($1, $2, $3, $4::text::jsonb, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+                 ON CONFLICT (id) DO UPDATE SET slug = EXCLUDED.slug, title = EXCLUDED.title, \
+                        options = EXCLUDED.options, max_choices = EXCLUDED.max_choices, \
+                        visibility = EXCLUDED.visibility, opens_at = EXCLUDED.opens_at, \
+                        closes_at = EXCLUDED.closes_at, opened_at = EXCLUDED.opened_at, \
+                        closed_at = EXCLUDED.closed_at, revealed = EXCLUDED.revealed, \
+                        created_at = EXCLUDED.created_at, creator = EXCLUDED.creator"
+            ),
+        })
+    }
+}
+
+#[async_trait]
+impl PollStore for PgPollStore {
+    async fn load(&self) -> Result<Vec<Poll>, StoreError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let stmt = client.prepare_cached(&self.load_sql).await.map_err(db)?;
+        let rows = client.query(&stmt, &[]).await.map_err(db)?;
+        rows.iter()
+            .map(|row| {
+                let id: i64 = row.get(0);
+                let bad =
+                    |what: String| StoreError::Data(format!("poll {id} in PostgreSQL: {what}"));
+                let options: String = row.get(3);
+                let max_choices: i32 = row.get(4);
+                let visibility: String = row.get(5);
+                Ok(Poll {
+                    id,
+                    slug: row.get(1),
+                    title: row.get(2),
+                    options: serde_json::from_str(&options)
+                        .map_err(|e| bad(format!("options: {e}")))?,
+                    max_choices: u32::try_from(max_choices)
+                        .map_err(|_| bad(format!("max_choices {max_choices}")))?,
+                    visibility: visibility_of(&visibility)
+                        .ok_or_else(|| bad(format!("visibility {visibility:?}")))?,
+                    opens_at: row.get(6),
+                    closes_at: row.get(7),
+                    opened_at: row.get(8),
+                    closed_at: row.get(9),
+                    revealed: row.get(10),
+                    created_at: row.get(11),
+                    creator: row.get(12),
+                })
+            })
+            .collect()
+    }
+
+    async fn save(&self, poll: &Poll) -> Result<(), StoreError> {
+        let options =
+            serde_json::to_string(&poll.options).map_err(|e| StoreError::Data(e.to_string()))?;
+        let max_choices = i32::try_from(poll.max_choices).map_err(|_| {
+            StoreError::Rejected(format!("max_choices {} is too large", poll.max_choices))
+        })?;
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let stmt = client.prepare_cached(&self.save_sql).await.map_err(db)?;
+        client
+            .execute(
+                &stmt,
+                &[
+                    &poll.id,
+                    &poll.slug,
+                    &poll.title,
+                    &options,
+                    &max_choices,
+                    &visibility_name(poll.visibility),
+                    &poll.opens_at,
+                    &poll.closes_at,
+                    &poll.opened_at,
+                    &poll.closed_at,
+                    &poll.revealed,
+                    &poll.created_at,
+                    &poll.creator,
+                ],
+            )
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+}
+
+fn visibility_name(v: Visibility) -> &'static str {
+    match v {
+        Visibility::Live => "live",
+        Visibility::AfterClose => "after_close",
+        Visibility::OnReveal => "on_reveal",
+    }
+}
+
+fn visibility_of(name: &str) -> Option<Visibility> {
+    Some(match name {
+        "live" => Visibility::Live,
+        "after_close" => Visibility::AfterClose,
+        "on_reveal" => Visibility::OnReveal,
+        _ => return None,
+    })
+}
+
+/// The latest partial tallies in tables `partial_tallies` and `tally_windows` of one schema.
+///
+/// A row of `partial_tallies` holds the partial's Avro datum without its windows; the windows live
+/// in `tally_windows`, one row per (poll, partition, start_ms), and are put back on reading.
+pub struct PgTallyStore {
+    pool: Pool,
+    put_sql: String,
+    load_sql: String,
+}
+
+/// Times a batch is retried when PostgreSQL breaks a deadlock by aborting it (SQLSTATE 40P01).
+const DEADLOCK_RETRIES: usize = 5;
+
+impl PgTallyStore {
+    /// A store over `pool` in `schema` (already migrated: see [`migrate`]).
+    pub fn new(pool: Pool, schema: &str) -> Result<Self, StoreError> {
+        let s = quote_ident(schema)?;
+        Ok(Self {
+            pool,
+            // One statement: both upserts see the same snapshot and commit together. Rows come in
+            // key order (sorted in `Batch`, and ORDER BY), so concurrent batches lock in one order.
+            put_sql: format!(
+                "WITH p AS (\n\
+                   INSERT INTO {s}.partial_tallies AS t (poll_id, partition, \"offset\", complete_until, tally)\n\
+                   SELECT * FROM UNNEST($1::bigint[], $2::integer[], $3::bigint[], $4::bigint[], $5::bytea[])\n\
+                     AS u(poll_id, partition, \"offset\", complete_until, tally)\n\
+                   ORDER BY poll_id, partition\n\
+                   ON CONFLICT (poll_id, partition) DO UPDATE\n\
+                     SET \"offset\" = EXCLUDED.\"offset\", complete_until = EXCLUDED.complete_until,\n\
+                         tally = EXCLUDED.tally\n\
+                     WHERE t.\"offset\" < EXCLUDED.\"offset\"\n\
+                        OR (t.\"offset\" = EXCLUDED.\"offset\" AND t.complete_until < EXCLUDED.complete_until)\n\
+                   RETURNING 1\n\
+                 ), w AS (\n\
+                   INSERT INTO {s}.tally_windows AS t (poll_id, partition, start_ms, \"offset\", votes)\n\
+                   SELECT * FROM UNNEST($6::bigint[], $7::integer[], $8::bigint[], $9::bigint[], $10::bigint[])\n\
+                     AS u(poll_id, partition, start_ms, \"offset\", votes)\n\
+                   ORDER BY poll_id, partition, start_ms\n\
+                   ON CONFLICT (poll_id, partition, start_ms) DO UPDATE\n\
+                     SET \"offset\" = EXCLUDED.\"offset\", votes = EXCLUDED.votes\n\
+                     WHERE t.\"offset\" < EXCLUDED.\"offset\"\n\
+                   RETURNING 1\n\
+                 )\n\
+                 SELECT (SELECT count(*) FROM p), (SELECT count(*) FROM w)"
+            ),
+            load_sql: format!(
+                "SELECT t.poll_id, t.partition, t.tally, w.starts, w.votes\n\
+                 FROM {s}.partial_tallies t\n\
+                 LEFT JOIN LATERAL (\n\
+                   SELECT array_agg(start_ms ORDER BY start_ms) AS starts,\n\
+                          array_agg(votes ORDER BY start_ms) AS votes\n\
+                   FROM {s}.tally_windows w\n\
+                   WHERE w.poll_id = t.poll_id AND w.partition = t.partition\n\
+                 ) w ON TRUE\n\
+                 WHERE $1::integer IS NULL OR t.partition = $1\n\
+                 ORDER BY t.poll_id, t.partition"
+            ),
+        })
+    }
+
+    async fn load(&self, partition: Option<i32>) -> Result<Vec<PartialTally>, StoreError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let stmt = client.prepare_cached(&self.load_sql).await.map_err(db)?;
+        let rows = client.query(&stmt, &[&partition]).await.map_err(db)?;
+        rows.iter()
+            .map(|row| {
+                let poll_id: i64 = row.get(0);
+                let partition: i32 = row.get(1);
+                let bad = |what: String| {
+                    StoreError::Data(format!(
+                        "partial tally of poll {poll_id}, partition {partition} in PostgreSQL: {what}"
+                    ))
+                };
+                let mut t = PartialTally::from_avro(row.get::<_, &[u8]>(2))
+                    .map_err(|e| bad(e.to_string()))?;
+                if (t.poll_id, t.partition) != (poll_id, partition) {
+                    return Err(bad(format!(
+                        "the datum is of poll {}, partition {}",
+                        t.poll_id, t.partition
+                    )));
+                }
+                let starts: Option<Vec<i64>> = row.get(3);
+                let votes: Option<Vec<i64>> = row.get(4);
+                t.windows = starts
+                    .unwrap_or_default()
+                    .into_iter()
+                    .zip(votes.unwrap_or_default())
+                    .map(|(start_ms, votes)| WindowCount { start_ms, votes })
+                    .collect();
+                Ok(t)
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
+impl TallyStore for PgTallyStore {
+    async fn put(&self, partials: &[PartialTally]) -> Result<usize, StoreError> {
+        if partials.is_empty() {
+            return Ok(0);
+        }
+        let batch = Batch::of(partials);
+        let n = batch.partials.len();
+        let (mut polls, mut parts, mut offsets, mut completes, mut datums) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for (&(poll, part), t) in &batch.partials {
+            polls.push(poll);
+            parts.push(part);
+            offsets.push(t.offset);
+            completes.push(t.complete_until);
+            let bare = PartialTally {
+                windows: Vec::new(),
+                ..(*t).clone()
+            };
+            datums.push(bare.to_avro());
+        }
+        let m = batch.windows.len();
+        let (mut w_polls, mut w_parts, mut w_starts, mut w_offsets, mut w_votes) = (
+            Vec::with_capacity(m),
+            Vec::with_capacity(m),
+            Vec::with_capacity(m),
+            Vec::with_capacity(m),
+            Vec::with_capacity(m),
+        );
+        for (&(poll, part, start_ms), &(offset, votes)) in &batch.windows {
+            w_polls.push(poll);
+            w_parts.push(part);
+            w_starts.push(start_ms);
+            w_offsets.push(offset);
+            w_votes.push(votes);
+        }
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let stmt = client.prepare_cached(&self.put_sql).await.map_err(db)?;
+        let mut attempt = 0;
+        loop {
+            let result = client
+                .query_one(
+                    &stmt,
+                    &[
+                        &polls, &parts, &offsets, &completes, &datums, &w_polls, &w_parts,
+                        &w_starts, &w_offsets, &w_votes,
+                    ],
+                )
+                .await;
+            match result {
+                Ok(row) => return Ok(row.get::<_, i64>(0) as usize),
+                Err(e)
+                    if attempt < DEADLOCK_RETRIES
+                        && e.code()
+                            == Some(&tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED) =>
+                {
+                    attempt += 1;
+                    tracing::debug!(attempt, "tally batch hit a deadlock; retrying");
+                }
+                Err(e) => return Err(db(e)),
+            }
+        }
+    }
+
+    async fn load_all(&self) -> Result<Vec<PartialTally>, StoreError> {
+        self.load(None).await
+    }
+
+    async fn load_partition(&self, partition: i32) -> Result<Vec<PartialTally>, StoreError> {
+        self.load(Some(partition)).await
+    }
+}
+
+/// `"name"`, with quotes doubled: a schema name is never pasted into SQL unquoted.
+fn quote_ident(name: &str) -> Result<String, PgError> {
+    if name.is_empty() || name.len() > 63 || name.contains('\0') {
+        return Err(PgError::new(format!(
+            "invalid PostgreSQL schema name {name:?}: use 1 to 63 bytes, e.g. crowdtick"
+        )));
+    }
+    Ok(format!("\"{}\"", name.replace('"', "\"\"")))
+}
+
+/// The URL with its password hidden, for messages.
+fn redact(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => match rest[..at].find(':') {
+            Some(colon) => format!(
+                "{}{}:***{}",
+                &url[..scheme_end + 3],
+                &rest[..colon],
+                &rest[at..]
+            ),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
+/// A tokio-postgres error with its cause (its `Display` alone says only "db error" and the like).
+fn pg_text(e: &tokio_postgres::Error) -> String {
+    if let Some(d) = e.as_db_error() {
+        let mut s = format!("{} (SQLSTATE {})", d.message(), d.code().code());
+        if let Some(detail) = d.detail() {
+            s.push_str(&format!("; {detail}"));
+        }
+        return s;
+    }
+    let mut s = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        s.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    s
+}
+
+fn pool_text(e: PoolError) -> String {
+    match e {
+        PoolError::Backend(e) => pg_text(&e),
+        PoolError::Timeout(_) => "timed out".to_string(),
+        other => other.to_string(),
+    }
+}
+
+fn pool_error(e: PoolError) -> StoreError {
+    StoreError::Io(format!("PostgreSQL: {}", pool_text(e)))
+}
+
+/// A statement's error: a constraint violation (SQLSTATE class 23) is the caller's to fix
+/// ([`StoreError::Rejected`]); anything else is I/O.
+fn db(e: tokio_postgres::Error) -> StoreError {
+    let text = pg_text(&e);
+    match e.code() {
+        Some(code) if code.code().starts_with("23") => StoreError::Rejected(text),
+        _ => StoreError::Io(format!("PostgreSQL: {text}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Against a real PostgreSQL (`CROWDTICK_TEST_POSTGRES`, default
+    //! `postgres://postgres@127.0.0.1:5432/test`). Each test works in a schema of its own, dropped at
+    //! the end, so tests run side by side. An unreachable server fails the test: never skipped.
+
+    use super::*;
+    use crate::polls::PollCatalog;
+    use crate::tally_store::MemoryTallyStore;
+    use proptest::prelude::*;
+    use schemas::Rejections;
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    fn test_url() -> String {
+        std::env::var("CROWDTICK_TEST_POSTGRES")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+    }
+
+    async fn test_pool() -> Pool {
+        let url = test_url();
+        connect(&url).await.unwrap_or_else(|e| {
+            panic!(
+                "{e}\n\nThe storage tests need PostgreSQL at {url} (trust auth, user postgres, \
+                 database test). Start it with:\n  \
+                 pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start\n\
+                 (or set CROWDTICK_TEST_POSTGRES to another server's URL)"
+            )
+        })
+    }
+
+    /// A migrated schema of this test's own, dropped when the value goes (also on a failure).
+    struct TestDb {
+        pool: Pool,
+        schema: String,
+    }
+
+    impl TestDb {
+        async fn new() -> Self {
+            static N: AtomicUsize = AtomicUsize::new(0);
+            let schema = format!(
+                "ct_test_{}_{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::SeqCst)
+            );
+            let pool = test_pool().await;
+            let mut client = pool.get().await.unwrap();
+            client
+                .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+                .await
+                .unwrap();
+            migrate(&mut client, &schema).await.unwrap();
+            drop(client);
+            Self { pool, schema }
+        }
+
+        fn polls(&self) -> PgPollStore {
+            PgPollStore::new(self.pool.clone(), &self.schema).unwrap()
+        }
+
+        fn tallies(&self) -> PgTallyStore {
+            PgTallyStore::new(self.pool.clone(), &self.schema).unwrap()
+        }
+    }
+
+    impl Drop for TestDb {
+        fn drop(&mut self) {
+            let (url, schema) = (test_url(), self.schema.clone());
+            // Drop runs inside a test's runtime: do the async cleanup on a thread of its own.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    if let Ok((client, conn)) = tokio_postgres::connect(&url, NoTls).await {
+                        tokio::spawn(conn);
+                        let _ = client
+                            .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+                            .await;
+                    }
+                });
+            })
+            .join();
+        }
+    }
+
+    fn poll(id: i64, slug: String) -> Poll {
+        Poll {
+            id,
+            slug,
+            title: "Who wins? \"Quotes\" and ünïcode".into(),
+            options: vec!["A".into(), "B, with a comma".into(), "C".into()],
+            max_choices: 2,
+            visibility: Visibility::OnReveal,
+            opens_at: Some(1_700_000_000_000_000),
+            closes_at: None,
+            opened_at: None,
+            closed_at: None,
+            revealed: false,
+            created_at: 1_699_999_999_000_000,
+            creator: Some("operator".into()),
+        }
+    }
+
+    /// A partial whose content is a function of its key, offset and completeness (as the processor's
+    /// are of the log), so two partials with the same ones are equal.
+    fn partial(
+        poll_id: i64,
+        partition: i32,
+        offset: i64,
+        complete_until: i64,
+        windows: &[i64],
+    ) -> PartialTally {
+        PartialTally {
+            poll_id,
+            partition,
+            offset,
+            counts: vec![offset, 2 * offset + poll_id],
+            voters: 3 * offset,
+            rejected: Rejections {
+                duplicate: offset / 2,
+                late: 1,
+                closed: partition as i64,
+                invalid: 0,
+            },
+            late_for_window: offset / 3,
+            windows: windows
+                .iter()
+                .map(|&start_ms| WindowCount {
+                    start_ms,
+                    votes: window_votes(poll_id, partition, start_ms, offset),
+                })
+                .collect(),
+            complete_until,
+            emitted_at: 1_000 + offset,
+        }
+    }
+
+    fn window_votes(poll_id: i64, partition: i32, start_ms: i64, offset: i64) -> i64 {
+        (poll_id * 7 + partition as i64 * 3 + start_ms / 1000 + offset * 11) % 1000
+    }
+
+    fn windows(t: &PartialTally) -> Vec<(i64, i64)> {
+        t.windows.iter().map(|w| (w.start_ms, w.votes)).collect()
+    }
+
+    fn bare(t: &PartialTally) -> PartialTally {
+        PartialTally {
+            windows: Vec::new(),
+            ..t.clone()
+        }
+    }
+
+    #[tokio::test]
+    async fn unreachable_server_is_a_clear_error() {
+        let err = connect("postgres://postgres:secret@127.0.0.1:1/test")
+            .await
+            .unwrap_err();
+        assert!(err.unreachable);
+        let e = err.to_string();
+        assert!(
+            e.starts_with(
+                "cannot connect to PostgreSQL at postgres://postgres:***@127.0.0.1:1/test: "
+            ),
+            "{e}"
+        );
+        assert!(!e.contains("secret"), "{e}");
+        assert!(e.to_lowercase().contains("refused"), "{e}");
+        assert_eq!(redact("postgres://h/db"), "postgres://h/db");
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact("host=h user=u"), "host=h user=u");
+        assert!(quote_ident("").is_err());
+        assert_eq!(quote_ident("a\"b").unwrap(), "\"a\"\"b\"");
+    }
+
+    #[tokio::test]
+    async fn a_server_that_refuses_the_login_is_not_unreachable() {
+        test_pool().await;
+        let err = connect("postgres://no_such_role_crowdtick@127.0.0.1:5432/test")
+            .await
+            .unwrap_err();
+        assert!(!err.unreachable, "{err}");
+        assert!(err.to_string().contains("no_such_role_crowdtick"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn migrate_is_idempotent_and_stays_in_its_schema() {
+        let db = TestDb::new().await;
+        let mut client = db.pool.get().await.unwrap();
+        migrate(&mut client, &db.schema).await.unwrap();
+        migrate(&mut client, &db.schema).await.unwrap();
+        // Concurrent runs (services starting together) wait for each other.
+        let mut other = db.pool.get().await.unwrap();
+        let (a, b) = tokio::join!(
+            migrate(&mut client, &db.schema),
+            migrate(&mut other, &db.schema)
+        );
+        a.unwrap();
+        b.unwrap();
+        let tables: Vec<String> = client
+            .query(
+                "SELECT table_name::text FROM information_schema.tables \
+                 WHERE table_schema = $1 ORDER BY 1",
+                &[&db.schema],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(tables, ["partial_tallies", "polls", "tally_windows"]);
+        // The session's search_path is untouched (SET LOCAL).
+        let path: String = client
+            .query_one("SHOW search_path", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert!(!path.contains(&db.schema), "{path}");
+        // The tables work after the repeated migrations.
+        let store = db.polls();
+        store.save(&poll(1, "abc".into())).await.unwrap();
+        migrate(&mut client, &db.schema).await.unwrap();
+        assert_eq!(store.load().await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn polls_roundtrip_and_catalog() {
+        let db = TestDb::new().await;
+        let store = db.polls();
+        assert!(store.load().await.unwrap().is_empty());
+        let a = poll(1, "aaaaaa".into());
+        let mut b = poll(2, "bbbbbb".into());
+        b.visibility = Visibility::Live;
+        b.creator = None;
+        b.opens_at = None;
+        b.closes_at = Some(5);
+        store.save(&b).await.unwrap();
+        store.save(&a).await.unwrap();
+        assert_eq!(store.load().await.unwrap(), vec![a.clone(), b.clone()]);
+
+        // save is an upsert.
+        let mut a2 = a.clone();
+        a2.title = "Renamed".into();
+        a2.visibility = Visibility::AfterClose;
+        a2.revealed = true;
+        store.save(&a2).await.unwrap();
+        assert_eq!(store.load().await.unwrap(), vec![a2.clone(), b.clone()]);
+
+        // A slug taken by another poll, or a title over the limit, is refused.
+        let taken = poll(3, "aaaaaa".into());
+        assert!(matches!(
+            store.save(&taken).await,
+            Err(StoreError::Rejected(_))
+        ));
+        let mut long = poll(3, "cccccc".into());
+        long.title = "x".repeat(256);
+        assert!(matches!(
+            store.save(&long).await,
+            Err(StoreError::Rejected(_))
+        ));
+
+        // Through the catalog: create, close by hand, reload from a fresh store.
+        let catalog = PollCatalog::load(Arc::new(db.polls())).await.unwrap();
+        assert_eq!(catalog.list().len(), 2);
+        let c = catalog.create(poll).await.unwrap();
+        assert_eq!(c.id, 3);
+        let (stamp, _) = catalog.stamp_and_get(3);
+        let closed = catalog
+            .update(3, |p, now| {
+                p.closed_at = Some(now);
+                Ok(())
+            })
+            .await
+            .unwrap();
+        assert!(closed.closed_at.unwrap() >= stamp);
+        let again = PollCatalog::load(Arc::new(db.polls())).await.unwrap();
+        assert_eq!(*again.get(3).unwrap(), *closed);
+        assert_eq!(again.by_slug(&c.slug).unwrap().id, 3);
+        assert_eq!(*again.get(1).unwrap(), a2);
+        assert_eq!(again.list().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn older_partials_are_refused_newer_accepted() {
+        let db = TestDb::new().await;
+        let store = db.tallies();
+        assert_eq!(store.put(&[]).await.unwrap(), 0);
+        let p10 = partial(1, 0, 10, 100, &[]);
+        assert_eq!(store.put(std::slice::from_ref(&p10)).await.unwrap(), 1);
+        assert_eq!(store.load_all().await.unwrap(), vec![p10.clone()]);
+
+        // Older: refused, the stored one unchanged (a zombie processor).
+        assert_eq!(store.put(&[partial(1, 0, 9, 500, &[])]).await.unwrap(), 0);
+        // Same offset, same or lower completeness: refused.
+        assert_eq!(store.put(&[partial(1, 0, 10, 100, &[])]).await.unwrap(), 0);
+        assert_eq!(store.put(&[partial(1, 0, 10, 99, &[])]).await.unwrap(), 0);
+        assert_eq!(store.load_all().await.unwrap(), vec![p10.clone()]);
+
+        // Same offset, higher completeness: accepted.
+        let p10b = partial(1, 0, 10, 200, &[]);
+        assert_eq!(store.put(std::slice::from_ref(&p10b)).await.unwrap(), 1);
+        assert_eq!(store.load_all().await.unwrap(), vec![p10b.clone()]);
+
+        // Newer: accepted, even with a lower completeness.
+        let p11 = partial(1, 0, 11, 50, &[]);
+        assert_eq!(store.put(std::slice::from_ref(&p11)).await.unwrap(), 1);
+        assert_eq!(store.load_all().await.unwrap(), vec![p11.clone()]);
+
+        // A batch: other keys, a duplicate key (the newest of the two counts once), a stale one.
+        let batch = vec![
+            partial(1, 1, 3, 0, &[]),
+            partial(2, 0, 7, 0, &[]),
+            partial(1, 1, 5, 0, &[]),
+            partial(1, 0, 4, 0, &[]),
+        ];
+        assert_eq!(store.put(&batch).await.unwrap(), 2);
+        let all = store.load_all().await.unwrap();
+        assert_eq!(
+            all,
+            vec![
+                p11.clone(),
+                partial(1, 1, 5, 0, &[]),
+                partial(2, 0, 7, 0, &[])
+            ]
+        );
+        assert_eq!(
+            store.load_partition(0).await.unwrap(),
+            vec![p11, partial(2, 0, 7, 0, &[])]
+        );
+        assert_eq!(
+            store.load_partition(1).await.unwrap(),
+            vec![partial(1, 1, 5, 0, &[])]
+        );
+        assert!(store.load_partition(2).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn windows_survive_and_merge_by_offset() {
+        let db = TestDb::new().await;
+        let store = db.tallies();
+        let v = |start, offset| window_votes(1, 0, start, offset);
+        store
+            .put(&[partial(1, 0, 10, 0, &[1000, 2000])])
+            .await
+            .unwrap();
+        // A partial carries only the windows that changed: 1000 stays from offset 10.
+        store
+            .put(&[partial(1, 0, 20, 0, &[2000, 3000])])
+            .await
+            .unwrap();
+        // A stale partial loses, and so does its window 2000 (older than the stored 20), but its
+        // window 4000 is the newest of its own window (merge.rs rules: each window on its own).
+        assert_eq!(
+            store
+                .put(&[partial(1, 0, 15, 0, &[2000, 4000])])
+                .await
+                .unwrap(),
+            0
+        );
+        // Another partition's windows stay apart.
+        store.put(&[partial(1, 1, 5, 0, &[1000])]).await.unwrap();
+
+        let all = store.load_all().await.unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(bare(&all[0]), bare(&partial(1, 0, 20, 0, &[])));
+        assert_eq!(
+            windows(&all[0]),
+            vec![
+                (1000, v(1000, 10)),
+                (2000, v(2000, 20)),
+                (3000, v(3000, 20)),
+                (4000, v(4000, 15)),
+            ]
+        );
+        assert_eq!(windows(&all[1]), vec![(1000, window_votes(1, 1, 1000, 5))]);
+        // A fresh store on the same tables reads the same (restart).
+        assert_eq!(db.tallies().load_partition(0).await.unwrap(), all[..1]);
+    }
+
+    /// Random partials, in random batches and order, end as the per-key maximum (and as the
+    /// in-memory reference store), windows included.
+    #[test]
+    fn random_sequences_end_at_the_maximum() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let db = rt.block_on(TestDb::new());
+        let store = db.tallies();
+        let case = AtomicUsize::new(0);
+        let one = (
+            0i64..3,
+            0i32..3,
+            0i64..12,
+            0i64..3,
+            proptest::collection::vec(0i64..5, 0..4),
+        );
+        let strategy = (
+            proptest::collection::vec(one, 1..30),
+            proptest::collection::vec(1usize..6, 1..30),
+        );
+        let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+            cases: 64,
+            ..ProptestConfig::default()
+        });
+        runner
+            .run(&strategy, |(items, batch_sizes)| {
+                // Each case has polls of its own in the shared schema.
+                let base = case.fetch_add(1, Ordering::SeqCst) as i64 * 100;
+                let partials: Vec<PartialTally> = items
+                    .iter()
+                    .map(|(poll, part, offset, cu, starts)| {
+                        let starts: Vec<i64> = starts.iter().map(|s| s * 1000).collect();
+                        partial(base + poll, *part, *offset, *cu, &starts)
+                    })
+                    .collect();
+                let memory = MemoryTallyStore::new();
+                rt.block_on(async {
+                    let mut rest = &partials[..];
+                    let mut sizes = batch_sizes.iter().cycle();
+                    while !rest.is_empty() {
+                        let n = (*sizes.next().unwrap()).min(rest.len());
+                        let (batch, tail) = rest.split_at(n);
+                        rest = tail;
+                        let written = store.put(batch).await.unwrap();
+                        prop_assert_eq!(written, memory.put(batch).await.unwrap());
+                    }
+                    // The expected state, computed independently.
+                    let mut best: BTreeMap<(i64, i32), (i64, i64)> = BTreeMap::new();
+                    let mut wins: BTreeMap<(i64, i32, i64), i64> = BTreeMap::new();
+                    for t in &partials {
+                        let slot = best
+                            .entry((t.poll_id, t.partition))
+                            .or_insert((t.offset, t.complete_until));
+                        *slot = (*slot).max((t.offset, t.complete_until));
+                        for w in &t.windows {
+                            let o = wins
+                                .entry((t.poll_id, t.partition, w.start_ms))
+                                .or_insert(t.offset);
+                            *o = (*o).max(t.offset);
+                        }
+                    }
+                    let expected: Vec<PartialTally> = best
+                        .iter()
+                        .map(|(&(poll, part), &(offset, cu))| {
+                            let mut t = partial(poll, part, offset, cu, &[]);
+                            t.windows = wins
+                                .range((poll, part, i64::MIN)..=(poll, part, i64::MAX))
+                                .map(|(&(_, _, start_ms), &o)| WindowCount {
+                                    start_ms,
+                                    votes: window_votes(poll, part, start_ms, o),
+                                })
+                                .collect();
+                            t
+                        })
+                        .collect();
+                    let mine: Vec<PartialTally> = store
+                        .load_all()
+                        .await
+                        .unwrap()
+                        .into_iter()
+                        .filter(|t| t.poll_id >= base && t.poll_id < base + 100)
+                        .collect();
+                    prop_assert_eq!(&mine, &expected);
+                    prop_assert_eq!(&memory.load_all().await.unwrap(), &expected);
+                    for part in 0..3 {
+                        let got: Vec<_> = store
+                            .load_partition(part)
+                            .await
+                            .unwrap()
+                            .into_iter()
+                            .filter(|t| t.poll_id >= base && t.poll_id < base + 100)
+                            .collect();
+                        let want: Vec<_> = expected
+                            .iter()
+                            .filter(|t| t.partition == part)
+                            .cloned()
+                            .collect();
+                        prop_assert_eq!(got, want);
+                    }
+                    Ok(())
+                })
+            })
+            .unwrap();
+        drop(store);
+        drop(db);
+    }
+
+    /// Two writers (a live processor and a zombie, each on its own connections) interleave partials
+    /// of the same keys; the highest offset of each key wins, and no batch fails.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writers_end_at_the_highest_offset() {
+        let db = TestDb::new().await;
+        let mut tasks = Vec::new();
+        for writer in 0..2i64 {
+            let store = PgTallyStore::new(test_pool().await, &db.schema).unwrap();
+            tasks.push(tokio::spawn(async move {
+                let mut written = 0;
+                for step in 0..150i64 {
+                    // Writer 0 writes even offsets, writer 1 odd ones; each batch touches three
+                    // keys, in a different order per writer, and shared windows.
+                    let offset = 2 * step + writer;
+                    let mut batch: Vec<PartialTally> = (0..3)
+                        .map(|part| partial(1, part, offset, 0, &[(step % 4) * 1000, 9000]))
+                        .collect();
+                    if writer == 1 {
+                        batch.reverse();
+                    }
+                    written += store.put(&batch).await.unwrap();
+                }
+                written
+            }));
+        }
+        let mut total = 0;
+        for t in tasks {
+            total += t.await.unwrap();
+        }
+        // Every key took at least its writers' first partial and at most every one.
+        assert!((3..=900).contains(&total), "{total}");
+        let all = db.tallies().load_all().await.unwrap();
+        assert_eq!(all.len(), 3);
+        for (part, t) in all.iter().enumerate() {
+            assert_eq!(bare(t), bare(&partial(1, part as i32, 299, 0, &[])));
+            let w: BTreeMap<i64, i64> = windows(t).into_iter().collect();
+            assert_eq!(w[&9000], window_votes(1, part as i32, 9000, 299));
+            // Window 1000 was last written at step 149 (offsets 298 and 299).
+            assert_eq!(w[&1000], window_votes(1, part as i32, 1000, 299));
+            assert_eq!(w.len(), 5);
+        }
+    }
+}

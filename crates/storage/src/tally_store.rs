@@ -1,0 +1,186 @@
+//! Tallies: the [`TallyStore`] trait, where the latest absolute partial of each (poll, partition)
+//! persists with the offset it reflects, and [`MemoryTallyStore`], the same rules in memory.
+//!
+//! The rules are those of `processor::merge` (so a store and a reader holding the same partials
+//! agree), applied on write so a stale or zombie processor cannot overwrite a newer partial:
+//!
+//! - per (poll, partition), a partial is written only if its offset is higher than the stored one,
+//!   or equal with a higher `complete_until`;
+//! - windows merge on their own, per (poll, partition, start_ms): a window is written only with a
+//!   higher offset than the stored one (a partial carries only the windows that changed, so the
+//!   windows of a partial that lost can still be the newest of their own window).
+//!
+//! Reading gives back the latest partial of each (poll, partition) with *every* stored window of that
+//! (poll, partition) in its `windows`, oldest first: enough to rebuild a poll's full results.
+
+use crate::polls::StoreError;
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use schemas::{PartialTally, PollId, WindowCount};
+use std::collections::BTreeMap;
+
+/// Where the latest partial tallies persist (PostgreSQL: [`crate::PgTallyStore`]).
+#[async_trait]
+pub trait TallyStore: Send + Sync + 'static {
+    /// Writes the partials that are newer than the stored ones (see the module docs) and the windows
+    /// that are newer than their stored ones, atomically; durable when it returns. Returns how many
+    /// partials were written. Two partials of one (poll, partition) in one batch count once at most.
+    async fn put(&self, partials: &[PartialTally]) -> Result<usize, StoreError>;
+    /// The latest partial of every (poll, partition), with all its stored windows.
+    async fn load_all(&self) -> Result<Vec<PartialTally>, StoreError>;
+    /// The latest partial of every poll in one partition, with all its stored windows.
+    async fn load_partition(&self, partition: i32) -> Result<Vec<PartialTally>, StoreError>;
+}
+
+/// Whether `new` replaces `held` for the same (poll, partition).
+pub fn supersedes(new: &PartialTally, held: &PartialTally) -> bool {
+    new.offset > held.offset
+        || (new.offset == held.offset && new.complete_until > held.complete_until)
+}
+
+/// A batch reduced to what one write needs: the newest partial per (poll, partition) (windows
+/// stripped), and the newest window per (poll, partition, start_ms) as (offset, votes). Both are in
+/// key order, so concurrent writers lock rows in the same order.
+pub(crate) struct Batch<'a> {
+    pub partials: BTreeMap<(PollId, i32), &'a PartialTally>,
+    pub windows: BTreeMap<(PollId, i32, i64), (i64, i64)>,
+}
+
+impl<'a> Batch<'a> {
+    pub fn of(partials: &'a [PartialTally]) -> Self {
+        let mut batch = Batch {
+            partials: BTreeMap::new(),
+            windows: BTreeMap::new(),
+        };
+        for t in partials {
+            batch
+                .partials
+                .entry((t.poll_id, t.partition))
+                .and_modify(|held| {
+                    if supersedes(t, held) {
+                        *held = t;
+                    }
+                })
+                .or_insert(t);
+            for w in &t.windows {
+                batch
+                    .windows
+                    .entry((t.poll_id, t.partition, w.start_ms))
+                    .and_modify(|held| {
+                        if t.offset > held.0 {
+                            *held = (t.offset, w.votes);
+                        }
+                    })
+                    .or_insert((t.offset, w.votes));
+            }
+        }
+        batch
+    }
+}
+
+/// The [`TallyStore`] rules in memory (tests, and a reference for other implementations).
+#[derive(Default)]
+pub struct MemoryTallyStore {
+    inner: Mutex<MemoryInner>,
+}
+
+#[derive(Default)]
+struct MemoryInner {
+    /// Latest partial per (poll, partition), windows stripped.
+    partials: BTreeMap<(PollId, i32), PartialTally>,
+    /// (poll, partition, start_ms) → (offset, votes).
+    windows: BTreeMap<(PollId, i32, i64), (i64, i64)>,
+}
+
+impl MemoryTallyStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn load(&self, partition: Option<i32>) -> Vec<PartialTally> {
+        let inner = self.inner.lock();
+        inner
+            .partials
+            .iter()
+            .filter(|(&(_, p), _)| partition.unwrap_or(p) == p)
+            .map(|(&(poll, p), t)| {
+                let mut t = t.clone();
+                t.windows = inner
+                    .windows
+                    .range((poll, p, i64::MIN)..=(poll, p, i64::MAX))
+                    .map(|(&(_, _, start_ms), &(_, votes))| WindowCount { start_ms, votes })
+                    .collect();
+                t
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
+impl TallyStore for MemoryTallyStore {
+    async fn put(&self, partials: &[PartialTally]) -> Result<usize, StoreError> {
+        let batch = Batch::of(partials);
+        let mut inner = self.inner.lock();
+        for (key, (offset, votes)) in batch.windows {
+            let slot = inner.windows.entry(key).or_insert((-1, 0));
+            if offset > slot.0 {
+                *slot = (offset, votes);
+            }
+        }
+        let mut written = 0;
+        for (key, t) in batch.partials {
+            let newer = match inner.partials.get(&key) {
+                None => true,
+                Some(held) => supersedes(t, held),
+            };
+            if newer {
+                let mut t = t.clone();
+                t.windows.clear();
+                inner.partials.insert(key, t);
+                written += 1;
+            }
+        }
+        Ok(written)
+    }
+
+    async fn load_all(&self) -> Result<Vec<PartialTally>, StoreError> {
+        Ok(self.load(None))
+    }
+
+    async fn load_partition(&self, partition: i32) -> Result<Vec<PartialTally>, StoreError> {
+        Ok(self.load(Some(partition)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn partial(offset: i64, complete_until: i64, windows: &[(i64, i64)]) -> PartialTally {
+        PartialTally {
+            poll_id: 1,
+            partition: 0,
+            offset,
+            counts: vec![offset, 1],
+            voters: offset + 1,
+            complete_until,
+            windows: windows
+                .iter()
+                .map(|&(start_ms, votes)| WindowCount { start_ms, votes })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn memory_store_keeps_the_newest() {
+        let store = MemoryTallyStore::new();
+        assert_eq!(store.put(&[partial(5, 0, &[(1000, 3)])]).await.unwrap(), 1);
+        assert_eq!(store.put(&[partial(4, 9, &[(2000, 1)])]).await.unwrap(), 0);
+        assert_eq!(store.put(&[partial(5, 0, &[])]).await.unwrap(), 0);
+        assert_eq!(store.put(&[partial(5, 1, &[(1000, 9)])]).await.unwrap(), 1);
+        let all = store.load_all().await.unwrap();
+        assert_eq!(all, vec![partial(5, 1, &[(1000, 3), (2000, 1)])]);
+        assert!(store.load_partition(1).await.unwrap().is_empty());
+    }
+}
