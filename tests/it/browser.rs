@@ -14,6 +14,7 @@
 //! - `CROWDTICK_E2E_BASE=http://127.0.0.1:PORT` runs against an already running server instead of
 //!   starting one (handy while working on the pages).
 
+use crate::helpers::{free_port, wait_healthy};
 use fantoccini::{Client, ClientBuilder, Locator};
 use futures::FutureExt;
 use serde_json::{json, Value};
@@ -100,36 +101,12 @@ fn start_server(data_dir: &Path) -> (KillOnDrop, String) {
     (guard, base)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn http() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(20))
         .build()
         .unwrap()
-}
-
-async fn wait_healthy(http: &reqwest::Client, base: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = http.get(format!("{base}/healthz")).send().await {
-            if r.status().is_success() {
-                return;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{base}/healthz never answered 200"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// Starts chromedriver on a free port and waits until it is ready.

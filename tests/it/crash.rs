@@ -3,6 +3,7 @@
 //! and at the end every poll's published counts equal those computed from the acknowledged votes,
 //! and `crowdtick recount` agrees. (The full-size variant is scripts/crash-test.sh.)
 
+use crate::helpers::{free_port, wait_healthy};
 use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
 use std::path::Path;
@@ -77,14 +78,6 @@ fn expected(subs: &[Submission]) -> HashMap<i64, Vec<i64>> {
     counts
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn start_server(data: &Path, port: u16) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -106,21 +99,6 @@ fn start_server(data: &Path, port: u16) -> Child {
         .stderr(log)
         .spawn()
         .expect("start crowdtick")
-}
-
-async fn wait_healthy(client: &reqwest::Client, base: &str) {
-    for _ in 0..400 {
-        if client
-            .get(format!("{base}/healthz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("the server at {base} did not come up");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

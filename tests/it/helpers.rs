@@ -8,6 +8,35 @@ use tempfile::TempDir;
 
 pub const KEY: &str = "dev-operator-key";
 
+/// A free loopback port (for a server the test starts as a child process).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits up to 30 s for `{base}/healthz` to answer 200.
+pub async fn wait_healthy(client: &reqwest::Client, base: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if client
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{base}/healthz never answered 200"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
 /// A server running in this process on a free port, on its own data directory.
 pub struct TestApp {
     pub addr: SocketAddr,
@@ -66,20 +95,7 @@ pub async fn spawn_app_in(data: TempDir, configure: impl FnOnce(&mut Config)) ->
 
 impl TestApp {
     pub async fn wait_healthy(&self) {
-        for _ in 0..200 {
-            if let Ok(r) = self
-                .client
-                .get(format!("{}/healthz", self.base))
-                .send()
-                .await
-            {
-                if r.status().is_success() {
-                    return;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("server at {} never became healthy", self.base);
+        wait_healthy(&self.client, &self.base).await
     }
 
     /// Stops the server gracefully and hands back its data directory.

@@ -121,24 +121,15 @@ impl Ingest {
             Some(id) => id.to_owned(),
             None => self.ids.next(),
         };
-        let partitions = self.log.partitions(Topic::Votes);
-        let partition = partition_for(vote.poll_id, &vote.voter_id, partitions);
         let mut batch = AppendBatch::with_capacity(1, 64 + vote_id.len() + 2 * vote.voter_id.len());
-        batch.push_with(
-            partition,
+        let partition = push_vote(
+            &mut batch,
+            self.log.partitions(Topic::Votes),
+            vote,
+            &vote_id,
+            &options,
             accepted_at,
-            |k| vote_key(vote.poll_id, &vote.voter_id, k),
-            |v| {
-                encode_vote(
-                    v,
-                    &vote_id,
-                    vote.poll_id,
-                    &vote.voter_id,
-                    &options,
-                    accepted_at,
-                    source,
-                )
-            },
+            source,
         );
         let started = Instant::now();
         let positions = self
@@ -176,6 +167,37 @@ impl Ingest {
     pub(crate) fn next_vote_id(&self) -> String {
         self.ids.next()
     }
+}
+
+/// Encodes a judged vote (Avro, key = poll + voter) into `batch` at its partition; returns the
+/// partition. The one place votes are placed, for single votes and batches alike.
+pub(crate) fn push_vote(
+    batch: &mut AppendBatch,
+    partitions: u32,
+    vote: &validate::VoteIn<'_>,
+    vote_id: &str,
+    options: &[u32],
+    accepted_at: i64,
+    source: &str,
+) -> u32 {
+    let partition = partition_for(vote.poll_id, &vote.voter_id, partitions);
+    batch.push_with(
+        partition,
+        accepted_at,
+        |k| vote_key(vote.poll_id, &vote.voter_id, k),
+        |v| {
+            encode_vote(
+                v,
+                vote_id,
+                vote.poll_id,
+                &vote.voter_id,
+                options,
+                accepted_at,
+                source,
+            )
+        },
+    );
+    partition
 }
 
 /// The 503 a log failure answers with.

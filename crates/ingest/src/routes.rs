@@ -1,15 +1,14 @@
 //! The HTTP routes of the edge: `POST /v1/votes` and `POST /v1/votes/batch`.
 
 use crate::validate::{self, VoteIn};
-use crate::{format_micros, unavailable, Ingest};
+use crate::{format_micros, push_vote, unavailable, Ingest};
 use axum::body::Body;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use schemas::vote::{encode_vote, vote_key};
-use schemas::{partition_for, ApiError};
+use schemas::ApiError;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::borrow::Cow;
@@ -160,22 +159,14 @@ async fn post_batch(
                     .vote_id
                     .clone()
                     .unwrap_or_else(|| Cow::Owned(ingest.next_vote_id()));
-                let partition = partition_for(vote.poll_id, &vote.voter_id, partitions);
-                append.push_with(
-                    partition,
+                let partition = push_vote(
+                    &mut append,
+                    partitions,
+                    &vote,
+                    &vote_id,
+                    &choice,
                     accepted_at,
-                    |k| vote_key(vote.poll_id, &vote.voter_id, k),
-                    |v| {
-                        encode_vote(
-                            v,
-                            &vote_id,
-                            vote.poll_id,
-                            &vote.voter_id,
-                            &choice,
-                            accepted_at,
-                            "batch",
-                        )
-                    },
+                    "batch",
                 );
                 Ok((vote_id, partition))
             });
