@@ -57,6 +57,12 @@ pub struct ServeArgs {
     /// Partitions of the votes topic, for a new data directory [default: 8].
     #[arg(long)]
     pub partitions: Option<u32>,
+    /// Kafka brokers (`host:port,…`): use Kafka instead of the embedded log.
+    #[arg(long, value_name = "BROKERS")]
+    pub kafka: Option<String>,
+    /// PostgreSQL URL: keep polls and partial tallies there instead of the data directory.
+    #[arg(long, value_name = "URL")]
+    pub postgres: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -89,6 +95,12 @@ impl ServeArgs {
         }
         if let Some(p) = self.partitions {
             config.log.partitions = p;
+        }
+        if let Some(k) = &self.kafka {
+            config.kafka.brokers = k.clone();
+        }
+        if let Some(u) = &self.postgres {
+            config.postgres.url = u.clone();
         }
     }
 }

@@ -23,6 +23,39 @@ pub struct Config {
     pub ingest: IngestSection,
     pub processor: ProcessorSection,
     pub realtime: RealtimeSection,
+    /// Distributed mode: Kafka instead of the embedded log (empty `brokers`: embedded).
+    pub kafka: KafkaSection,
+    /// Distributed mode: PostgreSQL for polls and partial tallies (empty `url`: files in data_dir).
+    pub postgres: PostgresSection,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaSection {
+    /// `host:port[,host:port…]`; empty keeps the embedded log.
+    pub brokers: String,
+    /// Prefix of the topic names (`<prefix>votes`, `<prefix>tallies`).
+    pub topic_prefix: String,
+    /// Replication factor of topics CrowdTick creates (-1: the broker's default).
+    pub replication_factor: i32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PostgresSection {
+    /// `postgres://user[:password]@host:port/database`; empty keeps polls in data_dir/polls.json.
+    pub url: String,
+    /// Schema holding CrowdTick's tables (created and migrated at start).
+    pub schema: String,
+}
+
+impl Default for PostgresSection {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            schema: storage::postgres::DEFAULT_SCHEMA.into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -75,6 +108,12 @@ impl Default for Config {
             ingest: IngestSection::default(),
             processor: ProcessorSection::default(),
             realtime: RealtimeSection::default(),
+            kafka: KafkaSection {
+                replication_factor: -1,
+                topic_prefix: "crowdtick.".into(),
+                ..Default::default()
+            },
+            postgres: PostgresSection::default(),
         }
     }
 }
@@ -144,6 +183,8 @@ impl Config {
             "ingest",
             "processor",
             "realtime",
+            "kafka",
+            "postgres",
         ];
         fig = fig.merge(Env::prefixed("CROWDTICK_").split("__").filter(move |k| {
             let top = k.as_str().split('.').next().unwrap_or_default();

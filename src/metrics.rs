@@ -21,43 +21,44 @@ fn gauge(out: &mut String, name: &str, help: &str, v: u64) {
 
 pub async fn render(State(s): State<AppState>) -> impl IntoResponse {
     let mut out = String::with_capacity(4096);
-    let l = &s.log.metrics;
-    counter(
-        &mut out,
-        "crowdtick_log_records_appended_total",
-        "Records made durable in the embedded log.",
-        &l.records_appended,
-    );
-    counter(
-        &mut out,
-        "crowdtick_log_bytes_appended_total",
-        "Bytes made durable in the embedded log.",
-        &l.bytes_appended,
-    );
-    counter(
-        &mut out,
-        "crowdtick_log_group_commits_total",
-        "Group commits (one write + fsync round).",
-        &l.group_commits,
-    );
-    counter(
-        &mut out,
-        "crowdtick_log_fsyncs_total",
-        "fdatasync calls.",
-        &l.fsyncs,
-    );
-    counter(
-        &mut out,
-        "crowdtick_log_appends_expired_total",
-        "Append requests dropped unwritten because their deadline passed.",
-        &l.appends_expired,
-    );
-    counter(
-        &mut out,
-        "crowdtick_log_appends_rejected_full_total",
-        "Append requests refused because the queue was full.",
-        &l.appends_rejected_full,
-    );
+    if let Some(l) = &s.log_metrics {
+        counter(
+            &mut out,
+            "crowdtick_log_records_appended_total",
+            "Records made durable in the embedded log.",
+            &l.records_appended,
+        );
+        counter(
+            &mut out,
+            "crowdtick_log_bytes_appended_total",
+            "Bytes made durable in the embedded log.",
+            &l.bytes_appended,
+        );
+        counter(
+            &mut out,
+            "crowdtick_log_group_commits_total",
+            "Group commits (one write + fsync round).",
+            &l.group_commits,
+        );
+        counter(
+            &mut out,
+            "crowdtick_log_fsyncs_total",
+            "fdatasync calls.",
+            &l.fsyncs,
+        );
+        counter(
+            &mut out,
+            "crowdtick_log_appends_expired_total",
+            "Append requests dropped unwritten because their deadline passed.",
+            &l.appends_expired,
+        );
+        counter(
+            &mut out,
+            "crowdtick_log_appends_rejected_full_total",
+            "Append requests refused because the queue was full.",
+            &l.appends_rejected_full,
+        );
+    }
     let i = &s.ingest.metrics;
     counter(
         &mut out,
@@ -157,8 +158,10 @@ pub async fn render(State(s): State<AppState>) -> impl IntoResponse {
         &s.realtime.messages_sent,
     );
     let _ = writeln!(out, "# HELP crowdtick_log_high_watermark Records in each votes partition.\n# TYPE crowdtick_log_high_watermark gauge");
-    for part in 0..storage::Log::partitions(&*s.log, storage::Topic::Votes) {
-        let hw = storage::Log::high_watermark(&*s.log, storage::Topic::Votes, part)
+    for part in 0..s.log.partitions(storage::Topic::Votes) {
+        let hw = s
+            .log
+            .high_watermark(storage::Topic::Votes, part)
             .await
             .unwrap_or(0);
         let _ = writeln!(

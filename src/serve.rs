@@ -12,14 +12,16 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use processor::board::{load_tallies, tail_tallies};
-use processor::runner::run_partition_supervised;
+use processor::runner::{run_partition_supervised, Pipeline};
 use processor::{ProcessorMetrics, ResultsBoard};
 use schemas::ApiError;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use storage::embedded_log::LogMetrics;
 use storage::{
-    EdgeRejections, EmbeddedLog, EmbeddedLogConfig, FilePollStore, Log, PollCatalog, Topic,
+    EdgeRejections, EmbeddedLog, EmbeddedLogConfig, FilePollStore, KafkaConfig, KafkaLog, Log,
+    PgPollStore, PgTallyStore, PollCatalog, PollStore, TallyStore, Topic,
 };
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -29,7 +31,9 @@ use tokio::task::JoinHandle;
 #[derive(Clone)]
 pub struct AppState {
     pub config: Arc<Config>,
-    pub log: Arc<EmbeddedLog>,
+    pub log: Arc<dyn Log>,
+    /// The embedded log's counters (None on Kafka).
+    pub log_metrics: Option<Arc<LogMetrics>>,
     pub catalog: PollCatalog,
     pub board: Arc<ResultsBoard>,
     pub ingest: Arc<ingest::Ingest>,
@@ -52,14 +56,10 @@ pub async fn start(config: Config) -> anyhow::Result<App> {
             config.data_dir.display()
         )
     })?;
-    let log = Arc::new(EmbeddedLog::open(EmbeddedLogConfig {
-        votes_partitions: config.log.partitions,
-        fsync: config.log.fsync,
-        queue_capacity: config.log.queue_capacity,
-        ..EmbeddedLogConfig::new(config.log_dir())
-    })?);
-    let dyn_log: Arc<dyn Log> = log.clone();
-    let catalog = PollCatalog::load(Arc::new(FilePollStore::open(config.polls_file())?)).await?;
+    let (dyn_log, log_metrics) = open_log(&config).await?;
+    let (poll_store, tally_store) = open_stores(&config).await?;
+    let log = dyn_log.clone();
+    let catalog = PollCatalog::load(poll_store).await?;
     let partitions = log.partitions(Topic::Votes);
     let board = Arc::new(ResultsBoard::new(partitions));
     let positions = load_tallies(&*log, &board).await?;
@@ -72,14 +72,18 @@ pub async fn start(config: Config) -> anyhow::Result<App> {
         positions,
         shutdown_rx.clone(),
     ))];
+    let pipeline = Pipeline {
+        log: dyn_log.clone(),
+        catalog: catalog.clone(),
+        tally_store,
+        config: config.processor_config(),
+        metrics: processor_metrics.clone(),
+    };
     for p in 0..partitions {
         tasks.push(tokio::spawn(run_partition_supervised(
-            dyn_log.clone(),
-            catalog.clone(),
+            pipeline.clone(),
             p,
-            config.processor_config(),
             board.published(p),
-            processor_metrics.clone(),
             shutdown_rx.clone(),
         )));
     }
@@ -108,6 +112,7 @@ pub async fn start(config: Config) -> anyhow::Result<App> {
     let state = AppState {
         config: Arc::new(config),
         log,
+        log_metrics,
         catalog,
         board,
         ingest: ingest.clone(),
@@ -187,6 +192,58 @@ async fn json_errors(resp: axum::response::Response) -> axum::response::Response
             .insert(axum::http::header::RETRY_AFTER, retry.clone());
     }
     fixed
+}
+
+/// The votes and tallies log: Kafka when `kafka.brokers` is set, else the embedded log in data_dir.
+async fn open_log(config: &Config) -> anyhow::Result<(Arc<dyn Log>, Option<Arc<LogMetrics>>)> {
+    if config.kafka.brokers.is_empty() {
+        let log = EmbeddedLog::open(EmbeddedLogConfig {
+            votes_partitions: config.log.partitions,
+            fsync: config.log.fsync,
+            queue_capacity: config.log.queue_capacity,
+            ..EmbeddedLogConfig::new(config.log_dir())
+        })?;
+        let metrics = log.metrics.clone();
+        return Ok((Arc::new(log), Some(metrics)));
+    }
+    let k = &config.kafka;
+    let mut kafka = KafkaConfig::new(&k.brokers);
+    kafka.votes_topic = format!("{}votes", k.topic_prefix);
+    kafka.tallies_topic = format!("{}tallies", k.topic_prefix);
+    kafka.votes_partitions = config.log.partitions;
+    kafka.replication_factor = k.replication_factor;
+    kafka.deadline = std::time::Duration::from_millis(config.ingest.deadline_ms);
+    let log = KafkaLog::connect(kafka).await.map_err(|e| {
+        anyhow::anyhow!(
+            "Kafka at {}: {e} (is the broker running? --kafka or CROWDTICK_KAFKA__BROKERS)",
+            k.brokers
+        )
+    })?;
+    Ok((Arc::new(log), None))
+}
+
+/// Poll and tally stores: PostgreSQL (migrated at start) when `postgres.url` is set, else the
+/// poll file in data_dir and no separate tally store (the tallies topic is the record).
+async fn open_stores(
+    config: &Config,
+) -> anyhow::Result<(Arc<dyn PollStore>, Option<Arc<dyn TallyStore>>)> {
+    if config.postgres.url.is_empty() {
+        return Ok((Arc::new(FilePollStore::open(config.polls_file())?), None));
+    }
+    let pg = &config.postgres;
+    let pool = storage::postgres::connect(&pg.url)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e} (--postgres or CROWDTICK_POSTGRES__URL)"))?;
+    let mut client = pool
+        .get()
+        .await
+        .map_err(|e| anyhow::anyhow!("PostgreSQL: {e}"))?;
+    storage::postgres::migrate(&mut client, &pg.schema).await?;
+    drop(client);
+    Ok((
+        Arc::new(PgPollStore::new(pool.clone(), &pg.schema)?),
+        Some(Arc::new(PgTallyStore::new(pool, &pg.schema)?)),
+    ))
 }
 
 /// Serves until `shutdown` resolves; prints `listening on http://ADDR` first (tests read it).

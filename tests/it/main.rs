@@ -4,6 +4,7 @@
 mod api;
 mod browser;
 mod crash;
+mod distributed;
 mod helpers;
 mod hostile;
 mod seed_api;

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use storage::{AppendBatch, Log, LogError, PollCatalog, Topic};
+use storage::{AppendBatch, Log, LogError, PollCatalog, TallyStore, Topic};
 use tokio::sync::watch;
 
 #[derive(Debug, Clone)]
@@ -54,32 +54,30 @@ pub struct ProcessorMetrics {
 /// What a partition has already published per poll: (offset, complete_until).
 pub type Published = HashMap<PollId, (i64, i64)>;
 
+/// What the partition tasks read from and write to.
+#[derive(Clone)]
+pub struct Pipeline {
+    pub log: Arc<dyn Log>,
+    pub catalog: PollCatalog,
+    /// Where partials are kept besides the tallies topic (PostgreSQL in the distributed mode).
+    pub tally_store: Option<Arc<dyn TallyStore>>,
+    pub config: ProcessorConfig,
+    pub metrics: Arc<ProcessorMetrics>,
+}
+
 /// Runs one partition until shutdown, restarting it (replay from the start) after an error.
 pub async fn run_partition_supervised(
-    log: Arc<dyn Log>,
-    catalog: PollCatalog,
+    pipeline: Pipeline,
     partition: u32,
-    config: ProcessorConfig,
     published: Published,
-    metrics: Arc<ProcessorMetrics>,
     shutdown: watch::Receiver<bool>,
 ) {
     let mut published = published;
     loop {
-        match run_partition(
-            log.clone(),
-            &catalog,
-            partition,
-            &config,
-            &mut published,
-            &metrics,
-            shutdown.clone(),
-        )
-        .await
-        {
+        match run_partition(&pipeline, partition, &mut published, shutdown.clone()).await {
             Ok(()) => return,
             Err(e) => {
-                metrics.restarts.fetch_add(1, Ordering::Relaxed);
+                pipeline.metrics.restarts.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(partition, error = %e, "partition task failed; replaying it from the start in 1 s");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 if *shutdown.borrow() {
@@ -92,14 +90,19 @@ pub async fn run_partition_supervised(
 
 /// One pass of a partition task: replay, then follow the log until shutdown or an error.
 pub async fn run_partition(
-    log: Arc<dyn Log>,
-    catalog: &PollCatalog,
+    pipeline: &Pipeline,
     partition: u32,
-    config: &ProcessorConfig,
     published: &mut Published,
-    metrics: &ProcessorMetrics,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), LogError> {
+    let Pipeline {
+        log,
+        catalog,
+        tally_store,
+        config,
+        metrics,
+    } = pipeline;
+    let tally_store = tally_store.as_deref();
     let mut counter = PartitionCounter::new(partition, config.windows);
     let replay_to = log.high_watermark(Topic::Votes, partition).await?;
     let started = Instant::now();
@@ -168,15 +171,18 @@ pub async fn run_partition(
             }
         }
         if !replaying && last_flush.elapsed() >= config.flush_interval {
-            flush(&*log, &mut counter, published, metrics).await?;
+            flush(&**log, tally_store, &mut counter, published, metrics).await?;
             last_flush = Instant::now();
         }
     }
-    flush(&*log, &mut counter, published, metrics).await
+    flush(&**log, tally_store, &mut counter, published, metrics).await
 }
 
+/// Publishes the changed polls' partials: to the tallies topic, then to the tally store if there is
+/// one (both writes are idempotent: an older offset never replaces a newer one).
 async fn flush(
     log: &dyn Log,
+    tally_store: Option<&dyn TallyStore>,
     counter: &mut PartitionCounter,
     published: &mut Published,
     metrics: &ProcessorMetrics,
@@ -206,6 +212,12 @@ async fn flush(
         Instant::now() + Duration::from_secs(10),
     )
     .await?;
+    if let Some(store) = tally_store {
+        store
+            .put(&partials)
+            .await
+            .map_err(|e| LogError::Io(format!("tally store: {e}")))?;
+    }
     metrics
         .partials_emitted
         .fetch_add(partials.len() as u64, Ordering::Relaxed);

@@ -869,96 +869,15 @@ impl Log for KafkaLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::{TcpListener, TcpStream};
-    use std::path::PathBuf;
-    use std::process::{Child, Command, Stdio};
     use std::sync::atomic::{AtomicU32, Ordering};
 
-    const INSTALL: &str = "cargo install --locked tansu --features dynostore,libsql";
+    use crate::test_broker::TansuBroker as Tansu;
 
-    /// A tansu broker (Kafka protocol) on a free loopback port, in its own temporary directory,
-    /// killed on drop. Memory storage unless `TANSU_STORAGE` says otherwise (e.g.
-    /// `TANSU_STORAGE=sqlite://data/tansu.db`, relative to that directory).
-    struct Tansu {
-        child: Child,
-        addr: String,
-        log: PathBuf,
-        _dir: std::sync::Arc<tempfile::TempDir>,
+    trait TopicsForTest {
+        fn config(&self, votes: u32, tallies: u32) -> KafkaConfig;
     }
 
-    fn tansu_binary() -> PathBuf {
-        let on_path = std::env::var_os("PATH")
-            .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-            .unwrap_or_default()
-            .into_iter()
-            .map(|d| d.join("tansu"));
-        let in_cargo_home = std::env::var_os("HOME")
-            .map(|h| PathBuf::from(h).join(".cargo/bin/tansu"))
-            .into_iter();
-        on_path
-            .chain(in_cargo_home)
-            .find(|p| p.is_file())
-            .unwrap_or_else(|| {
-                panic!(
-                    "tansu is not installed: the KafkaLog tests need a Kafka-protocol broker. \
-                     Install it with `{INSTALL}` (about 10 minutes, once)"
-                )
-            })
-    }
-
-    impl Tansu {
-        fn start() -> Self {
-            let bin = tansu_binary();
-            let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
-            let log = dir.path().join("tansu.log");
-            std::fs::create_dir_all(dir.path().join("data")).unwrap();
-            for _attempt in 0..5 {
-                let port = TcpListener::bind("127.0.0.1:0")
-                    .unwrap()
-                    .local_addr()
-                    .unwrap()
-                    .port();
-                let url = format!("tcp://127.0.0.1:{port}");
-                let out = std::fs::File::create(&log).unwrap();
-                let child = Command::new(&bin)
-                    .args(["broker", "--listener-url", &url])
-                    .args(["--advertised-listener-url", &url])
-                    .args([
-                        "--storage-engine",
-                        &std::env::var("TANSU_STORAGE").unwrap_or("memory://tansu/".into()),
-                    ])
-                    .current_dir(dir.path())
-                    .stdin(Stdio::null())
-                    .stdout(out.try_clone().unwrap())
-                    .stderr(out)
-                    .spawn()
-                    .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
-                // Dropped on failure: the child is killed.
-                let mut broker = Tansu {
-                    child,
-                    addr: format!("127.0.0.1:{port}"),
-                    log: log.clone(),
-                    _dir: dir.clone(),
-                };
-                let give_up = Instant::now() + Duration::from_secs(20);
-                while Instant::now() < give_up {
-                    if let Ok(Some(_)) = broker.child.try_wait() {
-                        break; // exited: most likely the port was taken meanwhile; try another
-                    }
-                    if TcpStream::connect(&broker.addr).is_ok() {
-                        return broker;
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                eprintln!("tansu did not start:\n{}", broker.output());
-            }
-            panic!("tansu ({}) did not start on a loopback port", bin.display());
-        }
-
-        fn output(&self) -> String {
-            std::fs::read_to_string(&self.log).unwrap_or_default()
-        }
-
+    impl TopicsForTest for Tansu {
         /// A configuration with topic names no other test uses.
         fn config(&self, votes: u32, tallies: u32) -> KafkaConfig {
             static N: AtomicU32 = AtomicU32::new(0);
@@ -971,15 +890,8 @@ mod tests {
                 tallies_partitions: tallies,
                 replication_factor: 1,
                 deadline: Duration::from_secs(5),
-                ..KafkaConfig::new(self.addr.clone())
+                ..KafkaConfig::new(self.addr().to_owned())
             }
-        }
-    }
-
-    impl Drop for Tansu {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
         }
     }
 

@@ -7,6 +7,7 @@
 //! - [`polls`]: [`PollCatalog`], the in-memory view of every poll that the edge and
 //!   the processor consult per vote, over a [`PollStore`] ([`FilePollStore`] when embedded).
 //! - [`edge_stats`]: [`EdgeRejections`], per-poll counts of the votes the edge refused.
+//! - [`test_broker`]: a tansu (Kafka-protocol) broker on a loopback port, for tests.
 //! - [`tally_store`]: [`TallyStore`], the latest partial tally per (poll, partition) with its offset;
 //!   a partial older than the stored one is never written ([`MemoryTallyStore`] in memory).
 //! - [`postgres`]: the distributed mode's PostgreSQL side: [`postgres::connect`], [`postgres::migrate`],
@@ -19,6 +20,7 @@ pub mod log;
 pub mod polls;
 pub mod postgres;
 pub mod tally_store;
+pub mod test_broker;
 
 pub use edge_stats::{EdgeCounts, EdgeReason, EdgeRejections};
 pub use embedded_log::{EmbeddedLog, EmbeddedLogConfig};

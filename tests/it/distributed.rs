@@ -1,0 +1,103 @@
+//! The distributed parts, assembled in one process: `serve` on Kafka (a tansu broker started by the
+//! test) and PostgreSQL (the machine's, in a schema of the test's own). Votes go through Kafka,
+//! polls and partial tallies land in PostgreSQL, counts are exact, and a restart (new process
+//! state, same topics and schema) keeps every poll and every vote.
+
+use crate::helpers::*;
+use crowdtick::Config;
+use futures::StreamExt;
+use processor::PollResults;
+use storage::test_broker::TansuBroker;
+use storage::TallyStore;
+
+fn postgres_url() -> String {
+    std::env::var("CROWDTICK_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_on_kafka_and_postgres_counts_exactly_and_survives_a_restart() {
+    let broker = TansuBroker::start();
+    let run = format!("{}_{}", std::process::id(), rand::random::<u32>());
+    let schema = format!("ct_it_{run}");
+    let pg = postgres_url();
+    let configure = |c: &mut Config| {
+        c.kafka.brokers = broker.addr().into();
+        c.kafka.topic_prefix = format!("it{run}.");
+        c.kafka.replication_factor = 1;
+        c.postgres.url = pg.clone();
+        c.postgres.schema = schema.clone();
+        c.ingest.deadline_ms = 5_000;
+    };
+    let app = spawn_app_with(configure).await;
+    let poll = app.open_poll(&["A", "B", "C"]).await;
+
+    // 200 voters vote, then 100 of them vote again for another option (never counted).
+    let first: Vec<(i64, String)> = (0..200).map(|i| (i % 3, format!("dv{i}"))).collect();
+    let again: Vec<(i64, String)> = (0..100).map(|i| ((i + 1) % 3, format!("dv{i}"))).collect();
+    for round in [first, again] {
+        let statuses: Vec<u16> = futures::stream::iter(round)
+            .map(|(option, voter)| {
+                let app = &app;
+                async move { app.vote(poll, option, &voter).await.0 }
+            })
+            .buffer_unordered(32)
+            .collect()
+            .await;
+        assert!(statuses.iter().all(|&s| s == 202), "{statuses:?}");
+    }
+    let expected = [67, 67, 66];
+    app.wait_counts(poll, &expected, 60).await;
+
+    // The partial tallies are in PostgreSQL and add up to the same counts.
+    let pool = storage::postgres::connect(&pg).await.expect("PostgreSQL (start it: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start)");
+    let store = storage::PgTallyStore::new(pool.clone(), &schema).unwrap();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let mut merged = PollResults::default();
+        for t in store
+            .load_all()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|t| t.poll_id == poll)
+        {
+            merged.apply(t);
+        }
+        if merged.counts(3) == expected {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "tally store holds {:?}",
+            merged.counts(3)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    // Restart: polls come back from PostgreSQL, counts from Kafka; dedupe still holds.
+    let data = app.stop().await;
+    let app = spawn_app_in(data, configure).await;
+    let (status, body) = app
+        .call("GET", &format!("/v1/polls/{poll}"), None, false)
+        .await;
+    assert_eq!(
+        (status, body["state"].as_str()),
+        (200, Some("open")),
+        "{body}"
+    );
+    assert_eq!(
+        app.vote(poll, 2, "dv0").await.0,
+        202,
+        "a known voter is acknowledged …"
+    );
+    assert_eq!(app.vote(poll, 2, "dv-new").await.0, 202);
+    app.wait_counts(poll, &[67, 67, 67], 60).await; // … but only the new voter counts
+    let _ = app.stop().await;
+
+    let client = pool.get().await.unwrap();
+    client
+        .batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+        .await
+        .unwrap();
+}
