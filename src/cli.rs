@@ -70,6 +70,12 @@ pub struct RecountArgs {
     /// Data directory of the server whose tallies to check [default: ./data].
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Kafka brokers: recount the Kafka topics (as `serve --kafka`) instead of the data directory.
+    #[arg(long, value_name = "BROKERS")]
+    pub kafka: Option<String>,
+    /// PostgreSQL URL holding the polls (as `serve --postgres`).
+    #[arg(long, value_name = "URL")]
+    pub postgres: Option<String>,
     /// Print the report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -136,6 +142,12 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Recount(args) => {
             if let Some(d) = args.data_dir {
                 config.data_dir = d;
+            }
+            if let Some(k) = args.kafka {
+                config.kafka.brokers = k;
+            }
+            if let Some(u) = args.postgres {
+                config.postgres.url = u;
             }
             let agrees = runtime.block_on(crate::recount::run(&config, args.json))?;
             Ok(if agrees {

@@ -1,7 +1,8 @@
 //! `crowdtick recount`: replay the votes log and check every published tally against it.
 //!
-//! Reads the data directory without changing it (safe beside a running server: it checks the
-//! tallies published so far against the log up to their own offsets).
+//! Reads without changing anything (safe beside a running server: it checks the tallies published
+//! so far against the log up to their own offsets): the data directory's log read-only, or, with
+//! `--kafka` / `--postgres` (or their configuration), the Kafka topics and the PostgreSQL polls.
 
 use crate::config::Config;
 use processor::board::load_tallies;
@@ -10,17 +11,22 @@ use processor::ResultsBoard;
 use std::io::Write;
 use std::sync::Arc;
 use std::time::Instant;
-use storage::{EmbeddedLog, FilePollStore, Log, PollCatalog, Topic};
+use storage::{EmbeddedLog, Log, PollCatalog, Topic};
 
 pub async fn run(config: &Config, json: bool) -> anyhow::Result<bool> {
-    let log = EmbeddedLog::open_read_only(&config.log_dir())?;
-    let catalog = PollCatalog::load(Arc::new(FilePollStore::open(config.polls_file())?)).await?;
+    let log: Arc<dyn Log> = if config.kafka.brokers.is_empty() {
+        Arc::new(EmbeddedLog::open_read_only(&config.log_dir())?)
+    } else {
+        crate::serve::open_log(config).await?.0
+    };
+    let (poll_store, _) = crate::serve::open_stores(config).await?;
+    let catalog = PollCatalog::load(poll_store).await?;
     let board = ResultsBoard::new(log.partitions(Topic::Votes));
-    load_tallies(&log, &board).await?;
+    load_tallies(&*log, &board).await?;
     let started = Instant::now();
     let mut last_print = Instant::now();
     let report = recount(
-        &log,
+        &*log,
         &catalog.snapshot(),
         &board.all_results(),
         config.processor_config().windows,

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use storage::embedded_log::LogMetrics;
 use storage::{
     EdgeRejections, EmbeddedLog, EmbeddedLogConfig, FilePollStore, KafkaConfig, KafkaLog, Log,
-    PgPollStore, PgTallyStore, PollCatalog, PollStore, TallyStore, Topic,
+    LogError, PgPollStore, PgTallyStore, PollCatalog, PollStore, TallyStore, Topic,
 };
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -195,7 +195,9 @@ async fn json_errors(resp: axum::response::Response) -> axum::response::Response
 }
 
 /// The votes and tallies log: Kafka when `kafka.brokers` is set, else the embedded log in data_dir.
-async fn open_log(config: &Config) -> anyhow::Result<(Arc<dyn Log>, Option<Arc<LogMetrics>>)> {
+pub(crate) async fn open_log(
+    config: &Config,
+) -> anyhow::Result<(Arc<dyn Log>, Option<Arc<LogMetrics>>)> {
     if config.kafka.brokers.is_empty() {
         let log = EmbeddedLog::open(EmbeddedLogConfig {
             votes_partitions: config.log.partitions,
@@ -213,18 +215,19 @@ async fn open_log(config: &Config) -> anyhow::Result<(Arc<dyn Log>, Option<Arc<L
     kafka.votes_partitions = config.log.partitions;
     kafka.replication_factor = k.replication_factor;
     kafka.deadline = std::time::Duration::from_millis(config.ingest.deadline_ms);
-    let log = KafkaLog::connect(kafka).await.map_err(|e| {
-        anyhow::anyhow!(
+    let log = KafkaLog::connect(kafka).await.map_err(|e| match e {
+        LogError::Config(_) => anyhow::anyhow!("Kafka at {}: {e}", k.brokers),
+        _ => anyhow::anyhow!(
             "Kafka at {}: {e} (is the broker running? --kafka or CROWDTICK_KAFKA__BROKERS)",
             k.brokers
-        )
+        ),
     })?;
     Ok((Arc::new(log), None))
 }
 
 /// Poll and tally stores: PostgreSQL (migrated at start) when `postgres.url` is set, else the
 /// poll file in data_dir and no separate tally store (the tallies topic is the record).
-async fn open_stores(
+pub(crate) async fn open_stores(
     config: &Config,
 ) -> anyhow::Result<(Arc<dyn PollStore>, Option<Arc<dyn TallyStore>>)> {
     if config.postgres.url.is_empty() {

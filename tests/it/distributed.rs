@@ -75,6 +75,15 @@ async fn serve_on_kafka_and_postgres_counts_exactly_and_survives_a_restart() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 
+    // The audit replays the Kafka votes topic and agrees with every published partial.
+    let mut audit = Config::default();
+    audit.log.partitions = 4; // as spawn_app_with sets it
+    configure(&mut audit);
+    assert!(
+        crowdtick::recount::run(&audit, false).await.unwrap(),
+        "recount disagrees"
+    );
+
     // Restart: polls come back from PostgreSQL, counts from Kafka; dedupe still holds.
     let data = app.stop().await;
     let app = spawn_app_in(data, configure).await;
