@@ -198,12 +198,64 @@ fn toml_of(config: &Config) -> String {
             if let Some(inner) = v.as_object() {
                 sections.push_str(&format!("\n[{k}]\n"));
                 for (ik, iv) in inner {
-                    sections.push_str(&format!("{ik} = {iv}\n"));
+                    sections.push_str(&format!("{} = {}\n", toml_key(ik), toml_value(iv)));
                 }
             } else {
-                top.push_str(&format!("{k} = {v}\n"));
+                top.push_str(&format!("{} = {}\n", toml_key(k), toml_value(v)));
             }
         }
     }
     top + &sections
+}
+
+/// A bare key when it can be one, else a quoted one (e.g. librdkafka's `"linger.ms"`).
+fn toml_key(k: &str) -> String {
+    if !k.is_empty()
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        k.to_owned()
+    } else {
+        serde_json::Value::from(k).to_string()
+    }
+}
+
+/// JSON scalars and arrays are valid TOML as written; objects become inline tables.
+fn toml_value(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Object(m) => {
+            let fields: Vec<String> = m
+                .iter()
+                .map(|(k, v)| format!("{} = {}", toml_key(k), toml_value(v)))
+                .collect();
+            format!("{{ {} }}", fields.join(", "))
+        }
+        serde_json::Value::Array(a) => format!(
+            "[{}]",
+            a.iter().map(toml_value).collect::<Vec<_>>().join(", ")
+        ),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn printed_configuration_reads_back_as_the_same_configuration() {
+        let mut config = Config::default();
+        config
+            .kafka
+            .settings
+            .insert("linger.ms".into(), "10".into());
+        config.operator_keys = vec!["a \"quoted\" key".into()];
+        let text = toml_of(&config);
+        let back: Config = figment::Figment::from(
+            <figment::providers::Toml as figment::providers::Format>::string(&text),
+        )
+        .extract()
+        .unwrap();
+        assert_eq!(back, config, "{text}");
+    }
 }

@@ -38,6 +38,10 @@ pub struct KafkaSection {
     pub topic_prefix: String,
     /// Replication factor of topics CrowdTick creates (-1: the broker's default).
     pub replication_factor: i32,
+    /// librdkafka settings applied on top of CrowdTick's (e.g. `"linger.ms" = "10"`). Settings that
+    /// could lose or skip votes (`enable.idempotence=false`, `acks=1`, `auto.offset.reset=latest`, …)
+    /// are refused at start-up with the reason.
+    pub settings: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

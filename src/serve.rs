@@ -215,6 +215,7 @@ pub(crate) async fn open_log(
     kafka.votes_partitions = config.log.partitions;
     kafka.replication_factor = k.replication_factor;
     kafka.deadline = std::time::Duration::from_millis(config.ingest.deadline_ms);
+    kafka.extra = k.settings.clone();
     let log = KafkaLog::connect(kafka).await.map_err(|e| match e {
         LogError::Config(_) => anyhow::anyhow!("Kafka at {}: {e}", k.brokers),
         _ => anyhow::anyhow!(

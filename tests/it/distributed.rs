@@ -110,3 +110,26 @@ async fn serve_on_kafka_and_postgres_counts_exactly_and_survives_a_restart() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn settings_that_could_lose_or_skip_votes_are_refused_at_start_up() {
+    for (key, value, why) in [
+        ("enable.idempotence", "false", "enable.idempotence"),
+        ("acks", "1", "acks"),
+        ("auto.offset.reset", "latest", "auto.offset.reset"),
+    ] {
+        let data = tempfile::tempdir().unwrap();
+        let mut config = Config {
+            data_dir: data.path().to_path_buf(),
+            ..Config::default()
+        };
+        // No broker is needed: the settings are checked before any connection.
+        config.kafka.brokers = "127.0.0.1:1".into();
+        config.kafka.settings.insert(key.into(), value.into());
+        let err = match crowdtick::serve::start(config).await {
+            Ok(_) => panic!("{key}={value} was accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains(why), "{key}={value}: {err}");
+    }
+}
