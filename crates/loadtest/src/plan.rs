@@ -222,39 +222,26 @@ impl Iterator for Plan {
             } else {
                 self.fresh_pair()
             };
-            match fresh {
-                Some((poll, voter)) => Submission {
-                    seq,
-                    poll,
-                    voter,
-                    option: self.random_option(poll),
-                    vote: seq,
-                    kind: Kind::Fresh,
-                },
+            let (poll, voter, kind) = match fresh {
+                Some((poll, voter)) => (poll, voter, Kind::Fresh),
                 None if !self.recent_pairs.is_empty() => {
                     let i = self.rng.below(self.recent_pairs.len() as u64) as usize;
                     let (poll, voter) = self.recent_pairs[i];
-                    Submission {
-                        seq,
-                        poll,
-                        voter,
-                        option: self.random_option(poll),
-                        vote: seq,
-                        kind: Kind::Duplicate,
-                    }
+                    (poll, voter, Kind::Duplicate)
                 }
                 // A duplicate (or retry) drawn before any pair voted: make it fresh.
                 None => {
                     let (poll, voter) = self.fresh_pair().expect("fresh pairs remain at start");
-                    Submission {
-                        seq,
-                        poll,
-                        voter,
-                        option: self.random_option(poll),
-                        vote: seq,
-                        kind: Kind::Fresh,
-                    }
+                    (poll, voter, Kind::Fresh)
                 }
+            };
+            Submission {
+                seq,
+                poll,
+                voter,
+                option: self.random_option(poll),
+                vote: seq,
+                kind,
             }
         };
         self.remember(s);
