@@ -1,6 +1,7 @@
 //! The command line: `crowdtick [--config FILE] [COMMAND]`, `serve` when no command is given.
 
 use crate::config::Config;
+use crate::serve::Roles;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,13 +29,15 @@ pub struct Cli {
 pub enum Command {
     /// Run every service in one process on the embedded log (the default).
     Serve(ServeArgs),
-    /// Run only the ingest edge (distributed mode: needs Kafka; not available yet).
+    /// Distributed mode: run an ingest edge (POST /v1/votes…) producing to Kafka. Needs --kafka, --postgres.
     Ingest(ServeArgs),
-    /// Run only the processor (distributed mode: needs Kafka; not available yet).
+    /// Distributed mode: run a processor, a member of the Kafka consumer group that counts the votes
+    /// topic into PostgreSQL, the tallies topic and Redis. Needs --kafka, --postgres; --redis feeds the cache.
     Processor(ServeArgs),
-    /// Run only the query API and web UI (distributed mode: not available yet).
+    /// Distributed mode: run the query API and web UI; results from Redis (refilled from PostgreSQL).
+    /// Needs --kafka, --postgres; --redis recommended.
     Query(ServeArgs),
-    /// Run only the realtime fan-out (distributed mode: not available yet).
+    /// Distributed mode: run a realtime node (WebSocket/SSE) that tails the tallies topic. Needs --kafka, --postgres.
     Realtime(ServeArgs),
     /// Rebuild every tally from the votes log and check it against what was published.
     Recount(RecountArgs),
@@ -63,6 +66,9 @@ pub struct ServeArgs {
     /// PostgreSQL URL: keep polls and partial tallies there instead of the data directory.
     #[arg(long, value_name = "URL")]
     pub postgres: Option<String>,
+    /// Redis URL (`redis://host:6379`): results cache and change notices between nodes.
+    #[arg(long, value_name = "URL")]
+    pub redis: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -108,7 +114,29 @@ impl ServeArgs {
         if let Some(u) = &self.postgres {
             config.postgres.url = u.clone();
         }
+        if let Some(u) = &self.redis {
+            config.redis.url = u.clone();
+        }
     }
+}
+
+fn serve_roles(
+    runtime: &tokio::runtime::Runtime,
+    config: Config,
+    roles: crate::serve::Roles,
+) -> anyhow::Result<()> {
+    config.validate()?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(&config.listen)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot listen on {}: {e} (choose another with --listen)",
+                    config.listen
+                )
+            })?;
+        crate::serve::run_roles(listener, config, roles, crate::serve::shutdown_signal()).await
+    })
 }
 
 pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -119,25 +147,28 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
         Command::Serve(args) => {
             args.apply(&mut config);
-            config.validate()?;
-            runtime.block_on(async {
-                let listener = tokio::net::TcpListener::bind(&config.listen)
-                    .await
-                    .map_err(|e| {
-                        anyhow::anyhow!(
-                            "cannot listen on {}: {e} (choose another with --listen)",
-                            config.listen
-                        )
-                    })?;
-                crate::serve::run(listener, config, crate::serve::shutdown_signal()).await
-            })?;
+            serve_roles(&runtime, config, Roles::ALL)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Ingest(_) | Command::Processor(_) | Command::Query(_) | Command::Realtime(_) => {
-            anyhow::bail!(
-                "running one service alone needs the distributed mode (Kafka, PostgreSQL, Redis), which is not available in this version; \
-                 run `crowdtick serve` for every service in one process"
-            )
+        Command::Ingest(args) => {
+            args.apply(&mut config);
+            serve_roles(&runtime, config, Roles { ingest: true, ..Roles::NONE })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Processor(args) => {
+            args.apply(&mut config);
+            serve_roles(&runtime, config, Roles { processor: true, ..Roles::NONE })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Query(args) => {
+            args.apply(&mut config);
+            serve_roles(&runtime, config, Roles { query: true, ..Roles::NONE })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Realtime(args) => {
+            args.apply(&mut config);
+            serve_roles(&runtime, config, Roles { realtime: true, ..Roles::NONE })?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Recount(args) => {
             if let Some(d) = args.data_dir {

@@ -27,6 +27,47 @@ pub struct Config {
     pub kafka: KafkaSection,
     /// Distributed mode: PostgreSQL for polls and partial tallies (empty `url`: files in data_dir).
     pub postgres: PostgresSection,
+    /// Distributed mode: Redis for the results cache and change notices (empty `url`: none).
+    pub redis: RedisSection,
+    /// Distributed mode: how poll changes reach the other nodes.
+    pub polls: PollsSection,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisSection {
+    /// `redis://host:port[/db]`; empty: no cache (query nodes read PostgreSQL), no notices.
+    pub url: String,
+    /// Prefix of every key and channel, so deployments can share one Redis.
+    pub key_prefix: String,
+}
+
+impl Default for RedisSection {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            key_prefix: "crowdtick:".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PollsSection {
+    /// Every node re-reads the poll catalog from PostgreSQL this often (and at once on a notice).
+    pub refresh_ms: u64,
+    /// A manual close takes effect this long after the request, so every ingest edge knows of it
+    /// before it applies. Edges refuse votes (503) while their catalog is older than half of it.
+    pub close_lead_ms: u64,
+}
+
+impl Default for PollsSection {
+    fn default() -> Self {
+        Self {
+            refresh_ms: 250,
+            close_lead_ms: 2_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -92,6 +133,14 @@ pub struct ProcessorSection {
     pub flush_interval_ms: u64,
     pub window_ms: i64,
     pub allowed_lateness_ms: i64,
+    /// Distributed mode: the processors' Kafka consumer group.
+    pub group_id: String,
+    /// `group.instance.id` for static membership (unique per processor); empty: dynamic.
+    pub instance_id: String,
+    /// `partition.assignment.strategy` (`cooperative-sticky`, or `range`/`roundrobin` for eager).
+    pub assignment_strategy: String,
+    /// How long the group waits for a silent processor before moving its partitions.
+    pub session_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -118,6 +167,8 @@ impl Default for Config {
                 ..Default::default()
             },
             postgres: PostgresSection::default(),
+            redis: RedisSection::default(),
+            polls: PollsSection::default(),
         }
     }
 }
@@ -151,6 +202,10 @@ impl Default for ProcessorSection {
             flush_interval_ms: 50,
             window_ms: 1_000,
             allowed_lateness_ms: 2_000,
+            group_id: "crowdtick-processors".into(),
+            instance_id: String::new(),
+            assignment_strategy: "cooperative-sticky".into(),
+            session_timeout_ms: 10_000,
         }
     }
 }
@@ -189,6 +244,8 @@ impl Config {
             "realtime",
             "kafka",
             "postgres",
+            "redis",
+            "polls",
         ];
         fig = fig.merge(Env::prefixed("CROWDTICK_").split("__").filter(move |k| {
             let top = k.as_str().split('.').next().unwrap_or_default();
@@ -218,6 +275,11 @@ impl Config {
             self.processor.flush_interval_ms >= 1,
             "processor.flush_interval_ms must be at least 1"
         );
+        anyhow::ensure!(
+            self.polls.refresh_ms >= 10 && self.polls.refresh_ms * 4 <= self.polls.close_lead_ms,
+            "polls.refresh_ms must be at least 10 and at most a quarter of polls.close_lead_ms \
+             (edges must re-read the catalog several times before a close applies)"
+        );
         if self.operator_keys.iter().all(|k| k.is_empty()) {
             anyhow::bail!("operator_keys is empty: set at least one key (CROWDTICK_OPERATOR_KEYS='[\"…\"]' or in the file)");
         }
@@ -231,6 +293,33 @@ impl Config {
             rate_limit_per_sec: self.ingest.rate_limit_per_sec,
             rate_limit_burst: self.ingest.rate_limit_burst,
             rate_limit_exempt_loopback: self.ingest.rate_limit_exempt_loopback,
+            catalog_max_age: self
+                .is_shared()
+                .then(|| Duration::from_millis(self.polls.close_lead_ms / 2)),
+            ..Default::default()
+        }
+    }
+
+    /// Whether polls live in PostgreSQL, shared with other processes.
+    pub fn is_shared(&self) -> bool {
+        !self.postgres.url.is_empty()
+    }
+
+    /// How far in the future a manual close is set (0 when this process is the only edge).
+    pub fn close_lead_us(&self) -> i64 {
+        if self.is_shared() {
+            self.polls.close_lead_ms as i64 * 1000
+        } else {
+            0
+        }
+    }
+
+    pub fn group_config(&self) -> storage::GroupConfig {
+        storage::GroupConfig {
+            group_id: format!("{}{}", self.kafka.topic_prefix, self.processor.group_id),
+            instance_id: self.processor.instance_id.clone(),
+            assignment_strategy: self.processor.assignment_strategy.clone(),
+            session_timeout: Duration::from_millis(self.processor.session_timeout_ms),
             ..Default::default()
         }
     }

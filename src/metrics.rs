@@ -59,7 +59,8 @@ pub async fn render(State(s): State<AppState>) -> impl IntoResponse {
             &l.appends_rejected_full,
         );
     }
-    let i = &s.ingest.metrics;
+    if let Some(ingest) = &s.ingest {
+    let i = &ingest.metrics;
     counter(
         &mut out,
         "crowdtick_ingest_requests_total",
@@ -96,6 +97,7 @@ pub async fn render(State(s): State<AppState>) -> impl IntoResponse {
         "Time votes waited to become durable.",
         &i.append_wait_us,
     );
+    }
     let p = &s.processor_metrics;
     counter(
         &mut out,
@@ -145,29 +147,56 @@ pub async fn render(State(s): State<AppState>) -> impl IntoResponse {
         "Partition task restarts after an error.",
         &p.restarts,
     );
-    gauge(
+    counter(
         &mut out,
-        "crowdtick_realtime_connections",
-        "Open WebSocket/SSE connections.",
-        s.realtime.connections.load(Ordering::Relaxed),
+        "crowdtick_processor_catalog_rereads_total",
+        "Poll catalog re-reads because a vote named a poll changed elsewhere.",
+        &p.catalog_rereads,
     );
     counter(
         &mut out,
-        "crowdtick_realtime_messages_sent_total",
-        "Live messages sent.",
-        &s.realtime.messages_sent,
+        "crowdtick_processor_cache_write_failures_total",
+        "Flushes whose results-cache write failed (retried at the next flush).",
+        &p.cache_write_failures,
     );
-    let _ = writeln!(out, "# HELP crowdtick_log_high_watermark Records in each votes partition.\n# TYPE crowdtick_log_high_watermark gauge");
-    for part in 0..s.log.partitions(storage::Topic::Votes) {
-        let hw = s
-            .log
-            .high_watermark(storage::Topic::Votes, part)
-            .await
-            .unwrap_or(0);
-        let _ = writeln!(
-            out,
-            "crowdtick_log_high_watermark{{topic=\"votes\",partition=\"{part}\"}} {hw}"
+    if let Some(rt) = &s.realtime {
+        gauge(
+            &mut out,
+            "crowdtick_realtime_connections",
+            "Open WebSocket/SSE connections.",
+            rt.connections.load(Ordering::Relaxed),
         );
+        counter(
+            &mut out,
+            "crowdtick_realtime_messages_sent_total",
+            "Live messages sent.",
+            &rt.messages_sent,
+        );
+    }
+    if let Some(log) = &s.log {
+        let positions = s.processor_metrics.positions.lock().clone();
+        let _ = writeln!(out, "# HELP crowdtick_log_high_watermark Records in each votes partition.\n# TYPE crowdtick_log_high_watermark gauge");
+        let mut lags = Vec::new();
+        for part in 0..log.partitions(storage::Topic::Votes) {
+            let hw = log
+                .high_watermark(storage::Topic::Votes, part)
+                .await
+                .unwrap_or(0);
+            let _ = writeln!(
+                out,
+                "crowdtick_log_high_watermark{{topic=\"votes\",partition=\"{part}\"}} {hw}"
+            );
+            if let Some(&pos) = positions.get(&part) {
+                lags.push((part, hw.saturating_sub(pos)));
+            }
+        }
+        let _ = writeln!(out, "# HELP crowdtick_processor_lag_records Records of an owned votes partition not yet processed here.\n# TYPE crowdtick_processor_lag_records gauge");
+        for (part, lag) in lags {
+            let _ = writeln!(
+                out,
+                "crowdtick_processor_lag_records{{partition=\"{part}\"}} {lag}"
+            );
+        }
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

@@ -1,9 +1,12 @@
-//! `crowdtick serve`: every service in one process on the embedded log.
+//! Composing a process: `crowdtick serve` runs every service in one process (on the embedded log, or
+//! on Kafka, PostgreSQL and Redis); `crowdtick ingest|processor|query|realtime` runs one service of
+//! the distributed mode ([`Roles`]).
 //!
-//! [`start`] opens the data directory, restores the results board from the tallies topic, starts one
-//! processor task per votes partition (each replays its partition to rebuild its exact state) and
-//! the tallies tailer, and builds the router. [`run`] serves it on a listener until `shutdown`
-//! resolves, then lets the processors publish their last partials.
+//! [`start_roles`] opens what the services need, restores the results board from the tallies topic
+//! (query and realtime), starts the processor (one task per votes partition when embedded; a member
+//! of the Kafka consumer group otherwise) and the tallies tailer, keeps a shared poll catalog in step
+//! with PostgreSQL, and builds the router. [`run_roles`] serves it on a listener until `shutdown`
+//! resolves, then lets the processors publish their last partials and leave the group.
 
 use crate::config::Config;
 use crate::metrics;
@@ -12,33 +15,79 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use processor::board::{load_tallies, tail_tallies};
-use processor::runner::{run_partition_supervised, Pipeline};
+use processor::runner::{run_group, run_partition_supervised, Pipeline};
 use processor::{ProcessorMetrics, ResultsBoard};
 use schemas::ApiError;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use storage::embedded_log::LogMetrics;
 use storage::{
-    EdgeRejections, EmbeddedLog, EmbeddedLogConfig, FilePollStore, KafkaConfig, KafkaLog, Log,
-    LogError, PgPollStore, PgTallyStore, PollCatalog, PollStore, TallyStore, Topic,
+    EdgeRejections, EmbeddedLog, EmbeddedLogConfig, FilePollStore, GroupMember, KafkaConfig,
+    KafkaLog, Log, LogError, PgPollStore, PgTallyStore, PollCatalog, PollStore, RedisCache,
+    TallyStore, Topic,
 };
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+/// Which services a process runs: all of them (`serve`), or one (`ingest`, `processor`, …).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roles {
+    pub ingest: bool,
+    pub processor: bool,
+    pub query: bool,
+    pub realtime: bool,
+}
+
+impl Roles {
+    pub const ALL: Roles = Roles {
+        ingest: true,
+        processor: true,
+        query: true,
+        realtime: true,
+    };
+    pub const NONE: Roles = Roles {
+        ingest: false,
+        processor: false,
+        query: false,
+        realtime: false,
+    };
+
+    pub fn is_all(&self) -> bool {
+        *self == Self::ALL
+    }
+
+    fn names(&self) -> String {
+        [
+            (self.ingest, "ingest"),
+            (self.processor, "processor"),
+            (self.query, "query"),
+            (self.realtime, "realtime"),
+        ]
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, n)| *n)
+        .collect::<Vec<_>>()
+        .join("+")
+    }
+}
+
 /// Everything a running server shares.
 #[derive(Clone)]
 pub struct AppState {
     pub config: Arc<Config>,
-    pub log: Arc<dyn Log>,
+    /// The votes and tallies log (None in a query-only process, which reads the stores).
+    pub log: Option<Arc<dyn Log>>,
     /// The embedded log's counters (None on Kafka).
     pub log_metrics: Option<Arc<LogMetrics>>,
     pub catalog: PollCatalog,
     pub board: Arc<ResultsBoard>,
-    pub ingest: Arc<ingest::Ingest>,
-    pub realtime: Arc<realtime::Realtime>,
+    pub ingest: Option<Arc<ingest::Ingest>>,
+    pub realtime: Option<Arc<realtime::Realtime>>,
     pub processor_metrics: Arc<ProcessorMetrics>,
+    pub roles: Roles,
 }
 
 /// A started server: its router and its background tasks.
@@ -47,68 +96,138 @@ pub struct App {
     pub router: Router,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    group: Option<GroupMember>,
 }
 
+/// Every service in one process (`crowdtick serve`).
 pub async fn start(config: Config) -> anyhow::Result<App> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-        anyhow::anyhow!(
-            "cannot create the data directory {}: {e}",
-            config.data_dir.display()
-        )
-    })?;
-    let (dyn_log, log_metrics) = open_log(&config).await?;
-    let (poll_store, tally_store) = open_stores(&config).await?;
-    let log = dyn_log.clone();
-    let catalog = PollCatalog::load(poll_store).await?;
-    let partitions = log.partitions(Topic::Votes);
-    let board = Arc::new(ResultsBoard::new(partitions));
-    let positions = load_tallies(&*log, &board).await?;
+    start_roles(config, Roles::ALL).await
+}
 
+pub async fn start_roles(config: Config, roles: Roles) -> anyhow::Result<App> {
+    let on_kafka = !config.kafka.brokers.is_empty();
+    if !roles.is_all() {
+        anyhow::ensure!(
+            on_kafka && config.is_shared(),
+            "`crowdtick {}` runs one service of the distributed mode, which shares Kafka and PostgreSQL \
+             with the other services: give --kafka BROKERS and --postgres URL (and --redis URL for the \
+             results cache), or run `crowdtick serve` for every service in one process",
+            roles.names()
+        );
+    }
+    if roles.is_all() || !on_kafka || !config.is_shared() {
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot create the data directory {}: {e}",
+                config.data_dir.display()
+            )
+        })?;
+    }
+    let needs_log = roles.ingest || roles.processor || roles.realtime || !on_kafka;
+    let (log, log_metrics) = if needs_log {
+        let (log, metrics) = open_log(&config).await?;
+        (Some(log), metrics)
+    } else {
+        (None, None)
+    };
+    let (poll_store, tally_store) = open_stores(&config).await?;
+    let cache = open_cache(&config).await?;
+    let catalog = PollCatalog::load(poll_store).await?;
+    let partitions = log
+        .as_ref()
+        .map_or(config.log.partitions, |l| l.partitions(Topic::Votes));
+    let board = Arc::new(ResultsBoard::new(partitions));
     let (shutdown, shutdown_rx) = watch::channel(false);
     let processor_metrics = Arc::new(ProcessorMetrics::default());
-    let mut tasks = vec![tokio::spawn(tail_tallies(
-        dyn_log.clone(),
-        board.clone(),
-        positions,
-        shutdown_rx.clone(),
-    ))];
-    let pipeline = Pipeline {
-        log: dyn_log.clone(),
-        catalog: catalog.clone(),
-        tally_store,
-        config: config.processor_config(),
-        metrics: processor_metrics.clone(),
-    };
-    for p in 0..partitions {
-        tasks.push(tokio::spawn(run_partition_supervised(
-            pipeline.clone(),
-            p,
-            board.published(p),
+    let mut tasks = Vec::new();
+
+    if catalog.is_shared() {
+        tasks.push(tokio::spawn(follow_catalog(
+            catalog.clone(),
+            cache.clone(),
+            Duration::from_millis(config.polls.refresh_ms),
             shutdown_rx.clone(),
         )));
     }
 
+    // The query node of the distributed mode reads results from Redis and PostgreSQL; every other
+    // process that shows results follows the tallies topic itself.
+    let shared_results = match (&tally_store, roles.query && !roles.realtime) {
+        (Some(tallies), true) => Some(Arc::new(query::shared::SharedResults {
+            cache: cache.clone(),
+            tallies: tallies.clone(),
+        })),
+        _ => None,
+    };
+    if let (Some(log), None, true) = (&log, &shared_results, roles.query || roles.realtime) {
+        let positions = load_tallies(&**log, &board).await?;
+        tasks.push(tokio::spawn(tail_tallies(
+            log.clone(),
+            board.clone(),
+            positions,
+            shutdown_rx.clone(),
+        )));
+    }
+
+    let mut group = None;
+    if let (true, Some(log)) = (roles.processor, &log) {
+        let pipeline = Pipeline {
+            log: log.clone(),
+            catalog: catalog.clone(),
+            tally_store: tally_store.clone(),
+            cache: cache.clone(),
+            config: config.processor_config(),
+            metrics: processor_metrics.clone(),
+        };
+        if on_kafka {
+            let (member, events) =
+                GroupMember::join(&kafka_config(&config), &config.group_config())?;
+            tasks.push(tokio::spawn(run_group(
+                pipeline,
+                events,
+                shutdown_rx.clone(),
+            )));
+            group = Some(member);
+        } else {
+            for p in 0..partitions {
+                tasks.push(tokio::spawn(run_partition_supervised(
+                    pipeline.clone(),
+                    p,
+                    board.published(p),
+                    shutdown_rx.clone(),
+                )));
+            }
+        }
+    }
+
     let edge_rejections = Arc::new(EdgeRejections::default());
-    let ingest = ingest::Ingest::new(
-        dyn_log.clone(),
-        catalog.clone(),
-        config.ingest_config(),
-        edge_rejections.clone(),
-    );
     let keys = query::OperatorKeys::new(config.operator_keys.clone());
+    let ingest = match (roles.ingest, &log) {
+        (true, Some(log)) => Some(ingest::Ingest::new(
+            log.clone(),
+            catalog.clone(),
+            config.ingest_config(),
+            edge_rejections.clone(),
+        )),
+        _ => None,
+    };
+    let realtime = roles.realtime.then(|| {
+        realtime::Realtime::new(
+            catalog.clone(),
+            board.clone(),
+            keys.clone(),
+            Duration::from_millis(config.realtime.coalesce_ms),
+        )
+    });
     let query_state = query::QueryState {
         catalog: catalog.clone(),
         board: board.clone(),
-        keys: keys.clone(),
+        keys,
         edge_rejections,
         public_url: config.public_url.clone(),
+        shared: shared_results,
+        close_lead_us: config.close_lead_us(),
     };
-    let realtime = realtime::Realtime::new(
-        catalog.clone(),
-        board.clone(),
-        keys,
-        std::time::Duration::from_millis(config.realtime.coalesce_ms),
-    );
     let state = AppState {
         config: Arc::new(config),
         log,
@@ -118,22 +237,40 @@ pub async fn start(config: Config) -> anyhow::Result<App> {
         ingest: ingest.clone(),
         realtime: realtime.clone(),
         processor_metrics,
+        roles,
     };
-    let router = Router::new()
-        .merge(ingest::router(ingest))
-        .merge(query::router(query_state.clone()))
-        .merge(query::ui::router(query_state))
-        .merge(realtime::router(realtime))
-        .merge(crate::seed::try_router(state.clone())?)
+    let mut router = Router::new();
+    if let Some(ingest) = ingest {
+        router = router.merge(ingest::router(ingest));
+    }
+    if roles.query {
+        router = router
+            .merge(query::router(query_state.clone()))
+            .merge(query::ui::router(query_state));
+    }
+    if let Some(realtime) = realtime {
+        router = router.merge(realtime::router(realtime));
+    }
+    if roles.is_all() {
+        router = router.merge(crate::seed::try_router(state.clone())?);
+    }
+    let router = router
         .route(
             "/healthz",
             get(|| async { Json(serde_json::json!({"status": "ok"})) }),
         )
         .route("/metrics", get(metrics::render).with_state(state.clone()))
-        .fallback(|| async {
+        .fallback(move || async move {
             ApiError::not_found(
                 "no_route",
-                "no such endpoint; the API is described at /openapi.json",
+                if roles.is_all() {
+                    "no such endpoint; the API is described at /openapi.json".to_owned()
+                } else {
+                    format!(
+                        "no such endpoint on this {} node; the API is described at /openapi.json of a query node",
+                        roles.names()
+                    )
+                },
             )
         })
         .method_not_allowed_fallback(|| async {
@@ -149,7 +286,44 @@ pub async fn start(config: Config) -> anyhow::Result<App> {
         router,
         shutdown,
         tasks,
+        group,
     })
+}
+
+/// Keeps the catalog in step with PostgreSQL: a re-read every `every`, and at once on a notice.
+async fn follow_catalog(
+    catalog: PollCatalog,
+    cache: Option<RedisCache>,
+    every: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let (tx, mut notices) = tokio::sync::mpsc::unbounded_channel();
+    let forward = cache.map(|c| tokio::spawn(c.forward_notices(tx, shutdown.clone())));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            Some(_) = notices.recv() => {}
+            _ = shutdown.changed() => break,
+        }
+        match catalog.refresh().await {
+            Ok(()) if failing => {
+                failing = false;
+                tracing::info!("the poll catalog is readable again");
+            }
+            Ok(()) => {}
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(error = %e, "re-reading the poll catalog failed; edges refuse votes once it is too old");
+            }
+            Err(_) => {}
+        }
+    }
+    if let Some(f) = forward {
+        let _ = f.await;
+    }
 }
 
 /// Every error answer is JSON: a framework rejection (a body over a route's limit, a bad header)
@@ -209,14 +383,7 @@ pub(crate) async fn open_log(
         return Ok((Arc::new(log), Some(metrics)));
     }
     let k = &config.kafka;
-    let mut kafka = KafkaConfig::new(&k.brokers);
-    kafka.votes_topic = format!("{}votes", k.topic_prefix);
-    kafka.tallies_topic = format!("{}tallies", k.topic_prefix);
-    kafka.votes_partitions = config.log.partitions;
-    kafka.replication_factor = k.replication_factor;
-    kafka.deadline = std::time::Duration::from_millis(config.ingest.deadline_ms);
-    kafka.extra = k.settings.clone();
-    let log = KafkaLog::connect(kafka).await.map_err(|e| match e {
+    let log = KafkaLog::connect(kafka_config(config)).await.map_err(|e| match e {
         LogError::Config(_) => anyhow::anyhow!("Kafka at {}: {e}", k.brokers),
         _ => anyhow::anyhow!(
             "Kafka at {}: {e} (is the broker running? --kafka or CROWDTICK_KAFKA__BROKERS)",
@@ -224,6 +391,30 @@ pub(crate) async fn open_log(
         ),
     })?;
     Ok((Arc::new(log), None))
+}
+
+/// The Kafka side of the configuration.
+pub(crate) fn kafka_config(config: &Config) -> KafkaConfig {
+    let k = &config.kafka;
+    let mut kafka = KafkaConfig::new(&k.brokers);
+    kafka.votes_topic = format!("{}votes", k.topic_prefix);
+    kafka.tallies_topic = format!("{}tallies", k.topic_prefix);
+    kafka.votes_partitions = config.log.partitions;
+    kafka.replication_factor = k.replication_factor;
+    kafka.deadline = Duration::from_millis(config.ingest.deadline_ms);
+    kafka.extra = k.settings.clone();
+    kafka
+}
+
+/// The results cache, when `redis.url` is set.
+async fn open_cache(config: &Config) -> anyhow::Result<Option<RedisCache>> {
+    if config.redis.url.is_empty() {
+        return Ok(None);
+    }
+    let cache = RedisCache::connect(&config.redis.url, &config.redis.key_prefix)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e} (is Redis running? --redis or CROWDTICK_REDIS__URL)"))?;
+    Ok(Some(cache))
 }
 
 /// Poll and tally stores: PostgreSQL (migrated at start) when `postgres.url` is set, else the
@@ -256,10 +447,24 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let app = start(config).await?;
+    run_roles(listener, config, Roles::ALL, shutdown).await
+}
+
+/// Serves the given services until `shutdown` resolves.
+pub async fn run_roles(
+    listener: TcpListener,
+    config: Config,
+    roles: Roles,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let app = start_roles(config, roles).await?;
     let addr = listener.local_addr()?;
     println!("listening on http://{addr}");
-    tracing::info!(%addr, data_dir = %app.state.config.data_dir.display(), partitions = app.state.log.partitions(Topic::Votes), "CrowdTick is serving: operator console at /, API under /v1");
+    if roles.is_all() {
+        tracing::info!(%addr, data_dir = %app.state.config.data_dir.display(), partitions = app.state.board.partitions(), "CrowdTick is serving: operator console at /, API under /v1");
+    } else {
+        tracing::info!(%addr, services = %roles.names(), "CrowdTick node is serving");
+    }
     axum::serve(
         listener,
         app.router
@@ -278,6 +483,10 @@ impl App {
         let _ = self.shutdown.send(true);
         for t in self.tasks {
             let _ = t.await;
+        }
+        // Partitions are flushed; now leave the group so they move at once.
+        if let Some(group) = self.group {
+            let _ = tokio::task::spawn_blocking(move || group.leave()).await;
         }
     }
 }

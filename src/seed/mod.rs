@@ -78,6 +78,8 @@ const MAX_BODY: usize = 64 << 10;
 /// The adapter's shared state.
 pub struct Seed {
     pub app: AppState,
+    pub ingest: Arc<ingest::Ingest>,
+    pub realtime: Arc<realtime::Realtime>,
     pub auth: Auth,
     /// (poll, user) pairs that have a durable (or in-flight) vote.
     voted: Mutex<HashSet<(PollId, UserId)>>,
@@ -138,8 +140,13 @@ impl Seed {
         let votes_file = Appender::open(&votes_path)
             .map_err(|e| anyhow::anyhow!("{}: {e}", votes_path.display()))?;
         let secure_cookie = app.config.public_url.starts_with("https://");
+        let (Some(ingest), Some(realtime)) = (app.ingest.clone(), app.realtime.clone()) else {
+            anyhow::bail!("the seed API needs the ingest and realtime services in this process");
+        };
         Ok(Self {
             app,
+            ingest,
+            realtime,
             auth,
             voted: Mutex::new(voted),
             votes_file,
@@ -286,7 +293,7 @@ impl Seed {
             voter_id: Cow::Owned(format!("user:{user}")),
             vote_id: Some(Cow::Owned(format!("seed-{poll}-{user}"))),
         };
-        match self.app.ingest.submit(&vote, "seed").await {
+        match self.ingest.submit(&vote, "seed").await {
             Ok(_) => {
                 if let Err(e) = self
                     .votes_file

@@ -52,7 +52,7 @@ pub async fn handler(
     let outcome = match seed.auth.authenticate(&headers).await {
         Err(e) => Err(e.message()),
         Ok(user) => drf::path_poll_id(&id)
-            .and_then(|id| seed.app.realtime.subscribe(id))
+            .and_then(|id| seed.realtime.subscribe(id))
             .map(|sub| (user, sub))
             .ok_or_else(|| drf::NO_POLL.to_owned()),
     };

@@ -36,6 +36,10 @@ pub struct IngestConfig {
     pub rate_limit_burst: u32,
     /// Loopback clients (load tests, a local proxy) are not rate limited.
     pub rate_limit_exempt_loopback: bool,
+    /// Distributed mode: votes are refused (503) while the poll catalog has not been re-read from
+    /// PostgreSQL for this long, because a close made on another node might not be known here.
+    /// Must stay below the query nodes' close lead. None: this process is the only writer.
+    pub catalog_max_age: Option<Duration>,
 }
 
 impl Default for IngestConfig {
@@ -48,6 +52,7 @@ impl Default for IngestConfig {
             rate_limit_per_sec: 50,
             rate_limit_burst: 100,
             rate_limit_exempt_loopback: true,
+            catalog_max_age: None,
         }
     }
 }
@@ -114,6 +119,7 @@ impl Ingest {
         vote: &validate::VoteIn<'_>,
         source: &str,
     ) -> Result<Receipt, ApiError> {
+        self.prepare_catalog(std::iter::once(vote.poll_id)).await?;
         let (accepted_at, poll) = self.catalog.stamp_and_get(vote.poll_id);
         let options = validate::judge(vote, poll.as_deref(), accepted_at)
             .inspect_err(|e| self.count_rejection(vote.poll_id, e))?;
@@ -155,6 +161,45 @@ impl Ingest {
             offset: positions[0].offset,
             accepted_at: format_micros(accepted_at),
         })
+    }
+
+    /// Distributed mode: refuses while the catalog is stale, and re-reads it (at most every 100 ms)
+    /// when a vote names a poll it does not know yet (created on another node a moment ago).
+    pub(crate) async fn prepare_catalog(
+        &self,
+        poll_ids: impl Iterator<Item = PollId>,
+    ) -> Result<(), ApiError> {
+        if !self.catalog.is_shared() {
+            return Ok(());
+        }
+        let mut unknown = false;
+        {
+            let polls = self.catalog.snapshot();
+            for id in poll_ids {
+                if !polls.contains_key(&id) {
+                    unknown = true;
+                    break;
+                }
+            }
+        }
+        let age = self.catalog.refreshed_at().elapsed();
+        if unknown && age > Duration::from_millis(100) {
+            if let Err(e) = self.catalog.refresh().await {
+                tracing::warn!(error = %e, "re-reading the poll catalog failed");
+            }
+        }
+        if let Some(max) = self.config.catalog_max_age {
+            if self.catalog.refreshed_at().elapsed() > max {
+                self.metrics
+                    .votes_unavailable
+                    .fetch_add(1, Ordering::Relaxed);
+                return Err(ApiError::unavailable(
+                    "this edge cannot reach the poll store (PostgreSQL) to learn of closes made elsewhere; the vote was not recorded — retry with the same vote_id",
+                    1,
+                ));
+            }
+        }
+        Ok(())
     }
 
     pub(crate) fn count_rejection(&self, poll: PollId, e: &ApiError) {

@@ -143,6 +143,18 @@ async fn post_batch(
     }
     // `?results=rejected`: answer only the rejected votes (with their index).
     let only_rejected = q.iter().any(|(k, v)| k == "results" && v == "rejected");
+    if ingest.catalog.is_shared() {
+        #[derive(serde::Deserialize)]
+        struct PollOf {
+            poll_id: schemas::PollId,
+        }
+        let ids = batch
+            .votes
+            .iter()
+            .filter_map(|raw| serde_json::from_str::<PollOf>(raw.get()).ok())
+            .map(|v| v.poll_id);
+        ingest.prepare_catalog(ids).await?;
+    }
     let (accepted_at, polls) = ingest.catalog.stamp_and_snapshot();
     let partitions = ingest.log.partitions(Topic::Votes);
     let mut append = AppendBatch::with_capacity(batch.votes.len(), body.len());

@@ -207,6 +207,9 @@ async fn create_poll(
         })
         .await
         .map_err(store_error)?;
+    if let Some(shared) = &s.shared {
+        shared.announce(poll.id).await;
+    }
     Ok((StatusCode::CREATED, Json(poll_view(&poll, now_micros()))).into_response())
 }
 
@@ -222,6 +225,14 @@ pub fn find(s: &QueryState, id: PollId) -> Result<std::sync::Arc<Poll>, ApiError
         .ok_or_else(|| ApiError::not_found("unknown_poll", format!("there is no poll {id}")))
 }
 
+/// [`find`], re-reading the catalog first when another node may have created the poll.
+pub async fn find_fresh(s: &QueryState, id: PollId) -> Result<std::sync::Arc<Poll>, ApiError> {
+    if s.catalog.get(id).is_none() && s.catalog.is_shared() {
+        s.catalog.refresh().await.map_err(store_error)?;
+    }
+    find(s, id)
+}
+
 /// Path ids that are not numbers are a 404 with a JSON body, like unknown ones.
 fn poll_id(raw: &str) -> Result<PollId, ApiError> {
     raw.parse()
@@ -232,7 +243,7 @@ async fn get_poll(
     State(s): State<QueryState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let p = find(&s, poll_id(&id)?)?;
+    let p = find_fresh(&s, poll_id(&id)?).await?;
     Ok(Json(poll_view(&p, now_micros())).into_response())
 }
 
@@ -261,6 +272,9 @@ async fn change(
         .update(poll_id(id)?, f)
         .await
         .map_err(store_error)?;
+    if let Some(shared) = &s.shared {
+        shared.announce(p.id).await;
+    }
     tracing::info!(poll = p.id, state = ?p.state_at(now_micros()), "poll changed");
     Ok(Json(poll_view(&p, now_micros())).into_response())
 }
@@ -289,9 +303,12 @@ async fn close_poll(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    change(&s, &headers, &id, |p, now| {
+    let lead = s.close_lead_us;
+    change(&s, &headers, &id, move |p, now| {
         if p.state_at(now) != PollState::Closed {
-            p.closed_at = Some(now);
+            // Never later than a scheduled close that comes first.
+            let at = now + lead;
+            p.closed_at = Some(p.closes_at.map_or(at, |c| c.min(at)).max(now));
         }
         Ok(())
     })
@@ -316,8 +333,11 @@ async fn results(
     Path(id): Path<String>,
     Query(q): Query<KeyQuery>,
 ) -> Result<Response, ApiError> {
-    let p = find(&s, poll_id(&id)?)?;
+    let p = find_fresh(&s, poll_id(&id)?).await?;
     let operator = s.keys.is_operator(&headers, q.key());
+    if let Some(shared) = &s.shared {
+        shared.refresh(&s.board, p.id).await?;
+    }
     let snap = s.board.snapshot(p.id);
     Ok(Json(results_view(&p, &snap, operator, now_micros())).into_response())
 }
@@ -336,9 +356,11 @@ async fn timeline(
         )
         .into_response());
     }
-    let windows: Vec<_> = s
-        .board
-        .timeline(p.id)
+    let windows = match &s.shared {
+        Some(shared) => shared.timeline(p.id).await?,
+        None => s.board.timeline(p.id),
+    };
+    let windows: Vec<_> = windows
         .into_iter()
         .map(|w| json!({"start": format_time(w.start_ms * 1000), "start_ms": w.start_ms, "votes": w.votes}))
         .collect();
@@ -354,7 +376,10 @@ async fn rejections(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     s.keys.require(&headers, None)?;
-    let p = find(&s, poll_id(&id)?)?;
+    let p = find_fresh(&s, poll_id(&id)?).await?;
+    if let Some(shared) = &s.shared {
+        shared.refresh(&s.board, p.id).await?;
+    }
     let snap = s.board.snapshot(p.id);
     Ok(Json(json!({
         "poll_id": p.id,

@@ -15,6 +15,12 @@ CREATE TABLE IF NOT EXISTS polls (
     creator     TEXT
 );
 
+-- Poll ids for every query node (nextval is atomic across sessions). Polls written before the
+-- sequence existed are skipped over.
+CREATE SEQUENCE IF NOT EXISTS poll_ids;
+SELECT setval('poll_ids', m) FROM (SELECT max(id) AS m FROM polls) s
+ WHERE m IS NOT NULL AND m >= (SELECT last_value FROM poll_ids);
+
 -- Absolute partial tallies, one row per (poll, partition); written only with a higher offset, or the
 -- same offset and a higher complete_until (a stale or zombie processor cannot overwrite a newer one):
 --   INSERT … ON CONFLICT (poll_id, partition) DO UPDATE SET … WHERE partial_tallies."offset" < EXCLUDED."offset"

@@ -165,7 +165,7 @@ fn with_extra(mut s: BTreeMap<String, String>, config: &KafkaConfig) -> BTreeMap
     s
 }
 
-fn client_config(settings: &BTreeMap<String, String>) -> ClientConfig {
+pub(crate) fn client_config(settings: &BTreeMap<String, String>) -> ClientConfig {
     let mut c = ClientConfig::new();
     for (k, v) in settings {
         c.set(k, v);

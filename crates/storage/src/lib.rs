@@ -4,6 +4,8 @@
 //! - [`embedded_log`]: [`EmbeddedLog`], a file per partition, group commit (many records per fsync),
 //!   CRC-framed records, torn tails cut on open. What `crowdtick serve` runs on by default.
 //! - [`kafka_log`]: [`KafkaLog`], the log on Kafka for the distributed mode (rdkafka, idempotent producer).
+//! - [`kafka_group`]: [`GroupMember`], the processors' consumer group (who owns which votes partition).
+//! - [`redis_cache`]: [`RedisCache`], the distributed mode's results cache and change notices.
 //! - [`polls`]: [`PollCatalog`], the in-memory view of every poll that the edge and
 //!   the processor consult per vote, over a [`PollStore`] ([`FilePollStore`] when embedded).
 //! - [`edge_stats`]: [`EdgeRejections`], per-poll counts of the votes the edge refused.
@@ -15,17 +17,21 @@
 
 pub mod edge_stats;
 pub mod embedded_log;
+pub mod kafka_group;
 pub mod kafka_log;
 pub mod log;
 pub mod polls;
 pub mod postgres;
+pub mod redis_cache;
 pub mod tally_store;
 pub mod test_broker;
 
 pub use edge_stats::{EdgeCounts, EdgeReason, EdgeRejections};
 pub use embedded_log::{EmbeddedLog, EmbeddedLogConfig};
+pub use kafka_group::{GroupConfig, GroupEvent, GroupMember};
 pub use kafka_log::{KafkaConfig, KafkaLog};
 pub use log::{AppendBatch, Fetched, Log, LogError, Position, Topic};
 pub use polls::{FilePollStore, PollCatalog, PollStore, StoreError};
 pub use postgres::{PgPollStore, PgTallyStore};
+pub use redis_cache::{Notice, RedisCache};
 pub use tally_store::{MemoryTallyStore, TallyStore};

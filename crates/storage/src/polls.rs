@@ -32,6 +32,15 @@ pub trait PollStore: Send + Sync + 'static {
     async fn load(&self) -> Result<Vec<Poll>, StoreError>;
     /// Inserts or replaces a poll; durable when it returns.
     async fn save(&self, poll: &Poll) -> Result<(), StoreError>;
+    /// A new poll id above `highest_known`, unique among every writer of this store (PostgreSQL
+    /// hands them out from a sequence, so several query nodes can create polls).
+    async fn next_id(&self, highest_known: PollId) -> Result<PollId, StoreError> {
+        Ok(highest_known + 1)
+    }
+    /// Whether other processes write this store too (then the catalog re-reads before changes).
+    fn shared(&self) -> bool {
+        false
+    }
 }
 
 /// Poll definitions in one JSON file, rewritten atomically (temp file, fsync, rename) on each change.
@@ -96,10 +105,12 @@ struct Inner {
     store: Arc<dyn PollStore>,
     writers: tokio::sync::Mutex<()>,
     generation: watch::Sender<u64>,
+    refreshed_at: Mutex<std::time::Instant>,
 }
 
 impl PollCatalog {
     pub async fn load(store: Arc<dyn PollStore>) -> Result<Self, StoreError> {
+        let started = std::time::Instant::now();
         let polls = store.load().await?;
         let map: HashMap<_, _> = polls.into_iter().map(|p| (p.id, Arc::new(p))).collect();
         Ok(Self {
@@ -108,6 +119,7 @@ impl PollCatalog {
                 store,
                 writers: tokio::sync::Mutex::new(()),
                 generation: watch::channel(0).0,
+                refreshed_at: Mutex::new(started),
             }),
         })
     }
@@ -159,14 +171,18 @@ impl PollCatalog {
         build: impl FnOnce(PollId, String) -> Poll,
     ) -> Result<Arc<Poll>, StoreError> {
         let _w = self.inner.writers.lock().await;
-        let (id, slug) = {
+        if self.inner.store.shared() {
+            self.reload().await?;
+        }
+        let highest = self.inner.polls.read().keys().max().copied().unwrap_or(0);
+        let id = self.inner.store.next_id(highest).await?;
+        let slug = {
             let polls = self.inner.polls.read();
-            let id = polls.keys().max().copied().unwrap_or(0) + 1;
             let mut slug = new_slug();
             while polls.values().any(|p| p.slug == slug) {
                 slug = new_slug();
             }
-            (id, slug)
+            slug
         };
         let poll = build(id, slug);
         self.inner.store.save(&poll).await?;
@@ -181,6 +197,10 @@ impl PollCatalog {
         change: impl FnOnce(&mut Poll, i64) -> Result<(), String>,
     ) -> Result<Arc<Poll>, StoreError> {
         let _w = self.inner.writers.lock().await;
+        if self.inner.store.shared() {
+            // Another node may have changed this poll: change the stored version, not ours.
+            self.reload().await?;
+        }
         let updated = {
             let mut polls = self.inner.polls.write();
             let mut poll = (**polls.get(&id).ok_or(StoreError::NotFound(id))?).clone();
@@ -198,9 +218,30 @@ impl PollCatalog {
         Ok(updated)
     }
 
+    /// Whether other processes change the polls too (see [`PollStore::shared`]).
+    pub fn is_shared(&self) -> bool {
+        self.inner.store.shared()
+    }
+
+    /// When the catalog last matched the store (load or [`refresh`](Self::refresh)).
+    pub fn refreshed_at(&self) -> std::time::Instant {
+        *self.inner.refreshed_at.lock()
+    }
+
     /// Re-reads the store (for services that share PostgreSQL with other writers).
     pub async fn refresh(&self) -> Result<(), StoreError> {
+        // Ordered with this node's own changes, so a re-read never undoes a newer local change.
+        let _w = self.inner.writers.lock().await;
+        self.reload().await
+    }
+
+    async fn reload(&self) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
         let polls = self.inner.store.load().await?;
+        {
+            let mut at = self.inner.refreshed_at.lock();
+            *at = (*at).max(started);
+        }
         let map: HashMap<_, _> = polls.into_iter().map(|p| (p.id, Arc::new(p))).collect();
         *self.inner.polls.write() = Arc::new(map);
         self.inner.generation.send_modify(|g| *g += 1);

@@ -16,7 +16,7 @@ use crate::polls::{PollStore, StoreError};
 use crate::tally_store::{Batch, TallyStore};
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
-use schemas::{PartialTally, Poll, Visibility, WindowCount};
+use schemas::{PartialTally, Poll, PollId, Visibility, WindowCount};
 use std::time::Duration;
 use tokio_postgres::NoTls;
 
@@ -123,6 +123,7 @@ pub struct PgPollStore {
     pool: Pool,
     load_sql: String,
     save_sql: String,
+    next_id_sql: String,
 }
 
 impl PgPollStore {
@@ -147,6 +148,7 @@ impl PgPollStore {
                         closed_at = EXCLUDED.closed_at, revealed = EXCLUDED.revealed, \
                         created_at = EXCLUDED.created_at, creator = EXCLUDED.creator"
             ),
+            next_id_sql: format!("SELECT greatest(nextval('{s}.poll_ids'), $1::bigint + 1)"),
         })
     }
 }
@@ -217,6 +219,20 @@ impl PollStore for PgPollStore {
             .await
             .map_err(db)?;
         Ok(())
+    }
+
+    async fn next_id(&self, highest_known: PollId) -> Result<PollId, StoreError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let stmt = client.prepare_cached(&self.next_id_sql).await.map_err(db)?;
+        let row = client
+            .query_one(&stmt, &[&highest_known])
+            .await
+            .map_err(db)?;
+        Ok(row.get(0))
+    }
+
+    fn shared(&self) -> bool {
+        true
     }
 }
 
@@ -291,16 +307,24 @@ impl PgTallyStore {
                    FROM {s}.tally_windows w\n\
                    WHERE w.poll_id = t.poll_id AND w.partition = t.partition\n\
                  ) w ON TRUE\n\
-                 WHERE $1::integer IS NULL OR t.partition = $1\n\
+                 WHERE ($1::integer IS NULL OR t.partition = $1)\n\
+                   AND ($2::bigint IS NULL OR t.poll_id = $2)\n\
                  ORDER BY t.poll_id, t.partition"
             ),
         })
     }
 
-    async fn load(&self, partition: Option<i32>) -> Result<Vec<PartialTally>, StoreError> {
+    async fn load(
+        &self,
+        partition: Option<i32>,
+        poll: Option<PollId>,
+    ) -> Result<Vec<PartialTally>, StoreError> {
         let client = self.pool.get().await.map_err(pool_error)?;
         let stmt = client.prepare_cached(&self.load_sql).await.map_err(db)?;
-        let rows = client.query(&stmt, &[&partition]).await.map_err(db)?;
+        let rows = client
+            .query(&stmt, &[&partition, &poll])
+            .await
+            .map_err(db)?;
         rows.iter()
             .map(|row| {
                 let poll_id: i64 = row.get(0);
@@ -402,11 +426,15 @@ impl TallyStore for PgTallyStore {
     }
 
     async fn load_all(&self) -> Result<Vec<PartialTally>, StoreError> {
-        self.load(None).await
+        self.load(None, None).await
+    }
+
+    async fn load_poll(&self, poll_id: PollId) -> Result<Vec<PartialTally>, StoreError> {
+        self.load(None, Some(poll_id)).await
     }
 
     async fn load_partition(&self, partition: i32) -> Result<Vec<PartialTally>, StoreError> {
-        self.load(Some(partition)).await
+        self.load(Some(partition), None).await
     }
 }
 

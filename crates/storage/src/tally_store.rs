@@ -30,6 +30,12 @@ pub trait TallyStore: Send + Sync + 'static {
     async fn load_all(&self) -> Result<Vec<PartialTally>, StoreError>;
     /// The latest partial of every poll in one partition, with all its stored windows.
     async fn load_partition(&self, partition: i32) -> Result<Vec<PartialTally>, StoreError>;
+    /// The latest partial of one poll in every partition, with all its stored windows.
+    async fn load_poll(&self, poll_id: PollId) -> Result<Vec<PartialTally>, StoreError> {
+        let mut all = self.load_all().await?;
+        all.retain(|t| t.poll_id == poll_id);
+        Ok(all)
+    }
 }
 
 /// Whether `new` replaces `held` for the same (poll, partition).
