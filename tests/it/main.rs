@@ -3,6 +3,7 @@
 
 mod api;
 mod browser;
+mod cluster;
 mod crash;
 mod distributed;
 mod helpers;

@@ -55,6 +55,35 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::BTreeMap;
 use std::ffi::CString;
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
+use std::sync::Arc;
+
+/// The producer's client context: notes when the connection to the brokers is lost.
+#[derive(Clone)]
+pub(crate) struct ProducerContext {
+    lost_brokers: Arc<AtomicBool>,
+}
+
+impl rdkafka::ClientContext for ProducerContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if matches!(
+            error,
+            KafkaError::Global(
+                RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure
+            )
+        ) {
+            self.lost_brokers.store(true, AtomicOrdering::Relaxed);
+        }
+        tracing::debug!(error = %error, reason, "Kafka producer");
+    }
+}
+
+impl rdkafka::producer::ProducerContext for ProducerContext {
+    type DeliveryOpaque = ();
+    fn delivery(&self, _: &rdkafka::message::DeliveryResult<'_>, _: Self::DeliveryOpaque) {}
+}
+
+type Producer_ = FutureProducer<ProducerContext>;
 use std::time::{Duration, Instant};
 
 /// How long topic creation and metadata look-ups may take at start-up.
@@ -311,7 +340,17 @@ pub fn validate(config: &KafkaConfig) -> Result<(), LogError> {
 /// The [`Log`] on Kafka. See the module documentation.
 pub struct KafkaLog {
     config: KafkaConfig,
-    producer: FutureProducer,
+    /// The producer and its generation; replaced when the broker keeps refusing it (see
+    /// [`KafkaLog::note_delivery`]).
+    producer: parking_lot::RwLock<(u64, Producer_)>,
+    /// Set by every producer's context when the brokers were unreachable.
+    lost_brokers: Arc<AtomicBool>,
+    /// When the producer was last replaced.
+    replaced_at: parking_lot::Mutex<Instant>,
+    /// Broker-side refusals in a row of the current producer.
+    broker_refusals: std::sync::atomic::AtomicU64,
+    /// Since when every append has failed (None after a success).
+    failing_since: parking_lot::Mutex<Option<Instant>>,
     /// One reader per partition per topic (indexed by [`Topic::index`]), made on first fetch.
     readers: [Vec<tokio::sync::Mutex<Option<Reader>>>; 2],
 }
@@ -321,8 +360,11 @@ impl KafkaLog {
     /// counts, and starts the producer.
     pub async fn connect(config: KafkaConfig) -> Result<Self, LogError> {
         validate(&config)?;
-        let producer: FutureProducer = client_config(&producer_settings(&config))
-            .create()
+        let lost_brokers = Arc::new(AtomicBool::new(false));
+        let producer: Producer_ = client_config(&producer_settings(&config))
+            .create_with_context(ProducerContext {
+                lost_brokers: lost_brokers.clone(),
+            })
             .map_err(|e| LogError::Config(format!("Kafka producer settings: {e}")))?;
         let mut admin_settings = BTreeMap::new();
         admin_settings.insert("bootstrap.servers".to_owned(), config.brokers.clone());
@@ -341,7 +383,11 @@ impl KafkaLog {
         });
         Ok(Self {
             config,
-            producer,
+            producer: parking_lot::RwLock::new((0, producer)),
+            broker_refusals: std::sync::atomic::AtomicU64::new(0),
+            failing_since: parking_lot::Mutex::new(None),
+            lost_brokers,
+            replaced_at: parking_lot::Mutex::new(Instant::now()),
             readers,
         })
     }
@@ -360,7 +406,7 @@ impl KafkaLog {
 
     /// Asks the broker for a partition's high watermark (a blocking call, run off the runtime).
     async fn query_high_watermark(&self, topic: Topic, partition: u32) -> Result<u64, LogError> {
-        let producer = self.producer.clone();
+        let producer = self.producer.read().1.clone();
         let name = self.config.topic_name(topic).to_owned();
         tokio::task::spawn_blocking(move || {
             producer
@@ -423,10 +469,89 @@ impl KafkaLog {
     }
 }
 
+impl KafkaLog {
+    /// Tracks failed appends. A producer that is in a fatal state, that the broker refused
+    /// several times in a row, or whose appends have all failed for longer than two deadlines (the
+    /// broker is gone) is replaced by a new one, with its queue purged so that nothing it held is
+    /// sent after the answer was a 503. Votes that failed come back with the same vote_id, which
+    /// dedupe absorbs; the cost on a healthy broker is a new producer id.
+    ///
+    /// Why: a broker may lose the idempotent producer's state. tansu 0.6 with SQLite storage, after a
+    /// restart, panics in its storage task on the first produce of a producer from before the restart
+    /// and serves nothing afterwards; a producer created during the outage never trips it.
+    fn note_delivery(
+        &self,
+        generation: u64,
+        producer: &Producer_,
+        failure: Option<Option<&KafkaError>>,
+    ) {
+        use std::sync::atomic::Ordering;
+        let Some(error) = failure else {
+            self.broker_refusals.store(0, Ordering::Relaxed);
+            *self.failing_since.lock() = None;
+            return;
+        };
+        let by_broker = matches!(error, Some(KafkaError::MessageProduction(code)) if (*code as i32) >= -1);
+        let refusals = if by_broker {
+            self.broker_refusals.fetch_add(1, Ordering::Relaxed) + 1
+        } else {
+            0
+        };
+        let failing_for = {
+            let mut since = self.failing_since.lock();
+            since.get_or_insert_with(Instant::now).elapsed()
+        };
+        let fatal = producer.client().fatal_error();
+        let gone = failing_for > 2 * self.config.deadline.max(Duration::from_millis(500));
+        if fatal.is_none() && refusals < 3 && !gone {
+            return;
+        }
+        self.replace_producer(generation, &format!("{fatal:?}, {refusals} refusals, failing for {failing_for:?}"));
+    }
+
+    /// The producer to append with: a new one if the brokers were unreachable since the last
+    /// replacement (at most one replacement a second).
+    fn current_producer(&self) -> (u64, Producer_) {
+        let current = self.producer.read().clone();
+        if self.lost_brokers.load(AtomicOrdering::Relaxed)
+            && self.replaced_at.lock().elapsed() >= Duration::from_secs(1)
+        {
+            self.lost_brokers.store(false, AtomicOrdering::Relaxed);
+            self.replace_producer(current.0, "the brokers were unreachable");
+            return self.producer.read().clone();
+        }
+        current
+    }
+
+    fn replace_producer(&self, generation: u64, why: &str) {
+        use std::sync::atomic::Ordering;
+        let mut current = self.producer.write();
+        if current.0 != generation {
+            return; // already replaced
+        }
+        let context = ProducerContext {
+            lost_brokers: self.lost_brokers.clone(),
+        };
+        match client_config(&producer_settings(&self.config)).create_with_context::<_, Producer_>(context) {
+            Ok(fresh) => {
+                tracing::warn!(why, "replacing the Kafka producer (its queue is purged)");
+                *self.replaced_at.lock() = Instant::now();
+                let old = std::mem::replace(&mut *current, (generation + 1, fresh));
+                self.broker_refusals.store(0, Ordering::Relaxed);
+                *self.failing_since.lock() = None;
+                old.1.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
+                // Dropping a producer waits for its queue: not on the runtime, not under the lock.
+                std::thread::spawn(move || drop(old));
+            }
+            Err(e) => tracing::warn!(error = %e, "could not create a new producer"),
+        }
+    }
+}
+
 /// Creates the topic if missing; refuses one whose partition count differs from the configuration.
 async fn ensure_topic(
     admin: &AdminClient<DefaultClientContext>,
-    producer: &FutureProducer,
+    producer: &Producer_,
     config: &KafkaConfig,
     topic: Topic,
 ) -> Result<(), LogError> {
@@ -487,7 +612,7 @@ async fn ensure_topic(
 }
 
 /// Waits until the broker's metadata shows the topic, and returns its partition count.
-async fn partition_count(producer: &FutureProducer, name: &str) -> Result<u32, LogError> {
+async fn partition_count(producer: &Producer_, name: &str) -> Result<u32, LogError> {
     let give_up = Instant::now() + ADMIN_TIMEOUT;
     loop {
         let p = producer.clone();
@@ -689,6 +814,7 @@ impl Log for KafkaLog {
             return Err(LogError::Timeout);
         }
         let name = self.config.topic_name(topic);
+        let (generation, producer) = self.current_producer();
         let mut deliveries = Vec::with_capacity(batch.len());
         for (partition, timestamp_us, key, value) in batch.iter() {
             let record = FutureRecord::to(name)
@@ -696,7 +822,7 @@ impl Log for KafkaLog {
                 .timestamp(timestamp_us / 1000)
                 .key(key)
                 .payload(value);
-            match self.producer.send_result(record) {
+            match producer.send_result(record) {
                 Ok(delivery) => deliveries.push(delivery),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                     return Err(LogError::Overloaded)
@@ -710,8 +836,11 @@ impl Log for KafkaLog {
         let reports =
             tokio::time::timeout_at(deadline.into(), futures::future::join_all(deliveries))
                 .await
-                .map_err(|_| LogError::Timeout)?;
-        reports
+                .map_err(|_| {
+                    self.note_delivery(generation, &producer, Some(None));
+                    LogError::Timeout
+                })?;
+        let positions: Result<Vec<Position>, LogError> = reports
             .into_iter()
             .map(|r| match r {
                 Ok(Ok(d)) => Ok(Position {
@@ -720,11 +849,16 @@ impl Log for KafkaLog {
                 }),
                 Ok(Err((e, _))) => {
                     tracing::warn!(topic = name, error = %e, "Kafka did not persist a record");
+                    self.note_delivery(generation, &producer, Some(Some(&e)));
                     Err(LogError::Timeout)
                 }
                 Err(_canceled) => Err(LogError::Closed),
             })
-            .collect()
+            .collect();
+        if positions.is_ok() {
+            self.note_delivery(generation, &producer, None);
+        }
+        positions
     }
 
     async fn fetch(

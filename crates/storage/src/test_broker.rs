@@ -15,6 +15,7 @@ pub struct TansuBroker {
     child: Child,
     addr: String,
     log: PathBuf,
+    storage: String,
     _dir: tempfile::TempDir,
 }
 
@@ -36,11 +37,74 @@ pub fn tansu_binary() -> PathBuf {
 impl TansuBroker {
     /// Starts a broker and waits until it accepts connections (panics with its output otherwise).
     pub fn start() -> Self {
+        let storage = std::env::var("TANSU_STORAGE").unwrap_or_else(|_| "memory://tansu/".into());
+        Self::start_with(&storage)
+    }
+
+    /// A broker whose log survives [`restart`](Self::restart): tansu's SQLite storage.
+    pub fn start_persistent() -> Self {
+        Self::start_with("sqlite://data/tansu.db")
+    }
+
+    fn spawn(bin: &std::path::Path, dir: &std::path::Path, url: &str, storage: &str, log: &std::path::Path) -> Child {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("tansu log file");
+        Command::new(bin)
+            .args([
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                storage,
+            ])
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("log handle"))
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()))
+    }
+
+    /// Kills the broker (SIGKILL): clients see it gone until [`restart`](Self::restart).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the broker again on the same port and storage; waits until it accepts connections.
+    pub fn restart(&mut self) {
+        self.stop();
+        let url = format!("tcp://{}", self.addr);
+        let give_up = Instant::now() + Duration::from_secs(30);
+        loop {
+            self.child = Self::spawn(&tansu_binary(), self._dir.path(), &url, &self.storage, &self.log);
+            let attempt_end = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < attempt_end {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    break; // the port may still be in TIME_WAIT: try again
+                }
+                if TcpStream::connect(&self.addr).is_ok() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            assert!(Instant::now() < give_up, "tansu did not restart on {}:\n{}", self.addr, self.output());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn start_with(storage: &str) -> Self {
         let bin = tansu_binary();
         let dir = tempfile::tempdir().expect("temporary directory");
         let log = dir.path().join("tansu.log");
         std::fs::create_dir_all(dir.path().join("data")).expect("tansu data directory");
-        let storage = std::env::var("TANSU_STORAGE").unwrap_or_else(|_| "memory://tansu/".into());
         let mut dir = Some(dir);
         for _attempt in 0..5 {
             let port = TcpListener::bind("127.0.0.1:0")
@@ -48,27 +112,12 @@ impl TansuBroker {
                 .map(|a| a.port())
                 .expect("a free port");
             let url = format!("tcp://127.0.0.1:{port}");
-            let out = std::fs::File::create(&log).expect("tansu log file");
-            let child = Command::new(&bin)
-                .args([
-                    "broker",
-                    "--listener-url",
-                    &url,
-                    "--advertised-listener-url",
-                    &url,
-                    "--storage-engine",
-                    &storage,
-                ])
-                .current_dir(dir.as_ref().unwrap().path())
-                .stdin(Stdio::null())
-                .stdout(out.try_clone().expect("log handle"))
-                .stderr(out)
-                .spawn()
-                .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
+            let child = Self::spawn(&bin, dir.as_ref().unwrap().path(), &url, storage, &log);
             let mut broker = TansuBroker {
                 child,
                 addr: format!("127.0.0.1:{port}"),
                 log: log.clone(),
+                storage: storage.to_owned(),
                 _dir: dir.take().unwrap(),
             };
             let give_up = Instant::now() + Duration::from_secs(20);

@@ -1,0 +1,583 @@
+//! The distributed mode as separate processes of the built binary: ingest edges, a consumer group of
+//! processors, a query node and realtime nodes, on a tansu broker started here, the machine's
+//! PostgreSQL (a schema of the test's own) and Redis (a key prefix of the test's own).
+//!
+//! - `cluster_counts_exactly_through_kills_and_rebalances`: votes with duplicates and same-vote_id
+//!   retries through two edges while one processor is SIGKILLed and restarted, one is added and one
+//!   is removed; every poll ends exact on the query node and on both realtime nodes, a Redis flush is
+//!   refilled from PostgreSQL at once, and `recount` agrees. (`scripts/cluster-test.sh` runs the
+//!   full-size variant: 500k votes, 10 kills, a broker restart.)
+//! - `broker_outage_gets_503_within_the_deadline_and_service_resumes`: the broker (SQLite storage,
+//!   so its log survives) is stopped for a while: every vote in that time gets 503 with Retry-After
+//!   within the edge's deadline, nothing acknowledged is lost, and votes are taken again on their own
+//!   soon after the broker returns.
+
+use crate::helpers::{free_port, wait_healthy, KEY};
+use futures::StreamExt;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use storage::test_broker::TansuBroker;
+
+fn postgres_url() -> String {
+    std::env::var("CROWDTICK_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+fn redis_url() -> String {
+    std::env::var("CROWDTICK_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+pub struct Node {
+    pub base: String,
+    child: Child,
+}
+
+impl Node {
+    /// SIGKILL: no flush, no goodbye to the group.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Resident memory in KiB (from /proc).
+    pub fn rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// SIGTERM, then wait: flushes and leaves the group.
+    pub fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// One deployment's shared settings (its own topics, group, schema and key prefix).
+pub struct Cluster {
+    pub env: Vec<(String, String)>,
+    pub dir: tempfile::TempDir,
+    pub schema: String,
+    pub redis_prefix: String,
+    pub client: reqwest::Client,
+    started: usize,
+}
+
+impl Cluster {
+    pub fn new(broker: &str, partitions: u32) -> Self {
+        let run = format!("{}_{}", std::process::id(), rand::random::<u32>());
+        let schema = format!("ct_cluster_{run}");
+        let redis_prefix = format!("itc{run}:");
+        let env = [
+            ("CROWDTICK_KAFKA__BROKERS", broker.to_owned()),
+            ("CROWDTICK_KAFKA__TOPIC_PREFIX", format!("itc{run}.")),
+            ("CROWDTICK_KAFKA__REPLICATION_FACTOR", "1".into()),
+            ("CROWDTICK_POSTGRES__URL", postgres_url()),
+            ("CROWDTICK_POSTGRES__SCHEMA", schema.clone()),
+            ("CROWDTICK_REDIS__URL", redis_url()),
+            ("CROWDTICK_REDIS__KEY_PREFIX", redis_prefix.clone()),
+            ("CROWDTICK_LOG__PARTITIONS", partitions.to_string()),
+            ("CROWDTICK_INGEST__DEADLINE_MS", "3000".into()),
+            ("CROWDTICK_PROCESSOR__SESSION_TIMEOUT_MS", "6000".into()),
+            ("RUST_LOG", "info".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        Self {
+            env,
+            dir: tempfile::tempdir().unwrap(),
+            schema,
+            redis_prefix,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+            started: 0,
+        }
+    }
+
+    pub fn log_path(&self, role: &str, n: usize) -> PathBuf {
+        self.dir.path().join(format!("{role}-{n}.log"))
+    }
+
+    /// Starts `crowdtick ROLE` on a free port and waits for /healthz.
+    pub async fn start(&mut self, role: &'static str) -> Node {
+        self.started += 1;
+        let port = free_port();
+        let log = std::fs::File::create(self.log_path(role, self.started)).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_crowdtick"))
+            .args([role, "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+            .arg(self.dir.path().join(format!("data-{}", self.started)))
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start crowdtick");
+        let node = Node {
+            base: format!("http://127.0.0.1:{port}"),
+            child,
+        };
+        wait_healthy(&self.client, &node.base).await;
+        node
+    }
+
+    /// What every node printed (for failure messages).
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        let mut entries: Vec<_> = std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+            .collect();
+        entries.sort_by_key(|e| e.path());
+        for e in entries {
+            let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(15).collect();
+            out.push_str(&format!("--- {}\n", e.path().display()));
+            for l in tail.into_iter().rev() {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    pub async fn create_poll(&self, query: &Node, options: usize) -> i64 {
+        let opts: Vec<String> = (0..options).map(|i| format!("Option {i}")).collect();
+        let r = self
+            .client
+            .post(format!("{}/v1/polls", query.base))
+            .bearer_auth(KEY)
+            .json(&json!({"title": "Cluster poll", "options": opts, "open": true}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        r.json::<Value>().await.unwrap()["id"].as_i64().unwrap()
+    }
+
+    pub async fn counts(&self, query: &Node, poll: i64) -> Option<Vec<i64>> {
+        let r = self
+            .client
+            .get(format!("{}/v1/polls/{poll}/results", query.base))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .ok()?;
+        if !r.status().is_success() {
+            return None;
+        }
+        let v: Value = r.json().await.ok()?;
+        Some(counts_of(&v))
+    }
+
+    /// Drops every key of this deployment from Redis (what a FLUSHALL does to it).
+    pub async fn flush_redis(&self) -> usize {
+        let client = redis::Client::open(redis_url()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}*", self.redis_prefix))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if !keys.is_empty() {
+            let _: i64 = redis::cmd("DEL")
+                .arg(&keys)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+        keys.len()
+    }
+
+    pub async fn drop_schema(&self) {
+        if let Ok(pool) = storage::postgres::connect(&postgres_url()).await {
+            if let Ok(client) = pool.get().await {
+                let _ = client
+                    .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.schema))
+                    .await;
+            }
+        }
+    }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let v: Vec<&str> = text.lines().collect();
+    v[v.len().saturating_sub(lines)..].join("\n")
+}
+
+fn counts_of(v: &Value) -> Vec<i64> {
+    v["counts"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|c| c.as_i64()).collect())
+        .unwrap_or_default()
+}
+
+/// Reads a realtime node's SSE stream until the poll's counts equal `expected`.
+async fn realtime_shows(client: &reqwest::Client, node: &Node, poll: i64, expected: &[i64], secs: u64) {
+    let url = format!("{}/v1/polls/{poll}/sse?key={KEY}", node.base);
+    let mut resp = reqwest::Client::new().get(&url).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "{url}");
+    let _ = client;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    let mut buf = String::new();
+    let mut last = Vec::new();
+    loop {
+        let chunk = tokio::time::timeout_at(deadline, resp.chunk()).await;
+        match chunk {
+            Ok(Ok(Some(bytes))) => buf.push_str(&String::from_utf8_lossy(&bytes)),
+            _ => panic!(
+                "realtime node {} never showed {expected:?} for poll {poll}; last {last:?}",
+                node.base
+            ),
+        }
+        while let Some(end) = buf.find("\n\n") {
+            let event: String = buf.drain(..end + 2).collect();
+            for line in event.lines() {
+                if let Some(data) = line.strip_prefix("data:") {
+                    if let Ok(v) = serde_json::from_str::<Value>(data.trim()) {
+                        if v["type"] == "results" {
+                            last = counts_of(&v);
+                            if last == expected {
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One vote to send: (poll, voter, option, vote_id).
+type Vote = (i64, String, i64, String);
+
+/// Sends votes in batches through the edges (round robin), re-sending every vote that did not get a
+/// 202 with the same vote_id until it does. Returns how many re-sends were needed.
+async fn send_all(client: &reqwest::Client, edges: &[String], votes: Vec<Vote>, batch: usize) -> usize {
+    let chunks: Vec<Vec<Vote>> = votes.chunks(batch).map(|c| c.to_vec()).collect();
+    let resent = std::sync::atomic::AtomicUsize::new(0);
+    futures::stream::iter(chunks.into_iter().enumerate())
+        .for_each_concurrent(4, |(i, mut pending)| {
+            let resent = &resent;
+            async move {
+                let mut attempt = 0;
+                while !pending.is_empty() {
+                    let edge = &edges[(i + attempt) % edges.len()];
+                    attempt += 1;
+                    let body = json!({"votes": pending.iter().map(|(p, voter, o, id)| json!({
+                        "poll_id": p, "voter_id": voter, "option_id": o, "vote_id": id
+                    })).collect::<Vec<_>>()});
+                    let answer = client
+                        .post(format!("{edge}/v1/votes/batch"))
+                        .json(&body)
+                        .send()
+                        .await;
+                    let results: Option<Vec<Value>> = match answer {
+                        Ok(r) if r.status().is_success() => r
+                            .json::<Value>()
+                            .await
+                            .ok()
+                            .and_then(|v| v["results"].as_array().cloned()),
+                        _ => None,
+                    };
+                    match results {
+                        Some(results) => {
+                            // The batch was appended as a whole: every vote has its receipt, or
+                            // was refused for good (which this plan never does).
+                            for (v, r) in pending.iter().zip(&results) {
+                                assert!(r.get("offset").is_some(), "vote {v:?} refused: {r}");
+                            }
+                            pending.clear();
+                        }
+                        None => {
+                            resent.fetch_add(pending.len(), std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                    if !pending.is_empty() {
+                        assert!(attempt < 400, "votes never acknowledged: {}", pending.len());
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        })
+        .await;
+    resent.into_inner()
+}
+
+/// The votes of a run: first votes, then duplicates (other option, never counted) and same-vote_id
+/// retries; and the counts they must give.
+fn plan(polls: &[i64], options: usize, voters: usize, seed: u64) -> (Vec<Vote>, Vec<Vote>, HashMap<i64, Vec<i64>>) {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut expected: HashMap<i64, Vec<i64>> = polls.iter().map(|&p| (p, vec![0; options])).collect();
+    let mut first = Vec::new();
+    let mut second = Vec::new();
+    for v in 0..voters {
+        let poll = polls[v % polls.len()];
+        let option = rng.gen_range(0..options) as i64;
+        let voter = format!("cv{seed}-{v}");
+        let id = format!("cv{seed}-{v}-a");
+        expected.get_mut(&poll).unwrap()[option as usize] += 1;
+        first.push((poll, voter.clone(), option, id.clone()));
+        let roll: f64 = rng.gen();
+        if roll < 0.20 {
+            let other = (option + 1 + rng.gen_range(0..options as i64 - 1)) % options as i64;
+            second.push((poll, voter, other, format!("cv{seed}-{v}-b")));
+        } else if roll < 0.25 {
+            second.push((poll, voter, option, id));
+        }
+    }
+    (first, second, expected)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_counts_exactly_through_kills_and_rebalances() {
+    let broker = TansuBroker::start();
+    let mut c = Cluster::new(broker.addr(), 6);
+    // The query node migrates PostgreSQL; the first edge creates the topics.
+    let query = c.start("query").await;
+    let edges = vec![c.start("ingest").await, c.start("ingest").await];
+    let mut processors = vec![
+        c.start("processor").await,
+        c.start("processor").await,
+        c.start("processor").await,
+    ];
+    let realtimes = vec![c.start("realtime").await, c.start("realtime").await];
+    let polls = vec![
+        c.create_poll(&query, 4).await,
+        c.create_poll(&query, 4).await,
+        c.create_poll(&query, 4).await,
+    ];
+    let (first, second, expected) = plan(&polls, 4, 6_000, 7);
+    let edge_urls: Vec<String> = edges.iter().map(|e| e.base.clone()).collect();
+
+    // First votes, in halves, with a processor killed (and restarted) between them.
+    let mid = first.len() / 2;
+    let client = c.client.clone();
+    let load = {
+        let (client, urls, first) = (client.clone(), edge_urls.clone(), first.clone());
+        tokio::spawn(async move { send_all(&client, &urls, first, 100).await })
+    };
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        processors[0].kill9();
+        processors[0] = c.start("processor").await;
+    }
+    processors.push(c.start("processor").await); // a fourth joins: rebalance
+    let resent_first = load.await.unwrap();
+    let _ = mid;
+
+    // Duplicates and retries, while one processor leaves (graceful: flush, then rebalance).
+    let load = {
+        let (client, urls, second) = (client.clone(), edge_urls.clone(), second.clone());
+        tokio::spawn(async move { send_all(&client, &urls, second, 100).await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut leaving = processors.remove(1);
+    leaving.stop();
+    processors[0].kill9();
+    processors[0] = c.start("processor").await;
+    let resent_second = load.await.unwrap();
+    eprintln!(
+        "cluster: {} first votes, {} duplicates/retries, {} re-sends",
+        first.len(),
+        second.len(),
+        resent_first + resent_second
+    );
+
+    // Every poll exact on the query node (Redis, refilled from PostgreSQL) …
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for &poll in &polls {
+        loop {
+            let got = c.counts(&query, poll).await;
+            if got.as_deref() == Some(&expected[&poll][..]) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "poll {poll}: query node shows {got:?}, expected {:?}\n{}",
+                expected[&poll],
+                c.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    // … and on both realtime nodes.
+    for node in &realtimes {
+        for &poll in &polls {
+            realtime_shows(&client, node, poll, &expected[&poll], 60).await;
+        }
+    }
+
+    // Redis is a cache: flushed, the answers come back complete at once (from PostgreSQL).
+    let flushed = c.flush_redis().await;
+    assert!(flushed >= polls.len(), "only {flushed} keys were cached");
+    let started = Instant::now();
+    for &poll in &polls {
+        assert_eq!(c.counts(&query, poll).await.as_deref(), Some(&expected[&poll][..]));
+    }
+    assert!(started.elapsed() < Duration::from_secs(5), "refill took {:?}", started.elapsed());
+
+    // The audit replays the votes topic and agrees with every published partial.
+    let out = Command::new(env!("CARGO_BIN_EXE_crowdtick"))
+        .args(["recount"])
+        .envs(c.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "recount disagrees:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Lag metrics come from the processors' own positions.
+    let metrics = client
+        .get(format!("{}/metrics", processors[0].base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("crowdtick_processor_lag_records"), "{metrics}");
+
+    drop(processors);
+    drop(realtimes);
+    drop(edges);
+    drop(query);
+    c.flush_redis().await;
+    c.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_outage_gets_503_within_the_deadline_and_service_resumes() {
+    let mut broker = TansuBroker::start_persistent();
+    let mut c = Cluster::new(broker.addr(), 2);
+    c.env.push(("CROWDTICK_INGEST__DEADLINE_MS".into(), "1000".into()));
+    let query = c.start("query").await;
+    let edge = c.start("ingest").await;
+    let _processor = c.start("processor").await;
+    let poll = c.create_poll(&query, 2).await;
+    let client = c.client.clone();
+    let vote = |voter: String, option: i64| {
+        let (client, base) = (client.clone(), edge.base.clone());
+        async move {
+            let started = Instant::now();
+            let r = client
+                .post(format!("{base}/v1/votes"))
+                .json(&json!({"poll_id": poll, "option_id": option, "voter_id": voter, "vote_id": format!("{voter}-id")}))
+                .send()
+                .await
+                .unwrap();
+            let retry_after = r.headers().get("retry-after").is_some();
+            (r.status().as_u16(), retry_after, started.elapsed())
+        }
+    };
+    // Before: votes are taken.
+    let mut acked: Vec<(String, i64)> = Vec::new();
+    for i in 0..50 {
+        let v = format!("ov-before-{i}");
+        assert_eq!(vote(v.clone(), i % 2).await.0, 202);
+        acked.push((v, i % 2));
+    }
+
+    let rss_before = edge.rss_kib();
+    broker.stop();
+    let outage = Instant::now();
+    let mut refused = 0;
+    let mut pending = Vec::new();
+    let mut rss_during = Vec::new();
+    while outage.elapsed() < Duration::from_secs(8) {
+        // 32 votes at a time, each waiting out the edge's deadline.
+        let round: Vec<String> = (0..32).map(|i| format!("ov-during-{}", refused + i)).collect();
+        let answers = futures::future::join_all(round.iter().map(|v| vote(v.clone(), 1))).await;
+        for (v, (status, retry_after, took)) in round.into_iter().zip(answers) {
+            assert!(
+                took < Duration::from_millis(1000 + 1500),
+                "an answer took {took:?} with a 1 s deadline"
+            );
+            match status {
+                503 => {
+                    assert!(retry_after, "503 without Retry-After");
+                    pending.push(v);
+                }
+                202 => acked.push((v, 1)), // buffered before the edge noticed: must still count
+                other => panic!("status {other} during the outage"),
+            }
+            refused += 1;
+        }
+        rss_during.push(edge.rss_kib());
+    }
+    let rss_max = rss_during.iter().copied().max().unwrap_or(0);
+    eprintln!("outage: edge RSS {rss_before} KiB before, at most {rss_max} KiB during");
+    assert!(
+        rss_max < rss_before + 64 * 1024,
+        "the edge's memory grew from {rss_before} KiB to {rss_max} KiB during the outage"
+    );
+    assert!(pending.len() >= refused / 2, "most votes in the outage got 503: {pending:?}");
+
+    broker.restart();
+    let back = Instant::now();
+    // The same votes again (same vote_id) until taken: service resumes on its own.
+    let mut resumed = None;
+    for v in pending {
+        loop {
+            let (status, _, _) = vote(v.clone(), 1).await;
+            if status == 202 {
+                resumed.get_or_insert(back.elapsed());
+                acked.push((v, 1));
+                break;
+            }
+            assert!(
+                back.elapsed() < Duration::from_secs(60),
+                "votes still refused {:?} after the broker returned\n{}\n--- broker\n{}",
+                back.elapsed(),
+                c.logs(),
+                tail(&broker.output(), 400).lines().filter(|l| !l.contains("UnableToSend") && !l.contains("SendError")).collect::<Vec<_>>().join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let resumed = resumed.unwrap_or_default();
+    eprintln!("outage: {refused} votes during it; taken again {resumed:?} after the broker returned");
+    assert!(resumed < Duration::from_secs(15), "resumed only after {resumed:?}");
+
+    let mut expected = vec![0i64; 2];
+    for (_, o) in &acked {
+        expected[*o as usize] += 1;
+    }
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let got = c.counts(&query, poll).await;
+        if got.as_deref() == Some(&expected[..]) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after the outage the query node shows {got:?}, expected {expected:?}\n{}",
+            c.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(edge);
+    drop(query);
+    c.flush_redis().await;
+    c.drop_schema().await;
+}
