@@ -152,22 +152,50 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Ingest(args) => {
             args.apply(&mut config);
-            serve_roles(&runtime, config, Roles { ingest: true, ..Roles::NONE })?;
+            serve_roles(
+                &runtime,
+                config,
+                Roles {
+                    ingest: true,
+                    ..Roles::NONE
+                },
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Processor(args) => {
             args.apply(&mut config);
-            serve_roles(&runtime, config, Roles { processor: true, ..Roles::NONE })?;
+            serve_roles(
+                &runtime,
+                config,
+                Roles {
+                    processor: true,
+                    ..Roles::NONE
+                },
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Query(args) => {
             args.apply(&mut config);
-            serve_roles(&runtime, config, Roles { query: true, ..Roles::NONE })?;
+            serve_roles(
+                &runtime,
+                config,
+                Roles {
+                    query: true,
+                    ..Roles::NONE
+                },
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Realtime(args) => {
             args.apply(&mut config);
-            serve_roles(&runtime, config, Roles { realtime: true, ..Roles::NONE })?;
+            serve_roles(
+                &runtime,
+                config,
+                Roles {
+                    realtime: true,
+                    ..Roles::NONE
+                },
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Recount(args) => {

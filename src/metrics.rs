@@ -60,43 +60,43 @@ pub async fn render(State(s): State<AppState>) -> impl IntoResponse {
         );
     }
     if let Some(ingest) = &s.ingest {
-    let i = &ingest.metrics;
-    counter(
-        &mut out,
-        "crowdtick_ingest_requests_total",
-        "Single-vote requests.",
-        &i.requests,
-    );
-    counter(
-        &mut out,
-        "crowdtick_ingest_batch_requests_total",
-        "Batch requests.",
-        &i.batch_requests,
-    );
-    counter(
-        &mut out,
-        "crowdtick_ingest_votes_accepted_total",
-        "Votes acknowledged (durable).",
-        &i.votes_accepted,
-    );
-    counter(
-        &mut out,
-        "crowdtick_ingest_votes_rejected_total",
-        "Votes refused with a 4xx.",
-        &i.votes_rejected,
-    );
-    counter(
-        &mut out,
-        "crowdtick_ingest_votes_unavailable_total",
-        "Votes answered 503 (not written).",
-        &i.votes_unavailable,
-    );
-    counter(
-        &mut out,
-        "crowdtick_ingest_append_wait_microseconds_total",
-        "Time votes waited to become durable.",
-        &i.append_wait_us,
-    );
+        let i = &ingest.metrics;
+        counter(
+            &mut out,
+            "crowdtick_ingest_requests_total",
+            "Single-vote requests.",
+            &i.requests,
+        );
+        counter(
+            &mut out,
+            "crowdtick_ingest_batch_requests_total",
+            "Batch requests.",
+            &i.batch_requests,
+        );
+        counter(
+            &mut out,
+            "crowdtick_ingest_votes_accepted_total",
+            "Votes acknowledged (durable).",
+            &i.votes_accepted,
+        );
+        counter(
+            &mut out,
+            "crowdtick_ingest_votes_rejected_total",
+            "Votes refused with a 4xx.",
+            &i.votes_rejected,
+        );
+        counter(
+            &mut out,
+            "crowdtick_ingest_votes_unavailable_total",
+            "Votes answered 503 (not written).",
+            &i.votes_unavailable,
+        );
+        counter(
+            &mut out,
+            "crowdtick_ingest_append_wait_microseconds_total",
+            "Time votes waited to become durable.",
+            &i.append_wait_us,
+        );
     }
     let p = &s.processor_metrics;
     counter(

@@ -383,13 +383,15 @@ pub(crate) async fn open_log(
         return Ok((Arc::new(log), Some(metrics)));
     }
     let k = &config.kafka;
-    let log = KafkaLog::connect(kafka_config(config)).await.map_err(|e| match e {
-        LogError::Config(_) => anyhow::anyhow!("Kafka at {}: {e}", k.brokers),
-        _ => anyhow::anyhow!(
-            "Kafka at {}: {e} (is the broker running? --kafka or CROWDTICK_KAFKA__BROKERS)",
-            k.brokers
-        ),
-    })?;
+    let log = KafkaLog::connect(kafka_config(config))
+        .await
+        .map_err(|e| match e {
+            LogError::Config(_) => anyhow::anyhow!("Kafka at {}: {e}", k.brokers),
+            _ => anyhow::anyhow!(
+                "Kafka at {}: {e} (is the broker running? --kafka or CROWDTICK_KAFKA__BROKERS)",
+                k.brokers
+            ),
+        })?;
     Ok((Arc::new(log), None))
 }
 

@@ -209,7 +209,10 @@ impl Cluster {
         if let Ok(pool) = storage::postgres::connect(&postgres_url()).await {
             if let Ok(client) = pool.get().await {
                 let _ = client
-                    .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.schema))
+                    .batch_execute(&format!(
+                        "DROP SCHEMA IF EXISTS \"{}\" CASCADE",
+                        self.schema
+                    ))
                     .await;
             }
         }
@@ -229,7 +232,13 @@ fn counts_of(v: &Value) -> Vec<i64> {
 }
 
 /// Reads a realtime node's SSE stream until the poll's counts equal `expected`.
-async fn realtime_shows(client: &reqwest::Client, node: &Node, poll: i64, expected: &[i64], secs: u64) {
+async fn realtime_shows(
+    client: &reqwest::Client,
+    node: &Node,
+    poll: i64,
+    expected: &[i64],
+    secs: u64,
+) {
     let url = format!("{}/v1/polls/{poll}/sse?key={KEY}", node.base);
     let mut resp = reqwest::Client::new().get(&url).send().await.unwrap();
     assert_eq!(resp.status(), 200, "{url}");
@@ -269,7 +278,12 @@ type Vote = (i64, String, i64, String);
 
 /// Sends votes in batches through the edges (round robin), re-sending every vote that did not get a
 /// 202 with the same vote_id until it does. Returns how many re-sends were needed.
-async fn send_all(client: &reqwest::Client, edges: &[String], votes: Vec<Vote>, batch: usize) -> usize {
+async fn send_all(
+    client: &reqwest::Client,
+    edges: &[String],
+    votes: Vec<Vote>,
+    batch: usize,
+) -> usize {
     let chunks: Vec<Vec<Vote>> = votes.chunks(batch).map(|c| c.to_vec()).collect();
     let resent = std::sync::atomic::AtomicUsize::new(0);
     futures::stream::iter(chunks.into_iter().enumerate())
@@ -322,23 +336,30 @@ async fn send_all(client: &reqwest::Client, edges: &[String], votes: Vec<Vote>, 
 
 /// The votes of a run: first votes, then duplicates (other option, never counted) and same-vote_id
 /// retries; and the counts they must give.
-fn plan(polls: &[i64], options: usize, voters: usize, seed: u64) -> (Vec<Vote>, Vec<Vote>, HashMap<i64, Vec<i64>>) {
+fn plan(
+    polls: &[i64],
+    options: usize,
+    voters: usize,
+    per_voter: usize,
+    seed: u64,
+) -> (Vec<Vote>, Vec<Vote>, HashMap<i64, Vec<i64>>) {
     use rand::{Rng, SeedableRng};
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut expected: HashMap<i64, Vec<i64>> = polls.iter().map(|&p| (p, vec![0; options])).collect();
+    let mut expected: HashMap<i64, Vec<i64>> =
+        polls.iter().map(|&p| (p, vec![0; options])).collect();
     let mut first = Vec::new();
     let mut second = Vec::new();
-    for v in 0..voters {
-        let poll = polls[v % polls.len()];
+    for (v, k) in (0..voters).flat_map(|v| (0..per_voter).map(move |k| (v, k))) {
+        let poll = polls[(v + k) % polls.len()];
         let option = rng.gen_range(0..options) as i64;
         let voter = format!("cv{seed}-{v}");
-        let id = format!("cv{seed}-{v}-a");
+        let id = format!("cv{seed}-{v}-{k}-a");
         expected.get_mut(&poll).unwrap()[option as usize] += 1;
         first.push((poll, voter.clone(), option, id.clone()));
         let roll: f64 = rng.gen();
         if roll < 0.20 {
             let other = (option + 1 + rng.gen_range(0..options as i64 - 1)) % options as i64;
-            second.push((poll, voter, other, format!("cv{seed}-{v}-b")));
+            second.push((poll, voter, other, format!("cv{seed}-{v}-{k}-b")));
         } else if roll < 0.25 {
             second.push((poll, voter, option, id));
         }
@@ -346,10 +367,57 @@ fn plan(polls: &[i64], options: usize, voters: usize, seed: u64) -> (Vec<Vote>, 
     (first, second, expected)
 }
 
+/// The size and the faults of one cluster run.
+struct Scenario {
+    partitions: u32,
+    polls: usize,
+    voters: usize,
+    per_voter: usize,
+    kills: usize,
+    kill_every: Duration,
+    broker_restart: bool,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_counts_exactly_through_kills_and_rebalances() {
-    let broker = TansuBroker::start();
-    let mut c = Cluster::new(broker.addr(), 6);
+    run_cluster(Scenario {
+        partitions: 6,
+        polls: 3,
+        voters: 6_000,
+        per_voter: 1,
+        kills: 3,
+        kill_every: Duration::from_millis(1500),
+        broker_restart: false,
+    })
+    .await;
+}
+
+/// The full-size run of `scripts/cluster-test.sh` (release build): 100,000 voters in 5 polls
+/// (500,000 first votes, then 20% duplicates and 5% retries), 10 kills, a processor added and one
+/// removed, and the broker (SQLite storage) restarted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "full size, minutes long: run by scripts/cluster-test.sh"]
+async fn cluster_full_size() {
+    run_cluster(Scenario {
+        partitions: 8,
+        polls: 5,
+        voters: 100_000,
+        per_voter: 5,
+        kills: 10,
+        kill_every: Duration::from_secs(3),
+        broker_restart: true,
+    })
+    .await;
+}
+
+async fn run_cluster(s: Scenario) {
+    let started_at = Instant::now();
+    let mut broker = if s.broker_restart {
+        TansuBroker::start_persistent()
+    } else {
+        TansuBroker::start()
+    };
+    let mut c = Cluster::new(broker.addr(), s.partitions);
     // The query node migrates PostgreSQL; the first edge creates the topics.
     let query = c.start("query").await;
     let edges = vec![c.start("ingest").await, c.start("ingest").await];
@@ -359,31 +427,43 @@ async fn cluster_counts_exactly_through_kills_and_rebalances() {
         c.start("processor").await,
     ];
     let realtimes = vec![c.start("realtime").await, c.start("realtime").await];
-    let polls = vec![
-        c.create_poll(&query, 4).await,
-        c.create_poll(&query, 4).await,
-        c.create_poll(&query, 4).await,
-    ];
-    let (first, second, expected) = plan(&polls, 4, 6_000, 7);
+    let mut polls = Vec::new();
+    for _ in 0..s.polls {
+        polls.push(c.create_poll(&query, 4).await);
+    }
+    let (first, second, expected) = plan(&polls, 4, s.voters, s.per_voter, 7);
     let edge_urls: Vec<String> = edges.iter().map(|e| e.base.clone()).collect();
+    eprintln!(
+        "cluster: {} first votes, then {} duplicates and retries",
+        first.len(),
+        second.len()
+    );
 
-    // First votes, in halves, with a processor killed (and restarted) between them.
-    let mid = first.len() / 2;
+    // First votes, while one processor is killed (SIGKILL) and restarted again and again.
     let client = c.client.clone();
     let load = {
         let (client, urls, first) = (client.clone(), edge_urls.clone(), first.clone());
         tokio::spawn(async move { send_all(&client, &urls, first, 100).await })
     };
-    for _ in 0..3 {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut kills = 0;
+    while kills < s.kills {
+        tokio::time::sleep(s.kill_every).await;
         processors[0].kill9();
         processors[0] = c.start("processor").await;
+        kills += 1;
+        eprintln!(
+            "cluster: processor killed and restarted ({kills}/{})",
+            s.kills
+        );
+        if load.is_finished() && kills >= 3 && !s.broker_restart {
+            break;
+        }
     }
     processors.push(c.start("processor").await); // a fourth joins: rebalance
     let resent_first = load.await.unwrap();
-    let _ = mid;
 
-    // Duplicates and retries, while one processor leaves (graceful: flush, then rebalance).
+    // Duplicates and retries, while one processor leaves (graceful: flush, then rebalance) and,
+    // in the full run, the broker restarts.
     let load = {
         let (client, urls, second) = (client.clone(), edge_urls.clone(), second.clone());
         tokio::spawn(async move { send_all(&client, &urls, second, 100).await })
@@ -391,18 +471,21 @@ async fn cluster_counts_exactly_through_kills_and_rebalances() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut leaving = processors.remove(1);
     leaving.stop();
-    processors[0].kill9();
-    processors[0] = c.start("processor").await;
+    if s.broker_restart {
+        broker.stop();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        broker.restart();
+        eprintln!("cluster: broker restarted");
+    }
     let resent_second = load.await.unwrap();
     eprintln!(
-        "cluster: {} first votes, {} duplicates/retries, {} re-sends",
-        first.len(),
-        second.len(),
+        "cluster: all acknowledged after {:?}, {} re-sends",
+        started_at.elapsed(),
         resent_first + resent_second
     );
 
     // Every poll exact on the query node (Redis, refilled from PostgreSQL) …
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + Duration::from_secs(if s.voters > 10_000 { 600 } else { 120 });
     for &poll in &polls {
         loop {
             let got = c.counts(&query, poll).await;
@@ -430,9 +513,16 @@ async fn cluster_counts_exactly_through_kills_and_rebalances() {
     assert!(flushed >= polls.len(), "only {flushed} keys were cached");
     let started = Instant::now();
     for &poll in &polls {
-        assert_eq!(c.counts(&query, poll).await.as_deref(), Some(&expected[&poll][..]));
+        assert_eq!(
+            c.counts(&query, poll).await.as_deref(),
+            Some(&expected[&poll][..])
+        );
     }
-    assert!(started.elapsed() < Duration::from_secs(5), "refill took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "refill took {:?}",
+        started.elapsed()
+    );
 
     // The audit replays the votes topic and agrees with every published partial.
     let out = Command::new(env!("CARGO_BIN_EXE_crowdtick"))
@@ -456,8 +546,15 @@ async fn cluster_counts_exactly_through_kills_and_rebalances() {
         .text()
         .await
         .unwrap();
-    assert!(metrics.contains("crowdtick_processor_lag_records"), "{metrics}");
+    assert!(
+        metrics.contains("crowdtick_processor_lag_records"),
+        "{metrics}"
+    );
 
+    eprintln!(
+        "cluster: every poll exact everywhere, recount agrees ({:?} in all)",
+        started_at.elapsed()
+    );
     drop(processors);
     drop(realtimes);
     drop(edges);
@@ -470,7 +567,8 @@ async fn cluster_counts_exactly_through_kills_and_rebalances() {
 async fn broker_outage_gets_503_within_the_deadline_and_service_resumes() {
     let mut broker = TansuBroker::start_persistent();
     let mut c = Cluster::new(broker.addr(), 2);
-    c.env.push(("CROWDTICK_INGEST__DEADLINE_MS".into(), "1000".into()));
+    c.env
+        .push(("CROWDTICK_INGEST__DEADLINE_MS".into(), "1000".into()));
     let query = c.start("query").await;
     let edge = c.start("ingest").await;
     let _processor = c.start("processor").await;
@@ -506,7 +604,9 @@ async fn broker_outage_gets_503_within_the_deadline_and_service_resumes() {
     let mut rss_during = Vec::new();
     while outage.elapsed() < Duration::from_secs(8) {
         // 32 votes at a time, each waiting out the edge's deadline.
-        let round: Vec<String> = (0..32).map(|i| format!("ov-during-{}", refused + i)).collect();
+        let round: Vec<String> = (0..32)
+            .map(|i| format!("ov-during-{}", refused + i))
+            .collect();
         let answers = futures::future::join_all(round.iter().map(|v| vote(v.clone(), 1))).await;
         for (v, (status, retry_after, took)) in round.into_iter().zip(answers) {
             assert!(
@@ -531,7 +631,10 @@ async fn broker_outage_gets_503_within_the_deadline_and_service_resumes() {
         rss_max < rss_before + 64 * 1024,
         "the edge's memory grew from {rss_before} KiB to {rss_max} KiB during the outage"
     );
-    assert!(pending.len() >= refused / 2, "most votes in the outage got 503: {pending:?}");
+    assert!(
+        pending.len() >= refused / 2,
+        "most votes in the outage got 503: {pending:?}"
+    );
 
     broker.restart();
     let back = Instant::now();
@@ -550,14 +653,23 @@ async fn broker_outage_gets_503_within_the_deadline_and_service_resumes() {
                 "votes still refused {:?} after the broker returned\n{}\n--- broker\n{}",
                 back.elapsed(),
                 c.logs(),
-                tail(&broker.output(), 400).lines().filter(|l| !l.contains("UnableToSend") && !l.contains("SendError")).collect::<Vec<_>>().join("\n")
+                tail(&broker.output(), 400)
+                    .lines()
+                    .filter(|l| !l.contains("UnableToSend") && !l.contains("SendError"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
     let resumed = resumed.unwrap_or_default();
-    eprintln!("outage: {refused} votes during it; taken again {resumed:?} after the broker returned");
-    assert!(resumed < Duration::from_secs(15), "resumed only after {resumed:?}");
+    eprintln!(
+        "outage: {refused} votes during it; taken again {resumed:?} after the broker returned"
+    );
+    assert!(
+        resumed < Duration::from_secs(15),
+        "resumed only after {resumed:?}"
+    );
 
     let mut expected = vec![0i64; 2];
     for (_, o) in &acked {

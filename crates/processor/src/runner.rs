@@ -15,9 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use storage::{
-    AppendBatch, GroupEvent, Log, LogError, PollCatalog, RedisCache, TallyStore, Topic,
-};
+use storage::{AppendBatch, GroupEvent, Log, LogError, PollCatalog, RedisCache, TallyStore, Topic};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -228,13 +226,15 @@ pub async fn run_partition(
 /// open when the edge accepted it: then the catalog is re-read before judging (edges refuse such
 /// votes themselves, so this is rare and means the catalog here is behind).
 fn needs_reread(polls: &HashMap<PollId, Arc<schemas::Poll>>, fetched: &storage::Fetched) -> bool {
-    fetched.iter().any(|(_, _, _, value)| match decode_vote(value) {
-        Ok(vote) => match polls.get(&vote.poll_id) {
-            None => true,
-            Some(p) => p.state_at(vote.accepted_at_us) != PollState::Open,
-        },
-        Err(_) => false,
-    })
+    fetched
+        .iter()
+        .any(|(_, _, _, value)| match decode_vote(value) {
+            Ok(vote) => match polls.get(&vote.poll_id) {
+                None => true,
+                Some(p) => p.state_at(vote.accepted_at_us) != PollState::Open,
+            },
+            Err(_) => false,
+        })
 }
 
 /// Publishes the changed polls' partials: to the tallies topic, then to the tally store if there is

@@ -32,7 +32,9 @@ impl SharedResults {
                     return Ok(());
                 }
                 Ok(None) => {}
-                Err(e) => tracing::warn!(error = %e, "results cache unreadable; reading the tally store"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "results cache unreadable; reading the tally store")
+                }
             }
         }
         let partials = self

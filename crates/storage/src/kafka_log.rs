@@ -491,7 +491,8 @@ impl KafkaLog {
             *self.failing_since.lock() = None;
             return;
         };
-        let by_broker = matches!(error, Some(KafkaError::MessageProduction(code)) if (*code as i32) >= -1);
+        let by_broker =
+            matches!(error, Some(KafkaError::MessageProduction(code)) if (*code as i32) >= -1);
         let refusals = if by_broker {
             self.broker_refusals.fetch_add(1, Ordering::Relaxed) + 1
         } else {
@@ -506,7 +507,10 @@ impl KafkaLog {
         if fatal.is_none() && refusals < 3 && !gone {
             return;
         }
-        self.replace_producer(generation, &format!("{fatal:?}, {refusals} refusals, failing for {failing_for:?}"));
+        self.replace_producer(
+            generation,
+            &format!("{fatal:?}, {refusals} refusals, failing for {failing_for:?}"),
+        );
     }
 
     /// The producer to append with: a new one if the brokers were unreachable since the last
@@ -532,14 +536,17 @@ impl KafkaLog {
         let context = ProducerContext {
             lost_brokers: self.lost_brokers.clone(),
         };
-        match client_config(&producer_settings(&self.config)).create_with_context::<_, Producer_>(context) {
+        match client_config(&producer_settings(&self.config))
+            .create_with_context::<_, Producer_>(context)
+        {
             Ok(fresh) => {
                 tracing::warn!(why, "replacing the Kafka producer (its queue is purged)");
                 *self.replaced_at.lock() = Instant::now();
                 let old = std::mem::replace(&mut *current, (generation + 1, fresh));
                 self.broker_refusals.store(0, Ordering::Relaxed);
                 *self.failing_since.lock() = None;
-                old.1.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
+                old.1
+                    .purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
                 // Dropping a producer waits for its queue: not on the runtime, not under the lock.
                 std::thread::spawn(move || drop(old));
             }

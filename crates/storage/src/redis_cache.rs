@@ -209,7 +209,9 @@ impl RedisCache {
                     }
                     tracing::warn!("Redis notices subscription ended; resubscribing");
                 }
-                Err(e) => tracing::warn!(error = %e, "subscribing to Redis notices failed; retrying in 1 s"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "subscribing to Redis notices failed; retrying in 1 s")
+                }
             }
             tokio::select! {
                 _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
@@ -239,7 +241,13 @@ mod tests {
             .as_nanos() as u64
     }
 
-    fn partial(poll_id: PollId, partition: i32, offset: i64, complete: i64, a: i64) -> PartialTally {
+    fn partial(
+        poll_id: PollId,
+        partition: i32,
+        offset: i64,
+        complete: i64,
+        a: i64,
+    ) -> PartialTally {
         PartialTally {
             poll_id,
             partition,
@@ -284,7 +292,10 @@ mod tests {
             .query_async(&mut conn)
             .await
             .unwrap();
-        cache.put_partials(&[partial(7, 0, 11, 5, 4)]).await.unwrap();
+        cache
+            .put_partials(&[partial(7, 0, 11, 5, 4)])
+            .await
+            .unwrap();
         assert_eq!(
             cache.load_partials(7).await.unwrap(),
             None,

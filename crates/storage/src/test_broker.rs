@@ -46,7 +46,13 @@ impl TansuBroker {
         Self::start_with("sqlite://data/tansu.db")
     }
 
-    fn spawn(bin: &std::path::Path, dir: &std::path::Path, url: &str, storage: &str, log: &std::path::Path) -> Child {
+    fn spawn(
+        bin: &std::path::Path,
+        dir: &std::path::Path,
+        url: &str,
+        storage: &str,
+        log: &std::path::Path,
+    ) -> Child {
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -82,7 +88,13 @@ impl TansuBroker {
         let url = format!("tcp://{}", self.addr);
         let give_up = Instant::now() + Duration::from_secs(30);
         loop {
-            self.child = Self::spawn(&tansu_binary(), self._dir.path(), &url, &self.storage, &self.log);
+            self.child = Self::spawn(
+                &tansu_binary(),
+                self._dir.path(),
+                &url,
+                &self.storage,
+                &self.log,
+            );
             let attempt_end = Instant::now() + Duration::from_secs(5);
             while Instant::now() < attempt_end {
                 if let Ok(Some(_)) = self.child.try_wait() {
@@ -95,7 +107,12 @@ impl TansuBroker {
             }
             let _ = self.child.kill();
             let _ = self.child.wait();
-            assert!(Instant::now() < give_up, "tansu did not restart on {}:\n{}", self.addr, self.output());
+            assert!(
+                Instant::now() < give_up,
+                "tansu did not restart on {}:\n{}",
+                self.addr,
+                self.output()
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }
