@@ -144,58 +144,31 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
+    let command = cli.command.unwrap_or(Command::Serve(ServeArgs::default()));
+    let only = |f: fn(&mut Roles)| {
+        let mut r = Roles::NONE;
+        f(&mut r);
+        r
+    };
+    let roles = match &command {
+        Command::Ingest(_) => only(|r| r.ingest = true),
+        Command::Processor(_) => only(|r| r.processor = true),
+        Command::Query(_) => only(|r| r.query = true),
+        Command::Realtime(_) => only(|r| r.realtime = true),
+        _ => Roles::ALL,
+    };
+    match command {
         Command::Serve(args) => {
             args.apply(&mut config);
             serve_roles(&runtime, config, Roles::ALL)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Ingest(args) => {
+        Command::Ingest(args)
+        | Command::Processor(args)
+        | Command::Query(args)
+        | Command::Realtime(args) => {
             args.apply(&mut config);
-            serve_roles(
-                &runtime,
-                config,
-                Roles {
-                    ingest: true,
-                    ..Roles::NONE
-                },
-            )?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Processor(args) => {
-            args.apply(&mut config);
-            serve_roles(
-                &runtime,
-                config,
-                Roles {
-                    processor: true,
-                    ..Roles::NONE
-                },
-            )?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Query(args) => {
-            args.apply(&mut config);
-            serve_roles(
-                &runtime,
-                config,
-                Roles {
-                    query: true,
-                    ..Roles::NONE
-                },
-            )?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Realtime(args) => {
-            args.apply(&mut config);
-            serve_roles(
-                &runtime,
-                config,
-                Roles {
-                    realtime: true,
-                    ..Roles::NONE
-                },
-            )?;
+            serve_roles(&runtime, config, roles)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Recount(args) => {
