@@ -141,6 +141,9 @@ pub struct ProcessorSection {
     pub assignment_strategy: String,
     /// How long the group waits for a silent processor before moving its partitions.
     pub session_timeout_ms: u64,
+    /// Distributed mode: how often each partition's counting state is checkpointed to the tally
+    /// store, so its next owner reads on from there instead of replaying the partition. 0: never.
+    pub checkpoint_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -206,6 +209,7 @@ impl Default for ProcessorSection {
             instance_id: String::new(),
             assignment_strategy: "cooperative-sticky".into(),
             session_timeout_ms: 10_000,
+            checkpoint_interval_ms: 5_000,
         }
     }
 }
@@ -332,6 +336,8 @@ impl Config {
                 allowed_lateness_ms: self.processor.allowed_lateness_ms,
             },
             ingest_deadline: Duration::from_millis(self.ingest.deadline_ms),
+            checkpoint_interval: (self.processor.checkpoint_interval_ms > 0)
+                .then(|| Duration::from_millis(self.processor.checkpoint_interval_ms)),
             ..Default::default()
         }
     }

@@ -159,6 +159,30 @@ pub async fn render(State(s): State<AppState>) -> impl IntoResponse {
         "Flushes whose results-cache write failed (retried at the next flush).",
         &p.cache_write_failures,
     );
+    for (name, help, value) in [
+        (
+            "crowdtick_processor_checkpoints_written_total",
+            "Partition checkpoints written to the tally store.",
+            &p.checkpoints_written,
+        ),
+        (
+            "crowdtick_processor_checkpoint_bytes_total",
+            "Bytes of partition checkpoints written.",
+            &p.checkpoint_bytes,
+        ),
+        (
+            "crowdtick_processor_checkpoint_failures_total",
+            "Checkpoint writes that failed (retried at the next interval).",
+            &p.checkpoint_failures,
+        ),
+        (
+            "crowdtick_processor_checkpoints_restored_total",
+            "Partitions whose state was restored from a checkpoint instead of replayed.",
+            &p.checkpoints_restored,
+        ),
+    ] {
+        counter(&mut out, name, help, value);
+    }
     if let Some(rt) = &s.realtime {
         gauge(
             &mut out,

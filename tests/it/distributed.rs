@@ -1,7 +1,8 @@
 //! The distributed parts, assembled in one process: `serve` on Kafka (a tansu broker started by the
 //! test) and PostgreSQL (the machine's, in a schema of the test's own). Votes go through Kafka,
 //! polls and partial tallies land in PostgreSQL, counts are exact, and a restart (new process
-//! state, same topics and schema) keeps every poll and every vote.
+//! state, same topics and schema) keeps every poll and every vote, restoring each partition from
+//! its checkpoint.
 
 use crate::helpers::*;
 use crowdtick::Config;
@@ -102,6 +103,19 @@ async fn serve_on_kafka_and_postgres_counts_exactly_and_survives_a_restart() {
     );
     assert_eq!(app.vote(poll, 2, "dv-new").await.0, 202);
     app.wait_counts(poll, &[67, 67, 67], 60).await; // … but only the new voter counts
+                                                    // The partitions were not replayed: each was restored from the checkpoint written when the
+                                                    // first process stopped (with its voters, or "dv0" would have counted again).
+    let metrics = reqwest::get(app.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let restored = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("crowdtick_processor_checkpoints_restored_total "))
+        .unwrap_or_else(|| panic!("no checkpoint metric in\n{metrics}"));
+    assert_eq!(restored, "4", "partitions restored from checkpoints");
     let _ = app.stop().await;
 
     let client = pool.get().await.unwrap();

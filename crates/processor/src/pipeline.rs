@@ -3,6 +3,11 @@
 //! Feed it the partition's records in offset order with [`PartitionCounter::apply`]; take the
 //! absolute partials of the polls that changed with [`PartitionCounter::take_partials`]. Replaying
 //! the same records into a fresh counter gives the same counts (the `recount` audit relies on it).
+//!
+//! [`PartitionCounter::checkpoint`] writes the whole state as bytes and
+//! [`PartitionCounter::restore`] reads it back: a counter restored at offset N and fed the records
+//! from N on is the counter that was fed every record (a property test below checks it), so a new
+//! owner of a partition continues from the stored checkpoint instead of replaying the partition.
 
 use schemas::{PartialTally, PollId, PollRules, Rejections, VoteRef, WindowCount};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -37,7 +42,7 @@ impl Default for WindowConfig {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq)]
 struct PollPartial {
     counts: Vec<i64>,
     /// Voters counted, exactly (not a sketch): a voter's first valid vote counts, later ones don't.
@@ -63,6 +68,19 @@ pub struct PartitionCounter {
     complete_until: i64,
     polls: HashMap<PollId, PollPartial>,
 }
+
+/// Why checkpoint bytes could not be restored.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CheckpointError {
+    #[error("checkpoint format {0} is not one this version reads (it reads {CHECKPOINT_FORMAT})")]
+    Format(u8),
+    #[error("checkpoint is cut short or corrupt ({0})")]
+    Corrupt(&'static str),
+    #[error("checkpoint is of partition {found}, not {expected}")]
+    Partition { found: u32, expected: u32 },
+}
+
+const CHECKPOINT_FORMAT: u8 = 1;
 
 impl PartitionCounter {
     pub fn new(partition: u32, windows: WindowConfig) -> Self {
@@ -202,11 +220,271 @@ impl PartitionCounter {
         out
     }
 
+    /// The whole counting state as bytes (the voters of every poll included, so this grows with
+    /// the partition's distinct voters: about 20 bytes each). See [`restore`](Self::restore).
+    pub fn checkpoint(&self) -> Vec<u8> {
+        let voters: usize = self
+            .polls
+            .values()
+            .map(|p| p.voters.iter().map(|v| v.len() + 2).sum::<usize>())
+            .sum();
+        let mut out = Vec::with_capacity(64 + voters + self.polls.len() * 128);
+        out.push(CHECKPOINT_FORMAT);
+        put_u64(&mut out, self.partition as u64);
+        put_u64(&mut out, self.next_offset);
+        put_i64(&mut out, self.max_accepted_us);
+        put_i64(&mut out, self.complete_until);
+        put_u64(&mut out, self.polls.len() as u64);
+        for (&poll_id, p) in &self.polls {
+            put_i64(&mut out, poll_id);
+            put_u64(&mut out, p.counts.len() as u64);
+            p.counts.iter().for_each(|&c| put_i64(&mut out, c));
+            let r = p.rejected;
+            [r.duplicate, r.late, r.closed, r.invalid, p.late_for_window]
+                .into_iter()
+                .for_each(|v| put_i64(&mut out, v));
+            put_i64(&mut out, p.emitted_complete_until);
+            out.push(p.dirty as u8);
+            put_u64(&mut out, p.windows.len() as u64);
+            for (&start_ms, &votes) in &p.windows {
+                put_i64(&mut out, start_ms);
+                put_i64(&mut out, votes);
+            }
+            put_u64(&mut out, p.dirty_windows.len() as u64);
+            p.dirty_windows.iter().for_each(|&w| put_i64(&mut out, w));
+            put_u64(&mut out, p.voters.len() as u64);
+            for v in &p.voters {
+                put_u64(&mut out, v.len() as u64);
+                out.extend_from_slice(v.as_bytes());
+            }
+        }
+        out
+    }
+
+    /// The counter [`checkpoint`](Self::checkpoint) wrote, for `partition`.
+    pub fn restore(
+        partition: u32,
+        windows: WindowConfig,
+        bytes: &[u8],
+    ) -> Result<Self, CheckpointError> {
+        let mut r = Reader(bytes);
+        let format = r.byte()?;
+        if format != CHECKPOINT_FORMAT {
+            return Err(CheckpointError::Format(format));
+        }
+        let found = r.u64()? as u32;
+        if found != partition {
+            return Err(CheckpointError::Partition {
+                found,
+                expected: partition,
+            });
+        }
+        let mut counter = PartitionCounter::new(partition, windows);
+        counter.next_offset = r.u64()?;
+        counter.max_accepted_us = r.i64()?;
+        counter.complete_until = r.i64()?;
+        let polls = r.len(8)?;
+        counter.polls.reserve(polls);
+        for _ in 0..polls {
+            let poll_id = r.i64()?;
+            let mut p = PollPartial {
+                counts: (0..r.len(8)?).map(|_| r.i64()).collect::<Result<_, _>>()?,
+                ..Default::default()
+            };
+            p.rejected = Rejections {
+                duplicate: r.i64()?,
+                late: r.i64()?,
+                closed: r.i64()?,
+                invalid: r.i64()?,
+            };
+            p.late_for_window = r.i64()?;
+            p.emitted_complete_until = r.i64()?;
+            p.dirty = r.byte()? != 0;
+            for _ in 0..r.len(16)? {
+                let start_ms = r.i64()?;
+                p.windows.insert(start_ms, r.i64()?);
+            }
+            p.dirty_windows = (0..r.len(8)?).map(|_| r.i64()).collect::<Result<_, _>>()?;
+            let voters = r.len(8)?;
+            p.voters.reserve(voters);
+            for _ in 0..voters {
+                let len = r.len(1)?;
+                let voter = std::str::from_utf8(r.take(len)?)
+                    .map_err(|_| CheckpointError::Corrupt("a voter id is not UTF-8"))?;
+                p.voters.insert(voter.into());
+            }
+            counter.polls.insert(poll_id, p);
+        }
+        if !r.0.is_empty() {
+            return Err(CheckpointError::Corrupt("bytes after the end"));
+        }
+        Ok(counter)
+    }
+
     /// The current absolute counts of one poll (what a partial emitted now would say).
     pub fn counts(&self, poll: PollId) -> (Vec<i64>, i64, Rejections) {
         self.polls
             .get(&poll)
             .map(|p| (p.counts.clone(), p.voters.len() as i64, p.rejected))
             .unwrap_or_default()
+    }
+}
+
+fn put_u64(out: &mut Vec<u8>, v: u64) {
+    out.extend_from_slice(&v.to_le_bytes());
+}
+
+fn put_i64(out: &mut Vec<u8>, v: i64) {
+    out.extend_from_slice(&v.to_le_bytes());
+}
+
+/// Reads what [`PartitionCounter::checkpoint`] wrote, refusing anything cut short.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], CheckpointError> {
+        if self.0.len() < n {
+            return Err(CheckpointError::Corrupt("cut short"));
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn byte(&mut self) -> Result<u8, CheckpointError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u64(&mut self) -> Result<u64, CheckpointError> {
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
+    }
+
+    fn i64(&mut self) -> Result<i64, CheckpointError> {
+        Ok(i64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
+    }
+
+    /// A count of items that take at least `min_item` bytes each: more than what is left could
+    /// hold means corrupt (so a bad length never becomes a huge allocation).
+    fn len(&mut self, min_item: usize) -> Result<usize, CheckpointError> {
+        let n = self.u64()?;
+        if n > (self.0.len() / min_item.max(1)) as u64 {
+            return Err(CheckpointError::Corrupt("a length beyond the end"));
+        }
+        Ok(n as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use schemas::vote::decode_vote;
+    use schemas::Vote;
+
+    fn rules() -> PollRules {
+        PollRules {
+            options: 3,
+            max_choices: 1,
+            open_at_us: Some(0),
+            close_at_us: Some(1_000 + 120 * 200_000),
+        }
+    }
+
+    /// Feeds votes (poll, voter, option, time step) into `counter` from `offset` on, taking partials
+    /// at every index in `cuts`; returns what was emitted.
+    fn feed(
+        counter: &mut PartitionCounter,
+        votes: &[(u8, u8, u8, u8)],
+        first_offset: usize,
+        cuts: &[usize],
+    ) -> Vec<PartialTally> {
+        let mut out = Vec::new();
+        for (i, &(poll, voter, option, step)) in votes.iter().enumerate() {
+            let offset = first_offset + i;
+            let mut buf = Vec::new();
+            Vote {
+                vote_id: format!("{offset}"),
+                poll_id: poll as i64 % 3,
+                voter_id: format!("voter-{voter}"),
+                options: vec![option as u32 % 4],
+                accepted_at_us: 1_000 + offset as i64 * 200_000 - step as i64 * 700_000,
+                source: "t".into(),
+            }
+            .encode(&mut buf);
+            // Poll 2 is unknown: rejected as invalid.
+            let rules = (poll % 3 != 2).then(rules);
+            counter.apply(offset as u64, &decode_vote(&buf).unwrap(), rules.as_ref());
+            if cuts.contains(&offset) {
+                counter.mark_complete(offset as i64 * 150_000, [(0, 1_000 + 60 * 200_000)]);
+                out.extend(counter.take_partials(offset as i64));
+            }
+        }
+        out
+    }
+
+    proptest! {
+        #[test]
+        fn a_restored_checkpoint_continues_as_if_nothing_happened(
+            votes in proptest::collection::vec((0u8..3, 0u8..30, 0u8..4, 0u8..8), 1..150),
+            split in 0usize..150,
+            cuts in proptest::collection::vec(0usize..150, 0..8),
+        ) {
+            let split = split.min(votes.len());
+            let windows = WindowConfig { window_ms: 1_000, allowed_lateness_ms: 2_000 };
+            let mut whole = PartitionCounter::new(4, windows);
+            let expected = feed(&mut whole, &votes, 0, &cuts);
+
+            let mut before = PartitionCounter::new(4, windows);
+            let mut got = feed(&mut before, &votes[..split], 0, &cuts);
+            let bytes = before.checkpoint();
+            let mut after = PartitionCounter::restore(4, windows, &bytes).unwrap();
+            prop_assert_eq!(after.next_offset(), split as u64);
+            prop_assert_eq!(&after.polls, &before.polls);
+            got.extend(feed(&mut after, &votes[split..], split, &cuts));
+
+            prop_assert_eq!(got, expected);
+            prop_assert_eq!(after.take_partials(0), whole.take_partials(0));
+            prop_assert_eq!(after.polls, whole.polls);
+        }
+
+        #[test]
+        fn damaged_checkpoints_are_refused_not_misread(
+            votes in proptest::collection::vec((0u8..3, 0u8..30, 0u8..4, 0u8..8), 1..60),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let windows = WindowConfig::default();
+            let mut counter = PartitionCounter::new(1, windows);
+            feed(&mut counter, &votes, 0, &[]);
+            let bytes = counter.checkpoint();
+            let cut = cut.index(bytes.len());
+            prop_assert!(PartitionCounter::restore(1, windows, &bytes[..cut]).is_err());
+            let mut longer = bytes.clone();
+            longer.push(0);
+            prop_assert!(PartitionCounter::restore(1, windows, &longer).is_err());
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_of_another_partition_or_format_is_refused() {
+        let windows = WindowConfig::default();
+        let bytes = PartitionCounter::new(1, windows).checkpoint();
+        assert_eq!(
+            PartitionCounter::restore(2, windows, &bytes).unwrap_err(),
+            CheckpointError::Partition {
+                found: 1,
+                expected: 2
+            }
+        );
+        let mut other = bytes.clone();
+        other[0] = 9;
+        assert_eq!(
+            PartitionCounter::restore(1, windows, &other).unwrap_err(),
+            CheckpointError::Format(9)
+        );
+        assert!(PartitionCounter::restore(1, windows, &bytes).is_ok());
     }
 }

@@ -1,6 +1,8 @@
-//! The partition tasks: each owns one votes partition, replays it from the start to rebuild its
-//! exact state (deterministic, so the rebuilt state equals the lost one), then keeps consuming and
-//! emits the absolute partials of changed polls to the tallies topic every flush interval.
+//! The partition tasks: each owns one votes partition. It restores the partition's counting state
+//! from the last checkpoint in the tally store and reads on from the checkpoint's offset, or, with
+//! no checkpoint, replays the partition from the start (deterministic, so the rebuilt state equals
+//! the lost one). Then it keeps consuming and emits the absolute partials of changed polls to the
+//! tallies topic every flush interval, and checkpoints its state every checkpoint interval.
 //!
 //! Positions are held here, not in the log: the consumer decides where it reads from. A partial is
 //! only written when it is newer than the one already published for its (poll, partition), so a
@@ -28,6 +30,9 @@ pub struct ProcessorConfig {
     /// The edge's deadline for making a vote durable. A record that was not written within it never
     /// will be, so once caught up at time t, everything accepted before t − deadline is counted.
     pub ingest_deadline: Duration,
+    /// How often a partition's state is checkpointed to the tally store (when there is one); a new
+    /// owner restores the checkpoint and reads on from its offset. `None`: never (always replay).
+    pub checkpoint_interval: Option<Duration>,
 }
 
 impl Default for ProcessorConfig {
@@ -37,6 +42,7 @@ impl Default for ProcessorConfig {
             windows: WindowConfig::default(),
             max_fetch_bytes: 1 << 20,
             ingest_deadline: Duration::from_secs(2),
+            checkpoint_interval: Some(Duration::from_secs(5)),
         }
     }
 }
@@ -54,6 +60,10 @@ pub struct ProcessorMetrics {
     pub restarts: AtomicU64,
     pub catalog_rereads: AtomicU64,
     pub cache_write_failures: AtomicU64,
+    pub checkpoints_written: AtomicU64,
+    pub checkpoint_bytes: AtomicU64,
+    pub checkpoint_failures: AtomicU64,
+    pub checkpoints_restored: AtomicU64,
     /// Next offset to read, per owned votes partition (lag = high watermark − this).
     pub positions: Arc<Mutex<BTreeMap<u32, u64>>>,
 }
@@ -75,7 +85,8 @@ pub struct Pipeline {
     pub metrics: Arc<ProcessorMetrics>,
 }
 
-/// Runs one partition until shutdown, restarting it (replay from the start) after an error.
+/// Runs one partition until shutdown, restarting it (from its checkpoint, or by replaying it from
+/// the start) after an error.
 pub async fn run_partition_supervised(
     pipeline: Pipeline,
     partition: u32,
@@ -88,7 +99,7 @@ pub async fn run_partition_supervised(
             Ok(()) => return,
             Err(e) => {
                 pipeline.metrics.restarts.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(partition, error = %e, "partition task failed; replaying it from the start in 1 s");
+                tracing::warn!(partition, error = %e, "partition task failed; restarting it in 1 s");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 if *shutdown.borrow() {
                     return;
@@ -98,7 +109,8 @@ pub async fn run_partition_supervised(
     }
 }
 
-/// One pass of a partition task: replay, then follow the log until shutdown or an error.
+/// One pass of a partition task: restore or replay, then follow the log until shutdown or an
+/// error.
 pub async fn run_partition(
     pipeline: &Pipeline,
     partition: u32,
@@ -108,26 +120,48 @@ pub async fn run_partition(
     let Pipeline {
         log,
         catalog,
-        tally_store,
-        cache,
         config,
         metrics,
+        ..
     } = pipeline;
-    let tally_store = tally_store.as_deref();
-    let mut cache_pending = Vec::new();
-    let mut counter = PartitionCounter::new(partition, config.windows);
     let replay_to = log.high_watermark(Topic::Votes, partition).await?;
+    let counter = restore_checkpoint(pipeline, partition, replay_to).await;
+    let mut task = PartitionTask {
+        pipeline,
+        checkpointed: counter.next_offset(),
+        counter,
+        published,
+        cache_pending: Vec::new(),
+        last_checkpoint: Instant::now(),
+    };
     let started = Instant::now();
-    let mut replaying = replay_to > 0;
+    let replay_from = task.counter.next_offset();
+    let mut replaying = replay_from < replay_to;
     let mut last_flush = Instant::now();
     loop {
         let fetch_wall = now_micros();
         let fetched = tokio::select! {
-            r = log.fetch(Topic::Votes, partition, counter.next_offset(), config.max_fetch_bytes, config.flush_interval) => r?,
+            r = log.fetch(Topic::Votes, partition, task.counter.next_offset(), config.max_fetch_bytes, config.flush_interval) => r?,
             _ = shutdown.changed() => break,
         };
         let mut polls = catalog.snapshot();
-        if catalog.is_shared() && needs_reread(&polls, &fetched) {
+        let mut votes = Vec::with_capacity(fetched.len());
+        let mut stale_catalog = false;
+        let mut bad = 0u64;
+        for (offset, _ts, _key, value) in fetched.iter() {
+            match decode_vote(value) {
+                Ok(vote) => {
+                    stale_catalog |= catalog.is_shared() && !judged_by(&polls, &vote);
+                    votes.push((offset, Some(vote)));
+                }
+                Err(e) => {
+                    bad += 1;
+                    tracing::warn!(partition, offset, error = %e, "undecodable record in the votes topic; skipped");
+                    votes.push((offset, None));
+                }
+            }
+        }
+        if stale_catalog {
             // A poll created, opened or closed on another node since our last re-read: judge
             // these votes by the definitions the edge had when it accepted them.
             metrics.catalog_rereads.fetch_add(1, Ordering::Relaxed);
@@ -137,27 +171,21 @@ pub async fn run_partition(
                 .map_err(|e| LogError::Io(format!("re-reading the poll catalog: {e}")))?;
             polls = catalog.snapshot();
         }
-        let (mut counted, mut late_window, mut dup, mut rejected, mut bad) =
-            (0u64, 0u64, 0u64, 0u64, 0u64);
-        for (offset, _ts, _key, value) in fetched.iter() {
-            match decode_vote(value) {
-                Ok(vote) => {
-                    let rules = polls.get(&vote.poll_id).map(|p| p.rules());
-                    match counter.apply(offset, &vote, rules.as_ref()) {
-                        Outcome::Counted => counted += 1,
-                        Outcome::CountedLate => {
-                            counted += 1;
-                            late_window += 1
-                        }
-                        Outcome::Duplicate => dup += 1,
-                        Outcome::Late | Outcome::Closed | Outcome::Invalid => rejected += 1,
-                    }
+        let (mut counted, mut late_window, mut dup, mut rejected) = (0u64, 0u64, 0u64, 0u64);
+        for (offset, vote) in votes {
+            let Some(vote) = vote else {
+                task.counter.skip(offset);
+                continue;
+            };
+            let rules = polls.get(&vote.poll_id).map(|p| p.rules());
+            match task.counter.apply(offset, &vote, rules.as_ref()) {
+                Outcome::Counted => counted += 1,
+                Outcome::CountedLate => {
+                    counted += 1;
+                    late_window += 1
                 }
-                Err(e) => {
-                    bad += 1;
-                    tracing::warn!(partition, offset, error = %e, "undecodable record in the votes topic; skipped");
-                    counter.skip(offset);
-                }
+                Outcome::Duplicate => dup += 1,
+                Outcome::Late | Outcome::Closed | Outcome::Invalid => rejected += 1,
             }
         }
         metrics
@@ -177,136 +205,231 @@ pub async fn run_partition(
         metrics
             .positions
             .lock()
-            .insert(partition, counter.next_offset());
+            .insert(partition, task.counter.next_offset());
 
-        if counter.next_offset() >= fetched.high_watermark {
+        if task.counter.next_offset() >= fetched.high_watermark {
             // Caught up with everything written before this fetch began.
             let margin = (config.ingest_deadline + Duration::from_secs(1)).as_micros() as i64;
             let closing = polls
                 .values()
                 .filter_map(|p| p.close_time().map(|c| (p.id, c)));
-            counter.mark_complete(fetch_wall - margin, closing);
+            task.counter.mark_complete(fetch_wall - margin, closing);
             if replaying {
                 replaying = false;
                 tracing::info!(
                     partition,
-                    records = replay_to,
+                    from = replay_from,
+                    to = replay_to,
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "partition state rebuilt from the log"
                 );
             }
         }
         if !replaying && last_flush.elapsed() >= config.flush_interval {
-            flush(
-                &**log,
-                tally_store,
-                cache.as_ref(),
-                &mut cache_pending,
-                &mut counter,
-                published,
-                metrics,
-            )
-            .await?;
+            task.flush().await?;
             last_flush = Instant::now();
         }
     }
-    flush(
-        &**log,
-        tally_store,
-        cache.as_ref(),
-        &mut cache_pending,
-        &mut counter,
-        published,
-        metrics,
-    )
-    .await
+    task.flush().await?;
+    task.checkpoint(true).await;
+    Ok(())
 }
 
-/// Whether a fetched vote names a poll the catalog does not know, or one it would not count as
-/// open when the edge accepted it: then the catalog is re-read before judging (edges refuse such
-/// votes themselves, so this is rare and means the catalog here is behind).
-fn needs_reread(polls: &HashMap<PollId, Arc<schemas::Poll>>, fetched: &storage::Fetched) -> bool {
-    fetched
-        .iter()
-        .any(|(_, _, _, value)| match decode_vote(value) {
-            Ok(vote) => match polls.get(&vote.poll_id) {
-                None => true,
-                Some(p) => p.state_at(vote.accepted_at_us) != PollState::Open,
-            },
-            Err(_) => false,
-        })
+/// The counter of one partition, restored from the tally store's checkpoint when there is a usable
+/// one, else new (to replay the partition from the start).
+async fn restore_checkpoint(pipeline: &Pipeline, partition: u32, end: u64) -> PartitionCounter {
+    let windows = pipeline.config.windows;
+    let fresh = || PartitionCounter::new(partition, windows);
+    let (Some(store), Some(_)) = (&pipeline.tally_store, pipeline.config.checkpoint_interval)
+    else {
+        return fresh();
+    };
+    let started = Instant::now();
+    let (offset, bytes) = match store.load_checkpoint(partition as i32).await {
+        Ok(Some(found)) => found,
+        Ok(None) => return fresh(),
+        Err(e) => {
+            tracing::warn!(partition, error = %e, "reading the partition's checkpoint failed; replaying the partition from the start");
+            return fresh();
+        }
+    };
+    if offset > end {
+        tracing::error!(
+            partition,
+            checkpoint = offset,
+            end,
+            "the checkpoint is beyond the end of the votes partition (was the topic recreated?); \
+             ignoring it and replaying the partition from the start"
+        );
+        return fresh();
+    }
+    match PartitionCounter::restore(partition, windows, &bytes) {
+        Ok(counter) if counter.next_offset() == offset => {
+            pipeline
+                .metrics
+                .checkpoints_restored
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::info!(
+                partition,
+                offset,
+                bytes = bytes.len(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "partition state restored from its checkpoint"
+            );
+            counter
+        }
+        Ok(counter) => {
+            tracing::error!(partition, stored = offset, inside = counter.next_offset(), "the checkpoint's offset disagrees with its state; replaying the partition from the start");
+            fresh()
+        }
+        Err(e) => {
+            tracing::error!(partition, error = %e, "the partition's checkpoint cannot be read; replaying the partition from the start");
+            fresh()
+        }
+    }
 }
 
-/// Publishes the changed polls' partials: to the tallies topic, then to the tally store if there is
-/// one (both writes are idempotent: an older offset never replaces a newer one).
-async fn flush(
-    log: &dyn Log,
-    tally_store: Option<&dyn TallyStore>,
-    cache: Option<&RedisCache>,
-    cache_pending: &mut Vec<PartialTally>,
-    counter: &mut PartitionCounter,
-    published: &mut Published,
-    metrics: &ProcessorMetrics,
-) -> Result<(), LogError> {
-    let partials: Vec<PartialTally> = counter
-        .take_partials(now_micros())
-        .into_iter()
-        .filter(|t| match published.get(&t.poll_id) {
-            Some(&(offset, complete)) => {
-                t.offset > offset || (t.offset == offset && t.complete_until > complete)
-            }
-            None => true,
-        })
-        .collect();
-    if partials.is_empty() {
-        return Ok(());
-    }
-    let tally_partitions = log.partitions(Topic::Tallies);
-    let mut batch = AppendBatch::with_capacity(partials.len(), partials.len() * 128);
-    for t in &partials {
-        let p = (t.poll_id.rem_euclid(tally_partitions as i64)) as u32;
-        batch.push(p, t.emitted_at, &t.key(), &t.to_avro());
-    }
-    log.append(
-        Topic::Tallies,
-        batch,
-        Instant::now() + Duration::from_secs(10),
-    )
-    .await?;
-    if let Some(store) = tally_store {
-        store
-            .put(&partials)
-            .await
-            .map_err(|e| LogError::Io(format!("tally store: {e}")))?;
-    }
-    if let Some(cache) = cache {
-        cache_pending.extend(partials.iter().cloned());
-        match cache.put_partials(cache_pending).await {
-            Ok(_) => cache_pending.clear(),
-            Err(e) => {
-                metrics.cache_write_failures.fetch_add(1, Ordering::Relaxed);
-                // Keep only the newest per poll for the retry at the next flush.
-                let mut newest: HashMap<PollId, PartialTally> = HashMap::new();
-                for t in cache_pending.drain(..) {
-                    match newest.get(&t.poll_id) {
-                        Some(held) if !storage::tally_store::supersedes(&t, held) => {}
-                        _ => {
-                            newest.insert(t.poll_id, t);
-                        }
-                    }
+/// Whether the catalog judges this vote as the edge did: it knows the poll and has it open when
+/// the vote was accepted (edges refuse other votes themselves, so a miss means this catalog is
+/// behind another node's).
+fn judged_by(polls: &HashMap<PollId, Arc<schemas::Poll>>, vote: &schemas::VoteRef<'_>) -> bool {
+    polls
+        .get(&vote.poll_id)
+        .is_some_and(|p| p.state_at(vote.accepted_at_us) == PollState::Open)
+}
+
+/// One partition task's state between flushes.
+struct PartitionTask<'a> {
+    pipeline: &'a Pipeline,
+    counter: PartitionCounter,
+    /// What was already published per poll (never re-emitted).
+    published: &'a mut Published,
+    /// Partials the results cache has not taken yet (retried at the next flush).
+    cache_pending: Vec<PartialTally>,
+    last_checkpoint: Instant,
+    /// The offset of the last checkpoint written (or restored).
+    checkpointed: u64,
+}
+
+impl PartitionTask<'_> {
+    /// Publishes the changed polls' partials: to the tallies topic, then to the tally store if there
+    /// is one (both writes are idempotent: an older offset never replaces a newer one), then to the
+    /// results cache; then checkpoints the partition if it is time.
+    async fn flush(&mut self) -> Result<(), LogError> {
+        let Pipeline {
+            log,
+            tally_store,
+            cache,
+            metrics,
+            ..
+        } = self.pipeline;
+        let published = &mut *self.published;
+        let partials: Vec<PartialTally> = self
+            .counter
+            .take_partials(now_micros())
+            .into_iter()
+            .filter(|t| match published.get(&t.poll_id) {
+                Some(&(offset, complete)) => {
+                    t.offset > offset || (t.offset == offset && t.complete_until > complete)
                 }
-                cache_pending.extend(newest.into_values());
-                tracing::warn!(error = %e, "writing the results cache failed; retrying at the next flush");
+                None => true,
+            })
+            .collect();
+        if !partials.is_empty() {
+            let tally_partitions = log.partitions(Topic::Tallies);
+            let mut batch = AppendBatch::with_capacity(partials.len(), partials.len() * 128);
+            for t in &partials {
+                let p = (t.poll_id.rem_euclid(tally_partitions as i64)) as u32;
+                batch.push(p, t.emitted_at, &t.key(), &t.to_avro());
+            }
+            log.append(
+                Topic::Tallies,
+                batch,
+                Instant::now() + Duration::from_secs(10),
+            )
+            .await?;
+            if let Some(store) = tally_store {
+                store
+                    .put(&partials)
+                    .await
+                    .map_err(|e| LogError::Io(format!("tally store: {e}")))?;
+            }
+            if let Some(cache) = cache {
+                self.cache_pending.extend(partials.iter().cloned());
+                write_cache(cache, &mut self.cache_pending, metrics).await;
+            }
+            metrics
+                .partials_emitted
+                .fetch_add(partials.len() as u64, Ordering::Relaxed);
+            for t in partials {
+                published.insert(t.poll_id, (t.offset, t.complete_until));
+            }
+        } else if let (Some(cache), false) = (cache, self.cache_pending.is_empty()) {
+            write_cache(cache, &mut self.cache_pending, metrics).await;
+        }
+        self.checkpoint(false).await;
+        Ok(())
+    }
+
+    /// Writes the partition's checkpoint when the interval has passed (or `now`) and it has moved
+    /// on. A failure only costs a longer replay for the next owner: logged, counted, retried later.
+    async fn checkpoint(&mut self, now: bool) {
+        let (Some(store), Some(interval)) = (
+            &self.pipeline.tally_store,
+            self.pipeline.config.checkpoint_interval,
+        ) else {
+            return;
+        };
+        let offset = self.counter.next_offset();
+        if offset <= self.checkpointed || !(now || self.last_checkpoint.elapsed() >= interval) {
+            return;
+        }
+        self.last_checkpoint = Instant::now();
+        let bytes = self.counter.checkpoint();
+        let partition = self.counter.partition();
+        match store.put_checkpoint(partition as i32, offset, &bytes).await {
+            Ok(_) => {
+                self.checkpointed = offset;
+                let m = &self.pipeline.metrics;
+                m.checkpoints_written.fetch_add(1, Ordering::Relaxed);
+                m.checkpoint_bytes
+                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.pipeline
+                    .metrics
+                    .checkpoint_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(partition, error = %e, "writing the partition's checkpoint failed; trying again at the next interval");
             }
         }
     }
-    metrics
-        .partials_emitted
-        .fetch_add(partials.len() as u64, Ordering::Relaxed);
-    for t in partials {
-        published.insert(t.poll_id, (t.offset, t.complete_until));
+}
+
+/// Writes pending partials to the results cache; on failure keeps only the newest per poll for the
+/// retry at the next flush (a cache: a failure never stops counting).
+async fn write_cache(
+    cache: &RedisCache,
+    pending: &mut Vec<PartialTally>,
+    metrics: &ProcessorMetrics,
+) {
+    match cache.put_partials(pending).await {
+        Ok(_) => pending.clear(),
+        Err(e) => {
+            metrics.cache_write_failures.fetch_add(1, Ordering::Relaxed);
+            let mut newest: HashMap<PollId, PartialTally> = HashMap::new();
+            for t in pending.drain(..) {
+                match newest.get(&t.poll_id) {
+                    Some(held) if !storage::tally_store::supersedes(&t, held) => {}
+                    _ => {
+                        newest.insert(t.poll_id, t);
+                    }
+                }
+            }
+            pending.extend(newest.into_values());
+            tracing::warn!(error = %e, "writing the results cache failed; retrying at the next flush");
+        }
     }
-    Ok(())
 }
 
 /// Runs the partitions the consumer group gives this process until shutdown.
@@ -370,17 +493,24 @@ async fn stop_partitions(
     }
 }
 
-/// One owned partition: restore what was published, then run until revoked.
+/// One owned partition: restore what was published (and make sure the results cache has it), then
+/// run until revoked.
 async fn run_owned_partition(pipeline: Pipeline, partition: u32, mut stop: watch::Receiver<bool>) {
     let published = match &pipeline.tally_store {
         None => Published::new(),
         Some(store) => loop {
             match store.load_partition(partition as i32).await {
                 Ok(partials) => {
+                    if let Some(cache) = &pipeline.cache {
+                        // A previous owner may have died between the store and the cache write:
+                        // the cache takes only what is newer than what it holds.
+                        let mut pending = partials.clone();
+                        write_cache(cache, &mut pending, &pipeline.metrics).await;
+                    }
                     break partials
                         .into_iter()
                         .map(|t| (t.poll_id, (t.offset, t.complete_until)))
-                        .collect()
+                        .collect();
                 }
                 Err(e) => {
                     tracing::warn!(partition, error = %e, "restoring a partition from the tally store failed; retrying in 1 s");

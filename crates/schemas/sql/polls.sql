@@ -44,3 +44,14 @@ CREATE TABLE IF NOT EXISTS tally_windows (
     votes       BIGINT NOT NULL,
     PRIMARY KEY (poll_id, partition, start_ms)
 );
+
+-- The processor's checkpoint of one votes partition: its whole counting state after reading every
+-- record before next_offset (processor::pipeline::PartitionCounter::checkpoint). A new owner of the
+-- partition restores it and reads on from next_offset instead of replaying the partition. Only a
+-- higher next_offset replaces a stored one, so a stale owner cannot move it back.
+CREATE TABLE IF NOT EXISTS partition_checkpoints (
+    partition   INTEGER PRIMARY KEY,
+    next_offset BIGINT NOT NULL,
+    state       BYTEA NOT NULL,
+    written_at  BIGINT NOT NULL            -- microseconds since the Unix epoch
+);

@@ -202,6 +202,43 @@ pub(crate) fn client_config(settings: &BTreeMap<String, String>) -> ClientConfig
     c
 }
 
+/// The broker's raw produce rate, the baseline for benchmarks: a bare rdkafka producer with the
+/// settings the edge's producer uses ([`producer_settings`], with a queue large enough to hold
+/// every record) queues `records` (partition, key, value) to `topic` as fast as it can and waits
+/// for every delivery report. Returns how many were delivered and how long it all took.
+pub async fn raw_produce(
+    config: &KafkaConfig,
+    topic: &str,
+    records: &[(i32, Vec<u8>, Vec<u8>)],
+) -> Result<(usize, Duration), LogError> {
+    let producer: FutureProducer = client_config(&producer_settings(&KafkaConfig {
+        deadline: Duration::from_secs(60),
+        ..config.clone()
+    }))
+    .set("queue.buffering.max.messages", "2000000")
+    .set("queue.buffering.max.kbytes", "1048575")
+    .create()
+    .map_err(|e| LogError::Io(format!("creating the baseline producer: {e}")))?;
+    let started = Instant::now();
+    let mut reports = Vec::with_capacity(records.len());
+    for (partition, key, value) in records {
+        let record = FutureRecord::to(topic)
+            .partition(*partition)
+            .key(key)
+            .payload(value);
+        let report = producer
+            .send_result(record)
+            .map_err(|(e, _)| LogError::Io(format!("queueing a baseline record: {e}")))?;
+        reports.push(report);
+    }
+    let delivered = futures::future::join_all(reports)
+        .await
+        .into_iter()
+        .filter(|r| matches!(r, Ok(Ok(_))))
+        .count();
+    Ok((delivered, started.elapsed()))
+}
+
 /// librdkafka's booleans: `true`/`t`/`1` and `false`/`f`/`0`, any case.
 fn parse_bool(v: &str) -> Option<bool> {
     match v.trim().to_ascii_lowercase().as_str() {
@@ -1529,34 +1566,16 @@ mod tests {
             "1000-record batches, 8 in flight: {} records/s",
             ok * 1000 / started.elapsed().as_millis() as u64
         );
-        // The raw rate beside it: a bare rdkafka producer with the same settings, 400k records
-        // queued as fast as possible, then every delivery report awaited.
-        let raw: FutureProducer = client_config(&producer_settings(&KafkaConfig {
-            deadline: Duration::from_secs(30),
-            ..log.config().clone()
-        }))
-        .set("queue.buffering.max.messages", "1000000")
-        .set("queue.buffering.max.kbytes", "262144")
-        .create()
-        .unwrap();
-        let started = Instant::now();
-        let mut reports = Vec::with_capacity(400_000);
-        for i in 0..400_000u64 {
-            let key = format!("k{i}");
-            let record = FutureRecord::to(&log.config().votes_topic)
-                .partition((i % 8) as i32)
-                .key(&key)
-                .payload(&value);
-            reports.push(raw.send_result(record).map_err(|(e, _)| e).unwrap());
-        }
-        let delivered = futures::future::join_all(reports)
+        // The raw rate beside it: a bare rdkafka producer with the same settings.
+        let records: Vec<_> = (0..400_000u64)
+            .map(|i| ((i % 8) as i32, format!("k{i}").into_bytes(), value.clone()))
+            .collect();
+        let (delivered, took) = raw_produce(log.config(), &log.config().votes_topic, &records)
             .await
-            .into_iter()
-            .filter(|r| matches!(r, Ok(Ok(_))))
-            .count();
+            .unwrap();
         eprintln!(
             "raw rdkafka producer: {} records/s ({delivered} delivered)",
-            delivered as u128 * 1000 / started.elapsed().as_millis().max(1)
+            delivered as u128 * 1000 / took.as_millis().max(1)
         );
         // Reading them back.
         let started = Instant::now();

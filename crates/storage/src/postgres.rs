@@ -261,6 +261,8 @@ pub struct PgTallyStore {
     pool: Pool,
     put_sql: String,
     load_sql: String,
+    put_checkpoint_sql: String,
+    load_checkpoint_sql: String,
 }
 
 /// Times a batch is retried when PostgreSQL breaks a deadlock by aborting it (SQLSTATE 40P01).
@@ -310,6 +312,17 @@ impl PgTallyStore {
                  WHERE ($1::integer IS NULL OR t.partition = $1)\n\
                    AND ($2::bigint IS NULL OR t.poll_id = $2)\n\
                  ORDER BY t.poll_id, t.partition"
+            ),
+            put_checkpoint_sql: format!(
+                "INSERT INTO {s}.partition_checkpoints AS c (partition, next_offset, state, written_at)\n\
+                 VALUES ($1, $2, $3, $4)\n\
+                 ON CONFLICT (partition) DO UPDATE\n\
+                   SET next_offset = EXCLUDED.next_offset, state = EXCLUDED.state,\n\
+                       written_at = EXCLUDED.written_at\n\
+                   WHERE c.next_offset < EXCLUDED.next_offset"
+            ),
+            load_checkpoint_sql: format!(
+                "SELECT next_offset, state FROM {s}.partition_checkpoints WHERE partition = $1"
             ),
         })
     }
@@ -435,6 +448,42 @@ impl TallyStore for PgTallyStore {
 
     async fn load_partition(&self, partition: i32) -> Result<Vec<PartialTally>, StoreError> {
         self.load(Some(partition), None).await
+    }
+
+    async fn put_checkpoint(
+        &self,
+        partition: i32,
+        next_offset: u64,
+        state: &[u8],
+    ) -> Result<bool, StoreError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let stmt = client
+            .prepare_cached(&self.put_checkpoint_sql)
+            .await
+            .map_err(db)?;
+        let written = client
+            .execute(
+                &stmt,
+                &[
+                    &partition,
+                    &(next_offset as i64),
+                    &state,
+                    &schemas::now_micros(),
+                ],
+            )
+            .await
+            .map_err(db)?;
+        Ok(written == 1)
+    }
+
+    async fn load_checkpoint(&self, partition: i32) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let stmt = client
+            .prepare_cached(&self.load_checkpoint_sql)
+            .await
+            .map_err(db)?;
+        let row = client.query_opt(&stmt, &[&partition]).await.map_err(db)?;
+        Ok(row.map(|r| (r.get::<_, i64>(0) as u64, r.get::<_, Vec<u8>>(1))))
     }
 }
 
@@ -791,6 +840,29 @@ mod tests {
         assert_eq!(again.by_slug(&c.slug).unwrap().id, 3);
         assert_eq!(*again.get(1).unwrap(), a2);
         assert_eq!(again.list().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn checkpoints_only_move_forward() {
+        let db = TestDb::new().await;
+        let store = db.tallies();
+        assert_eq!(store.load_checkpoint(2).await.unwrap(), None);
+        let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        assert!(store.put_checkpoint(2, 100, &big).await.unwrap());
+        // A stale owner's older or equal checkpoint does not replace it.
+        assert!(!store.put_checkpoint(2, 99, b"stale").await.unwrap());
+        assert!(!store.put_checkpoint(2, 100, b"same").await.unwrap());
+        assert!(store.put_checkpoint(3, 7, b"other").await.unwrap());
+        assert_eq!(store.load_checkpoint(2).await.unwrap(), Some((100, big)));
+        assert!(store.put_checkpoint(2, 101, b"newer").await.unwrap());
+        assert_eq!(
+            store.load_checkpoint(2).await.unwrap(),
+            Some((101, b"newer".to_vec()))
+        );
+        assert_eq!(
+            store.load_checkpoint(3).await.unwrap(),
+            Some((7, b"other".to_vec()))
+        );
     }
 
     #[tokio::test]

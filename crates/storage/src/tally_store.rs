@@ -30,6 +30,17 @@ pub trait TallyStore: Send + Sync + 'static {
     async fn load_all(&self) -> Result<Vec<PartialTally>, StoreError>;
     /// The latest partial of every poll in one partition, with all its stored windows.
     async fn load_partition(&self, partition: i32) -> Result<Vec<PartialTally>, StoreError>;
+    /// Stores a processor's checkpoint of one votes partition (its state after reading every record
+    /// before `next_offset`), unless a checkpoint at a higher offset is stored. Returns whether it
+    /// was written.
+    async fn put_checkpoint(
+        &self,
+        partition: i32,
+        next_offset: u64,
+        state: &[u8],
+    ) -> Result<bool, StoreError>;
+    /// The stored checkpoint of one votes partition: (next_offset, state).
+    async fn load_checkpoint(&self, partition: i32) -> Result<Option<(u64, Vec<u8>)>, StoreError>;
     /// The latest partial of one poll in every partition, with all its stored windows.
     async fn load_poll(&self, poll_id: PollId) -> Result<Vec<PartialTally>, StoreError> {
         let mut all = self.load_all().await?;
@@ -96,6 +107,7 @@ struct MemoryInner {
     partials: BTreeMap<(PollId, i32), PartialTally>,
     /// (poll, partition, start_ms) → (offset, votes).
     windows: BTreeMap<(PollId, i32, i64), (i64, i64)>,
+    checkpoints: BTreeMap<i32, (u64, Vec<u8>)>,
 }
 
 impl MemoryTallyStore {
@@ -156,6 +168,28 @@ impl TallyStore for MemoryTallyStore {
     async fn load_partition(&self, partition: i32) -> Result<Vec<PartialTally>, StoreError> {
         Ok(self.load(Some(partition)))
     }
+
+    async fn put_checkpoint(
+        &self,
+        partition: i32,
+        next_offset: u64,
+        state: &[u8],
+    ) -> Result<bool, StoreError> {
+        let mut inner = self.inner.lock();
+        match inner.checkpoints.get(&partition) {
+            Some((held, _)) if *held >= next_offset => Ok(false),
+            _ => {
+                inner
+                    .checkpoints
+                    .insert(partition, (next_offset, state.to_vec()));
+                Ok(true)
+            }
+        }
+    }
+
+    async fn load_checkpoint(&self, partition: i32) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        Ok(self.inner.lock().checkpoints.get(&partition).cloned())
+    }
 }
 
 #[cfg(test)]
@@ -188,5 +222,19 @@ mod tests {
         let all = store.load_all().await.unwrap();
         assert_eq!(all, vec![partial(5, 1, &[(1000, 3), (2000, 1)])]);
         assert!(store.load_partition(1).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn memory_store_keeps_the_furthest_checkpoint() {
+        let store = MemoryTallyStore::new();
+        assert_eq!(store.load_checkpoint(0).await.unwrap(), None);
+        assert!(store.put_checkpoint(0, 10, b"ten").await.unwrap());
+        assert!(!store.put_checkpoint(0, 9, b"nine").await.unwrap());
+        assert!(!store.put_checkpoint(0, 10, b"ten again").await.unwrap());
+        assert!(store.put_checkpoint(1, 3, b"three").await.unwrap());
+        assert_eq!(
+            store.load_checkpoint(0).await.unwrap(),
+            Some((10, b"ten".to_vec()))
+        );
     }
 }
