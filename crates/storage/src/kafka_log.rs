@@ -58,10 +58,12 @@ use std::ffi::CString;
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::Arc;
 
-/// The producer's client context: notes when the connection to the brokers is lost.
+/// The producer's client context: notes when the connection to the brokers is lost, and wakes
+/// the watcher (see [`Producers::watch`]).
 #[derive(Clone)]
 pub(crate) struct ProducerContext {
     lost_brokers: Arc<AtomicBool>,
+    wake: std::sync::mpsc::SyncSender<()>,
 }
 
 impl rdkafka::ClientContext for ProducerContext {
@@ -73,6 +75,7 @@ impl rdkafka::ClientContext for ProducerContext {
             )
         ) {
             self.lost_brokers.store(true, AtomicOrdering::Relaxed);
+            let _ = self.wake.try_send(());
         }
         tracing::debug!(error = %error, reason, "Kafka producer");
     }
@@ -377,17 +380,7 @@ pub fn validate(config: &KafkaConfig) -> Result<(), LogError> {
 /// The [`Log`] on Kafka. See the module documentation.
 pub struct KafkaLog {
     config: KafkaConfig,
-    /// The producer and its generation; replaced when the broker keeps refusing it (see
-    /// [`KafkaLog::note_delivery`]).
-    producer: parking_lot::RwLock<(u64, Producer_)>,
-    /// Set by every producer's context when the brokers were unreachable.
-    lost_brokers: Arc<AtomicBool>,
-    /// When the producer was last replaced.
-    replaced_at: parking_lot::Mutex<Instant>,
-    /// Broker-side refusals in a row of the current producer.
-    broker_refusals: std::sync::atomic::AtomicU64,
-    /// Since when every append has failed (None after a success).
-    failing_since: parking_lot::Mutex<Option<Instant>>,
+    producers: Arc<Producers>,
     /// One reader per partition per topic (indexed by [`Topic::index`]), made on first fetch.
     readers: [Vec<tokio::sync::Mutex<Option<Reader>>>; 2],
 }
@@ -398,10 +391,13 @@ impl KafkaLog {
     pub async fn connect(config: KafkaConfig) -> Result<Self, LogError> {
         validate(&config)?;
         let lost_brokers = Arc::new(AtomicBool::new(false));
+        let (wake, woken) = std::sync::mpsc::sync_channel(1);
+        let context = ProducerContext {
+            lost_brokers: lost_brokers.clone(),
+            wake,
+        };
         let producer: Producer_ = client_config(&producer_settings(&config))
-            .create_with_context(ProducerContext {
-                lost_brokers: lost_brokers.clone(),
-            })
+            .create_with_context(context.clone())
             .map_err(|e| LogError::Config(format!("Kafka producer settings: {e}")))?;
         let mut admin_settings = BTreeMap::new();
         admin_settings.insert("bootstrap.servers".to_owned(), config.brokers.clone());
@@ -418,13 +414,23 @@ impl KafkaLog {
                 .map(|_| tokio::sync::Mutex::new(None))
                 .collect()
         });
-        Ok(Self {
-            config,
+        let producers = Arc::new(Producers {
+            config: config.clone(),
+            context,
             producer: parking_lot::RwLock::new((0, producer)),
             broker_refusals: std::sync::atomic::AtomicU64::new(0),
             failing_since: parking_lot::Mutex::new(None),
             lost_brokers,
             replaced_at: parking_lot::Mutex::new(Instant::now()),
+        });
+        let watched = Arc::downgrade(&producers);
+        std::thread::Builder::new()
+            .name("kafka-producer-watch".into())
+            .spawn(move || Producers::watch(watched, woken))
+            .map_err(|e| LogError::Io(format!("starting the producer watcher: {e}")))?;
+        Ok(Self {
+            config,
+            producers,
             readers,
         })
     }
@@ -443,7 +449,7 @@ impl KafkaLog {
 
     /// Asks the broker for a partition's high watermark (a blocking call, run off the runtime).
     async fn query_high_watermark(&self, topic: Topic, partition: u32) -> Result<u64, LogError> {
-        let producer = self.producer.read().1.clone();
+        let producer = self.producers.producer.read().1.clone();
         let name = self.config.topic_name(topic).to_owned();
         tokio::task::spawn_blocking(move || {
             producer
@@ -506,7 +512,56 @@ impl KafkaLog {
     }
 }
 
-impl KafkaLog {
+impl KafkaLog {}
+
+/// The producer of a [`KafkaLog`] and what decides when to replace it.
+struct Producers {
+    config: KafkaConfig,
+    /// The context every producer gets (shared flag and watcher wake-up).
+    context: ProducerContext,
+    /// The producer and its generation; replaced when the broker keeps refusing it (see
+    /// [`Producers::note_delivery`]) or was lost (see [`Producers::watch`]).
+    producer: parking_lot::RwLock<(u64, Producer_)>,
+    /// Set by every producer's context when the brokers were unreachable.
+    lost_brokers: Arc<AtomicBool>,
+    /// When the producer was last replaced.
+    replaced_at: parking_lot::Mutex<Instant>,
+    /// Broker-side refusals in a row of the current producer.
+    broker_refusals: std::sync::atomic::AtomicU64,
+    /// Since when every append has failed (None after a success).
+    failing_since: parking_lot::Mutex<Option<Instant>>,
+}
+
+impl Producers {
+    /// The watcher thread: when the brokers are lost while the producer has records in flight, it
+    /// replaces the producer at once and purges them (their appends answer 503; the clients retry
+    /// with the same vote_id, which dedupe absorbs). Otherwise the old producer would send them
+    /// again the moment the broker returns, under its old producer id — which is what trips the
+    /// tansu restart panic described at [`Producers::note_delivery`]. Ends with the log.
+    fn watch(producers: std::sync::Weak<Producers>, woken: std::sync::mpsc::Receiver<()>) {
+        use std::sync::mpsc::RecvTimeoutError;
+        loop {
+            match woken.recv_timeout(Duration::from_millis(250)) {
+                Ok(()) | Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            let Some(producers) = producers.upgrade() else {
+                return;
+            };
+            if !producers.lost_brokers.load(AtomicOrdering::Relaxed) {
+                continue;
+            }
+            let (generation, producer) = producers.producer.read().clone();
+            if producer.in_flight_count() > 0
+                && producers.replaced_at.lock().elapsed() >= Duration::from_millis(250)
+            {
+                producers.lost_brokers.store(false, AtomicOrdering::Relaxed);
+                producers
+                    .replace_producer(generation, "the brokers were lost with records in flight");
+            }
+        }
+    }
+
     /// Tracks failed appends. A producer that is in a fatal state, that the broker refused
     /// several times in a row, or whose appends have all failed for longer than two deadlines (the
     /// broker is gone) is replaced by a new one, with its queue purged so that nothing it held is
@@ -570,11 +625,8 @@ impl KafkaLog {
         if current.0 != generation {
             return; // already replaced
         }
-        let context = ProducerContext {
-            lost_brokers: self.lost_brokers.clone(),
-        };
         match client_config(&producer_settings(&self.config))
-            .create_with_context::<_, Producer_>(context)
+            .create_with_context::<_, Producer_>(self.context.clone())
         {
             Ok(fresh) => {
                 tracing::warn!(why, "replacing the Kafka producer (its queue is purged)");
@@ -858,7 +910,8 @@ impl Log for KafkaLog {
             return Err(LogError::Timeout);
         }
         let name = self.config.topic_name(topic);
-        let (generation, producer) = self.current_producer();
+        let producers = &self.producers;
+        let (generation, producer) = producers.current_producer();
         let mut deliveries = Vec::with_capacity(batch.len());
         for (partition, timestamp_us, key, value) in batch.iter() {
             let record = FutureRecord::to(name)
@@ -881,7 +934,7 @@ impl Log for KafkaLog {
             tokio::time::timeout_at(deadline.into(), futures::future::join_all(deliveries))
                 .await
                 .map_err(|_| {
-                    self.note_delivery(generation, &producer, Some(None));
+                    producers.note_delivery(generation, &producer, Some(None));
                     LogError::Timeout
                 })?;
         let positions: Result<Vec<Position>, LogError> = reports
@@ -893,14 +946,14 @@ impl Log for KafkaLog {
                 }),
                 Ok(Err((e, _))) => {
                     tracing::warn!(topic = name, error = %e, "Kafka did not persist a record");
-                    self.note_delivery(generation, &producer, Some(Some(&e)));
+                    producers.note_delivery(generation, &producer, Some(Some(&e)));
                     Err(LogError::Timeout)
                 }
                 Err(_canceled) => Err(LogError::Closed),
             })
             .collect();
         if positions.is_ok() {
-            self.note_delivery(generation, &producer, None);
+            producers.note_delivery(generation, &producer, None);
         }
         positions
     }
