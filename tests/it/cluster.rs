@@ -429,6 +429,17 @@ async fn run_cluster(s: Scenario) {
         TansuBroker::start()
     };
     let mut c = Cluster::new(broker.addr(), s.partitions);
+    if s.voters > 10_000 {
+        // tansu on SQLite stalls for seconds under the full load on two cores. A produce request
+        // that outlives the deadline times out in librdkafka, whose idempotent producer then
+        // recovers (retries, bumps its epoch); tansu 0.6's storage panics on what follows ("more
+        // or less than one row" in idempotent_message_check; an epoch-bump InitProducerId is a
+        // todo!() there) and the broker serves nothing after. Real Kafka handles both; here the
+        // deadline is longer than tansu's stalls.
+        c.env.retain(|(k, _)| k != "CROWDTICK_INGEST__DEADLINE_MS");
+        c.env
+            .push(("CROWDTICK_INGEST__DEADLINE_MS".into(), "10000".into()));
+    }
     // The query node migrates PostgreSQL; the first edge creates the topics.
     let query = c.start("query").await;
     let edges = vec![c.start("ingest").await, c.start("ingest").await];
@@ -825,8 +836,9 @@ async fn broker_outage(length: Duration) {
 }
 
 /// Distributed throughput beside the broker's raw produce rate, in one run on one broker:
-/// 1. raw: a bare rdkafka producer with the edge's producer settings sends N vote records (the
-///    same Avro records, keys and partitions the edges would write) and waits for every report;
+/// 1. raw: two bare rdkafka producers (one per edge) with the edge's producer settings send N vote
+///    records between them (the same Avro records, keys and partitions the edges would write) and
+///    wait for every report;
 /// 2. the pipeline: 2 ingest edges, 3 processors and a query node as separate processes; N votes
 ///    from N voters go through the edges' batch endpoint (1,000 votes a request, bodies built before
 ///    the clock starts); acknowledged votes/s, and the time until the query node shows them all;
@@ -879,14 +891,23 @@ async fn distributed_throughput() {
                     (p, key, value)
                 })
                 .collect();
-            let (delivered, took) =
-                storage::kafka_log::raw_produce(&config, &config.votes_topic, &records)
-                    .await
-                    .unwrap();
+            // As many producers as the pipeline has edges, side by side.
+            let started = Instant::now();
+            let halves = records
+                .chunks(n.div_ceil(2))
+                .map(|part| storage::kafka_log::raw_produce(&config, &config.votes_topic, part));
+            let delivered: usize = futures::future::join_all(halves)
+                .await
+                .into_iter()
+                .map(|r| r.unwrap().0)
+                .sum();
+            let took = started.elapsed();
             drop(log);
-            assert_eq!(delivered, n, "the raw producer lost records");
+            assert_eq!(delivered, n, "the raw producers lost records");
             let rate = n as f64 / took.as_secs_f64();
-            eprintln!("bench: raw produce ({round}): {n} records in {took:?}: {rate:.0}/s");
+            eprintln!(
+                "bench: raw produce ({round}, 2 producers): {n} records in {took:?}: {rate:.0}/s"
+            );
             rate
         }
     };

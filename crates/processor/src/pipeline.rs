@@ -77,10 +77,22 @@ pub enum CheckpointError {
     #[error("checkpoint is cut short or corrupt ({0})")]
     Corrupt(&'static str),
     #[error("checkpoint is of partition {found}, not {expected}")]
-    Partition { found: u32, expected: u32 },
+    Partition { found: u64, expected: u32 },
+    #[error(
+        "checkpoint was written with windows of {found_ms} ms and {found_lateness_ms} ms allowed \
+         lateness, not {window_ms} ms and {lateness_ms} ms"
+    )]
+    Windows {
+        found_ms: i64,
+        found_lateness_ms: i64,
+        window_ms: i64,
+        lateness_ms: i64,
+    },
 }
 
 const CHECKPOINT_FORMAT: u8 = 1;
+/// The fewest bytes one poll takes in a checkpoint (all its lists empty).
+const MIN_POLL_BYTES: usize = 8 * 11 + 1;
 
 impl PartitionCounter {
     pub fn new(partition: u32, windows: WindowConfig) -> Self {
@@ -231,6 +243,8 @@ impl PartitionCounter {
         let mut out = Vec::with_capacity(64 + voters + self.polls.len() * 128);
         out.push(CHECKPOINT_FORMAT);
         put_u64(&mut out, self.partition as u64);
+        put_i64(&mut out, self.windows.window_ms);
+        put_i64(&mut out, self.windows.allowed_lateness_ms);
         put_u64(&mut out, self.next_offset);
         put_i64(&mut out, self.max_accepted_us);
         put_i64(&mut out, self.complete_until);
@@ -272,18 +286,28 @@ impl PartitionCounter {
         if format != CHECKPOINT_FORMAT {
             return Err(CheckpointError::Format(format));
         }
-        let found = r.u64()? as u32;
-        if found != partition {
+        let found = r.u64()?;
+        if found != partition as u64 {
             return Err(CheckpointError::Partition {
                 found,
                 expected: partition,
+            });
+        }
+        let (found_ms, found_lateness_ms) = (r.i64()?, r.i64()?);
+        if (found_ms, found_lateness_ms) != (windows.window_ms, windows.allowed_lateness_ms) {
+            // The windows a vote landed in would differ from a replay's.
+            return Err(CheckpointError::Windows {
+                found_ms,
+                found_lateness_ms,
+                window_ms: windows.window_ms,
+                lateness_ms: windows.allowed_lateness_ms,
             });
         }
         let mut counter = PartitionCounter::new(partition, windows);
         counter.next_offset = r.u64()?;
         counter.max_accepted_us = r.i64()?;
         counter.complete_until = r.i64()?;
-        let polls = r.len(8)?;
+        let polls = r.len(MIN_POLL_BYTES)?;
         counter.polls.reserve(polls);
         for _ in 0..polls {
             let poll_id = r.i64()?;
@@ -305,15 +329,24 @@ impl PartitionCounter {
                 p.windows.insert(start_ms, r.i64()?);
             }
             p.dirty_windows = (0..r.len(8)?).map(|_| r.i64()).collect::<Result<_, _>>()?;
+            if p.dirty_windows.iter().any(|w| !p.windows.contains_key(w)) {
+                return Err(CheckpointError::Corrupt(
+                    "a changed window that is not a window",
+                ));
+            }
             let voters = r.len(8)?;
             p.voters.reserve(voters);
             for _ in 0..voters {
                 let len = r.len(1)?;
                 let voter = std::str::from_utf8(r.take(len)?)
                     .map_err(|_| CheckpointError::Corrupt("a voter id is not UTF-8"))?;
-                p.voters.insert(voter.into());
+                if !p.voters.insert(voter.into()) {
+                    return Err(CheckpointError::Corrupt("a voter twice"));
+                }
             }
-            counter.polls.insert(poll_id, p);
+            if counter.polls.insert(poll_id, p).is_some() {
+                return Err(CheckpointError::Corrupt("a poll twice"));
+            }
         }
         if !r.0.is_empty() {
             return Err(CheckpointError::Corrupt("bytes after the end"));
@@ -466,6 +499,24 @@ mod tests {
             longer.push(0);
             prop_assert!(PartitionCounter::restore(1, windows, &longer).is_err());
         }
+    }
+
+    #[test]
+    fn a_checkpoint_with_other_windows_is_refused() {
+        let windows = WindowConfig::default();
+        let bytes = PartitionCounter::new(1, windows).checkpoint();
+        let other = WindowConfig {
+            window_ms: 5_000,
+            ..windows
+        };
+        assert!(matches!(
+            PartitionCounter::restore(1, other, &bytes),
+            Err(CheckpointError::Windows {
+                found_ms: 1_000,
+                window_ms: 5_000,
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -124,8 +124,10 @@ pub async fn run_partition(
         metrics,
         ..
     } = pipeline;
+    // The checkpoint first, then the end: a checkpoint written in between is then never taken
+    // for one beyond the end.
+    let counter = restore_checkpoint(pipeline, partition).await?;
     let replay_to = log.high_watermark(Topic::Votes, partition).await?;
-    let counter = restore_checkpoint(pipeline, partition, replay_to).await;
     let mut task = PartitionTask {
         pipeline,
         checkpointed: counter.next_offset(),
@@ -236,57 +238,66 @@ pub async fn run_partition(
 }
 
 /// The counter of one partition, restored from the tally store's checkpoint when there is a usable
-/// one, else new (to replay the partition from the start).
-async fn restore_checkpoint(pipeline: &Pipeline, partition: u32, end: u64) -> PartitionCounter {
+/// one, else new (to replay the partition from the start). An unusable checkpoint is deleted, so
+/// that the checkpoints of the replay replace it. An error reading the store is returned (the
+/// supervisor retries): a passing failure must not cost a full replay.
+async fn restore_checkpoint(
+    pipeline: &Pipeline,
+    partition: u32,
+) -> Result<PartitionCounter, LogError> {
     let windows = pipeline.config.windows;
-    let fresh = || PartitionCounter::new(partition, windows);
+    let fresh = PartitionCounter::new(partition, windows);
     let (Some(store), Some(_)) = (&pipeline.tally_store, pipeline.config.checkpoint_interval)
     else {
-        return fresh();
+        return Ok(fresh);
     };
     let started = Instant::now();
-    let (offset, bytes) = match store.load_checkpoint(partition as i32).await {
-        Ok(Some(found)) => found,
-        Ok(None) => return fresh(),
-        Err(e) => {
-            tracing::warn!(partition, error = %e, "reading the partition's checkpoint failed; replaying the partition from the start");
-            return fresh();
+    let Some((offset, bytes)) = store
+        .load_checkpoint(partition as i32)
+        .await
+        .map_err(|e| LogError::Io(format!("reading the partition's checkpoint: {e}")))?
+    else {
+        return Ok(fresh);
+    };
+    let end = pipeline.log.high_watermark(Topic::Votes, partition).await?;
+    let unusable = if offset > end {
+        format!(
+            "the checkpoint at offset {offset} is beyond the end of the votes partition ({end}): \
+             was the topic recreated?"
+        )
+    } else {
+        match PartitionCounter::restore(partition, windows, &bytes) {
+            Ok(counter) if counter.next_offset() == offset => {
+                pipeline
+                    .metrics
+                    .checkpoints_restored
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    partition,
+                    offset,
+                    bytes = bytes.len(),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "partition state restored from its checkpoint"
+                );
+                return Ok(counter);
+            }
+            Ok(counter) => format!(
+                "the checkpoint is stored at offset {offset} but holds the state at {}",
+                counter.next_offset()
+            ),
+            Err(e) => e.to_string(),
         }
     };
-    if offset > end {
-        tracing::error!(
-            partition,
-            checkpoint = offset,
-            end,
-            "the checkpoint is beyond the end of the votes partition (was the topic recreated?); \
-             ignoring it and replaying the partition from the start"
-        );
-        return fresh();
-    }
-    match PartitionCounter::restore(partition, windows, &bytes) {
-        Ok(counter) if counter.next_offset() == offset => {
-            pipeline
-                .metrics
-                .checkpoints_restored
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::info!(
-                partition,
-                offset,
-                bytes = bytes.len(),
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "partition state restored from its checkpoint"
-            );
-            counter
-        }
-        Ok(counter) => {
-            tracing::error!(partition, stored = offset, inside = counter.next_offset(), "the checkpoint's offset disagrees with its state; replaying the partition from the start");
-            fresh()
-        }
-        Err(e) => {
-            tracing::error!(partition, error = %e, "the partition's checkpoint cannot be read; replaying the partition from the start");
-            fresh()
-        }
-    }
+    tracing::error!(
+        partition,
+        why = unusable,
+        "deleting the partition's checkpoint and replaying the partition from the start"
+    );
+    store
+        .clear_checkpoint(partition as i32)
+        .await
+        .map_err(|e| LogError::Io(format!("deleting the partition's checkpoint: {e}")))?;
+    Ok(fresh)
 }
 
 /// Whether the catalog judges this vote as the edge did: it knows the poll and has it open when
@@ -388,12 +399,17 @@ impl PartitionTask<'_> {
         let bytes = self.counter.checkpoint();
         let partition = self.counter.partition();
         match store.put_checkpoint(partition as i32, offset, &bytes).await {
-            Ok(_) => {
+            Ok(written) => {
                 self.checkpointed = offset;
-                let m = &self.pipeline.metrics;
-                m.checkpoints_written.fetch_add(1, Ordering::Relaxed);
-                m.checkpoint_bytes
-                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                if written {
+                    let m = &self.pipeline.metrics;
+                    m.checkpoints_written.fetch_add(1, Ordering::Relaxed);
+                    m.checkpoint_bytes
+                        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                } else {
+                    // Another owner (a zombie, or a new owner ahead of us) stored a later one.
+                    tracing::debug!(partition, offset, "a later checkpoint is stored");
+                }
             }
             Err(e) => {
                 self.pipeline
@@ -435,8 +451,9 @@ async fn write_cache(
 /// Runs the partitions the consumer group gives this process until shutdown.
 ///
 /// On assignment, a partition's task restores what was already published from the tally store (so
-/// nothing stale is re-emitted) and rebuilds its exact state by replaying the partition; on
-/// revocation, the task stops and flushes before the group may hand the partition on.
+/// nothing stale is re-emitted) and its exact state from the partition's checkpoint (or by
+/// replaying the partition without one); on revocation, the task stops, flushes and checkpoints
+/// before the group may hand the partition on.
 pub async fn run_group(
     pipeline: Pipeline,
     mut events: mpsc::UnboundedReceiver<GroupEvent>,

@@ -63,6 +63,8 @@ use std::sync::Arc;
 #[derive(Clone)]
 pub(crate) struct ProducerContext {
     lost_brokers: Arc<AtomicBool>,
+    /// Set with `lost_brokers` when no broker at all is reachable (not on one lost connection).
+    all_brokers_down: Arc<AtomicBool>,
     wake: std::sync::mpsc::SyncSender<()>,
 }
 
@@ -75,7 +77,10 @@ impl rdkafka::ClientContext for ProducerContext {
             )
         ) {
             self.lost_brokers.store(true, AtomicOrdering::Relaxed);
-            let _ = self.wake.try_send(());
+            if matches!(error, KafkaError::Global(RDKafkaErrorCode::AllBrokersDown)) {
+                self.all_brokers_down.store(true, AtomicOrdering::Relaxed);
+                let _ = self.wake.try_send(());
+            }
         }
         tracing::debug!(error = %error, reason, "Kafka producer");
     }
@@ -394,6 +399,7 @@ impl KafkaLog {
         let (wake, woken) = std::sync::mpsc::sync_channel(1);
         let context = ProducerContext {
             lost_brokers: lost_brokers.clone(),
+            all_brokers_down: Arc::new(AtomicBool::new(false)),
             wake,
         };
         let producer: Producer_ = client_config(&producer_settings(&config))
@@ -533,7 +539,7 @@ struct Producers {
 }
 
 impl Producers {
-    /// The watcher thread: when the brokers are lost while the producer has records in flight, it
+    /// The watcher thread: when every broker is lost while the producer has records in flight, it
     /// replaces the producer at once and purges them (their appends answer 503; the clients retry
     /// with the same vote_id, which dedupe absorbs). Otherwise the old producer would send them
     /// again the moment the broker returns, under its old producer id — which is what trips the
@@ -548,13 +554,15 @@ impl Producers {
             let Some(producers) = producers.upgrade() else {
                 return;
             };
-            if !producers.lost_brokers.load(AtomicOrdering::Relaxed) {
+            let all_down = &producers.context.all_brokers_down;
+            if !all_down.load(AtomicOrdering::Relaxed) {
                 continue;
             }
             let (generation, producer) = producers.producer.read().clone();
             if producer.in_flight_count() > 0
                 && producers.replaced_at.lock().elapsed() >= Duration::from_millis(250)
             {
+                all_down.store(false, AtomicOrdering::Relaxed);
                 producers.lost_brokers.store(false, AtomicOrdering::Relaxed);
                 producers
                     .replace_producer(generation, "the brokers were lost with records in flight");

@@ -263,6 +263,7 @@ pub struct PgTallyStore {
     load_sql: String,
     put_checkpoint_sql: String,
     load_checkpoint_sql: String,
+    clear_checkpoint_sql: String,
 }
 
 /// Times a batch is retried when PostgreSQL breaks a deadlock by aborting it (SQLSTATE 40P01).
@@ -323,6 +324,9 @@ impl PgTallyStore {
             ),
             load_checkpoint_sql: format!(
                 "SELECT next_offset, state FROM {s}.partition_checkpoints WHERE partition = $1"
+            ),
+            clear_checkpoint_sql: format!(
+                "DELETE FROM {s}.partition_checkpoints WHERE partition = $1"
             ),
         })
     }
@@ -484,6 +488,16 @@ impl TallyStore for PgTallyStore {
             .map_err(db)?;
         let row = client.query_opt(&stmt, &[&partition]).await.map_err(db)?;
         Ok(row.map(|r| (r.get::<_, i64>(0) as u64, r.get::<_, Vec<u8>>(1))))
+    }
+
+    async fn clear_checkpoint(&self, partition: i32) -> Result<(), StoreError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let stmt = client
+            .prepare_cached(&self.clear_checkpoint_sql)
+            .await
+            .map_err(db)?;
+        client.execute(&stmt, &[&partition]).await.map_err(db)?;
+        Ok(())
     }
 }
 
@@ -770,7 +784,15 @@ mod tests {
             .iter()
             .map(|r| r.get(0))
             .collect();
-        assert_eq!(tables, ["partial_tallies", "polls", "tally_windows"]);
+        assert_eq!(
+            tables,
+            [
+                "partial_tallies",
+                "partition_checkpoints",
+                "polls",
+                "tally_windows"
+            ]
+        );
         // The session's search_path is untouched (SET LOCAL).
         let path: String = client
             .query_one("SHOW search_path", &[])
@@ -863,6 +885,10 @@ mod tests {
             store.load_checkpoint(3).await.unwrap(),
             Some((7, b"other".to_vec()))
         );
+        // An unusable checkpoint is deleted; then any offset may be stored again.
+        store.clear_checkpoint(2).await.unwrap();
+        assert_eq!(store.load_checkpoint(2).await.unwrap(), None);
+        assert!(store.put_checkpoint(2, 5, b"replayed").await.unwrap());
     }
 
     #[tokio::test]

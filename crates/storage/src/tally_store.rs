@@ -41,6 +41,8 @@ pub trait TallyStore: Send + Sync + 'static {
     ) -> Result<bool, StoreError>;
     /// The stored checkpoint of one votes partition: (next_offset, state).
     async fn load_checkpoint(&self, partition: i32) -> Result<Option<(u64, Vec<u8>)>, StoreError>;
+    /// Deletes the checkpoint of one votes partition (one that cannot be used).
+    async fn clear_checkpoint(&self, partition: i32) -> Result<(), StoreError>;
     /// The latest partial of one poll in every partition, with all its stored windows.
     async fn load_poll(&self, poll_id: PollId) -> Result<Vec<PartialTally>, StoreError> {
         let mut all = self.load_all().await?;
@@ -190,6 +192,11 @@ impl TallyStore for MemoryTallyStore {
     async fn load_checkpoint(&self, partition: i32) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
         Ok(self.inner.lock().checkpoints.get(&partition).cloned())
     }
+
+    async fn clear_checkpoint(&self, partition: i32) -> Result<(), StoreError> {
+        self.inner.lock().checkpoints.remove(&partition);
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -236,5 +243,8 @@ mod tests {
             store.load_checkpoint(0).await.unwrap(),
             Some((10, b"ten".to_vec()))
         );
+        store.clear_checkpoint(0).await.unwrap();
+        assert_eq!(store.load_checkpoint(0).await.unwrap(), None);
+        assert!(store.put_checkpoint(0, 2, b"two").await.unwrap());
     }
 }
