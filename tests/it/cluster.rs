@@ -742,6 +742,7 @@ async fn broker_outage(length: Duration) {
     let mut refused = 0;
     let mut pending = Vec::new();
     let mut rss_during = Vec::new();
+    let mut slowest = Duration::ZERO;
     while outage.elapsed() < length {
         // 32 votes at a time, each waiting out the edge's deadline.
         let round: Vec<String> = (0..32)
@@ -749,6 +750,7 @@ async fn broker_outage(length: Duration) {
             .collect();
         let answers = futures::future::join_all(round.iter().map(|v| vote(v.clone(), 1))).await;
         for (v, (status, retry_after, took)) in round.into_iter().zip(answers) {
+            slowest = slowest.max(took);
             assert!(
                 took < Duration::from_millis(1000 + 1500),
                 "an answer took {took:?} with a 1 s deadline"
@@ -766,7 +768,7 @@ async fn broker_outage(length: Duration) {
         rss_during.push(edge.rss_kib());
     }
     let rss_max = rss_during.iter().copied().max().unwrap_or(0);
-    eprintln!("outage: edge RSS {rss_before} KiB before, at most {rss_max} KiB during");
+    eprintln!("outage: edge RSS {rss_before} KiB before, at most {rss_max} KiB during; slowest answer {slowest:?} (deadline 1 s)");
     assert!(
         rss_max < rss_before + 64 * 1024,
         "the edge's memory grew from {rss_before} KiB to {rss_max} KiB during the outage"
