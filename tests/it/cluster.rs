@@ -197,6 +197,23 @@ impl Cluster {
         Some(counts_of(&v))
     }
 
+    /// Waits until the query node shows `expected` for `poll`; fails with every node's log tail
+    /// when it does not by `deadline`.
+    pub async fn wait_counts(&self, query: &Node, poll: i64, expected: &[i64], deadline: Instant) {
+        loop {
+            let got = self.counts(query, poll).await;
+            if got.as_deref() == Some(expected) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "poll {poll}: the query node shows {got:?}, expected {expected:?}\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// Drops every key of this deployment from Redis (what a FLUSHALL does to it).
     pub async fn flush_redis(&self) -> usize {
         let client = redis::Client::open(redis_url()).unwrap();
@@ -510,19 +527,8 @@ async fn run_cluster(s: Scenario) {
     // Every poll exact on the query node (Redis, refilled from PostgreSQL) …
     let deadline = Instant::now() + Duration::from_secs(if s.voters > 10_000 { 600 } else { 120 });
     for &poll in &polls {
-        loop {
-            let got = c.counts(&query, poll).await;
-            if got.as_deref() == Some(&expected[&poll][..]) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "poll {poll}: query node shows {got:?}, expected {:?}\n{}",
-                expected[&poll],
-                c.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        c.wait_counts(&query, poll, &expected[&poll], deadline)
+            .await;
     }
     // … and on both realtime nodes.
     for node in &realtimes {
@@ -668,19 +674,8 @@ async fn static_members_keep_their_partitions_through_a_kill() {
     first = c.start_with("processor", &one).await;
     send_all(&c.client, &urls, after.to_vec(), 100).await;
     let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let got = c.counts(&query, poll).await;
-        if got.as_deref() == Some(&expected[&poll][..]) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the query node shows {got:?}, expected {:?}\n{}",
-            expected[&poll],
-            c.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    c.wait_counts(&query, poll, &expected[&poll], deadline)
+        .await;
     // The same instance id came back to the same partitions; the other member kept its own.
     assert_eq!(owned(&first).await, mine, "{}", c.logs());
     assert_eq!(owned(&second).await, theirs);
@@ -819,18 +814,7 @@ async fn broker_outage(length: Duration) {
         expected[*o as usize] += 1;
     }
     let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let got = c.counts(&query, poll).await;
-        if got.as_deref() == Some(&expected[..]) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "after the outage the query node shows {got:?}, expected {expected:?}\n{}",
-            c.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    c.wait_counts(&query, poll, &expected, deadline).await;
     drop(edge);
     drop(query);
     c.flush_redis().await;
