@@ -45,7 +45,7 @@ pub enum Command {
     Loadgen(Box<loadtest::LoadgenArgs>),
     /// Print the effective configuration (after file, environment and flags) as TOML.
     Config(ServeArgs),
-    /// Create or update the PostgreSQL tables of the distributed mode (polls, partial tallies); safe to repeat.
+    /// Create or update the PostgreSQL tables of the distributed mode (polls, partial tallies, partition checkpoints); safe to repeat.
     Migrate(MigrateArgs),
 }
 
