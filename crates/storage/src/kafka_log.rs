@@ -62,6 +62,7 @@ use std::sync::Arc;
 /// the watcher (see [`Producers::watch`]).
 #[derive(Clone)]
 pub(crate) struct ProducerContext {
+    /// Set when the brokers were unreachable; the next append replaces the producer.
     lost_brokers: Arc<AtomicBool>,
     /// Set with `lost_brokers` when no broker at all is reachable (not on one lost connection).
     all_brokers_down: Arc<AtomicBool>,
@@ -395,10 +396,9 @@ impl KafkaLog {
     /// counts, and starts the producer.
     pub async fn connect(config: KafkaConfig) -> Result<Self, LogError> {
         validate(&config)?;
-        let lost_brokers = Arc::new(AtomicBool::new(false));
         let (wake, woken) = std::sync::mpsc::sync_channel(1);
         let context = ProducerContext {
-            lost_brokers: lost_brokers.clone(),
+            lost_brokers: Arc::new(AtomicBool::new(false)),
             all_brokers_down: Arc::new(AtomicBool::new(false)),
             wake,
         };
@@ -426,7 +426,6 @@ impl KafkaLog {
             producer: parking_lot::RwLock::new((0, producer)),
             broker_refusals: std::sync::atomic::AtomicU64::new(0),
             failing_since: parking_lot::Mutex::new(None),
-            lost_brokers,
             replaced_at: parking_lot::Mutex::new(Instant::now()),
         });
         let watched = Arc::downgrade(&producers);
@@ -518,8 +517,6 @@ impl KafkaLog {
     }
 }
 
-impl KafkaLog {}
-
 /// The producer of a [`KafkaLog`] and what decides when to replace it.
 struct Producers {
     config: KafkaConfig,
@@ -528,8 +525,6 @@ struct Producers {
     /// The producer and its generation; replaced when the broker keeps refusing it (see
     /// [`Producers::note_delivery`]) or was lost (see [`Producers::watch`]).
     producer: parking_lot::RwLock<(u64, Producer_)>,
-    /// Set by every producer's context when the brokers were unreachable.
-    lost_brokers: Arc<AtomicBool>,
     /// When the producer was last replaced.
     replaced_at: parking_lot::Mutex<Instant>,
     /// Broker-side refusals in a row of the current producer.
@@ -563,7 +558,10 @@ impl Producers {
                 && producers.replaced_at.lock().elapsed() >= Duration::from_millis(250)
             {
                 all_down.store(false, AtomicOrdering::Relaxed);
-                producers.lost_brokers.store(false, AtomicOrdering::Relaxed);
+                producers
+                    .context
+                    .lost_brokers
+                    .store(false, AtomicOrdering::Relaxed);
                 producers
                     .replace_producer(generation, "the brokers were lost with records in flight");
             }
@@ -617,10 +615,12 @@ impl Producers {
     /// replacement (at most one replacement a second).
     fn current_producer(&self) -> (u64, Producer_) {
         let current = self.producer.read().clone();
-        if self.lost_brokers.load(AtomicOrdering::Relaxed)
+        if self.context.lost_brokers.load(AtomicOrdering::Relaxed)
             && self.replaced_at.lock().elapsed() >= Duration::from_secs(1)
         {
-            self.lost_brokers.store(false, AtomicOrdering::Relaxed);
+            self.context
+                .lost_brokers
+                .store(false, AtomicOrdering::Relaxed);
             self.replace_producer(current.0, "the brokers were unreachable");
             return self.producer.read().clone();
         }

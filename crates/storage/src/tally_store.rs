@@ -200,7 +200,7 @@ impl TallyStore for MemoryTallyStore {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn partial(offset: i64, complete_until: i64, windows: &[(i64, i64)]) -> PartialTally {
@@ -231,20 +231,35 @@ mod tests {
         assert!(store.load_partition(1).await.unwrap().is_empty());
     }
 
-    #[tokio::test]
-    async fn memory_store_keeps_the_furthest_checkpoint() {
-        let store = MemoryTallyStore::new();
-        assert_eq!(store.load_checkpoint(0).await.unwrap(), None);
-        assert!(store.put_checkpoint(0, 10, b"ten").await.unwrap());
-        assert!(!store.put_checkpoint(0, 9, b"nine").await.unwrap());
-        assert!(!store.put_checkpoint(0, 10, b"ten again").await.unwrap());
-        assert!(store.put_checkpoint(1, 3, b"three").await.unwrap());
+    /// What every [`TallyStore`] does with checkpoints; `store` holds none below offset 1000.
+    pub(crate) async fn checkpoint_contract(store: &dyn TallyStore) {
+        assert_eq!(store.load_checkpoint(1000).await.unwrap(), None);
+        assert!(store.put_checkpoint(1000, 10, b"ten").await.unwrap());
+        // A stale owner's older or equal checkpoint does not replace it.
+        assert!(!store.put_checkpoint(1000, 9, b"nine").await.unwrap());
+        assert!(!store.put_checkpoint(1000, 10, b"ten again").await.unwrap());
+        assert!(store.put_checkpoint(1001, 3, b"three").await.unwrap());
         assert_eq!(
-            store.load_checkpoint(0).await.unwrap(),
+            store.load_checkpoint(1000).await.unwrap(),
             Some((10, b"ten".to_vec()))
         );
-        store.clear_checkpoint(0).await.unwrap();
-        assert_eq!(store.load_checkpoint(0).await.unwrap(), None);
-        assert!(store.put_checkpoint(0, 2, b"two").await.unwrap());
+        assert!(store.put_checkpoint(1000, 11, b"newer").await.unwrap());
+        assert_eq!(
+            store.load_checkpoint(1000).await.unwrap(),
+            Some((11, b"newer".to_vec()))
+        );
+        assert_eq!(
+            store.load_checkpoint(1001).await.unwrap(),
+            Some((3, b"three".to_vec()))
+        );
+        // An unusable checkpoint is deleted; then any offset may be stored again.
+        store.clear_checkpoint(1000).await.unwrap();
+        assert_eq!(store.load_checkpoint(1000).await.unwrap(), None);
+        assert!(store.put_checkpoint(1000, 2, b"replayed").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn memory_store_keeps_the_furthest_checkpoint() {
+        checkpoint_contract(&MemoryTallyStore::new()).await;
     }
 }
