@@ -87,7 +87,6 @@ pub struct AppState {
     pub ingest: Option<Arc<ingest::Ingest>>,
     pub realtime: Option<Arc<realtime::Realtime>>,
     pub processor_metrics: Arc<ProcessorMetrics>,
-    pub roles: Roles,
 }
 
 /// A started server: its router and its background tasks.
@@ -115,7 +114,8 @@ pub async fn start_roles(config: Config, roles: Roles) -> anyhow::Result<App> {
             roles.names()
         );
     }
-    if roles.is_all() || !on_kafka || !config.is_shared() {
+    // (A process running one service is on Kafka and PostgreSQL: it keeps nothing on disk.)
+    if roles.is_all() {
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
             anyhow::anyhow!(
                 "cannot create the data directory {}: {e}",
@@ -123,7 +123,7 @@ pub async fn start_roles(config: Config, roles: Roles) -> anyhow::Result<App> {
             )
         })?;
     }
-    let needs_log = roles.ingest || roles.processor || roles.realtime || !on_kafka;
+    let needs_log = roles.ingest || roles.processor || roles.realtime;
     let (log, log_metrics) = if needs_log {
         let (log, metrics) = open_log(&config).await?;
         (Some(log), metrics)
@@ -180,8 +180,11 @@ pub async fn start_roles(config: Config, roles: Roles) -> anyhow::Result<App> {
             metrics: processor_metrics.clone(),
         };
         if on_kafka {
-            let (member, events) =
-                GroupMember::join(&kafka_config(&config), &config.group_config())?;
+            let (member, events) = GroupMember::join(
+                &kafka_config(&config),
+                &config.group_config(),
+                processor_metrics.positions.clone(),
+            )?;
             tasks.push(tokio::spawn(run_group(
                 pipeline,
                 events,
@@ -237,7 +240,6 @@ pub async fn start_roles(config: Config, roles: Roles) -> anyhow::Result<App> {
         ingest: ingest.clone(),
         realtime: realtime.clone(),
         processor_metrics,
-        roles,
     };
     let mut router = Router::new();
     if let Some(ingest) = ingest {
@@ -396,7 +398,7 @@ pub(crate) async fn open_log(
 }
 
 /// The Kafka side of the configuration.
-pub(crate) fn kafka_config(config: &Config) -> KafkaConfig {
+pub fn kafka_config(config: &Config) -> KafkaConfig {
     let k = &config.kafka;
     let mut kafka = KafkaConfig::new(&k.brokers);
     kafka.votes_topic = format!("{}votes", k.topic_prefix);

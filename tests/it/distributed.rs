@@ -76,6 +76,26 @@ async fn serve_on_kafka_and_postgres_counts_exactly_and_survives_a_restart() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 
+    // The processors' positions are committed to the group, for lag tools: all 300 votes read.
+    let (kafka, group) = {
+        let mut c = Config::default();
+        c.log.partitions = 4; // as spawn_app_with sets it
+        configure(&mut c);
+        (crowdtick::serve::kafka_config(&c), c.group_config())
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let committed = storage::kafka_group::committed_offsets(&kafka, &group).unwrap();
+        if committed.values().sum::<u64>() == 300 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "committed offsets {committed:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+
     // The audit replays the Kafka votes topic and agrees with every published partial.
     let mut audit = Config::default();
     audit.log.partitions = 4; // as spawn_app_with sets it

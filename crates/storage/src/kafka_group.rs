@@ -10,8 +10,9 @@
 //!   what it owns and acknowledged, or until `revoke_timeout` passes; the next owner then resumes from
 //!   the flushed partials. A stale owner that missed the revocation cannot overwrite newer partials:
 //!   every store compares offsets on write.
-//! - **Committed offsets** are only for lag metrics ([`GroupMember::report_position`]): they are
-//!   committed every few seconds and never read back.
+//! - **Committed offsets** are only for lag tools (the partition tasks' positions, passed to
+//!   [`GroupMember::join`]): they are committed every few seconds and never read back by
+//!   CrowdTick ([`committed_offsets`] reads them as a lag tool would).
 
 use crate::kafka_log::{client_config, consumer_settings, KafkaConfig};
 use crate::LogError;
@@ -163,15 +164,16 @@ impl ConsumerContext for Context {
 pub struct GroupMember {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
-    positions: Arc<Mutex<BTreeMap<u32, u64>>>,
-    owned: Arc<Mutex<Vec<u32>>>,
 }
 
 impl GroupMember {
-    /// Joins the group; ownership changes arrive on the returned channel.
+    /// Joins the group; ownership changes arrive on the returned channel. `positions` (next offset
+    /// to read per partition, kept by the partition tasks) is committed every
+    /// [`GroupConfig::commit_interval`] for the owned partitions, for lag tools only.
     pub fn join(
         kafka: &KafkaConfig,
         group: &GroupConfig,
+        positions: Arc<Mutex<BTreeMap<u32, u64>>>,
     ) -> Result<(Self, mpsc::UnboundedReceiver<GroupEvent>), LogError> {
         let (tx, rx) = mpsc::unbounded_channel();
         let owned = Arc::new(Mutex::new(Vec::new()));
@@ -188,7 +190,6 @@ impl GroupMember {
             .subscribe(&[&kafka.votes_topic])
             .map_err(|e| LogError::Io(format!("joining group {}: {e}", group.group_id)))?;
         let stop = Arc::new(AtomicBool::new(false));
-        let positions = Arc::new(Mutex::new(BTreeMap::new()));
         let thread = {
             let (stop, positions, owned) = (stop.clone(), positions.clone(), owned.clone());
             let (topic, interval) = (kafka.votes_topic.clone(), group.commit_interval);
@@ -220,26 +221,9 @@ impl GroupMember {
             Self {
                 stop,
                 thread: Some(thread),
-                positions,
-                owned,
             },
             rx,
         ))
-    }
-
-    /// Records how far a partition has been processed (committed later, for lag metrics only).
-    pub fn report_position(&self, partition: u32, next_offset: u64) {
-        self.positions.lock().insert(partition, next_offset);
-    }
-
-    /// A shared handle for partition tasks to report their positions through.
-    pub fn positions(&self) -> Arc<Mutex<BTreeMap<u32, u64>>> {
-        self.positions.clone()
-    }
-
-    /// The partitions the group has given this member.
-    pub fn owned(&self) -> Vec<u32> {
-        self.owned.lock().clone()
     }
 
     /// Leaves the group (after the caller has flushed what it owns).
@@ -259,6 +243,37 @@ impl Drop for GroupMember {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// The group's committed offset per votes partition (partitions with none are left out), as a lag
+/// tool such as `kafka-consumer-groups --describe` reads them.
+pub fn committed_offsets(
+    kafka: &KafkaConfig,
+    group: &GroupConfig,
+) -> Result<BTreeMap<u32, u64>, LogError> {
+    let consumer: BaseConsumer = client_config(&group_settings(kafka, group))
+        .create()
+        .map_err(|e| LogError::Config(format!("Kafka consumer settings: {e}")))?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..kafka.votes_partitions {
+        tpl.add_partition(&kafka.votes_topic, p as i32);
+    }
+    let committed = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .map_err(|e| {
+            LogError::Io(format!(
+                "reading the committed offsets of {}: {e}",
+                group.group_id
+            ))
+        })?;
+    Ok(committed
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) if o >= 0 => Some((e.partition() as u32, o as u64)),
+            _ => None,
+        })
+        .collect())
 }
 
 fn commit_positions(
