@@ -46,7 +46,7 @@ pub struct GroupConfig {
     pub session_timeout: Duration,
     /// The longest a revocation waits for the processor's flush.
     pub revoke_timeout: Duration,
-    /// How often positions are committed (for lag metrics only).
+    /// How often positions are committed (for lag tools only).
     pub commit_interval: Duration,
 }
 
