@@ -45,6 +45,8 @@ pub enum Command {
     Loadgen(Box<loadtest::LoadgenArgs>),
     /// Print the effective configuration (after file, environment and flags) as TOML.
     Config(ServeArgs),
+    /// Probe a node: exit 0 if URL answers 200, 1 otherwise (for container healthchecks; the image has no curl).
+    Healthcheck(HealthcheckArgs),
     /// Create or update the PostgreSQL tables of the distributed mode (polls, partial tallies, partition checkpoints); safe to repeat.
     Migrate(MigrateArgs),
 }
@@ -88,13 +90,25 @@ pub struct RecountArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct HealthcheckArgs {
+    /// What to probe: /healthz says the process serves, /readyz that it can do its job.
+    #[arg(long, default_value = "http://127.0.0.1:8080/healthz")]
+    pub url: String,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 5)]
+    pub timeout_secs: u64,
+}
+
+#[derive(Debug, Args)]
 pub struct MigrateArgs {
-    /// PostgreSQL connection URL, e.g. postgres://crowdtick:secret@db:5432/crowdtick.
-    #[arg(long, env = "CROWDTICK_POSTGRES", value_name = "URL")]
-    pub postgres: String,
-    /// PostgreSQL schema that holds CrowdTick's tables (created if missing).
-    #[arg(long, value_name = "NAME", default_value = storage::postgres::DEFAULT_SCHEMA)]
-    pub schema: String,
+    /// PostgreSQL connection URL, e.g. postgres://crowdtick:secret@db:5432/crowdtick
+    /// [default: postgres.url, as every service reads it (CROWDTICK_POSTGRES__URL)].
+    #[arg(long, value_name = "URL")]
+    pub postgres: Option<String>,
+    /// PostgreSQL schema that holds CrowdTick's tables, created if missing
+    /// [default: postgres.schema (CROWDTICK_POSTGRES__SCHEMA), itself "crowdtick" by default].
+    #[arg(long, value_name = "NAME")]
+    pub schema: Option<String>,
 }
 
 impl ServeArgs {
@@ -197,22 +211,40 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{}", toml_of(&config));
             Ok(ExitCode::SUCCESS)
         }
+        Command::Healthcheck(args) => {
+            let timeout = std::time::Duration::from_secs(args.timeout_secs);
+            match runtime.block_on(crate::healthcheck::status_of(&args.url, timeout)) {
+                Ok(200) => Ok(ExitCode::SUCCESS),
+                Ok(code) => {
+                    eprintln!("{} answered {code}", args.url);
+                    Ok(ExitCode::from(1))
+                }
+                Err(e) => {
+                    eprintln!("{e:#}");
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
         Command::Migrate(args) => {
+            let url = args.postgres.unwrap_or(config.postgres.url);
+            let schema = args.schema.unwrap_or(config.postgres.schema);
+            anyhow::ensure!(
+                !url.is_empty(),
+                "migrate needs PostgreSQL: give --postgres URL or set CROWDTICK_POSTGRES__URL"
+            );
             runtime.block_on(async {
-                let pool = storage::postgres::connect(&args.postgres)
-                    .await
-                    .map_err(|e| {
-                        if e.unreachable {
-                            anyhow::anyhow!("{e}; is it running? (--postgres or CROWDTICK_POSTGRES)")
-                        } else {
-                            anyhow::anyhow!("{e}; check the user, password and database in --postgres or CROWDTICK_POSTGRES")
-                        }
-                    })?;
+                let pool = storage::postgres::connect(&url).await.map_err(|e| {
+                    if e.unreachable {
+                        anyhow::anyhow!("{e}; is it running? (--postgres or CROWDTICK_POSTGRES__URL)")
+                    } else {
+                        anyhow::anyhow!("{e}; check the user, password and database in --postgres or CROWDTICK_POSTGRES__URL")
+                    }
+                })?;
                 let mut client = pool.get().await.map_err(|e| {
                     anyhow::anyhow!("lost the connection to PostgreSQL: {e}; try again")
                 })?;
-                storage::postgres::migrate(&mut client, &args.schema).await?;
-                println!("PostgreSQL schema {:?} is up to date", args.schema);
+                storage::postgres::migrate(&mut client, &schema).await?;
+                println!("PostgreSQL schema {schema:?} is up to date");
                 anyhow::Ok(())
             })?;
             Ok(ExitCode::SUCCESS)

@@ -220,6 +220,90 @@ impl Default for RealtimeSection {
     }
 }
 
+/// The top-level settings, as `CROWDTICK_<NAME>` (nested keys joined by `__`).
+const SETTINGS: &[&str] = &[
+    "listen",
+    "data_dir",
+    "operator_keys",
+    "public_url",
+    "log",
+    "ingest",
+    "processor",
+    "realtime",
+    "kafka",
+    "postgres",
+    "redis",
+    "polls",
+];
+
+/// `CROWDTICK_*` variables that are not settings: `CROWDTICK_CONFIG` (the file, read by the
+/// command line), `CROWDTICK_OPERATOR_KEY` (loadgen's and Locust's key), `CROWDTICK_ALLOW_REMOTE`
+/// (Locust), and the switches of the test and benchmark harnesses (`CROWDTICK_TEST_*`,
+/// `CROWDTICK_BENCH_*`).
+const NOT_SETTINGS: &[&str] = &["config", "operator_key", "allow_remote"];
+const NOT_SETTINGS_PREFIXES: &[&str] = &["test_", "bench_"];
+
+/// Whether a variable is one Kubernetes injects (service links) for a Service named
+/// `crowdtick-…`: `<SERVICE>_SERVICE_HOST`, `<SERVICE>_SERVICE_PORT[_<NAME>]`, `<SERVICE>_PORT` and
+/// `<SERVICE>_PORT_<N>_<PROTO>[_PROTO|_PORT|_ADDR]`. No setting has these shapes.
+fn is_service_link(key: &str) -> bool {
+    if key.contains("__") {
+        return false;
+    }
+    if key.ends_with("_service_host") || key.ends_with("_port") || key.contains("_service_port") {
+        return true;
+    }
+    // <service>_port_<digits>_<proto>[_proto|_port|_addr]
+    let Some(at) = key.rfind("_port_") else {
+        return false;
+    };
+    let mut rest = key[at + "_port_".len()..].split('_');
+    let number = rest.next().unwrap_or_default();
+    let proto = rest.next().unwrap_or_default();
+    let tail = rest.next();
+    !number.is_empty()
+        && number.bytes().all(|b| b.is_ascii_digit())
+        && matches!(proto, "tcp" | "udp" | "sctp")
+        && matches!(tail, None | Some("proto" | "port" | "addr"))
+        && rest.next().is_none()
+}
+
+/// Refuses a `CROWDTICK_*` variable that names no setting, so a misspelled one (say
+/// `CROWDTICK_KAFKA_BROKERS` with one underscore) stops the start instead of being ignored.
+/// Misspelled keys inside a section are refused when the configuration is read.
+pub fn check_environment(vars: impl IntoIterator<Item = (String, String)>) -> anyhow::Result<()> {
+    let vars: Vec<(String, String)> = vars.into_iter().collect();
+    // Kubernetes sets KUBERNETES_SERVICE_HOST in every pod, with its service links.
+    let in_kubernetes = vars.iter().any(|(n, _)| n == "KUBERNETES_SERVICE_HOST");
+    let mut unknown = Vec::new();
+    for (name, _) in vars {
+        let Some(key) = name.strip_prefix("CROWDTICK_") else {
+            continue;
+        };
+        let key = key.to_ascii_lowercase();
+        let top = key.split("__").next().unwrap_or_default();
+        let known = SETTINGS.contains(&top)
+            || NOT_SETTINGS.contains(&key.as_str())
+            || NOT_SETTINGS_PREFIXES.iter().any(|p| key.starts_with(p))
+            || (in_kubernetes && is_service_link(&key));
+        if !known {
+            unknown.push(name);
+        }
+    }
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "{} {} not a CrowdTick setting. Settings are CROWDTICK_ followed by a key, with nested \
+         keys joined by a double underscore (e.g. CROWDTICK_KAFKA__BROKERS); the keys are {} \
+         (`crowdtick config` prints them all). Unset or correct {}.",
+        unknown.join(", "),
+        if unknown.len() == 1 { "is" } else { "are" },
+        SETTINGS.join(", "),
+        if unknown.len() == 1 { "it" } else { "them" },
+    )
+}
+
 impl Config {
     /// Defaults, then the file (an explicit `--config` must exist), then `CROWDTICK_*`.
     pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
@@ -235,25 +319,10 @@ impl Config {
             }
             None => fig = fig.merge(Toml::file("crowdtick.toml")),
         }
-        // Only variables naming a configuration key; others (CROWDTICK_CONFIG, a test's own
-        // CROWDTICK_SOMETHING) are not ours to refuse. A typo inside a section is still refused.
-        let known = [
-            "listen",
-            "data_dir",
-            "operator_keys",
-            "public_url",
-            "log",
-            "ingest",
-            "processor",
-            "realtime",
-            "kafka",
-            "postgres",
-            "redis",
-            "polls",
-        ];
-        fig = fig.merge(Env::prefixed("CROWDTICK_").split("__").filter(move |k| {
+        check_environment(std::env::vars())?;
+        fig = fig.merge(Env::prefixed("CROWDTICK_").split("__").filter(|k| {
             let top = k.as_str().split('.').next().unwrap_or_default();
-            known.iter().any(|known| top.eq_ignore_ascii_case(known))
+            SETTINGS.iter().any(|s| top.eq_ignore_ascii_case(s))
         }));
         let config: Config = fig
             .extract()
@@ -363,7 +432,7 @@ mod tests {
                 "listen = \"0.0.0.0:9000\"\n[ingest]\ndeadline_ms = 500\n",
             )?;
             jail.set_env("CROWDTICK_INGEST__DEADLINE_MS", "750");
-            jail.set_env("CROWDTICK_SCREENSHOTS", "1"); // not a configuration key: ignored
+            jail.set_env("CROWDTICK_TEST_SCREENSHOTS", "1"); // a test switch, not a setting
             let c = Config::load(Some(Path::new("c.toml"))).unwrap();
             assert_eq!(c.listen, "0.0.0.0:9000");
             assert_eq!(c.ingest.deadline_ms, 750);
@@ -373,6 +442,69 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(err.contains("lisen"), "unknown keys are named: {err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn environment_variables_that_name_no_setting_are_refused() {
+        let vars = |names: &[&str]| {
+            names
+                .iter()
+                .map(|n| (n.to_string(), "x".to_string()))
+                .collect::<Vec<_>>()
+        };
+        check_environment(vars(&[
+            "CROWDTICK_KAFKA__BROKERS",
+            "CROWDTICK_OPERATOR_KEYS",
+            "CROWDTICK_CONFIG",
+            "CROWDTICK_TEST_POSTGRES",
+            "PATH",
+        ]))
+        .unwrap();
+        // In a pod, what Kubernetes injects for a Service named crowdtick-query (service links).
+        check_environment(vars(&[
+            "KUBERNETES_SERVICE_HOST",
+            "CROWDTICK_QUERY_SERVICE_HOST",
+            "CROWDTICK_QUERY_SERVICE_PORT",
+            "CROWDTICK_QUERY_SERVICE_PORT_HTTP",
+            "CROWDTICK_QUERY_PORT",
+            "CROWDTICK_QUERY_PORT_8080_TCP",
+            "CROWDTICK_QUERY_PORT_8080_TCP_PROTO",
+            "CROWDTICK_QUERY_PORT_8080_TCP_ADDR",
+        ]))
+        .unwrap();
+        let err = check_environment(vars(&[
+            "KUBERNETES_SERVICE_HOST",
+            "CROWDTICK_QUERY_PORT_8080_TCP_HOST",
+            "CROWDTICK_KAFKA_BROKERS",
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("CROWDTICK_QUERY_PORT_8080_TCP_HOST, CROWDTICK_KAFKA_BROKERS are not"),
+            "{err}"
+        );
+        for typo in [
+            "CROWDTICK_KAFKA_BROKERS",
+            "CROWDTICK_LISTN",
+            "CROWDTICK_PARTITIONS",
+            "CROWDTICK_QUERY_SERVICE_HOST", // outside Kubernetes, no Service injects it
+        ] {
+            let err = check_environment(vars(&["CROWDTICK_LISTEN", typo]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with(typo), "{typo}: {err}");
+        }
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn a_misspelled_key_inside_a_section_is_refused() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("CROWDTICK_INGEST__DEADLINE_MSS", "750");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("deadline_mss"), "{err}");
             Ok(())
         });
     }

@@ -8,6 +8,8 @@
 //! - [`seed`]: the old Django API (`/api/…`, `/ws/poll/{id}/`) as a thin adapter over the same pipeline.
 //! - [`recount`]: the audit command.
 //! - [`metrics`]: `GET /metrics`.
+//! - [`readiness`]: `GET /readyz`, the checks that say whether a node can do its job.
+//! - [`healthcheck`]: `crowdtick healthcheck`, a probe for container healthchecks (no curl needed).
 //!
 //! The pipeline itself lives in the workspace crates: `schemas` (contracts), `storage` (log, polls),
 //! `ingest` (edge), `processor` (counting, merging), `query` (API, UI), `realtime` (fan-out),
@@ -15,7 +17,9 @@
 
 pub mod cli;
 pub mod config;
+pub mod healthcheck;
 pub mod metrics;
+pub mod readiness;
 pub mod recount;
 pub mod seed;
 pub mod serve;

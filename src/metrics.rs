@@ -19,6 +19,16 @@ fn gauge(out: &mut String, name: &str, help: &str, v: u64) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
 }
 
+fn histogram(out: &mut String, name: &str, help: &str, h: &ingest::latency::LatencyHistogram) {
+    let (buckets, sum, count) = h.snapshot();
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    for (le, n) in buckets {
+        let le = le.map_or_else(|| "+Inf".to_owned(), |s| s.to_string());
+        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {n}");
+    }
+    let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
+}
+
 pub async fn render(State(s): State<AppState>) -> impl IntoResponse {
     let mut out = String::with_capacity(4096);
     if let Some(l) = &s.log_metrics {
@@ -96,6 +106,12 @@ pub async fn render(State(s): State<AppState>) -> impl IntoResponse {
             "crowdtick_ingest_append_wait_microseconds_total",
             "Time votes waited to become durable.",
             &i.append_wait_us,
+        );
+        histogram(
+            &mut out,
+            "crowdtick_ingest_vote_duration_seconds",
+            "Time acknowledged votes waited to become durable (append to acknowledgement).",
+            &i.durable_latency,
         );
     }
     let p = &s.processor_metrics;

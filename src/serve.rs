@@ -10,6 +10,7 @@
 
 use crate::config::Config;
 use crate::metrics;
+use crate::readiness::Readiness;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
@@ -192,6 +193,10 @@ pub async fn start_roles(config: Config, roles: Roles) -> anyhow::Result<App> {
             )));
             group = Some(member);
         } else {
+            // The embedded log's processor owns every partition.
+            processor_metrics
+                .owns_partitions
+                .store(true, std::sync::atomic::Ordering::Relaxed);
             for p in 0..partitions {
                 tasks.push(tokio::spawn(run_partition_supervised(
                     pipeline.clone(),
@@ -222,6 +227,14 @@ pub async fn start_roles(config: Config, roles: Roles) -> anyhow::Result<App> {
             Duration::from_millis(config.realtime.coalesce_ms),
         )
     });
+    let readiness = Arc::new(readiness_of(
+        &config,
+        roles,
+        log.as_ref(),
+        &catalog,
+        &processor_metrics,
+        (log.is_some() && shared_results.is_none()).then_some(&board),
+    ));
     let query_state = query::QueryState {
         catalog: catalog.clone(),
         board: board.clone(),
@@ -261,6 +274,10 @@ pub async fn start_roles(config: Config, roles: Roles) -> anyhow::Result<App> {
             "/healthz",
             get(|| async { Json(serde_json::json!({"status": "ok"})) }),
         )
+        .route(
+            "/readyz",
+            get(crate::readiness::readyz).with_state(readiness),
+        )
         .route("/metrics", get(metrics::render).with_state(state.clone()))
         .fallback(move || async move {
             ApiError::not_found(
@@ -290,6 +307,36 @@ pub async fn start_roles(config: Config, roles: Roles) -> anyhow::Result<App> {
         tasks,
         group,
     })
+}
+
+/// The readiness checks of a node running `roles` (see [`crate::readiness`]). `board` is the
+/// results board when this node keeps one by following the tallies topic.
+fn readiness_of(
+    config: &Config,
+    roles: Roles,
+    log: Option<&Arc<dyn Log>>,
+    catalog: &PollCatalog,
+    processor_metrics: &Arc<ProcessorMetrics>,
+    board: Option<&Arc<ResultsBoard>>,
+) -> Readiness {
+    let mut readiness = Readiness::default();
+    if let Some(log) = log {
+        readiness = readiness.log(log.clone());
+    }
+    // An edge refuses votes past half the close lead; other nodes tolerate a few missed re-reads.
+    let catalog_max_age = if roles.ingest {
+        Duration::from_millis(config.polls.close_lead_ms / 2)
+    } else {
+        Duration::from_millis((config.polls.refresh_ms * 20).max(5_000))
+    };
+    readiness = readiness.catalog(catalog.clone(), catalog_max_age);
+    if roles.processor {
+        readiness = readiness.partitions(processor_metrics.clone());
+    }
+    if let (Some(board), true) = (board, roles.query || roles.realtime) {
+        readiness = readiness.tallies(board.clone());
+    }
+    readiness
 }
 
 /// Keeps the catalog in step with PostgreSQL: a re-read every `every`, and at once on a notice.

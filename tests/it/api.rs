@@ -357,3 +357,14 @@ async fn a_vote_that_cannot_be_durable_in_time_gets_503_and_is_not_counted() {
     let acked_a = if batch_status == 200 { 10_000 } else { 0 };
     app.wait_counts(poll, &[acked_a, acked_b], 20).await;
 }
+
+#[tokio::test]
+async fn readiness_names_every_check_of_the_embedded_node() {
+    let app = spawn_app().await;
+    let checks = wait_ready(&app.client, &app.base, 30).await;
+    // One process runs every service: the log, its partitions and the tallies it follows.
+    assert_eq!(checks, ["log", "partitions", "tallies"], "{checks:?}");
+    let (status, failing, body) = readiness(&app.client, &app.base).await;
+    assert_eq!((status, failing.len()), (200, 0), "{body}");
+    assert_eq!(body["status"], "ready");
+}

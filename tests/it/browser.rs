@@ -9,7 +9,7 @@
 //! Needs `/usr/bin/chromium` and `/usr/bin/chromedriver` (Debian: `apt-get install chromium
 //! chromium-driver`); the test fails, never skips, without them.
 //!
-//! - `CROWDTICK_SCREENSHOTS=1` also writes `docs/screenshot-screen.png`, `docs/screenshot-vote.png`
+//! - `CROWDTICK_TEST_SCREENSHOTS=1` also writes `docs/screenshot-screen.png`, `docs/screenshot-vote.png`
 //!   and `docs/screenshot-console.png` (after some extra generated votes, so the charts have data).
 //! - `CROWDTICK_E2E_BASE=http://127.0.0.1:PORT` runs against an already running server instead of
 //!   starting one (handy while working on the pages).
@@ -54,7 +54,7 @@ fn start_server(data_dir: &Path) -> (KillOnDrop, String) {
     let log = std::fs::File::create(data_dir.with_extension("log")).expect("server log file");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_crowdtick"));
     // The server reads its configuration from CROWDTICK_* variables and refuses unknown ones, so
-    // the test's own switches (CROWDTICK_SCREENSHOTS, …) and the caller's settings stay out.
+    // the test's own switches (CROWDTICK_TEST_SCREENSHOTS, …) and the caller's settings stay out.
     for (name, _) in std::env::vars_os() {
         if name.to_string_lossy().starts_with("CROWDTICK_") {
             cmd.env_remove(name);
@@ -280,7 +280,7 @@ async fn generate_votes(http: &reqwest::Client, base: &str, poll_id: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_vote_moves_the_results_screen() {
     require_browser();
-    let screenshots = std::env::var("CROWDTICK_SCREENSHOTS").is_ok_and(|v| v == "1");
+    let screenshots = std::env::var("CROWDTICK_TEST_SCREENSHOTS").is_ok_and(|v| v == "1");
     let tmp = tempfile::tempdir().unwrap();
     let http = http();
 

@@ -13,7 +13,7 @@
 //!   within the edge's deadline, nothing acknowledged is lost, and votes are taken again on their own
 //!   soon after the broker returns.
 
-use crate::helpers::{free_port, wait_healthy, KEY};
+use crate::helpers::{free_port, readiness, wait_healthy, wait_ready, KEY};
 use futures::StreamExt;
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -714,7 +714,7 @@ async fn broker_outage(length: Duration) {
         .push(("CROWDTICK_INGEST__DEADLINE_MS".into(), "1000".into()));
     let query = c.start("query").await;
     let edge = c.start("ingest").await;
-    let _processor = c.start("processor").await;
+    let processor = c.start("processor").await;
     let poll = c.create_poll(&query, 2).await;
     let client = c.client.clone();
     let vote = |voter: String, option: i64| {
@@ -731,6 +731,17 @@ async fn broker_outage(length: Duration) {
             (r.status().as_u16(), retry_after, started.elapsed())
         }
     };
+    // Before: every node is ready, each with its own checks.
+    let http = &c.client;
+    assert_eq!(
+        wait_ready(http, &edge.base, 30).await,
+        ["log", "poll_catalog"]
+    );
+    assert_eq!(
+        wait_ready(http, &processor.base, 60).await,
+        ["log", "poll_catalog", "partitions"]
+    );
+    assert_eq!(wait_ready(http, &query.base, 30).await, ["poll_catalog"]);
     // Before: votes are taken.
     let mut acked: Vec<(String, i64)> = Vec::new();
     for i in 0..50 {
@@ -770,6 +781,9 @@ async fn broker_outage(length: Duration) {
         }
         rss_during.push(edge.rss_kib());
     }
+    // The edge says why it is not ready while the broker is away.
+    let (status, failing, body) = readiness(&c.client, &edge.base).await;
+    assert_eq!((status, failing), (503, vec!["log".to_owned()]), "{body}");
     let rss_max = rss_during.iter().copied().max().unwrap_or(0);
     eprintln!("outage: edge RSS {rss_before} KiB before, at most {rss_max} KiB during; slowest answer {slowest:?} (deadline 1 s)");
     assert!(
@@ -809,6 +823,7 @@ async fn broker_outage(length: Duration) {
         }
     }
     let resumed = resumed.unwrap_or_default();
+    wait_ready(&c.client, &edge.base, 30).await;
     eprintln!(
         "outage: {length:?}, {refused} votes during it, {got_503} got 503; taken again {resumed:?} after the broker returned"
     );

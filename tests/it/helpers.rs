@@ -37,6 +37,43 @@ pub async fn wait_healthy(client: &reqwest::Client, base: &str) {
     }
 }
 
+/// `GET {base}/readyz`: the status and the failing checks' names.
+pub async fn readiness(client: &reqwest::Client, base: &str) -> (u16, Vec<String>, Value) {
+    let r = client.get(format!("{base}/readyz")).send().await.unwrap();
+    let status = r.status().as_u16();
+    let body: Value = r.json().await.unwrap();
+    let failing = body["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["ok"] == false)
+        .map(|c| c["name"].as_str().unwrap().to_owned())
+        .collect();
+    (status, failing, body)
+}
+
+/// Waits up to `secs` for `{base}/readyz` to answer 200; returns its checks' names.
+pub async fn wait_ready(client: &reqwest::Client, base: &str, secs: u64) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let (status, _, body) = readiness(client, base).await;
+        if status == 200 {
+            return body["checks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["name"].as_str().unwrap().to_owned())
+                .collect();
+        }
+        assert_eq!(status, 503, "{body}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{base}/readyz still not ready after {secs} s: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A server running in this process on a free port, on its own data directory.
 pub struct TestApp {
     pub addr: SocketAddr,

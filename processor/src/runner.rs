@@ -13,8 +13,8 @@ use parking_lot::Mutex;
 use schemas::poll::PollState;
 use schemas::vote::decode_vote;
 use schemas::{now_micros, PartialTally, PollId};
-use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use storage::{AppendBatch, GroupEvent, Log, LogError, PollCatalog, RedisCache, TallyStore, Topic};
@@ -66,6 +66,29 @@ pub struct ProcessorMetrics {
     pub checkpoints_restored: AtomicU64,
     /// Next offset to read, per owned votes partition (lag = high watermark − this).
     pub positions: Arc<Mutex<BTreeMap<u32, u64>>>,
+    /// Whether this processor knows which partitions it owns (the consumer group has assigned
+    /// them, possibly none; always for the embedded log, which owns every partition).
+    pub owns_partitions: AtomicBool,
+    /// Owned partitions still restoring or replaying: not yet caught up with the log's end as it
+    /// was when their task started. Empty and `owns_partitions`: the processor is ready.
+    pub catching_up: Mutex<BTreeSet<u32>>,
+}
+
+impl ProcessorMetrics {
+    /// Readiness of the processor: `Err` says why it is not ready.
+    pub fn readiness(&self) -> Result<String, String> {
+        if !self.owns_partitions.load(Ordering::Relaxed) {
+            return Err("waiting for the consumer group to assign partitions".into());
+        }
+        let catching_up = self.catching_up.lock();
+        if !catching_up.is_empty() {
+            return Err(format!(
+                "partitions {catching_up:?} are restoring or replaying the votes log"
+            ));
+        }
+        let owned: Vec<u32> = self.positions.lock().keys().copied().collect();
+        Ok(format!("owns partitions {owned:?}, caught up"))
+    }
 }
 
 /// What a partition has already published per poll: (offset, complete_until).
@@ -126,6 +149,7 @@ pub async fn run_partition(
     } = pipeline;
     // The checkpoint first, then the end: a checkpoint written in between is then never taken
     // for one beyond the end.
+    metrics.catching_up.lock().insert(partition);
     let counter = restore_checkpoint(pipeline, partition).await?;
     let replay_to = log.high_watermark(Topic::Votes, partition).await?;
     let mut task = PartitionTask {
@@ -139,6 +163,7 @@ pub async fn run_partition(
     let started = Instant::now();
     let replay_from = task.counter.next_offset();
     let mut replaying = replay_from < replay_to;
+    let mut caught_up = false;
     let mut last_flush = Instant::now();
     loop {
         let fetch_wall = now_micros();
@@ -211,6 +236,10 @@ pub async fn run_partition(
 
         if task.counter.next_offset() >= fetched.high_watermark {
             // Caught up with everything written before this fetch began.
+            if !caught_up {
+                caught_up = true;
+                metrics.catching_up.lock().remove(&partition);
+            }
             let margin = (config.ingest_deadline + Duration::from_secs(1)).as_micros() as i64;
             let closing = polls
                 .values()
@@ -467,6 +496,10 @@ pub async fn run_group(
         };
         match event {
             Some(GroupEvent::Assigned(parts)) => {
+                pipeline
+                    .metrics
+                    .owns_partitions
+                    .store(true, Ordering::Relaxed);
                 for p in parts {
                     if running.contains_key(&p) {
                         continue;
@@ -505,8 +538,10 @@ async fn stop_partitions(
         let _ = h.await;
     }
     let mut positions = pipeline.metrics.positions.lock();
+    let mut catching_up = pipeline.metrics.catching_up.lock();
     for p in parts {
         positions.remove(p);
+        catching_up.remove(p);
     }
 }
 

@@ -142,11 +142,9 @@ impl ConsumerContext for Context {
                 if let Err(e) = consumer.pause(tpl) {
                     tracing::warn!(error = %e, "pausing the group's assigned partitions failed");
                 }
-                if parts.is_empty() {
-                    return;
-                }
-                tracing::info!(partitions = ?parts, "group assigns partitions");
-                {
+                // An empty assignment is news too: the member has joined (readiness).
+                if !parts.is_empty() {
+                    tracing::info!(partitions = ?parts, "group assigns partitions");
                     let mut owned = self.owned.lock();
                     owned.extend(&parts);
                     owned.sort_unstable();

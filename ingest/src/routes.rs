@@ -216,10 +216,17 @@ async fn post_batch(
         .metrics
         .votes_accepted
         .fetch_add(n_accepted as u64, Ordering::Relaxed);
+    let waited = started.elapsed();
     ingest.metrics.append_wait_us.fetch_add(
-        started.elapsed().as_micros() as u64 * n_accepted as u64,
+        waited.as_micros() as u64 * n_accepted as u64,
         Ordering::Relaxed,
     );
+    if n_accepted > 0 {
+        ingest
+            .metrics
+            .durable_latency
+            .observe(waited, n_accepted as u64);
+    }
 
     let mut positions = positions.into_iter();
     let mut results = Vec::with_capacity(if only_rejected { 0 } else { judged.len() });

@@ -4,12 +4,14 @@
 //! - [`validate`] (pure): parse and judge a vote against its poll — exists, open at the stamped time,
 //!   choices fit, ids well-formed — with the [`schemas::ApiError`] each failure answers.
 //! - [`rate_limit`]: per-address token buckets.
+//! - [`latency`]: the histogram of how long acknowledged votes waited to become durable.
 //! - [`Ingest`]: the shared state and [`Ingest::submit`], the one way a vote enters the log (the seed
 //!   API adapter uses it too): stamp, judge, encode (Avro), append with a deadline, answer.
 //!
 //! A 202 is only sent once the log says the vote is durable; if it cannot be durable before the
 //! deadline the log does not write it and the answer is 503 with `Retry-After`.
 
+pub mod latency;
 pub mod rate_limit;
 pub mod routes;
 pub mod validate;
@@ -67,6 +69,8 @@ pub struct IngestMetrics {
     pub votes_unavailable: AtomicU64,
     /// Sum of append waits in microseconds (with `votes_accepted`, the mean durable latency).
     pub append_wait_us: AtomicU64,
+    /// The same waits as a histogram, per acknowledged vote.
+    pub durable_latency: latency::LatencyHistogram,
 }
 
 /// A durable vote's receipt.
@@ -150,9 +154,11 @@ impl Ingest {
                     .fetch_add(1, Ordering::Relaxed);
                 unavailable(e)
             })?;
+        let waited = started.elapsed();
         self.metrics
             .append_wait_us
-            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            .fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
+        self.metrics.durable_latency.observe(waited, 1);
         self.metrics.votes_accepted.fetch_add(1, Ordering::Relaxed);
         Ok(Receipt {
             vote_id,

@@ -53,6 +53,8 @@ pub struct ResultsBoard {
     polls: RwLock<HashMap<PollId, Entry>>,
     /// Votes-topic partitions: a poll is complete when this many partitions have reported.
     partitions: u32,
+    /// Tallies partitions whose last read by [`tail_tallies`] failed (readiness).
+    tail_failing: std::sync::atomic::AtomicU32,
 }
 
 impl ResultsBoard {
@@ -60,6 +62,17 @@ impl ResultsBoard {
         Self {
             polls: RwLock::new(HashMap::new()),
             partitions,
+            tail_failing: Default::default(),
+        }
+    }
+
+    /// Readiness of a node that follows the tallies topic: `Err` when reading it fails.
+    pub fn following(&self) -> Result<String, String> {
+        match self.tail_failing.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => Ok("following the tallies topic".into()),
+            n => Err(format!(
+                "reading {n} partition(s) of the tallies topic fails (see the log)"
+            )),
         }
     }
 
@@ -204,6 +217,8 @@ pub async fn tail_tallies(
         .map(|(p, mut next)| {
             let (log, board, mut shutdown) = (log.clone(), board.clone(), shutdown.clone());
             tokio::spawn(async move {
+                let mut failing = false;
+                let failing_count = &board.tail_failing;
                 loop {
                     let f = tokio::select! {
                         r = log.fetch(Topic::Tallies, p as u32, next, 4 << 20, Duration::from_secs(1)) => r,
@@ -213,8 +228,14 @@ pub async fn tail_tallies(
                         Ok(f) => {
                             apply_fetched(&board, &f);
                             next = f.next_offset();
+                            if std::mem::take(&mut failing) {
+                                failing_count.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                            }
                         }
                         Err(e) => {
+                            if !std::mem::replace(&mut failing, true) {
+                                failing_count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            }
                             tracing::warn!(partition = p, error = %e, "reading the tallies topic failed; retrying");
                             tokio::time::sleep(Duration::from_millis(500)).await;
                         }

@@ -1,4 +1,4 @@
-//! The web UI (pages in `crates/query/ui/`, embedded at compile time: no build step), the QR code
+//! The web UI (pages in `query/ui/`, embedded at compile time: no build step), the QR code
 //! of a poll's voter link, and the OpenAPI document.
 
 use crate::QueryState;
@@ -91,7 +91,7 @@ mod tests {
     /// Every route the server answers (`src/serve.rs` merges these routers), with its methods. A route
     /// added, removed or renamed must be changed here and in `openapi.json` together.
     const ROUTES: &[(&str, &[&str])] = &[
-        // crates/query/src/routes.rs
+        // query/src/routes.rs
         ("/v1/polls", &["get", "post"]),
         ("/v1/polls/{id}", &["get"]),
         ("/v1/s/{slug}", &["get"]),
@@ -101,14 +101,15 @@ mod tests {
         ("/v1/polls/{id}/results", &["get"]),
         ("/v1/polls/{id}/timeline", &["get"]),
         ("/v1/polls/{id}/rejections", &["get"]),
-        // crates/ingest/src/routes.rs
+        // ingest/src/routes.rs
         ("/v1/votes", &["post"]),
         ("/v1/votes/batch", &["post"]),
-        // crates/realtime/src/routes.rs
+        // realtime/src/routes.rs
         ("/v1/polls/{id}/ws", &["get"]),
         ("/v1/polls/{id}/sse", &["get"]),
         // src/serve.rs
         ("/healthz", &["get"]),
+        ("/readyz", &["get"]),
         ("/metrics", &["get"]),
         // this file
         ("/openapi.json", &["get"]),

@@ -13,9 +13,9 @@ Run (against a local server only; the file refuses other hosts unless CROWDTICK_
 
     pip install locust
     crowdtick serve --data-dir /tmp/ct --listen 127.0.0.1:8080 &
-    locust -f crates/loadtest/locust/locustfile.py --host http://127.0.0.1:8080 \\
+    locust -f loadtest/locust/locustfile.py --host http://127.0.0.1:8080 \\
         --headless -u 1000 -r 100 -t 60s SeedApiUser
-    locust -f crates/loadtest/locust/locustfile.py --host http://127.0.0.1:8080 \\
+    locust -f loadtest/locust/locustfile.py --host http://127.0.0.1:8080 \\
         --headless -u 200 -r 50 -t 60s V1User
 
 Environment: CROWDTICK_OPERATOR_KEY (default dev-operator-key), LOCUST_V1_POLLS (polls V1User
