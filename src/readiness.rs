@@ -2,7 +2,7 @@
 //! says the process serves; readiness is what a load balancer or Kubernetes routes by.
 //!
 //! Which checks a node runs follows from its services ([`Readiness::for_roles`]):
-//! - `log`: the votes log answers (a Kafka broker is reachable) — ingest, processor, realtime;
+//! - `log`: the votes log answers (a Kafka broker is reachable) — ingest and processor;
 //! - `poll_catalog`: the poll catalog was re-read from PostgreSQL recently enough — every node of
 //!   the distributed mode (for an edge: the age past which it answers 503 itself);
 //! - `partitions`: the processor owns its partitions and has caught up with the log;

@@ -320,7 +320,9 @@ fn readiness_of(
     board: Option<&Arc<ResultsBoard>>,
 ) -> Readiness {
     let mut readiness = Readiness::default();
-    if let Some(log) = log {
+    // The votes log, for the services that write or read it (realtime reads only the tallies,
+    // which its own check covers).
+    if let (Some(log), true) = (log, roles.ingest || roles.processor) {
         readiness = readiness.log(log.clone());
     }
     // An edge refuses votes past half the close lead; other nodes tolerate a few missed re-reads.

@@ -474,6 +474,13 @@ async fn run_cluster(s: Scenario) {
         c.start("processor").await,
     ];
     let realtimes = vec![c.start("realtime").await, c.start("realtime").await];
+    for r in &realtimes {
+        // A realtime node reads only the tallies topic: no `log` check of its own.
+        assert_eq!(
+            wait_ready(&c.client, &r.base, 30).await,
+            ["poll_catalog", "tallies"]
+        );
+    }
     let mut polls = Vec::new();
     for _ in 0..s.polls {
         polls.push(c.create_poll(&query, 4).await);

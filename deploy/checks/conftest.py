@@ -1,0 +1,76 @@
+"""Shared helpers of the deployment checks (deploy/checks): the crowdtick binary and
+`crowdtick config`, which loads and validates a configuration exactly as every service does at
+start-up (defaults < TOML file < CROWDTICK_* environment), without connecting to anything.
+
+Used by test_helm.py (and free for test_compose.py and other checks to use).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import pytest
+
+#: The repository root (deploy/checks/conftest.py -> parents[2]).
+REPO = Path(__file__).resolve().parents[2]
+
+
+def crowdtick_binary() -> Path:
+    """The crowdtick binary to check settings with: $CROWDTICK_TEST_BIN, or target/debug/crowdtick.
+
+    Fails the calling test (never skips) when it is missing, saying how to build it.
+    """
+    override = os.environ.get("CROWDTICK_TEST_BIN")
+    path = Path(override) if override else REPO / "target" / "debug" / "crowdtick"
+    if not path.is_file() or not os.access(path, os.X_OK):
+        pytest.fail(
+            f"the crowdtick binary is missing at {path}: build it with `cargo build` in {REPO} "
+            "(or point CROWDTICK_TEST_BIN at a built binary); these checks run it and are "
+            "never skipped",
+            pytrace=False,
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def crowdtick_bin() -> Path:
+    """Fixture form of :func:`crowdtick_binary`."""
+    return crowdtick_binary()
+
+
+def run_crowdtick_config(
+    toml_text: str | None,
+    env: Mapping[str, str],
+    args: Iterable[str] = (),
+    *,
+    binary: Path | None = None,
+    timeout: float = 60,
+) -> subprocess.CompletedProcess[str]:
+    """Runs `crowdtick config --config FILE [args]` and returns the finished process.
+
+    `toml_text` is written to a temporary FILE (None: an empty file). The process gets exactly
+    `env` plus PATH (nothing else from this process's environment, so stray CROWDTICK_* variables
+    of the caller cannot leak in); if `env` has CROWDTICK_CONFIG it is pointed at FILE, as the
+    mounted file would be. Runs in an empty temporary directory (no ./crowdtick.toml).
+    Exit status 0 means every service would accept these settings at start-up.
+    """
+    binary = binary or crowdtick_binary()
+    with tempfile.TemporaryDirectory(prefix="crowdtick-config-") as tmp:
+        config_file = Path(tmp) / "crowdtick.toml"
+        config_file.write_text(toml_text or "", encoding="utf-8")
+        run_env = {k: str(v) for k, v in env.items()}
+        if "CROWDTICK_CONFIG" in run_env:
+            run_env["CROWDTICK_CONFIG"] = str(config_file)
+        run_env["PATH"] = os.environ.get("PATH", "/usr/bin:/bin")
+        return subprocess.run(
+            [str(binary), "config", "--config", str(config_file), *args],
+            env=run_env,
+            cwd=tmp,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )

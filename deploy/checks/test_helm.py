@@ -1,0 +1,537 @@
+"""Checks of the Helm chart helm/crowdtick, offline (no cluster, no helm binary, no Docker).
+
+    target/pyenv/bin/pytest deploy/checks
+
+1. the chart lints (helm-python-sdk, i.e. Helm v4 as a library) for the default and the production
+   values, with no errors or warnings;
+2. it renders for both, and every manifest passes kubernetes-validate's strict schemas of the newest
+   Kubernetes version it bundles. Only the Prometheus Operator kinds (monitoring.coreos.com: the
+   ServiceMonitor and PrometheusRule) are skipped, because their CRD schemas are not bundled; the
+   skipped objects are listed in the output (pytest -s / -rA) and may be nothing else;
+3. values.schema.json refuses more processors than partitions and unknown keys (and the templates'
+   `fail` guards the replica limit on their own);
+4. every CrowdTick container the chart renders starts with the settings it is given: its
+   crowdtick.toml (from the ConfigMap it mounts) and its CROWDTICK_* variables go through
+   `crowdtick config` (the binary's own loading and validation), which must accept them; with one
+   key misspelled (in the TOML, or in a variable's name) it must refuse them.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path, PurePosixPath
+from typing import Any, Iterator
+
+import helm_python as helm
+import kubernetes_validate
+import pytest
+import yaml
+from kubernetes_validate import utils as kv_utils
+
+from conftest import REPO, crowdtick_binary, run_crowdtick_config
+
+CHART = REPO / "helm" / "crowdtick"
+SCHEMA_TOOL = REPO / "helm" / "tools" / "values_schema.py"
+# The most likely release name, and the one where Kubernetes' service links would produce
+# CROWDTICK_* variables (crowdtick-query -> CROWDTICK_QUERY_SERVICE_HOST, ...).
+RELEASE = "crowdtick"
+NAMESPACE = "crowdtick"
+KUBE_VERSION = kv_utils.latest_version()
+# Kinds whose CRD schemas kubernetes-validate does not bundle: the only ones not validated.
+UNVALIDATED_GROUPS = {"monitoring.coreos.com"}
+UNVALIDATED_KINDS = {"ServiceMonitor", "PrometheusRule"}
+
+VALUE_SETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "production": yaml.safe_load((CHART / "values-production.yaml").read_text(encoding="utf-8")),
+}
+
+# Stand-ins for values Kubernetes fills in at run time (Secrets the chart does not create, pod fields).
+SECRET_STAND_INS = {
+    "CROWDTICK_OPERATOR_KEYS": '["stand-in-operator-key-1","stand-in-operator-key-2"]',
+    "CROWDTICK_POSTGRES__URL": "postgres://crowdtick:secret@pg.example:5432/crowdtick",
+    "CROWDTICK_REDIS__URL": "redis://:secret@redis.example:6379",
+}
+
+
+# --- rendering -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def chart() -> Iterator[helm.Chart]:
+    with helm.Chart.load(CHART) as loaded:
+        yield loaded
+
+
+def render(chart: helm.Chart, values: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every object the chart renders (hooks and test pods included), in template order."""
+    manifests = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    docs = []
+    for template, text in sorted(manifests.items()):
+        if not template.endswith((".yaml", ".yml")):
+            continue  # NOTES.txt
+        for doc in yaml.safe_load_all(text):
+            if doc:
+                doc.setdefault("metadata", {}).setdefault("annotations", {})
+                docs.append(doc)
+    return docs
+
+
+def find(docs: list[dict], kind: str, name: str) -> dict:
+    matches = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(matches) == 1, f"expected one {kind} {name}, found {len(matches)}"
+    return matches[0]
+
+
+def pod_specs(docs: list[dict]) -> Iterator[tuple[dict, str, dict]]:
+    """(object, stand-in pod name, pod spec) of every object that makes pods."""
+    for doc in docs:
+        kind, name = doc["kind"], doc["metadata"]["name"]
+        if kind == "Pod":
+            yield doc, name, doc["spec"]
+        elif kind == "StatefulSet":
+            yield doc, f"{name}-0", doc["spec"]["template"]["spec"]
+        elif kind in ("Deployment", "ReplicaSet", "DaemonSet"):
+            yield doc, f"{name}-7d9f8b6c5-x2x4q", doc["spec"]["template"]["spec"]
+        elif kind == "Job":
+            yield doc, f"{name}-k8x2p", doc["spec"]["template"]["spec"]
+        elif kind == "CronJob":
+            yield doc, f"{name}-28000000-k8x2p", doc["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+
+
+# --- 1. lint ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_chart_lints(value_set: str) -> None:
+    report = helm.lint(CHART, VALUE_SETS[value_set], strict=True, namespace=NAMESPACE)
+    problems = [m for m in report["messages"] if m["severity"] >= 2] + [{"error": e} for e in report["errors"]]
+    for message in report["messages"]:
+        print(f"lint [{value_set}] severity {message['severity']}: {message['path']}: {message['error']}")
+    assert report["total_charts_linted"] == 1
+    assert not problems, f"helm lint ({value_set} values) reported: {problems}"
+
+
+# --- 2. render + strict Kubernetes schemas ---------------------------------------------------
+
+
+EXPECTED_OBJECTS = {
+    ("ConfigMap", "crowdtick"), ("ServiceAccount", "crowdtick"),
+    ("Deployment", "crowdtick-ingest"), ("Deployment", "crowdtick-query"), ("Deployment", "crowdtick-realtime"),
+    ("StatefulSet", "crowdtick-processor"),
+    ("Service", "crowdtick-ingest"), ("Service", "crowdtick-query"), ("Service", "crowdtick-realtime"),
+    ("Service", "crowdtick-processor"),
+    ("HorizontalPodAutoscaler", "crowdtick-ingest"), ("HorizontalPodAutoscaler", "crowdtick-realtime"),
+    ("PodDisruptionBudget", "crowdtick-ingest"), ("PodDisruptionBudget", "crowdtick-processor"),
+    ("PodDisruptionBudget", "crowdtick-query"), ("PodDisruptionBudget", "crowdtick-realtime"),
+    ("ConfigMap", "crowdtick-migrate"), ("Job", "crowdtick-migrate"), ("Pod", "crowdtick-test"),
+}
+EXPECTED_PRODUCTION_OBJECTS = EXPECTED_OBJECTS | {
+    ("Ingress", "crowdtick-ingest"), ("Ingress", "crowdtick-query"), ("Ingress", "crowdtick-realtime"),
+    ("ServiceMonitor", "crowdtick"), ("PrometheusRule", "crowdtick"),
+}
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_manifests_pass_strict_kubernetes_schemas(chart: helm.Chart, value_set: str) -> None:
+    docs = render(chart, VALUE_SETS[value_set])
+    rendered = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    expected = EXPECTED_PRODUCTION_OBJECTS if value_set == "production" else EXPECTED_OBJECTS
+    assert expected <= rendered, f"missing objects: {sorted(expected - rendered)}"
+
+    skipped, failures = [], []
+    for doc in docs:
+        what = f"{doc['kind']}/{doc['metadata']['name']} ({doc['apiVersion']})"
+        if doc["apiVersion"].split("/")[0] in UNVALIDATED_GROUPS:
+            skipped.append(what)
+            continue
+        try:
+            kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            failures.append(f"{what}: {'.'.join(str(p) for p in e.path)}: {e.message}")
+        except kubernetes_validate.SchemaNotFoundError as e:
+            failures.append(f"{what}: no schema: {e.message}")
+    print(f"[{value_set}] validated {len(docs) - len(skipped)} objects against Kubernetes {KUBE_VERSION} "
+          f"(strict); skipped (CRDs not bundled): {skipped or 'none'}")
+    assert not failures, "\n".join(failures)
+    assert {s.split("/")[0] for s in skipped} <= UNVALIDATED_KINDS, skipped
+    if value_set == "production":
+        assert {s.split("/")[0] for s in skipped} == UNVALIDATED_KINDS, skipped
+
+
+# --- 3. values.schema.json -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("partitions", [1, 8, 32, 1000])
+def test_schema_refuses_more_processors_than_partitions(chart: helm.Chart, partitions: int) -> None:
+    with pytest.raises(helm.HelmValuesError, match=r"replicaCount") as refused:
+        chart.render({"config": {"log": {"partitions": partitions}},
+                      "processor": {"replicaCount": partitions + 1}}, name=RELEASE, namespace=NAMESPACE)
+    assert f"want {partitions:,}" in str(refused.value), str(refused.value)
+    # As many processors as partitions is fine.
+    render(chart, {"config": {"log": {"partitions": partitions}}, "processor": {"replicaCount": partitions}})
+
+
+def test_schema_refuses_more_processors_than_production_partitions(chart: helm.Chart) -> None:
+    values = copy.deepcopy(VALUE_SETS["production"])
+    values["processor"]["replicaCount"] = values["config"]["log"]["partitions"] + 1
+    with pytest.raises(helm.HelmValuesError, match=r"replicaCount"):
+        chart.render(values, name=RELEASE, namespace=NAMESPACE)
+
+
+def test_schema_caps_partitions_at_the_enumeration(chart: helm.Chart) -> None:
+    with pytest.raises(helm.HelmValuesError, match=r"partitions"):
+        chart.render({"config": {"log": {"partitions": 1025}}}, name=RELEASE, namespace=NAMESPACE)
+    # The clauses are the generated ones, one per partition count up to the cap.
+    check = subprocess.run([sys.executable, str(SCHEMA_TOOL), "--check"], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+
+
+def test_template_guard_refuses_more_processors_than_partitions(tmp_path: Path) -> None:
+    """The second guard: the chart without its schema still refuses (crowdtick.validate)."""
+    copied = tmp_path / "crowdtick"
+    shutil.copytree(CHART, copied)
+    (copied / "values.schema.json").unlink()
+    with helm.Chart.load(copied) as unchecked:
+        with pytest.raises(helm.HelmRenderError, match=r"processor.replicaCount \(5\) must not exceed"):
+            unchecked.render({"config": {"log": {"partitions": 4}}, "processor": {"replicaCount": 5}},
+                             name=RELEASE, namespace=NAMESPACE)
+
+
+@pytest.mark.parametrize("values, key", [
+    ({"replicaCount": 3}, "replicaCount"),
+    ({"ingest": {"replicaCont": 3}}, "replicaCont"),
+    ({"config": {"log": {"partitons": 8}}}, "partitons"),
+    ({"processor": {"assignmentStrategie": "range"}}, "assignmentStrategie"),
+    ({"kafka": {"setting": {"linger.ms": "5"}}}, "setting"),
+    ({"ingress": {"realtime": {"path": ["/ws"]}}}, "path"),
+])
+def test_schema_refuses_unknown_keys(chart: helm.Chart, values: dict, key: str) -> None:
+    with pytest.raises(helm.HelmValuesError, match=rf"additional properties '{key}' not allowed"):
+        chart.render(values, name=RELEASE, namespace=NAMESPACE)
+
+
+@pytest.mark.parametrize("values", [
+    {"kafka": {"brokers": ""}},
+    {"postgres": {"url": "", "existingSecret": ""}},
+    {"processor": {"assignmentStrategy": "sticky"}},
+])
+def test_schema_refuses_missing_or_invalid_connections(chart: helm.Chart, values: dict) -> None:
+    with pytest.raises(helm.HelmValuesError):
+        chart.render(values, name=RELEASE, namespace=NAMESPACE)
+
+
+# --- the chart's wiring ----------------------------------------------------------------------
+
+
+def test_migrations_job_needs_nothing_the_release_creates_later(chart: helm.Chart) -> None:
+    """A pre-install hook runs before the release's ConfigMap and Secret exist."""
+    for value_set, values in VALUE_SETS.items():
+        docs = render(chart, values)
+        job = find(docs, "Job", "crowdtick-migrate")
+        hooks = job["metadata"]["annotations"]
+        assert set(hooks["helm.sh/hook"].split(",")) == {"pre-install", "pre-upgrade"}
+        assert set(hooks["helm.sh/hook-delete-policy"].split(",")) == {"before-hook-creation", "hook-succeeded"}
+        job_weight = int(hooks.get("helm.sh/hook-weight", "0"))
+        spec = job["spec"]["template"]["spec"]
+        referenced = [("ConfigMap", v["configMap"]["name"]) for v in spec.get("volumes", []) if "configMap" in v]
+        referenced += [("Secret", v["secret"]["secretName"]) for v in spec.get("volumes", []) if "secret" in v]
+        for container in spec["containers"]:
+            for env in container.get("env", []):
+                ref = env.get("valueFrom", {})
+                if "secretKeyRef" in ref:
+                    referenced.append(("Secret", ref["secretKeyRef"]["name"]))
+                if "configMapKeyRef" in ref:
+                    referenced.append(("ConfigMap", ref["configMapKeyRef"]["name"]))
+        existing = {values.get(s, {}).get("existingSecret") for s in ("postgres", "redis", "auth")} - {None, ""}
+        for kind, name in referenced:
+            if kind == "Secret" and name in existing:
+                continue  # created by the operator before the install
+            obj = find(docs, kind, name)
+            annotations = obj["metadata"]["annotations"]
+            assert "pre-install" in annotations.get("helm.sh/hook", ""), \
+                f"[{value_set}] the migrations Job uses {kind} {name}, which does not exist at pre-install"
+            assert int(annotations.get("helm.sh/hook-weight", "0")) < job_weight, (value_set, kind, name)
+        assert ("ConfigMap", "crowdtick-migrate") in referenced
+        # The same settings as the services.
+        assert find(docs, "ConfigMap", "crowdtick-migrate")["data"] == find(docs, "ConfigMap", "crowdtick")["data"]
+
+
+def test_processors_use_static_membership(chart: helm.Chart) -> None:
+    docs = render(chart, {})
+    sts = find(docs, "StatefulSet", "crowdtick-processor")
+    assert sts["spec"]["serviceName"] == "crowdtick-processor"
+    assert find(docs, "Service", "crowdtick-processor")["spec"]["clusterIP"] == "None"
+    env = {e["name"]: e for e in sts["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["CROWDTICK_PROCESSOR__INSTANCE_ID"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    toml = tomllib.loads(find(docs, "ConfigMap", "crowdtick")["data"]["crowdtick.toml"])
+    assert toml["processor"]["assignment_strategy"] == "cooperative-sticky"
+    assert "instance_id" not in toml["processor"]
+
+
+def test_config_change_rolls_the_pods(chart: helm.Chart) -> None:
+    def checksums(values: dict) -> dict[str, str]:
+        return {obj["metadata"]["name"]: obj["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+                for obj in render(chart, values) if obj["kind"] in ("Deployment", "StatefulSet")}
+
+    before, after = checksums({}), checksums({"ingest": {"deadlineMs": 1500}})
+    assert len(before) == 4
+    assert all(before[name] != after[name] for name in before), (before, after)
+
+
+def test_pods_are_restricted(chart: helm.Chart) -> None:
+    for value_set, values in VALUE_SETS.items():
+        for obj, _, spec in pod_specs(render(chart, values)):
+            where = f"[{value_set}] {obj['kind']}/{obj['metadata']['name']}"
+            pod_sc = spec.get("securityContext", {})
+            assert pod_sc.get("runAsNonRoot") is True and pod_sc.get("runAsUser") == 10001, where
+            assert pod_sc.get("seccompProfile", {}).get("type") == "RuntimeDefault", where
+            assert spec.get("automountServiceAccountToken") is False, where
+            mounts_tmp = any(v["name"] == "tmp" and "emptyDir" in v for v in spec.get("volumes", []))
+            assert mounts_tmp, where
+            for c in spec["containers"]:
+                sc = c.get("securityContext", {})
+                assert sc.get("readOnlyRootFilesystem") is True, where
+                assert sc.get("allowPrivilegeEscalation") is False, where
+                assert sc.get("capabilities", {}).get("drop") == ["ALL"], where
+                assert any(m["mountPath"] == "/tmp" for m in c.get("volumeMounts", [])), where
+                assert "resources" in c and c["resources"].get("requests"), where
+
+
+def nginx_route(ingresses: list[dict], path: str) -> str:
+    """The service ingress-nginx sends `path` to with use-regex: case-insensitive regex locations,
+    longest first, the first one that matches the start of the path wins."""
+    locations = [(p["path"], p["backend"]["service"]["name"])
+                 for ing in ingresses for rule in ing["spec"]["rules"] for p in rule["http"]["paths"]]
+    for pattern, service in sorted(locations, key=lambda loc: len(loc[0]), reverse=True):
+        if re.match(pattern, path, re.IGNORECASE):
+            return service
+    return "none"
+
+
+def test_ingress_routes_each_path_to_its_role(chart: helm.Chart) -> None:
+    docs = render(chart, VALUE_SETS["production"])
+    ingresses = [d for d in docs if d["kind"] == "Ingress"]
+    for ing in ingresses:
+        assert ing["metadata"]["annotations"].get("nginx.ingress.kubernetes.io/use-regex") == "true"
+        assert ing["spec"]["tls"] and ing["spec"]["ingressClassName"] == "nginx"
+    routes = {
+        "/v1/votes": "crowdtick-ingest", "/v1/votes/batch": "crowdtick-ingest",
+        "/v1/polls/42/ws": "crowdtick-realtime", "/v1/polls/42/sse": "crowdtick-realtime",
+        "/v1/polls": "crowdtick-query", "/v1/polls/42/results": "crowdtick-query", "/v1/polls/42": "crowdtick-query",
+        "/": "crowdtick-query", "/p/k3x9qa": "crowdtick-query", "/screen/1": "crowdtick-query",
+        "/openapi.json": "crowdtick-query",
+    }
+    wrong = {path: nginx_route(ingresses, path) for path in routes if nginx_route(ingresses, path) != routes[path]}
+    assert not wrong, wrong
+    # One Certificate per TLS secret: only one Ingress may ask cert-manager for it.
+    issuers = [i["metadata"]["name"] for i in ingresses
+               if any(k.startswith("cert-manager.io/") for k in i["metadata"]["annotations"])]
+    assert len(issuers) <= 1, f"cert-manager annotations on several Ingresses sharing one TLS secret: {issuers}"
+    realtime = find(docs, "Ingress", "crowdtick-realtime")["metadata"]["annotations"]
+    assert realtime["nginx.ingress.kubernetes.io/proxy-buffering"] == "off"
+    assert int(realtime["nginx.ingress.kubernetes.io/proxy-read-timeout"]) >= 3600
+
+
+def test_prometheus_rules_use_crowdtick_metrics(chart: helm.Chart) -> None:
+    docs = render(chart, VALUE_SETS["production"])
+    rules = {r["alert"]: r["expr"] for r in find(docs, "PrometheusRule", "crowdtick")["spec"]["groups"][0]["rules"]}
+    assert "crowdtick_processor_lag_records" in rules["CrowdTickProcessorLagHigh"]
+    assert "crowdtick_ingest_votes_unavailable_total" in rules["CrowdTickIngestUnavailableHigh"]
+    assert re.search(r"histogram_quantile\(0\.99, sum by \(le\) \(rate\(crowdtick_ingest_vote_duration_seconds_bucket",
+                     rules["CrowdTickVoteLatencyP99High"])
+    monitor = find(docs, "ServiceMonitor", "crowdtick")
+    assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
+
+
+def test_future_services_stay_out_of_the_settings(chart: helm.Chart) -> None:
+    docs = render(chart, VALUE_SETS["production"])
+    cm = find(docs, "ConfigMap", "crowdtick")
+    toml = tomllib.loads(cm["data"]["crowdtick.toml"])
+    assert "scylla" not in toml and "schema_registry" not in toml
+    assert "not used yet" in cm["metadata"]["annotations"]["crowdtick.io/scylla-hosts"]
+    assert "# scylla.hosts = " in cm["data"]["crowdtick.toml"]
+
+
+# --- 4. the settings every CrowdTick container gets ------------------------------------------
+
+
+def service_link_env(docs: list[dict]) -> dict[str, str]:
+    """The variables Kubernetes' service links would add (enableServiceLinks, the default)."""
+    env = {}
+    for svc in (d for d in docs if d["kind"] == "Service"):
+        if svc["spec"].get("clusterIP") == "None" or svc["spec"].get("type") == "ExternalName":
+            continue
+        prefix = svc["metadata"]["name"].upper().replace("-", "_")
+        ports = svc["spec"]["ports"]
+        env[f"{prefix}_SERVICE_HOST"] = "10.96.0.10"
+        env[f"{prefix}_SERVICE_PORT"] = str(ports[0]["port"])
+        env[f"{prefix}_PORT"] = f"tcp://10.96.0.10:{ports[0]['port']}"
+        for port in ports:
+            proto = port.get("protocol", "TCP")
+            if port.get("name"):
+                env[f"{prefix}_SERVICE_PORT_{port['name'].upper().replace('-', '_')}"] = str(port["port"])
+            base = f"{prefix}_PORT_{port['port']}_{proto}"
+            env.update({base: f"{proto.lower()}://10.96.0.10:{port['port']}", f"{base}_PROTO": proto.lower(),
+                        f"{base}_PORT": str(port["port"]), f"{base}_ADDR": "10.96.0.10"})
+    return env
+
+
+def rendered_data(docs: list[dict], kind: str, name: str) -> dict[str, str] | None:
+    matches = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    if not matches:
+        return None
+    if kind == "Secret":
+        data = {k: base64.b64decode(v).decode() for k, v in (matches[0].get("data") or {}).items()}
+        data.update(matches[0].get("stringData") or {})
+        return data
+    return matches[0].get("data") or {}
+
+
+def container_settings(docs: list[dict], pod_name: str, spec: dict, container: dict) -> tuple[str, dict[str, str]]:
+    """(crowdtick.toml, CROWDTICK_* variables) a container would see at run time."""
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        kind, ref = ("ConfigMap", source["configMapRef"]) if "configMapRef" in source else ("Secret", source["secretRef"])
+        data = rendered_data(docs, kind, ref["name"])
+        assert data is not None, f"envFrom {kind} {ref['name']} is not rendered by the chart"
+        env.update({source.get("prefix", "") + k: v for k, v in data.items()})
+    for var in container.get("env", []):
+        name = var["name"]
+        if "value" in var or "valueFrom" not in var:
+            env[name] = str(var.get("value", ""))
+            continue
+        ref = var["valueFrom"]
+        if "fieldRef" in ref:
+            field = ref["fieldRef"]["fieldPath"]
+            stand_ins = {"metadata.name": pod_name, "metadata.namespace": NAMESPACE, "status.podIP": "10.0.0.7",
+                         "spec.nodeName": "node-1"}
+            assert field in stand_ins, f"{name}: no stand-in for fieldRef {field}"
+            env[name] = stand_ins[field]
+        elif "secretKeyRef" in ref or "configMapKeyRef" in ref:
+            kind, key_ref = ("Secret", ref["secretKeyRef"]) if "secretKeyRef" in ref else ("ConfigMap", ref["configMapKeyRef"])
+            data = rendered_data(docs, kind, key_ref["name"])
+            if data is not None:  # the chart's own object: its real value
+                assert key_ref["key"] in data, f"{name}: {kind} {key_ref['name']} has no key {key_ref['key']}"
+                env[name] = data[key_ref["key"]]
+            else:  # an existing Secret: a stand-in of the right type
+                assert name in SECRET_STAND_INS, f"{name}: no stand-in for {kind} {key_ref['name']}"
+                env[name] = SECRET_STAND_INS[name]
+        else:
+            raise AssertionError(f"{name}: no stand-in for valueFrom {ref}")
+    if spec.get("enableServiceLinks", True):
+        env = {**service_link_env(docs), **env}
+    env = {k: v for k, v in env.items() if k.startswith("CROWDTICK_")}
+
+    # crowdtick.toml: the file CROWDTICK_CONFIG names, through the volume mounted there.
+    assert "CROWDTICK_CONFIG" in env, f"container {container['name']} does not get CROWDTICK_CONFIG"
+    config_path = PurePosixPath(env["CROWDTICK_CONFIG"])
+    mounts = [m for m in container.get("volumeMounts", []) if config_path.is_relative_to(m["mountPath"])]
+    assert mounts, f"nothing is mounted at {config_path}"
+    mount = max(mounts, key=lambda m: len(m["mountPath"]))
+    volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+    assert "configMap" in volume, f"{config_path} is not from a ConfigMap: {volume}"
+    # The file's path inside the volume: the mount's subPath (a file mounted on its own), or the
+    # path below the mount point; the volume's items may map that path to another key.
+    path_in_volume = mount.get("subPath") or str(config_path.relative_to(mount["mountPath"]))
+    items = {i["path"]: i["key"] for i in volume["configMap"].get("items", [])}
+    key = items.get(path_in_volume, path_in_volume)
+    data = rendered_data(docs, "ConfigMap", volume["configMap"]["name"])
+    assert data is not None, f"ConfigMap {volume['configMap']['name']} is not rendered"
+    assert key in data, f"ConfigMap {volume['configMap']['name']} has no {key}"
+    return data[key], env
+
+
+def crowdtick_containers(chart: helm.Chart, values: dict) -> list[tuple[str, list[dict], str, dict, dict]]:
+    """(label, docs, stand-in pod name, pod spec, container) of every CrowdTick container."""
+    docs = render(chart, values)
+    repository = chart.merge_values(values)["image"]["repository"]
+    found = []
+    for obj, pod_name, spec in pod_specs(docs):
+        for container in spec.get("initContainers", []) + spec["containers"]:
+            if container["image"].split("@")[0].rsplit(":", 1)[0] == repository:
+                found.append((f"{obj['kind']}/{obj['metadata']['name']}/{container['name']}",
+                              docs, pod_name, spec, container))
+    return found
+
+
+def misspell_toml(toml: str) -> list[tuple[str, str]]:
+    """(misspelled key, TOML) pairs: the first top-level key, and the first key of each section."""
+    variants, section, seen = [], None, set()
+    lines = toml.splitlines()
+    for i, line in enumerate(lines):
+        header = re.match(r"^\s*\[([^\]]+)\]\s*$", line)
+        if header:
+            section = header.group(1)
+            continue
+        key = re.match(r"^(\s*)([A-Za-z_][A-Za-z0-9_]*)(\s*=.*)$", line)
+        if key and section not in seen:
+            seen.add(section)
+            typo = key.group(2) + "x"
+            variants.append((typo, "\n".join(lines[:i] + [key.group(1) + typo + key.group(3)] + lines[i + 1:])))
+    return variants
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_crowdtick_accepts_the_settings_of_every_container(chart: helm.Chart, value_set: str) -> None:
+    binary = crowdtick_binary()
+    values = VALUE_SETS[value_set]
+    merged = chart.merge_values(values)
+    containers = crowdtick_containers(chart, values)
+    roles = sorted((c[4].get("args") or c[4].get("command"))[0] for c in containers)
+    assert roles == ["ingest", "migrate", "processor", "query", "realtime"], roles
+
+    failures = []
+    for label, docs, pod_name, spec, container in containers:
+        toml, env = container_settings(docs, pod_name, spec, container)
+        role, *flags = container.get("args") or container["command"]
+        if role == "migrate":
+            assert not flags, f"{label}: `crowdtick config` cannot check migrate's flags {flags}"
+        result = run_crowdtick_config(toml, env, flags, binary=binary)
+        if result.returncode != 0:
+            failures.append(f"{label}: crowdtick config exited {result.returncode}: {result.stderr.strip()}\n"
+                            f"  env: {sorted(env)}")
+            continue
+        effective = tomllib.loads(result.stdout)
+        port = next(p["containerPort"] for p in container.get("ports", [{"containerPort": merged["containerPort"]}]))
+        assert effective["listen"].endswith(f":{port}"), (label, effective["listen"])
+        assert effective["log"]["partitions"] == merged["config"]["log"]["partitions"], label
+        assert effective["kafka"]["brokers"] == merged["kafka"]["brokers"], label
+        assert effective["postgres"]["url"] == (merged["postgres"]["url"] if not merged["postgres"]["existingSecret"]
+                                                else SECRET_STAND_INS["CROWDTICK_POSTGRES__URL"]), label
+        assert effective["processor"]["assignment_strategy"] == merged["processor"]["assignmentStrategy"], label
+        if role == "processor":
+            assert effective["processor"]["instance_id"] == pod_name, (label, effective["processor"])
+        if role != "migrate":
+            assert effective["operator_keys"], label
+            if merged["auth"]["operatorKeys"]:
+                assert effective["operator_keys"] == merged["auth"]["operatorKeys"], label
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_crowdtick_refuses_a_misspelled_key(chart: helm.Chart, value_set: str) -> None:
+    binary = crowdtick_binary()
+    accepted = []
+    for label, docs, pod_name, spec, container in crowdtick_containers(chart, VALUE_SETS[value_set]):
+        toml, env = container_settings(docs, pod_name, spec, container)
+        flags = (container.get("args") or container["command"])[1:]
+        variants = misspell_toml(toml)
+        assert len(variants) >= 8, f"{label}: expected a top-level key and a key per section, got {len(variants)}"
+        for typo, bad_toml in variants:
+            result = run_crowdtick_config(bad_toml, env, flags, binary=binary)
+            if result.returncode == 0 or typo not in result.stderr:
+                accepted.append(f"{label}: TOML key {typo}: exit {result.returncode} {result.stderr.strip()}")
+        for name in env:
+            for typo in {name + "X", name.replace("__", "_")} - {name}:
+                bad_env = {typo if k == name else k: v for k, v in env.items()}
+                result = run_crowdtick_config(toml, bad_env, flags, binary=binary)
+                if result.returncode == 0:
+                    accepted.append(f"{label}: variable {typo} (for {name}) was accepted")
+    assert not accepted, "misspellings that were not refused:\n" + "\n".join(accepted)
