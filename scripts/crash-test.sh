@@ -18,7 +18,7 @@ WORK=$(mktemp -d /tmp/crowdtick-crash.XXXXXX)
 BIN=./target/release/crowdtick
 URL=http://127.0.0.1:$PORT
 
-[ -n "${CROWDTICK_BIN:-}" ] && BIN=$CROWDTICK_BIN || cargo build --release --quiet
+[ -n "${CROWDTICK_TEST_BIN:-}" ] && BIN=$CROWDTICK_TEST_BIN || cargo build --release --quiet
 echo "work dir: $WORK"
 
 start() {

@@ -48,10 +48,10 @@ if ! pg_isready -q -h 127.0.0.1 -p 5432; then
 fi
 pg_isready -h 127.0.0.1 -p 5432
 # The tests connect as postgres to database `test` without a password (trust on loopback).
-if ! psql -h 127.0.0.1 -U postgres -d test -Atc 'select 1' >/dev/null 2>&1; then
+if ! psql -w -h 127.0.0.1 -U postgres -d test -Atc 'select 1' >/dev/null 2>&1; then
   echo "PostgreSQL: allowing trust on loopback and creating database test"
   conf=$(as_root su postgres -c "psql -Atc 'show hba_file'")
-  grep -q '^host all all 127.0.0.1/32 trust' "$conf" ||
+  as_root grep -q '^host all all 127.0.0.1/32 trust' "$conf" ||
     as_root sed -i '1i host all all 127.0.0.1/32 trust\nhost all all ::1/128 trust' "$conf"
   as_root su postgres -c "psql -Atc 'select pg_reload_conf()'" >/dev/null
   as_root su postgres -c "createdb test" 2>/dev/null || true

@@ -140,6 +140,16 @@ fn serve_roles(
     roles: crate::serve::Roles,
 ) -> anyhow::Result<()> {
     config.validate()?;
+    if std::env::var_os("CROWDTICK_OPERATOR_KEY").is_some()
+        && config.operator_keys == Config::default().operator_keys
+    {
+        anyhow::bail!(
+            "CROWDTICK_OPERATOR_KEY is set, but it is the key loadgen and Locust send as clients; the \
+             server's keys are CROWDTICK_OPERATOR_KEYS, a list (CROWDTICK_OPERATOR_KEYS='[\"…\"]'), \
+             and this server would still run with the development key. Set CROWDTICK_OPERATOR_KEYS, \
+             or unset CROWDTICK_OPERATOR_KEY."
+        );
+    }
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(&config.listen)
             .await

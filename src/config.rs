@@ -243,41 +243,49 @@ const SETTINGS: &[&str] = &[
 const NOT_SETTINGS: &[&str] = &["config", "operator_key", "allow_remote"];
 const NOT_SETTINGS_PREFIXES: &[&str] = &["test_", "bench_"];
 
-/// Whether a variable is one Kubernetes injects (service links) for a Service named
-/// `crowdtick-…`: `<SERVICE>_SERVICE_HOST`, `<SERVICE>_SERVICE_PORT[_<NAME>]`, `<SERVICE>_PORT` and
-/// `<SERVICE>_PORT_<N>_<PROTO>[_PROTO|_PORT|_ADDR]`. No setting has these shapes.
-fn is_service_link(key: &str) -> bool {
-    if key.contains("__") {
-        return false;
-    }
-    if key.ends_with("_service_host") || key.ends_with("_port") || key.contains("_service_port") {
-        return true;
-    }
-    // <service>_port_<digits>_<proto>[_proto|_port|_addr]
-    let Some(at) = key.rfind("_port_") else {
-        return false;
-    };
-    let mut rest = key[at + "_port_".len()..].split('_');
-    let number = rest.next().unwrap_or_default();
-    let proto = rest.next().unwrap_or_default();
-    let tail = rest.next();
-    !number.is_empty()
-        && number.bytes().all(|b| b.is_ascii_digit())
-        && matches!(proto, "tcp" | "udp" | "sctp")
-        && matches!(tail, None | Some("proto" | "port" | "addr"))
-        && rest.next().is_none()
+/// Whether `name` (upper case) is a variable Kubernetes injects for a Service `S` (service
+/// links): `S_SERVICE_HOST`, `S_SERVICE_PORT[_NAME]`, `S_PORT` or `S_PORT_<N>_<PROTO>[_PROTO|_PORT|
+/// _ADDR]`, where `S_SERVICE_HOST` is set too. For a Service named `crowdtick` or `crowdtick-query`
+/// these begin with `CROWDTICK_`; no setting has these shapes.
+fn is_service_link(name: &str, services: &[&str]) -> bool {
+    services.iter().any(|service| {
+        let Some(rest) = name.strip_prefix(service).and_then(|r| r.strip_prefix('_')) else {
+            return false;
+        };
+        if rest == "SERVICE_HOST" || rest == "SERVICE_PORT" || rest == "PORT" {
+            return true;
+        }
+        if let Some(port_name) = rest.strip_prefix("SERVICE_PORT_") {
+            return !port_name.is_empty() && !port_name.contains("__");
+        }
+        let Some(port) = rest.strip_prefix("PORT_") else {
+            return false;
+        };
+        let mut parts = port.split('_');
+        let number = parts.next().unwrap_or_default();
+        let proto = parts.next().unwrap_or_default();
+        let tail = parts.next();
+        !number.is_empty()
+            && number.bytes().all(|b| b.is_ascii_digit())
+            && matches!(proto, "TCP" | "UDP" | "SCTP")
+            && matches!(tail, None | Some("PROTO" | "PORT" | "ADDR"))
+            && parts.next().is_none()
+    })
 }
 
-/// Refuses a `CROWDTICK_*` variable that names no setting, so a misspelled one (say
+/// Refuses a `CROWDTICK_*` variable (in any case) that names no setting, so a misspelled one (say
 /// `CROWDTICK_KAFKA_BROKERS` with one underscore) stops the start instead of being ignored.
 /// Misspelled keys inside a section are refused when the configuration is read.
-pub fn check_environment(vars: impl IntoIterator<Item = (String, String)>) -> anyhow::Result<()> {
-    let vars: Vec<(String, String)> = vars.into_iter().collect();
-    // Kubernetes sets KUBERNETES_SERVICE_HOST in every pod, with its service links.
-    let in_kubernetes = vars.iter().any(|(n, _)| n == "KUBERNETES_SERVICE_HOST");
+pub fn check_environment(names: impl IntoIterator<Item = String>) -> anyhow::Result<()> {
+    let names: Vec<String> = names.into_iter().collect();
+    let upper: Vec<String> = names.iter().map(|n| n.to_ascii_uppercase()).collect();
+    let services: Vec<&str> = upper
+        .iter()
+        .filter_map(|n| n.strip_suffix("_SERVICE_HOST"))
+        .collect();
     let mut unknown = Vec::new();
-    for (name, _) in vars {
-        let Some(key) = name.strip_prefix("CROWDTICK_") else {
+    for (name, upper) in names.iter().zip(&upper) {
+        let Some(key) = upper.strip_prefix("CROWDTICK_") else {
             continue;
         };
         let key = key.to_ascii_lowercase();
@@ -285,9 +293,9 @@ pub fn check_environment(vars: impl IntoIterator<Item = (String, String)>) -> an
         let known = SETTINGS.contains(&top)
             || NOT_SETTINGS.contains(&key.as_str())
             || NOT_SETTINGS_PREFIXES.iter().any(|p| key.starts_with(p))
-            || (in_kubernetes && is_service_link(&key));
+            || is_service_link(upper, &services);
         if !known {
-            unknown.push(name);
+            unknown.push(name.as_str());
         }
     }
     if unknown.is_empty() {
@@ -302,6 +310,12 @@ pub fn check_environment(vars: impl IntoIterator<Item = (String, String)>) -> an
         SETTINGS.join(", "),
         if unknown.len() == 1 { "it" } else { "them" },
     )
+}
+
+/// The names of this process's environment variables (lossily decoded: a variable that is not
+/// UTF-8 is not ours, and must not stop the start).
+pub fn environment_names() -> impl Iterator<Item = String> {
+    std::env::vars_os().map(|(name, _)| name.to_string_lossy().into_owned())
 }
 
 impl Config {
@@ -319,7 +333,7 @@ impl Config {
             }
             None => fig = fig.merge(Toml::file("crowdtick.toml")),
         }
-        check_environment(std::env::vars())?;
+        check_environment(environment_names())?;
         fig = fig.merge(Env::prefixed("CROWDTICK_").split("__").filter(|k| {
             let top = k.as_str().split('.').next().unwrap_or_default();
             SETTINGS.iter().any(|s| top.eq_ignore_ascii_case(s))
@@ -448,54 +462,53 @@ mod tests {
 
     #[test]
     fn environment_variables_that_name_no_setting_are_refused() {
-        let vars = |names: &[&str]| {
-            names
-                .iter()
-                .map(|n| (n.to_string(), "x".to_string()))
-                .collect::<Vec<_>>()
-        };
-        check_environment(vars(&[
+        let names = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        check_environment(names(&[
             "CROWDTICK_KAFKA__BROKERS",
             "CROWDTICK_OPERATOR_KEYS",
             "CROWDTICK_CONFIG",
             "CROWDTICK_TEST_POSTGRES",
+            "crowdtick_listen",
             "PATH",
         ]))
         .unwrap();
-        // In a pod, what Kubernetes injects for a Service named crowdtick-query (service links).
-        check_environment(vars(&[
-            "KUBERNETES_SERVICE_HOST",
+        // What Kubernetes injects for Services named crowdtick and crowdtick-query (service links).
+        let links = [
+            "CROWDTICK_SERVICE_HOST",
+            "CROWDTICK_SERVICE_PORT",
+            "CROWDTICK_PORT",
+            "CROWDTICK_PORT_8080_TCP",
+            "CROWDTICK_PORT_8080_TCP_ADDR",
             "CROWDTICK_QUERY_SERVICE_HOST",
             "CROWDTICK_QUERY_SERVICE_PORT",
             "CROWDTICK_QUERY_SERVICE_PORT_HTTP",
             "CROWDTICK_QUERY_PORT",
             "CROWDTICK_QUERY_PORT_8080_TCP",
             "CROWDTICK_QUERY_PORT_8080_TCP_PROTO",
-            "CROWDTICK_QUERY_PORT_8080_TCP_ADDR",
-        ]))
-        .unwrap();
-        let err = check_environment(vars(&[
-            "KUBERNETES_SERVICE_HOST",
-            "CROWDTICK_QUERY_PORT_8080_TCP_HOST",
-            "CROWDTICK_KAFKA_BROKERS",
-        ]))
-        .unwrap_err()
-        .to_string();
-        assert!(
-            err.starts_with("CROWDTICK_QUERY_PORT_8080_TCP_HOST, CROWDTICK_KAFKA_BROKERS are not"),
-            "{err}"
-        );
+            "CROWDTICK_QUERY_PORT_8080_TCP_PORT",
+        ];
+        check_environment(names(&links)).unwrap();
         for typo in [
             "CROWDTICK_KAFKA_BROKERS",
             "CROWDTICK_LISTN",
-            "CROWDTICK_PARTITIONS",
-            "CROWDTICK_QUERY_SERVICE_HOST", // outside Kubernetes, no Service injects it
+            "crowdtick_partitions",
+            // Shaped like service links, but of no Service that is there.
+            "CROWDTICK_LISTEN_PORT",
+            "CROWDTICK_REDIS_SERVICE_PORT",
+            "CROWDTICK_QUERY_PORT_8080_TCP_HOST",
         ] {
-            let err = check_environment(vars(&["CROWDTICK_LISTEN", typo]))
-                .unwrap_err()
-                .to_string();
-            assert!(err.starts_with(typo), "{typo}: {err}");
+            let mut all = names(&links);
+            all.push(typo.to_owned());
+            let err = check_environment(all).unwrap_err().to_string();
+            assert!(err.starts_with(&format!("{typo} is not")), "{typo}: {err}");
         }
+        let err = check_environment(names(&["CROWDTICK_LISTN", "CROWDTICK_KAFKA_BROKERS"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("CROWDTICK_LISTN, CROWDTICK_KAFKA_BROKERS are not"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -35,8 +35,11 @@ pub async fn status_of(url: &str, timeout: Duration) -> anyhow::Result<u16> {
         .await
         .map_err(|_| anyhow::anyhow!("{url} did not answer within {timeout:?}"))??;
     let line = String::from_utf8_lossy(&head);
-    line.split_whitespace()
-        .nth(1)
+    let mut words = line.split_whitespace();
+    words
+        .next()
+        .filter(|version| version.starts_with("HTTP/"))
+        .and_then(|_| words.next())
         .and_then(|code| code.parse().ok())
         .ok_or_else(|| anyhow::anyhow!("{url} answered something that is not HTTP"))
 }

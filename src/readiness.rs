@@ -5,8 +5,10 @@
 //! - `log`: the votes log answers (a Kafka broker is reachable) — ingest and processor;
 //! - `poll_catalog`: the poll catalog was re-read from PostgreSQL recently enough — every node of
 //!   the distributed mode (for an edge: the age past which it answers 503 itself);
-//! - `partitions`: the processor owns its partitions and has caught up with the log;
-//! - `tallies`: the node follows the tallies topic (query and realtime nodes that keep a board).
+//! - `partitions`: the processor owns its partitions, and each has caught up with the log and
+//!   published since its task (re)started;
+//! - `tallies`: the node follows the tallies topic (realtime nodes, and query nodes that keep a
+//!   board of their own: `serve`; a distributed query node reads Redis and PostgreSQL instead).
 //!
 //! Ready is 200 `{"status": "ready", "checks": […]}`; not ready is 503 (with `Retry-After`) and
 //! the same body, each failing check saying why.
@@ -19,7 +21,7 @@ use processor::{ProcessorMetrics, ResultsBoard};
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
-use storage::{Log, PollCatalog, Topic};
+use storage::{Log, PollCatalog};
 
 /// How long the `log` check waits for the log to answer.
 const LOG_TIMEOUT: Duration = Duration::from_secs(2);
@@ -105,7 +107,7 @@ impl Readiness {
 }
 
 async fn log_answers(log: &dyn Log) -> Result<String, String> {
-    match tokio::time::timeout(LOG_TIMEOUT, log.high_watermark(Topic::Votes, 0)).await {
+    match tokio::time::timeout(LOG_TIMEOUT, log.ping()).await {
         Ok(Ok(_)) => Ok("the votes log answers".into()),
         Ok(Err(e)) => Err(format!("the votes log does not answer: {e}")),
         Err(_) => Err(format!(

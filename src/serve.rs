@@ -193,7 +193,9 @@ pub async fn start_roles(config: Config, roles: Roles) -> anyhow::Result<App> {
             )));
             group = Some(member);
         } else {
-            // The embedded log's processor owns every partition.
+            // The embedded log's processor owns every partition, each catching up until its task
+            // has read to the end of the log.
+            processor_metrics.catching_up.lock().extend(0..partitions);
             processor_metrics
                 .owns_partitions
                 .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -326,10 +328,9 @@ fn readiness_of(
         readiness = readiness.log(log.clone());
     }
     // An edge refuses votes past half the close lead; other nodes tolerate a few missed re-reads.
-    let catalog_max_age = if roles.ingest {
-        Duration::from_millis(config.polls.close_lead_ms / 2)
-    } else {
-        Duration::from_millis((config.polls.refresh_ms * 20).max(5_000))
+    let catalog_max_age = match config.ingest_config().catalog_max_age {
+        Some(edge_max) if roles.ingest => edge_max,
+        _ => Duration::from_millis((config.polls.refresh_ms * 20).max(5_000)),
     };
     readiness = readiness.catalog(catalog.clone(), catalog_max_age);
     if roles.processor {

@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, run_crowdtick_config
+from conftest import REPO, dockerfile_commands, dockerfile_env, dockerfile_stages, run_crowdtick_config
 
 COMPOSE_FILE = REPO / "docker-compose.yml"
 DOCKERFILE = REPO / "Dockerfile"
@@ -742,37 +742,6 @@ def test_a_running_node_exports_every_dashboard_metric(crowdtick_bin, tmp_path):
 # --------------------------------------------------------------------------------------------
 # The image
 # --------------------------------------------------------------------------------------------
-
-
-def dockerfile_commands():
-    """The Dockerfile through BuildKit's own parser (the `dockerfile` package wraps it)."""
-    try:
-        import dockerfile
-    except ModuleNotFoundError:
-        pytest.fail("the dockerfile package is missing: pip install -r deploy/checks/requirements.txt", pytrace=False)
-    try:
-        return dockerfile.parse_file(str(DOCKERFILE))
-    except dockerfile.GoParseError as e:
-        pytest.fail(f"the Dockerfile does not parse: {e}", pytrace=False)
-
-
-def dockerfile_stages() -> tuple[list, list[list]]:
-    """(the instructions before the first FROM, the instructions of each stage)."""
-    preamble, stages = [], []
-    for c in dockerfile_commands():
-        if c.cmd.upper() == "FROM":
-            stages.append([])
-        (stages[-1] if stages else preamble).append(c)
-    return preamble, stages
-
-
-def dockerfile_env() -> dict[str, str]:
-    """The ENV of the final stage (what every container of the image starts with)."""
-    env = {}
-    for c in dockerfile_stages()[1][-1]:
-        if c.cmd.upper() == "ENV":
-            env.update(zip(c.value[0::2], c.value[1::2]))
-    return env
 
 
 def dockerignore_excludes(rel: str) -> bool:

@@ -34,7 +34,7 @@ import pytest
 import yaml
 from kubernetes_validate import utils as kv_utils
 
-from conftest import REPO, crowdtick_binary, run_crowdtick_config
+from conftest import REPO, crowdtick_binary, dockerfile_env, run_crowdtick_config
 
 CHART = REPO / "helm" / "crowdtick"
 SCHEMA_TOOL = REPO / "helm" / "tools" / "values_schema.py"
@@ -395,8 +395,9 @@ def rendered_data(docs: list[dict], kind: str, name: str) -> dict[str, str] | No
 
 
 def container_settings(docs: list[dict], pod_name: str, spec: dict, container: dict) -> tuple[str, dict[str, str]]:
-    """(crowdtick.toml, CROWDTICK_* variables) a container would see at run time."""
-    env: dict[str, str] = {}
+    """(crowdtick.toml, CROWDTICK_* variables) a container would see at run time: the image's
+    ENV, then the pod's."""
+    env: dict[str, str] = dict(dockerfile_env())
     for source in container.get("envFrom", []):
         kind, ref = ("ConfigMap", source["configMapRef"]) if "configMapRef" in source else ("Secret", source["secretRef"])
         data = rendered_data(docs, kind, ref["name"])

@@ -69,8 +69,9 @@ pub struct ProcessorMetrics {
     /// Whether this processor knows which partitions it owns (the consumer group has assigned
     /// them, possibly none; always for the embedded log, which owns every partition).
     pub owns_partitions: AtomicBool,
-    /// Owned partitions still restoring or replaying: not yet caught up with the log's end as it
-    /// was when their task started. Empty and `owns_partitions`: the processor is ready.
+    /// Owned partitions not yet caught up: assigned but not started, restoring, replaying, or
+    /// restarting after a failure, until a fetch reaches the end of the log. Empty and
+    /// `owns_partitions`: the processor is ready.
     pub catching_up: Mutex<BTreeSet<u32>>,
 }
 
@@ -80,7 +81,8 @@ impl ProcessorMetrics {
         if !self.owns_partitions.load(Ordering::Relaxed) {
             return Err("waiting for the consumer group to assign partitions".into());
         }
-        let catching_up = self.catching_up.lock();
+        // One lock at a time (stop_partitions takes positions, then catching_up).
+        let catching_up = self.catching_up.lock().clone();
         if !catching_up.is_empty() {
             return Err(format!(
                 "partitions {catching_up:?} are restoring or replaying the votes log"
@@ -121,6 +123,8 @@ pub async fn run_partition_supervised(
         match run_partition(&pipeline, partition, &mut published, shutdown.clone()).await {
             Ok(()) => return,
             Err(e) => {
+                // Not ready again until the restarted task has caught up.
+                pipeline.metrics.catching_up.lock().insert(partition);
                 pipeline.metrics.restarts.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(partition, error = %e, "partition task failed; restarting it in 1 s");
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -163,7 +167,8 @@ pub async fn run_partition(
     let started = Instant::now();
     let replay_from = task.counter.next_offset();
     let mut replaying = replay_from < replay_to;
-    let mut caught_up = false;
+    // `caught_up`: a fetch reached the end of the log; `ready`: and a flush published since.
+    let (mut caught_up, mut ready) = (false, false);
     let mut last_flush = Instant::now();
     loop {
         let fetch_wall = now_micros();
@@ -236,10 +241,7 @@ pub async fn run_partition(
 
         if task.counter.next_offset() >= fetched.high_watermark {
             // Caught up with everything written before this fetch began.
-            if !caught_up {
-                caught_up = true;
-                metrics.catching_up.lock().remove(&partition);
-            }
+            caught_up = true;
             let margin = (config.ingest_deadline + Duration::from_secs(1)).as_micros() as i64;
             let closing = polls
                 .values()
@@ -259,6 +261,11 @@ pub async fn run_partition(
         if !replaying && last_flush.elapsed() >= config.flush_interval {
             task.flush().await?;
             last_flush = Instant::now();
+            // Ready once caught up and what it counted is published.
+            if caught_up && !ready {
+                ready = true;
+                metrics.catching_up.lock().remove(&partition);
+            }
         }
     }
     task.flush().await?;
@@ -496,6 +503,12 @@ pub async fn run_group(
         };
         match event {
             Some(GroupEvent::Assigned(parts)) => {
+                // Catching up from now: the task first loads what was published, then restores.
+                pipeline
+                    .metrics
+                    .catching_up
+                    .lock()
+                    .extend(parts.iter().filter(|p| !running.contains_key(p)));
                 pipeline
                     .metrics
                     .owns_partitions

@@ -1090,6 +1090,11 @@ impl Log for KafkaLog {
         Ok(out.0)
     }
 
+    /// One ListOffsets request on the producer's connection: no reader, nothing held.
+    async fn ping(&self) -> Result<(), LogError> {
+        self.query_high_watermark(Topic::Votes, 0).await.map(|_| ())
+    }
+
     async fn high_watermark(&self, topic: Topic, partition: u32) -> Result<u64, LogError> {
         self.check_partition(topic, partition)?;
         let mut slot = self.readers[topic.index()][partition as usize].lock().await;

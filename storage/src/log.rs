@@ -217,4 +217,10 @@ pub trait Log: Send + Sync + 'static {
 
     /// The next offset to be written in a partition.
     async fn high_watermark(&self, topic: Topic, partition: u32) -> Result<u64, LogError>;
+
+    /// Whether the log answers at all, as cheaply as it can tell (readiness). The embedded log
+    /// is in this process: always.
+    async fn ping(&self) -> Result<(), LogError> {
+        Ok(())
+    }
 }

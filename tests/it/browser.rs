@@ -11,7 +11,7 @@
 //!
 //! - `CROWDTICK_TEST_SCREENSHOTS=1` also writes `docs/screenshot-screen.png`, `docs/screenshot-vote.png`
 //!   and `docs/screenshot-console.png` (after some extra generated votes, so the charts have data).
-//! - `CROWDTICK_E2E_BASE=http://127.0.0.1:PORT` runs against an already running server instead of
+//! - `CROWDTICK_TEST_E2E_BASE=http://127.0.0.1:PORT` runs against an already running server instead of
 //!   starting one (handy while working on the pages).
 
 use crate::helpers::{free_port, wait_healthy};
@@ -161,7 +161,7 @@ async fn start_browser(webdriver: &str, profile: &Path) -> Client {
             ],
         }),
     );
-    ClientBuilder::native()
+    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
         .capabilities(caps)
         .connect(webdriver)
         .await
@@ -284,7 +284,7 @@ async fn browser_vote_moves_the_results_screen() {
     let tmp = tempfile::tempdir().unwrap();
     let http = http();
 
-    let external = std::env::var("CROWDTICK_E2E_BASE")
+    let external = std::env::var("CROWDTICK_TEST_E2E_BASE")
         .ok()
         .filter(|s| !s.is_empty());
     let (server, base) = match external {

@@ -114,9 +114,8 @@ variables from a Secret or the pod): operator_keys, postgres.url, redis.url, pro
 # crowdtick.toml of release {{ .Release.Name }} (chart {{ include "crowdtick.chart" . }}), built from the chart's values: change those, not this.
 # From the environment (Secret / pod): operator_keys (CROWDTICK_OPERATOR_KEYS), postgres.url (CROWDTICK_POSTGRES__URL),
 # redis.url (CROWDTICK_REDIS__URL), processor.instance_id (CROWDTICK_PROCESSOR__INSTANCE_ID = the processor pod's name).
-listen = {{ include "crowdtick.listen" . | toJson }}
-# The distributed roles keep nothing on disk; /tmp is the pod's writable emptyDir.
-data_dir = "/tmp/crowdtick"
+# listen and data_dir come from the pod's environment (CROWDTICK_LISTEN, CROWDTICK_DATA_DIR =
+# /tmp/crowdtick: the distributed roles keep nothing on disk; /tmp is the pod's writable emptyDir).
 public_url = {{ $v.config.publicUrl | toJson }}
 
 [log]
@@ -361,6 +360,11 @@ spec:
       env:
         - name: CROWDTICK_CONFIG
           value: /etc/crowdtick/crowdtick.toml
+        # The image sets these two as environment variables, which win over the file: set here.
+        - name: CROWDTICK_LISTEN
+          value: {{ include "crowdtick.listen" $root | quote }}
+        - name: CROWDTICK_DATA_DIR
+          value: /tmp/crowdtick
         {{- include "crowdtick.secretEnv" $root | nindent 8 }}
         {{- if eq $role "processor" }}
         # Static group membership: the pod's stable name is its group.instance.id.
