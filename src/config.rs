@@ -31,6 +31,38 @@ pub struct Config {
     pub redis: RedisSection,
     /// Distributed mode: how poll changes reach the other nodes.
     pub polls: PollsSection,
+    /// Limits on every HTTP connection of the node.
+    pub http: HttpSection,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSection {
+    /// A request's headers must arrive within this; it also bounds how long a kept-alive
+    /// connection may wait idle for its next request.
+    pub header_read_timeout_ms: u64,
+    /// A request's body must arrive within this (408 otherwise).
+    pub body_read_timeout_ms: u64,
+    /// Connections open at once; 0: the open-file limit (raised to the hard limit at start) less
+    /// a reserve of 512, so the node refuses with 503 before the kernel refuses it descriptors.
+    pub max_connections: usize,
+    /// Connections open at once from one client address (429 beyond); 0: no cap. Behind a proxy
+    /// or load balancer every client has its address: set 0 there.
+    pub max_connections_per_address: usize,
+    /// Loopback clients (local tools, a sidecar proxy) are exempt from the per-address cap.
+    pub limits_exempt_loopback: bool,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        Self {
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 10_000,
+            max_connections: 0,
+            max_connections_per_address: 256,
+            limits_exempt_loopback: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -172,6 +204,7 @@ impl Default for Config {
             postgres: PostgresSection::default(),
             redis: RedisSection::default(),
             polls: PollsSection::default(),
+            http: HttpSection::default(),
         }
     }
 }
@@ -234,6 +267,7 @@ const SETTINGS: &[&str] = &[
     "postgres",
     "redis",
     "polls",
+    "http",
 ];
 
 /// `CROWDTICK_*` variables that are not settings: `CROWDTICK_CONFIG` (the file, read by the
@@ -366,6 +400,10 @@ impl Config {
             self.polls.refresh_ms >= 10 && self.polls.refresh_ms * 4 <= self.polls.close_lead_ms,
             "polls.refresh_ms must be at least 10 and at most a quarter of polls.close_lead_ms \
              (edges must re-read the catalog several times before a close applies)"
+        );
+        anyhow::ensure!(
+            self.http.header_read_timeout_ms >= 100 && self.http.body_read_timeout_ms >= 100,
+            "http.header_read_timeout_ms and http.body_read_timeout_ms must be at least 100"
         );
         if self.operator_keys.iter().all(|k| k.is_empty()) {
             anyhow::bail!("operator_keys is empty: set at least one key (CROWDTICK_OPERATOR_KEYS='[\"…\"]' or in the file)");

@@ -7,6 +7,8 @@
 //! - [`serve`]: every service in one process on the embedded log; `run(listener, config, shutdown)`.
 //! - [`seed`]: the old Django API (`/api/…`, `/ws/poll/{id}/`) as a thin adapter over the same pipeline.
 //! - [`recount`]: the audit command.
+//! - [`listener`]: the accept loop: connection caps, header, idle and body timeouts, the open-file
+//!   limit.
 //! - [`metrics`]: `GET /metrics`.
 //! - [`readiness`]: `GET /readyz`, the checks that say whether a node can do its job.
 //! - [`healthcheck`]: `crowdtick healthcheck`, a probe for container healthchecks (no curl needed).
@@ -18,6 +20,7 @@
 pub mod cli;
 pub mod config;
 pub mod healthcheck;
+pub mod listener;
 pub mod metrics;
 pub mod readiness;
 pub mod recount;

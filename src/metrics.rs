@@ -31,6 +31,46 @@ fn histogram(out: &mut String, name: &str, help: &str, h: &ingest::latency::Late
 
 pub async fn render(State(s): State<AppState>) -> impl IntoResponse {
     let mut out = String::with_capacity(4096);
+    let h = &s.http_metrics;
+    gauge(
+        &mut out,
+        "crowdtick_http_connections",
+        "HTTP connections open (WebSocket and SSE viewers included).",
+        h.connections_open.load(Ordering::Relaxed),
+    );
+    gauge(
+        &mut out,
+        "crowdtick_http_max_connections",
+        "The cap on open connections (http.max_connections, or the open-file limit less a reserve).",
+        h.max_connections.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "crowdtick_http_connections_accepted_total",
+        "HTTP connections accepted.",
+        &h.connections_accepted,
+    );
+    let _ = writeln!(
+        out,
+        "# HELP crowdtick_http_connections_refused_total Connections refused at accept, by cap.\n\
+         # TYPE crowdtick_http_connections_refused_total counter\n\
+         crowdtick_http_connections_refused_total{{reason=\"total\"}} {}\n\
+         crowdtick_http_connections_refused_total{{reason=\"address\"}} {}",
+        h.refused_total_cap.load(Ordering::Relaxed),
+        h.refused_address_cap.load(Ordering::Relaxed)
+    );
+    counter(
+        &mut out,
+        "crowdtick_http_accept_descriptor_errors_total",
+        "Accepts that failed for want of file descriptors (the loop pauses, never spins).",
+        &h.accept_descriptor_errors,
+    );
+    counter(
+        &mut out,
+        "crowdtick_http_header_timeouts_total",
+        "Connections closed because headers (or the next request when kept alive) came too late.",
+        &h.header_timeouts,
+    );
     if let Some(l) = &s.log_metrics {
         counter(
             &mut out,

@@ -20,7 +20,6 @@ use processor::runner::{run_group, run_partition_supervised, Pipeline};
 use processor::{ProcessorMetrics, ResultsBoard};
 use schemas::ApiError;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use storage::embedded_log::LogMetrics;
@@ -88,6 +87,8 @@ pub struct AppState {
     pub ingest: Option<Arc<ingest::Ingest>>,
     pub realtime: Option<Arc<realtime::Realtime>>,
     pub processor_metrics: Arc<ProcessorMetrics>,
+    /// The accept loop's counters ([`crate::listener`]).
+    pub http_metrics: Arc<crate::listener::HttpMetrics>,
 }
 
 /// A started server: its router and its background tasks.
@@ -255,6 +256,7 @@ pub async fn start_roles(config: Config, roles: Roles) -> anyhow::Result<App> {
         ingest: ingest.clone(),
         realtime: realtime.clone(),
         processor_metrics,
+        http_metrics: Default::default(),
     };
     let mut router = Router::new();
     if let Some(ingest) = ingest {
@@ -302,6 +304,7 @@ pub async fn start_roles(config: Config, roles: Roles) -> anyhow::Result<App> {
             )
         })
         .layer(axum::middleware::map_response(json_errors));
+    let router = crate::listener::body_read_timeout(router, &state.config.http);
     Ok(App {
         state,
         router,
@@ -519,14 +522,14 @@ pub async fn run_roles(
     } else {
         tracing::info!(%addr, services = %roles.names(), "CrowdTick node is serving");
     }
-    axum::serve(
+    crate::listener::serve(
         listener,
-        app.router
-            .clone()
-            .into_make_service_with_connect_info::<SocketAddr>(),
+        app.router.clone(),
+        &app.state.config.http,
+        app.state.http_metrics.clone(),
+        shutdown,
     )
-    .with_graceful_shutdown(shutdown)
-    .await?;
+    .await;
     app.stop().await;
     Ok(())
 }

@@ -52,6 +52,13 @@ pub async fn read_body(
             let text = format!("{e:?}");
             if text.contains("LengthLimit") {
                 ApiError::too_large(limit)
+            } else if text.contains("TimeoutError") {
+                // The body read timeout (http.body_read_timeout_ms, a layer on the router).
+                ApiError::new(
+                    axum::http::StatusCode::REQUEST_TIMEOUT,
+                    "body_timeout",
+                    "the request body did not arrive in time; send it whole and promptly",
+                )
             } else {
                 ApiError::bad_request(
                     "unreadable_body",

@@ -8,4 +8,5 @@ mod crash;
 mod distributed;
 mod helpers;
 mod hostile;
+mod limits;
 mod seed_api;

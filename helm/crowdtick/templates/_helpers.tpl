@@ -161,6 +161,13 @@ checkpoint_interval_ms = {{ $v.processor.checkpointIntervalMs | int64 }}
 
 [realtime]
 coalesce_ms = {{ $v.realtime.coalesceMs | int64 }}
+
+[http]
+header_read_timeout_ms = {{ $v.config.http.headerReadTimeoutMs | int64 }}
+body_read_timeout_ms = {{ $v.config.http.bodyReadTimeoutMs | int64 }}
+max_connections = {{ $v.config.http.maxConnections | int64 }}
+max_connections_per_address = {{ $v.config.http.maxConnectionsPerAddress | int64 }}
+limits_exempt_loopback = {{ $v.config.http.limitsExemptLoopback }}
 {{- if or $v.scylla.hosts $v.scylla.keyspace $v.schemaRegistry.url }}
 
 # NOT USED YET: this CrowdTick version has no [scylla] or [schema_registry] settings (it would

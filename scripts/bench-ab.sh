@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# A/B benchmark of two crowdtick binaries in one session, so that a change's cost is a ratio
+# against its baseline run beside it, not an absolute figure on a noisy machine.
+#
+#   scripts/bench-ab.sh BASELINE_BIN CANDIDATE_BIN [ROUNDS]
+#
+# Each round runs, for the baseline and then the candidate, each on a fresh server (embedded log,
+# fsync on) with a fresh data directory on loopback:
+#   single  open loop, 30,000 single votes/s for 30 s, 128 connections (the acceptance run, shorter)
+#   batch   closed loop, 2,000,000 votes in batches of 10,000, 4 connections
+#   screen  vote to screen at 10,000 votes/s for 20 s, one WebSocket per poll
+# and prints one line per run (acknowledged votes/s and latency percentiles from loadgen's JSON
+# report, every run checked with --verify). The load generator is the candidate's for both.
+# Needs curl and python3.
+set -euo pipefail
+base=${1:?baseline binary}; cand=${2:?candidate binary}; rounds=${3:-2}
+port=18190
+work=$(mktemp -d /tmp/crowdtick-ab.XXXXXX)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+
+serve() { # bin dir
+  "$1" serve --data-dir "$2" --listen "127.0.0.1:$port" >"$2.log" 2>&1 &
+  server=$!
+  for _ in $(seq 200); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && return; sleep 0.1; done
+  echo "server did not start: $(tail -5 "$2.log")"; exit 1
+}
+
+report() { # label run json
+  python3 - "$1" "$2" "$3" <<'PY'
+import json, sys
+label, run, path = sys.argv[1:]
+r = json.load(open(path))
+lat = r["screen_latency"] if run == "screen" else r["latency"]
+ok = (r.get("verify") or {}).get("ok")
+print(f"{run:7} {label:9} {r['acknowledged_per_sec']:>11,.0f}/s  p50 {lat['p50_ms']:7.2f} ms  "
+      f"p90 {lat['p90_ms']:7.2f} ms  p99 {lat['p99_ms']:7.2f} ms  max {lat['max_ms']:8.2f} ms  "
+      f"verify {'ok' if ok else ok}")
+PY
+}
+
+run_one() { # label bin round
+  local label=$1 bin=$2 round=$3 dir
+  for kind in single batch screen; do
+    dir="$work/$label-$round-$kind"; mkdir -p "$dir"
+    serve "$bin" "$dir/data"
+    case $kind in
+      single) args=(--rate 30000 --duration 30 --polls 10 --voters 200000 --connections 128) ;;
+      batch)  args=(--batch 10000 --votes 2000000 --polls 10 --voters 2000000 --connections 4 --threads 2) ;;
+      screen) args=(--rate 10000 --duration 20 --polls 3 --voters 200000 --connections 64 --screen-latency) ;;
+    esac
+    "$cand" loadgen --url "http://127.0.0.1:$port" "${args[@]}" --verify --quiet \
+      --json-report "$dir/r.json" >"$dir/loadgen.log" 2>&1 || { echo "$label $kind: loadgen failed"; tail -5 "$dir/loadgen.log"; }
+    kill "$server"; wait "$server" 2>/dev/null || true
+    report "$label" "$kind" "$dir/r.json"
+  done
+}
+
+for round in $(seq "$rounds"); do
+  echo "== round $round"
+  run_one baseline "$base" "$round"
+  run_one candidate "$cand" "$round"
+done

@@ -1,0 +1,340 @@
+//! Serving HTTP with a limit on every door: the accept loop of every node.
+//!
+//! - The open-file limit is raised to the hard limit at start ([`raise_open_file_limit`]).
+//! - Connections are admitted by a [`Gate`]: at most `max_connections` in all (by default the
+//!   open-file limit less a reserve for logs, Kafka and PostgreSQL, so the process refuses before
+//!   the kernel does) and `max_connections_per_address` from one address. A connection over
+//!   either cap gets a short JSON answer (503, or 429 for one address) with `Retry-After` and is
+//!   closed; it never waits in a queue.
+//! - If accepting fails anyway for want of file descriptors, the loop pauses briefly and counts it
+//!   instead of spinning on the error (the pending connection stays in the kernel's backlog).
+//! - Each connection is HTTP/1.1 (with upgrades, for WebSocket) under hyper's header read timeout,
+//!   which also bounds how long a kept-alive connection may sit idle before its next request. The
+//!   body read timeout is a layer on the router ([`body_read_timeout`]).
+//!
+//! On shutdown the loop stops accepting and gives open connections a grace period to finish.
+
+use crate::config::HttpSection;
+use axum::extract::ConnectInfo;
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tower::Layer;
+
+/// File descriptors kept free for everything but client connections (the log's files, Kafka and
+/// PostgreSQL connections, the refusals themselves).
+const DESCRIPTOR_RESERVE: u64 = 512;
+/// How long open connections may take to finish after shutdown begins.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Counters of the accept loop (rendered by `GET /metrics`).
+#[derive(Debug, Default)]
+pub struct HttpMetrics {
+    pub connections_open: AtomicU64,
+    pub connections_accepted: AtomicU64,
+    /// Refused because the process holds `max_connections`.
+    pub refused_total_cap: AtomicU64,
+    /// Refused because their address holds `max_connections_per_address`.
+    pub refused_address_cap: AtomicU64,
+    /// Accepts that failed for want of file descriptors (EMFILE, ENFILE).
+    pub accept_descriptor_errors: AtomicU64,
+    /// Connections closed because a request's headers (or the next request on a kept-alive
+    /// connection) did not arrive in time.
+    pub header_timeouts: AtomicU64,
+    /// The cap in force (`max_connections`, or the one derived from the open-file limit).
+    pub max_connections: AtomicU64,
+}
+
+/// Raises the soft open-file limit to the hard limit; returns the limit now in force.
+pub fn raise_open_file_limit() -> u64 {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => limit,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot raise the open-file limit");
+            rlimit::getrlimit(rlimit::Resource::NOFILE)
+                .map(|(soft, _)| soft)
+                .unwrap_or(1024)
+        }
+    }
+}
+
+/// The connection cap: the configured one, or the open-file limit less the reserve.
+pub fn connection_cap(configured: usize, open_file_limit: u64) -> usize {
+    if configured > 0 {
+        return configured;
+    }
+    open_file_limit
+        .saturating_sub(DESCRIPTOR_RESERVE)
+        .max(64)
+        .min(usize::MAX as u64) as usize
+}
+
+/// Why a connection was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    TotalCap,
+    AddressCap,
+}
+
+/// Admission of connections: the caps in all and per address.
+#[derive(Debug)]
+pub struct Gate {
+    max_total: usize,
+    max_per_address: usize,
+    exempt_loopback: bool,
+    /// Connections open per address (only addresses that have one).
+    open: Mutex<HashMap<IpAddr, usize>>,
+    total: std::sync::atomic::AtomicUsize,
+}
+
+/// An admitted connection; dropping it frees its place.
+#[derive(Debug)]
+pub struct Permit {
+    gate: Arc<Gate>,
+    address: Option<IpAddr>,
+}
+
+impl Gate {
+    pub fn new(max_total: usize, max_per_address: usize, exempt_loopback: bool) -> Arc<Self> {
+        Arc::new(Self {
+            max_total,
+            max_per_address,
+            exempt_loopback,
+            open: Mutex::new(HashMap::new()),
+            total: Default::default(),
+        })
+    }
+
+    pub fn admit(self: &Arc<Self>, address: IpAddr) -> Result<Permit, Refusal> {
+        if self.total.fetch_add(1, Ordering::AcqRel) >= self.max_total {
+            self.total.fetch_sub(1, Ordering::AcqRel);
+            return Err(Refusal::TotalCap);
+        }
+        let counted = self.max_per_address > 0 && !(self.exempt_loopback && address.is_loopback());
+        if counted {
+            let mut open = self.open.lock();
+            let n = open.entry(address).or_default();
+            if *n >= self.max_per_address {
+                drop(open);
+                self.total.fetch_sub(1, Ordering::AcqRel);
+                return Err(Refusal::AddressCap);
+            }
+            *n += 1;
+        }
+        Ok(Permit {
+            gate: self.clone(),
+            address: counted.then_some(address),
+        })
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.total.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if let Some(address) = self.address {
+            let mut open = self.gate.open.lock();
+            if let Some(n) = open.get_mut(&address) {
+                *n -= 1;
+                if *n == 0 {
+                    open.remove(&address);
+                }
+            }
+        }
+        self.gate.total.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The router's layer that cuts off a request body that does not arrive within `limits`.
+pub fn body_read_timeout(router: Router, limits: &HttpSection) -> Router {
+    router.layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+        Duration::from_millis(limits.body_read_timeout_ms),
+    ))
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, within `limits`.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: &HttpSection,
+    metrics: Arc<HttpMetrics>,
+    shutdown: impl Future<Output = ()> + Send,
+) {
+    let open_files = rlimit::getrlimit(rlimit::Resource::NOFILE)
+        .map(|(soft, _)| soft)
+        .unwrap_or(1024);
+    let cap = connection_cap(limits.max_connections, open_files);
+    metrics.max_connections.store(cap as u64, Ordering::Relaxed);
+    let gate = Gate::new(
+        cap,
+        limits.max_connections_per_address,
+        limits.limits_exempt_loopback,
+    );
+    // HTTP/1.1 only (what axum::serve speaks without its http2 feature), with upgrades.
+    let mut http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http1_only();
+    http.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms));
+    let graceful = GracefulShutdown::new();
+    let mut last_descriptor_warning: Option<Instant> = None;
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    accept_failed(&e, &metrics, &mut last_descriptor_warning).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let permit = match gate.admit(peer.ip()) {
+            Ok(permit) => permit,
+            Err(refusal) => {
+                match refusal {
+                    Refusal::TotalCap => &metrics.refused_total_cap,
+                    Refusal::AddressCap => &metrics.refused_address_cap,
+                }
+                .fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(refuse(stream, refusal));
+                continue;
+            }
+        };
+        metrics.connections_accepted.fetch_add(1, Ordering::Relaxed);
+        metrics.connections_open.fetch_add(1, Ordering::Relaxed);
+        let _ = stream.set_nodelay(true);
+        // ConnectInfo for the handlers that want the peer (rate limits).
+        let service =
+            TowerToHyperService::new(axum::Extension(ConnectInfo(peer)).layer(router.clone()));
+        let connection = graceful.watch(
+            http.serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .into_owned(),
+        );
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                if e.downcast_ref::<hyper::Error>()
+                    .is_some_and(hyper::Error::is_timeout)
+                {
+                    metrics.header_timeouts.fetch_add(1, Ordering::Relaxed);
+                }
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+            metrics.connections_open.fetch_sub(1, Ordering::Relaxed);
+            drop(permit);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::info!(
+            open = gate.open(),
+            "connections still open after the shutdown grace period; closing them"
+        );
+    }
+}
+
+/// A failed accept: out of file descriptors pauses the loop (and is counted, and logged at most
+/// every 10 s); anything else (a connection reset before it was accepted) is passed over.
+async fn accept_failed(
+    e: &std::io::Error,
+    metrics: &HttpMetrics,
+    last_warning: &mut Option<Instant>,
+) {
+    let out_of_descriptors = matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
+    if !out_of_descriptors {
+        tracing::debug!(error = %e, "accepting a connection failed");
+        return;
+    }
+    metrics
+        .accept_descriptor_errors
+        .fetch_add(1, Ordering::Relaxed);
+    if last_warning.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+        *last_warning = Some(Instant::now());
+        tracing::warn!(
+            error = %e,
+            "out of file descriptors: new connections wait; lower http.max_connections or raise the \
+             hard open-file limit (ulimit -Hn)"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+/// Answers a refused connection in one write and closes it.
+async fn refuse(mut stream: TcpStream, refusal: Refusal) {
+    let (status, code, message) = match refusal {
+        Refusal::TotalCap => (
+            "503 Service Unavailable",
+            "too_many_connections",
+            "this node holds as many connections as it may; try again shortly or another node",
+        ),
+        Refusal::AddressCap => (
+            "429 Too Many Requests",
+            "too_many_connections_from_address",
+            "too many open connections from your address; close some and try again",
+        ),
+    };
+    let body = format!(r#"{{"error":{{"code":"{code}","message":"{message}"}}}}"#);
+    let answer = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\nretry-after: 1\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        stream.write_all(answer.as_bytes()).await?;
+        stream.shutdown().await
+    })
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_gate_caps_connections_in_all_and_per_address_and_frees_them_on_drop() {
+        let gate = Gate::new(3, 2, true);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let loopback: IpAddr = "127.0.0.1".parse().unwrap();
+        let a1 = gate.admit(a).unwrap();
+        let _a2 = gate.admit(a).unwrap();
+        assert_eq!(gate.admit(a).unwrap_err(), Refusal::AddressCap);
+        let _b1 = gate.admit(b).unwrap();
+        assert_eq!(gate.open(), 3);
+        assert_eq!(gate.admit(b).unwrap_err(), Refusal::TotalCap);
+        assert_eq!(gate.admit(loopback).unwrap_err(), Refusal::TotalCap);
+        drop(a1);
+        assert_eq!(gate.open(), 2);
+        // Loopback is exempt from the per-address cap, not from the total.
+        let _l1 = gate.admit(loopback).unwrap();
+        assert_eq!(gate.admit(loopback).unwrap_err(), Refusal::TotalCap);
+        assert_eq!(gate.open.lock().get(&a), Some(&1));
+    }
+
+    #[test]
+    fn the_default_cap_leaves_a_reserve_below_the_open_file_limit() {
+        assert_eq!(
+            connection_cap(0, 20_000),
+            20_000 - DESCRIPTOR_RESERVE as usize
+        );
+        assert_eq!(connection_cap(0, 256), 64);
+        assert_eq!(connection_cap(100, 20_000), 100);
+    }
+}

@@ -1,0 +1,272 @@
+//! Limits on every door (`src/listener.rs`): slow headers, idle kept-alive connections and slow
+//! bodies are cut off on time; connections over the caps get a JSON refusal at once; out of file
+//! descriptors, the accept loop pauses instead of spinning, and serves again when they return.
+
+use crate::helpers::*;
+use serde_json::Value;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Reads until the peer closes (or `limit` passes); returns what came and when it closed.
+async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> (String, Option<Duration>) {
+    let started = Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(
+            limit.saturating_sub(started.elapsed()),
+            stream.read(&mut buf),
+        )
+        .await
+        {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                return (
+                    String::from_utf8_lossy(&got).into(),
+                    Some(started.elapsed()),
+                )
+            }
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => return (String::from_utf8_lossy(&got).into(), None),
+        }
+    }
+}
+
+fn json_body(answer: &str) -> Value {
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    serde_json::from_str(body).unwrap_or(Value::Null)
+}
+
+#[tokio::test]
+async fn slow_headers_idle_connections_and_slow_bodies_are_cut_off_on_time() {
+    let app = spawn_app_with(|c| {
+        c.http.header_read_timeout_ms = 500;
+        c.http.body_read_timeout_ms = 500;
+    })
+    .await;
+
+    // Headers at a trickle: closed once the header timeout passes, though bytes keep coming.
+    let mut slow = TcpStream::connect(app.addr).await.unwrap();
+    let started = Instant::now();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
+    let mut closed = None;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if slow.write_all(b"X-Slow: 1\r\n").await.is_err() {
+            closed = Some(started.elapsed());
+            break;
+        }
+        let mut probe = [0u8; 1];
+        if let Ok(Ok(0)) =
+            tokio::time::timeout(Duration::from_millis(1), slow.read(&mut probe)).await
+        {
+            closed = Some(started.elapsed());
+            break;
+        }
+    }
+    let closed = closed.expect("a client sending headers at a trickle was never cut off");
+    assert!(
+        closed < Duration::from_millis(2500),
+        "cut off after {closed:?}"
+    );
+
+    // A kept-alive connection that goes quiet after a request: closed after the same timeout.
+    let mut idle = TcpStream::connect(app.addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (answer, closed) = read_until_closed(&mut idle, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let closed = closed.expect("an idle kept-alive connection was never closed");
+    assert!(
+        closed >= Duration::from_millis(400) && closed < Duration::from_millis(2500),
+        "idle connection closed after {closed:?}"
+    );
+
+    // A body announced and never sent: 408 with a JSON error, on time.
+    let mut stalled = TcpStream::connect(app.addr).await.unwrap();
+    let started = Instant::now();
+    stalled
+        .write_all(
+            b"POST /v1/votes HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+              Content-Length: 1000\r\n\r\n{\"poll_id\": 1",
+        )
+        .await
+        .unwrap();
+    let (answer, _) = read_until_closed(&mut stalled, Duration::from_secs(5)).await;
+    let took = started.elapsed();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert_eq!(
+        json_body(&answer)["error"]["code"],
+        "body_timeout",
+        "{answer}"
+    );
+    assert!(
+        took < Duration::from_millis(2500),
+        "answered after {took:?}"
+    );
+
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let timeouts: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("crowdtick_http_header_timeouts_total "))
+        .expect("the header timeout counter is exported")
+        .parse()
+        .unwrap();
+    assert!(timeouts >= 2, "{timeouts} header timeouts counted");
+}
+
+#[tokio::test]
+async fn connections_over_the_caps_are_refused_at_once_with_json() {
+    let app = spawn_app_with(|c| {
+        c.http.max_connections = 4;
+        c.http.max_connections_per_address = 2;
+        c.http.limits_exempt_loopback = false;
+        c.http.header_read_timeout_ms = 1_000;
+    })
+    .await;
+    // The test client's pooled connection (from the health check) idles out first.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    // Two kept-alive connections from this address.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(app.addr).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 512];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        held.push(s);
+    }
+    let started = Instant::now();
+    let mut third = TcpStream::connect(app.addr).await.unwrap();
+    let (answer, closed) = read_until_closed(&mut third, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("retry-after: 1"),
+        "{answer}"
+    );
+    assert_eq!(
+        json_body(&answer)["error"]["code"],
+        "too_many_connections_from_address"
+    );
+    assert!(closed.is_some() && started.elapsed() < Duration::from_secs(2));
+
+    // Freed places are given again.
+    held.pop();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut again = TcpStream::connect(app.addr).await.unwrap();
+    again
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let (answer, _) = read_until_closed(&mut again, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+#[tokio::test]
+async fn the_total_cap_answers_503() {
+    let app = spawn_app_with(|c| {
+        c.http.max_connections = 3;
+        c.http.header_read_timeout_ms = 1_000;
+    })
+    .await;
+    // The test client's pooled connection (from the health check) idles out first.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(TcpStream::connect(app.addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut over = TcpStream::connect(app.addr).await.unwrap();
+    let (answer, _) = read_until_closed(&mut over, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert_eq!(json_body(&answer)["error"]["code"], "too_many_connections");
+}
+
+/// CPU time (user + system, in clock ticks) of a process.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[tokio::test]
+async fn out_of_file_descriptors_the_accept_loop_pauses_and_recovers() {
+    // A server whose hard open-file limit is 256, told to accept up to 1,000 connections: the
+    // kernel runs out of descriptors before the cap does.
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut server = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -n 256 && exec {} serve --listen 127.0.0.1:{port} --data-dir {} --partitions 2",
+            env!("CARGO_BIN_EXE_crowdtick"),
+            data.path().display()
+        ))
+        .env("CROWDTICK_HTTP__MAX_CONNECTIONS", "1000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    wait_healthy(&client, &base).await;
+
+    let mut held = Vec::new();
+    for _ in 0..400 {
+        // Once the listen backlog is full too, a connect waits for SYN retries: stop there.
+        let connect = TcpStream::connect(("127.0.0.1", port));
+        match tokio::time::timeout(Duration::from_millis(2000), connect).await {
+            Ok(Ok(s)) => held.push(s),
+            _ => break,
+        }
+    }
+    assert!(held.len() > 256, "only {} connections", held.len());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // With connections waiting that it cannot accept, the loop must not spin.
+    let before = cpu_ticks(server.id());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let spent = cpu_ticks(server.id()) - before;
+    assert!(
+        spent < 50,
+        "the server used {spent} ticks of CPU in 2 s while out of descriptors"
+    );
+
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let metrics = loop {
+        if let Ok(r) = client.get(format!("{base}/metrics")).send().await {
+            break r.text().await.unwrap();
+        }
+        assert!(Instant::now() < deadline, "the server never served again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let errors: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("crowdtick_http_accept_descriptor_errors_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        errors > 0,
+        "the accept loop never ran out of descriptors: {errors}"
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+}
