@@ -9,6 +9,8 @@
 #   single  open loop, 30,000 single votes/s for 30 s, 128 connections (the acceptance run, shorter)
 #   batch   closed loop, 2,000,000 votes in batches of 10,000, 4 connections
 #   screen  vote to screen at 10,000 votes/s for 20 s, one WebSocket per poll
+#   wrk     closed loop, single votes, wrk with 1 thread and 64 connections for 10 s (when wrk is
+#           installed: apt-get install wrk; otherwise the line says it was skipped)
 # and prints one line per run (acknowledged votes/s and latency percentiles from loadgen's JSON
 # report, every run checked with --verify). The load generator is the candidate's for both.
 # Needs curl and python3.
@@ -55,8 +57,33 @@ run_one() { # label bin round
   done
 }
 
+cat >"$work/vote.lua" <<'LUA'
+local counter, tid = 0, 0
+setup = function(thread) thread:set("tid", tid); tid = tid + 1 end
+request = function()
+  counter = counter + 1
+  local body = string.format('{"poll_id":1,"option_id":%d,"voter_id":"t%d-v%d"}', counter % 3, tid, counter)
+  return wrk.format("POST", "/v1/votes", {["Content-Type"]="application/json"}, body)
+end
+LUA
+
+run_wrk() { # label bin round
+  local label=$1 bin=$2 round=$3 dir="$work/$1-$3-wrk"
+  if ! command -v wrk >/dev/null; then echo "wrk     $label skipped: wrk is not installed"; return; fi
+  mkdir -p "$dir"; serve "$bin" "$dir/data"
+  curl -s -H 'Authorization: Bearer dev-operator-key' "127.0.0.1:$port/v1/polls" \
+    -d '{"title":"bench","options":["A","B","C"],"open":true}' >/dev/null
+  local out; out=$(wrk -t1 -c64 -d10s --latency -s "$work/vote.lua" "http://127.0.0.1:$port")
+  kill "$server"; wait "$server" 2>/dev/null || true
+  printf 'wrk     %-9s %11s/s  p50 %s  p99 %s  non-2xx %s\n' "$label" \
+    "$(awk '/Requests\/sec/ {print $2}' <<<"$out")" "$(awk '$1=="50%" {print $2}' <<<"$out")" \
+    "$(awk '$1=="99%" {print $2}' <<<"$out")" "$(grep -c Non-2xx <<<"$out" || true)"
+}
+
 for round in $(seq "$rounds"); do
   echo "== round $round"
   run_one baseline "$base" "$round"
   run_one candidate "$cand" "$round"
+  run_wrk baseline "$base" "$round"
+  run_wrk candidate "$cand" "$round"
 done
