@@ -183,6 +183,9 @@ pub struct ProcessorSection {
 pub struct RealtimeSection {
     /// At most one live update per connection per this many milliseconds.
     pub coalesce_ms: u64,
+    /// Web origins (`https://partner.example.com`) whose pages may open WebSockets besides the
+    /// server's own and `public_url`'s; `["*"]`: any. Clients that send no Origin are not pages.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for Config {
@@ -249,7 +252,10 @@ impl Default for ProcessorSection {
 
 impl Default for RealtimeSection {
     fn default() -> Self {
-        Self { coalesce_ms: 100 }
+        Self {
+            coalesce_ms: 100,
+            allowed_origins: Vec::new(),
+        }
     }
 }
 

@@ -228,6 +228,10 @@ pub async fn start_roles(config: Config, roles: Roles) -> anyhow::Result<App> {
             board.clone(),
             keys.clone(),
             Duration::from_millis(config.realtime.coalesce_ms),
+            realtime::origin::OriginPolicy::new(
+                &config.realtime.allowed_origins,
+                &config.public_url,
+            ),
         )
     });
     let readiness = Arc::new(readiness_of(

@@ -5,11 +5,17 @@
 //!   never a queue: the board's `watch` channels keep only the latest), viewer counts, and poll
 //!   changes (open, close, reveal, final).
 //! - [`routes`]: `GET /v1/polls/{id}/ws` and `GET /v1/polls/{id}/sse`.
+//! - [`origin`]: which web pages may open a WebSocket (the `Origin` allow-list).
 //!
 //! Embargo: a connection without the operator key gets `hidden: true` and no counts until the
 //! poll's results are public (same rule as the query API, via [`query::views`]).
 
+pub mod origin;
 pub mod routes;
+
+/// The largest message a client may send on a live socket (a vote on the old API's socket is a
+/// few dozen bytes; the /v1 socket takes none). Larger ones close the connection.
+pub const MAX_CLIENT_MESSAGE_BYTES: usize = 4096;
 
 use parking_lot::Mutex;
 use processor::{ResultsBoard, Snapshot};
@@ -33,6 +39,8 @@ pub struct Realtime {
     pub board: Arc<ResultsBoard>,
     pub keys: OperatorKeys,
     pub coalesce: Duration,
+    /// Which web pages may open a WebSocket.
+    pub origins: origin::OriginPolicy,
     viewers: Mutex<HashMap<PollId, Arc<watch::Sender<u64>>>>,
     pub connections: AtomicU64,
     pub messages_sent: AtomicU64,
@@ -83,12 +91,14 @@ impl Realtime {
         board: Arc<ResultsBoard>,
         keys: OperatorKeys,
         coalesce: Duration,
+        origins: origin::OriginPolicy,
     ) -> Arc<Self> {
         Arc::new(Self {
             catalog,
             board,
             keys,
             coalesce,
+            origins,
             viewers: Mutex::new(HashMap::new()),
             connections: AtomicU64::new(0),
             messages_sent: AtomicU64::new(0),

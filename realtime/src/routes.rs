@@ -22,6 +22,18 @@ pub fn router(rt: Arc<Realtime>) -> Router {
         .with_state(rt)
 }
 
+/// 403 for a page of another site (see [`crate::origin`]).
+pub fn forbidden_origin(origin: String) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::FORBIDDEN,
+        "origin_not_allowed",
+        format!(
+            "pages of {origin:?} may not open live connections here; an operator can allow it in \
+             realtime.allowed_origins"
+        ),
+    )
+}
+
 fn poll_id(raw: &str) -> Result<PollId, ApiError> {
     raw.parse()
         .map_err(|_| ApiError::not_found("unknown_poll", format!("there is no poll {raw:?}")))
@@ -40,6 +52,10 @@ async fn ws(
             format!("this endpoint speaks WebSocket: {e}"),
         )
     })?;
+    rt.origins.check(&headers).map_err(forbidden_origin)?;
+    let upgrade = upgrade
+        .max_message_size(crate::MAX_CLIENT_MESSAGE_BYTES)
+        .max_frame_size(crate::MAX_CLIENT_MESSAGE_BYTES);
     let id = poll_id(&id)?;
     let operator = rt.keys.is_operator(&headers, q.key());
     let sub = rt

@@ -12,6 +12,8 @@
 //!   `{"error": "You have already voted on this poll.", "status": 400}`; field errors read
 //!   `"choice: \"X\" is not a valid choice."`). Other messages are answered with an error too;
 //!   binary messages are ignored.
+//! - A page of another site (an `Origin` the realtime service does not allow) gets `403
+//!   {"detail": …}`; messages over 4 KiB close the socket.
 //! - Unknown poll (or a non-numeric id), or no valid credentials: the upgrade is accepted, then the
 //!   socket is closed with code 1008 (policy violation) and the reason (DRF's sentence). A plain
 //!   HTTP request (not an upgrade) gets `400 {"detail": …}`.
@@ -48,6 +50,17 @@ pub async fn handler(
             .into_response()
         }
     };
+    // A page of another site must not vote with the user's session cookie.
+    if let Err(origin) = seed.realtime.origins.check(&headers) {
+        return DrfError::detail(
+            StatusCode::FORBIDDEN,
+            format!("Pages of {origin:?} may not open this socket."),
+        )
+        .into_response();
+    }
+    let upgrade = upgrade
+        .max_message_size(realtime::MAX_CLIENT_MESSAGE_BYTES)
+        .max_frame_size(realtime::MAX_CLIENT_MESSAGE_BYTES);
     // Credentials first, then the poll (a refused client is never counted as a viewer).
     let outcome = match seed.auth.authenticate(&headers).await {
         Err(e) => Err(e.message()),

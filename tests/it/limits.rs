@@ -270,3 +270,84 @@ async fn out_of_file_descriptors_the_accept_loop_pauses_and_recovers() {
     let _ = server.kill();
     let _ = server.wait();
 }
+
+/// A WebSocket handshake to `path` with an optional `Origin`: the HTTP status of the answer (101 on
+/// success) and, when refused, its JSON body.
+async fn ws_handshake(app: &TestApp, path: &str, origin: Option<&str>) -> (u16, Value) {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Error;
+    let mut req = format!("ws://{}{path}", app.addr)
+        .into_client_request()
+        .unwrap();
+    if let Some(o) = origin {
+        req.headers_mut().insert("origin", o.parse().unwrap());
+    }
+    match tokio_tungstenite::connect_async(req).await {
+        Ok((_, resp)) => (resp.status().as_u16(), Value::Null),
+        Err(Error::Http(resp)) => {
+            let body = resp.body().clone().unwrap_or_default();
+            (
+                resp.status().as_u16(),
+                serde_json::from_slice(&body).unwrap_or(Value::Null),
+            )
+        }
+        Err(e) => panic!("handshake failed: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn pages_of_other_sites_cannot_open_live_sockets() {
+    let app = spawn_app_with(|c| {
+        c.realtime.allowed_origins = vec!["https://partner.example.com".into()];
+    })
+    .await;
+    let poll = app.open_poll(&["A", "B"]).await;
+    let own = format!("http://{}", app.addr);
+    let v1 = format!("/v1/polls/{poll}/ws");
+    for (origin, expected) in [
+        (None, 101),
+        (Some(own.as_str()), 101),
+        (Some("https://partner.example.com"), 101),
+        (Some("https://evil.example"), 403),
+    ] {
+        let (status, body) = ws_handshake(&app, &v1, origin).await;
+        assert_eq!(status, expected, "{origin:?}: {body}");
+        if expected == 403 {
+            assert_eq!(body["error"]["code"], "origin_not_allowed", "{body}");
+        }
+    }
+    // The old API's socket votes with the session cookie: the same rule, in its own error shape.
+    let (status, body) = ws_handshake(
+        &app,
+        &format!("/ws/poll/{poll}/"),
+        Some("https://evil.example"),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body["detail"].as_str().is_some(), "{body}");
+}
+
+#[tokio::test]
+async fn an_oversized_socket_message_closes_the_connection() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let app = spawn_app().await;
+    let poll = app.open_poll(&["A", "B"]).await;
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://{}/v1/polls/{poll}/ws", app.addr))
+            .await
+            .unwrap();
+    // A small message is taken (and ignored).
+    ws.send(Message::Text("hello".into())).await.unwrap();
+    let _ = ws.send(Message::Text("x".repeat(64 * 1024).into())).await;
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "a 64 KiB message did not close the socket");
+}

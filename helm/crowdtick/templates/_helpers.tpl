@@ -161,6 +161,7 @@ checkpoint_interval_ms = {{ $v.processor.checkpointIntervalMs | int64 }}
 
 [realtime]
 coalesce_ms = {{ $v.realtime.coalesceMs | int64 }}
+allowed_origins = {{ $v.realtime.allowedOrigins | default list | toJson }}
 
 [http]
 header_read_timeout_ms = {{ $v.config.http.headerReadTimeoutMs | int64 }}
