@@ -41,10 +41,12 @@ pub struct HttpSection {
     /// A request's headers must arrive within this; it also bounds how long a kept-alive
     /// connection may wait idle for its next request.
     pub header_read_timeout_ms: u64,
-    /// A request's body must arrive within this (408 otherwise).
+    /// A vote's or batch's body must arrive whole within this (408 otherwise); on every other
+    /// endpoint, a pause this long between two pieces of a body ends the request (4xx).
     pub body_read_timeout_ms: u64,
-    /// Connections open at once; 0: the open-file limit (raised to the hard limit at start) less
-    /// a reserve of 512, so the node refuses with 503 before the kernel refuses it descriptors.
+    /// Connections open at once, WebSocket viewers included; 0: the open-file limit (raised to the
+    /// hard limit at start) less a reserve of 512, so the node refuses with 503 before the kernel
+    /// refuses it descriptors.
     pub max_connections: usize,
     /// Connections open at once from one client address (429 beyond); 0: no cap. Behind a proxy
     /// or load balancer every client has its address: set 0 there.
@@ -427,6 +429,7 @@ impl Config {
             catalog_max_age: self
                 .is_shared()
                 .then(|| Duration::from_millis(self.polls.close_lead_ms / 2)),
+            body_read_timeout: Duration::from_millis(self.http.body_read_timeout_ms),
             ..Default::default()
         }
     }

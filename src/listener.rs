@@ -9,26 +9,34 @@
 //! - If accepting fails anyway for want of file descriptors, the loop pauses briefly and counts it
 //!   instead of spinning on the error (the pending connection stays in the kernel's backlog).
 //! - Each connection is HTTP/1.1 (with upgrades, for WebSocket) under hyper's header read timeout,
-//!   which also bounds how long a kept-alive connection may sit idle before its next request. The
-//!   body read timeout is a layer on the router ([`body_read_timeout`]).
+//!   which runs whenever the connection waits for a request: it bounds slow headers, a client that
+//!   connects and says nothing, and a kept-alive connection's idle wait. The body read timeout is a
+//!   layer on the router ([`body_read_timeout`]: the longest pause within a body) and, at the edge,
+//!   one deadline for a vote's whole body (`ingest::routes::read_body`).
+//! - A connection's place at the gate goes with its socket, into a WebSocket after an upgrade, and
+//!   is freed when the socket closes: viewers count against the caps.
 //!
-//! On shutdown the loop stops accepting and gives open connections a grace period to finish.
+//! On shutdown the loop stops accepting, lets each connection finish the request in flight, and
+//! closes what is still busy (live streams) after a grace period.
 
 use crate::config::HttpSection;
 use axum::extract::ConnectInfo;
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
 use tower::Layer;
 
 /// File descriptors kept free for everything but client connections (the log's files, Kafka and
@@ -95,6 +103,7 @@ pub struct Gate {
     /// Connections open per address (only addresses that have one).
     open: Mutex<HashMap<IpAddr, usize>>,
     total: std::sync::atomic::AtomicUsize,
+    metrics: Arc<HttpMetrics>,
 }
 
 /// An admitted connection; dropping it frees its place.
@@ -105,13 +114,19 @@ pub struct Permit {
 }
 
 impl Gate {
-    pub fn new(max_total: usize, max_per_address: usize, exempt_loopback: bool) -> Arc<Self> {
+    pub fn new(
+        max_total: usize,
+        max_per_address: usize,
+        exempt_loopback: bool,
+        metrics: Arc<HttpMetrics>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             max_total,
             max_per_address,
             exempt_loopback,
             open: Mutex::new(HashMap::new()),
             total: Default::default(),
+            metrics,
         })
     }
 
@@ -131,6 +146,9 @@ impl Gate {
             }
             *n += 1;
         }
+        self.metrics
+            .connections_open
+            .fetch_add(1, Ordering::Relaxed);
         Ok(Permit {
             gate: self.clone(),
             address: counted.then_some(address),
@@ -155,6 +173,10 @@ impl Drop for Permit {
             }
         }
         self.gate.total.fetch_sub(1, Ordering::AcqRel);
+        self.gate
+            .metrics
+            .connections_open
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -182,13 +204,16 @@ pub async fn serve(
         cap,
         limits.max_connections_per_address,
         limits.limits_exempt_loopback,
+        metrics.clone(),
     );
-    // HTTP/1.1 only (what axum::serve speaks without its http2 feature), with upgrades.
-    let mut http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http1_only();
-    http.http1()
-        .timer(TokioTimer::new())
+    // HTTP/1.1 with upgrades (WebSocket), as axum::serve speaks it without its http2 feature. The
+    // header timer runs from the moment the connection waits for a request's first byte: a client
+    // that connects and says nothing is closed on time too.
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
         .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms));
-    let graceful = GracefulShutdown::new();
+    let (stop, stopping) = watch::channel(false);
+    let mut connections = JoinSet::new();
     let mut last_descriptor_warning: Option<Instant> = None;
     tokio::pin!(shutdown);
     loop {
@@ -200,9 +225,10 @@ pub async fn serve(
                     continue;
                 }
             },
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             _ = &mut shutdown => break,
         };
-        let permit = match gate.admit(peer.ip()) {
+        let permit = match gate.admit(peer.ip().to_canonical()) {
             Ok(permit) => permit,
             Err(refusal) => {
                 match refusal {
@@ -215,38 +241,94 @@ pub async fn serve(
             }
         };
         metrics.connections_accepted.fetch_add(1, Ordering::Relaxed);
-        metrics.connections_open.fetch_add(1, Ordering::Relaxed);
         let _ = stream.set_nodelay(true);
         // ConnectInfo for the handlers that want the peer (rate limits).
         let service =
             TowerToHyperService::new(axum::Extension(ConnectInfo(peer)).layer(router.clone()));
-        let connection = graceful.watch(
-            http.serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .into_owned(),
-        );
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                if e.downcast_ref::<hyper::Error>()
-                    .is_some_and(hyper::Error::is_timeout)
-                {
+        // The permit travels with the socket, into a WebSocket after an upgrade: its place is
+        // free only once the socket is closed.
+        let io = TokioIo::new(Admitted {
+            stream,
+            _permit: permit,
+        });
+        let connection = http.serve_connection(io, service).with_upgrades();
+        let (metrics, mut stopping) = (metrics.clone(), stopping.clone());
+        connections.spawn(async move {
+            tokio::pin!(connection);
+            let ended = tokio::select! {
+                ended = connection.as_mut() => ended,
+                _ = async { drop(stopping.wait_for(|stop| *stop).await) } => {
+                    // Finish the request in flight, take no other.
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(e) = ended {
+                if e.is_timeout() {
                     metrics.header_timeouts.fetch_add(1, Ordering::Relaxed);
                 }
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
-            metrics.connections_open.fetch_sub(1, Ordering::Relaxed);
-            drop(permit);
         });
     }
     drop(listener);
-    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    let _ = stop.send(true);
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
         tracing::info!(
-            open = gate.open(),
-            "connections still open after the shutdown grace period; closing them"
+            open = connections.len(),
+            "connections still busy after the shutdown grace period (live streams); closing them"
         );
+        connections.abort_all();
+    }
+}
+
+/// An admitted connection's socket, holding its place at the gate until it is closed.
+struct Admitted {
+    stream: TcpStream,
+    _permit: Permit,
+}
+
+impl AsyncRead for Admitted {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Admitted {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
     }
 }
 
@@ -260,6 +342,13 @@ async fn accept_failed(
     let out_of_descriptors = matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
     if !out_of_descriptors {
         tracing::debug!(error = %e, "accepting a connection failed");
+        if !matches!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::ConnectionReset
+        ) {
+            // ENOBUFS, ENOMEM and the like: do not spin on them either.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         return;
     }
     metrics
@@ -298,7 +387,18 @@ async fn refuse(mut stream: TcpStream, refusal: Refusal) {
     );
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         stream.write_all(answer.as_bytes()).await?;
-        stream.shutdown().await
+        stream.shutdown().await?;
+        // Read what the client sent before closing, so the close is not a reset that could
+        // discard the answer on its way.
+        let mut sink = [0u8; 4096];
+        let mut drained = 0;
+        while drained < 64 << 10 {
+            match stream.read(&mut sink).await? {
+                0 => break,
+                n => drained += n,
+            }
+        }
+        std::io::Result::Ok(())
     })
     .await;
 }
@@ -309,7 +409,7 @@ mod tests {
 
     #[test]
     fn the_gate_caps_connections_in_all_and_per_address_and_frees_them_on_drop() {
-        let gate = Gate::new(3, 2, true);
+        let gate = Gate::new(3, 2, true, Default::default());
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
         let loopback: IpAddr = "127.0.0.1".parse().unwrap();

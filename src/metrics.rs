@@ -35,7 +35,7 @@ pub async fn render(State(s): State<AppState>) -> impl IntoResponse {
     gauge(
         &mut out,
         "crowdtick_http_connections",
-        "HTTP connections open (WebSocket and SSE viewers included).",
+        "HTTP connections open, WebSocket and SSE viewers included.",
         h.connections_open.load(Ordering::Relaxed),
     );
     gauge(

@@ -42,6 +42,8 @@ pub struct IngestConfig {
     /// PostgreSQL for this long, because a close made on another node might not be known here.
     /// Must stay below the query nodes' close lead. None: this process is the only writer.
     pub catalog_max_age: Option<Duration>,
+    /// A request body must be in whole within this (408 otherwise).
+    pub body_read_timeout: Duration,
 }
 
 impl Default for IngestConfig {
@@ -55,6 +57,7 @@ impl Default for IngestConfig {
             rate_limit_burst: 100,
             rate_limit_exempt_loopback: true,
             catalog_max_age: None,
+            body_read_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -46,26 +46,33 @@ pub async fn read_body(
     if declared.is_some_and(|n| n > limit) {
         return Err(ApiError::too_large(limit));
     }
-    axum::body::to_bytes(Body::new(req.into_body()), limit)
-        .await
-        .map_err(|e| {
-            let text = format!("{e:?}");
-            if text.contains("LengthLimit") {
-                ApiError::too_large(limit)
-            } else if text.contains("TimeoutError") {
-                // The body read timeout (http.body_read_timeout_ms, a layer on the router).
-                ApiError::new(
-                    axum::http::StatusCode::REQUEST_TIMEOUT,
-                    "body_timeout",
-                    "the request body did not arrive in time; send it whole and promptly",
-                )
-            } else {
-                ApiError::bad_request(
-                    "unreadable_body",
-                    format!("the request body could not be read: {e}"),
-                )
-            }
-        })
+    let body_timeout = || {
+        ApiError::new(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            "the request body did not arrive in time; send it whole and promptly",
+        )
+    };
+    // One deadline for the whole body (the router's layer only bounds the gap between chunks).
+    tokio::time::timeout(
+        ingest.config.body_read_timeout,
+        axum::body::to_bytes(Body::new(req.into_body()), limit),
+    )
+    .await
+    .map_err(|_| body_timeout())?
+    .map_err(|e| {
+        let text = format!("{e:?}");
+        if text.contains("LengthLimit") {
+            ApiError::too_large(limit)
+        } else if text.contains("TimeoutError") {
+            body_timeout()
+        } else {
+            ApiError::bad_request(
+                "unreadable_body",
+                format!("the request body could not be read: {e}"),
+            )
+        }
+    })
 }
 
 async fn post_vote(State(ingest): State<Arc<Ingest>>, req: Request) -> Response {

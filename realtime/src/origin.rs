@@ -41,20 +41,43 @@ impl OriginPolicy {
         if self.any || self.allowed.contains(&origin) {
             return Ok(());
         }
-        let host = headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_ascii_lowercase);
+        // The site's own origin: the host the browser asked for, as the request's Host or, behind
+        // a proxy that rewrites Host, as the X-Forwarded-Host it sets (a page cannot set either
+        // on a WebSocket handshake).
         let authority = origin.split_once("://").map(|(_, a)| a);
-        if host.is_some() && authority == host.as_deref() {
-            return Ok(());
+        let asked_for = [header::HOST.as_str(), "x-forwarded-host"]
+            .into_iter()
+            .filter_map(|h| {
+                let value = headers.get(h)?.to_str().ok()?;
+                Some(without_default_port(
+                    &value.split(',').next()?.trim().to_ascii_lowercase(),
+                ))
+            });
+        for host in asked_for {
+            if authority == Some(host.as_str()) {
+                return Ok(());
+            }
         }
         Err(origin)
     }
 }
 
+/// Lower case, no trailing slash, no default port (`https://x:443` is `https://x`).
 fn normalize(origin: &str) -> String {
-    origin.trim().trim_end_matches('/').to_ascii_lowercase()
+    let origin = origin.trim().trim_end_matches('/').to_ascii_lowercase();
+    match origin.split_once("://") {
+        Some((scheme, authority)) => format!("{scheme}://{}", without_default_port(authority)),
+        None => origin,
+    }
+}
+
+/// `host:80` and `host:443` are `host` (an Origin leaves its scheme's default port out).
+fn without_default_port(authority: &str) -> String {
+    authority
+        .strip_suffix(":80")
+        .or_else(|| authority.strip_suffix(":443"))
+        .unwrap_or(authority)
+        .to_owned()
 }
 
 /// `scheme://authority` of a URL (`https://vote.example.tv/x` → `https://vote.example.tv`).
@@ -102,6 +125,19 @@ mod tests {
         assert!(policy
             .check(&headers(Some("http://crowdtick.internal:9090"), host))
             .is_err());
+        // Default ports are the same origin; a proxy's X-Forwarded-Host names the site too.
+        assert!(policy
+            .check(&headers(
+                Some("https://crowdtick.internal"),
+                "crowdtick.internal:443"
+            ))
+            .is_ok());
+        assert!(OriginPolicy::new(&[], "https://vote.example.tv:443/")
+            .check(&headers(Some("https://vote.example.tv"), host))
+            .is_ok());
+        let mut proxied = headers(Some("https://vote.example.tv"), "realtime:8080");
+        proxied.insert("x-forwarded-host", "vote.example.tv".parse().unwrap());
+        assert!(OriginPolicy::new(&[], "").check(&proxied).is_ok());
         assert!(OriginPolicy::new(&["*".into()], "")
             .check(&headers(Some("https://evil.example"), host))
             .is_ok());

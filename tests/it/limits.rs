@@ -71,6 +71,15 @@ async fn slow_headers_idle_connections_and_slow_bodies_are_cut_off_on_time() {
         "cut off after {closed:?}"
     );
 
+    // A client that connects and says nothing: closed after the same timeout.
+    let mut silent = TcpStream::connect(app.addr).await.unwrap();
+    let (answer, closed) = read_until_closed(&mut silent, Duration::from_secs(5)).await;
+    let closed = closed.unwrap_or_else(|| panic!("a silent client was never closed: {answer}"));
+    assert!(
+        closed < Duration::from_millis(2500),
+        "closed after {closed:?}"
+    );
+
     // A kept-alive connection that goes quiet after a request: closed after the same timeout.
     let mut idle = TcpStream::connect(app.addr).await.unwrap();
     idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -107,6 +116,40 @@ async fn slow_headers_idle_connections_and_slow_bodies_are_cut_off_on_time() {
         "answered after {took:?}"
     );
 
+    // A body that trickles in (a byte every 100 ms, never a long pause): one deadline for it all.
+    let mut trickle = TcpStream::connect(app.addr).await.unwrap();
+    let started = Instant::now();
+    trickle
+        .write_all(
+            b"POST /v1/votes HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+              Content-Length: 1000\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if trickle.write_all(b" ").await.is_err() {
+            break;
+        }
+        let mut buf = [0u8; 2048];
+        if let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(1), trickle.read(&mut buf)).await
+        {
+            answer = String::from_utf8_lossy(&buf[..n]).into_owned();
+            break;
+        }
+    }
+    let took = started.elapsed();
+    assert!(
+        answer.starts_with("HTTP/1.1 408"),
+        "{answer:?} after {took:?}"
+    );
+    assert!(
+        took < Duration::from_millis(2500),
+        "answered after {took:?}"
+    );
+
     let metrics = app
         .client
         .get(app.url("/metrics"))
@@ -125,29 +168,44 @@ async fn slow_headers_idle_connections_and_slow_bodies_are_cut_off_on_time() {
     assert!(timeouts >= 2, "{timeouts} header timeouts counted");
 }
 
+/// Forgets the test client's pooled connections (its health check holds one), then waits until
+/// the server has let them go: a fresh connection must be admitted and answered.
+async fn without_pooled_connections(app: &mut TestApp) {
+    app.client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
+/// Opens a kept-alive connection and makes one request on it; the status line's code.
+async fn keep_alive(app: &TestApp) -> (TcpStream, String) {
+    let mut s = TcpStream::connect(app.addr).await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+    (s, head)
+}
+
 #[tokio::test]
 async fn connections_over_the_caps_are_refused_at_once_with_json() {
-    let app = spawn_app_with(|c| {
+    let mut app = spawn_app_with(|c| {
         c.http.max_connections = 4;
         c.http.max_connections_per_address = 2;
         c.http.limits_exempt_loopback = false;
-        c.http.header_read_timeout_ms = 1_000;
     })
     .await;
-    // The test client's pooled connection (from the health check) idles out first.
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
-    // Two kept-alive connections from this address.
-    let mut held = Vec::new();
-    for _ in 0..2 {
-        let mut s = TcpStream::connect(app.addr).await.unwrap();
-        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
-        let mut buf = [0u8; 512];
-        let n = s.read(&mut buf).await.unwrap();
-        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
-        held.push(s);
-    }
+    without_pooled_connections(&mut app).await;
+    let (first, head) = keep_alive(&app).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let (_second, head) = keep_alive(&app).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     let started = Instant::now();
     let mut third = TcpStream::connect(app.addr).await.unwrap();
     let (answer, closed) = read_until_closed(&mut third, Duration::from_secs(5)).await;
@@ -162,36 +220,57 @@ async fn connections_over_the_caps_are_refused_at_once_with_json() {
     );
     assert!(closed.is_some() && started.elapsed() < Duration::from_secs(2));
 
-    // Freed places are given again.
-    held.pop();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let mut again = TcpStream::connect(app.addr).await.unwrap();
-    again
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let (answer, _) = read_until_closed(&mut again, Duration::from_secs(5)).await;
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // A freed place is given again (once the server has seen the close).
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_again, head) = keep_alive(&app).await;
+        if head.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(head.starts_with("HTTP/1.1 429"), "{head}");
+        assert!(
+            Instant::now() < deadline,
+            "the freed place was never given again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]
-async fn the_total_cap_answers_503() {
-    let app = spawn_app_with(|c| {
-        c.http.max_connections = 3;
-        c.http.header_read_timeout_ms = 1_000;
-    })
-    .await;
-    // The test client's pooled connection (from the health check) idles out first.
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
-    let mut held = Vec::new();
+async fn the_total_cap_answers_503_and_websocket_viewers_hold_their_places() {
+    let mut app = spawn_app_with(|c| c.http.max_connections = 3).await;
+    let poll = app.open_poll(&["A", "B"]).await;
+    without_pooled_connections(&mut app).await;
+    // Three viewers: each keeps its place after the upgrade, for as long as its socket is open.
+    let mut viewers = Vec::new();
     for _ in 0..3 {
-        held.push(TcpStream::connect(app.addr).await.unwrap());
+        let (ws, _) =
+            tokio_tungstenite::connect_async(format!("ws://{}/v1/polls/{poll}/ws", app.addr))
+                .await
+                .unwrap();
+        viewers.push(ws);
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
     let mut over = TcpStream::connect(app.addr).await.unwrap();
     let (answer, _) = read_until_closed(&mut over, Duration::from_secs(5)).await;
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     assert_eq!(json_body(&answer)["error"]["code"], "too_many_connections");
+    let (status, _) = ws_handshake(&app, &format!("/v1/polls/{poll}/ws"), None).await;
+    assert_eq!(status, 503);
+    // A viewer leaves: its place is free again.
+    viewers.pop();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while ws_handshake(&app, &format!("/v1/polls/{poll}/ws"), None)
+        .await
+        .0
+        != 101
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the viewer's place was never freed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// CPU time (user + system, in clock ticks) of a process.
