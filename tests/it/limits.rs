@@ -291,7 +291,7 @@ async fn out_of_file_descriptors_the_accept_loop_pauses_and_recovers() {
     // kernel runs out of descriptors before the cap does.
     let data = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut server = Command::new("bash")
+    let server = Command::new("bash")
         .arg("-c")
         .arg(format!(
             "ulimit -n 256 && exec {} serve --listen 127.0.0.1:{port} --data-dir {} --partitions 2",
@@ -303,6 +303,8 @@ async fn out_of_file_descriptors_the_accept_loop_pauses_and_recovers() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    // Killed however the test ends.
+    let server = KillOnDrop(server);
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
     wait_healthy(&client, &base).await;
@@ -319,9 +321,9 @@ async fn out_of_file_descriptors_the_accept_loop_pauses_and_recovers() {
     assert!(held.len() > 256, "only {} connections", held.len());
     tokio::time::sleep(Duration::from_millis(500)).await;
     // With connections waiting that it cannot accept, the loop must not spin.
-    let before = cpu_ticks(server.id());
+    let before = cpu_ticks(server.0.id());
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let spent = cpu_ticks(server.id()) - before;
+    let spent = cpu_ticks(server.0.id()) - before;
     assert!(
         spent < 50,
         "the server used {spent} ticks of CPU in 2 s while out of descriptors"
@@ -346,8 +348,15 @@ async fn out_of_file_descriptors_the_accept_loop_pauses_and_recovers() {
         errors > 0,
         "the accept loop never ran out of descriptors: {errors}"
     );
-    let _ = server.kill();
-    let _ = server.wait();
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// A WebSocket handshake to `path` with an optional `Origin`: the HTTP status of the answer (101 on
