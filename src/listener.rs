@@ -102,7 +102,7 @@ pub struct Gate {
     exempt_loopback: bool,
     /// Connections open per address (only addresses that have one).
     open: Mutex<HashMap<IpAddr, usize>>,
-    total: std::sync::atomic::AtomicUsize,
+    /// Its `connections_open` is the count the total cap is checked against.
     metrics: Arc<HttpMetrics>,
 }
 
@@ -125,14 +125,14 @@ impl Gate {
             max_per_address,
             exempt_loopback,
             open: Mutex::new(HashMap::new()),
-            total: Default::default(),
             metrics,
         })
     }
 
     pub fn admit(self: &Arc<Self>, address: IpAddr) -> Result<Permit, Refusal> {
-        if self.total.fetch_add(1, Ordering::AcqRel) >= self.max_total {
-            self.total.fetch_sub(1, Ordering::AcqRel);
+        let total = &self.metrics.connections_open;
+        if total.fetch_add(1, Ordering::AcqRel) >= self.max_total as u64 {
+            total.fetch_sub(1, Ordering::AcqRel);
             return Err(Refusal::TotalCap);
         }
         let counted = self.max_per_address > 0 && !(self.exempt_loopback && address.is_loopback());
@@ -141,14 +141,11 @@ impl Gate {
             let n = open.entry(address).or_default();
             if *n >= self.max_per_address {
                 drop(open);
-                self.total.fetch_sub(1, Ordering::AcqRel);
+                total.fetch_sub(1, Ordering::AcqRel);
                 return Err(Refusal::AddressCap);
             }
             *n += 1;
         }
-        self.metrics
-            .connections_open
-            .fetch_add(1, Ordering::Relaxed);
         Ok(Permit {
             gate: self.clone(),
             address: counted.then_some(address),
@@ -156,8 +153,8 @@ impl Gate {
     }
 
     /// Connections open now.
-    pub fn open(&self) -> usize {
-        self.total.load(Ordering::Acquire)
+    pub fn open(&self) -> u64 {
+        self.metrics.connections_open.load(Ordering::Acquire)
     }
 }
 
@@ -172,11 +169,10 @@ impl Drop for Permit {
                 }
             }
         }
-        self.gate.total.fetch_sub(1, Ordering::AcqRel);
         self.gate
             .metrics
             .connections_open
-            .fetch_sub(1, Ordering::Relaxed);
+            .fetch_sub(1, Ordering::AcqRel);
     }
 }
 
