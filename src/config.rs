@@ -154,10 +154,21 @@ pub struct IngestSection {
     /// How long a vote may wait to become durable before the answer is 503.
     pub deadline_ms: u64,
     pub max_batch_votes: usize,
-    /// Requests per second per client address; 0 turns the limit off.
+    /// Public votes (`POST /v1/votes`) per second per client address; 0 turns the limit off.
     pub rate_limit_per_sec: u32,
     pub rate_limit_burst: u32,
     pub rate_limit_exempt_loopback: bool,
+    /// Most votes in flight on this edge (accepted, not yet durable); past it, 503. 0: no bound.
+    pub max_in_flight_votes: usize,
+    /// Shed votes (503) once the log's shortest queueing delay over `shed_interval_ms` stays above
+    /// this (CoDel-style); 0 turns it off.
+    pub shed_target_ms: u64,
+    pub shed_interval_ms: u64,
+    /// The aggregators that may post batches, each with its own key, voter namespace and quota:
+    /// `[[ingest.aggregators]] name = "sms-uk", key = "…", votes_per_sec = 20000`.
+    pub aggregators: Vec<ingest::identity::AggregatorConfig>,
+    /// Voter tokens of the broadcaster's identity service (for polls with `voters: verified`).
+    pub voter_tokens: ingest::identity::VoterTokenConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -233,9 +244,23 @@ impl Default for IngestSection {
             rate_limit_per_sec: d.rate_limit_per_sec,
             rate_limit_burst: d.rate_limit_burst,
             rate_limit_exempt_loopback: d.rate_limit_exempt_loopback,
+            max_in_flight_votes: d.admission.max_in_flight_votes,
+            shed_target_ms: d.admission.target_delay.as_millis() as u64,
+            shed_interval_ms: d.admission.interval.as_millis() as u64,
+            aggregators: vec![ingest::identity::AggregatorConfig {
+                name: "dev".into(),
+                key: DEV_AGGREGATOR_KEY.into(),
+                votes_per_sec: 0,
+                burst: 0,
+            }],
+            voter_tokens: Default::default(),
         }
     }
 }
+
+/// The key of the `dev` aggregator of the default configuration (like `dev-operator-key`, for a
+/// laptop; a deployment sets `ingest.aggregators` of its own).
+pub const DEV_AGGREGATOR_KEY: &str = "dev-aggregator-key";
 
 impl Default for ProcessorSection {
     fn default() -> Self {
@@ -279,10 +304,11 @@ const SETTINGS: &[&str] = &[
 ];
 
 /// `CROWDTICK_*` variables that are not settings: `CROWDTICK_CONFIG` (the file, read by the
-/// command line), `CROWDTICK_OPERATOR_KEY` (loadgen's and Locust's key), `CROWDTICK_ALLOW_REMOTE`
+/// command line), `CROWDTICK_OPERATOR_KEY` and `CROWDTICK_AGGREGATOR_KEY` (loadgen's and Locust's
+/// keys), `CROWDTICK_ALLOW_REMOTE`
 /// (Locust), and the switches of the test and benchmark harnesses (`CROWDTICK_TEST_*`,
 /// `CROWDTICK_BENCH_*`).
-const NOT_SETTINGS: &[&str] = &["config", "operator_key", "allow_remote"];
+const NOT_SETTINGS: &[&str] = &["config", "operator_key", "aggregator_key", "allow_remote"];
 const NOT_SETTINGS_PREFIXES: &[&str] = &["test_", "bench_"];
 
 /// Whether `name` (upper case) is a variable Kubernetes injects for a Service `S` (service
@@ -430,6 +456,13 @@ impl Config {
                 .is_shared()
                 .then(|| Duration::from_millis(self.polls.close_lead_ms / 2)),
             body_read_timeout: Duration::from_millis(self.http.body_read_timeout_ms),
+            aggregators: self.ingest.aggregators.clone(),
+            voter_tokens: self.ingest.voter_tokens.clone(),
+            admission: ingest::admission::AdmissionConfig {
+                max_in_flight_votes: self.ingest.max_in_flight_votes,
+                target_delay: Duration::from_millis(self.ingest.shed_target_ms),
+                interval: Duration::from_millis(self.ingest.shed_interval_ms.max(1)),
+            },
             ..Default::default()
         }
     }
@@ -565,6 +598,38 @@ mod tests {
             jail.set_env("CROWDTICK_INGEST__DEADLINE_MSS", "750");
             let err = Config::load(None).unwrap_err().to_string();
             assert!(err.contains("deadline_mss"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn aggregators_and_voter_tokens_come_from_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            let c = Config::load(None).unwrap();
+            assert_eq!(c.ingest.aggregators.len(), 1, "the laptop default: `dev`");
+            assert_eq!(c.ingest.aggregators[0].key, DEV_AGGREGATOR_KEY);
+            jail.set_env(
+                "CROWDTICK_INGEST__AGGREGATORS",
+                r#"[{name="sms", key="the-sms-gateway-key", votes_per_sec=50000}, {name="app", key="the-partner-app-key", votes_per_sec=0, burst=10}]"#,
+            );
+            jail.set_env(
+                "CROWDTICK_INGEST__VOTER_TOKENS__HMAC_SECRET",
+                "a-secret-of-the-identity-service-32b",
+            );
+            let c = Config::load(None).unwrap();
+            let names: Vec<_> = c
+                .ingest
+                .aggregators
+                .iter()
+                .map(|a| a.name.as_str())
+                .collect();
+            assert_eq!(names, ["sms", "app"]);
+            assert_eq!(c.ingest.aggregators[0].votes_per_sec, 50_000);
+            assert_eq!(c.ingest.aggregators[1].burst, 10);
+            assert!(!c.ingest.voter_tokens.hmac_secret.is_empty());
+            jail.set_env("CROWDTICK_INGEST__AGGREGATORS", "[]");
+            assert!(Config::load(None).unwrap().ingest.aggregators.is_empty());
             Ok(())
         });
     }

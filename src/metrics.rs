@@ -153,6 +153,31 @@ pub async fn render(State(s): State<AppState>) -> impl IntoResponse {
             "Time acknowledged votes waited to become durable (append to acknowledgement).",
             &i.durable_latency,
         );
+        let a = &ingest.admission;
+        counter(
+            &mut out,
+            "crowdtick_ingest_votes_shed_in_flight_total",
+            "Votes shed (503) because the edge held as many votes in flight as it may.",
+            &a.shed_in_flight,
+        );
+        counter(
+            &mut out,
+            "crowdtick_ingest_votes_shed_queue_delay_total",
+            "Votes shed (503) because the log's queueing delay stood above its target.",
+            &a.shed_delay,
+        );
+        gauge(
+            &mut out,
+            "crowdtick_ingest_votes_in_flight",
+            "Votes accepted by the edge and not yet durable or refused.",
+            a.in_flight() as u64,
+        );
+        gauge(
+            &mut out,
+            "crowdtick_ingest_shedding",
+            "1 while the edge sheds votes because the log has a standing queue.",
+            a.is_shedding() as u64,
+        );
     }
     let p = &s.processor_metrics;
     counter(

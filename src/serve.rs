@@ -11,6 +11,7 @@
 use crate::config::Config;
 use crate::metrics;
 use crate::readiness::Readiness;
+use anyhow::Context;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
@@ -213,13 +214,35 @@ pub async fn start_roles(config: Config, roles: Roles) -> anyhow::Result<App> {
 
     let edge_rejections = Arc::new(EdgeRejections::default());
     let keys = query::OperatorKeys::new(config.operator_keys.clone());
+    let public_listener = !config
+        .listen
+        .parse::<std::net::SocketAddr>()
+        .is_ok_and(|a| a.ip().is_loopback());
+    if roles.ingest
+        && public_listener
+        && config
+            .ingest
+            .aggregators
+            .iter()
+            .any(|a| a.key == crate::config::DEV_AGGREGATOR_KEY)
+    {
+        tracing::warn!(
+            listen = %config.listen,
+            "an aggregator has the development key `dev-aggregator-key`, and this server listens beyond \
+             loopback: anyone can post batches as it. Set ingest.aggregators with keys of your own \
+             (CROWDTICK_INGEST__AGGREGATORS='[{{name=\"sms\", key=\"…\"}}]')"
+        );
+    }
     let ingest = match (roles.ingest, &log) {
-        (true, Some(log)) => Some(ingest::Ingest::new(
-            log.clone(),
-            catalog.clone(),
-            config.ingest_config(),
-            edge_rejections.clone(),
-        )),
+        (true, Some(log)) => Some(
+            ingest::Ingest::new(
+                log.clone(),
+                catalog.clone(),
+                config.ingest_config(),
+                edge_rejections.clone(),
+            )
+            .context("the ingest settings cannot be used")?,
+        ),
         _ => None,
     };
     let realtime = roles.realtime.then(|| {

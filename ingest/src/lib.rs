@@ -3,7 +3,10 @@
 //! - [`routes`]: `POST /v1/votes` and `POST /v1/votes/batch` (axum), body limits, JSON errors.
 //! - [`validate`] (pure): parse and judge a vote against its poll — exists, open at the stamped time,
 //!   choices fit, ids well-formed — with the [`schemas::ApiError`] each failure answers.
-//! - [`rate_limit`]: per-address token buckets.
+//! - [`identity`]: who is voting, from the headers before the body: voter tokens (JWT) for
+//!   `POST /v1/votes`, aggregator keys (namespace and quota each) for `POST /v1/votes/batch`.
+//! - [`rate_limit`]: limits that count votes (`governor`): per client address, per aggregator.
+//! - [`admission`]: sheds votes with 503 early (votes in flight, the log's standing queue).
 //! - [`latency`]: the histogram of how long acknowledged votes waited to become durable.
 //! - [`Ingest`]: the shared state and [`Ingest::submit`], the one way a vote enters the log (the seed
 //!   API adapter uses it too): stamp, judge, encode (Avro), append with a deadline, answer.
@@ -11,13 +14,15 @@
 //! A 202 is only sent once the log says the vote is durable; if it cannot be durable before the
 //! deadline the log does not write it and the answer is 503 with `Retry-After`.
 
+pub mod admission;
+pub mod identity;
 pub mod latency;
 pub mod rate_limit;
 pub mod routes;
 pub mod validate;
 
 use schemas::vote::{encode_vote, vote_key};
-use schemas::{partition_for, ApiError, PollId};
+use schemas::{partition_for, ApiError, PollId, QualifiedVoter};
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -33,7 +38,7 @@ pub struct IngestConfig {
     pub max_vote_bytes: usize,
     pub max_batch_bytes: usize,
     pub max_batch_votes: usize,
-    /// Requests per second per client address (0: no limit), and the burst above it.
+    /// Public votes per second per client address (0: no limit), and the burst above it.
     pub rate_limit_per_sec: u32,
     pub rate_limit_burst: u32,
     /// Loopback clients (load tests, a local proxy) are not rate limited.
@@ -44,6 +49,11 @@ pub struct IngestConfig {
     pub catalog_max_age: Option<Duration>,
     /// A request body must be in whole within this (408 otherwise).
     pub body_read_timeout: Duration,
+    /// The aggregators allowed to post batches (none: batches are refused).
+    pub aggregators: Vec<identity::AggregatorConfig>,
+    /// How voter tokens are checked (unset: no tokens; polls requiring verified voters take none).
+    pub voter_tokens: identity::VoterTokenConfig,
+    pub admission: admission::AdmissionConfig,
 }
 
 impl Default for IngestConfig {
@@ -58,6 +68,9 @@ impl Default for IngestConfig {
             rate_limit_exempt_loopback: true,
             catalog_max_age: None,
             body_read_timeout: Duration::from_secs(10),
+            aggregators: Vec::new(),
+            voter_tokens: Default::default(),
+            admission: Default::default(),
         }
     }
 }
@@ -93,7 +106,10 @@ pub struct Ingest {
     pub config: IngestConfig,
     pub rejections: Arc<EdgeRejections>,
     pub metrics: IngestMetrics,
-    pub(crate) limiter: rate_limit::RateLimiter,
+    pub(crate) limiter: rate_limit::AddressLimiter,
+    pub(crate) aggregators: identity::Aggregators,
+    pub(crate) voter_tokens: Option<identity::VoterTokens>,
+    pub admission: admission::Admission,
     ids: VoteIds,
 }
 
@@ -103,42 +119,68 @@ impl Ingest {
         catalog: PollCatalog,
         config: IngestConfig,
         rejections: Arc<EdgeRejections>,
-    ) -> Arc<Self> {
-        let limiter = rate_limit::RateLimiter::new(
+    ) -> Result<Arc<Self>, identity::IdentityConfigError> {
+        let limiter = rate_limit::AddressLimiter::new(
             config.rate_limit_per_sec,
             config.rate_limit_burst,
             config.rate_limit_exempt_loopback,
         );
-        Arc::new(Self {
+        let aggregators = identity::Aggregators::new(&config.aggregators, config.max_batch_votes)?;
+        let voter_tokens = identity::VoterTokens::from_config(&config.voter_tokens)?;
+        let admission = admission::Admission::new(config.admission);
+        Ok(Arc::new(Self {
             log,
             catalog,
             config,
             rejections,
             metrics: Default::default(),
             limiter,
+            aggregators,
+            voter_tokens,
+            admission,
             ids: VoteIds::new(),
+        }))
+    }
+
+    /// Admits `votes` or answers the fast 503 of an edge shedding load.
+    pub fn admit(&self, votes: usize) -> Result<admission::Permit<'_>, ApiError> {
+        self.admission.admit(votes, Instant::now()).map_err(|shed| {
+            self.metrics
+                .votes_unavailable
+                .fetch_add(votes as u64, Ordering::Relaxed);
+            let why = match shed {
+                admission::Shed::InFlight => "this edge has as many votes in flight as it may hold",
+                admission::Shed::QueueDelay => "the vote log has a standing queue",
+            };
+            ApiError::unavailable(
+                format!("{why}; the vote was not recorded — retry after the Retry-After seconds with the same vote_id"),
+                1,
+            )
         })
     }
 
-    /// Stamps, judges and appends one vote; answers once it is durable.
+    /// Stamps, judges and appends one vote of `voter`; answers once it is durable.
     pub async fn submit(
         &self,
         vote: &validate::VoteIn<'_>,
+        voter: QualifiedVoter<'_>,
         source: &str,
     ) -> Result<Receipt, ApiError> {
+        let _permit = self.admit(1)?;
         self.prepare_catalog(std::iter::once(vote.poll_id)).await?;
         let (accepted_at, poll) = self.catalog.stamp_and_get(vote.poll_id);
-        let options = validate::judge(vote, poll.as_deref(), accepted_at)
+        let options = validate::judge(vote, voter, poll.as_deref(), accepted_at)
             .inspect_err(|e| self.count_rejection(vote.poll_id, e))?;
         let vote_id = match vote.vote_id.as_deref() {
             Some(id) => id.to_owned(),
             None => self.ids.next(),
         };
-        let mut batch = AppendBatch::with_capacity(1, 64 + vote_id.len() + 2 * vote.voter_id.len());
+        let mut batch = AppendBatch::with_capacity(1, 64 + vote_id.len() + 2 * voter.len());
         let partition = push_vote(
             &mut batch,
             self.log.partitions(Topic::Votes),
-            vote,
+            vote.poll_id,
+            voter,
             &vote_id,
             &options,
             accepted_at,
@@ -158,6 +200,7 @@ impl Ingest {
                 unavailable(e)
             })?;
         let waited = started.elapsed();
+        self.admission.observe(waited, Instant::now());
         self.metrics
             .append_wait_us
             .fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
@@ -225,31 +268,23 @@ impl Ingest {
 
 /// Encodes a judged vote (Avro, key = poll + voter) into `batch` at its partition; returns the
 /// partition. The one place votes are placed, for single votes and batches alike.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn push_vote(
     batch: &mut AppendBatch,
     partitions: u32,
-    vote: &validate::VoteIn<'_>,
+    poll_id: PollId,
+    voter: QualifiedVoter<'_>,
     vote_id: &str,
     options: &[u32],
     accepted_at: i64,
     source: &str,
 ) -> u32 {
-    let partition = partition_for(vote.poll_id, &vote.voter_id, partitions);
+    let partition = partition_for(poll_id, voter, partitions);
     batch.push_with(
         partition,
         accepted_at,
-        |k| vote_key(vote.poll_id, &vote.voter_id, k),
-        |v| {
-            encode_vote(
-                v,
-                vote_id,
-                vote.poll_id,
-                &vote.voter_id,
-                options,
-                accepted_at,
-                source,
-            )
-        },
+        |k| vote_key(poll_id, voter, k),
+        |v| encode_vote(v, vote_id, poll_id, voter, options, accepted_at, source),
     );
     partition
 }

@@ -1,96 +1,147 @@
-//! Per-address token buckets, sharded so two cores rarely meet on one lock; one check per request.
+//! Rate limits that count votes, not requests (GCRA buckets from `governor`).
+//!
+//! - [`AddressLimiter`]: public votes per client address (a single vote costs one).
+//! - [`VoteQuota`]: one aggregator's votes per second (a batch costs as many as it holds).
 
-use parking_lot::Mutex;
-use std::collections::HashMap;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota};
 use std::net::IpAddr;
-use std::time::Instant;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-const SHARDS: usize = 16;
-/// Past this many tracked addresses in a shard, full (idle) buckets are forgotten.
-const SHARD_SOFT_CAP: usize = 16_384;
-
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    at: Instant,
+/// Why votes were refused by a limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Over the rate: retry after this many seconds (at least 1).
+    RetryAfter(u32),
+    /// More votes at once than the burst allows, ever: split them.
+    LargerThanBurst { burst: u32 },
 }
 
-pub struct RateLimiter {
-    per_sec: f64,
-    burst: f64,
+fn quota(per_sec: u32, burst: u32) -> Option<Quota> {
+    let per_sec = NonZeroU32::new(per_sec)?;
+    let burst = NonZeroU32::new(burst.max(1)).expect("max(1)");
+    Some(Quota::per_second(per_sec).allow_burst(burst))
+}
+
+fn retry_after(wait: std::time::Duration) -> u32 {
+    (wait.as_secs_f64().ceil() as u32).max(1)
+}
+
+/// Votes per second per client address, with a burst above it.
+pub struct AddressLimiter {
+    limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    burst: u32,
     exempt_loopback: bool,
-    shards: Vec<Mutex<HashMap<IpAddr, Bucket>>>,
+    checks: AtomicU64,
 }
 
-impl RateLimiter {
+/// Past this many checks, buckets that are full again are forgotten (bounded memory under a spray
+/// of addresses).
+const FORGET_EVERY: u64 = 1 << 16;
+
+impl AddressLimiter {
+    /// `per_sec` 0: no limit.
     pub fn new(per_sec: u32, burst: u32, exempt_loopback: bool) -> Self {
         Self {
-            per_sec: per_sec as f64,
-            burst: burst.max(1) as f64,
+            limiter: quota(per_sec, burst).map(governor::RateLimiter::keyed),
+            burst: burst.max(1),
             exempt_loopback,
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            checks: AtomicU64::new(0),
         }
     }
 
-    /// Takes a token for `addr`; on refusal, the seconds until one is available.
-    pub fn check(&self, addr: IpAddr, now: Instant) -> Result<(), u32> {
-        if self.per_sec <= 0.0 || (self.exempt_loopback && addr.is_loopback()) {
+    /// Takes `votes` from `addr`'s bucket, or says when to come back.
+    pub fn check(&self, addr: IpAddr, votes: u32) -> Result<(), Refusal> {
+        let Some(limiter) = &self.limiter else {
+            return Ok(());
+        };
+        if (self.exempt_loopback && addr.is_loopback()) || votes == 0 {
             return Ok(());
         }
-        let shard = &self.shards[shard_of(&addr)];
-        let mut map = shard.lock();
-        if map.len() > SHARD_SOFT_CAP {
-            let (per_sec, burst) = (self.per_sec, self.burst);
-            map.retain(|_, b| b.tokens + now.duration_since(b.at).as_secs_f64() * per_sec < burst);
+        if self.checks.fetch_add(1, Ordering::Relaxed) % FORGET_EVERY == FORGET_EVERY - 1 {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
         }
-        let b = map.entry(addr).or_insert(Bucket {
-            tokens: self.burst,
-            at: now,
-        });
-        b.tokens =
-            (b.tokens + now.duration_since(b.at).as_secs_f64() * self.per_sec).min(self.burst);
-        b.at = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(((1.0 - b.tokens) / self.per_sec).ceil().max(1.0) as u32)
+        let n = NonZeroU32::new(votes).expect("votes > 0");
+        match limiter.check_key_n(&addr, n) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(not_until)) => Err(Refusal::RetryAfter(retry_after(
+                not_until.wait_time_from(DefaultClock::default().now()),
+            ))),
+            Err(_) => Err(Refusal::LargerThanBurst { burst: self.burst }),
         }
     }
 }
 
-fn shard_of(addr: &IpAddr) -> usize {
-    let h = match addr {
-        IpAddr::V4(a) => u32::from(*a) as u64,
-        IpAddr::V6(a) => (u128::from(*a) ^ (u128::from(*a) >> 64)) as u64,
-    };
-    (h.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 60) as usize % SHARDS
+/// One caller's votes per second (an aggregator's quota).
+pub struct VoteQuota {
+    limiter: Option<DefaultDirectRateLimiter>,
+    burst: u32,
+}
+
+impl VoteQuota {
+    /// `per_sec` 0: unlimited.
+    pub fn new(per_sec: u32, burst: u32) -> Self {
+        Self {
+            limiter: quota(per_sec, burst).map(governor::RateLimiter::direct),
+            burst: burst.max(1),
+        }
+    }
+
+    pub fn check(&self, votes: u32) -> Result<(), Refusal> {
+        let (Some(limiter), Some(n)) = (&self.limiter, NonZeroU32::new(votes)) else {
+            return Ok(());
+        };
+        match limiter.check_n(n) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(not_until)) => Err(Refusal::RetryAfter(retry_after(
+                not_until.wait_time_from(DefaultClock::default().now()),
+            ))),
+            Err(_) => Err(Refusal::LargerThanBurst { burst: self.burst }),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
-    fn burst_then_refill() {
-        let rl = RateLimiter::new(10, 3, true);
+    fn an_address_spends_votes_not_requests() {
+        let rl = AddressLimiter::new(1, 10, true);
         let a: IpAddr = "203.0.113.9".parse().unwrap();
-        let t = Instant::now();
-        assert!(rl.check(a, t).is_ok());
-        assert!(rl.check(a, t).is_ok());
-        assert!(rl.check(a, t).is_ok());
-        assert_eq!(rl.check(a, t), Err(1));
-        assert!(
-            rl.check(a, t + Duration::from_millis(150)).is_ok(),
-            "refilled at 10/s"
-        );
+        assert!(rl.check(a, 6).is_ok());
+        assert!(rl.check(a, 4).is_ok());
+        assert!(matches!(rl.check(a, 1), Err(Refusal::RetryAfter(n)) if n >= 1));
         let other: IpAddr = "203.0.113.10".parse().unwrap();
-        assert!(rl.check(other, t).is_ok(), "buckets are per address");
+        assert!(rl.check(other, 1).is_ok(), "buckets are per address");
+        assert_eq!(
+            rl.check(other, 11),
+            Err(Refusal::LargerThanBurst { burst: 10 })
+        );
         let local: IpAddr = "127.0.0.1".parse().unwrap();
         assert!(
-            (0..100).all(|_| rl.check(local, t).is_ok()),
+            (0..100).all(|_| rl.check(local, 1).is_ok()),
             "loopback exempt"
         );
+        let strict = AddressLimiter::new(1, 1, false);
+        assert!(strict.check(local, 1).is_ok());
+        assert!(strict.check(local, 1).is_err(), "exemption is a setting");
+        let off = AddressLimiter::new(0, 1, false);
+        assert!((0..100).all(|_| off.check(a, 5).is_ok()), "0 turns it off");
+    }
+
+    #[test]
+    fn a_quota_counts_every_vote_of_a_batch() {
+        let q = VoteQuota::new(100, 1_000);
+        assert!(q.check(600).is_ok());
+        assert!(q.check(400).is_ok());
+        assert!(matches!(q.check(50), Err(Refusal::RetryAfter(1))));
+        assert_eq!(
+            q.check(1_001),
+            Err(Refusal::LargerThanBurst { burst: 1_000 })
+        );
+        assert!(VoteQuota::new(0, 0).check(1_000_000).is_ok());
     }
 }

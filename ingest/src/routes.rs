@@ -1,5 +1,11 @@
 //! The HTTP routes of the edge: `POST /v1/votes` and `POST /v1/votes/batch`.
+//!
+//! Each route knows who is calling before it reads the body: the voter token (single votes) or
+//! the aggregator key (batches) is checked and the caller's rate limit taken from the headers, so
+//! a refused caller never makes the edge wait for or buffer a body.
 
+use crate::identity::{bearer, AggregatorRefusal, TokenError, VerifiedVoter};
+use crate::rate_limit::Refusal;
 use crate::validate::{self, VoteIn};
 use crate::{format_micros, push_vote, unavailable, Ingest};
 use axum::body::Body;
@@ -8,7 +14,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use schemas::ApiError;
+use schemas::{ApiError, VoterNamespace};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::borrow::Cow;
@@ -26,18 +32,60 @@ pub fn router(ingest: Arc<Ingest>) -> Router {
         .with_state(ingest)
 }
 
-/// Reads a request body up to `limit` bytes, after the per-address rate check.
+/// The 429 (or 413) of a rate limit that counts votes.
+pub(crate) fn refused(r: Refusal, whose: &str) -> ApiError {
+    match r {
+        Refusal::RetryAfter(secs) => ApiError {
+            message: format!(
+                "too many votes from {whose}; retry after the Retry-After delay (limits count votes, not requests)"
+            ),
+            ..ApiError::rate_limited(secs)
+        },
+        Refusal::LargerThanBurst { burst } => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "over_burst",
+            format!("{whose} may send at most {burst} votes at once; split the batch"),
+        ),
+    }
+}
+
+/// Takes `votes` from the client address's rate limit.
+pub fn check_address(ingest: &Ingest, req: &Request, votes: u32) -> Result<(), ApiError> {
+    match req.extensions().get::<ConnectInfo<SocketAddr>>() {
+        Some(ConnectInfo(addr)) => ingest
+            .limiter
+            .check(addr.ip(), votes)
+            .map_err(|r| refused(r, "this address")),
+        None => Ok(()),
+    }
+}
+
+/// Checks the voter token of `Authorization: Bearer`, if there is one.
+fn voter_token(ingest: &Ingest, req: &Request) -> Result<Option<VerifiedVoter>, ApiError> {
+    let Some(token) = bearer(req.headers()) else {
+        return Ok(None);
+    };
+    let verified = ingest
+        .voter_tokens
+        .as_ref()
+        .ok_or(TokenError::NotConfigured)
+        .and_then(|tokens| tokens.verify(token));
+    verified.map(Some).map_err(|e| {
+        let code = match e {
+            TokenError::NotConfigured => "voter_tokens_not_configured",
+            TokenError::Expired => "voter_token_expired",
+            TokenError::Invalid(_) => "invalid_voter_token",
+        };
+        ApiError::new(StatusCode::UNAUTHORIZED, code, e.to_string())
+    })
+}
+
+/// Reads a request body up to `limit` bytes, whole within the body timeout.
 pub async fn read_body(
     ingest: &Ingest,
     req: Request,
     limit: usize,
 ) -> Result<axum::body::Bytes, ApiError> {
-    if let Some(ConnectInfo(addr)) = req.extensions().get::<ConnectInfo<SocketAddr>>() {
-        ingest
-            .limiter
-            .check(addr.ip(), Instant::now())
-            .map_err(ApiError::rate_limited)?;
-    }
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -78,15 +126,27 @@ pub async fn read_body(
 async fn post_vote(State(ingest): State<Arc<Ingest>>, req: Request) -> Response {
     ingest.metrics.requests.fetch_add(1, Ordering::Relaxed);
     let result = async {
+        let token = voter_token(&ingest, &req)?;
+        check_address(&ingest, &req, 1)?;
         let body = read_body(&ingest, req, ingest.config.max_vote_bytes).await?;
         let vote = validate::parse_vote(&body)?;
-        ingest.submit(&vote, "web").await
+        let voter = validate::voter_of(&vote, token.as_ref(), VoterNamespace::Device)
+            .inspect_err(|e| ingest.count_rejection(vote.poll_id, e))?;
+        ingest.submit(&vote, voter, "web").await
     }
     .await;
     match result {
         Ok(receipt) => (StatusCode::ACCEPTED, Json(receipt)).into_response(),
         Err(e) => {
-            if e.code == "rate_limited" || e.code == "malformed" || e.code == "body_too_large" {
+            if matches!(
+                e.code,
+                "rate_limited"
+                    | "malformed"
+                    | "body_too_large"
+                    | "invalid_voter_token"
+                    | "voter_token_expired"
+                    | "voter_tokens_not_configured"
+            ) {
                 ingest
                     .metrics
                     .votes_rejected
@@ -126,8 +186,9 @@ struct BatchOut<'a> {
     results: Vec<VoteResult<'a>>,
 }
 
-/// Many votes in one request (SMS aggregators): judged one by one, appended as one batch, answered
-/// with a result per vote once the accepted ones are durable.
+/// Many votes in one request, from an aggregator (SMS gateway, partner app) with its own key:
+/// judged one by one, its voters in its own namespace, appended as one batch, answered with a
+/// result per vote once the accepted ones are durable.
 async fn post_batch(
     State(ingest): State<Arc<Ingest>>,
     Query(q): Query<Vec<(String, String)>>,
@@ -137,6 +198,33 @@ async fn post_batch(
         .metrics
         .batch_requests
         .fetch_add(1, Ordering::Relaxed);
+    let aggregator = ingest
+        .aggregators
+        .authenticate(req.headers())
+        .map_err(|r| {
+            ApiError::unauthorized(match r {
+                AggregatorRefusal::Missing => "batches are for aggregators: send `Authorization: Bearer <aggregator key>` (keys are in the server's configuration, `ingest.aggregators`); single votes go to POST /v1/votes",
+                AggregatorRefusal::Unknown => "no aggregator has this key; check `ingest.aggregators` in the server's configuration",
+            })
+        })?;
+    // `?results=rejected`: answer only the rejected votes (with their index); `all` is the default.
+    let mut only_rejected = false;
+    for (k, v) in &q {
+        match (k.as_str(), v.as_str()) {
+            ("results", "rejected") => only_rejected = true,
+            ("results", "all") => only_rejected = false,
+            ("results", other) => {
+                return Err(ApiError::bad_request(
+                    "invalid_parameter",
+                    format!(
+                        "results must be `all` or `rejected`, not {:?}",
+                        other.chars().take(32).collect::<String>()
+                    ),
+                ))
+            }
+            _ => {}
+        }
+    }
     let body = read_body(&ingest, req, ingest.config.max_batch_bytes).await?;
     let batch: BatchIn = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(
@@ -155,8 +243,11 @@ async fn post_batch(
             ),
         ));
     }
-    // `?results=rejected`: answer only the rejected votes (with their index).
-    let only_rejected = q.iter().any(|(k, v)| k == "results" && v == "rejected");
+    aggregator
+        .quota
+        .check(batch.votes.len() as u32)
+        .map_err(|r| refused(r, &format!("aggregator {}", aggregator.name)))?;
+    let _permit = ingest.admit(batch.votes.len())?;
     if ingest.catalog.is_shared() {
         #[derive(serde::Deserialize)]
         struct PollOf {
@@ -170,6 +261,7 @@ async fn post_batch(
         ingest.prepare_catalog(ids).await?;
     }
     let (accepted_at, polls) = ingest.catalog.stamp_and_snapshot();
+    let namespace = VoterNamespace::Aggregator(&aggregator.name);
     let partitions = ingest.log.partitions(Topic::Votes);
     let mut append = AppendBatch::with_capacity(batch.votes.len(), body.len());
     // Per vote: Ok(vote_id, partition) awaiting its offset, or the rejection.
@@ -178,9 +270,14 @@ async fn post_batch(
         let verdict = serde_json::from_str::<VoteIn>(raw.get())
             .map_err(validate::malformed)
             .and_then(|vote| {
-                let choice =
-                    validate::judge(&vote, polls.get(&vote.poll_id).map(|p| &**p), accepted_at)
-                        .inspect_err(|e| ingest.count_rejection(vote.poll_id, e))?;
+                let voter = validate::voter_of(&vote, None, namespace);
+                let choice = voter
+                    .and_then(|voter| {
+                        let poll = polls.get(&vote.poll_id).map(|p| &**p);
+                        validate::judge(&vote, voter, poll, accepted_at).map(|c| (voter, c))
+                    })
+                    .inspect_err(|e| ingest.count_rejection(vote.poll_id, e));
+                let (voter, choice) = choice?;
                 let vote_id = vote
                     .vote_id
                     .clone()
@@ -188,7 +285,8 @@ async fn post_batch(
                 let partition = push_vote(
                     &mut append,
                     partitions,
-                    &vote,
+                    vote.poll_id,
+                    voter,
                     &vote_id,
                     &choice,
                     accepted_at,
@@ -231,6 +329,9 @@ async fn post_batch(
         .votes_accepted
         .fetch_add(n_accepted as u64, Ordering::Relaxed);
     let waited = started.elapsed();
+    if n_accepted > 0 {
+        ingest.admission.observe(waited, Instant::now());
+    }
     ingest.metrics.append_wait_us.fetch_add(
         waited.as_micros() as u64 * n_accepted as u64,
         Ordering::Relaxed,

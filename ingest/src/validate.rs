@@ -1,7 +1,8 @@
 //! Parsing and judging a vote: pure, no I/O. Every failure is the [`ApiError`] the client gets.
 
+use schemas::poll::Voters;
 use schemas::poll::{ChoiceError, PollState, MAX_OPTIONS};
-use schemas::{ApiError, Poll, PollId};
+use schemas::{ApiError, Poll, PollId, QualifiedVoter, VoterNamespace};
 use serde::Deserialize;
 use std::borrow::Cow;
 use storage::EdgeReason;
@@ -17,8 +18,10 @@ pub struct VoteIn<'a> {
     pub option_id: Option<i64>,
     #[serde(default)]
     pub option_ids: Option<Vec<i64>>,
-    #[serde(borrow)]
-    pub voter_id: Cow<'a, str>,
+    /// The client's own id for its voter (device or aggregator namespace); with a voter token, the
+    /// token's `sub` is the voter and this may be left out.
+    #[serde(borrow, default)]
+    pub voter_id: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     pub vote_id: Option<Cow<'a, str>>,
 }
@@ -45,9 +48,51 @@ pub fn malformed(e: serde_json::Error) -> ApiError {
     ApiError::bad_request("malformed", format!("the body is not a valid vote: {e}"))
 }
 
-/// Judges a vote stamped at `accepted_at` against its poll (None: no such poll).
-pub fn judge(vote: &VoteIn<'_>, poll: Option<&Poll>, accepted_at: i64) -> Result<Choice, ApiError> {
-    check_id("voter_id", &vote.voter_id, MAX_VOTER_ID, "invalid_voter_id")?;
+/// The voter of a vote: the token's subject when a voter token came with it (and then any
+/// `voter_id` must be the same, and the token must be for this poll), else the client's `voter_id`
+/// in the namespace of the door it came through.
+pub fn voter_of<'a>(
+    vote: &'a VoteIn<'_>,
+    token: Option<&'a crate::identity::VerifiedVoter>,
+    namespace: VoterNamespace<'a>,
+) -> Result<QualifiedVoter<'a>, ApiError> {
+    let Some(token) = token else {
+        let id = vote.voter_id.as_deref().unwrap_or_default();
+        check_id("voter_id", id, MAX_VOTER_ID, "invalid_voter_id")?;
+        return Ok(QualifiedVoter::new(namespace, id));
+    };
+    if token.poll != vote.poll_id {
+        return Err(ApiError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            "token_for_another_poll",
+            format!(
+                "the voter token is for poll {}, not poll {}; get a token for this poll",
+                token.poll, vote.poll_id
+            ),
+        ));
+    }
+    if vote.voter_id.as_deref().is_some_and(|id| id != token.sub) {
+        return Err(ApiError::unprocessable(
+            "voter_mismatch",
+            "voter_id differs from the voter token's subject; leave voter_id out when sending a token",
+        ));
+    }
+    check_id(
+        "the token's sub",
+        &token.sub,
+        MAX_VOTER_ID,
+        "invalid_voter_id",
+    )?;
+    Ok(QualifiedVoter::new(VoterNamespace::Verified, &token.sub))
+}
+
+/// Judges a vote of `voter` stamped at `accepted_at` against its poll (None: no such poll).
+pub fn judge(
+    vote: &VoteIn<'_>,
+    voter: QualifiedVoter<'_>,
+    poll: Option<&Poll>,
+    accepted_at: i64,
+) -> Result<Choice, ApiError> {
     if let Some(id) = &vote.vote_id {
         check_id("vote_id", id, MAX_VOTE_ID, "invalid_vote_id")?;
     }
@@ -74,6 +119,16 @@ pub fn judge(vote: &VoteIn<'_>, poll: Option<&Poll>, accepted_at: i64) -> Result
     let poll = poll.ok_or_else(|| {
         ApiError::not_found("unknown_poll", format!("there is no poll {}", vote.poll_id))
     })?;
+    if poll.voters == Voters::Verified && !voter.is_verified() {
+        return Err(ApiError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            "verified_voters_only",
+            format!(
+                "poll {} takes only verified voters: send `Authorization: Bearer <voter token>` from the broadcaster's identity service",
+                poll.id
+            ),
+        ));
+    }
     match poll.state_at(accepted_at) {
         PollState::Open => {}
         PollState::Closed => {
@@ -121,9 +176,13 @@ fn check_id(field: &str, value: &str, max: usize, code: &'static str) -> Result<
 pub fn edge_reason(e: &ApiError) -> Option<EdgeReason> {
     match e.code {
         "poll_closed" | "poll_not_open" => Some(EdgeReason::Closed),
-        "invalid_option" | "too_many_choices" | "invalid_voter_id" | "invalid_vote_id" => {
-            Some(EdgeReason::Invalid)
-        }
+        "invalid_option"
+        | "too_many_choices"
+        | "invalid_voter_id"
+        | "invalid_vote_id"
+        | "verified_voters_only"
+        | "token_for_another_poll"
+        | "voter_mismatch" => Some(EdgeReason::Invalid),
         "rate_limited" => Some(EdgeReason::RateLimited),
         "unavailable" => Some(EdgeReason::Unavailable),
         _ => None,
@@ -151,6 +210,7 @@ mod tests {
             revealed: false,
             created_at: 0,
             creator: None,
+            voters: Default::default(),
         }
     }
 
@@ -158,9 +218,90 @@ mod tests {
         let p = poll();
         let v = parse_vote(body.as_bytes()).map_err(|e| (e.status, e.code))?;
         let found = (v.poll_id == 7).then_some(&p);
-        judge(&v, found, at)
+        voter_of(&v, None, VoterNamespace::Device)
+            .and_then(|voter| judge(&v, voter, found, at))
             .map(|c| c.to_vec())
             .map_err(|e| (e.status, e.code))
+    }
+
+    #[test]
+    fn each_door_names_voters_in_its_own_namespace() {
+        use crate::identity::VerifiedVoter;
+        let v = parse_vote(br#"{"poll_id":7,"option_id":1,"voter_id":"user:1"}"#).unwrap();
+        let device = voter_of(&v, None, VoterNamespace::Device).unwrap();
+        assert_eq!(
+            device.to_string(),
+            "device:user:1",
+            "a device cannot be an old-API account"
+        );
+        let agg = voter_of(&v, None, VoterNamespace::Aggregator("sms")).unwrap();
+        assert_eq!(agg.to_string(), "agg:sms:user:1");
+        let token = VerifiedVoter {
+            sub: "user:1".into(),
+            poll: 7,
+        };
+        let verified = voter_of(&v, Some(&token), VoterNamespace::Device).unwrap();
+        assert_eq!(verified.to_string(), "verified:user:1");
+        assert!(verified.is_verified() && !device.is_verified() && !agg.is_verified());
+
+        let other = VerifiedVoter {
+            sub: "bob".into(),
+            poll: 7,
+        };
+        let e = voter_of(&v, Some(&other), VoterNamespace::Device).unwrap_err();
+        assert_eq!(e.code, "voter_mismatch");
+        let elsewhere = VerifiedVoter {
+            sub: "user:1".into(),
+            poll: 8,
+        };
+        let e = voter_of(&v, Some(&elsewhere), VoterNamespace::Device).unwrap_err();
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::FORBIDDEN, "token_for_another_poll")
+        );
+        let anonymous = parse_vote(br#"{"poll_id":7,"option_id":1}"#).unwrap();
+        assert_eq!(
+            voter_of(&anonymous, None, VoterNamespace::Device)
+                .unwrap_err()
+                .code,
+            "invalid_voter_id"
+        );
+        let bare = VerifiedVoter {
+            sub: "carol".into(),
+            poll: 7,
+        };
+        assert_eq!(
+            voter_of(&anonymous, Some(&bare), VoterNamespace::Device)
+                .unwrap()
+                .to_string(),
+            "verified:carol"
+        );
+    }
+
+    #[test]
+    fn a_verified_poll_takes_only_verified_voters() {
+        use crate::identity::VerifiedVoter;
+        let mut p = poll();
+        p.voters = Voters::Verified;
+        let v = parse_vote(br#"{"poll_id":7,"option_id":1,"voter_id":"a"}"#).unwrap();
+        for ns in [
+            VoterNamespace::Device,
+            VoterNamespace::Account,
+            VoterNamespace::Aggregator("sms"),
+        ] {
+            let voter = voter_of(&v, None, ns).unwrap();
+            let e = judge(&v, voter, Some(&p), 500).unwrap_err();
+            assert_eq!(
+                (e.status, e.code),
+                (StatusCode::FORBIDDEN, "verified_voters_only")
+            );
+        }
+        let token = VerifiedVoter {
+            sub: "a".into(),
+            poll: 7,
+        };
+        let voter = voter_of(&v, Some(&token), VoterNamespace::Device).unwrap();
+        assert_eq!(judge(&v, voter, Some(&p), 500).unwrap().to_vec(), vec![1]);
     }
 
     #[test]
@@ -233,7 +374,7 @@ mod tests {
             let p = poll();
             match parse_vote(&body) {
                 Err(e) => prop_assert!(e.status.is_client_error()),
-                Ok(v) => if let Err(e) = judge(&v, Some(&p), 500) { prop_assert!(e.status.is_client_error()) },
+                Ok(v) => if let Err(e) = voter_of(&v, None, VoterNamespace::Device).and_then(|voter| judge(&v, voter, Some(&p), 500)) { prop_assert!(e.status.is_client_error()) },
             }
         }
 
@@ -242,7 +383,7 @@ mod tests {
             let body = serde_json::json!({"poll_id": poll_id, "option_id": option, "voter_id": voter}).to_string();
             let p = poll();
             let v = parse_vote(body.as_bytes()).unwrap();
-            if let Err(e) = judge(&v, Some(&p), 500) { prop_assert!(e.status.is_client_error()) }
+            if let Err(e) = voter_of(&v, None, VoterNamespace::Device).and_then(|voter| judge(&v, voter, Some(&p), 500)) { prop_assert!(e.status.is_client_error()) }
         }
     }
 }

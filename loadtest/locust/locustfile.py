@@ -18,7 +18,8 @@ Run (against a local server only; the file refuses other hosts unless CROWDTICK_
     locust -f loadtest/locust/locustfile.py --host http://127.0.0.1:8080 \\
         --headless -u 200 -r 50 -t 60s V1User
 
-Environment: CROWDTICK_OPERATOR_KEY (default dev-operator-key), LOCUST_V1_POLLS (polls V1User
+Environment: CROWDTICK_OPERATOR_KEY (default dev-operator-key), CROWDTICK_AGGREGATOR_KEY (default
+dev-aggregator-key, sent with batches), LOCUST_V1_POLLS (polls V1User
 votes in, default 4), LOCUST_V1_VOTERS (distinct voters, default 100000), LOCUST_DUPLICATE_SHARE
 (default 0.2), LOCUST_RETRY_SHARE (default 0.05), LOCUST_BATCH (votes per batch request, default 100).
 
@@ -38,6 +39,8 @@ from urllib.parse import urlparse
 from locust import HttpUser, between, events, task
 
 OPERATOR_KEY = os.environ.get("CROWDTICK_OPERATOR_KEY", "dev-operator-key")
+# Batches are for aggregators, each with its own key (the server's `ingest.aggregators`).
+AGGREGATOR_KEY = os.environ.get("CROWDTICK_AGGREGATOR_KEY", "dev-aggregator-key")
 V1_POLLS = int(os.environ.get("LOCUST_V1_POLLS", "4"))
 V1_VOTERS = int(os.environ.get("LOCUST_V1_VOTERS", "100000"))
 DUPLICATE_SHARE = float(os.environ.get("LOCUST_DUPLICATE_SHARE", "0.2"))
@@ -241,7 +244,7 @@ class V1User(HttpUser):
         with self.client.post(
             "/v1/votes/batch?results=rejected",
             data=json.dumps({"votes": votes}),
-            headers={"Content-Type": "application/json"},
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {AGGREGATOR_KEY}"},
             name="/v1/votes/batch",
             catch_response=True,
         ) as r:

@@ -99,6 +99,15 @@ pub struct LoadgenArgs {
         hide_env_values = true
     )]
     pub operator_key: String,
+    /// Aggregator API key, sent with every batch (`--batch`): batches are for aggregators, each
+    /// with its own key (the server's `ingest.aggregators`; `dev-aggregator-key` by default).
+    #[arg(
+        long,
+        env = "CROWDTICK_AGGREGATOR_KEY",
+        default_value = "dev-aggregator-key",
+        hide_env_values = true
+    )]
+    pub aggregator_key: String,
     /// Share of submissions that are a second vote by a (poll, voter) that already voted, with a
     /// new vote id and a random option: the server must count only the first.
     #[arg(long, default_value_t = 0.2, value_name = "FRACTION")]
@@ -363,6 +372,10 @@ async fn run_main(args: &LoadgenArgs, control: Arc<Control>) -> anyhow::Result<(
         rate: args.rate,
         duration: args.duration.map(Duration::from_secs_f64),
         batch: args.batch,
+        aggregator_auth: Some(HeaderValue::from_str(&format!(
+            "Bearer {}",
+            args.aggregator_key
+        ))?),
         timeout: Duration::from_millis(args.timeout_ms),
         give_up: Duration::from_secs(args.give_up_secs),
         record: record.clone(),

@@ -60,6 +60,8 @@ pub struct RunConfig {
     pub duration: Option<Duration>,
     /// Votes per request to POST /v1/votes/batch; 0 sends single votes to POST /v1/votes.
     pub batch: usize,
+    /// `Authorization: Bearer <aggregator key>`, sent with every batch.
+    pub aggregator_auth: Option<hyper::header::HeaderValue>,
     pub timeout: Duration,
     pub give_up: Duration,
     pub record: Option<Arc<RecordSink>>,
@@ -556,13 +558,18 @@ impl Lane {
             first + self.cfg.give_up
         };
         let mut backoff = Duration::from_millis(5);
+        let auth = if uri.path() == self.batch_uri.path() {
+            self.cfg.aggregator_auth.clone()
+        } else {
+            None
+        };
         loop {
             let attempt = self
                 .conn
                 .request(
                     Method::POST,
                     uri.clone(),
-                    None,
+                    auth.as_ref(),
                     body.clone(),
                     want_body,
                     self.cfg.timeout,

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use schemas::poll::{PollState, MAX_OPTIONS};
-use schemas::{now_micros, ApiError, Poll, PollId, Visibility};
+use schemas::{now_micros, ApiError, Poll, PollId, Visibility, Voters};
 use serde::Deserialize;
 use serde_json::json;
 use storage::StoreError;
@@ -46,6 +46,9 @@ pub struct CreatePoll {
     pub closes_at: Option<String>,
     #[serde(default)]
     pub closes_in_secs: Option<u64>,
+    /// `verified`: only voters with a voter token may vote (default `anyone`).
+    #[serde(default)]
+    pub voters: Option<Voters>,
 }
 
 /// Query-string parameters, taken leniently (repeated or unknown ones never make a request fail).
@@ -172,6 +175,7 @@ pub fn build_poll(
         revealed: false,
         created_at: now,
         creator,
+        voters: req.voters.unwrap_or_default(),
     })
 }
 

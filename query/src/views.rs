@@ -35,6 +35,8 @@ pub struct PollView<'a> {
     pub options: Vec<OptionView<'a>>,
     pub max_choices: u32,
     pub visibility: Visibility,
+    /// `anyone`, or `verified` (voter tokens only).
+    pub voters: schemas::Voters,
     pub state: PollState,
     pub opens_at: Option<String>,
     pub closes_at: Option<String>,
@@ -58,6 +60,7 @@ pub fn poll_view(p: &Poll, now: i64) -> PollView<'_> {
             .collect(),
         max_choices: p.max_choices,
         visibility: p.visibility,
+        voters: p.voters,
         state: p.state_at(now),
         opens_at: time(p.opens_at),
         closes_at: time(p.closes_at),
@@ -151,6 +154,7 @@ mod tests {
             revealed: false,
             created_at: 0,
             creator: None,
+            voters: Default::default(),
         };
         let s = Snapshot {
             poll_id: 3,

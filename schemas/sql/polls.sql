@@ -14,6 +14,9 @@ CREATE TABLE IF NOT EXISTS polls (
     created_at  BIGINT NOT NULL,
     creator     TEXT
 );
+-- Who may vote: 'anyone', or 'verified' (voter tokens only). Added after the first release.
+ALTER TABLE polls ADD COLUMN IF NOT EXISTS voters TEXT NOT NULL DEFAULT 'anyone'
+    CHECK (voters IN ('anyone', 'verified'));
 
 -- Poll ids for every query node (nextval is atomic across sessions). Polls written before the
 -- sequence existed are skipped over.

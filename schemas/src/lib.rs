@@ -3,6 +3,8 @@
 //! - [`vote`]: the vote record of the `votes` topic, its Avro codec (hand-rolled for the hot path,
 //!   checked byte for byte against `apache-avro`) and the partitioner (`hash(poll, voter)`).
 //! - [`tally`]: the absolute partial tally of the `tallies` topic (Avro via `apache-avro`).
+//! - [`voter`]: voter ids with their namespace (device, verified, old-API account, aggregator), so
+//!   no door can name another's voter.
 //! - [`poll`]: a poll's definition and lifecycle rules (open, close, visibility).
 //! - [`api_error`]: the one JSON error type every HTTP endpoint answers with.
 //! - `avro/*.avsc`, `sql/polls.sql`, `cql/tallies.cql`: the schema files themselves, embedded below.
@@ -11,11 +13,13 @@ pub mod api_error;
 pub mod poll;
 pub mod tally;
 pub mod vote;
+pub mod voter;
 
 pub use api_error::ApiError;
-pub use poll::{Poll, PollId, PollRules, Visibility};
+pub use poll::{Poll, PollId, PollRules, Visibility, Voters};
 pub use tally::{PartialTally, Rejections, WindowCount};
 pub use vote::{partition_for, Vote, VoteRef};
+pub use voter::{QualifiedVoter, VoterNamespace};
 
 /// Avro schema of a vote (`io.crowdtick.Vote`).
 pub const VOTE_AVSC: &str = include_str!("../avro/vote.avsc");

@@ -20,6 +20,17 @@ pub enum Visibility {
     OnReveal,
 }
 
+/// Who may vote in a poll.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Voters {
+    /// Any voter of any door (public devices, aggregators, old-API accounts, verified tokens).
+    #[default]
+    Anyone,
+    /// Only voters vouched for by a voter token signed by the broadcaster's identity service.
+    Verified,
+}
+
 /// Where a poll is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -53,6 +64,9 @@ pub struct Poll {
     pub revealed: bool,
     pub created_at: i64,
     pub creator: Option<String>,
+    /// Who may vote (`anyone` when absent, as in polls stored before this field).
+    #[serde(default)]
+    pub voters: Voters,
 }
 
 /// The part of a poll the pipeline needs to judge a vote.
@@ -245,6 +259,7 @@ mod tests {
             revealed: false,
             created_at: 0,
             creator: None,
+            voters: Default::default(),
         };
         assert_eq!(p.close_time(), Some(500));
         assert!(!p.results_public(400));

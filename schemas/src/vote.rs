@@ -3,6 +3,7 @@
 //! The codec is written by hand because it runs once per vote on the edge and in the processor;
 //! `tests::matches_apache_avro` proves it produces the same bytes as `apache-avro`.
 
+use crate::voter::QualifiedVoter;
 use crate::{DecodeError, PollId};
 
 /// An owned vote, as a client of the log would build it.
@@ -73,7 +74,7 @@ impl Vote {
             out,
             &self.vote_id,
             self.poll_id,
-            &self.voter_id,
+            QualifiedVoter::raw(&self.voter_id),
             &self.options,
             self.accepted_at_us,
             &self.source,
@@ -81,19 +82,21 @@ impl Vote {
     }
 }
 
-/// Appends the Avro binary encoding of a vote to `out`.
+/// Appends the Avro binary encoding of a vote to `out` (the voter id is written whole: namespace
+/// and id).
 pub fn encode_vote(
     out: &mut Vec<u8>,
     vote_id: &str,
     poll_id: PollId,
-    voter_id: &str,
+    voter: QualifiedVoter<'_>,
     options: &[u32],
     accepted_at_us: i64,
     source: &str,
 ) {
     write_str(out, vote_id);
     write_long(out, poll_id);
-    write_str(out, voter_id);
+    write_long(out, voter.len() as i64);
+    voter.write_to(out);
     if !options.is_empty() {
         write_long(out, options.len() as i64);
         for &o in options {
@@ -149,18 +152,24 @@ fn read_long_array<'a>(b: &mut &'a [u8]) -> Result<(&'a [u8], usize), DecodeErro
     Ok((raw, n as usize))
 }
 
-/// The key of a vote in the votes topic: poll id (big endian) then voter id.
-pub fn vote_key(poll_id: PollId, voter_id: &str, out: &mut Vec<u8>) {
+/// The key of a vote in the votes topic: poll id (big endian) then voter id (with its namespace).
+pub fn vote_key<'a>(poll_id: PollId, voter: impl Into<QualifiedVoter<'a>>, out: &mut Vec<u8>) {
     out.extend_from_slice(&poll_id.to_be_bytes());
-    out.extend_from_slice(voter_id.as_bytes());
+    voter.into().write_to(out);
 }
 
 /// The votes-topic partition of a (poll, voter): every vote of one voter in one poll lands in one
 /// partition, so deduplication is local to a partition; one poll spreads over all partitions.
-pub fn partition_for(poll_id: PollId, voter_id: &str, partitions: u32) -> u32 {
+pub fn partition_for<'a>(
+    poll_id: PollId,
+    voter: impl Into<QualifiedVoter<'a>>,
+    partitions: u32,
+) -> u32 {
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     h.update(&poll_id.to_be_bytes());
-    h.update(voter_id.as_bytes());
+    for piece in voter.into().pieces() {
+        h.update(piece.as_bytes());
+    }
     (h.digest() % partitions.max(1) as u64) as u32
 }
 
@@ -271,6 +280,24 @@ mod tests {
             let p = partition_for(poll, &voter, n);
             prop_assert!(p < n);
             prop_assert_eq!(p, partition_for(poll, &voter, n));
+        }
+
+        /// A namespaced voter is keyed, placed and encoded exactly as its whole id would be.
+        #[test]
+        fn qualified_voter_is_its_whole_id(poll in any::<i64>(), agg in "[a-z]{1,6}", id in ".{0,20}", n in 1u32..64) {
+            use crate::voter::VoterNamespace;
+            let q = QualifiedVoter::new(VoterNamespace::Aggregator(&agg), &id);
+            let whole = format!("agg:{agg}:{id}");
+            prop_assert_eq!(partition_for(poll, q, n), partition_for(poll, &whole, n));
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            vote_key(poll, q, &mut a);
+            vote_key(poll, &whole, &mut b);
+            prop_assert_eq!(&a, &b);
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            encode_vote(&mut a, "v", poll, q, &[1], 5, "batch");
+            encode_vote(&mut b, "v", poll, QualifiedVoter::raw(&whole), &[1], 5, "batch");
+            prop_assert_eq!(&a, &b);
+            prop_assert_eq!(decode_vote(&a).unwrap().voter_id, whole.as_str());
         }
     }
 

@@ -35,7 +35,7 @@
 //!   checked and marked atomically before the vote is submitted (20 concurrent requests of one user
 //!   give one 202), unmarked if the submit fails, appended to `seed_votes.jsonl` (written, not
 //!   fsynced) after the vote is durable and loaded at start. The vote goes in as voter
-//!   `user:<id>` with vote id `seed-<poll>-<user>`, so the processor's (poll, voter) dedupe keeps the
+//!   `user:<id>` (the account namespace: no other door can name it, see `schemas::voter`) with vote id `seed-<poll>-<user>`, so the processor's (poll, voter) dedupe keeps the
 //!   count exact even if that file lost its last lines. The submit runs in its own task: a client
 //!   that hangs up mid-vote cannot leave the mark and the log disagreeing.
 //! - Pipeline errors map to DRF: closed poll → `400 {"detail": "This poll is closed."}`, a log that
@@ -64,7 +64,7 @@ use drf::{
 };
 use ingest::validate::VoteIn;
 use parking_lot::Mutex;
-use schemas::{now_micros, Poll, PollId};
+use schemas::{now_micros, Poll, PollId, QualifiedVoter, VoterNamespace};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::borrow::Cow;
@@ -290,10 +290,13 @@ impl Seed {
             poll_id: poll,
             option_id: Some(option as i64),
             option_ids: None,
-            voter_id: Cow::Owned(format!("user:{user}")),
+            voter_id: None,
             vote_id: Some(Cow::Owned(format!("seed-{poll}-{user}"))),
         };
-        match self.ingest.submit(&vote, "seed").await {
+        // The account's namespace: `user:<id>`, which no other door can name.
+        let user_id = user.to_string();
+        let voter = QualifiedVoter::new(VoterNamespace::Account, &user_id);
+        match self.ingest.submit(&vote, voter, "seed").await {
             Ok(_) => {
                 if let Err(e) = self
                     .votes_file

@@ -16,7 +16,7 @@ use crate::polls::{PollStore, StoreError};
 use crate::tally_store::{Batch, TallyStore};
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
-use schemas::{PartialTally, Poll, PollId, Visibility, WindowCount};
+use schemas::{PartialTally, Poll, PollId, Visibility, Voters, WindowCount};
 use std::time::Duration;
 use tokio_postgres::NoTls;
 
@@ -134,19 +134,20 @@ impl PgPollStore {
             pool,
             load_sql: format!(
                 "SELECT id, slug, title, options::text, max_choices, visibility, opens_at, closes_at, \
-                        opened_at, closed_at, revealed, created_at, creator \
+                        opened_at, closed_at, revealed, created_at, creator, voters \
                  FROM {s}.polls ORDER BY id"
             ),
             save_sql: format!(
                 "INSERT INTO {s}.polls (id, slug, title, options, max_choices, visibility, opens_at, \
-                        closes_at, opened_at, closed_at, revealed, created_at, creator) \
-                 VALUES ($1, $2, $3, $4::text::jsonb, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+                        closes_at, opened_at, closed_at, revealed, created_at, creator, voters) \
+                 VALUES ($1, $2, $3, $4::text::jsonb, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
                  ON CONFLICT (id) DO UPDATE SET slug = EXCLUDED.slug, title = EXCLUDED.title, \
                         options = EXCLUDED.options, max_choices = EXCLUDED.max_choices, \
                         visibility = EXCLUDED.visibility, opens_at = EXCLUDED.opens_at, \
                         closes_at = EXCLUDED.closes_at, opened_at = EXCLUDED.opened_at, \
                         closed_at = EXCLUDED.closed_at, revealed = EXCLUDED.revealed, \
-                        created_at = EXCLUDED.created_at, creator = EXCLUDED.creator"
+                        created_at = EXCLUDED.created_at, creator = EXCLUDED.creator, \
+                        voters = EXCLUDED.voters"
             ),
             next_id_sql: format!("SELECT greatest(nextval('{s}.poll_ids'), $1::bigint + 1)"),
         })
@@ -166,6 +167,7 @@ impl PollStore for PgPollStore {
                 let options: String = row.get(3);
                 let max_choices: i32 = row.get(4);
                 let visibility: String = row.get(5);
+                let voters: String = row.get(13);
                 Ok(Poll {
                     id,
                     slug: row.get(1),
@@ -183,6 +185,7 @@ impl PollStore for PgPollStore {
                     revealed: row.get(10),
                     created_at: row.get(11),
                     creator: row.get(12),
+                    voters: voters_of(&voters).ok_or_else(|| bad(format!("voters {voters:?}")))?,
                 })
             })
             .collect()
@@ -212,6 +215,7 @@ impl PollStore for PgPollStore {
                     &poll.revealed,
                     &poll.created_at,
                     &poll.creator,
+                    &voters_name(poll.voters),
                 ],
             )
             .await
@@ -230,6 +234,21 @@ impl PollStore for PgPollStore {
 
     fn shared(&self) -> bool {
         true
+    }
+}
+
+fn voters_name(v: Voters) -> &'static str {
+    match v {
+        Voters::Anyone => "anyone",
+        Voters::Verified => "verified",
+    }
+}
+
+fn voters_of(name: &str) -> Option<Voters> {
+    match name {
+        "anyone" => Some(Voters::Anyone),
+        "verified" => Some(Voters::Verified),
+        _ => None,
     }
 }
 
@@ -668,6 +687,7 @@ mod tests {
             revealed: false,
             created_at: 1_699_999_999_000_000,
             creator: Some("operator".into()),
+            voters: schemas::Voters::Verified,
         }
     }
 
@@ -811,6 +831,7 @@ mod tests {
         b.creator = None;
         b.opens_at = None;
         b.closes_at = Some(5);
+        b.voters = Voters::Anyone;
         store.save(&b).await.unwrap();
         store.save(&a).await.unwrap();
         assert_eq!(store.load().await.unwrap(), vec![a.clone(), b.clone()]);

@@ -333,6 +333,7 @@ async fn a_vote_that_cannot_be_durable_in_time_gets_503_and_is_not_counted() {
     let url = app.url("/v1/votes/batch");
     let batch = tokio::spawn(async move {
         app2.post(url)
+            .bearer_auth(crate::helpers::AGG_KEY)
             .json(&json!({"votes": big}))
             .send()
             .await

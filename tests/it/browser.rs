@@ -199,9 +199,14 @@ async fn api(
     path: &str,
     body: Option<Value>,
 ) -> (u16, Value) {
+    let key = if path.starts_with("/v1/votes/batch") {
+        crate::helpers::AGG_KEY
+    } else {
+        KEY
+    };
     let mut req = http
         .request(method, format!("{base}{path}"))
-        .bearer_auth(KEY);
+        .bearer_auth(key);
     if let Some(b) = body {
         req = req.json(&b);
     }

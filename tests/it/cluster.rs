@@ -328,6 +328,7 @@ async fn send_all(
                     })).collect::<Vec<_>>()});
                     let answer = client
                         .post(format!("{edge}/v1/votes/batch"))
+                        .bearer_auth(crate::helpers::AGG_KEY)
                         .json(&body)
                         .send()
                         .await;
@@ -969,6 +970,7 @@ async fn distributed_throughput() {
                     let edge = &edges[(i + attempt) % edges.len()].base;
                     let r = client
                         .post(format!("{edge}/v1/votes/batch?results=rejected"))
+                        .bearer_auth(crate::helpers::AGG_KEY)
                         .header("content-type", "application/json")
                         .body(body.clone())
                         .send()

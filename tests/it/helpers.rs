@@ -7,6 +7,8 @@ use std::time::Duration;
 use tempfile::TempDir;
 
 pub const KEY: &str = "dev-operator-key";
+/// The default configuration's aggregator key (batches need one).
+pub const AGG_KEY: &str = "dev-aggregator-key";
 
 /// A free loopback port (for a server the test starts as a child process).
 pub fn free_port() -> u16 {
@@ -156,7 +158,9 @@ impl TestApp {
         operator: bool,
     ) -> (u16, Value) {
         let mut req = self.client.request(method.parse().unwrap(), self.url(path));
-        if operator {
+        if path.starts_with("/v1/votes/batch") {
+            req = req.bearer_auth(AGG_KEY);
+        } else if operator {
             req = req.bearer_auth(KEY);
         }
         if let Some(b) = body {

@@ -131,6 +131,8 @@ async fn two_thousand_hostile_requests_get_4xx_json_and_valid_votes_still_count(
                 }
                 if operator {
                     req = req.bearer_auth(KEY);
+                } else if path.starts_with("/v1/votes/batch") {
+                    req = req.bearer_auth(crate::helpers::AGG_KEY);
                 }
                 let resp = req.send().await.unwrap();
                 let status = resp.status().as_u16();

@@ -8,5 +8,6 @@ mod crash;
 mod distributed;
 mod helpers;
 mod hostile;
+mod identity;
 mod limits;
 mod seed_api;

@@ -107,13 +107,16 @@ app.kubernetes.io/component: {{ .component }}
 {{/*
 crowdtick.toml: every CrowdTick setting that is not a secret, built from the values. Strings are
 written with toJson, whose escapes are valid in TOML basic strings. Not here (environment
-variables from a Secret or the pod): operator_keys, postgres.url, redis.url, processor.instance_id.
+variables from a Secret or the pod): operator_keys, ingest.aggregators,
+ingest.voter_tokens.hmac_secret, postgres.url, redis.url, processor.instance_id.
 */}}
 {{- define "crowdtick.toml" -}}
 {{- $v := .Values -}}
 # crowdtick.toml of release {{ .Release.Name }} (chart {{ include "crowdtick.chart" . }}), built from the chart's values: change those, not this.
-# From the environment (Secret / pod): operator_keys (CROWDTICK_OPERATOR_KEYS), postgres.url (CROWDTICK_POSTGRES__URL),
-# redis.url (CROWDTICK_REDIS__URL), processor.instance_id (CROWDTICK_PROCESSOR__INSTANCE_ID = the processor pod's name).
+# From the environment (Secret / pod): operator_keys (CROWDTICK_OPERATOR_KEYS), ingest.aggregators
+# (CROWDTICK_INGEST__AGGREGATORS), ingest.voter_tokens.hmac_secret (CROWDTICK_INGEST__VOTER_TOKENS__HMAC_SECRET,
+# when set), postgres.url (CROWDTICK_POSTGRES__URL), redis.url (CROWDTICK_REDIS__URL),
+# processor.instance_id (CROWDTICK_PROCESSOR__INSTANCE_ID = the processor pod's name).
 # listen and data_dir come from the pod's environment (CROWDTICK_LISTEN, CROWDTICK_DATA_DIR =
 # /tmp/crowdtick: the distributed roles keep nothing on disk; /tmp is the pod's writable emptyDir).
 public_url = {{ $v.config.publicUrl | toJson }}
@@ -129,6 +132,20 @@ max_batch_votes = {{ $v.ingest.maxBatchVotes | int64 }}
 rate_limit_per_sec = {{ $v.ingest.rateLimit.perSecond | int64 }}
 rate_limit_burst = {{ $v.ingest.rateLimit.burst | int64 }}
 rate_limit_exempt_loopback = {{ $v.ingest.rateLimit.exemptLoopback }}
+max_in_flight_votes = {{ $v.ingest.admission.maxInFlightVotes | int64 }}
+shed_target_ms = {{ $v.ingest.admission.shedTargetMs | int64 }}
+shed_interval_ms = {{ $v.ingest.admission.shedIntervalMs | int64 }}
+{{- with $v.ingest.voterTokens }}
+{{- if or .algorithm .publicKeyPem .issuer .audience .leewaySecs }}
+
+[ingest.voter_tokens]
+algorithm = {{ .algorithm | default "" | toJson }}
+public_key_pem = {{ .publicKeyPem | default "" | toJson }}
+issuer = {{ .issuer | default "" | toJson }}
+audience = {{ .audience | default "" | toJson }}
+leeway_secs = {{ .leewaySecs | default 0 | int64 }}
+{{- end }}
+{{- end }}
 
 [kafka]
 brokers = {{ $v.kafka.brokers | toJson }}
@@ -200,9 +217,24 @@ crowdtick.io/schema-registry-url: {{ printf "%s (not used yet)" .Values.schemaRe
 
 {{/* Whether the chart creates its own Secret ("true" or ""). */}}
 {{- define "crowdtick.createSecret" -}}
-{{- if or (not .Values.auth.existingSecret) (not .Values.postgres.existingSecret) (and .Values.redis.url (not .Values.redis.existingSecret)) -}}
+{{- $a := .Values.auth }}
+{{- if or (not $a.existingSecret) (not $a.aggregatorsExistingSecret) (and $a.voterTokens.hmacSecret (not $a.voterTokens.existingSecret)) (not .Values.postgres.existingSecret) (and .Values.redis.url (not .Values.redis.existingSecret)) -}}
 true
 {{- end }}
+{{- end }}
+
+{{/*
+auth.aggregators as CROWDTICK_INGEST__AGGREGATORS takes it: an inline array of inline tables that
+figment parses, [{name="sms-uk", key="...", votes_per_sec=20000, burst=0}, ...], or [] for none.
+The strings are written with toJson, whose escapes figment reads back (\" \\ \n \uXXXX ...).
+*/}}
+{{- define "crowdtick.aggregatorsValue" -}}
+{{- $items := list }}
+{{- range .Values.auth.aggregators }}
+{{- $perSec := ternary .votesPerSec 20000 (hasKey . "votesPerSec") }}
+{{- $items = append $items (printf "{name=%s, key=%s, votes_per_sec=%d, burst=%d}" (toJson .name) (toJson .key) (int64 $perSec) (int64 (.burst | default 0))) }}
+{{- end }}
+{{- printf "[%s]" (join ", " $items) }}
 {{- end }}
 
 {{/*
@@ -224,7 +256,7 @@ Secret (kept across upgrades); else one new random key.
 
 {{/* Changes whenever the chart's Secret's inputs change (rolls the pods). */}}
 {{- define "crowdtick.secretChecksum" -}}
-{{- dict "operatorKeys" .Values.auth.operatorKeys "auth" .Values.auth.existingSecret "postgres" .Values.postgres "redis" .Values.redis | toJson | sha256sum }}
+{{- dict "auth" .Values.auth "postgres" .Values.postgres "redis" .Values.redis | toJson | sha256sum }}
 {{- end }}
 
 {{/* (name, key) of the Secret holding the operator keys. */}}
@@ -233,12 +265,31 @@ name: {{ .Values.auth.existingSecret | default (include "crowdtick.fullname" .) 
 key: {{ ternary .Values.auth.existingSecretKey "operator-keys" (not (empty .Values.auth.existingSecret)) }}
 {{- end }}
 
-{{/* Environment variables of the connection secrets, for every CrowdTick service container. */}}
+{{/*
+Environment variables of the secrets, for every CrowdTick service container. The aggregators are
+always set (from the chart's Secret, [] when none are configured, or from
+auth.aggregatorsExistingSecret), so the binary's laptop default (a `dev` aggregator with a public
+key) never applies in a release.
+*/}}
 {{- define "crowdtick.secretEnv" -}}
 - name: CROWDTICK_OPERATOR_KEYS
   valueFrom:
     secretKeyRef:
       {{- include "crowdtick.operatorKeysSecretRef" . | nindent 6 }}
+- name: CROWDTICK_INGEST__AGGREGATORS
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.auth.aggregatorsExistingSecret | default (include "crowdtick.fullname" .) }}
+      key: {{ ternary .Values.auth.aggregatorsExistingSecretKey "aggregators" (not (empty .Values.auth.aggregatorsExistingSecret)) }}
+{{- with .Values.auth.voterTokens }}
+{{- if or .existingSecret .hmacSecret }}
+- name: CROWDTICK_INGEST__VOTER_TOKENS__HMAC_SECRET
+  valueFrom:
+    secretKeyRef:
+      name: {{ .existingSecret | default (include "crowdtick.fullname" $) }}
+      key: {{ ternary .existingSecretKey "voter-token-hmac-secret" (not (empty .existingSecret)) }}
+{{- end }}
+{{- end }}
 - name: CROWDTICK_POSTGRES__URL
   valueFrom:
     secretKeyRef:
@@ -272,6 +323,20 @@ is bypassed). Included by the ConfigMap, which every release renders.
 {{- fail (printf "processor.replicaCount (%d) must not exceed config.log.partitions (%d): a processor without a partition of the votes topic would sit idle in the consumer group. Lower processor.replicaCount, or raise config.log.partitions before the first vote (it is fixed once votes are written)." $processors $partitions) }}
 {{- end }}
 {{- $_ := required "kafka.brokers is required (host:port[,host:port...] of the external Kafka)" .Values.kafka.brokers }}
+{{- if not .Values.auth.aggregatorsExistingSecret }}
+{{- $names := dict }}
+{{- $keys := dict }}
+{{- range .Values.auth.aggregators }}
+{{- if hasKey $names (toString .name) }}
+{{- fail (printf "auth.aggregators: the name %q appears twice (each aggregator needs its own name, its voters' namespace)" (toString .name)) }}
+{{- end }}
+{{- if hasKey $keys (toString .key | sha256sum) }}
+{{- fail (printf "auth.aggregators: the key of %q is another aggregator's too (each needs its own key)" (toString .name)) }}
+{{- end }}
+{{- $_ := set $names (toString .name) true }}
+{{- $_ := set $keys (toString .key | sha256sum) true }}
+{{- end }}
+{{- end }}
 {{- if not (or .Values.postgres.url .Values.postgres.existingSecret) }}
 {{- fail "postgres.url (or postgres.existingSecret) is required: CrowdTick's distributed mode keeps polls and tallies in PostgreSQL" }}
 {{- end }}

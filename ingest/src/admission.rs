@@ -1,0 +1,220 @@
+//! Admission control: the edge sheds votes early (503 + `Retry-After`) instead of growing a queue.
+//!
+//! Two checks, both lock-free:
+//! - a bound on votes in flight (accepted by the edge, not yet durable or refused), so memory and
+//!   the log's queue stay bounded whatever the number of clients;
+//! - a CoDel-style check on the log's queueing delay: every acknowledged append reports how long it
+//!   waited; when even the *shortest* wait of a whole interval stayed above the target, the log has
+//!   a standing queue, and new votes are shed until an interval's shortest wait is back under it.
+//!   A burst that the log absorbs within an interval never sheds; only a queue that stands does.
+//!   While shedding, the few appends still in flight keep reporting; if none report for two
+//!   intervals, shedding ends (the queue has drained).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+/// Admission settings (`[ingest]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdmissionConfig {
+    /// Most votes in flight at once (0: no bound).
+    pub max_in_flight_votes: usize,
+    /// Target queueing delay of the log (0: no CoDel check).
+    pub target_delay: Duration,
+    /// The window over which the shortest delay must stay above the target to shed.
+    pub interval: Duration,
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> Self {
+        Self {
+            max_in_flight_votes: 200_000,
+            target_delay: Duration::from_millis(100),
+            interval: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Why votes were not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shed {
+    /// Too many votes in flight.
+    InFlight,
+    /// The log's queueing delay stood above its target for a whole interval.
+    QueueDelay,
+}
+
+pub struct Admission {
+    config: AdmissionConfig,
+    epoch: Instant,
+    in_flight: AtomicUsize,
+    shedding: AtomicBool,
+    /// Start of the current interval, µs since `epoch`.
+    interval_start: AtomicU64,
+    /// Shortest wait seen in the current interval, µs (u64::MAX: none yet).
+    interval_min: AtomicU64,
+    /// When the last append reported, µs since `epoch`.
+    last_report: AtomicU64,
+    pub shed_in_flight: AtomicU64,
+    pub shed_delay: AtomicU64,
+}
+
+/// Votes admitted; dropping it releases their places.
+pub struct Permit<'a> {
+    admission: &'a Admission,
+    votes: usize,
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        self.admission.in_flight.fetch_sub(self.votes, Relaxed);
+    }
+}
+
+impl Admission {
+    pub fn new(config: AdmissionConfig) -> Self {
+        Self {
+            config,
+            epoch: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            shedding: AtomicBool::new(false),
+            interval_start: AtomicU64::new(0),
+            interval_min: AtomicU64::new(u64::MAX),
+            last_report: AtomicU64::new(0),
+            shed_in_flight: AtomicU64::new(0),
+            shed_delay: AtomicU64::new(0),
+        }
+    }
+
+    fn micros(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.epoch).as_micros() as u64
+    }
+
+    /// Admits `votes`, or says why not.
+    pub fn admit(&self, votes: usize, now: Instant) -> Result<Permit<'_>, Shed> {
+        if self.shedding.load(Relaxed) {
+            let idle = self
+                .micros(now)
+                .saturating_sub(self.last_report.load(Relaxed));
+            if idle > 2 * self.config.interval.as_micros() as u64 {
+                self.shedding.store(false, Relaxed);
+            } else {
+                self.shed_delay.fetch_add(votes as u64, Relaxed);
+                return Err(Shed::QueueDelay);
+            }
+        }
+        let before = self.in_flight.fetch_add(votes, Relaxed);
+        let max = self.config.max_in_flight_votes;
+        // A single request larger than the bound is still admitted when nothing else is in flight.
+        if max > 0 && before > 0 && before + votes > max {
+            self.in_flight.fetch_sub(votes, Relaxed);
+            self.shed_in_flight.fetch_add(votes as u64, Relaxed);
+            return Err(Shed::InFlight);
+        }
+        Ok(Permit {
+            admission: self,
+            votes,
+        })
+    }
+
+    /// Reports how long an append waited for the log.
+    pub fn observe(&self, waited: Duration, now: Instant) {
+        if self.config.target_delay.is_zero() {
+            return;
+        }
+        let now_us = self.micros(now);
+        self.last_report.store(now_us, Relaxed);
+        self.interval_min
+            .fetch_min(waited.as_micros() as u64, Relaxed);
+        let start = self.interval_start.load(Relaxed);
+        if now_us.saturating_sub(start) < self.config.interval.as_micros() as u64 {
+            return;
+        }
+        // One reporter closes the interval and judges it.
+        if self
+            .interval_start
+            .compare_exchange(start, now_us, Relaxed, Relaxed)
+            .is_ok()
+        {
+            let min = self.interval_min.swap(u64::MAX, Relaxed);
+            let standing = min != u64::MAX && min > self.config.target_delay.as_micros() as u64;
+            self.shedding.store(standing, Relaxed);
+        }
+    }
+
+    pub fn is_shedding(&self) -> bool {
+        self.shedding.load(Relaxed)
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn admission(max: usize) -> Admission {
+        Admission::new(AdmissionConfig {
+            max_in_flight_votes: max,
+            target_delay: Duration::from_millis(10),
+            interval: Duration::from_millis(100),
+        })
+    }
+
+    #[test]
+    fn in_flight_votes_are_bounded_and_released() {
+        let a = admission(100);
+        let t = Instant::now();
+        let p1 = a.admit(60, t).unwrap();
+        assert_eq!(a.admit(50, t).err(), Some(Shed::InFlight));
+        let p2 = a.admit(40, t).unwrap();
+        assert_eq!(a.in_flight(), 100);
+        drop(p1);
+        drop(p2);
+        assert_eq!(a.in_flight(), 0);
+        let _big = a
+            .admit(500, t)
+            .expect("one oversized request alone is admitted");
+    }
+
+    #[test]
+    fn a_standing_queue_sheds_and_a_burst_does_not() {
+        let a = admission(0);
+        let t = a.epoch;
+        let ms = |n| Duration::from_millis(n);
+        // A burst: long waits, but one short wait in the interval: no standing queue.
+        a.observe(ms(50), t + ms(10));
+        a.observe(ms(2), t + ms(50));
+        a.observe(ms(80), t + ms(101));
+        assert!(!a.is_shedding());
+        assert!(a.admit(1, t + ms(102)).is_ok());
+        // A standing queue: every wait of an interval above the target.
+        for i in 0..10 {
+            a.observe(ms(30 + i), t + ms(110 + i * 10));
+        }
+        a.observe(ms(40), t + ms(210));
+        assert!(a.is_shedding());
+        assert_eq!(a.admit(1, t + ms(211)).err(), Some(Shed::QueueDelay));
+        // The queue drains: an interval with a short wait ends the shedding.
+        a.observe(ms(1), t + ms(250));
+        a.observe(ms(1), t + ms(320));
+        assert!(!a.is_shedding());
+        assert!(a.admit(1, t + ms(321)).is_ok());
+    }
+
+    #[test]
+    fn shedding_ends_when_nothing_reports() {
+        let a = admission(0);
+        let t = a.epoch;
+        let ms = |n| Duration::from_millis(n);
+        a.observe(ms(50), t + ms(10));
+        a.observe(ms(50), t + ms(110));
+        assert!(a.is_shedding());
+        assert!(a.admit(1, t + ms(150)).is_err());
+        assert!(
+            a.admit(1, t + ms(400)).is_ok(),
+            "no reports for two intervals"
+        );
+    }
+}
