@@ -9,4 +9,5 @@ mod distributed;
 mod helpers;
 mod hostile;
 mod limits;
+mod operator_access;
 mod seed_api;
