@@ -1032,7 +1032,7 @@
         }
         el.voters.textContent = r.voters != null ? fmtInt(r.voters) : "–";
       }
-      el.total.dataset.version = String(r.version);
+      el.total.dataset.version = r.version != null ? String(r.version) : ""; // absent while hidden
       renderState();
     }
 
