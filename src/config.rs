@@ -199,6 +199,9 @@ pub struct RealtimeSection {
     /// Web origins (`https://partner.example.com`) whose pages may open WebSockets besides the
     /// server's own and `public_url`'s; `["*"]`: any. Clients that send no Origin are not pages.
     pub allowed_origins: Vec<String>,
+    /// A live client (WebSocket or SSE) that does not take a message within this is disconnected
+    /// (counted in `crowdtick_realtime_slow_consumers_dropped_total`).
+    pub send_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -282,6 +285,7 @@ impl Default for RealtimeSection {
         Self {
             coalesce_ms: 100,
             allowed_origins: Vec::new(),
+            send_timeout_ms: 5_000,
         }
     }
 }

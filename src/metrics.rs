@@ -277,6 +277,12 @@ pub async fn render(State(s): State<AppState>) -> impl IntoResponse {
             "Live messages sent.",
             &rt.messages_sent,
         );
+        counter(
+            &mut out,
+            "crowdtick_realtime_slow_consumers_dropped_total",
+            "Live clients disconnected for not taking a message within realtime.send_timeout_ms.",
+            &rt.slow_consumers_dropped,
+        );
     }
     if let Some(log) = &s.log {
         let positions = s.processor_metrics.positions.lock().clone();

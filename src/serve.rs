@@ -255,6 +255,7 @@ pub async fn start_roles(config: Config, roles: Roles) -> anyhow::Result<App> {
                 &config.realtime.allowed_origins,
                 &config.public_url,
             ),
+            Duration::from_millis(config.realtime.send_timeout_ms.max(1)),
         )
     });
     let readiness = Arc::new(readiness_of(

@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 /// (arrival, offsets) of each results message of one poll, in arrival order.
 type Seen = Vec<(Instant, Vec<u64>)>;
@@ -29,8 +30,19 @@ impl ScreenWatch {
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = Vec::new();
         for p in polls {
-            let ws_url = format!("{base}/v1/polls/{}/ws?key={key}", p.id);
-            let (mut ws, _) = tokio_tungstenite::connect_async(&ws_url)
+            let ws_url = format!("{base}/v1/polls/{}/ws", p.id);
+            // The operator key goes in a header (the server refuses keys in URLs).
+            let mut request = ws_url
+                .as_str()
+                .into_client_request()
+                .map_err(|e| anyhow::anyhow!("WebSocket {ws_url}: {e}"))?;
+            request.headers_mut().insert(
+                "authorization",
+                format!("Bearer {key}")
+                    .parse()
+                    .map_err(|e| anyhow::anyhow!("the operator key is not a header value: {e}"))?,
+            );
+            let (mut ws, _) = tokio_tungstenite::connect_async(request)
                 .await
                 .map_err(|e| anyhow::anyhow!("WebSocket {ws_url}: {e}"))?;
             let mut stop_rx = stop_rx.clone();

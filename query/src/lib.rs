@@ -1,7 +1,8 @@
 //! CrowdTick's query service: poll management, results, timelines, rejection accounting, the
 //! OpenAPI document and the web UI.
 //!
-//! - [`auth`]: operator API keys (`Authorization: Bearer`, `X-Api-Key` or `?key=`).
+//! - [`auth`]: operator access: keys in headers, the console's session cookie, screen tokens
+//!   (never a key in a URL).
 //! - [`views`]: the JSON shapes of a poll and of its results (shared with the realtime service, so
 //!   a pushed update and a `GET` agree), including the embargo rule.
 //! - [`routes`]: `/v1/polls…` handlers.

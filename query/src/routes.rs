@@ -25,7 +25,8 @@ pub fn router(state: QueryState) -> Router {
         .route("/v1/polls/{id}/results", get(results))
         .route("/v1/polls/{id}/timeline", get(timeline))
         .route("/v1/polls/{id}/rejections", get(rejections))
-        .with_state(state)
+        .with_state(state.clone())
+        .merge(crate::auth::session::router(state))
 }
 
 #[derive(Debug, Deserialize)]
@@ -63,9 +64,13 @@ impl KeyQuery {
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
     }
-    /// The operator key given as `?key=`.
+    /// An operator key given as `?key=` (refused: keys never travel in URLs).
     pub fn key(&self) -> Option<&str> {
         self.get("key")
+    }
+    /// A screen token given as `?token=`.
+    pub fn token(&self) -> Option<&str> {
+        self.get("token")
     }
 }
 
@@ -238,7 +243,7 @@ pub async fn find_fresh(s: &QueryState, id: PollId) -> Result<std::sync::Arc<Pol
 }
 
 /// Path ids that are not numbers are a 404 with a JSON body, like unknown ones.
-fn poll_id(raw: &str) -> Result<PollId, ApiError> {
+pub fn poll_id(raw: &str) -> Result<PollId, ApiError> {
     raw.parse()
         .map_err(|_| ApiError::not_found("unknown_poll", format!("there is no poll {raw:?}")))
 }
@@ -338,7 +343,7 @@ async fn results(
     Query(q): Query<KeyQuery>,
 ) -> Result<Response, ApiError> {
     let p = find_fresh(&s, poll_id(&id)?).await?;
-    let operator = s.keys.is_operator(&headers, q.key());
+    let operator = s.keys.sees_embargoed(&headers, q.key(), q.token(), p.id)?;
     if let Some(shared) = &s.shared {
         shared.refresh(&s.board, p.id).await?;
     }
@@ -354,7 +359,8 @@ async fn timeline(
 ) -> Result<Response, ApiError> {
     let p = find(&s, poll_id(&id)?)?;
     let now = now_micros();
-    if !s.keys.is_operator(&headers, q.key()) && !p.results_public(now) {
+    let operator = s.keys.sees_embargoed(&headers, q.key(), q.token(), p.id)?;
+    if !operator && !p.results_public(now) {
         return Ok(Json(
             json!({"poll_id": p.id, "hidden": true, "window_ms": 1000, "windows": []}),
         )

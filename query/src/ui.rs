@@ -1,8 +1,9 @@
 //! The web UI (pages in `query/ui/`, embedded at compile time: no build step), the QR code
 //! of a poll's voter link, and the OpenAPI document.
 
+use crate::routes::KeyQuery;
 use crate::QueryState;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -20,7 +21,7 @@ pub fn router(state: QueryState) -> Router {
     Router::new()
         .route("/", get(|| async { Html(INDEX) }))
         .route("/p/{slug}", get(|| async { Html(VOTE) }))
-        .route("/screen/{id}", get(|| async { Html(SCREEN) }))
+        .route("/screen/{id}", get(screen))
         .route(
             "/ui/app.css",
             get(|| async { ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], CSS) }),
@@ -40,6 +41,23 @@ pub fn router(state: QueryState) -> Router {
         )
         .route("/qr/{file}", get(qr))
         .with_state(state)
+}
+
+/// `/screen/{id}`: the results screen. A studio screen that shows embargoed counts carries a
+/// screen token (`?token=`), never the operator key: `?key=` is refused. The page sends no
+/// `Referer`, so its token stays on this site.
+async fn screen(Query(q): Query<KeyQuery>) -> Result<Response, ApiError> {
+    if q.key().is_some() {
+        return Err(crate::auth::key_in_url());
+    }
+    Ok((
+        [
+            (header::REFERRER_POLICY, "no-referrer"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        Html(SCREEN),
+    )
+        .into_response())
 }
 
 /// `/qr/{slug}.svg`: a QR code of the poll's voter page, for a TV screen.
@@ -101,6 +119,9 @@ mod tests {
         ("/v1/polls/{id}/results", &["get"]),
         ("/v1/polls/{id}/timeline", &["get"]),
         ("/v1/polls/{id}/rejections", &["get"]),
+        // query/src/auth/session.rs
+        ("/v1/operator/session", &["get", "post", "delete"]),
+        ("/v1/polls/{id}/screen-token", &["post"]),
         // ingest/src/routes.rs
         ("/v1/votes", &["post"]),
         ("/v1/votes/batch", &["post"]),
@@ -146,6 +167,8 @@ mod tests {
         ("/v1/polls/{id}/close", "post"),
         ("/v1/polls/{id}/reveal", "post"),
         ("/v1/polls/{id}/rejections", "get"),
+        ("/v1/polls/{id}/screen-token", "post"),
+        ("/v1/operator/session", "get"),
     ];
 
     const METHODS: &[&str] = &[
@@ -259,8 +282,8 @@ mod tests {
             }
             if path.starts_with("/v1/") && method == "post" {
                 let body = &op["requestBody"]["content"]["application/json"]["schema"]["$ref"];
-                // open, close and reveal take no body
-                let bodiless = ["/open", "/close", "/reveal"]
+                // open, close, reveal and signing in take no body
+                let bodiless = ["/open", "/close", "/reveal", "/operator/session"]
                     .iter()
                     .any(|s| path.ends_with(s));
                 assert!(

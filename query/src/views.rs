@@ -86,7 +86,10 @@ pub struct OptionCount<'a> {
 #[derive(Debug, Serialize)]
 pub struct ResultsView<'a> {
     pub poll_id: PollId,
-    pub version: i64,
+    /// Grows with every change of the counts; absent while they are hidden (it would tell how
+    /// busy an embargoed poll is).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<i64>,
     #[serde(rename = "final")]
     pub is_final: bool,
     pub state: PollState,
@@ -100,11 +103,14 @@ pub struct ResultsView<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub voters: Option<i64>,
     /// Records counted per votes partition: a receipt (partition p, offset o) is included once
-    /// `offsets[p] > o`.
-    pub offsets: &'a [i64],
+    /// `offsets[p] > o`. Absent while the counts are hidden.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offsets: Option<&'a [i64]>,
 }
 
-/// The results of a poll as `operator` (or the public) may see them at `now`.
+/// The results of a poll as `operator` (or the public) may see them at `now`. While hidden, the
+/// view holds nothing that moves with the votes (no counts, version or offsets), so two hidden
+/// views of a poll differ only when its state does.
 pub fn results_view<'a>(p: &'a Poll, s: &'a Snapshot, operator: bool, now: i64) -> ResultsView<'a> {
     let hidden = !operator && !p.results_public(now);
     let mut counts = s.counts.clone();
@@ -112,7 +118,7 @@ pub fn results_view<'a>(p: &'a Poll, s: &'a Snapshot, operator: bool, now: i64) 
     let visible = !hidden;
     ResultsView {
         poll_id: p.id,
-        version: s.version,
+        version: visible.then_some(s.version),
         is_final: s.is_final(p.close_time()),
         state: p.state_at(now),
         hidden,
@@ -130,7 +136,7 @@ pub fn results_view<'a>(p: &'a Poll, s: &'a Snapshot, operator: bool, now: i64) 
         total_votes: visible.then(|| counts.iter().sum()),
         voters: visible.then_some(s.voters),
         counts: visible.then_some(counts),
-        offsets: &s.offsets,
+        offsets: visible.then_some(&s.offsets[..]),
     }
 }
 
@@ -165,7 +171,21 @@ mod tests {
         };
         let public = serde_json::to_value(results_view(&p, &s, false, 10)).unwrap();
         assert_eq!(public["hidden"], true);
-        assert!(public.get("counts").is_none());
+        for moving in ["counts", "version", "offsets", "total_votes", "voters"] {
+            assert!(public.get(moving).is_none(), "{moving} in {public}");
+        }
+        let later = Snapshot {
+            version: 12,
+            counts: vec![7],
+            voters: 7,
+            offsets: vec![3, 4],
+            ..s.clone()
+        };
+        assert_eq!(
+            public,
+            serde_json::to_value(results_view(&p, &later, false, 10)).unwrap(),
+            "more votes change nothing the public sees"
+        );
         let op = serde_json::to_value(results_view(&p, &s, true, 10)).unwrap();
         assert_eq!(
             op["counts"],
@@ -173,6 +193,7 @@ mod tests {
             "every option, zeros included"
         );
         assert_eq!(op["total_votes"], 4);
+        assert_eq!(op["version"], 9);
         let revealed = Poll {
             revealed: true,
             ..p

@@ -143,7 +143,11 @@
     return Number.isNaN(t) ? null : Math.max(0, t - Date.now());
   }
 
-  /** fetch + JSON + the API's error shape. Resolves to {data, res}; rejects with ApiError. */
+  /**
+   * fetch + JSON + the API's error shape. Resolves to {data, res}; rejects with ApiError.
+   * Operator calls are authenticated by the session cookie (same-origin, HttpOnly); `key` is sent
+   * only to sign in (`POST /v1/operator/session`).
+   */
   async function api(path, { method = "GET", body, key, timeoutMs = 15000 } = {}) {
     const headers = { Accept: "application/json" };
     if (body !== undefined) headers["Content-Type"] = "application/json";
@@ -157,6 +161,7 @@
         headers,
         body: body !== undefined ? JSON.stringify(body) : undefined,
         cache: "no-store",
+        credentials: "same-origin",
         signal: ctl.signal,
       });
     } catch (e) {
@@ -203,11 +208,13 @@
    * Live results of one poll: WebSocket first, Server-Sent Events if the WebSocket cannot
    * connect, reconnecting with backoff. Keeps the highest `version` seen and drops anything
    * older, so a screen never shows a lower total (also across reconnects and transports).
+   * An operator console is recognised by its session cookie; a studio screen passes its screen
+   * `token` (never an operator key: the server refuses keys in URLs).
    */
   class LiveFeed {
-    constructor(pollId, { key, onResults, onViewers, onStatus } = {}) {
+    constructor(pollId, { token, onResults, onViewers, onStatus } = {}) {
       this.pollId = pollId;
-      this.key = key || "";
+      this.token = token || "";
       this.onResults = onResults || (() => {});
       this.onViewers = onViewers || (() => {});
       this.onStatus = onStatus || (() => {});
@@ -265,7 +272,7 @@
     }
 
     url(kind) {
-      const q = this.key ? "?key=" + encodeURIComponent(this.key) : "";
+      const q = this.token ? "?token=" + encodeURIComponent(this.token) : "";
       const path = `/v1/polls/${encodeURIComponent(this.pollId)}/${kind}${q}`;
       if (kind === "sse") return path;
       return (location.protocol === "https:" ? "wss://" : "ws://") + location.host + path;
@@ -934,7 +941,9 @@
   function initScreen() {
     const id = pollIdFromPath("/screen/");
     const params = new URLSearchParams(location.search);
-    const key = params.get("key") || ""; // a studio preview may pass the operator key
+    // A studio screen shows embargoed counts with a screen token (minted by an operator).
+    const token = params.get("token") || "";
+    const withToken = token ? "?token=" + encodeURIComponent(token) : "";
     const el = {
       title: $("#poll-title"),
       state: $("#state-badge"),
@@ -1023,7 +1032,7 @@
         }
         el.voters.textContent = r.voters != null ? fmtInt(r.voters) : "–";
       }
-      el.total.dataset.version = String(r.version);
+      el.total.dataset.version = r.version != null ? String(r.version) : ""; // absent while hidden
       renderState();
     }
 
@@ -1051,8 +1060,7 @@
       if (timelineBusy || document.visibilityState === "hidden") return;
       timelineBusy = true;
       try {
-        const q = key ? "?key=" + encodeURIComponent(key) : "";
-        const { data } = await api(`/v1/polls/${encodeURIComponent(id)}/timeline${q}`, { timeoutMs: 5000 });
+        const { data } = await api(`/v1/polls/${encodeURIComponent(id)}/timeline${withToken}`, { timeoutMs: 5000 });
         st.timeline = data;
         renderTimeline();
       } catch {}
@@ -1087,7 +1095,7 @@
         return;
       }
       const feed = new LiveFeed(id, {
-        key,
+        token,
         onResults,
         onViewers: (n) => {
           el.viewers.textContent = fmtInt(n);
@@ -1103,9 +1111,16 @@
       }
       feed.start();
       // A first paint that does not wait for the socket (same version rule applies).
-      api(`/v1/polls/${encodeURIComponent(id)}/results${key ? "?key=" + encodeURIComponent(key) : ""}`)
+      api(`/v1/polls/${encodeURIComponent(id)}/results${withToken}`)
         .then(({ data }) => feed.offer(data))
-        .catch(() => {});
+        .catch((e) => {
+          if (e.status !== 401) return;
+          // An expired or foreign screen token: say so instead of retrying for ever.
+          feed.stop();
+          el.hidden.hidden = false;
+          el.hidden.textContent = "This screen link is no longer valid (" + e.message + "). Ask the operator for a new one.";
+          document.body.dataset.state = "unauthorized";
+        });
       loadTimeline();
       setInterval(loadTimeline, 1000);
       window.addEventListener("resize", renderTimeline);
@@ -1126,13 +1141,16 @@
   // ================================================================ operator console
 
   function initConsole() {
-    const KEY_STORE = "crowdtick.operator_key";
+    // Older versions kept the key in localStorage; the console now signs in once and holds only
+    // an HttpOnly session cookie (the key is never stored in the browser).
+    const LEGACY_KEY_STORE = "crowdtick.operator_key";
     const el = {
       keyPanel: $("#key-panel"),
       keyForm: $("#key-form"),
       keyInput: $("#key-input"),
       keyStatus: $("#key-status"),
       keyChange: $("#key-change"),
+      signOut: $("#sign-out"),
       flash: $("#flash"),
       form: $("#create-form"),
       createError: $("#create-error"),
@@ -1140,7 +1158,9 @@
       empty: $("#polls-empty"),
       refresh: $("#refresh-polls"),
     };
-    let key = store.get(KEY_STORE) || "";
+    store.del(LEGACY_KEY_STORE);
+    // Signed in: the session cookie is valid (the server says until when).
+    let session = null; // {expires_at} or null
     const cards = new Map(); // poll id -> Card
 
     let flashTimer = null;
@@ -1153,47 +1173,61 @@
     }
 
     function renderKey() {
-      el.keyPanel.hidden = !!key;
-      el.keyStatus.textContent = key ? `Operator key: ${key.slice(0, 4)}${"•".repeat(Math.max(0, Math.min(8, key.length - 4)))}` : "No operator key";
-      document.body.classList.toggle("no-key", !key);
+      const signedIn = !!session;
+      el.keyPanel.hidden = signedIn;
+      el.signOut.hidden = !signedIn;
+      el.keyStatus.textContent = signedIn ? `Signed in until ${fmtTime(session.expires_at)}` : "Not signed in";
+      el.keyStatus.dataset.valid = String(signedIn);
+      document.body.classList.toggle("no-key", !signedIn);
     }
-    el.keyForm.addEventListener("submit", (ev) => {
+
+    function setSession(s) {
+      const was = !!session;
+      session = s;
+      renderKey();
+      if (was !== !!s) for (const c of cards.values()) c.rekey();
+    }
+
+    /** Signs in: the key goes to the server once and is not kept; the cookie carries the session. */
+    el.keyForm.addEventListener("submit", async (ev) => {
       ev.preventDefault();
       const v = el.keyInput.value.trim();
       if (!v) return;
-      key = v;
-      store.set(KEY_STORE, key);
-      renderKey();
-      for (const c of cards.values()) c.rekey();
-      flash("Operator key saved in this browser.", "ok");
-      checkKey();
+      try {
+        const { data } = await api("/v1/operator/session", { method: "POST", key: v, timeoutMs: 5000 });
+        el.keyInput.value = "";
+        setSession(data);
+        flash("Signed in (the key is not stored in this browser).", "ok");
+      } catch (e) {
+        setSession(null);
+        flash("The server did not accept this operator key: " + errorText(e));
+      }
     });
 
-    /** Tries the key on an operator endpoint (when there is a poll to ask about). */
-    async function checkKey() {
-      const first = cards.values().next().value;
-      if (!key || !first) return;
+    async function checkSession() {
       try {
-        await api(`/v1/polls/${first.poll.id}/rejections`, { key, timeoutMs: 5000 });
-        el.keyStatus.dataset.valid = "true";
+        const { data } = await api("/v1/operator/session", { timeoutMs: 5000 });
+        setSession(data.via === "session" ? data : null);
       } catch (e) {
-        if (e.status === 401 || e.status === 403) {
-          el.keyStatus.dataset.valid = "false";
-          el.keyPanel.hidden = false;
-          flash("The server did not accept this operator key: " + e.message);
-        }
+        if (e.status === 401) setSession(null);
       }
     }
     el.keyChange.addEventListener("click", () => {
       el.keyPanel.hidden = false;
-      el.keyInput.value = key;
       el.keyInput.focus();
+    });
+    el.signOut.addEventListener("click", async () => {
+      try {
+        await api("/v1/operator/session", { method: "DELETE", timeoutMs: 5000 });
+      } catch {}
+      setSession(null);
+      flash("Signed out.", "ok");
     });
 
     function authProblem(e) {
       if (e instanceof ApiError && (e.status === 401 || e.status === 403)) {
-        el.keyPanel.hidden = false;
-        return " Check the operator key.";
+        setSession(null);
+        return " Sign in with the operator key.";
       }
       return "";
     }
@@ -1225,16 +1259,16 @@
         el.createError.textContent = "The poll needs " + problems.join(" and ") + ".";
         return;
       }
-      if (!key) {
+      if (!session) {
         el.keyPanel.hidden = false;
         el.createError.hidden = false;
-        el.createError.textContent = "Enter the operator key first.";
+        el.createError.textContent = "Sign in with the operator key first.";
         return;
       }
       const btn = $("#create-btn");
       btn.disabled = true;
       try {
-        const { data } = await api("/v1/polls", { method: "POST", body, key });
+        const { data } = await api("/v1/polls", { method: "POST", body });
         flash(`Created poll #${data.id} “${data.title}”.`, "ok");
         f.title.value = "";
         f.options.value = "";
@@ -1340,7 +1374,13 @@
                     { class: "screen-key-item" },
                     h(
                       "a",
-                      { class: "screen-key-link", target: "_blank", rel: "noopener", title: "The results screen with embargoed counts: for the studio only, never on air" },
+                      {
+                        class: "screen-key-link",
+                        target: "_blank",
+                        rel: "noopener",
+                        title: "The results screen with embargoed counts, with a screen token for this poll that expires in 4 hours: for the studio only, never on air",
+                        onclick: (e) => this.openStudioScreen(e),
+                      },
                       "Studio preview (shows embargoed counts)"
                     )
                   )
@@ -1384,8 +1424,8 @@
         this.q(".short-link").value = url;
         this.q(".vote-link").href = `/p/${p.slug}`;
         this.q(".screen-link").href = `/screen/${p.id}`;
-        this.q(".screen-key-link").href = `/screen/${p.id}?key=${encodeURIComponent(key)}`;
-        this.q(".screen-key-item").hidden = p.visibility === "live" || !key;
+        this.q(".screen-key-link").href = `/screen/${p.id}`;
+        this.q(".screen-key-item").hidden = p.visibility === "live" || !session;
         if (this.expanded && !this.q(".qr").getAttribute("src")) this.q(".qr").src = `/qr/${p.slug}.svg`;
         const note = this.q(".embargo-note");
         const embargoed = (p.visibility === "after_close" && state !== "closed") || (p.visibility === "on_reveal" && !p.revealed);
@@ -1408,7 +1448,6 @@
       startLive() {
         this.stopLive();
         this.feed = new LiveFeed(this.poll.id, {
-          key,
           onResults: (r) => this.onResults(r),
           onStatus: (s, m) => showConnection(this.q(".conn"), s, m),
         }).start();
@@ -1434,7 +1473,7 @@
         if (r.state) this.state = r.state;
         if (r.hidden) {
           this.q(".live-total").textContent = "hidden";
-          this.q(".embargo-note").textContent = "(the key was not accepted: counts are hidden)";
+          this.q(".embargo-note").textContent = "(not signed in: counts are hidden)";
         } else {
           const total = renderBars(this.q(".bars"), r);
           const t = r.total_votes != null ? r.total_votes : total;
@@ -1442,17 +1481,17 @@
           this.q(".live-total").dataset.total = String(t);
           this.q(".live-voters").textContent = fmtInt(r.voters);
         }
-        this.q(".live-version").textContent = String(r.version);
+        this.q(".live-version").textContent = r.version != null ? String(r.version) : "–";
         this.q(".badge.final").hidden = !r.final;
         if (r.state && prev && r.state !== prev) refreshList();
         this.render();
       }
 
       async loadRejections() {
-        if (!key || this.rejBusy) return;
+        if (!session || this.rejBusy) return;
         this.rejBusy = true;
         try {
-          const { data } = await api(`/v1/polls/${this.poll.id}/rejections`, { key, timeoutMs: 5000 });
+          const { data } = await api(`/v1/polls/${this.poll.id}/rejections`, { timeoutMs: 5000 });
           this.renderRejections(data);
           this.clearError();
         } catch (e) {
@@ -1512,14 +1551,14 @@
         clearTimeout(this.confirmTimer);
         b.classList.remove("confirm");
         if (action === "close") b.textContent = "Close";
-        if (!key) {
+        if (!session) {
           el.keyPanel.hidden = false;
-          this.showError("Enter the operator key first.");
+          this.showError("Sign in with the operator key first.");
           return;
         }
         b.disabled = true;
         try {
-          const { data } = await api(`/v1/polls/${this.poll.id}/${action}`, { method: "POST", key });
+          const { data } = await api(`/v1/polls/${this.poll.id}/${action}`, { method: "POST" });
           this.clearError();
           this.update(data);
           flash(`Poll #${data.id}: ${action} done (${STATE_LABEL[data.state] || data.state}).`, "ok");
@@ -1528,6 +1567,20 @@
           this.showError(msg);
           flash(`Poll #${this.poll.id}: ${msg}`);
           this.render();
+        }
+      }
+
+      /** Mints a screen token for this poll and opens the studio screen with it (never the key). */
+      async openStudioScreen(ev) {
+        ev.preventDefault();
+        const link = ev.currentTarget;
+        try {
+          const { data } = await api(`/v1/polls/${this.poll.id}/screen-token`, { method: "POST", body: {}, timeoutMs: 5000 });
+          link.href = data.screen_url;
+          link.dataset.expiresAt = data.expires_at;
+          window.open(data.screen_url, "_blank", "noopener");
+        } catch (e) {
+          this.showError("Studio screen link: " + errorText(e) + authProblem(e));
         }
       }
 
@@ -1614,6 +1667,7 @@
 
     el.refresh.addEventListener("click", refreshList);
     renderKey();
+    checkSession();
     refreshList();
     setInterval(refreshList, 5000);
   }

@@ -6,12 +6,16 @@
 //!   changes (open, close, reveal, final).
 //! - [`routes`]: `GET /v1/polls/{id}/ws` and `GET /v1/polls/{id}/sse`.
 //! - [`origin`]: which web pages may open a WebSocket (the `Origin` allow-list).
+//! - [`send`]: what one client is sent (embargoed polls: nothing that moves with the votes) and
+//!   the deadline a slow client has to take it.
 //!
-//! Embargo: a connection without the operator key gets `hidden: true` and no counts until the
+//! Embargo: a connection that is not an operator's (key header or session cookie) and holds no
+//! screen token for the poll gets `hidden: true` and no counts, version or offsets until the
 //! poll's results are public (same rule as the query API, via [`query::views`]).
 
 pub mod origin;
 pub mod routes;
+pub mod send;
 
 /// The largest message a client may send on a live socket (a vote on the old API's socket is a
 /// few dozen bytes; the /v1 socket takes none). Larger ones close the connection.
@@ -41,9 +45,13 @@ pub struct Realtime {
     pub coalesce: Duration,
     /// Which web pages may open a WebSocket.
     pub origins: origin::OriginPolicy,
+    /// A client must take each message within this, or it is disconnected ([`send`]).
+    pub send_timeout: Duration,
     viewers: Mutex<HashMap<PollId, Arc<watch::Sender<u64>>>>,
     pub connections: AtomicU64,
     pub messages_sent: AtomicU64,
+    /// Clients disconnected for not taking a message within `send_timeout`.
+    pub slow_consumers_dropped: AtomicU64,
 }
 
 /// One thing to tell a live client.
@@ -92,6 +100,7 @@ impl Realtime {
         keys: OperatorKeys,
         coalesce: Duration,
         origins: origin::OriginPolicy,
+        send_timeout: Duration,
     ) -> Arc<Self> {
         Arc::new(Self {
             catalog,
@@ -99,10 +108,18 @@ impl Realtime {
             keys,
             coalesce,
             origins,
+            send_timeout,
             viewers: Mutex::new(HashMap::new()),
             connections: AtomicU64::new(0),
             messages_sent: AtomicU64::new(0),
+            slow_consumers_dropped: AtomicU64::new(0),
         })
+    }
+
+    /// Counts a client dropped for not taking a message in time.
+    pub fn dropped_slow_consumer(&self, poll_id: PollId, transport: &'static str) {
+        self.slow_consumers_dropped.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(poll_id, transport, timeout = ?self.send_timeout, "slow live client dropped");
     }
 
     /// Starts following a poll (counted as one viewer until dropped). `None` if the poll is unknown.

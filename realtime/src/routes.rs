@@ -1,5 +1,9 @@
 //! `GET /v1/polls/{id}/ws` (WebSocket) and `GET /v1/polls/{id}/sse` (Server-Sent Events).
+//!
+//! Who sees embargoed counts: an operator (`Authorization: Bearer <key>`, `X-Api-Key`, or the
+//! console's session cookie) or a screen token for the poll (`?token=`); `?key=` is refused (401).
 
+use crate::send::Outbox;
 use crate::Realtime;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocketUpgrade};
@@ -14,6 +18,8 @@ use query::routes::KeyQuery;
 use schemas::{ApiError, PollId};
 use std::convert::Infallible;
 use std::sync::Arc;
+use tokio::sync::mpsc::error::SendTimeoutError;
+use tokio_stream::wrappers::ReceiverStream;
 
 pub fn router(rt: Arc<Realtime>) -> Router {
     Router::new()
@@ -34,9 +40,21 @@ pub fn forbidden_origin(origin: String) -> ApiError {
     )
 }
 
+/// A path id that is not a number is a 404 (the message does not repeat what the client sent).
 fn poll_id(raw: &str) -> Result<PollId, ApiError> {
     raw.parse()
-        .map_err(|_| ApiError::not_found("unknown_poll", format!("there is no poll {raw:?}")))
+        .map_err(|_| ApiError::not_found("unknown_poll", "there is no such poll (ids are numbers)"))
+}
+
+/// Whether the client sees embargoed counts (an operator, or a screen token for this poll); 401 for
+/// a key in the URL or a token that is not valid for this poll.
+fn sees_embargoed(
+    rt: &Realtime,
+    headers: &HeaderMap,
+    q: &KeyQuery,
+    id: PollId,
+) -> Result<bool, ApiError> {
+    rt.keys.sees_embargoed(headers, q.key(), q.token(), id)
 }
 
 async fn ws(
@@ -57,7 +75,7 @@ async fn ws(
         .max_message_size(crate::MAX_CLIENT_MESSAGE_BYTES)
         .max_frame_size(crate::MAX_CLIENT_MESSAGE_BYTES);
     let id = poll_id(&id)?;
-    let operator = rt.keys.is_operator(&headers, q.key());
+    let operator = sees_embargoed(&rt, &headers, &q, id)?;
     let sub = rt
         .subscribe(id)
         .ok_or_else(|| ApiError::not_found("unknown_poll", format!("there is no poll {id}")))?;
@@ -77,17 +95,26 @@ async fn ws(
                 let _ = closed_tx.send(());
             });
             let mut sub = sub;
+            let mut outbox = Outbox::new(operator);
             loop {
                 let update = tokio::select! {
                     u = sub.next() => u,
                     _ = &mut closed => break,
                 };
-                if tx
-                    .send(Message::Text(update.to_json(operator).into()))
-                    .await
-                    .is_err()
-                {
-                    break;
+                let Some(text) = outbox.message(&update) else {
+                    continue;
+                };
+                let sent = tokio::select! {
+                    sent = tokio::time::timeout(rt.send_timeout, tx.send(Message::Text(text.into()))) => sent,
+                    _ = &mut closed => break,
+                };
+                match sent {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => break,
+                    Err(_) => {
+                        rt.dropped_slow_consumer(id, "ws");
+                        break;
+                    }
                 }
             }
             reader.abort();
@@ -102,17 +129,37 @@ async fn sse(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let id = poll_id(&id)?;
-    let operator = rt.keys.is_operator(&headers, q.key());
+    let operator = sees_embargoed(&rt, &headers, &q, id)?;
     let sub = rt
         .subscribe(id)
         .ok_or_else(|| ApiError::not_found("unknown_poll", format!("there is no poll {id}")))?;
-    let stream = futures::stream::unfold(sub, move |mut sub| async move {
-        let update = sub.next().await;
-        let event = Event::default()
-            .event(update.event_name())
-            .data(update.to_json(operator));
-        Some((Ok::<_, Infallible>(event), sub))
+    // hyper pulls the next event only once the socket has taken the previous ones, so the
+    // events are made by a task that waits at most `send_timeout` for each to be taken; a
+    // client that takes none for that long loses its subscription, and its stream ends.
+    let (events, rx) = tokio::sync::mpsc::channel::<Event>(1);
+    tokio::spawn(async move {
+        let mut sub = sub;
+        let mut outbox = Outbox::new(operator);
+        loop {
+            let update = tokio::select! {
+                u = sub.next() => u,
+                _ = events.closed() => break,
+            };
+            let Some(text) = outbox.message(&update) else {
+                continue;
+            };
+            let event = Event::default().event(update.event_name()).data(text);
+            match events.send_timeout(event, rt.send_timeout).await {
+                Ok(()) => {}
+                Err(SendTimeoutError::Closed(_)) => break,
+                Err(SendTimeoutError::Timeout(_)) => {
+                    rt.dropped_slow_consumer(id, "sse");
+                    break;
+                }
+            }
+        }
     });
+    let stream = ReceiverStream::new(rx).map(Ok::<_, Infallible>);
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response())

@@ -10,8 +10,11 @@
 //!   exactly as `POST /api/polls/{id}/vote/`. Answer: `{"vote": {"choice": "X"}}` once durable, or
 //!   `{"error": "<sentence>", "status": <the HTTP status the same vote would get>}` (for example
 //!   `{"error": "You have already voted on this poll.", "status": 400}`; field errors read
-//!   `"choice: \"X\" is not a valid choice."`). Other messages are answered with an error too;
-//!   binary messages are ignored.
+//!   `"choice: <what is wrong>"`). An error never repeats what the client sent (an unknown choice
+//!   is `"choice: not a valid choice of this poll."`). Other messages are answered with an error
+//!   too; binary messages are ignored.
+//! - A client that does not take a message within `realtime.send_timeout_ms` is disconnected
+//!   (counted as a slow consumer).
 //! - A page of another site (an `Origin` the realtime service does not allow) gets `403
 //!   {"detail": …}`; messages over 4 KiB close the socket.
 //! - Unknown poll (or a non-numeric id), or no valid credentials: the upgrade is accepted, then the
@@ -27,6 +30,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures::future::BoxFuture;
+use futures::stream::SplitSink;
 use futures::{SinkExt, StreamExt};
 use processor::Snapshot;
 use realtime::{Subscription, Update};
@@ -122,7 +126,7 @@ async fn serve(seed: Arc<Seed>, socket: WebSocket, user: UserId, sub: Subscripti
                 next = next_update(sub);
                 let Update::Results(poll, snap) = update else { continue };
                 if let Some(msg) = last.message(&poll, &snap, now_micros()) {
-                    if tx.send(Message::Text(msg.into())).await.is_err() {
+                    if !send_within(&seed, &mut tx, poll_id, msg).await {
                         break;
                     }
                 }
@@ -131,7 +135,7 @@ async fn serve(seed: Arc<Seed>, socket: WebSocket, user: UserId, sub: Subscripti
                 None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
                 Some(Ok(Message::Text(text))) => {
                     let reply = client_message(&seed, user, poll_id, text.as_str()).await;
-                    if tx.send(Message::Text(reply.to_string().into())).await.is_err() {
+                    if !send_within(&seed, &mut tx, poll_id, reply.to_string()).await {
                         break;
                     }
                 }
@@ -140,6 +144,28 @@ async fn serve(seed: Arc<Seed>, socket: WebSocket, user: UserId, sub: Subscripti
         }
     }
 }
+
+/// Sends one message within `realtime.send_timeout_ms`; `false` if the connection is done (closed,
+/// or dropped as a slow consumer).
+async fn send_within(
+    seed: &Seed,
+    tx: &mut SplitSink<WebSocket, Message>,
+    poll_id: PollId,
+    text: String,
+) -> bool {
+    let rt = &seed.realtime;
+    match tokio::time::timeout(rt.send_timeout, tx.send(Message::Text(text.into()))).await {
+        Ok(sent) => sent.is_ok(),
+        Err(_) => {
+            rt.dropped_slow_consumer(poll_id, "seed_ws");
+            false
+        }
+    }
+}
+
+/// The socket's answer to a choice that is not one of the poll's labels: unlike the HTTP
+/// endpoint's DRF sentence, it does not repeat the choice.
+const NOT_A_CHOICE: &str = "not a valid choice of this poll.";
 
 /// Answers one client message: a vote, or an error.
 async fn client_message(seed: &Arc<Seed>, user: UserId, poll_id: PollId, text: &str) -> Value {
@@ -150,7 +176,15 @@ async fn client_message(seed: &Arc<Seed>, user: UserId, poll_id: PollId, text: &
             .catalog
             .get(poll_id)
             .ok_or_else(DrfError::not_found)?;
-        seed.vote(user, &poll, body.get("choice")).await
+        let choice = body.get("choice");
+        let known = |v: &Value| {
+            v.as_str()
+                .is_some_and(|l| drf::label_index(&poll.options, l).is_some())
+        };
+        if choice.is_some_and(|v| !v.is_null() && !known(v)) {
+            return Err(DrfError::field("choice", NOT_A_CHOICE));
+        }
+        seed.vote(user, &poll, choice).await
     }
     .await;
     match result {

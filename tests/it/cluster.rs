@@ -266,8 +266,13 @@ async fn realtime_shows(
     expected: &[i64],
     secs: u64,
 ) {
-    let url = format!("{}/v1/polls/{poll}/sse?key={KEY}", node.base);
-    let mut resp = reqwest::Client::new().get(&url).send().await.unwrap();
+    let url = format!("{}/v1/polls/{poll}/sse", node.base);
+    let mut resp = reqwest::Client::new()
+        .get(&url)
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200, "{url}");
     let _ = client;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);

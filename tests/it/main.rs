@@ -10,4 +10,5 @@ mod helpers;
 mod hostile;
 mod identity;
 mod limits;
+mod operator_access;
 mod seed_api;
