@@ -9,4 +9,5 @@ mod distributed;
 mod helpers;
 mod hostile;
 mod limits;
+mod poll_limits;
 mod seed_api;
