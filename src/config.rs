@@ -33,6 +33,42 @@ pub struct Config {
     pub polls: PollsSection,
     /// Limits on every HTTP connection of the node.
     pub http: HttpSection,
+    /// Rate limits of the seed (old Django) API.
+    pub seed: SeedSection,
+}
+
+/// Rate limits of the seed API (`src/seed/throttle.rs`); over one the answer is DRF's `429
+/// {"detail": "Request was throttled. Expected available in N seconds."}` with `Retry-After`.
+/// 0 turns a limit off.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SeedSection {
+    /// Polls one user may create per minute (also the burst).
+    pub polls_per_user_per_minute: u32,
+    /// Polls all users together may create per minute (also the burst). Sized so the old API's
+    /// own Locust scenario at 1,000 users (about 50 creations/s) stays under it.
+    pub polls_per_minute: u32,
+    /// Registrations per client address per minute (also the burst).
+    pub registrations_per_address_per_minute: u32,
+    /// Votes (HTTP and WebSocket) per client address per second…
+    pub votes_per_address_per_sec: u32,
+    /// …with this burst.
+    pub votes_per_address_burst: u32,
+    /// Loopback clients (local tools, a sidecar proxy) are exempt from the per-address limits.
+    pub limits_exempt_loopback: bool,
+}
+
+impl Default for SeedSection {
+    fn default() -> Self {
+        Self {
+            polls_per_user_per_minute: 10,
+            polls_per_minute: 3_000,
+            registrations_per_address_per_minute: 10,
+            votes_per_address_per_sec: 20,
+            votes_per_address_burst: 40,
+            limits_exempt_loopback: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -122,7 +158,7 @@ pub struct KafkaSection {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct PostgresSection {
-    /// `postgres://user[:password]@host:port/database`; empty keeps polls in data_dir/polls.json.
+    /// `postgres://user[:password]@host:port/database`; empty keeps polls in data_dir/polls.jsonl.
     pub url: String,
     /// Schema holding CrowdTick's tables (created and migrated at start).
     pub schema: String,
@@ -224,6 +260,7 @@ impl Default for Config {
             redis: RedisSection::default(),
             polls: PollsSection::default(),
             http: HttpSection::default(),
+            seed: SeedSection::default(),
         }
     }
 }
@@ -305,6 +342,7 @@ const SETTINGS: &[&str] = &[
     "redis",
     "polls",
     "http",
+    "seed",
 ];
 
 /// `CROWDTICK_*` variables that are not settings: `CROWDTICK_CONFIG` (the file, read by the
@@ -512,8 +550,10 @@ impl Config {
     pub fn log_dir(&self) -> PathBuf {
         self.data_dir.join("log")
     }
+    /// The poll journal (`storage::FilePollStore`; an earlier version's `polls.json` beside it
+    /// is migrated at start).
     pub fn polls_file(&self) -> PathBuf {
-        self.data_dir.join("polls.json")
+        self.data_dir.join("polls.jsonl")
     }
 }
 

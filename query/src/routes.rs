@@ -222,10 +222,56 @@ async fn create_poll(
     Ok((StatusCode::CREATED, Json(poll_view(&poll, now_micros()))).into_response())
 }
 
-async fn list_polls(State(s): State<QueryState>) -> Json<serde_json::Value> {
+/// Polls per page of `GET /v1/polls` when `limit` is not given.
+pub const DEFAULT_PAGE: usize = 100;
+/// The largest `limit` of `GET /v1/polls`.
+pub const MAX_PAGE: usize = 1000;
+
+/// `GET /v1/polls?limit=&after=`: a page of polls, newest first, and the link to the next page
+/// (`next` in the body and a `Link: <…>; rel="next"` header; null and absent on the last page).
+async fn list_polls(
+    State(s): State<QueryState>,
+    Query(q): Query<KeyQuery>,
+) -> Result<Response, ApiError> {
+    let limit = match q.get("limit") {
+        None => DEFAULT_PAGE,
+        Some(raw) => raw
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_PAGE).contains(n))
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_limit",
+                    format!("limit must be a whole number from 1 to {MAX_PAGE}"),
+                )
+            })?,
+    };
+    let after = match q.get("after") {
+        None => None,
+        Some(raw) => Some(raw.parse::<PollId>().ok().filter(|&id| id > 0).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_cursor",
+                "after must be a poll id (a positive whole number): the `id` of the last poll of the previous page",
+            )
+        })?),
+    };
     let now = now_micros();
-    let polls = s.catalog.list();
-    Json(json!({ "polls": polls.iter().map(|p| poll_view(p, now)).collect::<Vec<_>>() }))
+    let (polls, more) = s.catalog.page(after, limit);
+    let next = more
+        .then(|| polls.last())
+        .flatten()
+        .map(|last| format!("/v1/polls?limit={limit}&after={}", last.id));
+    let body = json!({
+        "polls": polls.iter().map(|p| poll_view(p, now)).collect::<Vec<_>>(),
+        "next": next,
+    });
+    let mut resp = Json(body).into_response();
+    if let Some(next) = &next {
+        if let Ok(link) = axum::http::HeaderValue::from_str(&format!("<{next}>; rel=\"next\"")) {
+            resp.headers_mut().insert(axum::http::header::LINK, link);
+        }
+    }
+    Ok(resp)
 }
 
 pub fn find(s: &QueryState, id: PollId) -> Result<std::sync::Arc<Poll>, ApiError> {

@@ -1628,14 +1628,40 @@
       return c;
     }
 
+    // The list comes in pages (newest first); "Show older polls" keeps one more page listed.
+    const PAGE = 100;
+    let pagesShown = 1;
+    const older = document.createElement("button");
+    older.type = "button";
+    older.className = "btn small ghost";
+    older.textContent = "Show older polls";
+    older.hidden = true;
+    el.polls.after(older);
+    older.addEventListener("click", () => {
+      pagesShown += 1;
+      refreshList();
+    });
+
+    // The first `pagesShown` pages, following each page's `next` link.
+    async function fetchPolls() {
+      const polls = [];
+      let path = `/v1/polls?limit=${PAGE}`;
+      for (let page = 0; path && page < pagesShown; page++) {
+        const { data } = await api(path);
+        polls.push(...((data && data.polls) || []));
+        path = (data && data.next) || null;
+      }
+      return { polls, hasMore: Boolean(path) };
+    }
+
     let first = true;
     let listBusy = false;
     async function refreshList() {
       if (listBusy) return;
       listBusy = true;
       try {
-        const { data } = await api("/v1/polls");
-        const polls = data.polls || [];
+        const { polls, hasMore } = await fetchPolls();
+        older.hidden = !hasMore;
         const seen = new Set();
         // Newest first, as the API lists them.
         let prev = null;

@@ -57,6 +57,20 @@ impl DrfError {
         Self::detail(StatusCode::NOT_FOUND, NO_POLL)
     }
 
+    /// DRF's `Throttled`: `429 {"detail": "Request was throttled. Expected available in N
+    /// seconds."}` with `Retry-After: N` (the wait rounded up, at least 1).
+    pub fn throttled(wait: std::time::Duration) -> Self {
+        let secs = wait.as_secs_f64().ceil().max(1.0).min(u32::MAX as f64) as u32;
+        let unit = if secs == 1 { "second" } else { "seconds" };
+        Self {
+            retry_after: Some(secs),
+            ..Self::detail(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("Request was throttled. Expected available in {secs} {unit}."),
+            )
+        }
+    }
+
     /// The one sentence a client can show (a WebSocket `{"error": …}`): the detail, or the first
     /// field's first message as `field: message`.
     pub fn message(&self) -> String {
@@ -358,6 +372,23 @@ pub fn object_keys_in_order(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn throttled_is_drf_s_message_with_retry_after() {
+        let e = DrfError::throttled(std::time::Duration::from_millis(200));
+        assert_eq!(e.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(e.retry_after, Some(1));
+        assert_eq!(
+            e.body,
+            json!({"detail": "Request was throttled. Expected available in 1 second."})
+        );
+        let e = DrfError::throttled(std::time::Duration::from_millis(5_001));
+        assert_eq!(e.retry_after, Some(6));
+        assert_eq!(
+            e.body["detail"],
+            "Request was throttled. Expected available in 6 seconds."
+        );
+    }
 
     fn obj(v: Value) -> Map<String, Value> {
         v.as_object().unwrap().clone()

@@ -11,6 +11,8 @@
 //!   Django-compatible PBKDF2 password hashes.
 //! - [`store`]: the JSON-lines files (one writer thread per file, group commit, torn-line safe).
 //! - [`ws`]: `WS /ws/poll/{id}/` over [`realtime::Subscription`].
+//! - [`throttle`]: the rate limits (poll creation per user and in all; registrations and votes per
+//!   client address), refused with DRF's `429 {"detail": "Request was throttled. …"}`.
 //!
 //! Endpoints (every path also without its trailing slash; every one but register needs a user —
 //! the `sessionid` cookie first, then HTTP Basic, as DRF's default order):
@@ -40,20 +42,26 @@
 //!   that hangs up mid-vote cannot leave the mark and the log disagreeing.
 //! - Pipeline errors map to DRF: closed poll → `400 {"detail": "This poll is closed."}`, a log that
 //!   cannot take the vote → `503 {"detail": …}` with `Retry-After`.
+//! - Throttling (as DRF's throttle classes, configured in `[seed]`): `POST /api/register/` and
+//!   votes (both paths and the socket) per client address, checked before the body is read;
+//!   poll creation per user and for all users, checked once the user is known. Over a limit:
+//!   `429 {"detail": "Request was throttled. Expected available in N seconds."}` + `Retry-After: N`.
 //! - Not enforced (unlike Django): CSRF. The session cookie is `SameSite=Lax` and `HttpOnly`, so a
 //!   cross-site page cannot post with it; the cookie is also `Secure` when `public_url` is https.
 
 pub mod auth;
 pub mod drf;
 pub mod store;
+pub mod throttle;
 pub mod ws;
 
 use crate::serve::AppState;
 use auth::{Auth, RegisterError, UserId};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::{from_fn_with_state, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, MethodRouter};
 use axum::{Json, Router};
@@ -69,8 +77,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use store::Appender;
+use throttle::Throttles;
 
 /// The largest request body the seed API reads.
 const MAX_BODY: usize = 64 << 10;
@@ -85,6 +95,7 @@ pub struct Seed {
     voted: Mutex<HashSet<(PollId, UserId)>>,
     votes_file: Appender,
     secure_cookie: bool,
+    pub throttles: Throttles,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -104,12 +115,15 @@ pub fn router(state: AppState) -> Router {
 
 pub fn try_router(state: AppState) -> anyhow::Result<Router> {
     let seed = Arc::new(Seed::open(state)?);
+    // Per-address limits, before the body is read.
+    let per_registration = || from_fn_with_state(seed.clone(), throttle_registration);
+    let per_vote = || from_fn_with_state(seed.clone(), throttle_vote);
     let routes: [(&str, MethodRouter<Arc<Seed>>); 8] = [
-        ("/api/register/", post(register)),
+        ("/api/register/", post(register).layer(per_registration())),
         ("/api/polls/", post(create_poll)),
         ("/polls/", post(create_poll)),
-        ("/api/polls/{id}/vote/", post(vote)),
-        ("/votes/", post(vote_alias)),
+        ("/api/polls/{id}/vote/", post(vote).layer(per_vote())),
+        ("/votes/", post(vote_alias).layer(per_vote())),
         ("/api/polls/{id}/results/", get(results)),
         ("/polls/{id}/results/", get(results)),
         ("/ws/poll/{id}/", get(ws::handler)),
@@ -140,6 +154,7 @@ impl Seed {
         let votes_file = Appender::open(&votes_path)
             .map_err(|e| anyhow::anyhow!("{}: {e}", votes_path.display()))?;
         let secure_cookie = app.config.public_url.starts_with("https://");
+        let throttles = Throttles::new(&app.config.seed);
         let (Some(ingest), Some(realtime)) = (app.ingest.clone(), app.realtime.clone()) else {
             anyhow::bail!("the seed API needs the ingest and realtime services in this process");
         };
@@ -151,6 +166,7 @@ impl Seed {
             voted: Mutex::new(voted),
             votes_file,
             secure_cookie,
+            throttles,
         })
     }
 
@@ -339,6 +355,31 @@ pub fn padded_counts(poll: &Poll, counts: &[i64]) -> Vec<i64> {
     c
 }
 
+/// The client's address, from the listener (None where a router is served without it).
+pub fn peer(req: &Request) -> Option<IpAddr> {
+    req.extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip())
+}
+
+async fn throttle_registration(
+    State(seed): State<Arc<Seed>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    match seed.throttles.registration(peer(&req)) {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn throttle_vote(State(seed): State<Arc<Seed>>, req: Request, next: Next) -> Response {
+    match seed.throttles.vote(peer(&req)) {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
 /// The body, or DRF's error for one that could not be read (too large, cut off).
 fn body(b: Result<Bytes, BytesRejection>) -> Result<Bytes, DrfError> {
     b.map_err(|e| DrfError::detail(e.status(), e.body_text()))
@@ -399,6 +440,7 @@ async fn create_poll(
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, DrfError> {
     let user = seed.auth.authenticate(&headers).await?;
+    seed.throttles.poll_creation(user)?;
     let poll = seed.create_poll(user, &body(raw)?).await?;
     let zeros = vec![0; poll.options.len()];
     let out = PollOut {

@@ -12,7 +12,8 @@
 //!   `{"error": "You have already voted on this poll.", "status": 400}`; field errors read
 //!   `"choice: <what is wrong>"`). An error never repeats what the client sent (an unknown choice
 //!   is `"choice: not a valid choice of this poll."`). Other messages are answered with an error
-//!   too; binary messages are ignored.
+//!   too; binary messages are ignored. Votes on the socket share the per-address vote limit of the
+//!   HTTP paths ([`super::throttle`]); over it: `{"error": "Request was throttled. …", "status": 429}`.
 //! - A client that does not take a message within `realtime.send_timeout_ms` is disconnected
 //!   (counted as a slow consumer).
 //! - A page of another site (an `Origin` the realtime service does not allow) gets `403
@@ -26,9 +27,10 @@ use super::drf::{self, hidden_detail, DrfError, LabelCounts};
 use super::{padded_counts, Seed};
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use futures::future::BoxFuture;
 use futures::stream::SplitSink;
 use futures::{SinkExt, StreamExt};
@@ -36,14 +38,17 @@ use processor::Snapshot;
 use realtime::{Subscription, Update};
 use schemas::{now_micros, Poll, PollId};
 use serde_json::{json, Value};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 pub async fn handler(
     State(seed): State<Arc<Seed>>,
     Path(id): Path<String>,
     headers: HeaderMap,
+    connect: Option<Extension<ConnectInfo<SocketAddr>>>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    let peer = connect.map(|Extension(ConnectInfo(addr))| addr.ip());
     let upgrade = match upgrade {
         Ok(u) => u,
         Err(e) => {
@@ -77,7 +82,7 @@ pub async fn handler(
         .on_upgrade(move |socket| async move {
             match outcome {
                 Err(reason) => refuse(socket, &reason).await,
-                Ok((user, sub)) => serve(seed, socket, user, sub).await,
+                Ok((user, sub)) => serve(seed, socket, user, peer, sub).await,
             }
         })
         .into_response()
@@ -115,7 +120,13 @@ fn next_update(mut sub: Subscription) -> BoxFuture<'static, (Subscription, Updat
     })
 }
 
-async fn serve(seed: Arc<Seed>, socket: WebSocket, user: UserId, sub: Subscription) {
+async fn serve(
+    seed: Arc<Seed>,
+    socket: WebSocket,
+    user: UserId,
+    peer: Option<IpAddr>,
+    sub: Subscription,
+) {
     let poll_id = sub.poll().id;
     let (mut tx, mut rx) = socket.split();
     let mut next = next_update(sub);
@@ -134,7 +145,7 @@ async fn serve(seed: Arc<Seed>, socket: WebSocket, user: UserId, sub: Subscripti
             incoming = rx.next() => match incoming {
                 None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
                 Some(Ok(Message::Text(text))) => {
-                    let reply = client_message(&seed, user, poll_id, text.as_str()).await;
+                    let reply = client_message(&seed, user, peer, poll_id, text.as_str()).await;
                     if !send_within(&seed, &mut tx, poll_id, reply.to_string()).await {
                         break;
                     }
@@ -168,8 +179,15 @@ async fn send_within(
 const NOT_A_CHOICE: &str = "not a valid choice of this poll.";
 
 /// Answers one client message: a vote, or an error.
-async fn client_message(seed: &Arc<Seed>, user: UserId, poll_id: PollId, text: &str) -> Value {
+async fn client_message(
+    seed: &Arc<Seed>,
+    user: UserId,
+    peer: Option<IpAddr>,
+    poll_id: PollId,
+    text: &str,
+) -> Value {
     let result = async {
+        seed.throttles.vote(peer)?;
         let body = drf::parse_object(text.as_bytes())?;
         let poll = seed
             .app

@@ -8,6 +8,8 @@
 //! - [`redis_cache`]: [`RedisCache`], the distributed mode's results cache and change notices.
 //! - [`polls`]: [`PollCatalog`], the in-memory view of every poll that the edge and
 //!   the processor consult per vote, over a [`PollStore`] ([`FilePollStore`] when embedded).
+//! - [`poll_journal`]: [`FilePollStore`], poll definitions as an append-only journal of JSON lines
+//!   (one fsynced line per change; torn tail cut, compacted and migrated at open).
 //! - [`edge_stats`]: [`EdgeRejections`], per-poll counts of the votes the edge refused.
 //! - [`test_broker`]: a tansu (Kafka-protocol) broker on a loopback port, for tests.
 //! - [`tally_store`]: [`TallyStore`], the latest partial tally per (poll, partition) with its offset;
@@ -20,6 +22,7 @@ pub mod embedded_log;
 pub mod kafka_group;
 pub mod kafka_log;
 pub mod log;
+pub mod poll_journal;
 pub mod polls;
 pub mod postgres;
 pub mod redis_cache;

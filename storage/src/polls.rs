@@ -9,10 +9,11 @@
 use async_trait::async_trait;
 use parking_lot::{Mutex, RwLock};
 use schemas::{now_micros, Poll, PollId};
-use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::watch;
+
+pub use crate::poll_journal::FilePollStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -43,55 +44,6 @@ pub trait PollStore: Send + Sync + 'static {
     }
 }
 
-/// Poll definitions in one JSON file, rewritten atomically (temp file, fsync, rename) on each change.
-pub struct FilePollStore {
-    path: PathBuf,
-    polls: Mutex<BTreeMap<PollId, Poll>>,
-}
-
-impl FilePollStore {
-    pub fn open(path: impl Into<PathBuf>) -> Result<Self, StoreError> {
-        let path = path.into();
-        let polls: Vec<Poll> = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| StoreError::Data(format!("{}: {e}", path.display())))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(StoreError::Io(format!("{}: {e}", path.display()))),
-        };
-        Ok(Self {
-            path,
-            polls: Mutex::new(polls.into_iter().map(|p| (p.id, p)).collect()),
-        })
-    }
-}
-
-#[async_trait]
-impl PollStore for FilePollStore {
-    async fn load(&self) -> Result<Vec<Poll>, StoreError> {
-        Ok(self.polls.lock().values().cloned().collect())
-    }
-
-    async fn save(&self, poll: &Poll) -> Result<(), StoreError> {
-        let mut polls = self.polls.lock();
-        polls.insert(poll.id, poll.clone());
-        let all: Vec<&Poll> = polls.values().collect();
-        let bytes = serde_json::to_vec_pretty(&all).map_err(|e| StoreError::Data(e.to_string()))?;
-        let tmp = self.path.with_extension("json.tmp");
-        let io = |e: std::io::Error| StoreError::Io(format!("{}: {e}", self.path.display()));
-        {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp).map_err(io)?;
-            f.write_all(&bytes).map_err(io)?;
-            f.sync_all().map_err(io)?;
-        }
-        std::fs::rename(&tmp, &self.path).map_err(io)?;
-        if let Some(dir) = self.path.parent() {
-            let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
-        }
-        Ok(())
-    }
-}
-
 type PollMap = Arc<HashMap<PollId, Arc<Poll>>>;
 
 /// Every poll, in memory; cheap to read per vote, changed rarely.
@@ -102,6 +54,9 @@ pub struct PollCatalog {
 
 struct Inner {
     polls: RwLock<PollMap>,
+    /// Every poll id, ascending (for pages of the list); changed after `polls`, so an id read
+    /// here is always in a later read of `polls`.
+    ids: RwLock<Arc<Vec<PollId>>>,
     store: Arc<dyn PollStore>,
     writers: tokio::sync::Mutex<()>,
     generation: watch::Sender<u64>,
@@ -113,9 +68,11 @@ impl PollCatalog {
         let started = std::time::Instant::now();
         let polls = store.load().await?;
         let map: HashMap<_, _> = polls.into_iter().map(|p| (p.id, Arc::new(p))).collect();
+        let ids = sorted_ids(&map);
         Ok(Self {
             inner: Arc::new(Inner {
                 polls: RwLock::new(Arc::new(map)),
+                ids: RwLock::new(ids),
                 store,
                 writers: tokio::sync::Mutex::new(()),
                 generation: watch::channel(0).0,
@@ -155,9 +112,26 @@ impl PollCatalog {
 
     /// All polls, newest first.
     pub fn list(&self) -> Vec<Arc<Poll>> {
-        let mut v: Vec<_> = self.inner.polls.read().values().cloned().collect();
-        v.sort_by_key(|p| std::cmp::Reverse(p.id));
-        v
+        self.page(None, usize::MAX).0
+    }
+
+    /// Up to `limit` polls, newest (highest id) first, starting after the poll `after` in that
+    /// order (so with ids below it), and whether more follow. Ids only grow, so a page never
+    /// shifts when polls are created meanwhile. Costs a binary search and `limit` lookups.
+    pub fn page(&self, after: Option<PollId>, limit: usize) -> (Vec<Arc<Poll>>, bool) {
+        let ids = self.inner.ids.read().clone();
+        let polls = self.snapshot();
+        let end = after.map_or(ids.len(), |a| ids.partition_point(|&id| id < a));
+        let mut page = Vec::with_capacity(limit.min(end));
+        for id in ids[..end].iter().rev() {
+            if page.len() == limit {
+                return (page, true);
+            }
+            if let Some(p) = polls.get(id) {
+                page.push(p.clone());
+            }
+        }
+        (page, false)
     }
 
     /// A counter that moves on every change (subscribe to learn of opens, closes, reveals).
@@ -243,7 +217,9 @@ impl PollCatalog {
             *at = (*at).max(started);
         }
         let map: HashMap<_, _> = polls.into_iter().map(|p| (p.id, Arc::new(p))).collect();
+        let ids = sorted_ids(&map);
         *self.inner.polls.write() = Arc::new(map);
+        *self.inner.ids.write() = ids;
         self.inner.generation.send_modify(|g| *g += 1);
         Ok(())
     }
@@ -256,9 +232,21 @@ impl PollCatalog {
             map.insert(poll.id, poll.clone());
             *polls = Arc::new(map);
         }
+        {
+            let mut ids = self.inner.ids.write();
+            if let Err(at) = ids.binary_search(&poll.id) {
+                Arc::make_mut(&mut *ids).insert(at, poll.id);
+            }
+        }
         self.inner.generation.send_modify(|g| *g += 1);
         poll
     }
+}
+
+fn sorted_ids(map: &HashMap<PollId, Arc<Poll>>) -> Arc<Vec<PollId>> {
+    let mut ids: Vec<PollId> = map.keys().copied().collect();
+    ids.sort_unstable();
+    Arc::new(ids)
 }
 
 fn new_slug() -> String {
@@ -306,7 +294,7 @@ mod tests {
     #[tokio::test]
     async fn polls_persist_and_closes_are_ordered_after_earlier_stamps() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("polls.json");
+        let path = dir.path().join("polls.jsonl");
         let catalog = PollCatalog::load(Arc::new(FilePollStore::open(&path).unwrap()))
             .await
             .unwrap();
@@ -335,5 +323,34 @@ mod tests {
         assert_eq!(again.get(1).unwrap().closed_at, closed.closed_at);
         assert_eq!(again.by_slug(&b.slug).unwrap().id, 2);
         assert_eq!(again.list().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn pages_go_newest_first_and_do_not_shift_when_polls_are_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("polls.jsonl");
+        let catalog = PollCatalog::load(Arc::new(FilePollStore::open(&path).unwrap()))
+            .await
+            .unwrap();
+        for _ in 0..5 {
+            catalog.create(poll).await.unwrap();
+        }
+        let ids = |page: &[Arc<Poll>]| page.iter().map(|p| p.id).collect::<Vec<_>>();
+        let (first, more) = catalog.page(None, 2);
+        assert_eq!((ids(&first), more), (vec![5, 4], true));
+        catalog.create(poll).await.unwrap();
+        let (second, more) = catalog.page(Some(4), 2);
+        assert_eq!((ids(&second), more), (vec![3, 2], true));
+        let (last, more) = catalog.page(Some(2), 2);
+        assert_eq!((ids(&last), more), (vec![1], false));
+        let (exact, more) = catalog.page(Some(3), 2);
+        assert_eq!(
+            (ids(&exact), more),
+            (vec![2, 1], false),
+            "no empty page after a full one"
+        );
+        assert_eq!(ids(&catalog.page(Some(1), 2).0), Vec::<PollId>::new());
+        assert_eq!(ids(&catalog.page(Some(100), 1).0), vec![6]);
+        assert_eq!(ids(&catalog.list()), vec![6, 5, 4, 3, 2, 1]);
     }
 }

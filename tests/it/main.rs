@@ -11,4 +11,5 @@ mod hostile;
 mod identity;
 mod limits;
 mod operator_access;
+mod poll_limits;
 mod seed_api;
