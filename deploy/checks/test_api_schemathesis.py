@@ -179,6 +179,7 @@ def run_schemathesis(base: str, report_dir: Path, checks: list[str], mode: str) 
         "--mode", mode,
         "--seed", str(SEED),
         "--generation-deterministic",
+        "--generation-database", "none",
         "--max-examples", str(EXAMPLES),
         "--workers", "1",
         "--request-timeout", "10",
@@ -188,7 +189,7 @@ def run_schemathesis(base: str, report_dir: Path, checks: list[str], mode: str) 
         "--report", "json", "--report-json-path", str(report),
         "--no-color",
     ]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=report_dir)
     return {"exit": done.returncode, "output": done.stdout + done.stderr, "report": report}
 
 
