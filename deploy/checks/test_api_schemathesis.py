@@ -179,7 +179,6 @@ def run_schemathesis(base: str, report_dir: Path, checks: list[str], mode: str) 
         "--mode", mode,
         "--seed", str(SEED),
         "--generation-deterministic",
-        "--generation-database", "none",
         "--max-examples", str(EXAMPLES),
         "--workers", "1",
         "--request-timeout", "10",
