@@ -5,7 +5,7 @@ its own) and runs schemathesis's generated requests against every documented ope
 its modes (data that fits the document, and data that does not), with the operator key
 (`X-Api-Key`) and an old-API user (HTTP Basic) on every request, so authenticated routes run their
 real code and not only their 401/403. The run is repeatable: a fixed seed, deterministic
-generation, a bounded number of cases per operation (CROWDTICK_SCHEMATHESIS_EXAMPLES, default 40).
+generation, a bounded number of cases per operation (CROWDTICK_SCHEMATHESIS_EXAMPLES, default 25).
 
 What must hold:
 - no server error (no 5xx other than a documented 503, no dropped connection, no timeout);
@@ -38,7 +38,7 @@ from conftest import crowdtick_binary
 OPERATOR_KEY = "schemathesis-operator-key"
 SEED_USER, SEED_PASSWORD = "schemathesis", "schemathesis-password-1"
 SEED = 20261130
-EXAMPLES = int(os.environ.get("CROWDTICK_SCHEMATHESIS_EXAMPLES", "40"))
+EXAMPLES = int(os.environ.get("CROWDTICK_SCHEMATHESIS_EXAMPLES", "25"))
 
 #: Checks whose every failure fails the test.
 STRICT_CHECKS = [
