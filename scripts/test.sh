@@ -10,7 +10,10 @@
 #   4. A Python environment (target/pyenv) for the deployment checks: Helm as a library, strict
 #      Kubernetes schema validation, pytest.
 #   5. cargo test --workspace (unit, property and integration tests), then the deployment checks
-#      (deploy/checks: the chart, the compose file, and every setting they pass to the binary).
+#      (deploy/checks: the chart, the compose file, every setting they pass to the binary, and
+#      schemathesis against the server's /openapi.json).
+#   6. Every cargo-fuzz target for a bounded time (scripts/fuzz.sh, FUZZ_SECONDS each, default 20;
+#      cargo-fuzz is installed when missing; the stable toolchain is enough).
 #
 # Machines that already have all of this can run `cargo test --workspace` alone.
 set -euo pipefail
@@ -77,3 +80,6 @@ cargo test --workspace
 
 echo "== deployment checks (deploy/checks)"
 CROWDTICK_TEST_BIN="$PWD/target/debug/crowdtick" target/pyenv/bin/pytest -q deploy/checks
+
+echo "== fuzz targets (scripts/fuzz.sh, ${FUZZ_SECONDS:-20}s each)"
+scripts/fuzz.sh "${FUZZ_SECONDS:-20}"

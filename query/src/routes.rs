@@ -89,6 +89,33 @@ fn parse_time(field: &str, s: &str) -> Result<i64, ApiError> {
         })
 }
 
+/// The longest poll title, in characters, as sent (before trimming) and as kept.
+pub const MAX_TITLE_CHARS: usize = 255;
+/// The longest option label, in characters, as sent (before trimming) and as kept.
+pub const MAX_OPTION_CHARS: usize = 200;
+
+/// The latest close `closes_in_secs` can set: ten years ahead (times are shown in RFC 3339, which
+/// ends with the year 9999, and no poll runs that long).
+pub const MAX_CLOSES_IN_SECS: u64 = 10 * 365 * 24 * 3600;
+
+/// A title or an option label as kept: the text as sent is at most `max` characters (surrounding
+/// whitespace counts: a huge run of spaces is refused, not trimmed away), and once its surrounding
+/// whitespace is trimmed it is not empty and holds no control character (newlines, tabs, escapes,
+/// NUL: a screen draws one line of printable text). Err: why, as the end of a sentence.
+fn poll_text(raw: &str, max: usize) -> Result<String, &'static str> {
+    if raw.chars().count() > max {
+        return Err(" (surrounding spaces count); this one is longer");
+    }
+    let text = raw.trim();
+    if text.is_empty() {
+        return Err("; this one is empty");
+    }
+    if text.chars().any(char::is_control) {
+        return Err("; this one holds a control character");
+    }
+    Ok(text.to_owned())
+}
+
 /// Checks a poll creation request and builds the poll (pure; also used by the seed API adapter).
 pub fn build_poll(
     req: &CreatePoll,
@@ -97,13 +124,12 @@ pub fn build_poll(
     now: i64,
     creator: Option<String>,
 ) -> Result<Poll, ApiError> {
-    let title = req.title.trim().to_owned();
-    if title.is_empty() || title.chars().count() > 255 {
-        return Err(ApiError::unprocessable(
+    let title = poll_text(&req.title, MAX_TITLE_CHARS).map_err(|why| {
+        ApiError::unprocessable(
             "invalid_title",
-            "title must be 1 to 255 characters",
-        ));
-    }
+            format!("title must be 1 to {MAX_TITLE_CHARS} characters of printable text{why}"),
+        )
+    })?;
     if req.options.len() < 2 || req.options.len() > MAX_OPTIONS {
         return Err(ApiError::unprocessable(
             "invalid_options",
@@ -113,20 +139,23 @@ pub fn build_poll(
             ),
         ));
     }
-    let options: Vec<String> = req.options.iter().map(|o| o.trim().to_owned()).collect();
-    for (i, o) in options.iter().enumerate() {
-        if o.is_empty() || o.chars().count() > 200 {
+    let mut options: Vec<String> = Vec::with_capacity(req.options.len());
+    for (i, raw) in req.options.iter().enumerate() {
+        let o = poll_text(raw, MAX_OPTION_CHARS).map_err(|why| {
+            ApiError::unprocessable(
+                "invalid_options",
+                format!(
+                    "option {i} must be 1 to {MAX_OPTION_CHARS} characters of printable text{why}"
+                ),
+            )
+        })?;
+        if let Some(first) = options.iter().position(|earlier| *earlier == o) {
             return Err(ApiError::unprocessable(
                 "invalid_options",
-                format!("option {i} must be 1 to 200 characters"),
+                format!("option {i} repeats option {first}"),
             ));
         }
-        if options[..i].contains(o) {
-            return Err(ApiError::unprocessable(
-                "invalid_options",
-                format!("option \"{o}\" appears twice"),
-            ));
-        }
+        options.push(o);
     }
     let max_choices = req.max_choices.unwrap_or(1);
     if max_choices == 0 || max_choices as usize > options.len() {
@@ -153,6 +182,12 @@ pub fn build_poll(
             return Err(ApiError::unprocessable(
                 "invalid_time",
                 "give closes_at or closes_in_secs, not both",
+            ));
+        }
+        if secs > MAX_CLOSES_IN_SECS {
+            return Err(ApiError::unprocessable(
+                "invalid_time",
+                format!("closes_in_secs must be at most {MAX_CLOSES_IN_SECS} (ten years)"),
             ));
         }
         closes_at = Some(now + secs as i64 * 1_000_000);
@@ -445,4 +480,123 @@ async fn rejections(
         "note": "edge: refused before the log (since this process started); processor: in the log but not counted",
     }))
     .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(title: &str, options: &[&str]) -> CreatePoll {
+        CreatePoll {
+            title: title.to_owned(),
+            options: options.iter().map(|o| (*o).to_owned()).collect(),
+            max_choices: None,
+            visibility: None,
+            open: true,
+            opens_at: None,
+            closes_at: None,
+            closes_in_secs: None,
+        }
+    }
+
+    fn build(req: &CreatePoll) -> Result<Poll, (StatusCode, &'static str, String)> {
+        build_poll(req, 1, "s".into(), 1_000_000, None).map_err(|e| (e.status, e.code, e.message))
+    }
+
+    fn refusal(req: &CreatePoll) -> (&'static str, String) {
+        match build(req) {
+            Ok(p) => panic!("accepted {p:?}"),
+            Err((status, code, message)) => {
+                assert_eq!(
+                    status,
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "{code}: {message}"
+                );
+                (code, message)
+            }
+        }
+    }
+
+    #[test]
+    fn keeps_titles_and_labels_trimmed() {
+        let p = build(&request("  Who wins?  ", &[" a", "b "])).unwrap();
+        assert_eq!(p.title, "Who wins?");
+        assert_eq!(p.options, ["a", "b"]);
+        let longest = "é".repeat(MAX_TITLE_CHARS);
+        assert_eq!(
+            build(&request(&longest, &["a", "b"])).unwrap().title,
+            longest,
+            "the limit counts characters, not bytes"
+        );
+    }
+
+    #[test]
+    fn refuses_control_characters_in_titles_and_labels() {
+        for title in [
+            "a\nb",
+            "a\u{0}",
+            "\u{1b}[31mred",
+            "tab\there",
+            "del\u{7f}",
+            "c1\u{85}x",
+        ] {
+            let (code, message) = refusal(&request(title, &["a", "b"]));
+            assert_eq!(code, "invalid_title", "{title:?}");
+            assert!(message.contains("control character"), "{message}");
+            assert!(
+                !message.contains(title),
+                "the message does not echo the input"
+            );
+        }
+        let (code, message) = refusal(&request("t", &["a", "b\r\nc"]));
+        assert_eq!(code, "invalid_options");
+        assert!(message.starts_with("option 1 "), "{message}");
+        // Surrounding newlines are whitespace and trimmed like spaces.
+        assert_eq!(build(&request("\nt\n", &["a", "b"])).unwrap().title, "t");
+    }
+
+    #[test]
+    fn checks_the_length_as_sent_not_only_after_trimming() {
+        let padded = format!("{}t{}", " ".repeat(200), " ".repeat(100));
+        let (code, message) = refusal(&request(&padded, &["a", "b"]));
+        assert_eq!(code, "invalid_title");
+        assert!(message.contains("longer"), "{message}");
+        let just_fits = format!("{}t", " ".repeat(MAX_TITLE_CHARS - 1));
+        assert_eq!(build(&request(&just_fits, &["a", "b"])).unwrap().title, "t");
+        assert_eq!(
+            refusal(&request(&"x".repeat(MAX_TITLE_CHARS + 1), &["a", "b"])).0,
+            "invalid_title"
+        );
+        let label = format!("{} b", " ".repeat(MAX_OPTION_CHARS));
+        assert_eq!(refusal(&request("t", &["a", &label])).0, "invalid_options");
+        assert_eq!(refusal(&request("   ", &["a", "b"])).0, "invalid_title");
+        assert_eq!(refusal(&request("t", &["a", " "])).0, "invalid_options");
+    }
+
+    #[test]
+    fn refuses_repeated_options_by_index() {
+        let (code, message) = refusal(&request("t", &["a", "b", " a "]));
+        assert_eq!(code, "invalid_options");
+        assert_eq!(message, "option 2 repeats option 0");
+    }
+
+    #[test]
+    fn refuses_a_close_beyond_ten_years_instead_of_overflowing() {
+        let mut req = request("t", &["a", "b"]);
+        for secs in [MAX_CLOSES_IN_SECS + 1, u64::MAX, i64::MAX as u64 + 1] {
+            req.closes_in_secs = Some(secs);
+            assert_eq!(refusal(&req).0, "invalid_time", "{secs}");
+        }
+        req.closes_in_secs = Some(MAX_CLOSES_IN_SECS);
+        let p = build(&req).unwrap();
+        assert_eq!(
+            p.closes_at,
+            Some(1_000_000 + MAX_CLOSES_IN_SECS as i64 * 1_000_000)
+        );
+        // Its time can be shown in RFC 3339 (formatting panics past the year 9999).
+        assert_eq!(
+            crate::views::format_time(p.closes_at.unwrap()),
+            "1979-12-30T00:00:01.000Z"
+        );
+    }
 }

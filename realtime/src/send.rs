@@ -68,6 +68,7 @@ mod tests {
             revealed,
             created_at: 0,
             creator: None,
+            voters: Default::default(),
         })
     }
 

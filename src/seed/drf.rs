@@ -278,6 +278,19 @@ pub fn label_index(labels: &[String], choice: &str) -> Option<usize> {
         .or_else(|| labels.iter().position(|l| l == choice.trim()))
 }
 
+/// The option a vote's `choice` names (pure): a label of `labels` (see [`label_index`]), else
+/// DRF's field error on `choice`.
+pub fn choice_option(labels: &[String], choice: Option<&Value>) -> Result<usize, DrfError> {
+    match choice {
+        None => Err(DrfError::field("choice", REQUIRED)),
+        Some(Value::Null) => Err(DrfError::field("choice", NULL)),
+        Some(v @ Value::String(label)) => {
+            label_index(labels, label).ok_or_else(|| DrfError::field("choice", invalid_choice(v)))
+        }
+        Some(v) => Err(DrfError::field("choice", invalid_choice(v))),
+    }
+}
+
 /// A path's poll id: anything but a positive integer is "no such poll" (404, like Django's URL
 /// converter plus `get_object_or_404`).
 pub fn path_poll_id(raw: &str) -> Option<PollId> {

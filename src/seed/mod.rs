@@ -66,9 +66,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, MethodRouter};
 use axum::{Json, Router};
 use drf::{
-    char_field, hidden_detail, label_index, parse_object, path_poll_id, CharRules, DrfError,
-    FieldErrors, LabelCounts, ALREADY_VOTED, BLANK, INVALID_EMAIL, INVALID_USERNAME, NULL,
-    REQUIRED, USERNAME_TAKEN,
+    char_field, hidden_detail, parse_object, path_poll_id, CharRules, DrfError, FieldErrors,
+    LabelCounts, ALREADY_VOTED, BLANK, INVALID_EMAIL, INVALID_USERNAME, NULL, REQUIRED,
+    USERNAME_TAKEN,
 };
 use ingest::validate::VoteIn;
 use parking_lot::Mutex;
@@ -277,13 +277,18 @@ impl Seed {
         poll: &Poll,
         choice: Option<&Value>,
     ) -> Result<String, DrfError> {
-        let option = match choice {
-            None => return Err(DrfError::field("choice", REQUIRED)),
-            Some(Value::Null) => return Err(DrfError::field("choice", NULL)),
-            Some(v @ Value::String(label)) => label_index(&poll.options, label)
-                .ok_or_else(|| DrfError::field("choice", drf::invalid_choice(v)))?,
-            Some(v) => return Err(DrfError::field("choice", drf::invalid_choice(v))),
-        };
+        let option = drf::choice_option(&poll.options, choice)?;
+        self.cast(user, poll, option).await
+    }
+
+    /// Votes for `option` (an index of `poll.options`) as `user`: once per (poll, user), answered
+    /// once durable. Returns the option's label.
+    pub async fn cast(
+        self: &Arc<Self>,
+        user: UserId,
+        poll: &Poll,
+        option: usize,
+    ) -> Result<String, DrfError> {
         if !self.voted.lock().insert((poll.id, user)) {
             return Err(DrfError::detail(StatusCode::BAD_REQUEST, ALREADY_VOTED));
         }

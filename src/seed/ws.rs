@@ -186,25 +186,39 @@ async fn client_message(
     poll_id: PollId,
     text: &str,
 ) -> Value {
-    let result = async {
-        seed.throttles.vote(peer)?;
-        let body = drf::parse_object(text.as_bytes())?;
-        let poll = seed
-            .app
-            .catalog
-            .get(poll_id)
-            .ok_or_else(DrfError::not_found)?;
-        let choice = body.get("choice");
-        let known = |v: &Value| {
-            v.as_str()
-                .is_some_and(|l| drf::label_index(&poll.options, l).is_some())
-        };
-        if choice.is_some_and(|v| !v.is_null() && !known(v)) {
-            return Err(DrfError::field("choice", NOT_A_CHOICE));
-        }
-        seed.vote(user, &poll, choice).await
+    if let Err(e) = seed.throttles.vote(peer) {
+        return reply(Err(e));
     }
-    .await;
+    let poll = seed.app.catalog.get(poll_id);
+    let result = match read_vote(text, poll.as_deref()) {
+        Ok((poll, option)) => seed.cast(user, poll, option).await,
+        Err(e) => Err(e),
+    };
+    reply(result)
+}
+
+/// Reads a client message (pure): `{"choice": label}` on `poll` (None: the poll is gone) gives
+/// the poll and the option voted for; anything else the error to answer, which never repeats what
+/// the client sent. Errors come in the order of the HTTP vote: the body, then the poll, then the
+/// choice.
+pub fn read_vote<'p>(text: &str, poll: Option<&'p Poll>) -> Result<(&'p Poll, usize), DrfError> {
+    let body = drf::parse_object(text.as_bytes())?;
+    let poll = poll.ok_or_else(DrfError::not_found)?;
+    let choice = body.get("choice");
+    let known = |v: &Value| {
+        v.as_str()
+            .is_some_and(|l| drf::label_index(&poll.options, l).is_some())
+    };
+    if choice.is_some_and(|v| !v.is_null() && !known(v)) {
+        return Err(DrfError::field("choice", NOT_A_CHOICE));
+    }
+    let option = drf::choice_option(&poll.options, choice)?;
+    Ok((poll, option))
+}
+
+/// The answer to a client message (pure): `{"vote": {"choice": label}}` or
+/// `{"error": sentence, "status": the HTTP status the same vote would get}`.
+pub fn reply(result: Result<String, DrfError>) -> Value {
     match result {
         Ok(label) => json!({"vote": {"choice": label}}),
         Err(e) => json!({"error": e.message(), "status": e.status.as_u16()}),
@@ -308,6 +322,45 @@ mod tests {
             last.message(&p, &snap(6, &[2, 2]), 1).as_deref(),
             Some(r#"{"results":{"a":2,"b":2}}"#)
         );
+    }
+
+    #[test]
+    fn reads_a_vote_message_or_says_what_is_wrong() {
+        let p = poll(Visibility::Live);
+        let read = |text: &str, poll: Option<&Poll>| {
+            read_vote(text, poll)
+                .map(|(_, option)| option)
+                .map_err(|e| {
+                    let answer = reply(Err(e));
+                    (
+                        answer["status"].as_u64().unwrap(),
+                        answer["error"].as_str().unwrap().to_owned(),
+                    )
+                })
+        };
+        assert_eq!(read(r#"{"choice": "b"}"#, Some(&p)), Ok(1));
+        assert_eq!(
+            read(r#"{"choice": " a "}"#, Some(&p)),
+            Ok(0),
+            "labels are trimmed"
+        );
+        let (status, error) = read(r#"{"choice": "c"}"#, Some(&p)).unwrap_err();
+        assert_eq!(status, 400);
+        assert!(error.starts_with("choice: "), "{error}");
+        assert_eq!(
+            read("{}", Some(&p)),
+            Err((400, "choice: This field is required.".to_owned()))
+        );
+        assert_eq!(read(r#"{"choice": 1}"#, Some(&p)).unwrap_err().0, 400);
+        assert_eq!(read("[1]", Some(&p)).unwrap_err().0, 400);
+        assert_eq!(read("{", Some(&p)).unwrap_err().0, 400);
+        assert_eq!(
+            read("{", None).unwrap_err().0,
+            400,
+            "the body is judged before the poll"
+        );
+        assert_eq!(read(r#"{"choice": "a"}"#, None).unwrap_err().0, 404);
+        assert_eq!(reply(Ok("a".into())), json!({"vote": {"choice": "a"}}));
     }
 
     #[test]

@@ -271,6 +271,7 @@ mod tests {
             revealed: false,
             created_at: 0,
             creator: None,
+            voters: Default::default(),
         }
     }
 
