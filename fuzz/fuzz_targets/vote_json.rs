@@ -6,6 +6,7 @@
 
 use crowdtick_fuzz::{assert_client_error, find, polls, CLOSES_AT, OPENS_AT};
 use ingest::validate::{self, VoteIn, MAX_VOTER_ID, MAX_VOTE_ID};
+use schemas::VoterNamespace;
 use libfuzzer_sys::fuzz_target;
 use schemas::poll::PollState;
 use schemas::Poll;
@@ -38,8 +39,16 @@ fuzz_target!(|data: &[u8]| {
 /// Judges the vote before its poll opens, while open, at the close instant and after it.
 fn judge_at_every_stage(vote: &VoteIn<'_>, polls: &[Poll]) {
     let poll = find(polls, vote.poll_id);
+    let voter = match validate::voter_of(vote, None, VoterNamespace::Device) {
+        Ok(voter) => voter,
+        Err(e) => return assert_client_error(&e),
+    };
+    let id = vote.voter_id.as_deref().expect("a device vote names its voter");
+    assert!((1..=MAX_VOTER_ID).contains(&id.len()));
+    assert!(!id.chars().any(char::is_control));
+    assert_eq!(voter.to_string(), format!("device:{id}"), "the device namespace");
     for at in [OPENS_AT - 1, OPENS_AT, CLOSES_AT, CLOSES_AT + 1, i64::MAX] {
-        match validate::judge(vote, poll, at) {
+        match validate::judge(vote, voter, poll, at) {
             Err(e) => assert_client_error(&e),
             Ok(choice) => {
                 let poll = poll.expect("a vote on no poll is accepted");
@@ -56,8 +65,6 @@ fn judge_at_every_stage(vote: &VoteIn<'_>, polls: &[Poll]) {
                 for (i, o) in chosen.iter().enumerate() {
                     assert!(!chosen[..i].contains(o), "option {o} counted twice");
                 }
-                assert!((1..=MAX_VOTER_ID).contains(&vote.voter_id.len()));
-                assert!(!vote.voter_id.chars().any(char::is_control));
                 if let Some(id) = &vote.vote_id {
                     assert!((1..=MAX_VOTE_ID).contains(&id.len()));
                     assert!(!id.chars().any(char::is_control));

@@ -496,6 +496,7 @@ mod tests {
             opens_at: None,
             closes_at: None,
             closes_in_secs: None,
+            voters: None,
         }
     }
 
