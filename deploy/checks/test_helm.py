@@ -871,7 +871,7 @@ def test_voter_token_secret_reads_back_as_the_same_string(chart: helm.Chart) -> 
 def test_toml_carries_admission_and_voter_tokens(chart: helm.Chart) -> None:
     default = tomllib.loads(find(render(chart, {}), "ConfigMap", "crowdtick")["data"]["crowdtick.toml"])
     assert {k: default["ingest"][k] for k in ("max_in_flight_votes", "shed_target_ms", "shed_interval_ms")} == \
-        {"max_in_flight_votes": 200000, "shed_target_ms": 100, "shed_interval_ms": 500}
+        {"max_in_flight_votes": 200000, "shed_target_ms": 500, "shed_interval_ms": 1000}
     assert "voter_tokens" not in default["ingest"]  # nothing set: the binary's defaults
     assert "aggregators" not in default["ingest"]  # secrets: from the environment only
 

@@ -28,8 +28,10 @@ impl Default for AdmissionConfig {
     fn default() -> Self {
         Self {
             max_in_flight_votes: 200_000,
-            target_delay: Duration::from_millis(100),
-            interval: Duration::from_millis(500),
+            // A quarter of the default 2 s deadline: a queue that stands this long for a whole
+            // second is one the edge should stop growing.
+            target_delay: Duration::from_millis(500),
+            interval: Duration::from_millis(1_000),
         }
     }
 }
