@@ -37,7 +37,7 @@ CROWDTICK_IMAGE = "crowdtick:local"
 # The long-running CrowdTick roles (the subcommand a service runs).
 NODE_ROLES = {"query", "ingest", "processor", "realtime", "serve"}
 # CROWDTICK_* variables that are not settings (the binary allows them; see src/config.rs).
-NOT_SETTINGS = {"CROWDTICK_CONFIG", "CROWDTICK_OPERATOR_KEY", "CROWDTICK_ALLOW_REMOTE"}
+NOT_SETTINGS = {"CROWDTICK_CONFIG", "CROWDTICK_OPERATOR_KEY", "CROWDTICK_AGGREGATOR_KEY", "CROWDTICK_ALLOW_REMOTE"}
 # Sources that register the exported metrics (`"crowdtick_…"` string literals).
 METRIC_SOURCE_DIRS = ["ingest", "processor", "realtime", "src", "storage", "query"]
 
@@ -775,7 +775,11 @@ def as_given(value, text: str) -> bool:
     if isinstance(value, (int, float)):
         return float(text) == value
     if isinstance(value, list):
-        return value == json.loads(text)
+        # A list of strings is given as JSON, a list of tables as a TOML inline array.
+        try:
+            return value == json.loads(text)
+        except json.JSONDecodeError:
+            return value == tomllib.loads(f"v = {text}")["v"]
     return value == text
 
 
