@@ -386,6 +386,14 @@ async fn throttle_vote(State(seed): State<Arc<Seed>>, req: Request, next: Next) 
 }
 
 /// The body, or DRF's error for one that could not be read (too large, cut off).
+/// Reads the body once the user is authenticated (as DRF does: `request.data` is parsed lazily,
+/// after authentication), so an anonymous client never makes the server wait for or buffer a body.
+/// The router's body limit still applies.
+async fn read_after_auth(req: Request) -> Result<Bytes, BytesRejection> {
+    use axum::extract::FromRequest;
+    Bytes::from_request(req, &()).await
+}
+
 fn body(b: Result<Bytes, BytesRejection>) -> Result<Bytes, DrfError> {
     b.map_err(|e| DrfError::detail(e.status(), e.body_text()))
 }
@@ -442,10 +450,11 @@ async fn register(
 async fn create_poll(
     State(seed): State<Arc<Seed>>,
     headers: HeaderMap,
-    raw: Result<Bytes, BytesRejection>,
+    req: Request,
 ) -> Result<Response, DrfError> {
     let user = seed.auth.authenticate(&headers).await?;
     seed.throttles.poll_creation(user)?;
+    let raw = read_after_auth(req).await;
     let poll = seed.create_poll(user, &body(raw)?).await?;
     let zeros = vec![0; poll.options.len()];
     let out = PollOut {
@@ -464,11 +473,11 @@ async fn vote(
     State(seed): State<Arc<Seed>>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    raw: Result<Bytes, BytesRejection>,
+    req: Request,
 ) -> Result<Response, DrfError> {
     let user = seed.auth.authenticate(&headers).await?;
     let poll = seed.poll(&id)?;
-    let body = parse_object(&body(raw)?)?;
+    let body = parse_object(&body(read_after_auth(req).await)?)?;
     let label = seed.vote(user, &poll, body.get("choice")).await?;
     Ok((
         StatusCode::ACCEPTED,
@@ -481,10 +490,10 @@ async fn vote(
 async fn vote_alias(
     State(seed): State<Arc<Seed>>,
     headers: HeaderMap,
-    raw: Result<Bytes, BytesRejection>,
+    req: Request,
 ) -> Result<Response, DrfError> {
     let user = seed.auth.authenticate(&headers).await?;
-    let body = parse_object(&body(raw)?)?;
+    let body = parse_object(&body(read_after_auth(req).await)?)?;
     let mut errors = FieldErrors::default();
     let poll = match body.get("poll") {
         None => {

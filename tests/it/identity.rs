@@ -440,3 +440,27 @@ async fn the_edge_sheds_load_and_counts_what_it_acknowledged() {
         "the shed votes are in /metrics"
     );
 }
+
+/// The old API authenticates before it reads a body (as DRF does): an anonymous request announcing
+/// a large body and sending none is refused at once, not after the body timeout.
+#[tokio::test]
+async fn the_old_api_authenticates_before_it_reads_a_body() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app_with(|_| {}).await;
+    for path in ["/api/polls/", "/api/polls/1/vote/", "/votes/"] {
+        let mut sock = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
+        );
+        sock.write_all(head.as_bytes()).await.unwrap();
+        let started = Instant::now();
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), sock.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("{path}: no answer before the body"))
+            .unwrap();
+        let answer = String::from_utf8_lossy(&buf[..n]);
+        assert!(answer.starts_with("HTTP/1.1 403"), "{path}: {answer}");
+        assert!(started.elapsed() < Duration::from_secs(2), "{path}");
+    }
+}
