@@ -235,9 +235,20 @@ pub fn store_error(e: StoreError) -> ApiError {
 async fn create_poll(
     State(s): State<QueryState>,
     headers: HeaderMap,
-    body: Bytes,
+    request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
     s.keys.require(&headers, None)?;
+    // The body is read only once the operator is known.
+    let body = <Bytes as axum::extract::FromRequest<()>>::from_request(request, &())
+        .await
+        .map_err(|e| match e.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "the poll is larger than the body limit",
+            ),
+            status => ApiError::new(status, "unreadable_body", e.body_text()),
+        })?;
     let req: CreatePoll = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request("malformed", format!("the body is not a valid poll: {e}"))
     })?;

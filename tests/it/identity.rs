@@ -441,13 +441,18 @@ async fn the_edge_sheds_load_and_counts_what_it_acknowledged() {
     );
 }
 
-/// The old API authenticates before it reads a body (as DRF does): an anonymous request announcing
-/// a large body and sending none is refused at once, not after the body timeout.
+/// The old API (as DRF does) and poll creation authenticate before they read a body: an anonymous
+/// request announcing a large body and sending none is refused at once, not after the body timeout.
 #[tokio::test]
-async fn the_old_api_authenticates_before_it_reads_a_body() {
+async fn the_old_api_and_poll_creation_authenticate_before_they_read_a_body() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let app = spawn_app_with(|_| {}).await;
-    for path in ["/api/polls/", "/api/polls/1/vote/", "/votes/"] {
+    for (path, refusal) in [
+        ("/api/polls/", "HTTP/1.1 403"),
+        ("/api/polls/1/vote/", "HTTP/1.1 403"),
+        ("/votes/", "HTTP/1.1 403"),
+        ("/v1/polls", "HTTP/1.1 401"),
+    ] {
         let mut sock = tokio::net::TcpStream::connect(app.addr).await.unwrap();
         let head = format!(
             "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
@@ -460,7 +465,7 @@ async fn the_old_api_authenticates_before_it_reads_a_body() {
             .unwrap_or_else(|_| panic!("{path}: no answer before the body"))
             .unwrap();
         let answer = String::from_utf8_lossy(&buf[..n]);
-        assert!(answer.starts_with("HTTP/1.1 403"), "{path}: {answer}");
+        assert!(answer.starts_with(refusal), "{path}: {answer}");
         assert!(started.elapsed() < Duration::from_secs(2), "{path}");
     }
 }
