@@ -11,6 +11,15 @@ pub const KEY: &str = "dev-operator-key";
 pub const AGG_KEY: &str = "dev-aggregator-key";
 
 /// A free loopback port (for a server the test starts as a child process).
+/// A client that keeps cookies (an old-API session, an operator session), with a 20 s timeout.
+pub fn cookie_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .cookie_store(true)
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -40,12 +40,7 @@ async fn post(app: &TestApp, path: &str, bearer: Option<&str>, body: Value) -> (
 #[tokio::test]
 async fn no_door_can_take_an_old_api_users_vote() {
     let app = spawn_app_with(|_| {}).await;
-    let jar = || {
-        reqwest::Client::builder()
-            .cookie_store(true)
-            .build()
-            .unwrap()
-    };
+    let jar = crate::helpers::cookie_client;
     // Three old-API users and their poll.
     let mut users = Vec::new();
     for name in ["ann", "ben", "cat"] {

@@ -14,11 +14,7 @@ use tokio_tungstenite::tungstenite::Message;
 const PASSWORD: &str = "correct-horse";
 
 fn new_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .cookie_store(true)
-        .timeout(Duration::from_secs(20))
-        .build()
-        .unwrap()
+    crate::helpers::cookie_client()
 }
 
 /// (status, Retry-After, JSON body).
