@@ -89,6 +89,9 @@ pub struct HttpSection {
     pub max_connections_per_address: usize,
     /// Loopback clients (local tools, a sidecar proxy) are exempt from the per-address cap.
     pub limits_exempt_loopback: bool,
+    /// A client that takes nothing written to it for this long is disconnected (a response, an
+    /// event stream or a WebSocket that stopped reading); 0: no deadline.
+    pub write_stall_timeout_ms: u64,
 }
 
 impl Default for HttpSection {
@@ -99,6 +102,7 @@ impl Default for HttpSection {
             max_connections: 0,
             max_connections_per_address: 256,
             limits_exempt_loopback: true,
+            write_stall_timeout_ms: 10_000,
         }
     }
 }
@@ -230,13 +234,15 @@ pub struct ProcessorSection {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct RealtimeSection {
-    /// At most one live update per connection per this many milliseconds.
+    /// At most one results update per poll per this many milliseconds (rendered once, shared by
+    /// every viewer of the poll).
     pub coalesce_ms: u64,
     /// Web origins (`https://partner.example.com`) whose pages may open WebSockets besides the
     /// server's own and `public_url`'s; `["*"]`: any. Clients that send no Origin are not pages.
     pub allowed_origins: Vec<String>,
-    /// A live client (WebSocket or SSE) that does not take a message within this is disconnected
-    /// (counted in `crowdtick_realtime_slow_consumers_dropped_total`).
+    /// A WebSocket client that does not take a message within this is disconnected (counted in
+    /// `crowdtick_realtime_slow_consumers_dropped_total`); every connection, SSE included, also
+    /// meets `http.write_stall_timeout_ms`.
     pub send_timeout_ms: u64,
 }
 

@@ -13,6 +13,9 @@
 //!   connects and says nothing, and a kept-alive connection's idle wait. The body read timeout is a
 //!   layer on the router ([`body_read_timeout`]: the longest pause within a body) and, at the edge,
 //!   one deadline for a vote's whole body (`ingest::routes::read_body`).
+//! - A write the client does not take within `http.write_stall_timeout_ms` ends the connection,
+//!   whatever it carries (a response, an event stream, a WebSocket): a client that stops reading
+//!   holds its socket and buffers for at most that long.
 //! - A connection's place at the gate goes with its socket, into a WebSocket after an upgrade, and
 //!   is freed when the socket closes: viewers count against the caps.
 //!
@@ -61,6 +64,9 @@ pub struct HttpMetrics {
     pub header_timeouts: AtomicU64,
     /// The cap in force (`max_connections`, or the one derived from the open-file limit).
     pub max_connections: AtomicU64,
+    /// Connections closed because the client took nothing written to it for
+    /// `http.write_stall_timeout_ms`.
+    pub write_stalls: AtomicU64,
 }
 
 /// Raises the soft open-file limit to the hard limit; returns the limit now in force.
@@ -208,6 +214,7 @@ pub async fn serve(
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms));
+    let write_stall_timeout = Duration::from_millis(limits.write_stall_timeout_ms);
     let (stop, stopping) = watch::channel(false);
     let mut connections = JoinSet::new();
     let mut last_descriptor_warning: Option<Instant> = None;
@@ -243,10 +250,7 @@ pub async fn serve(
             TowerToHyperService::new(axum::Extension(ConnectInfo(peer)).layer(router.clone()));
         // The permit travels with the socket, into a WebSocket after an upgrade: its place is
         // free only once the socket is closed.
-        let io = TokioIo::new(Admitted {
-            stream,
-            _permit: permit,
-        });
+        let io = TokioIo::new(Admitted::new(stream, permit, write_stall_timeout));
         let connection = http.serve_connection(io, service).with_upgrades();
         let (metrics, mut stopping) = (metrics.clone(), stopping.clone());
         connections.spawn(async move {
@@ -282,10 +286,84 @@ pub async fn serve(
     }
 }
 
-/// An admitted connection's socket, holding its place at the gate until it is closed.
+/// An admitted connection's socket, holding its place at the gate until it is closed, with a
+/// deadline on writes: a write the socket has not taken for `write_stall_timeout` fails with
+/// `TimedOut`, which ends the connection whatever it carries (a response, an event stream, a
+/// WebSocket). The deadline runs only while a write waits; its timer is made at the first stall.
 struct Admitted {
     stream: TcpStream,
-    _permit: Permit,
+    permit: Permit,
+    write_stall_timeout: Duration,
+    stall: Option<Pin<Box<tokio::time::Sleep>>>,
+    stalled: bool,
+}
+
+impl Admitted {
+    fn new(stream: TcpStream, permit: Permit, write_stall_timeout: Duration) -> Self {
+        Self {
+            stream,
+            permit,
+            write_stall_timeout,
+            stall: None,
+            stalled: false,
+        }
+    }
+
+    /// After a write that made progress (or failed): the deadline is off.
+    fn progressed<T>(&mut self, done: Poll<std::io::Result<T>>) -> Poll<std::io::Result<T>> {
+        if done.is_pending() {
+            return self.waiting(done);
+        }
+        self.stalled = false;
+        done
+    }
+
+    /// A write waits for room: start the deadline if it is not running, fail if it has passed.
+    fn waiting<T>(&mut self, pending: Poll<std::io::Result<T>>) -> Poll<std::io::Result<T>> {
+        if self.write_stall_timeout.is_zero() {
+            return pending;
+        }
+        let cx_deadline = tokio::time::Instant::now() + self.write_stall_timeout;
+        if !self.stalled {
+            self.stalled = true;
+            match &mut self.stall {
+                Some(sleep) => sleep.as_mut().reset(cx_deadline),
+                None => self.stall = Some(Box::pin(tokio::time::sleep_until(cx_deadline))),
+            }
+        }
+        pending
+    }
+
+    fn check_deadline(&mut self, cx: &mut Context<'_>) -> Option<std::io::Error> {
+        let sleep = self.stall.as_mut().filter(|_| self.stalled)?;
+        if sleep.as_mut().poll(cx).is_pending() {
+            return None;
+        }
+        self.permit
+            .gate
+            .metrics
+            .write_stalls
+            .fetch_add(1, Ordering::Relaxed);
+        Some(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the client took nothing within http.write_stall_timeout_ms",
+        ))
+    }
+
+    fn write_with<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        write: impl FnOnce(Pin<&mut TcpStream>, &mut Context<'_>) -> Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        let done = write(Pin::new(&mut self.stream), cx);
+        let done = self.progressed(done);
+        if done.is_pending() {
+            if let Some(e) = self.check_deadline(cx) {
+                return Poll::Ready(Err(e));
+            }
+        }
+        done
+    }
 }
 
 impl AsyncRead for Admitted {
@@ -304,7 +382,8 @@ impl AsyncWrite for Admitted {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+        self.get_mut()
+            .write_with(cx, |stream, cx| stream.poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
@@ -312,7 +391,8 @@ impl AsyncWrite for Admitted {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+        self.get_mut()
+            .write_with(cx, |stream, cx| stream.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -320,11 +400,13 @@ impl AsyncWrite for Admitted {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+        self.get_mut()
+            .write_with(cx, |stream, cx| stream.poll_flush(cx))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+        self.get_mut()
+            .write_with(cx, |stream, cx| stream.poll_shutdown(cx))
     }
 }
 

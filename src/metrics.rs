@@ -29,8 +29,24 @@ fn histogram(out: &mut String, name: &str, help: &str, h: &ingest::latency::Late
     let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
 }
 
+/// Resident memory of this process in bytes (Linux: `VmRSS` of /proc/self/status; 0 elsewhere).
+pub fn resident_memory_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
 pub async fn render(State(s): State<AppState>) -> impl IntoResponse {
     let mut out = String::with_capacity(4096);
+    gauge(
+        &mut out,
+        "process_resident_memory_bytes",
+        "Resident memory of this process.",
+        resident_memory_bytes(),
+    );
     let h = &s.http_metrics;
     gauge(
         &mut out,
@@ -70,6 +86,12 @@ pub async fn render(State(s): State<AppState>) -> impl IntoResponse {
         "crowdtick_http_header_timeouts_total",
         "Connections closed because headers (or the next request when kept alive) came too late.",
         &h.header_timeouts,
+    );
+    counter(
+        &mut out,
+        "crowdtick_http_write_stalls_total",
+        "Connections closed because the client took nothing for http.write_stall_timeout_ms.",
+        &h.write_stalls,
     );
     if let Some(l) = &s.log_metrics {
         counter(
@@ -270,6 +292,12 @@ pub async fn render(State(s): State<AppState>) -> impl IntoResponse {
             "crowdtick_realtime_connections",
             "Open WebSocket/SSE connections.",
             rt.connections.load(Ordering::Relaxed),
+        );
+        gauge(
+            &mut out,
+            "crowdtick_realtime_feeds",
+            "Polls being watched (one feed each, rendered once per update for all its viewers).",
+            rt.feeds() as u64,
         );
         counter(
             &mut out,

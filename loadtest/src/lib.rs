@@ -15,6 +15,8 @@
 //! - [`report`]: percentiles from an HdrHistogram, the printed and JSON report.
 //! - [`polls`]: creating the run's polls or reading `--poll-ids`.
 //! - [`screen`]: vote-to-screen latency over WebSockets (`--screen-latency`).
+//! - [`viewers`]: an audience of live viewers held open during the run (`--viewers N`), with
+//!   their lag from tally to screen.
 //!
 //! Beside the crate: `locust/locustfile.py` (Locust scenarios for the seed API and /v1) and
 //! `kafka-perf.md` (Kafka perf-test recipes for the votes topic).
@@ -27,6 +29,7 @@ pub mod report;
 pub mod run;
 pub mod screen;
 pub mod verify;
+pub mod viewers;
 
 use clap::Args;
 use client::{Conn, Target};
@@ -158,6 +161,31 @@ pub struct LoadgenArgs {
     /// votes only.
     #[arg(long, conflicts_with = "batch")]
     pub screen_latency: bool,
+    /// Live viewers to hold open during the run, spread over the run's polls as the public (no
+    /// key). They are opened before the votes start; the report adds how fast they were
+    /// accepted, the messages they got per second and their lag from tally to screen (each
+    /// results message's `updated_at` to its arrival). One process holds as many as its
+    /// open-file limit allows; `scripts/viewers.sh` spreads more over several processes.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub viewers: usize,
+    /// How viewers connect.
+    #[arg(long, value_enum, default_value = "ws")]
+    pub viewer_transport: viewers::Transport,
+    /// Loopback source addresses the viewers connect from (127.0.0.2 onwards), so the client's
+    /// ports do not run out (about 28,000 connections each). Only for a loopback --url.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub viewer_sources: u8,
+    /// The last byte of the first viewer source address (127.0.0.N): several viewer processes
+    /// on one machine each take their own addresses.
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    pub viewer_first_source: u8,
+    /// Viewer connection attempts in flight at once while opening.
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    pub viewer_concurrency: usize,
+    /// Send no votes: open the --viewers, hold them for --duration seconds (default 10) and
+    /// report. Polls: --poll-ids, or new ones.
+    #[arg(long)]
+    pub viewers_only: bool,
     /// Threads that run the connections. One (the default) keeps the generator on one core and
     /// leaves the others to the server under test; more only helps a generator on its own machine.
     #[arg(long, default_value_t = 1, value_name = "N")]
@@ -205,6 +233,16 @@ fn validate(args: &LoadgenArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
         (1..=256).contains(&args.threads),
         "--threads must be within 1..=256"
+    );
+    anyhow::ensure!(
+        args.viewer_sources >= 1
+            && args.viewer_first_source >= 1
+            && args.viewer_first_source as u16 + args.viewer_sources as u16 <= 255,
+        "--viewer-first-source N and --viewer-sources K: addresses 127.0.0.N … 127.0.0.(N+K−1), within 127.0.0.1–254"
+    );
+    anyhow::ensure!(
+        !args.viewers_only || args.viewers > 0,
+        "--viewers-only needs --viewers N"
     );
     if let Some(p) = &args.voter_prefix {
         anyhow::ensure!(
@@ -346,6 +384,45 @@ async fn run_main(args: &LoadgenArgs, control: Arc<Control>) -> anyhow::Result<(
         Some(p) => Some(record::RecordSink::create(p, &prefix, &polls)?),
         None => None,
     };
+    let audience = if args.viewers > 0 {
+        let limit = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024);
+        if args.viewers as u64 + 256 > limit {
+            eprintln!(
+                "warning: {} viewers need as many files, and this process may open {limit}; \
+                 run several loadgen --viewers-only processes (scripts/viewers.sh)",
+                args.viewers
+            );
+        }
+        Some(
+            viewers::Viewers::open(
+                &target,
+                viewers::ViewerOptions {
+                    count: args.viewers,
+                    transport: args.viewer_transport,
+                    sources: args.viewer_sources,
+                    first_source: args.viewer_first_source,
+                    concurrency: args.viewer_concurrency,
+                    polls: poll_ids.clone(),
+                    progress: !args.quiet,
+                },
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
+    if args.viewers_only {
+        let secs = args.duration.unwrap_or(10.0);
+        eprintln!("viewers: holding them for {secs} s");
+        tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+        let report = audience.expect("--viewers-only needs viewers").finish();
+        report.print();
+        if let Some(p) = &args.json_report {
+            std::fs::write(p, serde_json::to_vec_pretty(&report)?)
+                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", p.display()))?;
+        }
+        return Ok(());
+    }
     let screen = if args.screen_latency {
         Some(screen::ScreenWatch::start(&target, &args.operator_key, &polls).await?)
     } else {
@@ -446,6 +523,7 @@ async fn run_main(args: &LoadgenArgs, control: Arc<Control>) -> anyhow::Result<(
         connections_opened: outcome.connections_opened,
         screen_latency,
         screen_unseen,
+        viewers: audience.map(viewers::Viewers::finish),
         verify: None,
     };
     report.print();
@@ -508,6 +586,10 @@ mod tests {
         assert!(validate(&parse(&["--options", "65"]).unwrap()).is_err());
         assert!(validate(&parse(&["--voter-prefix", "a\"b"]).unwrap()).is_err());
         assert!(validate(&parse(&["--rate", "0"]).unwrap()).is_err());
+        assert!(validate(&parse(&["--viewers-only"]).unwrap()).is_err());
+        let v = parse(&["--viewers", "100", "--viewer-transport", "sse"]).unwrap();
+        assert_eq!(v.viewer_transport, viewers::Transport::Sse);
+        assert!(validate(&v).is_ok());
     }
 
     #[test]

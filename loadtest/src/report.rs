@@ -95,6 +95,8 @@ pub struct Report {
     /// Vote-to-screen latency (`--screen-latency`).
     pub screen_latency: Option<Latency>,
     pub screen_unseen: Option<u64>,
+    /// With `--viewers`: what the live viewers measured.
+    pub viewers: Option<crate::viewers::ViewerReport>,
     pub verify: Option<Verification>,
 }
 
@@ -166,6 +168,9 @@ impl Report {
                 s.count,
                 self.screen_unseen.unwrap_or(0)
             );
+        }
+        if let Some(v) = &self.viewers {
+            v.print();
         }
     }
 }

@@ -3,23 +3,21 @@
 //! Who sees embargoed counts: an operator (`Authorization: Bearer <key>`, `X-Api-Key`, or the
 //! console's session cookie) or a screen token for the poll (`?token=`); `?key=` is refused (401).
 
-use crate::send::Outbox;
 use crate::Realtime;
+use axum::body::Body;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::http::{header, HeaderMap, HeaderName};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use futures::{SinkExt, StreamExt};
+use bytes::Bytes;
 use query::routes::KeyQuery;
 use schemas::{ApiError, PollId};
 use std::convert::Infallible;
 use std::sync::Arc;
-use tokio::sync::mpsc::error::SendTimeoutError;
-use tokio_stream::wrappers::ReceiverStream;
+use std::time::Duration;
 
 pub fn router(rt: Arc<Realtime>) -> Router {
     Router::new()
@@ -57,6 +55,12 @@ fn sees_embargoed(
     rt.keys.sees_embargoed(headers, q.key(), q.token(), id)
 }
 
+/// Per-connection WebSocket buffers: client messages are a few bytes (at most
+/// [`crate::MAX_CLIENT_MESSAGE_BYTES`]), and each frame is written out at once, so a viewer holds
+/// no buffer of its own beyond what its largest message needs (tungstenite's defaults reserve
+/// 128 KiB for reading at the upgrade).
+const WS_READ_BUFFER_BYTES: usize = 256;
+
 async fn ws(
     State(rt): State<Arc<Realtime>>,
     Path(id): Path<String>,
@@ -71,44 +75,25 @@ async fn ws(
         )
     })?;
     rt.origins.check(&headers).map_err(forbidden_origin)?;
-    let upgrade = upgrade
-        .max_message_size(crate::MAX_CLIENT_MESSAGE_BYTES)
-        .max_frame_size(crate::MAX_CLIENT_MESSAGE_BYTES);
+    let upgrade = lean(upgrade);
     let id = poll_id(&id)?;
     let operator = sees_embargoed(&rt, &headers, &q, id)?;
-    let sub = rt
-        .subscribe(id)
+    let mut sub = rt
+        .subscribe(id, operator)
         .ok_or_else(|| ApiError::not_found("unknown_poll", format!("there is no poll {id}")))?;
     Ok(upgrade
-        .on_upgrade(move |socket| async move {
-            let (mut tx, mut rx) = socket.split();
-            // `Subscription::next` must not be cancelled midway (it may have taken a change it
-            // has not returned yet), so incoming frames are read by their own task and only a
-            // closed connection interrupts the loop.
-            let (closed_tx, mut closed) = tokio::sync::oneshot::channel::<()>();
-            let reader = tokio::spawn(async move {
-                while let Some(Ok(msg)) = rx.next().await {
-                    if matches!(msg, Message::Close(_)) {
-                        break;
-                    }
-                }
-                let _ = closed_tx.send(());
-            });
-            let mut sub = sub;
-            let mut outbox = Outbox::new(operator);
+        .on_upgrade(move |mut socket| async move {
             loop {
-                let update = tokio::select! {
-                    u = sub.next() => u,
-                    _ = &mut closed => break,
+                // Both are cancel-safe: whichever loses the race loses nothing.
+                let text = tokio::select! {
+                    text = sub.next_ws() => text,
+                    incoming = socket.recv() => match incoming {
+                        None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+                        Some(Ok(_)) => continue, // pings are answered by the library
+                    },
                 };
-                let Some(text) = outbox.message(&update) else {
-                    continue;
-                };
-                let sent = tokio::select! {
-                    sent = tokio::time::timeout(rt.send_timeout, tx.send(Message::Text(text.into()))) => sent,
-                    _ = &mut closed => break,
-                };
-                match sent {
+                match tokio::time::timeout(rt.send_timeout, socket.send(Message::Text(text))).await
+                {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => break,
                     Err(_) => {
@@ -117,10 +102,21 @@ async fn ws(
                     }
                 }
             }
-            reader.abort();
         })
         .into_response())
 }
+
+/// A WebSocket upgrade with the limits and small buffers every live socket here uses.
+pub fn lean(upgrade: WebSocketUpgrade) -> WebSocketUpgrade {
+    upgrade
+        .max_message_size(crate::MAX_CLIENT_MESSAGE_BYTES)
+        .max_frame_size(crate::MAX_CLIENT_MESSAGE_BYTES)
+        .read_buffer_size(WS_READ_BUFFER_BYTES)
+        .write_buffer_size(0)
+}
+
+/// How often an idle event stream gets a comment line, so proxies keep it open.
+const SSE_KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 async fn sse(
     State(rt): State<Arc<Realtime>>,
@@ -131,36 +127,25 @@ async fn sse(
     let id = poll_id(&id)?;
     let operator = sees_embargoed(&rt, &headers, &q, id)?;
     let sub = rt
-        .subscribe(id)
+        .subscribe(id, operator)
         .ok_or_else(|| ApiError::not_found("unknown_poll", format!("there is no poll {id}")))?;
-    // hyper pulls the next event only once the socket has taken the previous ones, so the
-    // events are made by a task that waits at most `send_timeout` for each to be taken; a
-    // client that takes none for that long loses its subscription, and its stream ends.
-    let (events, rx) = tokio::sync::mpsc::channel::<Event>(1);
-    tokio::spawn(async move {
-        let mut sub = sub;
-        let mut outbox = Outbox::new(operator);
-        loop {
-            let update = tokio::select! {
-                u = sub.next() => u,
-                _ = events.closed() => break,
-            };
-            let Some(text) = outbox.message(&update) else {
-                continue;
-            };
-            let event = Event::default().event(update.event_name()).data(text);
-            match events.send_timeout(event, rt.send_timeout).await {
-                Ok(()) => {}
-                Err(SendTimeoutError::Closed(_)) => break,
-                Err(SendTimeoutError::Timeout(_)) => {
-                    rt.dropped_slow_consumer(id, "sse");
-                    break;
-                }
-            }
-        }
+    // hyper pulls the next event only once it has room to write it, and the subscription always
+    // has the newest state: no task or channel per viewer. A client whose socket takes nothing
+    // for `http.write_stall_timeout_ms` is closed by the listener.
+    let events = futures::stream::unfold(sub, |mut sub| async move {
+        let event = tokio::select! {
+            event = sub.next_sse() => event,
+            _ = tokio::time::sleep(SSE_KEEP_ALIVE) => Bytes::from_static(b":\n\n"),
+        };
+        Some((Ok::<_, Infallible>(event), sub))
     });
-    let stream = ReceiverStream::new(rx).map(Ok::<_, Infallible>);
-    Ok(Sse::new(stream)
-        .keep_alive(KeepAlive::default())
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+            (HeaderName::from_static("x-accel-buffering"), "no"),
+        ],
+        Body::from_stream(events),
+    )
         .into_response())
 }

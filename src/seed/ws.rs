@@ -31,7 +31,6 @@ use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
-use futures::future::BoxFuture;
 use futures::stream::SplitSink;
 use futures::{SinkExt, StreamExt};
 use processor::Snapshot;
@@ -67,14 +66,12 @@ pub async fn handler(
         )
         .into_response();
     }
-    let upgrade = upgrade
-        .max_message_size(realtime::MAX_CLIENT_MESSAGE_BYTES)
-        .max_frame_size(realtime::MAX_CLIENT_MESSAGE_BYTES);
+    let upgrade = realtime::routes::lean(upgrade);
     // Credentials first, then the poll (a refused client is never counted as a viewer).
     let outcome = match seed.auth.authenticate(&headers).await {
         Err(e) => Err(e.message()),
         Ok(user) => drf::path_poll_id(&id)
-            .and_then(|id| seed.realtime.subscribe(id))
+            .and_then(|id| seed.realtime.subscribe(id, true))
             .map(|sub| (user, sub))
             .ok_or_else(|| drf::NO_POLL.to_owned()),
     };
@@ -111,30 +108,20 @@ async fn refuse(mut socket: WebSocket, reason: &str) {
     .await;
 }
 
-/// The next update, owning the subscription: the future is kept across loop turns and never
-/// dropped half-way (`Subscription::next` is not cancel-safe: a dropped call can lose a change).
-fn next_update(mut sub: Subscription) -> BoxFuture<'static, (Subscription, Update)> {
-    Box::pin(async move {
-        let update = sub.next().await;
-        (sub, update)
-    })
-}
-
 async fn serve(
     seed: Arc<Seed>,
     socket: WebSocket,
     user: UserId,
     peer: Option<IpAddr>,
-    sub: Subscription,
+    mut sub: Subscription,
 ) {
-    let poll_id = sub.poll().id;
+    let poll_id = sub.poll_id();
     let (mut tx, mut rx) = socket.split();
-    let mut next = next_update(sub);
     let mut last = LastSent::default();
     loop {
+        // Both are cancel-safe: whichever loses the race loses nothing.
         tokio::select! {
-            (sub, update) = &mut next => {
-                next = next_update(sub);
+            update = sub.next() => {
                 let Update::Results(poll, snap) = update else { continue };
                 if let Some(msg) = last.message(&poll, &snap, now_micros()) {
                     if !send_within(&seed, &mut tx, poll_id, msg).await {

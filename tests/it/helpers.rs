@@ -205,6 +205,24 @@ impl TestApp {
         .await
     }
 
+    /// The value of a metric without labels in `GET /metrics` (panics if it is not exported).
+    pub async fn metric(&self, name: &str) -> u64 {
+        let text = self
+            .client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name} is not exported"))
+            .parse()
+            .unwrap()
+    }
+
     pub async fn results(&self, poll: i64) -> Value {
         let (status, body) = self
             .call("GET", &format!("/v1/polls/{poll}/results"), None, true)

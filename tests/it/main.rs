@@ -13,3 +13,5 @@ mod limits;
 mod operator_access;
 mod poll_limits;
 mod seed_api;
+mod viewers;
+mod viewers_at_scale;

@@ -108,19 +108,7 @@ async fn first_sse_results(resp: &mut reqwest::Response) -> Value {
 }
 
 async fn metric(app: &TestApp, name: &str) -> u64 {
-    let text = bare()
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .unwrap_or_else(|| panic!("{name} is not exported"))
-        .parse()
-        .unwrap()
+    app.metric(name).await
 }
 
 #[tokio::test]
@@ -544,7 +532,13 @@ async fn non_reading_ws(
 
 #[tokio::test]
 async fn live_clients_that_stop_reading_are_dropped_within_the_deadline() {
-    let app = spawn_app_with(|c| c.realtime.send_timeout_ms = 1_000).await;
+    // The WebSocket meets the realtime send deadline (1 s); the event stream, whose events hyper
+    // writes, meets the listener's write-stall deadline (2 s).
+    let app = spawn_app_with(|c| {
+        c.realtime.send_timeout_ms = 1_000;
+        c.http.write_stall_timeout_ms = 2_000;
+    })
+    .await;
     // Big messages (64 options of 200 characters: ~17 KB each), so buffers fill in seconds.
     let labels: Vec<String> = (0..64)
         .map(|i| format!("{i:02}{}", "x".repeat(198)))
@@ -600,11 +594,14 @@ async fn live_clients_that_stop_reading_are_dropped_within_the_deadline() {
         })
     };
     let started = Instant::now();
-    while metric(&app, "crowdtick_realtime_slow_consumers_dropped_total").await < 2 {
+    while metric(&app, "crowdtick_realtime_slow_consumers_dropped_total").await < 1
+        || metric(&app, "crowdtick_http_write_stalls_total").await < 1
+    {
         assert!(
             started.elapsed() < Duration::from_secs(40),
-            "the stalled clients were not dropped ({} dropped)",
-            metric(&app, "crowdtick_realtime_slow_consumers_dropped_total").await
+            "the stalled clients were not dropped ({} WebSocket, {} write stalls)",
+            metric(&app, "crowdtick_realtime_slow_consumers_dropped_total").await,
+            metric(&app, "crowdtick_http_write_stalls_total").await
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -618,8 +615,9 @@ async fn live_clients_that_stop_reading_are_dropped_within_the_deadline() {
     assert_eq!(metric(&app, "crowdtick_realtime_connections").await, 1);
     assert_eq!(
         metric(&app, "crowdtick_realtime_slow_consumers_dropped_total").await,
-        2
+        1
     );
+    assert_eq!(metric(&app, "crowdtick_http_write_stalls_total").await, 1);
     for v in &voting {
         v.abort();
     }
@@ -634,7 +632,21 @@ async fn live_clients_that_stop_reading_are_dropped_within_the_deadline() {
     })
     .await;
     assert!(closed.is_ok(), "the dropped socket was never closed");
-    drop(stalled_sse);
+    // So does the stalled event stream: its TCP connection is closed, not just its subscription.
+    let sse_closed = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut sink = vec![0u8; 64 << 10];
+        loop {
+            match stalled_sse.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        sse_closed.is_ok(),
+        "the stalled event stream's connection stayed open"
+    );
     // How long their buffers took to fill depends on the machine; the deadline itself runs from
     // the moment a message could not be written.
     println!("both stalled clients dropped {dropped_after:?} after votes began (deadline 1 s)");

@@ -1,0 +1,267 @@
+//! What a poll's viewers are sent, encoded once per poll and shared by every viewer (pure: no I/O).
+//!
+//! A [`Frame`] holds, for one moment of one poll, the results message for each audience (the
+//! public, and operators and screen-token holders who see embargoed counts) and the viewer-count
+//! message, each already encoded for both transports ([`Encoded`]: the SSE event's bytes and the
+//! WebSocket text are one buffer). A viewer's connection only copies the bytes to its socket.
+//!
+//! Each message carries a sequence number that moves only when the message's bytes change, so a
+//! viewer sends a message when its sequence is new. This is also the embargo's rule: while a
+//! poll's counts are hidden from the public, the public message holds nothing that moves with the
+//! votes (`query::views::results_view`), so it changes (and is sent) only when the poll's state
+//! does, and not even the timing of messages tells how busy the poll is.
+
+use axum::extract::ws::Utf8Bytes;
+use bytes::Bytes;
+use processor::Snapshot;
+use query::views::results_view;
+use schemas::Poll;
+use serde::Serialize;
+use std::sync::Arc;
+
+/// One message in both transports' encodings, sharing one buffer.
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    /// `event: <name>\ndata: <json>\n\n`
+    sse: Bytes,
+    /// The JSON alone (a slice of `sse`).
+    json: Utf8Bytes,
+}
+
+impl Encoded {
+    fn new(event: &str, json: &str) -> Self {
+        let mut text = String::with_capacity(event.len() + json.len() + 16);
+        text.push_str("event: ");
+        text.push_str(event);
+        text.push_str("\ndata: ");
+        let start = text.len();
+        text.push_str(json);
+        let end = text.len();
+        text.push_str("\n\n");
+        let sse = Bytes::from(text);
+        // A slice of valid UTF-8 at char boundaries: the conversion cannot fail.
+        let json = Utf8Bytes::try_from(sse.slice(start..end)).unwrap_or_default();
+        Self { sse, json }
+    }
+
+    /// The Server-Sent Events encoding.
+    pub fn sse(&self) -> Bytes {
+        self.sse.clone()
+    }
+
+    /// The WebSocket text message (the JSON alone).
+    pub fn ws(&self) -> Utf8Bytes {
+        self.json.clone()
+    }
+
+    pub fn json(&self) -> &str {
+        self.json.as_str()
+    }
+}
+
+/// A message and the sequence number that moves when its bytes do (the first is 1).
+#[derive(Debug, Clone)]
+pub struct Versioned {
+    pub seq: u64,
+    pub message: Encoded,
+}
+
+impl Versioned {
+    fn next(prev: Option<&Versioned>, event: &str, json: String) -> Self {
+        match prev {
+            Some(p) if p.message.json() == json => p.clone(),
+            _ => Versioned {
+                seq: prev.map_or(1, |p| p.seq + 1),
+                message: Encoded::new(event, &json),
+            },
+        }
+    }
+}
+
+/// One poll's messages at one moment.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    pub poll: Arc<Poll>,
+    pub snapshot: Arc<Snapshot>,
+    /// The results as the public sees them (hidden while embargoed).
+    pub public: Versioned,
+    /// The results as operators and screen-token holders see them.
+    pub operator: Versioned,
+    pub viewers: u64,
+    /// `{"type":"viewers","count":n}`
+    pub viewers_message: Versioned,
+}
+
+impl Frame {
+    /// The results message for an audience.
+    pub fn results(&self, operator: bool) -> &Versioned {
+        if operator {
+            &self.operator
+        } else {
+            &self.public
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Tagged<'a, T: Serialize> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(flatten)]
+    body: &'a T,
+    /// When this node's results board took the tally (µs since the epoch); only with visible
+    /// counts. Viewers measure their lag with it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    updated_at: Option<i64>,
+}
+
+/// The `/v1` results message: `{"type": "results", …}` (see `query::views::results_view`).
+pub fn results_json(poll: &Poll, snapshot: &Snapshot, operator: bool, now: i64) -> String {
+    let view = results_view(poll, snapshot, operator, now);
+    let updated_at = (!view.hidden).then_some(snapshot.updated_at);
+    serde_json::to_string(&Tagged {
+        kind: "results",
+        body: &view,
+        updated_at,
+    })
+    .unwrap_or_default()
+}
+
+/// The `/v1` viewer-count message.
+pub fn viewers_json(count: u64) -> String {
+    format!(r#"{{"type":"viewers","count":{count}}}"#)
+}
+
+/// The frame after `prev` for `poll` with `snapshot` and `viewers` at `now`: each message is
+/// encoded once, and keeps its sequence number when its bytes are unchanged.
+pub fn render(
+    prev: Option<&Frame>,
+    poll: Arc<Poll>,
+    snapshot: Arc<Snapshot>,
+    viewers: u64,
+    now: i64,
+) -> Frame {
+    let public = Versioned::next(
+        prev.map(|p| &p.public),
+        "results",
+        results_json(&poll, &snapshot, false, now),
+    );
+    let operator = Versioned::next(
+        prev.map(|p| &p.operator),
+        "results",
+        results_json(&poll, &snapshot, true, now),
+    );
+    let viewers_message = match prev {
+        Some(p) if p.viewers == viewers => p.viewers_message.clone(),
+        _ => Versioned::next(
+            prev.map(|p| &p.viewers_message),
+            "viewers",
+            viewers_json(viewers),
+        ),
+    };
+    Frame {
+        poll,
+        snapshot,
+        public,
+        operator,
+        viewers,
+        viewers_message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use schemas::Visibility;
+
+    fn poll(visibility: Visibility, revealed: bool) -> Arc<Poll> {
+        Arc::new(Poll {
+            id: 1,
+            slug: "s".into(),
+            title: "t".into(),
+            options: vec!["a".into(), "b".into()],
+            max_choices: 1,
+            visibility,
+            opens_at: None,
+            closes_at: None,
+            opened_at: Some(0),
+            closed_at: None,
+            revealed,
+            created_at: 0,
+            creator: None,
+            voters: Default::default(),
+        })
+    }
+
+    fn snap(version: i64, a: i64) -> Arc<Snapshot> {
+        Arc::new(Snapshot {
+            poll_id: 1,
+            version,
+            counts: vec![a, 0],
+            voters: a,
+            offsets: vec![a],
+            updated_at: 1_000 + version,
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn hidden_results_move_only_with_the_polls_state_and_operators_see_every_change() {
+        let hidden = poll(Visibility::OnReveal, false);
+        let first = render(None, hidden.clone(), snap(1, 1), 1, 5);
+        assert_eq!((first.public.seq, first.operator.seq), (1, 1));
+        let public = first.public.message.json();
+        assert!(public.contains(r#""hidden":true"#), "{public}");
+        for banned in ["version", "offsets", "updated_at", "counts"] {
+            assert!(!public.contains(banned), "{banned} in {public}");
+        }
+        let mut frame = first.clone();
+        for v in 2..10 {
+            frame = render(Some(&frame), hidden.clone(), snap(v, v), 1, 5);
+            assert_eq!(frame.public.seq, 1, "the hidden message did not move");
+            assert_eq!(frame.operator.seq, v as u64, "operators see each change");
+            let op = frame.operator.message.json();
+            assert!(op.contains(&format!(r#""version":{v}"#)), "{op}");
+            assert!(
+                op.contains(&format!(r#""updated_at":{}"#, 1_000 + v)),
+                "{op}"
+            );
+        }
+        let revealed = render(
+            Some(&frame),
+            poll(Visibility::OnReveal, true),
+            snap(9, 9),
+            1,
+            5,
+        );
+        assert_eq!(revealed.public.seq, 2);
+        assert!(revealed.public.message.json().contains(r#""version":9"#));
+    }
+
+    #[test]
+    fn live_results_are_public_and_the_viewer_count_moves_only_when_it_changes() {
+        let live = poll(Visibility::Live, false);
+        let a = render(None, live.clone(), snap(1, 1), 3, 5);
+        let b = render(Some(&a), live.clone(), snap(2, 2), 3, 5);
+        assert_eq!(b.public.seq, 2);
+        assert_eq!(b.viewers_message.seq, a.viewers_message.seq);
+        let c = render(Some(&b), live, snap(2, 2), 4, 5);
+        assert_eq!(c.public.seq, 2, "same results, same message");
+        assert_eq!(c.viewers_message.seq, a.viewers_message.seq + 1);
+        assert_eq!(
+            c.viewers_message.message.json(),
+            r#"{"type":"viewers","count":4}"#
+        );
+    }
+
+    #[test]
+    fn both_encodings_share_one_buffer_and_are_well_formed() {
+        let e = Encoded::new("results", r#"{"a":1}"#);
+        assert_eq!(&e.sse()[..], b"event: results\ndata: {\"a\":1}\n\n");
+        assert_eq!(e.ws().as_str(), r#"{"a":1}"#);
+        let sse = e.sse();
+        let ws = e.ws();
+        let inside = sse.as_ptr_range();
+        assert!(inside.contains(&ws.as_str().as_ptr()), "one buffer");
+    }
+}

@@ -1,0 +1,188 @@
+//! A measurement, not a check (ignored; `scripts/viewers.sh` runs it): an audience larger than
+//! one process may hold files for, on distributed realtime nodes (each follows the tallies topic
+//! on its own), while votes flow through an ingest edge and a processor on a tansu broker.
+//!
+//! `CROWDTICK_BENCH_VIEWERS` (default 100000) viewers are spread over as many realtime nodes as
+//! the open-file limit needs (at most 18,000 each), each node watched by its own
+//! `crowdtick loadgen --viewers-only` process from its own loopback source addresses; meanwhile
+//! `crowdtick loadgen` votes at `CROWDTICK_BENCH_VOTE_RATE` (default 10000) per second for
+//! `CROWDTICK_BENCH_SECS` (default 20). Prints the viewers held, how fast they were accepted,
+//! the realtime nodes' RSS (idle, and the peak while holding), the messages delivered per second,
+//! the lag from tally to viewer, and the votes' latency.
+
+use crate::cluster::{Cluster, Node};
+use serde_json::Value;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use storage::test_broker::TansuBroker;
+
+const PER_NODE: usize = 18_000;
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn loadgen(args: &[String], log: &std::path::Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_crowdtick"))
+        .arg("loadgen")
+        .args(args)
+        .stdout(std::fs::File::create(log).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start crowdtick loadgen")
+}
+
+async fn metric_sum(c: &Cluster, nodes: &[Node], name: &str) -> u64 {
+    let mut sum = 0;
+    for n in nodes {
+        let Ok(r) = c.client.get(format!("{}/metrics", n.base)).send().await else {
+            continue;
+        };
+        let text = r.text().await.unwrap_or_default();
+        sum += text
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    sum
+}
+
+fn rss_mib(nodes: &[Node]) -> f64 {
+    nodes.iter().map(|n| n.rss_kib()).sum::<u64>() as f64 / 1024.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: run by scripts/viewers.sh"]
+async fn viewers_across_realtime_nodes() {
+    let viewers: usize = env_or("CROWDTICK_BENCH_VIEWERS", 100_000);
+    let rate: u64 = env_or("CROWDTICK_BENCH_VOTE_RATE", 10_000);
+    let secs: u64 = env_or("CROWDTICK_BENCH_SECS", 20);
+    let nodes = viewers.div_ceil(PER_NODE);
+    let broker = TansuBroker::start();
+    let mut c = Cluster::new(broker.addr(), 4);
+    c.env.retain(|(k, _)| k != "RUST_LOG");
+    c.env.push(("RUST_LOG".into(), "warn".into()));
+    let query = c.start("query").await;
+    let poll = c.create_poll(&query, 4).await;
+    let ingest = c.start("ingest").await;
+    let _processor = c.start("processor").await;
+    let mut realtime = Vec::new();
+    for _ in 0..nodes {
+        realtime.push(c.start("realtime").await);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle = rss_mib(&realtime);
+
+    // One viewer process per node, from addresses of its own (4 each: ~28,000 ports apiece).
+    let hold = secs + 10;
+    let mut watchers = Vec::new();
+    let started = Instant::now();
+    for (i, node) in realtime.iter().enumerate() {
+        let share = viewers / nodes + usize::from(i < viewers % nodes);
+        let report = c.dir.path().join(format!("viewers-{i}.json"));
+        let args: Vec<String> = [
+            "--url",
+            &node.base,
+            "--poll-ids",
+            &poll.to_string(),
+            "--viewers",
+            &share.to_string(),
+            "--viewers-only",
+            "--duration",
+            &hold.to_string(),
+            "--viewer-first-source",
+            &(2 + 4 * i).to_string(),
+            "--viewer-sources",
+            "4",
+            "--quiet",
+            "--json-report",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([report.display().to_string()])
+        .collect();
+        watchers.push((
+            loadgen(&args, &c.dir.path().join(format!("viewers-{i}.out"))),
+            report,
+        ));
+    }
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut held = 0;
+    while Instant::now() < deadline {
+        held = metric_sum(&c, &realtime, "crowdtick_realtime_connections").await;
+        if held as usize >= viewers {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let opened_in = started.elapsed();
+    let holding = rss_mib(&realtime);
+    eprintln!(
+        "bench: {held} of {viewers} viewers on {nodes} realtime nodes in {:.1} s ({:.0}/s); realtime RSS {idle:.0} MiB idle, {holding:.0} MiB holding them ({:.1} KiB per viewer)",
+        opened_in.as_secs_f64(),
+        held as f64 / opened_in.as_secs_f64(),
+        (holding - idle) * 1024.0 / held.max(1) as f64
+    );
+
+    // Votes while they watch.
+    let votes_report = c.dir.path().join("votes.json");
+    let mut votes = loadgen(
+        &[
+            "--url".into(),
+            ingest.base.clone(),
+            "--poll-ids".into(),
+            poll.to_string(),
+            "--rate".into(),
+            rate.to_string(),
+            "--duration".into(),
+            secs.to_string(),
+            "--connections".into(),
+            "256".into(),
+            "--quiet".into(),
+            "--json-report".into(),
+            votes_report.display().to_string(),
+        ],
+        &c.dir.path().join("votes.out"),
+    );
+    let mut peak = holding;
+    while votes.try_wait().unwrap().is_none() {
+        peak = peak.max(rss_mib(&realtime));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let sent = messages_sent(&c, &realtime).await;
+    let mut lines = Vec::new();
+    let (mut p99, mut max, mut per_sec, mut closed) = (0f64, 0f64, 0f64, 0u64);
+    for (mut w, report) in watchers {
+        w.wait().unwrap();
+        let r: Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+        p99 = p99.max(r["lag"]["p99_ms"].as_f64().unwrap_or(0.0));
+        max = max.max(r["lag"]["max_ms"].as_f64().unwrap_or(0.0));
+        per_sec += r["messages_per_sec"].as_f64().unwrap_or(0.0);
+        closed += r["closed"].as_u64().unwrap_or(0) + r["failed"].as_u64().unwrap_or(0);
+        lines.push(r);
+    }
+    let v: Value = serde_json::from_slice(&std::fs::read(&votes_report).unwrap()).unwrap();
+    eprintln!(
+        "bench: votes {:.0}/s acknowledged (target {rate}), p99 {} ms; realtime RSS peak {peak:.0} MiB; \
+         {per_sec:.0} messages/s delivered ({sent} sent in all); lag tally to viewer: worst process p99 {p99:.0} ms, max {max:.0} ms; {closed} viewers failed or closed",
+        v["acknowledged_per_sec"].as_f64().unwrap_or(0.0),
+        v["latency"]["p99_ms"]
+    );
+    for (i, r) in lines.iter().enumerate() {
+        eprintln!("bench: viewer process {i}: {r}");
+    }
+    assert_eq!(
+        held as usize,
+        viewers,
+        "not every viewer was held:\n{}",
+        c.logs()
+    );
+}
+
+async fn messages_sent(c: &Cluster, nodes: &[Node]) -> u64 {
+    metric_sum(c, nodes, "crowdtick_realtime_messages_sent_total").await
+}
