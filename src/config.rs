@@ -89,8 +89,9 @@ pub struct HttpSection {
     pub max_connections_per_address: usize,
     /// Loopback clients (local tools, a sidecar proxy) are exempt from the per-address cap.
     pub limits_exempt_loopback: bool,
-    /// A client that takes nothing written to it for this long is disconnected (a response, an
-    /// event stream or a WebSocket that stopped reading); 0: no deadline.
+    /// A connection whose write has waited this long for the client to make room (it stopped
+    /// reading) is closed, whatever it carries (a response, an event stream, a WebSocket); 0: no
+    /// deadline.
     pub write_stall_timeout_ms: u64,
 }
 
@@ -244,6 +245,9 @@ pub struct RealtimeSection {
     /// `crowdtick_realtime_slow_consumers_dropped_total`); every connection, SSE included, also
     /// meets `http.write_stall_timeout_ms`.
     pub send_timeout_ms: u64,
+    /// The kernel send buffer of each live socket (SO_SNDBUF; Linux doubles it): small, so a
+    /// slow viewer is behind by little more than one frame; 0: the kernel's own (autotuned).
+    pub socket_send_buffer_bytes: u32,
 }
 
 impl Default for Config {
@@ -329,6 +333,7 @@ impl Default for RealtimeSection {
             coalesce_ms: 100,
             allowed_origins: Vec::new(),
             send_timeout_ms: 5_000,
+            socket_send_buffer_bytes: 8_192,
         }
     }
 }

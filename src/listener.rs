@@ -16,6 +16,9 @@
 //! - A write the client does not take within `http.write_stall_timeout_ms` ends the connection,
 //!   whatever it carries (a response, an event stream, a WebSocket): a client that stops reading
 //!   holds its socket and buffers for at most that long.
+//! - A live stream's handler may ask for a small kernel send buffer
+//!   ([`realtime::SendBufferRequest`], `realtime.socket_send_buffer_bytes`), set before the
+//!   socket's next write.
 //! - A connection's place at the gate goes with its socket, into a WebSocket after an upgrade, and
 //!   is freed when the socket closes: viewers count against the caps.
 //!
@@ -28,6 +31,7 @@ use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use parking_lot::Mutex;
+use realtime::SendBufferRequest;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::IpAddr;
@@ -40,7 +44,6 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tower::Layer;
 
 /// File descriptors kept free for everything but client connections (the log's files, Kafka and
 /// PostgreSQL connections, the refusals themselves).
@@ -64,8 +67,8 @@ pub struct HttpMetrics {
     pub header_timeouts: AtomicU64,
     /// The cap in force (`max_connections`, or the one derived from the open-file limit).
     pub max_connections: AtomicU64,
-    /// Connections closed because the client took nothing written to it for
-    /// `http.write_stall_timeout_ms`.
+    /// Connections closed because a write waited `http.write_stall_timeout_ms` for the client
+    /// to make room.
     pub write_stalls: AtomicU64,
 }
 
@@ -245,12 +248,23 @@ pub async fn serve(
         };
         metrics.connections_accepted.fetch_add(1, Ordering::Relaxed);
         let _ = stream.set_nodelay(true);
-        // ConnectInfo for the handlers that want the peer (rate limits).
-        let service =
-            TowerToHyperService::new(axum::Extension(ConnectInfo(peer)).layer(router.clone()));
+        // ConnectInfo for the handlers that want the peer (rate limits); the send-buffer request
+        // for live streams, which the socket honours before its next write.
+        let send_buffer = SendBufferRequest::default();
+        let service = TowerToHyperService::new(
+            tower::ServiceBuilder::new()
+                .layer(axum::Extension(ConnectInfo(peer)))
+                .layer(axum::Extension(send_buffer.clone()))
+                .service(router.clone()),
+        );
         // The permit travels with the socket, into a WebSocket after an upgrade: its place is
         // free only once the socket is closed.
-        let io = TokioIo::new(Admitted::new(stream, permit, write_stall_timeout));
+        let io = TokioIo::new(Admitted::new(
+            stream,
+            permit,
+            write_stall_timeout,
+            send_buffer,
+        ));
         let connection = http.serve_connection(io, service).with_upgrades();
         let (metrics, mut stopping) = (metrics.clone(), stopping.clone());
         connections.spawn(async move {
@@ -287,25 +301,34 @@ pub async fn serve(
 }
 
 /// An admitted connection's socket, holding its place at the gate until it is closed, with a
-/// deadline on writes: a write the socket has not taken for `write_stall_timeout` fails with
-/// `TimedOut`, which ends the connection whatever it carries (a response, an event stream, a
-/// WebSocket). The deadline runs only while a write waits; its timer is made at the first stall.
+/// deadline on writes: a write that has waited `write_stall_timeout` for room in the socket fails
+/// with `TimedOut`, which ends the connection whatever it carries (a response, an event stream, a
+/// WebSocket). The deadline runs only while a write waits (the kernel makes room once the client
+/// has taken a good part of what is queued); its timer is made at the first wait.
 struct Admitted {
     stream: TcpStream,
     permit: Permit,
     write_stall_timeout: Duration,
     stall: Option<Pin<Box<tokio::time::Sleep>>>,
     stalled: bool,
+    /// A handler's request for a smaller kernel send buffer (live streams).
+    send_buffer: SendBufferRequest,
 }
 
 impl Admitted {
-    fn new(stream: TcpStream, permit: Permit, write_stall_timeout: Duration) -> Self {
+    fn new(
+        stream: TcpStream,
+        permit: Permit,
+        write_stall_timeout: Duration,
+        send_buffer: SendBufferRequest,
+    ) -> Self {
         Self {
             stream,
             permit,
             write_stall_timeout,
             stall: None,
             stalled: false,
+            send_buffer,
         }
     }
 
@@ -346,7 +369,7 @@ impl Admitted {
             .fetch_add(1, Ordering::Relaxed);
         Some(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
-            "the client took nothing within http.write_stall_timeout_ms",
+            "a write waited http.write_stall_timeout_ms for the client to make room",
         ))
     }
 
@@ -355,6 +378,14 @@ impl Admitted {
         cx: &mut Context<'_>,
         write: impl FnOnce(Pin<&mut TcpStream>, &mut Context<'_>) -> Poll<std::io::Result<T>>,
     ) -> Poll<std::io::Result<T>> {
+        let asked = self.send_buffer.take();
+        if asked > 0 {
+            if let Err(e) =
+                socket2::SockRef::from(&self.stream).set_send_buffer_size(asked as usize)
+            {
+                tracing::debug!(error = %e, "cannot set a live socket's send buffer");
+            }
+        }
         let done = write(Pin::new(&mut self.stream), cx);
         let done = self.progressed(done);
         if done.is_pending() {
@@ -514,5 +545,89 @@ mod tests {
         );
         assert_eq!(connection_cap(0, 256), 64);
         assert_eq!(connection_cap(100, 20_000), 100);
+    }
+
+    /// A connected pair: the server's side admitted, the client's side raw.
+    async fn admitted_pair(
+        stall: Duration,
+        send_buffer: SendBufferRequest,
+    ) -> (Admitted, TcpStream, Arc<HttpMetrics>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, peer) = listener.accept().await.unwrap();
+        let metrics = Arc::new(HttpMetrics::default());
+        let permit = Gate::new(10, 0, true, metrics.clone())
+            .admit(peer.ip())
+            .unwrap();
+        (
+            Admitted::new(server, permit, stall, send_buffer),
+            client,
+            metrics,
+        )
+    }
+
+    #[tokio::test]
+    async fn a_write_the_client_does_not_take_fails_at_the_deadline_and_is_counted() {
+        let (mut server, _client, metrics) =
+            admitted_pair(Duration::from_millis(300), SendBufferRequest::default()).await;
+        let chunk = vec![7u8; 64 << 10];
+        let started = Instant::now();
+        let failed = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                if let Err(e) = server.write_all(&chunk).await {
+                    return e;
+                }
+            }
+        })
+        .await
+        .expect("the stalled write never failed");
+        assert_eq!(failed.kind(), std::io::ErrorKind::TimedOut);
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        assert_eq!(metrics.write_stalls.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn only_time_spent_waiting_to_write_counts_toward_the_deadline() {
+        let (mut server, mut client, metrics) =
+            admitted_pair(Duration::from_millis(200), SendBufferRequest::default()).await;
+        let reader = tokio::spawn(async move {
+            // Late to start (the first writes wait up to 100 ms), then reads everything.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let mut buf = vec![0u8; 64 << 10];
+            let mut total = 0;
+            while let Ok(n @ 1..) = client.read(&mut buf).await {
+                total += n;
+            }
+            total
+        });
+        // Bursts with pauses longer than the deadline between them: idle time is not a stall.
+        let chunk = vec![7u8; 1 << 20];
+        for _ in 0..4 {
+            server.write_all(&chunk).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        server.shutdown().await.unwrap();
+        assert_eq!(reader.await.unwrap(), 4 << 20);
+        assert_eq!(metrics.write_stalls.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn a_requested_send_buffer_is_set_before_the_next_write() {
+        let request = SendBufferRequest::default();
+        let (mut server, _client, _) =
+            admitted_pair(Duration::from_secs(10), request.clone()).await;
+        let before = socket2::SockRef::from(&server.stream)
+            .send_buffer_size()
+            .unwrap();
+        request.request(4096);
+        server.write_all(b"x").await.unwrap();
+        let after = socket2::SockRef::from(&server.stream)
+            .send_buffer_size()
+            .unwrap();
+        // Linux doubles what is asked (for its bookkeeping) and has a floor of its own.
+        assert!(after < before, "send buffer {before} -> {after}");
+        assert!(after <= 2 * 4096.max(2304), "send buffer {after}");
     }
 }

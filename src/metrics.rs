@@ -90,7 +90,7 @@ pub async fn render(State(s): State<AppState>) -> impl IntoResponse {
     counter(
         &mut out,
         "crowdtick_http_write_stalls_total",
-        "Connections closed because the client took nothing for http.write_stall_timeout_ms.",
+        "Connections closed because a write waited http.write_stall_timeout_ms for the client to make room.",
         &h.write_stalls,
     );
     if let Some(l) = &s.log_metrics {

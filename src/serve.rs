@@ -256,6 +256,7 @@ pub async fn start_roles(config: Config, roles: Roles) -> anyhow::Result<App> {
                 &config.public_url,
             ),
             Duration::from_millis(config.realtime.send_timeout_ms.max(1)),
+            config.realtime.socket_send_buffer_bytes,
         )
     });
     let readiness = Arc::new(readiness_of(

@@ -30,7 +30,7 @@ use processor::{ResultsBoard, Snapshot};
 use query::OperatorKeys;
 use schemas::{Poll, PollId};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use storage::PollCatalog;
@@ -47,12 +47,36 @@ pub struct Realtime {
     pub origins: origin::OriginPolicy,
     /// A client must take each message within this, or it is disconnected ([`routes`]).
     pub send_timeout: Duration,
+    /// The kernel send buffer asked for each live socket (0: the kernel's own).
+    pub socket_send_buffer: u32,
     /// The feeds of the polls being watched.
     feeds: Mutex<HashMap<PollId, Arc<Feed>>>,
     pub connections: AtomicU64,
     pub messages_sent: AtomicU64,
     /// Clients disconnected for not taking a message within `send_timeout`.
     pub slow_consumers_dropped: AtomicU64,
+}
+
+/// A live connection's request for a small kernel send buffer, honoured by the socket's owner
+/// (the node's listener) before its next write. A viewer is sent its next state only once its
+/// previous frame has left the process; a small kernel buffer keeps the frames waiting in the
+/// kernel few too, so a slow viewer is behind by little more than one frame. Handlers find it as
+/// a request extension (absent where the socket's owner does not offer it).
+#[derive(Debug, Clone, Default)]
+pub struct SendBufferRequest(Arc<AtomicU32>);
+
+impl SendBufferRequest {
+    pub fn request(&self, bytes: u32) {
+        self.0.store(bytes, Ordering::Relaxed);
+    }
+
+    /// The size asked for, once (0: nothing asked, or already taken).
+    pub fn take(&self) -> u32 {
+        if self.0.load(Ordering::Relaxed) == 0 {
+            return 0;
+        }
+        self.0.swap(0, Ordering::Relaxed)
+    }
 }
 
 /// One thing to tell a live client, as values.
@@ -70,6 +94,7 @@ impl Realtime {
         coalesce: Duration,
         origins: origin::OriginPolicy,
         send_timeout: Duration,
+        socket_send_buffer: u32,
     ) -> Arc<Self> {
         Arc::new(Self {
             catalog,
@@ -78,6 +103,7 @@ impl Realtime {
             coalesce,
             origins,
             send_timeout,
+            socket_send_buffer,
             feeds: Mutex::new(HashMap::new()),
             connections: AtomicU64::new(0),
             messages_sent: AtomicU64::new(0),

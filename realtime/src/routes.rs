@@ -3,7 +3,7 @@
 //! Who sees embargoed counts: an operator (`Authorization: Bearer <key>`, `X-Api-Key`, or the
 //! console's session cookie) or a screen token for the poll (`?token=`); `?key=` is refused (401).
 
-use crate::Realtime;
+use crate::{Realtime, SendBufferRequest};
 use axum::body::Body;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocketUpgrade};
@@ -11,7 +11,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderName};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
+use axum::{Extension, Router};
 use bytes::Bytes;
 use query::routes::KeyQuery;
 use schemas::{ApiError, PollId};
@@ -61,11 +61,19 @@ fn sees_embargoed(
 /// 128 KiB for reading at the upgrade).
 const WS_READ_BUFFER_BYTES: usize = 256;
 
+/// Asks for the small kernel send buffer of a live socket, where the listener offers it.
+fn small_send_buffer(rt: &Realtime, request: Option<Extension<SendBufferRequest>>) {
+    if let (Some(Extension(r)), n @ 1..) = (request, rt.socket_send_buffer) {
+        r.request(n);
+    }
+}
+
 async fn ws(
     State(rt): State<Arc<Realtime>>,
     Path(id): Path<String>,
     Query(q): Query<KeyQuery>,
     headers: HeaderMap,
+    send_buffer: Option<Extension<SendBufferRequest>>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let upgrade = upgrade.map_err(|e| {
@@ -81,6 +89,7 @@ async fn ws(
     let mut sub = rt
         .subscribe(id, operator)
         .ok_or_else(|| ApiError::not_found("unknown_poll", format!("there is no poll {id}")))?;
+    small_send_buffer(&rt, send_buffer);
     Ok(upgrade
         .on_upgrade(move |mut socket| async move {
             loop {
@@ -123,14 +132,16 @@ async fn sse(
     Path(id): Path<String>,
     Query(q): Query<KeyQuery>,
     headers: HeaderMap,
+    send_buffer: Option<Extension<SendBufferRequest>>,
 ) -> Result<Response, ApiError> {
     let id = poll_id(&id)?;
     let operator = sees_embargoed(&rt, &headers, &q, id)?;
     let sub = rt
         .subscribe(id, operator)
         .ok_or_else(|| ApiError::not_found("unknown_poll", format!("there is no poll {id}")))?;
+    small_send_buffer(&rt, send_buffer);
     // hyper pulls the next event only once it has room to write it, and the subscription always
-    // has the newest state: no task or channel per viewer. A client whose socket takes nothing
+    // has the newest state: no task or channel per viewer. A client for which a write waits
     // for `http.write_stall_timeout_ms` is closed by the listener.
     let events = futures::stream::unfold(sub, |mut sub| async move {
         let event = tokio::select! {
