@@ -517,6 +517,7 @@ async fn run_main(args: &LoadgenArgs, control: Arc<Control>) -> anyhow::Result<(
         rejected_uncertain: outcome.rejected_uncertain,
         not_sent: outcome.not_sent,
         latency: Latency::of(&outcome.latency),
+        answer_latency: Latency::of(&outcome.answered),
         status_counts: outcome.status_counts,
         errors: outcome.errors,
         rejections: outcome.rejections,

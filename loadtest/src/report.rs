@@ -93,6 +93,9 @@ pub struct Report {
     pub rejections: BTreeMap<String, u64>,
     pub connections_opened: u64,
     /// Vote-to-screen latency (`--screen-latency`).
+    /// Accepted requests, from their own send to their answer (retries and schedule excluded):
+    /// what queueing at the server cost the votes it took.
+    pub answer_latency: Latency,
     pub screen_latency: Option<Latency>,
     pub screen_unseen: Option<u64>,
     /// With `--viewers`: what the live viewers measured.
@@ -157,6 +160,11 @@ impl Report {
         println!(
             "status {:?}; errors {:?}; connections opened {}",
             self.status_counts, self.errors, self.connections_opened
+        );
+        let a = &self.answer_latency;
+        println!(
+            "accepted requests, send to answer: p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms (n={})",
+            a.p50_ms, a.p99_ms, a.max_ms, a.count
         );
         if let Some(s) = &self.screen_latency {
             println!(

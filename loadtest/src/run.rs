@@ -133,11 +133,18 @@ impl Stats {
     }
 }
 
-/// A lane's latency histograms: since the start, and since the last progress line.
+/// Latency histograms of a shard of lanes: since the start, and since the last progress line;
+/// and the time each accepted request took from its own send to its answer (no retries, no
+/// schedule: what the server's queue cost the votes it took).
 struct LaneHist {
     total: Histogram<u64>,
     interval: Histogram<u64>,
+    answered: Histogram<u64>,
 }
+
+/// Lanes share histograms in this many shards (a histogram is ~190 KB; runs may have 10,000s of
+/// lanes, one connection each).
+const HISTOGRAM_SHARDS: usize = 64;
 
 /// What the run measured.
 pub struct RunOutcome {
@@ -155,6 +162,8 @@ pub struct RunOutcome {
     pub rejected_uncertain: u64,
     pub not_sent: u64,
     pub latency: Histogram<u64>,
+    /// Accepted requests, from their own send to their answer.
+    pub answered: Histogram<u64>,
     pub status_counts: BTreeMap<String, u64>,
     pub errors: BTreeMap<String, u64>,
     pub rejections: BTreeMap<String, u64>,
@@ -186,11 +195,12 @@ pub async fn run(cfg: RunConfig, control: Arc<Control>) -> anyhow::Result<RunOut
         senders.push(tx);
         receivers.push(rx);
     }
-    let hists: Vec<Arc<Mutex<LaneHist>>> = (0..lanes)
+    let hists: Vec<Arc<Mutex<LaneHist>>> = (0..lanes.clamp(1, HISTOGRAM_SHARDS))
         .map(|_| {
             Arc::new(Mutex::new(LaneHist {
                 total: new_histogram(),
                 interval: new_histogram(),
+                answered: new_histogram(),
             }))
         })
         .collect();
@@ -217,8 +227,9 @@ pub async fn run(cfg: RunConfig, control: Arc<Control>) -> anyhow::Result<RunOut
             cfg: cfg.clone(),
             stats: stats.clone(),
             control: control.clone(),
-            hist: hists[i].clone(),
-            buf: BytesMut::with_capacity(64 * 1024),
+            hist: hists[i % hists.len()].clone(),
+            // Batches are written here whole; a single vote is a few hundred bytes.
+            buf: BytesMut::with_capacity(if cfg.batch > 0 { 64 * 1024 } else { 1024 }),
             failing: false,
             last_probe: start,
             recorder: cfg.record.clone().map(LaneRecorder::new),
@@ -253,6 +264,7 @@ pub async fn run(cfg: RunConfig, control: Arc<Control>) -> anyhow::Result<RunOut
         rejected_uncertain: 0,
         not_sent: 0,
         latency: new_histogram(),
+        answered: new_histogram(),
         status_counts: BTreeMap::new(),
         errors: BTreeMap::new(),
         rejections: BTreeMap::new(),
@@ -281,6 +293,7 @@ pub async fn run(cfg: RunConfig, control: Arc<Control>) -> anyhow::Result<RunOut
     for h in &hists {
         let h = h.lock().unwrap_or_else(|e| e.into_inner());
         outcome.latency.add(&h.total).ok();
+        outcome.answered.add(&h.answered).ok();
     }
     outcome.elapsed = last_answer.saturating_duration_since(start);
     outcome.wall = start.elapsed();
@@ -564,6 +577,7 @@ impl Lane {
             None
         };
         loop {
+            let sent_at = Instant::now();
             let attempt = self
                 .conn
                 .request(
@@ -587,6 +601,15 @@ impl Lane {
                     }
                     self.last_answer = Instant::now();
                     if status == ok {
+                        let us = self
+                            .last_answer
+                            .saturating_duration_since(sent_at)
+                            .as_micros();
+                        self.hist
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .answered
+                            .saturating_record((us as u64).max(1));
                         self.failing = false;
                         return Final::Answered(body);
                     }

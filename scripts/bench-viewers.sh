@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Viewers on one embedded node, A/B: what a live viewer costs the server and whether an audience
+# slows the votes, for a baseline and a candidate binary in one session (BENCHMARKS.md "Viewers").
+#
+#   scripts/bench-viewers.sh BASELINE_BIN CANDIDATE_BIN [VIEWERS] [VOTES_PER_SEC] [SECS]
+#
+# For each binary, on a fresh server (embedded log, fsync on) each time:
+#   ws      VIEWERS (default 15000) WebSocket viewers of one poll, nothing else: the server's RSS
+#           before and holding them (from /proc), KiB per viewer, viewers accepted per second
+#   sse     the same over Server-Sent Events
+#   votes   single votes open loop at VOTES_PER_SEC (default 10000) for SECS (default 20), no
+#           viewers: the baseline of the next line
+#   both    the same votes while VIEWERS WebSocket viewers watch the poll: vote latency, the
+#           viewers' lag from tally to screen, messages delivered per second
+# KINDS="votes both" runs only those. Every vote run is checked with --verify. The load generator is the candidate's for both.
+# Needs curl and python3.
+set -euo pipefail
+base=${1:?baseline binary}; cand=${2:?candidate binary}
+viewers=${3:-15000}; rate=${4:-10000}; secs=${5:-20}
+port=18191
+work=$(mktemp -d /tmp/crowdtick-viewers.XXXXXX)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+
+serve() { # bin dir
+  "$1" serve --data-dir "$2" --listen "127.0.0.1:$port" >"$2.log" 2>&1 &
+  server=$!
+  for _ in $(seq 200); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && return; sleep 0.1; done
+  echo "server did not start: $(tail -5 "$2.log")"; exit 1
+}
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$server/status"; }
+
+report() { # label kind json rss_before rss_peak
+  python3 - "$@" <<'PY'
+import json, sys
+label, kind, path, before, peak = sys.argv[1:]
+r = json.load(open(path))
+before, peak = int(before), int(peak)
+v = r.get("viewers") if "viewers" in r else None
+if kind in ("ws", "sse"):
+    v = r
+    held = max(v["held"], 1)
+    print(f"{kind:6} {label:9} {v['held']:>6} held, {v['failed']} failed, opened at {v['opened_per_sec']:>7,.0f}/s; "
+          f"server RSS {before/1024:6.1f} -> {peak/1024:7.1f} MiB: {(peak-before)/held:6.1f} KiB per viewer")
+    sys.exit()
+lat = r["latency"]; ok = (r.get("verify") or {}).get("ok")
+line = (f"{kind:6} {label:9} {r['acknowledged_per_sec']:>8,.0f} votes/s  p50 {lat['p50_ms']:8.2f} ms  "
+        f"p99 {lat['p99_ms']:8.2f} ms  max {lat['max_ms']:9.2f} ms  verify {'ok' if ok else ok}")
+if v:
+    l = v["lag"]
+    line += (f"; {v['held']} viewers held, lag p50 {l['p50_ms']:.1f} ms p99 {l['p99_ms']:.1f} ms "
+             f"max {l['max_ms']:.1f} ms, {v['messages_per_sec']:,.0f} msg/s; server RSS peak {peak/1024:.0f} MiB")
+print(line)
+PY
+}
+
+run_one() { # label bin
+  local label=$1 bin=$2 dir args before peak lg
+  for kind in ${KINDS:-ws sse votes both}; do
+    dir="$work/$label-$kind"; mkdir -p "$dir"
+    serve "$bin" "$dir/data"
+    case $kind in
+      ws)    args=(--viewers "$viewers" --viewers-only --duration 3) ;;
+      sse)   args=(--viewers "$viewers" --viewers-only --duration 3 --viewer-transport sse) ;;
+      votes) args=(--rate "$rate" --duration "$secs" --voters 200000 --connections 128 --verify) ;;
+      both)  args=(--rate "$rate" --duration "$secs" --voters 200000 --connections 128 --verify --viewers "$viewers") ;;
+    esac
+    sleep 0.5; before=$(rss_kib); peak=$before
+    "$cand" loadgen --url "http://127.0.0.1:$port" "${args[@]}" --quiet \
+      --json-report "$dir/r.json" >"$dir/loadgen.log" 2>&1 &
+    lg=$!
+    while kill -0 "$lg" 2>/dev/null; do
+      peak=$(( $(rss_kib) > peak ? $(rss_kib) : peak )); sleep 0.5
+    done
+    wait "$lg" || { echo "$label $kind: loadgen failed"; tail -5 "$dir/loadgen.log"; }
+    kill "$server"; wait "$server" 2>/dev/null || true
+    report "$label" "$kind" "$dir/r.json" "$before" "$peak"
+  done
+}
+
+echo "viewers: $viewers per run; votes: $rate/s for $secs s; $(nproc) cores; $(date -u +%F)"
+run_one baseline "$base"
+run_one candidate "$cand"
