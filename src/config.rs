@@ -248,6 +248,23 @@ pub struct RealtimeSection {
     /// The kernel send buffer of each live socket (SO_SNDBUF; Linux doubles it): small, so a
     /// slow viewer is behind by little more than one frame; 0: the kernel's own (autotuned).
     pub socket_send_buffer_bytes: u32,
+    /// Threads that serve WebSocket viewers, apart from the vote path (0: share its runtime).
+    pub fanout_threads: usize,
+    /// How many nice levels lower the fan-out threads run than the rest of the node, so votes
+    /// get the cores first and viewers skip frames when there is not enough left (0: the same).
+    pub fanout_nice: i32,
+}
+
+impl RealtimeSection {
+    pub fn settings(&self) -> realtime::Settings {
+        realtime::Settings {
+            coalesce: std::time::Duration::from_millis(self.coalesce_ms),
+            send_timeout: std::time::Duration::from_millis(self.send_timeout_ms.max(1)),
+            socket_send_buffer: self.socket_send_buffer_bytes,
+            fanout_threads: self.fanout_threads,
+            fanout_nice: self.fanout_nice,
+        }
+    }
 }
 
 impl Default for Config {
@@ -334,6 +351,8 @@ impl Default for RealtimeSection {
             allowed_origins: Vec::new(),
             send_timeout_ms: 5_000,
             socket_send_buffer_bytes: 8_192,
+            fanout_threads: 1,
+            fanout_nice: 10,
         }
     }
 }

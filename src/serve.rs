@@ -245,20 +245,22 @@ pub async fn start_roles(config: Config, roles: Roles) -> anyhow::Result<App> {
         ),
         _ => None,
     };
-    let realtime = roles.realtime.then(|| {
-        realtime::Realtime::new(
-            catalog.clone(),
-            board.clone(),
-            keys.clone(),
-            Duration::from_millis(config.realtime.coalesce_ms),
-            realtime::origin::OriginPolicy::new(
-                &config.realtime.allowed_origins,
-                &config.public_url,
-            ),
-            Duration::from_millis(config.realtime.send_timeout_ms.max(1)),
-            config.realtime.socket_send_buffer_bytes,
-        )
-    });
+    let realtime = match roles.realtime {
+        false => None,
+        true => Some(
+            realtime::Realtime::new(
+                catalog.clone(),
+                board.clone(),
+                keys.clone(),
+                realtime::origin::OriginPolicy::new(
+                    &config.realtime.allowed_origins,
+                    &config.public_url,
+                ),
+                config.realtime.settings(),
+            )
+            .context("starting the realtime service's fan-out runtime")?,
+        ),
+    };
     let readiness = Arc::new(readiness_of(
         &config,
         roles,

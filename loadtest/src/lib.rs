@@ -179,6 +179,11 @@ pub struct LoadgenArgs {
     /// on one machine each take their own addresses.
     #[arg(long, default_value_t = 2, value_name = "N")]
     pub viewer_first_source: u8,
+    /// How many nice levels below the load generator the viewers' thread runs: they stand in
+    /// for an audience on other machines, so they take the cores the server and the votes leave
+    /// (0: the same priority).
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub viewer_nice: i32,
     /// Viewer connection attempts in flight at once while opening.
     #[arg(long, default_value_t = 256, value_name = "N")]
     pub viewer_concurrency: usize,
@@ -402,6 +407,7 @@ async fn run_main(args: &LoadgenArgs, control: Arc<Control>) -> anyhow::Result<(
                     sources: args.viewer_sources,
                     first_source: args.viewer_first_source,
                     concurrency: args.viewer_concurrency,
+                    nice: args.viewer_nice,
                     polls: poll_ids.clone(),
                     progress: !args.quiet,
                 },

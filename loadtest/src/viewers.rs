@@ -1,7 +1,9 @@
 //! Live viewers (`--viewers N`): N WebSocket (or SSE) connections to the run's polls, held open
 //! while the votes flow, as an audience's apps would hold them.
 //!
-//! - The viewers run on a thread and single-threaded runtime of their own, beside the vote lanes.
+//! - The viewers run on a thread and single-threaded runtime of their own, beside the vote lanes,
+//!   at a lower priority (`--viewer-nice`, 10 levels by default): they stand in for an audience
+//!   on other machines, so on a shared machine they get the cores the server and the votes leave.
 //! - Each binds its own loopback source address (127.0.0.2, 127.0.0.3, … `--viewer-sources` of
 //!   them) so the client's ephemeral ports do not run out; more viewers than one process can hold
 //!   files for are opened by several `crowdtick loadgen --viewers-only` processes
@@ -46,6 +48,8 @@ pub struct ViewerOptions {
     pub first_source: u8,
     /// Connection attempts in flight at once while opening.
     pub concurrency: usize,
+    /// Nice levels below the process the viewers' thread runs at.
+    pub nice: i32,
     pub polls: Vec<i64>,
     pub progress: bool,
 }
@@ -211,6 +215,7 @@ impl Viewers {
             std::thread::Builder::new()
                 .name("viewers".to_owned())
                 .spawn(move || {
+                    lower_priority(opts.nice);
                     runtime.block_on(hold(addr, host, opts, stats, stop_rx));
                     runtime.shutdown_background();
                 })?
@@ -293,6 +298,21 @@ impl Viewers {
                 _ => None,
             },
         }
+    }
+}
+
+/// Lowers the calling thread's priority by `nice` levels (Linux: each thread has its own): the
+/// viewers stand in for an audience on other machines, so on a shared machine they take the
+/// cores the server and the vote lanes leave.
+fn lower_priority(nice: i32) {
+    if nice <= 0 {
+        return;
+    }
+    // SAFETY: getpriority and setpriority take plain integers and touch no memory of ours;
+    // `who` 0 is the calling thread on Linux.
+    unsafe {
+        let own = libc::getpriority(libc::PRIO_PROCESS, 0);
+        libc::setpriority(libc::PRIO_PROCESS, 0, (own + nice).min(19));
     }
 }
 

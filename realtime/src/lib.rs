@@ -8,12 +8,14 @@
 //!   encoded once per poll for both transports.
 //! - [`routes`]: `GET /v1/polls/{id}/ws` and `GET /v1/polls/{id}/sse`, and the deadline a client
 //!   has to take each message.
+//! - [`fanout`]: the runtime WebSocket viewers are served on, at a lower priority than votes.
 //! - [`origin`]: which web pages may open a WebSocket (the `Origin` allow-list).
 //!
 //! Embargo: a connection that is not an operator's (key header or session cookie) and holds no
 //! screen token for the poll gets `hidden: true` and no counts, version or offsets until the
 //! poll's results are public (same rule as the query API, via [`query::views`]).
 
+pub mod fanout;
 pub mod feed;
 pub mod frame;
 pub mod origin;
@@ -37,6 +39,21 @@ use storage::PollCatalog;
 
 pub use routes::router;
 
+/// How the realtime service serves its viewers (`[realtime]` settings).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// At most one results update per poll per this long.
+    pub coalesce: Duration,
+    /// A client must take each message within this, or it is disconnected ([`routes`]).
+    pub send_timeout: Duration,
+    /// The kernel send buffer asked for each live socket (0: the kernel's own).
+    pub socket_send_buffer: u32,
+    /// Threads of the viewers' runtime ([`fanout`]); 0: serve viewers on the caller's runtime.
+    pub fanout_threads: usize,
+    /// How much lower their priority is (Linux nice levels).
+    pub fanout_nice: i32,
+}
+
 /// The realtime service's shared state.
 pub struct Realtime {
     pub catalog: PollCatalog,
@@ -49,6 +66,8 @@ pub struct Realtime {
     pub send_timeout: Duration,
     /// The kernel send buffer asked for each live socket (0: the kernel's own).
     pub socket_send_buffer: u32,
+    /// Where WebSocket viewers are served.
+    pub fanout: fanout::Fanout,
     /// The feeds of the polls being watched.
     feeds: Mutex<HashMap<PollId, Arc<Feed>>>,
     pub connections: AtomicU64,
@@ -87,28 +106,32 @@ pub enum Update {
 }
 
 impl Realtime {
+    /// Must be called within a tokio runtime.
     pub fn new(
         catalog: PollCatalog,
         board: Arc<ResultsBoard>,
         keys: OperatorKeys,
-        coalesce: Duration,
         origins: origin::OriginPolicy,
-        send_timeout: Duration,
-        socket_send_buffer: u32,
-    ) -> Arc<Self> {
-        Arc::new(Self {
+        settings: Settings,
+    ) -> std::io::Result<Arc<Self>> {
+        let fanout = match settings.fanout_threads {
+            0 => fanout::Fanout::current(),
+            n => fanout::Fanout::new(n, settings.fanout_nice)?,
+        };
+        Ok(Arc::new(Self {
             catalog,
             board,
             keys,
-            coalesce,
+            coalesce: settings.coalesce,
             origins,
-            send_timeout,
-            socket_send_buffer,
+            send_timeout: settings.send_timeout,
+            socket_send_buffer: settings.socket_send_buffer,
+            fanout,
             feeds: Mutex::new(HashMap::new()),
             connections: AtomicU64::new(0),
             messages_sent: AtomicU64::new(0),
             slow_consumers_dropped: AtomicU64::new(0),
-        })
+        }))
     }
 
     /// Counts a client dropped for not taking a message in time.

@@ -92,25 +92,30 @@ async fn ws(
     small_send_buffer(&rt, send_buffer);
     Ok(upgrade
         .on_upgrade(move |mut socket| async move {
-            loop {
-                // Both are cancel-safe: whichever loses the race loses nothing.
-                let text = tokio::select! {
-                    text = sub.next_ws() => text,
-                    incoming = socket.recv() => match incoming {
-                        None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
-                        Some(Ok(_)) => continue, // pings are answered by the library
-                    },
-                };
-                match tokio::time::timeout(rt.send_timeout, socket.send(Message::Text(text))).await
-                {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => break,
-                    Err(_) => {
-                        rt.dropped_slow_consumer(id, "ws");
-                        break;
+            // Served on the fan-out runtime, below the vote path's priority.
+            let fanout = rt.clone();
+            fanout.fanout.spawn(async move {
+                loop {
+                    // Both are cancel-safe: whichever loses the race loses nothing.
+                    let text = tokio::select! {
+                        text = sub.next_ws() => text,
+                        incoming = socket.recv() => match incoming {
+                            None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+                            Some(Ok(_)) => continue, // pings are answered by the library
+                        },
+                    };
+                    let sent =
+                        tokio::time::timeout(rt.send_timeout, socket.send(Message::Text(text)));
+                    match sent.await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => break,
+                        Err(_) => {
+                            rt.dropped_slow_consumer(id, "ws");
+                            break;
+                        }
                     }
                 }
-            }
+            });
         })
         .into_response())
 }
