@@ -378,13 +378,20 @@ async fn run_main(args: &LoadgenArgs, control: Arc<Control>) -> anyhow::Result<(
     anyhow::ensure!(status == 200, "{}/healthz answered {status}", target.url);
 
     let prefix = args.voter_prefix.clone().unwrap_or_else(random_prefix);
-    let polls = if args.poll_ids.is_empty() {
+    let polls = if args.viewers_only && !args.poll_ids.is_empty() {
+        // Viewers only watch: the ids are enough (a realtime node has no poll API to read).
+        Vec::new()
+    } else if args.poll_ids.is_empty() {
         polls::create(&mut conn, &auth, args.polls, args.options, &prefix).await?
     } else {
         polls::existing(&mut conn, &auth, &args.poll_ids).await?
     };
     drop(conn);
-    let poll_ids: Vec<i64> = polls.iter().map(|p| p.id).collect();
+    let poll_ids: Vec<i64> = if polls.is_empty() {
+        args.poll_ids.clone()
+    } else {
+        polls.iter().map(|p| p.id).collect()
+    };
     let record = match &args.record {
         Some(p) => Some(record::RecordSink::create(p, &prefix, &polls)?),
         None => None,

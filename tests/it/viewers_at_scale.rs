@@ -1,6 +1,6 @@
 //! A measurement, not a check (ignored; `scripts/viewers.sh` runs it): an audience larger than
 //! one process may hold files for, on distributed realtime nodes (each follows the tallies topic
-//! on its own), while votes flow through an ingest edge and a processor on a tansu broker.
+//! on its own), while votes flow through a node that takes and counts them on a tansu broker.
 //!
 //! `CROWDTICK_BENCH_VIEWERS` (default 100000) viewers are spread over as many realtime nodes as
 //! the open-file limit needs (at most 18,000 each), each node watched by its own
@@ -12,7 +12,7 @@
 
 use crate::cluster::{Cluster, Node};
 use serde_json::Value;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 use storage::test_broker::TansuBroker;
 
@@ -26,11 +26,12 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 }
 
 fn loadgen(args: &[String], log: &std::path::Path) -> Child {
+    let out = std::fs::File::create(log).unwrap();
     Command::new(env!("CARGO_BIN_EXE_crowdtick"))
         .arg("loadgen")
         .args(args)
-        .stdout(std::fs::File::create(log).unwrap())
-        .stderr(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
         .spawn()
         .expect("start crowdtick loadgen")
 }
@@ -66,10 +67,10 @@ async fn viewers_across_realtime_nodes() {
     let mut c = Cluster::new(broker.addr(), 4);
     c.env.retain(|(k, _)| k != "RUST_LOG");
     c.env.push(("RUST_LOG".into(), "warn".into()));
-    let query = c.start("query").await;
-    let poll = c.create_poll(&query, 4).await;
-    let ingest = c.start("ingest").await;
-    let _processor = c.start("processor").await;
+    // The votes' side in one process (ingest, processor and query on the broker, PostgreSQL and
+    // Redis), so the load generator finds the poll API and the vote API at one address.
+    let ingest = c.start("serve").await;
+    let poll = c.create_poll(&ingest, 4).await;
     let mut realtime = Vec::new();
     for _ in 0..nodes {
         realtime.push(c.start("realtime").await);
@@ -120,6 +121,15 @@ async fn viewers_across_realtime_nodes() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let opened_in = started.elapsed();
+    if (held as usize) < viewers {
+        for i in 0..nodes {
+            let out = c.dir.path().join(format!("viewers-{i}.out"));
+            eprintln!(
+                "viewer process {i}: {}",
+                std::fs::read_to_string(out).unwrap_or_default()
+            );
+        }
+    }
     let holding = rss_mib(&realtime);
     eprintln!(
         "bench: {held} of {viewers} viewers on {nodes} realtime nodes in {:.1} s ({:.0}/s); realtime RSS {idle:.0} MiB idle, {holding:.0} MiB holding them ({:.1} KiB per viewer)",
@@ -165,7 +175,13 @@ async fn viewers_across_realtime_nodes() {
         closed += r["closed"].as_u64().unwrap_or(0) + r["failed"].as_u64().unwrap_or(0);
         lines.push(r);
     }
-    let v: Value = serde_json::from_slice(&std::fs::read(&votes_report).unwrap()).unwrap();
+    let v: Value = match std::fs::read(&votes_report) {
+        Ok(json) => serde_json::from_slice(&json).unwrap(),
+        Err(_) => panic!(
+            "the vote load generator wrote no report:\n{}",
+            std::fs::read_to_string(c.dir.path().join("votes.out")).unwrap_or_default()
+        ),
+    };
     eprintln!(
         "bench: votes {:.0}/s acknowledged (target {rate}), p99 {} ms; realtime RSS peak {peak:.0} MiB; \
          {per_sec:.0} messages/s delivered ({sent} sent in all); lag tally to viewer: worst process p99 {p99:.0} ms, max {max:.0} ms; {closed} viewers failed or closed",
