@@ -191,6 +191,10 @@ pub struct LoadgenArgs {
     /// report. Polls: --poll-ids, or new ones.
     #[arg(long)]
     pub viewers_only: bool,
+    /// Open the --viewers while the votes run (from the first vote on) instead of before, to
+    /// measure how fast a node takes new viewers under load.
+    #[arg(long, conflicts_with = "viewers_only")]
+    pub viewers_with_votes: bool,
     /// Threads that run the connections. One (the default) keeps the generator on one core and
     /// leaves the others to the server under test; more only helps a generator on its own machine.
     #[arg(long, default_value_t = 1, value_name = "N")]
@@ -198,6 +202,12 @@ pub struct LoadgenArgs {
     /// No progress line on stderr.
     #[arg(long)]
     pub quiet: bool,
+}
+
+/// The run's viewers: open before the votes, or opening while they run (`--viewers-with-votes`).
+enum Audience {
+    Open(viewers::Viewers),
+    Opening(tokio::task::JoinHandle<anyhow::Result<viewers::Viewers>>),
 }
 
 /// What Ctrl-C does: 0 running (stop sending), 1 stopping (abandon retries), 2 verifying (exit).
@@ -405,22 +415,25 @@ async fn run_main(args: &LoadgenArgs, control: Arc<Control>) -> anyhow::Result<(
                 args.viewers
             );
         }
-        Some(
-            viewers::Viewers::open(
-                &target,
-                viewers::ViewerOptions {
-                    count: args.viewers,
-                    transport: args.viewer_transport,
-                    sources: args.viewer_sources,
-                    first_source: args.viewer_first_source,
-                    concurrency: args.viewer_concurrency,
-                    nice: args.viewer_nice,
-                    polls: poll_ids.clone(),
-                    progress: !args.quiet,
-                },
-            )
-            .await?,
-        )
+        let opening = viewers::Viewers::open(
+            target.clone(),
+            viewers::ViewerOptions {
+                count: args.viewers,
+                transport: args.viewer_transport,
+                sources: args.viewer_sources,
+                first_source: args.viewer_first_source,
+                concurrency: args.viewer_concurrency,
+                nice: args.viewer_nice,
+                polls: poll_ids.clone(),
+                progress: !args.quiet,
+            },
+        );
+        if args.viewers_with_votes {
+            // Opened while the votes run: joined after them.
+            Some(Audience::Opening(tokio::spawn(opening)))
+        } else {
+            Some(Audience::Open(opening.await?))
+        }
     } else {
         None
     };
@@ -428,7 +441,10 @@ async fn run_main(args: &LoadgenArgs, control: Arc<Control>) -> anyhow::Result<(
         let secs = args.duration.unwrap_or(10.0);
         eprintln!("viewers: holding them for {secs} s");
         tokio::time::sleep(Duration::from_secs_f64(secs)).await;
-        let report = audience.expect("--viewers-only needs viewers").finish();
+        let report = match audience {
+            Some(Audience::Open(v)) => v.finish(),
+            _ => anyhow::bail!("--viewers-only needs --viewers N (and not --viewers-with-votes)"),
+        };
         report.print();
         if let Some(p) = &args.json_report {
             std::fs::write(p, serde_json::to_vec_pretty(&report)?)
@@ -537,7 +553,11 @@ async fn run_main(args: &LoadgenArgs, control: Arc<Control>) -> anyhow::Result<(
         connections_opened: outcome.connections_opened,
         screen_latency,
         screen_unseen,
-        viewers: audience.map(viewers::Viewers::finish),
+        viewers: match audience {
+            None => None,
+            Some(Audience::Open(v)) => Some(v.finish()),
+            Some(Audience::Opening(task)) => Some(task.await??.finish()),
+        },
         verify: None,
     };
     report.print();

@@ -197,7 +197,8 @@ pub async fn server_rss_mib(target: &Arc<Target>) -> Option<f64> {
 
 impl Viewers {
     /// Opens the viewers and returns once each is open or has failed.
-    pub async fn open(target: &Arc<Target>, opts: ViewerOptions) -> anyhow::Result<Viewers> {
+    pub async fn open(target: Arc<Target>, opts: ViewerOptions) -> anyhow::Result<Viewers> {
+        let target = &target;
         anyhow::ensure!(!opts.polls.is_empty(), "viewers need a poll to watch");
         let rss_before = server_rss_mib(target).await;
         let stats = Arc::new(Stats {
