@@ -311,6 +311,8 @@ struct Admitted {
     write_stall_timeout: Duration,
     stall: Option<Pin<Box<tokio::time::Sleep>>>,
     stalled: bool,
+    /// The deadline passed: every write fails from then on (and is counted once).
+    timed_out: bool,
     /// A handler's request for a smaller kernel send buffer (live streams).
     send_buffer: SendBufferRequest,
 }
@@ -328,6 +330,7 @@ impl Admitted {
             write_stall_timeout,
             stall: None,
             stalled: false,
+            timed_out: false,
             send_buffer,
         }
     }
@@ -362,6 +365,7 @@ impl Admitted {
         if sleep.as_mut().poll(cx).is_pending() {
             return None;
         }
+        self.timed_out = true;
         self.permit
             .gate
             .metrics
@@ -378,6 +382,12 @@ impl Admitted {
         cx: &mut Context<'_>,
         write: impl FnOnce(Pin<&mut TcpStream>, &mut Context<'_>) -> Poll<std::io::Result<T>>,
     ) -> Poll<std::io::Result<T>> {
+        if self.timed_out {
+            return Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "this connection's write deadline has passed",
+            )));
+        }
         let asked = self.send_buffer.take();
         if asked > 0 {
             if let Err(e) =
@@ -585,6 +595,10 @@ mod tests {
         .expect("the stalled write never failed");
         assert_eq!(failed.kind(), std::io::ErrorKind::TimedOut);
         assert!(started.elapsed() >= Duration::from_millis(300));
+        assert_eq!(metrics.write_stalls.load(Ordering::Relaxed), 1);
+        // Done for good: a caller that tries again fails at once and is not counted twice.
+        let again = server.write_all(b"x").await.unwrap_err();
+        assert_eq!(again.kind(), std::io::ErrorKind::TimedOut);
         assert_eq!(metrics.write_stalls.load(Ordering::Relaxed), 1);
     }
 

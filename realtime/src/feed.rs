@@ -5,7 +5,7 @@
 //!   the coalescing interval (`realtime.coalesce_ms`), renders the frame once and publishes it in
 //!   a `watch` channel, which keeps only the latest: a viewer that is still sending an older frame
 //!   skips straight to the newest one when it is done. A slow viewer gets the latest state, never
-//!   a queue.
+//!   a queue (an SSE viewer: up to 16 events may wait in hyper's queue, see [`crate::routes`]).
 //! - Once a second the task looks at the viewer count (an atomic the subscriptions move) and
 //!   publishes it only when it changed; it also re-renders then, so a state that moves with the
 //!   clock (a scheduled close) is shown within a second. With no viewers left the task retires
@@ -40,15 +40,18 @@ impl Feed {
     /// A feed for `poll`, its first frame rendered now (counting its first viewer), and its task
     /// started.
     pub(crate) fn start(rt: &Arc<Realtime>, poll: Arc<Poll>) -> Arc<Feed> {
-        let results = rt.board.subscribe(poll.id);
-        let snapshot = results.borrow().clone();
+        // Watch first, then read: a change that lands in between is seen by the task, not lost.
+        let polls = rt.catalog.changes();
+        let mut results = rt.board.subscribe(poll.id);
+        let poll = rt.catalog.get(poll.id).unwrap_or(poll);
+        let snapshot = results.borrow_and_update().clone();
         let first = render(None, poll.clone(), snapshot, 1, now_micros());
         let feed = Arc::new(Feed {
             poll_id: poll.id,
             viewers: AtomicU64::new(0),
             frames: watch::channel(Arc::new(first)).0,
         });
-        tokio::spawn(run(rt.clone(), feed.clone(), results));
+        tokio::spawn(run(rt.clone(), feed.clone(), results, polls));
         feed
     }
 
@@ -60,6 +63,7 @@ impl Feed {
             operator,
             results_sent: 0,
             viewers_sent: 0,
+            sent_results_last: false,
         }
     }
 
@@ -69,10 +73,12 @@ impl Feed {
 }
 
 /// The feed task (see the module doc).
-async fn run(rt: Arc<Realtime>, feed: Arc<Feed>, mut results: watch::Receiver<Arc<Snapshot>>) {
-    let mut polls = rt.catalog.changes();
-    results.mark_unchanged();
-    polls.mark_unchanged();
+async fn run(
+    rt: Arc<Realtime>,
+    feed: Arc<Feed>,
+    mut results: watch::Receiver<Arc<Snapshot>>,
+    mut polls: watch::Receiver<u64>,
+) {
     let mut tick = tokio::time::interval_at(
         Instant::now() + VIEWER_COUNT_INTERVAL,
         VIEWER_COUNT_INTERVAL,
@@ -143,6 +149,9 @@ pub struct Subscription {
     operator: bool,
     results_sent: u64,
     viewers_sent: u64,
+    /// The last message sent was results (a new count then goes first, so a viewer that is
+    /// always behind on results still hears the count).
+    sent_results_last: bool,
 }
 
 impl Subscription {
@@ -155,18 +164,22 @@ impl Subscription {
     }
 
     /// The next message this viewer has not been sent: the results at once on the first call,
-    /// then the viewer count, then whatever the feed publishes next (results first). Cancel-safe:
-    /// a call dropped before it returns loses nothing.
+    /// then the viewer count, then whatever the feed publishes next (results first, unless the
+    /// count changed and results went last). Cancel-safe: a call dropped before it returns loses
+    /// nothing.
     async fn next_change(&mut self) -> Change {
         loop {
             let frame = self.frames.borrow_and_update().clone();
-            let results = frame.results(self.operator).seq;
-            if results != self.results_sent {
-                self.results_sent = results;
+            let results = frame.results(self.operator).seq != self.results_sent;
+            let viewers = frame.viewers_message.seq != self.viewers_sent;
+            if results && !(viewers && self.sent_results_last) {
+                self.results_sent = frame.results(self.operator).seq;
+                self.sent_results_last = true;
                 return Change::Results(frame);
             }
-            if frame.viewers_message.seq != self.viewers_sent {
+            if viewers {
                 self.viewers_sent = frame.viewers_message.seq;
+                self.sent_results_last = false;
                 return Change::Viewers(frame);
             }
             if self.frames.changed().await.is_err() {

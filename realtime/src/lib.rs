@@ -2,8 +2,9 @@
 //!
 //! - [`feed`]: one task per watched poll renders its messages once per coalescing interval and
 //!   publishes the latest; each viewer's [`Subscription`] reads the latest frame and sends what
-//!   it has not sent yet (a slow viewer gets the newest state, never a queue). The viewer count is
-//!   news at most once a second, and only when it changed.
+//!   it has not sent yet (a slow viewer gets the newest state, never a queue; over SSE up to 16
+//!   events may wait in hyper). The viewer count is news at most once a second, and only when it
+//!   changed.
 //! - [`frame`]: what is sent (pure): the results for each audience and the viewer count, each
 //!   encoded once per poll for both transports.
 //! - [`routes`]: `GET /v1/polls/{id}/ws` and `GET /v1/polls/{id}/sse`, and the deadline a client

@@ -145,9 +145,12 @@ async fn sse(
         .subscribe(id, operator)
         .ok_or_else(|| ApiError::not_found("unknown_poll", format!("there is no poll {id}")))?;
     small_send_buffer(&rt, send_buffer);
-    // hyper pulls the next event only once it has room to write it, and the subscription always
-    // has the newest state: no task or channel per viewer. A client for which a write waits
-    // for `http.write_stall_timeout_ms` is closed by the listener.
+    // The subscription always has the newest state, and hyper pulls the next event when it has
+    // room to queue it: no task or channel per viewer. hyper queues up to 16 events behind a
+    // slow socket (its vectored-write queue), so a slow SSE viewer can be that many frames
+    // behind (a WebSocket viewer is never more than the frame in its socket: its write buffer is
+    // 0 and each send waits for the flush). A client for which a write waits for
+    // `http.write_stall_timeout_ms` is closed by the listener.
     let events = futures::stream::unfold(sub, |mut sub| async move {
         let event = tokio::select! {
             event = sub.next_sse() => event,
