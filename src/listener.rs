@@ -17,8 +17,8 @@
 //!   whatever it carries (a response, an event stream, a WebSocket): a client that stops reading
 //!   holds its socket and buffers for at most that long.
 //! - A live stream's handler may ask for a small kernel send buffer
-//!   ([`realtime::SendBufferRequest`], `realtime.socket_send_buffer_bytes`), set before the
-//!   socket's next write.
+//!   (`realtime.socket_send_buffer_bytes`), set before the socket's next write, and learn how much
+//!   the socket has written ([`realtime::LiveSocket`]).
 //! - A connection's place at the gate goes with its socket, into a WebSocket after an upgrade, and
 //!   is freed when the socket closes: viewers count against the caps.
 //!
@@ -31,7 +31,7 @@ use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use parking_lot::Mutex;
-use realtime::SendBufferRequest;
+use realtime::LiveSocket;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::IpAddr;
@@ -248,23 +248,18 @@ pub async fn serve(
         };
         metrics.connections_accepted.fetch_add(1, Ordering::Relaxed);
         let _ = stream.set_nodelay(true);
-        // ConnectInfo for the handlers that want the peer (rate limits); the send-buffer request
-        // for live streams, which the socket honours before its next write.
-        let send_buffer = SendBufferRequest::default();
+        // ConnectInfo for the handlers that want the peer (rate limits); what live streams share
+        // with the socket (their send buffer, what it has written).
+        let live = LiveSocket::default();
         let service = TowerToHyperService::new(
             tower::ServiceBuilder::new()
                 .layer(axum::Extension(ConnectInfo(peer)))
-                .layer(axum::Extension(send_buffer.clone()))
+                .layer(axum::Extension(live.clone()))
                 .service(router.clone()),
         );
         // The permit travels with the socket, into a WebSocket after an upgrade: its place is
         // free only once the socket is closed.
-        let io = TokioIo::new(Admitted::new(
-            stream,
-            permit,
-            write_stall_timeout,
-            send_buffer,
-        ));
+        let io = TokioIo::new(Admitted::new(stream, permit, write_stall_timeout, live));
         let connection = http.serve_connection(io, service).with_upgrades();
         let (metrics, mut stopping) = (metrics.clone(), stopping.clone());
         connections.spawn(async move {
@@ -313,8 +308,8 @@ struct Admitted {
     stalled: bool,
     /// The deadline passed: every write fails from then on (and is counted once).
     timed_out: bool,
-    /// A handler's request for a smaller kernel send buffer (live streams).
-    send_buffer: SendBufferRequest,
+    /// What a live stream's handler shares with this socket.
+    live: LiveSocket,
 }
 
 impl Admitted {
@@ -322,7 +317,7 @@ impl Admitted {
         stream: TcpStream,
         permit: Permit,
         write_stall_timeout: Duration,
-        send_buffer: SendBufferRequest,
+        live: LiveSocket,
     ) -> Self {
         Self {
             stream,
@@ -331,7 +326,7 @@ impl Admitted {
             stall: None,
             stalled: false,
             timed_out: false,
-            send_buffer,
+            live,
         }
     }
 
@@ -377,6 +372,16 @@ impl Admitted {
         ))
     }
 
+    /// Tells a live stream following this socket whether the write had to wait for room.
+    fn count(&self, done: Poll<std::io::Result<usize>>) -> Poll<std::io::Result<usize>> {
+        match done {
+            Poll::Pending => self.live.wrote(true),
+            Poll::Ready(Ok(_)) => self.live.wrote(false),
+            Poll::Ready(Err(_)) => {}
+        }
+        done
+    }
+
     fn write_with<T>(
         &mut self,
         cx: &mut Context<'_>,
@@ -388,7 +393,7 @@ impl Admitted {
                 "this connection's write deadline has passed",
             )));
         }
-        let asked = self.send_buffer.take();
+        let asked = self.live.take_send_buffer();
         if asked > 0 {
             if let Err(e) =
                 socket2::SockRef::from(&self.stream).set_send_buffer_size(asked as usize)
@@ -423,8 +428,9 @@ impl AsyncWrite for Admitted {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        self.get_mut()
-            .write_with(cx, |stream, cx| stream.poll_write(cx, buf))
+        let this = self.get_mut();
+        let done = this.write_with(cx, |stream, cx| stream.poll_write(cx, buf));
+        this.count(done)
     }
 
     fn poll_write_vectored(
@@ -432,8 +438,9 @@ impl AsyncWrite for Admitted {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        self.get_mut()
-            .write_with(cx, |stream, cx| stream.poll_write_vectored(cx, bufs))
+        let this = self.get_mut();
+        let done = this.write_with(cx, |stream, cx| stream.poll_write_vectored(cx, bufs));
+        this.count(done)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -560,7 +567,7 @@ mod tests {
     /// A connected pair: the server's side admitted, the client's side raw.
     async fn admitted_pair(
         stall: Duration,
-        send_buffer: SendBufferRequest,
+        live: LiveSocket,
     ) -> (Admitted, TcpStream, Arc<HttpMetrics>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap())
@@ -571,17 +578,13 @@ mod tests {
         let permit = Gate::new(10, 0, true, metrics.clone())
             .admit(peer.ip())
             .unwrap();
-        (
-            Admitted::new(server, permit, stall, send_buffer),
-            client,
-            metrics,
-        )
+        (Admitted::new(server, permit, stall, live), client, metrics)
     }
 
     #[tokio::test]
     async fn a_write_the_client_does_not_take_fails_at_the_deadline_and_is_counted() {
         let (mut server, _client, metrics) =
-            admitted_pair(Duration::from_millis(300), SendBufferRequest::default()).await;
+            admitted_pair(Duration::from_millis(300), LiveSocket::default()).await;
         let chunk = vec![7u8; 64 << 10];
         let started = Instant::now();
         let failed = tokio::time::timeout(Duration::from_secs(20), async {
@@ -605,7 +608,7 @@ mod tests {
     #[tokio::test]
     async fn only_time_spent_waiting_to_write_counts_toward_the_deadline() {
         let (mut server, mut client, metrics) =
-            admitted_pair(Duration::from_millis(200), SendBufferRequest::default()).await;
+            admitted_pair(Duration::from_millis(200), LiveSocket::default()).await;
         let reader = tokio::spawn(async move {
             // Late to start (the first writes wait up to 100 ms), then reads everything.
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -629,13 +632,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_requested_send_buffer_is_set_before_the_next_write() {
-        let request = SendBufferRequest::default();
+        let request = LiveSocket::default();
         let (mut server, _client, _) =
             admitted_pair(Duration::from_secs(10), request.clone()).await;
         let before = socket2::SockRef::from(&server.stream)
             .send_buffer_size()
             .unwrap();
-        request.request(4096);
+        request.request_send_buffer(4096);
         server.write_all(b"x").await.unwrap();
         let after = socket2::SockRef::from(&server.stream)
             .send_buffer_size()

@@ -5,7 +5,7 @@
 //!   the coalescing interval (`realtime.coalesce_ms`), renders the frame once and publishes it in
 //!   a `watch` channel, which keeps only the latest: a viewer that is still sending an older frame
 //!   skips straight to the newest one when it is done. A slow viewer gets the latest state, never
-//!   a queue (an SSE viewer: up to 16 events may wait in hyper's queue, see [`crate::routes`]).
+//!   a queue.
 //! - Once a second the task looks at the viewer count (an atomic the subscriptions move) and
 //!   publishes it only when it changed; it also re-renders then, so a state that moves with the
 //!   clock (a scheduled close) is shown within a second. With no viewers left the task retires

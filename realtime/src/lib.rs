@@ -2,15 +2,17 @@
 //!
 //! - [`feed`]: one task per watched poll renders its messages once per coalescing interval and
 //!   publishes the latest; each viewer's [`Subscription`] reads the latest frame and sends what
-//!   it has not sent yet (a slow viewer gets the newest state, never a queue; over SSE up to 16
-//!   events may wait in hyper). The viewer count is news at most once a second, and only when it
-//!   changed.
+//!   it has not sent yet (a slow viewer gets the newest state, never a queue). The viewer count
+//!   is news at most once a second, and only when it changed.
 //! - [`frame`]: what is sent (pure): the results for each audience and the viewer count, each
 //!   encoded once per poll for both transports.
 //! - [`routes`]: `GET /v1/polls/{id}/ws` and `GET /v1/polls/{id}/sse`, and the deadline a client
 //!   has to take each message.
 //! - [`fanout`]: the runtime WebSocket viewers are served on, at a lower priority than votes.
 //! - [`origin`]: which web pages may open a WebSocket (the `Origin` allow-list).
+//! - [`live_socket`]: what a live connection shares with the listener (a small kernel send
+//!   buffer; whether its writes wait for room, so an event stream takes its next frame only once
+//!   the socket takes writes again).
 //!
 //! Embargo: a connection that is not an operator's (key header or session cookie) and holds no
 //! screen token for the poll gets `hidden: true` and no counts, version or offsets until the
@@ -19,6 +21,7 @@
 pub mod fanout;
 pub mod feed;
 pub mod frame;
+pub mod live_socket;
 pub mod origin;
 pub mod routes;
 
@@ -28,12 +31,13 @@ pub const MAX_CLIENT_MESSAGE_BYTES: usize = 4096;
 
 use feed::Feed;
 pub use feed::Subscription;
+pub use live_socket::LiveSocket;
 use parking_lot::Mutex;
 use processor::{ResultsBoard, Snapshot};
 use query::OperatorKeys;
 use schemas::{Poll, PollId};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use storage::PollCatalog;
@@ -75,28 +79,6 @@ pub struct Realtime {
     pub messages_sent: AtomicU64,
     /// Clients disconnected for not taking a message within `send_timeout`.
     pub slow_consumers_dropped: AtomicU64,
-}
-
-/// A live connection's request for a small kernel send buffer, honoured by the socket's owner
-/// (the node's listener) before its next write. A viewer is sent its next state only once its
-/// previous frame has left the process; a small kernel buffer keeps the frames waiting in the
-/// kernel few too, so a slow viewer is behind by little more than one frame. Handlers find it as
-/// a request extension (absent where the socket's owner does not offer it).
-#[derive(Debug, Clone, Default)]
-pub struct SendBufferRequest(Arc<AtomicU32>);
-
-impl SendBufferRequest {
-    pub fn request(&self, bytes: u32) {
-        self.0.store(bytes, Ordering::Relaxed);
-    }
-
-    /// The size asked for, once (0: nothing asked, or already taken).
-    pub fn take(&self) -> u32 {
-        if self.0.load(Ordering::Relaxed) == 0 {
-            return 0;
-        }
-        self.0.swap(0, Ordering::Relaxed)
-    }
 }
 
 /// One thing to tell a live client, as values.

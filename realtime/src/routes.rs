@@ -3,7 +3,7 @@
 //! Who sees embargoed counts: an operator (`Authorization: Bearer <key>`, `X-Api-Key`, or the
 //! console's session cookie) or a screen token for the poll (`?token=`); `?key=` is refused (401).
 
-use crate::{Realtime, SendBufferRequest};
+use crate::{LiveSocket, Realtime};
 use axum::body::Body;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocketUpgrade};
@@ -62,9 +62,9 @@ fn sees_embargoed(
 const WS_READ_BUFFER_BYTES: usize = 256;
 
 /// Asks for the small kernel send buffer of a live socket, where the listener offers it.
-fn small_send_buffer(rt: &Realtime, request: Option<Extension<SendBufferRequest>>) {
-    if let (Some(Extension(r)), n @ 1..) = (request, rt.socket_send_buffer) {
-        r.request(n);
+fn small_send_buffer(rt: &Realtime, live: Option<&LiveSocket>) {
+    if let (Some(live), n @ 1..) = (live, rt.socket_send_buffer) {
+        live.request_send_buffer(n);
     }
 }
 
@@ -73,7 +73,7 @@ async fn ws(
     Path(id): Path<String>,
     Query(q): Query<KeyQuery>,
     headers: HeaderMap,
-    send_buffer: Option<Extension<SendBufferRequest>>,
+    live: Option<Extension<LiveSocket>>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let upgrade = upgrade.map_err(|e| {
@@ -89,7 +89,8 @@ async fn ws(
     let mut sub = rt
         .subscribe(id, operator)
         .ok_or_else(|| ApiError::not_found("unknown_poll", format!("there is no poll {id}")))?;
-    small_send_buffer(&rt, send_buffer);
+    let live = live.map(|Extension(l)| l);
+    small_send_buffer(&rt, live.as_ref());
     Ok(upgrade
         .on_upgrade(move |mut socket| async move {
             // Served on the fan-out runtime, below the vote path's priority.
@@ -137,26 +138,33 @@ async fn sse(
     Path(id): Path<String>,
     Query(q): Query<KeyQuery>,
     headers: HeaderMap,
-    send_buffer: Option<Extension<SendBufferRequest>>,
+    live: Option<Extension<LiveSocket>>,
 ) -> Result<Response, ApiError> {
     let id = poll_id(&id)?;
     let operator = sees_embargoed(&rt, &headers, &q, id)?;
     let sub = rt
         .subscribe(id, operator)
         .ok_or_else(|| ApiError::not_found("unknown_poll", format!("there is no poll {id}")))?;
-    small_send_buffer(&rt, send_buffer);
-    // The subscription always has the newest state, and hyper pulls the next event when it has
-    // room to queue it: no task or channel per viewer. hyper queues up to 16 events behind a
-    // slow socket (its vectored-write queue), so a slow SSE viewer can be that many frames
-    // behind (a WebSocket viewer is never more than the frame in its socket: its write buffer is
-    // 0 and each send waits for the flush). A client for which a write waits for
-    // `http.write_stall_timeout_ms` is closed by the listener.
-    let events = futures::stream::unfold(sub, |mut sub| async move {
+    let live = live.map(|Extension(l)| l);
+    small_send_buffer(&rt, live.as_ref());
+    // The subscription always has the newest state, and the stream takes the next frame only once
+    // the socket takes writes again (hyper alone would queue up to 16 events behind a slow
+    // socket): no task or channel per viewer, and a slow viewer is behind by what its socket
+    // holds. A client for which a write waits for `http.write_stall_timeout_ms` is closed by
+    // the listener.
+    if let Some(live) = &live {
+        live.track();
+    }
+    let events = futures::stream::unfold((sub, live), |(mut sub, live)| async move {
+        // What the HTTP server holds leaves first (see `live_socket`).
+        if let Some(live) = &live {
+            live.writable().await;
+        }
         let event = tokio::select! {
             event = sub.next_sse() => event,
             _ = tokio::time::sleep(SSE_KEEP_ALIVE) => Bytes::from_static(b":\n\n"),
         };
-        Some((Ok::<_, Infallible>(event), sub))
+        Some((Ok::<_, Infallible>(event), (sub, live)))
     });
     Ok((
         [

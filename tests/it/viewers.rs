@@ -132,3 +132,92 @@ async fn websocket_and_sse_carry_the_same_bytes_with_the_tallys_time() {
     };
     assert_eq!(sse_text, ws_text);
 }
+
+/// The `version` of each complete results event in `text` (SSE over chunked HTTP/1.1), and the
+/// rest of `text` after the last complete event.
+fn sse_versions(text: &str) -> (Vec<i64>, String) {
+    let Some(end) = text.rfind("\n\n") else {
+        return (Vec::new(), text.to_owned());
+    };
+    let versions = text[..end]
+        .split("\n\n")
+        .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data: ")))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|m| m["version"].as_i64())
+        .collect();
+    (versions, text[end + 2..].to_owned())
+}
+
+#[tokio::test]
+async fn a_slow_sse_viewer_is_behind_by_what_its_socket_holds_not_by_a_queue() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app().await;
+    // Big messages (64 options of 200 characters, ~17 KB each), so a few fill the buffers.
+    let labels: Vec<String> = (0..64)
+        .map(|i| format!("{i:02}{}", "x".repeat(198)))
+        .collect();
+    let (status, body) = app
+        .call(
+            "POST",
+            "/v1/polls",
+            Some(serde_json::json!({"title": "Slow", "options": labels, "open": true})),
+            true,
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let poll = body["id"].as_i64().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut sse = socket.connect(app.addr).await.unwrap();
+    sse.write_all(format!("GET /v1/polls/{poll}/sse HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    // Votes from four senders: the results change in every coalescing period.
+    let voting: Vec<_> = (0..4)
+        .map(|lane| {
+            let (client, url) = (app.client.clone(), app.url("/v1/votes"));
+            tokio::spawn(async move {
+                for i in 0.. {
+                    let _ = client
+                        .post(&url)
+                        .json(&serde_json::json!({"poll_id": poll, "option_id": i % 64, "voter_id": format!("s{lane}-{i}")}))
+                        .send()
+                        .await;
+                }
+            })
+        })
+        .collect();
+    // The viewer stops reading for 3 s (about 30 frames are published meanwhile)…
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let latest = app.results(poll).await["version"].as_i64().unwrap();
+    // …then reads again: the frames it gets before one as new as the results were when it came
+    // back are what its socket held, not a queue of everything it missed.
+    let mut text = String::new();
+    let mut stale = Vec::new();
+    let mut buf = vec![0u8; 64 << 10];
+    let caught_up = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let n = sse.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the stream ended");
+            text.push_str(&String::from_utf8_lossy(&buf[..n]));
+            let (versions, rest) = sse_versions(&text);
+            text = rest;
+            for v in versions {
+                if v >= latest {
+                    return;
+                }
+                stale.push(v);
+            }
+        }
+    })
+    .await;
+    for v in voting {
+        v.abort();
+    }
+    assert!(caught_up.is_ok(), "never caught up with version {latest}");
+    assert!(
+        stale.len() <= 6,
+        "{} stale frames before the newest (versions {stale:?}, newest at resume {latest})",
+        stale.len()
+    );
+}
