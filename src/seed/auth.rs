@@ -115,7 +115,7 @@ impl Auth {
             basic_cache: Mutex::new(HashMap::new()),
             accounts_file: Appender::open(&accounts_path)?,
             sessions_file: Appender::open(&sessions_path)?,
-            hashing: Semaphore::new(cores),
+            hashing: Semaphore::new(hashing_slots(cores)),
             // Well-formed, so verifying against it costs a full hash; matches no password.
             dummy_hash: format!("pbkdf2_sha256${PBKDF2_ITERATIONS}${}$", new_salt()),
         })
@@ -129,7 +129,7 @@ impl Auth {
         self.accounts.read().by_id.get(&id).cloned()
     }
 
-    /// Runs a PBKDF2 job on the blocking pool, one per core at a time.
+    /// Runs a PBKDF2 job on the blocking pool, at most [`hashing_slots`] at a time.
     async fn hashing<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
         let _permit = self.hashing.acquire().await.expect("never closed");
         tokio::task::spawn_blocking(f)
@@ -285,6 +285,13 @@ pub fn new_salt() -> String {
         .collect()
 }
 
+/// How many password hashes may run at once on a machine of `cores`: half of them, at least one,
+/// so a wave of registrations or logins (100,000 PBKDF2 rounds each, about 50 ms of a core) can
+/// never take every core from the votes; the rest wait their turn.
+pub fn hashing_slots(cores: usize) -> usize {
+    (cores / 2).max(1)
+}
+
 /// Django's `pbkdf2_sha256` hash of a password.
 pub fn hash_password(password: &str, salt: &str, iterations: u32) -> String {
     let mut out = [0u8; 32];
@@ -384,6 +391,41 @@ pub fn session_set_cookie(token: &str, secure: bool) -> String {
 mod tests {
     use super::*;
     use axum::http::HeaderValue;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn password_hashing_never_takes_more_than_half_the_cores() {
+        assert_eq!(hashing_slots(1), 1);
+        assert_eq!(hashing_slots(2), 1);
+        assert_eq!(hashing_slots(8), 4);
+        let dir = tempfile::tempdir().unwrap();
+        let auth = Arc::new(Auth::open(dir.path()).unwrap());
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let (active, most) = (
+            Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        );
+        let jobs: Vec<_> = (0..16)
+            .map(|_| {
+                let (auth, active, most) = (auth.clone(), active.clone(), most.clone());
+                tokio::spawn(async move {
+                    auth.hashing(move || {
+                        let now = active.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                        most.fetch_max(now, std::sync::atomic::Ordering::SeqCst);
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                        active.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                    })
+                    .await
+                })
+            })
+            .collect();
+        for j in jobs {
+            j.await.unwrap();
+        }
+        assert_eq!(
+            most.load(std::sync::atomic::Ordering::SeqCst),
+            hashing_slots(cores)
+        );
+    }
 
     #[test]
     fn pbkdf2_matches_the_rfc_vectors_and_django() {
