@@ -20,12 +20,8 @@ port=18190
 work=$(mktemp -d /tmp/crowdtick-ab.XXXXXX)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
-serve() { # bin dir
-  "$1" serve --data-dir "$2" --listen "127.0.0.1:$port" >"$2.log" 2>&1 &
-  server=$!
-  for _ in $(seq 200); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && return; sleep 0.1; done
-  echo "server did not start: $(tail -5 "$2.log")"; exit 1
-}
+# shellcheck source=scripts/bench-lib.sh
+. "$(dirname "$0")/bench-lib.sh"
 
 report() { # label run json
   python3 - "$1" "$2" "$3" <<'PY'

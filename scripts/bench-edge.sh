@@ -19,13 +19,16 @@ bin=target/release/crowdtick; bare=target/release/examples/bare_edge
 work=$(mktemp -d /tmp/crowdtick-edge.XXXXXX)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
+# shellcheck source=scripts/bench-lib.sh
+. scripts/bench-lib.sh
 start() { # name
-  if [ "$1" = bare ]; then "$bare" "127.0.0.1:$port" >"$work/$1.log" 2>&1 &
-  else "$bin" serve --data-dir "$work/data-$RANDOM" --listen "127.0.0.1:$port" >"$work/$1.log" 2>&1 &
+  if [ "$1" = bare ]; then
+    "$bare" "127.0.0.1:$port" >"$work/$1.log" 2>&1 &
+    server=$!
+    wait_healthy "$work/$1.log"
+  else
+    serve "$bin" "$work/data-$RANDOM"
   fi
-  server=$!
-  for _ in $(seq 200); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && return; sleep 0.1; done
-  echo "$1 did not start: $(tail -5 "$work/$1.log")"; exit 1
 }
 
 run() { # name mode -> prints "votes/s p99"

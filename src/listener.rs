@@ -330,33 +330,21 @@ impl Admitted {
         }
     }
 
-    /// After a write that made progress (or failed): the deadline is off.
-    fn progressed<T>(&mut self, done: Poll<std::io::Result<T>>) -> Poll<std::io::Result<T>> {
-        if done.is_pending() {
-            return self.waiting(done);
-        }
-        self.stalled = false;
-        done
-    }
-
-    /// A write waits for room: start the deadline if it is not running, fail if it has passed.
-    fn waiting<T>(&mut self, pending: Poll<std::io::Result<T>>) -> Poll<std::io::Result<T>> {
+    /// A write waits for room: starts the deadline if it is not running; the error once it has
+    /// passed (counted once; every later write fails too).
+    fn waiting(&mut self, cx: &mut Context<'_>) -> Option<std::io::Error> {
         if self.write_stall_timeout.is_zero() {
-            return pending;
+            return None;
         }
-        let cx_deadline = tokio::time::Instant::now() + self.write_stall_timeout;
         if !self.stalled {
             self.stalled = true;
+            let deadline = tokio::time::Instant::now() + self.write_stall_timeout;
             match &mut self.stall {
-                Some(sleep) => sleep.as_mut().reset(cx_deadline),
-                None => self.stall = Some(Box::pin(tokio::time::sleep_until(cx_deadline))),
+                Some(sleep) => sleep.as_mut().reset(deadline),
+                None => self.stall = Some(Box::pin(tokio::time::sleep_until(deadline))),
             }
         }
-        pending
-    }
-
-    fn check_deadline(&mut self, cx: &mut Context<'_>) -> Option<std::io::Error> {
-        let sleep = self.stall.as_mut().filter(|_| self.stalled)?;
+        let sleep = self.stall.as_mut()?;
         if sleep.as_mut().poll(cx).is_pending() {
             return None;
         }
@@ -402,11 +390,11 @@ impl Admitted {
             }
         }
         let done = write(Pin::new(&mut self.stream), cx);
-        let done = self.progressed(done);
-        if done.is_pending() {
-            if let Some(e) = self.check_deadline(cx) {
-                return Poll::Ready(Err(e));
-            }
+        if done.is_ready() {
+            // Progress (or a failure): the deadline is off.
+            self.stalled = false;
+        } else if let Some(e) = self.waiting(cx) {
+            return Poll::Ready(Err(e));
         }
         done
     }

@@ -32,11 +32,15 @@ fn histogram(out: &mut String, name: &str, help: &str, h: &ingest::latency::Late
 /// Resident memory of this process in bytes (Linux: `VmRSS` of /proc/self/status; 0 elsewhere).
 pub fn resident_memory_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    vm_rss_kib(&status).map_or(0, |kb| kb * 1024)
+}
+
+/// The `VmRSS` line of a `/proc/<pid>/status` text, in KiB.
+pub fn vm_rss_kib(status: &str) -> Option<u64> {
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 pub async fn render(State(s): State<AppState>) -> impl IntoResponse {

@@ -108,7 +108,7 @@ async fn run(
             }
         };
         if viewers.is_none() {
-            tokio::time::sleep_until(last_publish + rt.coalesce).await;
+            tokio::time::sleep_until(last_publish + rt.settings.coalesce).await;
         }
         last_publish = Instant::now();
         polls.mark_unchanged();

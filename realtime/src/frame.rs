@@ -151,14 +151,11 @@ pub fn render(
         "results",
         results_json(&poll, &snapshot, true, now),
     );
-    let viewers_message = match prev {
-        Some(p) if p.viewers == viewers => p.viewers_message.clone(),
-        _ => Versioned::next(
-            prev.map(|p| &p.viewers_message),
-            "viewers",
-            viewers_json(viewers),
-        ),
-    };
+    let viewers_message = Versioned::next(
+        prev.map(|p| &p.viewers_message),
+        "viewers",
+        viewers_json(viewers),
+    );
     Frame {
         poll,
         snapshot,

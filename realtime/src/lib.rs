@@ -64,20 +64,16 @@ pub struct Realtime {
     pub catalog: PollCatalog,
     pub board: Arc<ResultsBoard>,
     pub keys: OperatorKeys,
-    pub coalesce: Duration,
     /// Which web pages may open a WebSocket.
     pub origins: origin::OriginPolicy,
-    /// A client must take each message within this, or it is disconnected ([`routes`]).
-    pub send_timeout: Duration,
-    /// The kernel send buffer asked for each live socket (0: the kernel's own).
-    pub socket_send_buffer: u32,
+    pub settings: Settings,
     /// Where WebSocket viewers are served.
     pub fanout: fanout::Fanout,
     /// The feeds of the polls being watched.
     feeds: Mutex<HashMap<PollId, Arc<Feed>>>,
     pub connections: AtomicU64,
     pub messages_sent: AtomicU64,
-    /// Clients disconnected for not taking a message within `send_timeout`.
+    /// Clients disconnected for not taking a message within `settings.send_timeout`.
     pub slow_consumers_dropped: AtomicU64,
 }
 
@@ -105,10 +101,8 @@ impl Realtime {
             catalog,
             board,
             keys,
-            coalesce: settings.coalesce,
             origins,
-            send_timeout: settings.send_timeout,
-            socket_send_buffer: settings.socket_send_buffer,
+            settings,
             fanout,
             feeds: Mutex::new(HashMap::new()),
             connections: AtomicU64::new(0),
@@ -120,7 +114,7 @@ impl Realtime {
     /// Counts a client dropped for not taking a message in time.
     pub fn dropped_slow_consumer(&self, poll_id: PollId, transport: &'static str) {
         self.slow_consumers_dropped.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(poll_id, transport, timeout = ?self.send_timeout, "slow live client dropped");
+        tracing::debug!(poll_id, transport, timeout = ?self.settings.send_timeout, "slow live client dropped");
     }
 
     /// Starts following a poll (counted as one viewer until dropped); `operator`: sees embargoed

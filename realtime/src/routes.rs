@@ -63,7 +63,7 @@ const WS_READ_BUFFER_BYTES: usize = 256;
 
 /// Asks for the small kernel send buffer of a live socket, where the listener offers it.
 fn small_send_buffer(rt: &Realtime, live: Option<&LiveSocket>) {
-    if let (Some(live), n @ 1..) = (live, rt.socket_send_buffer) {
+    if let (Some(live), n @ 1..) = (live, rt.settings.socket_send_buffer) {
         live.request_send_buffer(n);
     }
 }
@@ -105,8 +105,10 @@ async fn ws(
                             Some(Ok(_)) => continue, // pings are answered by the library
                         },
                     };
-                    let sent =
-                        tokio::time::timeout(rt.send_timeout, socket.send(Message::Text(text)));
+                    let sent = tokio::time::timeout(
+                        rt.settings.send_timeout,
+                        socket.send(Message::Text(text)),
+                    );
                     match sent.await {
                         Ok(Ok(())) => {}
                         Ok(Err(_)) => break,

@@ -152,7 +152,12 @@ async fn send_within(
     text: String,
 ) -> bool {
     let rt = &seed.realtime;
-    match tokio::time::timeout(rt.send_timeout, tx.send(Message::Text(text.into()))).await {
+    match tokio::time::timeout(
+        rt.settings.send_timeout,
+        tx.send(Message::Text(text.into())),
+    )
+    .await
+    {
         Ok(sent) => sent.is_ok(),
         Err(_) => {
             rt.dropped_slow_consumer(poll_id, "seed_ws");

@@ -45,12 +45,8 @@ impl Node {
 
     /// Resident memory in KiB (from /proc).
     pub fn rss_kib(&self) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()));
+        crowdtick::metrics::vm_rss_kib(&status.unwrap_or_default()).unwrap_or(0)
     }
 
     /// SIGTERM, then wait: flushes and leaves the group.

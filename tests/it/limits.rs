@@ -150,21 +150,7 @@ async fn slow_headers_idle_connections_and_slow_bodies_are_cut_off_on_time() {
         "answered after {took:?}"
     );
 
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let timeouts: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("crowdtick_http_header_timeouts_total "))
-        .expect("the header timeout counter is exported")
-        .parse()
-        .unwrap();
+    let timeouts = app.metric("crowdtick_http_header_timeouts_total").await;
     assert!(timeouts >= 2, "{timeouts} header timeouts counted");
 }
 
