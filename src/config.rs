@@ -205,6 +205,11 @@ pub struct IngestSection {
     /// this (CoDel-style); 0 turns it off.
     pub shed_target_ms: u64,
     pub shed_interval_ms: u64,
+    /// Shed a vote request (503) that waited longer than this for the node (from the kernel's
+    /// receipt of its bytes to its handler) once no request has waited less for
+    /// `shed_wait_interval_ms`; before that, only one that waited a whole interval. 0 turns it off.
+    pub shed_wait_target_ms: u64,
+    pub shed_wait_interval_ms: u64,
     /// The aggregators that may post batches, each with its own key, voter namespace and quota:
     /// `[[ingest.aggregators]] name = "sms-uk", key = "…", votes_per_sec = 20000`.
     pub aggregators: Vec<ingest::identity::AggregatorConfig>,
@@ -314,6 +319,8 @@ impl Default for IngestSection {
             max_in_flight_votes: d.admission.max_in_flight_votes,
             shed_target_ms: d.admission.target_delay.as_millis() as u64,
             shed_interval_ms: d.admission.interval.as_millis() as u64,
+            shed_wait_target_ms: d.admission.wait_target.as_millis() as u64,
+            shed_wait_interval_ms: d.admission.wait_interval.as_millis() as u64,
             aggregators: vec![ingest::identity::AggregatorConfig {
                 name: "dev".into(),
                 key: DEV_AGGREGATOR_KEY.into(),
@@ -534,6 +541,8 @@ impl Config {
                 max_in_flight_votes: self.ingest.max_in_flight_votes,
                 target_delay: Duration::from_millis(self.ingest.shed_target_ms),
                 interval: Duration::from_millis(self.ingest.shed_interval_ms.max(1)),
+                wait_target: Duration::from_millis(self.ingest.shed_wait_target_ms),
+                wait_interval: Duration::from_millis(self.ingest.shed_wait_interval_ms.max(1)),
             },
             ..Default::default()
         }

@@ -9,6 +9,8 @@
 //! - [`recount`]: the audit command.
 //! - [`listener`]: the accept loop: connection caps, header, idle and body timeouts, the open-file
 //!   limit.
+//! - [`receive_stamp`]: the kernel's receive timestamps, so the edge sees how long a request
+//!   waited for a core.
 //! - [`metrics`]: `GET /metrics`.
 //! - [`readiness`]: `GET /readyz`, the checks that say whether a node can do its job.
 //! - [`healthcheck`]: `crowdtick healthcheck`, a probe for container healthchecks (no curl needed).
@@ -23,6 +25,7 @@ pub mod healthcheck;
 pub mod listener;
 pub mod metrics;
 pub mod readiness;
+pub mod receive_stamp;
 pub mod recount;
 pub mod seed;
 pub mod serve;

@@ -19,6 +19,9 @@
 //! - A live stream's handler may ask for a small kernel send buffer
 //!   (`realtime.socket_send_buffer_bytes`), set before the socket's next write, and learn how much
 //!   the socket has written ([`realtime::LiveSocket`]).
+//! - On a node taking votes, the kernel stamps what each connection receives, and each read
+//!   records the receipt time of its bytes ([`crate::receive_stamp`], [`ingest::Arrival`]): the
+//!   edge judges a vote by how long it waited for a core, which no clock in the handler sees.
 //! - A connection's place at the gate goes with its socket, into a WebSocket after an upgrade, and
 //!   is freed when the socket closes: viewers count against the caps.
 //!
@@ -26,21 +29,24 @@
 //! closes what is still busy (live streams) after a grace period.
 
 use crate::config::HttpSection;
+use crate::receive_stamp;
 use axum::extract::ConnectInfo;
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use ingest::Arrival;
 use parking_lot::Mutex;
 use realtime::LiveSocket;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::IpAddr;
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -198,6 +204,7 @@ pub async fn serve(
     router: Router,
     limits: &HttpSection,
     metrics: Arc<HttpMetrics>,
+    stamp_arrivals: bool,
     shutdown: impl Future<Output = ()> + Send,
 ) {
     let open_files = rlimit::getrlimit(rlimit::Resource::NOFILE)
@@ -218,6 +225,14 @@ pub async fn serve(
     http.timer(TokioTimer::new())
         .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms));
     let write_stall_timeout = Duration::from_millis(limits.write_stall_timeout_ms);
+    // Stamps from the first request on (held while the loop runs).
+    let _timestamping = stamp_arrivals
+        .then(|| {
+            receive_stamp::keep_on()
+                .inspect_err(|e| tracing::warn!(error = %e, "cannot turn on the kernel's receive timestamps: votes are not judged by their wait"))
+                .ok()
+        })
+        .flatten();
     let (stop, stopping) = watch::channel(false);
     let mut connections = JoinSet::new();
     let mut last_descriptor_warning: Option<Instant> = None;
@@ -251,15 +266,32 @@ pub async fn serve(
         // ConnectInfo for the handlers that want the peer (rate limits); what live streams share
         // with the socket (their send buffer, what it has written).
         let live = LiveSocket::default();
+        // When the kernel received each request (for the edge's admission), if asked.
+        let arrival = stamp_arrivals
+            .then(|| match receive_stamp::enable(&stream) {
+                Ok(()) => Some(Arrival::default()),
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "cannot turn on receive timestamps for a connection: its votes are not judged by their wait");
+                    None
+                }
+            })
+            .flatten();
         let service = TowerToHyperService::new(
             tower::ServiceBuilder::new()
                 .layer(axum::Extension(ConnectInfo(peer)))
                 .layer(axum::Extension(live.clone()))
+                .option_layer(arrival.clone().map(axum::Extension))
                 .service(router.clone()),
         );
         // The permit travels with the socket, into a WebSocket after an upgrade: its place is
         // free only once the socket is closed.
-        let io = TokioIo::new(Admitted::new(stream, permit, write_stall_timeout, live));
+        let io = TokioIo::new(Admitted::new(
+            stream,
+            permit,
+            write_stall_timeout,
+            live,
+            arrival,
+        ));
         let connection = http.serve_connection(io, service).with_upgrades();
         let (metrics, mut stopping) = (metrics.clone(), stopping.clone());
         connections.spawn(async move {
@@ -310,6 +342,8 @@ struct Admitted {
     timed_out: bool,
     /// What a live stream's handler shares with this socket.
     live: LiveSocket,
+    /// Where reads record the kernel's receipt time of their bytes (reads use `recvmsg` then).
+    arrival: Option<Arrival>,
 }
 
 impl Admitted {
@@ -318,6 +352,7 @@ impl Admitted {
         permit: Permit,
         write_stall_timeout: Duration,
         live: LiveSocket,
+        arrival: Option<Arrival>,
     ) -> Self {
         Self {
             stream,
@@ -327,6 +362,7 @@ impl Admitted {
             stalled: false,
             timed_out: false,
             live,
+            arrival,
         }
     }
 
@@ -406,7 +442,44 @@ impl AsyncRead for Admitted {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+        let this = self.get_mut();
+        let Some(arrival) = &this.arrival else {
+            return Pin::new(&mut this.stream).poll_read(cx, buf);
+        };
+        // As TcpStream::poll_read does, with recvmsg for the receipt time.
+        loop {
+            std::task::ready!(this.stream.poll_read_ready(cx))?;
+            let fd = this.stream.as_raw_fd();
+            // SAFETY: recvmsg only writes bytes into the unfilled part; only the `n` it wrote
+            // are marked initialised below.
+            let unfilled = unsafe { buf.unfilled_mut() };
+            let room = unfilled.len();
+            let mut read = None;
+            let done = this.stream.try_io(Interest::READABLE, || {
+                let (n, stamp) = receive_stamp::recv(fd, unfilled)?;
+                read = Some((n, stamp));
+                // A short read emptied the socket: readiness is cleared (as tokio does), so the
+                // next read waits for the kernel instead of asking it again for nothing.
+                if n > 0 && n < room {
+                    return Err(std::io::ErrorKind::WouldBlock.into());
+                }
+                Ok(())
+            });
+            match (read, done) {
+                (Some((n, stamp)), _) => {
+                    // SAFETY: recvmsg wrote these `n` bytes.
+                    unsafe { buf.assume_init(n) };
+                    buf.advance(n);
+                    if let Some(at) = stamp {
+                        arrival.record(at);
+                    }
+                    return Poll::Ready(Ok(()));
+                }
+                (None, Err(e)) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                (None, Err(e)) => return Poll::Ready(Err(e)),
+                (None, Ok(())) => unreachable!("a read that succeeded says what it read"),
+            }
+        }
     }
 }
 
@@ -566,7 +639,51 @@ mod tests {
         let permit = Gate::new(10, 0, true, metrics.clone())
             .admit(peer.ip())
             .unwrap();
-        (Admitted::new(server, permit, stall, live), client, metrics)
+        (
+            Admitted::new(server, permit, stall, live, None),
+            client,
+            metrics,
+        )
+    }
+
+    #[tokio::test]
+    async fn reads_record_when_the_kernel_received_their_bytes() {
+        let (server, mut client, _) =
+            admitted_pair(Duration::from_secs(10), LiveSocket::default()).await;
+        let _on = receive_stamp::keep_on().unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        receive_stamp::enable(&server.stream).unwrap();
+        let arrival = Arrival::default();
+        let mut server = Admitted {
+            arrival: Some(arrival.clone()),
+            ..server
+        };
+        let sent: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
+        client.write_all(&sent).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Read in pieces smaller than what waits: every byte arrives, in order.
+        let mut got = vec![0u8; sent.len()];
+        let mut at = 0;
+        while at < got.len() {
+            let end = (at + 1_000).min(got.len());
+            at += server.read(&mut got[at..end]).await.unwrap();
+        }
+        assert_eq!(got, sent);
+        // The bytes waited in the kernel 300 ms before they were read, and the wait shows.
+        let waited = arrival.waited().expect("a stamp was recorded");
+        assert!(waited >= Duration::from_millis(250), "waited {waited:?}");
+        assert_eq!(arrival.waited(), None, "a stamp is taken once");
+        // Bytes that arrive while a read waits carry a fresh stamp.
+        let read = tokio::spawn(async move {
+            let mut buf = [0u8; 16];
+            let n = server.read(&mut buf).await.unwrap();
+            (buf[..n].to_vec(), arrival.waited().unwrap())
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        client.write_all(b"next").await.unwrap();
+        let (bytes, waited) = read.await.unwrap();
+        assert_eq!(bytes, b"next");
+        assert!(waited < Duration::from_millis(200), "waited {waited:?}");
     }
 
     #[tokio::test]

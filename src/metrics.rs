@@ -179,6 +179,12 @@ pub async fn render(State(s): State<AppState>) -> impl IntoResponse {
             "Time acknowledged votes waited to become durable (append to acknowledgement).",
             &i.durable_latency,
         );
+        histogram(
+            &mut out,
+            "crowdtick_ingest_vote_sojourn_seconds",
+            "Single votes acknowledged: from the kernel's receipt of the request to the 202 (what this node's queues cost them).",
+            &i.sojourn_latency,
+        );
         let a = &ingest.admission;
         counter(
             &mut out,
@@ -191,6 +197,18 @@ pub async fn render(State(s): State<AppState>) -> impl IntoResponse {
             "crowdtick_ingest_votes_shed_queue_delay_total",
             "Votes shed (503) because the log's queueing delay stood above its target.",
             &a.shed_delay,
+        );
+        counter(
+            &mut out,
+            "crowdtick_ingest_requests_shed_wait_total",
+            "Vote requests shed (503) because they waited too long for this node (from the kernel's receipt of their bytes).",
+            &a.wait.shed,
+        );
+        gauge(
+            &mut out,
+            "crowdtick_ingest_overloaded",
+            "1 while no vote request has met ingest.shed_wait_target_ms for ingest.shed_wait_interval_ms (requests past the target are shed).",
+            a.wait.is_overloaded(std::time::Instant::now()) as u64,
         );
         gauge(
             &mut out,

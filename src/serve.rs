@@ -558,6 +558,7 @@ pub async fn run_roles(
         app.router.clone(),
         &app.state.config.http,
         app.state.http_metrics.clone(),
+        roles.ingest && app.state.config.ingest.shed_wait_target_ms > 0,
         shutdown,
     )
     .await;

@@ -70,7 +70,8 @@ IDENTITY_VALUES: dict[str, Any] = {
         "voterTokens": {"hmacSecret": "true, [not] {a} table = 0123456789abcdef"},
     },
     "ingest": {
-        "admission": {"maxInFlightVotes": 50000, "shedTargetMs": 40, "shedIntervalMs": 250},
+        "admission": {"maxInFlightVotes": 50000, "shedTargetMs": 40, "shedIntervalMs": 250,
+                      "shedWaitTargetMs": 25, "shedWaitIntervalMs": 300},
         "voterTokens": {"algorithm": "HS384", "issuer": "https://id.example.com", "audience": "crowdtick",
                         "leewaySecs": 30},
     },
@@ -551,6 +552,7 @@ def test_crowdtick_accepts_the_settings_of_every_container(chart: helm.Chart, va
             assert tokens["hmac_secret"] == expected_hmac_secret(merged), label
             assert tokens["issuer"] == merged["ingest"]["voterTokens"]["issuer"], label
             assert effective["ingest"]["max_in_flight_votes"] == merged["ingest"]["admission"]["maxInFlightVotes"], label
+            assert effective["ingest"]["shed_wait_target_ms"] == merged["ingest"]["admission"]["shedWaitTargetMs"], label
     assert not failures, "\n".join(failures)
 
 
@@ -870,8 +872,11 @@ def test_voter_token_secret_reads_back_as_the_same_string(chart: helm.Chart) -> 
 
 def test_toml_carries_admission_and_voter_tokens(chart: helm.Chart) -> None:
     default = tomllib.loads(find(render(chart, {}), "ConfigMap", "crowdtick")["data"]["crowdtick.toml"])
-    assert {k: default["ingest"][k] for k in ("max_in_flight_votes", "shed_target_ms", "shed_interval_ms")} == \
-        {"max_in_flight_votes": 200000, "shed_target_ms": 500, "shed_interval_ms": 1000}
+    admission = ("max_in_flight_votes", "shed_target_ms", "shed_interval_ms", "shed_wait_target_ms",
+                 "shed_wait_interval_ms")
+    assert {k: default["ingest"][k] for k in admission} == \
+        {"max_in_flight_votes": 200000, "shed_target_ms": 500, "shed_interval_ms": 1000,
+         "shed_wait_target_ms": 10, "shed_wait_interval_ms": 100}
     assert "voter_tokens" not in default["ingest"]  # nothing set: the binary's defaults
     assert "aggregators" not in default["ingest"]  # secrets: from the environment only
 
@@ -882,8 +887,9 @@ def test_toml_carries_admission_and_voter_tokens(chart: helm.Chart) -> None:
     docs = render(chart, values)
     text = find(docs, "ConfigMap", "crowdtick")["data"]["crowdtick.toml"]
     toml = tomllib.loads(text)
-    assert {k: toml["ingest"][k] for k in ("max_in_flight_votes", "shed_target_ms", "shed_interval_ms")} == \
-        {"max_in_flight_votes": 50000, "shed_target_ms": 40, "shed_interval_ms": 250}
+    assert {k: toml["ingest"][k] for k in admission} == \
+        {"max_in_flight_votes": 50000, "shed_target_ms": 40, "shed_interval_ms": 250,
+         "shed_wait_target_ms": 25, "shed_wait_interval_ms": 300}
     assert toml["ingest"]["voter_tokens"] == {
         "algorithm": "EdDSA", "public_key_pem": ED25519_PUBLIC_KEY_PEM, "issuer": 'https://id.example.com/"realm"',
         "audience": "crowdtick", "leeway_secs": 15}
@@ -935,6 +941,7 @@ def test_secret_change_rolls_the_pods(chart: helm.Chart) -> None:
      "/ingest/voterTokens/publicKeyPem"),
     ({"ingest": {"admission": {"maxInFlightVotes": -1}}}, "/ingest/admission/maxInFlightVotes"),
     ({"ingest": {"admission": {"shedIntervalMs": 0}}}, "/ingest/admission/shedIntervalMs"),
+    ({"ingest": {"admission": {"shedWaitIntervalMs": 0}}}, "/ingest/admission/shedWaitIntervalMs"),
     ({"ingest": {"admission": {"shedTarget": 100}}}, "/ingest/admission"),
 ])
 def test_schema_refuses_bad_identity_values(chart: helm.Chart, values: dict, where: str) -> None:

@@ -1,6 +1,15 @@
 //! Admission control: the edge sheds votes early (503 + `Retry-After`) instead of growing a queue.
 //!
-//! Two checks, both lock-free:
+//! Three checks, all lock-free:
+//! - how long the request waited for this node before its handler ran ([`WaitJudge`]): on an
+//!   overloaded node the time goes to waiting for a core, not for the log, so the request's own
+//!   wait (from the kernel's receipt of its bytes, [`crate::arrival`]) is the signal that sees it.
+//!   This is the adaptive CoDel of request queues: while some request of the last interval waited
+//!   less than the target, a request is shed only if it waited a whole interval; once none has
+//!   for an interval (a queue stands), every request that waited more than the target is shed.
+//!   Clients told to retry later (`Retry-After`) go quiet and the queue before the handlers
+//!   shortens. (It bounds the wait before a vote's handler, not the wait after its append for the
+//!   handler to run again: BENCHMARKS.md, "shedding by the wait for a core".);
 //! - a bound on votes in flight (accepted by the edge, not yet durable or refused), so memory and
 //!   the log's queue stay bounded whatever the number of clients;
 //! - a CoDel-style check on the log's queueing delay: every acknowledged append reports how long it
@@ -22,6 +31,12 @@ pub struct AdmissionConfig {
     pub target_delay: Duration,
     /// The window over which the shortest delay must stay above the target to shed.
     pub interval: Duration,
+    /// Target wait of a request for this node, from its bytes' receipt to its handler (0: not
+    /// judged).
+    pub wait_target: Duration,
+    /// How long no request may have met `wait_target` before the node counts as overloaded; also
+    /// the longest a request may wait when it is not.
+    pub wait_interval: Duration,
 }
 
 impl Default for AdmissionConfig {
@@ -32,6 +47,8 @@ impl Default for AdmissionConfig {
             // second is one the edge should stop growing.
             target_delay: Duration::from_millis(500),
             interval: Duration::from_millis(1_000),
+            wait_target: Duration::from_millis(10),
+            wait_interval: Duration::from_millis(100),
         }
     }
 }
@@ -43,6 +60,8 @@ pub enum Shed {
     InFlight,
     /// The log's queueing delay stood above its target for a whole interval.
     QueueDelay,
+    /// The request waited too long for this node (see [`WaitJudge`]).
+    Waited,
 }
 
 pub struct Admission {
@@ -58,6 +77,7 @@ pub struct Admission {
     last_report: AtomicU64,
     pub shed_in_flight: AtomicU64,
     pub shed_delay: AtomicU64,
+    pub wait: WaitJudge,
 }
 
 /// Votes admitted; dropping it releases their places.
@@ -84,6 +104,7 @@ impl Admission {
             last_report: AtomicU64::new(0),
             shed_in_flight: AtomicU64::new(0),
             shed_delay: AtomicU64::new(0),
+            wait: WaitJudge::new(config.wait_target, config.wait_interval),
         }
     }
 
@@ -152,6 +173,90 @@ impl Admission {
     }
 }
 
+/// Judges requests by how long they waited for this node (the adaptive CoDel of request queues:
+/// Maurer, "Fail at Scale", ACM Queue 13(8), 2015).
+pub struct WaitJudge {
+    target_us: u64,
+    interval_us: u64,
+    epoch: Instant,
+    /// When the current run of requests that waited past the target began, µs since `epoch`
+    /// (0: the latest request met the target).
+    first_long: AtomicU64,
+    /// When a request last waited past the target, µs since `epoch` (kept to the millisecond).
+    last_long: AtomicU64,
+    /// Requests shed for their wait.
+    pub shed: AtomicU64,
+}
+
+impl WaitJudge {
+    pub fn new(target: Duration, interval: Duration) -> Self {
+        Self {
+            target_us: target.as_micros() as u64,
+            interval_us: interval.as_micros().max(1) as u64,
+            epoch: Instant::now(),
+            first_long: AtomicU64::new(0),
+            last_long: AtomicU64::new(0),
+            shed: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether requests are judged at all.
+    pub fn enabled(&self) -> bool {
+        self.target_us > 0
+    }
+
+    fn micros(&self, at: Instant) -> u64 {
+        (at.saturating_duration_since(self.epoch).as_micros() as u64).max(1)
+    }
+
+    /// Judges a request that waited `waited` for the node, at `now`: `Err(Shed::Waited)` to
+    /// shed it. Shared writes happen only when the state changes (or once a millisecond while
+    /// requests wait long), not once per request.
+    pub fn judge(&self, waited: Duration, now: Instant) -> Result<(), Shed> {
+        if !self.enabled() {
+            return Ok(());
+        }
+        if waited.as_micros() as u64 <= self.target_us {
+            if self.first_long.load(Relaxed) != 0 {
+                self.first_long.store(0, Relaxed);
+            }
+            return Ok(());
+        }
+        let now_us = self.micros(now);
+        let last_long = self.last_long.load(Relaxed);
+        if now_us > last_long + 1_000 {
+            self.last_long.store(now_us, Relaxed);
+        }
+        let mut first = self.first_long.load(Relaxed);
+        // A run of long waits starts here, or starts again after a quiet interval.
+        if first == 0 || now_us.saturating_sub(last_long) > self.interval_us {
+            self.first_long.store(now_us, Relaxed);
+            first = now_us;
+        }
+        let standing = now_us.saturating_sub(first) > self.interval_us;
+        let limit = if standing {
+            self.target_us
+        } else {
+            self.interval_us
+        };
+        if waited.as_micros() as u64 > limit {
+            self.shed.fetch_add(1, Relaxed);
+            return Err(Shed::Waited);
+        }
+        Ok(())
+    }
+
+    /// Whether every request of the last interval waited past the target (a queue stands).
+    pub fn is_overloaded(&self, now: Instant) -> bool {
+        let now_us = self.micros(now);
+        let first = self.first_long.load(Relaxed);
+        self.enabled()
+            && first != 0
+            && now_us.saturating_sub(first) > self.interval_us
+            && now_us.saturating_sub(self.last_long.load(Relaxed)) <= self.interval_us
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,7 +266,47 @@ mod tests {
             max_in_flight_votes: max,
             target_delay: Duration::from_millis(10),
             interval: Duration::from_millis(100),
+            wait_target: Duration::ZERO,
+            wait_interval: Duration::from_millis(100),
         })
+    }
+
+    #[test]
+    fn a_request_is_shed_for_its_wait_only_once_a_queue_stands() {
+        let judge = WaitJudge::new(Duration::from_millis(10), Duration::from_millis(100));
+        let t = judge.epoch;
+        let ms = |n| Duration::from_millis(n);
+        // A quiet node: the first long wait after a long idle time is not a standing queue.
+        assert!(judge.judge(ms(60), t + ms(1_000)).is_ok());
+        // Not overloaded: short waits pass, a long one passes up to the interval.
+        assert!(judge.judge(ms(2), t + ms(1_005)).is_ok());
+        assert!(judge.judge(ms(60), t + ms(1_010)).is_ok());
+        assert_eq!(judge.judge(ms(150), t + ms(1_020)), Err(Shed::Waited));
+        assert!(!judge.is_overloaded(t + ms(1_050)));
+        // No request met the target for a whole interval: past the target is shed.
+        assert!(judge.judge(ms(60), t + ms(1_090)).is_ok());
+        assert!(judge.is_overloaded(t + ms(1_120)));
+        assert_eq!(judge.judge(ms(11), t + ms(1_120)), Err(Shed::Waited));
+        assert_eq!(judge.judge(ms(40), t + ms(1_130)), Err(Shed::Waited));
+        // A request that met the target ends it.
+        assert!(judge.judge(ms(3), t + ms(1_140)).is_ok());
+        assert!(!judge.is_overloaded(t + ms(1_141)));
+        assert!(judge.judge(ms(40), t + ms(1_150)).is_ok());
+        // Quiet for longer than an interval: a new run of long waits starts over.
+        assert!(judge.judge(ms(40), t + ms(1_160)).is_ok());
+        assert!(judge.judge(ms(40), t + ms(1_400)).is_ok());
+        assert!(!judge.is_overloaded(t + ms(1_401)));
+        assert_eq!(judge.shed.load(Relaxed), 3);
+    }
+
+    #[test]
+    fn a_zero_target_judges_nothing() {
+        let judge = WaitJudge::new(Duration::ZERO, Duration::from_millis(100));
+        let t = judge.epoch;
+        assert!(judge
+            .judge(Duration::from_secs(30), t + Duration::from_secs(60))
+            .is_ok());
+        assert!(!judge.is_overloaded(t + Duration::from_secs(60)));
     }
 
     #[test]

@@ -6,7 +6,10 @@
 //! - [`identity`]: who is voting, from the headers before the body: voter tokens (JWT) for
 //!   `POST /v1/votes`, aggregator keys (namespace and quota each) for `POST /v1/votes/batch`.
 //! - [`rate_limit`]: limits that count votes (`governor`): per client address, per aggregator.
-//! - [`admission`]: sheds votes with 503 early (votes in flight, the log's standing queue).
+//! - [`admission`]: sheds votes with 503 early (a request that waited too long for the node once a
+//!   queue stands, votes in flight, the log's standing queue).
+//! - [`arrival`]: when a request's bytes reached the machine (the kernel's receive stamp, recorded
+//!   by the node's listener), which admission judges.
 //! - [`latency`]: the histogram of how long acknowledged votes waited to become durable.
 //! - [`Ingest`]: the shared state and [`Ingest::submit`], the one way a vote enters the log (the seed
 //!   API adapter uses it too): stamp, judge, encode (Avro), append with a deadline, answer.
@@ -15,6 +18,7 @@
 //! deadline the log does not write it and the answer is 503 with `Retry-After`.
 
 pub mod admission;
+pub mod arrival;
 pub mod identity;
 pub mod latency;
 pub mod rate_limit;
@@ -29,6 +33,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use storage::{AppendBatch, EdgeReason, EdgeRejections, Log, LogError, PollCatalog, Topic};
 
+pub use arrival::Arrival;
 pub use routes::router;
 
 #[derive(Debug, Clone)]
@@ -87,6 +92,9 @@ pub struct IngestMetrics {
     pub append_wait_us: AtomicU64,
     /// The same waits as a histogram, per acknowledged vote.
     pub durable_latency: latency::LatencyHistogram,
+    /// Single votes acknowledged: from the kernel's receipt of the request to the 202 (when the
+    /// listener stamps arrivals): what the node's own queues cost the votes it took.
+    pub sojourn_latency: latency::LatencyHistogram,
 }
 
 /// A durable vote's receipt.
@@ -144,19 +152,37 @@ impl Ingest {
 
     /// Admits `votes` or answers the fast 503 of an edge shedding load.
     pub fn admit(&self, votes: usize) -> Result<admission::Permit<'_>, ApiError> {
-        self.admission.admit(votes, Instant::now()).map_err(|shed| {
-            self.metrics
-                .votes_unavailable
-                .fetch_add(votes as u64, Ordering::Relaxed);
-            let why = match shed {
-                admission::Shed::InFlight => "this edge has as many votes in flight as it may hold",
-                admission::Shed::QueueDelay => "the vote log has a standing queue",
-            };
-            ApiError::unavailable(
-                format!("{why}; the vote was not recorded — retry after the Retry-After seconds with the same vote_id"),
-                1,
-            )
-        })
+        self.admission
+            .admit(votes, Instant::now())
+            .map_err(|shed| self.shed(shed, votes))
+    }
+
+    /// Judges a request by how long it waited for this node (from the kernel's receipt of its
+    /// bytes, [`Arrival::waited`], when the listener stamps them): the fast 503 once a queue
+    /// stands.
+    pub fn admit_request(&self, waited: Option<Duration>) -> Result<(), ApiError> {
+        let Some(waited) = waited else {
+            return Ok(());
+        };
+        self.admission
+            .wait
+            .judge(waited, Instant::now())
+            .map_err(|shed| self.shed(shed, 1))
+    }
+
+    fn shed(&self, shed: admission::Shed, votes: usize) -> ApiError {
+        self.metrics
+            .votes_unavailable
+            .fetch_add(votes as u64, Ordering::Relaxed);
+        let why = match shed {
+            admission::Shed::InFlight => "this edge has as many votes in flight as it may hold",
+            admission::Shed::QueueDelay => "the vote log has a standing queue",
+            admission::Shed::Waited => "this edge is busier than it can answer promptly",
+        };
+        ApiError::unavailable(
+            format!("{why}; the vote was not recorded — retry after the Retry-After seconds with the same vote_id"),
+            1,
+        )
     }
 
     /// Stamps, judges and appends one vote of `voter`; answers once it is durable.

@@ -4,6 +4,7 @@
 //! the aggregator key (batches) is checked and the caller's rate limit taken from the headers, so
 //! a refused caller never makes the edge wait for or buffer a body.
 
+use crate::arrival::Arrival;
 use crate::identity::{bearer, AggregatorRefusal, TokenError, VerifiedVoter};
 use crate::rate_limit::Refusal;
 use crate::validate::{self, VoteIn};
@@ -125,7 +126,11 @@ pub async fn read_body(
 
 async fn post_vote(State(ingest): State<Arc<Ingest>>, req: Request) -> Response {
     ingest.metrics.requests.fetch_add(1, Ordering::Relaxed);
+    // How long the request had waited for the node when its handler began.
+    let waited = req.extensions().get::<Arrival>().and_then(Arrival::waited);
+    let started = Instant::now();
     let result = async {
+        ingest.admit_request(waited)?;
         let token = voter_token(&ingest, &req)?;
         check_address(&ingest, &req, 1)?;
         let body = read_body(&ingest, req, ingest.config.max_vote_bytes).await?;
@@ -136,7 +141,15 @@ async fn post_vote(State(ingest): State<Arc<Ingest>>, req: Request) -> Response 
     }
     .await;
     match result {
-        Ok(receipt) => (StatusCode::ACCEPTED, Json(receipt)).into_response(),
+        Ok(receipt) => {
+            if let Some(waited) = waited {
+                ingest
+                    .metrics
+                    .sojourn_latency
+                    .observe(waited + started.elapsed(), 1);
+            }
+            (StatusCode::ACCEPTED, Json(receipt)).into_response()
+        }
         Err(e) => {
             if matches!(
                 e.code,
@@ -207,6 +220,7 @@ async fn post_batch(
                 AggregatorRefusal::Unknown => "no aggregator has this key; check `ingest.aggregators` in the server's configuration",
             })
         })?;
+    ingest.admit_request(req.extensions().get::<Arrival>().and_then(Arrival::waited))?;
     // `?results=rejected`: answer only the rejected votes (with their index); `all` is the default.
     let mut only_rejected = false;
     for (k, v) in &q {

@@ -378,7 +378,16 @@ async fn throttle_registration(
     }
 }
 
+/// The old API's votes: limited per address, and shed as the edge's are when the node is
+/// overloaded (the request waited too long for it), before the body is read.
 async fn throttle_vote(State(seed): State<Arc<Seed>>, req: Request, next: Next) -> Response {
+    let waited = req
+        .extensions()
+        .get::<ingest::Arrival>()
+        .and_then(ingest::Arrival::waited);
+    if let Err(e) = seed.ingest.admit_request(waited) {
+        return drf::from_api_error(&e).into_response();
+    }
     match seed.throttles.vote(peer(&req)) {
         Ok(()) => next.run(req).await,
         Err(e) => e.into_response(),

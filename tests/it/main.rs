@@ -1,6 +1,7 @@
 //! The root crate's one integration-test binary: each module spawns real servers (in-process on
 //! port 0, or the built binary as a child process when a test must kill it) on a temporary data dir.
 
+mod admission;
 mod api;
 mod browser;
 mod cluster;

@@ -135,6 +135,8 @@ rate_limit_exempt_loopback = {{ $v.ingest.rateLimit.exemptLoopback }}
 max_in_flight_votes = {{ $v.ingest.admission.maxInFlightVotes | int64 }}
 shed_target_ms = {{ $v.ingest.admission.shedTargetMs | int64 }}
 shed_interval_ms = {{ $v.ingest.admission.shedIntervalMs | int64 }}
+shed_wait_target_ms = {{ $v.ingest.admission.shedWaitTargetMs | int64 }}
+shed_wait_interval_ms = {{ $v.ingest.admission.shedWaitIntervalMs | int64 }}
 {{- with $v.ingest.voterTokens }}
 {{- if or .algorithm .publicKeyPem .issuer .audience .leewaySecs }}
 
