@@ -210,6 +210,12 @@ pub struct IngestSection {
     /// `shed_wait_interval_ms`; before that, only one that waited a whole interval. 0 turns it off.
     pub shed_wait_target_ms: u64,
     pub shed_wait_interval_ms: u64,
+    /// Stop reading new requests while this many vote requests (a batch is one) are between
+    /// admission and their answer, until half are answered: work in progress before new work.
+    /// 0: never. Unset: 1,000 on the embedded log, 4,096 on Kafka (whose appends take longer, so
+    /// a node holds more in flight at the same rate).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pause_reads_in_flight: Option<usize>,
     /// The aggregators that may post batches, each with its own key, voter namespace and quota:
     /// `[[ingest.aggregators]] name = "sms-uk", key = "…", votes_per_sec = 20000`.
     pub aggregators: Vec<ingest::identity::AggregatorConfig>,
@@ -321,6 +327,7 @@ impl Default for IngestSection {
             shed_interval_ms: d.admission.interval.as_millis() as u64,
             shed_wait_target_ms: d.admission.wait_target.as_millis() as u64,
             shed_wait_interval_ms: d.admission.wait_interval.as_millis() as u64,
+            pause_reads_in_flight: None,
             aggregators: vec![ingest::identity::AggregatorConfig {
                 name: "dev".into(),
                 key: DEV_AGGREGATOR_KEY.into(),
@@ -543,6 +550,13 @@ impl Config {
                 interval: Duration::from_millis(self.ingest.shed_interval_ms.max(1)),
                 wait_target: Duration::from_millis(self.ingest.shed_wait_target_ms),
                 wait_interval: Duration::from_millis(self.ingest.shed_wait_interval_ms.max(1)),
+                pause_reads_at: self.ingest.pause_reads_in_flight.unwrap_or(
+                    if self.kafka.brokers.trim().is_empty() {
+                        1_000
+                    } else {
+                        4_096
+                    },
+                ),
             },
             ..Default::default()
         }

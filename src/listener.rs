@@ -34,6 +34,7 @@ use axum::extract::ConnectInfo;
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use ingest::read_gate::ReadGate;
 use ingest::Arrival;
 use parking_lot::Mutex;
 use realtime::LiveSocket;
@@ -205,6 +206,7 @@ pub async fn serve(
     limits: &HttpSection,
     metrics: Arc<HttpMetrics>,
     stamp_arrivals: bool,
+    read_gate: Option<Arc<ReadGate>>,
     shutdown: impl Future<Output = ()> + Send,
 ) {
     let open_files = rlimit::getrlimit(rlimit::Resource::NOFILE)
@@ -291,6 +293,7 @@ pub async fn serve(
             write_stall_timeout,
             live,
             arrival,
+            read_gate.clone(),
         ));
         let connection = http.serve_connection(io, service).with_upgrades();
         let (metrics, mut stopping) = (metrics.clone(), stopping.clone());
@@ -344,6 +347,8 @@ struct Admitted {
     live: LiveSocket,
     /// Where reads record the kernel's receipt time of their bytes (reads use `recvmsg` then).
     arrival: Option<Arrival>,
+    /// Reads wait while it is closed (the edge answers the votes it holds first).
+    read_gate: Option<Arc<ReadGate>>,
 }
 
 impl Admitted {
@@ -353,6 +358,7 @@ impl Admitted {
         write_stall_timeout: Duration,
         live: LiveSocket,
         arrival: Option<Arrival>,
+        read_gate: Option<Arc<ReadGate>>,
     ) -> Self {
         Self {
             stream,
@@ -363,6 +369,7 @@ impl Admitted {
             timed_out: false,
             live,
             arrival,
+            read_gate,
         }
     }
 
@@ -443,6 +450,9 @@ impl AsyncRead for Admitted {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
+        if let Some(gate) = &this.read_gate {
+            std::task::ready!(gate.poll_open(cx));
+        }
         let Some(arrival) = &this.arrival else {
             return Pin::new(&mut this.stream).poll_read(cx, buf);
         };
@@ -640,7 +650,7 @@ mod tests {
             .admit(peer.ip())
             .unwrap();
         (
-            Admitted::new(server, permit, stall, live, None),
+            Admitted::new(server, permit, stall, live, None, None),
             client,
             metrics,
         )

@@ -204,6 +204,18 @@ pub async fn render(State(s): State<AppState>) -> impl IntoResponse {
             "Vote requests shed (503) because they waited too long for this node (from the kernel's receipt of their bytes).",
             &a.wait.shed,
         );
+        counter(
+            &mut out,
+            "crowdtick_ingest_read_pauses_total",
+            "Times this node stopped reading new requests to answer the vote requests it held (ingest.pause_reads_in_flight).",
+            &a.read_gate.pauses,
+        );
+        gauge(
+            &mut out,
+            "crowdtick_ingest_reads_paused",
+            "1 while this node reads no new requests until half the vote requests it holds are answered.",
+            a.read_gate.is_closed() as u64,
+        );
         gauge(
             &mut out,
             "crowdtick_ingest_overloaded",

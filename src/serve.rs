@@ -558,7 +558,12 @@ pub async fn run_roles(
         app.router.clone(),
         &app.state.config.http,
         app.state.http_metrics.clone(),
-        roles.ingest && app.state.config.ingest.shed_wait_target_ms > 0,
+        roles.ingest,
+        app.state
+            .ingest
+            .as_ref()
+            .map(|i| i.admission.read_gate.clone())
+            .filter(|g| g.enabled()),
         shutdown,
     )
     .await;

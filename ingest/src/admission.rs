@@ -37,6 +37,9 @@ pub struct AdmissionConfig {
     /// How long no request may have met `wait_target` before the node counts as overloaded; also
     /// the longest a request may wait when it is not.
     pub wait_interval: Duration,
+    /// Stop reading new requests at this many vote requests in flight (a batch is one), until half
+    /// are answered (0: never; [`crate::read_gate`]).
+    pub pause_reads_at: usize,
 }
 
 impl Default for AdmissionConfig {
@@ -49,6 +52,7 @@ impl Default for AdmissionConfig {
             interval: Duration::from_millis(1_000),
             wait_target: Duration::from_millis(10),
             wait_interval: Duration::from_millis(100),
+            pause_reads_at: 0,
         }
     }
 }
@@ -78,6 +82,7 @@ pub struct Admission {
     pub shed_in_flight: AtomicU64,
     pub shed_delay: AtomicU64,
     pub wait: WaitJudge,
+    pub read_gate: std::sync::Arc<crate::read_gate::ReadGate>,
 }
 
 /// Votes admitted; dropping it releases their places.
@@ -89,6 +94,7 @@ pub struct Permit<'a> {
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
         self.admission.in_flight.fetch_sub(self.votes, Relaxed);
+        self.admission.read_gate.leave();
     }
 }
 
@@ -105,6 +111,7 @@ impl Admission {
             shed_in_flight: AtomicU64::new(0),
             shed_delay: AtomicU64::new(0),
             wait: WaitJudge::new(config.wait_target, config.wait_interval),
+            read_gate: std::sync::Arc::new(crate::read_gate::ReadGate::new(config.pause_reads_at)),
         }
     }
 
@@ -133,6 +140,7 @@ impl Admission {
             self.shed_in_flight.fetch_add(votes as u64, Relaxed);
             return Err(Shed::InFlight);
         }
+        self.read_gate.enter();
         Ok(Permit {
             admission: self,
             votes,
@@ -268,6 +276,7 @@ mod tests {
             interval: Duration::from_millis(100),
             wait_target: Duration::ZERO,
             wait_interval: Duration::from_millis(100),
+            pause_reads_at: 0,
         })
     }
 

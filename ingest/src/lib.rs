@@ -8,6 +8,7 @@
 //! - [`rate_limit`]: limits that count votes (`governor`): per client address, per aggregator.
 //! - [`admission`]: sheds votes with 503 early (a request that waited too long for the node once a
 //!   queue stands, votes in flight, the log's standing queue).
+//! - [`read_gate`]: the listener reads no new requests while the edge holds many votes.
 //! - [`arrival`]: when a request's bytes reached the machine (the kernel's receive stamp, recorded
 //!   by the node's listener), which admission judges.
 //! - [`latency`]: the histogram of how long acknowledged votes waited to become durable.
@@ -22,6 +23,7 @@ pub mod arrival;
 pub mod identity;
 pub mod latency;
 pub mod rate_limit;
+pub mod read_gate;
 pub mod routes;
 pub mod validate;
 

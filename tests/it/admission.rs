@@ -1,6 +1,7 @@
 //! Admission by the wait for a core (`ingest::admission::WaitJudge`, `src/receive_stamp.rs`): a
 //! vote that waited too long for the node is shed with a fast 503 and `Retry-After` before anything
-//! is written, and votes beside it are acknowledged and counted exactly.
+//! is written, and votes beside it are acknowledged and counted exactly; reads pause while the edge
+//! holds many votes (`ingest/src/read_gate.rs`).
 
 use crate::helpers::*;
 use serde_json::{json, Value};
@@ -152,4 +153,46 @@ async fn the_old_api_sheds_too_and_a_zero_target_sheds_nothing() {
             .await,
         1
     );
+}
+
+/// Reads pause while the edge holds `pause_reads_in_flight` vote requests and resume once half
+/// are answered (`ingest/src/read_gate.rs`): nothing stalls, every vote gets its answer, and the
+/// counts are exactly the acknowledged votes.
+#[tokio::test]
+async fn reads_pause_while_the_edge_holds_votes_and_every_vote_is_answered() {
+    use futures::StreamExt;
+    let app = spawn_app_with(|c| c.ingest.pause_reads_in_flight = Some(2)).await;
+    let poll = app.open_poll(&["A", "B"]).await;
+    let answers: Vec<(u16, i64)> = futures::stream::iter(0..400i64)
+        .map(|i| {
+            let app = &app;
+            async move {
+                let vote =
+                    json!({"poll_id": poll, "option_id": i % 2, "voter_id": format!("p{i}")});
+                (
+                    app.call("POST", "/v1/votes", Some(vote), false).await.0,
+                    i % 2,
+                )
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    assert!(
+        answers.iter().all(|a| a.0 == 202 || a.0 == 503),
+        "only 202 or 503"
+    );
+    let acked = |option| {
+        answers
+            .iter()
+            .filter(|a| a.0 == 202 && a.1 == option)
+            .count() as i64
+    };
+    assert!(acked(0) + acked(1) > 0);
+    app.wait_counts(poll, &[acked(0), acked(1)], 10).await;
+    assert!(
+        app.metric("crowdtick_ingest_read_pauses_total").await > 0,
+        "64 votes at once against a bound of 2 paused the reads"
+    );
+    assert_eq!(app.metric("crowdtick_ingest_reads_paused").await, 0);
 }
