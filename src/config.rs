@@ -210,12 +210,11 @@ pub struct IngestSection {
     /// `shed_wait_interval_ms`; before that, only one that waited a whole interval. 0 turns it off.
     pub shed_wait_target_ms: u64,
     pub shed_wait_interval_ms: u64,
-    /// Stop reading new requests while this many vote requests (a batch is one) are between
-    /// admission and their answer, until half are answered: work in progress before new work.
-    /// 0: never. Unset: 1,000 on the embedded log, 4,096 on Kafka (whose appends take longer, so
-    /// a node holds more in flight at the same rate).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pause_reads_in_flight: Option<usize>,
+    /// Stop reading new requests while this many appends of votes (a batch is one) wait for the
+    /// log, until half are answered, for at most 250 ms: work in progress before new work. 0:
+    /// never. Measured on the embedded log (1,000); a node on Kafka holds about rate × append
+    /// latency, so set it above that (the Helm chart sets 4,096).
+    pub pause_reads_in_flight: usize,
     /// The aggregators that may post batches, each with its own key, voter namespace and quota:
     /// `[[ingest.aggregators]] name = "sms-uk", key = "…", votes_per_sec = 20000`.
     pub aggregators: Vec<ingest::identity::AggregatorConfig>,
@@ -327,7 +326,7 @@ impl Default for IngestSection {
             shed_interval_ms: d.admission.interval.as_millis() as u64,
             shed_wait_target_ms: d.admission.wait_target.as_millis() as u64,
             shed_wait_interval_ms: d.admission.wait_interval.as_millis() as u64,
-            pause_reads_in_flight: None,
+            pause_reads_in_flight: d.admission.pause_reads_at,
             aggregators: vec![ingest::identity::AggregatorConfig {
                 name: "dev".into(),
                 key: DEV_AGGREGATOR_KEY.into(),
@@ -550,13 +549,7 @@ impl Config {
                 interval: Duration::from_millis(self.ingest.shed_interval_ms.max(1)),
                 wait_target: Duration::from_millis(self.ingest.shed_wait_target_ms),
                 wait_interval: Duration::from_millis(self.ingest.shed_wait_interval_ms.max(1)),
-                pause_reads_at: self.ingest.pause_reads_in_flight.unwrap_or(
-                    if self.kafka.brokers.trim().is_empty() {
-                        1_000
-                    } else {
-                        4_096
-                    },
-                ),
+                pause_reads_at: self.ingest.pause_reads_in_flight,
             },
             ..Default::default()
         }

@@ -22,6 +22,9 @@
 //! - On a node taking votes, the kernel stamps what each connection receives, and each read
 //!   records the receipt time of its bytes ([`crate::receive_stamp`], [`ingest::Arrival`]): the
 //!   edge judges a vote by how long it waited for a core, which no clock in the handler sees.
+//! - While the edge holds `ingest.pause_reads_in_flight` votes waiting for the log, reads that
+//!   start a request wait (not bodies, not live streams), for at most `MAX_READ_PAUSE`
+//!   ([`ingest::read_gate`]): the votes taken are answered before new ones are read.
 //! - A connection's place at the gate goes with its socket, into a WebSocket after an upgrade, and
 //!   is freed when the socket closes: viewers count against the caps.
 //!
@@ -55,6 +58,9 @@ use tokio::task::JoinSet;
 /// File descriptors kept free for everything but client connections (the log's files, Kafka and
 /// PostgreSQL connections, the refusals themselves).
 const DESCRIPTOR_RESERVE: u64 = 512;
+/// The longest the listener stops reading new requests for the votes it holds
+/// ([`ingest::read_gate`]): probes and everything else on the node wait at most this long.
+const MAX_READ_PAUSE: Duration = Duration::from_millis(250);
 /// How long open connections may take to finish after shutdown begins.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -227,6 +233,16 @@ pub async fn serve(
     http.timer(TokioTimer::new())
         .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms));
     let write_stall_timeout = Duration::from_millis(limits.write_stall_timeout_ms);
+    // No pause outlasts MAX_READ_PAUSE, whatever holds the votes (a stalled disk, say).
+    let gate_watch = read_gate.clone().map(|gate| {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(50));
+            loop {
+                tick.tick().await;
+                gate.expire(MAX_READ_PAUSE);
+            }
+        })
+    });
     // Stamps from the first request on (held while the loop runs).
     let _timestamping = stamp_arrivals
         .then(|| {
@@ -316,6 +332,9 @@ pub async fn serve(
         });
     }
     drop(listener);
+    if let Some(watch) = gate_watch {
+        watch.abort();
+    }
     let _ = stop.send(true);
     let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
         while connections.join_next().await.is_some() {}
@@ -347,8 +366,13 @@ struct Admitted {
     live: LiveSocket,
     /// Where reads record the kernel's receipt time of their bytes (reads use `recvmsg` then).
     arrival: Option<Arrival>,
-    /// Reads wait while it is closed (the edge answers the votes it holds first).
+    /// Reads that start a request wait while it is closed (the edge answers the votes it holds
+    /// first).
     read_gate: Option<Arc<ReadGate>>,
+    /// This connection's waker slot at the gate.
+    gate_slot: u64,
+    /// The next read starts a request: none has been read since the last write (or ever).
+    between_requests: bool,
 }
 
 impl Admitted {
@@ -370,6 +394,8 @@ impl Admitted {
             live,
             arrival,
             read_gate,
+            gate_slot: 0,
+            between_requests: true,
         }
     }
 
@@ -403,11 +429,15 @@ impl Admitted {
         ))
     }
 
-    /// Tells a live stream following this socket whether the write had to wait for room.
-    fn count(&self, done: Poll<std::io::Result<usize>>) -> Poll<std::io::Result<usize>> {
+    /// Tells a live stream following this socket whether the write had to wait for room; after
+    /// a write, the next read starts a request.
+    fn count(&mut self, done: Poll<std::io::Result<usize>>) -> Poll<std::io::Result<usize>> {
         match done {
             Poll::Pending => self.live.wrote(true),
-            Poll::Ready(Ok(_)) => self.live.wrote(false),
+            Poll::Ready(Ok(_)) => {
+                self.between_requests = true;
+                self.live.wrote(false)
+            }
             Poll::Ready(Err(_)) => {}
         }
         done
@@ -450,9 +480,29 @@ impl AsyncRead for Admitted {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
-        if let Some(gate) = &this.read_gate {
-            std::task::ready!(gate.poll_open(cx));
+        // Only a read that starts a request waits at the gate: never a body already begun, nor
+        // a live stream's socket.
+        if this.between_requests && !this.live.is_live() {
+            if let Some(gate) = &this.read_gate {
+                std::task::ready!(gate.poll_open(cx, &mut this.gate_slot));
+            }
         }
+        let filled = buf.filled().len();
+        let done = this.read_stamped(cx, buf);
+        if matches!(done, Poll::Ready(Ok(()))) && buf.filled().len() > filled {
+            this.between_requests = false;
+        }
+        done
+    }
+}
+
+impl Admitted {
+    fn read_stamped(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self;
         let Some(arrival) = &this.arrival else {
             return Pin::new(&mut this.stream).poll_read(cx, buf);
         };
@@ -654,6 +704,58 @@ mod tests {
             client,
             metrics,
         )
+    }
+
+    /// A read that starts a request waits while the gate is closed; a read within a request (no
+    /// write since the last read) and a live stream's read do not; the gate opening wakes it.
+    #[tokio::test]
+    async fn reads_that_start_a_request_wait_at_a_closed_gate() {
+        let (server, mut client, _) =
+            admitted_pair(Duration::from_secs(10), LiveSocket::default()).await;
+        let gate = Arc::new(ReadGate::new(1));
+        let mut server = Admitted {
+            read_gate: Some(gate.clone()),
+            ..server
+        };
+        client.write_all(b"first").await.unwrap();
+        let mut buf = [0u8; 16];
+        let n = server.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"first");
+        // Within a request (nothing written since): not paused.
+        let held = gate.hold().unwrap();
+        assert!(gate.is_closed());
+        client.write_all(b"body").await.unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(5), server.read(&mut buf))
+            .await
+            .expect("a body already begun is read")
+            .unwrap();
+        assert_eq!(&buf[..n], b"body");
+        // A response goes out: the next read starts a request and waits for the gate.
+        server.write_all(b"answer").await.unwrap();
+        client.write_all(b"next").await.unwrap();
+        let read = tokio::spawn(async move {
+            let mut buf = [0u8; 16];
+            let n = server.read(&mut buf).await.unwrap();
+            (buf[..n].to_vec(), server)
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!read.is_finished(), "paused while the gate is closed");
+        drop(held);
+        let (bytes, mut server) = tokio::time::timeout(Duration::from_secs(5), read)
+            .await
+            .expect("the gate opening wakes the read")
+            .unwrap();
+        assert_eq!(bytes, b"next");
+        // A live stream's socket is never paused.
+        server.live.track();
+        server.write_all(b"frame").await.unwrap();
+        let _held = gate.hold().unwrap();
+        client.write_all(b"ping").await.unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(5), server.read(&mut buf))
+            .await
+            .expect("a live stream reads on")
+            .unwrap();
+        assert_eq!(&buf[..n], b"ping");
     }
 
     #[tokio::test]

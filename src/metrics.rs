@@ -210,6 +210,12 @@ pub async fn render(State(s): State<AppState>) -> impl IntoResponse {
             "Times this node stopped reading new requests to answer the vote requests it held (ingest.pause_reads_in_flight).",
             &a.read_gate.pauses,
         );
+        counter(
+            &mut out,
+            "crowdtick_ingest_read_pauses_cut_short_total",
+            "Read pauses ended by their 250 ms limit before half the vote appends were answered (a slow log).",
+            &a.read_gate.pauses_cut_short,
+        );
         gauge(
             &mut out,
             "crowdtick_ingest_reads_paused",

@@ -71,7 +71,7 @@ IDENTITY_VALUES: dict[str, Any] = {
     },
     "ingest": {
         "admission": {"maxInFlightVotes": 50000, "shedTargetMs": 40, "shedIntervalMs": 250,
-                      "shedWaitTargetMs": 25, "shedWaitIntervalMs": 300},
+                      "shedWaitTargetMs": 25, "shedWaitIntervalMs": 300, "pauseReadsInFlight": 8192},
         "voterTokens": {"algorithm": "HS384", "issuer": "https://id.example.com", "audience": "crowdtick",
                         "leewaySecs": 30},
     },
@@ -553,6 +553,7 @@ def test_crowdtick_accepts_the_settings_of_every_container(chart: helm.Chart, va
             assert tokens["issuer"] == merged["ingest"]["voterTokens"]["issuer"], label
             assert effective["ingest"]["max_in_flight_votes"] == merged["ingest"]["admission"]["maxInFlightVotes"], label
             assert effective["ingest"]["shed_wait_target_ms"] == merged["ingest"]["admission"]["shedWaitTargetMs"], label
+            assert effective["ingest"]["pause_reads_in_flight"] == merged["ingest"]["admission"]["pauseReadsInFlight"], label
     assert not failures, "\n".join(failures)
 
 
@@ -873,10 +874,10 @@ def test_voter_token_secret_reads_back_as_the_same_string(chart: helm.Chart) -> 
 def test_toml_carries_admission_and_voter_tokens(chart: helm.Chart) -> None:
     default = tomllib.loads(find(render(chart, {}), "ConfigMap", "crowdtick")["data"]["crowdtick.toml"])
     admission = ("max_in_flight_votes", "shed_target_ms", "shed_interval_ms", "shed_wait_target_ms",
-                 "shed_wait_interval_ms")
+                 "shed_wait_interval_ms", "pause_reads_in_flight")
     assert {k: default["ingest"][k] for k in admission} == \
         {"max_in_flight_votes": 200000, "shed_target_ms": 500, "shed_interval_ms": 1000,
-         "shed_wait_target_ms": 10, "shed_wait_interval_ms": 100}
+         "shed_wait_target_ms": 10, "shed_wait_interval_ms": 100, "pause_reads_in_flight": 4096}
     assert "voter_tokens" not in default["ingest"]  # nothing set: the binary's defaults
     assert "aggregators" not in default["ingest"]  # secrets: from the environment only
 
@@ -889,7 +890,7 @@ def test_toml_carries_admission_and_voter_tokens(chart: helm.Chart) -> None:
     toml = tomllib.loads(text)
     assert {k: toml["ingest"][k] for k in admission} == \
         {"max_in_flight_votes": 50000, "shed_target_ms": 40, "shed_interval_ms": 250,
-         "shed_wait_target_ms": 25, "shed_wait_interval_ms": 300}
+         "shed_wait_target_ms": 25, "shed_wait_interval_ms": 300, "pause_reads_in_flight": 8192}
     assert toml["ingest"]["voter_tokens"] == {
         "algorithm": "EdDSA", "public_key_pem": ED25519_PUBLIC_KEY_PEM, "issuer": 'https://id.example.com/"realm"',
         "audience": "crowdtick", "leeway_secs": 15}

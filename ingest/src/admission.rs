@@ -37,8 +37,8 @@ pub struct AdmissionConfig {
     /// How long no request may have met `wait_target` before the node counts as overloaded; also
     /// the longest a request may wait when it is not.
     pub wait_interval: Duration,
-    /// Stop reading new requests at this many vote requests in flight (a batch is one), until half
-    /// are answered (0: never; [`crate::read_gate`]).
+    /// Stop reading new requests at this many appends in flight (a batch is one), until half are
+    /// answered (0: never; [`crate::read_gate`]).
     pub pause_reads_at: usize,
 }
 
@@ -52,7 +52,7 @@ impl Default for AdmissionConfig {
             interval: Duration::from_millis(1_000),
             wait_target: Duration::from_millis(10),
             wait_interval: Duration::from_millis(100),
-            pause_reads_at: 0,
+            pause_reads_at: 1_000,
         }
     }
 }
@@ -94,7 +94,6 @@ pub struct Permit<'a> {
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
         self.admission.in_flight.fetch_sub(self.votes, Relaxed);
-        self.admission.read_gate.leave();
     }
 }
 
@@ -140,7 +139,6 @@ impl Admission {
             self.shed_in_flight.fetch_add(votes as u64, Relaxed);
             return Err(Shed::InFlight);
         }
-        self.read_gate.enter();
         Ok(Permit {
             admission: self,
             votes,

@@ -215,18 +215,21 @@ impl Ingest {
             source,
         );
         let started = Instant::now();
-        let positions = self
-            .log
-            .append(Topic::Votes, batch, started + self.config.deadline)
-            .await
-            .map_err(|e| {
-                self.rejections
-                    .add(vote.poll_id, EdgeReason::Unavailable, 1);
-                self.metrics
-                    .votes_unavailable
-                    .fetch_add(1, Ordering::Relaxed);
-                unavailable(e)
-            })?;
+        let positions = {
+            // Counted while it waits for the log (the listener pauses reads past a bound).
+            let _held = self.admission.read_gate.hold();
+            self.log
+                .append(Topic::Votes, batch, started + self.config.deadline)
+                .await
+        }
+        .map_err(|e| {
+            self.rejections
+                .add(vote.poll_id, EdgeReason::Unavailable, 1);
+            self.metrics
+                .votes_unavailable
+                .fetch_add(1, Ordering::Relaxed);
+            unavailable(e)
+        })?;
         let waited = started.elapsed();
         self.admission.observe(waited, Instant::now());
         self.metrics

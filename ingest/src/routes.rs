@@ -321,6 +321,7 @@ async fn post_batch(
     let n_accepted = append.len();
     let started = Instant::now();
     let positions = if n_accepted > 0 {
+        let _held = ingest.admission.read_gate.hold();
         ingest
             .log
             .append(Topic::Votes, append, started + ingest.config.deadline)

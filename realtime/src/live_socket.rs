@@ -22,6 +22,8 @@ pub struct LiveSocket(Arc<State>);
 
 #[derive(Debug, Default)]
 struct State {
+    /// A live stream's handler has this socket (it asked for a send buffer or follows writes).
+    live: AtomicBool,
     send_buffer: AtomicU32,
     /// Someone waits on `blocked` (only then do writes report).
     tracked: AtomicBool,
@@ -33,7 +35,14 @@ struct State {
 impl LiveSocket {
     /// Asks for a kernel send buffer of `bytes`.
     pub fn request_send_buffer(&self, bytes: u32) {
+        self.0.live.store(true, Ordering::Relaxed);
         self.0.send_buffer.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Whether a live stream (a WebSocket or an event stream) has this socket: its reads are not
+    /// new requests.
+    pub fn is_live(&self) -> bool {
+        self.0.live.load(Ordering::Relaxed)
     }
 
     /// The send buffer asked for, once (0: nothing asked, or already taken).
@@ -56,6 +65,7 @@ impl LiveSocket {
 
     /// Starts following the socket's writes.
     pub fn track(&self) {
+        self.0.live.store(true, Ordering::Relaxed);
         self.0.tracked.store(true, Ordering::Relaxed);
     }
 

@@ -161,7 +161,7 @@ async fn the_old_api_sheds_too_and_a_zero_target_sheds_nothing() {
 #[tokio::test]
 async fn reads_pause_while_the_edge_holds_votes_and_every_vote_is_answered() {
     use futures::StreamExt;
-    let app = spawn_app_with(|c| c.ingest.pause_reads_in_flight = Some(2)).await;
+    let app = spawn_app_with(|c| c.ingest.pause_reads_in_flight = 2).await;
     let poll = app.open_poll(&["A", "B"]).await;
     let answers: Vec<(u16, i64)> = futures::stream::iter(0..400i64)
         .map(|i| {

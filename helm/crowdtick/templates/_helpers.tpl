@@ -137,6 +137,7 @@ shed_target_ms = {{ $v.ingest.admission.shedTargetMs | int64 }}
 shed_interval_ms = {{ $v.ingest.admission.shedIntervalMs | int64 }}
 shed_wait_target_ms = {{ $v.ingest.admission.shedWaitTargetMs | int64 }}
 shed_wait_interval_ms = {{ $v.ingest.admission.shedWaitIntervalMs | int64 }}
+pause_reads_in_flight = {{ $v.ingest.admission.pauseReadsInFlight | int64 }}
 {{- with $v.ingest.voterTokens }}
 {{- if or .algorithm .publicKeyPem .issuer .audience .leewaySecs }}
 
