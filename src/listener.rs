@@ -762,8 +762,9 @@ mod tests {
     async fn reads_record_when_the_kernel_received_their_bytes() {
         let (server, mut client, _) =
             admitted_pair(Duration::from_secs(10), LiveSocket::default()).await;
-        let _on = receive_stamp::keep_on().unwrap();
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        let _on = tokio::task::spawn_blocking(receive_stamp::tests::timestamping_on)
+            .await
+            .unwrap();
         receive_stamp::enable(&server.stream).unwrap();
         let arrival = Arrival::default();
         let mut server = Admitted {

@@ -82,16 +82,28 @@ pub fn recv(fd: RawFd, buf: &mut [MaybeUninit<u8>]) -> io::Result<(usize, Option
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::io::Write;
     use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-    /// The kernel's timestamping switched on (it does so in deferred work after the first ask).
-    fn timestamping_on() -> std::net::UdpSocket {
+    /// The kernel's timestamping switched on (it does so in deferred work after the first ask):
+    /// waits until a probe's bytes come back stamped.
+    pub(crate) fn timestamping_on() -> std::net::UdpSocket {
         let keeper = keep_on().unwrap();
-        std::thread::sleep(Duration::from_millis(100));
-        keeper
+        for _ in 0..250 {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let (server, _) = listener.accept().unwrap();
+            enable(&server).unwrap();
+            client.write_all(b"?").unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+            let mut buf = [MaybeUninit::uninit(); 8];
+            if let Ok((1, Some(_))) = recv(server.as_raw_fd(), &mut buf) {
+                return keeper;
+            }
+        }
+        panic!("the kernel never stamped received bytes in 5 s");
     }
 
     #[test]
