@@ -3,6 +3,7 @@
 
 mod admission;
 mod api;
+mod architecture;
 mod browser;
 mod cluster;
 mod crash;
