@@ -8,7 +8,8 @@
 //! - [`seed`]: the old Django API (`/api/…`, `/ws/poll/{id}/`) as a thin adapter over the same pipeline.
 //! - [`recount`]: the audit command.
 //! - [`listener`]: the accept loop: connection caps, header, idle and body timeouts, the open-file
-//!   limit.
+//!   limit; `listener/admitted.rs`, each admitted socket (write deadline, receive stamps, read
+//!   pauses).
 //! - [`receive_stamp`]: the kernel's receive timestamps, so the edge sees how long a request
 //!   waited for a core.
 //! - [`metrics`]: `GET /metrics`.

@@ -13,22 +13,16 @@
 
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
-use std::sync::LazyLock;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
-
-static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
-
-fn now_us() -> u64 {
-    EPOCH.elapsed().as_micros() as u64
-}
 
 pub struct ReadGate {
     /// Close at this many appends in flight (0: never); open again at half.
     pause_at: usize,
     in_flight: AtomicUsize,
     closed: AtomicBool,
-    /// When the gate last closed (µs since `EPOCH`).
+    epoch: Instant,
+    /// When the gate last closed (µs since `epoch`).
     closed_at: AtomicU64,
     /// Counts openings: a connection registers its waker once per closing.
     generation: AtomicU64,
@@ -54,6 +48,7 @@ impl ReadGate {
             pause_at,
             in_flight: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
+            epoch: Instant::now(),
             closed_at: AtomicU64::new(0),
             generation: AtomicU64::new(0),
             waiting: Mutex::new(Vec::new()),
@@ -110,7 +105,8 @@ impl ReadGate {
             if self.closed.load(SeqCst) {
                 return;
             }
-            self.closed_at.store(now_us(), SeqCst);
+            self.closed_at
+                .store(self.epoch.elapsed().as_micros() as u64, SeqCst);
             self.closed.store(true, SeqCst);
             self.pauses.fetch_add(1, Relaxed);
         }
@@ -142,7 +138,8 @@ impl ReadGate {
     /// Opens a gate that has been closed longer than `max` (the listener calls it on a tick).
     pub fn expire(&self, max: Duration) {
         if self.closed.load(SeqCst)
-            && now_us().saturating_sub(self.closed_at.load(SeqCst)) > max.as_micros() as u64
+            && (self.epoch.elapsed().as_micros() as u64).saturating_sub(self.closed_at.load(SeqCst))
+                > max.as_micros() as u64
         {
             self.pauses_cut_short.fetch_add(1, Relaxed);
             self.open(true);
