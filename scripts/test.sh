@@ -79,7 +79,8 @@ echo "== cargo test --workspace"
 cargo test --workspace
 
 echo "== deployment checks (deploy/checks)"
-CROWDTICK_TEST_BIN="$PWD/target/debug/crowdtick" target/pyenv/bin/pytest -q deploy/checks
+# The binary `cargo test` built (in $CARGO_TARGET_DIR when it is set).
+CROWDTICK_TEST_BIN="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/debug/crowdtick" target/pyenv/bin/pytest -q deploy/checks
 
 echo "== fuzz targets (scripts/fuzz.sh, ${FUZZ_SECONDS:-20}s each)"
 scripts/fuzz.sh "${FUZZ_SECONDS:-20}"
