@@ -38,13 +38,15 @@ RUN set -eux; \
         : > "$member/src/lib.rs"; \
     done; \
     echo 'fn main() {}' > src/main.rs; \
-    mkdir -p tests/it processor/benches; \
+    mkdir -p tests/it processor/benches examples; \
     echo 'fn main() {}' > tests/it/main.rs; \
     echo 'fn main() {}' > processor/benches/pipeline.rs; \
+    echo 'fn main() {}' > examples/tallies_consumer.rs; \
     cargo build --release --locked --bin crowdtick
 
 # 2. The real sources (each crate with the files it embeds: query/ui, query/openapi.json,
-#    schemas/avro|sql|cql). The stubs for tests/ and benches/ stay: nothing here builds them.
+#    schemas/avro|sql|cql). The stubs for tests/, benches/ and examples/ stay: nothing here
+#    builds them.
 #    COPY keeps the files' own modification times, which may be older than the stub build:
 #    touch them so cargo recompiles every workspace crate.
 COPY src src

@@ -47,7 +47,7 @@ pub enum Command {
     Config(ServeArgs),
     /// Probe a node: exit 0 if URL answers 200, 1 otherwise (for container healthchecks; the image has no curl).
     Healthcheck(HealthcheckArgs),
-    /// Create or update the PostgreSQL tables of the distributed mode (polls, partial tallies, partition checkpoints); safe to repeat.
+    /// Create or update the PostgreSQL tables of the distributed mode (polls, partial tallies, partition checkpoints), and with --scylla the ScyllaDB keyspace and tally tables; safe to repeat.
     Migrate(MigrateArgs),
 }
 
@@ -71,6 +71,14 @@ pub struct ServeArgs {
     /// Redis URL (`redis://host:6379`): results cache and change notices between nodes.
     #[arg(long, value_name = "URL")]
     pub redis: Option<String>,
+    /// Confluent schema registry URL (`http://registry:8081`): frame the Kafka records as
+    /// magic byte, schema id, Avro datum, under the subjects `<topic>-value`. Needs --kafka.
+    #[arg(long, value_name = "URL")]
+    pub schema_registry: Option<String>,
+    /// ScyllaDB nodes (`host:9042,…`): keep partial tallies, windows and checkpoints there
+    /// instead of PostgreSQL (polls stay in PostgreSQL). Needs --postgres.
+    #[arg(long, value_name = "HOSTS")]
+    pub scylla: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -84,6 +92,9 @@ pub struct RecountArgs {
     /// PostgreSQL URL holding the polls (as `serve --postgres`).
     #[arg(long, value_name = "URL")]
     pub postgres: Option<String>,
+    /// Schema registry URL, when the topics carry the Confluent wire format (as `serve --schema-registry`).
+    #[arg(long, value_name = "URL")]
+    pub schema_registry: Option<String>,
     /// Print the report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -109,6 +120,11 @@ pub struct MigrateArgs {
     /// [default: postgres.schema (CROWDTICK_POSTGRES__SCHEMA), itself "crowdtick" by default].
     #[arg(long, value_name = "NAME")]
     pub schema: Option<String>,
+    /// ScyllaDB nodes (`host:9042,…`): also create the keyspace and tally tables there, with
+    /// scylla.keyspace, scylla.replication_class and scylla.replication_factor
+    /// [default: scylla.hosts (CROWDTICK_SCYLLA__HOSTS); empty: PostgreSQL only].
+    #[arg(long, value_name = "HOSTS")]
+    pub scylla: Option<String>,
 }
 
 impl ServeArgs {
@@ -130,6 +146,12 @@ impl ServeArgs {
         }
         if let Some(u) = &self.redis {
             config.redis.url = u.clone();
+        }
+        if let Some(u) = &self.schema_registry {
+            config.schema_registry.url = u.clone();
+        }
+        if let Some(h) = &self.scylla {
+            config.scylla.hosts = h.clone();
         }
     }
 }
@@ -207,6 +229,9 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(u) = args.postgres {
                 config.postgres.url = u;
             }
+            if let Some(u) = args.schema_registry {
+                config.schema_registry.url = u;
+            }
             let agrees = runtime.block_on(crate::recount::run(&config, args.json))?;
             Ok(if agrees {
                 ExitCode::SUCCESS
@@ -238,8 +263,9 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Migrate(args) => {
-            let url = args.postgres.unwrap_or(config.postgres.url);
-            let schema = args.schema.unwrap_or(config.postgres.schema);
+            let url = args.postgres.unwrap_or(config.postgres.url.clone());
+            let schema = args.schema.unwrap_or(config.postgres.schema.clone());
+            let scylla_hosts = args.scylla.or(Some(config.scylla.hosts.clone()));
             anyhow::ensure!(
                 !url.is_empty(),
                 "migrate needs PostgreSQL: give --postgres URL or set CROWDTICK_POSTGRES__URL"
@@ -257,6 +283,14 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
                 })?;
                 storage::postgres::migrate(&mut client, &schema).await?;
                 println!("PostgreSQL schema {schema:?} is up to date");
+                if let Some(hosts) = scylla_hosts.filter(|h| !h.is_empty()) {
+                    let scylla = storage::ScyllaConfig { hosts, ..config.scylla_config() };
+                    let session = storage::scylla::connect(&scylla).await.map_err(|e| {
+                        anyhow::anyhow!("{e}; is it running? (--scylla or CROWDTICK_SCYLLA__HOSTS)")
+                    })?;
+                    storage::scylla::migrate(&session, &scylla).await?;
+                    println!("ScyllaDB keyspace {:?} is up to date", scylla.keyspace);
+                }
                 anyhow::Ok(())
             })?;
             Ok(ExitCode::SUCCESS)

@@ -29,6 +29,12 @@ pub struct Config {
     pub postgres: PostgresSection,
     /// Distributed mode: Redis for the results cache and change notices (empty `url`: none).
     pub redis: RedisSection,
+    /// Distributed mode: a Confluent schema registry for the Kafka records (empty `url`: bare
+    /// Avro datums, as before).
+    pub schema_registry: SchemaRegistrySection,
+    /// Distributed mode: ScyllaDB for partial tallies, windows and checkpoints (empty `hosts`:
+    /// PostgreSQL keeps them; polls stay in PostgreSQL either way).
+    pub scylla: ScyllaSection,
     /// Distributed mode: how poll changes reach the other nodes.
     pub polls: PollsSection,
     /// Limits on every HTTP connection of the node.
@@ -122,6 +128,59 @@ impl Default for RedisSection {
         Self {
             url: String::new(),
             key_prefix: "crowdtick:".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SchemaRegistrySection {
+    /// `http://registry:8081` (several: comma separated). When set, every record value on the
+    /// votes and tallies topics is framed as magic byte 0, schema id, Avro datum, under the
+    /// subjects `<topic>-value`.
+    pub url: String,
+    /// Register CrowdTick's schemas at start; when false, only check that the registry holds
+    /// them (a registry where schemas are managed by a pipeline of their own).
+    pub auto_register: bool,
+    /// Timeout of each call to the registry.
+    pub timeout_ms: u64,
+}
+
+impl Default for SchemaRegistrySection {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            auto_register: true,
+            timeout_ms: 5_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScyllaSection {
+    /// `host:port[,host:port…]` of ScyllaDB (or Cassandra) nodes; empty keeps tallies in PostgreSQL.
+    pub hosts: String,
+    /// Keyspace of the tally tables (created by `crowdtick migrate` and at start).
+    pub keyspace: String,
+    /// Replication strategy of a keyspace CrowdTick creates: `NetworkTopologyStrategy` or
+    /// `SimpleStrategy`.
+    pub replication_class: String,
+    /// Replication factor of a keyspace CrowdTick creates (per data centre with
+    /// NetworkTopologyStrategy).
+    pub replication_factor: u32,
+    /// Writes in flight at once per flush (each a batch of one poll's rows).
+    pub max_concurrent_writes: usize,
+}
+
+impl Default for ScyllaSection {
+    fn default() -> Self {
+        Self {
+            hosts: String::new(),
+            keyspace: "crowdtick".into(),
+            replication_class: "NetworkTopologyStrategy".into(),
+            replication_factor: 3,
+            max_concurrent_writes: 64,
         }
     }
 }
@@ -295,6 +354,8 @@ impl Default for Config {
             },
             postgres: PostgresSection::default(),
             redis: RedisSection::default(),
+            schema_registry: SchemaRegistrySection::default(),
+            scylla: ScyllaSection::default(),
             polls: PollsSection::default(),
             http: HttpSection::default(),
             seed: SeedSection::default(),
@@ -383,6 +444,8 @@ const SETTINGS: &[&str] = &[
     "kafka",
     "postgres",
     "redis",
+    "schema_registry",
+    "scylla",
     "polls",
     "http",
     "seed",
@@ -524,6 +587,17 @@ impl Config {
             self.http.header_read_timeout_ms >= 100 && self.http.body_read_timeout_ms >= 100,
             "http.header_read_timeout_ms and http.body_read_timeout_ms must be at least 100"
         );
+        anyhow::ensure!(
+            self.schema_registry.url.is_empty() || !self.kafka.brokers.is_empty(),
+            "schema_registry.url is set but Kafka is not (--kafka or CROWDTICK_KAFKA__BROKERS): \
+             the registry frames the records of the Kafka topics; the embedded log has none for \
+             other readers. Set Kafka, or unset schema_registry.url"
+        );
+        anyhow::ensure!(
+            self.scylla.hosts.is_empty() || !self.postgres.url.is_empty(),
+            "scylla.hosts is set but postgres.url is not: ScyllaDB keeps the tallies, PostgreSQL \
+             the polls (--postgres or CROWDTICK_POSTGRES__URL)"
+        );
         if self.operator_keys.iter().all(|k| k.is_empty()) {
             anyhow::bail!("operator_keys is empty: set at least one key (CROWDTICK_OPERATOR_KEYS='[\"…\"]' or in the file)");
         }
@@ -590,6 +664,17 @@ impl Config {
             checkpoint_interval: (self.processor.checkpoint_interval_ms > 0)
                 .then(|| Duration::from_millis(self.processor.checkpoint_interval_ms)),
             ..Default::default()
+        }
+    }
+
+    pub fn scylla_config(&self) -> storage::ScyllaConfig {
+        let s = &self.scylla;
+        storage::ScyllaConfig {
+            hosts: s.hosts.clone(),
+            keyspace: s.keyspace.clone(),
+            replication_class: s.replication_class.clone(),
+            replication_factor: s.replication_factor,
+            max_concurrent_writes: s.max_concurrent_writes,
         }
     }
 

@@ -478,6 +478,27 @@ pub(crate) async fn open_log(
                 k.brokers
             ),
         })?;
+    let topics = (
+        log.config().votes_topic.clone(),
+        log.config().tallies_topic.clone(),
+    );
+    let log: Arc<dyn Log> = Arc::new(log);
+    if config.schema_registry.url.is_empty() {
+        return Ok((log, None));
+    }
+    let registry = storage::RegistryConfig {
+        url: config.schema_registry.url.clone(),
+        auto_register: config.schema_registry.auto_register,
+        timeout: Duration::from_millis(config.schema_registry.timeout_ms),
+    };
+    let log = storage::RegistryLog::connect(log, &registry, (&topics.0, &topics.1))
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{e:#}: {} (is the registry running? --schema-registry or CROWDTICK_SCHEMA_REGISTRY__URL)",
+                std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default()
+            )
+        })?;
     Ok((Arc::new(log), None))
 }
 
@@ -523,10 +544,18 @@ pub(crate) async fn open_stores(
         .map_err(|e| anyhow::anyhow!("PostgreSQL: {e}"))?;
     storage::postgres::migrate(&mut client, &pg.schema).await?;
     drop(client);
-    Ok((
-        Arc::new(PgPollStore::new(pool.clone(), &pg.schema)?),
-        Some(Arc::new(PgTallyStore::new(pool, &pg.schema)?)),
-    ))
+    let polls: Arc<dyn PollStore> = Arc::new(PgPollStore::new(pool.clone(), &pg.schema)?);
+    if config.scylla.hosts.is_empty() {
+        return Ok((polls, Some(Arc::new(PgTallyStore::new(pool, &pg.schema)?))));
+    }
+    let scylla = config.scylla_config();
+    let session = storage::scylla::connect(&scylla)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e} (is it running? --scylla or CROWDTICK_SCYLLA__HOSTS)"))?;
+    storage::scylla::migrate(&session, &scylla).await?;
+    let tallies = storage::ScyllaTallyStore::new(session, &scylla).await?;
+    tracing::info!(hosts = %scylla.hosts, keyspace = %scylla.keyspace, "tally store: ScyllaDB");
+    Ok((polls, Some(Arc::new(tallies))))
 }
 
 /// Serves until `shutdown` resolves; prints `listening on http://ADDR` first (tests read it).

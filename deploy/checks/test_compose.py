@@ -7,7 +7,9 @@ Run: target/pyenv/bin/pytest deploy/checks
 - structure: ports on 127.0.0.1 only, healthchecks, depends_on conditions, distinct processor
   instance ids, named volumes, pinned images, every mounted file present, the proxy's routing
   (nginx.conf parsed and matched as nginx matches locations), Prometheus scraping every node, the
-  Grafana dashboard using only metrics that the Rust sources export;
+  Grafana dashboard using only metrics that the Rust sources export; the schema registry and
+  ScyllaDB wired in (every CrowdTick service's settings name them, the nodes and `migrate` wait
+  for them, the keyspace's replication fits the one Scylla node);
 - (the image itself: test_image.py);
 - settings: every CrowdTick service's CROWDTICK_* environment (the image's ENV, then the service's,
   `${VAR:-default}` resolved, YAML anchors merged) is accepted by `crowdtick config`, printed back
@@ -340,13 +342,18 @@ def test_depends_on_uses_conditions_and_crowdtick_waits_for_migrate():
     assert len(migrates) == 1, migrates
     migrate = migrates[0]
     assert is_one_shot(services[migrate]), "migrate is one-shot: restart: \"no\""
-    assert services[migrate]["depends_on"].get("postgres", {}).get("condition") == "service_healthy"
+    # migrate creates the PostgreSQL tables and the ScyllaDB keyspace and tables.
+    for infra in ("postgres", "scylla"):
+        assert services[migrate]["depends_on"].get(infra, {}).get("condition") == "service_healthy", (
+            f"{migrate} must wait for {infra}"
+        )
     for name in crowdtick_nodes(compose):
         deps = services[name].get("depends_on") or {}
         assert deps.get(migrate, {}).get("condition") == "service_completed_successfully", (
             f"{name} must depend on {migrate} with condition service_completed_successfully"
         )
-        for infra in ("kafka", "postgres"):
+        # A node connects to all of these at start (and exits when one is unreachable).
+        for infra in ("kafka", "postgres", "redis", "schema-registry", "scylla"):
             assert deps.get(infra, {}).get("condition") == "service_healthy", f"{name} must wait for {infra}"
 
 
@@ -440,6 +447,61 @@ def test_locust_and_loadgen_target_the_proxy():
     for n in workers:
         cmd = command_of(services[n])
         assert cmd[cmd.index("--master-host") + 1] in masters, cmd
+
+
+def host_port(address: str, default_port: int | None = None) -> tuple[str, int]:
+    """(host, port) of `host:port`, `scheme://host:port[/path]` or `PROTOCOL://host:port`."""
+    m = re.fullmatch(r"(?:[A-Za-z][A-Za-z0-9+.-]*://)?([^/:]+)(?::(\d+))?(?:/.*)?", address.strip())
+    assert m, f"not host:port: {address!r}"
+    port = m.group(2) or default_port
+    assert port is not None, f"no port in {address!r}"
+    return m.group(1), int(port)
+
+
+def test_crowdtick_uses_the_schema_registry_and_scylla(crowdtick_bin):
+    """Every CrowdTick service (nodes, migrate and loadgen's image aside) is given the schema
+    registry and ScyllaDB of this file, as the binary reads its settings: the registry's own
+    listener, on the Kafka CrowdTick writes to; the Scylla node's CQL port, with a keyspace the
+    one node can hold (a replication factor above the node count would make every write fail)."""
+    compose = load_compose()
+    services = compose["services"]
+    registry_env = env_dict(services["schema-registry"].get("environment"))
+    (listener,) = registry_env["SCHEMA_REGISTRY_LISTENERS"].split(",")
+    registry_port = host_port(listener)[1]
+    scylla_nodes = services_with_image(compose, "scylladb/scylla")
+    assert scylla_nodes == ["scylla"], scylla_nodes
+    checked: dict[str, tuple[str, str]] = {}
+    for name, s in crowdtick_services(compose).items():
+        if role_of(s) not in NODE_ROLES | {"migrate"}:
+            continue
+        r = config_of(settings_of(name), crowdtick_bin)
+        assert r.returncode == 0, f"{name}: `crowdtick config` refused its environment:\n{r.stderr}"
+        printed = tomllib.loads(r.stdout)
+        sr, sc = printed["schema_registry"], printed["scylla"]
+
+        urls = [u for u in sr["url"].split(",") if u.strip()]
+        assert urls, f"{name}: schema_registry.url is empty: the records would carry no schema id"
+        for url in urls:
+            assert host_port(url) == ("schema-registry", registry_port), f"{name}: schema_registry.url {url}"
+        assert sr["auto_register"] is True, f"{name}: nothing else registers CrowdTick's schemas here"
+        assert sr["timeout_ms"] > 0, name
+        # The registry keeps its schemas on the Kafka CrowdTick writes to.
+        store = {host_port(b) for b in registry_env["SCHEMA_REGISTRY_KAFKASTORE_BOOTSTRAP_SERVERS"].split(",")}
+        assert store == {host_port(b) for b in printed["kafka"]["brokers"].split(",")}, (name, store)
+
+        hosts = [host_port(h) for h in sc["hosts"].split(",") if h.strip()]
+        assert hosts == [("scylla", 9042)], f"{name}: scylla.hosts {sc['hosts']!r}"
+        assert re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{0,47}", sc["keyspace"]), f"{name}: keyspace {sc['keyspace']!r}"
+        assert sc["replication_class"] in ("SimpleStrategy", "NetworkTopologyStrategy"), name
+        assert 1 <= sc["replication_factor"] <= len(scylla_nodes), (
+            f"{name}: replication_factor {sc['replication_factor']} with {len(scylla_nodes)} Scylla node(s)"
+        )
+        assert printed["postgres"]["url"], f"{name}: polls stay in PostgreSQL"
+        checked[name] = (sc["keyspace"], sr["url"])
+    roles = sorted(role_of(services[n]) for n in checked)
+    assert "migrate" in roles and len(roles) >= 7, roles
+    # All of them agree: the keyspace migrate creates is the one the nodes use, one registry.
+    assert len(set(checked.values())) == 1, checked
 
 
 # --------------------------------------------------------------------------------------------

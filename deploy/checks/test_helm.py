@@ -13,7 +13,8 @@
 4. every CrowdTick container the chart renders starts with the settings it is given: its
    crowdtick.toml (from the ConfigMap it mounts) and its CROWDTICK_* variables go through
    `crowdtick config` (the binary's own loading and validation), which must accept them; with one
-   key misspelled (in the TOML, or in a variable's name) it must refuse them;
+   key misspelled (in the TOML, or in a variable's name) it must refuse them; [scylla] and
+   [schema_registry] are rendered only when turned on, and read back by the binary as given;
 5. the API's secrets: CROWDTICK_INGEST__AGGREGATORS is always set from a Secret (never the binary's
    laptop default), in exactly the inline-array form figment parses; the voter-token HMAC secret
    only when set; admission control and [ingest.voter_tokens] in crowdtick.toml.
@@ -383,13 +384,107 @@ def test_prometheus_rules_use_crowdtick_metrics(chart: helm.Chart) -> None:
     assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
 
 
-def test_future_services_stay_out_of_the_settings(chart: helm.Chart) -> None:
+PRODUCTION_SCYLLA_HOSTS = "scylla-0.scylla.db:9042,scylla-1.scylla.db:9042,scylla-2.scylla.db:9042"
+
+
+def effective_settings(chart: helm.Chart, values: dict) -> dict[str, dict]:
+    """What `crowdtick config` prints for every CrowdTick container the chart renders (label ->
+    the effective configuration), with the container's own crowdtick.toml and variables."""
+    binary = crowdtick_binary()
+    out = {}
+    for label, docs, pod_name, spec, container in crowdtick_containers(chart, values):
+        toml, env = container_settings(docs, pod_name, spec, container)
+        flags = (container.get("args") or container["command"])[1:]
+        result = run_crowdtick_config(toml, env, flags, binary=binary)
+        assert result.returncode == 0, f"{label}: crowdtick config exited {result.returncode}: {result.stderr}"
+        out[label] = tomllib.loads(result.stdout)
+    assert len(out) == 5, sorted(out)
+    return out
+
+
+def test_production_values_turn_on_scylla_and_the_schema_registry(chart: helm.Chart) -> None:
+    """values-production.yaml renders [scylla] and [schema_registry], and every container (the
+    migrations Job's too, which creates the keyspace) reads them as given."""
     docs = render(chart, VALUE_SETS["production"])
     cm = find(docs, "ConfigMap", "crowdtick")
-    toml = tomllib.loads(cm["data"]["crowdtick.toml"])
-    assert "scylla" not in toml and "schema_registry" not in toml
-    assert "not used yet" in cm["metadata"]["annotations"]["crowdtick.io/scylla-hosts"]
-    assert "# scylla.hosts = " in cm["data"]["crowdtick.toml"]
+    text = cm["data"]["crowdtick.toml"]
+    toml = tomllib.loads(text)
+    assert toml["scylla"] == {"hosts": PRODUCTION_SCYLLA_HOSTS, "keyspace": "crowdtick",
+                              "replication_class": "NetworkTopologyStrategy", "replication_factor": 3,
+                              "max_concurrent_writes": 64}, toml["scylla"]
+    assert toml["schema_registry"] == {"url": "http://schema-registry.kafka:8081", "auto_register": True,
+                                       "timeout_ms": 5000}, toml["schema_registry"]
+    # Nothing of the "not used yet" era is left.
+    assert "not used yet" not in text.lower() and "# scylla." not in text
+    assert not any(k.startswith("crowdtick.io/") for k in cm["metadata"]["annotations"]), cm["metadata"]["annotations"]
+    # The migrations Job mounts the same file and runs a bare `crowdtick migrate`, which takes
+    # scylla.hosts from it.
+    job = find(docs, "Job", "crowdtick-migrate")["spec"]["template"]["spec"]["containers"][0]
+    assert job["args"] == ["migrate"], job["args"]
+    assert find(docs, "ConfigMap", "crowdtick-migrate")["data"]["crowdtick.toml"] == text
+    for label, effective in effective_settings(chart, VALUE_SETS["production"]).items():
+        assert effective["scylla"]["hosts"] == PRODUCTION_SCYLLA_HOSTS, (label, effective["scylla"])
+        assert effective["scylla"]["keyspace"] == "crowdtick", label
+        assert effective["scylla"]["replication_class"] == "NetworkTopologyStrategy", label
+        assert effective["scylla"]["replication_factor"] == 3, label
+        assert effective["scylla"]["max_concurrent_writes"] == 64, label
+        assert effective["schema_registry"] == {"url": "http://schema-registry.kafka:8081",
+                                                "auto_register": True, "timeout_ms": 5000}, label
+
+
+def test_default_values_render_neither_scylla_nor_the_schema_registry(chart: helm.Chart) -> None:
+    docs = render(chart, {})
+    text = find(docs, "ConfigMap", "crowdtick")["data"]["crowdtick.toml"]
+    toml = tomllib.loads(text)
+    assert "scylla" not in toml and "schema_registry" not in toml, text
+    for label, effective in effective_settings(chart, {}).items():
+        assert effective["scylla"]["hosts"] == "", (label, effective["scylla"])
+        assert effective["schema_registry"]["url"] == "", (label, effective["schema_registry"])
+
+
+@pytest.mark.parametrize("scylla, registry", [
+    ({"hosts": ["10.0.0.5:9042"], "keyspace": "Crowd_Tick2", "replicationClass": "SimpleStrategy",
+      "replicationFactor": 1, "maxConcurrentWrites": 8}, None),
+    (None, {"url": "https://sr-a.example:8081, https://sr-b.example:8081", "autoRegister": False, "timeoutMs": 250}),
+    ({"hosts": ["[fd00::5]:19042", "scylla.db.svc:9042"]}, {"url": "http://registry:8081"}),
+])
+def test_scylla_and_schema_registry_values_reach_the_binary(chart: helm.Chart, scylla: dict | None,
+                                                            registry: dict | None) -> None:
+    """Each section is written only when turned on, with every value as the binary reads it."""
+    values = {k: v for k, v in (("scylla", scylla), ("schemaRegistry", registry)) if v is not None}
+    merged = chart.merge_values(values)
+    toml = tomllib.loads(find(render(chart, values), "ConfigMap", "crowdtick")["data"]["crowdtick.toml"])
+    assert ("scylla" in toml) == (scylla is not None) and ("schema_registry" in toml) == (registry is not None), toml
+    for label, effective in effective_settings(chart, values).items():
+        s, r = merged["scylla"], merged["schemaRegistry"]
+        assert effective["scylla"] == {"hosts": ",".join(s["hosts"]), "keyspace": s["keyspace"],
+                                       "replication_class": s["replicationClass"],
+                                       "replication_factor": s["replicationFactor"],
+                                       "max_concurrent_writes": s["maxConcurrentWrites"]}, label
+        assert effective["schema_registry"] == {"url": r["url"], "auto_register": r["autoRegister"],
+                                                "timeout_ms": r["timeoutMs"]}, label
+
+
+@pytest.mark.parametrize("values, where", [
+    ({"scylla": {"hosts": ["scylla-0.scylla.db"]}}, "/scylla/hosts/0"),
+    ({"scylla": {"hosts": "scylla-0:9042,scylla-1:9042"}}, "/scylla/hosts"),
+    ({"scylla": {"hosts": ["a:9042,b:9042"]}}, "/scylla/hosts/0"),
+    ({"scylla": {"keyspace": "crowd-tick"}}, "/scylla/keyspace"),
+    ({"scylla": {"keyspace": ""}}, "/scylla/keyspace"),
+    ({"scylla": {"keyspace": "k" * 49}}, "/scylla/keyspace"),
+    ({"scylla": {"replicationClass": "EverywhereStrategy"}}, "/scylla/replicationClass"),
+    ({"scylla": {"replicationFactor": 0}}, "/scylla/replicationFactor"),
+    ({"scylla": {"maxConcurrentWrites": 0}}, "/scylla/maxConcurrentWrites"),
+    ({"scylla": {"replicas": 3}}, "/scylla"),
+    ({"schemaRegistry": {"url": "schema-registry:8081"}}, "/schemaRegistry/url"),
+    ({"schemaRegistry": {"autoRegister": "yes"}}, "/schemaRegistry/autoRegister"),
+    ({"schemaRegistry": {"timeoutMs": 0}}, "/schemaRegistry/timeoutMs"),
+    ({"schemaRegistry": {"subject": "votes"}}, "/schemaRegistry"),
+])
+def test_schema_refuses_bad_scylla_and_registry_values(chart: helm.Chart, values: dict, where: str) -> None:
+    with pytest.raises(helm.HelmValuesError) as refused:
+        chart.render(values, name=RELEASE, namespace=NAMESPACE)
+    assert f"at '{where}" in str(refused.value), str(refused.value)
 
 
 # --- 4. the settings every CrowdTick container gets ------------------------------------------
@@ -540,6 +635,8 @@ def test_crowdtick_accepts_the_settings_of_every_container(chart: helm.Chart, va
         assert effective["postgres"]["url"] == (merged["postgres"]["url"] if not merged["postgres"]["existingSecret"]
                                                 else SECRET_STAND_INS["CROWDTICK_POSTGRES__URL"]), label
         assert effective["processor"]["assignment_strategy"] == merged["processor"]["assignmentStrategy"], label
+        assert effective["scylla"]["hosts"] == ",".join(merged["scylla"]["hosts"]), label
+        assert effective["schema_registry"]["url"] == merged["schemaRegistry"]["url"], label
         if role == "processor":
             assert effective["processor"]["instance_id"] == pod_name, (label, effective["processor"])
         if role != "migrate":

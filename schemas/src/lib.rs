@@ -27,7 +27,7 @@ pub const VOTE_AVSC: &str = include_str!("../avro/vote.avsc");
 pub const TALLY_AVSC: &str = include_str!("../avro/tally.avsc");
 /// PostgreSQL schema: polls and partial tallies.
 pub const POSTGRES_SQL: &str = include_str!("../sql/polls.sql");
-/// ScyllaDB schema: partial tallies and windows.
+/// ScyllaDB schema: partials, windows and checkpoints (`{keyspace}`, `{replication}` filled in).
 pub const SCYLLA_CQL: &str = include_str!("../cql/tallies.cql");
 
 /// Microseconds since the Unix epoch, the unit of every timestamp in the contracts.

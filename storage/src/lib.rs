@@ -5,6 +5,8 @@
 //!   CRC-framed records, torn tails cut on open. What `crowdtick serve` runs on by default.
 //! - [`kafka_log`]: [`KafkaLog`], the log on Kafka for the distributed mode (rdkafka, idempotent producer).
 //! - [`kafka_group`]: [`GroupMember`], the processors' consumer group (who owns which votes partition).
+//! - [`registry_log`]: [`RegistryLog`], the Confluent wire format (magic byte, schema id, datum) on
+//!   the Kafka topics when a schema registry is configured.
 //! - [`redis_cache`]: [`RedisCache`], the distributed mode's results cache and change notices.
 //! - [`polls`]: [`PollCatalog`], the in-memory view of every poll that the edge and
 //!   the processor consult per vote, over a [`PollStore`] ([`FilePollStore`] when embedded).
@@ -14,6 +16,8 @@
 //! - [`test_broker`]: a tansu (Kafka-protocol) broker on a loopback port, for tests.
 //! - [`tally_store`]: [`TallyStore`], the latest partial tally per (poll, partition) with its offset;
 //!   a partial older than the stored one is never written ([`MemoryTallyStore`] in memory).
+//! - [`scylla`]: [`ScyllaTallyStore`], partials, windows and checkpoints on ScyllaDB (writes
+//!   `USING TIMESTAMP` of the offset they reflect: last-write-wins keeps the newest).
 //! - [`postgres`]: the distributed mode's PostgreSQL side: [`postgres::connect`], [`postgres::migrate`],
 //!   [`PgPollStore`] and [`PgTallyStore`].
 
@@ -26,6 +30,8 @@ pub mod poll_journal;
 pub mod polls;
 pub mod postgres;
 pub mod redis_cache;
+pub mod registry_log;
+pub mod scylla;
 pub mod tally_store;
 pub mod test_broker;
 
@@ -37,4 +43,6 @@ pub use log::{AppendBatch, Fetched, Log, LogError, Position, Topic};
 pub use polls::{FilePollStore, PollCatalog, PollStore, StoreError};
 pub use postgres::{PgPollStore, PgTallyStore};
 pub use redis_cache::{Notice, RedisCache};
+pub use registry_log::{RegistryConfig, RegistryLog};
+pub use scylla::{ScyllaConfig, ScyllaTallyStore};
 pub use tally_store::{MemoryTallyStore, TallyStore};

@@ -115,6 +115,24 @@ impl AppendBatch {
         self.data.len()
     }
 
+    /// The same records with `prefix` before every value (one new buffer; the entries are reused).
+    pub fn with_value_prefix(self, prefix: &[u8]) -> AppendBatch {
+        let AppendBatch { data, mut entries } = self;
+        let mut framed = Vec::with_capacity(data.len() + prefix.len() * entries.len());
+        for e in &mut entries {
+            let key_start = framed.len() as u32;
+            framed.extend_from_slice(&data[e.key_start as usize..e.value_start as usize]);
+            let value_start = framed.len() as u32;
+            framed.extend_from_slice(prefix);
+            framed.extend_from_slice(&data[e.value_start as usize..e.end as usize]);
+            (e.key_start, e.value_start, e.end) = (key_start, value_start, framed.len() as u32);
+        }
+        AppendBatch {
+            data: framed,
+            entries,
+        }
+    }
+
     /// The records in order: (partition, timestamp, key, value).
     pub fn iter(&self) -> impl Iterator<Item = (u32, i64, &[u8], &[u8])> {
         self.entries.iter().map(|e| {

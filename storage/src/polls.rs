@@ -17,9 +17,10 @@ pub use crate::poll_journal::FilePollStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("poll store I/O: {0}")]
+    /// The poll or tally store could not be read or written (the message names which store).
+    #[error("store I/O: {0}")]
     Io(String),
-    #[error("poll store data: {0}")]
+    #[error("store data: {0}")]
     Data(String),
     #[error("no poll with id {0}")]
     NotFound(PollId),

@@ -891,6 +891,12 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn keeps_the_tally_store_contract() {
+        let db = TestDb::new().await;
+        crate::tally_store::tests::contract(&db.tallies()).await;
+    }
+
+    #[tokio::test]
     async fn older_partials_are_refused_newer_accepted() {
         let db = TestDb::new().await;
         let store = db.tallies();

@@ -23,8 +23,13 @@ use std::collections::BTreeMap;
 #[async_trait]
 pub trait TallyStore: Send + Sync + 'static {
     /// Writes the partials that are newer than the stored ones (see the module docs) and the windows
-    /// that are newer than their stored ones, atomically; durable when it returns. Returns how many
-    /// partials were written. Two partials of one (poll, partition) in one batch count once at most.
+    /// that are newer than their stored ones; durable when it returns. Returns how many partials
+    /// were written (two of one (poll, partition) in one batch count once at most); a store that
+    /// lets last-write-wins decide (ScyllaDB) cannot tell, and returns how many it sent.
+    ///
+    /// A store may keep a higher `complete_until` than the newest partial's own: the highest claim
+    /// of a partial at or below its offset (ScyllaDB). Such a claim is true of the newest partial
+    /// too: every vote accepted by then is in the log before that offset.
     async fn put(&self, partials: &[PartialTally]) -> Result<usize, StoreError>;
     /// The latest partial of every (poll, partition), with all its stored windows.
     async fn load_all(&self) -> Result<Vec<PartialTally>, StoreError>;
@@ -217,6 +222,78 @@ pub(crate) mod tests {
                 .collect(),
             ..Default::default()
         }
+    }
+
+    pub(crate) fn tally(
+        poll_id: i64,
+        partition: i32,
+        offset: i64,
+        claim: i64,
+        windows: &[(i64, i64)],
+    ) -> PartialTally {
+        PartialTally {
+            poll_id,
+            partition,
+            ..partial(offset, claim, windows)
+        }
+    }
+
+    /// What every [`TallyStore`] does with partials and windows; `store` is empty. The claims
+    /// (`complete_until`) grow with the offsets here, as a processor's do: where they do not, a
+    /// store may keep a higher claim than the newest partial's own (see [`TallyStore`]).
+    pub(crate) async fn contract(store: &dyn TallyStore) {
+        assert!(store.load_all().await.unwrap().is_empty());
+        store.put(&[]).await.unwrap();
+        store
+            .put(&[tally(1, 0, 10, 100, &[(1000, 3), (2000, 4)])])
+            .await
+            .unwrap();
+        // An older partial (a stale owner) loses, and so do its older windows.
+        store
+            .put(&[tally(1, 0, 9, 90, &[(2000, 1)])])
+            .await
+            .unwrap();
+        // The same offset with a higher claim wins.
+        store.put(&[tally(1, 0, 10, 200, &[])]).await.unwrap();
+        assert_eq!(
+            store.load_poll(1).await.unwrap(),
+            vec![tally(1, 0, 10, 200, &[(1000, 3), (2000, 4)])]
+        );
+        // A batch: other keys, two partials of one key (the newer wins), windows by offset.
+        store
+            .put(&[
+                tally(1, 1, 3, 0, &[(1000, 1)]),
+                tally(2, 0, 7, 0, &[(5000, 2)]),
+                tally(1, 1, 5, 1, &[(1000, 2), (3000, 1)]),
+                tally(1, 0, 12, 300, &[(2000, 6)]),
+            ])
+            .await
+            .unwrap();
+        // A stale partial's window that is the newest of its own window is kept.
+        store
+            .put(&[tally(1, 0, 11, 250, &[(2000, 9), (4000, 1)])])
+            .await
+            .unwrap();
+        let p1 = tally(1, 0, 12, 300, &[(1000, 3), (2000, 6), (4000, 1)]);
+        let p2 = tally(1, 1, 5, 1, &[(1000, 2), (3000, 1)]);
+        let p3 = tally(2, 0, 7, 0, &[(5000, 2)]);
+        assert_eq!(
+            store.load_all().await.unwrap(),
+            vec![p1.clone(), p2.clone(), p3.clone()]
+        );
+        assert_eq!(
+            store.load_poll(1).await.unwrap(),
+            vec![p1.clone(), p2.clone()]
+        );
+        assert_eq!(store.load_partition(0).await.unwrap(), vec![p1, p3]);
+        assert_eq!(store.load_partition(1).await.unwrap(), vec![p2]);
+        assert!(store.load_partition(2).await.unwrap().is_empty());
+        assert!(store.load_poll(3).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn memory_store_keeps_the_contract() {
+        contract(&MemoryTallyStore::new()).await;
     }
 
     #[tokio::test]

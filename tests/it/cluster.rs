@@ -411,6 +411,8 @@ struct Scenario {
     kills: usize,
     kill_every: Duration,
     broker_restart: bool,
+    /// Run with the schema registry (its test double): the topics in the Confluent wire format.
+    schema_registry: bool,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -425,6 +427,24 @@ async fn cluster_counts_exactly_through_kills_and_rebalances() {
         // The broker restart under load is in the full run only: on tansu 0.6 with SQLite it
         // can end with tansu's storage panicking (see `run_cluster`), which no client can undo.
         broker_restart: false,
+        schema_registry: false,
+    })
+    .await;
+}
+
+/// The same with a schema registry (`tests/it/registry_double.rs`): every node frames and reads
+/// the Confluent wire format, and exactly once holds through the kills.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_counts_exactly_with_the_schema_registry() {
+    run_cluster(Scenario {
+        partitions: 4,
+        polls: 2,
+        voters: 3_000,
+        per_voter: 1,
+        kills: 2,
+        kill_every: Duration::from_millis(1500),
+        broker_restart: false,
+        schema_registry: true,
     })
     .await;
 }
@@ -443,6 +463,7 @@ async fn cluster_full_size() {
         kills: 10,
         kill_every: Duration::from_secs(3),
         broker_restart: true,
+        schema_registry: false,
     })
     .await;
 }
@@ -455,6 +476,16 @@ async fn run_cluster(s: Scenario) {
         TansuBroker::start()
     };
     let mut c = Cluster::new(broker.addr(), s.partitions);
+    let registry = match s.schema_registry {
+        true => Some(crate::registry_double::RegistryDouble::start().await),
+        false => None,
+    };
+    if let Some(registry) = &registry {
+        c.env.push((
+            "CROWDTICK_SCHEMA_REGISTRY__URL".into(),
+            registry.url.clone(),
+        ));
+    }
     if s.broker_restart {
         // tansu on SQLite stalls for seconds under load on two cores (the full run, or CI with
         // every other test beside this one). A produce request that outlives the deadline times
@@ -615,6 +646,19 @@ async fn run_cluster(s: Scenario) {
         c.logs()
     );
     eprintln!("cluster: {restored} partition assignments restored from checkpoints");
+    if let Some(registry) = &registry {
+        // Every node registered the same two schemas: one version per subject.
+        let prefix = &c
+            .env
+            .iter()
+            .find(|(k, _)| k == "CROWDTICK_KAFKA__TOPIC_PREFIX")
+            .unwrap()
+            .1;
+        for topic in ["votes", "tallies"] {
+            let subject = format!("{prefix}{topic}-value");
+            assert_eq!(registry.versions(&subject).len(), 1, "{subject}");
+        }
+    }
 
     eprintln!(
         "cluster: every poll exact everywhere, recount agrees ({:?} in all)",

@@ -14,6 +14,8 @@ mod identity;
 mod limits;
 mod operator_access;
 mod poll_limits;
+mod registry;
+mod registry_double;
 mod seed_api;
 mod viewers;
 mod viewers_at_scale;

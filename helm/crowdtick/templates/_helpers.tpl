@@ -189,32 +189,30 @@ body_read_timeout_ms = {{ $v.config.http.bodyReadTimeoutMs | int64 }}
 max_connections = {{ $v.config.http.maxConnections | int64 }}
 max_connections_per_address = {{ $v.config.http.maxConnectionsPerAddress | int64 }}
 limits_exempt_loopback = {{ $v.config.http.limitsExemptLoopback }}
-{{- if or $v.scylla.hosts $v.scylla.keyspace $v.schemaRegistry.url }}
+{{- with $v.scylla }}
+{{- if .hosts }}
 
-# NOT USED YET: this CrowdTick version has no [scylla] or [schema_registry] settings (it would
-# refuse them), so the chart's values for them are only recorded here.
-{{- if $v.scylla.hosts }}
-# scylla.hosts = {{ $v.scylla.hosts | toJson }}
-{{- end }}
-{{- if $v.scylla.keyspace }}
-# scylla.keyspace = {{ $v.scylla.keyspace | toJson }}
-{{- end }}
-{{- if $v.schemaRegistry.url }}
-# schema_registry.url = {{ $v.schemaRegistry.url | toJson }}
-{{- end }}
+# ScyllaDB keeps the partial tallies, windows and checkpoints (polls stay in PostgreSQL).
+# `crowdtick migrate` (the migrations Job) creates the keyspace and tables; every pod also creates
+# them at start if missing.
+[scylla]
+hosts = {{ join "," .hosts | toJson }}
+keyspace = {{ .keyspace | toJson }}
+replication_class = {{ .replicationClass | toJson }}
+replication_factor = {{ .replicationFactor | int64 }}
+max_concurrent_writes = {{ .maxConcurrentWrites | int64 }}
 {{- end }}
 {{- end }}
+{{- with $v.schemaRegistry }}
+{{- if .url }}
 
-{{/* Annotations recording the values of services CrowdTick does not use yet. */}}
-{{- define "crowdtick.futureAnnotations" -}}
-{{- if .Values.scylla.hosts }}
-crowdtick.io/scylla-hosts: {{ printf "%s (not used yet)" (join "," .Values.scylla.hosts) | quote }}
+# Every record value on the votes and tallies topics in the Confluent wire format, subjects
+# "<topic>-value".
+[schema_registry]
+url = {{ .url | toJson }}
+auto_register = {{ .autoRegister }}
+timeout_ms = {{ .timeoutMs | int64 }}
 {{- end }}
-{{- if .Values.scylla.keyspace }}
-crowdtick.io/scylla-keyspace: {{ printf "%s (not used yet)" .Values.scylla.keyspace | quote }}
-{{- end }}
-{{- if .Values.schemaRegistry.url }}
-crowdtick.io/schema-registry-url: {{ printf "%s (not used yet)" .Values.schemaRegistry.url | quote }}
 {{- end }}
 {{- end }}
 
