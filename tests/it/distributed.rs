@@ -11,6 +11,10 @@ use processor::PollResults;
 use storage::test_broker::TansuBroker;
 use storage::TallyStore;
 
+#[path = "../../storage/tests/support/cql_double.rs"]
+mod cql_double;
+use cql_double::CqlDouble;
+
 fn postgres_url() -> String {
     std::env::var("CROWDTICK_TEST_POSTGRES")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
@@ -18,6 +22,25 @@ fn postgres_url() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_on_kafka_and_postgres_counts_exactly_and_survives_a_restart() {
+    counts_exactly_and_survives_a_restart(None).await;
+}
+
+/// The same with the tallies and checkpoints in ScyllaDB (`--scylla`): against a node named by
+/// CROWDTICK_TEST_SCYLLA, else against the CQL test double (ScyllaDB cannot run on the build
+/// machines). The restart restores every partition from its checkpoint there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_on_kafka_postgres_and_scylla_counts_exactly_and_survives_a_restart() {
+    match std::env::var("CROWDTICK_TEST_SCYLLA") {
+        Ok(hosts) => counts_exactly_and_survives_a_restart(Some(hosts)).await,
+        Err(_) => {
+            let double = CqlDouble::start();
+            eprintln!("NOTE: no ScyllaDB node (CROWDTICK_TEST_SCYLLA): on the CQL test double");
+            counts_exactly_and_survives_a_restart(Some(double.hosts())).await;
+        }
+    }
+}
+
+async fn counts_exactly_and_survives_a_restart(scylla: Option<String>) {
     let broker = TansuBroker::start();
     let run = format!("{}_{}", std::process::id(), rand::random::<u32>());
     let schema = format!("ct_it_{run}");
@@ -29,6 +52,12 @@ async fn serve_on_kafka_and_postgres_counts_exactly_and_survives_a_restart() {
         c.postgres.url = pg.clone();
         c.postgres.schema = schema.clone();
         c.ingest.deadline_ms = 5_000;
+        if let Some(hosts) = &scylla {
+            c.scylla.hosts = hosts.clone();
+            c.scylla.keyspace = schema.clone();
+            c.scylla.replication_class = "SimpleStrategy".into();
+            c.scylla.replication_factor = 1;
+        }
     };
     let app = spawn_app_with(configure).await;
     let poll = app.open_poll(&["A", "B", "C"]).await;
@@ -50,9 +79,23 @@ async fn serve_on_kafka_and_postgres_counts_exactly_and_survives_a_restart() {
     let expected = [67, 67, 66];
     app.wait_counts(poll, &expected, 60).await;
 
-    // The partial tallies are in PostgreSQL and add up to the same counts.
+    // The partial tallies are in the tally store (PostgreSQL, or ScyllaDB) and add up to the same
+    // counts.
     let pool = storage::postgres::connect(&pg).await.expect("PostgreSQL (start it: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start)");
-    let store = storage::PgTallyStore::new(pool.clone(), &schema).unwrap();
+    let store: Box<dyn TallyStore> = match &scylla {
+        None => Box::new(storage::PgTallyStore::new(pool.clone(), &schema).unwrap()),
+        Some(_) => {
+            let mut c = Config::default();
+            configure(&mut c);
+            let config = c.scylla_config();
+            let session = storage::scylla::connect(&config).await.unwrap();
+            Box::new(
+                storage::ScyllaTallyStore::new(session, &config)
+                    .await
+                    .unwrap(),
+            )
+        }
+    };
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         let mut merged = PollResults::default();
