@@ -151,6 +151,9 @@ async fn counts_exactly_and_survives_a_restart(scylla: Option<String>) {
     // Restart: polls come back from PostgreSQL, counts from Kafka; dedupe still holds.
     let data = app.stop().await;
     let app = spawn_app_in(data, configure).await;
+    // Ready means the processor owns its partitions again (the group has rebalanced).
+    let checks = wait_ready(&app.client, &app.base, 90).await;
+    assert!(checks.contains(&"partitions".to_string()), "{checks:?}");
     let (status, body) = app
         .call("GET", &format!("/v1/polls/{poll}"), None, false)
         .await;

@@ -246,7 +246,23 @@ impl TestApp {
                 return r;
             }
             if tokio::time::Instant::now() > deadline {
-                panic!("poll {poll}: counts {counts:?}, expected {expected:?}");
+                // What the node says of itself, for the failure message.
+                let (_, _, ready) = readiness(&self.client, &self.base).await;
+                let metrics = self.client.get(self.url("/metrics")).send().await;
+                let metrics = match metrics {
+                    Ok(r) => r.text().await.unwrap_or_default(),
+                    Err(e) => e.to_string(),
+                };
+                let processor: Vec<&str> = metrics
+                    .lines()
+                    .filter(|l| {
+                        l.starts_with("crowdtick_processor_") || l.starts_with("crowdtick_log_")
+                    })
+                    .collect();
+                panic!(
+                    "poll {poll}: counts {counts:?}, expected {expected:?}\n/readyz: {ready}\n{}",
+                    processor.join("\n")
+                );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
