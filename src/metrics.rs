@@ -97,6 +97,32 @@ pub async fn render(State(s): State<AppState>) -> impl IntoResponse {
         "Connections closed because a write waited http.write_stall_timeout_ms for the client to make room.",
         &h.write_stalls,
     );
+    if let Some(r) = &s.registry_metrics {
+        counter(
+            &mut out,
+            "crowdtick_schema_registry_records_framed_total",
+            "Records appended to Kafka in the Confluent wire format (magic byte, schema id, datum).",
+            &r.records_framed,
+        );
+        counter(
+            &mut out,
+            "crowdtick_schema_registry_records_bare_total",
+            "Records read without the wire-format header (written before the registry was on).",
+            &r.records_bare,
+        );
+        counter(
+            &mut out,
+            "crowdtick_schema_registry_records_transcoded_total",
+            "Records read that another schema version wrote, decoded by its id and resolved to CrowdTick's.",
+            &r.records_transcoded,
+        );
+        counter(
+            &mut out,
+            "crowdtick_schema_registry_records_unreadable_total",
+            "Records read that no schema could turn into CrowdTick's (handed on empty, never counted).",
+            &r.records_unreadable,
+        );
+    }
     if let Some(l) = &s.log_metrics {
         counter(
             &mut out,

@@ -17,7 +17,7 @@ pub async fn run(config: &Config, json: bool) -> anyhow::Result<bool> {
     let log: Arc<dyn Log> = if config.kafka.brokers.is_empty() {
         Arc::new(EmbeddedLog::open_read_only(&config.log_dir())?)
     } else {
-        crate::serve::open_log(config).await?.0
+        crate::serve::open_log(config).await?.log
     };
     let (poll_store, _) = crate::serve::open_stores(config).await?;
     let catalog = PollCatalog::load(poll_store).await?;

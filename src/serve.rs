@@ -83,6 +83,8 @@ pub struct AppState {
     pub log: Option<Arc<dyn Log>>,
     /// The embedded log's counters (None on Kafka).
     pub log_metrics: Option<Arc<LogMetrics>>,
+    /// The schema registry's counters (with `schema_registry.url` only).
+    pub registry_metrics: Option<Arc<storage::RegistryMetrics>>,
     pub catalog: PollCatalog,
     pub board: Arc<ResultsBoard>,
     pub ingest: Option<Arc<ingest::Ingest>>,
@@ -127,11 +129,11 @@ pub async fn start_roles(config: Config, roles: Roles) -> anyhow::Result<App> {
         })?;
     }
     let needs_log = roles.ingest || roles.processor || roles.realtime;
-    let (log, log_metrics) = if needs_log {
-        let (log, metrics) = open_log(&config).await?;
-        (Some(log), metrics)
+    let (log, log_metrics, registry_metrics) = if needs_log {
+        let opened = open_log(&config).await?;
+        (Some(opened.log), opened.embedded, opened.registry)
     } else {
-        (None, None)
+        (None, None, None)
     };
     let (poll_store, tally_store) = open_stores(&config).await?;
     let cache = open_cache(&config).await?;
@@ -282,6 +284,7 @@ pub async fn start_roles(config: Config, roles: Roles) -> anyhow::Result<App> {
         config: Arc::new(config),
         log,
         log_metrics,
+        registry_metrics,
         catalog,
         board,
         ingest: ingest.clone(),
@@ -455,9 +458,7 @@ async fn json_errors(resp: axum::response::Response) -> axum::response::Response
 }
 
 /// The votes and tallies log: Kafka when `kafka.brokers` is set, else the embedded log in data_dir.
-pub(crate) async fn open_log(
-    config: &Config,
-) -> anyhow::Result<(Arc<dyn Log>, Option<Arc<LogMetrics>>)> {
+pub(crate) async fn open_log(config: &Config) -> anyhow::Result<OpenedLog> {
     if config.kafka.brokers.is_empty() {
         let log = EmbeddedLog::open(EmbeddedLogConfig {
             votes_partitions: config.log.partitions,
@@ -465,8 +466,11 @@ pub(crate) async fn open_log(
             queue_capacity: config.log.queue_capacity,
             ..EmbeddedLogConfig::new(config.log_dir())
         })?;
-        let metrics = log.metrics.clone();
-        return Ok((Arc::new(log), Some(metrics)));
+        return Ok(OpenedLog {
+            embedded: Some(log.metrics.clone()),
+            log: Arc::new(log),
+            registry: None,
+        });
     }
     let k = &config.kafka;
     let log = KafkaLog::connect(kafka_config(config))
@@ -484,7 +488,11 @@ pub(crate) async fn open_log(
     );
     let log: Arc<dyn Log> = Arc::new(log);
     if config.schema_registry.url.is_empty() {
-        return Ok((log, None));
+        return Ok(OpenedLog {
+            log,
+            embedded: None,
+            registry: None,
+        });
     }
     let registry = storage::RegistryConfig {
         url: config.schema_registry.url.clone(),
@@ -499,7 +507,20 @@ pub(crate) async fn open_log(
                 std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default()
             )
         })?;
-    Ok((Arc::new(log), None))
+    Ok(OpenedLog {
+        registry: Some(log.metrics.clone()),
+        log: Arc::new(log),
+        embedded: None,
+    })
+}
+
+/// The log a process runs on, with the counters of its kind.
+pub(crate) struct OpenedLog {
+    pub log: Arc<dyn Log>,
+    /// The embedded log's (None on Kafka).
+    pub embedded: Option<Arc<LogMetrics>>,
+    /// The schema registry's (with `schema_registry.url`).
+    pub registry: Option<Arc<storage::RegistryMetrics>>,
 }
 
 /// The Kafka side of the configuration.

@@ -6,10 +6,12 @@
 //! - [`voter`]: voter ids with their namespace (device, verified, old-API account, aggregator), so
 //!   no door can name another's voter.
 //! - [`poll`]: a poll's definition and lifecycle rules (open, close, visibility).
+//! - [`cql`]: the data statements of the ScyllaDB tally store (its tables: `cql/tallies.cql`).
 //! - [`api_error`]: the one JSON error type every HTTP endpoint answers with.
 //! - `avro/*.avsc`, `sql/polls.sql`, `cql/tallies.cql`: the schema files themselves, embedded below.
 
 pub mod api_error;
+pub mod cql;
 pub mod poll;
 pub mod tally;
 pub mod vote;

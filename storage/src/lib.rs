@@ -43,6 +43,6 @@ pub use log::{AppendBatch, Fetched, Log, LogError, Position, Topic};
 pub use polls::{FilePollStore, PollCatalog, PollStore, StoreError};
 pub use postgres::{PgPollStore, PgTallyStore};
 pub use redis_cache::{Notice, RedisCache};
-pub use registry_log::{RegistryConfig, RegistryLog};
+pub use registry_log::{RegistryConfig, RegistryLog, RegistryMetrics};
 pub use scylla::{ScyllaConfig, ScyllaTallyStore};
 pub use tally_store::{MemoryTallyStore, TallyStore};

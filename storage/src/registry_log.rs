@@ -30,6 +30,7 @@ use schema_registry_converter::error::SRCError;
 use schema_registry_converter::schema_registry_common::{
     get_payload, SchemaType, SrCall, SuppliedSchema,
 };
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -110,12 +111,26 @@ pub fn parse_wire(value: &[u8]) -> Wire<'_> {
     }
 }
 
+/// What the registry log did with the records (`/metrics`, `crowdtick_schema_registry_*`).
+#[derive(Debug, Default)]
+pub struct RegistryMetrics {
+    /// Records appended with the header.
+    pub records_framed: AtomicU64,
+    /// Records read that had no header (written before the registry was turned on).
+    pub records_bare: AtomicU64,
+    /// Records read that another schema version wrote, decoded by its id and resolved to ours.
+    pub records_transcoded: AtomicU64,
+    /// Records read that no schema could turn into ours (handed on empty).
+    pub records_unreadable: AtomicU64,
+}
+
 /// The Kafka log with the Confluent wire format on both topics (see the module docs).
 pub struct RegistryLog {
     inner: Arc<dyn Log>,
     votes: Framing,
     tallies: Framing,
     decoder: AvroDecoder<'static>,
+    pub metrics: Arc<RegistryMetrics>,
 }
 
 impl RegistryLog {
@@ -147,6 +162,7 @@ impl RegistryLog {
             votes,
             tallies,
             decoder: AvroDecoder::new(settings),
+            metrics: Arc::default(),
         })
     }
 
@@ -244,6 +260,9 @@ impl Log for RegistryLog {
         deadline: Instant,
     ) -> Result<Vec<Position>, LogError> {
         let framed = batch.with_value_prefix(&self.framing(topic).header);
+        self.metrics
+            .records_framed
+            .fetch_add(framed.len() as u64, Ordering::Relaxed);
         self.inner.append(topic, framed, deadline).await
     }
 
@@ -267,33 +286,52 @@ impl Log for RegistryLog {
             data: Vec::with_capacity(fetched.data.len()),
             records: Vec::with_capacity(fetched.len()),
         };
+        let (mut bare, mut transcoded, mut unreadable) = (0, 0, 0);
         for (offset, timestamp, key, value) in fetched.iter() {
             let key_start = out.data.len() as u32;
             out.data.extend_from_slice(key);
             let value_start = out.data.len() as u32;
             match parse_wire(value) {
-                Wire::Bare(datum) => out.data.extend_from_slice(datum),
+                Wire::Bare(datum) => {
+                    bare += 1;
+                    out.data.extend_from_slice(datum)
+                }
                 Wire::Framed { id, datum } if id == own => out.data.extend_from_slice(datum),
-                Wire::Framed { id, .. } => match self.transcode(topic, value).await {
-                    Ok(datum) => out.data.extend_from_slice(&datum),
-                    Err(e) if e.retriable => {
-                        self.decoder.remove_errors_from_cache();
-                        return Err(LogError::Io(format!(
-                            "schema registry: schema {id} of {} offset {offset}: {e}",
-                            topic.name()
-                        )));
+                Wire::Framed { id, .. } => {
+                    match self.transcode(topic, value).await {
+                        Ok(datum) => {
+                            transcoded += 1;
+                            out.data.extend_from_slice(&datum)
+                        }
+                        Err(e) if e.retriable => {
+                            self.decoder.remove_errors_from_cache();
+                            return Err(LogError::Io(format!(
+                                "schema registry: schema {id} of {} offset {offset}: {e}",
+                                topic.name()
+                            )));
+                        }
+                        Err(e) => {
+                            unreadable += 1;
+                            tracing::warn!(
+                            topic = topic.name(), partition, offset, schema_id = id,
+                            "a record no schema can read as CrowdTick's is handed on empty: {e}"
+                        )
+                        }
                     }
-                    Err(e) => tracing::warn!(
-                        topic = topic.name(),
-                        partition,
-                        offset,
-                        schema_id = id,
-                        "a record no schema can read as CrowdTick's is handed on empty: {e}"
-                    ),
-                },
+                }
             }
             out.records
                 .push((timestamp, key_start, value_start, out.data.len() as u32));
+        }
+        let m = &self.metrics;
+        for (counter, n) in [
+            (&m.records_bare, bare),
+            (&m.records_transcoded, transcoded),
+            (&m.records_unreadable, unreadable),
+        ] {
+            if n > 0 {
+                counter.fetch_add(n, Ordering::Relaxed);
+            }
         }
         Ok(out)
     }

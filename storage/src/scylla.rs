@@ -1,5 +1,6 @@
 //! The tally store on ScyllaDB: [`ScyllaTallyStore`], behind the same [`TallyStore`] interface as
-//! PostgreSQL. Tables and the write rules: `schemas/cql/tallies.cql`.
+//! PostgreSQL. Tables and the write rules: `schemas/cql/tallies.cql`; statements:
+//! `schemas/src/cql.rs`.
 //!
 //! - **Writes** carry absolute values `USING TIMESTAMP` derived from what they reflect
 //!   ([`offset_timestamp`], [`complete_until_timestamp`]), so last-write-wins keeps the newest
@@ -18,7 +19,7 @@ use crate::polls::StoreError;
 use crate::tally_store::TallyStore;
 use async_trait::async_trait;
 use futures::{StreamExt, TryStreamExt};
-use schemas::{PartialTally, PollId};
+use schemas::{cql, PartialTally, PollId};
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use scylla::statement::batch::{Batch as CqlBatch, BatchType};
@@ -99,36 +100,6 @@ fn identifier(name: &str) -> Result<String, StoreError> {
             "scylla.keyspace {name:?}: use letters, digits and _ (48 at most), starting with a letter"
         )))
     }
-}
-
-/// The data statements, for `keyspace` (`{ks}`).
-pub mod cql {
-    pub const PUT_PARTIAL: &str =
-        "INSERT INTO {ks}.partials (poll_id, votes_partition, tally) VALUES (?, ?, ?) USING TIMESTAMP ?";
-    pub const PUT_COMPLETE_UNTIL: &str =
-        "UPDATE {ks}.partials USING TIMESTAMP ? SET complete_until = ? WHERE poll_id = ? AND votes_partition = ?";
-    pub const PUT_WINDOW: &str =
-        "INSERT INTO {ks}.windows (poll_id, votes_partition, start_ms, votes) VALUES (?, ?, ?, ?) USING TIMESTAMP ?";
-    pub const PUT_PARTITION_POLL: &str =
-        "INSERT INTO {ks}.partition_polls (votes_partition, poll_id) VALUES (?, ?) USING TIMESTAMP ?";
-    pub const POLL_PARTIALS: &str =
-        "SELECT poll_id, votes_partition, tally, complete_until FROM {ks}.partials WHERE poll_id = ?";
-    pub const POLL_WINDOWS: &str =
-        "SELECT poll_id, votes_partition, start_ms, votes FROM {ks}.windows WHERE poll_id = ?";
-    pub const ALL_PARTIALS: &str =
-        "SELECT poll_id, votes_partition, tally, complete_until FROM {ks}.partials";
-    pub const ALL_WINDOWS: &str =
-        "SELECT poll_id, votes_partition, start_ms, votes FROM {ks}.windows";
-    pub const PARTITION_POLLS: &str =
-        "SELECT poll_id FROM {ks}.partition_polls WHERE votes_partition = ?";
-    pub const NEW_CHECKPOINT: &str =
-        "INSERT INTO {ks}.checkpoints (votes_partition, next_offset, state) VALUES (?, ?, ?) IF NOT EXISTS";
-    pub const FURTHER_CHECKPOINT: &str =
-        "UPDATE {ks}.checkpoints SET next_offset = ?, state = ? WHERE votes_partition = ? IF next_offset < ?";
-    pub const LOAD_CHECKPOINT: &str =
-        "SELECT next_offset, state FROM {ks}.checkpoints WHERE votes_partition = ?";
-    pub const CLEAR_CHECKPOINT: &str =
-        "DELETE FROM {ks}.checkpoints WHERE votes_partition = ? IF EXISTS";
 }
 
 struct Statements {

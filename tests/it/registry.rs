@@ -158,6 +158,17 @@ async fn with_a_registry_every_record_is_framed_and_third_party_consumers_get_th
         }
     }
 
+    // The node counts what it framed, and read nothing it had to convert.
+    assert!(
+        app.metric("crowdtick_schema_registry_records_framed_total")
+            .await
+            >= 180 + 2
+    );
+    for none in ["bare", "transcoded", "unreadable"] {
+        let name = format!("crowdtick_schema_registry_records_{none}_total");
+        assert_eq!(app.metric(&name).await, 0, "{name}");
+    }
+
     // Consumers the project did not write read the tallies topic and get the API's totals. The
     // topic may trail the API by a flush: each consumer gets a few tries.
     let mut expected = serde_json::Map::new();
@@ -354,6 +365,18 @@ async fn old_and_new_tally_readers_read_each_others_records() {
         .map(|(_, _, _, v)| PartialTally::from_avro(v).unwrap())
         .collect();
     assert_eq!(read, vec![tally(7, 1), tally(7, 2), newer]);
+    let m = &log.metrics;
+    let count = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        [
+            &m.records_framed,
+            &m.records_bare,
+            &m.records_transcoded,
+            &m.records_unreadable
+        ]
+        .map(count),
+        [1, 1, 1, 0]
+    );
 
     // A new reader (version 2) reads CrowdTick's version-1 record: the new field takes its default.
     let stored = raw_records(inner.as_ref(), Topic::Tallies).await;

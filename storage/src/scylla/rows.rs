@@ -180,8 +180,8 @@ pub fn assemble(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scylla::cql;
     use crate::tally_store::tests::tally;
+    use schemas::cql;
 
     #[test]
     fn every_write_carries_its_timestamp_and_none_is_a_counter_or_a_transaction() {
