@@ -32,9 +32,10 @@ pub enum Command {
     /// Distributed mode: run an ingest edge (POST /v1/votes…) producing to Kafka. Needs --kafka, --postgres.
     Ingest(ServeArgs),
     /// Distributed mode: run a processor, a member of the Kafka consumer group that counts the votes
-    /// topic into PostgreSQL, the tallies topic and Redis. Needs --kafka, --postgres; --redis feeds the cache.
+    /// topic into the tally store (PostgreSQL, or ScyllaDB with --scylla), the tallies topic and Redis.
+    /// Needs --kafka, --postgres; --redis feeds the cache.
     Processor(ServeArgs),
-    /// Distributed mode: run the query API and web UI; results from Redis (refilled from PostgreSQL).
+    /// Distributed mode: run the query API and web UI; results from Redis (refilled from the tally store).
     /// Needs --kafka, --postgres; --redis recommended.
     Query(ServeArgs),
     /// Distributed mode: run a realtime node (WebSocket/SSE) that tails the tallies topic. Needs --kafka, --postgres.
