@@ -14,6 +14,8 @@ pub const POLL_PARTIALS: &str =
     "SELECT poll_id, votes_partition, tally, complete_until FROM {ks}.partials WHERE poll_id = ?";
 pub const POLL_WINDOWS: &str =
     "SELECT poll_id, votes_partition, start_ms, votes FROM {ks}.windows WHERE poll_id = ?";
+pub const POLL_PARTITION_PARTIALS: &str = "SELECT poll_id, votes_partition, tally, complete_until FROM {ks}.partials WHERE poll_id = ? AND votes_partition = ?";
+pub const POLL_PARTITION_WINDOWS: &str = "SELECT poll_id, votes_partition, start_ms, votes FROM {ks}.windows WHERE poll_id = ? AND votes_partition = ?";
 pub const ALL_PARTIALS: &str =
     "SELECT poll_id, votes_partition, tally, complete_until FROM {ks}.partials";
 pub const ALL_WINDOWS: &str = "SELECT poll_id, votes_partition, start_ms, votes FROM {ks}.windows";

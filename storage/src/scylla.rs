@@ -109,6 +109,8 @@ struct Statements {
     put_partition_poll: PreparedStatement,
     poll_partials: PreparedStatement,
     poll_windows: PreparedStatement,
+    poll_partition_partials: PreparedStatement,
+    poll_partition_windows: PreparedStatement,
     all_partials: PreparedStatement,
     all_windows: PreparedStatement,
     partition_polls: PreparedStatement,
@@ -189,6 +191,8 @@ impl ScyllaTallyStore {
             put_partition_poll: prepare(cql::PUT_PARTITION_POLL).await?,
             poll_partials: prepare(cql::POLL_PARTIALS).await?,
             poll_windows: prepare(cql::POLL_WINDOWS).await?,
+            poll_partition_partials: prepare(cql::POLL_PARTITION_PARTIALS).await?,
+            poll_partition_windows: prepare(cql::POLL_PARTITION_WINDOWS).await?,
             all_partials: prepare(cql::ALL_PARTIALS).await?,
             all_windows: prepare(cql::ALL_WINDOWS).await?,
             partition_polls: prepare(cql::PARTITION_POLLS).await?,
@@ -332,16 +336,19 @@ impl TallyStore for ScyllaTallyStore {
                 _ => Err(bad("partition_polls", row)),
             })
             .collect::<Result<_, _>>()?;
+        // Each poll's rows of this partition only: two single-partition reads per poll.
         let per_poll: Vec<Vec<PartialTally>> = futures::stream::iter(polls)
-            .map(|poll| self.load_poll(poll))
+            .map(|poll| {
+                let key = vec![CqlValue::BigInt(poll), CqlValue::Int(partition)];
+                self.load(
+                    (&s.poll_partition_partials, key.clone()),
+                    (&s.poll_partition_windows, key),
+                )
+            })
             .buffer_unordered(self.max_concurrent_writes)
             .try_collect()
             .await?;
-        let mut out: Vec<PartialTally> = per_poll
-            .into_iter()
-            .flatten()
-            .filter(|t| t.partition == partition)
-            .collect();
+        let mut out: Vec<PartialTally> = per_poll.into_iter().flatten().collect();
         out.sort_by_key(|t| t.poll_id);
         Ok(out)
     }
@@ -522,6 +529,8 @@ mod tests {
             cql::PUT_PARTITION_POLL,
             cql::POLL_PARTIALS,
             cql::POLL_WINDOWS,
+            cql::POLL_PARTITION_PARTIALS,
+            cql::POLL_PARTITION_WINDOWS,
             cql::ALL_PARTIALS,
             cql::ALL_WINDOWS,
             cql::PARTITION_POLLS,
