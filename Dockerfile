@@ -25,15 +25,17 @@ ENV CARGO_TERM_COLOR=never \
 #    processor its `pipeline` bench). A new workspace member needs a line in both lists below
 #    (deploy/checks/test_compose.py checks that).
 COPY Cargo.toml Cargo.lock ./
+COPY edge/Cargo.toml edge/Cargo.toml
 COPY ingest/Cargo.toml ingest/Cargo.toml
 COPY processor/Cargo.toml processor/Cargo.toml
+COPY results/Cargo.toml results/Cargo.toml
 COPY query/Cargo.toml query/Cargo.toml
 COPY realtime/Cargo.toml realtime/Cargo.toml
 COPY schemas/Cargo.toml schemas/Cargo.toml
 COPY storage/Cargo.toml storage/Cargo.toml
 COPY loadtest/Cargo.toml loadtest/Cargo.toml
 RUN set -eux; \
-    for member in . ingest processor query realtime schemas storage loadtest; do \
+    for member in . edge ingest processor results query realtime schemas storage loadtest; do \
         mkdir -p "$member/src"; \
         : > "$member/src/lib.rs"; \
     done; \
@@ -50,15 +52,17 @@ RUN set -eux; \
 #    COPY keeps the files' own modification times, which may be older than the stub build:
 #    touch them so cargo recompiles every workspace crate.
 COPY src src
+COPY edge edge
 COPY ingest ingest
 COPY processor processor
+COPY results results
 COPY query query
 COPY realtime realtime
 COPY schemas schemas
 COPY storage storage
 COPY loadtest loadtest
 RUN set -eux; \
-    find src ingest processor query realtime schemas storage loadtest -type f -exec touch {} +; \
+    find src edge ingest processor results query realtime schemas storage loadtest -type f -exec touch {} +; \
     cargo build --release --locked --bin crowdtick; \
     install -D -m 0755 target/release/crowdtick /out/crowdtick; \
     /out/crowdtick --version

@@ -5,9 +5,9 @@
 //! `--kafka` / `--postgres` (or their configuration), the Kafka topics and the PostgreSQL polls.
 
 use crate::config::Config;
-use processor::board::load_tallies;
 use processor::recount::recount;
-use processor::ResultsBoard;
+use results::board::load_tallies;
+use results::ResultsBoard;
 use std::io::Write;
 use std::sync::Arc;
 use std::time::Instant;

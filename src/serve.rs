@@ -16,10 +16,11 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
-use processor::board::{load_tallies, tail_tallies};
+use edge::ApiError;
 use processor::runner::{run_group, run_partition_supervised, Pipeline};
-use processor::{ProcessorMetrics, ResultsBoard};
-use schemas::ApiError;
+use processor::ProcessorMetrics;
+use results::board::{load_tallies, tail_tallies};
+use results::ResultsBoard;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -215,7 +216,7 @@ pub async fn start_roles(config: Config, roles: Roles) -> anyhow::Result<App> {
     }
 
     let edge_rejections = Arc::new(EdgeRejections::default());
-    let keys = query::OperatorKeys::new(config.operator_keys.clone());
+    let keys = edge::access::OperatorKeys::new(config.operator_keys.clone());
     let public_listener = !config
         .listen
         .parse::<std::net::SocketAddr>()

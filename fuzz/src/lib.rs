@@ -3,9 +3,11 @@
 //!
 //! - [`polls`]: fixed polls (single choice, multi choice, not open yet), built through serde like
 //!   the poll store reads them.
-//! - [`assert_client_error`]: a refusal is a 4xx [`ApiError`] whose JSON names its code.
+//! - [`assert_client_error`]: a refusal, as the edge answers it, is a 4xx [`ApiError`] whose JSON
+//!   names its code.
 
-use schemas::{ApiError, Poll, PollId};
+use edge::ApiError;
+use schemas::{Poll, PollId};
 
 /// The times (µs) the polls of [`polls`] open and close.
 pub const OPENS_AT: i64 = 1_000;
@@ -35,8 +37,10 @@ pub fn find(polls: &[Poll], id: PollId) -> Option<&Poll> {
     polls.iter().find(|p| p.id == id)
 }
 
-/// A refusal is a 4xx with a stable code, and its JSON body says the same code.
-pub fn assert_client_error(e: &ApiError) {
+/// A refusal (a [`schemas::VoteRejection`], as the edge answers it) is a 4xx with a stable code,
+/// and its JSON body says the same code.
+pub fn assert_client_error(e: impl Into<ApiError>) {
+    let e: ApiError = e.into();
     assert!(e.status.is_client_error(), "{} is not a 4xx: {e}", e.status);
     assert!(!e.code.is_empty(), "a refusal without a code: {e}");
     assert!(!e.message.is_empty(), "a refusal without a message: {e}");

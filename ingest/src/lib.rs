@@ -2,7 +2,7 @@
 //!
 //! - [`routes`]: `POST /v1/votes` and `POST /v1/votes/batch` (axum), body limits, JSON errors.
 //! - [`validate`] (pure): parse and judge a vote against its poll — exists, open at the stamped time,
-//!   choices fit, ids well-formed — with the [`schemas::ApiError`] each failure answers.
+//!   choices fit, ids well-formed — with the [`schemas::VoteRejection`] each failure is.
 //! - [`identity`]: who is voting, from the headers before the body: voter tokens (JWT) for
 //!   `POST /v1/votes`, aggregator keys (namespace and quota each) for `POST /v1/votes/batch`.
 //! - [`rate_limit`]: limits that count votes (`governor`): per client address, per aggregator.
@@ -27,8 +27,9 @@ pub mod read_gate;
 pub mod routes;
 pub mod validate;
 
+use edge::ApiError;
 use schemas::vote::{encode_vote, vote_key};
-use schemas::{partition_for, ApiError, PollId, QualifiedVoter};
+use schemas::{partition_for, PollId, QualifiedVoter, VoteRejection};
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -36,6 +37,31 @@ use std::time::{Duration, Instant};
 use storage::{AppendBatch, EdgeReason, EdgeRejections, Log, LogError, PollCatalog, Topic};
 
 pub use arrival::Arrival;
+
+/// Why [`Ingest::submit`] did not record a vote.
+#[derive(Debug)]
+pub enum SubmitError {
+    /// The vote itself is refused: its poll, its choice, its ids.
+    Rejected(VoteRejection),
+    /// The node cannot take it now (shedding load, the log or the poll store unavailable): a 503
+    /// with `Retry-After`; the same vote may be sent again.
+    Unavailable(ApiError),
+}
+
+impl From<ApiError> for SubmitError {
+    fn from(e: ApiError) -> Self {
+        SubmitError::Unavailable(e)
+    }
+}
+
+impl From<SubmitError> for ApiError {
+    fn from(e: SubmitError) -> Self {
+        match e {
+            SubmitError::Rejected(r) => r.into(),
+            SubmitError::Unavailable(e) => e,
+        }
+    }
+}
 pub use routes::router;
 
 #[derive(Debug, Clone)]
@@ -193,12 +219,13 @@ impl Ingest {
         vote: &validate::VoteIn<'_>,
         voter: QualifiedVoter<'_>,
         source: &str,
-    ) -> Result<Receipt, ApiError> {
+    ) -> Result<Receipt, SubmitError> {
         let _permit = self.admit(1)?;
         self.prepare_catalog(std::iter::once(vote.poll_id)).await?;
         let (accepted_at, poll) = self.catalog.stamp_and_get(vote.poll_id);
         let options = validate::judge(vote, voter, poll.as_deref(), accepted_at)
-            .inspect_err(|e| self.count_rejection(vote.poll_id, e))?;
+            .inspect_err(|e| self.count_rejection(vote.poll_id, e))
+            .map_err(SubmitError::Rejected)?;
         let vote_id = match vote.vote_id.as_deref() {
             Some(id) => id.to_owned(),
             None => self.ids.next(),
@@ -285,7 +312,7 @@ impl Ingest {
         Ok(())
     }
 
-    pub(crate) fn count_rejection(&self, poll: PollId, e: &ApiError) {
+    pub(crate) fn count_rejection(&self, poll: PollId, e: &VoteRejection) {
         self.metrics.votes_rejected.fetch_add(1, Ordering::Relaxed);
         if let Some(reason) = validate::edge_reason(e) {
             self.rejections.add(poll, reason, 1);

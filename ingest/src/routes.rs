@@ -15,7 +15,8 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use schemas::{ApiError, VoterNamespace};
+use edge::ApiError;
+use schemas::{VoteRejection, VoterNamespace};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::borrow::Cow;
@@ -129,15 +130,29 @@ async fn post_vote(State(ingest): State<Arc<Ingest>>, req: Request) -> Response 
     // How long the request had waited for the node when its handler began.
     let waited = req.extensions().get::<Arrival>().and_then(Arrival::waited);
     let started = Instant::now();
+    // Counted as refused at the door: a bad token, over the address's rate, a body too large or
+    // not a vote (a vote judged against its poll is counted by `count_rejection`).
+    let refused = |e: ApiError| {
+        ingest
+            .metrics
+            .votes_rejected
+            .fetch_add(1, Ordering::Relaxed);
+        e
+    };
     let result = async {
         ingest.admit_request(waited)?;
-        let token = voter_token(&ingest, &req)?;
-        check_address(&ingest, &req, 1)?;
-        let body = read_body(&ingest, req, ingest.config.max_vote_bytes).await?;
-        let vote = validate::parse_vote(&body)?;
+        let token = voter_token(&ingest, &req).map_err(refused)?;
+        check_address(&ingest, &req, 1).map_err(refused)?;
+        let body = read_body(&ingest, req, ingest.config.max_vote_bytes)
+            .await
+            .map_err(|e| match e.status {
+                StatusCode::PAYLOAD_TOO_LARGE => refused(e),
+                _ => e,
+            })?;
+        let vote = validate::parse_vote(&body).map_err(|r| refused(r.into()))?;
         let voter = validate::voter_of(&vote, token.as_ref(), VoterNamespace::Device)
             .inspect_err(|e| ingest.count_rejection(vote.poll_id, e))?;
-        ingest.submit(&vote, voter, "web").await
+        Ok::<_, ApiError>(ingest.submit(&vote, voter, "web").await?)
     }
     .await;
     match result {
@@ -150,23 +165,7 @@ async fn post_vote(State(ingest): State<Arc<Ingest>>, req: Request) -> Response 
             }
             (StatusCode::ACCEPTED, Json(receipt)).into_response()
         }
-        Err(e) => {
-            if matches!(
-                e.code,
-                "rate_limited"
-                    | "malformed"
-                    | "body_too_large"
-                    | "invalid_voter_token"
-                    | "voter_token_expired"
-                    | "voter_tokens_not_configured"
-            ) {
-                ingest
-                    .metrics
-                    .votes_rejected
-                    .fetch_add(1, Ordering::Relaxed);
-            }
-            e.into_response()
-        }
+        Err(e) => e.into_response(),
     }
 }
 
@@ -279,7 +278,8 @@ async fn post_batch(
     let partitions = ingest.log.partitions(Topic::Votes);
     let mut append = AppendBatch::with_capacity(batch.votes.len(), body.len());
     // Per vote: Ok(vote_id, partition) awaiting its offset, or the rejection.
-    let mut judged: Vec<Result<(Cow<str>, u32), ApiError>> = Vec::with_capacity(batch.votes.len());
+    let mut judged: Vec<Result<(Cow<str>, u32), VoteRejection>> =
+        Vec::with_capacity(batch.votes.len());
     for raw in &batch.votes {
         let verdict = serde_json::from_str::<VoteIn>(raw.get())
             .map_err(validate::malformed)
@@ -309,7 +309,7 @@ async fn post_batch(
                 Ok((vote_id, partition))
             });
         if let Err(e) = &verdict {
-            if e.code == "malformed" {
+            if matches!(e, VoteRejection::Malformed(_)) {
                 ingest
                     .metrics
                     .votes_rejected
@@ -378,7 +378,7 @@ async fn post_batch(
                 rejected += 1;
                 results.push(VoteResult::Rejected {
                     index: only_rejected.then_some(index),
-                    error: e.body_json(),
+                    error: ApiError::from(e).body_json(),
                 });
             }
         }
@@ -393,7 +393,10 @@ async fn post_batch(
 }
 
 /// Accepted votes per poll (for accounting a failed append).
-fn per_poll(raw: &[&RawValue], judged: &[Result<(Cow<str>, u32), ApiError>]) -> Vec<(i64, u64)> {
+fn per_poll(
+    raw: &[&RawValue],
+    judged: &[Result<(Cow<str>, u32), VoteRejection>],
+) -> Vec<(i64, u64)> {
     let mut counts: std::collections::BTreeMap<i64, u64> = Default::default();
     for (r, j) in raw.iter().zip(judged) {
         if j.is_ok() {

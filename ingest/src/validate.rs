@@ -1,8 +1,9 @@
-//! Parsing and judging a vote: pure, no I/O. Every failure is the [`ApiError`] the client gets.
+//! Parsing and judging a vote: pure, no I/O. Every failure is a [`VoteRejection`] (the `edge` crate
+//! chooses its HTTP status).
 
 use schemas::poll::Voters;
-use schemas::poll::{ChoiceError, PollState, MAX_OPTIONS};
-use schemas::{ApiError, Poll, PollId, QualifiedVoter, VoterNamespace};
+use schemas::poll::{PollState, MAX_OPTIONS};
+use schemas::{Poll, PollId, QualifiedVoter, VoteRejection, VoterNamespace};
 use serde::Deserialize;
 use std::borrow::Cow;
 use storage::EdgeReason;
@@ -40,12 +41,12 @@ impl std::ops::Deref for Choice {
     }
 }
 
-pub fn parse_vote(body: &[u8]) -> Result<VoteIn<'_>, ApiError> {
+pub fn parse_vote(body: &[u8]) -> Result<VoteIn<'_>, VoteRejection> {
     serde_json::from_slice(body).map_err(malformed)
 }
 
-pub fn malformed(e: serde_json::Error) -> ApiError {
-    ApiError::bad_request("malformed", format!("the body is not a valid vote: {e}"))
+pub fn malformed(e: serde_json::Error) -> VoteRejection {
+    VoteRejection::Malformed(format!("the body is not a valid vote: {e}"))
 }
 
 /// The voter of a vote: the token's subject when a voter token came with it (and then any
@@ -55,34 +56,26 @@ pub fn voter_of<'a>(
     vote: &'a VoteIn<'_>,
     token: Option<&'a crate::identity::VerifiedVoter>,
     namespace: VoterNamespace<'a>,
-) -> Result<QualifiedVoter<'a>, ApiError> {
+) -> Result<QualifiedVoter<'a>, VoteRejection> {
+    let invalid_voter = |field| VoteRejection::InvalidVoterId {
+        field,
+        max: MAX_VOTER_ID,
+    };
     let Some(token) = token else {
         let id = vote.voter_id.as_deref().unwrap_or_default();
-        check_id("voter_id", id, MAX_VOTER_ID, "invalid_voter_id")?;
+        check_id(id, MAX_VOTER_ID).map_err(|()| invalid_voter("voter_id"))?;
         return Ok(QualifiedVoter::new(namespace, id));
     };
     if token.poll != vote.poll_id {
-        return Err(ApiError::new(
-            axum::http::StatusCode::FORBIDDEN,
-            "token_for_another_poll",
-            format!(
-                "the voter token is for poll {}, not poll {}; get a token for this poll",
-                token.poll, vote.poll_id
-            ),
-        ));
+        return Err(VoteRejection::TokenForAnotherPoll {
+            token_poll: token.poll,
+            poll: vote.poll_id,
+        });
     }
     if vote.voter_id.as_deref().is_some_and(|id| id != token.sub) {
-        return Err(ApiError::unprocessable(
-            "voter_mismatch",
-            "voter_id differs from the voter token's subject; leave voter_id out when sending a token",
-        ));
+        return Err(VoteRejection::VoterMismatch);
     }
-    check_id(
-        "the token's sub",
-        &token.sub,
-        MAX_VOTER_ID,
-        "invalid_voter_id",
-    )?;
+    check_id(&token.sub, MAX_VOTER_ID).map_err(|()| invalid_voter("the token's sub"))?;
     Ok(QualifiedVoter::new(VoterNamespace::Verified, &token.sub))
 }
 
@@ -92,9 +85,10 @@ pub fn judge(
     voter: QualifiedVoter<'_>,
     poll: Option<&Poll>,
     accepted_at: i64,
-) -> Result<Choice, ApiError> {
+) -> Result<Choice, VoteRejection> {
     if let Some(id) = &vote.vote_id {
-        check_id("vote_id", id, MAX_VOTE_ID, "invalid_vote_id")?;
+        check_id(id, MAX_VOTE_ID)
+            .map_err(|()| VoteRejection::InvalidVoteId { max: MAX_VOTE_ID })?;
     }
     let single;
     let chosen: &[i64] = match (&vote.option_id, &vote.option_ids) {
@@ -104,54 +98,28 @@ pub fn judge(
         }
         (None, Some(list)) => list,
         (Some(_), Some(_)) => {
-            return Err(ApiError::bad_request(
-                "malformed",
-                "give either option_id or option_ids, not both",
+            return Err(VoteRejection::Malformed(
+                "give either option_id or option_ids, not both".into(),
             ))
         }
         (None, None) => {
-            return Err(ApiError::bad_request(
-                "malformed",
-                "missing field `option_id` (or `option_ids` for a multi-choice poll)",
+            return Err(VoteRejection::Malformed(
+                "missing field `option_id` (or `option_ids` for a multi-choice poll)".into(),
             ))
         }
     };
-    let poll = poll.ok_or_else(|| {
-        ApiError::not_found("unknown_poll", format!("there is no poll {}", vote.poll_id))
-    })?;
+    let poll = poll.ok_or(VoteRejection::UnknownPoll(vote.poll_id))?;
     if poll.voters == Voters::Verified && !voter.is_verified() {
-        return Err(ApiError::new(
-            axum::http::StatusCode::FORBIDDEN,
-            "verified_voters_only",
-            format!(
-                "poll {} takes only verified voters: send `Authorization: Bearer <voter token>` from the broadcaster's identity service",
-                poll.id
-            ),
-        ));
+        return Err(VoteRejection::VerifiedVotersOnly(poll.id));
     }
     match poll.state_at(accepted_at) {
         PollState::Open => {}
-        PollState::Closed => {
-            return Err(ApiError::conflict(
-                "poll_closed",
-                format!("poll {} is closed; votes are no longer accepted", poll.id),
-            ))
-        }
-        PollState::Draft | PollState::Scheduled => {
-            return Err(ApiError::conflict(
-                "poll_not_open",
-                format!("poll {} is not open yet", poll.id),
-            ))
-        }
+        PollState::Closed => return Err(VoteRejection::PollClosed(poll.id)),
+        PollState::Draft | PollState::Scheduled => return Err(VoteRejection::PollNotOpen(poll.id)),
     }
     poll.rules()
         .check_choice(chosen.iter().copied())
-        .map_err(|e| match e {
-            ChoiceError::TooMany { .. } => {
-                ApiError::unprocessable("too_many_choices", e.to_string())
-            }
-            _ => ApiError::unprocessable("invalid_option", e.to_string()),
-        })?;
+        .map_err(VoteRejection::Choice)?;
     let mut choice = Choice {
         options: [0; MAX_OPTIONS],
         len: chosen.len(),
@@ -162,30 +130,25 @@ pub fn judge(
     Ok(choice)
 }
 
-fn check_id(field: &str, value: &str, max: usize, code: &'static str) -> Result<(), ApiError> {
+/// 1 to `max` bytes of printable text.
+fn check_id(value: &str, max: usize) -> Result<(), ()> {
     if value.is_empty() || value.len() > max || value.chars().any(char::is_control) {
-        return Err(ApiError::unprocessable(
-            code,
-            format!("{field} must be 1 to {max} bytes of printable text"),
-        ));
+        return Err(());
     }
     Ok(())
 }
 
-/// Which per-poll accounting bucket an edge rejection goes to (None: not attributable to a poll).
-pub fn edge_reason(e: &ApiError) -> Option<EdgeReason> {
-    match e.code {
-        "poll_closed" | "poll_not_open" => Some(EdgeReason::Closed),
-        "invalid_option"
-        | "too_many_choices"
-        | "invalid_voter_id"
-        | "invalid_vote_id"
-        | "verified_voters_only"
-        | "token_for_another_poll"
-        | "voter_mismatch" => Some(EdgeReason::Invalid),
-        "rate_limited" => Some(EdgeReason::RateLimited),
-        "unavailable" => Some(EdgeReason::Unavailable),
-        _ => None,
+/// Which per-poll accounting bucket a refused vote goes to (None: not attributable to a poll).
+pub fn edge_reason(r: &VoteRejection) -> Option<EdgeReason> {
+    match r {
+        VoteRejection::PollClosed(_) | VoteRejection::PollNotOpen(_) => Some(EdgeReason::Closed),
+        VoteRejection::InvalidVoterId { .. }
+        | VoteRejection::InvalidVoteId { .. }
+        | VoteRejection::TokenForAnotherPoll { .. }
+        | VoteRejection::VoterMismatch
+        | VoteRejection::VerifiedVotersOnly(_)
+        | VoteRejection::Choice(_) => Some(EdgeReason::Invalid),
+        VoteRejection::Malformed(_) | VoteRejection::UnknownPoll(_) => None,
     }
 }
 
@@ -193,6 +156,13 @@ pub fn edge_reason(e: &ApiError) -> Option<EdgeReason> {
 mod tests {
     use super::*;
     use axum::http::StatusCode;
+    use edge::ApiError;
+
+    /// The answer a client gets for a rejection.
+    fn answer(e: VoteRejection) -> (StatusCode, &'static str) {
+        let e = ApiError::from(e);
+        (e.status, e.code)
+    }
     use proptest::prelude::*;
 
     fn poll() -> Poll {
@@ -216,12 +186,12 @@ mod tests {
 
     fn status(body: &str, at: i64) -> Result<Vec<u32>, (StatusCode, &'static str)> {
         let p = poll();
-        let v = parse_vote(body.as_bytes()).map_err(|e| (e.status, e.code))?;
+        let v = parse_vote(body.as_bytes()).map_err(answer)?;
         let found = (v.poll_id == 7).then_some(&p);
         voter_of(&v, None, VoterNamespace::Device)
             .and_then(|voter| judge(&v, voter, found, at))
             .map(|c| c.to_vec())
-            .map_err(|e| (e.status, e.code))
+            .map_err(answer)
     }
 
     #[test]
@@ -249,21 +219,18 @@ mod tests {
             poll: 7,
         };
         let e = voter_of(&v, Some(&other), VoterNamespace::Device).unwrap_err();
-        assert_eq!(e.code, "voter_mismatch");
+        assert_eq!(e, VoteRejection::VoterMismatch);
         let elsewhere = VerifiedVoter {
             sub: "user:1".into(),
             poll: 8,
         };
         let e = voter_of(&v, Some(&elsewhere), VoterNamespace::Device).unwrap_err();
-        assert_eq!(
-            (e.status, e.code),
-            (StatusCode::FORBIDDEN, "token_for_another_poll")
-        );
+        assert_eq!(answer(e), (StatusCode::FORBIDDEN, "token_for_another_poll"));
         let anonymous = parse_vote(br#"{"poll_id":7,"option_id":1}"#).unwrap();
         assert_eq!(
             voter_of(&anonymous, None, VoterNamespace::Device)
                 .unwrap_err()
-                .code,
+                .code(),
             "invalid_voter_id"
         );
         let bare = VerifiedVoter {
@@ -291,10 +258,7 @@ mod tests {
         ] {
             let voter = voter_of(&v, None, ns).unwrap();
             let e = judge(&v, voter, Some(&p), 500).unwrap_err();
-            assert_eq!(
-                (e.status, e.code),
-                (StatusCode::FORBIDDEN, "verified_voters_only")
-            );
+            assert_eq!(answer(e), (StatusCode::FORBIDDEN, "verified_voters_only"));
         }
         let token = VerifiedVoter {
             sub: "a".into(),
@@ -373,8 +337,8 @@ mod tests {
         fn arbitrary_bytes_never_panic_and_errors_are_4xx(body in proptest::collection::vec(any::<u8>(), 0..200)) {
             let p = poll();
             match parse_vote(&body) {
-                Err(e) => prop_assert!(e.status.is_client_error()),
-                Ok(v) => if let Err(e) = voter_of(&v, None, VoterNamespace::Device).and_then(|voter| judge(&v, voter, Some(&p), 500)) { prop_assert!(e.status.is_client_error()) },
+                Err(e) => prop_assert!(answer(e).0.is_client_error()),
+                Ok(v) => if let Err(e) = voter_of(&v, None, VoterNamespace::Device).and_then(|voter| judge(&v, voter, Some(&p), 500)) { prop_assert!(answer(e).0.is_client_error()) },
             }
         }
 
@@ -383,7 +347,7 @@ mod tests {
             let body = serde_json::json!({"poll_id": poll_id, "option_id": option, "voter_id": voter}).to_string();
             let p = poll();
             let v = parse_vote(body.as_bytes()).unwrap();
-            if let Err(e) = voter_of(&v, None, VoterNamespace::Device).and_then(|voter| judge(&v, voter, Some(&p), 500)) { prop_assert!(e.status.is_client_error()) }
+            if let Err(e) = voter_of(&v, None, VoterNamespace::Device).and_then(|voter| judge(&v, voter, Some(&p), 500)) { prop_assert!(answer(e).0.is_client_error()) }
         }
     }
 }

@@ -3,7 +3,8 @@
 //! and votes per second through dedupe + counting + windows, and partials through the merge.
 
 use apache_avro::Schema;
-use processor::{PartitionCounter, PollResults, WindowConfig};
+use processor::{PartitionCounter, WindowConfig};
+use results::PollResults;
 use schemas::vote::decode_vote;
 use schemas::{PollRules, Vote};
 use std::hint::black_box;

@@ -5,8 +5,8 @@
 //! the same counts, voters and rejections (the tallies are a pure function of the log). The replay
 //! then goes on to the end of the log, giving the full recount too.
 
-use crate::merge::PollResults;
 use crate::pipeline::{PartitionCounter, WindowConfig};
+use results::PollResults;
 use schemas::vote::decode_vote;
 use schemas::{Poll, PollId, Rejections};
 use serde::Serialize;

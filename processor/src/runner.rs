@@ -17,7 +17,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use storage::{AppendBatch, GroupEvent, Log, LogError, PollCatalog, RedisCache, TallyStore, Topic};
+use storage::{
+    AppendBatch, GroupEvent, Log, LogError, PollCatalog, RedisCache, StoreError, TallyStore,
+    TallyStoreError, Topic,
+};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -93,8 +96,7 @@ impl ProcessorMetrics {
     }
 }
 
-/// What a partition has already published per poll: (offset, complete_until).
-pub type Published = HashMap<PollId, (i64, i64)>;
+pub use results::Published;
 
 /// What the partition tasks read from and write to.
 #[derive(Clone)]
@@ -108,6 +110,19 @@ pub struct Pipeline {
     pub cache: Option<RedisCache>,
     pub config: ProcessorConfig,
     pub metrics: Arc<ProcessorMetrics>,
+}
+
+/// Why a partition task stopped (its supervisor restarts it): which part failed, with its cause.
+#[derive(Debug, thiserror::Error)]
+pub enum PartitionError {
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// Re-reading the poll catalog (to judge votes for polls changed on another node).
+    #[error("re-reading the poll catalog: {0}")]
+    Catalog(#[source] StoreError),
+    /// Reading or deleting the checkpoint, or writing partials.
+    #[error("{0}")]
+    TallyStore(#[from] TallyStoreError),
 }
 
 /// Runs one partition until shutdown, restarting it (from its checkpoint, or by replaying it from
@@ -143,7 +158,7 @@ pub async fn run_partition(
     partition: u32,
     published: &mut Published,
     mut shutdown: watch::Receiver<bool>,
-) -> Result<(), LogError> {
+) -> Result<(), PartitionError> {
     let Pipeline {
         log,
         catalog,
@@ -197,10 +212,7 @@ pub async fn run_partition(
             // A poll created, opened or closed on another node since our last re-read: judge
             // these votes by the definitions the edge had when it accepted them.
             metrics.catalog_rereads.fetch_add(1, Ordering::Relaxed);
-            catalog
-                .refresh()
-                .await
-                .map_err(|e| LogError::Io(format!("re-reading the poll catalog: {e}")))?;
+            catalog.refresh().await.map_err(PartitionError::Catalog)?;
             polls = catalog.snapshot();
         }
         let (mut counted, mut late_window, mut dup, mut rejected) = (0u64, 0u64, 0u64, 0u64);
@@ -280,7 +292,7 @@ pub async fn run_partition(
 async fn restore_checkpoint(
     pipeline: &Pipeline,
     partition: u32,
-) -> Result<PartitionCounter, LogError> {
+) -> Result<PartitionCounter, PartitionError> {
     let windows = pipeline.config.windows;
     let fresh = PartitionCounter::new(partition, windows);
     let (Some(store), Some(_)) = (&pipeline.tally_store, pipeline.config.checkpoint_interval)
@@ -288,11 +300,7 @@ async fn restore_checkpoint(
         return Ok(fresh);
     };
     let started = Instant::now();
-    let Some((offset, bytes)) = store
-        .load_checkpoint(partition as i32)
-        .await
-        .map_err(|e| LogError::Io(format!("reading the partition's checkpoint: {e}")))?
-    else {
+    let Some((offset, bytes)) = store.load_checkpoint(partition as i32).await? else {
         return Ok(fresh);
     };
     let end = pipeline.log.high_watermark(Topic::Votes, partition).await?;
@@ -329,10 +337,7 @@ async fn restore_checkpoint(
         why = unusable,
         "deleting the partition's checkpoint and replaying the partition from the start"
     );
-    store
-        .clear_checkpoint(partition as i32)
-        .await
-        .map_err(|e| LogError::Io(format!("deleting the partition's checkpoint: {e}")))?;
+    store.clear_checkpoint(partition as i32).await?;
     Ok(fresh)
 }
 
@@ -362,7 +367,7 @@ impl PartitionTask<'_> {
     /// Publishes the changed polls' partials: to the tallies topic, then to the tally store if there
     /// is one (both writes are idempotent: an older offset never replaces a newer one), then to the
     /// results cache; then checkpoints the partition if it is time.
-    async fn flush(&mut self) -> Result<(), LogError> {
+    async fn flush(&mut self) -> Result<(), PartitionError> {
         let Pipeline {
             log,
             tally_store,
@@ -376,9 +381,7 @@ impl PartitionTask<'_> {
             .take_partials(now_micros())
             .into_iter()
             .filter(|t| match published.get(&t.poll_id) {
-                Some(&(offset, complete)) => {
-                    t.offset > offset || (t.offset == offset && t.complete_until > complete)
-                }
+                Some(&published) => t.freshness().supersedes(published),
                 None => true,
             })
             .collect();
@@ -396,10 +399,7 @@ impl PartitionTask<'_> {
             )
             .await?;
             if let Some(store) = tally_store {
-                store
-                    .put(&partials)
-                    .await
-                    .map_err(|e| LogError::Io(format!("tally store: {e}")))?;
+                store.put(&partials).await?;
             }
             if let Some(cache) = cache {
                 self.cache_pending.extend(partials.iter().cloned());
@@ -409,7 +409,7 @@ impl PartitionTask<'_> {
                 .partials_emitted
                 .fetch_add(partials.len() as u64, Ordering::Relaxed);
             for t in partials {
-                published.insert(t.poll_id, (t.offset, t.complete_until));
+                published.insert(t.poll_id, t.freshness());
             }
         } else if let (Some(cache), false) = (cache, self.cache_pending.is_empty()) {
             write_cache(cache, &mut self.cache_pending, metrics).await;
@@ -472,7 +472,7 @@ async fn write_cache(
             let mut newest: HashMap<PollId, PartialTally> = HashMap::new();
             for t in pending.drain(..) {
                 match newest.get(&t.poll_id) {
-                    Some(held) if !storage::tally_store::supersedes(&t, held) => {}
+                    Some(held) if !t.supersedes(held) => {}
                     _ => {
                         newest.insert(t.poll_id, t);
                     }
@@ -574,7 +574,7 @@ async fn run_owned_partition(pipeline: Pipeline, partition: u32, mut stop: watch
                     }
                     break partials
                         .into_iter()
-                        .map(|t| (t.poll_id, (t.offset, t.complete_until)))
+                        .map(|t| (t.poll_id, t.freshness()))
                         .collect();
                 }
                 Err(e) => {

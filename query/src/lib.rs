@@ -1,25 +1,26 @@
 //! CrowdTick's query service: poll management, results, timelines, rejection accounting, the
 //! OpenAPI document and the web UI.
 //!
-//! - [`auth`]: operator access: keys in headers, the console's session cookie, screen tokens
-//!   (never a key in a URL).
-//! - [`views`]: the JSON shapes of a poll and of its results (shared with the realtime service, so
-//!   a pushed update and a `GET` agree), including the embargo rule.
+//! - [`session`]: `POST|GET|DELETE /v1/operator/session` (the console signs in once with the key
+//!   and gets an HttpOnly, SameSite=Strict cookie holding a session token) and
+//!   `POST /v1/polls/{id}/screen-token` (a read-only, expiring token for one poll's screen, carried
+//!   as `?token=`). The keys and tokens themselves are `edge::access`, shared with realtime.
+//! - The JSON shapes of a poll and of its results, and the merged results themselves, are the read
+//!   model (`results`), shared with the realtime service so a pushed update and a `GET` agree.
 //! - [`routes`]: `/v1/polls…` handlers.
 //! - [`shared`]: results from Redis and the tally store when the query service runs on its own.
 //! - [`ui`]: the pages in `ui/` (embedded in the binary, no build step), the QR code, `/openapi.json`.
 
-pub mod auth;
 pub mod routes;
+pub mod session;
 pub mod shared;
 pub mod ui;
-pub mod views;
 
-use processor::ResultsBoard;
+use edge::access::OperatorKeys;
+use results::ResultsBoard;
 use std::sync::Arc;
 use storage::{EdgeRejections, PollCatalog};
 
-pub use auth::OperatorKeys;
 pub use routes::router;
 
 /// The query service's shared state.

@@ -1,6 +1,5 @@
 //! `/v1/polls…`: create, list, read, open, close, reveal, results, timeline, rejections.
 
-use crate::views::{format_time, poll_view, results_view};
 use crate::QueryState;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -8,8 +7,11 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use edge::access::KeyQuery;
+use edge::ApiError;
+use results::views::{format_time, poll_view, results_view};
 use schemas::poll::{PollState, MAX_OPTIONS};
-use schemas::{now_micros, ApiError, Poll, PollId, Visibility, Voters};
+use schemas::{now_micros, Poll, PollId, PollRejection, Visibility, Voters};
 use serde::Deserialize;
 use serde_json::json;
 use storage::StoreError;
@@ -26,7 +28,7 @@ pub fn router(state: QueryState) -> Router {
         .route("/v1/polls/{id}/timeline", get(timeline))
         .route("/v1/polls/{id}/rejections", get(rejections))
         .with_state(state.clone())
-        .merge(crate::auth::session::router(state))
+        .merge(crate::session::router(state))
 }
 
 #[derive(Debug, Deserialize)]
@@ -52,35 +54,12 @@ pub struct CreatePoll {
     pub voters: Option<Voters>,
 }
 
-/// Query-string parameters, taken leniently (repeated or unknown ones never make a request fail).
-#[derive(Debug, Deserialize, Default)]
-#[serde(transparent)]
-pub struct KeyQuery(pub Vec<(String, String)>);
-
-impl KeyQuery {
-    pub fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-    /// An operator key given as `?key=` (refused: keys never travel in URLs).
-    pub fn key(&self) -> Option<&str> {
-        self.get("key")
-    }
-    /// A screen token given as `?token=`.
-    pub fn token(&self) -> Option<&str> {
-        self.get("token")
-    }
-}
-
-fn parse_time(field: &str, s: &str) -> Result<i64, ApiError> {
+fn parse_time(field: &str, s: &str) -> Result<i64, PollRejection> {
     humantime::parse_rfc3339_weak(s)
         .map_err(|e| {
-            ApiError::unprocessable(
-                "invalid_time",
-                format!("{field}: {e}; use RFC 3339, e.g. 2026-11-24T20:00:00Z"),
-            )
+            PollRejection::InvalidTime(format!(
+                "{field}: {e}; use RFC 3339, e.g. 2026-11-24T20:00:00Z"
+            ))
         })
         .map(|t| {
             t.duration_since(std::time::UNIX_EPOCH)
@@ -123,49 +102,38 @@ pub fn build_poll(
     slug: String,
     now: i64,
     creator: Option<String>,
-) -> Result<Poll, ApiError> {
+) -> Result<Poll, PollRejection> {
     let title = poll_text(&req.title, MAX_TITLE_CHARS).map_err(|why| {
-        ApiError::unprocessable(
-            "invalid_title",
-            format!("title must be 1 to {MAX_TITLE_CHARS} characters of printable text{why}"),
-        )
+        PollRejection::InvalidTitle(format!(
+            "title must be 1 to {MAX_TITLE_CHARS} characters of printable text{why}"
+        ))
     })?;
     if req.options.len() < 2 || req.options.len() > MAX_OPTIONS {
-        return Err(ApiError::unprocessable(
-            "invalid_options",
-            format!(
-                "a poll has 2 to {MAX_OPTIONS} options; got {}",
-                req.options.len()
-            ),
-        ));
+        return Err(PollRejection::InvalidOptions(format!(
+            "a poll has 2 to {MAX_OPTIONS} options; got {}",
+            req.options.len()
+        )));
     }
     let mut options: Vec<String> = Vec::with_capacity(req.options.len());
     for (i, raw) in req.options.iter().enumerate() {
         let o = poll_text(raw, MAX_OPTION_CHARS).map_err(|why| {
-            ApiError::unprocessable(
-                "invalid_options",
-                format!(
-                    "option {i} must be 1 to {MAX_OPTION_CHARS} characters of printable text{why}"
-                ),
-            )
+            PollRejection::InvalidOptions(format!(
+                "option {i} must be 1 to {MAX_OPTION_CHARS} characters of printable text{why}"
+            ))
         })?;
         if let Some(first) = options.iter().position(|earlier| *earlier == o) {
-            return Err(ApiError::unprocessable(
-                "invalid_options",
-                format!("option {i} repeats option {first}"),
-            ));
+            return Err(PollRejection::InvalidOptions(format!(
+                "option {i} repeats option {first}"
+            )));
         }
         options.push(o);
     }
     let max_choices = req.max_choices.unwrap_or(1);
     if max_choices == 0 || max_choices as usize > options.len() {
-        return Err(ApiError::unprocessable(
-            "invalid_max_choices",
-            format!(
-                "max_choices must be 1 to {} (the number of options)",
-                options.len()
-            ),
-        ));
+        return Err(PollRejection::InvalidMaxChoices(format!(
+            "max_choices must be 1 to {} (the number of options)",
+            options.len()
+        )));
     }
     let opens_at = req
         .opens_at
@@ -179,25 +147,22 @@ pub fn build_poll(
         .transpose()?;
     if let Some(secs) = req.closes_in_secs {
         if closes_at.is_some() {
-            return Err(ApiError::unprocessable(
-                "invalid_time",
-                "give closes_at or closes_in_secs, not both",
+            return Err(PollRejection::InvalidTime(
+                "give closes_at or closes_in_secs, not both".into(),
             ));
         }
         if secs > MAX_CLOSES_IN_SECS {
-            return Err(ApiError::unprocessable(
-                "invalid_time",
-                format!("closes_in_secs must be at most {MAX_CLOSES_IN_SECS} (ten years)"),
-            ));
+            return Err(PollRejection::InvalidTime(format!(
+                "closes_in_secs must be at most {MAX_CLOSES_IN_SECS} (ten years)"
+            )));
         }
         closes_at = Some(now + secs as i64 * 1_000_000);
     }
     let opened_at = req.open.then_some(now);
     if let (Some(open), Some(close)) = (opens_at.or(opened_at), closes_at) {
         if close <= open {
-            return Err(ApiError::unprocessable(
-                "invalid_time",
-                "closes_at must be after the poll opens",
+            return Err(PollRejection::InvalidTime(
+                "closes_at must be after the poll opens".into(),
             ));
         }
     }
@@ -512,7 +477,10 @@ mod tests {
     }
 
     fn build(req: &CreatePoll) -> Result<Poll, (StatusCode, &'static str, String)> {
-        build_poll(req, 1, "s".into(), 1_000_000, None).map_err(|e| (e.status, e.code, e.message))
+        build_poll(req, 1, "s".into(), 1_000_000, None).map_err(|e| {
+            let e = ApiError::from(e);
+            (e.status, e.code, e.message)
+        })
     }
 
     fn refusal(req: &CreatePoll) -> (&'static str, String) {
@@ -607,7 +575,7 @@ mod tests {
         );
         // Its time can be shown in RFC 3339 (formatting panics past the year 9999).
         assert_eq!(
-            crate::views::format_time(p.closes_at.unwrap()),
+            results::views::format_time(p.closes_at.unwrap()),
             "1979-12-30T00:00:01.000Z"
         );
     }

@@ -3,9 +3,9 @@
 //! the local board, and on a cache miss (never filled, or flushed) reads them from the tally store
 //! (PostgreSQL) and refills the cache. Timelines come from the tally store, which keeps every window.
 
-use processor::merge::PollResults;
-use processor::ResultsBoard;
-use schemas::{ApiError, PollId, WindowCount};
+use edge::ApiError;
+use results::{PollResults, ResultsBoard};
+use schemas::{PollId, WindowCount};
 use std::sync::Arc;
 use storage::{Notice, RedisCache, TallyStore};
 

@@ -1,14 +1,14 @@
 //! The web UI (pages in `query/ui/`, embedded at compile time: no build step), the QR code
 //! of a poll's voter link, and the OpenAPI document.
 
-use crate::routes::KeyQuery;
 use crate::QueryState;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use schemas::ApiError;
+use edge::access::KeyQuery;
+use edge::ApiError;
 
 const INDEX: &str = include_str!("../ui/index.html");
 const VOTE: &str = include_str!("../ui/vote.html");
@@ -48,7 +48,7 @@ pub fn router(state: QueryState) -> Router {
 /// `Referer`, so its token stays on this site.
 async fn screen(Query(q): Query<KeyQuery>) -> Result<Response, ApiError> {
     if q.key().is_some() {
-        return Err(crate::auth::key_in_url());
+        return Err(edge::access::key_in_url());
     }
     Ok((
         [
@@ -119,7 +119,7 @@ mod tests {
         ("/v1/polls/{id}/results", &["get"]),
         ("/v1/polls/{id}/timeline", &["get"]),
         ("/v1/polls/{id}/rejections", &["get"]),
-        // query/src/auth/session.rs
+        // query/src/session.rs
         ("/v1/operator/session", &["get", "post", "delete"]),
         ("/v1/polls/{id}/screen-token", &["post"]),
         // ingest/src/routes.rs

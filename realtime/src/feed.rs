@@ -17,7 +17,7 @@ use crate::frame::{render, Encoded, Frame};
 use crate::{Realtime, Update};
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
-use processor::Snapshot;
+use results::Snapshot;
 use schemas::{now_micros, Poll, PollId};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -8,13 +8,13 @@
 //! Each message carries a sequence number that moves only when the message's bytes change, so a
 //! viewer sends a message when its sequence is new. This is also the embargo's rule: while a
 //! poll's counts are hidden from the public, the public message holds nothing that moves with the
-//! votes (`query::views::results_view`), so it changes (and is sent) only when the poll's state
+//! votes (`results::views::results_view`), so it changes (and is sent) only when the poll's state
 //! does, and not even the timing of messages tells how busy the poll is.
 
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
-use processor::Snapshot;
-use query::views::results_view;
+use results::views::results_view;
+use results::Snapshot;
 use schemas::Poll;
 use serde::Serialize;
 use std::sync::Arc;
@@ -115,7 +115,7 @@ struct Tagged<'a, T: Serialize> {
     updated_at: Option<i64>,
 }
 
-/// The `/v1` results message: `{"type": "results", …}` (see `query::views::results_view`).
+/// The `/v1` results message: `{"type": "results", …}` (see `results::views::results_view`).
 pub fn results_json(poll: &Poll, snapshot: &Snapshot, operator: bool, now: i64) -> String {
     let view = results_view(poll, snapshot, operator, now);
     let updated_at = (!view.hidden).then_some(snapshot.updated_at);

@@ -16,7 +16,7 @@
 //!
 //! Embargo: a connection that is not an operator's (key header or session cookie) and holds no
 //! screen token for the poll gets `hidden: true` and no counts, version or offsets until the
-//! poll's results are public (same rule as the query API, via [`query::views`]).
+//! poll's results are public (same rule as the query API, via [`results::views`]).
 
 pub mod fanout;
 pub mod feed;
@@ -29,12 +29,12 @@ pub mod routes;
 /// few dozen bytes; the /v1 socket takes none). Larger ones close the connection.
 pub const MAX_CLIENT_MESSAGE_BYTES: usize = 4096;
 
+use edge::access::OperatorKeys;
 use feed::Feed;
 pub use feed::Subscription;
 pub use live_socket::LiveSocket;
 use parking_lot::Mutex;
-use processor::{ResultsBoard, Snapshot};
-use query::OperatorKeys;
+use results::{ResultsBoard, Snapshot};
 use schemas::{Poll, PollId};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -7,19 +7,20 @@
 //!   no door can name another's voter.
 //! - [`poll`]: a poll's definition and lifecycle rules (open, close, visibility).
 //! - [`cql`]: the data statements of the ScyllaDB tally store (its tables: `cql/tallies.cql`).
-//! - [`api_error`]: the one JSON error type every HTTP endpoint answers with.
+//! - [`rejection`]: why a vote or a poll definition is refused ([`VoteRejection`],
+//!   [`PollRejection`]); domain reasons only, their HTTP status is chosen by the `edge` crate.
 //! - `avro/*.avsc`, `sql/polls.sql`, `cql/tallies.cql`: the schema files themselves, embedded below.
 
-pub mod api_error;
 pub mod cql;
 pub mod poll;
+pub mod rejection;
 pub mod tally;
 pub mod vote;
 pub mod voter;
 
-pub use api_error::ApiError;
 pub use poll::{Poll, PollId, PollRules, Visibility, Voters};
-pub use tally::{PartialTally, Rejections, WindowCount};
+pub use rejection::{PollRejection, VoteRejection};
+pub use tally::{Freshness, PartialTally, Rejections, WindowCount};
 pub use vote::{partition_for, Vote, VoteRef};
 pub use voter::{QualifiedVoter, VoterNamespace};
 

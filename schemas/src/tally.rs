@@ -49,12 +49,62 @@ pub struct PartialTally {
     pub emitted_at: i64,
 }
 
+/// How new a partial is: the offset it reflects, then how much it knows about completeness.
+///
+/// This is the one definition of "a newer partial wins", used by merging, the processor and the
+/// stores. Per (poll, partition) a partial replaces the held one only if its offset is higher, or
+/// equal with a higher `complete_until`; a window's count replaces the held one only if its offset is
+/// higher ([`Freshness::window_supersedes`]). The PostgreSQL statement and the Redis script spell the
+/// same rule in their own language and are tested against this one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Freshness {
+    pub offset: i64,
+    pub complete_until: i64,
+}
+
+impl Freshness {
+    /// Whether a partial this fresh replaces one `held` for the same (poll, partition).
+    pub fn supersedes(self, held: Freshness) -> bool {
+        self > held
+    }
+
+    /// Every combination of offsets and claims in 1..=`n`, in order (for tests that check a store
+    /// against this rule pair by pair).
+    pub fn grid(n: i64) -> Vec<Freshness> {
+        (1..=n)
+            .flat_map(|offset| {
+                (1..=n).map(move |complete_until| Freshness {
+                    offset,
+                    complete_until,
+                })
+            })
+            .collect()
+    }
+
+    /// Whether a window count at `offset` replaces one held at `held_offset` (same window).
+    pub fn window_supersedes(offset: i64, held_offset: i64) -> bool {
+        offset > held_offset
+    }
+}
+
 fn schema() -> &'static Schema {
     static SCHEMA: OnceLock<Schema> = OnceLock::new();
     SCHEMA.get_or_init(|| Schema::parse_str(crate::TALLY_AVSC).expect("tally.avsc is valid"))
 }
 
 impl PartialTally {
+    pub fn freshness(&self) -> Freshness {
+        Freshness {
+            offset: self.offset,
+            complete_until: self.complete_until,
+        }
+    }
+
+    /// Whether this partial replaces `held` for the same (poll, partition) (see [`Freshness`]).
+    pub fn supersedes(&self, held: &PartialTally) -> bool {
+        self.freshness().supersedes(held.freshness())
+    }
+
     /// Avro binary datum (no container, no registry header).
     pub fn to_avro(&self) -> Vec<u8> {
         let value = apache_avro::to_value(self)
@@ -112,6 +162,19 @@ mod tests {
                 complete_until, emitted_at: 5,
             };
             prop_assert_eq!(PartialTally::from_avro(&t.to_avro()).unwrap(), t);
+        }
+    }
+
+    proptest! {
+        /// The rule spelled out: a higher offset wins; at an equal offset, a higher claim.
+        #[test]
+        fn newer_partial_wins(o1 in 0i64..4, c1 in 0i64..4, o2 in 0i64..4, c2 in 0i64..4) {
+            let new = Freshness { offset: o1, complete_until: c1 };
+            let held = Freshness { offset: o2, complete_until: c2 };
+            prop_assert_eq!(new.supersedes(held), o1 > o2 || (o1 == o2 && c1 > c2));
+            // Never both ways, and a partial never replaces itself (writes are idempotent).
+            prop_assert!(!(new.supersedes(held) && held.supersedes(new)));
+            prop_assert!(!new.supersedes(new));
         }
     }
 

@@ -6,7 +6,10 @@
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use schemas::{ApiError, PollId, Visibility};
+use edge::ApiError;
+use ingest::SubmitError;
+use schemas::poll::ChoiceError;
+use schemas::{PollId, PollRejection, Visibility, VoteRejection};
 use serde_json::{Map, Value};
 
 pub const REQUIRED: &str = "This field is required.";
@@ -305,17 +308,53 @@ pub fn hidden_detail(v: Visibility) -> &'static str {
     }
 }
 
-/// What the pipeline's error means to a seed client.
+/// What a refused vote means to a seed client (Django answered 400 for a closed poll and a field
+/// error on `choice` for a label it does not have).
+pub fn from_vote_rejection(r: &VoteRejection) -> DrfError {
+    match r {
+        VoteRejection::UnknownPoll(_) => DrfError::not_found(),
+        VoteRejection::PollClosed(_) => DrfError::detail(StatusCode::BAD_REQUEST, POLL_CLOSED),
+        VoteRejection::PollNotOpen(_) => DrfError::detail(StatusCode::BAD_REQUEST, POLL_NOT_OPEN),
+        VoteRejection::Choice(ChoiceError::TooMany { .. }) => {
+            DrfError::detail(StatusCode::BAD_REQUEST, r.to_string())
+        }
+        VoteRejection::Choice(_) => DrfError::field("choice", r.to_string()),
+        VoteRejection::VerifiedVotersOnly(_) | VoteRejection::TokenForAnotherPoll { .. } => {
+            DrfError::detail(StatusCode::FORBIDDEN, r.to_string())
+        }
+        VoteRejection::Malformed(_)
+        | VoteRejection::InvalidVoterId { .. }
+        | VoteRejection::InvalidVoteId { .. }
+        | VoteRejection::VoterMismatch => DrfError::detail(StatusCode::BAD_REQUEST, r.to_string()),
+    }
+}
+
+/// What a refused poll definition means to a seed client: a field error where a field is wrong.
+pub fn from_poll_rejection(r: &PollRejection) -> DrfError {
+    match r {
+        PollRejection::InvalidTitle(m) => DrfError::field("title", m.clone()),
+        PollRejection::InvalidOptions(m) => DrfError::field("options", m.clone()),
+        PollRejection::InvalidMaxChoices(_) | PollRejection::InvalidTime(_) => {
+            DrfError::detail(StatusCode::BAD_REQUEST, r.to_string())
+        }
+    }
+}
+
+/// What a vote that was not recorded means to a seed client.
+pub fn from_submit_error(e: &SubmitError) -> DrfError {
+    match e {
+        SubmitError::Rejected(r) => from_vote_rejection(r),
+        SubmitError::Unavailable(e) => from_api_error(e),
+    }
+}
+
+/// What an answer of the pipeline's edge that is not a domain reason (overload, a store
+/// unavailable, a poll not found, a conflict of state) means to a seed client: by status alone.
 pub fn from_api_error(e: &ApiError) -> DrfError {
-    let mut out = match (e.status.as_u16(), e.code) {
-        (404, _) => DrfError::not_found(),
-        (409, "poll_closed") => DrfError::detail(StatusCode::BAD_REQUEST, POLL_CLOSED),
-        (409, "poll_not_open") => DrfError::detail(StatusCode::BAD_REQUEST, POLL_NOT_OPEN),
-        (422, "invalid_option") => DrfError::field("choice", e.message.clone()),
-        (422, "invalid_title") => DrfError::field("title", e.message.clone()),
-        (422, "invalid_options") => DrfError::field("options", e.message.clone()),
-        (400 | 409 | 422, _) => DrfError::detail(StatusCode::BAD_REQUEST, e.message.clone()),
-        (429, _) => DrfError::detail(
+    let mut out = match e.status.as_u16() {
+        404 => DrfError::not_found(),
+        400 | 409 | 422 => DrfError::detail(StatusCode::BAD_REQUEST, e.message.clone()),
+        429 => DrfError::detail(
             e.status,
             format!(
                 "Request was throttled. Expected available in {} seconds.",
@@ -499,13 +538,25 @@ mod tests {
 
     #[test]
     fn pipeline_errors_become_drf_errors() {
-        let closed = ApiError::conflict("poll_closed", "poll 1 is closed");
         assert_eq!(
-            from_api_error(&closed),
+            from_vote_rejection(&VoteRejection::PollClosed(1)),
             DrfError::detail(StatusCode::BAD_REQUEST, POLL_CLOSED)
         );
-        let busy = ApiError::unavailable("the log is busy", 1);
-        let e = from_api_error(&busy);
+        assert_eq!(
+            from_vote_rejection(&VoteRejection::PollNotOpen(1)),
+            DrfError::detail(StatusCode::BAD_REQUEST, POLL_NOT_OPEN)
+        );
+        assert_eq!(
+            from_vote_rejection(&VoteRejection::UnknownPoll(1)),
+            DrfError::not_found()
+        );
+        let unknown = VoteRejection::Choice(ChoiceError::UnknownOption { option: 5, last: 2 });
+        assert_eq!(
+            from_vote_rejection(&unknown).body,
+            json!({"choice": [unknown.to_string()]})
+        );
+        let busy = SubmitError::Unavailable(ApiError::unavailable("the log is busy", 1));
+        let e = from_submit_error(&busy);
         assert_eq!(
             (e.status, e.retry_after),
             (StatusCode::SERVICE_UNAVAILABLE, Some(1))
@@ -515,10 +566,15 @@ mod tests {
             from_api_error(&ApiError::not_found("unknown_poll", "x")),
             DrfError::not_found()
         );
-        let title = ApiError::unprocessable("invalid_title", "title must be 1 to 255 characters");
+        let title = PollRejection::InvalidTitle("title must be 1 to 255 characters".into());
         assert_eq!(
-            from_api_error(&title).body,
+            from_poll_rejection(&title).body,
             json!({"title": ["title must be 1 to 255 characters"]})
+        );
+        let time = PollRejection::InvalidTime("closes_at must be after the poll opens".into());
+        assert_eq!(
+            from_poll_rejection(&time),
+            DrfError::detail(StatusCode::BAD_REQUEST, time.to_string())
         );
     }
 

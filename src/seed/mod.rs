@@ -5,7 +5,7 @@
 //! - this file: [`router`], the HTTP handlers, and [`Seed`] — poll creation through
 //!   `state.catalog.create` + [`query::routes::build_poll`], votes through
 //!   [`ingest::Ingest::submit`] (the one way a vote enters the log), results from the
-//!   [`processor::ResultsBoard`].
+//!   [`results::ResultsBoard`].
 //! - [`drf`]: DRF's error shapes and messages, field checks, label → option index (pure).
 //! - [`auth`]: accounts (`accounts.jsonl`), sessions (`sessions.jsonl`), HTTP Basic with a cache,
 //!   Django-compatible PBKDF2 password hashes.
@@ -259,7 +259,7 @@ impl Seed {
         let creator = format!("user:{user}");
         // Validate before taking an id, so a bad request leaves nothing behind.
         query::routes::build_poll(&req, 0, String::new(), now, Some(creator.clone()))
-            .map_err(|e| drf::from_api_error(&e))?;
+            .map_err(|e| drf::from_poll_rejection(&e))?;
         self.app
             .catalog
             .create(|id, slug| {
@@ -332,7 +332,7 @@ impl Seed {
             }
             Err(e) => {
                 self.voted.lock().remove(&(poll, user));
-                Err(drf::from_api_error(&e))
+                Err(drf::from_submit_error(&e))
             }
         }
     }

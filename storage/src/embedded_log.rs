@@ -113,7 +113,7 @@ impl EmbeddedLog {
         std::thread::Builder::new()
             .name("log-writer".into())
             .spawn(move || writer.run(rx))
-            .map_err(|e| LogError::Io(e.to_string()))?;
+            .map_err(|e| LogError::io("starting the log writer thread", e))?;
         Ok(Self {
             topics,
             queue: Some(tx),
@@ -203,7 +203,7 @@ fn read_meta(dir: &Path) -> Result<Option<Meta>, LogError> {
 }
 
 fn io(e: std::io::Error) -> LogError {
-    LogError::Io(e.to_string())
+    LogError::io("the log's files", e)
 }
 
 /// Scans a topic file, building each partition's index and cutting a torn or corrupt tail.

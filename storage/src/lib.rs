@@ -3,8 +3,9 @@
 //! - [`log`]: the [`Log`] trait — topics, partitions, offsets, consumer-held positions (Kafka's model).
 //! - [`embedded_log`]: [`EmbeddedLog`], a file per partition, group commit (many records per fsync),
 //!   CRC-framed records, torn tails cut on open. What `crowdtick serve` runs on by default.
-//! - [`kafka_log`]: [`KafkaLog`], the log on Kafka for the distributed mode (rdkafka, idempotent producer).
-//! - [`kafka_group`]: [`GroupMember`], the processors' consumer group (who owns which votes partition).
+//! - [`kafka`]: [`KafkaLog`], the log on Kafka for the distributed mode (rdkafka, idempotent
+//!   producer), split by concern (settings, producer, topics, reader), and [`GroupMember`], the
+//!   processors' consumer group (who owns which votes partition).
 //! - [`registry_log`]: [`RegistryLog`], the Confluent wire format (magic byte, schema id, datum) on
 //!   the Kafka topics when a schema registry is configured.
 //! - [`redis_cache`]: [`RedisCache`], the distributed mode's results cache and change notices.
@@ -13,7 +14,8 @@
 //! - [`poll_journal`]: [`FilePollStore`], poll definitions as an append-only journal of JSON lines
 //!   (one fsynced line per change; torn tail cut, compacted and migrated at open).
 //! - [`edge_stats`]: [`EdgeRejections`], per-poll counts of the votes the edge refused.
-//! - [`test_broker`]: a tansu (Kafka-protocol) broker on a loopback port, for tests.
+//! - `test_broker` (feature `test-broker`, for tests only): a tansu (Kafka-protocol) broker on a
+//!   loopback port.
 //! - [`tally_store`]: [`TallyStore`], the latest partial tally per (poll, partition) with its offset;
 //!   a partial older than the stored one is never written ([`MemoryTallyStore`] in memory).
 //! - [`scylla`]: [`ScyllaTallyStore`], partials, windows and checkpoints on ScyllaDB (writes
@@ -23,8 +25,7 @@
 
 pub mod edge_stats;
 pub mod embedded_log;
-pub mod kafka_group;
-pub mod kafka_log;
+pub mod kafka;
 pub mod log;
 pub mod poll_journal;
 pub mod polls;
@@ -33,16 +34,16 @@ pub mod redis_cache;
 pub mod registry_log;
 pub mod scylla;
 pub mod tally_store;
+#[cfg(any(test, feature = "test-broker"))]
 pub mod test_broker;
 
 pub use edge_stats::{EdgeCounts, EdgeReason, EdgeRejections};
 pub use embedded_log::{EmbeddedLog, EmbeddedLogConfig};
-pub use kafka_group::{GroupConfig, GroupEvent, GroupMember};
-pub use kafka_log::{KafkaConfig, KafkaLog};
-pub use log::{AppendBatch, Fetched, Log, LogError, Position, Topic};
+pub use kafka::{GroupConfig, GroupEvent, GroupMember, KafkaConfig, KafkaLog};
+pub use log::{AppendBatch, BoxError, ErrorSource, Fetched, Log, LogError, Position, Topic};
 pub use polls::{FilePollStore, PollCatalog, PollStore, StoreError};
 pub use postgres::{PgPollStore, PgTallyStore};
 pub use redis_cache::{Notice, RedisCache};
 pub use registry_log::{RegistryConfig, RegistryLog, RegistryMetrics};
 pub use scylla::{ScyllaConfig, ScyllaTallyStore};
-pub use tally_store::{MemoryTallyStore, TallyStore};
+pub use tally_store::{MemoryTallyStore, TallyStore, TallyStoreError};

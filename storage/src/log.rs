@@ -33,7 +33,14 @@ pub struct Position {
     pub offset: u64,
 }
 
-#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+/// The cause a store's I/O error keeps.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// The cause a log's I/O error keeps (shared, so the error stays cheap to clone to the many
+/// waiters of one group commit).
+pub type ErrorSource = std::sync::Arc<dyn std::error::Error + Send + Sync + 'static>;
+
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum LogError {
     /// The record could not be made durable before the caller's deadline; it was not written.
     #[error("the log could not persist the record before the deadline")]
@@ -41,8 +48,13 @@ pub enum LogError {
     /// The write queue is full; nothing was written.
     #[error("the log's write queue is full")]
     Overloaded,
-    #[error("log I/O error: {0}")]
-    Io(String),
+    /// The log's storage failed: what was being done, and the error that stopped it.
+    #[error("log I/O: {context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: ErrorSource,
+    },
     #[error("partition {0} does not exist")]
     NoSuchPartition(u32),
     #[error("the log is shut down")]
@@ -50,6 +62,35 @@ pub enum LogError {
     #[error("log configuration: {0}")]
     Config(String),
 }
+
+impl LogError {
+    /// An I/O failure: what was being done, and the error (or the reason, as text) that stopped it.
+    pub fn io(
+        context: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Self {
+        LogError::Io {
+            context: context.into(),
+            source: source.into().into(),
+        }
+    }
+}
+
+/// Equal when of the same kind with the same text (a source compares by its message).
+impl PartialEq for LogError {
+    fn eq(&self, other: &Self) -> bool {
+        use LogError::*;
+        match (self, other) {
+            (Timeout, Timeout) | (Overloaded, Overloaded) | (Closed, Closed) => true,
+            (NoSuchPartition(a), NoSuchPartition(b)) => a == b,
+            (Config(a), Config(b)) => a == b,
+            (Io { .. }, Io { .. }) => self.to_string() == other.to_string(),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for LogError {}
 
 /// Records to append in one call: one buffer, one reply, however many records.
 #[derive(Debug, Default, Clone)]
@@ -240,5 +281,25 @@ pub trait Log: Send + Sync + 'static {
     /// is in this process: always.
     async fn ping(&self) -> Result<(), LogError> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_io_error_says_what_failed_and_keeps_its_cause() {
+        let disk = std::io::Error::new(std::io::ErrorKind::StorageFull, "no space left");
+        let e = LogError::io("appending to votes/3", disk);
+        assert_eq!(
+            e.to_string(),
+            "log I/O: appending to votes/3: no space left"
+        );
+        let cause = std::error::Error::source(&e).expect("the cause is kept");
+        assert_eq!(cause.to_string(), "no space left");
+        // Clones (one per waiter of a group commit) share the cause and compare equal.
+        assert_eq!(e.clone(), e);
+        assert_ne!(e, LogError::io("appending to votes/3", "another cause"));
     }
 }

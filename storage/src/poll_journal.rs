@@ -62,7 +62,7 @@ impl FilePollStore {
     /// exists (see the module docs). Blocking: call it at start.
     pub fn open(path: impl Into<PathBuf>) -> Result<Self, StoreError> {
         let path = path.into();
-        let io = |e: std::io::Error| StoreError::Io(format!("{}: {e}", path.display()));
+        let io = |e: std::io::Error| StoreError::io(path.display().to_string(), e);
         let legacy = path.with_extension("json");
         if legacy != path && legacy.exists() {
             migrate(&legacy, &path)?;
@@ -131,8 +131,8 @@ impl PollStore for FilePollStore {
         // On the blocking pool: it finishes even if the request that asked is dropped meanwhile.
         tokio::task::spawn_blocking(move || append(&journal, &line))
             .await
-            .map_err(|e| StoreError::Io(format!("{}: the write task failed: {e}", path.display())))?
-            .map_err(|e| StoreError::Io(format!("{}: {e}", path.display())))?;
+            .map_err(|e| StoreError::io(format!("{}: the write task", path.display()), e))?
+            .map_err(|e| StoreError::io(path.display().to_string(), e))?;
         self.polls.lock().insert(poll.id, poll.clone());
         Ok(())
     }
@@ -201,7 +201,7 @@ fn write_atomically<'a>(
     path: &Path,
     polls: impl Iterator<Item = &'a Poll>,
 ) -> Result<u64, StoreError> {
-    let io = |e: std::io::Error| StoreError::Io(format!("{}: {e}", path.display()));
+    let io = |e: std::io::Error| StoreError::io(path.display().to_string(), e);
     let mut bytes = Vec::new();
     for p in polls {
         serde_json::to_writer(&mut bytes, p).map_err(|e| StoreError::Data(e.to_string()))?;
@@ -226,7 +226,7 @@ fn sync_dir(path: &Path) {
 
 /// Moves the polls of an earlier version's `polls.json` (one JSON array) into the journal.
 fn migrate(legacy: &Path, journal: &Path) -> Result<(), StoreError> {
-    let io = |e: std::io::Error| StoreError::Io(format!("{}: {e}", legacy.display()));
+    let io = |e: std::io::Error| StoreError::io(legacy.display().to_string(), e);
     if !journal.exists() {
         let mut bytes = Vec::new();
         File::open(legacy)

@@ -6,6 +6,7 @@
 //! every vote the edge accepts as open has `accepted_at <= closed_at`, and the processor and `recount`
 //! (which judge by the stored close time) count exactly the votes the edge acknowledged.
 
+use crate::log::BoxError;
 use async_trait::async_trait;
 use parking_lot::{Mutex, RwLock};
 use schemas::{now_micros, Poll, PollId};
@@ -17,15 +18,33 @@ pub use crate::poll_journal::FilePollStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The poll or tally store could not be read or written (the message names which store).
-    #[error("store I/O: {0}")]
-    Io(String),
+    /// The poll store (or the cache) could not be read or written: what was being done, and the
+    /// error that stopped it.
+    #[error("store I/O: {context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: BoxError,
+    },
     #[error("store data: {0}")]
     Data(String),
     #[error("no poll with id {0}")]
     NotFound(PollId),
     #[error("{0}")]
     Rejected(String),
+}
+
+impl StoreError {
+    /// An I/O failure: what was being done, and the error (or the reason, as text) that stopped it.
+    pub fn io(
+        context: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Self {
+        StoreError::Io {
+            context: context.into(),
+            source: source.into(),
+        }
+    }
 }
 
 /// Where poll definitions persist.

@@ -13,7 +13,7 @@
 //! schemas can share one database (the tests run side by side that way).
 
 use crate::polls::{PollStore, StoreError};
-use crate::tally_store::{Batch, TallyStore};
+use crate::tally_store::{Batch, TallyStore, TallyStoreError};
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
 use schemas::{PartialTally, Poll, PollId, Visibility, Voters, WindowCount};
@@ -44,7 +44,7 @@ impl PgError {
 
 impl From<PgError> for StoreError {
     fn from(e: PgError) -> Self {
-        StoreError::Io(e.message)
+        StoreError::io("PostgreSQL", e.message)
     }
 }
 
@@ -287,8 +287,8 @@ const DEADLOCK_RETRIES: usize = 5;
 
 impl PgTallyStore {
     /// A store over `pool` in `schema` (already migrated: see [`migrate`]).
-    pub fn new(pool: Pool, schema: &str) -> Result<Self, StoreError> {
-        let s = quote_ident(schema)?;
+    pub fn new(pool: Pool, schema: &str) -> Result<Self, TallyStoreError> {
+        let s = quote_ident(schema).map_err(StoreError::from)?;
         Ok(Self {
             pool,
             // One statement: both upserts see the same snapshot and commit together. Rows come in
@@ -351,7 +351,7 @@ impl PgTallyStore {
         &self,
         partition: Option<i32>,
         poll: Option<PollId>,
-    ) -> Result<Vec<PartialTally>, StoreError> {
+    ) -> Result<Vec<PartialTally>, TallyStoreError> {
         let (client, stmt) = prepared(&self.pool, &self.load_sql).await?;
         let rows = client
             .query(&stmt, &[&partition, &poll])
@@ -362,7 +362,7 @@ impl PgTallyStore {
                 let poll_id: i64 = row.get(0);
                 let partition: i32 = row.get(1);
                 let bad = |what: String| {
-                    StoreError::Data(format!(
+                    TallyStoreError::Data(format!(
                         "partial tally of poll {poll_id}, partition {partition} in PostgreSQL: {what}"
                     ))
                 };
@@ -390,7 +390,7 @@ impl PgTallyStore {
 
 #[async_trait]
 impl TallyStore for PgTallyStore {
-    async fn put(&self, partials: &[PartialTally]) -> Result<usize, StoreError> {
+    async fn put(&self, partials: &[PartialTally]) -> Result<usize, TallyStoreError> {
         if partials.is_empty() {
             return Ok(0);
         }
@@ -451,20 +451,20 @@ impl TallyStore for PgTallyStore {
                     attempt += 1;
                     tracing::debug!(attempt, "tally batch hit a deadlock; retrying");
                 }
-                Err(e) => return Err(db(e)),
+                Err(e) => return Err(db(e).into()),
             }
         }
     }
 
-    async fn load_all(&self) -> Result<Vec<PartialTally>, StoreError> {
+    async fn load_all(&self) -> Result<Vec<PartialTally>, TallyStoreError> {
         self.load(None, None).await
     }
 
-    async fn load_poll(&self, poll_id: PollId) -> Result<Vec<PartialTally>, StoreError> {
+    async fn load_poll(&self, poll_id: PollId) -> Result<Vec<PartialTally>, TallyStoreError> {
         self.load(None, Some(poll_id)).await
     }
 
-    async fn load_partition(&self, partition: i32) -> Result<Vec<PartialTally>, StoreError> {
+    async fn load_partition(&self, partition: i32) -> Result<Vec<PartialTally>, TallyStoreError> {
         self.load(Some(partition), None).await
     }
 
@@ -473,7 +473,7 @@ impl TallyStore for PgTallyStore {
         partition: i32,
         next_offset: u64,
         state: &[u8],
-    ) -> Result<bool, StoreError> {
+    ) -> Result<bool, TallyStoreError> {
         let (client, stmt) = prepared(&self.pool, &self.put_checkpoint_sql).await?;
         let written = client
             .execute(
@@ -490,13 +490,16 @@ impl TallyStore for PgTallyStore {
         Ok(written == 1)
     }
 
-    async fn load_checkpoint(&self, partition: i32) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+    async fn load_checkpoint(
+        &self,
+        partition: i32,
+    ) -> Result<Option<(u64, Vec<u8>)>, TallyStoreError> {
         let (client, stmt) = prepared(&self.pool, &self.load_checkpoint_sql).await?;
         let row = client.query_opt(&stmt, &[&partition]).await.map_err(db)?;
         Ok(row.map(|r| (r.get::<_, i64>(0) as u64, r.get::<_, Vec<u8>>(1))))
     }
 
-    async fn clear_checkpoint(&self, partition: i32) -> Result<(), StoreError> {
+    async fn clear_checkpoint(&self, partition: i32) -> Result<(), TallyStoreError> {
         let (client, stmt) = prepared(&self.pool, &self.clear_checkpoint_sql).await?;
         client.execute(&stmt, &[&partition]).await.map_err(db)?;
         Ok(())
@@ -571,7 +574,7 @@ async fn prepared(
 }
 
 fn pool_error(e: PoolError) -> StoreError {
-    StoreError::Io(format!("PostgreSQL: {}", pool_text(e)))
+    StoreError::io("PostgreSQL", pool_text(e))
 }
 
 /// A statement's error: a constraint violation (SQLSTATE class 23) is the caller's to fix
@@ -580,7 +583,7 @@ fn db(e: tokio_postgres::Error) -> StoreError {
     let text = pg_text(&e);
     match e.code() {
         Some(code) if code.code().starts_with("23") => StoreError::Rejected(text),
-        _ => StoreError::Io(format!("PostgreSQL: {text}")),
+        _ => StoreError::io(format!("PostgreSQL: {text}"), e),
     }
 }
 
@@ -894,6 +897,39 @@ mod tests {
     async fn keeps_the_tally_store_contract() {
         let db = TestDb::new().await;
         crate::tally_store::tests::contract(&db.tallies()).await;
+        // The statement's own spelling of "newer partial wins", against schemas::Freshness.
+        let db = TestDb::new().await;
+        crate::tally_store::tests::newest_wins_grid(&db.tallies(), false).await;
+    }
+
+    /// A failure says which store failed and keeps PostgreSQL's own error as its source.
+    #[tokio::test]
+    async fn a_failure_keeps_postgresql_s_error_as_its_source() {
+        let db = TestDb::new().await;
+        let missing =
+            PgTallyStore::new(db.pool.clone(), &format!("{}_missing", db.schema)).unwrap();
+        let err = missing.load_all().await.unwrap_err();
+        assert!(
+            err.to_string().starts_with("tally store I/O: PostgreSQL: "),
+            "{err}"
+        );
+        assert!(err.to_string().contains("does not exist"), "{err}");
+        let source = std::error::Error::source(&err).expect("the cause is kept");
+        let db_error = source
+            .downcast_ref::<tokio_postgres::Error>()
+            .and_then(tokio_postgres::Error::as_db_error)
+            .expect("the source is PostgreSQL's own error");
+        assert_eq!(
+            db_error.code(),
+            &tokio_postgres::error::SqlState::UNDEFINED_TABLE
+        );
+        let polls = PgPollStore::new(db.pool.clone(), &format!("{}_missing", db.schema)).unwrap();
+        let err = polls.load().await.unwrap_err();
+        assert!(
+            err.to_string().starts_with("store I/O: PostgreSQL: "),
+            "{err}"
+        );
+        assert!(std::error::Error::source(&err).is_some());
     }
 
     #[tokio::test]

@@ -66,21 +66,21 @@ pub struct RedisCache {
 }
 
 fn err(what: &str, e: redis::RedisError) -> StoreError {
-    StoreError::Io(format!("Redis {what}: {e}"))
+    StoreError::io(format!("Redis {what}"), e)
 }
 
 impl RedisCache {
     /// Connects (and checks the connection with a PING).
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, StoreError> {
         let client = redis::Client::open(url)
-            .map_err(|e| StoreError::Io(format!("Redis URL {url:?}: {e}")))?;
+            .map_err(|e| StoreError::io(format!("Redis URL {url:?}"), e))?;
         let mut conn = tokio::time::timeout(
             std::time::Duration::from_secs(10),
             client.get_connection_manager(),
         )
         .await
-        .map_err(|_| StoreError::Io(format!("Redis at {url}: no answer within 10 s")))?
-        .map_err(|e| StoreError::Io(format!("Redis at {url}: {e}")))?;
+        .map_err(|_| StoreError::io(format!("Redis at {url}"), "no answer within 10 s"))?
+        .map_err(|e| StoreError::io(format!("Redis at {url}"), e))?;
         let _: String = redis::cmd("PING")
             .query_async(&mut conn)
             .await
@@ -224,6 +224,7 @@ impl RedisCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use schemas::Freshness;
 
     fn url() -> String {
         std::env::var("CROWDTICK_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
@@ -256,6 +257,39 @@ mod tests {
             counts: vec![a, 1],
             voters: a + 1,
             ..Default::default()
+        }
+    }
+
+    /// The script's own spelling of "newer partial wins", against `schemas::Freshness`: every
+    /// pair (held, new) of freshness values, each in its own poll.
+    #[tokio::test]
+    async fn the_script_keeps_what_freshness_says() {
+        let cache = RedisCache::connect(&url(), &prefix()).await.unwrap();
+        let values = Freshness::grid(3);
+        let mut poll = 0;
+        for &held in &values {
+            for &new in &values {
+                poll += 1;
+                let of = |f: Freshness| {
+                    partial(
+                        poll,
+                        0,
+                        f.offset,
+                        f.complete_until,
+                        10 * f.offset + f.complete_until,
+                    )
+                };
+                cache.fill(poll, &[of(held)]).await.unwrap();
+                let written = cache.put_partials(&[of(new)]).await.unwrap();
+                let kept = if new.supersedes(held) { new } else { held };
+                assert_eq!(
+                    written,
+                    usize::from(kept == new && new != held),
+                    "held {held:?}, then {new:?}"
+                );
+                let got = cache.load_partials(poll).await.unwrap().unwrap();
+                assert_eq!(got, vec![of(kept)], "held {held:?}, then {new:?}");
+            }
         }
     }
 

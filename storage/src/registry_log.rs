@@ -305,10 +305,13 @@ impl Log for RegistryLog {
                         }
                         Err(e) if e.retriable => {
                             self.decoder.remove_errors_from_cache();
-                            return Err(LogError::Io(format!(
-                                "schema registry: schema {id} of {} offset {offset}: {e}",
-                                topic.name()
-                            )));
+                            return Err(LogError::io(
+                                format!(
+                                    "schema registry: schema {id} of {} offset {offset}",
+                                    topic.name()
+                                ),
+                                e,
+                            ));
                         }
                         Err(e) => {
                             unreadable += 1;

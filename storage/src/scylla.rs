@@ -15,8 +15,8 @@
 //! - **Reads**: one poll is one partition of `partials` and of `windows`; a votes partition's polls
 //!   come from `partition_polls`; everything is a paged scan (start-up only).
 
-use crate::polls::StoreError;
 use crate::tally_store::TallyStore;
+use crate::tally_store::TallyStoreError;
 use async_trait::async_trait;
 use futures::{StreamExt, TryStreamExt};
 use schemas::{cql, PartialTally, PollId};
@@ -58,7 +58,7 @@ pub fn complete_until_timestamp(complete_until: i64) -> i64 {
 }
 
 /// The schema's statements for `keyspace`, in order (`schemas/cql/tallies.cql`).
-pub fn schema_statements(config: &ScyllaConfig) -> Result<Vec<String>, StoreError> {
+pub fn schema_statements(config: &ScyllaConfig) -> Result<Vec<String>, TallyStoreError> {
     let keyspace = identifier(&config.keyspace)?;
     let replication = match config.replication_class.as_str() {
         "NetworkTopologyStrategy" | "SimpleStrategy" => format!(
@@ -66,7 +66,7 @@ pub fn schema_statements(config: &ScyllaConfig) -> Result<Vec<String>, StoreErro
             config.replication_class, config.replication_factor
         ),
         other => {
-            return Err(StoreError::Rejected(format!(
+            return Err(TallyStoreError::Config(format!(
                 "scylla.replication_class {other:?}: use NetworkTopologyStrategy or SimpleStrategy"
             )))
         }
@@ -88,7 +88,7 @@ pub fn schema_statements(config: &ScyllaConfig) -> Result<Vec<String>, StoreErro
 }
 
 /// A keyspace name as CQL takes it unquoted (letters, digits, `_`; 48 at most).
-fn identifier(name: &str) -> Result<String, StoreError> {
+fn identifier(name: &str) -> Result<String, TallyStoreError> {
     let ok = !name.is_empty()
         && name.len() <= 48
         && name.starts_with(|c: char| c.is_ascii_alphabetic())
@@ -96,7 +96,7 @@ fn identifier(name: &str) -> Result<String, StoreError> {
     if ok {
         Ok(name.to_ascii_lowercase())
     } else {
-        Err(StoreError::Rejected(format!(
+        Err(TallyStoreError::Config(format!(
             "scylla.keyspace {name:?}: use letters, digits and _ (48 at most), starting with a letter"
         )))
     }
@@ -127,12 +127,12 @@ pub struct ScyllaTallyStore {
     max_concurrent_writes: usize,
 }
 
-fn io(what: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Io(format!("ScyllaDB {what}: {e}"))
+fn io(what: &str, e: impl std::fmt::Display) -> TallyStoreError {
+    TallyStoreError::io(format!("ScyllaDB {what}"), e.to_string())
 }
 
 /// Connects to the nodes of `config.hosts`.
-pub async fn connect(config: &ScyllaConfig) -> Result<Session, StoreError> {
+pub async fn connect(config: &ScyllaConfig) -> Result<Session, TallyStoreError> {
     let hosts: Vec<&str> = config
         .hosts
         .split(',')
@@ -153,7 +153,7 @@ pub async fn connect(config: &ScyllaConfig) -> Result<Session, StoreError> {
 
 /// Creates the keyspace and tables when missing (`crowdtick migrate`, and every start); safe to
 /// repeat.
-pub async fn migrate(session: &Session, config: &ScyllaConfig) -> Result<(), StoreError> {
+pub async fn migrate(session: &Session, config: &ScyllaConfig) -> Result<(), TallyStoreError> {
     for statement in schema_statements(config)? {
         session
             .query_unpaged(statement.as_str(), ())
@@ -170,7 +170,7 @@ pub async fn migrate(session: &Session, config: &ScyllaConfig) -> Result<(), Sto
 impl ScyllaTallyStore {
     /// A store over `session` in `config.keyspace` (already migrated: see [`migrate`]); prepares
     /// every statement once.
-    pub async fn new(session: Session, config: &ScyllaConfig) -> Result<Self, StoreError> {
+    pub async fn new(session: Session, config: &ScyllaConfig) -> Result<Self, TallyStoreError> {
         let keyspace = identifier(&config.keyspace)?;
         let prepare = |text: &'static str| {
             let text = text.replace("{ks}", &keyspace);
@@ -181,7 +181,7 @@ impl ScyllaTallyStore {
                     .await
                     .map_err(|e| io("prepare", format!("{e} (in: {text})")))?;
                 prepared.set_is_idempotent(!text.contains(" IF "));
-                Ok::<_, StoreError>(prepared)
+                Ok::<_, TallyStoreError>(prepared)
             }
         };
         let statements = Statements {
@@ -232,7 +232,7 @@ impl ScyllaTallyStore {
         poll_id: PollId,
         batch: CqlBatch,
         values: Vec<Vec<CqlValue>>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), TallyStoreError> {
         self.session
             .batch(&batch, values)
             .await
@@ -245,7 +245,7 @@ impl ScyllaTallyStore {
         statement: &PreparedStatement,
         values: Vec<CqlValue>,
         what: &str,
-    ) -> Result<Vec<Row>, StoreError> {
+    ) -> Result<Vec<Row>, TallyStoreError> {
         self.session
             .execute_iter(statement.clone(), values)
             .await
@@ -261,7 +261,7 @@ impl ScyllaTallyStore {
         &self,
         partials: (&PreparedStatement, Vec<CqlValue>),
         windows: (&PreparedStatement, Vec<CqlValue>),
-    ) -> Result<Vec<PartialTally>, StoreError> {
+    ) -> Result<Vec<PartialTally>, TallyStoreError> {
         let (p, w) = futures::try_join!(
             self.rows(partials.0, partials.1, "read partials"),
             self.rows(windows.0, windows.1, "read windows"),
@@ -276,7 +276,7 @@ impl ScyllaTallyStore {
         &self,
         statement: &PreparedStatement,
         values: Vec<CqlValue>,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<bool, TallyStoreError> {
         let result = self
             .session
             .execute_unpaged(statement, values)
@@ -289,7 +289,7 @@ impl ScyllaTallyStore {
             .map_err(|e| io("checkpoint", e))?;
         match row.columns.first() {
             Some(Some(CqlValue::Boolean(applied))) => Ok(*applied),
-            other => Err(StoreError::Data(format!(
+            other => Err(TallyStoreError::Data(format!(
                 "ScyllaDB checkpoint: [applied] is {other:?}"
             ))),
         }
@@ -299,7 +299,7 @@ impl ScyllaTallyStore {
 #[async_trait]
 impl TallyStore for ScyllaTallyStore {
     /// Returns how many partials it sent (see the module docs).
-    async fn put(&self, partials: &[PartialTally]) -> Result<usize, StoreError> {
+    async fn put(&self, partials: &[PartialTally]) -> Result<usize, TallyStoreError> {
         let polls = PollRows::split(partials);
         let sent: usize = polls.iter().map(|p| p.partials.len()).sum();
         let batches: Vec<_> = polls
@@ -314,13 +314,13 @@ impl TallyStore for ScyllaTallyStore {
         Ok(sent)
     }
 
-    async fn load_all(&self) -> Result<Vec<PartialTally>, StoreError> {
+    async fn load_all(&self) -> Result<Vec<PartialTally>, TallyStoreError> {
         let s = &self.statements;
         self.load((&s.all_partials, vec![]), (&s.all_windows, vec![]))
             .await
     }
 
-    async fn load_partition(&self, partition: i32) -> Result<Vec<PartialTally>, StoreError> {
+    async fn load_partition(&self, partition: i32) -> Result<Vec<PartialTally>, TallyStoreError> {
         let s = &self.statements;
         let polls = self
             .rows(
@@ -353,7 +353,7 @@ impl TallyStore for ScyllaTallyStore {
         Ok(out)
     }
 
-    async fn load_poll(&self, poll_id: PollId) -> Result<Vec<PartialTally>, StoreError> {
+    async fn load_poll(&self, poll_id: PollId) -> Result<Vec<PartialTally>, TallyStoreError> {
         let s = &self.statements;
         let key = vec![CqlValue::BigInt(poll_id)];
         self.load((&s.poll_partials, key.clone()), (&s.poll_windows, key))
@@ -365,7 +365,7 @@ impl TallyStore for ScyllaTallyStore {
         partition: i32,
         next_offset: u64,
         state: &[u8],
-    ) -> Result<bool, StoreError> {
+    ) -> Result<bool, TallyStoreError> {
         let s = &self.statements;
         let (p, o, st) = (
             CqlValue::Int(partition),
@@ -382,7 +382,10 @@ impl TallyStore for ScyllaTallyStore {
             .await
     }
 
-    async fn load_checkpoint(&self, partition: i32) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+    async fn load_checkpoint(
+        &self,
+        partition: i32,
+    ) -> Result<Option<(u64, Vec<u8>)>, TallyStoreError> {
         let rows = self
             .rows(
                 &self.statements.load_checkpoint,
@@ -401,7 +404,7 @@ impl TallyStore for ScyllaTallyStore {
         }
     }
 
-    async fn clear_checkpoint(&self, partition: i32) -> Result<(), StoreError> {
+    async fn clear_checkpoint(&self, partition: i32) -> Result<(), TallyStoreError> {
         self.applied(
             &self.statements.clear_checkpoint,
             vec![CqlValue::Int(partition)],
@@ -601,5 +604,15 @@ mod tests {
         store.put(&[stale]).await.unwrap();
         let held = store.load_poll(1).await.unwrap();
         assert_eq!((held[0].offset, held[0].complete_until), (12, 900));
+
+        // Every (held, new) pair, in an empty keyspace: the timestamps spell schemas::Freshness.
+        let grid = ScyllaConfig {
+            keyspace: format!("{}_grid", config.keyspace),
+            ..config
+        };
+        let session = connect(&grid).await.unwrap();
+        migrate(&session, &grid).await.unwrap();
+        let store = ScyllaTallyStore::new(session, &grid).await.unwrap();
+        crate::tally_store::tests::newest_wins_grid(&store, true).await;
     }
 }

@@ -1,7 +1,7 @@
 //! Tallies: the [`TallyStore`] trait, where the latest absolute partial of each (poll, partition)
 //! persists with the offset it reflects, and [`MemoryTallyStore`], the same rules in memory.
 //!
-//! The rules are those of `processor::merge` (so a store and a reader holding the same partials
+//! The rules are those of the read model's merge (`results/src/merge.rs`) (so a store and a reader holding the same partials
 //! agree), applied on write so a stale or zombie processor cannot overwrite a newer partial:
 //!
 //! - per (poll, partition), a partial is written only if its offset is higher than the stored one,
@@ -13,13 +13,56 @@
 //! Reading gives back the latest partial of each (poll, partition) with *every* stored window of that
 //! (poll, partition) in its `windows`, oldest first: enough to rebuild a poll's full results.
 
+use crate::log::BoxError;
 use crate::polls::StoreError;
 use async_trait::async_trait;
 use parking_lot::Mutex;
-use schemas::{PartialTally, PollId, WindowCount};
+use schemas::{Freshness, PartialTally, PollId, WindowCount};
 use std::collections::BTreeMap;
 
 /// Where the latest partial tallies persist (PostgreSQL: [`crate::PgTallyStore`]).
+/// Why a tally store could not do what was asked (distinct from the log's and the poll store's
+/// errors: a processor that cannot flush says which part failed).
+#[derive(Debug, thiserror::Error)]
+pub enum TallyStoreError {
+    /// The store could not be read or written: what was being done, and the error that stopped it.
+    #[error("tally store I/O: {context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: BoxError,
+    },
+    /// A stored row that cannot be read back as a partial or a checkpoint.
+    #[error("tally store data: {0}")]
+    Data(String),
+    /// A setting the store cannot work with (a keyspace name, a replication class).
+    #[error("tally store configuration: {0}")]
+    Config(String),
+}
+
+impl TallyStoreError {
+    /// An I/O failure: what was being done, and the error (or the reason, as text) that stopped it.
+    pub fn io(
+        context: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Self {
+        TallyStoreError::Io {
+            context: context.into(),
+            source: source.into(),
+        }
+    }
+}
+
+/// The PostgreSQL helpers are shared with the poll store: their errors become the tally store's.
+impl From<StoreError> for TallyStoreError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Io { context, source } => TallyStoreError::Io { context, source },
+            other => TallyStoreError::Data(other.to_string()),
+        }
+    }
+}
+
 #[async_trait]
 pub trait TallyStore: Send + Sync + 'static {
     /// Writes the partials that are newer than the stored ones (see the module docs) and the windows
@@ -30,11 +73,11 @@ pub trait TallyStore: Send + Sync + 'static {
     /// A store may keep a higher `complete_until` than the newest partial's own: the highest claim
     /// of a partial at or below its offset (ScyllaDB). Such a claim is true of the newest partial
     /// too: every vote accepted by then is in the log before that offset.
-    async fn put(&self, partials: &[PartialTally]) -> Result<usize, StoreError>;
+    async fn put(&self, partials: &[PartialTally]) -> Result<usize, TallyStoreError>;
     /// The latest partial of every (poll, partition), with all its stored windows.
-    async fn load_all(&self) -> Result<Vec<PartialTally>, StoreError>;
+    async fn load_all(&self) -> Result<Vec<PartialTally>, TallyStoreError>;
     /// The latest partial of every poll in one partition, with all its stored windows.
-    async fn load_partition(&self, partition: i32) -> Result<Vec<PartialTally>, StoreError>;
+    async fn load_partition(&self, partition: i32) -> Result<Vec<PartialTally>, TallyStoreError>;
     /// Stores a processor's checkpoint of one votes partition (its state after reading every record
     /// before `next_offset`), unless a checkpoint at a higher offset is stored. Returns whether it
     /// was written.
@@ -43,23 +86,20 @@ pub trait TallyStore: Send + Sync + 'static {
         partition: i32,
         next_offset: u64,
         state: &[u8],
-    ) -> Result<bool, StoreError>;
+    ) -> Result<bool, TallyStoreError>;
     /// The stored checkpoint of one votes partition: (next_offset, state).
-    async fn load_checkpoint(&self, partition: i32) -> Result<Option<(u64, Vec<u8>)>, StoreError>;
+    async fn load_checkpoint(
+        &self,
+        partition: i32,
+    ) -> Result<Option<(u64, Vec<u8>)>, TallyStoreError>;
     /// Deletes the checkpoint of one votes partition (one that cannot be used).
-    async fn clear_checkpoint(&self, partition: i32) -> Result<(), StoreError>;
+    async fn clear_checkpoint(&self, partition: i32) -> Result<(), TallyStoreError>;
     /// The latest partial of one poll in every partition, with all its stored windows.
-    async fn load_poll(&self, poll_id: PollId) -> Result<Vec<PartialTally>, StoreError> {
+    async fn load_poll(&self, poll_id: PollId) -> Result<Vec<PartialTally>, TallyStoreError> {
         let mut all = self.load_all().await?;
         all.retain(|t| t.poll_id == poll_id);
         Ok(all)
     }
-}
-
-/// Whether `new` replaces `held` for the same (poll, partition).
-pub fn supersedes(new: &PartialTally, held: &PartialTally) -> bool {
-    new.offset > held.offset
-        || (new.offset == held.offset && new.complete_until > held.complete_until)
 }
 
 /// A batch reduced to what one write needs: the newest partial per (poll, partition) (windows
@@ -81,7 +121,7 @@ impl<'a> Batch<'a> {
                 .partials
                 .entry((t.poll_id, t.partition))
                 .and_modify(|held| {
-                    if supersedes(t, held) {
+                    if t.supersedes(held) {
                         *held = t;
                     }
                 })
@@ -91,7 +131,7 @@ impl<'a> Batch<'a> {
                     .windows
                     .entry((t.poll_id, t.partition, w.start_ms))
                     .and_modify(|held| {
-                        if t.offset > held.0 {
+                        if Freshness::window_supersedes(t.offset, held.0) {
                             *held = (t.offset, w.votes);
                         }
                     })
@@ -143,12 +183,12 @@ impl MemoryTallyStore {
 
 #[async_trait]
 impl TallyStore for MemoryTallyStore {
-    async fn put(&self, partials: &[PartialTally]) -> Result<usize, StoreError> {
+    async fn put(&self, partials: &[PartialTally]) -> Result<usize, TallyStoreError> {
         let batch = Batch::of(partials);
         let mut inner = self.inner.lock();
         for (key, (offset, votes)) in batch.windows {
             let slot = inner.windows.entry(key).or_insert((-1, 0));
-            if offset > slot.0 {
+            if Freshness::window_supersedes(offset, slot.0) {
                 *slot = (offset, votes);
             }
         }
@@ -156,7 +196,7 @@ impl TallyStore for MemoryTallyStore {
         for (key, t) in batch.partials {
             let newer = match inner.partials.get(&key) {
                 None => true,
-                Some(held) => supersedes(t, held),
+                Some(held) => t.supersedes(held),
             };
             if newer {
                 let mut t = t.clone();
@@ -168,11 +208,11 @@ impl TallyStore for MemoryTallyStore {
         Ok(written)
     }
 
-    async fn load_all(&self) -> Result<Vec<PartialTally>, StoreError> {
+    async fn load_all(&self) -> Result<Vec<PartialTally>, TallyStoreError> {
         Ok(self.load(None))
     }
 
-    async fn load_partition(&self, partition: i32) -> Result<Vec<PartialTally>, StoreError> {
+    async fn load_partition(&self, partition: i32) -> Result<Vec<PartialTally>, TallyStoreError> {
         Ok(self.load(Some(partition)))
     }
 
@@ -181,7 +221,7 @@ impl TallyStore for MemoryTallyStore {
         partition: i32,
         next_offset: u64,
         state: &[u8],
-    ) -> Result<bool, StoreError> {
+    ) -> Result<bool, TallyStoreError> {
         let mut inner = self.inner.lock();
         match inner.checkpoints.get(&partition) {
             Some((held, _)) if *held >= next_offset => Ok(false),
@@ -194,11 +234,14 @@ impl TallyStore for MemoryTallyStore {
         }
     }
 
-    async fn load_checkpoint(&self, partition: i32) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+    async fn load_checkpoint(
+        &self,
+        partition: i32,
+    ) -> Result<Option<(u64, Vec<u8>)>, TallyStoreError> {
         Ok(self.inner.lock().checkpoints.get(&partition).cloned())
     }
 
-    async fn clear_checkpoint(&self, partition: i32) -> Result<(), StoreError> {
+    async fn clear_checkpoint(&self, partition: i32) -> Result<(), TallyStoreError> {
         self.inner.lock().checkpoints.remove(&partition);
         Ok(())
     }
@@ -291,9 +334,54 @@ pub(crate) mod tests {
         assert!(store.load_poll(3).await.unwrap().is_empty());
     }
 
+    /// Every pair (held, new) of freshness values, each in its own poll: what a store keeps is
+    /// what [`schemas::Freshness`] says, for the partial and for its window. `claim_is_max`: the
+    /// store keeps the highest claim seen whatever the offset (ScyllaDB, see [`TallyStore`]).
+    pub(crate) async fn newest_wins_grid(store: &dyn TallyStore, claim_is_max: bool) {
+        let values = Freshness::grid(3);
+        let pairs: Vec<(Freshness, Freshness)> = values
+            .iter()
+            .flat_map(|&held| values.iter().map(move |&new| (held, new)))
+            .collect();
+        // A window's count is a function of the offset (as the processor's are of the log): two
+        // partials at one offset hold the same windows, whatever their claims (ScyllaDB breaks a
+        // tie of write timestamps by value, so it need not keep the first).
+        let window = |f: Freshness| 100 + 10 * f.offset;
+        let of = |poll: usize, f: Freshness| {
+            tally(
+                poll as i64 + 1,
+                0,
+                f.offset,
+                f.complete_until,
+                &[(1000, window(f))],
+            )
+        };
+        let held: Vec<_> = pairs.iter().enumerate().map(|(i, p)| of(i, p.0)).collect();
+        let new: Vec<_> = pairs.iter().enumerate().map(|(i, p)| of(i, p.1)).collect();
+        store.put(&held).await.unwrap();
+        store.put(&new).await.unwrap();
+        let stored = store.load_all().await.unwrap();
+        assert_eq!(stored.len(), pairs.len());
+        for (i, &(held, new)) in pairs.iter().enumerate() {
+            let kept = if new.supersedes(held) { new } else { held };
+            let window_from = if Freshness::window_supersedes(new.offset, held.offset) {
+                new
+            } else {
+                held
+            };
+            let mut want = of(i, kept);
+            want.windows[0].votes = window(window_from);
+            if claim_is_max {
+                want.complete_until = held.complete_until.max(new.complete_until);
+            }
+            assert_eq!(stored[i], want, "held {held:?}, then {new:?}");
+        }
+    }
+
     #[tokio::test]
     async fn memory_store_keeps_the_contract() {
         contract(&MemoryTallyStore::new()).await;
+        newest_wins_grid(&MemoryTallyStore::new(), false).await;
     }
 
     #[tokio::test]

@@ -957,7 +957,7 @@ async fn distributed_throughput() {
             let started = Instant::now();
             let halves = records
                 .chunks(n.div_ceil(2))
-                .map(|part| storage::kafka_log::raw_produce(&config, &config.votes_topic, part));
+                .map(|part| storage::kafka::raw_produce(&config, &config.votes_topic, part));
             let delivered: usize = futures::future::join_all(halves)
                 .await
                 .into_iter()

@@ -7,7 +7,7 @@
 use crate::helpers::*;
 use crowdtick::Config;
 use futures::StreamExt;
-use processor::PollResults;
+use results::PollResults;
 use storage::test_broker::TansuBroker;
 use storage::TallyStore;
 
@@ -128,7 +128,7 @@ async fn counts_exactly_and_survives_a_restart(scylla: Option<String>) {
     };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
-        let committed = storage::kafka_group::committed_offsets(&kafka, &group).unwrap();
+        let committed = storage::kafka::committed_offsets(&kafka, &group).unwrap();
         if committed.values().sum::<u64>() == 300 {
             break;
         }

@@ -2,8 +2,8 @@
 //! unlogged batch each, and [`assemble`] turns rows read back into partials. Pure: no I/O.
 
 use super::{complete_until_timestamp, offset_timestamp};
-use crate::polls::StoreError;
 use crate::tally_store::Batch;
+use crate::tally_store::TallyStoreError;
 use schemas::{PartialTally, PollId, WindowCount};
 use scylla::value::{CqlValue, Row};
 use std::collections::BTreeMap;
@@ -109,13 +109,13 @@ pub(super) fn column(row: &Row, i: usize) -> Option<&CqlValue> {
     row.columns.get(i).and_then(Option::as_ref)
 }
 
-pub(super) fn bad(what: &str, row: &Row) -> StoreError {
-    StoreError::Data(format!(
+pub(super) fn bad(what: &str, row: &Row) -> TallyStoreError {
+    TallyStoreError::Data(format!(
         "ScyllaDB {what} row of an unexpected shape: {row:?}"
     ))
 }
 
-pub(super) fn partial_row(row: &Row) -> Result<PartialRow, StoreError> {
+pub(super) fn partial_row(row: &Row) -> Result<PartialRow, TallyStoreError> {
     match (
         column(row, 0),
         column(row, 1),
@@ -133,7 +133,7 @@ pub(super) fn partial_row(row: &Row) -> Result<PartialRow, StoreError> {
     }
 }
 
-pub(super) fn window_row(row: &Row) -> Result<WindowRow, StoreError> {
+pub(super) fn window_row(row: &Row) -> Result<WindowRow, TallyStoreError> {
     match (
         column(row, 0),
         column(row, 1),
@@ -156,11 +156,11 @@ pub(super) fn window_row(row: &Row) -> Result<WindowRow, StoreError> {
 pub fn assemble(
     partials: Vec<PartialRow>,
     windows: Vec<WindowRow>,
-) -> Result<Vec<PartialTally>, StoreError> {
+) -> Result<Vec<PartialTally>, TallyStoreError> {
     let mut out: BTreeMap<(PollId, i32), PartialTally> = BTreeMap::new();
     for (poll_id, partition, tally, complete_until) in partials {
         let mut t = PartialTally::from_avro(&tally)
-            .map_err(|e| StoreError::Data(format!("partial ({poll_id}, {partition}): {e}")))?;
+            .map_err(|e| TallyStoreError::Data(format!("partial ({poll_id}, {partition}): {e}")))?;
         if let Some(cu) = complete_until {
             t.complete_until = t.complete_until.max(cu);
         }

@@ -1,9 +1,7 @@
 //! `POST|GET|DELETE /v1/operator/session` (the console's cookie) and
 //! `POST /v1/polls/{id}/screen-token` (a studio screen's read-only pass for one poll).
 
-use super::{Grant, SESSION_COOKIE};
 use crate::routes::{find_fresh, poll_id};
-use crate::views::format_time;
 use crate::QueryState;
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -11,7 +9,9 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use schemas::ApiError;
+use edge::access::{Grant, SESSION_COOKIE};
+use edge::ApiError;
+use results::views::format_time;
 use serde::Deserialize;
 use serde_json::json;
 

@@ -14,7 +14,7 @@
 //!   [`GroupMember::join`]): they are committed every few seconds and never read back by
 //!   CrowdTick ([`committed_offsets`] reads them as a lag tool would).
 
-use crate::kafka_log::{client_config, consumer_settings, KafkaConfig};
+use super::settings::{client_config, consumer_settings, KafkaConfig};
 use crate::LogError;
 use parking_lot::Mutex;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
@@ -186,7 +186,7 @@ impl GroupMember {
             .map_err(|e| LogError::Config(format!("Kafka consumer group settings: {e}")))?;
         consumer
             .subscribe(&[&kafka.votes_topic])
-            .map_err(|e| LogError::Io(format!("joining group {}: {e}", group.group_id)))?;
+            .map_err(|e| LogError::io(format!("joining group {}", group.group_id), e))?;
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let (stop, positions, owned) = (stop.clone(), positions.clone(), owned.clone());
@@ -213,7 +213,7 @@ impl GroupMember {
                         let _ = consumer.poll(Duration::from_millis(50));
                     }
                 })
-                .map_err(|e| LogError::Io(format!("starting the group thread: {e}")))?
+                .map_err(|e| LogError::io("starting the group thread", e))?
         };
         Ok((
             Self {
@@ -259,10 +259,10 @@ pub fn committed_offsets(
     let committed = consumer
         .committed_offsets(tpl, Duration::from_secs(10))
         .map_err(|e| {
-            LogError::Io(format!(
-                "reading the committed offsets of {}: {e}",
-                group.group_id
-            ))
+            LogError::io(
+                format!("reading the committed offsets of {}", group.group_id),
+                e,
+            )
         })?;
     Ok(committed
         .elements()

@@ -1,6 +1,6 @@
 //! The JSON a client sees of a poll and of its results.
 
-use processor::Snapshot;
+use crate::Snapshot;
 use schemas::poll::PollState;
 use schemas::{Poll, PollId, Visibility};
 use serde::Serialize;

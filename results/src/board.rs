@@ -5,15 +5,18 @@
 //! subscriber always gets the newest state and never a queue.
 
 use crate::merge::PollResults;
-use crate::runner::Published;
 use parking_lot::RwLock;
-use schemas::{now_micros, PartialTally, PollId, Rejections, WindowCount};
+use schemas::{now_micros, Freshness, PartialTally, PollId, Rejections, WindowCount};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use storage::{Log, LogError, Topic};
 use tokio::sync::watch;
+
+/// How fresh the partial a votes partition has published is, per poll (what a processor resumes
+/// from without re-emitting).
+pub type Published = HashMap<PollId, Freshness>;
 
 /// A poll's merged results at one version.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
@@ -166,7 +169,7 @@ impl ResultsBoard {
             .filter_map(|(&poll, e)| {
                 e.results
                     .partial(partition as i32)
-                    .map(|t| (poll, (t.offset, t.complete_until)))
+                    .map(|t| (poll, t.freshness()))
             })
             .collect()
     }

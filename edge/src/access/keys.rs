@@ -3,8 +3,9 @@
 
 use super::token::{self, Grant, TokenError, TokenSecret, Verified};
 use super::{key_in_url, SESSION_COOKIE};
+use crate::ApiError;
 use axum::http::{header, HeaderMap};
-use schemas::{ApiError, PollId};
+use schemas::PollId;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use subtle::ConstantTimeEq;

@@ -1,0 +1,148 @@
+//! Merging absolute partial tallies into a poll's results: pure, idempotent, order-free.
+//!
+//! Per partition the partial with the highest offset wins (at an equal offset, the one that knows
+//! more about completeness). A poll's counts are the sum over partitions; its version is the sum of
+//! the held offsets, so it only grows, and any two readers holding the same partials agree.
+
+use schemas::{Freshness, PartialTally, Rejections, WindowCount};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Default)]
+pub struct PollResults {
+    /// Latest partial per partition (its `windows` moved into `windows` below).
+    partials: BTreeMap<i32, PartialTally>,
+    /// start_ms → partition → (offset, votes): each window merges on its own, since a partial only
+    /// carries the windows that changed since the previous one of its partition.
+    windows: BTreeMap<i64, BTreeMap<i32, (i64, i64)>>,
+}
+
+impl PollResults {
+    /// Merges one partial; returns whether anything changed.
+    pub fn apply(&mut self, mut tally: PartialTally) -> bool {
+        let mut changed = false;
+        for w in tally.windows.drain(..) {
+            let slot = self
+                .windows
+                .entry(w.start_ms)
+                .or_default()
+                .entry(tally.partition)
+                .or_insert((-1, 0));
+            if Freshness::window_supersedes(tally.offset, slot.0) {
+                changed |= slot.1 != w.votes;
+                *slot = (tally.offset, w.votes);
+            }
+        }
+        let newer = match self.partials.get(&tally.partition) {
+            None => true,
+            Some(held) => tally.supersedes(held),
+        };
+        if newer {
+            self.partials.insert(tally.partition, tally);
+        }
+        changed || newer
+    }
+
+    /// Sum of the held offsets: grows with every newer partial, never shrinks.
+    pub fn version(&self) -> i64 {
+        self.partials.values().map(|p| p.offset).sum()
+    }
+
+    /// Votes per option, summed over partitions (at least `options` long).
+    pub fn counts(&self, options: usize) -> Vec<i64> {
+        let mut total = vec![0i64; options];
+        for p in self.partials.values() {
+            if p.counts.len() > total.len() {
+                total.resize(p.counts.len(), 0);
+            }
+            for (t, c) in total.iter_mut().zip(&p.counts) {
+                *t += c;
+            }
+        }
+        total
+    }
+
+    pub fn voters(&self) -> i64 {
+        self.partials.values().map(|p| p.voters).sum()
+    }
+
+    pub fn rejected(&self) -> Rejections {
+        let mut r = Rejections::default();
+        for p in self.partials.values() {
+            r.add(&p.rejected);
+        }
+        r
+    }
+
+    pub fn late_for_window(&self) -> i64 {
+        self.partials.values().map(|p| p.late_for_window).sum()
+    }
+
+    /// The time up to which every one of `partitions` partitions has counted everything, if all
+    /// have reported.
+    pub fn complete_until(&self, partitions: u32) -> Option<i64> {
+        if self.partials.len() < partitions as usize {
+            return None;
+        }
+        self.partials.values().map(|p| p.complete_until).min()
+    }
+
+    /// Votes per window, summed over partitions, oldest first.
+    pub fn timeline(&self) -> Vec<WindowCount> {
+        self.windows
+            .iter()
+            .map(|(&start_ms, parts)| WindowCount {
+                start_ms,
+                votes: parts.values().map(|&(_, v)| v).sum(),
+            })
+            .collect()
+    }
+
+    /// The offset held per partition.
+    pub fn offsets(&self) -> impl Iterator<Item = (i32, i64)> + '_ {
+        self.partials.iter().map(|(&p, t)| (p, t.offset))
+    }
+
+    /// The held partial of one partition.
+    pub fn partial(&self, partition: i32) -> Option<&PartialTally> {
+        self.partials.get(&partition)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn equal_offset_with_more_completeness_is_taken() {
+        let mut r = PollResults::default();
+        let t = PartialTally {
+            poll_id: 1,
+            partition: 0,
+            offset: 5,
+            counts: vec![1],
+            complete_until: 10,
+            ..Default::default()
+        };
+        assert!(r.apply(t.clone()));
+        assert!(
+            !r.apply(t.clone()),
+            "the same partial twice changes nothing"
+        );
+        assert!(r.apply(PartialTally {
+            complete_until: 20,
+            ..t.clone()
+        }));
+        assert!(
+            !r.apply(PartialTally {
+                offset: 4,
+                counts: vec![0],
+                complete_until: 99,
+                ..t
+            }),
+            "older offset ignored"
+        );
+        assert_eq!(r.counts(1), vec![1]);
+        assert_eq!(r.complete_until(1), Some(20));
+        assert_eq!(r.complete_until(2), None);
+    }
+}
