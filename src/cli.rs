@@ -264,15 +264,24 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Migrate(args) => {
-            let url = args.postgres.unwrap_or(config.postgres.url.clone());
-            let schema = args.schema.unwrap_or(config.postgres.schema.clone());
-            let scylla_hosts = args.scylla.or(Some(config.scylla.hosts.clone()));
-            anyhow::ensure!(
-                !url.is_empty(),
-                "migrate needs PostgreSQL: give --postgres URL or set CROWDTICK_POSTGRES__URL"
-            );
+            let mut config = config;
+            if let Some(url) = args.postgres {
+                config.postgres.url = url;
+            }
+            if let Some(schema) = args.schema {
+                config.postgres.schema = schema;
+            }
+            if let Some(hosts) = args.scylla {
+                config.scylla.hosts = hosts;
+            }
+            let backends = crate::backends::Backends::of(&config)?;
+            let crate::backends::PollBackend::Postgres { url, schema } = &backends.polls else {
+                anyhow::bail!(
+                    "migrate needs PostgreSQL: give --postgres URL or set CROWDTICK_POSTGRES__URL"
+                );
+            };
             runtime.block_on(async {
-                let pool = storage::postgres::connect(&url).await.map_err(|e| {
+                let pool = storage::postgres::connect(url).await.map_err(|e| {
                     if e.unreachable {
                         anyhow::anyhow!("{e}; is it running? (--postgres or CROWDTICK_POSTGRES__URL)")
                     } else {
@@ -282,14 +291,13 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
                 let mut client = pool.get().await.map_err(|e| {
                     anyhow::anyhow!("lost the connection to PostgreSQL: {e}; try again")
                 })?;
-                storage::postgres::migrate(&mut client, &schema).await?;
+                storage::postgres::migrate(&mut client, schema).await?;
                 println!("PostgreSQL schema {schema:?} is up to date");
-                if let Some(hosts) = scylla_hosts.filter(|h| !h.is_empty()) {
-                    let scylla = storage::ScyllaConfig { hosts, ..config.scylla_config() };
-                    let session = storage::scylla::connect(&scylla).await.map_err(|e| {
+                if let crate::backends::TallyBackend::Scylla(scylla) = &backends.tallies {
+                    let session = storage::scylla::connect(scylla).await.map_err(|e| {
                         anyhow::anyhow!("{e}; is it running? (--scylla or CROWDTICK_SCYLLA__HOSTS)")
                     })?;
-                    storage::scylla::migrate(&session, &scylla).await?;
+                    storage::scylla::migrate(&session, scylla).await?;
                     println!("ScyllaDB keyspace {:?} is up to date", scylla.keyspace);
                 }
                 anyhow::Ok(())

@@ -587,17 +587,8 @@ impl Config {
             self.http.header_read_timeout_ms >= 100 && self.http.body_read_timeout_ms >= 100,
             "http.header_read_timeout_ms and http.body_read_timeout_ms must be at least 100"
         );
-        anyhow::ensure!(
-            self.schema_registry.url.is_empty() || !self.kafka.brokers.is_empty(),
-            "schema_registry.url is set but Kafka is not (--kafka or CROWDTICK_KAFKA__BROKERS): \
-             the registry frames the records of the Kafka topics; the embedded log has none for \
-             other readers. Set Kafka, or unset schema_registry.url"
-        );
-        anyhow::ensure!(
-            self.scylla.hosts.is_empty() || !self.postgres.url.is_empty(),
-            "scylla.hosts is set but postgres.url is not: ScyllaDB keeps the tallies, PostgreSQL \
-             the polls (--postgres or CROWDTICK_POSTGRES__URL)"
-        );
+        // Backends that need one another (a schema registry needs Kafka, ScyllaDB PostgreSQL).
+        crate::backends::Backends::of(self)?;
         if self.operator_keys.iter().all(|k| k.is_empty()) {
             anyhow::bail!("operator_keys is empty: set at least one key (CROWDTICK_OPERATOR_KEYS='[\"…\"]' or in the file)");
         }
@@ -631,7 +622,10 @@ impl Config {
 
     /// Whether polls live in PostgreSQL, shared with other processes.
     pub fn is_shared(&self) -> bool {
-        !self.postgres.url.is_empty()
+        matches!(
+            crate::backends::PollBackend::of(self),
+            crate::backends::PollBackend::Postgres { .. }
+        )
     }
 
     /// How far in the future a manual close is set (0 when this process is the only edge).
@@ -689,123 +683,4 @@ impl Config {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    #[allow(clippy::result_large_err)] // figment::Jail's closure signature, not ours
-    fn file_then_env_override_defaults() {
-        figment::Jail::expect_with(|jail| {
-            jail.create_file(
-                "c.toml",
-                "listen = \"0.0.0.0:9000\"\n[ingest]\ndeadline_ms = 500\n",
-            )?;
-            jail.set_env("CROWDTICK_INGEST__DEADLINE_MS", "750");
-            jail.set_env("CROWDTICK_TEST_SCREENSHOTS", "1"); // a test switch, not a setting
-            let c = Config::load(Some(Path::new("c.toml"))).unwrap();
-            assert_eq!(c.listen, "0.0.0.0:9000");
-            assert_eq!(c.ingest.deadline_ms, 750);
-            assert_eq!(c.log.partitions, 8);
-            jail.create_file("bad.toml", "lisen = 1\n")?;
-            let err = Config::load(Some(Path::new("bad.toml")))
-                .unwrap_err()
-                .to_string();
-            assert!(err.contains("lisen"), "unknown keys are named: {err}");
-            Ok(())
-        });
-    }
-
-    #[test]
-    fn environment_variables_that_name_no_setting_are_refused() {
-        let names = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
-        check_environment(names(&[
-            "CROWDTICK_KAFKA__BROKERS",
-            "CROWDTICK_OPERATOR_KEYS",
-            "CROWDTICK_CONFIG",
-            "CROWDTICK_TEST_POSTGRES",
-            "crowdtick_listen",
-            "PATH",
-        ]))
-        .unwrap();
-        // What Kubernetes injects for Services named crowdtick and crowdtick-query (service links).
-        let links = [
-            "CROWDTICK_SERVICE_HOST",
-            "CROWDTICK_SERVICE_PORT",
-            "CROWDTICK_PORT",
-            "CROWDTICK_PORT_8080_TCP",
-            "CROWDTICK_PORT_8080_TCP_ADDR",
-            "CROWDTICK_QUERY_SERVICE_HOST",
-            "CROWDTICK_QUERY_SERVICE_PORT",
-            "CROWDTICK_QUERY_SERVICE_PORT_HTTP",
-            "CROWDTICK_QUERY_PORT",
-            "CROWDTICK_QUERY_PORT_8080_TCP",
-            "CROWDTICK_QUERY_PORT_8080_TCP_PROTO",
-            "CROWDTICK_QUERY_PORT_8080_TCP_PORT",
-        ];
-        check_environment(names(&links)).unwrap();
-        for typo in [
-            "CROWDTICK_KAFKA_BROKERS",
-            "CROWDTICK_LISTN",
-            "crowdtick_partitions",
-            // Shaped like service links, but of no Service that is there.
-            "CROWDTICK_LISTEN_PORT",
-            "CROWDTICK_REDIS_SERVICE_PORT",
-            "CROWDTICK_QUERY_PORT_8080_TCP_HOST",
-        ] {
-            let mut all = names(&links);
-            all.push(typo.to_owned());
-            let err = check_environment(all).unwrap_err().to_string();
-            assert!(err.starts_with(&format!("{typo} is not")), "{typo}: {err}");
-        }
-        let err = check_environment(names(&["CROWDTICK_LISTN", "CROWDTICK_KAFKA_BROKERS"]))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.starts_with("CROWDTICK_LISTN, CROWDTICK_KAFKA_BROKERS are not"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    #[allow(clippy::result_large_err)]
-    fn a_misspelled_key_inside_a_section_is_refused() {
-        figment::Jail::expect_with(|jail| {
-            jail.set_env("CROWDTICK_INGEST__DEADLINE_MSS", "750");
-            let err = Config::load(None).unwrap_err().to_string();
-            assert!(err.contains("deadline_mss"), "{err}");
-            Ok(())
-        });
-    }
-
-    #[test]
-    #[allow(clippy::result_large_err)]
-    fn aggregators_and_voter_tokens_come_from_the_environment() {
-        figment::Jail::expect_with(|jail| {
-            let c = Config::load(None).unwrap();
-            assert_eq!(c.ingest.aggregators.len(), 1, "the laptop default: `dev`");
-            assert_eq!(c.ingest.aggregators[0].key, DEV_AGGREGATOR_KEY);
-            jail.set_env(
-                "CROWDTICK_INGEST__AGGREGATORS",
-                r#"[{name="sms", key="the-sms-gateway-key", votes_per_sec=50000}, {name="app", key="the-partner-app-key", votes_per_sec=0, burst=10}]"#,
-            );
-            jail.set_env(
-                "CROWDTICK_INGEST__VOTER_TOKENS__HMAC_SECRET",
-                "a-secret-of-the-identity-service-32b",
-            );
-            let c = Config::load(None).unwrap();
-            let names: Vec<_> = c
-                .ingest
-                .aggregators
-                .iter()
-                .map(|a| a.name.as_str())
-                .collect();
-            assert_eq!(names, ["sms", "app"]);
-            assert_eq!(c.ingest.aggregators[0].votes_per_sec, 50_000);
-            assert_eq!(c.ingest.aggregators[1].burst, 10);
-            assert!(!c.ingest.voter_tokens.hmac_secret.is_empty());
-            jail.set_env("CROWDTICK_INGEST__AGGREGATORS", "[]");
-            assert!(Config::load(None).unwrap().ingest.aggregators.is_empty());
-            Ok(())
-        });
-    }
-}
+mod tests;

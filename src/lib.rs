@@ -4,6 +4,8 @@
 //! - [`cli`]: subcommands (`serve`, `ingest`, `processor`, `query`, `realtime`, `recount`, `loadgen`,
 //!   `config`) and their dispatch.
 //! - [`config`]: typed configuration (defaults < file < `CROWDTICK_*` env < flags).
+//! - [`backends`]: which backend each part runs on (embedded or Kafka, file or PostgreSQL, none or
+//!   Redis, …), chosen once from the configuration, and opening them.
 //! - [`serve`]: every service in one process on the embedded log; `run(listener, config, shutdown)`.
 //! - [`seed`]: the old Django API (`/api/…`, `/ws/poll/{id}/`) as a thin adapter over the same pipeline.
 //! - [`recount`]: the audit command.
@@ -16,10 +18,12 @@
 //! - [`readiness`]: `GET /readyz`, the checks that say whether a node can do its job.
 //! - [`healthcheck`]: `crowdtick healthcheck`, a probe for container healthchecks (no curl needed).
 //!
-//! The pipeline itself lives in the workspace crates: `schemas` (contracts), `storage` (log, polls),
-//! `ingest` (edge), `processor` (counting, merging), `query` (API, UI), `realtime` (fan-out),
-//! `loadtest` (load generator). ARCHITECTURE.md follows a vote through them.
+//! The pipeline itself lives in the workspace crates: `schemas` (the domain), `storage` (log,
+//! stores), `edge` (HTTP errors, operator access), `ingest` (votes), `processor` (counting),
+//! `results` (the read model), `query` (API, UI), `realtime` (fan-out), `loadtest` (load
+//! generator). ARCHITECTURE.md follows a vote through them.
 
+pub mod backends;
 pub mod cli;
 pub mod config;
 pub mod healthcheck;

@@ -4,6 +4,7 @@
 //! so far against the log up to their own offsets): the data directory's log read-only, or, with
 //! `--kafka` / `--postgres` (or their configuration), the Kafka topics and the PostgreSQL polls.
 
+use crate::backends::{open_log, open_stores, Backends, LogBackend, TallyBackend};
 use crate::config::Config;
 use processor::recount::recount;
 use results::board::load_tallies;
@@ -14,12 +15,12 @@ use std::time::Instant;
 use storage::{EmbeddedLog, Log, PollCatalog, Topic};
 
 pub async fn run(config: &Config, json: bool) -> anyhow::Result<bool> {
-    let log: Arc<dyn Log> = if config.kafka.brokers.is_empty() {
-        Arc::new(EmbeddedLog::open_read_only(&config.log_dir())?)
-    } else {
-        crate::serve::open_log(config).await?.log
+    let backends = Backends::of(config)?;
+    let log: Arc<dyn Log> = match &backends.log {
+        LogBackend::Embedded(embedded) => Arc::new(EmbeddedLog::open_read_only(&embedded.dir)?),
+        kafka => open_log(kafka).await?.log,
     };
-    let (poll_store, _) = crate::serve::open_stores(config).await?;
+    let (poll_store, _) = open_stores(&backends.polls, &TallyBackend::TopicOnly).await?;
     let catalog = PollCatalog::load(poll_store).await?;
     let board = ResultsBoard::new(log.partitions(Topic::Votes));
     load_tallies(&*log, &board).await?;

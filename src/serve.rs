@@ -8,6 +8,7 @@
 //! with PostgreSQL, and builds the router. [`run_roles`] serves it on a listener until `shutdown`
 //! resolves, then lets the processors publish their last partials and leave the group.
 
+use crate::backends::{open_cache, open_log, open_stores, Backends, LogBackend};
 use crate::config::Config;
 use crate::metrics;
 use crate::readiness::Readiness;
@@ -25,11 +26,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use storage::embedded_log::LogMetrics;
-use storage::{
-    EdgeRejections, EmbeddedLog, EmbeddedLogConfig, FilePollStore, GroupMember, KafkaConfig,
-    KafkaLog, Log, LogError, PgPollStore, PgTallyStore, PollCatalog, PollStore, RedisCache,
-    TallyStore, Topic,
-};
+use storage::{EdgeRejections, GroupMember, Log, PollCatalog, RedisCache, Topic};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -110,10 +107,11 @@ pub async fn start(config: Config) -> anyhow::Result<App> {
 }
 
 pub async fn start_roles(config: Config, roles: Roles) -> anyhow::Result<App> {
-    let on_kafka = !config.kafka.brokers.is_empty();
+    let backends = Backends::of(&config)?;
+    let on_kafka = backends.on_kafka();
     if !roles.is_all() {
         anyhow::ensure!(
-            on_kafka && config.is_shared(),
+            on_kafka && backends.shares_polls(),
             "`crowdtick {}` runs one service of the distributed mode, which shares Kafka and PostgreSQL \
              with the other services: give --kafka BROKERS and --postgres URL (and --redis URL for the \
              results cache), or run `crowdtick serve` for every service in one process",
@@ -131,13 +129,13 @@ pub async fn start_roles(config: Config, roles: Roles) -> anyhow::Result<App> {
     }
     let needs_log = roles.ingest || roles.processor || roles.realtime;
     let (log, log_metrics, registry_metrics) = if needs_log {
-        let opened = open_log(&config).await?;
+        let opened = open_log(&backends.log).await?;
         (Some(opened.log), opened.embedded, opened.registry)
     } else {
         (None, None, None)
     };
-    let (poll_store, tally_store) = open_stores(&config).await?;
-    let cache = open_cache(&config).await?;
+    let (poll_store, tally_store) = open_stores(&backends.polls, &backends.tallies).await?;
+    let cache = open_cache(&backends.cache).await?;
     let catalog = PollCatalog::load(poll_store).await?;
     let partitions = log
         .as_ref()
@@ -185,9 +183,9 @@ pub async fn start_roles(config: Config, roles: Roles) -> anyhow::Result<App> {
             config: config.processor_config(),
             metrics: processor_metrics.clone(),
         };
-        if on_kafka {
+        if let LogBackend::Kafka { kafka, .. } = &backends.log {
             let (member, events) = GroupMember::join(
-                &kafka_config(&config),
+                kafka,
                 &config.group_config(),
                 processor_metrics.positions.clone(),
             )?;
@@ -456,128 +454,6 @@ async fn json_errors(resp: axum::response::Response) -> axum::response::Response
             .insert(axum::http::header::RETRY_AFTER, retry.clone());
     }
     fixed
-}
-
-/// The votes and tallies log: Kafka when `kafka.brokers` is set, else the embedded log in data_dir.
-pub(crate) async fn open_log(config: &Config) -> anyhow::Result<OpenedLog> {
-    if config.kafka.brokers.is_empty() {
-        let log = EmbeddedLog::open(EmbeddedLogConfig {
-            votes_partitions: config.log.partitions,
-            fsync: config.log.fsync,
-            queue_capacity: config.log.queue_capacity,
-            ..EmbeddedLogConfig::new(config.log_dir())
-        })?;
-        return Ok(OpenedLog {
-            embedded: Some(log.metrics.clone()),
-            log: Arc::new(log),
-            registry: None,
-        });
-    }
-    let k = &config.kafka;
-    let log = KafkaLog::connect(kafka_config(config))
-        .await
-        .map_err(|e| match e {
-            LogError::Config(_) => anyhow::anyhow!("Kafka at {}: {e}", k.brokers),
-            _ => anyhow::anyhow!(
-                "Kafka at {}: {e} (is the broker running? --kafka or CROWDTICK_KAFKA__BROKERS)",
-                k.brokers
-            ),
-        })?;
-    let topics = (
-        log.config().votes_topic.clone(),
-        log.config().tallies_topic.clone(),
-    );
-    let log: Arc<dyn Log> = Arc::new(log);
-    if config.schema_registry.url.is_empty() {
-        return Ok(OpenedLog {
-            log,
-            embedded: None,
-            registry: None,
-        });
-    }
-    let registry = storage::RegistryConfig {
-        url: config.schema_registry.url.clone(),
-        auto_register: config.schema_registry.auto_register,
-        timeout: Duration::from_millis(config.schema_registry.timeout_ms),
-    };
-    let log = storage::RegistryLog::connect(log, &registry, (&topics.0, &topics.1))
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "{e:#}: {} (is the registry running? --schema-registry or CROWDTICK_SCHEMA_REGISTRY__URL)",
-                std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default()
-            )
-        })?;
-    Ok(OpenedLog {
-        registry: Some(log.metrics.clone()),
-        log: Arc::new(log),
-        embedded: None,
-    })
-}
-
-/// The log a process runs on, with the counters of its kind.
-pub(crate) struct OpenedLog {
-    pub log: Arc<dyn Log>,
-    /// The embedded log's (None on Kafka).
-    pub embedded: Option<Arc<LogMetrics>>,
-    /// The schema registry's (with `schema_registry.url`).
-    pub registry: Option<Arc<storage::RegistryMetrics>>,
-}
-
-/// The Kafka side of the configuration.
-pub fn kafka_config(config: &Config) -> KafkaConfig {
-    let k = &config.kafka;
-    let mut kafka = KafkaConfig::new(&k.brokers);
-    kafka.votes_topic = format!("{}votes", k.topic_prefix);
-    kafka.tallies_topic = format!("{}tallies", k.topic_prefix);
-    kafka.votes_partitions = config.log.partitions;
-    kafka.replication_factor = k.replication_factor;
-    kafka.deadline = Duration::from_millis(config.ingest.deadline_ms);
-    kafka.extra = k.settings.clone();
-    kafka
-}
-
-/// The results cache, when `redis.url` is set.
-async fn open_cache(config: &Config) -> anyhow::Result<Option<RedisCache>> {
-    if config.redis.url.is_empty() {
-        return Ok(None);
-    }
-    let cache = RedisCache::connect(&config.redis.url, &config.redis.key_prefix)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e} (is Redis running? --redis or CROWDTICK_REDIS__URL)"))?;
-    Ok(Some(cache))
-}
-
-/// Poll and tally stores: PostgreSQL (migrated at start) when `postgres.url` is set, else the
-/// poll file in data_dir and no separate tally store (the tallies topic is the record).
-pub(crate) async fn open_stores(
-    config: &Config,
-) -> anyhow::Result<(Arc<dyn PollStore>, Option<Arc<dyn TallyStore>>)> {
-    if config.postgres.url.is_empty() {
-        return Ok((Arc::new(FilePollStore::open(config.polls_file())?), None));
-    }
-    let pg = &config.postgres;
-    let pool = storage::postgres::connect(&pg.url)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e} (--postgres or CROWDTICK_POSTGRES__URL)"))?;
-    let mut client = pool
-        .get()
-        .await
-        .map_err(|e| anyhow::anyhow!("PostgreSQL: {e}"))?;
-    storage::postgres::migrate(&mut client, &pg.schema).await?;
-    drop(client);
-    let polls: Arc<dyn PollStore> = Arc::new(PgPollStore::new(pool.clone(), &pg.schema)?);
-    if config.scylla.hosts.is_empty() {
-        return Ok((polls, Some(Arc::new(PgTallyStore::new(pool, &pg.schema)?))));
-    }
-    let scylla = config.scylla_config();
-    let session = storage::scylla::connect(&scylla)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e} (is it running? --scylla or CROWDTICK_SCYLLA__HOSTS)"))?;
-    storage::scylla::migrate(&session, &scylla).await?;
-    let tallies = storage::ScyllaTallyStore::new(session, &scylla).await?;
-    tracing::info!(hosts = %scylla.hosts, keyspace = %scylla.keyspace, "tally store: ScyllaDB");
-    Ok((polls, Some(Arc::new(tallies))))
 }
 
 /// Serves until `shutdown` resolves; prints `listening on http://ADDR` first (tests read it).

@@ -14,7 +14,11 @@ const INDEX: &str = include_str!("../ui/index.html");
 const VOTE: &str = include_str!("../ui/vote.html");
 const SCREEN: &str = include_str!("../ui/screen.html");
 const CSS: &str = include_str!("../ui/app.css");
+/// The helpers every page shares, then each page's own script.
 const JS: &str = include_str!("../ui/app.js");
+const VOTE_JS: &str = include_str!("../ui/vote.js");
+const SCREEN_JS: &str = include_str!("../ui/screen.js");
+const CONSOLE_JS: &str = include_str!("../ui/console.js");
 pub const OPENAPI: &str = include_str!("../openapi.json");
 
 pub fn router(state: QueryState) -> Router {
@@ -26,21 +30,23 @@ pub fn router(state: QueryState) -> Router {
             "/ui/app.css",
             get(|| async { ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], CSS) }),
         )
-        .route(
-            "/ui/app.js",
-            get(|| async {
-                (
-                    [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
-                    JS,
-                )
-            }),
-        )
+        .route("/ui/app.js", get(|| async { script(JS) }))
+        .route("/ui/vote.js", get(|| async { script(VOTE_JS) }))
+        .route("/ui/screen.js", get(|| async { script(SCREEN_JS) }))
+        .route("/ui/console.js", get(|| async { script(CONSOLE_JS) }))
         .route(
             "/openapi.json",
             get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
         )
         .route("/qr/{file}", get(qr))
         .with_state(state)
+}
+
+fn script(body: &'static str) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        body,
+    )
 }
 
 /// `/screen/{id}`: the results screen. A studio screen that shows embargoed counts carries a
@@ -139,6 +145,9 @@ mod tests {
         ("/screen/{id}", &["get"]),
         ("/ui/app.css", &["get"]),
         ("/ui/app.js", &["get"]),
+        ("/ui/vote.js", &["get"]),
+        ("/ui/screen.js", &["get"]),
+        ("/ui/console.js", &["get"]),
         ("/qr/{slug}.svg", &["get"]),
         // the seed compatibility API (src/seed/, /work/shared/seed-api.md), each path also served
         // without its trailing slash
