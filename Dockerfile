@@ -32,10 +32,11 @@ COPY results/Cargo.toml results/Cargo.toml
 COPY query/Cargo.toml query/Cargo.toml
 COPY realtime/Cargo.toml realtime/Cargo.toml
 COPY schemas/Cargo.toml schemas/Cargo.toml
+COPY seed_api/Cargo.toml seed_api/Cargo.toml
 COPY storage/Cargo.toml storage/Cargo.toml
 COPY loadtest/Cargo.toml loadtest/Cargo.toml
 RUN set -eux; \
-    for member in . edge ingest processor results query realtime schemas storage loadtest; do \
+    for member in . edge ingest processor results query realtime schemas seed_api storage loadtest; do \
         mkdir -p "$member/src"; \
         : > "$member/src/lib.rs"; \
     done; \
@@ -59,10 +60,11 @@ COPY results results
 COPY query query
 COPY realtime realtime
 COPY schemas schemas
+COPY seed_api seed_api
 COPY storage storage
 COPY loadtest loadtest
 RUN set -eux; \
-    find src edge ingest processor results query realtime schemas storage loadtest -type f -exec touch {} +; \
+    find src edge ingest processor results query realtime schemas seed_api storage loadtest -type f -exec touch {} +; \
     cargo build --release --locked --bin crowdtick; \
     install -D -m 0755 target/release/crowdtick /out/crowdtick; \
     /out/crowdtick --version

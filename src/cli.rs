@@ -173,7 +173,7 @@ fn serve_roles(
              or unset CROWDTICK_OPERATOR_KEY."
         );
     }
-    let open_files = crate::listener::raise_open_file_limit();
+    let open_files = edge::listener::raise_open_file_limit();
     tracing::info!(open_files, "open-file limit");
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(&config.listen)

@@ -38,80 +38,9 @@ pub struct Config {
     /// Distributed mode: how poll changes reach the other nodes.
     pub polls: PollsSection,
     /// Limits on every HTTP connection of the node.
-    pub http: HttpSection,
+    pub http: edge::listener::HttpLimits,
     /// Rate limits of the seed (old Django) API.
-    pub seed: SeedSection,
-}
-
-/// Rate limits of the seed API (`src/seed/throttle.rs`); over one the answer is DRF's `429
-/// {"detail": "Request was throttled. Expected available in N seconds."}` with `Retry-After`.
-/// 0 turns a limit off.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct SeedSection {
-    /// Polls one user may create per minute (also the burst).
-    pub polls_per_user_per_minute: u32,
-    /// Polls all users together may create per minute (also the burst). Sized so the old API's
-    /// own Locust scenario at 1,000 users (about 50 creations/s) stays under it.
-    pub polls_per_minute: u32,
-    /// Registrations per client address per minute (also the burst).
-    pub registrations_per_address_per_minute: u32,
-    /// Votes (HTTP and WebSocket) per client address per second…
-    pub votes_per_address_per_sec: u32,
-    /// …with this burst.
-    pub votes_per_address_burst: u32,
-    /// Loopback clients (local tools, a sidecar proxy) are exempt from the per-address limits.
-    pub limits_exempt_loopback: bool,
-}
-
-impl Default for SeedSection {
-    fn default() -> Self {
-        Self {
-            polls_per_user_per_minute: 10,
-            polls_per_minute: 3_000,
-            registrations_per_address_per_minute: 10,
-            votes_per_address_per_sec: 20,
-            votes_per_address_burst: 40,
-            limits_exempt_loopback: true,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct HttpSection {
-    /// A request's headers must arrive within this; it also bounds how long a kept-alive
-    /// connection may wait idle for its next request.
-    pub header_read_timeout_ms: u64,
-    /// A vote's or batch's body must arrive whole within this (408 otherwise); on every other
-    /// endpoint, a pause this long between two pieces of a body ends the request (4xx).
-    pub body_read_timeout_ms: u64,
-    /// Connections open at once, WebSocket viewers included; 0: the open-file limit (raised to the
-    /// hard limit at start) less a reserve of 512, so the node refuses with 503 before the kernel
-    /// refuses it descriptors.
-    pub max_connections: usize,
-    /// Connections open at once from one client address (429 beyond); 0: no cap. Behind a proxy
-    /// or load balancer every client has its address: set 0 there.
-    pub max_connections_per_address: usize,
-    /// Loopback clients (local tools, a sidecar proxy) are exempt from the per-address cap.
-    pub limits_exempt_loopback: bool,
-    /// A connection whose write has waited this long for the client to make room (it stopped
-    /// reading) is closed, whatever it carries (a response, an event stream, a WebSocket); 0: no
-    /// deadline.
-    pub write_stall_timeout_ms: u64,
-}
-
-impl Default for HttpSection {
-    fn default() -> Self {
-        Self {
-            header_read_timeout_ms: 10_000,
-            body_read_timeout_ms: 10_000,
-            max_connections: 0,
-            max_connections_per_address: 256,
-            limits_exempt_loopback: true,
-            write_stall_timeout_ms: 10_000,
-        }
-    }
+    pub seed: seed_api::SeedLimits,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -357,8 +286,8 @@ impl Default for Config {
             schema_registry: SchemaRegistrySection::default(),
             scylla: ScyllaSection::default(),
             polls: PollsSection::default(),
-            http: HttpSection::default(),
-            seed: SeedSection::default(),
+            http: edge::listener::HttpLimits::default(),
+            seed: seed_api::SeedLimits::default(),
         }
     }
 }

@@ -7,32 +7,24 @@
 //! - [`backends`]: which backend each part runs on (embedded or Kafka, file or PostgreSQL, none or
 //!   Redis, …), chosen once from the configuration, and opening them.
 //! - [`serve`]: every service in one process on the embedded log; `run(listener, config, shutdown)`.
-//! - [`seed`]: the old Django API (`/api/…`, `/ws/poll/{id}/`) as a thin adapter over the same pipeline.
 //! - [`recount`]: the audit command.
-//! - [`listener`]: the accept loop: connection caps, header, idle and body timeouts, the open-file
-//!   limit; `listener/admitted.rs`, each admitted socket (write deadline, receive stamps, read
-//!   pauses).
-//! - [`receive_stamp`]: the kernel's receive timestamps, so the edge sees how long a request
-//!   waited for a core.
 //! - [`metrics`]: `GET /metrics`.
 //! - [`readiness`]: `GET /readyz`, the checks that say whether a node can do its job.
 //! - [`healthcheck`]: `crowdtick healthcheck`, a probe for container healthchecks (no curl needed).
 //!
-//! The pipeline itself lives in the workspace crates: `schemas` (the domain), `storage` (log,
+//! The accept loop every node serves on is `edge::listener`. The pipeline itself lives in the
+//! workspace crates: `schemas` (the domain), `storage` (log,
 //! stores), `edge` (HTTP errors, operator access), `ingest` (votes), `processor` (counting),
-//! `results` (the read model), `query` (API, UI), `realtime` (fan-out), `loadtest` (load
+//! `results` (the read model), `query` (API, UI), `realtime` (fan-out), `seed_api` (the old Django API), `loadtest` (load
 //! generator). ARCHITECTURE.md follows a vote through them.
 
 pub mod backends;
 pub mod cli;
 pub mod config;
 pub mod healthcheck;
-pub mod listener;
 pub mod metrics;
 pub mod readiness;
-pub mod receive_stamp;
 pub mod recount;
-pub mod seed;
 pub mod serve;
 
 pub use config::Config;

@@ -88,8 +88,8 @@ pub struct AppState {
     pub ingest: Option<Arc<ingest::Ingest>>,
     pub realtime: Option<Arc<realtime::Realtime>>,
     pub processor_metrics: Arc<ProcessorMetrics>,
-    /// The accept loop's counters ([`crate::listener`]).
-    pub http_metrics: Arc<crate::listener::HttpMetrics>,
+    /// The accept loop's counters ([`edge::listener`]).
+    pub http_metrics: Arc<edge::listener::HttpMetrics>,
 }
 
 /// A started server: its router and its background tasks.
@@ -304,7 +304,15 @@ pub async fn start_roles(config: Config, roles: Roles) -> anyhow::Result<App> {
         router = router.merge(realtime::router(realtime));
     }
     if roles.is_all() {
-        router = router.merge(crate::seed::try_router(state.clone())?);
+        router = router.merge(seed_api::try_router(seed_api::SeedContext {
+            catalog: state.catalog.clone(),
+            board: state.board.clone(),
+            ingest: state.ingest.clone(),
+            realtime: state.realtime.clone(),
+            data_dir: state.config.data_dir.clone(),
+            public_url: state.config.public_url.clone(),
+            limits: state.config.seed.clone(),
+        })?);
     }
     let router = router
         .route(
@@ -337,7 +345,7 @@ pub async fn start_roles(config: Config, roles: Roles) -> anyhow::Result<App> {
             )
         })
         .layer(axum::middleware::map_response(json_errors));
-    let router = crate::listener::body_read_timeout(router, &state.config.http);
+    let router = edge::listener::body_read_timeout(router, &state.config.http);
     Ok(App {
         state,
         router,
@@ -480,7 +488,7 @@ pub async fn run_roles(
     } else {
         tracing::info!(%addr, services = %roles.names(), "CrowdTick node is serving");
     }
-    crate::listener::serve(
+    edge::listener::serve(
         listener,
         app.router.clone(),
         &app.state.config.http,

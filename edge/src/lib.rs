@@ -4,12 +4,18 @@
 //!   `Retry-After` on 429 and 503).
 //! - [`access`]: operator access shared by the query and realtime services: operator keys, signed
 //!   session and screen tokens, `?key=` refused.
+//! - [`listener`]: the accept loop every node serves on: connection caps, header, idle, body and
+//!   write timeouts, the open-file limit; each admitted socket (`listener/admitted.rs`) with the
+//!   kernel's receive stamps (`receive_stamp.rs`, read by admission as [`listener::Arrival`]), the
+//!   read gate that pauses new requests while many votes wait for the log (`read_gate.rs`), and
+//!   what a live stream shares with its socket (`live_socket.rs`).
 //! - [`rejection`]: the one mapping of the domain's reasons ([`schemas::VoteRejection`],
 //!   [`schemas::PollRejection`]) onto HTTP status codes. Services return domain reasons from their
 //!   pure parts and `?` turns them into [`ApiError`] here; nowhere else chooses their status.
 
 pub mod access;
 pub mod api_error;
+pub mod listener;
 pub mod rejection;
 
 pub use api_error::ApiError;

@@ -1,10 +1,10 @@
 //! Any text a client sends on the old API's socket (`WS /ws/poll/{id}/`), through its pure reading
-//! (`crowdtick::seed::ws::read_vote`) and answer (`reply`): never a panic; a vote names exactly
+//! (`seed_api::ws::read_vote`) and answer (`reply`): never a panic; a vote names exactly
 //! one of the poll's labels (as sent, or trimmed); anything else is answered
 //! `{"error": sentence, "status": 4xx}`, the status the same vote over HTTP would get.
 #![no_main]
 
-use crowdtick::seed::ws::{read_vote, reply};
+use seed_api::ws::{read_vote, reply};
 use crowdtick_fuzz::polls;
 use libfuzzer_sys::fuzz_target;
 use realtime::MAX_CLIENT_MESSAGE_BYTES;

@@ -2,11 +2,11 @@
 //! with the limits both sockets set (`realtime::MAX_CLIENT_MESSAGE_BYTES` for a message and a
 //! frame; server role, so unmasked client frames are refused): never a panic, never a message
 //! over the limit delivered. Each text message then goes where the old API's socket sends it
-//! (`crowdtick::seed::ws::read_vote` and `reply`, see `seed_ws_message`); the /v1 socket reads
+//! (`seed_api::ws::read_vote` and `reply`, see `seed_ws_message`); the /v1 socket reads
 //! and drops client messages (realtime/src/routes.rs), so the protocol layer is all it runs.
 #![no_main]
 
-use crowdtick::seed::ws::{read_vote, reply};
+use seed_api::ws::{read_vote, reply};
 use crowdtick_fuzz::polls;
 use libfuzzer_sys::fuzz_target;
 use realtime::MAX_CLIENT_MESSAGE_BYTES;

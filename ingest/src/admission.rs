@@ -82,7 +82,7 @@ pub struct Admission {
     pub shed_in_flight: AtomicU64,
     pub shed_delay: AtomicU64,
     pub wait: WaitJudge,
-    pub read_gate: std::sync::Arc<crate::read_gate::ReadGate>,
+    pub read_gate: std::sync::Arc<edge::listener::ReadGate>,
 }
 
 /// Votes admitted; dropping it releases their places.
@@ -110,7 +110,7 @@ impl Admission {
             shed_in_flight: AtomicU64::new(0),
             shed_delay: AtomicU64::new(0),
             wait: WaitJudge::new(config.wait_target, config.wait_interval),
-            read_gate: std::sync::Arc::new(crate::read_gate::ReadGate::new(config.pause_reads_at)),
+            read_gate: std::sync::Arc::new(edge::listener::ReadGate::new(config.pause_reads_at)),
         }
     }
 

@@ -8,9 +8,6 @@
 //! - [`rate_limit`]: limits that count votes (`governor`): per client address, per aggregator.
 //! - [`admission`]: sheds votes with 503 early (a request that waited too long for the node once a
 //!   queue stands, votes in flight, the log's standing queue).
-//! - [`read_gate`]: the listener reads no new requests while the edge holds many votes.
-//! - [`arrival`]: when a request's bytes reached the machine (the kernel's receive stamp, recorded
-//!   by the node's listener), which admission judges.
 //! - [`latency`]: the histogram of how long acknowledged votes waited to become durable.
 //! - [`Ingest`]: the shared state and [`Ingest::submit`], the one way a vote enters the log (the seed
 //!   API adapter uses it too): stamp, judge, encode (Avro), append with a deadline, answer.
@@ -19,11 +16,9 @@
 //! deadline the log does not write it and the answer is 503 with `Retry-After`.
 
 pub mod admission;
-pub mod arrival;
 pub mod identity;
 pub mod latency;
 pub mod rate_limit;
-pub mod read_gate;
 pub mod routes;
 pub mod validate;
 
@@ -36,7 +31,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use storage::{AppendBatch, EdgeReason, EdgeRejections, Log, LogError, PollCatalog, Topic};
 
-pub use arrival::Arrival;
+pub use edge::listener::Arrival;
 
 /// Why [`Ingest::submit`] did not record a vote.
 #[derive(Debug)]

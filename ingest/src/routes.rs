@@ -4,7 +4,6 @@
 //! the aggregator key (batches) is checked and the caller's rate limit taken from the headers, so
 //! a refused caller never makes the edge wait for or buffer a body.
 
-use crate::arrival::Arrival;
 use crate::identity::{bearer, AggregatorRefusal, TokenError, VerifiedVoter};
 use crate::rate_limit::Refusal;
 use crate::validate::{self, VoteIn};
@@ -15,6 +14,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
+use edge::listener::Arrival;
 use edge::ApiError;
 use schemas::{VoteRejection, VoterNamespace};
 use serde::{Deserialize, Serialize};

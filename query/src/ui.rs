@@ -149,7 +149,7 @@ mod tests {
         ("/ui/screen.js", &["get"]),
         ("/ui/console.js", &["get"]),
         ("/qr/{slug}.svg", &["get"]),
-        // the seed compatibility API (src/seed/, /work/shared/seed-api.md), each path also served
+        // the seed compatibility API (seed_api/src/, the old API contract), each path also served
         // without its trailing slash
         ("/api/register/", &["post"]),
         ("/api/register", &["post"]),

@@ -10,9 +10,9 @@
 //!   has to take each message.
 //! - [`fanout`]: the runtime WebSocket viewers are served on, at a lower priority than votes.
 //! - [`origin`]: which web pages may open a WebSocket (the `Origin` allow-list).
-//! - [`live_socket`]: what a live connection shares with the listener (a small kernel send
-//!   buffer; whether its writes wait for room, so an event stream takes its next frame only once
-//!   the socket takes writes again).
+//! - [`LiveSocket`] (from `edge::listener`): what a live connection shares with the listener (a
+//!   small kernel send buffer; whether its writes wait for room, so an event stream takes its next
+//!   frame only once the socket takes writes again).
 //!
 //! Embargo: a connection that is not an operator's (key header or session cookie) and holds no
 //! screen token for the poll gets `hidden: true` and no counts, version or offsets until the
@@ -21,7 +21,6 @@
 pub mod fanout;
 pub mod feed;
 pub mod frame;
-pub mod live_socket;
 pub mod origin;
 pub mod routes;
 
@@ -30,9 +29,9 @@ pub mod routes;
 pub const MAX_CLIENT_MESSAGE_BYTES: usize = 4096;
 
 use edge::access::OperatorKeys;
+pub use edge::listener::LiveSocket;
 use feed::Feed;
 pub use feed::Subscription;
-pub use live_socket::LiveSocket;
 use parking_lot::Mutex;
 use results::{ResultsBoard, Snapshot};
 use schemas::{Poll, PollId};

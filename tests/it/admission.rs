@@ -1,7 +1,7 @@
-//! Admission by the wait for a core (`ingest::admission::WaitJudge`, `src/receive_stamp.rs`): a
+//! Admission by the wait for a core (`ingest::admission::WaitJudge`, `edge/src/listener/receive_stamp.rs`): a
 //! vote that waited too long for the node is shed with a fast 503 and `Retry-After` before anything
 //! is written, and votes beside it are acknowledged and counted exactly; reads pause while the edge
-//! holds many votes (`ingest/src/read_gate.rs`).
+//! holds many votes (`edge/src/listener/read_gate.rs`).
 
 use crate::helpers::*;
 use serde_json::{json, Value};
@@ -156,7 +156,7 @@ async fn the_old_api_sheds_too_and_a_zero_target_sheds_nothing() {
 }
 
 /// Reads pause while the edge holds `pause_reads_in_flight` vote requests and resume once half
-/// are answered (`ingest/src/read_gate.rs`): nothing stalls, every vote gets its answer, and the
+/// are answered (`edge/src/listener/read_gate.rs`): nothing stalls, every vote gets its answer, and the
 /// counts are exactly the acknowledged votes.
 #[tokio::test]
 async fn reads_pause_while_the_edge_holds_votes_and_every_vote_is_answered() {

@@ -1,4 +1,4 @@
-//! Limits on every door (`src/listener.rs`): slow headers, idle kept-alive connections and slow
+//! Limits on every door (`edge/src/listener.rs`): slow headers, idle kept-alive connections and slow
 //! bodies are cut off on time; connections over the caps get a JSON refusal at once; out of file
 //! descriptors, the accept loop pauses instead of spinning, and serves again when they return.
 

@@ -1,4 +1,4 @@
-//! The seed API: the old Django/DRF API (`/api/…`, `/ws/poll/{id}/`) as a thin adapter over the
+//! The seed API (its own crate): the old Django/DRF API (`/api/…`, `/ws/poll/{id}/`) as a thin adapter over the
 //! same pipeline as `/v1` (contract: the team's `seed-api.md`; summary in `docs/API.md`).
 //!
 //! What lives where:
@@ -55,7 +55,8 @@ pub mod store;
 pub mod throttle;
 pub mod ws;
 
-use crate::serve::AppState;
+pub use throttle::SeedLimits;
+
 use auth::{Auth, RegisterError, UserId};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -85,9 +86,23 @@ use throttle::Throttles;
 /// The largest request body the seed API reads.
 const MAX_BODY: usize = 64 << 10;
 
+/// What the adapter uses of the node it runs in.
+#[derive(Clone)]
+pub struct SeedContext {
+    pub catalog: storage::PollCatalog,
+    pub board: Arc<results::ResultsBoard>,
+    pub ingest: Option<Arc<ingest::Ingest>>,
+    pub realtime: Option<Arc<realtime::Realtime>>,
+    /// Where the accounts, sessions and vote marks are kept.
+    pub data_dir: std::path::PathBuf,
+    /// The node's public URL (an https one makes the session cookie `Secure`).
+    pub public_url: String,
+    pub limits: SeedLimits,
+}
+
 /// The adapter's shared state.
 pub struct Seed {
-    pub app: AppState,
+    pub app: SeedContext,
     pub ingest: Arc<ingest::Ingest>,
     pub realtime: Arc<realtime::Realtime>,
     pub auth: Auth,
@@ -106,14 +121,14 @@ struct VotedRecord {
 
 /// The seed API's routes. Panics if its files in the data directory cannot be read (see
 /// [`try_router`] for the fallible form).
-pub fn router(state: AppState) -> Router {
+pub fn router(state: SeedContext) -> Router {
     match try_router(state) {
         Ok(r) => r,
         Err(e) => panic!("the seed API cannot start: {e:#}"),
     }
 }
 
-pub fn try_router(state: AppState) -> anyhow::Result<Router> {
+pub fn try_router(state: SeedContext) -> anyhow::Result<Router> {
     let seed = Arc::new(Seed::open(state)?);
     // Per-address limits, before the body is read.
     let per_registration = || from_fn_with_state(seed.clone(), throttle_registration);
@@ -141,8 +156,8 @@ pub fn try_router(state: AppState) -> anyhow::Result<Router> {
 }
 
 impl Seed {
-    pub fn open(app: AppState) -> anyhow::Result<Self> {
-        let dir = app.config.data_dir.clone();
+    pub fn open(app: SeedContext) -> anyhow::Result<Self> {
+        let dir = app.data_dir.clone();
         let auth = Auth::open(&dir)
             .map_err(|e| anyhow::anyhow!("accounts or sessions in {}: {e}", dir.display()))?;
         let votes_path = dir.join("seed_votes.jsonl");
@@ -153,8 +168,8 @@ impl Seed {
             .collect();
         let votes_file = Appender::open(&votes_path)
             .map_err(|e| anyhow::anyhow!("{}: {e}", votes_path.display()))?;
-        let secure_cookie = app.config.public_url.starts_with("https://");
-        let throttles = Throttles::new(&app.config.seed);
+        let secure_cookie = app.public_url.starts_with("https://");
+        let throttles = Throttles::new(&app.limits);
         let (Some(ingest), Some(realtime)) = (app.ingest.clone(), app.realtime.clone()) else {
             anyhow::bail!("the seed API needs the ingest and realtime services in this process");
         };
@@ -383,8 +398,8 @@ async fn throttle_registration(
 async fn throttle_vote(State(seed): State<Arc<Seed>>, req: Request, next: Next) -> Response {
     let waited = req
         .extensions()
-        .get::<ingest::Arrival>()
-        .and_then(ingest::Arrival::waited);
+        .get::<edge::listener::Arrival>()
+        .and_then(edge::listener::Arrival::waited);
     if let Err(e) = seed.ingest.admit_request(waited) {
         return drf::from_api_error(&e).into_response();
     }

@@ -2,12 +2,12 @@
 //! request: `429 {"detail": "Request was throttled. Expected available in N seconds."}` with
 //! `Retry-After: N` ([`DrfError::throttled`]).
 //!
-//! - Poll creation: per user ([`SeedSection::polls_per_user_per_minute`]) and for all users
-//!   together ([`SeedSection::polls_per_minute`]). The user's limit is checked first, so a user who
+//! - Poll creation: per user ([`SeedLimits::polls_per_user_per_minute`]) and for all users
+//!   together ([`SeedLimits::polls_per_minute`]). The user's limit is checked first, so a user who
 //!   is over it takes nothing from everyone's.
 //! - Registrations and votes (HTTP and WebSocket): per client address (the connection's peer; IPv6
 //!   by its /64, which one client usually holds whole), checked before the body is read. Loopback
-//!   clients are exempt when [`SeedSection::limits_exempt_loopback`] (local tools, a sidecar proxy,
+//!   clients are exempt when [`SeedLimits::limits_exempt_loopback`] (local tools, a sidecar proxy,
 //!   the Locust scenario).
 //!
 //! Every limit is off when its rate is 0. Idle keys are forgotten now and then, so the keyed
@@ -15,13 +15,47 @@
 
 use super::auth::UserId;
 use super::drf::DrfError;
-use crate::config::SeedSection;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+use serde::{Deserialize, Serialize};
 use std::hash::Hash;
 use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Rate limits of the seed API (`[seed]` in the configuration); over one the answer is DRF's `429
+/// {"detail": "Request was throttled. Expected available in N seconds."}` with `Retry-After`.
+/// 0 turns a limit off.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SeedLimits {
+    /// Polls one user may create per minute (also the burst).
+    pub polls_per_user_per_minute: u32,
+    /// Polls all users together may create per minute (also the burst). Sized so the old API's
+    /// own Locust scenario at 1,000 users (about 50 creations/s) stays under it.
+    pub polls_per_minute: u32,
+    /// Registrations per client address per minute (also the burst).
+    pub registrations_per_address_per_minute: u32,
+    /// Votes (HTTP and WebSocket) per client address per second…
+    pub votes_per_address_per_sec: u32,
+    /// …with this burst.
+    pub votes_per_address_burst: u32,
+    /// Loopback clients (local tools, a sidecar proxy) are exempt from the per-address limits.
+    pub limits_exempt_loopback: bool,
+}
+
+impl Default for SeedLimits {
+    fn default() -> Self {
+        Self {
+            polls_per_user_per_minute: 10,
+            polls_per_minute: 3_000,
+            registrations_per_address_per_minute: 10,
+            votes_per_address_per_sec: 20,
+            votes_per_address_burst: 40,
+            limits_exempt_loopback: true,
+        }
+    }
+}
 
 /// Every this many checks of a keyed limiter, its idle keys are dropped.
 const PRUNE_EVERY: u64 = 4096;
@@ -65,7 +99,7 @@ fn per_minute(n: u32) -> Option<Quota> {
 }
 
 impl Throttles {
-    pub fn new(config: &SeedSection) -> Self {
+    pub fn new(config: &SeedLimits) -> Self {
         let votes = NonZeroU32::new(config.votes_per_address_per_sec).map(|rate| {
             let burst = NonZeroU32::new(config.votes_per_address_burst).unwrap_or(rate);
             Quota::per_second(rate).allow_burst(burst)
@@ -135,8 +169,8 @@ mod tests {
     use super::*;
     use axum::http::StatusCode;
 
-    fn config() -> SeedSection {
-        SeedSection {
+    fn config() -> SeedLimits {
+        SeedLimits {
             polls_per_user_per_minute: 2,
             polls_per_minute: 3,
             registrations_per_address_per_minute: 1,
@@ -180,7 +214,7 @@ mod tests {
             .is_err());
         assert!(t.vote(Some("2001:db8:1:3::1".parse().unwrap())).is_ok());
 
-        let strict = Throttles::new(&SeedSection {
+        let strict = Throttles::new(&SeedLimits {
             limits_exempt_loopback: false,
             ..config()
         });
@@ -191,7 +225,7 @@ mod tests {
 
     #[test]
     fn zero_turns_a_limit_off() {
-        let t = Throttles::new(&SeedSection {
+        let t = Throttles::new(&SeedLimits {
             polls_per_user_per_minute: 0,
             polls_per_minute: 0,
             registrations_per_address_per_minute: 0,

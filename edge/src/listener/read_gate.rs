@@ -225,10 +225,15 @@ mod tests {
         let mut paused = 0;
         for _ in 0..50 {
             let gate = Arc::new(ReadGate::new(2));
+            // All four hold at once first (over the bound of 2: the gate closes), then race.
+            let together = Arc::new(std::sync::Barrier::new(4));
             let threads: Vec<_> = (0..4)
                 .map(|_| {
-                    let gate = gate.clone();
+                    let (gate, together) = (gate.clone(), together.clone());
                     std::thread::spawn(move || {
+                        let first = gate.hold();
+                        together.wait();
+                        drop(first);
                         for _ in 0..2_000 {
                             drop(gate.hold());
                         }

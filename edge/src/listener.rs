@@ -18,13 +18,13 @@
 //!   holds its socket and buffers for at most that long.
 //! - A live stream's handler may ask for a small kernel send buffer
 //!   (`realtime.socket_send_buffer_bytes`), set before the socket's next write, and learn how much
-//!   the socket has written ([`realtime::LiveSocket`]).
+//!   the socket has written ([`LiveSocket`]).
 //! - On a node taking votes, the kernel stamps what each connection receives, and each read
-//!   records the receipt time of its bytes ([`crate::receive_stamp`], [`ingest::Arrival`]): the
+//!   records the receipt time of its bytes ([`receive_stamp`], [`Arrival`]): the
 //!   edge judges a vote by how long it waited for a core, which no clock in the handler sees.
 //! - While the edge holds `ingest.pause_reads_in_flight` votes waiting for the log, reads that
 //!   start a request wait (not bodies, not live streams), for at most `MAX_READ_PAUSE`
-//!   ([`ingest::read_gate`]): the votes taken are answered before new ones are read.
+//!   ([`read_gate`]): the votes taken are answered before new ones are read.
 //! - A connection's place at the gate goes with its socket, into a WebSocket after an upgrade, and
 //!   is freed when the socket closes: viewers count against the caps.
 //!
@@ -32,18 +32,22 @@
 //! closes what is still busy (live streams) after a grace period.
 
 mod admitted;
+pub mod arrival;
+pub mod live_socket;
+pub mod read_gate;
+pub mod receive_stamp;
 
-use crate::config::HttpSection;
-use crate::receive_stamp;
+pub use arrival::Arrival;
+pub use live_socket::LiveSocket;
+pub use read_gate::ReadGate;
+
 use admitted::Admitted;
 use axum::extract::ConnectInfo;
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use ingest::read_gate::ReadGate;
-use ingest::Arrival;
 use parking_lot::Mutex;
-use realtime::LiveSocket;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::IpAddr;
@@ -55,11 +59,49 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+/// Limits on every HTTP connection of a node (`[http]` in the configuration).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpLimits {
+    /// A request's headers must arrive within this; it also bounds how long a kept-alive
+    /// connection may wait idle for its next request.
+    pub header_read_timeout_ms: u64,
+    /// A vote's or batch's body must arrive whole within this (408 otherwise); on every other
+    /// endpoint, a pause this long between two pieces of a body ends the request (4xx).
+    pub body_read_timeout_ms: u64,
+    /// Connections open at once, WebSocket viewers included; 0: the open-file limit (raised to the
+    /// hard limit at start) less a reserve of 512, so the node refuses with 503 before the kernel
+    /// refuses it descriptors.
+    pub max_connections: usize,
+    /// Connections open at once from one client address (429 beyond); 0: no cap. Behind a proxy
+    /// or load balancer every client has its address: set 0 there.
+    pub max_connections_per_address: usize,
+    /// Loopback clients (local tools, a sidecar proxy) are exempt from the per-address cap.
+    pub limits_exempt_loopback: bool,
+    /// A connection whose write has waited this long for the client to make room (it stopped
+    /// reading) is closed, whatever it carries (a response, an event stream, a WebSocket); 0: no
+    /// deadline.
+    pub write_stall_timeout_ms: u64,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 10_000,
+            max_connections: 0,
+            max_connections_per_address: 256,
+            limits_exempt_loopback: true,
+            write_stall_timeout_ms: 10_000,
+        }
+    }
+}
+
 /// File descriptors kept free for everything but client connections (the log's files, Kafka and
 /// PostgreSQL connections, the refusals themselves).
 const DESCRIPTOR_RESERVE: u64 = 512;
 /// The longest the listener stops reading new requests for the votes it holds
-/// ([`ingest::read_gate`]): probes and everything else on the node wait at most this long.
+/// ([`read_gate`]): probes and everything else on the node wait at most this long.
 const MAX_READ_PAUSE: Duration = Duration::from_millis(250);
 /// How long open connections may take to finish after shutdown begins.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -199,7 +241,7 @@ impl Drop for Permit {
 }
 
 /// The router's layer that cuts off a request body that does not arrive within `limits`.
-pub fn body_read_timeout(router: Router, limits: &HttpSection) -> Router {
+pub fn body_read_timeout(router: Router, limits: &HttpLimits) -> Router {
     router.layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
         Duration::from_millis(limits.body_read_timeout_ms),
     ))
@@ -209,7 +251,7 @@ pub fn body_read_timeout(router: Router, limits: &HttpSection) -> Router {
 pub async fn serve(
     listener: TcpListener,
     router: Router,
-    limits: &HttpSection,
+    limits: &HttpLimits,
     metrics: Arc<HttpMetrics>,
     stamp_arrivals: bool,
     read_gate: Option<Arc<ReadGate>>,

@@ -1,10 +1,7 @@
 //! An admitted connection's socket ([`Admitted`]): its place at the gate, the write-stall
 //! deadline, the kernel's receive stamps, and the read gate's pause of reads that start a request.
 
-use super::{receive_stamp, Permit};
-use ingest::read_gate::ReadGate;
-use ingest::Arrival;
-use realtime::LiveSocket;
+use super::{receive_stamp, Arrival, LiveSocket, Permit, ReadGate};
 use std::future::Future;
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
