@@ -18,15 +18,16 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use edge::ApiError;
-use processor::runner::{run_group, run_partition_supervised, Pipeline};
+use processor::runner::Pipeline;
+use processor::start::{Ownership, Processor};
 use processor::ProcessorMetrics;
-use results::board::{load_tallies, tail_tallies};
+use results::board::follow_tallies;
 use results::ResultsBoard;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use storage::embedded_log::LogMetrics;
-use storage::{EdgeRejections, GroupMember, Log, PollCatalog, RedisCache, Topic};
+use storage::{EdgeRejections, Log, PollCatalog, RedisCache, Topic};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -98,7 +99,7 @@ pub struct App {
     pub router: Router,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
-    group: Option<GroupMember>,
+    processor: Option<Processor>,
 }
 
 /// Every service in one process (`crowdtick serve`).
@@ -164,54 +165,38 @@ pub async fn start_roles(config: Config, roles: Roles) -> anyhow::Result<App> {
         _ => None,
     };
     if let (Some(log), None, true) = (&log, &shared_results, roles.query || roles.realtime) {
-        let positions = load_tallies(&**log, &board).await?;
-        tasks.push(tokio::spawn(tail_tallies(
-            log.clone(),
-            board.clone(),
-            positions,
-            shutdown_rx.clone(),
-        )));
+        tasks.push(follow_tallies(log.clone(), board.clone(), shutdown_rx.clone()).await?);
     }
 
-    let mut group = None;
-    if let (true, Some(log)) = (roles.processor, &log) {
-        let pipeline = Pipeline {
-            log: log.clone(),
-            catalog: catalog.clone(),
-            tally_store: tally_store.clone(),
-            cache: cache.clone(),
-            config: config.processor_config(),
-            metrics: processor_metrics.clone(),
-        };
-        if let LogBackend::Kafka { kafka, .. } = &backends.log {
-            let (member, events) = GroupMember::join(
-                kafka,
-                &config.group_config(),
-                processor_metrics.positions.clone(),
-            )?;
-            tasks.push(tokio::spawn(run_group(
+    let processor = match (roles.processor, &log) {
+        (true, Some(log)) => {
+            let pipeline = Pipeline {
+                log: log.clone(),
+                catalog: catalog.clone(),
+                tally_store: tally_store.clone(),
+                cache: cache.clone(),
+                config: config.processor_config(),
+                metrics: processor_metrics.clone(),
+            };
+            let group = config.group_config();
+            let ownership = match &backends.log {
+                LogBackend::Kafka { kafka, .. } => Ownership::Group {
+                    kafka,
+                    group: &group,
+                },
+                LogBackend::Embedded(_) => Ownership::Every {
+                    partitions,
+                    published: &board,
+                },
+            };
+            Some(processor::start::start(
                 pipeline,
-                events,
+                ownership,
                 shutdown_rx.clone(),
-            )));
-            group = Some(member);
-        } else {
-            // The embedded log's processor owns every partition, each catching up until its task
-            // has read to the end of the log.
-            processor_metrics.catching_up.lock().extend(0..partitions);
-            processor_metrics
-                .owns_partitions
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-            for p in 0..partitions {
-                tasks.push(tokio::spawn(run_partition_supervised(
-                    pipeline.clone(),
-                    p,
-                    board.published(p),
-                    shutdown_rx.clone(),
-                )));
-            }
+            )?)
         }
-    }
+        _ => None,
+    };
 
     let edge_rejections = Arc::new(EdgeRejections::default());
     let keys = edge::access::OperatorKeys::new(config.operator_keys.clone());
@@ -351,7 +336,7 @@ pub async fn start_roles(config: Config, roles: Roles) -> anyhow::Result<App> {
         router,
         shutdown,
         tasks,
-        group,
+        processor,
     })
 }
 
@@ -513,9 +498,9 @@ impl App {
         for t in self.tasks {
             let _ = t.await;
         }
-        // Partitions are flushed; now leave the group so they move at once.
-        if let Some(group) = self.group {
-            let _ = tokio::task::spawn_blocking(move || group.leave()).await;
+        // The processor's partitions are flushed, then it leaves the group so they move at once.
+        if let Some(processor) = self.processor {
+            processor.stop().await;
         }
     }
 }

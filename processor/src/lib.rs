@@ -4,6 +4,8 @@
 //!   exact dedupe per (poll, voter), absolute counts per option, 1-second event-time windows with a
 //!   watermark and allowed lateness, rejection counts — and produces [`schemas::PartialTally`]s.
 //! - [`runner`]: the partition tasks, a loop over fetch and flush tick against any [`storage::Log`].
+//! - [`start`]: [`start::start`], the processor starting itself: every partition (embedded) or a
+//!   member of the Kafka consumer group; [`start::Processor::stop`] flushes, then leaves the group.
 //! - [`recount`]: replays the log into fresh counters and checks every published partial against it.
 //! - `exactness` (tests): counters' partials, merged by the read model (`results`) in any order and
 //!   with repetition, give the exact count.
@@ -14,6 +16,7 @@
 pub mod pipeline;
 pub mod recount;
 pub mod runner;
+pub mod start;
 
 #[cfg(test)]
 mod exactness;

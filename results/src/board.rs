@@ -207,6 +207,17 @@ pub async fn load_tallies(log: &dyn Log, board: &ResultsBoard) -> Result<Vec<u64
     Ok(positions)
 }
 
+/// Fills `board` with everything the tallies topic holds, then follows it until `shutdown`: the
+/// read model of a node that shows results starting itself. Returns once the board is filled.
+pub async fn follow_tallies(
+    log: Arc<dyn Log>,
+    board: Arc<ResultsBoard>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<()>, LogError> {
+    let positions = load_tallies(&*log, &board).await?;
+    Ok(tokio::spawn(tail_tallies(log, board, positions, shutdown)))
+}
+
 /// Follows the tallies topic from `positions` until shutdown.
 pub async fn tail_tallies(
     log: Arc<dyn Log>,
