@@ -1,5 +1,6 @@
-//! Which backend each part of a process runs on, chosen once from the configuration
-//! ([`Backends::of`]: nothing else asks which settings are empty), and opening them.
+//! Which backend each part of a process runs on, and opening them. They are chosen once, from the
+//! configuration (`Config::backends` in `src/config.rs`): nothing else asks which settings are
+//! empty.
 //!
 //! - [`LogBackend`]: the embedded log in the data directory, or Kafka (with a schema registry
 //!   framing its records when one is set).
@@ -7,10 +8,9 @@
 //! - [`TallyBackend`]: none besides the tallies topic (embedded), PostgreSQL, or ScyllaDB.
 //! - [`CacheBackend`]: none, or Redis.
 
-use crate::config::Config;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+
 use storage::embedded_log::LogMetrics;
 use storage::{
     EmbeddedLog, EmbeddedLogConfig, FilePollStore, KafkaConfig, KafkaLog, Log, LogError,
@@ -37,20 +37,6 @@ pub enum PollBackend {
     File(PathBuf),
     /// PostgreSQL (`postgres.url`), shared by every node, which re-read it.
     Postgres { url: String, schema: String },
-}
-
-impl PollBackend {
-    /// PostgreSQL when `postgres.url` is set, else the journal in the data directory.
-    pub fn of(config: &Config) -> Self {
-        if config.postgres.url.is_empty() {
-            PollBackend::File(config.polls_file())
-        } else {
-            PollBackend::Postgres {
-                url: config.postgres.url.clone(),
-                schema: config.postgres.schema.clone(),
-            }
-        }
-    }
 }
 
 /// Where partial tallies and partition checkpoints are kept besides the tallies topic.
@@ -81,58 +67,6 @@ pub struct Backends {
 }
 
 impl Backends {
-    /// The backends `config` asks for, or why they cannot go together.
-    pub fn of(config: &Config) -> anyhow::Result<Self> {
-        let log = if config.kafka.brokers.is_empty() {
-            anyhow::ensure!(
-                config.schema_registry.url.is_empty(),
-                "schema_registry.url is set but Kafka is not (--kafka or CROWDTICK_KAFKA__BROKERS): \
-                 the registry frames the records of the Kafka topics; the embedded log has none for \
-                 other readers. Set Kafka, or unset schema_registry.url"
-            );
-            LogBackend::Embedded(EmbeddedLogConfig {
-                votes_partitions: config.log.partitions,
-                fsync: config.log.fsync,
-                queue_capacity: config.log.queue_capacity,
-                ..EmbeddedLogConfig::new(config.log_dir())
-            })
-        } else {
-            LogBackend::Kafka {
-                kafka: kafka_config(config),
-                registry: (!config.schema_registry.url.is_empty()).then(|| RegistryConfig {
-                    url: config.schema_registry.url.clone(),
-                    auto_register: config.schema_registry.auto_register,
-                    timeout: Duration::from_millis(config.schema_registry.timeout_ms),
-                }),
-            }
-        };
-        let polls = PollBackend::of(config);
-        anyhow::ensure!(
-            config.scylla.hosts.is_empty() || polls != PollBackend::File(config.polls_file()),
-            "scylla.hosts is set but postgres.url is not: ScyllaDB keeps the tallies, PostgreSQL \
-             the polls (--postgres or CROWDTICK_POSTGRES__URL)"
-        );
-        let tallies = match (&polls, config.scylla.hosts.is_empty()) {
-            (PollBackend::File(_), _) => TallyBackend::TopicOnly,
-            (PollBackend::Postgres { .. }, true) => TallyBackend::Postgres,
-            (PollBackend::Postgres { .. }, false) => TallyBackend::Scylla(config.scylla_config()),
-        };
-        let cache = if config.redis.url.is_empty() {
-            CacheBackend::None
-        } else {
-            CacheBackend::Redis {
-                url: config.redis.url.clone(),
-                key_prefix: config.redis.key_prefix.clone(),
-            }
-        };
-        Ok(Self {
-            log,
-            polls,
-            tallies,
-            cache,
-        })
-    }
-
     pub fn on_kafka(&self) -> bool {
         matches!(self.log, LogBackend::Kafka { .. })
     }
@@ -141,19 +75,6 @@ impl Backends {
     pub fn shares_polls(&self) -> bool {
         matches!(self.polls, PollBackend::Postgres { .. })
     }
-}
-
-/// The Kafka side of the configuration.
-pub fn kafka_config(config: &Config) -> KafkaConfig {
-    let k = &config.kafka;
-    let mut kafka = KafkaConfig::new(&k.brokers);
-    kafka.votes_topic = format!("{}votes", k.topic_prefix);
-    kafka.tallies_topic = format!("{}tallies", k.topic_prefix);
-    kafka.votes_partitions = config.log.partitions;
-    kafka.replication_factor = k.replication_factor;
-    kafka.deadline = Duration::from_millis(config.ingest.deadline_ms);
-    kafka.extra = k.settings.clone();
-    kafka
 }
 
 /// The log a process runs on, with the counters of its kind.
@@ -255,72 +176,4 @@ pub async fn open_cache(backend: &CacheBackend) -> anyhow::Result<Option<RedisCa
         .await
         .map_err(|e| anyhow::anyhow!("{e} (is Redis running? --redis or CROWDTICK_REDIS__URL)"))?;
     Ok(Some(cache))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn config(f: impl FnOnce(&mut Config)) -> Config {
-        let mut c = Config::default();
-        f(&mut c);
-        c
-    }
-
-    #[test]
-    fn the_default_is_embedded_with_nothing_shared() {
-        let b = Backends::of(&Config::default()).unwrap();
-        assert!(matches!(b.log, LogBackend::Embedded(_)));
-        assert!(matches!(b.polls, PollBackend::File(_)));
-        assert!(matches!(b.tallies, TallyBackend::TopicOnly));
-        assert_eq!(b.cache, CacheBackend::None);
-        assert!(!b.on_kafka() && !b.shares_polls());
-    }
-
-    #[test]
-    fn each_setting_chooses_its_backend() {
-        let b = Backends::of(&config(|c| {
-            c.kafka.brokers = "k:9092".into();
-            c.postgres.url = "postgres://p/db".into();
-            c.redis.url = "redis://r".into();
-        }))
-        .unwrap();
-        assert!(
-            matches!(&b.log, LogBackend::Kafka { kafka, registry: None } if kafka.brokers == "k:9092")
-        );
-        assert!(matches!(&b.polls, PollBackend::Postgres { url, .. } if url == "postgres://p/db"));
-        assert!(matches!(b.tallies, TallyBackend::Postgres));
-        assert!(matches!(&b.cache, CacheBackend::Redis { url, .. } if url == "redis://r"));
-        assert!(b.on_kafka() && b.shares_polls());
-
-        let b = Backends::of(&config(|c| {
-            c.kafka.brokers = "k:9092".into();
-            c.schema_registry.url = "http://sr:8081".into();
-            c.postgres.url = "postgres://p/db".into();
-            c.scylla.hosts = "s:9042".into();
-        }))
-        .unwrap();
-        assert!(
-            matches!(&b.log, LogBackend::Kafka { registry: Some(r), .. } if r.url == "http://sr:8081")
-        );
-        assert!(matches!(&b.tallies, TallyBackend::Scylla(s) if s.hosts == "s:9042"));
-    }
-
-    #[test]
-    fn backends_that_need_another_are_refused_with_the_reason() {
-        let e = Backends::of(&config(|c| c.schema_registry.url = "http://sr:8081".into()))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("schema_registry.url is set but Kafka is not"),
-            "{e}"
-        );
-        let e = Backends::of(&config(|c| c.scylla.hosts = "s:9042".into()))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("scylla.hosts is set but postgres.url is not"),
-            "{e}"
-        );
-    }
 }

@@ -274,7 +274,7 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(hosts) = args.scylla {
                 config.scylla.hosts = hosts;
             }
-            let backends = crate::backends::Backends::of(&config)?;
+            let backends = config.backends()?;
             let crate::backends::PollBackend::Postgres { url, schema } = &backends.polls else {
                 anyhow::bail!(
                     "migrate needs PostgreSQL: give --postgres URL or set CROWDTICK_POSTGRES__URL"

@@ -2,11 +2,13 @@
 //! `CROWDTICK_*` environment variables (nested keys with `__`, e.g. `CROWDTICK_INGEST__DEADLINE_MS`)
 //! < command-line flags.
 
+use crate::backends::{Backends, CacheBackend, LogBackend, PollBackend, TallyBackend};
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use storage::{EmbeddedLogConfig, KafkaConfig, RegistryConfig};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -517,11 +519,89 @@ impl Config {
             "http.header_read_timeout_ms and http.body_read_timeout_ms must be at least 100"
         );
         // Backends that need one another (a schema registry needs Kafka, ScyllaDB PostgreSQL).
-        crate::backends::Backends::of(self)?;
+        self.backends()?;
         if self.operator_keys.iter().all(|k| k.is_empty()) {
             anyhow::bail!("operator_keys is empty: set at least one key (CROWDTICK_OPERATOR_KEYS='[\"…\"]' or in the file)");
         }
         Ok(())
+    }
+
+    /// The backends this configuration asks for (the one place that looks at which settings are
+    /// empty), or why they cannot go together.
+    pub fn backends(&self) -> anyhow::Result<Backends> {
+        let log = if self.kafka.brokers.is_empty() {
+            anyhow::ensure!(
+                self.schema_registry.url.is_empty(),
+                "schema_registry.url is set but Kafka is not (--kafka or CROWDTICK_KAFKA__BROKERS): \
+                 the registry frames the records of the Kafka topics; the embedded log has none for \
+                 other readers. Set Kafka, or unset schema_registry.url"
+            );
+            LogBackend::Embedded(EmbeddedLogConfig {
+                votes_partitions: self.log.partitions,
+                fsync: self.log.fsync,
+                queue_capacity: self.log.queue_capacity,
+                ..EmbeddedLogConfig::new(self.log_dir())
+            })
+        } else {
+            LogBackend::Kafka {
+                kafka: self.kafka_config(),
+                registry: (!self.schema_registry.url.is_empty()).then(|| RegistryConfig {
+                    url: self.schema_registry.url.clone(),
+                    auto_register: self.schema_registry.auto_register,
+                    timeout: Duration::from_millis(self.schema_registry.timeout_ms),
+                }),
+            }
+        };
+        let polls = self.poll_backend();
+        anyhow::ensure!(
+            self.scylla.hosts.is_empty() || polls != PollBackend::File(self.polls_file()),
+            "scylla.hosts is set but postgres.url is not: ScyllaDB keeps the tallies, PostgreSQL \
+             the polls (--postgres or CROWDTICK_POSTGRES__URL)"
+        );
+        let tallies = match (&polls, self.scylla.hosts.is_empty()) {
+            (PollBackend::File(_), _) => TallyBackend::TopicOnly,
+            (PollBackend::Postgres { .. }, true) => TallyBackend::Postgres,
+            (PollBackend::Postgres { .. }, false) => TallyBackend::Scylla(self.scylla_config()),
+        };
+        let cache = if self.redis.url.is_empty() {
+            CacheBackend::None
+        } else {
+            CacheBackend::Redis {
+                url: self.redis.url.clone(),
+                key_prefix: self.redis.key_prefix.clone(),
+            }
+        };
+        Ok(Backends {
+            log,
+            polls,
+            tallies,
+            cache,
+        })
+    }
+
+    /// PostgreSQL when `postgres.url` is set, else the journal in the data directory.
+    pub fn poll_backend(&self) -> PollBackend {
+        if self.postgres.url.is_empty() {
+            PollBackend::File(self.polls_file())
+        } else {
+            PollBackend::Postgres {
+                url: self.postgres.url.clone(),
+                schema: self.postgres.schema.clone(),
+            }
+        }
+    }
+
+    /// The Kafka side of the configuration.
+    pub fn kafka_config(&self) -> KafkaConfig {
+        let k = &self.kafka;
+        let mut kafka = KafkaConfig::new(&k.brokers);
+        kafka.votes_topic = format!("{}votes", k.topic_prefix);
+        kafka.tallies_topic = format!("{}tallies", k.topic_prefix);
+        kafka.votes_partitions = self.log.partitions;
+        kafka.replication_factor = k.replication_factor;
+        kafka.deadline = Duration::from_millis(self.ingest.deadline_ms);
+        kafka.extra = k.settings.clone();
+        kafka
     }
 
     pub fn ingest_config(&self) -> ingest::IngestConfig {
@@ -551,10 +631,7 @@ impl Config {
 
     /// Whether polls live in PostgreSQL, shared with other processes.
     pub fn is_shared(&self) -> bool {
-        matches!(
-            crate::backends::PollBackend::of(self),
-            crate::backends::PollBackend::Postgres { .. }
-        )
+        matches!(self.poll_backend(), PollBackend::Postgres { .. })
     }
 
     /// How far in the future a manual close is set (0 when this process is the only edge).

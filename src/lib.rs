@@ -4,6 +4,7 @@
 //! - [`cli`]: subcommands (`serve`, `ingest`, `processor`, `query`, `realtime`, `recount`, `loadgen`,
 //!   `config`) and their dispatch.
 //! - [`config`]: typed configuration (defaults < file < `CROWDTICK_*` env < flags).
+//! - [`app_state`]: what a running node shares between its routes and `/metrics`.
 //! - [`backends`]: which backend each part runs on (embedded or Kafka, file or PostgreSQL, none or
 //!   Redis, …), chosen once from the configuration, and opening them.
 //! - [`serve`]: every service in one process on the embedded log; `run(listener, config, shutdown)`.
@@ -18,6 +19,7 @@
 //! `results` (the read model), `query` (API, UI), `realtime` (fan-out), `seed_api` (the old Django API), `loadtest` (load
 //! generator). ARCHITECTURE.md follows a vote through them.
 
+pub mod app_state;
 pub mod backends;
 pub mod cli;
 pub mod config;

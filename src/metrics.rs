@@ -1,6 +1,6 @@
 //! `GET /metrics`: Prometheus text exposition of the log, edge, processor and realtime counters.
 
-use crate::serve::AppState;
+use crate::app_state::AppState;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;

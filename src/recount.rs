@@ -4,7 +4,7 @@
 //! so far against the log up to their own offsets): the data directory's log read-only, or, with
 //! `--kafka` / `--postgres` (or their configuration), the Kafka topics and the PostgreSQL polls.
 
-use crate::backends::{open_log, open_stores, Backends, LogBackend, TallyBackend};
+use crate::backends::{open_log, open_stores, LogBackend, TallyBackend};
 use crate::config::Config;
 use processor::recount::recount;
 use results::board::load_tallies;
@@ -15,7 +15,7 @@ use std::time::Instant;
 use storage::{EmbeddedLog, Log, PollCatalog, Topic};
 
 pub async fn run(config: &Config, json: bool) -> anyhow::Result<bool> {
-    let backends = Backends::of(config)?;
+    let backends = config.backends()?;
     let log: Arc<dyn Log> = match &backends.log {
         LogBackend::Embedded(embedded) => Arc::new(EmbeddedLog::open_read_only(&embedded.dir)?),
         kafka => open_log(kafka).await?.log,

@@ -8,7 +8,8 @@
 //! with PostgreSQL, and builds the router. [`run_roles`] serves it on a listener until `shutdown`
 //! resolves, then lets the processors publish their last partials and leave the group.
 
-use crate::backends::{open_cache, open_log, open_stores, Backends, LogBackend};
+use crate::app_state::AppState;
+use crate::backends::{open_cache, open_log, open_stores, LogBackend};
 use crate::config::Config;
 use crate::metrics;
 use crate::readiness::Readiness;
@@ -26,7 +27,6 @@ use results::ResultsBoard;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-use storage::embedded_log::LogMetrics;
 use storage::{EdgeRejections, Log, PollCatalog, RedisCache, Topic};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -74,25 +74,6 @@ impl Roles {
     }
 }
 
-/// Everything a running server shares.
-#[derive(Clone)]
-pub struct AppState {
-    pub config: Arc<Config>,
-    /// The votes and tallies log (None in a query-only process, which reads the stores).
-    pub log: Option<Arc<dyn Log>>,
-    /// The embedded log's counters (None on Kafka).
-    pub log_metrics: Option<Arc<LogMetrics>>,
-    /// The schema registry's counters (with `schema_registry.url` only).
-    pub registry_metrics: Option<Arc<storage::RegistryMetrics>>,
-    pub catalog: PollCatalog,
-    pub board: Arc<ResultsBoard>,
-    pub ingest: Option<Arc<ingest::Ingest>>,
-    pub realtime: Option<Arc<realtime::Realtime>>,
-    pub processor_metrics: Arc<ProcessorMetrics>,
-    /// The accept loop's counters ([`edge::listener`]).
-    pub http_metrics: Arc<edge::listener::HttpMetrics>,
-}
-
 /// A started server: its router and its background tasks.
 pub struct App {
     pub state: AppState,
@@ -108,7 +89,7 @@ pub async fn start(config: Config) -> anyhow::Result<App> {
 }
 
 pub async fn start_roles(config: Config, roles: Roles) -> anyhow::Result<App> {
-    let backends = Backends::of(&config)?;
+    let backends = config.backends()?;
     let on_kafka = backends.on_kafka();
     if !roles.is_all() {
         anyhow::ensure!(

@@ -1,6 +1,7 @@
 //! The configuration's layering, defaults and checks.
 
 use super::*;
+use crate::backends::{CacheBackend, LogBackend, PollBackend, TallyBackend};
 
 #[test]
 #[allow(clippy::result_large_err)] // figment::Jail's closure signature, not ours
@@ -117,4 +118,73 @@ fn aggregators_and_voter_tokens_come_from_the_environment() {
         assert!(Config::load(None).unwrap().ingest.aggregators.is_empty());
         Ok(())
     });
+}
+
+// Which backends a configuration chooses (Config::backends), and the combinations refused.
+
+fn with(f: impl FnOnce(&mut Config)) -> Config {
+    let mut c = Config::default();
+    f(&mut c);
+    c
+}
+
+#[test]
+fn the_default_is_embedded_with_nothing_shared() {
+    let b = Config::default().backends().unwrap();
+    assert!(matches!(b.log, LogBackend::Embedded(_)));
+    assert!(matches!(b.polls, PollBackend::File(_)));
+    assert!(matches!(b.tallies, TallyBackend::TopicOnly));
+    assert_eq!(b.cache, CacheBackend::None);
+    assert!(!b.on_kafka() && !b.shares_polls());
+}
+
+#[test]
+fn each_setting_chooses_its_backend() {
+    let b = with(|c| {
+        c.kafka.brokers = "k:9092".into();
+        c.postgres.url = "postgres://p/db".into();
+        c.redis.url = "redis://r".into();
+    })
+    .backends()
+    .unwrap();
+    assert!(
+        matches!(&b.log, LogBackend::Kafka { kafka, registry: None } if kafka.brokers == "k:9092")
+    );
+    assert!(matches!(&b.polls, PollBackend::Postgres { url, .. } if url == "postgres://p/db"));
+    assert!(matches!(b.tallies, TallyBackend::Postgres));
+    assert!(matches!(&b.cache, CacheBackend::Redis { url, .. } if url == "redis://r"));
+    assert!(b.on_kafka() && b.shares_polls());
+
+    let b = with(|c| {
+        c.kafka.brokers = "k:9092".into();
+        c.schema_registry.url = "http://sr:8081".into();
+        c.postgres.url = "postgres://p/db".into();
+        c.scylla.hosts = "s:9042".into();
+    })
+    .backends()
+    .unwrap();
+    assert!(
+        matches!(&b.log, LogBackend::Kafka { registry: Some(r), .. } if r.url == "http://sr:8081")
+    );
+    assert!(matches!(&b.tallies, TallyBackend::Scylla(s) if s.hosts == "s:9042"));
+}
+
+#[test]
+fn backends_that_need_another_are_refused_with_the_reason() {
+    let e = with(|c| c.schema_registry.url = "http://sr:8081".into())
+        .backends()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("schema_registry.url is set but Kafka is not"),
+        "{e}"
+    );
+    let e = with(|c| c.scylla.hosts = "s:9042".into())
+        .backends()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("scylla.hosts is set but postgres.url is not"),
+        "{e}"
+    );
 }

@@ -130,7 +130,7 @@ async fn counts_exactly_and_survives_a_restart(scylla: Option<String>) {
         let mut c = Config::default();
         c.log.partitions = 4; // as spawn_app_with sets it
         configure(&mut c);
-        (crowdtick::backends::kafka_config(&c), c.group_config())
+        (c.kafka_config(), c.group_config())
     };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {

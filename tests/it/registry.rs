@@ -143,7 +143,7 @@ async fn with_a_registry_every_record_is_framed_and_third_party_consumers_get_th
     let registered = Schema::parse_str(&registry.schema(tallies[0]).unwrap()).unwrap();
     let ours = Schema::parse_str(schemas::TALLY_AVSC).unwrap();
     assert_eq!(registered.canonical_form(), ours.canonical_form());
-    let plain = storage::KafkaLog::connect(crowdtick::backends::kafka_config(&config))
+    let plain = storage::KafkaLog::connect(config.kafka_config())
         .await
         .unwrap();
     for (topic, id) in [(Topic::Votes, votes[0]), (Topic::Tallies, tallies[0])] {
