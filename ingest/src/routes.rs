@@ -281,8 +281,16 @@ async fn post_batch(
     let mut judged: Vec<Result<(Cow<str>, u32), VoteRejection>> =
         Vec::with_capacity(batch.votes.len());
     for raw in &batch.votes {
+        // Each refused vote is counted once: a body that is not a vote here, one judged against
+        // its poll by `count_rejection`.
         let verdict = serde_json::from_str::<VoteIn>(raw.get())
-            .map_err(validate::malformed)
+            .map_err(|e| {
+                ingest
+                    .metrics
+                    .votes_rejected
+                    .fetch_add(1, Ordering::Relaxed);
+                validate::malformed(e)
+            })
             .and_then(|vote| {
                 let voter = validate::voter_of(&vote, None, namespace);
                 let choice = voter
@@ -308,14 +316,6 @@ async fn post_batch(
                 );
                 Ok((vote_id, partition))
             });
-        if let Err(e) = &verdict {
-            if matches!(e, VoteRejection::Malformed(_)) {
-                ingest
-                    .metrics
-                    .votes_rejected
-                    .fetch_add(1, Ordering::Relaxed);
-            }
-        }
         judged.push(verdict);
     }
     let n_accepted = append.len();

@@ -120,9 +120,18 @@ pub enum PartitionError {
     /// Re-reading the poll catalog (to judge votes for polls changed on another node).
     #[error("re-reading the poll catalog: {0}")]
     Catalog(#[source] StoreError),
-    /// Reading or deleting the checkpoint, or writing partials.
-    #[error("{0}")]
-    TallyStore(#[from] TallyStoreError),
+    /// Reading or deleting the partition's checkpoint, or writing its partials (`doing` says
+    /// which).
+    #[error("{doing}: {source}")]
+    TallyStore {
+        doing: &'static str,
+        #[source]
+        source: TallyStoreError,
+    },
+}
+
+fn tally_store_failed(doing: &'static str) -> impl FnOnce(TallyStoreError) -> PartitionError {
+    move |source| PartitionError::TallyStore { doing, source }
 }
 
 /// Runs one partition until shutdown, restarting it (from its checkpoint, or by replaying it from
@@ -300,7 +309,11 @@ async fn restore_checkpoint(
         return Ok(fresh);
     };
     let started = Instant::now();
-    let Some((offset, bytes)) = store.load_checkpoint(partition as i32).await? else {
+    let Some((offset, bytes)) = store
+        .load_checkpoint(partition as i32)
+        .await
+        .map_err(tally_store_failed("reading the partition's checkpoint"))?
+    else {
         return Ok(fresh);
     };
     let end = pipeline.log.high_watermark(Topic::Votes, partition).await?;
@@ -337,7 +350,10 @@ async fn restore_checkpoint(
         why = unusable,
         "deleting the partition's checkpoint and replaying the partition from the start"
     );
-    store.clear_checkpoint(partition as i32).await?;
+    store
+        .clear_checkpoint(partition as i32)
+        .await
+        .map_err(tally_store_failed("deleting the partition's checkpoint"))?;
     Ok(fresh)
 }
 
@@ -399,7 +415,10 @@ impl PartitionTask<'_> {
             )
             .await?;
             if let Some(store) = tally_store {
-                store.put(&partials).await?;
+                store
+                    .put(&partials)
+                    .await
+                    .map_err(tally_store_failed("writing partials"))?;
             }
             if let Some(cache) = cache {
                 self.cache_pending.extend(partials.iter().cloned());
