@@ -22,7 +22,7 @@ pub fn vote_status(r: &VoteRejection) -> StatusCode {
 
 impl From<VoteRejection> for ApiError {
     fn from(r: VoteRejection) -> Self {
-        ApiError::new(vote_status(&r), r.code(), r.to_string())
+        ApiError::from(&r)
     }
 }
 

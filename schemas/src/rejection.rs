@@ -58,11 +58,6 @@ impl VoteRejection {
             Self::Choice(_) => "invalid_option",
         }
     }
-
-    /// Whether the poll's state refused it (closed or not open yet), rather than the vote itself.
-    pub fn is_poll_state(&self) -> bool {
-        matches!(self, Self::PollClosed(_) | Self::PollNotOpen(_))
-    }
 }
 
 /// Why a poll definition is refused.

@@ -68,19 +68,6 @@ impl Freshness {
         self > held
     }
 
-    /// Every combination of offsets and claims in 1..=`n`, in order (for tests that check a store
-    /// against this rule pair by pair).
-    pub fn grid(n: i64) -> Vec<Freshness> {
-        (1..=n)
-            .flat_map(|offset| {
-                (1..=n).map(move |complete_until| Freshness {
-                    offset,
-                    complete_until,
-                })
-            })
-            .collect()
-    }
-
     /// Whether a window count at `offset` replaces one held at `held_offset` (same window).
     pub fn window_supersedes(offset: i64, held_offset: i64) -> bool {
         offset > held_offset

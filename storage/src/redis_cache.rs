@@ -265,7 +265,7 @@ mod tests {
     #[tokio::test]
     async fn the_script_keeps_what_freshness_says() {
         let cache = RedisCache::connect(&url(), &prefix()).await.unwrap();
-        let values = Freshness::grid(3);
+        let values = crate::tally_store::tests::freshness_grid();
         let mut poll = 0;
         for &held in &values {
             for &new in &values {

@@ -46,10 +46,7 @@ impl TallyStoreError {
         context: impl Into<String>,
         source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
     ) -> Self {
-        TallyStoreError::Io {
-            context: context.into(),
-            source: source.into(),
-        }
+        StoreError::io(context, source).into()
     }
 }
 
@@ -334,11 +331,23 @@ pub(crate) mod tests {
         assert!(store.load_poll(3).await.unwrap().is_empty());
     }
 
+    /// Every combination of offsets and claims in 1..=3, in order.
+    pub(crate) fn freshness_grid() -> Vec<Freshness> {
+        (1..=3)
+            .flat_map(|offset| {
+                (1..=3).map(move |complete_until| Freshness {
+                    offset,
+                    complete_until,
+                })
+            })
+            .collect()
+    }
+
     /// Every pair (held, new) of freshness values, each in its own poll: what a store keeps is
     /// what [`schemas::Freshness`] says, for the partial and for its window. `claim_is_max`: the
     /// store keeps the highest claim seen whatever the offset (ScyllaDB, see [`TallyStore`]).
     pub(crate) async fn newest_wins_grid(store: &dyn TallyStore, claim_is_max: bool) {
-        let values = Freshness::grid(3);
+        let values = freshness_grid();
         let pairs: Vec<(Freshness, Freshness)> = values
             .iter()
             .flat_map(|&held| values.iter().map(move |&new| (held, new)))
