@@ -2,7 +2,7 @@
 `crowdtick config`, which loads and validates a configuration exactly as every service does at
 start-up (defaults < TOML file < CROWDTICK_* environment), without connecting to anything.
 
-Used by test_helm.py (and free for test_compose.py and other checks to use).
+Used by test_helm.py, test_helm_secrets.py and helm_support.py (and free for test_compose.py and other checks to use).
 """
 
 from __future__ import annotations

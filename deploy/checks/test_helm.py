@@ -15,14 +15,12 @@
    `crowdtick config` (the binary's own loading and validation), which must accept them; with one
    key misspelled (in the TOML, or in a variable's name) it must refuse them; [scylla] and
    [schema_registry] are rendered only when turned on, and read back by the binary as given;
-5. the API's secrets: CROWDTICK_INGEST__AGGREGATORS is always set from a Secret (never the binary's
-   laptop default), in exactly the inline-array form figment parses; the voter-token HMAC secret
-   only when set; admission control and [ingest.voter_tokens] in crowdtick.toml.
+
+The API's secrets are checked in test_helm_secrets.py; the rendering both use is helm_support.py.
 """
 
 from __future__ import annotations
 
-import base64
 import copy
 import json
 import re
@@ -31,112 +29,36 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterator
 
 import helm_python as helm
 import kubernetes_validate
 import pytest
 import yaml
-from kubernetes_validate import utils as kv_utils
 
-from conftest import REPO, crowdtick_binary, dockerfile_env, run_crowdtick_config
-
-CHART = REPO / "helm" / "crowdtick"
-SCHEMA_TOOL = REPO / "helm" / "tools" / "values_schema.py"
-# The most likely release name, and the one where Kubernetes' service links would produce
-# CROWDTICK_* variables (crowdtick-query -> CROWDTICK_QUERY_SERVICE_HOST, ...).
-RELEASE = "crowdtick"
-NAMESPACE = "crowdtick"
-KUBE_VERSION = kv_utils.latest_version()
-# Kinds whose CRD schemas kubernetes-validate does not bundle: the only ones not validated.
-UNVALIDATED_GROUPS = {"monitoring.coreos.com"}
-UNVALIDATED_KINDS = {"ServiceMonitor", "PrometheusRule"}
-
-# An aggregator key with every character JSON (and figment) must escape or Go's JSON escapes.
-TRICKY_KEY = 'k"ey\\<&>\'{}[],=-0123456789'
-# The public key of RFC 8410, section 10.1 (Ed25519).
-ED25519_PUBLIC_KEY_PEM = """-----BEGIN PUBLIC KEY-----
-MCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=
------END PUBLIC KEY-----
-"""
-# The API's identity settings, all set: aggregators (in the chart's Secret), the voter tokens' HMAC
-# secret, [ingest.voter_tokens] and admission control.
-IDENTITY_VALUES: dict[str, Any] = {
-    "auth": {
-        "aggregators": [
-            {"name": "sms-uk", "key": "sms-uk-key-0123456789", "votesPerSec": 5000, "burst": 20000},
-            {"name": "app_2", "key": TRICKY_KEY, "votesPerSec": 0},
-            {"name": "ivr", "key": "ivr-key-abcdefghijklmnop"},
-        ],
-        "voterTokens": {"hmacSecret": "true, [not] {a} table = 0123456789abcdef"},
-    },
-    "ingest": {
-        "admission": {"maxInFlightVotes": 50000, "shedTargetMs": 40, "shedIntervalMs": 250,
-                      "shedWaitTargetMs": 25, "shedWaitIntervalMs": 300, "pauseReadsInFlight": 8192},
-        "voterTokens": {"algorithm": "HS384", "issuer": "https://id.example.com", "audience": "crowdtick",
-                        "leewaySecs": 30},
-    },
-}
-
-VALUE_SETS: dict[str, dict[str, Any]] = {
-    "default": {},
-    "production": yaml.safe_load((CHART / "values-production.yaml").read_text(encoding="utf-8")),
-    "identity": IDENTITY_VALUES,
-}
-
-# Stand-ins for values Kubernetes fills in at run time (Secrets the chart does not create, pod fields).
-SECRET_STAND_INS = {
-    "CROWDTICK_OPERATOR_KEYS": '["stand-in-operator-key-1","stand-in-operator-key-2"]',
-    "CROWDTICK_POSTGRES__URL": "postgres://crowdtick:secret@pg.example:5432/crowdtick",
-    "CROWDTICK_REDIS__URL": "redis://:secret@redis.example:6379",
-    "CROWDTICK_INGEST__AGGREGATORS": '[{name="stand-in-sms", key="stand-in-aggregator-key-1", votes_per_sec=20000, burst=0}]',
-    "CROWDTICK_INGEST__VOTER_TOKENS__HMAC_SECRET": '"stand-in-hmac-secret-of-at-least-32-bytes"',
-}
-
-
-# --- rendering -------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def chart() -> Iterator[helm.Chart]:
-    with helm.Chart.load(CHART) as loaded:
-        yield loaded
-
-
-def render(chart: helm.Chart, values: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every object the chart renders (hooks and test pods included), in template order."""
-    manifests = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
-    docs = []
-    for template, text in sorted(manifests.items()):
-        if not template.endswith((".yaml", ".yml")):
-            continue  # NOTES.txt
-        for doc in yaml.safe_load_all(text):
-            if doc:
-                doc.setdefault("metadata", {}).setdefault("annotations", {})
-                docs.append(doc)
-    return docs
-
-
-def find(docs: list[dict], kind: str, name: str) -> dict:
-    matches = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
-    assert len(matches) == 1, f"expected one {kind} {name}, found {len(matches)}"
-    return matches[0]
-
-
-def pod_specs(docs: list[dict]) -> Iterator[tuple[dict, str, dict]]:
-    """(object, stand-in pod name, pod spec) of every object that makes pods."""
-    for doc in docs:
-        kind, name = doc["kind"], doc["metadata"]["name"]
-        if kind == "Pod":
-            yield doc, name, doc["spec"]
-        elif kind == "StatefulSet":
-            yield doc, f"{name}-0", doc["spec"]["template"]["spec"]
-        elif kind in ("Deployment", "ReplicaSet", "DaemonSet"):
-            yield doc, f"{name}-7d9f8b6c5-x2x4q", doc["spec"]["template"]["spec"]
-        elif kind == "Job":
-            yield doc, f"{name}-k8x2p", doc["spec"]["template"]["spec"]
-        elif kind == "CronJob":
-            yield doc, f"{name}-28000000-k8x2p", doc["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+from conftest import crowdtick_binary, dockerfile_env, run_crowdtick_config
+from helm_support import (  # noqa: F401 (chart is a fixture)
+    AGGREGATORS_VAR,
+    CHART,
+    ED25519_PUBLIC_KEY_PEM,
+    HMAC_VAR,
+    IDENTITY_VALUES,
+    KUBE_VERSION,
+    NAMESPACE,
+    RELEASE,
+    SCHEMA_TOOL,
+    SECRET_STAND_INS,
+    TRICKY_KEY,
+    UNVALIDATED_GROUPS,
+    UNVALIDATED_KINDS,
+    VALUE_SETS,
+    chart,
+    expected_aggregators,
+    expected_hmac_secret,
+    find,
+    pod_specs,
+    render,
+    rendered_data,
+)
 
 
 # --- 1. lint ---------------------------------------------------------------------------------
@@ -511,17 +433,6 @@ def service_link_env(docs: list[dict]) -> dict[str, str]:
     return env
 
 
-def rendered_data(docs: list[dict], kind: str, name: str) -> dict[str, str] | None:
-    matches = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
-    if not matches:
-        return None
-    if kind == "Secret":
-        data = {k: base64.b64decode(v).decode() for k, v in (matches[0].get("data") or {}).items()}
-        data.update(matches[0].get("stringData") or {})
-        return data
-    return matches[0].get("data") or {}
-
-
 def container_settings(docs: list[dict], pod_name: str, spec: dict, container: dict) -> tuple[str, dict[str, str]]:
     """(crowdtick.toml, CROWDTICK_* variables) a container would see at run time: the image's
     ENV, then the pod's."""
@@ -674,391 +585,3 @@ def test_crowdtick_refuses_a_misspelled_key(chart: helm.Chart, value_set: str) -
                 if result.returncode == 0:
                     accepted.append(f"{label}: variable {typo} (for {name}) was accepted")
     assert not accepted, "misspellings that were not refused:\n" + "\n".join(accepted)
-
-
-# --- 5. the API's secrets: aggregators, voter tokens; admission control ----------------------
-
-
-SERVICE_WORKLOADS = [("Deployment", "crowdtick-ingest"), ("Deployment", "crowdtick-query"),
-                     ("Deployment", "crowdtick-realtime"), ("StatefulSet", "crowdtick-processor")]
-AGGREGATORS_VAR = "CROWDTICK_INGEST__AGGREGATORS"
-HMAC_VAR = "CROWDTICK_INGEST__VOTER_TOKENS__HMAC_SECRET"
-
-
-class FigmentParseError(ValueError):
-    pass
-
-
-def _figment_unescape(inner: str) -> str:
-    """figment 0.10's value/escape.rs: TOML basic-string escapes; raw control characters refused."""
-    out, i = [], 0
-    while i < len(inner):
-        c = inner[i]
-        if c == "\\":
-            if i + 1 >= len(inner):
-                raise FigmentParseError("unterminated escape")
-            e = inner[i + 1]
-            simple = {'"': '"', "\\": "\\", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
-            if e in simple:
-                out.append(simple[e])
-                i += 2
-            elif e in "uU":
-                n = 4 if e == "u" else 8
-                digits = inner[i + 2:i + 2 + n]
-                if len(digits) != n or not all(d in "0123456789abcdefABCDEF" for d in digits):
-                    raise FigmentParseError(f"bad \\{e} escape {digits!r}")
-                code = int(digits, 16)
-                if 0xD800 <= code <= 0xDFFF or code > 0x10FFFF:
-                    raise FigmentParseError(f"escape \\{e}{digits} is no character")
-                out.append(chr(code))
-                i += 2 + n
-            else:
-                raise FigmentParseError(f"invalid escape \\{e}")
-        elif c == "\t" or ("\u0020" <= c and c != "\u007f"):
-            out.append(c)
-            i += 1
-        else:
-            raise FigmentParseError(f"invalid character {c!r} in a string")
-    return "".join(out)
-
-
-def parse_figment_env_value(text: str) -> Any:
-    """What figment 0.10 (CrowdTick's configuration library) makes of an environment variable's
-    value (value/parse.rs), for what the chart writes: arrays, inline tables, quoted strings,
-    integers, booleans and bare strings. Raises unless the whole text parses as one value: figment
-    would then take the text as one plain string, which CrowdTick refuses for a list."""
-    pos = 0
-
-    def ws() -> None:
-        nonlocal pos
-        while pos < len(text) and text[pos].isspace() and text[pos].isascii():
-            pos += 1
-
-    def string() -> str:
-        nonlocal pos
-        assert text[pos] == '"'
-        end, escaped = pos + 1, False
-        while end < len(text) and (escaped or text[end] != '"'):
-            escaped = not escaped and text[end] == "\\"
-            end += 1
-        if end >= len(text):
-            raise FigmentParseError("unterminated string")
-        inner, pos = text[pos + 1:end], end + 1
-        return _figment_unescape(inner)
-
-    def collect(close: str, item) -> list:
-        nonlocal pos
-        pos += 1
-        items = []
-        ws()
-        if pos < len(text) and text[pos] == close:
-            pos += 1
-            return items
-        while True:
-            items.append(item())
-            ws()
-            if pos < len(text) and text[pos] == ",":
-                pos += 1
-                continue
-            if pos < len(text) and text[pos] == close:
-                pos += 1
-                return items
-            raise FigmentParseError(f"expected ',' or {close!r} at {pos}: {text[pos:pos + 20]!r}")
-
-    def key_value() -> tuple[str, Any]:
-        nonlocal pos
-        ws()
-        if pos < len(text) and text[pos] == '"':
-            key = string()
-        else:
-            start = pos
-            while pos < len(text) and (text[pos].isascii() and (text[pos].isalnum() or text[pos] in "_-")):
-                pos += 1
-            key = text[start:pos]
-            if not key:
-                raise FigmentParseError(f"expected a key at {pos}")
-        ws()
-        if pos >= len(text) or text[pos] != "=":
-            raise FigmentParseError(f"expected '=' at {pos}")
-        pos += 1
-        return key, value()
-
-    def value() -> Any:
-        nonlocal pos
-        ws()
-        if text.startswith("true", pos):
-            pos += 4
-            result: Any = True
-        elif text.startswith("false", pos):
-            pos += 5
-            result = False
-        elif text.startswith("{", pos):
-            pairs = collect("}", key_value)
-            result = dict(pairs)
-            if len(result) != len(pairs):
-                raise FigmentParseError("a key appears twice in an inline table")
-        elif text.startswith("[", pos):
-            result = collect("]", value)
-        elif text.startswith('"', pos):
-            result = string()
-        else:
-            start = pos
-            while pos < len(text) and text[pos] not in ",{}[]":
-                pos += 1
-            bare = text[start:pos].strip()
-            try:
-                result = float(bare) if "." in bare else int(bare)
-            except ValueError:
-                result = bare
-        ws()
-        return result
-
-    parsed = value()
-    if pos != len(text):
-        raise FigmentParseError(f"trailing text at {pos}: {text[pos:pos + 20]!r}")
-    return parsed
-
-
-def test_figment_parser_mirror_reads_figments_own_examples() -> None:
-    """The mirror above agrees with figment's own tests (value/parse.rs) on what the chart uses."""
-    assert parse_figment_env_value("[]") == []
-    assert parse_figment_env_value('[1,{a=b},hi]') == [1, {"a": "b"}, "hi"]
-    assert parse_figment_env_value('{a=[[-2]],b=" hi"}') == {"a": [[-2]], "b": " hi"}
-    assert parse_figment_env_value('"\\n\\f\\b\\\\\\r\\""') == "\n\u000c\u0008\\\r\""
-    assert parse_figment_env_value('"hi\\u1234there"') == "hi\u1234there"
-    assert parse_figment_env_value('"\\"hi\\""') == '"hi"'
-    with pytest.raises(FigmentParseError):
-        parse_figment_env_value('[{name="a", key="b"} x]')
-    with pytest.raises(FigmentParseError):
-        parse_figment_env_value('"a\\qb"')
-
-
-# The exact form of CROWDTICK_INGEST__AGGREGATORS: [] or [{...}, {...}], each item's fields in this
-# order, the strings quoted (only JSON escapes that figment reads too), the numbers plain integers.
-_QUOTED = r'"(?:[^"\\\x00-\x1f]|\\["\\bfnrt]|\\u[0-9a-fA-F]{4})*"'
-_AGGREGATOR = rf"\{{name=({_QUOTED}), key=({_QUOTED}), votes_per_sec=(0|[1-9][0-9]*), burst=(0|[1-9][0-9]*)\}}"
-AGGREGATORS_SHAPE = re.compile(rf"\[(?:{_AGGREGATOR}(?:, {_AGGREGATOR})*)?\]")
-
-
-def check_aggregators_value(text: str) -> list[dict[str, Any]]:
-    """Asserts the exact shape of an aggregators value and returns what figment reads from it."""
-    assert AGGREGATORS_SHAPE.fullmatch(text), f"not of the form [{{name=\"…\", key=\"…\", votes_per_sec=N, burst=N}}]: {text!r}"
-    for item in re.finditer(_AGGREGATOR, text):
-        for quoted in (item.group(1), item.group(2)):
-            # A JSON string, and figment reads the same text from it.
-            assert _figment_unescape(quoted[1:-1]) == json.loads(quoted), quoted
-    parsed = parse_figment_env_value(text)
-    assert isinstance(parsed, list)
-    for entry in parsed:
-        assert list(entry) == ["name", "key", "votes_per_sec", "burst"], entry
-    return parsed
-
-
-def expected_aggregators(merged: dict) -> list[dict[str, Any]]:
-    """ingest.aggregators as CrowdTick should load it from the chart's values (or the stand-in)."""
-    if merged["auth"]["aggregatorsExistingSecret"]:
-        return parse_figment_env_value(SECRET_STAND_INS[AGGREGATORS_VAR])
-    return [{"name": a["name"], "key": a["key"], "votes_per_sec": a.get("votesPerSec", 20000), "burst": a.get("burst", 0)}
-            for a in merged["auth"]["aggregators"]]
-
-
-def expected_hmac_secret(merged: dict) -> str:
-    tokens = merged["auth"]["voterTokens"]
-    if tokens["existingSecret"]:
-        return parse_figment_env_value(SECRET_STAND_INS[HMAC_VAR])
-    return tokens["hmacSecret"]
-
-
-def workload_env(docs: list[dict], kind: str, name: str) -> dict[str, dict]:
-    container = find(docs, kind, name)["spec"]["template"]["spec"]["containers"][0]
-    return {e["name"]: e for e in container["env"]}
-
-
-def chart_secret(docs: list[dict]) -> dict[str, str]:
-    data = rendered_data(docs, "Secret", "crowdtick")
-    assert data is not None, "the chart renders no Secret crowdtick"
-    return data
-
-
-@pytest.mark.parametrize("value_set", VALUE_SETS)
-def test_aggregators_variable_is_always_set_from_a_secret(chart: helm.Chart, value_set: str) -> None:
-    values = VALUE_SETS[value_set]
-    merged = chart.merge_values(values)
-    docs = render(chart, values)
-    existing = merged["auth"]["aggregatorsExistingSecret"]
-    want_ref = ({"name": existing, "key": merged["auth"]["aggregatorsExistingSecretKey"]} if existing
-                else {"name": "crowdtick", "key": "aggregators"})
-    for kind, name in SERVICE_WORKLOADS:
-        env = workload_env(docs, kind, name)
-        assert AGGREGATORS_VAR in env, f"[{value_set}] {kind}/{name} does not get {AGGREGATORS_VAR}"
-        assert "value" not in env[AGGREGATORS_VAR], f"[{value_set}] {name}: the aggregators' keys in plain sight"
-        assert env[AGGREGATORS_VAR]["valueFrom"] == {"secretKeyRef": want_ref}, (value_set, name)
-    if existing:
-        data = rendered_data(docs, "Secret", "crowdtick") or {}
-        assert "aggregators" not in data, value_set
-        return
-    text = chart_secret(docs)["aggregators"]
-    assert check_aggregators_value(text) == expected_aggregators(merged), (value_set, text)
-    if value_set == "default":
-        assert text == "[]", text
-
-
-def test_aggregators_in_values_are_in_the_secret(chart: helm.Chart) -> None:
-    docs = render(chart, IDENTITY_VALUES)
-    text = chart_secret(docs)["aggregators"]
-    parsed = check_aggregators_value(text)
-    assert parsed == [
-        {"name": "sms-uk", "key": "sms-uk-key-0123456789", "votes_per_sec": 5000, "burst": 20000},
-        {"name": "app_2", "key": TRICKY_KEY, "votes_per_sec": 0, "burst": 0},
-        {"name": "ivr", "key": "ivr-key-abcdefghijklmnop", "votes_per_sec": 20000, "burst": 0},
-    ], text
-    assert text.startswith('[{name="sms-uk", key="sms-uk-key-0123456789", votes_per_sec=5000, burst=20000}, '
-                           '{name="app_2", key="'), text
-    # The keys are in the Secret only: not in any ConfigMap, not in any pod's plain variables.
-    for doc in docs:
-        if doc["kind"] == "ConfigMap":
-            assert "sms-uk-key-0123456789" not in json.dumps(doc), doc["metadata"]["name"]
-    for obj, _, spec in pod_specs(docs):
-        for container in spec["containers"]:
-            assert "sms-uk-key-0123456789" not in json.dumps(container.get("env", [])), obj["metadata"]["name"]
-
-
-def test_aggregators_from_an_existing_secret(chart: helm.Chart) -> None:
-    values = {"auth": {"aggregatorsExistingSecret": "broadcaster-keys", "aggregatorsExistingSecretKey": "batchers",
-                       "aggregators": [{"name": "ignored", "key": "ignored-key-0123456789"}]}}
-    docs = render(chart, values)
-    for kind, name in SERVICE_WORKLOADS:
-        env = workload_env(docs, kind, name)
-        assert env[AGGREGATORS_VAR]["valueFrom"] == {"secretKeyRef": {"name": "broadcaster-keys", "key": "batchers"}}
-    assert "aggregators" not in chart_secret(docs)  # still there for the operator keys and URLs
-    # With every secret from existing Secrets the chart renders no Secret at all.
-    none = render(chart, {**VALUE_SETS["production"]})
-    assert rendered_data(none, "Secret", "crowdtick") is None
-
-
-@pytest.mark.parametrize("tokens, expect", [
-    ({}, None),
-    ({"hmacSecret": ""}, None),
-    ({"hmacSecret": "s" * 32}, ("crowdtick", "voter-token-hmac-secret")),
-    ({"existingSecret": "idp", "existingSecretKey": "jwt-secret"}, ("idp", "jwt-secret")),
-])
-def test_voter_token_secret_only_when_set(chart: helm.Chart, tokens: dict, expect: tuple[str, str] | None) -> None:
-    docs = render(chart, {"auth": {"voterTokens": tokens}})
-    for kind, name in SERVICE_WORKLOADS:
-        env = workload_env(docs, kind, name)
-        if expect is None:
-            assert HMAC_VAR not in env, (tokens, name)
-        else:
-            assert env[HMAC_VAR]["valueFrom"] == {"secretKeyRef": {"name": expect[0], "key": expect[1]}}, name
-    secret = chart_secret(docs)
-    assert ("voter-token-hmac-secret" in secret) == (expect is not None and expect[0] == "crowdtick"), secret.keys()
-    # Never in crowdtick.toml.
-    toml = tomllib.loads(find(docs, "ConfigMap", "crowdtick")["data"]["crowdtick.toml"])
-    assert "hmac_secret" not in toml["ingest"].get("voter_tokens", {})
-
-
-def test_voter_token_secret_reads_back_as_the_same_string(chart: helm.Chart) -> None:
-    """Stored JSON-quoted, so figment reads a string even when the secret looks like a number,
-    a boolean, a list or a table."""
-    for secret_text in ["true, [not] {a} table = 0123456789abcdef", "1234567890123456789012345678901234.5",
-                        '"quoted" \\ back slash <html> & ünïcödé 0123456789']:
-        docs = render(chart, {"auth": {"voterTokens": {"hmacSecret": secret_text}}})
-        stored = chart_secret(docs)["voter-token-hmac-secret"]
-        assert stored.startswith('"') and stored.endswith('"'), stored
-        assert parse_figment_env_value(stored) == secret_text, stored
-
-
-def test_toml_carries_admission_and_voter_tokens(chart: helm.Chart) -> None:
-    default = tomllib.loads(find(render(chart, {}), "ConfigMap", "crowdtick")["data"]["crowdtick.toml"])
-    admission = ("max_in_flight_votes", "shed_target_ms", "shed_interval_ms", "shed_wait_target_ms",
-                 "shed_wait_interval_ms", "pause_reads_in_flight")
-    assert {k: default["ingest"][k] for k in admission} == \
-        {"max_in_flight_votes": 200000, "shed_target_ms": 500, "shed_interval_ms": 1000,
-         "shed_wait_target_ms": 10, "shed_wait_interval_ms": 100, "pause_reads_in_flight": 4096}
-    assert "voter_tokens" not in default["ingest"]  # nothing set: the binary's defaults
-    assert "aggregators" not in default["ingest"]  # secrets: from the environment only
-
-    values = copy.deepcopy(IDENTITY_VALUES)
-    values["ingest"]["voterTokens"] = {"algorithm": "EdDSA", "publicKeyPem": ED25519_PUBLIC_KEY_PEM,
-                                       "issuer": 'https://id.example.com/"realm"', "audience": "crowdtick",
-                                       "leewaySecs": 15}
-    docs = render(chart, values)
-    text = find(docs, "ConfigMap", "crowdtick")["data"]["crowdtick.toml"]
-    toml = tomllib.loads(text)
-    assert {k: toml["ingest"][k] for k in admission} == \
-        {"max_in_flight_votes": 50000, "shed_target_ms": 40, "shed_interval_ms": 250,
-         "shed_wait_target_ms": 25, "shed_wait_interval_ms": 300, "pause_reads_in_flight": 8192}
-    assert toml["ingest"]["voter_tokens"] == {
-        "algorithm": "EdDSA", "public_key_pem": ED25519_PUBLIC_KEY_PEM, "issuer": 'https://id.example.com/"realm"',
-        "audience": "crowdtick", "leeway_secs": 15}
-    assert "aggregators" not in toml["ingest"]
-    # The migrations Job's own ConfigMap carries the same file.
-    assert find(docs, "ConfigMap", "crowdtick-migrate")["data"]["crowdtick.toml"] == text
-    # Only one setting set is enough for the table.
-    only = tomllib.loads(find(render(chart, {"ingest": {"voterTokens": {"leewaySecs": 5}}}), "ConfigMap",
-                              "crowdtick")["data"]["crowdtick.toml"])
-    assert only["ingest"]["voter_tokens"]["leeway_secs"] == 5 and only["ingest"]["voter_tokens"]["algorithm"] == ""
-
-
-def test_secret_change_rolls_the_pods(chart: helm.Chart) -> None:
-    def checksums(values: dict) -> dict[str, str]:
-        return {obj["metadata"]["name"]: obj["spec"]["template"]["metadata"]["annotations"]["checksum/secret"]
-                for obj in render(chart, values) if obj["kind"] in ("Deployment", "StatefulSet")}
-
-    base = {"auth": {"aggregators": [{"name": "sms", "key": "sms-key-0123456789"}]}}
-    before = checksums(base)
-    assert len(before) == 4
-    for changed in [{"auth": {"aggregators": [{"name": "sms", "key": "sms-key-0123456789X"}]}},
-                    {"auth": {"aggregators": [{"name": "sms", "key": "sms-key-0123456789", "votesPerSec": 1}]}},
-                    {"auth": {**base["auth"], "voterTokens": {"hmacSecret": "h" * 32}}},
-                    {"auth": {**base["auth"], "aggregatorsExistingSecret": "other"}}]:
-        after = checksums(changed)
-        assert all(before[name] != after[name] for name in before), changed
-    assert checksums(base) == before  # and stable otherwise
-
-
-@pytest.mark.parametrize("values, where", [
-    ({"auth": {"aggregators": [{"name": "SMS-UK", "key": "sms-uk-key-0123456789"}]}}, "/auth/aggregators/0/name"),
-    ({"auth": {"aggregators": [{"name": "sms:uk", "key": "sms-uk-key-0123456789"}]}}, "/auth/aggregators/0/name"),
-    ({"auth": {"aggregators": [{"name": "", "key": "sms-uk-key-0123456789"}]}}, "/auth/aggregators/0/name"),
-    ({"auth": {"aggregators": [{"name": "a" * 33, "key": "sms-uk-key-0123456789"}]}}, "/auth/aggregators/0/name"),
-    ({"auth": {"aggregators": [{"name": "sms", "key": "short-key-12345"}]}}, "/auth/aggregators/0/key"),
-    ({"auth": {"aggregators": [{"name": "sms", "key": "with a space 0123456789"}]}}, "/auth/aggregators/0/key"),
-    ({"auth": {"aggregators": [{"name": "sms"}]}}, "/auth/aggregators/0"),
-    ({"auth": {"aggregators": [{"name": "sms", "key": "sms-uk-key-0123456789", "votesPerSecond": 5}]}},
-     "/auth/aggregators/0"),
-    ({"auth": {"aggregators": [{"name": "sms", "key": "sms-uk-key-0123456789", "votesPerSec": -1}]}},
-     "/auth/aggregators/0/votesPerSec"),
-    ({"auth": {"aggregators": [{"name": "sms", "key": "sms-uk-key-0123456789", "burst": 2 ** 32}]}},
-     "/auth/aggregators/0/burst"),
-    ({"auth": {"voterTokens": {"hmacSecret": "s" * 31}}}, "/auth/voterTokens/hmacSecret"),
-    ({"ingest": {"voterTokens": {"algorithm": "HS257"}}}, "/ingest/voterTokens/algorithm"),
-    ({"ingest": {"voterTokens": {"algorithm": "RS256"}}}, "/ingest/voterTokens"),
-    ({"ingest": {"voterTokens": {"publicKeyPem": ED25519_PUBLIC_KEY_PEM}}}, "/ingest/voterTokens"),
-    ({"ingest": {"voterTokens": {"algorithm": "ES256", "publicKeyPem": "-----BEGIN PRIVATE KEY-----\nMC4=\n"}}},
-     "/ingest/voterTokens/publicKeyPem"),
-    ({"ingest": {"admission": {"maxInFlightVotes": -1}}}, "/ingest/admission/maxInFlightVotes"),
-    ({"ingest": {"admission": {"shedIntervalMs": 0}}}, "/ingest/admission/shedIntervalMs"),
-    ({"ingest": {"admission": {"shedWaitIntervalMs": 0}}}, "/ingest/admission/shedWaitIntervalMs"),
-    ({"ingest": {"admission": {"shedTarget": 100}}}, "/ingest/admission"),
-])
-def test_schema_refuses_bad_identity_values(chart: helm.Chart, values: dict, where: str) -> None:
-    with pytest.raises(helm.HelmValuesError) as refused:
-        chart.render(values, name=RELEASE, namespace=NAMESPACE)
-    assert f"at '{where}" in str(refused.value), str(refused.value)
-    # A refused key is not echoed in the error.
-    for agg in values.get("auth", {}).get("aggregators", []):
-        if "key" in agg and where.endswith("/key"):
-            assert agg["key"] not in str(refused.value), str(refused.value)
-
-
-@pytest.mark.parametrize("aggregators, message", [
-    ([{"name": "sms", "key": "sms-key-0123456789"}, {"name": "sms", "key": "sms-key-9876543210"}],
-     r'the name "sms" appears twice'),
-    ([{"name": "sms", "key": "shared-key-0123456789"}, {"name": "app", "key": "shared-key-0123456789"}],
-     r'the key of "app" is another aggregator\'s too'),
-])
-def test_templates_refuse_aggregators_used_twice(chart: helm.Chart, aggregators: list, message: str) -> None:
-    with pytest.raises(helm.HelmRenderError, match=message) as refused:
-        chart.render({"auth": {"aggregators": aggregators}}, name=RELEASE, namespace=NAMESPACE)
-    assert "shared-key-0123456789" not in str(refused.value)
