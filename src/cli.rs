@@ -307,54 +307,10 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The configuration as a file `--config` reads back.
 fn toml_of(config: &Config) -> String {
-    // figment reads TOML; writing it back is done by hand to avoid another dependency.
-    let v = serde_json::to_value(config).unwrap_or_default();
-    let mut top = String::new();
-    let mut sections = String::new();
-    if let Some(map) = v.as_object() {
-        for (k, v) in map {
-            if let Some(inner) = v.as_object() {
-                sections.push_str(&format!("\n[{k}]\n"));
-                for (ik, iv) in inner {
-                    sections.push_str(&format!("{} = {}\n", toml_key(ik), toml_value(iv)));
-                }
-            } else {
-                top.push_str(&format!("{} = {}\n", toml_key(k), toml_value(v)));
-            }
-        }
-    }
-    top + &sections
-}
-
-/// A bare key when it can be one, else a quoted one (e.g. librdkafka's `"linger.ms"`).
-fn toml_key(k: &str) -> String {
-    if !k.is_empty()
-        && k.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-    {
-        k.to_owned()
-    } else {
-        serde_json::Value::from(k).to_string()
-    }
-}
-
-/// JSON scalars and arrays are valid TOML as written; objects become inline tables.
-fn toml_value(v: &serde_json::Value) -> String {
-    match v {
-        serde_json::Value::Object(m) => {
-            let fields: Vec<String> = m
-                .iter()
-                .map(|(k, v)| format!("{} = {}", toml_key(k), toml_value(v)))
-                .collect();
-            format!("{{ {} }}", fields.join(", "))
-        }
-        serde_json::Value::Array(a) => format!(
-            "[{}]",
-            a.iter().map(toml_value).collect::<Vec<_>>().join(", ")
-        ),
-        other => other.to_string(),
-    }
+    toml::to_string(config)
+        .unwrap_or_else(|e| format!("# the configuration cannot be printed: {e}\n"))
 }
 
 #[cfg(test)]

@@ -8,7 +8,15 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use storage::settings::{
+    KafkaSection, LogSection, PollsSection, PostgresSection, RedisSection, SchemaRegistrySection,
+    ScyllaSection,
+};
 use storage::{EmbeddedLogConfig, KafkaConfig, RegistryConfig};
+
+pub use ingest::{IngestSection, DEV_AGGREGATOR_KEY};
+pub use processor::ProcessorSection;
+pub use realtime::RealtimeSection;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -45,228 +53,6 @@ pub struct Config {
     pub seed: seed_api::SeedLimits,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct RedisSection {
-    /// `redis://host:port[/db]`; empty: no cache (query nodes read PostgreSQL), no notices.
-    pub url: String,
-    /// Prefix of every key and channel, so deployments can share one Redis.
-    pub key_prefix: String,
-}
-
-impl Default for RedisSection {
-    fn default() -> Self {
-        Self {
-            url: String::new(),
-            key_prefix: "crowdtick:".into(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct SchemaRegistrySection {
-    /// `http://registry:8081` (several: comma separated). When set, every record value on the
-    /// votes and tallies topics is framed as magic byte 0, schema id, Avro datum, under the
-    /// subjects `<topic>-value`.
-    pub url: String,
-    /// Register CrowdTick's schemas at start; when false, only check that the registry holds
-    /// them (a registry where schemas are managed by a pipeline of their own).
-    pub auto_register: bool,
-    /// Timeout of each call to the registry.
-    pub timeout_ms: u64,
-}
-
-impl Default for SchemaRegistrySection {
-    fn default() -> Self {
-        Self {
-            url: String::new(),
-            auto_register: true,
-            timeout_ms: 5_000,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct ScyllaSection {
-    /// `host:port[,host:port…]` of ScyllaDB (or Cassandra) nodes; empty keeps tallies in PostgreSQL.
-    pub hosts: String,
-    /// Keyspace of the tally tables (created by `crowdtick migrate` and at start).
-    pub keyspace: String,
-    /// Replication strategy of a keyspace CrowdTick creates: `NetworkTopologyStrategy` or
-    /// `SimpleStrategy`.
-    pub replication_class: String,
-    /// Replication factor of a keyspace CrowdTick creates (per data centre with
-    /// NetworkTopologyStrategy).
-    pub replication_factor: u32,
-    /// Writes in flight at once per flush (each a batch of one poll's rows).
-    pub max_concurrent_writes: usize,
-}
-
-impl Default for ScyllaSection {
-    fn default() -> Self {
-        Self {
-            hosts: String::new(),
-            keyspace: "crowdtick".into(),
-            replication_class: "NetworkTopologyStrategy".into(),
-            replication_factor: 3,
-            max_concurrent_writes: 64,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct PollsSection {
-    /// Every node re-reads the poll catalog from PostgreSQL this often (and at once on a notice).
-    pub refresh_ms: u64,
-    /// A manual close takes effect this long after the request, so every ingest edge knows of it
-    /// before it applies. Edges refuse votes (503) while their catalog is older than half of it.
-    pub close_lead_ms: u64,
-}
-
-impl Default for PollsSection {
-    fn default() -> Self {
-        Self {
-            refresh_ms: 250,
-            close_lead_ms: 2_000,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
-#[serde(default, deny_unknown_fields)]
-pub struct KafkaSection {
-    /// `host:port[,host:port…]`; empty keeps the embedded log.
-    pub brokers: String,
-    /// Prefix of the topic names (`<prefix>votes`, `<prefix>tallies`).
-    pub topic_prefix: String,
-    /// Replication factor of topics CrowdTick creates (-1: the broker's default).
-    pub replication_factor: i32,
-    /// librdkafka settings applied on top of CrowdTick's (e.g. `"linger.ms" = "10"`). Settings that
-    /// could lose or skip votes (`enable.idempotence=false`, `acks=1`, `auto.offset.reset=latest`, …)
-    /// are refused at start-up with the reason.
-    pub settings: std::collections::BTreeMap<String, String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct PostgresSection {
-    /// `postgres://user[:password]@host:port/database`; empty keeps polls in data_dir/polls.jsonl.
-    pub url: String,
-    /// Schema holding CrowdTick's tables (created and migrated at start).
-    pub schema: String,
-}
-
-impl Default for PostgresSection {
-    fn default() -> Self {
-        Self {
-            url: String::new(),
-            schema: storage::postgres::DEFAULT_SCHEMA.into(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct LogSection {
-    /// Partitions of the votes topic (fixed once votes are written).
-    pub partitions: u32,
-    /// fdatasync before acknowledging a vote. Turning it off loses acknowledged votes on power loss.
-    pub fsync: bool,
-    /// Append requests that may wait for the log writer before votes get 503.
-    pub queue_capacity: usize,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct IngestSection {
-    /// How long a vote may wait to become durable before the answer is 503.
-    pub deadline_ms: u64,
-    pub max_batch_votes: usize,
-    /// Public votes (`POST /v1/votes`) per second per client address; 0 turns the limit off.
-    pub rate_limit_per_sec: u32,
-    pub rate_limit_burst: u32,
-    pub rate_limit_exempt_loopback: bool,
-    /// Most votes in flight on this edge (accepted, not yet durable); past it, 503. 0: no bound.
-    pub max_in_flight_votes: usize,
-    /// Shed votes (503) once the log's shortest queueing delay over `shed_interval_ms` stays above
-    /// this (CoDel-style); 0 turns it off.
-    pub shed_target_ms: u64,
-    pub shed_interval_ms: u64,
-    /// Shed a vote request (503) that waited longer than this for the node (from the kernel's
-    /// receipt of its bytes to its handler) once no request has waited less for
-    /// `shed_wait_interval_ms`; before that, only one that waited a whole interval. 0 turns it off.
-    pub shed_wait_target_ms: u64,
-    pub shed_wait_interval_ms: u64,
-    /// Stop reading new requests while this many appends of votes (a batch is one) wait for the
-    /// log, until half are answered, for at most 250 ms: work in progress before new work. 0:
-    /// never. Measured on the embedded log (1,000); a node on Kafka holds about rate × append
-    /// latency, so set it above that (the Helm chart sets 4,096).
-    pub pause_reads_in_flight: usize,
-    /// The aggregators that may post batches, each with its own key, voter namespace and quota:
-    /// `[[ingest.aggregators]] name = "sms-uk", key = "…", votes_per_sec = 20000`.
-    pub aggregators: Vec<ingest::identity::AggregatorConfig>,
-    /// Voter tokens of the broadcaster's identity service (for polls with `voters: verified`).
-    pub voter_tokens: ingest::identity::VoterTokenConfig,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct ProcessorSection {
-    /// How often changed tallies are published.
-    pub flush_interval_ms: u64,
-    pub window_ms: i64,
-    pub allowed_lateness_ms: i64,
-    /// Distributed mode: the processors' Kafka consumer group.
-    pub group_id: String,
-    /// `group.instance.id` for static membership (unique per processor); empty: dynamic.
-    pub instance_id: String,
-    /// `partition.assignment.strategy` (`cooperative-sticky`, or `range`/`roundrobin` for eager).
-    pub assignment_strategy: String,
-    /// How long the group waits for a silent processor before moving its partitions.
-    pub session_timeout_ms: u64,
-    /// Distributed mode: how often each partition's counting state is checkpointed to the tally
-    /// store, so its next owner reads on from there instead of replaying the partition. 0: never.
-    pub checkpoint_interval_ms: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct RealtimeSection {
-    /// At most one results update per poll per this many milliseconds (rendered once, shared by
-    /// every viewer of the poll).
-    pub coalesce_ms: u64,
-    /// Web origins (`https://partner.example.com`) whose pages may open WebSockets besides the
-    /// server's own and `public_url`'s; `["*"]`: any. Clients that send no Origin are not pages.
-    pub allowed_origins: Vec<String>,
-    /// A WebSocket client that does not take a message within this is disconnected (counted in
-    /// `crowdtick_realtime_slow_consumers_dropped_total`); every connection, SSE included, also
-    /// meets `http.write_stall_timeout_ms`.
-    pub send_timeout_ms: u64,
-    /// The kernel send buffer of each live socket (SO_SNDBUF; Linux doubles it): small, so a
-    /// slow viewer is behind by little more than one frame; 0: the kernel's own (autotuned).
-    pub socket_send_buffer_bytes: u32,
-    /// Threads that serve WebSocket viewers, apart from the vote path (0: share its runtime).
-    pub fanout_threads: usize,
-    /// How many nice levels lower the fan-out threads run than the rest of the node, so votes
-    /// get the cores first and viewers skip frames when there is not enough left (0: the same).
-    pub fanout_nice: i32,
-}
-
-impl RealtimeSection {
-    pub fn settings(&self) -> realtime::Settings {
-        realtime::Settings {
-            coalesce: std::time::Duration::from_millis(self.coalesce_ms),
-            send_timeout: std::time::Duration::from_millis(self.send_timeout_ms.max(1)),
-            socket_send_buffer: self.socket_send_buffer_bytes,
-            fanout_threads: self.fanout_threads,
-            fanout_nice: self.fanout_nice,
-        }
-    }
-}
-
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -278,11 +64,7 @@ impl Default for Config {
             ingest: IngestSection::default(),
             processor: ProcessorSection::default(),
             realtime: RealtimeSection::default(),
-            kafka: KafkaSection {
-                replication_factor: -1,
-                topic_prefix: "crowdtick.".into(),
-                ..Default::default()
-            },
+            kafka: KafkaSection::default(),
             postgres: PostgresSection::default(),
             redis: RedisSection::default(),
             schema_registry: SchemaRegistrySection::default(),
@@ -290,74 +72,6 @@ impl Default for Config {
             polls: PollsSection::default(),
             http: edge::listener::HttpLimits::default(),
             seed: seed_api::SeedLimits::default(),
-        }
-    }
-}
-
-impl Default for LogSection {
-    fn default() -> Self {
-        Self {
-            partitions: 8,
-            fsync: true,
-            queue_capacity: 65_536,
-        }
-    }
-}
-
-impl Default for IngestSection {
-    fn default() -> Self {
-        let d = ingest::IngestConfig::default();
-        Self {
-            deadline_ms: d.deadline.as_millis() as u64,
-            max_batch_votes: d.max_batch_votes,
-            rate_limit_per_sec: d.rate_limit_per_sec,
-            rate_limit_burst: d.rate_limit_burst,
-            rate_limit_exempt_loopback: d.rate_limit_exempt_loopback,
-            max_in_flight_votes: d.admission.max_in_flight_votes,
-            shed_target_ms: d.admission.target_delay.as_millis() as u64,
-            shed_interval_ms: d.admission.interval.as_millis() as u64,
-            shed_wait_target_ms: d.admission.wait_target.as_millis() as u64,
-            shed_wait_interval_ms: d.admission.wait_interval.as_millis() as u64,
-            pause_reads_in_flight: d.admission.pause_reads_at,
-            aggregators: vec![ingest::identity::AggregatorConfig {
-                name: "dev".into(),
-                key: DEV_AGGREGATOR_KEY.into(),
-                votes_per_sec: 0,
-                burst: 0,
-            }],
-            voter_tokens: Default::default(),
-        }
-    }
-}
-
-/// The key of the `dev` aggregator of the default configuration (like `dev-operator-key`, for a
-/// laptop; a deployment sets `ingest.aggregators` of its own).
-pub const DEV_AGGREGATOR_KEY: &str = "dev-aggregator-key";
-
-impl Default for ProcessorSection {
-    fn default() -> Self {
-        Self {
-            flush_interval_ms: 50,
-            window_ms: 1_000,
-            allowed_lateness_ms: 2_000,
-            group_id: "crowdtick-processors".into(),
-            instance_id: String::new(),
-            assignment_strategy: "cooperative-sticky".into(),
-            session_timeout_ms: 10_000,
-            checkpoint_interval_ms: 5_000,
-        }
-    }
-}
-
-impl Default for RealtimeSection {
-    fn default() -> Self {
-        Self {
-            coalesce_ms: 100,
-            allowed_origins: Vec::new(),
-            send_timeout_ms: 5_000,
-            socket_send_buffer_bytes: 8_192,
-            fanout_threads: 1,
-            fanout_nice: 10,
         }
     }
 }
@@ -604,28 +318,45 @@ impl Config {
         kafka
     }
 
+    /// The edge's settings; on a shared catalog, votes get 503 once it is older than half the
+    /// close lead.
     pub fn ingest_config(&self) -> ingest::IngestConfig {
-        ingest::IngestConfig {
-            deadline: Duration::from_millis(self.ingest.deadline_ms),
-            max_batch_votes: self.ingest.max_batch_votes,
-            rate_limit_per_sec: self.ingest.rate_limit_per_sec,
-            rate_limit_burst: self.ingest.rate_limit_burst,
-            rate_limit_exempt_loopback: self.ingest.rate_limit_exempt_loopback,
-            catalog_max_age: self
-                .is_shared()
-                .then(|| Duration::from_millis(self.polls.close_lead_ms / 2)),
-            body_read_timeout: Duration::from_millis(self.http.body_read_timeout_ms),
-            aggregators: self.ingest.aggregators.clone(),
-            voter_tokens: self.ingest.voter_tokens.clone(),
-            admission: ingest::admission::AdmissionConfig {
-                max_in_flight_votes: self.ingest.max_in_flight_votes,
-                target_delay: Duration::from_millis(self.ingest.shed_target_ms),
-                interval: Duration::from_millis(self.ingest.shed_interval_ms.max(1)),
-                wait_target: Duration::from_millis(self.ingest.shed_wait_target_ms),
-                wait_interval: Duration::from_millis(self.ingest.shed_wait_interval_ms.max(1)),
-                pause_reads_at: self.ingest.pause_reads_in_flight,
-            },
-            ..Default::default()
+        let catalog_max_age = self
+            .is_shared()
+            .then(|| Duration::from_millis(self.polls.close_lead_ms / 2));
+        let body_read_timeout = Duration::from_millis(self.http.body_read_timeout_ms);
+        self.ingest.config(catalog_max_age, body_read_timeout)
+    }
+
+    pub fn processor_config(&self) -> processor::ProcessorConfig {
+        self.processor
+            .config(Duration::from_millis(self.ingest.deadline_ms))
+    }
+
+    pub fn group_config(&self) -> storage::GroupConfig {
+        self.processor.group(&self.kafka.topic_prefix)
+    }
+
+    /// Warns when an aggregator still has the development key and this node listens beyond
+    /// loopback.
+    pub fn warn_of_development_keys(&self) {
+        let public_listener = !self
+            .listen
+            .parse::<std::net::SocketAddr>()
+            .is_ok_and(|a| a.ip().is_loopback());
+        if public_listener
+            && self
+                .ingest
+                .aggregators
+                .iter()
+                .any(|a| a.key == DEV_AGGREGATOR_KEY)
+        {
+            tracing::warn!(
+                listen = %self.listen,
+                "an aggregator has the development key `dev-aggregator-key`, and this server listens beyond \
+                 loopback: anyone can post batches as it. Set ingest.aggregators with keys of your own \
+                 (CROWDTICK_INGEST__AGGREGATORS='[{{name=\"sms\", key=\"…\"}}]')"
+            );
         }
     }
 
@@ -643,39 +374,8 @@ impl Config {
         }
     }
 
-    pub fn group_config(&self) -> storage::GroupConfig {
-        storage::GroupConfig {
-            group_id: format!("{}{}", self.kafka.topic_prefix, self.processor.group_id),
-            instance_id: self.processor.instance_id.clone(),
-            assignment_strategy: self.processor.assignment_strategy.clone(),
-            session_timeout: Duration::from_millis(self.processor.session_timeout_ms),
-            ..Default::default()
-        }
-    }
-
-    pub fn processor_config(&self) -> processor::ProcessorConfig {
-        processor::ProcessorConfig {
-            flush_interval: Duration::from_millis(self.processor.flush_interval_ms),
-            windows: processor::WindowConfig {
-                window_ms: self.processor.window_ms,
-                allowed_lateness_ms: self.processor.allowed_lateness_ms,
-            },
-            ingest_deadline: Duration::from_millis(self.ingest.deadline_ms),
-            checkpoint_interval: (self.processor.checkpoint_interval_ms > 0)
-                .then(|| Duration::from_millis(self.processor.checkpoint_interval_ms)),
-            ..Default::default()
-        }
-    }
-
     pub fn scylla_config(&self) -> storage::ScyllaConfig {
-        let s = &self.scylla;
-        storage::ScyllaConfig {
-            hosts: s.hosts.clone(),
-            keyspace: s.keyspace.clone(),
-            replication_class: s.replication_class.clone(),
-            replication_factor: s.replication_factor,
-            max_concurrent_writes: s.max_concurrent_writes,
-        }
+        self.scylla.config()
     }
 
     pub fn log_dir(&self) -> PathBuf {

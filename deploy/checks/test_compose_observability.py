@@ -197,7 +197,9 @@ def is_exported(metric: str) -> bool:
     names = exported_metrics()
     if metric in names:
         return True
-    base = re.sub(r"_(bucket|sum|count)$", "", metric)
+    # A counter is registered without `_total` (prometheus-client adds it); a histogram's series
+    # carry `_bucket`, `_sum` and `_count`.
+    base = re.sub(r"_(bucket|sum|count|total)$", "", metric)
     return base != metric and base in names
 
 

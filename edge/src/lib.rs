@@ -9,6 +9,11 @@
 //!   kernel's receive stamps (`receive_stamp.rs`, read by admission as [`listener::Arrival`]), the
 //!   read gate that pauses new requests while many votes wait for the log (`read_gate.rs`), and
 //!   what a live stream shares with its socket (`live_socket.rs`).
+//! - [`metrics`]: `GET /metrics`, a Prometheus registry each service registers its collector in;
+//!   the process's and the accept loop's own figures.
+//! - [`node`]: what every node answers besides its services: `/healthz`, `/readyz`, `/metrics`,
+//!   JSON 404/405, and every error answer rewrapped as JSON.
+//! - [`readiness`]: `GET /readyz`, the named checks a node runs (each part's own `readiness()`).
 //! - [`rejection`]: the one mapping of the domain's reasons ([`schemas::VoteRejection`],
 //!   [`schemas::PollRejection`]) onto HTTP status codes. Services return domain reasons from their
 //!   pure parts and `?` turns them into [`ApiError`] here; nowhere else chooses their status.
@@ -16,6 +21,9 @@
 pub mod access;
 pub mod api_error;
 pub mod listener;
+pub mod metrics;
+pub mod node;
+pub mod readiness;
 pub mod rejection;
 
 pub use api_error::ApiError;

@@ -2,6 +2,8 @@
 //! (Prometheus' histogram: cumulative `le` buckets, a sum and a count). Lock-free: one atomic add
 //! per bucket hit, a batch of votes that waited together is one observation of weight `n`.
 
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -30,16 +32,32 @@ impl LatencyHistogram {
             .fetch_add(waited.as_micros() as u64 * n, Ordering::Relaxed);
     }
 
-    /// Cumulative counts per bucket bound (`None` is `+Inf`), the sum in seconds, and the count.
-    pub fn snapshot(&self) -> (Vec<(Option<f64>, u64)>, f64, u64) {
-        let mut cumulative = 0;
-        let mut buckets = Vec::with_capacity(self.counts.len());
-        for (i, c) in self.counts.iter().enumerate() {
-            cumulative += c.load(Ordering::Relaxed);
-            buckets.push((BUCKETS_SECONDS.get(i).copied(), cumulative));
-        }
+    /// Counts per bucket (not cumulative) by upper bound (the last is `+Inf`), the sum in
+    /// seconds, and the count: what [`MetricEncoder::encode_histogram`] takes.
+    pub fn snapshot(&self) -> (Vec<(f64, u64)>, f64, u64) {
+        let buckets: Vec<(f64, u64)> = self
+            .counts
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let le = BUCKETS_SECONDS.get(i).copied().unwrap_or(f64::INFINITY);
+                (le, c.load(Ordering::Relaxed))
+            })
+            .collect();
         let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
-        (buckets, sum, cumulative)
+        let count = buckets.iter().map(|(_, n)| n).sum();
+        (buckets, sum, count)
+    }
+}
+
+impl EncodeMetric for LatencyHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> std::fmt::Result {
+        let (buckets, sum, count) = self.snapshot();
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
     }
 }
 
@@ -55,11 +73,11 @@ mod tests {
         h.observe(Duration::from_secs(60), 2); // +Inf
         let (buckets, sum, count) = h.snapshot();
         assert_eq!(count, 13);
-        assert_eq!(buckets[0], (Some(0.0005), 1));
-        assert_eq!(buckets[2], (Some(0.0025), 1));
-        assert_eq!(buckets[3], (Some(0.005), 11));
-        assert_eq!(buckets.last(), Some(&(None, 13)));
+        assert_eq!(buckets[0], (0.0005, 1));
+        assert_eq!(buckets[2], (0.0025, 0));
+        assert_eq!(buckets[3], (0.005, 10));
+        assert_eq!(buckets.last(), Some(&(f64::INFINITY, 2)));
         assert!((sum - (0.0004 + 0.03 + 120.0)).abs() < 1e-9, "{sum}");
-        assert!(buckets.windows(2).all(|w| w[0].1 <= w[1].1));
+        assert!(buckets.windows(2).all(|w| w[0].0 < w[1].0));
     }
 }

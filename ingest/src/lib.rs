@@ -1,6 +1,8 @@
 //! CrowdTick's ingest edge: the public vote API.
 //!
 //! - [`routes`]: `POST /v1/votes` and `POST /v1/votes/batch` (axum), body limits, JSON errors.
+//! - [`settings`]: the [`IngestSection`], `[ingest]` settings as written, and the
+//!   [`IngestConfig`] they become.
 //! - [`validate`] (pure): parse and judge a vote against its poll — exists, open at the stamped time,
 //!   choices fit, ids well-formed — with the [`schemas::VoteRejection`] each failure is.
 //! - [`identity`]: who is voting, from the headers before the body: voter tokens (JWT) for
@@ -9,6 +11,8 @@
 //! - [`admission`]: sheds votes with 503 early (a request that waited too long for the node once a
 //!   queue stands, votes in flight, the log's standing queue).
 //! - [`latency`]: the histogram of how long acknowledged votes waited to become durable.
+//! - [`metrics`]: the counters in [`IngestMetrics`] and the edge's collector for `/metrics` (`crowdtick_ingest_*`).
+//! - [`start`]: the service starting itself (state, metrics, routes).
 //! - [`Ingest`]: the shared state and [`Ingest::submit`], the one way a vote enters the log (the seed
 //!   API adapter uses it too): stamp, judge, encode (Avro), append with a deadline, answer.
 //!
@@ -18,8 +22,10 @@
 pub mod admission;
 pub mod identity;
 pub mod latency;
+pub mod metrics;
 pub mod rate_limit;
 pub mod routes;
+pub mod settings;
 pub mod validate;
 
 use edge::ApiError;
@@ -32,6 +38,8 @@ use std::time::{Duration, Instant};
 use storage::{AppendBatch, EdgeReason, EdgeRejections, Log, LogError, PollCatalog, Topic};
 
 pub use edge::listener::Arrival;
+pub use metrics::IngestMetrics;
+pub use settings::{IngestSection, DEV_AGGREGATOR_KEY};
 
 /// Why [`Ingest::submit`] did not record a vote.
 #[derive(Debug)]
@@ -103,23 +111,6 @@ impl Default for IngestConfig {
     }
 }
 
-/// Counters for `/metrics`.
-#[derive(Debug, Default)]
-pub struct IngestMetrics {
-    pub requests: AtomicU64,
-    pub batch_requests: AtomicU64,
-    pub votes_accepted: AtomicU64,
-    pub votes_rejected: AtomicU64,
-    pub votes_unavailable: AtomicU64,
-    /// Sum of append waits in microseconds (with `votes_accepted`, the mean durable latency).
-    pub append_wait_us: AtomicU64,
-    /// The same waits as a histogram, per acknowledged vote.
-    pub durable_latency: latency::LatencyHistogram,
-    /// Single votes acknowledged: from the kernel's receipt of the request to the 202 (when the
-    /// listener stamps arrivals): what the node's own queues cost the votes it took.
-    pub sojourn_latency: latency::LatencyHistogram,
-}
-
 /// A durable vote's receipt.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Receipt {
@@ -142,6 +133,20 @@ pub struct Ingest {
     pub(crate) voter_tokens: Option<identity::VoterTokens>,
     pub admission: admission::Admission,
     ids: VoteIds,
+}
+
+/// Starts the ingest service: its state from `config`, its collector in `registry`. Returns the
+/// state (the old API submits votes through it too) and the routes it answers.
+pub fn start(
+    log: Arc<dyn Log>,
+    catalog: PollCatalog,
+    config: IngestConfig,
+    rejections: Arc<EdgeRejections>,
+    registry: &mut prometheus_client::registry::Registry,
+) -> Result<(Arc<Ingest>, axum::Router), identity::IdentityConfigError> {
+    let ingest = Ingest::new(log, catalog, config, rejections)?;
+    ingest.register_metrics(registry);
+    Ok((ingest.clone(), routes::router(ingest)))
 }
 
 impl Ingest {

@@ -3,7 +3,12 @@
 //! - [`pipeline`] (pure, no I/O): [`PartitionCounter`] judges and counts one partition's votes —
 //!   exact dedupe per (poll, voter), absolute counts per option, 1-second event-time windows with a
 //!   watermark and allowed lateness, rejection counts — and produces [`schemas::PartialTally`]s.
+//! - [`metrics`]: the counters in [`ProcessorMetrics`] (counters, owned partitions and their positions, readiness)
+//!   and the collectors for `/metrics`: `crowdtick_processor_*`, and [`LogProgress`] (each votes
+//!   partition's high watermark and this processor's lag behind it).
 //! - [`runner`]: the partition tasks, a loop over fetch and flush tick against any [`storage::Log`].
+//! - [`settings`]: the [`ProcessorSection`], `[processor]` settings as written, and the
+//!   [`ProcessorConfig`] and consumer group they become.
 //! - [`start`]: [`start::start`], the processor starting itself: every partition (embedded) or a
 //!   member of the Kafka consumer group; [`start::Processor::stop`] flushes, then leaves the group.
 //! - [`recount`]: replays the log into fresh counters and checks every published partial against it.
@@ -13,13 +18,17 @@
 //! Merging partials into results, and the board readers share, are the read model: the `results`
 //! crate.
 
+pub mod metrics;
 pub mod pipeline;
 pub mod recount;
 pub mod runner;
+pub mod settings;
 pub mod start;
 
 #[cfg(test)]
 mod exactness;
 
+pub use metrics::{LogProgress, ProcessorMetrics};
 pub use pipeline::{Outcome, PartitionCounter, WindowConfig};
-pub use runner::{ProcessorConfig, ProcessorMetrics};
+pub use runner::ProcessorConfig;
+pub use settings::ProcessorSection;

@@ -8,20 +8,21 @@
 //! only written when it is newer than the one already published for its (poll, partition), so a
 //! replay after a crash re-emits nothing stale.
 
+use crate::metrics::ProcessorMetrics;
 use crate::pipeline::{Outcome, PartitionCounter, WindowConfig};
-use parking_lot::Mutex;
 use schemas::poll::PollState;
 use schemas::vote::decode_vote;
 use schemas::{now_micros, PartialTally, PollId};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use storage::{
     AppendBatch, GroupEvent, Log, LogError, PollCatalog, RedisCache, StoreError, TallyStore,
     TallyStoreError, Topic,
 };
-use tokio::sync::{mpsc, watch};
+use storage::{Shutdown, ShutdownTrigger};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 #[derive(Debug, Clone)]
@@ -47,52 +48,6 @@ impl Default for ProcessorConfig {
             ingest_deadline: Duration::from_secs(2),
             checkpoint_interval: Some(Duration::from_secs(5)),
         }
-    }
-}
-
-/// Counters for `/metrics`.
-#[derive(Debug, Default)]
-pub struct ProcessorMetrics {
-    pub records_read: AtomicU64,
-    pub votes_counted: AtomicU64,
-    pub votes_counted_late_for_window: AtomicU64,
-    pub votes_duplicate: AtomicU64,
-    pub votes_rejected: AtomicU64,
-    pub records_undecodable: AtomicU64,
-    pub partials_emitted: AtomicU64,
-    pub restarts: AtomicU64,
-    pub catalog_rereads: AtomicU64,
-    pub cache_write_failures: AtomicU64,
-    pub checkpoints_written: AtomicU64,
-    pub checkpoint_bytes: AtomicU64,
-    pub checkpoint_failures: AtomicU64,
-    pub checkpoints_restored: AtomicU64,
-    /// Next offset to read, per owned votes partition (lag = high watermark − this).
-    pub positions: Arc<Mutex<BTreeMap<u32, u64>>>,
-    /// Whether this processor knows which partitions it owns (the consumer group has assigned
-    /// them, possibly none; always for the embedded log, which owns every partition).
-    pub owns_partitions: AtomicBool,
-    /// Owned partitions not yet caught up: assigned but not started, restoring, replaying, or
-    /// restarting after a failure, until a fetch reaches the end of the log. Empty and
-    /// `owns_partitions`: the processor is ready.
-    pub catching_up: Mutex<BTreeSet<u32>>,
-}
-
-impl ProcessorMetrics {
-    /// Readiness of the processor: `Err` says why it is not ready.
-    pub fn readiness(&self) -> Result<String, String> {
-        if !self.owns_partitions.load(Ordering::Relaxed) {
-            return Err("waiting for the consumer group to assign partitions".into());
-        }
-        // One lock at a time (stop_partitions takes positions, then catching_up).
-        let catching_up = self.catching_up.lock().clone();
-        if !catching_up.is_empty() {
-            return Err(format!(
-                "partitions {catching_up:?} are restoring or replaying the votes log"
-            ));
-        }
-        let owned: Vec<u32> = self.positions.lock().keys().copied().collect();
-        Ok(format!("owns partitions {owned:?}, caught up"))
     }
 }
 
@@ -140,7 +95,7 @@ pub async fn run_partition_supervised(
     pipeline: Pipeline,
     partition: u32,
     published: Published,
-    shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
 ) {
     let mut published = published;
     loop {
@@ -152,7 +107,7 @@ pub async fn run_partition_supervised(
                 pipeline.metrics.restarts.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(partition, error = %e, "partition task failed; restarting it in 1 s");
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                if *shutdown.borrow() {
+                if shutdown.is_signalled() {
                     return;
                 }
             }
@@ -166,7 +121,7 @@ pub async fn run_partition(
     pipeline: &Pipeline,
     partition: u32,
     published: &mut Published,
-    mut shutdown: watch::Receiver<bool>,
+    mut shutdown: Shutdown,
 ) -> Result<(), PartitionError> {
     let Pipeline {
         log,
@@ -198,7 +153,7 @@ pub async fn run_partition(
         let fetch_wall = now_micros();
         let fetched = tokio::select! {
             r = log.fetch(Topic::Votes, partition, task.counter.next_offset(), config.max_fetch_bytes, config.flush_interval) => r?,
-            _ = shutdown.changed() => break,
+            _ = shutdown.signalled() => break,
         };
         let mut polls = catalog.snapshot();
         let mut votes = Vec::with_capacity(fetched.len());
@@ -512,13 +467,13 @@ async fn write_cache(
 pub async fn run_group(
     pipeline: Pipeline,
     mut events: mpsc::UnboundedReceiver<GroupEvent>,
-    mut shutdown: watch::Receiver<bool>,
+    mut shutdown: Shutdown,
 ) {
-    let mut running: BTreeMap<u32, (watch::Sender<bool>, JoinHandle<()>)> = BTreeMap::new();
+    let mut running: BTreeMap<u32, (ShutdownTrigger, JoinHandle<()>)> = BTreeMap::new();
     loop {
         let event = tokio::select! {
             e = events.recv() => e,
-            _ = shutdown.changed() => None,
+            _ = shutdown.signalled() => None,
         };
         match event {
             Some(GroupEvent::Assigned(parts)) => {
@@ -536,7 +491,7 @@ pub async fn run_group(
                     if running.contains_key(&p) {
                         continue;
                     }
-                    let (stop, stop_rx) = watch::channel(false);
+                    let (stop, stop_rx) = ShutdownTrigger::new();
                     let handle = tokio::spawn(run_owned_partition(pipeline.clone(), p, stop_rx));
                     running.insert(p, (stop, handle));
                 }
@@ -556,13 +511,13 @@ pub async fn run_group(
 
 async fn stop_partitions(
     pipeline: &Pipeline,
-    running: &mut BTreeMap<u32, (watch::Sender<bool>, JoinHandle<()>)>,
+    running: &mut BTreeMap<u32, (ShutdownTrigger, JoinHandle<()>)>,
     parts: &[u32],
 ) {
     let mut stopping = Vec::new();
     for p in parts {
         if let Some((stop, handle)) = running.remove(p) {
-            let _ = stop.send(true);
+            stop.fire();
             stopping.push(handle);
         }
     }
@@ -579,7 +534,7 @@ async fn stop_partitions(
 
 /// One owned partition: restore what was published (and make sure the results cache has it), then
 /// run until revoked.
-async fn run_owned_partition(pipeline: Pipeline, partition: u32, mut stop: watch::Receiver<bool>) {
+async fn run_owned_partition(pipeline: Pipeline, partition: u32, mut stop: Shutdown) {
     let published = match &pipeline.tally_store {
         None => Published::new(),
         Some(store) => loop {
@@ -600,7 +555,7 @@ async fn run_owned_partition(pipeline: Pipeline, partition: u32, mut stop: watch
                     tracing::warn!(partition, error = %e, "restoring a partition from the tally store failed; retrying in 1 s");
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                        _ = stop.changed() => return,
+                        _ = stop.signalled() => return,
                     }
                 }
             }

@@ -3,8 +3,7 @@
 use crate::runner::{run_group, run_partition_supervised, Pipeline};
 use results::ResultsBoard;
 use std::sync::atomic::Ordering;
-use storage::{GroupConfig, GroupMember, KafkaConfig, LogError};
-use tokio::sync::watch;
+use storage::{GroupConfig, GroupMember, KafkaConfig, LogError, Shutdown};
 use tokio::task::JoinHandle;
 
 /// Which votes partitions this processor counts.
@@ -35,8 +34,10 @@ pub struct Processor {
 pub fn start(
     pipeline: Pipeline,
     ownership: Ownership<'_>,
-    shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
+    registry: &mut prometheus_client::registry::Registry,
 ) -> Result<Processor, LogError> {
+    pipeline.metrics.register_metrics(registry);
     match ownership {
         Ownership::Group { kafka, group } => {
             let (member, events) =

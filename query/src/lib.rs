@@ -7,6 +7,7 @@
 //!   as `?token=`). The keys and tokens themselves are `edge::access`, shared with realtime.
 //! - The JSON shapes of a poll and of its results, and the merged results themselves, are the read
 //!   model (`results`), shared with the realtime service so a pushed update and a `GET` agree.
+//! - [`start`]: the service's routes (API and pages) on its [`QueryState`].
 //! - [`routes`]: `/v1/polls…` handlers.
 //! - [`shared`]: results from Redis and the tally store when the query service runs on its own.
 //! - [`ui`]: the pages in `ui/` (embedded in the binary, no build step), the QR code, `/openapi.json`.
@@ -22,6 +23,11 @@ use std::sync::Arc;
 use storage::{EdgeRejections, PollCatalog};
 
 pub use routes::router;
+
+/// Starts the query service: the API and the web pages, on `state`.
+pub fn start(state: QueryState) -> axum::Router {
+    routes::router(state.clone()).merge(ui::router(state))
+}
 
 /// The query service's shared state.
 #[derive(Clone)]

@@ -8,7 +8,11 @@
 //!   encoded once per poll for both transports.
 //! - [`routes`]: `GET /v1/polls/{id}/ws` and `GET /v1/polls/{id}/sse`, and the deadline a client
 //!   has to take each message.
+//! - [`start`]: the service starting itself (fan-out runtime, metrics, routes).
 //! - [`fanout`]: the runtime WebSocket viewers are served on, at a lower priority than votes.
+//! - [`metrics`]: the service's collector for `/metrics` (`crowdtick_realtime_*`).
+//! - [`settings`]: the [`RealtimeSection`], `[realtime]` settings as written, and the
+//!   [`Settings`] they become.
 //! - [`origin`]: which web pages may open a WebSocket (the `Origin` allow-list).
 //! - [`LiveSocket`] (from `edge::listener`): what a live connection shares with the listener (a
 //!   small kernel send buffer; whether its writes wait for room, so an event stream takes its next
@@ -21,8 +25,12 @@
 pub mod fanout;
 pub mod feed;
 pub mod frame;
+pub mod metrics;
 pub mod origin;
 pub mod routes;
+pub mod settings;
+
+pub use settings::RealtimeSection;
 
 /// The largest message a client may send on a live socket (a vote on the old API's socket is a
 /// few dozen bytes; the /v1 socket takes none). Larger ones close the connection.
@@ -81,6 +89,22 @@ pub struct Realtime {
 pub enum Update {
     Results(Arc<Poll>, Arc<Snapshot>),
     Viewers(u64),
+}
+
+/// Starts the realtime service: its fan-out runtime, its collector in `registry`. Returns the
+/// state (the old API's socket streams through it too) and its routes. Must be called within a
+/// tokio runtime.
+pub fn start(
+    catalog: PollCatalog,
+    board: Arc<ResultsBoard>,
+    keys: OperatorKeys,
+    origins: origin::OriginPolicy,
+    settings: Settings,
+    registry: &mut prometheus_client::registry::Registry,
+) -> std::io::Result<(Arc<Realtime>, axum::Router)> {
+    let realtime = Realtime::new(catalog, board, keys, origins, settings)?;
+    realtime.register_metrics(registry);
+    Ok((realtime.clone(), routes::router(realtime)))
 }
 
 impl Realtime {

@@ -11,7 +11,7 @@ use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use storage::{Log, LogError, Topic};
+use storage::{Log, LogError, Shutdown, Topic};
 use tokio::sync::watch;
 
 /// How fresh the partial a votes partition has published is, per poll (what a processor resumes
@@ -212,7 +212,7 @@ pub async fn load_tallies(log: &dyn Log, board: &ResultsBoard) -> Result<Vec<u64
 pub async fn follow_tallies(
     log: Arc<dyn Log>,
     board: Arc<ResultsBoard>,
-    shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
 ) -> Result<tokio::task::JoinHandle<()>, LogError> {
     let positions = load_tallies(&*log, &board).await?;
     Ok(tokio::spawn(tail_tallies(log, board, positions, shutdown)))
@@ -223,7 +223,7 @@ pub async fn tail_tallies(
     log: Arc<dyn Log>,
     board: Arc<ResultsBoard>,
     positions: Vec<u64>,
-    shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
 ) {
     let tasks: Vec<_> = positions
         .into_iter()
@@ -236,7 +236,7 @@ pub async fn tail_tallies(
                 loop {
                     let f = tokio::select! {
                         r = log.fetch(Topic::Tallies, p as u32, next, 4 << 20, Duration::from_secs(1)) => r,
-                        _ = shutdown.changed() => return,
+                        _ = shutdown.signalled() => return,
                     };
                     match f {
                         Ok(f) => {

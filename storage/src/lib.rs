@@ -8,6 +8,8 @@
 //!   processors' consumer group (who owns which votes partition).
 //! - [`registry_log`]: [`RegistryLog`], the Confluent wire format (magic byte, schema id, datum) on
 //!   the Kafka topics when a schema registry is configured.
+//! - [`metrics`]: the logs' collectors for `/metrics` (`crowdtick_log_*`,
+//!   `crowdtick_schema_registry_*`).
 //! - [`redis_cache`]: [`RedisCache`], the distributed mode's results cache and change notices.
 //! - [`polls`]: [`PollCatalog`], the in-memory view of every poll that the edge and
 //!   the processor consult per vote, over a [`PollStore`] ([`FilePollStore`] when embedded).
@@ -16,6 +18,9 @@
 //! - [`edge_stats`]: [`EdgeRejections`], per-poll counts of the votes the edge refused.
 //! - `test_broker` (feature `test-broker`, for tests only): a tansu (Kafka-protocol) broker on a
 //!   loopback port.
+//! - [`settings`]: the backends' sections of the configuration file (`[log]`, `[kafka]`,
+//!   `[postgres]`, `[redis]`, `[schema_registry]`, `[scylla]`, `[polls]`), as written.
+//! - [`shutdown`]: the [`Shutdown`] signal every background task of a node stops on.
 //! - [`tally_store`]: [`TallyStore`], the latest partial tally per (poll, partition) with its offset;
 //!   a partial older than the stored one is never written ([`MemoryTallyStore`] in memory).
 //! - [`scylla`]: [`ScyllaTallyStore`], partials, windows and checkpoints on ScyllaDB (writes
@@ -27,12 +32,15 @@ pub mod edge_stats;
 pub mod embedded_log;
 pub mod kafka;
 pub mod log;
+pub mod metrics;
 pub mod poll_journal;
 pub mod polls;
 pub mod postgres;
 pub mod redis_cache;
 pub mod registry_log;
 pub mod scylla;
+pub mod settings;
+pub mod shutdown;
 pub mod tally_store;
 #[cfg(any(test, feature = "test-broker"))]
 pub mod test_broker;
@@ -46,4 +54,5 @@ pub use postgres::{PgPollStore, PgTallyStore};
 pub use redis_cache::{Notice, RedisCache};
 pub use registry_log::{RegistryConfig, RegistryLog, RegistryMetrics};
 pub use scylla::{ScyllaConfig, ScyllaTallyStore};
+pub use shutdown::{Shutdown, ShutdownTrigger};
 pub use tally_store::{MemoryTallyStore, TallyStore, TallyStoreError};

@@ -284,6 +284,18 @@ pub trait Log: Send + Sync + 'static {
     }
 }
 
+/// Readiness of a log: `Err` says why it does not answer (within `timeout`).
+pub async fn readiness(log: &dyn Log, timeout: std::time::Duration) -> Result<String, String> {
+    match tokio::time::timeout(timeout, log.ping()).await {
+        Ok(Ok(_)) => Ok("the votes log answers".into()),
+        Ok(Err(e)) => Err(format!("the votes log does not answer: {e}")),
+        Err(_) => Err(format!(
+            "the votes log did not answer within {} s (is the Kafka broker reachable?)",
+            timeout.as_secs()
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

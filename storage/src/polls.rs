@@ -229,6 +229,59 @@ impl PollCatalog {
         self.reload().await
     }
 
+    /// Readiness of a shared catalog: `Err` says why it is too old to trust (for an edge, the age
+    /// past which it answers 503 itself).
+    pub fn freshness(&self, max_age: std::time::Duration) -> Result<String, String> {
+        let age = self.refreshed_at().elapsed();
+        if age <= max_age {
+            Ok(format!("re-read {} ms ago", age.as_millis()))
+        } else {
+            Err(format!(
+                "the poll catalog was last read from PostgreSQL {} ms ago (at most {} ms allowed): \
+                 is PostgreSQL reachable?",
+                age.as_millis(),
+                max_age.as_millis()
+            ))
+        }
+    }
+
+    /// Keeps a shared catalog in step with its store until `shutdown`: a re-read every `every`,
+    /// and at once on a change notice from the results cache (Redis), when there is one.
+    pub async fn follow(
+        self,
+        cache: Option<crate::RedisCache>,
+        every: std::time::Duration,
+        mut shutdown: crate::Shutdown,
+    ) {
+        let (tx, mut notices) = tokio::sync::mpsc::unbounded_channel();
+        let forward = cache.map(|c| tokio::spawn(c.forward_notices(tx, shutdown.clone())));
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                Some(_) = notices.recv() => {}
+                _ = shutdown.signalled() => break,
+            }
+            match self.refresh().await {
+                Ok(()) if failing => {
+                    failing = false;
+                    tracing::info!("the poll catalog is readable again");
+                }
+                Ok(()) => {}
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::warn!(error = %e, "re-reading the poll catalog failed; edges refuse votes once it is too old");
+                }
+                Err(_) => {}
+            }
+        }
+        if let Some(f) = forward {
+            let _ = f.await;
+        }
+    }
+
     async fn reload(&self) -> Result<(), StoreError> {
         let started = std::time::Instant::now();
         let polls = self.inner.store.load().await?;

@@ -15,11 +15,12 @@
 //!   (processors publish; query nodes drop nothing, they read on demand).
 
 use crate::polls::StoreError;
+use crate::shutdown::Shutdown;
 use futures::StreamExt;
 use redis::aio::ConnectionManager;
 use schemas::{PartialTally, PollId};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 /// Compare-and-set of many partials: KEYS[i] is the hash of the i-th partial, ARGV holds
 /// (partition, offset, complete_until, datum) per partial. Returns how many were written.
@@ -181,11 +182,7 @@ impl RedisCache {
     }
 
     /// Forwards notices until `shutdown`, resubscribing after a lost connection.
-    pub async fn forward_notices(
-        self,
-        to: mpsc::UnboundedSender<Notice>,
-        mut shutdown: watch::Receiver<bool>,
-    ) {
+    pub async fn forward_notices(self, to: mpsc::UnboundedSender<Notice>, mut shutdown: Shutdown) {
         loop {
             let subscribed = async {
                 let mut pubsub = self.client.get_async_pubsub().await?;
@@ -204,7 +201,7 @@ impl RedisCache {
                                 },
                                 None => break,
                             },
-                            _ = shutdown.changed() => return,
+                            _ = shutdown.signalled() => return,
                         }
                     }
                     tracing::warn!("Redis notices subscription ended; resubscribing");
@@ -215,7 +212,7 @@ impl RedisCache {
             }
             tokio::select! {
                 _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
-                _ = shutdown.changed() => return,
+                _ = shutdown.signalled() => return,
             }
         }
     }
@@ -341,7 +338,7 @@ mod tests {
     async fn notices_reach_subscribers() {
         let cache = RedisCache::connect(&url(), &prefix()).await.unwrap();
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let (stop, stop_rx) = watch::channel(false);
+        let (stop, stop_rx) = crate::ShutdownTrigger::new();
         let task = tokio::spawn(cache.clone().forward_notices(tx, stop_rx));
         // The subscription is asynchronous: publish until one arrives.
         let got = tokio::time::timeout(std::time::Duration::from_secs(10), async {
@@ -357,7 +354,7 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(got, Notice::Poll { poll_id: 3 });
-        let _ = stop.send(true);
+        stop.fire();
         task.await.unwrap();
     }
 }

@@ -1,0 +1,71 @@
+//! [`ProcessorSection`]: the `[processor]` section of the configuration file, as written, and
+//! what it becomes: the [`ProcessorConfig`] partition tasks run on, the consumer group's
+//! [`GroupConfig`].
+
+use crate::{ProcessorConfig, WindowConfig};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+use storage::GroupConfig;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProcessorSection {
+    /// How often changed tallies are published.
+    pub flush_interval_ms: u64,
+    pub window_ms: i64,
+    pub allowed_lateness_ms: i64,
+    /// Distributed mode: the processors' Kafka consumer group.
+    pub group_id: String,
+    /// `group.instance.id` for static membership (unique per processor); empty: dynamic.
+    pub instance_id: String,
+    /// `partition.assignment.strategy` (`cooperative-sticky`, or `range`/`roundrobin` for eager).
+    pub assignment_strategy: String,
+    /// How long the group waits for a silent processor before moving its partitions.
+    pub session_timeout_ms: u64,
+    /// Distributed mode: how often each partition's counting state is checkpointed to the tally
+    /// store, so its next owner reads on from there instead of replaying the partition. 0: never.
+    pub checkpoint_interval_ms: u64,
+}
+
+impl Default for ProcessorSection {
+    fn default() -> Self {
+        Self {
+            flush_interval_ms: 50,
+            window_ms: 1_000,
+            allowed_lateness_ms: 2_000,
+            group_id: "crowdtick-processors".into(),
+            instance_id: String::new(),
+            assignment_strategy: "cooperative-sticky".into(),
+            session_timeout_ms: 10_000,
+            checkpoint_interval_ms: 5_000,
+        }
+    }
+}
+
+impl ProcessorSection {
+    /// `ingest_deadline`: the edge's (a vote stamped longer ago than this was never acknowledged).
+    pub fn config(&self, ingest_deadline: Duration) -> ProcessorConfig {
+        ProcessorConfig {
+            flush_interval: Duration::from_millis(self.flush_interval_ms),
+            windows: WindowConfig {
+                window_ms: self.window_ms,
+                allowed_lateness_ms: self.allowed_lateness_ms,
+            },
+            ingest_deadline,
+            checkpoint_interval: (self.checkpoint_interval_ms > 0)
+                .then(|| Duration::from_millis(self.checkpoint_interval_ms)),
+            ..Default::default()
+        }
+    }
+
+    /// The consumer group, named under the topics' `topic_prefix`.
+    pub fn group(&self, topic_prefix: &str) -> GroupConfig {
+        GroupConfig {
+            group_id: format!("{topic_prefix}{}", self.group_id),
+            instance_id: self.instance_id.clone(),
+            assignment_strategy: self.assignment_strategy.clone(),
+            session_timeout: Duration::from_millis(self.session_timeout_ms),
+            ..Default::default()
+        }
+    }
+}
