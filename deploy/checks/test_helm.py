@@ -37,17 +37,12 @@ import yaml
 
 from conftest import crowdtick_binary, dockerfile_env, run_crowdtick_config
 from helm_support import (  # noqa: F401 (chart is a fixture)
-    AGGREGATORS_VAR,
     CHART,
-    ED25519_PUBLIC_KEY_PEM,
-    HMAC_VAR,
-    IDENTITY_VALUES,
     KUBE_VERSION,
     NAMESPACE,
     RELEASE,
     SCHEMA_TOOL,
     SECRET_STAND_INS,
-    TRICKY_KEY,
     UNVALIDATED_GROUPS,
     UNVALIDATED_KINDS,
     VALUE_SETS,
