@@ -141,15 +141,9 @@ pub async fn open_stores(
         PollBackend::File(path) => return Ok((Arc::new(FilePollStore::open(path.clone())?), None)),
         PollBackend::Postgres { url, schema } => (url, schema),
     };
-    let pool = storage::postgres::connect(url)
+    let pool = storage::postgres::connect_and_migrate(url, schema)
         .await
         .map_err(|e| anyhow::anyhow!("{e} (--postgres or CROWDTICK_POSTGRES__URL)"))?;
-    let mut client = pool
-        .get()
-        .await
-        .map_err(|e| anyhow::anyhow!("PostgreSQL: {e}"))?;
-    storage::postgres::migrate(&mut client, schema).await?;
-    drop(client);
     let poll_store: Arc<dyn PollStore> = Arc::new(PgPollStore::new(pool.clone(), schema)?);
     let tally_store: Option<Arc<dyn TallyStore>> = match tallies {
         TallyBackend::TopicOnly => None,

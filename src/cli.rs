@@ -184,7 +184,7 @@ fn serve_roles(
                     config.listen
                 )
             })?;
-        crate::serve::run_roles(listener, config, roles, crate::serve::shutdown_signal()).await
+        crate::serve::run_roles(listener, config, roles, storage::shutdown::on_signal()).await
     })
 }
 
@@ -251,7 +251,7 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Healthcheck(args) => {
             let timeout = std::time::Duration::from_secs(args.timeout_secs);
-            match runtime.block_on(crate::healthcheck::status_of(&args.url, timeout)) {
+            match runtime.block_on(edge::probe::status_of(&args.url, timeout)) {
                 Ok(200) => Ok(ExitCode::SUCCESS),
                 Ok(code) => {
                     eprintln!("{} answered {code}", args.url);
@@ -281,17 +281,13 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
             };
             runtime.block_on(async {
-                let pool = storage::postgres::connect(url).await.map_err(|e| {
-                    if e.unreachable {
-                        anyhow::anyhow!("{e}; is it running? (--postgres or CROWDTICK_POSTGRES__URL)")
-                    } else {
-                        anyhow::anyhow!("{e}; check the user, password and database in --postgres or CROWDTICK_POSTGRES__URL")
-                    }
+                storage::postgres::connect_and_migrate(url, schema).await.map_err(|e| {
+                    let hint = match e.unreachable {
+                        true => "is it running? (--postgres or CROWDTICK_POSTGRES__URL)",
+                        false => "check the user, password, database and its privileges in --postgres or CROWDTICK_POSTGRES__URL",
+                    };
+                    anyhow::anyhow!("{e}; {hint}")
                 })?;
-                let mut client = pool.get().await.map_err(|e| {
-                    anyhow::anyhow!("lost the connection to PostgreSQL: {e}; try again")
-                })?;
-                storage::postgres::migrate(&mut client, schema).await?;
                 println!("PostgreSQL schema {schema:?} is up to date");
                 if let crate::backends::TallyBackend::Scylla(scylla) = &backends.tallies {
                     let session = storage::scylla::connect(scylla).await.map_err(|e| {
@@ -314,23 +310,4 @@ fn toml_of(config: &Config) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn printed_configuration_reads_back_as_the_same_configuration() {
-        let mut config = Config::default();
-        config
-            .kafka
-            .settings
-            .insert("linger.ms".into(), "10".into());
-        config.operator_keys = vec!["a \"quoted\" key".into()];
-        let text = toml_of(&config);
-        let back: Config = figment::Figment::from(
-            <figment::providers::Toml as figment::providers::Format>::string(&text),
-        )
-        .extract()
-        .unwrap();
-        assert_eq!(back, config, "{text}");
-    }
-}
+mod tests;

@@ -9,7 +9,8 @@
 //! - [`serve`]: a node: the backends its roles need, each service started by its own crate, the
 //!   node's endpoints; `run(listener, config, shutdown)`.
 //! - [`recount`]: the audit command.
-//! - [`healthcheck`]: `crowdtick healthcheck`, a probe for container healthchecks (no curl needed).
+//!
+//! `crowdtick healthcheck` probes with `edge::probe`.
 //!
 //! The accept loop every node serves on is `edge::listener`; `/healthz`, `/readyz` and `/metrics`
 //! are `edge::node`. The pipeline itself lives in the
@@ -21,7 +22,6 @@
 pub mod backends;
 pub mod cli;
 pub mod config;
-pub mod healthcheck;
 pub mod recount;
 pub mod serve;
 

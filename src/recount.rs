@@ -47,32 +47,13 @@ pub async fn run(config: &Config, json: bool) -> anyhow::Result<bool> {
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!(
-            "recount of {} records in {:.2} s",
-            report.records,
-            started.elapsed().as_secs_f64()
-        );
-        for (poll, r) in &report.polls {
-            let title = catalog
-                .get(*poll)
+        let title_of = |poll| {
+            catalog
+                .get(poll)
                 .map(|p| p.title.clone())
-                .unwrap_or_default();
-            println!("poll {poll} {title:?}: published {:?}, recounted from the log {:?} ({} partials checked)", r.published, r.recounted, r.partials_checked);
-        }
-        for m in &report.mismatches {
-            println!(
-                "MISMATCH poll {} partition {} at offset {}: published {:?}, the log says {:?}",
-                m.poll_id, m.partition, m.offset, m.published, m.recounted
-            );
-        }
-        println!(
-            "{}",
-            if report.agrees() {
-                "recount agrees with every published tally"
-            } else {
-                "recount DISAGREES"
-            }
-        );
+                .unwrap_or_default()
+        };
+        print!("{}", report.to_text(started.elapsed(), title_of));
     }
     Ok(report.agrees())
 }

@@ -13,6 +13,8 @@
 //!   the process's and the accept loop's own figures.
 //! - [`node`]: what every node answers besides its services: `/healthz`, `/readyz`, `/metrics`,
 //!   JSON 404/405, and every error answer rewrapped as JSON.
+//! - [`probe`]: `crowdtick healthcheck`'s client: a plain HTTP/1.0 GET that reads the status code
+//!   (the container image has no curl).
 //! - [`readiness`]: `GET /readyz`, the named checks a node runs (each part's own `readiness()`).
 //! - [`rejection`]: the one mapping of the domain's reasons ([`schemas::VoteRejection`],
 //!   [`schemas::PollRejection`]) onto HTTP status codes. Services return domain reasons from their
@@ -23,6 +25,7 @@ pub mod api_error;
 pub mod listener;
 pub mod metrics;
 pub mod node;
+pub mod probe;
 pub mod readiness;
 pub mod rejection;
 

@@ -26,7 +26,7 @@ fuzz_target!(|input: Input| {
         voter_id: input.voter_id,
         // The schema's options are Avro `int`s (an option index is below 64 on the edge).
         options: input.options.iter().map(|o| o & i32::MAX as u32).collect(),
-        accepted_at_us: input.accepted_at_us,
+        accepted_at: schemas::Timestamp(input.accepted_at_us),
         source: input.source,
     };
     let mut bytes = Vec::new();

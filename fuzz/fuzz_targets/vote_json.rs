@@ -48,7 +48,7 @@ fn judge_at_every_stage(vote: &VoteIn<'_>, polls: &[Poll]) {
     assert!(!id.chars().any(char::is_control));
     assert_eq!(voter.to_string(), format!("device:{id}"), "the device namespace");
     for at in [OPENS_AT - 1, OPENS_AT, CLOSES_AT, CLOSES_AT + 1, i64::MAX] {
-        match validate::judge(vote, voter, poll, at) {
+        match validate::judge(vote, voter, poll, schemas::Timestamp(at)) {
             Err(e) => assert_client_error(&e),
             Ok(choice) => {
                 let poll = poll.expect("a vote on no poll is accepted");

@@ -290,7 +290,7 @@ mod tests {
     }
 
     fn in_an_hour() -> u64 {
-        schemas::now_micros() as u64 / 1_000_000 + 3600
+        schemas::Timestamp::now().micros() as u64 / 1_000_000 + 3600
     }
 
     #[test]

@@ -30,7 +30,7 @@ pub mod validate;
 
 use edge::ApiError;
 use schemas::vote::{encode_vote, vote_key};
-use schemas::{partition_for, PollId, QualifiedVoter, VoteRejection};
+use schemas::{partition_for, Offset, Partition, PollId, QualifiedVoter, Timestamp, VoteRejection};
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -116,8 +116,8 @@ impl Default for IngestConfig {
 pub struct Receipt {
     pub vote_id: String,
     pub poll_id: PollId,
-    pub partition: u32,
-    pub offset: u64,
+    pub partition: Partition,
+    pub offset: Offset,
     pub accepted_at: String,
 }
 
@@ -269,7 +269,7 @@ impl Ingest {
             poll_id: vote.poll_id,
             partition,
             offset: positions[0].offset,
-            accepted_at: format_micros(accepted_at),
+            accepted_at: accepted_at.rfc3339_micros(),
         })
     }
 
@@ -334,9 +334,9 @@ pub(crate) fn push_vote(
     voter: QualifiedVoter<'_>,
     vote_id: &str,
     options: &[u32],
-    accepted_at: i64,
+    accepted_at: Timestamp,
     source: &str,
-) -> u32 {
+) -> Partition {
     let partition = partition_for(poll_id, voter, partitions);
     batch.push_with(
         partition,
@@ -357,12 +357,6 @@ pub(crate) fn unavailable(e: LogError) -> ApiError {
     }
 }
 
-/// RFC 3339 with microseconds, UTC.
-pub fn format_micros(us: i64) -> String {
-    let t = std::time::UNIX_EPOCH + Duration::from_micros(us.max(0) as u64);
-    humantime::format_rfc3339_micros(t).to_string()
-}
-
 /// Server-made vote ids: a random per-process prefix and a counter (no syscall per vote).
 struct VoteIds {
     prefix: String,
@@ -371,7 +365,7 @@ struct VoteIds {
 
 impl VoteIds {
     fn new() -> Self {
-        let seed = schemas::now_micros() as u64 ^ ((std::process::id() as u64) << 40);
+        let seed = Timestamp::now().micros() as u64 ^ ((std::process::id() as u64) << 40);
         let mixed = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17) ^ seed;
         Self {
             prefix: format!("{mixed:016x}"),

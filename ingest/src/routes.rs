@@ -7,7 +7,7 @@
 use crate::identity::{bearer, AggregatorRefusal, TokenError, VerifiedVoter};
 use crate::rate_limit::Refusal;
 use crate::validate::{self, VoteIn};
-use crate::{format_micros, push_vote, unavailable, Ingest};
+use crate::{push_vote, unavailable, Ingest};
 use axum::body::Body;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Query, Request, State};
 use axum::http::{header, StatusCode};
@@ -16,7 +16,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use edge::listener::Arrival;
 use edge::ApiError;
-use schemas::{VoteRejection, VoterNamespace};
+use schemas::{Offset, Partition, VoteRejection, VoterNamespace};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::borrow::Cow;
@@ -180,8 +180,8 @@ struct BatchIn<'a> {
 enum VoteResult<'a> {
     Accepted {
         vote_id: Cow<'a, str>,
-        partition: u32,
-        offset: u64,
+        partition: Partition,
+        offset: Offset,
     },
     Rejected {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -278,7 +278,7 @@ async fn post_batch(
     let partitions = ingest.log.partitions(Topic::Votes);
     let mut append = AppendBatch::with_capacity(batch.votes.len(), body.len());
     // Per vote: Ok(vote_id, partition) awaiting its offset, or the rejection.
-    let mut judged: Vec<Result<(Cow<str>, u32), VoteRejection>> =
+    let mut judged: Vec<Result<(Cow<str>, Partition), VoteRejection>> =
         Vec::with_capacity(batch.votes.len());
     for raw in &batch.votes {
         // Each refused vote is counted once: a body that is not a vote here, one judged against
@@ -386,7 +386,7 @@ async fn post_batch(
     let out = BatchOut {
         accepted: n_accepted,
         rejected,
-        accepted_at: format_micros(accepted_at),
+        accepted_at: accepted_at.rfc3339_micros(),
         results,
     };
     Ok((StatusCode::OK, Json(out)).into_response())
@@ -395,7 +395,7 @@ async fn post_batch(
 /// Accepted votes per poll (for accounting a failed append).
 fn per_poll(
     raw: &[&RawValue],
-    judged: &[Result<(Cow<str>, u32), VoteRejection>],
+    judged: &[Result<(Cow<str>, Partition), VoteRejection>],
 ) -> Vec<(i64, u64)> {
     let mut counts: std::collections::BTreeMap<i64, u64> = Default::default();
     for (r, j) in raw.iter().zip(judged) {

@@ -3,7 +3,7 @@
 
 use schemas::poll::Voters;
 use schemas::poll::{PollState, MAX_OPTIONS};
-use schemas::{Poll, PollId, QualifiedVoter, VoteRejection, VoterNamespace};
+use schemas::{Poll, PollId, QualifiedVoter, Timestamp, VoteRejection, VoterNamespace};
 use serde::Deserialize;
 use std::borrow::Cow;
 use storage::EdgeReason;
@@ -84,7 +84,7 @@ pub fn judge(
     vote: &VoteIn<'_>,
     voter: QualifiedVoter<'_>,
     poll: Option<&Poll>,
-    accepted_at: i64,
+    accepted_at: Timestamp,
 ) -> Result<Choice, VoteRejection> {
     if let Some(id) = &vote.vote_id {
         check_id(id, MAX_VOTE_ID)
@@ -174,11 +174,11 @@ mod tests {
             max_choices: 2,
             visibility: Default::default(),
             opens_at: None,
-            closes_at: Some(1_000),
-            opened_at: Some(10),
+            closes_at: Some(Timestamp(1_000)),
+            opened_at: Some(Timestamp(10)),
             closed_at: None,
             revealed: false,
-            created_at: 0,
+            created_at: Timestamp(0),
             creator: None,
             voters: Default::default(),
         }
@@ -189,7 +189,7 @@ mod tests {
         let v = parse_vote(body.as_bytes()).map_err(answer)?;
         let found = (v.poll_id == 7).then_some(&p);
         voter_of(&v, None, VoterNamespace::Device)
-            .and_then(|voter| judge(&v, voter, found, at))
+            .and_then(|voter| judge(&v, voter, found, Timestamp(at)))
             .map(|c| c.to_vec())
             .map_err(answer)
     }
@@ -257,7 +257,7 @@ mod tests {
             VoterNamespace::Aggregator("sms"),
         ] {
             let voter = voter_of(&v, None, ns).unwrap();
-            let e = judge(&v, voter, Some(&p), 500).unwrap_err();
+            let e = judge(&v, voter, Some(&p), Timestamp(500)).unwrap_err();
             assert_eq!(answer(e), (StatusCode::FORBIDDEN, "verified_voters_only"));
         }
         let token = VerifiedVoter {
@@ -265,7 +265,10 @@ mod tests {
             poll: 7,
         };
         let voter = voter_of(&v, Some(&token), VoterNamespace::Device).unwrap();
-        assert_eq!(judge(&v, voter, Some(&p), 500).unwrap().to_vec(), vec![1]);
+        assert_eq!(
+            judge(&v, voter, Some(&p), Timestamp(500)).unwrap().to_vec(),
+            vec![1]
+        );
     }
 
     #[test]
@@ -338,7 +341,7 @@ mod tests {
             let p = poll();
             match parse_vote(&body) {
                 Err(e) => prop_assert!(answer(e).0.is_client_error()),
-                Ok(v) => if let Err(e) = voter_of(&v, None, VoterNamespace::Device).and_then(|voter| judge(&v, voter, Some(&p), 500)) { prop_assert!(answer(e).0.is_client_error()) },
+                Ok(v) => if let Err(e) = voter_of(&v, None, VoterNamespace::Device).and_then(|voter| judge(&v, voter, Some(&p), Timestamp(500))) { prop_assert!(answer(e).0.is_client_error()) },
             }
         }
 
@@ -347,7 +350,7 @@ mod tests {
             let body = serde_json::json!({"poll_id": poll_id, "option_id": option, "voter_id": voter}).to_string();
             let p = poll();
             let v = parse_vote(body.as_bytes()).unwrap();
-            if let Err(e) = voter_of(&v, None, VoterNamespace::Device).and_then(|voter| judge(&v, voter, Some(&p), 500)) { prop_assert!(answer(e).0.is_client_error()) }
+            if let Err(e) = voter_of(&v, None, VoterNamespace::Device).and_then(|voter| judge(&v, voter, Some(&p), Timestamp(500))) { prop_assert!(answer(e).0.is_client_error()) }
         }
     }
 }

@@ -6,7 +6,7 @@ use apache_avro::Schema;
 use processor::{PartitionCounter, WindowConfig};
 use results::PollResults;
 use schemas::vote::decode_vote;
-use schemas::{PollRules, Vote};
+use schemas::{Offset, Partition, PollRules, Timestamp, Vote};
 use std::hint::black_box;
 use std::time::Instant;
 
@@ -20,7 +20,7 @@ fn votes() -> Vec<Vote> {
             // 20% duplicates: every fifth vote repeats an earlier voter.
             voter_id: format!("voter-{}", if i % 5 == 4 { i / 2 } else { i }),
             options: vec![(i % 4) as u32],
-            accepted_at_us: 1_795_000_000_000_000 + i as i64 * 20,
+            accepted_at: Timestamp(1_795_000_000_000_000 + i as i64 * 20),
             source: "web".into(),
         })
         .collect()
@@ -70,17 +70,17 @@ fn main() {
     let rules = PollRules {
         options: 4,
         max_choices: 1,
-        open_at_us: Some(0),
-        close_at_us: None,
+        open_at: Some(Timestamp(0)),
+        close_at: None,
     };
-    let mut counter = PartitionCounter::new(0, WindowConfig::default());
+    let mut counter = PartitionCounter::new(Partition(0), WindowConfig::default());
     timed("count: decode + judge + dedupe + window", N, || {
         for (offset, b) in encoded.iter().enumerate() {
             let v = decode_vote(b).unwrap();
-            black_box(counter.apply(offset as u64, &v, Some(&rules)));
+            black_box(counter.apply(Offset(offset as i64), &v, Some(&rules)));
         }
     });
-    let partials = counter.take_partials(0);
+    let partials = counter.take_partials(Timestamp(0));
     let mut results = PollResults::default();
     let rounds = 100_000;
     timed(
@@ -89,8 +89,8 @@ fn main() {
         || {
             for i in 0..rounds {
                 let mut t = partials[i % partials.len()].clone();
-                t.offset += i as i64;
-                t.partition = (i % 8) as i32;
+                t.offset = Offset(t.offset.0 + i as i64);
+                t.partition = Partition((i % 8) as i32);
                 black_box(results.apply(t));
             }
         },

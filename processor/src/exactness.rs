@@ -6,7 +6,7 @@ use proptest::prelude::*;
 use results::PollResults;
 use schemas::vote::decode_vote;
 use schemas::PartialTally;
-use schemas::{partition_for, PollRules, Vote};
+use schemas::{partition_for, Offset, Partition, PollRules, Timestamp, Vote};
 use std::collections::HashMap;
 
 const PARTITIONS: u32 = 3;
@@ -15,42 +15,42 @@ fn rules() -> PollRules {
     PollRules {
         options: 3,
         max_choices: 1,
-        open_at_us: Some(0),
-        close_at_us: None,
+        open_at: Some(Timestamp(0)),
+        close_at: None,
     }
 }
 
 /// Runs votes (voter, option) through per-partition counters, taking partials at the given
 /// cut points; returns every partial emitted, in emission order.
 fn emit_all(votes: &[(u8, u8)], cuts: &[usize]) -> Vec<PartialTally> {
-    let mut counters: Vec<_> = (0..PARTITIONS)
+    let mut counters: Vec<_> = Partition::all(PARTITIONS)
         .map(|p| PartitionCounter::new(p, WindowConfig::default()))
         .collect();
-    let mut offsets = vec![0u64; PARTITIONS as usize];
+    let mut offsets = vec![Offset::ZERO; PARTITIONS as usize];
     let mut out = Vec::new();
     for (i, &(voter, option)) in votes.iter().enumerate() {
         let voter = format!("v{voter}");
-        let p = partition_for(1, &voter, PARTITIONS) as usize;
+        let p = partition_for(1, &voter, PARTITIONS).index();
         let mut buf = Vec::new();
         Vote {
             vote_id: format!("{i}"),
             poll_id: 1,
             voter_id: voter,
             options: vec![option as u32 % 4],
-            accepted_at_us: 1_000 + i as i64 * 10_000,
+            accepted_at: Timestamp(1_000 + i as i64 * 10_000),
             source: "t".into(),
         }
         .encode(&mut buf);
         counters[p].apply(offsets[p], &decode_vote(&buf).unwrap(), Some(&rules()));
-        offsets[p] += 1;
+        offsets[p] = offsets[p].next();
         if cuts.contains(&i) {
             for c in counters.iter_mut() {
-                out.extend(c.take_partials(0));
+                out.extend(c.take_partials(Timestamp(0)));
             }
         }
     }
     for c in counters.iter_mut() {
-        out.extend(c.take_partials(0));
+        out.extend(c.take_partials(Timestamp(0)));
     }
     out
 }
@@ -110,8 +110,8 @@ proptest! {
         // The final partial of each partition does not depend on where the flushes happened.
         let a = strip(emit_all(&votes, &cuts));
         let b = strip(emit_all(&votes, &[]));
-        let last = |v: &[PartialTally], p: i32| v.iter().rev().find(|t| t.partition == p).cloned();
-        for p in 0..PARTITIONS as i32 {
+        let last = |v: &[PartialTally], p: Partition| v.iter().rev().find(|t| t.partition == p).cloned();
+        for p in Partition::all(PARTITIONS) {
             prop_assert_eq!(last(&a, p), last(&b, p));
         }
     }

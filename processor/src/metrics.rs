@@ -10,6 +10,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
+use schemas::{Offset, Partition};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -34,14 +35,14 @@ pub struct ProcessorMetrics {
     pub checkpoint_failures: AtomicU64,
     pub checkpoints_restored: AtomicU64,
     /// Next offset to read, per owned votes partition (lag = high watermark − this).
-    pub positions: Arc<Mutex<BTreeMap<u32, u64>>>,
+    pub positions: Arc<Mutex<BTreeMap<Partition, Offset>>>,
     /// Whether this processor knows which partitions it owns (the consumer group has assigned
     /// them, possibly none; always for the embedded log, which owns every partition).
     pub owns_partitions: AtomicBool,
     /// Owned partitions not yet caught up: assigned but not started, restoring, replaying, or
     /// restarting after a failure, until a fetch reaches the end of the log. Empty and
     /// `owns_partitions`: the processor is ready.
-    pub catching_up: Mutex<BTreeSet<u32>>,
+    pub catching_up: Mutex<BTreeSet<Partition>>,
 }
 
 impl ProcessorMetrics {
@@ -51,13 +52,13 @@ impl ProcessorMetrics {
             return Err("waiting for the consumer group to assign partitions".into());
         }
         // One lock at a time (stop_partitions takes positions, then catching_up).
-        let catching_up = self.catching_up.lock().clone();
+        let catching_up: Vec<i32> = self.catching_up.lock().iter().map(|p| p.0).collect();
         if !catching_up.is_empty() {
             return Err(format!(
                 "partitions {catching_up:?} are restoring or replaying the votes log"
             ));
         }
-        let owned: Vec<u32> = self.positions.lock().keys().copied().collect();
+        let owned: Vec<i32> = self.positions.lock().keys().map(|p| p.0).collect();
         Ok(format!("owns partitions {owned:?}, caught up"))
     }
 }
@@ -155,7 +156,7 @@ pub struct LogProgress {
     /// The processor's positions, when this process runs one.
     processor: Option<Arc<ProcessorMetrics>>,
     /// (partition, high watermark, lag) as of the last refresh.
-    seen: Mutex<Vec<(u32, u64, Option<u64>)>>,
+    seen: Mutex<Vec<(Partition, Offset, Option<u64>)>>,
 }
 
 impl fmt::Debug for LogProgress {
@@ -187,13 +188,13 @@ impl LogProgress {
             .map(|p| p.positions.lock().clone())
             .unwrap_or_default();
         let mut seen = Vec::new();
-        for part in 0..self.log.partitions(Topic::Votes) {
+        for part in Partition::all(self.log.partitions(Topic::Votes)) {
             let hw = self
                 .log
                 .high_watermark(Topic::Votes, part)
                 .await
-                .unwrap_or(0);
-            let lag = positions.get(&part).map(|&pos| hw.saturating_sub(pos));
+                .unwrap_or(Offset::ZERO);
+            let lag = positions.get(&part).map(|&pos| hw.since(pos));
             seen.push((part, hw, lag));
         }
         *self.seen.lock() = seen;
@@ -211,7 +212,7 @@ impl Collector for LogProgress {
         )?;
         for &(part, hw, _) in &seen {
             let partition = part.to_string();
-            ConstGauge::new(hw as i64).encode(
+            ConstGauge::new(hw.0).encode(
                 watermarks
                     .encode_family(&[("topic", "votes"), ("partition", partition.as_str())])?,
             )?;

@@ -9,7 +9,9 @@
 //! from N on is the counter that was fed every record (a property test below checks it), so a new
 //! owner of a partition continues from the stored checkpoint instead of replaying the partition.
 
-use schemas::{PartialTally, PollId, PollRules, Rejections, VoteRef, WindowCount};
+use schemas::{
+    Offset, PartialTally, Partition, PollId, PollRules, Rejections, Timestamp, VoteRef, WindowCount,
+};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// What happened to one vote.
@@ -53,19 +55,19 @@ struct PollPartial {
     dirty_windows: Vec<i64>,
     dirty: bool,
     /// The highest `complete_until` this partial was emitted with.
-    emitted_complete_until: i64,
+    emitted_complete_until: Timestamp,
 }
 
 /// Counting state of one partition of the votes topic.
 #[derive(Debug)]
 pub struct PartitionCounter {
-    partition: u32,
-    next_offset: u64,
+    partition: Partition,
+    next_offset: Offset,
     windows: WindowConfig,
     /// Highest `accepted_at` seen: the watermark is this minus the allowed lateness.
     max_accepted_us: i64,
     /// Every vote accepted at or before this time that belongs to this partition has been read.
-    complete_until: i64,
+    complete_until: Timestamp,
     polls: HashMap<PollId, PollPartial>,
 }
 
@@ -77,7 +79,7 @@ pub enum CheckpointError {
     #[error("checkpoint is cut short or corrupt ({0})")]
     Corrupt(&'static str),
     #[error("checkpoint is of partition {found}, not {expected}")]
-    Partition { found: u64, expected: u32 },
+    Partition { found: u64, expected: Partition },
     #[error(
         "checkpoint was written with windows of {found_ms} ms and {found_lateness_ms} ms allowed \
          lateness, not {window_ms} ms and {lateness_ms} ms"
@@ -95,38 +97,43 @@ const CHECKPOINT_FORMAT: u8 = 1;
 const MIN_POLL_BYTES: usize = 8 * 11 + 1;
 
 impl PartitionCounter {
-    pub fn new(partition: u32, windows: WindowConfig) -> Self {
+    pub fn new(partition: Partition, windows: WindowConfig) -> Self {
         Self {
             partition,
-            next_offset: 0,
+            next_offset: Offset::ZERO,
             windows,
             max_accepted_us: i64::MIN,
-            complete_until: 0,
+            complete_until: Timestamp(0),
             polls: HashMap::new(),
         }
     }
 
-    pub fn partition(&self) -> u32 {
+    pub fn partition(&self) -> Partition {
         self.partition
     }
 
     /// The offset of the next record this counter expects.
-    pub fn next_offset(&self) -> u64 {
+    pub fn next_offset(&self) -> Offset {
         self.next_offset
     }
 
     /// Judges and counts one vote at `offset` (records must come in offset order). `rules` is the
     /// poll's definition, `None` if the poll is unknown.
-    pub fn apply(&mut self, offset: u64, vote: &VoteRef<'_>, rules: Option<&PollRules>) -> Outcome {
+    pub fn apply(
+        &mut self,
+        offset: Offset,
+        vote: &VoteRef<'_>,
+        rules: Option<&PollRules>,
+    ) -> Outcome {
         debug_assert!(offset >= self.next_offset, "records out of order");
-        self.next_offset = offset + 1;
+        self.next_offset = offset.next();
         let partial = self.polls.entry(vote.poll_id).or_default();
         partial.dirty = true;
         let Some(rules) = rules else {
             partial.rejected.invalid += 1;
             return Outcome::Invalid;
         };
-        match rules.state_at(vote.accepted_at_us) {
+        match rules.state_at(vote.accepted_at) {
             schemas::poll::PollState::Open => {}
             schemas::poll::PollState::Closed => {
                 partial.rejected.late += 1;
@@ -154,11 +161,11 @@ impl PartitionCounter {
         }
 
         let window_us = self.windows.window_ms * 1_000;
-        let start_us = vote.accepted_at_us.div_euclid(window_us) * window_us;
+        let start_us = vote.accepted_at.micros().div_euclid(window_us) * window_us;
         let watermark = self
             .max_accepted_us
             .saturating_sub(self.windows.allowed_lateness_ms * 1_000);
-        self.max_accepted_us = self.max_accepted_us.max(vote.accepted_at_us);
+        self.max_accepted_us = self.max_accepted_us.max(vote.accepted_at.micros());
         if start_us + window_us <= watermark {
             partial.late_for_window += 1;
             return Outcome::CountedLate;
@@ -175,8 +182,8 @@ impl PartitionCounter {
     }
 
     /// A record that is not a decodable vote still takes its offset.
-    pub fn skip(&mut self, offset: u64) {
-        self.next_offset = offset + 1;
+    pub fn skip(&mut self, offset: Offset) {
+        self.next_offset = offset.next();
     }
 
     /// Marks the partition as having read every record up to `next_offset`, with everything
@@ -185,8 +192,8 @@ impl PartitionCounter {
     /// can tell that every partition has finished counting them.
     pub fn mark_complete(
         &mut self,
-        complete_until: i64,
-        closing: impl IntoIterator<Item = (PollId, i64)>,
+        complete_until: Timestamp,
+        closing: impl IntoIterator<Item = (PollId, Timestamp)>,
     ) {
         for (poll, close_at) in closing {
             if close_at <= complete_until {
@@ -201,7 +208,7 @@ impl PartitionCounter {
 
     /// The absolute partials of every poll that changed since the last call (and of polls
     /// [`mark_complete`](Self::mark_complete) asked for), tagged with this partition's offset.
-    pub fn take_partials(&mut self, emitted_at: i64) -> Vec<PartialTally> {
+    pub fn take_partials(&mut self, emitted_at: Timestamp) -> Vec<PartialTally> {
         let mut out = Vec::new();
         let complete_until = self.complete_until;
         for (&poll_id, p) in self.polls.iter_mut().filter(|(_, p)| p.dirty) {
@@ -217,8 +224,8 @@ impl PartitionCounter {
                 .collect();
             out.push(PartialTally {
                 poll_id,
-                partition: self.partition as i32,
-                offset: self.next_offset as i64,
+                partition: self.partition,
+                offset: self.next_offset,
                 counts: p.counts.clone(),
                 voters: p.voters.len() as i64,
                 rejected: p.rejected,
@@ -242,12 +249,12 @@ impl PartitionCounter {
             .sum();
         let mut out = Vec::with_capacity(64 + voters + self.polls.len() * 128);
         out.push(CHECKPOINT_FORMAT);
-        put_u64(&mut out, self.partition as u64);
+        put_u64(&mut out, self.partition.0 as u64);
         put_i64(&mut out, self.windows.window_ms);
         put_i64(&mut out, self.windows.allowed_lateness_ms);
-        put_u64(&mut out, self.next_offset);
+        put_u64(&mut out, self.next_offset.count());
         put_i64(&mut out, self.max_accepted_us);
-        put_i64(&mut out, self.complete_until);
+        put_i64(&mut out, self.complete_until.micros());
         put_u64(&mut out, self.polls.len() as u64);
         for (&poll_id, p) in &self.polls {
             put_i64(&mut out, poll_id);
@@ -257,7 +264,7 @@ impl PartitionCounter {
             [r.duplicate, r.late, r.closed, r.invalid, p.late_for_window]
                 .into_iter()
                 .for_each(|v| put_i64(&mut out, v));
-            put_i64(&mut out, p.emitted_complete_until);
+            put_i64(&mut out, p.emitted_complete_until.micros());
             out.push(p.dirty as u8);
             put_u64(&mut out, p.windows.len() as u64);
             for (&start_ms, &votes) in &p.windows {
@@ -277,7 +284,7 @@ impl PartitionCounter {
 
     /// The counter [`checkpoint`](Self::checkpoint) wrote, for `partition`.
     pub fn restore(
-        partition: u32,
+        partition: Partition,
         windows: WindowConfig,
         bytes: &[u8],
     ) -> Result<Self, CheckpointError> {
@@ -287,7 +294,7 @@ impl PartitionCounter {
             return Err(CheckpointError::Format(format));
         }
         let found = r.u64()?;
-        if found != partition as u64 {
+        if found != partition.0 as u64 {
             return Err(CheckpointError::Partition {
                 found,
                 expected: partition,
@@ -304,9 +311,9 @@ impl PartitionCounter {
             });
         }
         let mut counter = PartitionCounter::new(partition, windows);
-        counter.next_offset = r.u64()?;
+        counter.next_offset = Offset::from_count(r.u64()?);
         counter.max_accepted_us = r.i64()?;
-        counter.complete_until = r.i64()?;
+        counter.complete_until = Timestamp(r.i64()?);
         let polls = r.len(MIN_POLL_BYTES)?;
         counter.polls.reserve(polls);
         for _ in 0..polls {
@@ -322,7 +329,7 @@ impl PartitionCounter {
                 invalid: r.i64()?,
             };
             p.late_for_window = r.i64()?;
-            p.emitted_complete_until = r.i64()?;
+            p.emitted_complete_until = Timestamp(r.i64()?);
             p.dirty = r.byte()? != 0;
             for _ in 0..r.len(16)? {
                 let start_ms = r.i64()?;
@@ -422,8 +429,8 @@ mod tests {
         PollRules {
             options: 3,
             max_choices: 1,
-            open_at_us: Some(0),
-            close_at_us: Some(1_000 + 120 * 200_000),
+            open_at: Some(Timestamp(0)),
+            close_at: Some(Timestamp(1_000 + 120 * 200_000)),
         }
     }
 
@@ -444,16 +451,23 @@ mod tests {
                 poll_id: poll as i64 % 3,
                 voter_id: format!("voter-{voter}"),
                 options: vec![option as u32 % 4],
-                accepted_at_us: 1_000 + offset as i64 * 200_000 - step as i64 * 700_000,
+                accepted_at: Timestamp(1_000 + offset as i64 * 200_000 - step as i64 * 700_000),
                 source: "t".into(),
             }
             .encode(&mut buf);
             // Poll 2 is unknown: rejected as invalid.
             let rules = (poll % 3 != 2).then(rules);
-            counter.apply(offset as u64, &decode_vote(&buf).unwrap(), rules.as_ref());
+            counter.apply(
+                Offset(offset as i64),
+                &decode_vote(&buf).unwrap(),
+                rules.as_ref(),
+            );
             if cuts.contains(&offset) {
-                counter.mark_complete(offset as i64 * 150_000, [(0, 1_000 + 60 * 200_000)]);
-                out.extend(counter.take_partials(offset as i64));
+                counter.mark_complete(
+                    Timestamp(offset as i64 * 150_000),
+                    [(0, Timestamp(1_000 + 60 * 200_000))],
+                );
+                out.extend(counter.take_partials(Timestamp(offset as i64)));
             }
         }
         out
@@ -468,19 +482,19 @@ mod tests {
         ) {
             let split = split.min(votes.len());
             let windows = WindowConfig { window_ms: 1_000, allowed_lateness_ms: 2_000 };
-            let mut whole = PartitionCounter::new(4, windows);
+            let mut whole = PartitionCounter::new(Partition(4), windows);
             let expected = feed(&mut whole, &votes, 0, &cuts);
 
-            let mut before = PartitionCounter::new(4, windows);
+            let mut before = PartitionCounter::new(Partition(4), windows);
             let mut got = feed(&mut before, &votes[..split], 0, &cuts);
             let bytes = before.checkpoint();
-            let mut after = PartitionCounter::restore(4, windows, &bytes).unwrap();
-            prop_assert_eq!(after.next_offset(), split as u64);
+            let mut after = PartitionCounter::restore(Partition(4), windows, &bytes).unwrap();
+            prop_assert_eq!(after.next_offset(), Offset(split as i64));
             prop_assert_eq!(&after.polls, &before.polls);
             got.extend(feed(&mut after, &votes[split..], split, &cuts));
 
             prop_assert_eq!(got, expected);
-            prop_assert_eq!(after.take_partials(0), whole.take_partials(0));
+            prop_assert_eq!(after.take_partials(Timestamp(0)), whole.take_partials(Timestamp(0)));
             prop_assert_eq!(after.polls, whole.polls);
         }
 
@@ -490,27 +504,27 @@ mod tests {
             cut in any::<prop::sample::Index>(),
         ) {
             let windows = WindowConfig::default();
-            let mut counter = PartitionCounter::new(1, windows);
+            let mut counter = PartitionCounter::new(Partition(1), windows);
             feed(&mut counter, &votes, 0, &[]);
             let bytes = counter.checkpoint();
             let cut = cut.index(bytes.len());
-            prop_assert!(PartitionCounter::restore(1, windows, &bytes[..cut]).is_err());
+            prop_assert!(PartitionCounter::restore(Partition(1), windows, &bytes[..cut]).is_err());
             let mut longer = bytes.clone();
             longer.push(0);
-            prop_assert!(PartitionCounter::restore(1, windows, &longer).is_err());
+            prop_assert!(PartitionCounter::restore(Partition(1), windows, &longer).is_err());
         }
     }
 
     #[test]
     fn a_checkpoint_with_other_windows_is_refused() {
         let windows = WindowConfig::default();
-        let bytes = PartitionCounter::new(1, windows).checkpoint();
+        let bytes = PartitionCounter::new(Partition(1), windows).checkpoint();
         let other = WindowConfig {
             window_ms: 5_000,
             ..windows
         };
         assert!(matches!(
-            PartitionCounter::restore(1, other, &bytes),
+            PartitionCounter::restore(Partition(1), other, &bytes),
             Err(CheckpointError::Windows {
                 found_ms: 1_000,
                 window_ms: 5_000,
@@ -522,20 +536,20 @@ mod tests {
     #[test]
     fn a_checkpoint_of_another_partition_or_format_is_refused() {
         let windows = WindowConfig::default();
-        let bytes = PartitionCounter::new(1, windows).checkpoint();
+        let bytes = PartitionCounter::new(Partition(1), windows).checkpoint();
         assert_eq!(
-            PartitionCounter::restore(2, windows, &bytes).unwrap_err(),
+            PartitionCounter::restore(Partition(2), windows, &bytes).unwrap_err(),
             CheckpointError::Partition {
                 found: 1,
-                expected: 2
+                expected: Partition(2)
             }
         );
         let mut other = bytes.clone();
         other[0] = 9;
         assert_eq!(
-            PartitionCounter::restore(1, windows, &other).unwrap_err(),
+            PartitionCounter::restore(Partition(1), windows, &other).unwrap_err(),
             CheckpointError::Format(9)
         );
-        assert!(PartitionCounter::restore(1, windows, &bytes).is_ok());
+        assert!(PartitionCounter::restore(Partition(1), windows, &bytes).is_ok());
     }
 }

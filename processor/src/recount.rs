@@ -8,7 +8,7 @@
 use crate::pipeline::{PartitionCounter, WindowConfig};
 use results::PollResults;
 use schemas::vote::decode_vote;
-use schemas::{Poll, PollId, Rejections};
+use schemas::{Offset, Partition, Poll, PollId, Rejections};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -19,8 +19,8 @@ use storage::{Log, LogError, Topic};
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Mismatch {
     pub poll_id: PollId,
-    pub partition: u32,
-    pub offset: i64,
+    pub partition: Partition,
+    pub offset: Offset,
     pub published: (Vec<i64>, i64, Rejections),
     pub recounted: (Vec<i64>, i64, Rejections),
 }
@@ -46,6 +46,36 @@ impl RecountReport {
     pub fn agrees(&self) -> bool {
         self.mismatches.is_empty()
     }
+
+    /// The report as `crowdtick recount` prints it: a line per poll (`title_of` names it), a line
+    /// per mismatch, then the verdict.
+    pub fn to_text(&self, elapsed: Duration, title_of: impl Fn(PollId) -> String) -> String {
+        let mut out = format!(
+            "recount of {} records in {:.2} s\n",
+            self.records,
+            elapsed.as_secs_f64()
+        );
+        for (&poll, r) in &self.polls {
+            out += &format!(
+                "poll {poll} {:?}: published {:?}, recounted from the log {:?} ({} partials checked)\n",
+                title_of(poll),
+                r.published,
+                r.recounted,
+                r.partials_checked
+            );
+        }
+        for m in &self.mismatches {
+            out += &format!(
+                "MISMATCH poll {} partition {} at offset {}: published {:?}, the log says {:?}\n",
+                m.poll_id, m.partition, m.offset, m.published, m.recounted
+            );
+        }
+        out += match self.agrees() {
+            true => "recount agrees with every published tally\n",
+            false => "recount DISAGREES\n",
+        };
+        out
+    }
 }
 
 fn normalized(mut counts: Vec<i64>, options: usize) -> Vec<i64> {
@@ -62,25 +92,25 @@ pub async fn recount(
     polls: &HashMap<PollId, Arc<Poll>>,
     published: &HashMap<PollId, PollResults>,
     windows: WindowConfig,
-    mut progress: impl FnMut(u32, u64, u64),
+    mut progress: impl FnMut(Partition, Offset, Offset),
 ) -> Result<RecountReport, LogError> {
     let mut report = RecountReport::default();
     let options = |poll: PollId| polls.get(&poll).map(|p| p.options.len()).unwrap_or(0);
     let mut recounted: BTreeMap<PollId, Vec<i64>> = BTreeMap::new();
-    for partition in 0..log.partitions(Topic::Votes) {
+    for partition in Partition::all(log.partitions(Topic::Votes)) {
         // Checkpoints: offset → polls whose published partial was taken there.
-        let mut checkpoints: BTreeMap<i64, Vec<PollId>> = BTreeMap::new();
+        let mut checkpoints: BTreeMap<Offset, Vec<PollId>> = BTreeMap::new();
         for (&poll, r) in published {
-            if let Some(t) = r.partial(partition as i32) {
+            if let Some(t) = r.partial(partition) {
                 checkpoints.entry(t.offset).or_default().push(poll);
             }
         }
         let mut counter = PartitionCounter::new(partition, windows);
         let end = log.high_watermark(Topic::Votes, partition).await?;
         let mut check = |counter: &PartitionCounter, report: &mut RecountReport| {
-            if let Some(polls_here) = checkpoints.remove(&(counter.next_offset() as i64)) {
+            if let Some(polls_here) = checkpoints.remove(&counter.next_offset()) {
                 for poll in polls_here {
-                    let t = published[&poll].partial(partition as i32).unwrap();
+                    let t = published[&poll].partial(partition).unwrap();
                     let n = options(poll);
                     let (counts, voters, rejected) = counter.counts(poll);
                     let mine = (normalized(counts, n), voters, rejected);
@@ -136,7 +166,7 @@ pub async fn recount(
         // A published offset beyond the log's end cannot be checked: that is a mismatch too.
         for (offset, polls_left) in checkpoints {
             for poll in polls_left {
-                let t = published[&poll].partial(partition as i32).unwrap();
+                let t = published[&poll].partial(partition).unwrap();
                 report.mismatches.push(Mismatch {
                     poll_id: poll,
                     partition,

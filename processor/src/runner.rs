@@ -12,7 +12,7 @@ use crate::metrics::ProcessorMetrics;
 use crate::pipeline::{Outcome, PartitionCounter, WindowConfig};
 use schemas::poll::PollState;
 use schemas::vote::decode_vote;
-use schemas::{now_micros, PartialTally, PollId};
+use schemas::{Offset, PartialTally, Partition, PollId, Timestamp};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -93,7 +93,7 @@ fn tally_store_failed(doing: &'static str) -> impl FnOnce(TallyStoreError) -> Pa
 /// the start) after an error.
 pub async fn run_partition_supervised(
     pipeline: Pipeline,
-    partition: u32,
+    partition: Partition,
     published: Published,
     shutdown: Shutdown,
 ) {
@@ -105,7 +105,7 @@ pub async fn run_partition_supervised(
                 // Not ready again until the restarted task has caught up.
                 pipeline.metrics.catching_up.lock().insert(partition);
                 pipeline.metrics.restarts.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(partition, error = %e, "partition task failed; restarting it in 1 s");
+                tracing::warn!(partition = %partition, error = %e, "partition task failed; restarting it in 1 s");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 if shutdown.is_signalled() {
                     return;
@@ -119,7 +119,7 @@ pub async fn run_partition_supervised(
 /// error.
 pub async fn run_partition(
     pipeline: &Pipeline,
-    partition: u32,
+    partition: Partition,
     published: &mut Published,
     mut shutdown: Shutdown,
 ) -> Result<(), PartitionError> {
@@ -150,7 +150,7 @@ pub async fn run_partition(
     let (mut caught_up, mut ready) = (false, false);
     let mut last_flush = Instant::now();
     loop {
-        let fetch_wall = now_micros();
+        let fetch_wall = Timestamp::now();
         let fetched = tokio::select! {
             r = log.fetch(Topic::Votes, partition, task.counter.next_offset(), config.max_fetch_bytes, config.flush_interval) => r?,
             _ = shutdown.signalled() => break,
@@ -167,7 +167,7 @@ pub async fn run_partition(
                 }
                 Err(e) => {
                     bad += 1;
-                    tracing::warn!(partition, offset, error = %e, "undecodable record in the votes topic; skipped");
+                    tracing::warn!(partition = %partition, offset = %offset, error = %e, "undecodable record in the votes topic; skipped");
                     votes.push((offset, None));
                 }
             }
@@ -222,13 +222,14 @@ pub async fn run_partition(
             let closing = polls
                 .values()
                 .filter_map(|p| p.close_time().map(|c| (p.id, c)));
-            task.counter.mark_complete(fetch_wall - margin, closing);
+            task.counter
+                .mark_complete(fetch_wall.add_micros(-margin), closing);
             if replaying {
                 replaying = false;
                 tracing::info!(
-                    partition,
-                    from = replay_from,
-                    to = replay_to,
+                    partition = %partition,
+                    from = %replay_from,
+                    to = %replay_to,
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "partition state rebuilt from the log"
                 );
@@ -255,7 +256,7 @@ pub async fn run_partition(
 /// supervisor retries): a passing failure must not cost a full replay.
 async fn restore_checkpoint(
     pipeline: &Pipeline,
-    partition: u32,
+    partition: Partition,
 ) -> Result<PartitionCounter, PartitionError> {
     let windows = pipeline.config.windows;
     let fresh = PartitionCounter::new(partition, windows);
@@ -265,7 +266,7 @@ async fn restore_checkpoint(
     };
     let started = Instant::now();
     let Some((offset, bytes)) = store
-        .load_checkpoint(partition as i32)
+        .load_checkpoint(partition)
         .await
         .map_err(tally_store_failed("reading the partition's checkpoint"))?
     else {
@@ -285,8 +286,8 @@ async fn restore_checkpoint(
                     .checkpoints_restored
                     .fetch_add(1, Ordering::Relaxed);
                 tracing::info!(
-                    partition,
-                    offset,
+                    partition = %partition,
+                    offset = %offset,
                     bytes = bytes.len(),
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "partition state restored from its checkpoint"
@@ -301,12 +302,12 @@ async fn restore_checkpoint(
         }
     };
     tracing::error!(
-        partition,
+        partition = %partition,
         why = unusable,
         "deleting the partition's checkpoint and replaying the partition from the start"
     );
     store
-        .clear_checkpoint(partition as i32)
+        .clear_checkpoint(partition)
         .await
         .map_err(tally_store_failed("deleting the partition's checkpoint"))?;
     Ok(fresh)
@@ -318,7 +319,7 @@ async fn restore_checkpoint(
 fn judged_by(polls: &HashMap<PollId, Arc<schemas::Poll>>, vote: &schemas::VoteRef<'_>) -> bool {
     polls
         .get(&vote.poll_id)
-        .is_some_and(|p| p.state_at(vote.accepted_at_us) == PollState::Open)
+        .is_some_and(|p| p.state_at(vote.accepted_at) == PollState::Open)
 }
 
 /// One partition task's state between flushes.
@@ -331,7 +332,7 @@ struct PartitionTask<'a> {
     cache_pending: Vec<PartialTally>,
     last_checkpoint: Instant,
     /// The offset of the last checkpoint written (or restored).
-    checkpointed: u64,
+    checkpointed: Offset,
 }
 
 impl PartitionTask<'_> {
@@ -349,7 +350,7 @@ impl PartitionTask<'_> {
         let published = &mut *self.published;
         let partials: Vec<PartialTally> = self
             .counter
-            .take_partials(now_micros())
+            .take_partials(Timestamp::now())
             .into_iter()
             .filter(|t| match published.get(&t.poll_id) {
                 Some(&published) => t.freshness().supersedes(published),
@@ -360,7 +361,7 @@ impl PartitionTask<'_> {
             let tally_partitions = log.partitions(Topic::Tallies);
             let mut batch = AppendBatch::with_capacity(partials.len(), partials.len() * 128);
             for t in &partials {
-                let p = (t.poll_id.rem_euclid(tally_partitions as i64)) as u32;
+                let p = Partition::at(t.poll_id.rem_euclid(tally_partitions as i64) as usize);
                 batch.push(p, t.emitted_at, &t.key(), &t.to_avro());
             }
             log.append(
@@ -408,7 +409,7 @@ impl PartitionTask<'_> {
         self.last_checkpoint = Instant::now();
         let bytes = self.counter.checkpoint();
         let partition = self.counter.partition();
-        match store.put_checkpoint(partition as i32, offset, &bytes).await {
+        match store.put_checkpoint(partition, offset, &bytes).await {
             Ok(written) => {
                 self.checkpointed = offset;
                 if written {
@@ -418,7 +419,7 @@ impl PartitionTask<'_> {
                         .fetch_add(bytes.len() as u64, Ordering::Relaxed);
                 } else {
                     // Another owner (a zombie, or a new owner ahead of us) stored a later one.
-                    tracing::debug!(partition, offset, "a later checkpoint is stored");
+                    tracing::debug!(partition = %partition, offset = %offset, "a later checkpoint is stored");
                 }
             }
             Err(e) => {
@@ -426,7 +427,7 @@ impl PartitionTask<'_> {
                     .metrics
                     .checkpoint_failures
                     .fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(partition, error = %e, "writing the partition's checkpoint failed; trying again at the next interval");
+                tracing::warn!(partition = %partition, error = %e, "writing the partition's checkpoint failed; trying again at the next interval");
             }
         }
     }
@@ -469,7 +470,7 @@ pub async fn run_group(
     mut events: mpsc::UnboundedReceiver<GroupEvent>,
     mut shutdown: Shutdown,
 ) {
-    let mut running: BTreeMap<u32, (ShutdownTrigger, JoinHandle<()>)> = BTreeMap::new();
+    let mut running: BTreeMap<Partition, (ShutdownTrigger, JoinHandle<()>)> = BTreeMap::new();
     loop {
         let event = tokio::select! {
             e = events.recv() => e,
@@ -505,14 +506,14 @@ pub async fn run_group(
     }
     // Leaving the group revokes everything: nobody will acknowledge, so nobody must wait.
     drop(events);
-    let all: Vec<u32> = running.keys().copied().collect();
+    let all: Vec<Partition> = running.keys().copied().collect();
     stop_partitions(&pipeline, &mut running, &all).await;
 }
 
 async fn stop_partitions(
     pipeline: &Pipeline,
-    running: &mut BTreeMap<u32, (ShutdownTrigger, JoinHandle<()>)>,
-    parts: &[u32],
+    running: &mut BTreeMap<Partition, (ShutdownTrigger, JoinHandle<()>)>,
+    parts: &[Partition],
 ) {
     let mut stopping = Vec::new();
     for p in parts {
@@ -534,11 +535,11 @@ async fn stop_partitions(
 
 /// One owned partition: restore what was published (and make sure the results cache has it), then
 /// run until revoked.
-async fn run_owned_partition(pipeline: Pipeline, partition: u32, mut stop: Shutdown) {
+async fn run_owned_partition(pipeline: Pipeline, partition: Partition, mut stop: Shutdown) {
     let published = match &pipeline.tally_store {
         None => Published::new(),
         Some(store) => loop {
-            match store.load_partition(partition as i32).await {
+            match store.load_partition(partition).await {
                 Ok(partials) => {
                     if let Some(cache) = &pipeline.cache {
                         // A previous owner may have died between the store and the cache write:
@@ -552,7 +553,7 @@ async fn run_owned_partition(pipeline: Pipeline, partition: u32, mut stop: Shutd
                         .collect();
                 }
                 Err(e) => {
-                    tracing::warn!(partition, error = %e, "restoring a partition from the tally store failed; retrying in 1 s");
+                    tracing::warn!(partition = %partition, error = %e, "restoring a partition from the tally store failed; retrying in 1 s");
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                         _ = stop.signalled() => return,

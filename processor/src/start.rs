@@ -2,6 +2,7 @@
 
 use crate::runner::{run_group, run_partition_supervised, Pipeline};
 use results::ResultsBoard;
+use schemas::Partition;
 use std::sync::atomic::Ordering;
 use storage::{GroupConfig, GroupMember, KafkaConfig, LogError, Shutdown};
 use tokio::task::JoinHandle;
@@ -53,9 +54,12 @@ pub fn start(
         } => {
             // Every partition is catching up until its task has read to the end of the log.
             let metrics = &pipeline.metrics;
-            metrics.catching_up.lock().extend(0..partitions);
+            metrics
+                .catching_up
+                .lock()
+                .extend(Partition::all(partitions));
             metrics.owns_partitions.store(true, Ordering::Relaxed);
-            let tasks = (0..partitions)
+            let tasks = Partition::all(partitions)
                 .map(|p| {
                     tokio::spawn(run_partition_supervised(
                         pipeline.clone(),

@@ -9,9 +9,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use edge::access::KeyQuery;
 use edge::ApiError;
-use results::views::{format_time, poll_view, results_view};
+use results::views::{poll_view, results_view};
 use schemas::poll::{PollState, MAX_OPTIONS};
-use schemas::{now_micros, Poll, PollId, PollRejection, Visibility, Voters};
+use schemas::{Poll, PollId, PollRejection, Timestamp, Visibility, Voters};
 use serde::Deserialize;
 use serde_json::json;
 use storage::StoreError;
@@ -54,7 +54,7 @@ pub struct CreatePoll {
     pub voters: Option<Voters>,
 }
 
-fn parse_time(field: &str, s: &str) -> Result<i64, PollRejection> {
+fn parse_time(field: &str, s: &str) -> Result<Timestamp, PollRejection> {
     humantime::parse_rfc3339_weak(s)
         .map_err(|e| {
             PollRejection::InvalidTime(format!(
@@ -62,9 +62,11 @@ fn parse_time(field: &str, s: &str) -> Result<i64, PollRejection> {
             ))
         })
         .map(|t| {
-            t.duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_micros() as i64)
-                .unwrap_or(0)
+            Timestamp(
+                t.duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_micros() as i64)
+                    .unwrap_or(0),
+            )
         })
 }
 
@@ -100,7 +102,7 @@ pub fn build_poll(
     req: &CreatePoll,
     id: PollId,
     slug: String,
-    now: i64,
+    now: Timestamp,
     creator: Option<String>,
 ) -> Result<Poll, PollRejection> {
     let title = poll_text(&req.title, MAX_TITLE_CHARS).map_err(|why| {
@@ -156,7 +158,7 @@ pub fn build_poll(
                 "closes_in_secs must be at most {MAX_CLOSES_IN_SECS} (ten years)"
             )));
         }
-        closes_at = Some(now + secs as i64 * 1_000_000);
+        closes_at = Some(now.add_micros(secs as i64 * 1_000_000));
     }
     let opened_at = req.open.then_some(now);
     if let (Some(open), Some(close)) = (opens_at.or(opened_at), closes_at) {
@@ -217,7 +219,7 @@ async fn create_poll(
     let req: CreatePoll = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request("malformed", format!("the body is not a valid poll: {e}"))
     })?;
-    let now = now_micros();
+    let now = Timestamp::now();
     // Validate before taking an id, so a bad request leaves nothing behind.
     build_poll(&req, 0, String::new(), now, None)?;
     let poll = s
@@ -230,7 +232,11 @@ async fn create_poll(
     if let Some(shared) = &s.shared {
         shared.announce(poll.id).await;
     }
-    Ok((StatusCode::CREATED, Json(poll_view(&poll, now_micros()))).into_response())
+    Ok((
+        StatusCode::CREATED,
+        Json(poll_view(&poll, Timestamp::now())),
+    )
+        .into_response())
 }
 
 /// Polls per page of `GET /v1/polls` when `limit` is not given.
@@ -266,7 +272,7 @@ async fn list_polls(
             )
         })?),
     };
-    let now = now_micros();
+    let now = Timestamp::now();
     let (polls, more) = s.catalog.page(after, limit);
     let next = more
         .then(|| polls.last())
@@ -310,7 +316,7 @@ async fn get_poll(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let p = find_fresh(&s, poll_id(&id)?).await?;
-    Ok(Json(poll_view(&p, now_micros())).into_response())
+    Ok(Json(poll_view(&p, Timestamp::now())).into_response())
 }
 
 async fn get_poll_by_slug(
@@ -323,14 +329,14 @@ async fn get_poll_by_slug(
             format!("there is no poll with the code {slug:?}"),
         )
     })?;
-    Ok(Json(poll_view(&p, now_micros())).into_response())
+    Ok(Json(poll_view(&p, Timestamp::now())).into_response())
 }
 
 async fn change(
     s: &QueryState,
     headers: &HeaderMap,
     id: &str,
-    f: impl FnOnce(&mut Poll, i64) -> Result<(), String>,
+    f: impl FnOnce(&mut Poll, Timestamp) -> Result<(), String>,
 ) -> Result<Response, ApiError> {
     s.keys.require(headers, None)?;
     let p = s
@@ -341,8 +347,8 @@ async fn change(
     if let Some(shared) = &s.shared {
         shared.announce(p.id).await;
     }
-    tracing::info!(poll = p.id, state = ?p.state_at(now_micros()), "poll changed");
-    Ok(Json(poll_view(&p, now_micros())).into_response())
+    tracing::info!(poll = p.id, state = ?p.state_at(Timestamp::now()), "poll changed");
+    Ok(Json(poll_view(&p, Timestamp::now())).into_response())
 }
 
 async fn open_poll(
@@ -373,7 +379,7 @@ async fn close_poll(
     change(&s, &headers, &id, move |p, now| {
         if p.state_at(now) != PollState::Closed {
             // Never later than a scheduled close that comes first.
-            let at = now + lead;
+            let at = now.add_micros(lead);
             p.closed_at = Some(p.closes_at.map_or(at, |c| c.min(at)).max(now));
         }
         Ok(())
@@ -405,7 +411,7 @@ async fn results(
         shared.refresh(&s.board, p.id).await?;
     }
     let snap = s.board.snapshot(p.id);
-    Ok(Json(results_view(&p, &snap, operator, now_micros())).into_response())
+    Ok(Json(results_view(&p, &snap, operator, Timestamp::now())).into_response())
 }
 
 async fn timeline(
@@ -415,7 +421,7 @@ async fn timeline(
     Query(q): Query<KeyQuery>,
 ) -> Result<Response, ApiError> {
     let p = find(&s, poll_id(&id)?)?;
-    let now = now_micros();
+    let now = Timestamp::now();
     let operator = s.keys.sees_embargoed(&headers, q.key(), q.token(), p.id)?;
     if !operator && !p.results_public(now) {
         return Ok(Json(
@@ -429,7 +435,7 @@ async fn timeline(
     };
     let windows: Vec<_> = windows
         .into_iter()
-        .map(|w| json!({"start": format_time(w.start_ms * 1000), "start_ms": w.start_ms, "votes": w.votes}))
+        .map(|w| json!({"start": Timestamp(w.start_ms * 1000).rfc3339_millis(), "start_ms": w.start_ms, "votes": w.votes}))
         .collect();
     Ok(
         Json(json!({"poll_id": p.id, "hidden": false, "window_ms": 1000, "windows": windows}))
@@ -477,7 +483,7 @@ mod tests {
     }
 
     fn build(req: &CreatePoll) -> Result<Poll, (StatusCode, &'static str, String)> {
-        build_poll(req, 1, "s".into(), 1_000_000, None).map_err(|e| {
+        build_poll(req, 1, "s".into(), Timestamp(1_000_000), None).map_err(|e| {
             let e = ApiError::from(e);
             (e.status, e.code, e.message)
         })
@@ -571,11 +577,11 @@ mod tests {
         let p = build(&req).unwrap();
         assert_eq!(
             p.closes_at,
-            Some(1_000_000 + MAX_CLOSES_IN_SECS as i64 * 1_000_000)
+            Some(Timestamp(1_000_000 + MAX_CLOSES_IN_SECS as i64 * 1_000_000))
         );
         // Its time can be shown in RFC 3339 (formatting panics past the year 9999).
         assert_eq!(
-            results::views::format_time(p.closes_at.unwrap()),
+            p.closes_at.unwrap().rfc3339_millis(),
             "1979-12-30T00:00:01.000Z"
         );
     }

@@ -11,7 +11,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use edge::access::{Grant, SESSION_COOKIE};
 use edge::ApiError;
-use results::views::format_time;
+use schemas::Timestamp;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -33,7 +33,7 @@ pub fn router(state: QueryState) -> Router {
 }
 
 fn unix_time(secs: u64) -> String {
-    format_time(secs as i64 * 1_000_000)
+    Timestamp(secs as i64 * 1_000_000).rfc3339_millis()
 }
 
 /// `Set-Cookie` for the session: HttpOnly (scripts cannot read it), SameSite=Strict (no other

@@ -18,7 +18,7 @@ use crate::{Realtime, Update};
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use results::Snapshot;
-use schemas::{now_micros, Poll, PollId};
+use schemas::{Poll, PollId, Timestamp};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,7 +45,7 @@ impl Feed {
         let mut results = rt.board.subscribe(poll.id);
         let poll = rt.catalog.get(poll.id).unwrap_or(poll);
         let snapshot = results.borrow_and_update().clone();
-        let first = render(None, poll.clone(), snapshot, 1, now_micros());
+        let first = render(None, poll.clone(), snapshot, 1, Timestamp::now());
         let feed = Arc::new(Feed {
             poll_id: poll.id,
             viewers: AtomicU64::new(0),
@@ -123,7 +123,7 @@ async fn run(
             poll,
             snapshot,
             viewers.unwrap_or(prev.viewers),
-            now_micros(),
+            Timestamp::now(),
         );
         let moved = next.public.seq != prev.public.seq
             || next.operator.seq != prev.operator.seq

@@ -15,7 +15,7 @@ use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use results::views::results_view;
 use results::Snapshot;
-use schemas::Poll;
+use schemas::{Poll, Timestamp};
 use serde::Serialize;
 use std::sync::Arc;
 
@@ -112,11 +112,11 @@ struct Tagged<'a, T: Serialize> {
     /// When this node's results board took the tally (µs since the epoch); only with visible
     /// counts. Viewers measure their lag with it.
     #[serde(skip_serializing_if = "Option::is_none")]
-    updated_at: Option<i64>,
+    updated_at: Option<Timestamp>,
 }
 
 /// The `/v1` results message: `{"type": "results", …}` (see `results::views::results_view`).
-pub fn results_json(poll: &Poll, snapshot: &Snapshot, operator: bool, now: i64) -> String {
+pub fn results_json(poll: &Poll, snapshot: &Snapshot, operator: bool, now: Timestamp) -> String {
     let view = results_view(poll, snapshot, operator, now);
     let updated_at = (!view.hidden).then_some(snapshot.updated_at);
     serde_json::to_string(&Tagged {
@@ -139,7 +139,7 @@ pub fn render(
     poll: Arc<Poll>,
     snapshot: Arc<Snapshot>,
     viewers: u64,
-    now: i64,
+    now: Timestamp,
 ) -> Frame {
     let public = Versioned::next(
         prev.map(|p| &p.public),
@@ -181,10 +181,10 @@ mod tests {
             visibility,
             opens_at: None,
             closes_at: None,
-            opened_at: Some(0),
+            opened_at: Some(Timestamp(0)),
             closed_at: None,
             revealed,
-            created_at: 0,
+            created_at: Timestamp(0),
             creator: None,
             voters: Default::default(),
         })
@@ -196,8 +196,8 @@ mod tests {
             version,
             counts: vec![a, 0],
             voters: a,
-            offsets: vec![a],
-            updated_at: 1_000 + version,
+            offsets: vec![schemas::Offset(a)],
+            updated_at: Timestamp(1_000 + version),
             ..Default::default()
         })
     }
@@ -205,7 +205,7 @@ mod tests {
     #[test]
     fn hidden_results_move_only_with_the_polls_state_and_operators_see_every_change() {
         let hidden = poll(Visibility::OnReveal, false);
-        let first = render(None, hidden.clone(), snap(1, 1), 1, 5);
+        let first = render(None, hidden.clone(), snap(1, 1), 1, Timestamp(5));
         assert_eq!((first.public.seq, first.operator.seq), (1, 1));
         let public = first.public.message.json();
         assert!(public.contains(r#""hidden":true"#), "{public}");
@@ -214,7 +214,7 @@ mod tests {
         }
         let mut frame = first.clone();
         for v in 2..10 {
-            frame = render(Some(&frame), hidden.clone(), snap(v, v), 1, 5);
+            frame = render(Some(&frame), hidden.clone(), snap(v, v), 1, Timestamp(5));
             assert_eq!(frame.public.seq, 1, "the hidden message did not move");
             assert_eq!(frame.operator.seq, v as u64, "operators see each change");
             let op = frame.operator.message.json();
@@ -229,7 +229,7 @@ mod tests {
             poll(Visibility::OnReveal, true),
             snap(9, 9),
             1,
-            5,
+            Timestamp(5),
         );
         assert_eq!(revealed.public.seq, 2);
         assert!(revealed.public.message.json().contains(r#""version":9"#));
@@ -238,11 +238,11 @@ mod tests {
     #[test]
     fn live_results_are_public_and_the_viewer_count_moves_only_when_it_changes() {
         let live = poll(Visibility::Live, false);
-        let a = render(None, live.clone(), snap(1, 1), 3, 5);
-        let b = render(Some(&a), live.clone(), snap(2, 2), 3, 5);
+        let a = render(None, live.clone(), snap(1, 1), 3, Timestamp(5));
+        let b = render(Some(&a), live.clone(), snap(2, 2), 3, Timestamp(5));
         assert_eq!(b.public.seq, 2);
         assert_eq!(b.viewers_message.seq, a.viewers_message.seq);
-        let c = render(Some(&b), live, snap(2, 2), 4, 5);
+        let c = render(Some(&b), live, snap(2, 2), 4, Timestamp(5));
         assert_eq!(c.public.seq, 2, "same results, same message");
         assert_eq!(c.viewers_message.seq, a.viewers_message.seq + 1);
         assert_eq!(

@@ -6,7 +6,9 @@
 
 use crate::merge::PollResults;
 use parking_lot::RwLock;
-use schemas::{now_micros, Freshness, PartialTally, PollId, Rejections, WindowCount};
+use schemas::{
+    Freshness, Offset, PartialTally, Partition, PollId, Rejections, Timestamp, WindowCount,
+};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,16 +30,16 @@ pub struct Snapshot {
     pub rejected: Rejections,
     pub late_for_window: i64,
     /// Every partition has counted everything accepted up to here (None until all have reported).
-    pub complete_until: Option<i64>,
+    pub complete_until: Option<Timestamp>,
     /// Per votes partition, how many records the counts reflect: a vote whose receipt says
     /// (partition p, offset o) is included once `offsets[p] > o`.
-    pub offsets: Vec<i64>,
-    pub updated_at: i64,
+    pub offsets: Vec<Offset>,
+    pub updated_at: Timestamp,
 }
 
 impl Snapshot {
     /// Final: the poll has closed and every partition has counted everything accepted by then.
-    pub fn is_final(&self, close_time: Option<i64>) -> bool {
+    pub fn is_final(&self, close_time: Option<Timestamp>) -> bool {
         matches!((close_time, self.complete_until), (Some(c), Some(done)) if done >= c)
     }
 
@@ -107,15 +109,15 @@ impl ResultsBoard {
             late_for_window: r.late_for_window(),
             complete_until: r.complete_until(self.partitions),
             offsets: {
-                let mut o = vec![0; self.partitions as usize];
+                let mut o = vec![Offset::ZERO; self.partitions as usize];
                 for (p, off) in r.offsets() {
-                    if let Some(slot) = o.get_mut(p as usize) {
+                    if let Some(slot) = o.get_mut(p.index()) {
                         *slot = off;
                     }
                 }
                 o
             },
-            updated_at: now_micros(),
+            updated_at: Timestamp::now(),
         }
     }
 
@@ -162,15 +164,11 @@ impl ResultsBoard {
     }
 
     /// What has been published for one votes partition, per poll (to resume without re-emitting).
-    pub fn published(&self, partition: u32) -> Published {
+    pub fn published(&self, partition: Partition) -> Published {
         self.polls
             .read()
             .iter()
-            .filter_map(|(&poll, e)| {
-                e.results
-                    .partial(partition as i32)
-                    .map(|t| (poll, t.freshness()))
-            })
+            .filter_map(|(&poll, e)| e.results.partial(partition).map(|t| (poll, t.freshness())))
             .collect()
     }
 
@@ -190,11 +188,11 @@ impl ResultsBoard {
 
 /// Reads every tallies partition from `positions` up to its current end into the board; returns
 /// the positions reached. Used at start-up, before the processors resume.
-pub async fn load_tallies(log: &dyn Log, board: &ResultsBoard) -> Result<Vec<u64>, LogError> {
+pub async fn load_tallies(log: &dyn Log, board: &ResultsBoard) -> Result<Vec<Offset>, LogError> {
     let mut positions = Vec::new();
-    for p in 0..log.partitions(Topic::Tallies) {
+    for p in Partition::all(log.partitions(Topic::Tallies)) {
         let end = log.high_watermark(Topic::Tallies, p).await?;
-        let mut next = 0;
+        let mut next = Offset::ZERO;
         while next < end {
             let f = log
                 .fetch(Topic::Tallies, p, next, 4 << 20, Duration::ZERO)
@@ -222,20 +220,21 @@ pub async fn follow_tallies(
 pub async fn tail_tallies(
     log: Arc<dyn Log>,
     board: Arc<ResultsBoard>,
-    positions: Vec<u64>,
+    positions: Vec<Offset>,
     shutdown: Shutdown,
 ) {
     let tasks: Vec<_> = positions
         .into_iter()
         .enumerate()
         .map(|(p, mut next)| {
+            let p = Partition::at(p);
             let (log, board, mut shutdown) = (log.clone(), board.clone(), shutdown.clone());
             tokio::spawn(async move {
                 let mut failing = false;
                 let failing_count = &board.tail_failing;
                 loop {
                     let f = tokio::select! {
-                        r = log.fetch(Topic::Tallies, p as u32, next, 4 << 20, Duration::from_secs(1)) => r,
+                        r = log.fetch(Topic::Tallies, p, next, 4 << 20, Duration::from_secs(1)) => r,
                         _ = shutdown.signalled() => return,
                     };
                     match f {
@@ -250,7 +249,7 @@ pub async fn tail_tallies(
                             if !std::mem::replace(&mut failing, true) {
                                 failing_count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             }
-                            tracing::warn!(partition = p, error = %e, "reading the tallies topic failed; retrying");
+                            tracing::warn!(partition = p.0, error = %e, "reading the tallies topic failed; retrying");
                             tokio::time::sleep(Duration::from_millis(500)).await;
                         }
                     }
@@ -268,7 +267,7 @@ fn apply_fetched(board: &ResultsBoard, f: &storage::Fetched) {
         match PartialTally::from_avro(value) {
             Ok(t) => board.apply(t),
             Err(e) => {
-                tracing::warn!(partition = f.partition, offset, error = %e, "undecodable partial tally; skipped")
+                tracing::warn!(partition = f.partition.0, offset = offset.0, error = %e, "undecodable partial tally; skipped")
             }
         }
     }

@@ -4,16 +4,16 @@
 //! more about completeness). A poll's counts are the sum over partitions; its version is the sum of
 //! the held offsets, so it only grows, and any two readers holding the same partials agree.
 
-use schemas::{Freshness, PartialTally, Rejections, WindowCount};
+use schemas::{Freshness, Offset, PartialTally, Partition, Rejections, Timestamp, WindowCount};
 use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, Default)]
 pub struct PollResults {
     /// Latest partial per partition (its `windows` moved into `windows` below).
-    partials: BTreeMap<i32, PartialTally>,
+    partials: BTreeMap<Partition, PartialTally>,
     /// start_ms → partition → (offset, votes): each window merges on its own, since a partial only
     /// carries the windows that changed since the previous one of its partition.
-    windows: BTreeMap<i64, BTreeMap<i32, (i64, i64)>>,
+    windows: BTreeMap<i64, BTreeMap<Partition, (Offset, i64)>>,
 }
 
 impl PollResults {
@@ -26,7 +26,7 @@ impl PollResults {
                 .entry(w.start_ms)
                 .or_default()
                 .entry(tally.partition)
-                .or_insert((-1, 0));
+                .or_insert((Offset(-1), 0));
             if Freshness::window_supersedes(tally.offset, slot.0) {
                 changed |= slot.1 != w.votes;
                 *slot = (tally.offset, w.votes);
@@ -44,7 +44,7 @@ impl PollResults {
 
     /// Sum of the held offsets: grows with every newer partial, never shrinks.
     pub fn version(&self) -> i64 {
-        self.partials.values().map(|p| p.offset).sum()
+        self.partials.values().map(|p| p.offset.0).sum()
     }
 
     /// Votes per option, summed over partitions (at least `options` long).
@@ -79,7 +79,7 @@ impl PollResults {
 
     /// The time up to which every one of `partitions` partitions has counted everything, if all
     /// have reported.
-    pub fn complete_until(&self, partitions: u32) -> Option<i64> {
+    pub fn complete_until(&self, partitions: u32) -> Option<Timestamp> {
         if self.partials.len() < partitions as usize {
             return None;
         }
@@ -98,12 +98,12 @@ impl PollResults {
     }
 
     /// The offset held per partition.
-    pub fn offsets(&self) -> impl Iterator<Item = (i32, i64)> + '_ {
+    pub fn offsets(&self) -> impl Iterator<Item = (Partition, Offset)> + '_ {
         self.partials.iter().map(|(&p, t)| (p, t.offset))
     }
 
     /// The held partial of one partition.
-    pub fn partial(&self, partition: i32) -> Option<&PartialTally> {
+    pub fn partial(&self, partition: Partition) -> Option<&PartialTally> {
         self.partials.get(&partition)
     }
 }
@@ -117,10 +117,10 @@ mod tests {
         let mut r = PollResults::default();
         let t = PartialTally {
             poll_id: 1,
-            partition: 0,
-            offset: 5,
+            partition: Partition(0),
+            offset: Offset(5),
             counts: vec![1],
-            complete_until: 10,
+            complete_until: Timestamp(10),
             ..Default::default()
         };
         assert!(r.apply(t.clone()));
@@ -129,20 +129,20 @@ mod tests {
             "the same partial twice changes nothing"
         );
         assert!(r.apply(PartialTally {
-            complete_until: 20,
+            complete_until: Timestamp(20),
             ..t.clone()
         }));
         assert!(
             !r.apply(PartialTally {
-                offset: 4,
+                offset: Offset(4),
                 counts: vec![0],
-                complete_until: 99,
+                complete_until: Timestamp(99),
                 ..t
             }),
             "older offset ignored"
         );
         assert_eq!(r.counts(1), vec![1]);
-        assert_eq!(r.complete_until(1), Some(20));
+        assert_eq!(r.complete_until(1), Some(Timestamp(20)));
         assert_eq!(r.complete_until(2), None);
     }
 }

@@ -2,16 +2,11 @@
 
 use crate::Snapshot;
 use schemas::poll::PollState;
-use schemas::{Poll, PollId, Visibility};
+use schemas::{Offset, Poll, PollId, Timestamp, Visibility};
 use serde::Serialize;
 
-pub fn time(us: Option<i64>) -> Option<String> {
-    us.map(format_time)
-}
-
-pub fn format_time(us: i64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_micros(us.max(0) as u64);
-    humantime::format_rfc3339_millis(t).to_string()
+fn time(t: Option<Timestamp>) -> Option<String> {
+    t.map(Timestamp::rfc3339_millis)
 }
 
 #[derive(Debug, Serialize)]
@@ -47,7 +42,7 @@ pub struct PollView<'a> {
     pub links: Links,
 }
 
-pub fn poll_view(p: &Poll, now: i64) -> PollView<'_> {
+pub fn poll_view(p: &Poll, now: Timestamp) -> PollView<'_> {
     PollView {
         id: p.id,
         slug: &p.slug,
@@ -67,7 +62,7 @@ pub fn poll_view(p: &Poll, now: i64) -> PollView<'_> {
         opened_at: time(p.opened_at),
         closed_at: time(p.closed_at),
         revealed: p.revealed,
-        created_at: format_time(p.created_at),
+        created_at: p.created_at.rfc3339_millis(),
         links: Links {
             vote: format!("/p/{}", p.slug),
             results: format!("/screen/{}", p.id),
@@ -105,13 +100,18 @@ pub struct ResultsView<'a> {
     /// Records counted per votes partition: a receipt (partition p, offset o) is included once
     /// `offsets[p] > o`. Absent while the counts are hidden.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub offsets: Option<&'a [i64]>,
+    pub offsets: Option<&'a [Offset]>,
 }
 
 /// The results of a poll as `operator` (or the public) may see them at `now`. While hidden, the
 /// view holds nothing that moves with the votes (no counts, version or offsets), so two hidden
 /// views of a poll differ only when its state does.
-pub fn results_view<'a>(p: &'a Poll, s: &'a Snapshot, operator: bool, now: i64) -> ResultsView<'a> {
+pub fn results_view<'a>(
+    p: &'a Poll,
+    s: &'a Snapshot,
+    operator: bool,
+    now: Timestamp,
+) -> ResultsView<'a> {
     let hidden = !operator && !p.results_public(now);
     let mut counts = s.counts.clone();
     counts.resize(p.options.len().max(counts.len()), 0);
@@ -155,10 +155,10 @@ mod tests {
             visibility: Visibility::OnReveal,
             opens_at: None,
             closes_at: None,
-            opened_at: Some(0),
+            opened_at: Some(Timestamp(0)),
             closed_at: None,
             revealed: false,
-            created_at: 0,
+            created_at: Timestamp(0),
             creator: None,
             voters: Default::default(),
         };
@@ -169,7 +169,7 @@ mod tests {
             voters: 4,
             ..Default::default()
         };
-        let public = serde_json::to_value(results_view(&p, &s, false, 10)).unwrap();
+        let public = serde_json::to_value(results_view(&p, &s, false, Timestamp(10))).unwrap();
         assert_eq!(public["hidden"], true);
         for moving in ["counts", "version", "offsets", "total_votes", "voters"] {
             assert!(public.get(moving).is_none(), "{moving} in {public}");
@@ -178,15 +178,15 @@ mod tests {
             version: 12,
             counts: vec![7],
             voters: 7,
-            offsets: vec![3, 4],
+            offsets: vec![Offset(3), Offset(4)],
             ..s.clone()
         };
         assert_eq!(
             public,
-            serde_json::to_value(results_view(&p, &later, false, 10)).unwrap(),
+            serde_json::to_value(results_view(&p, &later, false, Timestamp(10))).unwrap(),
             "more votes change nothing the public sees"
         );
-        let op = serde_json::to_value(results_view(&p, &s, true, 10)).unwrap();
+        let op = serde_json::to_value(results_view(&p, &s, true, Timestamp(10))).unwrap();
         assert_eq!(
             op["counts"],
             serde_json::json!([4, 0]),
@@ -199,7 +199,8 @@ mod tests {
             ..p
         };
         assert_eq!(
-            serde_json::to_value(results_view(&revealed, &s, false, 10)).unwrap()["hidden"],
+            serde_json::to_value(results_view(&revealed, &s, false, Timestamp(10))).unwrap()
+                ["hidden"],
             false
         );
     }

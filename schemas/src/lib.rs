@@ -5,6 +5,8 @@
 //! - [`tally`]: the absolute partial tally of the `tallies` topic (Avro via `apache-avro`).
 //! - [`voter`]: voter ids with their namespace (device, verified, old-API account, aggregator), so
 //!   no door can name another's voter.
+//! - [`position`]: [`Partition`], [`Offset`] and [`Timestamp`], the one type of each that every
+//!   interface uses.
 //! - [`poll`]: a poll's definition and lifecycle rules (open, close, visibility).
 //! - [`cql`]: the data statements of the ScyllaDB tally store (its tables: `cql/tallies.cql`).
 //! - [`rejection`]: why a vote or a poll definition is refused ([`VoteRejection`],
@@ -13,12 +15,14 @@
 
 pub mod cql;
 pub mod poll;
+pub mod position;
 pub mod rejection;
 pub mod tally;
 pub mod vote;
 pub mod voter;
 
 pub use poll::{Poll, PollId, PollRules, Visibility, Voters};
+pub use position::{Offset, Partition, Timestamp};
 pub use rejection::{PollRejection, VoteRejection};
 pub use tally::{Freshness, PartialTally, Rejections, WindowCount};
 pub use vote::{partition_for, Vote, VoteRef};
@@ -32,14 +36,6 @@ pub const TALLY_AVSC: &str = include_str!("../avro/tally.avsc");
 pub const POSTGRES_SQL: &str = include_str!("../sql/polls.sql");
 /// ScyllaDB schema: partials, windows and checkpoints (`{keyspace}`, `{replication}` filled in).
 pub const SCYLLA_CQL: &str = include_str!("../cql/tallies.cql");
-
-/// Microseconds since the Unix epoch, the unit of every timestamp in the contracts.
-pub fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
-}
 
 /// Errors decoding a record.
 #[derive(Debug, thiserror::Error)]

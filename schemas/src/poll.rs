@@ -1,5 +1,6 @@
 //! A poll's definition and the rules every stage applies to it (open/close, choices, visibility).
 
+use crate::Timestamp;
 use serde::{Deserialize, Serialize};
 
 pub type PollId = i64;
@@ -56,13 +57,13 @@ pub struct Poll {
     pub max_choices: u32,
     #[serde(default)]
     pub visibility: Visibility,
-    pub opens_at: Option<i64>,
-    pub closes_at: Option<i64>,
-    pub opened_at: Option<i64>,
-    pub closed_at: Option<i64>,
+    pub opens_at: Option<Timestamp>,
+    pub closes_at: Option<Timestamp>,
+    pub opened_at: Option<Timestamp>,
+    pub closed_at: Option<Timestamp>,
     #[serde(default)]
     pub revealed: bool,
-    pub created_at: i64,
+    pub created_at: Timestamp,
     pub creator: Option<String>,
     /// Who may vote (`anyone` when absent, as in polls stored before this field).
     #[serde(default)]
@@ -74,8 +75,8 @@ pub struct Poll {
 pub struct PollRules {
     pub options: u32,
     pub max_choices: u32,
-    pub open_at_us: Option<i64>,
-    pub close_at_us: Option<i64>,
+    pub open_at: Option<Timestamp>,
+    pub close_at: Option<Timestamp>,
 }
 
 /// Why a choice does not fit a poll.
@@ -93,21 +94,21 @@ pub enum ChoiceError {
 
 impl Poll {
     /// When the poll opened or opens: the earlier of the schedule and a manual open.
-    pub fn open_time(&self) -> Option<i64> {
+    pub fn open_time(&self) -> Option<Timestamp> {
         earliest(self.opens_at, self.opened_at)
     }
 
     /// When the poll closed or closes: the earlier of the schedule and a manual close.
-    pub fn close_time(&self) -> Option<i64> {
+    pub fn close_time(&self) -> Option<Timestamp> {
         earliest(self.closes_at, self.closed_at)
     }
 
-    pub fn state_at(&self, t: i64) -> PollState {
+    pub fn state_at(&self, t: Timestamp) -> PollState {
         self.rules().state_at(t)
     }
 
     /// Whether the public may see the counts at time `t` (operators always may).
-    pub fn results_public(&self, t: i64) -> bool {
+    pub fn results_public(&self, t: Timestamp) -> bool {
         match self.visibility {
             Visibility::Live => true,
             Visibility::AfterClose => self.state_at(t) == PollState::Closed,
@@ -119,8 +120,8 @@ impl Poll {
         PollRules {
             options: self.options.len() as u32,
             max_choices: self.max_choices,
-            open_at_us: self.open_time(),
-            close_at_us: self.close_time(),
+            open_at: self.open_time(),
+            close_at: self.close_time(),
         }
     }
 
@@ -134,12 +135,12 @@ impl Poll {
 }
 
 impl PollRules {
-    pub fn state_at(&self, t: i64) -> PollState {
-        if self.close_at_us.is_some_and(|c| t > c) {
+    pub fn state_at(&self, t: Timestamp) -> PollState {
+        if self.close_at.is_some_and(|c| t > c) {
             PollState::Closed
-        } else if self.open_at_us.is_some_and(|o| t >= o) {
+        } else if self.open_at.is_some_and(|o| t >= o) {
             PollState::Open
-        } else if self.open_at_us.is_some() {
+        } else if self.open_at.is_some() {
             PollState::Scheduled
         } else {
             PollState::Draft
@@ -177,7 +178,7 @@ impl PollRules {
     }
 }
 
-fn earliest(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+fn earliest(a: Option<Timestamp>, b: Option<Timestamp>) -> Option<Timestamp> {
     match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
@@ -192,8 +193,8 @@ mod tests {
         PollRules {
             options,
             max_choices: max,
-            open_at_us: Some(0),
-            close_at_us: Some(100),
+            open_at: Some(Timestamp(0)),
+            close_at: Some(Timestamp(100)),
         }
     }
 
@@ -227,20 +228,20 @@ mod tests {
     #[test]
     fn lifecycle_counts_votes_at_the_close_instant() {
         let r = rules(2, 1);
-        assert_eq!(r.state_at(-1), PollState::Scheduled);
-        assert_eq!(r.state_at(0), PollState::Open);
+        assert_eq!(r.state_at(Timestamp(-1)), PollState::Scheduled);
+        assert_eq!(r.state_at(Timestamp(0)), PollState::Open);
         assert_eq!(
-            r.state_at(100),
+            r.state_at(Timestamp(100)),
             PollState::Open,
             "a vote accepted at the close instant counts"
         );
-        assert_eq!(r.state_at(101), PollState::Closed);
+        assert_eq!(r.state_at(Timestamp(101)), PollState::Closed);
         let draft = PollRules {
-            open_at_us: None,
-            close_at_us: None,
+            open_at: None,
+            close_at: None,
             ..r
         };
-        assert_eq!(draft.state_at(5), PollState::Draft);
+        assert_eq!(draft.state_at(Timestamp(5)), PollState::Draft);
     }
 
     #[test]
@@ -252,17 +253,17 @@ mod tests {
             options: vec!["a".into(), "b".into()],
             max_choices: 1,
             visibility: Visibility::AfterClose,
-            opens_at: Some(10),
-            closes_at: Some(1000),
+            opens_at: Some(Timestamp(10)),
+            closes_at: Some(Timestamp(1000)),
             opened_at: None,
-            closed_at: Some(500),
+            closed_at: Some(Timestamp(500)),
             revealed: false,
-            created_at: 0,
+            created_at: Timestamp(0),
             creator: None,
             voters: Default::default(),
         };
-        assert_eq!(p.close_time(), Some(500));
-        assert!(!p.results_public(400));
-        assert!(p.results_public(501));
+        assert_eq!(p.close_time(), Some(Timestamp(500)));
+        assert!(!p.results_public(Timestamp(400)));
+        assert!(p.results_public(Timestamp(501)));
     }
 }

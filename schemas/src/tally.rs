@@ -1,6 +1,6 @@
 //! The partial tally record of the `tallies` topic (schema `avro/tally.avsc`).
 
-use crate::{DecodeError, PollId};
+use crate::{DecodeError, Offset, Partition, PollId, Timestamp};
 use apache_avro::Schema;
 use serde::{Deserialize, Serialize};
 use std::sync::OnceLock;
@@ -38,15 +38,15 @@ pub struct WindowCount {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartialTally {
     pub poll_id: PollId,
-    pub partition: i32,
-    pub offset: i64,
+    pub partition: Partition,
+    pub offset: Offset,
     pub counts: Vec<i64>,
     pub voters: i64,
     pub rejected: Rejections,
     pub late_for_window: i64,
     pub windows: Vec<WindowCount>,
-    pub complete_until: i64,
-    pub emitted_at: i64,
+    pub complete_until: Timestamp,
+    pub emitted_at: Timestamp,
 }
 
 /// How new a partial is: the offset it reflects, then how much it knows about completeness.
@@ -58,8 +58,8 @@ pub struct PartialTally {
 /// same rule in their own language and are tested against this one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Freshness {
-    pub offset: i64,
-    pub complete_until: i64,
+    pub offset: Offset,
+    pub complete_until: Timestamp,
 }
 
 impl Freshness {
@@ -69,7 +69,7 @@ impl Freshness {
     }
 
     /// Whether a window count at `offset` replaces one held at `held_offset` (same window).
-    pub fn window_supersedes(offset: i64, held_offset: i64) -> bool {
+    pub fn window_supersedes(offset: Offset, held_offset: Offset) -> bool {
         offset > held_offset
     }
 }
@@ -142,11 +142,11 @@ mod tests {
                           windows in proptest::collection::vec((any::<i64>(), 0i64..1000), 0..5),
                           dup in 0i64..100, complete_until in any::<i64>()) {
             let t = PartialTally {
-                poll_id, partition, offset, voters: counts.iter().sum(), counts,
+                poll_id, partition: Partition(partition), offset: Offset(offset), voters: counts.iter().sum(), counts,
                 rejected: Rejections { duplicate: dup, late: 1, closed: 2, invalid: 3 },
                 late_for_window: 4,
                 windows: windows.into_iter().map(|(start_ms, votes)| WindowCount { start_ms, votes }).collect(),
-                complete_until, emitted_at: 5,
+                complete_until: Timestamp(complete_until), emitted_at: Timestamp(5),
             };
             prop_assert_eq!(PartialTally::from_avro(&t.to_avro()).unwrap(), t);
         }
@@ -156,8 +156,8 @@ mod tests {
         /// The rule spelled out: a higher offset wins; at an equal offset, a higher claim.
         #[test]
         fn newer_partial_wins(o1 in 0i64..4, c1 in 0i64..4, o2 in 0i64..4, c2 in 0i64..4) {
-            let new = Freshness { offset: o1, complete_until: c1 };
-            let held = Freshness { offset: o2, complete_until: c2 };
+            let new = Freshness { offset: Offset(o1), complete_until: Timestamp(c1) };
+            let held = Freshness { offset: Offset(o2), complete_until: Timestamp(c2) };
             prop_assert_eq!(new.supersedes(held), o1 > o2 || (o1 == o2 && c1 > c2));
             // Never both ways, and a partial never replaces itself (writes are idempotent).
             prop_assert!(!(new.supersedes(held) && held.supersedes(new)));

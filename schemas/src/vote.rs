@@ -4,7 +4,7 @@
 //! `tests::matches_apache_avro` proves it produces the same bytes as `apache-avro`.
 
 use crate::voter::QualifiedVoter;
-use crate::{DecodeError, PollId};
+use crate::{DecodeError, Partition, PollId, Timestamp};
 
 /// An owned vote, as a client of the log would build it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,7 +13,7 @@ pub struct Vote {
     pub poll_id: PollId,
     pub voter_id: String,
     pub options: Vec<u32>,
-    pub accepted_at_us: i64,
+    pub accepted_at: Timestamp,
     pub source: String,
 }
 
@@ -25,7 +25,7 @@ pub struct VoteRef<'a> {
     pub voter_id: &'a str,
     options_raw: &'a [u8],
     pub option_count: usize,
-    pub accepted_at_us: i64,
+    pub accepted_at: Timestamp,
     pub source: &'a str,
 }
 
@@ -42,7 +42,7 @@ impl<'a> VoteRef<'a> {
             poll_id: self.poll_id,
             voter_id: self.voter_id.to_owned(),
             options: self.options().map(|o| o as u32).collect(),
-            accepted_at_us: self.accepted_at_us,
+            accepted_at: self.accepted_at,
             source: self.source.to_owned(),
         }
     }
@@ -63,7 +63,7 @@ impl Vote {
             ),
             (
                 "accepted_at".into(),
-                Value::TimestampMicros(self.accepted_at_us),
+                Value::TimestampMicros(self.accepted_at.micros()),
             ),
             ("source".into(), Value::String(self.source.clone())),
         ])
@@ -76,7 +76,7 @@ impl Vote {
             self.poll_id,
             QualifiedVoter::raw(&self.voter_id),
             &self.options,
-            self.accepted_at_us,
+            self.accepted_at,
             &self.source,
         )
     }
@@ -90,7 +90,7 @@ pub fn encode_vote(
     poll_id: PollId,
     voter: QualifiedVoter<'_>,
     options: &[u32],
-    accepted_at_us: i64,
+    accepted_at: Timestamp,
     source: &str,
 ) {
     write_str(out, vote_id);
@@ -104,7 +104,7 @@ pub fn encode_vote(
         }
     }
     write_long(out, 0);
-    write_long(out, accepted_at_us);
+    write_long(out, accepted_at.micros());
     write_str(out, source);
 }
 
@@ -115,7 +115,7 @@ pub fn decode_vote(mut buf: &[u8]) -> Result<VoteRef<'_>, DecodeError> {
     let poll_id = read_long(b)?;
     let voter_id = read_str(b)?;
     let (options_raw, option_count) = read_long_array(b)?;
-    let accepted_at_us = read_long(b)?;
+    let accepted_at = Timestamp(read_long(b)?);
     let source = read_str(b)?;
     Ok(VoteRef {
         vote_id,
@@ -123,7 +123,7 @@ pub fn decode_vote(mut buf: &[u8]) -> Result<VoteRef<'_>, DecodeError> {
         voter_id,
         options_raw,
         option_count,
-        accepted_at_us,
+        accepted_at,
         source,
     })
 }
@@ -164,13 +164,13 @@ pub fn partition_for<'a>(
     poll_id: PollId,
     voter: impl Into<QualifiedVoter<'a>>,
     partitions: u32,
-) -> u32 {
+) -> Partition {
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     h.update(&poll_id.to_be_bytes());
     for piece in voter.into().pieces() {
         h.update(piece.as_bytes());
     }
-    (h.digest() % partitions.max(1) as u64) as u32
+    Partition::at((h.digest() % partitions.max(1) as u64) as usize)
 }
 
 pub(crate) fn write_long(out: &mut Vec<u8>, n: i64) {
@@ -239,12 +239,12 @@ mod tests {
             "[a-z]{0,8}",
         )
             .prop_map(
-                |(vote_id, poll_id, voter_id, options, accepted_at_us, source)| Vote {
+                |(vote_id, poll_id, voter_id, options, accepted_at, source)| Vote {
                     vote_id,
                     poll_id,
                     voter_id,
                     options,
-                    accepted_at_us,
+                    accepted_at: Timestamp(accepted_at),
                     source,
                 },
             )
@@ -278,7 +278,7 @@ mod tests {
         #[test]
         fn partition_is_stable_and_in_range(poll in any::<i64>(), voter in ".{0,30}", n in 1u32..64) {
             let p = partition_for(poll, &voter, n);
-            prop_assert!(p < n);
+            prop_assert!(p.index() < n as usize);
             prop_assert_eq!(p, partition_for(poll, &voter, n));
         }
 
@@ -294,8 +294,8 @@ mod tests {
             vote_key(poll, &whole, &mut b);
             prop_assert_eq!(&a, &b);
             let (mut a, mut b) = (Vec::new(), Vec::new());
-            encode_vote(&mut a, "v", poll, q, &[1], 5, "batch");
-            encode_vote(&mut b, "v", poll, QualifiedVoter::raw(&whole), &[1], 5, "batch");
+            encode_vote(&mut a, "v", poll, q, &[1], Timestamp(5), "batch");
+            encode_vote(&mut b, "v", poll, QualifiedVoter::raw(&whole), &[1], Timestamp(5), "batch");
             prop_assert_eq!(&a, &b);
             prop_assert_eq!(decode_vote(&a).unwrap().voter_id, whole.as_str());
         }
@@ -305,7 +305,7 @@ mod tests {
     fn one_poll_spreads_over_every_partition() {
         let mut seen = [0u32; 8];
         for i in 0..10_000 {
-            seen[partition_for(7, &format!("voter-{i}"), 8) as usize] += 1;
+            seen[partition_for(7, &format!("voter-{i}"), 8).index()] += 1;
         }
         for n in seen {
             assert!(

@@ -20,6 +20,7 @@ use base64::Engine;
 use parking_lot::{Mutex, RwLock};
 use rand::rngs::OsRng;
 use rand::{Rng, RngCore};
+use schemas::Timestamp;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -44,7 +45,7 @@ pub struct Account {
     /// `pbkdf2_sha256$…`, never the password.
     pub password: String,
     #[serde(default)]
-    pub created_at: i64,
+    pub created_at: Timestamp,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -52,7 +53,7 @@ struct SessionRecord {
     /// Hex SHA-256 of the token.
     key_sha256: String,
     user: UserId,
-    created_at: i64,
+    created_at: Timestamp,
 }
 
 #[derive(Default)]
@@ -71,7 +72,7 @@ pub enum RegisterError {
 pub struct Auth {
     accounts: RwLock<AccountTable>,
     /// SHA-256 of a session token → (user, created_at in µs).
-    sessions: RwLock<HashMap<[u8; 32], (UserId, i64)>>,
+    sessions: RwLock<HashMap<[u8; 32], (UserId, Timestamp)>>,
     /// SHA-256 of a verified `Authorization` header value → user.
     basic_cache: Mutex<HashMap<[u8; 32], UserId>>,
     accounts_file: Appender,
@@ -98,7 +99,7 @@ impl Auth {
             table.by_name.insert(a.username.clone(), a.id);
             table.by_id.insert(a.id, Arc::new(a));
         }
-        let now = schemas::now_micros();
+        let now = Timestamp::now();
         let mut sessions = HashMap::new();
         for s in store::load::<SessionRecord>(&sessions_path)? {
             let Some(key) = from_hex32(&s.key_sha256) else {
@@ -162,7 +163,7 @@ impl Auth {
                 username,
                 email,
                 password,
-                created_at: schemas::now_micros(),
+                created_at: Timestamp::now(),
             });
             t.by_name.insert(a.username.clone(), id);
             t.by_id.insert(id, a.clone());
@@ -185,7 +186,7 @@ impl Auth {
         OsRng.fill_bytes(&mut raw);
         let token = to_hex(&raw);
         let key = sha256(token.as_bytes());
-        let created_at = schemas::now_micros();
+        let created_at = Timestamp::now();
         self.sessions.write().insert(key, (user, created_at));
         let record = SessionRecord {
             key_sha256: to_hex(&key),
@@ -205,9 +206,7 @@ impl Auth {
             let key = sha256(token.as_bytes());
             let found = self.sessions.read().get(&key).copied();
             match found {
-                Some((user, created)) if !expired(created, schemas::now_micros()) => {
-                    return Ok(user)
-                }
+                Some((user, created)) if !expired(created, Timestamp::now()) => return Ok(user),
                 Some(_) => {
                     self.sessions.write().remove(&key);
                 }
@@ -253,8 +252,8 @@ impl Auth {
     }
 }
 
-fn expired(created_at: i64, now: i64) -> bool {
-    now.saturating_sub(created_at) > SESSION_SECS * 1_000_000
+fn expired(created_at: Timestamp, now: Timestamp) -> bool {
+    now.micros().saturating_sub(created_at.micros()) > SESSION_SECS * 1_000_000
 }
 
 pub fn sha256(data: &[u8]) -> [u8; 32] {

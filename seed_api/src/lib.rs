@@ -73,7 +73,7 @@ use drf::{
 };
 use ingest::validate::VoteIn;
 use parking_lot::Mutex;
-use schemas::{now_micros, Poll, PollId, QualifiedVoter, VoterNamespace};
+use schemas::{Poll, PollId, QualifiedVoter, Timestamp, VoterNamespace};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::borrow::Cow;
@@ -270,7 +270,7 @@ impl Seed {
             "title": title, "options": labels, "visibility": "live", "open": true,
         }))
         .map_err(|e| DrfError::detail(StatusCode::BAD_REQUEST, e.to_string()))?;
-        let now = now_micros();
+        let now = Timestamp::now();
         let creator = format!("user:{user}");
         // Validate before taking an id, so a bad request leaves nothing behind.
         query::routes::build_poll(&req, 0, String::new(), now, Some(creator.clone()))
@@ -354,7 +354,7 @@ impl Seed {
 
     /// The counts of every option, unless the poll's visibility hides them from the public now.
     pub fn counts(&self, poll: &Poll) -> Result<Vec<i64>, DrfError> {
-        if !poll.results_public(now_micros()) {
+        if !poll.results_public(Timestamp::now()) {
             return Err(DrfError::detail(
                 StatusCode::FORBIDDEN,
                 hidden_detail(poll.visibility),

@@ -1,4 +1,5 @@
-//! The adapter's own files: JSON lines, appended by one writer thread per file with group commit.
+//! The adapter's own files: JSON lines, appended through the log's group-commit writer
+//! ([`storage::group_commit`]), one writer thread per file.
 //!
 //! [`Appender::append`] hands a line to the file's thread and waits for it. The thread writes every
 //! line waiting at that moment in one `write`, then (if any of them asked to be durable) one
@@ -11,22 +12,24 @@ use serde::Serialize;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::Path;
-use std::sync::mpsc;
-use tokio::sync::oneshot;
+use storage::group_commit::{self, Commit};
+use tokio::sync::{mpsc, oneshot};
 
-struct Job {
-    line: Vec<u8>,
+struct Line {
+    bytes: Vec<u8>,
     durable: bool,
     done: oneshot::Sender<Result<(), String>>,
 }
 
 /// Appends JSON lines to one file from a dedicated thread (the thread ends when this is dropped).
 pub struct Appender {
-    tx: mpsc::Sender<Job>,
+    queue: mpsc::Sender<Line>,
 }
 
-/// The most lines written in one go.
-const MAX_BATCH: usize = 4096;
+/// Lines that may wait for the writer (a caller past that waits for room).
+const QUEUE: usize = 4096;
+/// The most bytes written in one go.
+const MAX_GROUP_BYTES: usize = 1 << 20;
 
 impl Appender {
     pub fn open(path: &Path) -> io::Result<Self> {
@@ -44,63 +47,67 @@ impl Appender {
             file.read_exact(&mut last)?;
             needs_newline = last[0] != b'\n';
         }
-        let (tx, rx) = mpsc::channel::<Job>();
+        let (queue, lines) = mpsc::channel(QUEUE);
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        std::thread::Builder::new()
-            .name(format!("seed-{name}"))
-            .spawn(move || writer(file, rx, needs_newline))?;
-        Ok(Self { tx })
+        let writer = LinesFile {
+            file,
+            needs_newline,
+            buf: Vec::new(),
+        };
+        group_commit::spawn(&format!("seed-{name}"), writer, lines, MAX_GROUP_BYTES)?;
+        Ok(Self { queue })
     }
 
     /// Appends one record; returns once it is written (and on disk, if `durable`).
     pub async fn append(&self, record: &impl Serialize, durable: bool) -> io::Result<()> {
-        let mut line = serde_json::to_vec(record).map_err(io::Error::other)?;
-        line.push(b'\n');
+        let mut bytes = serde_json::to_vec(record).map_err(io::Error::other)?;
+        bytes.push(b'\n');
         let (done, wait) = oneshot::channel();
-        self.tx
-            .send(Job {
-                line,
-                durable,
-                done,
-            })
-            .map_err(|_| io::Error::other("the writer thread has stopped"))?;
-        match wait.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(io::Error::other(e)),
-            Err(_) => Err(io::Error::other("the writer thread has stopped")),
-        }
+        let line = Line {
+            bytes,
+            durable,
+            done,
+        };
+        let stopped = || io::Error::other("the writer thread has stopped");
+        self.queue.send(line).await.map_err(|_| stopped())?;
+        wait.await.map_err(|_| stopped())?.map_err(io::Error::other)
     }
 }
 
-fn writer(mut file: File, rx: mpsc::Receiver<Job>, mut needs_newline: bool) {
-    let mut buf = Vec::new();
-    while let Ok(first) = rx.recv() {
-        let mut jobs = vec![first];
-        while jobs.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(j) => jobs.push(j),
-                Err(_) => break,
-            }
+/// One JSON-lines file as the group-commit writer sees it.
+struct LinesFile {
+    file: File,
+    /// After a torn or failed write the file may end mid-line.
+    needs_newline: bool,
+    buf: Vec<u8>,
+}
+
+impl Commit for LinesFile {
+    type Request = Line;
+
+    fn size(line: &Line) -> usize {
+        line.bytes.len()
+    }
+
+    fn commit(&mut self, group: &mut Vec<Line>) {
+        self.buf.clear();
+        if self.needs_newline {
+            self.buf.push(b'\n');
         }
-        buf.clear();
-        if needs_newline {
-            buf.push(b'\n');
+        for line in group.iter() {
+            self.buf.extend_from_slice(&line.bytes);
         }
-        for j in &jobs {
-            buf.extend_from_slice(&j.line);
+        let mut result = self.file.write_all(&self.buf);
+        if result.is_ok() && group.iter().any(|line| line.durable) {
+            result = self.file.sync_data();
         }
-        let mut result = file.write_all(&buf);
-        if result.is_ok() && jobs.iter().any(|j| j.durable) {
-            result = file.sync_data();
-        }
-        // After a failed write the file may end mid-line.
-        needs_newline = result.is_err();
+        self.needs_newline = result.is_err();
         let answer = result.map_err(|e| e.to_string());
-        for j in jobs {
-            let _ = j.done.send(answer.clone());
+        for line in group.drain(..) {
+            let _ = line.done.send(answer.clone());
         }
     }
 }

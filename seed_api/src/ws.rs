@@ -35,7 +35,7 @@ use futures::stream::SplitSink;
 use futures::{SinkExt, StreamExt};
 use realtime::{Subscription, Update};
 use results::Snapshot;
-use schemas::{now_micros, Poll, PollId};
+use schemas::{Poll, PollId, Timestamp};
 use serde_json::{json, Value};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -123,7 +123,7 @@ async fn serve(
         tokio::select! {
             update = sub.next() => {
                 let Update::Results(poll, snap) = update else { continue };
-                if let Some(msg) = last.message(&poll, &snap, now_micros()) {
+                if let Some(msg) = last.message(&poll, &snap, Timestamp::now()) {
                     if !send_within(&seed, &mut tx, poll_id, msg).await {
                         break;
                     }
@@ -228,7 +228,7 @@ pub struct LastSent {
 
 impl LastSent {
     /// The message to send for this state of the poll, if the client has not seen it.
-    pub fn message(&mut self, poll: &Poll, snap: &Snapshot, now: i64) -> Option<String> {
+    pub fn message(&mut self, poll: &Poll, snap: &Snapshot, now: Timestamp) -> Option<String> {
         if snap.version < self.version {
             return None;
         }
@@ -295,23 +295,31 @@ mod tests {
         let p = poll(Visibility::Live);
         let mut last = LastSent::default();
         assert_eq!(
-            last.message(&p, &snap(0, &[]), 1).as_deref(),
+            last.message(&p, &snap(0, &[]), Timestamp(1)).as_deref(),
             Some(r#"{"results":{"a":0,"b":0}}"#)
         );
-        assert_eq!(last.message(&p, &snap(0, &[]), 1), None);
+        assert_eq!(last.message(&p, &snap(0, &[]), Timestamp(1)), None);
         assert_eq!(
-            last.message(&p, &snap(3, &[1, 2]), 1).as_deref(),
+            last.message(&p, &snap(3, &[1, 2]), Timestamp(1)).as_deref(),
             Some(r#"{"results":{"a":1,"b":2}}"#)
         );
-        assert_eq!(last.message(&p, &snap(4, &[1, 2]), 1), None, "same counts");
         assert_eq!(
-            last.message(&p, &snap(2, &[1, 3]), 1),
+            last.message(&p, &snap(4, &[1, 2]), Timestamp(1)),
+            None,
+            "same counts"
+        );
+        assert_eq!(
+            last.message(&p, &snap(2, &[1, 3]), Timestamp(1)),
             None,
             "older version"
         );
-        assert_eq!(last.message(&p, &snap(5, &[1, 1]), 1), None, "lower total");
         assert_eq!(
-            last.message(&p, &snap(6, &[2, 2]), 1).as_deref(),
+            last.message(&p, &snap(5, &[1, 1]), Timestamp(1)),
+            None,
+            "lower total"
+        );
+        assert_eq!(
+            last.message(&p, &snap(6, &[2, 2]), Timestamp(1)).as_deref(),
             Some(r#"{"results":{"a":2,"b":2}}"#)
         );
     }
@@ -359,12 +367,12 @@ mod tests {
     fn hidden_polls_say_so_once_then_show_results_when_public() {
         let mut p = poll(Visibility::OnReveal);
         let mut last = LastSent::default();
-        let m = last.message(&p, &snap(1, &[1, 0]), 1).unwrap();
+        let m = last.message(&p, &snap(1, &[1, 0]), Timestamp(1)).unwrap();
         assert!(m.contains(r#""hidden":true"#), "{m}");
-        assert_eq!(last.message(&p, &snap(2, &[2, 0]), 1), None);
+        assert_eq!(last.message(&p, &snap(2, &[2, 0]), Timestamp(1)), None);
         p.revealed = true;
         assert_eq!(
-            last.message(&p, &snap(2, &[2, 0]), 1).as_deref(),
+            last.message(&p, &snap(2, &[2, 0]), Timestamp(1)).as_deref(),
             Some(r#"{"results":{"a":2,"b":0}}"#)
         );
     }

@@ -3,6 +3,8 @@
 //! - [`log`]: the [`Log`] trait — topics, partitions, offsets, consumer-held positions (Kafka's model).
 //! - [`embedded_log`]: [`EmbeddedLog`], a file per partition, group commit (many records per fsync),
 //!   CRC-framed records, torn tails cut on open. What `crowdtick serve` runs on by default.
+//! - [`group_commit`]: the writer thread behind the embedded log and the old API's files: every
+//!   request waiting at that moment written together, one fsync for them all.
 //! - [`kafka`]: [`KafkaLog`], the log on Kafka for the distributed mode (rdkafka, idempotent
 //!   producer), split by concern (settings, producer, topics, reader), and [`GroupMember`], the
 //!   processors' consumer group (who owns which votes partition).
@@ -30,6 +32,7 @@
 
 pub mod edge_stats;
 pub mod embedded_log;
+pub mod group_commit;
 pub mod kafka;
 pub mod log;
 pub mod metrics;

@@ -2,6 +2,7 @@
 //! held by the consumer), small enough for an embedded file log and for Kafka to implement.
 
 use async_trait::async_trait;
+use schemas::{Offset, Partition, Timestamp};
 use std::time::{Duration, Instant};
 
 /// The two topics of the pipeline.
@@ -29,8 +30,8 @@ impl Topic {
 /// Where a record landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Position {
-    pub partition: u32,
-    pub offset: u64,
+    pub partition: Partition,
+    pub offset: Offset,
 }
 
 /// The cause a store's I/O error keeps.
@@ -56,7 +57,7 @@ pub enum LogError {
         source: ErrorSource,
     },
     #[error("partition {0} does not exist")]
-    NoSuchPartition(u32),
+    NoSuchPartition(Partition),
     #[error("the log is shut down")]
     Closed,
     #[error("log configuration: {0}")]
@@ -101,8 +102,8 @@ pub struct AppendBatch {
 
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct BatchEntry {
-    pub partition: u32,
-    pub timestamp_us: i64,
+    pub partition: Partition,
+    pub timestamp: Timestamp,
     pub key_start: u32,
     pub value_start: u32,
     pub end: u32,
@@ -119,8 +120,8 @@ impl AppendBatch {
     /// Adds a record whose key and value are written straight into the batch buffer.
     pub fn push_with(
         &mut self,
-        partition: u32,
-        timestamp_us: i64,
+        partition: Partition,
+        timestamp: Timestamp,
         write_key: impl FnOnce(&mut Vec<u8>),
         write_value: impl FnOnce(&mut Vec<u8>),
     ) {
@@ -130,17 +131,17 @@ impl AppendBatch {
         write_value(&mut self.data);
         self.entries.push(BatchEntry {
             partition,
-            timestamp_us,
+            timestamp,
             key_start,
             value_start,
             end: self.data.len() as u32,
         });
     }
 
-    pub fn push(&mut self, partition: u32, timestamp_us: i64, key: &[u8], value: &[u8]) {
+    pub fn push(&mut self, partition: Partition, timestamp: Timestamp, key: &[u8], value: &[u8]) {
         self.push_with(
             partition,
-            timestamp_us,
+            timestamp,
             |b| b.extend_from_slice(key),
             |b| b.extend_from_slice(value),
         );
@@ -175,11 +176,11 @@ impl AppendBatch {
     }
 
     /// The records in order: (partition, timestamp, key, value).
-    pub fn iter(&self) -> impl Iterator<Item = (u32, i64, &[u8], &[u8])> {
+    pub fn iter(&self) -> impl Iterator<Item = (Partition, Timestamp, &[u8], &[u8])> {
         self.entries.iter().map(|e| {
             (
                 e.partition,
-                e.timestamp_us,
+                e.timestamp,
                 &self.data[e.key_start as usize..e.value_start as usize],
                 &self.data[e.value_start as usize..e.end as usize],
             )
@@ -190,22 +191,22 @@ impl AppendBatch {
 /// Records read from one partition: one buffer, parsed views into it.
 #[derive(Debug, Default)]
 pub struct Fetched {
-    pub partition: u32,
+    pub partition: Partition,
     /// Offset of the first record.
-    pub first_offset: u64,
+    pub first_offset: Offset,
     /// The partition's end (next offset to be written) when the fetch was served.
-    pub high_watermark: u64,
+    pub high_watermark: Offset,
     pub(crate) data: Vec<u8>,
     /// (timestamp, key range, value range) per record.
-    pub(crate) records: Vec<(i64, u32, u32, u32)>,
+    pub(crate) records: Vec<(Timestamp, u32, u32, u32)>,
 }
 
 impl Fetched {
     pub fn from_records(
-        partition: u32,
-        first_offset: u64,
-        high_watermark: u64,
-        recs: &[(i64, &[u8], &[u8])],
+        partition: Partition,
+        first_offset: Offset,
+        high_watermark: Offset,
+        recs: &[(Timestamp, &[u8], &[u8])],
     ) -> Self {
         let mut f = Fetched {
             partition,
@@ -229,17 +230,17 @@ impl Fetched {
         self.records.is_empty()
     }
     /// The offset after the last record (where the next fetch starts).
-    pub fn next_offset(&self) -> u64 {
-        self.first_offset + self.records.len() as u64
+    pub fn next_offset(&self) -> Offset {
+        self.first_offset.plus(self.records.len() as u64)
     }
     /// (offset, timestamp, key, value) per record.
-    pub fn iter(&self) -> impl Iterator<Item = (u64, i64, &[u8], &[u8])> {
+    pub fn iter(&self) -> impl Iterator<Item = (Offset, Timestamp, &[u8], &[u8])> {
         self.records
             .iter()
             .enumerate()
             .map(move |(i, &(ts, ks, vs, end))| {
                 (
-                    self.first_offset + i as u64,
+                    self.first_offset.plus(i as u64),
                     ts,
                     &self.data[ks as usize..vs as usize],
                     &self.data[vs as usize..end as usize],
@@ -268,14 +269,14 @@ pub trait Log: Send + Sync + 'static {
     async fn fetch(
         &self,
         topic: Topic,
-        partition: u32,
-        offset: u64,
+        partition: Partition,
+        offset: Offset,
         max_bytes: usize,
         max_wait: Duration,
     ) -> Result<Fetched, LogError>;
 
     /// The next offset to be written in a partition.
-    async fn high_watermark(&self, topic: Topic, partition: u32) -> Result<u64, LogError>;
+    async fn high_watermark(&self, topic: Topic, partition: Partition) -> Result<Offset, LogError>;
 
     /// Whether the log answers at all, as cheaply as it can tell (readiness). The embedded log
     /// is in this process: always.

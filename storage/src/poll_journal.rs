@@ -254,7 +254,7 @@ fn migrate(legacy: &Path, journal: &Path) -> Result<(), StoreError> {
 mod tests {
     use super::*;
     use crate::polls::PollCatalog;
-    use schemas::Visibility;
+    use schemas::{Timestamp, Visibility};
 
     fn poll(id: PollId, slug: String) -> Poll {
         Poll {
@@ -269,7 +269,7 @@ mod tests {
             opened_at: None,
             closed_at: None,
             revealed: false,
-            created_at: 0,
+            created_at: Timestamp(0),
             creator: None,
             voters: Default::default(),
         }
@@ -414,7 +414,7 @@ mod tests {
         let mut bytes = Vec::new();
         for i in 0..COMPACT_MIN_LINES as i64 {
             let mut p = poll(1 + i % 2, "aaaaaa".into());
-            p.created_at = i;
+            p.created_at = Timestamp(i);
             serde_json::to_writer(&mut bytes, &p).unwrap();
             bytes.push(b'\n');
         }
@@ -431,8 +431,8 @@ mod tests {
         let store = FilePollStore::open(&path).unwrap();
         assert_eq!(lines(&path), 2, "one line per live poll");
         let polls = store.load().await.unwrap();
-        assert_eq!(polls[0].created_at, COMPACT_MIN_LINES as i64 - 2);
-        assert_eq!(polls[1].created_at, COMPACT_MIN_LINES as i64 - 1);
+        assert_eq!(polls[0].created_at.micros(), COMPACT_MIN_LINES as i64 - 2);
+        assert_eq!(polls[1].created_at.micros(), COMPACT_MIN_LINES as i64 - 1);
         store.save(&poll(3, "dddddd".into())).await.unwrap();
         assert_eq!(lines(&path), 3);
     }

@@ -9,7 +9,7 @@
 use crate::log::BoxError;
 use async_trait::async_trait;
 use parking_lot::{Mutex, RwLock};
-use schemas::{now_micros, Poll, PollId};
+use schemas::{Poll, PollId, Timestamp};
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -106,15 +106,15 @@ impl PollCatalog {
     }
 
     /// Stamps the current time and reads the poll in one critical section (see the module docs).
-    pub fn stamp_and_get(&self, id: PollId) -> (i64, Option<Arc<Poll>>) {
+    pub fn stamp_and_get(&self, id: PollId) -> (Timestamp, Option<Arc<Poll>>) {
         let polls = self.inner.polls.read();
-        (now_micros(), polls.get(&id).cloned())
+        (Timestamp::now(), polls.get(&id).cloned())
     }
 
     /// Stamps the current time and takes the whole catalog: one lock for a batch of votes.
-    pub fn stamp_and_snapshot(&self) -> (i64, PollMap) {
+    pub fn stamp_and_snapshot(&self) -> (Timestamp, PollMap) {
         let polls = self.inner.polls.read();
-        (now_micros(), polls.clone())
+        (Timestamp::now(), polls.clone())
     }
 
     pub fn snapshot(&self) -> PollMap {
@@ -188,7 +188,7 @@ impl PollCatalog {
     pub async fn update(
         &self,
         id: PollId,
-        change: impl FnOnce(&mut Poll, i64) -> Result<(), String>,
+        change: impl FnOnce(&mut Poll, Timestamp) -> Result<(), String>,
     ) -> Result<Arc<Poll>, StoreError> {
         let _w = self.inner.writers.lock().await;
         if self.inner.store.shared() {
@@ -198,7 +198,7 @@ impl PollCatalog {
         let updated = {
             let mut polls = self.inner.polls.write();
             let mut poll = (**polls.get(&id).ok_or(StoreError::NotFound(id))?).clone();
-            change(&mut poll, now_micros()).map_err(StoreError::Rejected)?;
+            change(&mut poll, Timestamp::now()).map_err(StoreError::Rejected)?;
             let poll = Arc::new(poll);
             let mut map = (**polls).clone();
             map.insert(id, poll.clone());
@@ -325,7 +325,7 @@ fn sorted_ids(map: &HashMap<PollId, Arc<Poll>>) -> Arc<Vec<PollId>> {
 fn new_slug() -> String {
     // Unambiguous characters for a code read off a TV screen.
     const ALPHABET: &[u8] = b"abcdefghjkmnpqrstuvwxyz23456789";
-    let mut x = now_micros() as u64
+    let mut x = Timestamp::now().micros() as u64
         ^ (std::process::id() as u64).rotate_left(32)
         ^ COUNTER.fetch_add(0x9E37_79B9, std::sync::atomic::Ordering::Relaxed);
     (0..6)
@@ -358,7 +358,7 @@ mod tests {
             opened_at: None,
             closed_at: None,
             revealed: false,
-            created_at: 0,
+            created_at: Timestamp(0),
             creator: None,
             voters: Default::default(),
         }

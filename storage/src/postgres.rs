@@ -16,7 +16,9 @@ use crate::polls::{PollStore, StoreError};
 use crate::tally_store::{Batch, TallyStore, TallyStoreError};
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
-use schemas::{PartialTally, Poll, PollId, Visibility, Voters, WindowCount};
+use schemas::{
+    Offset, PartialTally, Partition, Poll, PollId, Timestamp, Visibility, Voters, WindowCount,
+};
 use std::time::Duration;
 use tokio_postgres::NoTls;
 
@@ -115,6 +117,19 @@ pub async fn migrate(client: &mut tokio_postgres::Client, schema: &str) -> Resul
     tx.commit().await.map_err(failed)
 }
 
+/// Connects (see [`connect`]) and brings `schema` up to date (see [`migrate`]): what every node
+/// on PostgreSQL and `crowdtick migrate` do first.
+pub async fn connect_and_migrate(url: &str, schema: &str) -> Result<Pool, PgError> {
+    let pool = connect(url).await?;
+    let mut client = pool.get().await.map_err(|e| PgError {
+        message: format!("lost the connection to PostgreSQL: {}", pool_text(e)),
+        unreachable: true,
+    })?;
+    migrate(&mut client, schema).await?;
+    drop(client);
+    Ok(pool)
+}
+
 /// Advisory lock key of [`migrate`] (any constant; "crowdtic" in ASCII).
 const MIGRATE_LOCK: i64 = 0x63726f7764746963;
 
@@ -178,12 +193,12 @@ impl PollStore for PgPollStore {
                         .map_err(|_| bad(format!("max_choices {max_choices}")))?,
                     visibility: visibility_of(&visibility)
                         .ok_or_else(|| bad(format!("visibility {visibility:?}")))?,
-                    opens_at: row.get(6),
-                    closes_at: row.get(7),
-                    opened_at: row.get(8),
-                    closed_at: row.get(9),
+                    opens_at: row.get::<_, Option<i64>>(6).map(Timestamp),
+                    closes_at: row.get::<_, Option<i64>>(7).map(Timestamp),
+                    opened_at: row.get::<_, Option<i64>>(8).map(Timestamp),
+                    closed_at: row.get::<_, Option<i64>>(9).map(Timestamp),
                     revealed: row.get(10),
-                    created_at: row.get(11),
+                    created_at: Timestamp(row.get(11)),
                     creator: row.get(12),
                     voters: voters_of(&voters).ok_or_else(|| bad(format!("voters {voters:?}")))?,
                 })
@@ -208,12 +223,12 @@ impl PollStore for PgPollStore {
                     &options,
                     &max_choices,
                     &visibility_name(poll.visibility),
-                    &poll.opens_at,
-                    &poll.closes_at,
-                    &poll.opened_at,
-                    &poll.closed_at,
+                    &poll.opens_at.map(Timestamp::micros),
+                    &poll.closes_at.map(Timestamp::micros),
+                    &poll.opened_at.map(Timestamp::micros),
+                    &poll.closed_at.map(Timestamp::micros),
                     &poll.revealed,
-                    &poll.created_at,
+                    &poll.created_at.micros(),
                     &poll.creator,
                     &voters_name(poll.voters),
                 ],
@@ -349,10 +364,11 @@ impl PgTallyStore {
 
     async fn load(
         &self,
-        partition: Option<i32>,
+        partition: Option<Partition>,
         poll: Option<PollId>,
     ) -> Result<Vec<PartialTally>, TallyStoreError> {
         let (client, stmt) = prepared(&self.pool, &self.load_sql).await?;
+        let partition = partition.map(|p| p.0);
         let rows = client
             .query(&stmt, &[&partition, &poll])
             .await
@@ -360,7 +376,7 @@ impl PgTallyStore {
         rows.iter()
             .map(|row| {
                 let poll_id: i64 = row.get(0);
-                let partition: i32 = row.get(1);
+                let partition = Partition(row.get(1));
                 let bad = |what: String| {
                     TallyStoreError::Data(format!(
                         "partial tally of poll {poll_id}, partition {partition} in PostgreSQL: {what}"
@@ -405,9 +421,9 @@ impl TallyStore for PgTallyStore {
         );
         for (&(poll, part), t) in &batch.partials {
             polls.push(poll);
-            parts.push(part);
-            offsets.push(t.offset);
-            completes.push(t.complete_until);
+            parts.push(part.0);
+            offsets.push(t.offset.0);
+            completes.push(t.complete_until.micros());
             let bare = PartialTally {
                 windows: Vec::new(),
                 ..(*t).clone()
@@ -424,9 +440,9 @@ impl TallyStore for PgTallyStore {
         );
         for (&(poll, part, start_ms), &(offset, votes)) in &batch.windows {
             w_polls.push(poll);
-            w_parts.push(part);
+            w_parts.push(part.0);
             w_starts.push(start_ms);
-            w_offsets.push(offset);
+            w_offsets.push(offset.0);
             w_votes.push(votes);
         }
         let (client, stmt) = prepared(&self.pool, &self.put_sql).await?;
@@ -464,14 +480,17 @@ impl TallyStore for PgTallyStore {
         self.load(None, Some(poll_id)).await
     }
 
-    async fn load_partition(&self, partition: i32) -> Result<Vec<PartialTally>, TallyStoreError> {
+    async fn load_partition(
+        &self,
+        partition: Partition,
+    ) -> Result<Vec<PartialTally>, TallyStoreError> {
         self.load(Some(partition), None).await
     }
 
     async fn put_checkpoint(
         &self,
-        partition: i32,
-        next_offset: u64,
+        partition: Partition,
+        next_offset: Offset,
         state: &[u8],
     ) -> Result<bool, TallyStoreError> {
         let (client, stmt) = prepared(&self.pool, &self.put_checkpoint_sql).await?;
@@ -479,10 +498,10 @@ impl TallyStore for PgTallyStore {
             .execute(
                 &stmt,
                 &[
-                    &partition,
-                    &(next_offset as i64),
+                    &partition.0,
+                    &next_offset.0,
                     &state,
-                    &schemas::now_micros(),
+                    &Timestamp::now().micros(),
                 ],
             )
             .await
@@ -492,16 +511,16 @@ impl TallyStore for PgTallyStore {
 
     async fn load_checkpoint(
         &self,
-        partition: i32,
-    ) -> Result<Option<(u64, Vec<u8>)>, TallyStoreError> {
+        partition: Partition,
+    ) -> Result<Option<(Offset, Vec<u8>)>, TallyStoreError> {
         let (client, stmt) = prepared(&self.pool, &self.load_checkpoint_sql).await?;
-        let row = client.query_opt(&stmt, &[&partition]).await.map_err(db)?;
-        Ok(row.map(|r| (r.get::<_, i64>(0) as u64, r.get::<_, Vec<u8>>(1))))
+        let row = client.query_opt(&stmt, &[&partition.0]).await.map_err(db)?;
+        Ok(row.map(|r| (Offset(r.get(0)), r.get::<_, Vec<u8>>(1))))
     }
 
-    async fn clear_checkpoint(&self, partition: i32) -> Result<(), TallyStoreError> {
+    async fn clear_checkpoint(&self, partition: Partition) -> Result<(), TallyStoreError> {
         let (client, stmt) = prepared(&self.pool, &self.clear_checkpoint_sql).await?;
-        client.execute(&stmt, &[&partition]).await.map_err(db)?;
+        client.execute(&stmt, &[&partition.0]).await.map_err(db)?;
         Ok(())
     }
 }

@@ -115,9 +115,9 @@ impl RedisCache {
                 ..t.clone()
             };
             inv.key(self.results_key(t.poll_id))
-                .arg(t.partition)
-                .arg(t.offset)
-                .arg(t.complete_until)
+                .arg(t.partition.0)
+                .arg(t.offset.0)
+                .arg(t.complete_until.micros())
                 .arg(bare.to_avro());
         }
         let mut conn = self.conn.clone();
@@ -221,7 +221,7 @@ impl RedisCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use schemas::Freshness;
+    use schemas::{Freshness, Offset, Partition, Timestamp};
 
     fn url() -> String {
         std::env::var("CROWDTICK_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
@@ -248,9 +248,9 @@ mod tests {
     ) -> PartialTally {
         PartialTally {
             poll_id,
-            partition,
-            offset,
-            complete_until: complete,
+            partition: Partition(partition),
+            offset: Offset(offset),
+            complete_until: Timestamp(complete),
             counts: vec![a, 1],
             voters: a + 1,
             ..Default::default()
@@ -271,9 +271,9 @@ mod tests {
                     partial(
                         poll,
                         0,
-                        f.offset,
-                        f.complete_until,
-                        10 * f.offset + f.complete_until,
+                        f.offset.0,
+                        f.complete_until.micros(),
+                        10 * f.offset.0 + f.complete_until.micros(),
                     )
                 };
                 cache.fill(poll, &[of(held)]).await.unwrap();
@@ -313,7 +313,14 @@ mod tests {
         got.sort_by_key(|t| t.partition);
         let seen: Vec<_> = got
             .iter()
-            .map(|t| (t.partition, t.offset, t.complete_until, t.counts[0]))
+            .map(|t| {
+                (
+                    t.partition.0,
+                    t.offset.0,
+                    t.complete_until.micros(),
+                    t.counts[0],
+                )
+            })
             .collect();
         assert_eq!(seen, vec![(0, 10, 5, 3), (1, 4, 6, 1), (2, 1, 1, 1)]);
 

@@ -30,6 +30,7 @@ use schema_registry_converter::error::SRCError;
 use schema_registry_converter::schema_registry_common::{
     get_payload, SchemaType, SrCall, SuppliedSchema,
 };
+use schemas::{Offset, Partition};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -269,8 +270,8 @@ impl Log for RegistryLog {
     async fn fetch(
         &self,
         topic: Topic,
-        partition: u32,
-        offset: u64,
+        partition: Partition,
+        offset: Offset,
         max_bytes: usize,
         max_wait: Duration,
     ) -> Result<Fetched, LogError> {
@@ -316,7 +317,7 @@ impl Log for RegistryLog {
                         Err(e) => {
                             unreadable += 1;
                             tracing::warn!(
-                            topic = topic.name(), partition, offset, schema_id = id,
+                            topic = topic.name(), partition = partition.0, offset = offset.0, schema_id = id,
                             "a record no schema can read as CrowdTick's is handed on empty: {e}"
                         )
                         }
@@ -339,7 +340,7 @@ impl Log for RegistryLog {
         Ok(out)
     }
 
-    async fn high_watermark(&self, topic: Topic, partition: u32) -> Result<u64, LogError> {
+    async fn high_watermark(&self, topic: Topic, partition: Partition) -> Result<Offset, LogError> {
         self.inner.high_watermark(topic, partition).await
     }
 
@@ -351,6 +352,7 @@ impl Log for RegistryLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use schemas::Timestamp;
 
     #[test]
     fn the_wire_format_is_split_into_id_and_datum() {
@@ -374,15 +376,25 @@ mod tests {
     #[test]
     fn a_batch_gets_the_header_before_every_value_and_nowhere_else() {
         let mut batch = AppendBatch::default();
-        batch.push(3, 10, b"k1", b"v1");
-        batch.push(1, 11, b"", b"value2");
+        batch.push(Partition(3), Timestamp(10), b"k1", b"v1");
+        batch.push(Partition(1), Timestamp(11), b"", b"value2");
         let framed = batch.with_value_prefix(&[0, 0, 0, 0, 7]);
         let records: Vec<_> = framed.iter().collect();
         assert_eq!(
             records,
             [
-                (3, 10, &b"k1"[..], &[0, 0, 0, 0, 7, b'v', b'1'][..]),
-                (1, 11, &b""[..], &b"\0\0\0\0\x07value2"[..]),
+                (
+                    Partition(3),
+                    Timestamp(10),
+                    &b"k1"[..],
+                    &[0, 0, 0, 0, 7, b'v', b'1'][..]
+                ),
+                (
+                    Partition(1),
+                    Timestamp(11),
+                    &b""[..],
+                    &b"\0\0\0\0\x07value2"[..]
+                ),
             ]
         );
     }
@@ -400,7 +412,7 @@ mod tests {
             poll_id: 1,
             voter_id: "d:x".into(),
             options: vec![0],
-            accepted_at_us: 1,
+            accepted_at: Timestamp(1),
             source: "web".into(),
         }
         .encode(&mut vote);

@@ -19,7 +19,7 @@ use crate::tally_store::TallyStore;
 use crate::tally_store::TallyStoreError;
 use async_trait::async_trait;
 use futures::{StreamExt, TryStreamExt};
-use schemas::{cql, PartialTally, PollId};
+use schemas::{cql, Offset, PartialTally, Partition, PollId, Timestamp};
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use scylla::statement::batch::{Batch as CqlBatch, BatchType};
@@ -46,15 +46,15 @@ pub struct ScyllaConfig {
 
 /// The write timestamp of a row that reflects a votes-partition offset: `offset + 1`, so it only
 /// grows with the offset, two different offsets never share one, and none is 0.
-pub fn offset_timestamp(offset: i64) -> i64 {
-    offset.max(0).saturating_add(1)
+pub fn offset_timestamp(offset: Offset) -> i64 {
+    offset.0.max(0).saturating_add(1)
 }
 
 /// The write timestamp of a partial's `complete_until` claim: the claim + 1, so the highest one
 /// stays. A claim made at offset X (every vote accepted by then is among the first X records)
 /// holds for every later offset, so it is true of the newest partial too.
-pub fn complete_until_timestamp(complete_until: i64) -> i64 {
-    complete_until.max(0).saturating_add(1)
+pub fn complete_until_timestamp(complete_until: Timestamp) -> i64 {
+    complete_until.micros().max(0).saturating_add(1)
 }
 
 /// The schema's statements for `keyspace`, in order (`schemas/cql/tallies.cql`).
@@ -320,8 +320,12 @@ impl TallyStore for ScyllaTallyStore {
             .await
     }
 
-    async fn load_partition(&self, partition: i32) -> Result<Vec<PartialTally>, TallyStoreError> {
+    async fn load_partition(
+        &self,
+        partition: Partition,
+    ) -> Result<Vec<PartialTally>, TallyStoreError> {
         let s = &self.statements;
+        let partition = partition.0;
         let polls = self
             .rows(
                 &s.partition_polls,
@@ -362,14 +366,14 @@ impl TallyStore for ScyllaTallyStore {
 
     async fn put_checkpoint(
         &self,
-        partition: i32,
-        next_offset: u64,
+        partition: Partition,
+        next_offset: Offset,
         state: &[u8],
     ) -> Result<bool, TallyStoreError> {
         let s = &self.statements;
         let (p, o, st) = (
-            CqlValue::Int(partition),
-            CqlValue::BigInt(next_offset as i64),
+            CqlValue::Int(partition.0),
+            CqlValue::BigInt(next_offset.0),
             CqlValue::Blob(state.to_vec()),
         );
         if self
@@ -384,12 +388,12 @@ impl TallyStore for ScyllaTallyStore {
 
     async fn load_checkpoint(
         &self,
-        partition: i32,
-    ) -> Result<Option<(u64, Vec<u8>)>, TallyStoreError> {
+        partition: Partition,
+    ) -> Result<Option<(Offset, Vec<u8>)>, TallyStoreError> {
         let rows = self
             .rows(
                 &self.statements.load_checkpoint,
-                vec![CqlValue::Int(partition)],
+                vec![CqlValue::Int(partition.0)],
                 "read checkpoint",
             )
             .await?;
@@ -397,17 +401,17 @@ impl TallyStore for ScyllaTallyStore {
             None => Ok(None),
             Some(row) => match (column(row, 0), column(row, 1)) {
                 (Some(CqlValue::BigInt(offset)), Some(CqlValue::Blob(state))) => {
-                    Ok(Some((*offset as u64, state.clone())))
+                    Ok(Some((Offset(*offset), state.clone())))
                 }
                 _ => Err(bad("checkpoints", row)),
             },
         }
     }
 
-    async fn clear_checkpoint(&self, partition: i32) -> Result<(), TallyStoreError> {
+    async fn clear_checkpoint(&self, partition: Partition) -> Result<(), TallyStoreError> {
         self.applied(
             &self.statements.clear_checkpoint,
-            vec![CqlValue::Int(partition)],
+            vec![CqlValue::Int(partition.0)],
         )
         .await
         .map(|_| ())
@@ -440,10 +444,11 @@ mod tests {
         /// owners of different offsets never write the same one, and none is 0 (unset).
         #[test]
         fn timestamps_grow_with_offsets_and_never_collide(a in 0i64..i64::MAX - 1, b in 0i64..i64::MAX - 1) {
+            let (a, b) = (Offset(a), Offset(b));
             prop_assert_eq!(a < b, offset_timestamp(a) < offset_timestamp(b));
             prop_assert_eq!(a == b, offset_timestamp(a) == offset_timestamp(b));
             prop_assert!(offset_timestamp(a) > 0);
-            prop_assert_eq!(a < b, complete_until_timestamp(a) < complete_until_timestamp(b));
+            prop_assert_eq!(a < b, complete_until_timestamp(Timestamp(a.0)) < complete_until_timestamp(Timestamp(b.0)));
         }
     }
 
@@ -603,7 +608,10 @@ mod tests {
         let stale = crate::tally_store::tests::tally(1, 0, 11, 900, &[]);
         store.put(&[stale]).await.unwrap();
         let held = store.load_poll(1).await.unwrap();
-        assert_eq!((held[0].offset, held[0].complete_until), (12, 900));
+        assert_eq!(
+            (held[0].offset, held[0].complete_until),
+            (Offset(12), Timestamp(900))
+        );
 
         // Every (held, new) pair, in an empty keyspace: the timestamps spell schemas::Freshness.
         let grid = ScyllaConfig {

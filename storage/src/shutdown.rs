@@ -1,6 +1,7 @@
 //! [`Shutdown`]: the signal every background task of a node stops on. The node keeps the
 //! [`ShutdownTrigger`]; each task holds a clone of the [`Shutdown`] and awaits
-//! [`Shutdown::signalled`] in its `select!` loop.
+//! [`Shutdown::signalled`] in its `select!` loop. [`on_signal`] is what fires a node's trigger:
+//! Ctrl-C or SIGTERM.
 
 use tokio::sync::watch;
 
@@ -29,13 +30,6 @@ impl ShutdownTrigger {
 }
 
 impl Shutdown {
-    /// A shutdown that never fires (tests, one-shot tools).
-    pub fn never() -> Shutdown {
-        let (tx, rx) = watch::channel(false);
-        std::mem::forget(tx);
-        Shutdown(rx)
-    }
-
     /// Resolves once the trigger fires or is dropped. Cancel safe: use it in `select!`.
     pub async fn signalled(&mut self) {
         let _ = self.0.wait_for(|stop| *stop).await;
@@ -44,6 +38,23 @@ impl Shutdown {
     pub fn is_signalled(&self) -> bool {
         *self.0.borrow() || self.0.has_changed().is_err()
     }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn on_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutting down");
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use crate::log::BoxError;
 use crate::polls::StoreError;
 use async_trait::async_trait;
 use parking_lot::Mutex;
-use schemas::{Freshness, PartialTally, PollId, WindowCount};
+use schemas::{Freshness, Offset, PartialTally, Partition, PollId, WindowCount};
 use std::collections::BTreeMap;
 
 /// Where the latest partial tallies persist (PostgreSQL: [`crate::PgTallyStore`]).
@@ -74,23 +74,26 @@ pub trait TallyStore: Send + Sync + 'static {
     /// The latest partial of every (poll, partition), with all its stored windows.
     async fn load_all(&self) -> Result<Vec<PartialTally>, TallyStoreError>;
     /// The latest partial of every poll in one partition, with all its stored windows.
-    async fn load_partition(&self, partition: i32) -> Result<Vec<PartialTally>, TallyStoreError>;
+    async fn load_partition(
+        &self,
+        partition: Partition,
+    ) -> Result<Vec<PartialTally>, TallyStoreError>;
     /// Stores a processor's checkpoint of one votes partition (its state after reading every record
     /// before `next_offset`), unless a checkpoint at a higher offset is stored. Returns whether it
     /// was written.
     async fn put_checkpoint(
         &self,
-        partition: i32,
-        next_offset: u64,
+        partition: Partition,
+        next_offset: Offset,
         state: &[u8],
     ) -> Result<bool, TallyStoreError>;
     /// The stored checkpoint of one votes partition: (next_offset, state).
     async fn load_checkpoint(
         &self,
-        partition: i32,
-    ) -> Result<Option<(u64, Vec<u8>)>, TallyStoreError>;
+        partition: Partition,
+    ) -> Result<Option<(Offset, Vec<u8>)>, TallyStoreError>;
     /// Deletes the checkpoint of one votes partition (one that cannot be used).
-    async fn clear_checkpoint(&self, partition: i32) -> Result<(), TallyStoreError>;
+    async fn clear_checkpoint(&self, partition: Partition) -> Result<(), TallyStoreError>;
     /// The latest partial of one poll in every partition, with all its stored windows.
     async fn load_poll(&self, poll_id: PollId) -> Result<Vec<PartialTally>, TallyStoreError> {
         let mut all = self.load_all().await?;
@@ -103,8 +106,8 @@ pub trait TallyStore: Send + Sync + 'static {
 /// stripped), and the newest window per (poll, partition, start_ms) as (offset, votes). Both are in
 /// key order, so concurrent writers lock rows in the same order.
 pub(crate) struct Batch<'a> {
-    pub partials: BTreeMap<(PollId, i32), &'a PartialTally>,
-    pub windows: BTreeMap<(PollId, i32, i64), (i64, i64)>,
+    pub partials: BTreeMap<(PollId, Partition), &'a PartialTally>,
+    pub windows: BTreeMap<(PollId, Partition, i64), (Offset, i64)>,
 }
 
 impl<'a> Batch<'a> {
@@ -148,10 +151,10 @@ pub struct MemoryTallyStore {
 #[derive(Default)]
 struct MemoryInner {
     /// Latest partial per (poll, partition), windows stripped.
-    partials: BTreeMap<(PollId, i32), PartialTally>,
+    partials: BTreeMap<(PollId, Partition), PartialTally>,
     /// (poll, partition, start_ms) → (offset, votes).
-    windows: BTreeMap<(PollId, i32, i64), (i64, i64)>,
-    checkpoints: BTreeMap<i32, (u64, Vec<u8>)>,
+    windows: BTreeMap<(PollId, Partition, i64), (Offset, i64)>,
+    checkpoints: BTreeMap<Partition, (Offset, Vec<u8>)>,
 }
 
 impl MemoryTallyStore {
@@ -159,7 +162,7 @@ impl MemoryTallyStore {
         Self::default()
     }
 
-    fn load(&self, partition: Option<i32>) -> Vec<PartialTally> {
+    fn load(&self, partition: Option<Partition>) -> Vec<PartialTally> {
         let inner = self.inner.lock();
         inner
             .partials
@@ -184,7 +187,7 @@ impl TallyStore for MemoryTallyStore {
         let batch = Batch::of(partials);
         let mut inner = self.inner.lock();
         for (key, (offset, votes)) in batch.windows {
-            let slot = inner.windows.entry(key).or_insert((-1, 0));
+            let slot = inner.windows.entry(key).or_insert((Offset(-1), 0));
             if Freshness::window_supersedes(offset, slot.0) {
                 *slot = (offset, votes);
             }
@@ -209,14 +212,17 @@ impl TallyStore for MemoryTallyStore {
         Ok(self.load(None))
     }
 
-    async fn load_partition(&self, partition: i32) -> Result<Vec<PartialTally>, TallyStoreError> {
+    async fn load_partition(
+        &self,
+        partition: Partition,
+    ) -> Result<Vec<PartialTally>, TallyStoreError> {
         Ok(self.load(Some(partition)))
     }
 
     async fn put_checkpoint(
         &self,
-        partition: i32,
-        next_offset: u64,
+        partition: Partition,
+        next_offset: Offset,
         state: &[u8],
     ) -> Result<bool, TallyStoreError> {
         let mut inner = self.inner.lock();
@@ -233,12 +239,12 @@ impl TallyStore for MemoryTallyStore {
 
     async fn load_checkpoint(
         &self,
-        partition: i32,
-    ) -> Result<Option<(u64, Vec<u8>)>, TallyStoreError> {
+        partition: Partition,
+    ) -> Result<Option<(Offset, Vec<u8>)>, TallyStoreError> {
         Ok(self.inner.lock().checkpoints.get(&partition).cloned())
     }
 
-    async fn clear_checkpoint(&self, partition: i32) -> Result<(), TallyStoreError> {
+    async fn clear_checkpoint(&self, partition: Partition) -> Result<(), TallyStoreError> {
         self.inner.lock().checkpoints.remove(&partition);
         Ok(())
     }
@@ -247,15 +253,16 @@ impl TallyStore for MemoryTallyStore {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use schemas::Timestamp;
 
     fn partial(offset: i64, complete_until: i64, windows: &[(i64, i64)]) -> PartialTally {
         PartialTally {
             poll_id: 1,
-            partition: 0,
-            offset,
+            partition: Partition(0),
+            offset: Offset(offset),
             counts: vec![offset, 1],
             voters: offset + 1,
-            complete_until,
+            complete_until: Timestamp(complete_until),
             windows: windows
                 .iter()
                 .map(|&(start_ms, votes)| WindowCount { start_ms, votes })
@@ -273,7 +280,7 @@ pub(crate) mod tests {
     ) -> PartialTally {
         PartialTally {
             poll_id,
-            partition,
+            partition: Partition(partition),
             ..partial(offset, claim, windows)
         }
     }
@@ -325,9 +332,12 @@ pub(crate) mod tests {
             store.load_poll(1).await.unwrap(),
             vec![p1.clone(), p2.clone()]
         );
-        assert_eq!(store.load_partition(0).await.unwrap(), vec![p1, p3]);
-        assert_eq!(store.load_partition(1).await.unwrap(), vec![p2]);
-        assert!(store.load_partition(2).await.unwrap().is_empty());
+        assert_eq!(
+            store.load_partition(Partition(0)).await.unwrap(),
+            vec![p1, p3]
+        );
+        assert_eq!(store.load_partition(Partition(1)).await.unwrap(), vec![p2]);
+        assert!(store.load_partition(Partition(2)).await.unwrap().is_empty());
         assert!(store.load_poll(3).await.unwrap().is_empty());
     }
 
@@ -336,8 +346,8 @@ pub(crate) mod tests {
         (1..=3)
             .flat_map(|offset| {
                 (1..=3).map(move |complete_until| Freshness {
-                    offset,
-                    complete_until,
+                    offset: Offset(offset),
+                    complete_until: Timestamp(complete_until),
                 })
             })
             .collect()
@@ -355,13 +365,13 @@ pub(crate) mod tests {
         // A window's count is a function of the offset (as the processor's are of the log): two
         // partials at one offset hold the same windows, whatever their claims (ScyllaDB breaks a
         // tie of write timestamps by value, so it need not keep the first).
-        let window = |f: Freshness| 100 + 10 * f.offset;
+        let window = |f: Freshness| 100 + 10 * f.offset.0;
         let of = |poll: usize, f: Freshness| {
             tally(
                 poll as i64 + 1,
                 0,
-                f.offset,
-                f.complete_until,
+                f.offset.0,
+                f.complete_until.micros(),
                 &[(1000, window(f))],
             )
         };
@@ -402,34 +412,52 @@ pub(crate) mod tests {
         assert_eq!(store.put(&[partial(5, 1, &[(1000, 9)])]).await.unwrap(), 1);
         let all = store.load_all().await.unwrap();
         assert_eq!(all, vec![partial(5, 1, &[(1000, 3), (2000, 1)])]);
-        assert!(store.load_partition(1).await.unwrap().is_empty());
+        assert!(store.load_partition(Partition(1)).await.unwrap().is_empty());
     }
 
     /// What every [`TallyStore`] does with checkpoints; `store` holds none below offset 1000.
     pub(crate) async fn checkpoint_contract(store: &dyn TallyStore) {
-        assert_eq!(store.load_checkpoint(1000).await.unwrap(), None);
-        assert!(store.put_checkpoint(1000, 10, b"ten").await.unwrap());
+        assert_eq!(store.load_checkpoint(Partition(1000)).await.unwrap(), None);
+        assert!(store
+            .put_checkpoint(Partition(1000), Offset(10), b"ten")
+            .await
+            .unwrap());
         // A stale owner's older or equal checkpoint does not replace it.
-        assert!(!store.put_checkpoint(1000, 9, b"nine").await.unwrap());
-        assert!(!store.put_checkpoint(1000, 10, b"ten again").await.unwrap());
-        assert!(store.put_checkpoint(1001, 3, b"three").await.unwrap());
+        assert!(!store
+            .put_checkpoint(Partition(1000), Offset(9), b"nine")
+            .await
+            .unwrap());
+        assert!(!store
+            .put_checkpoint(Partition(1000), Offset(10), b"ten again")
+            .await
+            .unwrap());
+        assert!(store
+            .put_checkpoint(Partition(1001), Offset(3), b"three")
+            .await
+            .unwrap());
         assert_eq!(
-            store.load_checkpoint(1000).await.unwrap(),
-            Some((10, b"ten".to_vec()))
+            store.load_checkpoint(Partition(1000)).await.unwrap(),
+            Some((Offset(10), b"ten".to_vec()))
         );
-        assert!(store.put_checkpoint(1000, 11, b"newer").await.unwrap());
+        assert!(store
+            .put_checkpoint(Partition(1000), Offset(11), b"newer")
+            .await
+            .unwrap());
         assert_eq!(
-            store.load_checkpoint(1000).await.unwrap(),
-            Some((11, b"newer".to_vec()))
+            store.load_checkpoint(Partition(1000)).await.unwrap(),
+            Some((Offset(11), b"newer".to_vec()))
         );
         assert_eq!(
-            store.load_checkpoint(1001).await.unwrap(),
-            Some((3, b"three".to_vec()))
+            store.load_checkpoint(Partition(1001)).await.unwrap(),
+            Some((Offset(3), b"three".to_vec()))
         );
         // An unusable checkpoint is deleted; then any offset may be stored again.
-        store.clear_checkpoint(1000).await.unwrap();
-        assert_eq!(store.load_checkpoint(1000).await.unwrap(), None);
-        assert!(store.put_checkpoint(1000, 2, b"replayed").await.unwrap());
+        store.clear_checkpoint(Partition(1000)).await.unwrap();
+        assert_eq!(store.load_checkpoint(Partition(1000)).await.unwrap(), None);
+        assert!(store
+            .put_checkpoint(Partition(1000), Offset(2), b"replayed")
+            .await
+            .unwrap());
     }
 
     #[tokio::test]

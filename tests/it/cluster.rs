@@ -928,7 +928,7 @@ async fn distributed_throughput() {
         poll_id: polls[i % polls.len()],
         voter_id: format!("{run}-voter-{i}"),
         options: vec![(i % 4) as u32],
-        accepted_at_us: schemas::now_micros(),
+        accepted_at: schemas::Timestamp::now(),
         source: "web".into(),
     };
 
@@ -943,13 +943,13 @@ async fn distributed_throughput() {
             config.replication_factor = 1;
             // Creates the topics with the same partitions.
             let log = storage::KafkaLog::connect(config.clone()).await.unwrap();
-            let records: Vec<(i32, Vec<u8>, Vec<u8>)> = (0..n)
+            let records: Vec<(schemas::Partition, Vec<u8>, Vec<u8>)> = (0..n)
                 .map(|i| {
                     let v = vote_of(i, round);
                     let (mut key, mut value) = (Vec::new(), Vec::new());
                     schemas::vote::vote_key(v.poll_id, &v.voter_id, &mut key);
                     v.encode(&mut value);
-                    let p = schemas::partition_for(v.poll_id, &v.voter_id, partitions) as i32;
+                    let p = schemas::partition_for(v.poll_id, &v.voter_id, partitions);
                     (p, key, value)
                 })
                 .collect();

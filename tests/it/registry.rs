@@ -8,7 +8,7 @@ use crate::helpers::*;
 use crate::registry_double::RegistryDouble;
 use apache_avro::types::Value as Avro;
 use apache_avro::Schema;
-use schemas::PartialTally;
+use schemas::{Offset, PartialTally, Partition, Timestamp};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -37,9 +37,9 @@ fn registry_config(url: &str) -> RegistryConfig {
 /// Every record of `topic` from the start, as stored (no registry in between).
 async fn raw_records(log: &dyn Log, topic: Topic) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
-    for p in 0..log.partitions(topic) {
+    for p in Partition::all(log.partitions(topic)) {
         let end = log.high_watermark(topic, p).await.unwrap();
-        let mut offset = 0;
+        let mut offset = Offset::ZERO;
         while offset < end {
             let f = log
                 .fetch(topic, p, offset, 1 << 20, Duration::from_secs(5))
@@ -55,12 +55,12 @@ async fn raw_records(log: &dyn Log, topic: Topic) -> Vec<Vec<u8>> {
 fn tally(poll_id: i64, offset: i64) -> PartialTally {
     PartialTally {
         poll_id,
-        partition: 0,
-        offset,
+        partition: Partition(0),
+        offset: Offset(offset),
         counts: vec![offset, 2],
         voters: offset + 2,
-        complete_until: 1_000 + offset,
-        emitted_at: 2_000 + offset,
+        complete_until: Timestamp(1_000 + offset),
+        emitted_at: Timestamp(2_000 + offset),
         ..Default::default()
     }
 }
@@ -346,18 +346,34 @@ async fn old_and_new_tally_readers_read_each_others_records() {
         .expect("a record of version 2");
     let framed_v2 = schema_registry_converter::schema_registry_common::get_payload(v2_id, v2_datum);
     let mut bare = AppendBatch::default();
-    bare.push(0, 1, &7i64.to_be_bytes(), &tally(7, 1).to_avro());
+    bare.push(
+        Partition(0),
+        Timestamp(1),
+        &7i64.to_be_bytes(),
+        &tally(7, 1).to_avro(),
+    );
     inner.append(Topic::Tallies, bare, soon()).await.unwrap();
     let mut ours = AppendBatch::default();
-    ours.push(0, 2, &7i64.to_be_bytes(), &tally(7, 2).to_avro());
+    ours.push(
+        Partition(0),
+        Timestamp(2),
+        &7i64.to_be_bytes(),
+        &tally(7, 2).to_avro(),
+    );
     log.append(Topic::Tallies, ours, soon()).await.unwrap();
     let mut theirs = AppendBatch::default();
-    theirs.push(0, 3, &7i64.to_be_bytes(), &framed_v2);
+    theirs.push(Partition(0), Timestamp(3), &7i64.to_be_bytes(), &framed_v2);
     inner.append(Topic::Tallies, theirs, soon()).await.unwrap();
 
     // The old reader (CrowdTick, on version 1) reads all three.
     let fetched = log
-        .fetch(Topic::Tallies, 0, 0, 1 << 20, Duration::from_secs(1))
+        .fetch(
+            Topic::Tallies,
+            Partition(0),
+            Offset::ZERO,
+            1 << 20,
+            Duration::from_secs(1),
+        )
         .await
         .unwrap();
     let read: Vec<PartialTally> = fetched

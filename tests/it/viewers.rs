@@ -89,7 +89,7 @@ async fn websocket_and_sse_carry_the_same_bytes_with_the_tallys_time() {
         .unwrap();
     assert_eq!(sse.headers()["content-type"], "text/event-stream");
     assert_eq!(app.vote(poll, 1, "v1").await.0, 202);
-    let voted = schemas::now_micros();
+    let voted = schemas::Timestamp::now().micros();
 
     // The WebSocket's results message that shows the vote…
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -109,7 +109,7 @@ async fn websocket_and_sse_carry_the_same_bytes_with_the_tallys_time() {
         .as_i64()
         .expect("updated_at with visible counts");
     assert!(
-        (voted - 10_000_000..=schemas::now_micros()).contains(&updated_at),
+        (voted - 10_000_000..=schemas::Timestamp::now().micros()).contains(&updated_at),
         "updated_at {updated_at} is not the tally's time"
     );
     // …is, byte for byte, the data of the SSE event that shows it.

@@ -19,6 +19,7 @@ use crate::LogError;
 use parking_lot::Mutex;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use schemas::{Offset as LogOffset, Partition};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -29,9 +30,9 @@ use tokio::sync::mpsc;
 #[derive(Debug)]
 pub enum GroupEvent {
     /// These votes partitions are now this member's.
-    Assigned(Vec<u32>),
+    Assigned(Vec<Partition>),
     /// These are being taken away: flush them, stop reading them, then send on the acknowledgement.
-    Revoked(Vec<u32>, std::sync::mpsc::SyncSender<()>),
+    Revoked(Vec<Partition>, std::sync::mpsc::SyncSender<()>),
 }
 
 /// How a processor takes part in the group.
@@ -94,18 +95,18 @@ struct Context {
     topic: String,
     events: mpsc::UnboundedSender<GroupEvent>,
     revoke_timeout: Duration,
-    owned: Arc<Mutex<Vec<u32>>>,
+    owned: Arc<Mutex<Vec<Partition>>>,
 }
 
 impl ClientContext for Context {}
 
 impl Context {
-    fn partitions(&self, tpl: &TopicPartitionList) -> Vec<u32> {
-        let mut v: Vec<u32> = tpl
+    fn partitions(&self, tpl: &TopicPartitionList) -> Vec<Partition> {
+        let mut v: Vec<Partition> = tpl
             .elements()
             .iter()
             .filter(|e| e.topic() == self.topic)
-            .map(|e| e.partition() as u32)
+            .map(|e| Partition(e.partition()))
             .collect();
         v.sort_unstable();
         v
@@ -171,7 +172,7 @@ impl GroupMember {
     pub fn join(
         kafka: &KafkaConfig,
         group: &GroupConfig,
-        positions: Arc<Mutex<BTreeMap<u32, u64>>>,
+        positions: Arc<Mutex<BTreeMap<Partition, LogOffset>>>,
     ) -> Result<(Self, mpsc::UnboundedReceiver<GroupEvent>), LogError> {
         let (tx, rx) = mpsc::unbounded_channel();
         let owned = Arc::new(Mutex::new(Vec::new()));
@@ -248,13 +249,13 @@ impl Drop for GroupMember {
 pub fn committed_offsets(
     kafka: &KafkaConfig,
     group: &GroupConfig,
-) -> Result<BTreeMap<u32, u64>, LogError> {
+) -> Result<BTreeMap<Partition, LogOffset>, LogError> {
     let consumer: BaseConsumer = client_config(&group_settings(kafka, group))
         .create()
         .map_err(|e| LogError::Config(format!("Kafka consumer settings: {e}")))?;
     let mut tpl = TopicPartitionList::new();
-    for p in 0..kafka.votes_partitions {
-        tpl.add_partition(&kafka.votes_topic, p as i32);
+    for p in Partition::all(kafka.votes_partitions) {
+        tpl.add_partition(&kafka.votes_topic, p.0);
     }
     let committed = consumer
         .committed_offsets(tpl, Duration::from_secs(10))
@@ -268,7 +269,7 @@ pub fn committed_offsets(
         .elements()
         .iter()
         .filter_map(|e| match e.offset() {
-            Offset::Offset(o) if o >= 0 => Some((e.partition() as u32, o as u64)),
+            Offset::Offset(o) if o >= 0 => Some((Partition(e.partition()), LogOffset(o))),
             _ => None,
         })
         .collect())
@@ -277,14 +278,14 @@ pub fn committed_offsets(
 fn commit_positions(
     consumer: &BaseConsumer<Context>,
     topic: &str,
-    positions: &Mutex<BTreeMap<u32, u64>>,
-    owned: &Mutex<Vec<u32>>,
+    positions: &Mutex<BTreeMap<Partition, LogOffset>>,
+    owned: &Mutex<Vec<Partition>>,
 ) {
     let owned = owned.lock().clone();
     let mut tpl = TopicPartitionList::new();
     for (&p, &offset) in positions.lock().iter() {
         if owned.contains(&p) {
-            let _ = tpl.add_partition_offset(topic, p as i32, Offset::Offset(offset as i64));
+            let _ = tpl.add_partition_offset(topic, p.0, Offset::Offset(offset.0));
         }
     }
     if tpl.count() > 0 {

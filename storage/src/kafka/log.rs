@@ -15,6 +15,7 @@ use rdkafka::consumer::StreamConsumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureRecord, Producer};
+use schemas::{Offset, Partition};
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -81,8 +82,8 @@ impl KafkaLog {
         &self.config
     }
 
-    fn check_partition(&self, topic: Topic, partition: u32) -> Result<(), LogError> {
-        if partition < self.config.partitions(topic) {
+    fn check_partition(&self, topic: Topic, partition: Partition) -> Result<(), LogError> {
+        if partition.index() < self.config.partitions(topic) as usize {
             Ok(())
         } else {
             Err(LogError::NoSuchPartition(partition))
@@ -90,14 +91,18 @@ impl KafkaLog {
     }
 
     /// Asks the broker for a partition's high watermark (a blocking call, run off the runtime).
-    async fn query_high_watermark(&self, topic: Topic, partition: u32) -> Result<u64, LogError> {
+    async fn query_high_watermark(
+        &self,
+        topic: Topic,
+        partition: Partition,
+    ) -> Result<Offset, LogError> {
         let producer = self.producers.producer.read().1.clone();
         let name = self.config.topic_name(topic).to_owned();
         tokio::task::spawn_blocking(move || {
             producer
                 .client()
-                .fetch_watermarks(&name, partition as i32, WATERMARK_TIMEOUT)
-                .map(|(_low, high)| high.max(0) as u64)
+                .fetch_watermarks(&name, partition.0, WATERMARK_TIMEOUT)
+                .map(|(_low, high)| Offset(high.max(0)))
                 .map_err(|e| {
                     LogError::io(
                         format!("high watermark of {name}/{partition} from Kafka"),
@@ -120,23 +125,25 @@ impl KafkaLog {
     async fn high_watermark_for(
         &self,
         topic: Topic,
-        partition: u32,
+        partition: Partition,
         reader: &mut Reader,
-        beyond: u64,
-        resume: Option<u64>,
-    ) -> Result<u64, LogError> {
+        beyond: Offset,
+        resume: Option<Offset>,
+    ) -> Result<Offset, LogError> {
         let name = self.config.topic_name(topic);
         let listed = self.query_high_watermark(topic, partition).await?;
         let fetched = reader.fetched_high_watermark(name, partition);
-        let lower = listed.max(fetched.unwrap_or(0));
-        if lower > beyond || fetched.is_some_and(|f| f >= listed) || listed == 0 {
+        let lower = listed.max(fetched.unwrap_or(Offset::ZERO));
+        if lower > beyond || fetched.is_some_and(|f| f >= listed) || listed == Offset::ZERO {
             return Ok(lower);
         }
-        let probed = reader.probe(name, partition, listed - 1, resume).await?;
+        let probed = reader
+            .probe(name, partition, Offset(listed.0 - 1), resume)
+            .await?;
         Ok(lower.max(probed))
     }
 
-    fn new_reader(&self, topic: Topic, partition: u32) -> Result<Reader, LogError> {
+    fn new_reader(&self, topic: Topic, partition: Partition) -> Result<Reader, LogError> {
         let mut settings = consumer_settings(&self.config);
         settings
             .entry("client.id".to_owned())
@@ -148,7 +155,7 @@ impl KafkaLog {
             consumer,
             at: None,
             held: None,
-            known_high_watermark: 0,
+            known_high_watermark: Offset::ZERO,
             fresh: false,
             stepped_back: false,
         })
@@ -180,10 +187,10 @@ impl Log for KafkaLog {
         let producers = &self.producers;
         let (generation, producer) = producers.current_producer();
         let mut deliveries = Vec::with_capacity(batch.len());
-        for (partition, timestamp_us, key, value) in batch.iter() {
+        for (partition, timestamp, key, value) in batch.iter() {
             let record = FutureRecord::to(name)
-                .partition(partition as i32)
-                .timestamp(timestamp_us / 1000)
+                .partition(partition.0)
+                .timestamp(timestamp.millis())
                 .key(key)
                 .payload(value);
             match producer.send_result(record) {
@@ -192,7 +199,7 @@ impl Log for KafkaLog {
                     return Err(LogError::Overloaded)
                 }
                 Err((e, _)) => {
-                    tracing::warn!(topic = name, partition, error = %e, "Kafka refused a record");
+                    tracing::warn!(topic = name, partition = partition.0, error = %e, "Kafka refused a record");
                     return Err(LogError::Timeout);
                 }
             }
@@ -208,8 +215,8 @@ impl Log for KafkaLog {
             .into_iter()
             .map(|r| match r {
                 Ok(Ok(d)) => Ok(Position {
-                    partition: d.partition as u32,
-                    offset: d.offset as u64,
+                    partition: Partition(d.partition),
+                    offset: Offset(d.offset),
                 }),
                 Ok(Err((e, _))) => {
                     tracing::warn!(topic = name, error = %e, "Kafka did not persist a record");
@@ -228,14 +235,14 @@ impl Log for KafkaLog {
     async fn fetch(
         &self,
         topic: Topic,
-        partition: u32,
-        offset: u64,
+        partition: Partition,
+        offset: Offset,
         max_bytes: usize,
         max_wait: Duration,
     ) -> Result<Fetched, LogError> {
         self.check_partition(topic, partition)?;
         let name = self.config.topic_name(topic);
-        let mut slot = self.readers[topic.index()][partition as usize].lock().await;
+        let mut slot = self.readers[topic.index()][partition.index()].lock().await;
         if slot.is_none() {
             *slot = Some(self.new_reader(topic, partition)?);
         }
@@ -306,7 +313,7 @@ impl Log for KafkaLog {
             let m = match next {
                 Ok(m) => m,
                 Err(e) => {
-                    tracing::warn!(topic = name, partition, error = %e, "Kafka consumer error");
+                    tracing::warn!(topic = name, partition = partition.0, error = %e, "Kafka consumer error");
                     if out.0.is_empty() {
                         continue;
                     }
@@ -316,10 +323,7 @@ impl Log for KafkaLog {
             match out.takes(&m, max_bytes) {
                 None => continue,
                 Some(true) => {
-                    if out.0.is_empty()
-                        && m.offset() as u64 > offset
-                        && reader.may_step_back(offset)
-                    {
+                    if out.0.is_empty() && m.offset() > offset.0 && reader.may_step_back(offset) {
                         // Either the records before it are gone, or the broker answered a fetch
                         // from inside a record batch with the next batch (tansu's memory
                         // engine does): read again from further back to tell which.
@@ -354,18 +358,20 @@ impl Log for KafkaLog {
 
     /// One ListOffsets request on the producer's connection: no reader, nothing held.
     async fn ping(&self) -> Result<(), LogError> {
-        self.query_high_watermark(Topic::Votes, 0).await.map(|_| ())
+        self.query_high_watermark(Topic::Votes, Partition(0))
+            .await
+            .map(|_| ())
     }
 
-    async fn high_watermark(&self, topic: Topic, partition: u32) -> Result<u64, LogError> {
+    async fn high_watermark(&self, topic: Topic, partition: Partition) -> Result<Offset, LogError> {
         self.check_partition(topic, partition)?;
-        let mut slot = self.readers[topic.index()][partition as usize].lock().await;
+        let mut slot = self.readers[topic.index()][partition.index()].lock().await;
         if slot.is_none() {
             *slot = Some(self.new_reader(topic, partition)?);
         }
         let reader = slot.as_mut().expect("made above");
         let hw = self
-            .high_watermark_for(topic, partition, reader, u64::MAX, reader.at)
+            .high_watermark_for(topic, partition, reader, Offset(i64::MAX), reader.at)
             .await?;
         reader.known_high_watermark = reader.known_high_watermark.max(hw);
         Ok(hw)

@@ -4,6 +4,7 @@ use super::settings::{client_config, producer_settings, KafkaConfig};
 use crate::log::LogError;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use schemas::Partition;
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -51,7 +52,7 @@ pub(super) type Producer_ = FutureProducer<ProducerContext>;
 pub async fn raw_produce(
     config: &KafkaConfig,
     topic: &str,
-    records: &[(i32, Vec<u8>, Vec<u8>)],
+    records: &[(Partition, Vec<u8>, Vec<u8>)],
 ) -> Result<(usize, Duration), LogError> {
     let producer: FutureProducer = client_config(&producer_settings(&KafkaConfig {
         deadline: Duration::from_secs(60),
@@ -65,7 +66,7 @@ pub async fn raw_produce(
     let mut reports = Vec::with_capacity(records.len());
     for (partition, key, value) in records {
         let record = FutureRecord::to(topic)
-            .partition(*partition)
+            .partition(partition.0)
             .key(key)
             .payload(value);
         let report = producer

@@ -3,7 +3,8 @@
 use crate::log::{Fetched, LogError};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::{Offset as KafkaOffset, TopicPartitionList};
+use schemas::{Offset, Partition, Timestamp};
 use std::ffi::CString;
 use std::time::Duration;
 
@@ -17,18 +18,18 @@ pub(super) const PROBE: Duration = Duration::from_secs(1);
 /// How far back a newly assigned reader re-reads when the asked offset yields nothing or a later
 /// one: librdkafka's `batch.num.messages` default, so the record batch holding the asked offset
 /// starts within reach.
-pub(super) const STEP_BACK: u64 = 10_000;
+pub(super) const STEP_BACK: i64 = 10_000;
 
 /// One partition's consumer and where it stands.
 pub(super) struct Reader {
     pub(super) consumer: StreamConsumer,
     /// The offset the consumer's stream continues from (`None` until first assigned, and while a
     /// fetch is under way).
-    pub(super) at: Option<u64>,
+    pub(super) at: Option<Offset>,
     /// A record taken from the consumer but not returned yet (over `max_bytes`, or after a gap).
     pub(super) held: Option<OwnedMessage>,
     /// The highest high watermark this reader has seen.
-    pub(super) known_high_watermark: u64,
+    pub(super) known_high_watermark: Offset,
     /// Set by `assign` until the first record comes from the new position.
     pub(super) fresh: bool,
     /// Whether this position was already re-read from further back.
@@ -39,11 +40,11 @@ impl Reader {
     pub(super) fn assign(
         &mut self,
         topic: &str,
-        partition: u32,
-        offset: u64,
+        partition: Partition,
+        offset: Offset,
     ) -> Result<(), LogError> {
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(topic, partition as i32, Offset::Offset(offset as i64))
+        tpl.add_partition_offset(topic, partition.0, KafkaOffset::Offset(offset.0))
             .map_err(|e| LogError::io(format!("{topic}/{partition} at {offset}"), e))?;
         self.consumer
             .assign(&tpl)
@@ -57,24 +58,25 @@ impl Reader {
 
     /// Whether a fresh position that yields nothing, or yields a later offset than asked, may be
     /// re-read from further back (see [`STEP_BACK`]).
-    pub(super) fn may_step_back(&self, offset: u64) -> bool {
-        self.fresh && !self.stepped_back && offset > 0
+    pub(super) fn may_step_back(&self, offset: Offset) -> bool {
+        self.fresh && !self.stepped_back && offset > Offset::ZERO
     }
 
     /// Re-reads from [`STEP_BACK`] records before `offset`; the caller drops the records before it.
     pub(super) fn step_back(
         &mut self,
         topic: &str,
-        partition: u32,
-        offset: u64,
+        partition: Partition,
+        offset: Offset,
     ) -> Result<(), LogError> {
         tracing::debug!(
             topic,
-            partition,
-            offset,
+            partition = partition.0,
+            offset = offset.0,
             "no record at the asked offset yet; reading from further back"
         );
-        self.assign(topic, partition, offset.saturating_sub(STEP_BACK))?;
+        let back = Offset(offset.0.saturating_sub(STEP_BACK).max(0));
+        self.assign(topic, partition, back)?;
         self.stepped_back = true;
         Ok(())
     }
@@ -84,15 +86,15 @@ impl Reader {
     pub(super) async fn probe(
         &mut self,
         topic: &str,
-        partition: u32,
-        last: u64,
-        resume: Option<u64>,
-    ) -> Result<u64, LogError> {
+        partition: Partition,
+        last: Offset,
+        resume: Option<Offset>,
+    ) -> Result<Offset, LogError> {
         self.assign(topic, partition, last)?;
         let give_up = tokio::time::Instant::now() + STALL_LIMIT;
         let read = loop {
             match tokio::time::timeout_at(give_up, self.consumer.recv()).await {
-                Ok(Ok(m)) if m.offset() >= last as i64 => break true,
+                Ok(Ok(m)) if m.offset() >= last.0 => break true,
                 Ok(_) => continue,
                 Err(_) => break false,
             }
@@ -115,7 +117,11 @@ impl Reader {
     }
 
     /// The high watermark of the latest fetch response librdkafka received for this partition.
-    pub(super) fn fetched_high_watermark(&self, topic: &str, partition: u32) -> Option<u64> {
+    pub(super) fn fetched_high_watermark(
+        &self,
+        topic: &str,
+        partition: Partition,
+    ) -> Option<Offset> {
         let topic = CString::new(topic).ok()?;
         let (mut low, mut high) = (-1i64, -1i64);
         // SAFETY: the handle lives as long as `self.consumer`, `topic` is a NUL-terminated string
@@ -125,13 +131,13 @@ impl Reader {
             rdkafka::bindings::rd_kafka_get_watermark_offsets(
                 self.consumer.client().native_ptr(),
                 topic.as_ptr(),
-                partition as i32,
+                partition.0,
                 &mut low,
                 &mut high,
             )
         };
         (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
-            .then_some(high as u64)
+            .then_some(Offset(high))
     }
 }
 
@@ -139,7 +145,7 @@ impl Reader {
 pub(super) struct Collect(pub(super) Fetched);
 
 impl Collect {
-    pub(super) fn new(partition: u32, offset: u64) -> Self {
+    pub(super) fn new(partition: Partition, offset: Offset) -> Self {
         Self(Fetched {
             partition,
             first_offset: offset,
@@ -148,14 +154,14 @@ impl Collect {
     }
 
     /// The offset the next record must have to follow on without a gap.
-    pub(super) fn expected(&self) -> u64 {
+    pub(super) fn expected(&self) -> Offset {
         self.0.next_offset()
     }
 
     /// Whether `m` goes into this fetch: `Some(true)` yes, `Some(false)` keep it for the next one,
     /// `None` drop it (before the wanted offset).
     pub(super) fn takes(&self, m: &impl Message, max_bytes: usize) -> Option<bool> {
-        let offset = m.offset().max(0) as u64;
+        let offset = Offset(m.offset().max(0));
         if offset < self.expected() {
             return None;
         }
@@ -170,9 +176,9 @@ impl Collect {
         let f = &mut self.0;
         if f.records.is_empty() {
             // Records before it are gone (retention): start where the log does.
-            f.first_offset = m.offset().max(0) as u64;
+            f.first_offset = Offset(m.offset().max(0));
         }
-        let ts = m.timestamp().to_millis().unwrap_or(0).saturating_mul(1000);
+        let ts = Timestamp(m.timestamp().to_millis().unwrap_or(0).saturating_mul(1000));
         let ks = f.data.len() as u32;
         f.data.extend_from_slice(m.key().unwrap_or_default());
         let vs = f.data.len() as u32;

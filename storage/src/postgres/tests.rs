@@ -6,7 +6,7 @@ use super::*;
 use crate::polls::PollCatalog;
 use crate::tally_store::MemoryTallyStore;
 use proptest::prelude::*;
-use schemas::Rejections;
+use schemas::{Rejections, Timestamp};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -92,12 +92,12 @@ fn poll(id: i64, slug: String) -> Poll {
         options: vec!["A".into(), "B, with a comma".into(), "C".into()],
         max_choices: 2,
         visibility: Visibility::OnReveal,
-        opens_at: Some(1_700_000_000_000_000),
+        opens_at: Some(Timestamp(1_700_000_000_000_000)),
         closes_at: None,
         opened_at: None,
         closed_at: None,
         revealed: false,
-        created_at: 1_699_999_999_000_000,
+        created_at: Timestamp(1_699_999_999_000_000),
         creator: Some("operator".into()),
         voters: schemas::Voters::Verified,
     }
@@ -114,8 +114,8 @@ fn partial(
 ) -> PartialTally {
     PartialTally {
         poll_id,
-        partition,
-        offset,
+        partition: Partition(partition),
+        offset: Offset(offset),
         counts: vec![offset, 2 * offset + poll_id],
         voters: 3 * offset,
         rejected: Rejections {
@@ -132,8 +132,8 @@ fn partial(
                 votes: window_votes(poll_id, partition, start_ms, offset),
             })
             .collect(),
-        complete_until,
-        emitted_at: 1_000 + offset,
+        complete_until: Timestamp(complete_until),
+        emitted_at: Timestamp(1_000 + offset),
     }
 }
 
@@ -240,7 +240,7 @@ async fn polls_roundtrip_and_catalog() {
     b.visibility = Visibility::Live;
     b.creator = None;
     b.opens_at = None;
-    b.closes_at = Some(5);
+    b.closes_at = Some(Timestamp(5));
     b.voters = Voters::Anyone;
     store.save(&b).await.unwrap();
     store.save(&a).await.unwrap();
@@ -292,11 +292,17 @@ async fn polls_roundtrip_and_catalog() {
 async fn checkpoints_only_move_forward() {
     let db = TestDb::new().await;
     let store = db.tallies();
-    assert_eq!(store.load_checkpoint(2).await.unwrap(), None);
+    assert_eq!(store.load_checkpoint(Partition(2)).await.unwrap(), None);
     let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
     // A few MB round-trip whole (a partition of ~150k voters).
-    assert!(store.put_checkpoint(2, 100, &big).await.unwrap());
-    assert_eq!(store.load_checkpoint(2).await.unwrap(), Some((100, big)));
+    assert!(store
+        .put_checkpoint(Partition(2), Offset(100), &big)
+        .await
+        .unwrap());
+    assert_eq!(
+        store.load_checkpoint(Partition(2)).await.unwrap(),
+        Some((Offset(100), big))
+    );
     crate::tally_store::tests::checkpoint_contract(&store).await;
 }
 
@@ -382,14 +388,14 @@ async fn older_partials_are_refused_newer_accepted() {
         ]
     );
     assert_eq!(
-        store.load_partition(0).await.unwrap(),
+        store.load_partition(Partition(0)).await.unwrap(),
         vec![p11, partial(2, 0, 7, 0, &[])]
     );
     assert_eq!(
-        store.load_partition(1).await.unwrap(),
+        store.load_partition(Partition(1)).await.unwrap(),
         vec![partial(1, 1, 5, 0, &[])]
     );
-    assert!(store.load_partition(2).await.unwrap().is_empty());
+    assert!(store.load_partition(Partition(2)).await.unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -432,7 +438,10 @@ async fn windows_survive_and_merge_by_offset() {
     );
     assert_eq!(windows(&all[1]), vec![(1000, window_votes(1, 1, 1000, 5))]);
     // A fresh store on the same tables reads the same (restart).
-    assert_eq!(db.tallies().load_partition(0).await.unwrap(), all[..1]);
+    assert_eq!(
+        db.tallies().load_partition(Partition(0)).await.unwrap(),
+        all[..1]
+    );
 }
 
 /// Random partials, in random batches and order, end as the per-key maximum (and as the
@@ -488,14 +497,14 @@ fn random_sequences_end_at_the_maximum() {
                 let mut wins: BTreeMap<(i64, i32, i64), i64> = BTreeMap::new();
                 for t in &partials {
                     let slot = best
-                        .entry((t.poll_id, t.partition))
-                        .or_insert((t.offset, t.complete_until));
-                    *slot = (*slot).max((t.offset, t.complete_until));
+                        .entry((t.poll_id, t.partition.0))
+                        .or_insert((t.offset.0, t.complete_until.micros()));
+                    *slot = (*slot).max((t.offset.0, t.complete_until.micros()));
                     for w in &t.windows {
                         let o = wins
-                            .entry((t.poll_id, t.partition, w.start_ms))
-                            .or_insert(t.offset);
-                        *o = (*o).max(t.offset);
+                            .entry((t.poll_id, t.partition.0, w.start_ms))
+                            .or_insert(t.offset.0);
+                        *o = (*o).max(t.offset.0);
                     }
                 }
                 let expected: Vec<PartialTally> = best
@@ -523,7 +532,7 @@ fn random_sequences_end_at_the_maximum() {
                 prop_assert_eq!(&memory.load_all().await.unwrap(), &expected);
                 for part in 0..3 {
                     let got: Vec<_> = store
-                        .load_partition(part)
+                        .load_partition(Partition(part))
                         .await
                         .unwrap()
                         .into_iter()
@@ -531,7 +540,7 @@ fn random_sequences_end_at_the_maximum() {
                         .collect();
                     let want: Vec<_> = expected
                         .iter()
-                        .filter(|t| t.partition == part)
+                        .filter(|t| t.partition == Partition(part))
                         .cloned()
                         .collect();
                     prop_assert_eq!(got, want);

@@ -4,7 +4,7 @@
 use super::{complete_until_timestamp, offset_timestamp};
 use crate::tally_store::Batch;
 use crate::tally_store::TallyStoreError;
-use schemas::{PartialTally, PollId, WindowCount};
+use schemas::{Offset, PartialTally, Partition, PollId, Timestamp, WindowCount};
 use scylla::value::{CqlValue, Row};
 use std::collections::BTreeMap;
 
@@ -24,7 +24,7 @@ pub struct PollRows {
     pub poll_id: PollId,
     pub partials: Vec<PartialTally>,
     /// (partition, start_ms, offset, votes).
-    pub windows: Vec<(i32, i64, i64, i64)>,
+    pub windows: Vec<(Partition, i64, Offset, i64)>,
 }
 
 impl PollRows {
@@ -59,7 +59,7 @@ impl PollRows {
                 Put::Partial,
                 vec![
                     BigInt(poll),
-                    Int(t.partition),
+                    Int(t.partition.0),
                     Blob(t.to_avro()),
                     BigInt(ts),
                 ],
@@ -68,9 +68,9 @@ impl PollRows {
                 Put::CompleteUntil,
                 vec![
                     BigInt(complete_until_timestamp(t.complete_until)),
-                    BigInt(t.complete_until),
+                    BigInt(t.complete_until.micros()),
                     BigInt(poll),
-                    Int(t.partition),
+                    Int(t.partition.0),
                 ],
             ));
         }
@@ -79,7 +79,7 @@ impl PollRows {
                 Put::Window,
                 vec![
                     BigInt(poll),
-                    Int(partition),
+                    Int(partition.0),
                     BigInt(start_ms),
                     BigInt(votes),
                     BigInt(offset_timestamp(offset)),
@@ -90,7 +90,7 @@ impl PollRows {
             out.push((
                 Put::PartitionPoll,
                 vec![
-                    Int(t.partition),
+                    Int(t.partition.0),
                     BigInt(poll),
                     BigInt(offset_timestamp(t.offset)),
                 ],
@@ -162,7 +162,7 @@ pub fn assemble(
         let mut t = PartialTally::from_avro(&tally)
             .map_err(|e| TallyStoreError::Data(format!("partial ({poll_id}, {partition}): {e}")))?;
         if let Some(cu) = complete_until {
-            t.complete_until = t.complete_until.max(cu);
+            t.complete_until = t.complete_until.max(Timestamp(cu));
         }
         t.windows.clear();
         out.insert((poll_id, partition), t);
@@ -222,10 +222,16 @@ mod tests {
         assert_eq!(polls.iter().map(|p| p.poll_id).collect::<Vec<_>>(), [1, 2]);
         let two = &polls[1];
         assert_eq!(two.partials.len(), 1);
-        assert_eq!(two.partials[0].offset, 7);
+        assert_eq!(two.partials[0].offset, Offset(7));
         assert!(two.partials[0].windows.is_empty());
         // Windows: the newest offset of each window of (poll 2, partition 0).
-        assert_eq!(two.windows, [(0, 1000, 6, 5), (0, 2000, 7, 6)]);
+        assert_eq!(
+            two.windows,
+            [
+                (Partition(0), 1000, Offset(6), 5),
+                (Partition(0), 2000, Offset(7), 6)
+            ]
+        );
         let statements = two.statements();
         let kinds: Vec<Put> = statements.iter().map(|(k, _)| *k).collect();
         assert_eq!(

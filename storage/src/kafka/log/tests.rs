@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::kafka::raw_produce;
+use schemas::Timestamp;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::test_broker::TansuBroker as Tansu;
@@ -33,15 +34,16 @@ fn soon() -> Instant {
 }
 
 /// A realistic µs timestamp (whole milliseconds: Kafka keeps ms), distinct per `i`.
-fn ts(i: u64) -> i64 {
-    1_700_000_000_000_000 + i as i64 * 1000
+fn ts(i: u64) -> Timestamp {
+    Timestamp(1_700_000_000_000_000 + i as i64 * 1000)
 }
 
-type Rec = (u64, i64, Vec<u8>, Vec<u8>);
+/// (offset, timestamp, key, value).
+type Rec = (i64, Timestamp, Vec<u8>, Vec<u8>);
 
 fn records(f: &Fetched) -> Vec<Rec> {
     f.iter()
-        .map(|(o, t, k, v)| (o, t, k.to_vec(), v.to_vec()))
+        .map(|(o, t, k, v)| (o.0, t, k.to_vec(), v.to_vec()))
         .collect()
 }
 
@@ -49,16 +51,16 @@ fn records(f: &Fetched) -> Vec<Rec> {
 async fn read_range(
     log: &KafkaLog,
     topic: Topic,
-    p: u32,
-    from: u64,
-    end: u64,
+    p: i32,
+    from: i64,
+    end: i64,
     max_bytes: usize,
 ) -> Vec<Rec> {
     let mut out = Vec::new();
-    let mut next = from;
-    while next < end {
+    let mut next = Offset(from);
+    while next < Offset(end) {
         let f = log
-            .fetch(topic, p, next, max_bytes, Duration::ZERO)
+            .fetch(topic, Partition(p), next, max_bytes, Duration::ZERO)
             .await
             .unwrap();
         assert!(
@@ -72,11 +74,11 @@ async fn read_range(
     out
 }
 
-async fn append_n(log: &KafkaLog, p: u32, range: std::ops::Range<u64>) -> Vec<Position> {
+async fn append_n(log: &KafkaLog, p: i32, range: std::ops::Range<u64>) -> Vec<Position> {
     let mut b = AppendBatch::default();
     for i in range {
         b.push(
-            p,
+            Partition(p),
             ts(i),
             format!("k{i}").as_bytes(),
             format!("value {i}").as_bytes(),
@@ -91,23 +93,23 @@ async fn appends_get_dense_offsets_per_partition_in_batch_order() {
     let log = KafkaLog::connect(broker.config(3, 1)).await.unwrap();
     assert_eq!(log.partitions(Topic::Votes), 3);
     let mut b = AppendBatch::default();
-    for (i, p) in [0u32, 1, 0, 2, 0, 1].into_iter().enumerate() {
+    for (i, p) in [0, 1, 0, 2, 0, 1].into_iter().enumerate() {
         b.push(
-            p,
+            Partition(p),
             ts(i as u64),
             format!("k{i}").as_bytes(),
             format!("v{i}").as_bytes(),
         );
     }
     let pos = log.append(Topic::Votes, b, soon()).await.unwrap();
-    let pairs: Vec<_> = pos.iter().map(|p| (p.partition, p.offset)).collect();
+    let pairs: Vec<_> = pos.iter().map(|p| (p.partition.0, p.offset.0)).collect();
     assert_eq!(pairs, vec![(0, 0), (1, 0), (0, 1), (2, 0), (0, 2), (1, 1)]);
     let pos = append_n(&log, 0, 6..7).await;
     assert_eq!(
         pos,
         vec![Position {
-            partition: 0,
-            offset: 3
+            partition: Partition(0),
+            offset: Offset(3)
         }]
     );
 
@@ -127,7 +129,12 @@ async fn appends_get_dense_offsets_per_partition_in_batch_order() {
     let p2 = read_range(&log, Topic::Votes, 2, 0, 1, 1 << 20).await;
     assert_eq!(p2, vec![(0, ts(3), b"k3".to_vec(), b"v3".to_vec())]);
     // The tallies topic is separate.
-    assert_eq!(log.high_watermark(Topic::Tallies, 0).await.unwrap(), 0);
+    assert_eq!(
+        log.high_watermark(Topic::Tallies, Partition(0))
+            .await
+            .unwrap(),
+        Offset(0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -140,9 +147,9 @@ async fn fetch_from_an_offset_returns_exactly_the_records_from_there() {
     assert!(all
         .iter()
         .enumerate()
-        .all(|(i, r)| r.0 == i as u64 && r.2 == format!("k{i}").as_bytes()));
+        .all(|(i, r)| r.0 == i as i64 && r.2 == format!("k{i}").as_bytes()));
     // Forward, backward, and again where the reader already stands.
-    for from in [4u64, 2, 7, 0, 9] {
+    for from in [4i64, 2, 7, 0, 9] {
         let got = read_range(&log, Topic::Votes, 1, from, 10, 1 << 20).await;
         assert_eq!(got, all[from as usize..], "from {from}");
     }
@@ -150,16 +157,22 @@ async fn fetch_from_an_offset_returns_exactly_the_records_from_there() {
     let got = read_range(&log, Topic::Votes, 1, 3, 10, 20).await;
     assert_eq!(got, all[3..]);
     let one = log
-        .fetch(Topic::Votes, 1, 5, 1, Duration::ZERO)
+        .fetch(Topic::Votes, Partition(1), Offset(5), 1, Duration::ZERO)
         .await
         .unwrap();
     assert_eq!(records(&one), all[5..6]);
-    assert_eq!(one.high_watermark, 10);
+    assert_eq!(one.high_watermark, Offset(10));
     // The other partition is untouched.
-    assert_eq!(log.high_watermark(Topic::Votes, 0).await.unwrap(), 0);
+    assert_eq!(
+        log.high_watermark(Topic::Votes, Partition(0))
+            .await
+            .unwrap(),
+        Offset(0)
+    );
     assert!(matches!(
-        log.fetch(Topic::Votes, 2, 0, 100, Duration::ZERO).await,
-        Err(LogError::NoSuchPartition(2))
+        log.fetch(Topic::Votes, Partition(2), Offset(0), 100, Duration::ZERO)
+            .await,
+        Err(LogError::NoSuchPartition(Partition(2)))
     ));
 }
 
@@ -170,13 +183,19 @@ async fn fetch_waits_up_to_max_wait_for_new_records() {
     // Nothing comes: empty after about max_wait, with the high watermark.
     let started = Instant::now();
     let f = log
-        .fetch(Topic::Votes, 0, 0, 1 << 20, Duration::from_millis(300))
+        .fetch(
+            Topic::Votes,
+            Partition(0),
+            Offset(0),
+            1 << 20,
+            Duration::from_millis(300),
+        )
         .await
         .unwrap();
     assert!(f.is_empty());
     assert_eq!(
         (f.first_offset, f.high_watermark, f.next_offset()),
-        (0, 0, 0)
+        (Offset(0), Offset(0), Offset(0))
     );
     let waited = started.elapsed();
     assert!(waited >= Duration::from_millis(300), "{waited:?}");
@@ -186,14 +205,20 @@ async fn fetch_waits_up_to_max_wait_for_new_records() {
         tokio::spawn(async move {
             let started = Instant::now();
             let f = log
-                .fetch(Topic::Votes, 0, 0, 1 << 20, Duration::from_secs(20))
+                .fetch(
+                    Topic::Votes,
+                    Partition(0),
+                    Offset(0),
+                    1 << 20,
+                    Duration::from_secs(20),
+                )
                 .await;
             (f, started.elapsed())
         })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut b = AppendBatch::default();
-    b.push(0, ts(1), b"k", b"hello");
+    b.push(Partition(0), ts(1), b"k", b"hello");
     log.append(Topic::Votes, b, soon()).await.unwrap();
     let (f, waited) = reader.await.unwrap();
     let f = f.unwrap();
@@ -201,7 +226,7 @@ async fn fetch_waits_up_to_max_wait_for_new_records() {
         records(&f),
         vec![(0, ts(1), b"k".to_vec(), b"hello".to_vec())]
     );
-    assert_eq!(f.high_watermark, 1);
+    assert_eq!(f.high_watermark, Offset(1));
     assert!(waited >= Duration::from_millis(250), "{waited:?}");
     assert!(waited < Duration::from_secs(10), "{waited:?}");
 }
@@ -211,51 +236,108 @@ async fn high_watermarks_follow_the_appends() {
     let broker = Tansu::start();
     let log = KafkaLog::connect(broker.config(2, 2)).await.unwrap();
     for p in 0..2 {
-        assert_eq!(log.high_watermark(Topic::Votes, p).await.unwrap(), 0);
+        assert_eq!(
+            log.high_watermark(Topic::Votes, Partition(p))
+                .await
+                .unwrap(),
+            Offset(0)
+        );
     }
     append_n(&log, 0, 0..5).await;
     append_n(&log, 1, 0..2).await;
     append_n(&log, 0, 5..7).await;
-    assert_eq!(log.high_watermark(Topic::Votes, 0).await.unwrap(), 7);
-    assert_eq!(log.high_watermark(Topic::Votes, 1).await.unwrap(), 2);
+    assert_eq!(
+        log.high_watermark(Topic::Votes, Partition(0))
+            .await
+            .unwrap(),
+        Offset(7)
+    );
+    assert_eq!(
+        log.high_watermark(Topic::Votes, Partition(1))
+            .await
+            .unwrap(),
+        Offset(2)
+    );
     // Several records per producer batch, asked through a fresh log too (tansu's memory engine
     // answers ListOffsets with the last batch's base + 1; the fetch response has the truth).
     for (a, b) in [(7, 8), (8, 11), (11, 12), (12, 40)] {
         append_n(&log, 0, a..b).await;
-        assert_eq!(log.high_watermark(Topic::Votes, 0).await.unwrap(), b);
+        assert_eq!(
+            log.high_watermark(Topic::Votes, Partition(0))
+                .await
+                .unwrap(),
+            Offset(b as i64)
+        );
     }
     let fresh = KafkaLog::connect(log.config().clone()).await.unwrap();
-    assert_eq!(fresh.high_watermark(Topic::Votes, 0).await.unwrap(), 40);
+    assert_eq!(
+        fresh
+            .high_watermark(Topic::Votes, Partition(0))
+            .await
+            .unwrap(),
+        Offset(40)
+    );
     let f = fresh
-        .fetch(Topic::Votes, 0, 39, 1 << 20, Duration::ZERO)
+        .fetch(
+            Topic::Votes,
+            Partition(0),
+            Offset(39),
+            1 << 20,
+            Duration::ZERO,
+        )
         .await
         .unwrap();
-    assert_eq!((f.first_offset, f.len(), f.high_watermark), (39, 1, 40));
+    assert_eq!(
+        (f.first_offset, f.len(), f.high_watermark),
+        (Offset(39), 1, Offset(40))
+    );
     let f = log
-        .fetch(Topic::Votes, 0, 40, 1 << 20, Duration::ZERO)
+        .fetch(
+            Topic::Votes,
+            Partition(0),
+            Offset(40),
+            1 << 20,
+            Duration::ZERO,
+        )
         .await
         .unwrap();
-    assert_eq!((f.len(), f.high_watermark), (0, 40));
+    assert_eq!((f.len(), f.high_watermark), (0, Offset(40)));
     let mut b = AppendBatch::default();
-    b.push(1, ts(0), b"poll", b"partial");
+    b.push(Partition(1), ts(0), b"poll", b"partial");
     let pos = log.append(Topic::Tallies, b, soon()).await.unwrap();
     assert_eq!(
         pos,
         vec![Position {
-            partition: 1,
-            offset: 0
+            partition: Partition(1),
+            offset: Offset(0)
         }]
     );
-    assert_eq!(log.high_watermark(Topic::Tallies, 1).await.unwrap(), 1);
-    assert_eq!(log.high_watermark(Topic::Tallies, 0).await.unwrap(), 0);
+    assert_eq!(
+        log.high_watermark(Topic::Tallies, Partition(1))
+            .await
+            .unwrap(),
+        Offset(1)
+    );
+    assert_eq!(
+        log.high_watermark(Topic::Tallies, Partition(0))
+            .await
+            .unwrap(),
+        Offset(0)
+    );
     let f = log
-        .fetch(Topic::Votes, 0, 2, 1 << 20, Duration::ZERO)
+        .fetch(
+            Topic::Votes,
+            Partition(0),
+            Offset(2),
+            1 << 20,
+            Duration::ZERO,
+        )
         .await
         .unwrap();
-    assert_eq!(f.high_watermark, 40);
+    assert_eq!(f.high_watermark, Offset(40));
     assert!(matches!(
-        log.high_watermark(Topic::Votes, 2).await,
-        Err(LogError::NoSuchPartition(2))
+        log.high_watermark(Topic::Votes, Partition(2)).await,
+        Err(LogError::NoSuchPartition(Partition(2)))
     ));
 }
 
@@ -271,10 +353,13 @@ async fn a_second_log_reads_what_the_first_wrote() {
 
     // What a new process does: connect (topics exist, same counts), read from its own positions.
     let second = KafkaLog::connect(config).await.unwrap();
-    let end = second.high_watermark(Topic::Votes, 0).await.unwrap();
-    assert_eq!(end, 20);
+    let end = second
+        .high_watermark(Topic::Votes, Partition(0))
+        .await
+        .unwrap();
+    assert_eq!(end, Offset(20));
     assert_eq!(
-        read_range(&second, Topic::Votes, 0, 0, end, 1 << 20).await,
+        read_range(&second, Topic::Votes, 0, 0, end.0, 1 << 20).await,
         written
     );
     assert_eq!(
@@ -284,7 +369,7 @@ async fn a_second_log_reads_what_the_first_wrote() {
         2
     );
     // And it appends after them.
-    assert_eq!(append_n(&second, 0, 20..21).await[0].offset, 20);
+    assert_eq!(append_n(&second, 0, 20..21).await[0].offset, Offset(20));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -325,7 +410,7 @@ async fn late_full_and_misaddressed_appends_are_refused() {
         .insert("queue.buffering.max.messages".into(), "10".into());
     let log = KafkaLog::connect(config).await.unwrap();
     let mut b = AppendBatch::default();
-    b.push(0, ts(0), b"k", b"v");
+    b.push(Partition(0), ts(0), b"k", b"v");
     let past = Instant::now() - Duration::from_millis(1);
     assert_eq!(
         log.append(Topic::Votes, b.clone(), past).await,
@@ -333,17 +418,17 @@ async fn late_full_and_misaddressed_appends_are_refused() {
     );
     let mut big = AppendBatch::default();
     for i in 0..50 {
-        big.push(0, ts(i), b"k", b"v");
+        big.push(Partition(0), ts(i), b"k", b"v");
     }
     assert_eq!(
         log.append(Topic::Votes, big, soon()).await,
         Err(LogError::Overloaded)
     );
     let mut wrong = AppendBatch::default();
-    wrong.push(1, ts(0), b"k", b"v");
+    wrong.push(Partition(1), ts(0), b"k", b"v");
     assert_eq!(
         log.append(Topic::Votes, wrong, soon()).await,
-        Err(LogError::NoSuchPartition(1))
+        Err(LogError::NoSuchPartition(Partition(1)))
     );
     // Once the queue drains, appends go through again.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -378,7 +463,12 @@ async fn append_throughput() {
                     let mut i = t as u64;
                     while Instant::now() < stop {
                         let mut b = AppendBatch::default();
-                        b.push((i % 8) as u32, ts(i), format!("k{i}").as_bytes(), &value);
+                        b.push(
+                            Partition((i % 8) as i32),
+                            ts(i),
+                            format!("k{i}").as_bytes(),
+                            &value,
+                        );
                         match log
                             .append(Topic::Votes, b, Instant::now() + Duration::from_secs(2))
                             .await
@@ -415,7 +505,7 @@ async fn append_throughput() {
                     let mut b = AppendBatch::default();
                     for i in 0..1000u64 {
                         b.push(
-                            ((t + i) % 8) as u32,
+                            Partition(((t + i) % 8) as i32),
                             ts(i),
                             format!("k{i}").as_bytes(),
                             &value,
@@ -443,7 +533,13 @@ async fn append_throughput() {
     );
     // The raw rate beside it: a bare rdkafka producer with the same settings.
     let records: Vec<_> = (0..400_000u64)
-        .map(|i| ((i % 8) as i32, format!("k{i}").into_bytes(), value.clone()))
+        .map(|i| {
+            (
+                Partition((i % 8) as i32),
+                format!("k{i}").into_bytes(),
+                value.clone(),
+            )
+        })
         .collect();
     let (delivered, took) = raw_produce(log.config(), &log.config().votes_topic, &records)
         .await
@@ -456,8 +552,11 @@ async fn append_throughput() {
     let started = Instant::now();
     let mut read = 0;
     for p in 0..8 {
-        let end = log.high_watermark(Topic::Votes, p).await.unwrap();
-        read += read_range(&log, Topic::Votes, p, 0, end, 1 << 20)
+        let end = log
+            .high_watermark(Topic::Votes, Partition(p))
+            .await
+            .unwrap();
+        read += read_range(&log, Topic::Votes, p, 0, end.0, 1 << 20)
             .await
             .len();
     }

@@ -1,15 +1,32 @@
-//! `crowdtick healthcheck [--url URL]`: exits 0 when the URL answers 200, 1 otherwise. For the
-//! container image's `HEALTHCHECK` and compose healthchecks, so the image needs no curl or shell.
-//! Plain HTTP/1.0 over TCP: the probe only ever targets the node itself.
+//! The probe behind `crowdtick healthcheck [--url URL]` (exit 0 when the URL answers 200, 1
+//! otherwise): for the container image's `HEALTHCHECK` and compose healthchecks, so the image needs
+//! no curl or shell. Plain HTTP/1.0 over TCP: the probe only ever targets the node itself.
 
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// Why a probe got no status code.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("{0}: only http:// URLs can be probed")]
+    NotHttpUrl(String),
+    #[error("{url}: {source}")]
+    Io {
+        url: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{url} did not answer within {timeout:?}")]
+    Timeout { url: String, timeout: Duration },
+    #[error("{0} answered something that is not HTTP")]
+    NotHttpAnswer(String),
+}
+
 /// Fetches `url` (`http://host:port/path`) and returns the status line's code.
-pub async fn status_of(url: &str, timeout: Duration) -> anyhow::Result<u16> {
+pub async fn status_of(url: &str, timeout: Duration) -> Result<u16, ProbeError> {
     let rest = url
         .strip_prefix("http://")
-        .ok_or_else(|| anyhow::anyhow!("{url}: only http:// URLs can be probed"))?;
+        .ok_or_else(|| ProbeError::NotHttpUrl(url.to_owned()))?;
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -29,11 +46,18 @@ pub async fn status_of(url: &str, timeout: Duration) -> anyhow::Result<u16> {
             }
             head.extend_from_slice(&buf[..n]);
         }
-        anyhow::Ok(head)
+        Ok::<_, std::io::Error>(head)
     };
     let head = tokio::time::timeout(timeout, attempt)
         .await
-        .map_err(|_| anyhow::anyhow!("{url} did not answer within {timeout:?}"))??;
+        .map_err(|_| ProbeError::Timeout {
+            url: url.to_owned(),
+            timeout,
+        })?
+        .map_err(|source| ProbeError::Io {
+            url: url.to_owned(),
+            source,
+        })?;
     let line = String::from_utf8_lossy(&head);
     let mut words = line.split_whitespace();
     words
@@ -41,7 +65,7 @@ pub async fn status_of(url: &str, timeout: Duration) -> anyhow::Result<u16> {
         .filter(|version| version.starts_with("HTTP/"))
         .and_then(|_| words.next())
         .and_then(|code| code.parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("{url} answered something that is not HTTP"))
+        .ok_or_else(|| ProbeError::NotHttpAnswer(url.to_owned()))
 }
 
 #[cfg(test)]

@@ -1,0 +1,176 @@
+//! One type each for where a record is and when it was written, used by every interface: the log,
+//! the tally records, the stores and the read model.
+//!
+//! - [`Partition`]: a partition of a topic (Kafka's `i32`; an Avro `int`, SQL `integer`, CQL `int`).
+//! - [`Offset`]: a record's place in its partition, or a count of records read (Kafka's `i64`; an
+//!   Avro `long`, SQL `bigint`, CQL `bigint`).
+//! - [`Timestamp`]: microseconds since the Unix epoch (Avro `timestamp-micros`).
+//!
+//! Each is its number on the wire (`#[serde(transparent)]`), so the Avro, JSON, SQL and CQL forms
+//! are the plain integers they always were.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// A partition of a topic, numbered from 0.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct Partition(pub i32);
+
+impl Partition {
+    /// Every partition of a topic that has `count` of them, in order.
+    pub fn all(count: u32) -> impl Iterator<Item = Partition> + Clone {
+        (0..count.min(i32::MAX as u32) as i32).map(Partition)
+    }
+
+    /// The partition at `index` among a topic's partitions.
+    pub fn at(index: usize) -> Partition {
+        Partition(index as i32)
+    }
+
+    /// Its place among the topic's partitions (a negative partition has a place no topic has).
+    pub fn index(self) -> usize {
+        usize::try_from(self.0).unwrap_or(usize::MAX)
+    }
+}
+
+impl fmt::Display for Partition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A record's offset in its partition; as a position read up to, the next offset to read (so also
+/// the count of records before it).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct Offset(pub i64);
+
+impl Offset {
+    pub const ZERO: Offset = Offset(0);
+
+    /// The offset after `count` records from the start of the partition.
+    pub fn from_count(count: u64) -> Offset {
+        Offset(count.min(i64::MAX as u64) as i64)
+    }
+
+    /// The offset `n` records after this one.
+    pub fn plus(self, n: u64) -> Offset {
+        Offset(self.0.saturating_add(n.min(i64::MAX as u64) as i64))
+    }
+
+    /// The next offset.
+    pub fn next(self) -> Offset {
+        self.plus(1)
+    }
+
+    /// Records from `earlier` up to this offset (0 if `earlier` is not earlier).
+    pub fn since(self, earlier: Offset) -> u64 {
+        self.0.saturating_sub(earlier.0).max(0) as u64
+    }
+
+    /// As a count of records from the start of the partition (offsets are never negative).
+    pub fn count(self) -> u64 {
+        self.0.max(0) as u64
+    }
+}
+
+impl fmt::Display for Offset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A moment, in microseconds since the Unix epoch.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct Timestamp(pub i64);
+
+impl Timestamp {
+    /// The current time of the system clock (the epoch itself if the clock is before it).
+    pub fn now() -> Timestamp {
+        Timestamp(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_micros() as i64)
+                .unwrap_or(0),
+        )
+    }
+
+    pub fn from_micros(micros: i64) -> Timestamp {
+        Timestamp(micros)
+    }
+
+    pub fn micros(self) -> i64 {
+        self.0
+    }
+
+    /// Whole milliseconds since the epoch (rounded down).
+    pub fn millis(self) -> i64 {
+        self.0.div_euclid(1000)
+    }
+
+    /// RFC 3339 in UTC with milliseconds, as the API shows poll times (`2026-12-01T04:00:00.000Z`).
+    pub fn rfc3339_millis(self) -> String {
+        humantime::format_rfc3339_millis(self.system_time()).to_string()
+    }
+
+    /// RFC 3339 in UTC with microseconds, as a vote's receipt shows when it was accepted.
+    pub fn rfc3339_micros(self) -> String {
+        humantime::format_rfc3339_micros(self.system_time()).to_string()
+    }
+
+    /// As a system time (a moment before the epoch shows as the epoch).
+    fn system_time(self) -> std::time::SystemTime {
+        std::time::UNIX_EPOCH + std::time::Duration::from_micros(self.0.max(0) as u64)
+    }
+
+    /// This moment moved by `micros` (negative: earlier).
+    pub fn add_micros(self, micros: i64) -> Timestamp {
+        Timestamp(self.0.saturating_add(micros))
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} µs", self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_is_its_plain_number_on_the_wire() {
+        assert_eq!(serde_json::to_string(&Partition(3)).unwrap(), "3");
+        assert_eq!(serde_json::to_string(&Offset(42)).unwrap(), "42");
+        assert_eq!(serde_json::to_string(&Timestamp(-5)).unwrap(), "-5");
+        let back: Offset = serde_json::from_str("7").unwrap();
+        assert_eq!(back, Offset(7));
+    }
+
+    #[test]
+    fn offsets_count_records() {
+        assert_eq!(Offset(10).since(Offset(4)), 6);
+        assert_eq!(Offset(4).since(Offset(10)), 0);
+        assert_eq!(Offset(4).plus(3), Offset(7));
+        assert_eq!(Offset::from_count(5).next(), Offset(6));
+        assert_eq!(Offset(-1).count(), 0);
+        assert_eq!(
+            Partition::all(3).collect::<Vec<_>>(),
+            [0, 1, 2].map(Partition)
+        );
+        assert_eq!(Timestamp(1_999).millis(), 1);
+        assert_eq!(Timestamp(-1).millis(), -1);
+        let t = Timestamp(1_764_561_600_123_456);
+        assert_eq!(t.rfc3339_millis(), "2025-12-01T04:00:00.123Z");
+        assert_eq!(t.rfc3339_micros(), "2025-12-01T04:00:00.123456Z");
+    }
+}
