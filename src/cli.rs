@@ -281,13 +281,17 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
             };
             runtime.block_on(async {
-                storage::postgres::connect_and_migrate(url, schema).await.map_err(|e| {
+                let pool = storage::postgres::connect(url).await.map_err(|e| {
                     let hint = match e.unreachable {
                         true => "is it running? (--postgres or CROWDTICK_POSTGRES__URL)",
-                        false => "check the user, password, database and its privileges in --postgres or CROWDTICK_POSTGRES__URL",
+                        false => "check the user, password and database in --postgres or CROWDTICK_POSTGRES__URL",
                     };
                     anyhow::anyhow!("{e}; {hint}")
                 })?;
+                let mut client = pool.get().await.map_err(|e| {
+                    anyhow::anyhow!("lost the connection to PostgreSQL: {e}; try again")
+                })?;
+                storage::postgres::migrate(&mut client, schema).await?;
                 println!("PostgreSQL schema {schema:?} is up to date");
                 if let crate::backends::TallyBackend::Scylla(scylla) = &backends.tallies {
                     let session = storage::scylla::connect(scylla).await.map_err(|e| {

@@ -207,31 +207,16 @@ impl Config {
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(
-            self.log.partitions >= 1 && self.log.partitions <= 1024,
-            "log.partitions must be 1 to 1024"
-        );
-        anyhow::ensure!(
-            self.ingest.deadline_ms >= 10,
-            "ingest.deadline_ms must be at least 10"
-        );
-        anyhow::ensure!(
-            self.processor.window_ms >= 10,
-            "processor.window_ms must be at least 10"
-        );
-        anyhow::ensure!(
-            self.processor.flush_interval_ms >= 1,
-            "processor.flush_interval_ms must be at least 1"
-        );
-        anyhow::ensure!(
-            self.polls.refresh_ms >= 10 && self.polls.refresh_ms * 4 <= self.polls.close_lead_ms,
-            "polls.refresh_ms must be at least 10 and at most a quarter of polls.close_lead_ms \
-             (edges must re-read the catalog several times before a close applies)"
-        );
-        anyhow::ensure!(
-            self.http.header_read_timeout_ms >= 100 && self.http.body_read_timeout_ms >= 100,
-            "http.header_read_timeout_ms and http.body_read_timeout_ms must be at least 100"
-        );
+        // Each section says what it cannot run with.
+        for check in [
+            self.log.check(),
+            self.ingest.check(),
+            self.processor.check(),
+            self.polls.check(),
+            self.http.check(),
+        ] {
+            check.map_err(anyhow::Error::msg)?;
+        }
         // Backends that need one another (a schema registry needs Kafka, ScyllaDB PostgreSQL).
         self.backends()?;
         if self.operator_keys.iter().all(|k| k.is_empty()) {
@@ -307,15 +292,8 @@ impl Config {
 
     /// The Kafka side of the configuration.
     pub fn kafka_config(&self) -> KafkaConfig {
-        let k = &self.kafka;
-        let mut kafka = KafkaConfig::new(&k.brokers);
-        kafka.votes_topic = format!("{}votes", k.topic_prefix);
-        kafka.tallies_topic = format!("{}tallies", k.topic_prefix);
-        kafka.votes_partitions = self.log.partitions;
-        kafka.replication_factor = k.replication_factor;
-        kafka.deadline = Duration::from_millis(self.ingest.deadline_ms);
-        kafka.extra = k.settings.clone();
-        kafka
+        let deadline = Duration::from_millis(self.ingest.deadline_ms);
+        self.kafka.config(self.log.partitions, deadline)
     }
 
     /// The edge's settings; on a shared catalog, votes get 503 once it is older than half the
@@ -335,29 +313,6 @@ impl Config {
 
     pub fn group_config(&self) -> storage::GroupConfig {
         self.processor.group(&self.kafka.topic_prefix)
-    }
-
-    /// Warns when an aggregator still has the development key and this node listens beyond
-    /// loopback.
-    pub fn warn_of_development_keys(&self) {
-        let public_listener = !self
-            .listen
-            .parse::<std::net::SocketAddr>()
-            .is_ok_and(|a| a.ip().is_loopback());
-        if public_listener
-            && self
-                .ingest
-                .aggregators
-                .iter()
-                .any(|a| a.key == DEV_AGGREGATOR_KEY)
-        {
-            tracing::warn!(
-                listen = %self.listen,
-                "an aggregator has the development key `dev-aggregator-key`, and this server listens beyond \
-                 loopback: anyone can post batches as it. Set ingest.aggregators with keys of your own \
-                 (CROWDTICK_INGEST__AGGREGATORS='[{{name=\"sms\", key=\"…\"}}]')"
-            );
-        }
     }
 
     /// Whether polls live in PostgreSQL, shared with other processes.

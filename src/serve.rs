@@ -113,7 +113,7 @@ pub async fn start_roles(config: Config, roles: Roles) -> anyhow::Result<App> {
         })?;
     }
     if roles.ingest {
-        config.warn_of_development_keys();
+        config.ingest.warn_of_development_keys(&config.listen);
     }
     let mut metrics = NodeMetrics::default();
     let http_metrics = Arc::new(HttpMetrics::default());

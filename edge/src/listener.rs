@@ -97,6 +97,16 @@ impl Default for HttpLimits {
     }
 }
 
+impl HttpLimits {
+    /// Why these settings cannot run, if they cannot.
+    pub fn check(&self) -> Result<(), String> {
+        if self.header_read_timeout_ms >= 100 && self.body_read_timeout_ms >= 100 {
+            return Ok(());
+        }
+        Err("http.header_read_timeout_ms and http.body_read_timeout_ms must be at least 100".into())
+    }
+}
+
 /// File descriptors kept free for everything but client connections (the log's files, Kafka and
 /// PostgreSQL connections, the refusals themselves).
 const DESCRIPTOR_RESERVE: u64 = 512;

@@ -71,6 +71,30 @@ impl Default for IngestSection {
 pub const DEV_AGGREGATOR_KEY: &str = "dev-aggregator-key";
 
 impl IngestSection {
+    /// Why these settings cannot run, if they cannot.
+    pub fn check(&self) -> Result<(), String> {
+        match self.deadline_ms {
+            10.. => Ok(()),
+            _ => Err("ingest.deadline_ms must be at least 10".into()),
+        }
+    }
+
+    /// Warns when an aggregator still has the development key and the node listens on `listen`
+    /// beyond loopback.
+    pub fn warn_of_development_keys(&self, listen: &str) {
+        let public_listener = !listen
+            .parse::<std::net::SocketAddr>()
+            .is_ok_and(|a| a.ip().is_loopback());
+        if public_listener && self.aggregators.iter().any(|a| a.key == DEV_AGGREGATOR_KEY) {
+            tracing::warn!(
+                %listen,
+                "an aggregator has the development key `dev-aggregator-key`, and this server listens beyond \
+                 loopback: anyone can post batches as it. Set ingest.aggregators with keys of your own \
+                 (CROWDTICK_INGEST__AGGREGATORS='[{{name=\"sms\", key=\"…\"}}]')"
+            );
+        }
+    }
+
     /// What the service runs on. `catalog_max_age`: how old a shared poll catalog may be before
     /// votes get 503 (None: the catalog is this process's own); `body_read_timeout`: the node's.
     pub fn config(

@@ -52,13 +52,13 @@ impl ProcessorMetrics {
             return Err("waiting for the consumer group to assign partitions".into());
         }
         // One lock at a time (stop_partitions takes positions, then catching_up).
-        let catching_up: Vec<i32> = self.catching_up.lock().iter().map(|p| p.0).collect();
+        let catching_up = self.catching_up.lock().clone();
         if !catching_up.is_empty() {
             return Err(format!(
                 "partitions {catching_up:?} are restoring or replaying the votes log"
             ));
         }
-        let owned: Vec<i32> = self.positions.lock().keys().map(|p| p.0).collect();
+        let owned: Vec<Partition> = self.positions.lock().keys().copied().collect();
         Ok(format!("owns partitions {owned:?}, caught up"))
     }
 }

@@ -105,7 +105,7 @@ pub async fn run_partition_supervised(
                 // Not ready again until the restarted task has caught up.
                 pipeline.metrics.catching_up.lock().insert(partition);
                 pipeline.metrics.restarts.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(partition = %partition, error = %e, "partition task failed; restarting it in 1 s");
+                tracing::warn!(partition = partition.0, error = %e, "partition task failed; restarting it in 1 s");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 if shutdown.is_signalled() {
                     return;
@@ -167,7 +167,7 @@ pub async fn run_partition(
                 }
                 Err(e) => {
                     bad += 1;
-                    tracing::warn!(partition = %partition, offset = %offset, error = %e, "undecodable record in the votes topic; skipped");
+                    tracing::warn!(partition = partition.0, offset = offset.0, error = %e, "undecodable record in the votes topic; skipped");
                     votes.push((offset, None));
                 }
             }
@@ -227,9 +227,9 @@ pub async fn run_partition(
             if replaying {
                 replaying = false;
                 tracing::info!(
-                    partition = %partition,
-                    from = %replay_from,
-                    to = %replay_to,
+                    partition = partition.0,
+                    from = replay_from.0,
+                    to = replay_to.0,
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "partition state rebuilt from the log"
                 );
@@ -286,8 +286,8 @@ async fn restore_checkpoint(
                     .checkpoints_restored
                     .fetch_add(1, Ordering::Relaxed);
                 tracing::info!(
-                    partition = %partition,
-                    offset = %offset,
+                    partition = partition.0,
+                    offset = offset.0,
                     bytes = bytes.len(),
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "partition state restored from its checkpoint"
@@ -302,7 +302,7 @@ async fn restore_checkpoint(
         }
     };
     tracing::error!(
-        partition = %partition,
+        partition = partition.0,
         why = unusable,
         "deleting the partition's checkpoint and replaying the partition from the start"
     );
@@ -419,7 +419,11 @@ impl PartitionTask<'_> {
                         .fetch_add(bytes.len() as u64, Ordering::Relaxed);
                 } else {
                     // Another owner (a zombie, or a new owner ahead of us) stored a later one.
-                    tracing::debug!(partition = %partition, offset = %offset, "a later checkpoint is stored");
+                    tracing::debug!(
+                        partition = partition.0,
+                        offset = offset.0,
+                        "a later checkpoint is stored"
+                    );
                 }
             }
             Err(e) => {
@@ -427,7 +431,7 @@ impl PartitionTask<'_> {
                     .metrics
                     .checkpoint_failures
                     .fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(partition = %partition, error = %e, "writing the partition's checkpoint failed; trying again at the next interval");
+                tracing::warn!(partition = partition.0, error = %e, "writing the partition's checkpoint failed; trying again at the next interval");
             }
         }
     }
@@ -553,7 +557,7 @@ async fn run_owned_partition(pipeline: Pipeline, partition: Partition, mut stop:
                         .collect();
                 }
                 Err(e) => {
-                    tracing::warn!(partition = %partition, error = %e, "restoring a partition from the tally store failed; retrying in 1 s");
+                    tracing::warn!(partition = partition.0, error = %e, "restoring a partition from the tally store failed; retrying in 1 s");
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                         _ = stop.signalled() => return,

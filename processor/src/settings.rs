@@ -43,6 +43,17 @@ impl Default for ProcessorSection {
 }
 
 impl ProcessorSection {
+    /// Why these settings cannot run, if they cannot.
+    pub fn check(&self) -> Result<(), String> {
+        if self.window_ms < 10 {
+            return Err("processor.window_ms must be at least 10".into());
+        }
+        if self.flush_interval_ms < 1 {
+            return Err("processor.flush_interval_ms must be at least 1".into());
+        }
+        Ok(())
+    }
+
     /// `ingest_deadline`: the edge's (a vote stamped longer ago than this was never acknowledged).
     pub fn config(&self, ingest_deadline: Duration) -> ProcessorConfig {
         ProcessorConfig {

@@ -7,15 +7,14 @@
 //! - [`Timestamp`]: microseconds since the Unix epoch (Avro `timestamp-micros`).
 //!
 //! Each is its number on the wire (`#[serde(transparent)]`), so the Avro, JSON, SQL and CQL forms
-//! are the plain integers they always were.
+//! are the plain integers they always were; `Debug` and `Display` print the number too, so logs
+//! and messages read as before (`partitions [0, 2]`).
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// A partition of a topic, numbered from 0.
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Partition(pub i32);
 
@@ -42,11 +41,15 @@ impl fmt::Display for Partition {
     }
 }
 
+impl fmt::Debug for Partition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// A record's offset in its partition; as a position read up to, the next offset to read (so also
 /// the count of records before it).
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Offset(pub i64);
 
@@ -85,10 +88,14 @@ impl fmt::Display for Offset {
     }
 }
 
+impl fmt::Debug for Offset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// A moment, in microseconds since the Unix epoch.
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Timestamp(pub i64);
 
@@ -143,6 +150,12 @@ impl fmt::Display for Timestamp {
     }
 }
 
+impl fmt::Debug for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,6 +167,8 @@ mod tests {
         assert_eq!(serde_json::to_string(&Timestamp(-5)).unwrap(), "-5");
         let back: Offset = serde_json::from_str("7").unwrap();
         assert_eq!(back, Offset(7));
+        assert_eq!(format!("{:?}", [Partition(0), Partition(2)]), "[0, 2]");
+        assert_eq!(format!("{:?} {}", Offset(9), Offset(9)), "9 9");
     }
 
     #[test]

@@ -23,11 +23,12 @@ struct Line {
 
 /// Appends JSON lines to one file from a dedicated thread (the thread ends when this is dropped).
 pub struct Appender {
-    queue: mpsc::Sender<Line>,
+    /// Unbounded: a line is queued the moment `append` is called, so it is written even if the
+    /// caller stops waiting (the account or session is already in memory by then). The old API's
+    /// writes are bounded by its own rate limits.
+    queue: mpsc::UnboundedSender<Line>,
 }
 
-/// Lines that may wait for the writer (a caller past that waits for room).
-const QUEUE: usize = 4096;
 /// The most bytes written in one go.
 const MAX_GROUP_BYTES: usize = 1 << 20;
 
@@ -47,7 +48,7 @@ impl Appender {
             file.read_exact(&mut last)?;
             needs_newline = last[0] != b'\n';
         }
-        let (queue, lines) = mpsc::channel(QUEUE);
+        let (queue, lines) = mpsc::unbounded_channel();
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -72,7 +73,7 @@ impl Appender {
             done,
         };
         let stopped = || io::Error::other("the writer thread has stopped");
-        self.queue.send(line).await.map_err(|_| stopped())?;
+        self.queue.send(line).map_err(|_| stopped())?;
         wait.await.map_err(|_| stopped())?.map_err(io::Error::other)
     }
 }

@@ -499,7 +499,7 @@ impl Log for EmbeddedLog {
                 Err(_) => {
                     return Ok(Fetched {
                         partition,
-                        first_offset: offset,
+                        first_offset: Offset::from_count(offset_count),
                         high_watermark: Offset::from_count(hw),
                         ..Default::default()
                     })
@@ -542,7 +542,7 @@ impl Log for EmbeddedLog {
             .collect();
         Ok(Fetched {
             partition,
-            first_offset: offset,
+            first_offset: Offset::from_count(offset_count),
             high_watermark: Offset::from_count(hw),
             data,
             records,

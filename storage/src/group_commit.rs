@@ -19,34 +19,61 @@ pub trait Commit: Send + 'static {
     fn commit(&mut self, group: &mut Vec<Self::Request>);
 }
 
+/// The queue a writer takes its requests from: tokio's bounded channel (a full queue is the
+/// caller's to refuse: the embedded log answers 503) or its unbounded one (a request is queued the
+/// moment it is made, so a caller that stops waiting still has it written: the old API's files).
+pub trait Queue<T>: Send + 'static {
+    /// The next request, waiting for one; `None` once every sender is gone.
+    fn next_blocking(&mut self) -> Option<T>;
+    /// The next request if one is waiting.
+    fn next_waiting(&mut self) -> Option<T>;
+}
+
+impl<T: Send + 'static> Queue<T> for mpsc::Receiver<T> {
+    fn next_blocking(&mut self) -> Option<T> {
+        self.blocking_recv()
+    }
+    fn next_waiting(&mut self) -> Option<T> {
+        self.try_recv().ok()
+    }
+}
+
+impl<T: Send + 'static> Queue<T> for mpsc::UnboundedReceiver<T> {
+    fn next_blocking(&mut self) -> Option<T> {
+        self.blocking_recv()
+    }
+    fn next_waiting(&mut self) -> Option<T> {
+        self.try_recv().ok()
+    }
+}
+
 /// Starts the writer thread `name`: it gathers the requests waiting on `queue` (at least one, up
 /// to `max_group` bytes) and hands them to `writer` as one group, until every sender is dropped.
 pub fn spawn<C: Commit>(
     name: &str,
     mut writer: C,
-    mut queue: mpsc::Receiver<C::Request>,
+    mut queue: impl Queue<C::Request>,
     max_group: usize,
 ) -> std::io::Result<()> {
+    let thread = name.to_owned();
     std::thread::Builder::new()
-        .name(name.to_owned())
+        .name(thread.clone())
         .spawn(move || {
             let mut group = Vec::new();
-            while let Some(first) = queue.blocking_recv() {
+            while let Some(first) = queue.next_blocking() {
                 let mut size = C::size(&first);
                 group.push(first);
                 while size < max_group {
-                    match queue.try_recv() {
-                        Ok(request) => {
-                            size += C::size(&request);
-                            group.push(request);
-                        }
-                        Err(_) => break,
-                    }
+                    let Some(request) = queue.next_waiting() else {
+                        break;
+                    };
+                    size += C::size(&request);
+                    group.push(request);
                 }
                 writer.commit(&mut group);
                 group.clear();
             }
-            tracing::debug!("group-commit writer stopped");
+            tracing::debug!(writer = thread, "writer stopped: every sender is gone");
         })?;
     Ok(())
 }

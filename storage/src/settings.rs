@@ -160,6 +160,49 @@ impl Default for KafkaSection {
     }
 }
 
+impl LogSection {
+    /// Why these settings cannot run, if they cannot.
+    pub fn check(&self) -> Result<(), String> {
+        match self.partitions {
+            1..=1024 => Ok(()),
+            _ => Err("log.partitions must be 1 to 1024".into()),
+        }
+    }
+}
+
+impl PollsSection {
+    /// Why these settings cannot run, if they cannot.
+    pub fn check(&self) -> Result<(), String> {
+        if self.refresh_ms >= 10 && self.refresh_ms * 4 <= self.close_lead_ms {
+            return Ok(());
+        }
+        Err(
+            "polls.refresh_ms must be at least 10 and at most a quarter of polls.close_lead_ms \
+             (edges must re-read the catalog several times before a close applies)"
+                .into(),
+        )
+    }
+}
+
+impl KafkaSection {
+    /// The Kafka log's settings: topics named under `topic_prefix`, the votes topic with
+    /// `votes_partitions`, and appends given up (503) after `deadline`.
+    pub fn config(
+        &self,
+        votes_partitions: u32,
+        deadline: std::time::Duration,
+    ) -> crate::KafkaConfig {
+        let mut kafka = crate::KafkaConfig::new(&self.brokers);
+        kafka.votes_topic = format!("{}votes", self.topic_prefix);
+        kafka.tallies_topic = format!("{}tallies", self.topic_prefix);
+        kafka.votes_partitions = votes_partitions;
+        kafka.replication_factor = self.replication_factor;
+        kafka.deadline = deadline;
+        kafka.extra = self.settings.clone();
+        kafka
+    }
+}
+
 impl ScyllaSection {
     pub fn config(&self) -> crate::ScyllaConfig {
         crate::ScyllaConfig {

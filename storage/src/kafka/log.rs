@@ -190,7 +190,7 @@ impl Log for KafkaLog {
         for (partition, timestamp, key, value) in batch.iter() {
             let record = FutureRecord::to(name)
                 .partition(partition.0)
-                .timestamp(timestamp.millis())
+                .timestamp(timestamp.micros() / 1000)
                 .key(key)
                 .payload(value);
             match producer.send_result(record) {

@@ -44,7 +44,8 @@ impl Reader {
         offset: Offset,
     ) -> Result<(), LogError> {
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(topic, partition.0, KafkaOffset::Offset(offset.0))
+        // (A negative offset would mean "end" or "beginning" to librdkafka: never ask for one.)
+        tpl.add_partition_offset(topic, partition.0, KafkaOffset::Offset(offset.0.max(0)))
             .map_err(|e| LogError::io(format!("{topic}/{partition} at {offset}"), e))?;
         self.consumer
             .assign(&tpl)
