@@ -9,7 +9,7 @@ use ingest::validate::{self, VoteIn, MAX_VOTER_ID, MAX_VOTE_ID};
 use schemas::VoterNamespace;
 use libfuzzer_sys::fuzz_target;
 use schemas::poll::PollState;
-use schemas::Poll;
+use schemas::{Poll, Timestamp};
 use serde_json::value::RawValue;
 
 /// The batch body as `post_batch` (ingest/src/routes.rs) reads it: each vote stays raw JSON and is
@@ -47,8 +47,8 @@ fn judge_at_every_stage(vote: &VoteIn<'_>, polls: &[Poll]) {
     assert!((1..=MAX_VOTER_ID).contains(&id.len()));
     assert!(!id.chars().any(char::is_control));
     assert_eq!(voter.to_string(), format!("device:{id}"), "the device namespace");
-    for at in [OPENS_AT - 1, OPENS_AT, CLOSES_AT, CLOSES_AT + 1, i64::MAX] {
-        match validate::judge(vote, voter, poll, schemas::Timestamp(at)) {
+    for at in [OPENS_AT - 1, OPENS_AT, CLOSES_AT, CLOSES_AT + 1, i64::MAX].map(Timestamp) {
+        match validate::judge(vote, voter, poll, at) {
             Err(e) => assert_client_error(&e),
             Ok(choice) => {
                 let poll = poll.expect("a vote on no poll is accepted");
