@@ -110,17 +110,8 @@ impl Timestamp {
         )
     }
 
-    pub fn from_micros(micros: i64) -> Timestamp {
-        Timestamp(micros)
-    }
-
     pub fn micros(self) -> i64 {
         self.0
-    }
-
-    /// Whole milliseconds since the epoch (rounded down).
-    pub fn millis(self) -> i64 {
-        self.0.div_euclid(1000)
     }
 
     /// RFC 3339 in UTC with milliseconds, as the API shows poll times (`2026-12-01T04:00:00.000Z`).
@@ -182,8 +173,6 @@ mod tests {
             Partition::all(3).collect::<Vec<_>>(),
             [0, 1, 2].map(Partition)
         );
-        assert_eq!(Timestamp(1_999).millis(), 1);
-        assert_eq!(Timestamp(-1).millis(), -1);
         let t = Timestamp(1_764_561_600_123_456);
         assert_eq!(t.rfc3339_millis(), "2025-12-01T04:00:00.123Z");
         assert_eq!(t.rfc3339_micros(), "2025-12-01T04:00:00.123456Z");
