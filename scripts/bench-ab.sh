@@ -10,13 +10,17 @@
 #   batch   closed loop, 2,000,000 votes in batches of 10,000, 4 connections
 #   screen  vote to screen at 10,000 votes/s for 20 s, one WebSocket per poll
 #   wrk     closed loop, single votes, wrk with 1 thread and 64 connections for 10 s (when wrk is
-#           installed: apt-get install wrk; otherwise the line says it was skipped)
+#           installed: apt-get install wrk; otherwise the line says it was skipped), with the
+#           server's CPU time per request (user + system, from /proc): what a request costs,
+#           which a slower or busier machine changes far less than it changes the rate
+# KINDS="wrk" runs only the wrk line of each round (default: "single batch screen wrk").
 # and prints one line per run (acknowledged votes/s and latency percentiles from loadgen's JSON
 # report, every run checked with --verify). The load generator is the candidate's for both.
 # Needs curl and python3.
 set -euo pipefail
 base=${1:?baseline binary}; cand=${2:?candidate binary}; rounds=${3:-2}
 port=18190
+kinds=${KINDS:-single batch screen wrk}
 work=$(mktemp -d /tmp/crowdtick-ab.XXXXXX)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
@@ -39,6 +43,7 @@ PY
 run_one() { # label bin round
   local label=$1 bin=$2 round=$3 dir
   for kind in single batch screen; do
+    [[ " $kinds " == *" $kind "* ]] || continue
     dir="$work/$label-$round-$kind"; mkdir -p "$dir"
     serve "$bin" "$dir/data"
     case $kind in
@@ -69,17 +74,28 @@ run_wrk() { # label bin round
   mkdir -p "$dir"; serve "$bin" "$dir/data"
   curl -s -H 'Authorization: Bearer dev-operator-key' "127.0.0.1:$port/v1/polls" \
     -d '{"title":"bench","options":["A","B","C"],"open":true}' >/dev/null
-  local out; out=$(wrk -t1 -c64 -d10s --latency -s "$work/vote.lua" "http://127.0.0.1:$port")
+  local out cpu0 cpu1 requests
+  cpu0=$(cpu_ticks "$server")
+  out=$(wrk -t1 -c64 -d10s --latency -s "$work/vote.lua" "http://127.0.0.1:$port")
+  cpu1=$(cpu_ticks "$server")
+  requests=$(awk '/requests in/ {print $1}' <<<"$out")
   kill "$server"; wait "$server" 2>/dev/null || true
-  printf 'wrk     %-9s %11s/s  p50 %s  p99 %s  non-2xx %s\n' "$label" \
+  printf 'wrk     %-9s %11s/s  p50 %s  p99 %s  non-2xx %s  server cpu %s us/request\n' "$label" \
     "$(awk '/Requests\/sec/ {print $2}' <<<"$out")" "$(awk '$1=="50%" {print $2}' <<<"$out")" \
-    "$(awk '$1=="99%" {print $2}' <<<"$out")" "$(grep -c Non-2xx <<<"$out" || true)"
+    "$(awk '$1=="99%" {print $2}' <<<"$out")" "$(grep -c Non-2xx <<<"$out" || true)" \
+    "$(python3 -c "import sys; t, r, hz = map(int, sys.argv[1:]); print(f'{t * 1e6 / hz / max(r, 1):.1f}')" \
+      "$((cpu1 - cpu0))" "$requests" "$(getconf CLK_TCK)")"
 }
+
+# The process's user + system CPU time so far, in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 for round in $(seq "$rounds"); do
   echo "== round $round"
   run_one baseline "$base" "$round"
   run_one candidate "$cand" "$round"
-  run_wrk baseline "$base" "$round"
-  run_wrk candidate "$cand" "$round"
+  if [[ " $kinds " == *" wrk "* ]]; then
+    run_wrk baseline "$base" "$round"
+    run_wrk candidate "$cand" "$round"
+  fi
 done
