@@ -58,22 +58,12 @@ run_one() { # label bin round
   done
 }
 
-cat >"$work/vote.lua" <<'LUA'
-local counter, tid = 0, 0
-setup = function(thread) thread:set("tid", tid); tid = tid + 1 end
-request = function()
-  counter = counter + 1
-  local body = string.format('{"poll_id":1,"option_id":%d,"voter_id":"t%d-v%d"}', counter % 3, tid, counter)
-  return wrk.format("POST", "/v1/votes", {["Content-Type"]="application/json"}, body)
-end
-LUA
-
+write_vote_lua "$work/vote.lua"
 run_wrk() { # label bin round
   local label=$1 bin=$2 round=$3 dir="$work/$1-$3-wrk"
   if ! command -v wrk >/dev/null; then echo "wrk     $label skipped: wrk is not installed"; return; fi
   mkdir -p "$dir"; serve "$bin" "$dir/data"
-  curl -s -H 'Authorization: Bearer dev-operator-key' "127.0.0.1:$port/v1/polls" \
-    -d '{"title":"bench","options":["A","B","C"],"open":true}' >/dev/null
+  open_poll
   local out cpu0 cpu1 requests
   cpu0=$(cpu_ticks "$server")
   out=$(wrk -t1 -c64 -d10s --latency -s "$work/vote.lua" "http://127.0.0.1:$port")

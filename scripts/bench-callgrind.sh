@@ -19,25 +19,17 @@ for tool in valgrind callgrind_control callgrind_annotate wrk; do
   command -v "$tool" >/dev/null || { echo "needs $tool: apt-get install valgrind wrk"; exit 1; }
 done
 
-cat >"$work/vote.lua" <<'LUA'
-local counter = 0
-request = function()
-  counter = counter + 1
-  local body = string.format('{"poll_id":1,"option_id":%d,"voter_id":"v%d"}', counter % 3, counter)
-  return wrk.format("POST", "/v1/votes", {["Content-Type"]="application/json"}, body)
-end
-LUA
-
+# shellcheck source=scripts/bench-lib.sh
+. "$(dirname "$0")/bench-lib.sh"
+write_vote_lua "$work/vote.lua"
 measure() { # label bin run
   local label=$1 bin=$2 dir="$work/$1-$3" out requests total dump
   mkdir -p "$dir"
   valgrind --tool=callgrind --callgrind-out-file="$dir/cg.out" \
     "$bin" serve --data-dir "$dir/data" --listen "127.0.0.1:$port" >"$dir/server.log" 2>&1 &
   local server=$!
-  for _ in $(seq 600); do curl -sf "127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.2; done
-  curl -sf -H 'Authorization: Bearer dev-operator-key' "127.0.0.1:$port/v1/polls" \
-    -d '{"title":"bench","options":["A","B","C"],"open":true}' >/dev/null \
-    || { echo "$label: the server did not start: $(tail -3 "$dir/server.log")"; exit 1; }
+  wait_healthy "$dir/server.log" 1200 # callgrind starts the server about 50 times slower
+  open_poll
   wrk -t1 -c16 -d5s -s "$work/vote.lua" "http://127.0.0.1:$port" >/dev/null
   callgrind_control --zero "$server" >/dev/null 2>&1
   out=$(wrk -t1 -c16 -d20s -s "$work/vote.lua" "http://127.0.0.1:$port")
