@@ -22,7 +22,7 @@ ENV CARGO_TERM_COLOR=never \
 
 # 1. Dependencies: the workspace manifests, the lock file and a stub for every target they declare
 #    (every member is a library; the root also has the `crowdtick` binary, the `it` test and the
-#    processor its `pipeline` bench). A new workspace member needs a line in both lists below
+#    processor its `pipeline` and `voter_set` benches). A new workspace member needs a line in both lists below
 #    (deploy/checks/test_compose.py checks that).
 COPY Cargo.toml Cargo.lock ./
 COPY edge/Cargo.toml edge/Cargo.toml
@@ -44,6 +44,7 @@ RUN set -eux; \
     mkdir -p tests/it processor/benches examples; \
     echo 'fn main() {}' > tests/it/main.rs; \
     echo 'fn main() {}' > processor/benches/pipeline.rs; \
+    echo 'fn main() {}' > processor/benches/voter_set.rs; \
     echo 'fn main() {}' > examples/tallies_consumer.rs; \
     cargo build --release --locked --bin crowdtick
 

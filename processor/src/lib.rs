@@ -3,6 +3,8 @@
 //! - [`pipeline`] (pure, no I/O): [`PartitionCounter`] judges and counts one partition's votes —
 //!   exact dedupe per (poll, voter), absolute counts per option, 1-second event-time windows with a
 //!   watermark and allowed lateness, rejection counts — and produces [`schemas::PartialTally`]s.
+//! - [`voter_set`] (pure): [`voter_set::VoterSet`], the exact set of a poll's counted voters in one
+//!   partition, packed in an arena (no allocation per voter).
 //! - [`metrics`]: the counters in [`ProcessorMetrics`] (counters, owned partitions and their positions, readiness)
 //!   and the collectors for `/metrics`: `crowdtick_processor_*`, and [`LogProgress`] (each votes
 //!   partition's high watermark and this processor's lag behind it).
@@ -24,6 +26,7 @@ pub mod recount;
 pub mod runner;
 pub mod settings;
 pub mod start;
+pub mod voter_set;
 
 #[cfg(test)]
 mod exactness;

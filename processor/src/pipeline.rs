@@ -9,10 +9,11 @@
 //! from N on is the counter that was fed every record (a property test below checks it), so a new
 //! owner of a partition continues from the stored checkpoint instead of replaying the partition.
 
+use crate::voter_set::VoterSet;
 use schemas::{
     Offset, PartialTally, Partition, PollId, PollRules, Rejections, Timestamp, VoteRef, WindowCount,
 };
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 /// What happened to one vote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,7 +49,7 @@ impl Default for WindowConfig {
 struct PollPartial {
     counts: Vec<i64>,
     /// Voters counted, exactly (not a sketch): a voter's first valid vote counts, later ones don't.
-    voters: HashSet<Box<str>>,
+    voters: VoterSet,
     rejected: Rejections,
     late_for_window: i64,
     windows: BTreeMap<i64, i64>,
@@ -148,11 +149,10 @@ impl PartitionCounter {
             partial.rejected.invalid += 1;
             return Outcome::Invalid;
         }
-        if partial.voters.contains(vote.voter_id) {
+        if !partial.voters.insert(vote.voter_id) {
             partial.rejected.duplicate += 1;
             return Outcome::Duplicate;
         }
-        partial.voters.insert(vote.voter_id.into());
         if partial.counts.len() < rules.options as usize {
             partial.counts.resize(rules.options as usize, 0);
         }
@@ -240,12 +240,17 @@ impl PartitionCounter {
     }
 
     /// The whole counting state as bytes (the voters of every poll included, so this grows with
-    /// the partition's distinct voters: about 20 bytes each). See [`restore`](Self::restore).
+    /// the partition's distinct voters: each id and 8 bytes of its length). See [`restore`](Self::restore).
     pub fn checkpoint(&self) -> Vec<u8> {
         let voters: usize = self
             .polls
             .values()
-            .map(|p| p.voters.iter().map(|v| v.len() + 2).sum::<usize>())
+            .map(|p| {
+                p.voters
+                    .iter()
+                    .map(|(ns, rest)| 8 + ns.len() + rest.len())
+                    .sum::<usize>()
+            })
             .sum();
         let mut out = Vec::with_capacity(64 + voters + self.polls.len() * 128);
         out.push(CHECKPOINT_FORMAT);
@@ -274,9 +279,10 @@ impl PartitionCounter {
             put_u64(&mut out, p.dirty_windows.len() as u64);
             p.dirty_windows.iter().for_each(|&w| put_i64(&mut out, w));
             put_u64(&mut out, p.voters.len() as u64);
-            for v in &p.voters {
-                put_u64(&mut out, v.len() as u64);
-                out.extend_from_slice(v.as_bytes());
+            for (namespace, rest) in p.voters.iter() {
+                put_u64(&mut out, (namespace.len() + rest.len()) as u64);
+                out.extend_from_slice(namespace.as_bytes());
+                out.extend_from_slice(rest);
             }
         }
         out
@@ -347,7 +353,7 @@ impl PartitionCounter {
                 let len = r.len(1)?;
                 let voter = std::str::from_utf8(r.take(len)?)
                     .map_err(|_| CheckpointError::Corrupt("a voter id is not UTF-8"))?;
-                if !p.voters.insert(voter.into()) {
+                if !p.voters.insert(voter) {
                     return Err(CheckpointError::Corrupt("a voter twice"));
                 }
             }

@@ -1,5 +1,6 @@
 //! The embedded log: one append-only file per topic (`<dir>/<topic>.log`) holding every partition's
-//! records interleaved, with an in-memory index per partition (offset → position in the file).
+//! records interleaved, with an in-memory index per partition (offset → position in the file, 8
+//! bytes a record: a frame's length is read from its header).
 //!
 //! Frame: `[u32 body length][u32 CRC-32 of body][body: u32 partition, i64 timestamp µs,
 //! u32 key length, key, value]` (little endian). One writer thread ([`crate::group_commit`])
@@ -66,8 +67,8 @@ pub struct LogMetrics {
 
 /// Where each record of one partition sits in its topic's file.
 struct PartitionIndex {
-    /// (position, frame length) of every record, by offset.
-    records: RwLock<Vec<(u64, u32)>>,
+    /// The position of every record, by offset (its length is in its frame's header).
+    records: RwLock<Vec<u64>>,
     high_watermark: watch::Sender<u64>,
 }
 
@@ -213,6 +214,11 @@ fn io(e: std::io::Error) -> LogError {
     LogError::io("the log's files", e)
 }
 
+/// The length of the frame whose header starts `frame` (written by us, or CRC-checked on open).
+fn frame_len(frame: &[u8]) -> usize {
+    HEADER + u32::from_le_bytes(frame[0..4].try_into().unwrap()) as usize
+}
+
 /// Scans a topic file, building each partition's index and cutting a torn or corrupt tail.
 fn open_topic(path: &Path, partitions: u32, writable: bool) -> Result<TopicFile, LogError> {
     let file = if writable {
@@ -234,7 +240,7 @@ fn open_topic(path: &Path, partitions: u32, writable: bool) -> Result<TopicFile,
     };
     let len = file.metadata().map_err(io)?.len();
     let mut reader = BufReader::with_capacity(1 << 20, &file);
-    let mut index: Vec<Vec<(u64, u32)>> = vec![Vec::new(); partitions as usize];
+    let mut index: Vec<Vec<u64>> = vec![Vec::new(); partitions as usize];
     let mut pos = 0u64;
     let mut header = [0u8; HEADER];
     let mut body = Vec::new();
@@ -255,9 +261,8 @@ fn open_topic(path: &Path, partitions: u32, writable: bool) -> Result<TopicFile,
         if partition >= index.len() {
             break;
         }
-        let frame = (HEADER + body_len) as u32;
-        index[partition].push((pos, frame));
-        pos += frame as u64;
+        index[partition].push(pos);
+        pos += (HEADER + body_len) as u64;
     }
     if pos < len {
         if writable {
@@ -297,8 +302,8 @@ struct Writer {
 #[derive(Default)]
 struct Pending {
     buf: Vec<u8>,
-    /// Per partition: (position, frame length) of each new record, in order.
-    new: Vec<Vec<(u64, u32)>>,
+    /// Per partition: the position of each new record, in order.
+    new: Vec<Vec<u64>>,
     /// Per partition: records already durable when the group began (the first new offset).
     base: Vec<u64>,
 }
@@ -363,7 +368,7 @@ impl Writer {
                 pend.buf.extend_from_slice(value);
                 let crc = crc32fast::hash(&pend.buf[at + HEADER..]);
                 pend.buf[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
-                pend.new[p.index()].push((end + at as u64, (HEADER + body_len) as u32));
+                pend.new[p.index()].push(end + at as u64);
                 positions.push(Position {
                     partition: p,
                     offset,
@@ -507,39 +512,46 @@ impl Log for EmbeddedLog {
             }
         };
         // The records of one partition are interleaved with the others': read the span from the
-        // first wanted record to the end of the last one that keeps it under `max_bytes`.
-        let (start, end, frames) = {
+        // first wanted record to the end of the last one that keeps it under `max_bytes` (always
+        // at least one). The index holds positions only, so the span is read up to the last
+        // candidate's header, then to that frame's end; a frame past the limit is dropped again.
+        let (frames, limit) = {
             let idx = part.records.read();
             let wanted = &idx[offset_count as usize..hw as usize];
-            let start = wanted[0].0;
-            let limit = start + max_bytes.max(1) as u64;
+            let limit = wanted[0] + max_bytes.max(1) as u64;
+            let smallest = (HEADER + BODY_FIXED) as u64;
             let n = wanted
-                .partition_point(|&(pos, len)| pos + len as u64 <= limit)
+                .partition_point(|&pos| pos + smallest <= limit)
                 .max(1);
-            let (last_pos, last_len) = wanted[n - 1];
-            (start, last_pos + last_len as u64, wanted[..n].to_vec())
+            (wanted[..n].to_vec(), limit)
         };
-        let mut data = vec![0u8; (end - start) as usize];
+        let start = frames[0];
+        let last = (frames[frames.len() - 1] - start) as usize;
+        let mut data = vec![0u8; last + HEADER];
         file.file.read_exact_at(&mut data, start).map_err(io)?;
-        let records = frames
-            .iter()
-            .map(|&(pos, len)| {
-                let body = (pos - start) as usize + HEADER;
-                let ts = Timestamp(i64::from_le_bytes(
-                    data[body + 4..body + 12].try_into().unwrap(),
-                ));
-                let key_len =
-                    u32::from_le_bytes(data[body + 12..body + 16].try_into().unwrap()) as usize;
-                let key_start = body + BODY_FIXED;
-                let value_start = key_start + key_len;
-                (
-                    ts,
-                    key_start as u32,
-                    value_start as u32,
-                    ((pos - start) + len as u64) as u32,
-                )
-            })
-            .collect();
+        data.resize(last + frame_len(&data[last..]), 0);
+        (file.file)
+            .read_exact_at(&mut data[last + HEADER..], start + (last + HEADER) as u64)
+            .map_err(io)?;
+        let mut records = Vec::with_capacity(frames.len());
+        for &pos in &frames {
+            let at = (pos - start) as usize;
+            let frame_end = at + frame_len(&data[at..]);
+            if !records.is_empty() && start + frame_end as u64 > limit {
+                break;
+            }
+            let body = at + HEADER;
+            let ts = Timestamp(i64::from_le_bytes(
+                data[body + 4..body + 12].try_into().unwrap(),
+            ));
+            let key_len =
+                u32::from_le_bytes(data[body + 12..body + 16].try_into().unwrap()) as usize;
+            let key_start = body + BODY_FIXED;
+            let value_start = key_start + key_len;
+            records.push((ts, key_start as u32, value_start as u32, frame_end as u32));
+        }
+        let kept_end = records.last().map_or(0, |r| r.3 as usize);
+        data.truncate(kept_end);
         Ok(Fetched {
             partition,
             first_offset: Offset::from_count(offset_count),
@@ -731,6 +743,49 @@ mod tests {
             recs,
             vec![(Offset(0), Timestamp(7), &b"k"[..], &b"hello"[..])]
         );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+        /// Fetches of any size read every partition's records back whole and in order, each
+        /// fetch at least one record and past `max_bytes` only when one record is larger.
+        #[test]
+        fn fetches_of_any_size_return_every_record_whole(
+            records in proptest::collection::vec((0i32..3, 0usize..300), 1..60),
+            max_bytes in 1usize..700,
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let dir = tempfile::tempdir().unwrap();
+                let log = EmbeddedLog::open(config(dir.path())).unwrap();
+                let mut b = AppendBatch::default();
+                let mut expected = vec![Vec::new(); 3];
+                for (i, &(p, len)) in records.iter().enumerate() {
+                    let value = vec![i as u8; len];
+                    b.push(Partition(p), Timestamp(i as i64), format!("k{i}").as_bytes(), &value);
+                    expected[p as usize].push((format!("k{i}").into_bytes(), value));
+                }
+                log.append(Topic::Votes, b, far()).await.unwrap();
+                for (p, expected) in expected.iter().enumerate() {
+                    let mut got = Vec::new();
+                    let mut next = Offset::ZERO;
+                    loop {
+                        let f = log
+                            .fetch(Topic::Votes, Partition(p as i32), next, max_bytes, Duration::ZERO)
+                            .await
+                            .unwrap();
+                        if f.is_empty() {
+                            break;
+                        }
+                        let n = f.iter().count();
+                        assert!(n == 1 || f.data.len() <= max_bytes, "{} bytes over {n} records", f.data.len());
+                        got.extend(f.iter().map(|(_, _, k, v)| (k.to_vec(), v.to_vec())));
+                        next = f.next_offset();
+                    }
+                    assert_eq!(&got, expected, "partition {p}");
+                }
+            });
+        }
     }
 
     #[test]

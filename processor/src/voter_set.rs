@@ -1,0 +1,306 @@
+//! The voters one poll has counted in one partition: exact, without an allocation per voter.
+//!
+//! Every id is kept byte for byte (the dedupe is exact, not a sketch), packed one after another in
+//! one arena, and found through a hash table of arena offsets. An id is split at its namespace
+//! (`device:`, `user:`, `verified:`, `agg:NAME:`; see [`schemas::voter`]), which the set keeps once
+//! in a short table, so a voter costs its id without the namespace, two bytes of framing and one
+//! slot of the table: about 30 bytes for the load generator's 16-byte ids at 10,000,000 voters, where
+//! a `HashSet<Box<str>>` took 16 bytes of slot, an allocation of the whole id and the allocator's
+//! overhead on it (about 90 bytes measured, BENCHMARKS.md).
+//!
+//! Hashing is std's `RandomState` (SipHash, keyed per set), as `HashSet` had: voter ids come from
+//! the public, so collisions must not be choosable.
+
+use hashbrown::hash_table::{Entry, HashTable};
+use std::collections::hash_map::RandomState;
+use std::fmt;
+use std::hash::BuildHasher;
+
+/// At most this many namespaces get an index of their own; ids in any other namespace are kept
+/// whole under index 0 (still exact, only larger).
+const MAX_NAMESPACES: usize = u8::MAX as usize + 1;
+
+/// A set of voter ids (as they stand in the log).
+pub struct VoterSet {
+    /// One record per voter, in the order they were first counted:
+    /// `[namespace index][rest length, LEB128][rest]`.
+    arena: Vec<u8>,
+    /// Offsets of the records in `arena` (40 bits: an arena of up to 1 TiB), by the hash of
+    /// (namespace index, rest): five bytes a slot instead of eight.
+    index: HashTable<Offset40>,
+    /// The namespaces seen, in the order they were first seen; index 0 is "", no namespace.
+    namespaces: Vec<Box<str>>,
+    hasher: RandomState,
+}
+
+impl Default for VoterSet {
+    fn default() -> Self {
+        Self {
+            arena: Vec::new(),
+            index: HashTable::new(),
+            namespaces: vec!["".into()],
+            hasher: RandomState::new(),
+        }
+    }
+}
+
+impl VoterSet {
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    /// Makes room for `additional` more voters without growing the table meanwhile.
+    pub fn reserve(&mut self, additional: usize) {
+        let Self {
+            arena,
+            index,
+            hasher,
+            ..
+        } = self;
+        index.reserve(additional, |at| rehash(hasher, arena, at));
+    }
+
+    /// Adds `voter`; false if it was already there.
+    pub fn insert(&mut self, voter: &str) -> bool {
+        let (namespace, rest) = split(voter);
+        let ns = match self.namespace_index(namespace) {
+            Some(ns) => ns,
+            None if self.namespaces.len() < MAX_NAMESPACES => {
+                self.namespaces.push(namespace.into());
+                (self.namespaces.len() - 1) as u8
+            }
+            None => 0,
+        };
+        let rest = if ns == 0 { voter } else { rest }.as_bytes();
+        let Self {
+            arena,
+            index,
+            hasher,
+            ..
+        } = self;
+        let hash = hasher.hash_one((ns, rest));
+        match index.entry(
+            hash,
+            |at| record(arena, at) == (ns, rest),
+            |at| rehash(hasher, arena, at),
+        ) {
+            Entry::Occupied(_) => false,
+            Entry::Vacant(slot) => {
+                let at = Offset40::new(arena.len());
+                arena.push(ns);
+                put_leb128(arena, rest.len());
+                arena.extend_from_slice(rest);
+                slot.insert(at);
+                true
+            }
+        }
+    }
+
+    pub fn contains(&self, voter: &str) -> bool {
+        let (namespace, rest) = split(voter);
+        let (ns, rest) = match self.namespace_index(namespace) {
+            Some(ns) if ns != 0 => (ns, rest),
+            _ => (0, voter),
+        };
+        self.find(ns, rest.as_bytes())
+    }
+
+    /// Every voter, in the order first counted, as its namespace and the rest of its id (their
+    /// concatenation is the id).
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
+        let mut at = 0;
+        std::iter::from_fn(move || {
+            if at >= self.arena.len() {
+                return None;
+            }
+            let (ns, rest, next) = read_record(&self.arena, at);
+            at = next;
+            Some((&*self.namespaces[ns as usize], rest))
+        })
+    }
+
+    fn namespace_index(&self, namespace: &str) -> Option<u8> {
+        if namespace.is_empty() {
+            return Some(0);
+        }
+        (self.namespaces.iter())
+            .position(|n| **n == *namespace)
+            .map(|i| i as u8)
+    }
+
+    fn find(&self, ns: u8, rest: &[u8]) -> bool {
+        let hash = self.hasher.hash_one((ns, rest));
+        (self.index)
+            .find(hash, |at| record(&self.arena, at) == (ns, rest))
+            .is_some()
+    }
+}
+
+impl PartialEq for VoterSet {
+    /// The same voters, whatever order they came in.
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len()
+            && self.iter().all(|(namespace, rest)| {
+                let rest = std::str::from_utf8(rest).expect("ids are stored from &str");
+                other.contains(&format!("{namespace}{rest}"))
+            })
+    }
+}
+
+impl fmt::Debug for VoterSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VoterSet")
+            .field("voters", &self.len())
+            .field("arena_bytes", &self.arena.len())
+            .finish()
+    }
+}
+
+/// `voter`'s namespace (with its closing `:`; `agg:NAME:` for an aggregator's voters) and the rest.
+fn split(voter: &str) -> (&str, &str) {
+    let Some(first) = voter.find(':') else {
+        return ("", voter);
+    };
+    let mut end = first + 1;
+    if &voter[..end] == "agg:" {
+        match voter[end..].find(':') {
+            Some(second) => end += second + 1,
+            None => return ("", voter),
+        }
+    }
+    voter.split_at(end)
+}
+
+/// A position in the arena, in five bytes.
+struct Offset40([u8; 5]);
+
+impl Offset40 {
+    fn new(at: usize) -> Self {
+        let bytes = (at as u64).to_le_bytes();
+        assert!(bytes[5..] == [0; 3], "a voter set's arena reached 1 TiB");
+        Self(bytes[..5].try_into().expect("5 bytes"))
+    }
+
+    fn get(&self) -> usize {
+        let mut bytes = [0; 8];
+        bytes[..5].copy_from_slice(&self.0);
+        u64::from_le_bytes(bytes) as usize
+    }
+}
+
+/// The namespace index and the rest of the record at `at`.
+fn record<'a>(arena: &'a [u8], at: &Offset40) -> (u8, &'a [u8]) {
+    let (ns, rest, _) = read_record(arena, at.get());
+    (ns, rest)
+}
+
+/// The record at `at`, and where the next one starts.
+fn read_record(arena: &[u8], at: usize) -> (u8, &[u8], usize) {
+    let (len, framing) = read_leb128(&arena[at + 1..]);
+    let start = at + 1 + framing;
+    (arena[at], &arena[start..start + len], start + len)
+}
+
+fn rehash(hasher: &RandomState, arena: &[u8], at: &Offset40) -> u64 {
+    hasher.hash_one(record(arena, at))
+}
+
+fn put_leb128(out: &mut Vec<u8>, mut n: usize) {
+    while n >= 0x80 {
+        out.push(n as u8 | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+/// A length written by [`put_leb128`], and how many bytes it took.
+fn read_leb128(bytes: &[u8]) -> (usize, usize) {
+    let (mut n, mut shift) = (0usize, 0);
+    for (i, &b) in bytes.iter().enumerate() {
+        n |= ((b & 0x7f) as usize) << shift;
+        if b < 0x80 {
+            return (n, i + 1);
+        }
+        shift += 7;
+    }
+    unreachable!("records are written whole")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashSet;
+
+    fn id() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[a-z0-9-]{0,20}".prop_map(|s| format!("device:{s}")),
+            "[a-z]{0,3}:[a-z0-9:]{0,8}".prop_map(|s| format!("agg:{s}")),
+            "[0-9]{1,4}".prop_map(|s| format!("user:{s}")),
+            // No namespace, odd ones, and ids long enough for a two-byte length.
+            "[a-z:]{0,6}",
+            "agg:?",
+            "é{60,70}:x{0,3}",
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn behaves_as_a_set_of_strings(ids in proptest::collection::vec(id(), 0..200)) {
+            let mut set = VoterSet::default();
+            let mut model = HashSet::new();
+            for id in &ids {
+                prop_assert_eq!(set.contains(id), model.contains(id));
+                prop_assert_eq!(set.insert(id), model.insert(id.clone()));
+                prop_assert!(set.contains(id));
+            }
+            prop_assert_eq!(set.len(), model.len());
+            let listed: HashSet<String> = set
+                .iter()
+                .map(|(ns, rest)| format!("{ns}{}", std::str::from_utf8(rest).unwrap()))
+                .collect();
+            prop_assert_eq!(listed, model);
+        }
+    }
+
+    #[test]
+    fn namespaces_past_the_table_are_kept_whole_and_still_exact() {
+        let mut set = VoterSet::default();
+        for i in 0..600 {
+            assert!(set.insert(&format!("ns{i}:voter")));
+        }
+        assert_eq!(set.namespaces.len(), MAX_NAMESPACES);
+        for i in 0..600 {
+            assert!(set.contains(&format!("ns{i}:voter")), "ns{i}");
+            assert!(!set.insert(&format!("ns{i}:voter")), "ns{i} twice");
+            assert!(!set.contains(&format!("ns{i}:other")));
+        }
+        assert_eq!(set.len(), 600);
+    }
+
+    #[test]
+    fn the_namespace_is_split_off_as_the_voter_module_writes_it() {
+        assert_eq!(split("device:a:b"), ("device:", "a:b"));
+        assert_eq!(split("agg:sms:+4412"), ("agg:sms:", "+4412"));
+        assert_eq!(split("agg:nocolon"), ("", "agg:nocolon"));
+        assert_eq!(split("plain"), ("", "plain"));
+    }
+
+    #[test]
+    fn sets_with_the_same_voters_in_another_order_are_equal() {
+        let (mut a, mut b) = (VoterSet::default(), VoterSet::default());
+        for v in ["user:1", "device:x", "agg:s:1"] {
+            a.insert(v);
+        }
+        for v in ["agg:s:1", "device:x", "user:1"] {
+            b.insert(v);
+        }
+        assert_eq!(a, b);
+        b.insert("user:2");
+        assert_ne!(a, b);
+    }
+}
