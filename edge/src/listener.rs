@@ -13,6 +13,9 @@
 //!   connects and says nothing, and a kept-alive connection's idle wait. The body read timeout is a
 //!   layer on the router ([`body_read_timeout`]: the longest pause within a body) and, at the edge,
 //!   one deadline for a vote's whole body (`ingest::routes::read_body`).
+//! - A new connection whose first request is a whole `GET` asking for `text/event-stream` (a
+//!   browser's `EventSource`) is served without hyper's connection buffers (`event_stream.rs`
+//!   peeks at it; the same router answers it): an SSE viewer costs a few KiB, not hyper's 16.
 //! - A write the client does not take within `http.write_stall_timeout_ms` ends the connection,
 //!   whatever it carries (a response, an event stream, a WebSocket): a client that stops reading
 //!   holds its socket and buffers for at most that long.
@@ -33,6 +36,7 @@
 
 mod admitted;
 pub mod arrival;
+mod event_stream;
 pub mod live_socket;
 pub mod read_gate;
 pub mod receive_stamp;
@@ -44,6 +48,7 @@ pub use read_gate::ReadGate;
 use admitted::Admitted;
 use axum::extract::ConnectInfo;
 use axum::Router;
+use event_stream::Sniffed;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use parking_lot::Mutex;
@@ -130,6 +135,9 @@ pub struct HttpMetrics {
     /// Connections closed because a request's headers (or the next request on a kept-alive
     /// connection) did not arrive in time.
     pub header_timeouts: AtomicU64,
+    /// Event streams served without hyper (`event_stream.rs`): new connections whose first
+    /// request asked for `text/event-stream`.
+    pub event_streams: AtomicU64,
     /// The cap in force (`max_connections`, or the one derived from the open-file limit).
     pub max_connections: AtomicU64,
     /// Connections closed because a write waited `http.write_stall_timeout_ms` for the client
@@ -346,26 +354,47 @@ pub async fn serve(
                 }
             })
             .flatten();
-        let service = TowerToHyperService::new(
-            tower::ServiceBuilder::new()
-                .layer(axum::Extension(ConnectInfo(peer)))
-                .layer(axum::Extension(live.clone()))
-                .option_layer(arrival.clone().map(axum::Extension))
-                .service(router.clone()),
-        );
-        // The permit travels with the socket, into a WebSocket after an upgrade: its place is
-        // free only once the socket is closed.
-        let io = TokioIo::new(Admitted::new(
-            stream,
-            permit,
-            write_stall_timeout,
-            live,
-            arrival,
-            read_gate.clone(),
-        ));
-        let connection = http.serve_connection(io, service).with_upgrades();
+        let (http, router, read_gate) = (http.clone(), router.clone(), read_gate.clone());
+        let header_read_timeout = Duration::from_millis(limits.header_read_timeout_ms);
         let (metrics, mut stopping) = (metrics.clone(), stopping.clone());
         connections.spawn(async move {
+            let mut stream = stream;
+            // A viewer's event stream is served without hyper's buffers (`event_stream.rs`).
+            let sniffed = event_stream::sniff(&mut stream, header_read_timeout).await;
+            // The permit travels with the socket, into a WebSocket after an upgrade: its place
+            // is free only once the socket is closed.
+            let admitted = Admitted::new(
+                stream,
+                permit,
+                write_stall_timeout,
+                live.clone(),
+                arrival.clone(),
+                read_gate,
+            );
+            match sniffed {
+                Sniffed::Other => {}
+                Sniffed::EventStream(mut request) => {
+                    metrics.event_streams.fetch_add(1, Ordering::Relaxed);
+                    request.extensions_mut().insert(ConnectInfo(peer));
+                    request.extensions_mut().insert(live);
+                    return event_stream::serve(admitted, *request, router, stopping).await;
+                }
+                Sniffed::Silent => {
+                    metrics.header_timeouts.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                Sniffed::Gone => return,
+            }
+            let service = TowerToHyperService::new(
+                tower::ServiceBuilder::new()
+                    .layer(axum::Extension(ConnectInfo(peer)))
+                    .layer(axum::Extension(live))
+                    .option_layer(arrival.map(axum::Extension))
+                    .service(router),
+            );
+            let connection = http
+                .serve_connection(TokioIo::new(admitted), service)
+                .with_upgrades();
             tokio::pin!(connection);
             let ended = tokio::select! {
                 ended = connection.as_mut() => ended,

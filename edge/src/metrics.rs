@@ -125,6 +125,11 @@ impl Collector for HttpCollector {
                     &h.header_timeouts,
                 ),
                 (
+                    "crowdtick_http_event_streams",
+                    "Event streams (SSE) served on connections of their own, without the HTTP server's buffers.",
+                    &h.event_streams,
+                ),
+                (
                     "crowdtick_http_write_stalls",
                     "Connections closed because a write waited http.write_stall_timeout_ms for the client to make room.",
                     &h.write_stalls,

@@ -395,6 +395,32 @@ async fn scenario(
         "FINAL must not show while the poll is open"
     );
 
+    // ---- A browser's own EventSource on the stream: Chromium takes the framing of the path
+    // without hyper (edge/src/listener/event_stream.rs). One after another, each closed after its
+    // first event (which ends its connection): once the page's idle connections are used up, the
+    // rest open connections of their own, which that path serves.
+    let served_before =
+        crate::helpers::metric_at(http, base, "crowdtick_http_event_streams_total").await;
+    for round in 0..10 {
+        let first = c
+            .execute_async(
+                r#"const [url, done] = arguments;
+                   const es = new EventSource(url);
+                   es.addEventListener('results', e => { es.close(); done(e.data); });
+                   es.onerror = () => { es.close(); done('error'); };"#,
+                vec![json!(format!("{base}/v1/polls/{poll_id}/sse"))],
+            )
+            .await
+            .unwrap();
+        let first: Value = serde_json::from_str(first.as_str().unwrap())
+            .unwrap_or_else(|e| panic!("EventSource {round} got {first}: {e}"));
+        assert_eq!(first["poll_id"], json!(poll_id), "{first}");
+        assert_eq!(first["total_votes"], 0, "{first}");
+    }
+    let served = crate::helpers::metric_at(http, base, "crowdtick_http_event_streams_total").await
+        - served_before;
+    assert!(served >= 1, "no EventSource reached the path without hyper");
+
     // ---- The voter page (phone), in a second window.
     let phone = c.new_window(false).await.unwrap().handle;
     c.switch_to_window(phone.clone()).await.unwrap();

@@ -207,20 +207,7 @@ impl TestApp {
 
     /// The value of a metric without labels in `GET /metrics` (panics if it is not exported).
     pub async fn metric(&self, name: &str) -> u64 {
-        let text = self
-            .client
-            .get(self.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")))
-            .unwrap_or_else(|| panic!("{name} is not exported"))
-            .parse()
-            .unwrap()
+        metric_at(&self.client, &self.base, name).await
     }
 
     pub async fn results(&self, poll: i64) -> Value {
@@ -267,4 +254,21 @@ impl TestApp {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// The value of a metric without labels in `GET {base}/metrics` (panics if it is not exported).
+pub async fn metric_at(client: &reqwest::Client, base: &str, name: &str) -> u64 {
+    let text = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("{name} is not exported"))
+        .parse()
+        .unwrap()
 }

@@ -150,6 +150,17 @@ fn sse_versions(text: &str) -> (Vec<i64>, String) {
 
 #[tokio::test]
 async fn a_slow_sse_viewer_is_behind_by_what_its_socket_holds_not_by_a_queue() {
+    slow_sse_viewer("").await;
+}
+
+/// The same viewer as a browser's `EventSource` asks (`Accept: text/event-stream` on a new
+/// connection): served without hyper (edge/src/listener/event_stream.rs), behind by no more.
+#[tokio::test]
+async fn a_slow_event_source_viewer_is_behind_by_what_its_socket_holds_not_by_a_queue() {
+    slow_sse_viewer("Accept: text/event-stream\r\n").await;
+}
+
+async fn slow_sse_viewer(accept: &str) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let app = spawn_app().await;
     // Big messages (64 options of 200 characters, ~17 KB each), so a few fill the buffers.
@@ -169,9 +180,11 @@ async fn a_slow_sse_viewer_is_behind_by_what_its_socket_holds_not_by_a_queue() {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let mut sse = socket.connect(app.addr).await.unwrap();
-    sse.write_all(format!("GET /v1/polls/{poll}/sse HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    sse.write_all(
+        format!("GET /v1/polls/{poll}/sse HTTP/1.1\r\nHost: x\r\n{accept}\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
     // Votes from four senders: the results change in every coalescing period.
     let voting: Vec<_> = (0..4)
         .map(|lane| {
@@ -220,4 +233,64 @@ async fn a_slow_sse_viewer_is_behind_by_what_its_socket_holds_not_by_a_queue() {
         "{} stale frames before the newest (versions {stale:?}, newest at resume {latest})",
         stale.len()
     );
+}
+
+/// What a browser's `EventSource` opens (a new connection, `Accept: text/event-stream`) is served
+/// without hyper's connection buffers: framed as chunks, the router's JSON errors, and let go as
+/// soon as the viewer leaves (its poll's feed retires with it).
+#[tokio::test]
+async fn an_event_source_on_its_own_connection_is_framed_answered_and_let_go() {
+    let app = spawn_app().await;
+    let poll = app.open_poll(&["A", "B"]).await;
+    let fresh = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let get = |path: String| {
+        fresh
+            .get(app.url(&path))
+            .header("accept", "text/event-stream")
+            .send()
+    };
+    let mut sse = get(format!("/v1/polls/{poll}/sse")).await.unwrap();
+    assert_eq!(sse.status(), 200);
+    assert_eq!(sse.headers()["content-type"], "text/event-stream");
+    assert_eq!(sse.headers()["transfer-encoding"], "chunked");
+    // Hyper keeps a connection open after a response; this path closes it after the stream.
+    assert_eq!(
+        sse.headers()["connection"],
+        "close",
+        "not the event-stream path"
+    );
+    assert!(sse.headers().contains_key("date"));
+    assert_eq!(app.metric("crowdtick_http_event_streams_total").await, 1);
+    assert_eq!(app.vote(poll, 1, "v1").await.0, 202);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut text = String::new();
+    while !text.contains(r#""total_votes":1"#) {
+        let chunk = tokio::time::timeout_at(deadline, sse.chunk())
+            .await
+            .expect("no event with the vote")
+            .unwrap()
+            .expect("the stream ended");
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    assert!(text.contains("event: results"), "{text}");
+
+    let missing = get("/v1/polls/987654/sse".into()).await.unwrap();
+    assert_eq!(missing.status(), 404);
+    assert_eq!(missing.headers()["connection"], "close");
+    let body: Value = missing.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unknown_poll", "{body}");
+
+    assert_eq!(app.metric("crowdtick_realtime_feeds").await, 1);
+    drop(sse);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while app.metric("crowdtick_realtime_feeds").await != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the feed outlived its only viewer"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
