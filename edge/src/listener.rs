@@ -360,7 +360,11 @@ pub async fn serve(
         connections.spawn(async move {
             let mut stream = stream;
             // A viewer's event stream is served without hyper's buffers (`event_stream.rs`).
-            let sniffed = event_stream::sniff(&mut stream, header_read_timeout).await;
+            let sniffed = tokio::select! {
+                sniffed = event_stream::sniff(&mut stream, header_read_timeout) => sniffed,
+                // Stopping: a connection that has said nothing yet is closed, as hyper would.
+                _ = stopping.wait_for(|stop| *stop) => return,
+            };
             // The permit travels with the socket, into a WebSocket after an upgrade: its place
             // is free only once the socket is closed.
             let admitted = Admitted::new(
@@ -504,6 +508,45 @@ async fn refuse(mut stream: TcpStream, refusal: Refusal) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// While a new connection is peeked at (for an event stream) nothing has been said on it:
+    /// stopping closes it at once instead of waiting out the header timeout.
+    #[tokio::test]
+    async fn stopping_closes_a_connection_that_has_said_nothing_at_once() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            let limits = HttpLimits::default();
+            let metrics = Arc::new(HttpMetrics::default());
+            let stopped = async {
+                let _ = stopped.await;
+            };
+            serve(
+                listener,
+                Router::new(),
+                &limits,
+                metrics,
+                false,
+                None,
+                stopped,
+            )
+            .await
+        });
+        let mut silent = TcpStream::connect(addr).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(3), server)
+            .await
+            .expect("the node waited for a connection that said nothing")
+            .unwrap();
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(1), silent.read(&mut byte)).await;
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "still open: {read:?}"
+        );
+    }
 
     #[test]
     fn the_gate_caps_connections_in_all_and_per_address_and_frees_them_on_drop() {

@@ -525,14 +525,23 @@ impl Log for EmbeddedLog {
                 .max(1);
             (wanted[..n].to_vec(), limit)
         };
+        let mut frames = frames;
         let start = frames[0];
         let last = (frames[frames.len() - 1] - start) as usize;
         let mut data = vec![0u8; last + HEADER];
         file.file.read_exact_at(&mut data, start).map_err(io)?;
-        data.resize(last + frame_len(&data[last..]), 0);
-        (file.file)
-            .read_exact_at(&mut data[last + HEADER..], start + (last + HEADER) as u64)
-            .map_err(io)?;
+        let last_end = last + frame_len(&data[last..]);
+        if frames.len() > 1 && start + last_end as u64 > limit {
+            // Only the last candidate can end past the limit (each earlier one ends before the
+            // next begins): it is left for the next fetch, unread.
+            frames.pop();
+            data.truncate(last);
+        } else {
+            data.resize(last_end, 0);
+            (file.file)
+                .read_exact_at(&mut data[last + HEADER..], start + (last + HEADER) as u64)
+                .map_err(io)?;
+        }
         let mut records = Vec::with_capacity(frames.len());
         for &pos in &frames {
             let at = (pos - start) as usize;

@@ -78,7 +78,9 @@ fn event_stream_request(bytes: &[u8]) -> Option<(Request<()>, usize)> {
         .any(|h| (h.value.windows(17)).any(|w| w.eq_ignore_ascii_case(b"text/event-stream")));
     let has_body =
         named("content-length").next().is_some() || named("transfer-encoding").next().is_some();
-    if !wants_events || has_body {
+    // An upgrade (a WebSocket) is hyper's, whatever it accepts.
+    let upgrade = named("upgrade").next().is_some();
+    if !wants_events || has_body || upgrade {
         return None;
     }
     let mut request = Request::builder()
@@ -139,7 +141,12 @@ async fn whole_response(
             ))
         }
     };
-    let head = response_head(status, headers, Some(body.len()));
+    // No body, nor a length, where HTTP has none.
+    let bodiless = status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let body = if bodiless { Default::default() } else { body };
+    let head = response_head(status, headers, (!bodiless).then_some(body.len()));
     write_all_vectored(io, &mut [IoSlice::new(&head), IoSlice::new(&body)]).await?;
     io.shutdown().await
 }
@@ -154,12 +161,9 @@ async fn stream_body(
     loop {
         let frame = tokio::select! {
             frame = body.frame() => frame,
-            read = io.read(&mut incoming) => match read {
-                // The client closed (or reset) its end.
-                Ok(0) | Err(_) => return Ok(()),
-                // A client has nothing to say on an event stream: ignored.
-                Ok(_) => continue,
-            },
+            // The client closed (or reset) its end, or says something: an event stream's client
+            // has nothing to say, and reading it byte by byte is not worth a core.
+            _ = io.read(&mut incoming) => return Ok(()),
             _ = stopping.wait_for(|stop| *stop) => break,
         };
         match frame {
@@ -225,7 +229,10 @@ fn response_head(status: StatusCode, headers: &HeaderMap, length: Option<usize>)
     head.extend_from_slice(b"\r\nconnection: close\r\n");
     match length {
         Some(n) => head.extend_from_slice(format!("content-length: {n}\r\n\r\n").as_bytes()),
-        None => head.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n"),
+        None if status == StatusCode::OK => {
+            head.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n")
+        }
+        None => head.extend_from_slice(b"\r\n"),
     }
     head
 }
@@ -266,6 +273,7 @@ mod tests {
             b"GET /v1/polls/1/sse HTTP/1.1\r\naccept: text/event-stream\r\n",
             b"GET /v1/polls/1/sse HTTP/1.0\r\naccept: text/event-stream\r\n\r\n",
             b"GET /v1/polls/1/ws HTTP/1.1\r\nupgrade: websocket\r\n\r\n",
+            b"GET /ws HTTP/1.1\r\nupgrade: websocket\r\naccept: text/event-stream\r\n\r\n",
             b"GET /s HTTP/1.1\r\naccept: text/event-stream\r\ncontent-length: 3\r\n\r\nabc",
             b"GET /s HTTP/1.1\r\nbad header\r\n\r\n",
         ] {
@@ -303,5 +311,12 @@ mod tests {
         .unwrap();
         assert!(head.starts_with("HTTP/1.1 404 Not Found\r\n"));
         assert!(head.ends_with("content-length: 12\r\n\r\n"));
+        let head = String::from_utf8(response_head(
+            StatusCode::NO_CONTENT,
+            &HeaderMap::new(),
+            None,
+        ))
+        .unwrap();
+        assert!(head.ends_with("connection: close\r\n\r\n"), "{head}");
     }
 }
