@@ -9,24 +9,22 @@
 //! `fdatasync` per topic, and only then makes the records visible to readers and answers the
 //! callers: group commit, many records per fsync however many partitions they touch. (One file per
 //! partition was measured at 3.5× fewer votes/s on this machine: one fsync per partition per group.)
-//! On open, the file is scanned and cut at the first torn or corrupt frame (a crash mid-write).
+//! On open, the file is scanned and cut at the first torn or corrupt frame (a crash mid-write):
+//! `embedded_log/topic_file.rs`, with the frame format and each partition's index.
 
 use crate::group_commit::{self, Commit};
 use crate::log::{AppendBatch, Fetched, Log, LogError, Position, Topic};
 use async_trait::async_trait;
-use parking_lot::RwLock;
 use schemas::{Offset, Partition, Timestamp};
-use std::fs::{File, OpenOptions};
-use std::io::{BufReader, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
+use topic_file::{frame_len, open_topic, PartitionIndex, TopicFile, BODY_FIXED, HEADER};
 
-const HEADER: usize = 8;
-const BODY_FIXED: usize = 16;
+mod topic_file;
 
 #[derive(Debug, Clone)]
 pub struct EmbeddedLogConfig {
@@ -63,20 +61,6 @@ pub struct LogMetrics {
     pub fsyncs: AtomicU64,
     pub appends_expired: AtomicU64,
     pub appends_rejected_full: AtomicU64,
-}
-
-/// Where each record of one partition sits in its topic's file.
-struct PartitionIndex {
-    /// The position of every record, by offset (its length is in its frame's header).
-    records: RwLock<Vec<u64>>,
-    high_watermark: watch::Sender<u64>,
-}
-
-struct TopicFile {
-    file: File,
-    /// End of the last durable frame (the writer appends here).
-    end: AtomicU64,
-    partitions: Vec<PartitionIndex>,
 }
 
 type Reply = oneshot::Sender<Result<Vec<Position>, LogError>>;
@@ -212,82 +196,6 @@ fn read_meta(dir: &Path) -> Result<Option<Meta>, LogError> {
 
 fn io(e: std::io::Error) -> LogError {
     LogError::io("the log's files", e)
-}
-
-/// The length of the frame whose header starts `frame` (written by us, or CRC-checked on open).
-fn frame_len(frame: &[u8]) -> usize {
-    HEADER + u32::from_le_bytes(frame[0..4].try_into().unwrap()) as usize
-}
-
-/// Scans a topic file, building each partition's index and cutting a torn or corrupt tail.
-fn open_topic(path: &Path, partitions: u32, writable: bool) -> Result<TopicFile, LogError> {
-    let file = if writable {
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(io)?
-    } else {
-        match File::open(path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                File::open("/dev/null").map_err(io)?
-            }
-            Err(e) => return Err(io(e)),
-        }
-    };
-    let len = file.metadata().map_err(io)?.len();
-    let mut reader = BufReader::with_capacity(1 << 20, &file);
-    let mut index: Vec<Vec<u64>> = vec![Vec::new(); partitions as usize];
-    let mut pos = 0u64;
-    let mut header = [0u8; HEADER];
-    let mut body = Vec::new();
-    loop {
-        if reader.read_exact(&mut header).is_err() {
-            break;
-        }
-        let body_len = u32::from_le_bytes(header[0..4].try_into().unwrap()) as usize;
-        let crc = u32::from_le_bytes(header[4..8].try_into().unwrap());
-        if body_len < BODY_FIXED || pos + (HEADER + body_len) as u64 > len {
-            break;
-        }
-        body.resize(body_len, 0);
-        if reader.read_exact(&mut body).is_err() || crc32fast::hash(&body) != crc {
-            break;
-        }
-        let partition = u32::from_le_bytes(body[0..4].try_into().unwrap()) as usize;
-        if partition >= index.len() {
-            break;
-        }
-        index[partition].push(pos);
-        pos += (HEADER + body_len) as u64;
-    }
-    if pos < len {
-        if writable {
-            tracing::warn!(path = %path.display(), valid = pos, len, "cutting a torn or corrupt tail left by a crash");
-            file.set_len(pos).map_err(io)?;
-            file.sync_all().map_err(io)?;
-        } else {
-            tracing::info!(path = %path.display(), valid = pos, len, "reading up to the last whole record");
-        }
-    }
-    let partitions = index
-        .into_iter()
-        .map(|records| {
-            let hw = records.len() as u64;
-            PartitionIndex {
-                records: RwLock::new(records),
-                high_watermark: watch::channel(hw).0,
-            }
-        })
-        .collect();
-    Ok(TopicFile {
-        file,
-        end: AtomicU64::new(pos),
-        partitions,
-    })
 }
 
 struct Writer {
@@ -579,6 +487,7 @@ impl Log for EmbeddedLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::OpenOptions;
 
     fn config(dir: &Path) -> EmbeddedLogConfig {
         EmbeddedLogConfig {

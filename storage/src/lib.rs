@@ -1,7 +1,7 @@
 //! CrowdTick's durable parts, each behind a small trait so the pipeline never knows where it runs.
 //!
 //! - [`log`]: the [`Log`] trait — topics, partitions, offsets, consumer-held positions (Kafka's model).
-//! - [`embedded_log`]: [`EmbeddedLog`], a file per partition, group commit (many records per fsync),
+//! - [`embedded_log`]: [`EmbeddedLog`], a file per topic (its partitions interleaved; an in-memory index of 8 bytes a record), group commit (many records per fsync),
 //!   CRC-framed records, torn tails cut on open. What `crowdtick serve` runs on by default.
 //! - [`group_commit`]: the writer thread behind the embedded log and the old API's files: every
 //!   request waiting at that moment written together, one fsync for them all.
