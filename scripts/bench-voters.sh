@@ -9,7 +9,10 @@
 # voters in one poll, in batches of 10,000 over 4 connections, checked exactly (--verify); the
 # server's RSS before and after (from /proc, at rest once counted), bytes per voter; then kill -9,
 # a restart on the same data directory, and the seconds until /readyz answers 200 and until the
-# results show every vote again. The load generator is the candidate's for both.
+# results show every vote again, and the data directory's size on disk (the log, and the
+# snapshots a restart reads on from). The load generator is the candidate's for both. Settings
+# given as CROWDTICK_* variables reach both servers (e.g. CROWDTICK_LOG__RETIRE_AFTER_SNAPSHOT=true
+# with CROWDTICK_LOG__SEGMENT_MB=64, for a candidate against itself).
 # Needs curl and python3; about 2 GB of disk per run.
 set -euo pipefail
 case ${1:-} in -h | --help) sed -n '2,12p' "$0"; exit 0 ;; esac
@@ -25,7 +28,7 @@ total() { curl -sf "127.0.0.1:$port/v1/polls/1/results" | python3 -c 'import jso
 now() { date +%s.%N; }
 
 run_one() { # label bin
-  local label=$1 bin=$2 dir before after counted start ready back
+  local label=$1 bin=$2 dir before after counted start ready back disk
   dir="$work/$label"; mkdir -p "$dir"
   serve "$bin" "$dir/data"
   sleep 1; before=$(rss_kib)
@@ -33,7 +36,7 @@ run_one() { # label bin
     --polls 1 --duplicate-share 0 --retry-share 0 --connections 4 --threads 2 --verify --quiet \
     --json-report "$dir/r.json" >"$dir/loadgen.log" 2>&1 || { echo "$label: loadgen failed"; tail -5 "$dir/loadgen.log"; exit 1; }
   sleep 6 # a checkpoint interval (5 s) passes, so the restart starts from one
-  after=$(rss_kib); counted=$(total)
+  after=$(rss_kib); counted=$(total); disk=$(du -sm "$dir/data" | cut -f1)
   kill -9 "$server"; wait "$server" 2>/dev/null || true
   start=$(now)
   "$bin" serve --data-dir "$dir/data" --listen "127.0.0.1:$port" >>"$dir/data.log" 2>&1 &
@@ -42,15 +45,15 @@ run_one() { # label bin
   ready=$(now)
   until [ "$(total)" = "$counted" ]; do sleep 0.05; done
   back=$(now)
-  python3 - "$label" "$dir/r.json" "$before" "$after" "$voters" "$counted" "$start" "$ready" "$back" <<'PY'
+  python3 - "$label" "$dir/r.json" "$before" "$after" "$voters" "$counted" "$start" "$ready" "$back" "$disk" <<'PY'
 import json, sys
-label, path, before, after, voters, counted, start, ready, back = sys.argv[1:]
+label, path, before, after, voters, counted, start, ready, back, disk = sys.argv[1:]
 r = json.load(open(path)); ok = (r.get("verify") or {}).get("ok")
 before, after, voters = int(before), int(after), int(voters)
 print(f"{label:9} {r['acknowledged_per_sec']:>9,.0f} votes/s verify {'ok' if ok else ok}; "
       f"RSS {before/1024:6.1f} -> {after/1024:7.1f} MiB: {(after-before)*1024/voters:5.1f} bytes per voter; "
       f"after kill -9: ready in {float(ready)-float(start):5.2f} s, all {int(counted):,} votes shown in "
-      f"{float(back)-float(start):5.2f} s")
+      f"{float(back)-float(start):5.2f} s; data on disk {int(disk):,} MiB")
 PY
   kill "$server"; wait "$server" 2>/dev/null || true
   rm -rf "$dir/data"

@@ -13,14 +13,15 @@ use std::sync::Arc;
 
 use storage::embedded_log::LogMetrics;
 use storage::{
-    EmbeddedLog, EmbeddedLogConfig, FilePollStore, KafkaConfig, KafkaLog, Log, LogError,
-    PgPollStore, PgTallyStore, PollStore, RedisCache, RegistryConfig, ScyllaConfig, TallyStore,
+    CheckpointStore, EmbeddedLog, EmbeddedLogConfig, FilePollStore, KafkaConfig, KafkaLog, Log,
+    LogError, PgPollStore, PgTallyStore, PollStore, RedisCache, RegistryConfig, ScyllaConfig,
+    TallyStore,
 };
 
 /// Where votes and tallies are logged.
 #[derive(Debug, Clone)]
 pub enum LogBackend {
-    /// A file per partition in the data directory (`crowdtick serve`'s default).
+    /// Segment files per topic in the data directory (`crowdtick serve`'s default).
     Embedded(EmbeddedLogConfig),
     /// Kafka (`kafka.brokers`); a schema registry frames its records when `schema_registry.url`
     /// is set.
@@ -42,7 +43,8 @@ pub enum PollBackend {
 /// Where partial tallies and partition checkpoints are kept besides the tallies topic.
 #[derive(Debug, Clone)]
 pub enum TallyBackend {
-    /// Nowhere else: the tallies topic is the record (embedded).
+    /// Nowhere else: the tallies topic is the record (embedded; snapshots are files beside the log,
+    /// `open_checkpoints`).
     TopicOnly,
     /// PostgreSQL, beside the polls.
     Postgres,
@@ -159,6 +161,21 @@ pub async fn open_stores(
         }
     };
     Ok((poll_store, tally_store))
+}
+
+/// Where the processors keep their snapshots: the tally store, else (on the embedded log) files in
+/// `<log dir>/snapshots`, beside the log whose offsets they name.
+pub fn open_checkpoints(
+    log: &LogBackend,
+    tally_store: &Option<Arc<dyn TallyStore>>,
+) -> anyhow::Result<Option<Arc<dyn CheckpointStore>>> {
+    Ok(match (tally_store, log) {
+        (Some(store), _) => Some(store.clone()),
+        (None, LogBackend::Embedded(log)) => Some(Arc::new(storage::CheckpointFiles::open(
+            log.dir.join("snapshots"),
+        )?)),
+        (None, LogBackend::Kafka { .. }) => None,
+    })
 }
 
 /// Opens the results cache.

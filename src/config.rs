@@ -219,6 +219,18 @@ impl Config {
         }
         // Backends that need one another (a schema registry needs Kafka, ScyllaDB PostgreSQL).
         self.backends()?;
+        if self.log.retire_after_snapshot {
+            anyhow::ensure!(
+                self.kafka.brokers.is_empty(),
+                "log.retire_after_snapshot is for the embedded log; Kafka keeps its own retention \
+                 (retention.ms on the topics)"
+            );
+            anyhow::ensure!(
+                self.processor.checkpoint_interval_ms > 0,
+                "log.retire_after_snapshot needs snapshots: set processor.checkpoint_interval_ms \
+                 above 0"
+            );
+        }
         if self.operator_keys.iter().all(|k| k.is_empty()) {
             anyhow::bail!("operator_keys is empty: set at least one key (CROWDTICK_OPERATOR_KEYS='[\"…\"]' or in the file)");
         }
@@ -239,6 +251,8 @@ impl Config {
                 votes_partitions: self.log.partitions,
                 fsync: self.log.fsync,
                 queue_capacity: self.log.queue_capacity,
+                segment_bytes: self.log.segment_mb << 20,
+                retire_released: self.log.retire_after_snapshot,
                 ..EmbeddedLogConfig::new(self.log_dir())
             })
         } else {

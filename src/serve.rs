@@ -9,7 +9,7 @@
 //! until `shutdown` resolves, then stops the background tasks and lets the processor publish its
 //! last partials and leave the group.
 
-use crate::backends::{open_cache, open_log, open_stores, LogBackend};
+use crate::backends::{open_cache, open_checkpoints, open_log, open_stores, LogBackend};
 use crate::config::Config;
 use anyhow::Context;
 use axum::Router;
@@ -198,6 +198,7 @@ pub async fn start_roles(config: Config, roles: Roles) -> anyhow::Result<App> {
                 log: log.clone(),
                 catalog: catalog.clone(),
                 tally_store: tally_store.clone(),
+                checkpoints: open_checkpoints(&backends.log, &tally_store)?,
                 cache: cache.clone(),
                 config: config.processor_config(),
                 metrics: processor_metrics.clone(),

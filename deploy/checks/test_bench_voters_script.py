@@ -27,6 +27,7 @@ def test_ten_million_voters_script_measures_both_sides_and_the_restart(crowdtick
         assert "verify ok" in line, line
         assert re.search(r"[\d.]+ bytes per voter", line), line
         assert re.search(r"ready in +[\d.]+ s, all 20,000 votes shown in +[\d.]+ s", line), line
+        assert re.search(r"data on disk [\d,]+ MiB", line), line
 
 
 def test_locust_script_explains_itself():

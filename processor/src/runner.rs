@@ -1,7 +1,8 @@
 //! The partition tasks: each owns one votes partition. It restores the partition's counting state
-//! from the last checkpoint in the tally store and reads on from the checkpoint's offset, or, with
-//! no checkpoint, replays the partition from the start (deterministic, so the rebuilt state equals
-//! the lost one). Then it keeps consuming and emits the absolute partials of changed polls to the
+//! from the last checkpoint in its checkpoint store (the tally store, or snapshot files beside the
+//! embedded log) and reads on from the checkpoint's offset, or, with no checkpoint, replays the
+//! partition from the start (deterministic, so the rebuilt state equals the lost one; refused when
+//! retention deleted the start). Then it keeps consuming and emits the absolute partials of changed polls to the
 //! tallies topic every flush interval, and checkpoints its state every checkpoint interval.
 //!
 //! Positions are held here, not in the log: the consumer decides where it reads from. A partial is
@@ -18,8 +19,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use storage::{
-    AppendBatch, GroupEvent, Log, LogError, PollCatalog, RedisCache, StoreError, TallyStore,
-    TallyStoreError, Topic,
+    AppendBatch, CheckpointStore, GroupEvent, Log, LogError, PollCatalog, RedisCache, StoreError,
+    TallyStore, TallyStoreError, Topic,
 };
 use storage::{Shutdown, ShutdownTrigger};
 use tokio::sync::mpsc;
@@ -60,6 +61,9 @@ pub struct Pipeline {
     pub catalog: PollCatalog,
     /// Where partials are kept besides the tallies topic (PostgreSQL in the distributed mode).
     pub tally_store: Option<Arc<dyn TallyStore>>,
+    /// Where each partition's snapshot is kept: the tally store, or files beside the embedded log.
+    /// After each snapshot the log is told the records before it are no longer needed.
+    pub checkpoints: Option<Arc<dyn CheckpointStore>>,
     /// Distributed mode: the results cache the query nodes read (a cache: failures are retried
     /// at the next flush and never stop counting).
     pub cache: Option<RedisCache>,
@@ -77,12 +81,38 @@ pub enum PartitionError {
     Catalog(#[source] StoreError),
     /// Reading or deleting the partition's checkpoint, or writing its partials (`doing` says
     /// which).
+    /// The log before `start` was deleted by retention, and no usable snapshot covers it (nothing
+    /// is cleared or replayed: the operator must restore the snapshot).
+    #[error(
+        "votes partition {partition} cannot be rebuilt: the log before offset {start} was retired \
+         (log.retire_after_snapshot) and {why}. Restore the partition's snapshot \
+         (data_dir/log/snapshots, or the tally store) from a backup, or undo the change that made \
+         it unusable"
+    )]
+    CannotRebuild {
+        partition: Partition,
+        start: schemas::Offset,
+        why: String,
+    },
     #[error("{doing}: {source}")]
     TallyStore {
         doing: &'static str,
         #[source]
         source: TallyStoreError,
     },
+}
+
+/// Why a partition's state cannot be rebuilt when its log no longer starts at 0.
+fn cannot_replay(
+    partition: Partition,
+    start: schemas::Offset,
+    why: String,
+) -> Result<PartitionCounter, PartitionError> {
+    Err(PartitionError::CannotRebuild {
+        partition,
+        start,
+        why,
+    })
 }
 
 fn tally_store_failed(doing: &'static str) -> impl FnOnce(TallyStoreError) -> PartitionError {
@@ -260,8 +290,14 @@ async fn restore_checkpoint(
 ) -> Result<PartitionCounter, PartitionError> {
     let windows = pipeline.config.windows;
     let fresh = PartitionCounter::new(partition, windows);
-    let (Some(store), Some(_)) = (&pipeline.tally_store, pipeline.config.checkpoint_interval)
+    // Above 0 once retention deleted records: then only a snapshot at or after it can rebuild.
+    let start = pipeline.log.log_start(Topic::Votes, partition).await?;
+    let (Some(store), Some(_)) = (&pipeline.checkpoints, pipeline.config.checkpoint_interval)
     else {
+        if start > schemas::Offset::ZERO {
+            let why = "snapshots are off (processor.checkpoint_interval_ms = 0)";
+            return cannot_replay(partition, start, why.into());
+        }
         return Ok(fresh);
     };
     let started = Instant::now();
@@ -270,10 +306,16 @@ async fn restore_checkpoint(
         .await
         .map_err(tally_store_failed("reading the partition's checkpoint"))?
     else {
+        if start > schemas::Offset::ZERO {
+            let why = "no snapshot of it is stored (or the stored one is damaged)";
+            return cannot_replay(partition, start, why.into());
+        }
         return Ok(fresh);
     };
     let end = pipeline.log.high_watermark(Topic::Votes, partition).await?;
-    let unusable = if offset > end {
+    let unusable = if offset < start {
+        format!("the snapshot at offset {offset} is older than the log's start")
+    } else if offset > end {
         format!(
             "the checkpoint at offset {offset} is beyond the end of the votes partition ({end}): \
              was the topic recreated?"
@@ -292,6 +334,7 @@ async fn restore_checkpoint(
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "partition state restored from its checkpoint"
                 );
+                release(pipeline, partition, offset).await;
                 return Ok(counter);
             }
             Ok(counter) => format!(
@@ -301,6 +344,14 @@ async fn restore_checkpoint(
             Err(e) => e.to_string(),
         }
     };
+    if start > schemas::Offset::ZERO {
+        // The snapshot is the only record of what was retired: kept for the operator.
+        return cannot_replay(
+            partition,
+            start,
+            format!("its snapshot is unusable: {unusable}"),
+        );
+    }
     tracing::error!(
         partition = partition.0,
         why = unusable,
@@ -397,7 +448,7 @@ impl PartitionTask<'_> {
     /// on. A failure only costs a longer replay for the next owner: logged, counted, retried later.
     async fn checkpoint(&mut self, now: bool) {
         let (Some(store), Some(interval)) = (
-            &self.pipeline.tally_store,
+            &self.pipeline.checkpoints,
             self.pipeline.config.checkpoint_interval,
         ) else {
             return;
@@ -425,6 +476,7 @@ impl PartitionTask<'_> {
                         "a later checkpoint is stored"
                     );
                 }
+                release(self.pipeline, partition, offset).await;
             }
             Err(e) => {
                 self.pipeline
@@ -434,6 +486,14 @@ impl PartitionTask<'_> {
                 tracing::warn!(partition = partition.0, error = %e, "writing the partition's checkpoint failed; trying again at the next interval");
             }
         }
+    }
+}
+
+/// Tells the log that the partition's records before `offset` are in a stored snapshot (a log with
+/// retention may delete them). A failure only keeps them longer: logged, tried at the next one.
+async fn release(pipeline: &Pipeline, partition: Partition, offset: schemas::Offset) {
+    if let Err(e) = pipeline.log.release(Topic::Votes, partition, offset).await {
+        tracing::warn!(partition = partition.0, error = %e, "retiring the log before the snapshot failed; trying again after the next one");
     }
 }
 

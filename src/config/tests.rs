@@ -188,3 +188,31 @@ fn backends_that_need_another_are_refused_with_the_reason() {
         "{e}"
     );
 }
+
+#[test]
+fn retention_reaches_the_embedded_log_and_is_refused_where_it_cannot_work() {
+    let c = with(|c| {
+        c.log.retire_after_snapshot = true;
+        c.log.segment_mb = 64;
+    });
+    c.validate().unwrap();
+    let LogBackend::Embedded(log) = c.backends().unwrap().log else {
+        panic!("embedded");
+    };
+    assert!(log.retire_released);
+    assert_eq!(log.segment_bytes, 64 << 20);
+    let on_kafka = with(|c| {
+        c.log.retire_after_snapshot = true;
+        c.kafka.brokers = "k:9092".into();
+    });
+    let err = on_kafka.validate().unwrap_err().to_string();
+    assert!(err.contains("retention.ms"), "{err}");
+    let no_snapshots = with(|c| {
+        c.log.retire_after_snapshot = true;
+        c.processor.checkpoint_interval_ms = 0;
+    });
+    let err = no_snapshots.validate().unwrap_err().to_string();
+    assert!(err.contains("checkpoint_interval_ms"), "{err}");
+    let err = with(|c| c.log.segment_mb = 0).validate().unwrap_err();
+    assert!(err.to_string().contains("segment_mb"), "{err}");
+}

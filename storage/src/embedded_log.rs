@@ -1,6 +1,7 @@
-//! The embedded log: one append-only file per topic (`<dir>/<topic>.log`) holding every partition's
-//! records interleaved, with an in-memory index per partition (offset → position in the file, 8
-//! bytes a record: a frame's length is read from its header).
+//! The embedded log: one append-only stream per topic holding every partition's records
+//! interleaved, in segment files of `segment_bytes` (`<dir>/<topic>.log`, then
+//! `<dir>/<topic>.<start>.log`: `embedded_log/segments.rs`), with an in-memory index per partition
+//! (offset → position in the stream, 8 bytes a record: a frame's length is read from its header).
 //!
 //! Frame: `[u32 body length][u32 CRC-32 of body][body: u32 partition, i64 timestamp µs,
 //! u32 key length, key, value]` (little endian). One writer thread ([`crate::group_commit`])
@@ -9,14 +10,18 @@
 //! `fdatasync` per topic, and only then makes the records visible to readers and answers the
 //! callers: group commit, many records per fsync however many partitions they touch. (One file per
 //! partition was measured at 3.5× fewer votes/s on this machine: one fsync per partition per group.)
-//! On open, the file is scanned and cut at the first torn or corrupt frame (a crash mid-write):
+//! On open, the segments are scanned and the last one cut at its first torn or corrupt frame (a
+//! crash mid-write; damage in an earlier segment is refused, since votes follow it):
 //! `embedded_log/topic_file.rs`, with the frame format and each partition's index.
+//!
+//! Retention (`retire_released`): once the consumer of every partition has released the records
+//! before an offset ([`Log::release`]: its state up to there is in a snapshot), the segments wholly
+//! before all of them are deleted, off the writer's thread.
 
 use crate::group_commit::{self, Commit};
 use crate::log::{AppendBatch, Fetched, Log, LogError, Position, Topic};
 use async_trait::async_trait;
 use schemas::{Offset, Partition, Timestamp};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -24,6 +29,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use topic_file::{frame_len, open_topic, PartitionIndex, TopicFile, BODY_FIXED, HEADER};
 
+mod segments;
 mod topic_file;
 
 #[derive(Debug, Clone)]
@@ -37,6 +43,11 @@ pub struct EmbeddedLogConfig {
     pub queue_capacity: usize,
     /// Bytes the writer takes into one group commit at most.
     pub max_group_bytes: usize,
+    /// A topic's segment files hold about this many bytes each (a group commit is never split).
+    pub segment_bytes: u64,
+    /// Delete the segments whose every record its partition's consumer released (kept in its
+    /// snapshot). Off: the log keeps every record (and `recount` can replay it all).
+    pub retire_released: bool,
 }
 
 impl EmbeddedLogConfig {
@@ -48,6 +59,8 @@ impl EmbeddedLogConfig {
             fsync: true,
             queue_capacity: 65_536,
             max_group_bytes: 8 << 20,
+            segment_bytes: 256 << 20,
+            retire_released: false,
         }
     }
 }
@@ -61,6 +74,9 @@ pub struct LogMetrics {
     pub fsyncs: AtomicU64,
     pub appends_expired: AtomicU64,
     pub appends_rejected_full: AtomicU64,
+    /// Segment files deleted by retention, and the bytes they held.
+    pub segments_retired: AtomicU64,
+    pub bytes_retired: AtomicU64,
 }
 
 type Reply = oneshot::Sender<Result<Vec<Position>, LogError>>;
@@ -76,6 +92,9 @@ pub struct EmbeddedLog {
     topics: Arc<Vec<TopicFile>>,
     queue: Option<mpsc::Sender<AppendRequest>>,
     pub metrics: Arc<LogMetrics>,
+    retire_released: bool,
+    /// Set while a retirement runs (a release meanwhile leaves it be).
+    retiring: Arc<std::sync::atomic::AtomicBool>,
 }
 
 #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
@@ -102,6 +121,7 @@ impl EmbeddedLog {
                 .collect(),
             topics: topics.clone(),
             fsync: config.fsync,
+            segment_bytes: config.segment_bytes,
             metrics: metrics.clone(),
         };
         group_commit::spawn("log-writer", writer, rx, config.max_group_bytes)
@@ -110,6 +130,8 @@ impl EmbeddedLog {
             topics,
             queue: Some(tx),
             metrics,
+            retire_released: config.retire_released,
+            retiring: Default::default(),
         })
     }
 
@@ -122,11 +144,23 @@ impl EmbeddedLog {
                 dir.display()
             ))
         })?;
-        let topics = Arc::new(Self::open_topics(dir, &meta, false)?);
+        // A retirement beside us may delete a file between listing and opening: look again.
+        let mut tries = 0;
+        let topics = loop {
+            match Self::open_topics(dir, &meta, false) {
+                Err(_) if tries < 5 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                result => break Arc::new(result?),
+            }
+        };
         Ok(Self {
             topics,
             queue: None,
             metrics: Default::default(),
+            retire_released: false,
+            retiring: Default::default(),
         })
     }
 
@@ -165,7 +199,7 @@ impl EmbeddedLog {
                     Topic::Votes => meta.votes_partitions,
                     Topic::Tallies => meta.tallies_partitions,
                 };
-                open_topic(&dir.join(format!("{}.log", topic.name())), n, writable)
+                open_topic(dir, topic.name(), n, writable)
             })
             .collect()
     }
@@ -194,6 +228,63 @@ fn read_meta(dir: &Path) -> Result<Option<Meta>, LogError> {
     }
 }
 
+/// Deletes the segments of `topic` wholly before what every partition's consumer released.
+fn retire(file: &TopicFile, topic: Topic, metrics: &LogMetrics) -> Result<(), LogError> {
+    // `end` first: every record before it is indexed, every later one lies after it.
+    let end = file.end.load(Ordering::Acquire);
+    let floor = file
+        .partitions
+        .iter()
+        .map(|part| {
+            let released = part.released.load(Ordering::Relaxed);
+            let records = part.records.read();
+            let i = released.saturating_sub(records.first) as usize;
+            records.positions.get(i).copied().unwrap_or(end).min(end)
+        })
+        .min()
+        .unwrap_or(end);
+    let Some(start) = file.segments.retirable(floor) else {
+        return Ok(());
+    };
+    let first_offsets = file
+        .partitions
+        .iter()
+        .map(|part| {
+            let records = part.records.read();
+            records.first + records.positions.partition_point(|&pos| pos < start) as u64
+        })
+        .collect();
+    let before = file.segments.start();
+    let retired = segments::Retired {
+        start,
+        first_offsets,
+    };
+    // The marker first (durable), then the index (a fetch below is refused), then the files.
+    file.segments.write_retired(&retired)?;
+    for (part, &first) in file.partitions.iter().zip(&retired.first_offsets) {
+        let mut records = part.records.write();
+        let n = (first - records.first) as usize;
+        records.positions.drain(..n);
+        records.positions.shrink_to_fit();
+        records.first = first;
+    }
+    let deleted = file.segments.delete_before(start)?;
+    metrics
+        .segments_retired
+        .fetch_add(deleted as u64, Ordering::Relaxed);
+    metrics
+        .bytes_retired
+        .fetch_add(start - before, Ordering::Relaxed);
+    tracing::info!(
+        topic = topic.name(),
+        segments = deleted,
+        bytes = start - before,
+        start,
+        "retired log segments every consumer released"
+    );
+    Ok(())
+}
+
 fn io(e: std::io::Error) -> LogError {
     LogError::io("the log's files", e)
 }
@@ -201,6 +292,7 @@ fn io(e: std::io::Error) -> LogError {
 struct Writer {
     topics: Arc<Vec<TopicFile>>,
     fsync: bool,
+    segment_bytes: u64,
     metrics: Arc<LogMetrics>,
     /// Per topic, the group being written (kept between groups to reuse the buffers).
     pending: Vec<Pending>,
@@ -237,7 +329,7 @@ impl Writer {
         // One index lock per partition per group, not per record.
         for (topic, pend) in self.topics.iter().zip(pending.iter_mut()) {
             for (base, part) in pend.base.iter_mut().zip(&topic.partitions) {
-                *base = part.records.read().len() as u64;
+                *base = part.records.read().end();
             }
         }
         let mut answered: Vec<(Reply, Result<Vec<Position>, LogError>)> =
@@ -293,9 +385,6 @@ impl Writer {
             }
             if written.is_ok() {
                 bytes += pend.buf.len() as u64;
-                topic
-                    .end
-                    .fetch_add(pend.buf.len() as u64, Ordering::Relaxed);
                 // One index lock per touched partition, then wake its readers.
                 for (part, new) in topic.partitions.iter().zip(pend.new.iter_mut()) {
                     if new.is_empty() {
@@ -304,15 +393,19 @@ impl Writer {
                     records += new.len() as u64;
                     let hw = {
                         let mut idx = part.records.write();
-                        idx.extend_from_slice(new);
-                        idx.len() as u64
+                        idx.positions.extend_from_slice(new);
+                        idx.end()
                     };
                     part.high_watermark.send_replace(hw);
                     new.clear();
                 }
+                // After the index: every record before a loaded `end` is indexed (retention).
+                topic
+                    .end
+                    .fetch_add(pend.buf.len() as u64, Ordering::Release);
             } else {
                 // Undo a partial write so the file ends at the last acknowledged record.
-                let _ = topic.file.set_len(topic.end.load(Ordering::Relaxed));
+                let _ = topic.segments.truncate(topic.end.load(Ordering::Relaxed));
                 pend.new.iter_mut().for_each(Vec::clear);
             }
             pend.buf.clear();
@@ -338,12 +431,11 @@ impl Writer {
             if pend.buf.is_empty() {
                 continue;
             }
-            topic
-                .file
-                .write_all_at(&pend.buf, topic.end.load(Ordering::Relaxed))
+            let end = topic.end.load(Ordering::Relaxed);
+            (topic.segments)
+                .append(&pend.buf, end, self.segment_bytes, self.fsync)
                 .map_err(io)?;
             if self.fsync {
-                topic.file.sync_data().map_err(io)?;
                 self.metrics.fsyncs.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -425,7 +517,16 @@ impl Log for EmbeddedLog {
         // candidate's header, then to that frame's end; a frame past the limit is dropped again.
         let (frames, limit) = {
             let idx = part.records.read();
-            let wanted = &idx[offset_count as usize..hw as usize];
+            if offset_count < idx.first {
+                return Err(LogError::Retired {
+                    topic: topic.name(),
+                    partition,
+                    offset,
+                    first: Offset::from_count(idx.first),
+                });
+            }
+            let wanted =
+                &idx.positions[(offset_count - idx.first) as usize..(hw - idx.first) as usize];
             let limit = wanted[0] + max_bytes.max(1) as u64;
             let smallest = (HEADER + BODY_FIXED) as u64;
             let n = wanted
@@ -437,7 +538,19 @@ impl Log for EmbeddedLog {
         let start = frames[0];
         let last = (frames[frames.len() - 1] - start) as usize;
         let mut data = vec![0u8; last + HEADER];
-        file.file.read_exact_at(&mut data, start).map_err(io)?;
+        let retired = |e: std::io::Error| match e.kind() {
+            // Retired between the index read and this one.
+            std::io::ErrorKind::NotFound => LogError::Retired {
+                topic: topic.name(),
+                partition,
+                offset,
+                first: Offset::from_count(part.records.read().first),
+            },
+            _ => io(e),
+        };
+        file.segments
+            .read_exact_at(&mut data, start)
+            .map_err(retired)?;
         let last_end = last + frame_len(&data[last..]);
         if frames.len() > 1 && start + last_end as u64 > limit {
             // Only the last candidate can end past the limit (each earlier one ends before the
@@ -446,9 +559,9 @@ impl Log for EmbeddedLog {
             data.truncate(last);
         } else {
             data.resize(last_end, 0);
-            (file.file)
+            (file.segments)
                 .read_exact_at(&mut data[last + HEADER..], start + (last + HEADER) as u64)
-                .map_err(io)?;
+                .map_err(retired)?;
         }
         let mut records = Vec::with_capacity(frames.len());
         for &pos in &frames {
@@ -482,240 +595,47 @@ impl Log for EmbeddedLog {
         let records = *self.partition(topic, partition)?.1.high_watermark.borrow();
         Ok(Offset::from_count(records))
     }
+
+    async fn log_start(&self, topic: Topic, partition: Partition) -> Result<Offset, LogError> {
+        let first = self.partition(topic, partition)?.1.records.read().first;
+        Ok(Offset::from_count(first))
+    }
+
+    async fn release(
+        &self,
+        topic: Topic,
+        partition: Partition,
+        below: Offset,
+    ) -> Result<(), LogError> {
+        let part = self.partition(topic, partition)?.1;
+        part.released.fetch_max(below.count(), Ordering::Relaxed);
+        if !self.retire_released {
+            return Ok(());
+        }
+        if self.retiring.swap(true, Ordering::Acquire) {
+            return Ok(()); // a retirement is running; the next release looks again
+        }
+        let (topics, metrics, retiring) = (
+            self.topics.clone(),
+            self.metrics.clone(),
+            self.retiring.clone(),
+        );
+        let work = move || {
+            // Cleared however this ends (a panic too), so retention never stops for good.
+            struct Done(Arc<std::sync::atomic::AtomicBool>);
+            impl Drop for Done {
+                fn drop(&mut self) {
+                    self.0.store(false, Ordering::Release);
+                }
+            }
+            let _done = Done(retiring);
+            retire(&topics[topic.index()], topic, &metrics)
+        };
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| LogError::io("retiring segments", e.to_string()))?
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::fs::OpenOptions;
-
-    fn config(dir: &Path) -> EmbeddedLogConfig {
-        EmbeddedLogConfig {
-            votes_partitions: 3,
-            ..EmbeddedLogConfig::new(dir)
-        }
-    }
-
-    fn far() -> Instant {
-        Instant::now() + Duration::from_secs(10)
-    }
-
-    async fn read_all(log: &EmbeddedLog, p: i32) -> Vec<(i64, Vec<u8>, Vec<u8>)> {
-        let mut out = Vec::new();
-        let mut next = Offset::ZERO;
-        loop {
-            let f = log
-                .fetch(Topic::Votes, Partition(p), next, 100, Duration::ZERO)
-                .await
-                .unwrap();
-            if f.is_empty() {
-                return out;
-            }
-            out.extend(f.iter().map(|(o, _, k, v)| (o.0, k.to_vec(), v.to_vec())));
-            next = f.next_offset();
-        }
-    }
-
-    #[tokio::test]
-    async fn appends_get_dense_offsets_per_partition_and_survive_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let log = EmbeddedLog::open(config(dir.path())).unwrap();
-            let mut b = AppendBatch::default();
-            for i in 0..10u8 {
-                b.push(
-                    Partition((i % 3) as i32),
-                    Timestamp(i as i64),
-                    &[i],
-                    &[i, i],
-                );
-            }
-            let pos = log.append(Topic::Votes, b, far()).await.unwrap();
-            assert_eq!(
-                pos[0],
-                Position {
-                    partition: Partition(0),
-                    offset: Offset(0)
-                }
-            );
-            assert_eq!(
-                pos[3],
-                Position {
-                    partition: Partition(0),
-                    offset: Offset(1)
-                }
-            );
-            assert_eq!(
-                pos[9],
-                Position {
-                    partition: Partition(0),
-                    offset: Offset(3)
-                }
-            );
-            assert_eq!(
-                log.high_watermark(Topic::Votes, Partition(1))
-                    .await
-                    .unwrap(),
-                Offset(3)
-            );
-        }
-        let log = EmbeddedLog::open(config(dir.path())).unwrap();
-        let p0 = read_all(&log, 0).await;
-        assert_eq!(
-            p0.iter().map(|r| r.1[0]).collect::<Vec<_>>(),
-            vec![0, 3, 6, 9]
-        );
-        assert_eq!(p0[2], (2, vec![6], vec![6, 6]));
-        let mut b = AppendBatch::default();
-        b.push(Partition(0), Timestamp(0), b"k", b"v");
-        assert_eq!(
-            log.append(Topic::Votes, b, far()).await.unwrap()[0].offset,
-            Offset(4)
-        );
-    }
-
-    #[tokio::test]
-    async fn a_torn_tail_is_cut_and_earlier_records_stay() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let log = EmbeddedLog::open(config(dir.path())).unwrap();
-            for i in 0..5u8 {
-                let mut b = AppendBatch::default();
-                b.push(Partition(1), Timestamp(0), b"key", &[i; 20]);
-                log.append(Topic::Votes, b, far()).await.unwrap();
-            }
-        }
-        let path = dir.path().join("votes.log");
-        let len = std::fs::metadata(&path).unwrap().len();
-        // A crash mid-write: the last record is half there.
-        OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .set_len(len - 7)
-            .unwrap();
-        let log = EmbeddedLog::open(config(dir.path())).unwrap();
-        assert_eq!(read_all(&log, 1).await.len(), 4);
-        // A flipped bit in the (now) last record: cut there too.
-        drop(log);
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .unwrap();
-        let l = f.metadata().unwrap().len();
-        f.write_all_at(&[0xAA], l - 3).unwrap();
-        let log = EmbeddedLog::open(config(dir.path())).unwrap();
-        assert_eq!(read_all(&log, 1).await.len(), 3);
-        let mut b = AppendBatch::default();
-        b.push(Partition(1), Timestamp(0), b"key", b"after");
-        assert_eq!(
-            log.append(Topic::Votes, b, far()).await.unwrap()[0].offset,
-            Offset(3)
-        );
-    }
-
-    #[tokio::test]
-    async fn an_expired_append_is_refused_and_not_written() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = EmbeddedLog::open(config(dir.path())).unwrap();
-        let mut b = AppendBatch::default();
-        b.push(Partition(0), Timestamp(0), b"k", b"v");
-        let err = log
-            .append(Topic::Votes, b, Instant::now() - Duration::from_millis(1))
-            .await
-            .unwrap_err();
-        assert_eq!(err, LogError::Timeout);
-        assert_eq!(
-            log.high_watermark(Topic::Votes, Partition(0))
-                .await
-                .unwrap(),
-            Offset(0)
-        );
-    }
-
-    #[tokio::test]
-    async fn fetch_waits_for_new_records() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = Arc::new(EmbeddedLog::open(config(dir.path())).unwrap());
-        let reader = {
-            let log = log.clone();
-            tokio::spawn(async move {
-                log.fetch(
-                    Topic::Votes,
-                    Partition(2),
-                    Offset::ZERO,
-                    1 << 20,
-                    Duration::from_secs(5),
-                )
-                .await
-            })
-        };
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let mut b = AppendBatch::default();
-        b.push(Partition(2), Timestamp(7), b"k", b"hello");
-        log.append(Topic::Votes, b, far()).await.unwrap();
-        let f = reader.await.unwrap().unwrap();
-        let recs: Vec<_> = f.iter().collect();
-        assert_eq!(
-            recs,
-            vec![(Offset(0), Timestamp(7), &b"k"[..], &b"hello"[..])]
-        );
-    }
-
-    proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
-        /// Fetches of any size read every partition's records back whole and in order, each
-        /// fetch at least one record and past `max_bytes` only when one record is larger.
-        #[test]
-        fn fetches_of_any_size_return_every_record_whole(
-            records in proptest::collection::vec((0i32..3, 0usize..300), 1..60),
-            max_bytes in 1usize..700,
-        ) {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async {
-                let dir = tempfile::tempdir().unwrap();
-                let log = EmbeddedLog::open(config(dir.path())).unwrap();
-                let mut b = AppendBatch::default();
-                let mut expected = vec![Vec::new(); 3];
-                for (i, &(p, len)) in records.iter().enumerate() {
-                    let value = vec![i as u8; len];
-                    b.push(Partition(p), Timestamp(i as i64), format!("k{i}").as_bytes(), &value);
-                    expected[p as usize].push((format!("k{i}").into_bytes(), value));
-                }
-                log.append(Topic::Votes, b, far()).await.unwrap();
-                for (p, expected) in expected.iter().enumerate() {
-                    let mut got = Vec::new();
-                    let mut next = Offset::ZERO;
-                    loop {
-                        let f = log
-                            .fetch(Topic::Votes, Partition(p as i32), next, max_bytes, Duration::ZERO)
-                            .await
-                            .unwrap();
-                        if f.is_empty() {
-                            break;
-                        }
-                        let n = f.iter().count();
-                        assert!(n == 1 || f.data.len() <= max_bytes, "{} bytes over {n} records", f.data.len());
-                        got.extend(f.iter().map(|(_, _, k, v)| (k.to_vec(), v.to_vec())));
-                        next = f.next_offset();
-                    }
-                    assert_eq!(&got, expected, "partition {p}");
-                }
-            });
-        }
-    }
-
-    #[test]
-    fn changing_the_partition_count_is_refused_with_the_reason() {
-        let dir = tempfile::tempdir().unwrap();
-        drop(EmbeddedLog::open(config(dir.path())).unwrap());
-        let err = EmbeddedLog::open(EmbeddedLogConfig {
-            votes_partitions: 4,
-            ..config(dir.path())
-        })
-        .err()
-        .unwrap();
-        assert!(err.to_string().contains("cannot change"), "{err}");
-    }
-}
+mod tests;

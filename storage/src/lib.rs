@@ -1,8 +1,11 @@
 //! CrowdTick's durable parts, each behind a small trait so the pipeline never knows where it runs.
 //!
 //! - [`log`]: the [`Log`] trait — topics, partitions, offsets, consumer-held positions (Kafka's model).
-//! - [`embedded_log`]: [`EmbeddedLog`], a file per topic (its partitions interleaved; an in-memory index of 8 bytes a record), group commit (many records per fsync),
-//!   CRC-framed records, torn tails cut on open. What `crowdtick serve` runs on by default.
+//! - [`embedded_log`]: [`EmbeddedLog`], a stream per topic in segment files (its partitions
+//!   interleaved; an in-memory index of 8 bytes a record), group commit (many records per fsync),
+//!   CRC-framed records, torn tails cut on open, segments every consumer released retired (an
+//!   opt-in retention). What `crowdtick serve` runs on by default.
+//! - [`checkpoint_files`]: [`CheckpointFiles`], the embedded mode's per-partition snapshots.
 //! - [`group_commit`]: the writer thread behind the embedded log and the old API's files: every
 //!   request waiting at that moment written together, one fsync for them all.
 //! - [`kafka`]: [`KafkaLog`], the log on Kafka for the distributed mode (rdkafka, idempotent
@@ -24,12 +27,15 @@
 //!   `[postgres]`, `[redis]`, `[schema_registry]`, `[scylla]`, `[polls]`), as written.
 //! - [`shutdown`]: the [`Shutdown`] signal every background task of a node stops on.
 //! - [`tally_store`]: [`TallyStore`], the latest partial tally per (poll, partition) with its offset;
-//!   a partial older than the stored one is never written ([`MemoryTallyStore`] in memory).
+//!   a partial older than the stored one is never written ([`MemoryTallyStore`] in memory); and
+//!   [`CheckpointStore`], where each votes partition's snapshot is kept (every tally store, or
+//!   [`CheckpointFiles`]).
 //! - [`scylla`]: [`ScyllaTallyStore`], partials, windows and checkpoints on ScyllaDB (writes
 //!   `USING TIMESTAMP` of the offset they reflect: last-write-wins keeps the newest).
 //! - [`postgres`]: the distributed mode's PostgreSQL side: [`postgres::connect`], [`postgres::migrate`],
 //!   [`PgPollStore`] and [`PgTallyStore`].
 
+pub mod checkpoint_files;
 pub mod edge_stats;
 pub mod embedded_log;
 pub mod group_commit;
@@ -48,6 +54,7 @@ pub mod tally_store;
 #[cfg(any(test, feature = "test-broker"))]
 pub mod test_broker;
 
+pub use checkpoint_files::CheckpointFiles;
 pub use edge_stats::{EdgeCounts, EdgeReason, EdgeRejections};
 pub use embedded_log::{EmbeddedLog, EmbeddedLogConfig};
 pub use kafka::{GroupConfig, GroupEvent, GroupMember, KafkaConfig, KafkaLog};
@@ -58,4 +65,4 @@ pub use redis_cache::{Notice, RedisCache};
 pub use registry_log::{RegistryConfig, RegistryLog, RegistryMetrics};
 pub use scylla::{ScyllaConfig, ScyllaTallyStore};
 pub use shutdown::{Shutdown, ShutdownTrigger};
-pub use tally_store::{MemoryTallyStore, TallyStore, TallyStoreError};
+pub use tally_store::{CheckpointStore, MemoryTallyStore, TallyStore, TallyStoreError};

@@ -60,6 +60,18 @@ pub enum LogError {
     NoSuchPartition(Partition),
     #[error("the log is shut down")]
     Closed,
+    /// The records before `first` were deleted by retention (their consumer's state up to there
+    /// is in a snapshot).
+    #[error(
+        "offset {offset} of {topic} partition {partition} was retired: the log starts at {first} \
+         there (log.retire_after_snapshot deletes what every snapshot holds)"
+    )]
+    Retired {
+        topic: &'static str,
+        partition: Partition,
+        offset: Offset,
+        first: Offset,
+    },
     #[error("log configuration: {0}")]
     Config(String),
 }
@@ -85,6 +97,7 @@ impl PartialEq for LogError {
             (Timeout, Timeout) | (Overloaded, Overloaded) | (Closed, Closed) => true,
             (NoSuchPartition(a), NoSuchPartition(b)) => a == b,
             (Config(a), Config(b)) => a == b,
+            (Retired { .. }, Retired { .. }) => self.to_string() == other.to_string(),
             (Io { .. }, Io { .. }) => self.to_string() == other.to_string(),
             _ => false,
         }
@@ -277,6 +290,25 @@ pub trait Log: Send + Sync + 'static {
 
     /// The next offset to be written in a partition.
     async fn high_watermark(&self, topic: Topic, partition: Partition) -> Result<Offset, LogError>;
+
+    /// The offset of the first record a partition still holds (above 0 once retention deleted
+    /// some: a replay from the start is then impossible).
+    async fn log_start(&self, _topic: Topic, _partition: Partition) -> Result<Offset, LogError> {
+        Ok(Offset::ZERO)
+    }
+
+    /// Tells the log that the consumer of a partition needs no record before `below` any more
+    /// (its state up to there is in a snapshot). A log with retention may delete what every
+    /// partition released (the embedded log with `retire_released`); Kafka keeps its own
+    /// retention, and the default does nothing.
+    async fn release(
+        &self,
+        _topic: Topic,
+        _partition: Partition,
+        _below: Offset,
+    ) -> Result<(), LogError> {
+        Ok(())
+    }
 
     /// Whether the log answers at all, as cheaply as it can tell (readiness). The embedded log
     /// is in this process: always.

@@ -87,6 +87,16 @@ impl Collector for LogMetrics {
                     "Append requests refused because the queue was full.",
                     &self.appends_rejected_full,
                 ),
+                (
+                    "crowdtick_log_segments_retired",
+                    "Segment files deleted by retention (log.retire_after_snapshot).",
+                    &self.segments_retired,
+                ),
+                (
+                    "crowdtick_log_bytes_retired",
+                    "Bytes of the segment files deleted by retention.",
+                    &self.bytes_retired,
+                ),
             ],
         )
     }

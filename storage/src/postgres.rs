@@ -13,7 +13,7 @@
 //! schemas can share one database (the tests run side by side that way).
 
 use crate::polls::{PollStore, StoreError};
-use crate::tally_store::{Batch, TallyStore, TallyStoreError};
+use crate::tally_store::{Batch, CheckpointStore, TallyStore, TallyStoreError};
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
 use schemas::{
@@ -486,7 +486,10 @@ impl TallyStore for PgTallyStore {
     ) -> Result<Vec<PartialTally>, TallyStoreError> {
         self.load(Some(partition), None).await
     }
+}
 
+#[async_trait]
+impl CheckpointStore for PgTallyStore {
     async fn put_checkpoint(
         &self,
         partition: Partition,

@@ -344,6 +344,19 @@ impl Log for RegistryLog {
         self.inner.high_watermark(topic, partition).await
     }
 
+    async fn log_start(&self, topic: Topic, partition: Partition) -> Result<Offset, LogError> {
+        self.inner.log_start(topic, partition).await
+    }
+
+    async fn release(
+        &self,
+        topic: Topic,
+        partition: Partition,
+        below: Offset,
+    ) -> Result<(), LogError> {
+        self.inner.release(topic, partition, below).await
+    }
+
     async fn ping(&self) -> Result<(), LogError> {
         self.inner.ping().await
     }

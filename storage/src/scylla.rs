@@ -15,8 +15,8 @@
 //! - **Reads**: one poll is one partition of `partials` and of `windows`; a votes partition's polls
 //!   come from `partition_polls`; everything is a paged scan (start-up only).
 
-use crate::tally_store::TallyStore;
 use crate::tally_store::TallyStoreError;
+use crate::tally_store::{CheckpointStore, TallyStore};
 use async_trait::async_trait;
 use futures::{StreamExt, TryStreamExt};
 use schemas::{cql, Offset, PartialTally, Partition, PollId, Timestamp};
@@ -363,7 +363,10 @@ impl TallyStore for ScyllaTallyStore {
         self.load((&s.poll_partials, key.clone()), (&s.poll_windows, key))
             .await
     }
+}
 
+#[async_trait]
+impl CheckpointStore for ScyllaTallyStore {
     async fn put_checkpoint(
         &self,
         partition: Partition,

@@ -137,6 +137,14 @@ pub struct LogSection {
     pub fsync: bool,
     /// Append requests that may wait for the log writer before votes get 503.
     pub queue_capacity: usize,
+    /// Each topic's segment files hold about this many MiB.
+    pub segment_mb: u64,
+    /// Delete the votes log's segments that every partition's snapshot already holds (the
+    /// processor snapshots every `processor.checkpoint_interval_ms`). The votes log stays bounded
+    /// on a long run (the tallies topic is kept); `recount` audits only a log kept whole and
+    /// refuses otherwise, and the snapshots become the only copy of what was deleted, so it is off
+    /// by default.
+    pub retire_after_snapshot: bool,
 }
 
 impl Default for LogSection {
@@ -145,6 +153,8 @@ impl Default for LogSection {
             partitions: 8,
             fsync: true,
             queue_capacity: 65_536,
+            segment_mb: 256,
+            retire_after_snapshot: false,
         }
     }
 }
@@ -163,8 +173,9 @@ impl Default for KafkaSection {
 impl LogSection {
     /// Why these settings cannot run, if they cannot.
     pub fn check(&self) -> Result<(), String> {
-        match self.partitions {
-            1..=1024 => Ok(()),
+        match (self.partitions, self.segment_mb) {
+            (1..=1024, 1..=65_536) => Ok(()),
+            (1..=1024, _) => Err("log.segment_mb must be 1 to 65536".into()),
             _ => Err("log.partitions must be 1 to 1024".into()),
         }
     }

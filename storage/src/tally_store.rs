@@ -60,24 +60,11 @@ impl From<StoreError> for TallyStoreError {
     }
 }
 
+/// Where the processors keep each votes partition's snapshot (its counting state after reading
+/// every record before an offset): every [`TallyStore`], and the embedded mode's
+/// [`crate::CheckpointFiles`].
 #[async_trait]
-pub trait TallyStore: Send + Sync + 'static {
-    /// Writes the partials that are newer than the stored ones (see the module docs) and the windows
-    /// that are newer than their stored ones; durable when it returns. Returns how many partials
-    /// were written (two of one (poll, partition) in one batch count once at most); a store that
-    /// lets last-write-wins decide (ScyllaDB) cannot tell, and returns how many it sent.
-    ///
-    /// A store may keep a higher `complete_until` than the newest partial's own: the highest claim
-    /// of a partial at or below its offset (ScyllaDB). Such a claim is true of the newest partial
-    /// too: every vote accepted by then is in the log before that offset.
-    async fn put(&self, partials: &[PartialTally]) -> Result<usize, TallyStoreError>;
-    /// The latest partial of every (poll, partition), with all its stored windows.
-    async fn load_all(&self) -> Result<Vec<PartialTally>, TallyStoreError>;
-    /// The latest partial of every poll in one partition, with all its stored windows.
-    async fn load_partition(
-        &self,
-        partition: Partition,
-    ) -> Result<Vec<PartialTally>, TallyStoreError>;
+pub trait CheckpointStore: Send + Sync + 'static {
     /// Stores a processor's checkpoint of one votes partition (its state after reading every record
     /// before `next_offset`), unless a checkpoint at a higher offset is stored. Returns whether it
     /// was written.
@@ -94,6 +81,26 @@ pub trait TallyStore: Send + Sync + 'static {
     ) -> Result<Option<(Offset, Vec<u8>)>, TallyStoreError>;
     /// Deletes the checkpoint of one votes partition (one that cannot be used).
     async fn clear_checkpoint(&self, partition: Partition) -> Result<(), TallyStoreError>;
+}
+
+#[async_trait]
+pub trait TallyStore: CheckpointStore {
+    /// Writes the partials that are newer than the stored ones (see the module docs) and the windows
+    /// that are newer than their stored ones; durable when it returns. Returns how many partials
+    /// were written (two of one (poll, partition) in one batch count once at most); a store that
+    /// lets last-write-wins decide (ScyllaDB) cannot tell, and returns how many it sent.
+    ///
+    /// A store may keep a higher `complete_until` than the newest partial's own: the highest claim
+    /// of a partial at or below its offset (ScyllaDB). Such a claim is true of the newest partial
+    /// too: every vote accepted by then is in the log before that offset.
+    async fn put(&self, partials: &[PartialTally]) -> Result<usize, TallyStoreError>;
+    /// The latest partial of every (poll, partition), with all its stored windows.
+    async fn load_all(&self) -> Result<Vec<PartialTally>, TallyStoreError>;
+    /// The latest partial of every poll in one partition, with all its stored windows.
+    async fn load_partition(
+        &self,
+        partition: Partition,
+    ) -> Result<Vec<PartialTally>, TallyStoreError>;
     /// The latest partial of one poll in every partition, with all its stored windows.
     async fn load_poll(&self, poll_id: PollId) -> Result<Vec<PartialTally>, TallyStoreError> {
         let mut all = self.load_all().await?;
@@ -218,7 +225,10 @@ impl TallyStore for MemoryTallyStore {
     ) -> Result<Vec<PartialTally>, TallyStoreError> {
         Ok(self.load(Some(partition)))
     }
+}
 
+#[async_trait]
+impl CheckpointStore for MemoryTallyStore {
     async fn put_checkpoint(
         &self,
         partition: Partition,
@@ -416,7 +426,7 @@ pub(crate) mod tests {
     }
 
     /// What every [`TallyStore`] does with checkpoints; `store` holds none below offset 1000.
-    pub(crate) async fn checkpoint_contract(store: &dyn TallyStore) {
+    pub(crate) async fn checkpoint_contract(store: &dyn CheckpointStore) {
         assert_eq!(store.load_checkpoint(Partition(1000)).await.unwrap(), None);
         assert!(store
             .put_checkpoint(Partition(1000), Offset(10), b"ten")

@@ -1,7 +1,9 @@
 //! Exactly once through kill -9: the server binary is killed with SIGKILL several times while votes
 //! pour in (20% duplicates, 5% retries with the same vote_id), restarted on the same data directory,
 //! and at the end every poll's published counts equal those computed from the acknowledged votes,
-//! and `crowdtick recount` agrees. (The full-size variant is scripts/crash-test.sh.)
+//! and `crowdtick recount` agrees. (The full-size variant is scripts/crash-test.sh.) Again with
+//! retention: snapshots every 200 ms, the votes log in 1 MiB segments, those every snapshot holds
+//! deleted; each restart restores the snapshots and reads only the log after them.
 
 use crate::helpers::{free_port, wait_healthy};
 use rand::{Rng, SeedableRng};
@@ -78,7 +80,14 @@ fn expected(subs: &[Submission]) -> HashMap<i64, Vec<i64>> {
     counts
 }
 
-fn start_server(data: &Path, port: u16) -> Child {
+/// Retention's settings (the second run).
+const RETENTION: &[(&str, &str)] = &[
+    ("CROWDTICK_LOG__RETIRE_AFTER_SNAPSHOT", "true"),
+    ("CROWDTICK_LOG__SEGMENT_MB", "1"),
+    ("CROWDTICK_PROCESSOR__CHECKPOINT_INTERVAL_MS", "200"),
+];
+
+fn start_server(data: &Path, port: u16, env: &[(&str, &str)]) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -95,6 +104,7 @@ fn start_server(data: &Path, port: u16) -> Child {
         ])
         .env("CROWDTICK_PROCESSOR__FLUSH_INTERVAL_MS", "20")
         .env("CROWDTICK_INGEST__DEADLINE_MS", "1000")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
@@ -103,6 +113,75 @@ fn start_server(data: &Path, port: u16) -> Child {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_load_loses_no_acknowledged_vote_and_counts_none_twice() {
+    let (data, recount, _dir) = kill_9_mid_load(&[]).await;
+    assert!(
+        recount.status.success(),
+        "recount disagreed:\n{}",
+        show(&recount)
+    );
+    assert!(
+        show(&recount).contains("recount agrees"),
+        "{}",
+        show(&recount)
+    );
+    eprintln!("{}", show(&recount));
+    // Without retention the log is kept whole.
+    assert!(data.join("log/votes.log").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_with_retention_restores_snapshots_and_counts_exactly_once() {
+    let (data, recount, _dir) = kill_9_mid_load(RETENTION).await;
+    let server_log = std::fs::read_to_string(data.with_extension("server.log")).unwrap();
+    assert!(
+        server_log.contains("partition state restored from its checkpoint"),
+        "no restart restored a snapshot:\n{server_log}"
+    );
+    assert!(
+        server_log.contains("retired log segments every consumer released"),
+        "no segment was retired:\n{server_log}"
+    );
+    assert!(
+        !data.join("log/votes.log").exists(),
+        "the first segment is still there"
+    );
+    // The audit needs the whole log, and says why it cannot run.
+    assert!(!recount.status.success(), "{}", show(&recount));
+    assert!(show(&recount).contains("was retired"), "{}", show(&recount));
+
+    // Without the snapshots the retired part cannot be rebuilt: the node says so and never turns
+    // ready, and nothing is cleared or replayed.
+    std::fs::rename(data.join("log/snapshots"), data.join("snapshots.moved")).unwrap();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut server = start_server(&data, port, RETENTION);
+    let client = reqwest::Client::new();
+    wait_healthy(&client, &base).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ready = client.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status().as_u16(), 503);
+    server.kill().unwrap();
+    let _ = server.wait();
+    let server_log = std::fs::read_to_string(data.with_extension("server.log")).unwrap();
+    assert!(
+        server_log.contains("cannot be rebuilt: the log before offset"),
+        "{server_log}"
+    );
+}
+
+fn show(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The load with three kill -9s; every poll's counts checked. Returns the data directory, what
+/// `crowdtick recount` said beside the running server, and the directory's guard.
+async fn kill_9_mid_load(
+    env: &[(&str, &str)],
+) -> (std::path::PathBuf, std::process::Output, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let port = free_port();
@@ -112,7 +191,7 @@ async fn kill_9_mid_load_loses_no_acknowledged_vote_and_counts_none_twice() {
         .pool_max_idle_per_host(LANES)
         .build()
         .unwrap();
-    let mut server = start_server(&data, port);
+    let mut server = start_server(&data, port, env);
     wait_healthy(&client, &base).await;
 
     let mut first_poll = 0;
@@ -176,7 +255,7 @@ async fn kill_9_mid_load_loses_no_acknowledged_vote_and_counts_none_twice() {
         server.kill().unwrap(); // SIGKILL
         server.wait().unwrap();
         kills += 1;
-        server = start_server(&data, port);
+        server = start_server(&data, port, env);
         wait_healthy(&client, &base).await;
     }
     for t in tasks {
@@ -217,19 +296,12 @@ async fn kill_9_mid_load_loses_no_acknowledged_vote_and_counts_none_twice() {
         }
     }
     // The audit, beside the running server.
-    let out = Command::new(env!("CARGO_BIN_EXE_crowdtick"))
+    let recount = Command::new(env!("CARGO_BIN_EXE_crowdtick"))
         .args(["recount", "--data-dir"])
         .arg(&data)
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "recount disagreed:\n{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(text.contains("recount agrees"), "{text}");
-    eprintln!("{text}");
     server.kill().unwrap();
     let _ = server.wait();
+    (data, recount, dir)
 }

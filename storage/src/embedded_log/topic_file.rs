@@ -1,8 +1,10 @@
-//! One topic's file: its frame format, the in-memory index of each partition (offset →
-//! position, 8 bytes a record), and opening it (a scan that rebuilds the index and cuts a torn or
-//! corrupt tail). Appending is the writer's (`embedded_log.rs`), reading is `fetch`'s.
+//! One topic's frames: the frame format, the in-memory index of each partition (offset →
+//! position, 8 bytes a record), and opening a topic (a scan of its segment files that rebuilds the
+//! index and cuts a torn or corrupt tail). Appending is the writer's (`embedded_log.rs`), reading
+//! is `fetch`'s, the files are `segments.rs`'.
 
 use super::io;
+use super::segments::{Retired, Segment, Segments};
 use crate::log::LogError;
 use parking_lot::RwLock;
 use std::fs::{File, OpenOptions};
@@ -16,16 +18,33 @@ pub(super) const HEADER: usize = 8;
 /// A body's fixed part: `[u32 partition][i64 timestamp µs][u32 key length]`.
 pub(super) const BODY_FIXED: usize = 16;
 
-/// Where each record of one partition sits in its topic's file.
+/// The records of one partition that the topic still holds.
+pub(super) struct Records {
+    /// The offset of `positions[0]` (records before it were retired).
+    pub(super) first: u64,
+    /// The topic position of every record held, by offset (its length is in its frame's header).
+    pub(super) positions: Vec<u64>,
+}
+
+impl Records {
+    /// The offset after the last record.
+    pub(super) fn end(&self) -> u64 {
+        self.first + self.positions.len() as u64
+    }
+}
+
+/// Where each record of one partition sits in its topic.
 pub(super) struct PartitionIndex {
-    /// The position of every record, by offset (its length is in its frame's header).
-    pub(super) records: RwLock<Vec<u64>>,
+    pub(super) records: RwLock<Records>,
     pub(super) high_watermark: watch::Sender<u64>,
+    /// What the partition's consumer released: it needs no record before this offset.
+    pub(super) released: AtomicU64,
 }
 
 pub(super) struct TopicFile {
-    pub(super) file: File,
-    /// End of the last durable frame (the writer appends here).
+    pub(super) segments: Segments,
+    /// End of the last durable frame (the writer appends here). Stored after the new records are
+    /// in the index, so every record before a loaded `end` is indexed.
     pub(super) end: AtomicU64,
     pub(super) partitions: Vec<PartitionIndex>,
 }
@@ -35,32 +54,120 @@ pub(super) fn frame_len(frame: &[u8]) -> usize {
     HEADER + u32::from_le_bytes(frame[0..4].try_into().unwrap()) as usize
 }
 
-/// Scans a topic file, building each partition's index and cutting a torn or corrupt tail.
+/// Opens a topic's segments, building each partition's index and cutting a torn or corrupt tail
+/// of the last one; damage in an earlier one is refused (votes follow it). Segments a retirement
+/// left behind are deleted (when writable).
 pub(super) fn open_topic(
-    path: &Path,
+    dir: &Path,
+    topic: &'static str,
     partitions: u32,
     writable: bool,
 ) -> Result<TopicFile, LogError> {
-    let file = if writable {
+    let retired = Segments::read_retired(dir, topic)?.unwrap_or_else(|| Retired {
+        start: 0,
+        first_offsets: vec![0; partitions as usize],
+    });
+    if retired.first_offsets.len() != partitions as usize {
+        return Err(LogError::Config(format!(
+            "{}: {} partitions, but the log has {partitions}",
+            Segments::retired_path(dir, topic).display(),
+            retired.first_offsets.len()
+        )));
+    }
+    let mut files = Segments::list_files(dir, topic)?;
+    // Check before deleting anything: the file the marker names must be there.
+    let kept = files.iter().position(|(start, _)| *start >= retired.start);
+    if kept.is_some_and(|i| files[i].0 != retired.start) {
+        return Err(LogError::Config(format!(
+            "the {topic} log starts at position {} ({}), but no segment file begins there",
+            retired.start,
+            Segments::retired_path(dir, topic).display()
+        )));
+    }
+    // Left by a crash during a retirement (the marker was written, not every file deleted).
+    for (_, path) in files.iter().filter(|(start, _)| *start < retired.start) {
+        if writable {
+            std::fs::remove_file(path).map_err(io)?;
+        }
+    }
+    files.retain(|(start, _)| *start >= retired.start);
+    let mut index: Vec<Vec<u64>> = vec![Vec::new(); partitions as usize];
+    let mut list = Vec::with_capacity(files.len());
+    let mut pos = retired.start;
+    let nexts: Vec<Option<u64>> = files
+        .iter()
+        .skip(1)
+        .map(|f| Some(f.0))
+        .chain([None])
+        .collect();
+    for ((start, path), next) in files.into_iter().zip(nexts) {
+        let file = open_file(&path, writable)?;
+        let len = file.metadata().map_err(io)?.len();
+        // A segment's share of the stream ends where the next one starts (names are the truth).
+        let share = next.map_or(len, |next| next - start);
+        let valid = scan(&file, start, share.min(len), &mut index)?;
+        if valid < share && next.is_some() {
+            // Whole frames end short of the next segment: the damage is not a crash's torn tail
+            // (the writer only starts a segment at a durable end), and votes follow it.
+            return Err(LogError::Config(format!(
+                "{} is damaged at byte {valid} of {share} (a record fails its check) and later \
+                 segments follow it: cutting the log there would lose acknowledged votes. Restore \
+                 the file from a backup, or move it and every later {topic} segment away to cut \
+                 the log at that point",
+                path.display()
+            )));
+        }
+        if valid < len {
+            // The torn tail of the last segment, or bytes of a failed group past a segment's share.
+            cut(&path, &file, valid, len, writable)?;
+        }
+        pos = start + valid;
+        list.push(Segment { start, file });
+    }
+    if list.is_empty() && writable {
+        let path = Segments::path(dir, topic, retired.start);
+        list.push(Segment {
+            start: retired.start,
+            file: open_file(&path, true)?,
+        });
+    }
+    let partitions = index
+        .into_iter()
+        .zip(&retired.first_offsets)
+        .map(|(positions, &first)| {
+            let records = Records { first, positions };
+            PartitionIndex {
+                high_watermark: watch::channel(records.end()).0,
+                released: AtomicU64::new(first),
+                records: RwLock::new(records),
+            }
+        })
+        .collect();
+    Ok(TopicFile {
+        segments: Segments::new(dir, topic, list),
+        end: AtomicU64::new(pos),
+        partitions,
+    })
+}
+
+fn open_file(path: &Path, writable: bool) -> Result<File, LogError> {
+    if writable {
         OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .open(path)
-            .map_err(io)?
+            .map_err(io)
     } else {
-        match File::open(path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                File::open("/dev/null").map_err(io)?
-            }
-            Err(e) => return Err(io(e)),
-        }
-    };
-    let len = file.metadata().map_err(io)?.len();
-    let mut reader = BufReader::with_capacity(1 << 20, &file);
-    let mut index: Vec<Vec<u64>> = vec![Vec::new(); partitions as usize];
+        File::open(path).map_err(io)
+    }
+}
+
+/// Scans one segment file from its start, adding each whole frame to its partition's index;
+/// returns the length of the whole frames.
+fn scan(file: &File, start: u64, len: u64, index: &mut [Vec<u64>]) -> Result<u64, LogError> {
+    let mut reader = BufReader::with_capacity(1 << 20, file);
     let mut pos = 0u64;
     let mut header = [0u8; HEADER];
     let mut body = Vec::new();
@@ -81,31 +188,19 @@ pub(super) fn open_topic(
         if partition >= index.len() {
             break;
         }
-        index[partition].push(pos);
+        index[partition].push(start + pos);
         pos += (HEADER + body_len) as u64;
     }
-    if pos < len {
-        if writable {
-            tracing::warn!(path = %path.display(), valid = pos, len, "cutting a torn or corrupt tail left by a crash");
-            file.set_len(pos).map_err(io)?;
-            file.sync_all().map_err(io)?;
-        } else {
-            tracing::info!(path = %path.display(), valid = pos, len, "reading up to the last whole record");
-        }
+    Ok(pos)
+}
+
+fn cut(path: &Path, file: &File, valid: u64, len: u64, writable: bool) -> Result<(), LogError> {
+    if writable {
+        tracing::warn!(path = %path.display(), valid, len, "cutting a torn or corrupt tail left by a crash");
+        file.set_len(valid).map_err(io)?;
+        file.sync_all().map_err(io)?;
+    } else {
+        tracing::info!(path = %path.display(), valid, len, "reading up to the last whole record");
     }
-    let partitions = index
-        .into_iter()
-        .map(|records| {
-            let hw = records.len() as u64;
-            PartitionIndex {
-                records: RwLock::new(records),
-                high_watermark: watch::channel(hw).0,
-            }
-        })
-        .collect();
-    Ok(TopicFile {
-        file,
-        end: AtomicU64::new(pos),
-        partitions,
-    })
+    Ok(())
 }

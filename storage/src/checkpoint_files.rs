@@ -1,0 +1,211 @@
+//! [`CheckpointFiles`]: the embedded mode's snapshots, one file per votes partition
+//! (`<dir>/votes-<partition>.checkpoint`), so a restart restores each partition's counting state
+//! and reads only the log after it (and retention can delete the log before it).
+//!
+//! File: `[8 bytes "CTCKPT01"][u64 next offset][u32 CRC-32 of the state][state]` (little endian).
+//! Written whole to a temporary file, fsynced, renamed over the old one, then the directory
+//! fsynced: a crash leaves the old snapshot or the new one, never a mix. A file that fails its
+//! check is reported as absent: the partition replays and the next snapshot replaces it, or, when
+//! retention deleted the log's start, the processor refuses to rebuild it and says so.
+
+use crate::tally_store::{CheckpointStore, TallyStoreError};
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use schemas::{Offset, Partition};
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+const MAGIC: &[u8; 8] = b"CTCKPT01";
+const HEADER: usize = 8 + 8 + 4;
+
+pub struct CheckpointFiles {
+    dir: PathBuf,
+    /// The offset of each partition's stored snapshot, once known (saves reading it to compare).
+    stored: Arc<Mutex<HashMap<Partition, Offset>>>,
+}
+
+impl CheckpointFiles {
+    /// Keeps snapshots in `dir` (created if missing).
+    pub fn open(dir: impl Into<PathBuf>) -> Result<Self, TallyStoreError> {
+        let dir = dir.into();
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| TallyStoreError::io(format!("creating {}", dir.display()), e))?;
+        Ok(Self {
+            dir,
+            stored: Default::default(),
+        })
+    }
+
+    fn path(dir: &Path, partition: Partition) -> PathBuf {
+        dir.join(format!("votes-{}.checkpoint", partition.0))
+    }
+
+    /// Runs blocking file work off the async threads.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Path) -> std::io::Result<T> + Send + 'static,
+        doing: String,
+    ) -> Result<T, TallyStoreError> {
+        let dir = self.dir.clone();
+        tokio::task::spawn_blocking(move || work(&dir))
+            .await
+            .map_err(|e| TallyStoreError::io(doing.clone(), e.to_string()))?
+            .map_err(|e| TallyStoreError::io(doing, e))
+    }
+}
+
+/// The snapshot in `path`: `Ok(None)` when there is none, `Err` (InvalidData) when it fails its
+/// check.
+fn read(path: &Path) -> std::io::Result<Option<(Offset, Vec<u8>)>> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let invalid = |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, why.to_owned());
+    if bytes.len() < HEADER || &bytes[..8] != MAGIC {
+        return Err(invalid("not a CrowdTick snapshot (bad header)"));
+    }
+    let offset = u64::from_le_bytes(bytes[8..16].try_into().unwrap());
+    let crc = u32::from_le_bytes(bytes[16..20].try_into().unwrap());
+    let state = &bytes[HEADER..];
+    if crc32fast::hash(state) != crc {
+        return Err(invalid("its CRC does not match (a damaged file)"));
+    }
+    Ok(Some((Offset::from_count(offset), state.to_vec())))
+}
+
+fn write(dir: &Path, path: &Path, offset: Offset, state: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("checkpoint.tmp");
+    let mut file = File::create(&tmp)?;
+    file.write_all(MAGIC)?;
+    file.write_all(&offset.count().to_le_bytes())?;
+    file.write_all(&crc32fast::hash(state).to_le_bytes())?;
+    file.write_all(state)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    File::open(dir)?.sync_all()
+}
+
+#[async_trait]
+impl CheckpointStore for CheckpointFiles {
+    async fn put_checkpoint(
+        &self,
+        partition: Partition,
+        next_offset: Offset,
+        state: &[u8],
+    ) -> Result<bool, TallyStoreError> {
+        let known = self.stored.lock().get(&partition).copied();
+        let held = match known {
+            Some(held) => Some(held),
+            None => self.load_checkpoint(partition).await?.map(|(o, _)| o),
+        };
+        if held.is_some_and(|held| held >= next_offset) {
+            return Ok(false);
+        }
+        let state = state.to_vec();
+        let stored = self.stored.clone();
+        self.blocking(
+            move |dir| {
+                write(dir, &Self::path(dir, partition), next_offset, &state)?;
+                stored.lock().insert(partition, next_offset);
+                Ok(())
+            },
+            format!("writing the snapshot of votes partition {partition}"),
+        )
+        .await?;
+        Ok(true)
+    }
+
+    async fn load_checkpoint(
+        &self,
+        partition: Partition,
+    ) -> Result<Option<(Offset, Vec<u8>)>, TallyStoreError> {
+        let found = self
+            .blocking(
+                move |dir| {
+                    let path = Self::path(dir, partition);
+                    match read(&path) {
+                        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                            tracing::error!(path = %path.display(), error = %e, "ignoring a damaged snapshot: the partition is rebuilt from the log");
+                            Ok(None)
+                        }
+                        other => other,
+                    }
+                },
+                format!("reading the snapshot of votes partition {partition}"),
+            )
+            .await?;
+        let mut stored = self.stored.lock();
+        match &found {
+            Some((offset, _)) => stored.insert(partition, *offset),
+            None => stored.remove(&partition),
+        };
+        Ok(found)
+    }
+
+    async fn clear_checkpoint(&self, partition: Partition) -> Result<(), TallyStoreError> {
+        self.blocking(
+            move |dir| match std::fs::remove_file(Self::path(dir, partition)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            },
+            format!("deleting the snapshot of votes partition {partition}"),
+        )
+        .await?;
+        self.stored.lock().remove(&partition);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn snapshot_files_keep_the_furthest_and_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = CheckpointFiles::open(dir.path()).unwrap();
+        crate::tally_store::tests::checkpoint_contract(&files).await;
+        // Another process (a restart) reads what was stored, and refuses an older one too.
+        let again = CheckpointFiles::open(dir.path()).unwrap();
+        assert_eq!(
+            again.load_checkpoint(Partition(1001)).await.unwrap(),
+            Some((Offset(3), b"three".to_vec()))
+        );
+        let fresh = CheckpointFiles::open(dir.path()).unwrap();
+        assert!(!fresh
+            .put_checkpoint(Partition(1001), Offset(2), b"two")
+            .await
+            .unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_damaged_snapshot_reads_as_none_and_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = CheckpointFiles::open(dir.path()).unwrap();
+        files
+            .put_checkpoint(Partition(0), Offset(50), b"state at fifty")
+            .await
+            .unwrap();
+        let path = CheckpointFiles::path(dir.path(), Partition(0));
+        let mut bytes = std::fs::read(&path).unwrap();
+        *bytes.last_mut().unwrap() ^= 1;
+        std::fs::write(&path, bytes).unwrap();
+        let files = CheckpointFiles::open(dir.path()).unwrap();
+        assert_eq!(files.load_checkpoint(Partition(0)).await.unwrap(), None);
+        assert!(files
+            .put_checkpoint(Partition(0), Offset(7), b"replayed")
+            .await
+            .unwrap());
+        assert_eq!(
+            files.load_checkpoint(Partition(0)).await.unwrap(),
+            Some((Offset(7), b"replayed".to_vec()))
+        );
+        std::fs::write(&path, b"CTCK").unwrap();
+        assert_eq!(files.load_checkpoint(Partition(0)).await.unwrap(), None);
+    }
+}

@@ -1,0 +1,226 @@
+//! A topic's segment files: the topic is one stream of frames, positions counted from its first
+//! byte ever written, cut into files of about `segment_bytes` each. The segment starting at 0 is
+//! `<topic>.log` (as when a topic was one file), a later one `<topic>.<start, 20 digits>.log`. Only
+//! the last segment is written; the writer starts a new one when it is full, before a group, so a
+//! frame never spans two files.
+//!
+//! Retiring: the segments wholly before a position every partition's consumer has released (its
+//! state up to there is in a snapshot) can be deleted. `<topic>.retired.json` records first where
+//! the topic now starts and each partition's first offset there (the offsets of what stays do not
+//! change), then the files go; a crash in between leaves files the next open deletes.
+
+use super::io;
+use crate::log::LogError;
+use parking_lot::RwLock;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+pub(super) struct Segment {
+    /// The topic position of the file's first byte.
+    pub(super) start: u64,
+    pub(super) file: File,
+}
+
+/// Where the topic starts after a retirement (`<topic>.retired.json`).
+#[derive(serde::Serialize, serde::Deserialize, Debug, Default, PartialEq)]
+pub(super) struct Retired {
+    /// The position of the first byte kept.
+    pub(super) start: u64,
+    /// Per partition, the offset of its first record kept.
+    pub(super) first_offsets: Vec<u64>,
+}
+
+pub(super) struct Segments {
+    dir: PathBuf,
+    topic: &'static str,
+    /// Sorted by start; never empty once opened for writing.
+    list: RwLock<Vec<Segment>>,
+}
+
+impl Segments {
+    pub(super) fn new(dir: &Path, topic: &'static str, list: Vec<Segment>) -> Self {
+        Self {
+            dir: dir.to_owned(),
+            topic,
+            list: RwLock::new(list),
+        }
+    }
+
+    pub(super) fn path(dir: &Path, topic: &str, start: u64) -> PathBuf {
+        match start {
+            0 => dir.join(format!("{topic}.log")),
+            _ => dir.join(format!("{topic}.{start:020}.log")),
+        }
+    }
+
+    pub(super) fn retired_path(dir: &Path, topic: &str) -> PathBuf {
+        dir.join(format!("{topic}.retired.json"))
+    }
+
+    /// The segment files of a topic in `dir`, by start.
+    pub(super) fn list_files(dir: &Path, topic: &str) -> Result<Vec<(u64, PathBuf)>, LogError> {
+        let mut found = Vec::new();
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(found),
+            Err(e) => return Err(io(e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(io)?;
+            let name = entry.file_name();
+            let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(topic)) else {
+                continue;
+            };
+            let start = match rest {
+                ".log" => 0,
+                _ => match rest
+                    .strip_prefix('.')
+                    .and_then(|r| r.strip_suffix(".log"))
+                    .filter(|digits| digits.len() == 20)
+                    .and_then(|digits| digits.parse::<u64>().ok())
+                {
+                    Some(start) => start,
+                    None => continue,
+                },
+            };
+            found.push((start, entry.path()));
+        }
+        found.sort();
+        Ok(found)
+    }
+
+    pub(super) fn read_retired(dir: &Path, topic: &str) -> Result<Option<Retired>, LogError> {
+        let path = Self::retired_path(dir, topic);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| LogError::Config(format!("{}: {e}", path.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(e)),
+        }
+    }
+
+    /// The first position still held (0 until something is retired).
+    pub(super) fn start(&self) -> u64 {
+        self.list.read().first().map_or(0, |s| s.start)
+    }
+
+    /// Reads `buf.len()` bytes at topic position `pos`, across segment files. A position before the
+    /// first segment (retired meanwhile) is `NotFound`.
+    pub(super) fn read_exact_at(&self, mut buf: &mut [u8], mut pos: u64) -> std::io::Result<()> {
+        let list = self.list.read();
+        while !buf.is_empty() {
+            let i = list.partition_point(|s| s.start <= pos);
+            if i == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("position {pos} of {} was retired", self.topic),
+                ));
+            }
+            let segment = &list[i - 1];
+            let available = list.get(i).map_or(u64::MAX, |next| next.start) - pos;
+            let n = (buf.len() as u64).min(available) as usize;
+            segment
+                .file
+                .read_exact_at(&mut buf[..n], pos - segment.start)?;
+            buf = &mut buf[n..];
+            pos += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Writes `buf` at `end` (the end of the last durable frame) in the last segment, first
+    /// starting a new segment at `end` when the last one holds `segment_bytes` or more; durable
+    /// when it returns if `fsync`.
+    pub(super) fn append(
+        &self,
+        buf: &[u8],
+        end: u64,
+        segment_bytes: u64,
+        fsync: bool,
+    ) -> std::io::Result<()> {
+        let full = self
+            .list
+            .read()
+            .last()
+            .is_none_or(|last| end - last.start >= segment_bytes.max(1) && end > last.start);
+        if full {
+            let path = Self::path(&self.dir, self.topic, end);
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)?;
+            // The new file's name must survive a crash as surely as the records written into it.
+            sync_dir(&self.dir)?;
+            self.list.write().push(Segment { start: end, file });
+        }
+        let list = self.list.read();
+        let last = list.last().expect("a segment was just ensured");
+        last.file.write_all_at(buf, end - last.start)?;
+        if fsync {
+            last.file.sync_data()?;
+        }
+        Ok(())
+    }
+
+    /// Cuts the last segment back to `end` (after a failed write), durably: the failed group's
+    /// frames must not come back after a crash, past where the next segment will start.
+    pub(super) fn truncate(&self, end: u64) -> std::io::Result<()> {
+        let list = self.list.read();
+        match list.last() {
+            Some(last) => {
+                last.file.set_len(end.saturating_sub(last.start))?;
+                last.file.sync_data()
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Where the topic would start if every segment wholly before `floor` were retired (the last
+    /// segment never is): `None` if none is.
+    pub(super) fn retirable(&self, floor: u64) -> Option<u64> {
+        let list = self.list.read();
+        let kept = list
+            .iter()
+            .skip(1)
+            .take_while(|next| next.start <= floor)
+            .last()?;
+        Some(kept.start)
+    }
+
+    /// Records durably that the topic starts at `retired.start` (before anything is deleted).
+    pub(super) fn write_retired(&self, retired: &Retired) -> Result<(), LogError> {
+        let path = Self::retired_path(&self.dir, self.topic);
+        let tmp = path.with_extension("json.tmp");
+        let write = || -> std::io::Result<()> {
+            std::fs::write(&tmp, serde_json::to_vec(retired).expect("plain data"))?;
+            File::open(&tmp)?.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            sync_dir(&self.dir)
+        };
+        write().map_err(|e| LogError::io(format!("writing {}", path.display()), e))
+    }
+
+    /// Drops and deletes every segment before `start` (after [`Self::write_retired`]). Returns how
+    /// many files were deleted.
+    pub(super) fn delete_before(&self, start: u64) -> Result<usize, LogError> {
+        let gone: Vec<Segment> = {
+            let mut list = self.list.write();
+            let n = list.partition_point(|s| s.start < start);
+            list.drain(..n).collect()
+        };
+        for segment in &gone {
+            let path = Self::path(&self.dir, self.topic, segment.start);
+            std::fs::remove_file(&path)
+                .map_err(|e| LogError::io(format!("deleting {}", path.display()), e))?;
+        }
+        Ok(gone.len())
+    }
+}
+
+pub(super) fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
