@@ -334,7 +334,6 @@ async fn restore_checkpoint(
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "partition state restored from its checkpoint"
                 );
-                release(pipeline, partition, offset).await;
                 return Ok(counter);
             }
             Ok(counter) => format!(
@@ -462,7 +461,9 @@ impl PartitionTask<'_> {
         let partition = self.counter.partition();
         match store.put_checkpoint(partition, offset, &bytes).await {
             Ok(written) => {
-                self.checkpointed = offset;
+                // The snapshot before this one is now a generation back: the log may let go of
+                // what both hold (so a damaged newest snapshot still has one to fall back on).
+                let older = std::mem::replace(&mut self.checkpointed, offset);
                 if written {
                     let m = &self.pipeline.metrics;
                     m.checkpoints_written.fetch_add(1, Ordering::Relaxed);
@@ -476,7 +477,7 @@ impl PartitionTask<'_> {
                         "a later checkpoint is stored"
                     );
                 }
-                release(self.pipeline, partition, offset).await;
+                release(self.pipeline, partition, older).await;
             }
             Err(e) => {
                 self.pipeline
@@ -489,8 +490,8 @@ impl PartitionTask<'_> {
     }
 }
 
-/// Tells the log that the partition's records before `offset` are in a stored snapshot (a log with
-/// retention may delete them). A failure only keeps them longer: logged, tried at the next one.
+/// Tells the log that the partition's records before `offset` are in the two newest stored
+/// snapshots (a log with retention may delete them). A failure only keeps them longer: logged, tried at the next one.
 async fn release(pipeline: &Pipeline, partition: Partition, offset: schemas::Offset) {
     if let Err(e) = pipeline.log.release(Topic::Votes, partition, offset).await {
         tracing::warn!(partition = partition.0, error = %e, "retiring the log before the snapshot failed; trying again after the next one");

@@ -1,12 +1,14 @@
-//! [`CheckpointFiles`]: the embedded mode's snapshots, one file per votes partition
-//! (`<dir>/votes-<partition>.checkpoint`), so a restart restores each partition's counting state
-//! and reads only the log after it (and retention can delete the log before it).
+//! [`CheckpointFiles`]: the embedded mode's snapshots, two generations per votes partition
+//! (`<dir>/votes-<partition>.checkpoint` and the one before it, `…previous.checkpoint`), so a
+//! restart restores each partition's counting state and reads only the log after it (and
+//! retention can delete the log before the older one: the processor releases only that).
 //!
 //! File: `[8 bytes "CTCKPT01"][u64 next offset][u32 CRC-32 of the state][state]` (little endian).
 //! Written whole to a temporary file, fsynced, renamed over the old one, then the directory
-//! fsynced: a crash leaves the old snapshot or the new one, never a mix. A file that fails its
-//! check is reported as absent: the partition replays and the next snapshot replaces it, or, when
-//! retention deleted the log's start, the processor refuses to rebuild it and says so.
+//! fsynced: a crash leaves the old snapshot or the new one, never a mix. The newest is renamed to
+//! the previous generation first. A newest that fails its check (or is missing after a crash
+//! between the renames) gives way to the previous one; when neither is usable the partition
+//! replays, or, when retention deleted the log's start, the processor refuses and says so.
 
 use crate::tally_store::{CheckpointStore, TallyStoreError};
 use async_trait::async_trait;
@@ -41,6 +43,10 @@ impl CheckpointFiles {
 
     fn path(dir: &Path, partition: Partition) -> PathBuf {
         dir.join(format!("votes-{}.checkpoint", partition.0))
+    }
+
+    fn previous_path(dir: &Path, partition: Partition) -> PathBuf {
+        dir.join(format!("votes-{}.previous.checkpoint", partition.0))
     }
 
     /// Runs blocking file work off the async threads.
@@ -78,7 +84,9 @@ fn read(path: &Path) -> std::io::Result<Option<(Offset, Vec<u8>)>> {
     Ok(Some((Offset::from_count(offset), state.to_vec())))
 }
 
-fn write(dir: &Path, path: &Path, offset: Offset, state: &[u8]) -> std::io::Result<()> {
+/// Writes a new newest snapshot; the newest so far becomes the previous generation.
+fn write(dir: &Path, partition: Partition, offset: Offset, state: &[u8]) -> std::io::Result<()> {
+    let path = CheckpointFiles::path(dir, partition);
     let tmp = path.with_extension("checkpoint.tmp");
     let mut file = File::create(&tmp)?;
     file.write_all(MAGIC)?;
@@ -86,7 +94,11 @@ fn write(dir: &Path, path: &Path, offset: Offset, state: &[u8]) -> std::io::Resu
     file.write_all(&crc32fast::hash(state).to_le_bytes())?;
     file.write_all(state)?;
     file.sync_all()?;
-    std::fs::rename(&tmp, path)?;
+    match std::fs::rename(&path, CheckpointFiles::previous_path(dir, partition)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    std::fs::rename(&tmp, &path)?;
     File::open(dir)?.sync_all()
 }
 
@@ -110,7 +122,7 @@ impl CheckpointStore for CheckpointFiles {
         let stored = self.stored.clone();
         self.blocking(
             move |dir| {
-                write(dir, &Self::path(dir, partition), next_offset, &state)?;
+                write(dir, partition, next_offset, &state)?;
                 stored.lock().insert(partition, next_offset);
                 Ok(())
             },
@@ -127,14 +139,20 @@ impl CheckpointStore for CheckpointFiles {
         let found = self
             .blocking(
                 move |dir| {
-                    let path = Self::path(dir, partition);
-                    match read(&path) {
-                        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                            tracing::error!(path = %path.display(), error = %e, "ignoring a damaged snapshot: the partition is rebuilt from the log");
-                            Ok(None)
+                    for path in [Self::path(dir, partition), Self::previous_path(dir, partition)] {
+                        match read(&path) {
+                            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                                // Set aside, so the next snapshot does not push the good previous
+                                // generation out for it.
+                                let aside = path.with_extension("checkpoint.damaged");
+                                tracing::error!(path = %path.display(), aside = %aside.display(), error = %e, "setting a damaged snapshot aside");
+                                std::fs::rename(&path, &aside)?;
+                            }
+                            Ok(None) => {}
+                            found => return found,
                         }
-                        other => other,
                     }
+                    Ok(None)
                 },
                 format!("reading the snapshot of votes partition {partition}"),
             )
@@ -149,9 +167,17 @@ impl CheckpointStore for CheckpointFiles {
 
     async fn clear_checkpoint(&self, partition: Partition) -> Result<(), TallyStoreError> {
         self.blocking(
-            move |dir| match std::fs::remove_file(Self::path(dir, partition)) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-                _ => Ok(()),
+            move |dir| {
+                for path in [
+                    Self::path(dir, partition),
+                    Self::previous_path(dir, partition),
+                ] {
+                    match std::fs::remove_file(path) {
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                        _ => {}
+                    }
+                }
+                Ok(())
             },
             format!("deleting the snapshot of votes partition {partition}"),
         )
@@ -184,28 +210,48 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_damaged_snapshot_reads_as_none_and_is_replaced() {
+    async fn a_damaged_newest_snapshot_gives_way_to_the_previous_one() {
         let dir = tempfile::tempdir().unwrap();
         let files = CheckpointFiles::open(dir.path()).unwrap();
-        files
-            .put_checkpoint(Partition(0), Offset(50), b"state at fifty")
+        for (offset, state) in [(40, &b"state at forty"[..]), (50, b"state at fifty")] {
+            assert!(files
+                .put_checkpoint(Partition(0), Offset(offset), state)
+                .await
+                .unwrap());
+        }
+        let newest = CheckpointFiles::path(dir.path(), Partition(0));
+        let damage = |path: &Path| {
+            let mut bytes = std::fs::read(path).unwrap();
+            *bytes.last_mut().unwrap() ^= 1;
+            std::fs::write(path, bytes).unwrap();
+        };
+        damage(&newest);
+        let files = CheckpointFiles::open(dir.path()).unwrap();
+        assert_eq!(
+            files.load_checkpoint(Partition(0)).await.unwrap(),
+            Some((Offset(40), b"state at forty".to_vec()))
+        );
+        // The damaged one is set aside: the next snapshot keeps forty as its previous generation.
+        assert!(files
+            .put_checkpoint(Partition(0), Offset(60), b"state at sixty")
             .await
-            .unwrap();
-        let path = CheckpointFiles::path(dir.path(), Partition(0));
-        let mut bytes = std::fs::read(&path).unwrap();
-        *bytes.last_mut().unwrap() ^= 1;
-        std::fs::write(&path, bytes).unwrap();
+            .unwrap());
+        damage(&newest);
+        let files = CheckpointFiles::open(dir.path()).unwrap();
+        assert_eq!(
+            files.load_checkpoint(Partition(0)).await.unwrap(),
+            Some((Offset(40), b"state at forty".to_vec()))
+        );
+        // Neither generation usable: none (the partition replays, or its processor refuses).
+        damage(&CheckpointFiles::previous_path(dir.path(), Partition(0)));
         let files = CheckpointFiles::open(dir.path()).unwrap();
         assert_eq!(files.load_checkpoint(Partition(0)).await.unwrap(), None);
+        // Then any snapshot may be stored again.
         assert!(files
             .put_checkpoint(Partition(0), Offset(7), b"replayed")
             .await
             .unwrap());
-        assert_eq!(
-            files.load_checkpoint(Partition(0)).await.unwrap(),
-            Some((Offset(7), b"replayed".to_vec()))
-        );
-        std::fs::write(&path, b"CTCK").unwrap();
+        std::fs::write(&newest, b"CTCK").unwrap();
         assert_eq!(files.load_checkpoint(Partition(0)).await.unwrap(), None);
     }
 }

@@ -15,11 +15,13 @@ use parking_lot::RwLock;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub(super) struct Segment {
     /// The topic position of the file's first byte.
     pub(super) start: u64,
-    pub(super) file: File,
+    /// Shared, so the writer writes and syncs without holding the list's lock.
+    pub(super) file: Arc<File>,
 }
 
 /// Where the topic starts after a retirement (`<topic>.retired.json`).
@@ -155,13 +157,17 @@ impl Segments {
                 .open(&path)?;
             // The new file's name must survive a crash as surely as the records written into it.
             sync_dir(&self.dir)?;
+            let file = Arc::new(file);
             self.list.write().push(Segment { start: end, file });
         }
-        let list = self.list.read();
-        let last = list.last().expect("a segment was just ensured");
-        last.file.write_all_at(buf, end - last.start)?;
+        let (start, file) = {
+            let list = self.list.read();
+            let last = list.last().expect("a segment was just ensured");
+            (last.start, last.file.clone())
+        };
+        file.write_all_at(buf, end - start)?;
         if fsync {
-            last.file.sync_data()?;
+            file.sync_data()?;
         }
         Ok(())
     }

@@ -122,13 +122,16 @@ pub(super) fn open_topic(
             cut(&path, &file, valid, len, writable)?;
         }
         pos = start + valid;
-        list.push(Segment { start, file });
+        list.push(Segment {
+            start,
+            file: file.into(),
+        });
     }
     if list.is_empty() && writable {
         let path = Segments::path(dir, topic, retired.start);
         list.push(Segment {
             start: retired.start,
-            file: open_file(&path, true)?,
+            file: open_file(&path, true)?.into(),
         });
     }
     let partitions = index
