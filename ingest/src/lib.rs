@@ -273,29 +273,29 @@ impl Ingest {
         })
     }
 
-    /// Distributed mode: refuses while the catalog is stale, and re-reads it (at most every 100 ms)
-    /// when a vote names a poll it does not know yet (created on another node a moment ago).
+    /// Distributed mode: refuses while the catalog is stale, and, when a vote names a poll it does
+    /// not know yet (created on another node a moment ago), makes sure a re-read that began after
+    /// the request arrived has been installed before judging it (re-reads at most every 100 ms:
+    /// such a vote may wait that long).
     pub(crate) async fn prepare_catalog(
         &self,
-        poll_ids: impl Iterator<Item = PollId>,
+        poll_ids: impl Iterator<Item = PollId> + Clone,
     ) -> Result<(), ApiError> {
         if !self.catalog.is_shared() {
             return Ok(());
         }
-        let mut unknown = false;
-        {
-            let polls = self.catalog.snapshot();
-            for id in poll_ids {
-                if !polls.contains_key(&id) {
-                    unknown = true;
-                    break;
+        let arrived = std::time::Instant::now();
+        if !knows_all(&self.catalog, poll_ids.clone()) {
+            let last = self.catalog.refreshed_at();
+            if last < arrived {
+                // A re-read that began before the request may have missed the poll.
+                let next = last + Duration::from_millis(100);
+                tokio::time::sleep_until(next.into()).await;
+                if self.catalog.refreshed_at() < arrived && !knows_all(&self.catalog, poll_ids) {
+                    if let Err(e) = self.catalog.refresh().await {
+                        tracing::warn!(error = %e, "re-reading the poll catalog failed");
+                    }
                 }
-            }
-        }
-        let age = self.catalog.refreshed_at().elapsed();
-        if unknown && age > Duration::from_millis(100) {
-            if let Err(e) = self.catalog.refresh().await {
-                tracing::warn!(error = %e, "re-reading the poll catalog failed");
             }
         }
         if let Some(max) = self.config.catalog_max_age {
@@ -322,6 +322,12 @@ impl Ingest {
     pub(crate) fn next_vote_id(&self) -> String {
         self.ids.next()
     }
+}
+
+/// Whether the catalog knows every one of these polls.
+fn knows_all(catalog: &PollCatalog, mut ids: impl Iterator<Item = PollId>) -> bool {
+    let polls = catalog.snapshot();
+    ids.all(|id| polls.contains_key(&id))
 }
 
 /// Encodes a judged vote (Avro, key = poll + voter) into `batch` at its partition; returns the

@@ -746,6 +746,42 @@ async fn static_members_keep_their_partitions_through_a_kill() {
     c.drop_schema().await;
 }
 
+/// A poll created on one node takes votes on another at once: an edge that does not know the poll
+/// re-reads the catalog (a re-read begun after the vote arrived) before refusing it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poll_created_elsewhere_takes_votes_at_once() {
+    let broker = TansuBroker::start();
+    let mut c = Cluster::new(broker.addr(), 2);
+    let query = c.start("query").await;
+    let edge = c.start("ingest").await;
+    for i in 0..30 {
+        let poll = c.create_poll(&query, 2).await;
+        let r = c
+            .client
+            .post(format!("{}/v1/votes", edge.base))
+            .json(&json!({"poll_id": poll, "option_id": 0, "voter_id": format!("new-{i}")}))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        assert_eq!(
+            status,
+            202,
+            "poll {poll} ({i}): {}",
+            r.text().await.unwrap()
+        );
+    }
+    // A poll nobody created is still refused (after the re-read).
+    let r = c
+        .client
+        .post(format!("{}/v1/votes", edge.base))
+        .json(&json!({"poll_id": 999_999, "option_id": 0, "voter_id": "nobody"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_outage_gets_503_within_the_deadline_and_service_resumes() {
     broker_outage(Duration::from_secs(8)).await;
