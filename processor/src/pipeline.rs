@@ -113,6 +113,11 @@ impl PartitionCounter {
         self.partition
     }
 
+    /// The distinct voters counted, over every poll (what a checkpoint's size grows with).
+    pub fn voters(&self) -> usize {
+        self.polls.values().map(|p| p.voters.len()).sum()
+    }
+
     /// The offset of the next record this counter expects.
     pub fn next_offset(&self) -> Offset {
         self.next_offset
