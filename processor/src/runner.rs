@@ -172,6 +172,7 @@ pub async fn run_partition(
         published,
         cache_pending: Vec::new(),
         last_checkpoint: Instant::now(),
+        last_record: Instant::now(),
     };
     let started = Instant::now();
     let replay_from = task.counter.next_offset();
@@ -225,6 +226,9 @@ pub async fn run_partition(
                 Outcome::Duplicate => dup += 1,
                 Outcome::Late | Outcome::Closed | Outcome::Invalid => rejected += 1,
             }
+        }
+        if !fetched.is_empty() {
+            task.last_record = Instant::now();
         }
         metrics
             .records_read
@@ -381,6 +385,8 @@ struct PartitionTask<'a> {
     /// Partials the results cache has not taken yet (retried at the next flush).
     cache_pending: Vec<PartialTally>,
     last_checkpoint: Instant,
+    /// When the last fetch brought records (a quiet partition checkpoints what it has).
+    last_record: Instant,
     /// The offset of the last checkpoint written (or restored).
     checkpointed: Offset,
 }
@@ -454,11 +460,15 @@ impl PartitionTask<'_> {
         };
         let offset = self.counter.next_offset();
         // A checkpoint is rewritten whole (every voter), a replay costs the records since the last
-        // one: one is due once the interval has passed and those records number a quarter of the
-        // voters at least, so what is written stays a few times the final state however long the
-        // poll runs, and a restart replays at most about a quarter of that again.
+        // one: one is due once the interval has passed and either those records number the
+        // voters at least or the partition has been quiet for an interval. Under load, what is
+        // written stays about twice the final state however long the poll runs (a spike of new
+        // voters doubles the log between checkpoints) and a restart replays at most about as
+        // many records as there are voters; once the votes stop, the rest is checkpointed.
         let since = offset.count().saturating_sub(self.checkpointed.count()) as usize;
-        let due = self.last_checkpoint.elapsed() >= interval && since >= self.counter.voters() / 4;
+        let quiet = self.last_record.elapsed() >= interval;
+        let due = self.last_checkpoint.elapsed() >= interval
+            && (quiet || since >= self.counter.voters());
         if offset <= self.checkpointed || !(now || due) {
             return;
         }
