@@ -467,8 +467,8 @@ impl PartitionTask<'_> {
         // many records as there are voters; once the votes stop, the rest is checkpointed.
         let since = offset.count().saturating_sub(self.checkpointed.count()) as usize;
         let quiet = self.last_record.elapsed() >= interval;
-        let due = self.last_checkpoint.elapsed() >= interval
-            && (quiet || since >= self.counter.voters());
+        let due =
+            self.last_checkpoint.elapsed() >= interval && (quiet || since >= self.counter.voters());
         if offset <= self.checkpointed || !(now || due) {
             return;
         }

@@ -22,9 +22,11 @@ pub struct ProcessorSection {
     pub assignment_strategy: String,
     /// How long the group waits for a silent processor before moving its partitions.
     pub session_timeout_ms: u64,
-    /// How often each partition's counting state is checkpointed (to the tally store, or to files
-    /// beside the embedded log: `data_dir/log/snapshots`), so its next owner (or the restarted
-    /// node) reads on from there instead of replaying the partition. 0: never.
+    /// How often at most each partition's counting state is checkpointed (to the tally store, or
+    /// to files beside the embedded log: `data_dir/log/snapshots`), so its next owner (or the
+    /// restarted node) reads on from there instead of replaying the partition; one is written
+    /// once the records since the last one number the partition's voters, or the partition is
+    /// quiet for this long. 0: never.
     pub checkpoint_interval_ms: u64,
 }
 
