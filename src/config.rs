@@ -226,6 +226,12 @@ impl Config {
                  (retention.ms on the topics)"
             );
             anyhow::ensure!(
+                self.postgres.url.is_empty(),
+                "log.retire_after_snapshot needs the snapshots in data_dir/log/snapshots (two \
+                 generations per partition); with postgres.url set they are in PostgreSQL, one per \
+                 partition. Unset one of them"
+            );
+            anyhow::ensure!(
                 self.processor.checkpoint_interval_ms > 0,
                 "log.retire_after_snapshot needs snapshots: set processor.checkpoint_interval_ms \
                  above 0"

@@ -275,8 +275,9 @@ impl Ingest {
 
     /// Distributed mode: refuses while the catalog is stale, and, when a vote names a poll it does
     /// not know yet (created on another node a moment ago), makes sure a re-read that began after
-    /// the request arrived has been installed before judging it (re-reads at most every 100 ms:
-    /// such a vote may wait that long).
+    /// the request arrived has been installed before judging it. Such votes wait for the next
+    /// re-read slot (100 ms after the last re-read began) and share one re-read, so a flood of
+    /// unknown poll ids costs at most ten re-reads a second.
     pub(crate) async fn prepare_catalog(
         &self,
         poll_ids: impl Iterator<Item = PollId> + Clone,
@@ -292,7 +293,7 @@ impl Ingest {
                 let next = last + Duration::from_millis(100);
                 tokio::time::sleep_until(next.into()).await;
                 if self.catalog.refreshed_at() < arrived && !knows_all(&self.catalog, poll_ids) {
-                    if let Err(e) = self.catalog.refresh().await {
+                    if let Err(e) = self.catalog.refresh_since(arrived).await {
                         tracing::warn!(error = %e, "re-reading the poll catalog failed");
                     }
                 }

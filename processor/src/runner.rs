@@ -79,8 +79,6 @@ pub enum PartitionError {
     /// Re-reading the poll catalog (to judge votes for polls changed on another node).
     #[error("re-reading the poll catalog: {0}")]
     Catalog(#[source] StoreError),
-    /// Reading or deleting the partition's checkpoint, or writing its partials (`doing` says
-    /// which).
     /// The log before `start` was deleted by retention, and no usable snapshot covers it (nothing
     /// is cleared or replayed: the operator must restore the snapshot).
     #[error(
@@ -94,6 +92,8 @@ pub enum PartitionError {
         start: schemas::Offset,
         why: String,
     },
+    /// Reading or deleting the partition's checkpoint, or writing its partials (`doing` says
+    /// which).
     #[error("{doing}: {source}")]
     TallyStore {
         doing: &'static str,
@@ -284,10 +284,11 @@ pub async fn run_partition(
     Ok(())
 }
 
-/// The counter of one partition, restored from the tally store's checkpoint when there is a usable
-/// one, else new (to replay the partition from the start). An unusable checkpoint is deleted, so
-/// that the checkpoints of the replay replace it. An error reading the store is returned (the
-/// supervisor retries): a passing failure must not cost a full replay.
+/// The counter of one partition, restored from its checkpoint store's checkpoint when there is a
+/// usable one, else new (to replay the partition from the start). An unusable checkpoint is
+/// deleted, so that the checkpoints of the replay replace it, unless retention deleted the log's
+/// start: then nothing is deleted and the task refuses (`CannotRebuild`). An error reading the
+/// store is returned (the supervisor retries): a passing failure must not cost a full replay.
 async fn restore_checkpoint(
     pipeline: &Pipeline,
     partition: Partition,
@@ -296,6 +297,8 @@ async fn restore_checkpoint(
     let fresh = PartitionCounter::new(partition, windows);
     // Above 0 once retention deleted records: then only a snapshot at or after it can rebuild.
     let start = pipeline.log.log_start(Topic::Votes, partition).await?;
+    // This task may need everything the log holds until its own snapshots are stored.
+    release(pipeline, partition, start).await;
     let (Some(store), Some(_)) = (&pipeline.checkpoints, pipeline.config.checkpoint_interval)
     else {
         if start > schemas::Offset::ZERO {
@@ -449,8 +452,8 @@ impl PartitionTask<'_> {
         Ok(())
     }
 
-    /// Writes the partition's checkpoint when the interval has passed (or `now`) and it has moved
-    /// on. A failure only costs a longer replay for the next owner: logged, counted, retried later.
+    /// Writes the partition's checkpoint when one is due (below) or `now`, if it has moved on. A
+    /// failure only costs a longer replay for the next owner: logged, counted, retried later.
     async fn checkpoint(&mut self, now: bool) {
         let (Some(store), Some(interval)) = (
             &self.pipeline.checkpoints,
@@ -461,10 +464,10 @@ impl PartitionTask<'_> {
         let offset = self.counter.next_offset();
         // A checkpoint is rewritten whole (every voter), a replay costs the records since the last
         // one: one is due once the interval has passed and either those records number the
-        // voters at least or the partition has been quiet for an interval. Under load, what is
-        // written stays about twice the final state however long the poll runs (a spike of new
-        // voters doubles the log between checkpoints) and a restart replays at most about as
-        // many records as there are voters; once the votes stop, the rest is checkpointed.
+        // voters at least or the partition has been quiet for an interval. So checkpoints never
+        // cost more than the log they save replaying (while new voters pour in, about twice the
+        // final state in all), a restart replays at most about max(voters, one interval's)
+        // records, and once the votes stop the rest is checkpointed.
         let since = offset.count().saturating_sub(self.checkpointed.count()) as usize;
         let quiet = self.last_record.elapsed() >= interval;
         let due =

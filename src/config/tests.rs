@@ -213,6 +213,12 @@ fn retention_reaches_the_embedded_log_and_is_refused_where_it_cannot_work() {
     });
     let err = no_snapshots.validate().unwrap_err().to_string();
     assert!(err.contains("checkpoint_interval_ms"), "{err}");
+    let on_postgres = with(|c| {
+        c.log.retire_after_snapshot = true;
+        c.postgres.url = "postgres://p/db".into();
+    });
+    let err = on_postgres.validate().unwrap_err().to_string();
+    assert!(err.contains("two generations"), "{err}");
     let err = with(|c| c.log.segment_mb = 0).validate().unwrap_err();
     assert!(err.to_string().contains("segment_mb"), "{err}");
 }

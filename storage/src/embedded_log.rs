@@ -608,7 +608,8 @@ impl Log for EmbeddedLog {
         below: Offset,
     ) -> Result<(), LogError> {
         let part = self.partition(topic, partition)?.1;
-        part.released.fetch_max(below.count(), Ordering::Relaxed);
+        // The consumer's latest word, not the highest: one that starts over releases its start.
+        part.released.store(below.count(), Ordering::Relaxed);
         if !self.retire_released {
             return Ok(());
         }

@@ -229,6 +229,16 @@ impl PollCatalog {
         self.reload().await
     }
 
+    /// Re-reads the store unless a re-read that began at `since` or later is installed by the
+    /// time this one's turn comes: many callers waiting for the same news cost one read.
+    pub async fn refresh_since(&self, since: std::time::Instant) -> Result<(), StoreError> {
+        let _w = self.inner.writers.lock().await;
+        if self.refreshed_at() >= since {
+            return Ok(());
+        }
+        self.reload().await
+    }
+
     /// Readiness of a shared catalog: `Err` says why it is too old to trust (for an edge, the age
     /// past which it answers 503 itself).
     pub fn freshness(&self, max_age: std::time::Duration) -> Result<String, String> {
@@ -285,14 +295,15 @@ impl PollCatalog {
     async fn reload(&self) -> Result<(), StoreError> {
         let started = std::time::Instant::now();
         let polls = self.inner.store.load().await?;
-        {
-            let mut at = self.inner.refreshed_at.lock();
-            *at = (*at).max(started);
-        }
         let map: HashMap<_, _> = polls.into_iter().map(|p| (p.id, Arc::new(p))).collect();
         let ids = sorted_ids(&map);
         *self.inner.polls.write() = Arc::new(map);
         *self.inner.ids.write() = ids;
+        {
+            // After the install: a re-read said to have begun by a time is also in use.
+            let mut at = self.inner.refreshed_at.lock();
+            *at = (*at).max(started);
+        }
         self.inner.generation.send_modify(|g| *g += 1);
         Ok(())
     }

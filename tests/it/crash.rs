@@ -2,8 +2,9 @@
 //! pour in (20% duplicates, 5% retries with the same vote_id), restarted on the same data directory,
 //! and at the end every poll's published counts equal those computed from the acknowledged votes,
 //! and `crowdtick recount` agrees. (The full-size variant is scripts/crash-test.sh.) Again with
-//! retention: snapshots every 200 ms, the votes log in 1 MiB segments, those every snapshot holds
-//! deleted; each restart restores the snapshots and reads only the log after them.
+//! retention: snapshots due every 200 ms (once the log since the last holds as many records as
+//! there are voters, or the partition is quiet), the votes log in 1 MiB segments, those the older
+//! snapshot holds deleted; each restart restores the snapshots and reads only the log after them.
 
 use crate::helpers::{free_port, wait_healthy};
 use rand::{Rng, SeedableRng};
@@ -18,6 +19,9 @@ const POLLS: i64 = 3;
 const OPTIONS: i64 = 3;
 const VOTERS: u32 = 3_000;
 const SUBMISSIONS: usize = 20_000;
+/// With retention: enough that the log outgrows the voters several times (a checkpoint is due
+/// once it has grown by as many records as there are voters) and spans several 1 MiB segments.
+const SUBMISSIONS_WITH_RETENTION: usize = 80_000;
 const LANES: usize = 32;
 const KILLS: u64 = 3;
 
@@ -31,11 +35,11 @@ struct Submission {
 
 /// The plan: first votes, duplicates (same voter, new vote_id, any option) and retries (an earlier
 /// submission again, same vote_id), in plan order.
-fn plan(seed: u64, first_poll: i64) -> Vec<Submission> {
+fn plan(seed: u64, first_poll: i64, submissions: usize) -> Vec<Submission> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut subs: Vec<Submission> = Vec::with_capacity(SUBMISSIONS);
+    let mut subs: Vec<Submission> = Vec::with_capacity(submissions);
     let mut voted: Vec<(i64, u32)> = Vec::new();
-    for i in 0..SUBMISSIONS {
+    for i in 0..submissions {
         let r: f64 = rng.gen();
         let s = if r < 0.05 && !subs.is_empty() {
             subs[rng.gen_range(0..subs.len())].clone()
@@ -113,7 +117,7 @@ fn start_server(data: &Path, port: u16, env: &[(&str, &str)]) -> Child {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_load_loses_no_acknowledged_vote_and_counts_none_twice() {
-    let (data, recount, _dir) = kill_9_mid_load(&[]).await;
+    let (data, recount, _dir) = kill_9_mid_load(&[], SUBMISSIONS).await;
     assert!(
         recount.status.success(),
         "recount disagreed:\n{}",
@@ -131,7 +135,7 @@ async fn kill_9_mid_load_loses_no_acknowledged_vote_and_counts_none_twice() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_with_retention_restores_snapshots_and_counts_exactly_once() {
-    let (data, recount, _dir) = kill_9_mid_load(RETENTION).await;
+    let (data, recount, _dir) = kill_9_mid_load(RETENTION, SUBMISSIONS_WITH_RETENTION).await;
     let server_log = std::fs::read_to_string(data.with_extension("server.log")).unwrap();
     assert!(
         server_log.contains("partition state restored from its checkpoint"),
@@ -181,6 +185,7 @@ fn show(out: &std::process::Output) -> String {
 /// `crowdtick recount` said beside the running server, and the directory's guard.
 async fn kill_9_mid_load(
     env: &[(&str, &str)],
+    submissions: usize,
 ) -> (std::path::PathBuf, std::process::Output, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
@@ -210,7 +215,7 @@ async fn kill_9_mid_load(
             first_poll = id;
         }
     }
-    let subs = plan(42, first_poll);
+    let subs = plan(42, first_poll, submissions);
     let want = expected(&subs);
 
     // Lanes keep each (poll, voter)'s submissions in plan order; each is retried until acknowledged.
@@ -248,7 +253,7 @@ async fn kill_9_mid_load(
     // Kill -9 at 20%, 45% and 70% of the load; restart at once on the same data directory.
     let mut kills = 0;
     while kills < KILLS {
-        let at = SUBMISSIONS as u64 * (20 + 25 * kills) / 100;
+        let at = submissions as u64 * (20 + 25 * kills) / 100;
         while acked.load(Ordering::Relaxed) < at {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -261,8 +266,8 @@ async fn kill_9_mid_load(
     for t in tasks {
         t.await.unwrap();
     }
-    assert_eq!(acked.load(Ordering::Relaxed), SUBMISSIONS as u64);
-    eprintln!("{SUBMISSIONS} submissions acknowledged through {kills} kill -9s; {} attempts failed and were retried", failures.load(Ordering::Relaxed));
+    assert_eq!(acked.load(Ordering::Relaxed), submissions as u64);
+    eprintln!("{submissions} submissions acknowledged through {kills} kill -9s; {} attempts failed and were retried", failures.load(Ordering::Relaxed));
     assert!(
         failures.load(Ordering::Relaxed) > 0,
         "the kills should have interrupted requests in flight"
