@@ -43,7 +43,7 @@ pub struct ProcessorConfig {
 impl Default for ProcessorConfig {
     fn default() -> Self {
         Self {
-            flush_interval: Duration::from_millis(50),
+            flush_interval: Duration::from_millis(25),
             windows: WindowConfig::default(),
             max_fetch_bytes: 1 << 20,
             ingest_deadline: Duration::from_secs(2),
@@ -179,11 +179,20 @@ pub async fn run_partition(
     let mut replaying = replay_from < replay_to;
     // `caught_up`: a fetch reached the end of the log; `ready`: and a flush published since.
     let (mut caught_up, mut ready) = (false, false);
-    let mut last_flush = Instant::now();
+    let mut next_flush = next_flush_time(config.flush_interval);
+    // Nothing read and nothing published at the last flush: then the task wakes only every
+    // `QUIET_FLUSHES` intervals (to close windows, and for the quiet partition's snapshot), and a
+    // record wakes it at once, to be published then.
+    let mut quiet = false;
     loop {
         let fetch_wall = Timestamp::now();
+        let wake = match quiet {
+            true => next_flush.max(next_flush_time(config.flush_interval * QUIET_FLUSHES)),
+            false => next_flush,
+        };
+        let wait = wake.saturating_duration_since(Instant::now());
         let fetched = tokio::select! {
-            r = log.fetch(Topic::Votes, partition, task.counter.next_offset(), config.max_fetch_bytes, config.flush_interval) => r?,
+            r = log.fetch(Topic::Votes, partition, task.counter.next_offset(), config.max_fetch_bytes, wait) => r?,
             _ = shutdown.signalled() => break,
         };
         let mut polls = catalog.snapshot();
@@ -269,9 +278,10 @@ pub async fn run_partition(
                 );
             }
         }
-        if !replaying && last_flush.elapsed() >= config.flush_interval {
-            task.flush().await?;
-            last_flush = Instant::now();
+        if !replaying && Instant::now() >= next_flush {
+            let published = task.flush().await?;
+            quiet = fetched.is_empty() && !published;
+            next_flush = following_flush(next_flush, config.flush_interval);
             // Ready once caught up and what it counted is published.
             if caught_up && !ready {
                 ready = true;
@@ -282,6 +292,37 @@ pub async fn run_partition(
     task.flush().await?;
     task.checkpoint(true).await;
     Ok(())
+}
+
+/// A quiet partition task wakes every this many flush intervals (see [`run_partition`]).
+const QUIET_FLUSHES: u32 = 10;
+
+/// When the next flush is due: the next multiple of `interval` on the wall clock, the same
+/// instant for every partition task (of every processor whose clock is in step), so their
+/// partials reach the tallies topic together: one group commit for them all, and one change of a
+/// poll's results for its viewers instead of one per partition.
+fn next_flush_time(interval: Duration) -> Instant {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Instant::now() + until_next_multiple(since_epoch, interval)
+}
+
+/// The flush after the one due at `due`: an interval later, or, when that has passed already (a
+/// quiet partition, a slow flush), the next multiple of `interval` on the wall clock.
+fn following_flush(due: Instant, interval: Duration) -> Instant {
+    let next = due + interval;
+    match next > Instant::now() {
+        true => next,
+        false => next_flush_time(interval),
+    }
+}
+
+/// From `now` to the next multiple of `interval` after it (a whole `interval` when `now` is one).
+fn until_next_multiple(now: Duration, interval: Duration) -> Duration {
+    let interval_us = interval.as_micros().max(1);
+    let into = now.as_micros() % interval_us;
+    Duration::from_micros((interval_us - into) as u64)
 }
 
 /// The counter of one partition, restored from its checkpoint store's checkpoint when there is a
@@ -398,7 +439,9 @@ impl PartitionTask<'_> {
     /// Publishes the changed polls' partials: to the tallies topic, then to the tally store if there
     /// is one (both writes are idempotent: an older offset never replaces a newer one), then to the
     /// results cache; then checkpoints the partition if it is time.
-    async fn flush(&mut self) -> Result<(), PartitionError> {
+    /// Publishes the partials of the polls that changed, then checkpoints if one is due; whether
+    /// there were any.
+    async fn flush(&mut self) -> Result<bool, PartitionError> {
         let Pipeline {
             log,
             tally_store,
@@ -416,7 +459,8 @@ impl PartitionTask<'_> {
                 None => true,
             })
             .collect();
-        if !partials.is_empty() {
+        let published_any = !partials.is_empty();
+        if published_any {
             let tally_partitions = log.partitions(Topic::Tallies);
             let mut batch = AppendBatch::with_capacity(partials.len(), partials.len() * 128);
             for t in &partials {
@@ -449,7 +493,7 @@ impl PartitionTask<'_> {
             write_cache(cache, &mut self.cache_pending, metrics).await;
         }
         self.checkpoint(false).await;
-        Ok(())
+        Ok(published_any)
     }
 
     /// Writes the partition's checkpoint when one is due (below) or `now`, if it has moved on. A
@@ -647,4 +691,39 @@ async fn run_owned_partition(pipeline: Pipeline, partition: Partition, mut stop:
         },
     };
     run_partition_supervised(pipeline, partition, published, stop).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{following_flush, until_next_multiple};
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_flush_follows_an_interval_later_or_on_the_grid_once_that_has_passed() {
+        let interval = Duration::from_millis(25);
+        let soon = Instant::now() + Duration::from_millis(10);
+        assert_eq!(following_flush(soon, interval), soon + interval);
+        // Quiet for a second: the next one is on the grid, within an interval from now.
+        let long_ago = Instant::now() - Duration::from_secs(1);
+        let next = following_flush(long_ago, interval);
+        let now = Instant::now();
+        assert!(
+            next > now - Duration::from_millis(1) && next <= now + interval,
+            "{next:?}"
+        );
+    }
+
+    #[test]
+    fn flushes_fall_on_multiples_of_the_interval() {
+        let ms = Duration::from_millis;
+        let us = Duration::from_micros;
+        assert_eq!(until_next_multiple(ms(1_000), ms(25)), ms(25));
+        assert_eq!(until_next_multiple(ms(1_010), ms(25)), ms(15));
+        assert_eq!(until_next_multiple(us(1_024_999), ms(25)), us(1));
+        // Two tasks a few milliseconds apart aim at the same instant.
+        let a = ms(5_003) + until_next_multiple(ms(5_003), ms(25));
+        let b = ms(5_021) + until_next_multiple(ms(5_021), ms(25));
+        assert_eq!(a, b);
+        assert_eq!(until_next_multiple(ms(7), Duration::ZERO), us(1));
+    }
 }

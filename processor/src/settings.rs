@@ -10,7 +10,8 @@ use storage::GroupConfig;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ProcessorSection {
-    /// How often changed tallies are published.
+    /// How often changed tallies are published: on multiples of this on the wall clock, every
+    /// partition at the same instant.
     pub flush_interval_ms: u64,
     pub window_ms: i64,
     pub allowed_lateness_ms: i64,
@@ -33,7 +34,7 @@ pub struct ProcessorSection {
 impl Default for ProcessorSection {
     fn default() -> Self {
         Self {
-            flush_interval_ms: 50,
+            flush_interval_ms: 25,
             window_ms: 1_000,
             allowed_lateness_ms: 2_000,
             group_id: "crowdtick-processors".into(),
@@ -51,8 +52,8 @@ impl ProcessorSection {
         if self.window_ms < 10 {
             return Err("processor.window_ms must be at least 10".into());
         }
-        if self.flush_interval_ms < 1 {
-            return Err("processor.flush_interval_ms must be at least 1".into());
+        if !(1..=60_000).contains(&self.flush_interval_ms) {
+            return Err("processor.flush_interval_ms must be from 1 to 60000".into());
         }
         Ok(())
     }

@@ -2,7 +2,9 @@
 //! interval, and the [`Subscription`] each viewer reads it through.
 //!
 //! - The feed task wakes when the poll's results or the poll itself change, waits out the rest of
-//!   the coalescing interval (`realtime.coalesce_ms`), renders the frame once and publishes it in
+//!   the coalescing interval ([`crate::Settings::coalesce_for`]: from `realtime.min_coalesce_ms`
+//!   with a small audience on the node to `realtime.coalesce_ms` with a large one, so the node's
+//!   frames per second stay within `realtime.frame_budget`), renders the frame once and publishes it in
 //!   a `watch` channel, which keeps only the latest: a viewer that is still sending an older frame
 //!   skips straight to the newest one when it is done. A slow viewer gets the latest state, never
 //!   a queue.
@@ -108,7 +110,8 @@ async fn run(
             }
         };
         if viewers.is_none() {
-            tokio::time::sleep_until(last_publish + rt.settings.coalesce).await;
+            let audience = rt.connections.load(Ordering::Relaxed);
+            tokio::time::sleep_until(last_publish + rt.settings.coalesce_for(audience)).await;
         }
         last_publish = Instant::now();
         polls.mark_unchanged();

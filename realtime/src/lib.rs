@@ -54,8 +54,13 @@ pub use routes::router;
 /// How the realtime service serves its viewers (`[realtime]` settings).
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// At most one results update per poll per this long.
+    /// At most one results update per poll per this long (with a large audience: [`Self::coalesce_for`]).
     pub coalesce: Duration,
+    /// The shortest interval between a poll's updates (with a small audience).
+    pub min_coalesce: Duration,
+    /// Frames per second the node aims to send across all its viewers (0: no budget, always
+    /// `coalesce`).
+    pub frame_budget: u64,
     /// A client must take each message within this, or it is disconnected ([`routes`]).
     pub send_timeout: Duration,
     /// The kernel send buffer asked for each live socket (0: the kernel's own).
@@ -64,6 +69,22 @@ pub struct Settings {
     pub fanout_threads: usize,
     /// How much lower their priority is (Linux nice levels).
     pub fanout_nice: i32,
+}
+
+impl Settings {
+    /// The interval between a poll's results updates while the node serves `viewers`: the one
+    /// that keeps its frames per second within `frame_budget` (every viewer gets at most one
+    /// frame per interval), between `min_coalesce` and `coalesce`. A studio screen alone on a
+    /// node sees a vote a flush after it is counted; a hundred thousand viewers get `coalesce`.
+    pub fn coalesce_for(&self, viewers: u64) -> Duration {
+        if self.frame_budget == 0 {
+            return self.coalesce;
+        }
+        let micros = viewers
+            .saturating_mul(1_000_000)
+            .div_ceil(self.frame_budget);
+        Duration::from_micros(micros).clamp(self.min_coalesce.min(self.coalesce), self.coalesce)
+    }
 }
 
 /// The realtime service's shared state.

@@ -8,9 +8,17 @@ use std::time::Duration;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct RealtimeSection {
-    /// At most one results update per poll per this many milliseconds (rendered once, shared by
-    /// every viewer of the poll).
+    /// The longest a poll's results update waits to be sent, in milliseconds: the interval
+    /// between updates when the node's audience is large (each update is rendered once and shared
+    /// by every viewer of the poll).
     pub coalesce_ms: u64,
+    /// The shortest interval between a poll's updates, when the node's audience is small (a
+    /// studio screen sees a vote sooner); `coalesce_ms` when it is above it.
+    pub min_coalesce_ms: u64,
+    /// Frames per second the node aims to send across all its viewers: the interval between a
+    /// poll's updates is the node's viewers divided by this, between `min_coalesce_ms` and
+    /// `coalesce_ms` (0: always `coalesce_ms`).
+    pub frame_budget: u64,
     /// Web origins (`https://partner.example.com`) whose pages may open WebSockets besides the
     /// server's own and `public_url`'s; `["*"]`: any. Clients that send no Origin are not pages.
     pub allowed_origins: Vec<String>,
@@ -32,6 +40,8 @@ impl RealtimeSection {
     pub fn settings(&self) -> Settings {
         Settings {
             coalesce: Duration::from_millis(self.coalesce_ms),
+            min_coalesce: Duration::from_millis(self.min_coalesce_ms.min(self.coalesce_ms)),
+            frame_budget: self.frame_budget,
             send_timeout: Duration::from_millis(self.send_timeout_ms.max(1)),
             socket_send_buffer: self.socket_send_buffer_bytes,
             fanout_threads: self.fanout_threads,
@@ -44,11 +54,73 @@ impl Default for RealtimeSection {
     fn default() -> Self {
         Self {
             coalesce_ms: 100,
+            min_coalesce_ms: 25,
+            frame_budget: 150_000,
             allowed_origins: Vec::new(),
             send_timeout_ms: 5_000,
             socket_send_buffer_bytes: 8_192,
             fanout_threads: 1,
             fanout_nice: 10,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn the_interval_grows_with_the_audience_between_its_bounds() {
+        let s = RealtimeSection::default().settings();
+        assert_eq!(s.coalesce_for(0), Duration::from_millis(25));
+        assert_eq!(s.coalesce_for(1), Duration::from_millis(25));
+        // 150,000 frames/s over 7,500 viewers: 20 frames each, every 50 ms.
+        assert_eq!(s.coalesce_for(7_500), Duration::from_millis(50));
+        assert_eq!(s.coalesce_for(15_000), Duration::from_millis(100));
+        assert_eq!(s.coalesce_for(100_000), Duration::from_millis(100));
+        assert_eq!(s.coalesce_for(u64::MAX), Duration::from_millis(100));
+        let fixed = RealtimeSection {
+            frame_budget: 0,
+            ..Default::default()
+        };
+        assert_eq!(fixed.settings().coalesce_for(1), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn a_shortest_interval_above_the_longest_is_the_longest() {
+        // A configuration from before `min_coalesce_ms` with `coalesce_ms` below its default.
+        let s = RealtimeSection {
+            coalesce_ms: 20,
+            ..Default::default()
+        }
+        .settings();
+        assert_eq!(s.coalesce_for(1), Duration::from_millis(20));
+        assert_eq!(s.coalesce_for(1_000_000), Duration::from_millis(20));
+    }
+
+    proptest! {
+        /// Within its bounds, monotone in the audience, and within the frame budget whenever the
+        /// shortest interval does not hold it up.
+        #[test]
+        fn the_interval_keeps_the_node_within_its_frame_budget(
+            min in 0u64..500, extra in 0u64..2_000, budget in 1u64..1_000_000,
+            viewers in 0u64..10_000_000, more in 0u64..1_000_000,
+        ) {
+            let s = RealtimeSection {
+                coalesce_ms: min + extra,
+                min_coalesce_ms: min,
+                frame_budget: budget,
+                ..Default::default()
+            }
+            .settings();
+            let d = s.coalesce_for(viewers);
+            prop_assert!(d >= s.min_coalesce && d <= s.coalesce);
+            prop_assert!(s.coalesce_for(viewers + more) >= d);
+            if d > s.min_coalesce && d < s.coalesce {
+                let frames_per_s = viewers as f64 / d.as_secs_f64();
+                prop_assert!(frames_per_s <= budget as f64, "{frames_per_s} > {budget}");
+            }
         }
     }
 }

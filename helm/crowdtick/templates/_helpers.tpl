@@ -181,6 +181,8 @@ checkpoint_interval_ms = {{ $v.processor.checkpointIntervalMs | int64 }}
 
 [realtime]
 coalesce_ms = {{ $v.realtime.coalesceMs | int64 }}
+min_coalesce_ms = {{ $v.realtime.minCoalesceMs | int64 }}
+frame_budget = {{ $v.realtime.frameBudget | int64 }}
 allowed_origins = {{ $v.realtime.allowedOrigins | default list | toJson }}
 
 [http]
