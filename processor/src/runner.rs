@@ -302,10 +302,7 @@ const QUIET_FLUSHES: u32 = 10;
 /// partials reach the tallies topic together: one group commit for them all, and one change of a
 /// poll's results for its viewers instead of one per partition.
 fn next_flush_time(interval: Duration) -> Instant {
-    let since_epoch = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    Instant::now() + until_next_multiple(since_epoch, interval)
+    Instant::now() + Timestamp::now().until_next_multiple(interval)
 }
 
 /// The flush after the one due at `due`: an interval later, or, when that has passed already (a
@@ -316,13 +313,6 @@ fn following_flush(due: Instant, interval: Duration) -> Instant {
         true => next,
         false => next_flush_time(interval),
     }
-}
-
-/// From `now` to the next multiple of `interval` after it (a whole `interval` when `now` is one).
-fn until_next_multiple(now: Duration, interval: Duration) -> Duration {
-    let interval_us = interval.as_micros().max(1);
-    let into = now.as_micros() % interval_us;
-    Duration::from_micros((interval_us - into) as u64)
 }
 
 /// The counter of one partition, restored from its checkpoint store's checkpoint when there is a
@@ -438,9 +428,8 @@ struct PartitionTask<'a> {
 impl PartitionTask<'_> {
     /// Publishes the changed polls' partials: to the tallies topic, then to the tally store if there
     /// is one (both writes are idempotent: an older offset never replaces a newer one), then to the
-    /// results cache; then checkpoints the partition if it is time.
-    /// Publishes the partials of the polls that changed, then checkpoints if one is due; whether
-    /// there were any.
+    /// results cache; then checkpoints the partition if it is time. Returns whether there were
+    /// any partials.
     async fn flush(&mut self) -> Result<bool, PartitionError> {
         let Pipeline {
             log,
@@ -554,7 +543,8 @@ impl PartitionTask<'_> {
 }
 
 /// Tells the log that the partition's records before `offset` are in the two newest stored
-/// snapshots (a log with retention may delete them). A failure only keeps them longer: logged, tried at the next one.
+/// snapshots (a log with retention may delete them). A failure only keeps them longer: logged,
+/// tried at the next one.
 async fn release(pipeline: &Pipeline, partition: Partition, offset: schemas::Offset) {
     if let Err(e) = pipeline.log.release(Topic::Votes, partition, offset).await {
         tracing::warn!(partition = partition.0, error = %e, "retiring the log before the snapshot failed; trying again after the next one");
@@ -695,7 +685,7 @@ async fn run_owned_partition(pipeline: Pipeline, partition: Partition, mut stop:
 
 #[cfg(test)]
 mod tests {
-    use super::{following_flush, until_next_multiple};
+    use super::following_flush;
     use std::time::{Duration, Instant};
 
     #[test]
@@ -711,19 +701,5 @@ mod tests {
             next > now - Duration::from_millis(1) && next <= now + interval,
             "{next:?}"
         );
-    }
-
-    #[test]
-    fn flushes_fall_on_multiples_of_the_interval() {
-        let ms = Duration::from_millis;
-        let us = Duration::from_micros;
-        assert_eq!(until_next_multiple(ms(1_000), ms(25)), ms(25));
-        assert_eq!(until_next_multiple(ms(1_010), ms(25)), ms(15));
-        assert_eq!(until_next_multiple(us(1_024_999), ms(25)), us(1));
-        // Two tasks a few milliseconds apart aim at the same instant.
-        let a = ms(5_003) + until_next_multiple(ms(5_003), ms(25));
-        let b = ms(5_021) + until_next_multiple(ms(5_021), ms(25));
-        assert_eq!(a, b);
-        assert_eq!(until_next_multiple(ms(7), Duration::ZERO), us(1));
     }
 }

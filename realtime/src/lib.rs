@@ -56,7 +56,8 @@ pub use routes::router;
 pub struct Settings {
     /// At most one results update per poll per this long (with a large audience: [`Self::coalesce_for`]).
     pub coalesce: Duration,
-    /// The shortest interval between a poll's updates (with a small audience).
+    /// The shortest interval between a poll's updates (with a small audience; `coalesce` when
+    /// above it).
     pub min_coalesce: Duration,
     /// Frames per second the node aims to send across all its viewers (0: no budget, always
     /// `coalesce`).

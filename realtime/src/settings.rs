@@ -40,7 +40,7 @@ impl RealtimeSection {
     pub fn settings(&self) -> Settings {
         Settings {
             coalesce: Duration::from_millis(self.coalesce_ms),
-            min_coalesce: Duration::from_millis(self.min_coalesce_ms.min(self.coalesce_ms)),
+            min_coalesce: Duration::from_millis(self.min_coalesce_ms),
             frame_budget: self.frame_budget,
             send_timeout: Duration::from_millis(self.send_timeout_ms.max(1)),
             socket_send_buffer: self.socket_send_buffer_bytes,

@@ -114,6 +114,15 @@ impl Timestamp {
         self.0
     }
 
+    /// From this moment to the next multiple of `interval` since the epoch (a whole `interval`
+    /// when it is one): a wall-clock grid that every task, and every node whose clock is in step,
+    /// meets at the same instants.
+    pub fn until_next_multiple(self, interval: std::time::Duration) -> std::time::Duration {
+        let interval_us = interval.as_micros().clamp(1, i64::MAX as u128) as i64;
+        let into = self.0.rem_euclid(interval_us);
+        std::time::Duration::from_micros((interval_us - into) as u64)
+    }
+
     /// RFC 3339 in UTC with milliseconds, as the API shows poll times (`2026-12-01T04:00:00.000Z`).
     pub fn rfc3339_millis(self) -> String {
         humantime::format_rfc3339_millis(self.system_time()).to_string()
@@ -150,6 +159,24 @@ impl fmt::Debug for Timestamp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flushes_fall_on_multiples_of_the_interval() {
+        let ms = std::time::Duration::from_millis;
+        let us = std::time::Duration::from_micros;
+        let at = |d: std::time::Duration| Timestamp(d.as_micros() as i64);
+        assert_eq!(at(ms(1_000)).until_next_multiple(ms(25)), ms(25));
+        assert_eq!(at(ms(1_010)).until_next_multiple(ms(25)), ms(15));
+        assert_eq!(at(us(1_024_999)).until_next_multiple(ms(25)), us(1));
+        // Two tasks a few milliseconds apart aim at the same instant.
+        let a = ms(5_003) + at(ms(5_003)).until_next_multiple(ms(25));
+        let b = ms(5_021) + at(ms(5_021)).until_next_multiple(ms(25));
+        assert_eq!(a, b);
+        assert_eq!(
+            at(ms(7)).until_next_multiple(std::time::Duration::ZERO),
+            us(1)
+        );
+    }
 
     #[test]
     fn each_is_its_plain_number_on_the_wire() {

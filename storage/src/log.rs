@@ -299,9 +299,9 @@ pub trait Log: Send + Sync + 'static {
 
     /// Tells the log that the consumer of a partition needs no record before `below` any more
     /// (its state up to there is in a snapshot); a consumer that starts over says so by releasing
-    /// its start again (the latest call counts, not the highest). A log with retention may delete what every
-    /// partition released (the embedded log with `retire_released`); Kafka keeps its own
-    /// retention, and the default does nothing.
+    /// its start again (the latest call counts, not the highest). A log with retention may delete
+    /// what every partition released (the embedded log with `retire_released`); Kafka keeps its
+    /// own retention, and the default does nothing.
     async fn release(
         &self,
         _topic: Topic,
