@@ -46,6 +46,8 @@ def test_the_suite_prints_each_row_with_both_sides_a_ratio_and_its_command(crowd
         assert re.match(r"[\d,]+ 5xx, p99 [\d.]+ ms$", side), spike
     for side in (batch[2], batch[3]):
         assert side.endswith("verify ok"), batch
+        cpu = re.search(r"server ([\d.]+) µs CPU/vote", side)
+        assert cpu and float(cpu.group(1)) > 0, batch
     for side in (sse[2], sse[3]):
         assert side.startswith("20 held"), sse
         assert "KiB/viewer" in side, sse

@@ -320,8 +320,9 @@ impl Ingest {
         }
     }
 
-    pub(crate) fn next_vote_id(&self) -> String {
-        self.ids.next()
+    /// Server-made ids for up to `n` votes of one batch.
+    pub(crate) fn vote_ids(&self, n: usize) -> VoteIdRange<'_> {
+        self.ids.take(n)
     }
 }
 
@@ -364,7 +365,8 @@ pub(crate) fn unavailable(e: LogError) -> ApiError {
     }
 }
 
-/// Server-made vote ids: a random per-process prefix and a counter (no syscall per vote).
+/// Server-made vote ids: a random per-process prefix and a counter (no syscall per vote); a batch
+/// takes its ids with one atomic add and writes each into one reused buffer.
 struct VoteIds {
     prefix: String,
     counter: AtomicU64,
@@ -385,5 +387,62 @@ impl VoteIds {
             self.prefix,
             self.counter.fetch_add(1, Ordering::Relaxed)
         )
+    }
+
+    /// `n` consecutive ids, taken at once (more are taken if they run out).
+    fn take(&self, n: usize) -> VoteIdRange<'_> {
+        let n = (n as u64).max(1);
+        let first = self.counter.fetch_add(n, Ordering::Relaxed);
+        VoteIdRange {
+            ids: self,
+            next: first,
+            end: first + n,
+            buf: String::with_capacity(self.prefix.len() + 21),
+        }
+    }
+}
+
+/// Ids taken together by [`VoteIds::take`].
+pub(crate) struct VoteIdRange<'a> {
+    ids: &'a VoteIds,
+    next: u64,
+    end: u64,
+    buf: String,
+}
+
+impl VoteIdRange<'_> {
+    /// The next id, in a buffer the following call reuses (copy it to keep it).
+    pub(crate) fn next(&mut self) -> &str {
+        use std::fmt::Write;
+        if self.next == self.end {
+            *self = self.ids.take(64);
+        }
+        self.buf.clear();
+        let _ = write!(self.buf, "{}-{}", self.ids.prefix, self.next);
+        self.next += 1;
+        &self.buf
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::VoteIds;
+    use std::collections::HashSet;
+
+    #[test]
+    fn server_made_vote_ids_never_repeat_across_batches_and_single_votes() {
+        let ids = VoteIds::new();
+        let mut seen = HashSet::new();
+        for n in [0, 1, 3, 100] {
+            let mut batch = ids.take(n);
+            // A batch may use more ids than it asked for (it asks for its votes, all of them
+            // server-named here plus some): the range takes more.
+            for _ in 0..n + 70 {
+                assert!(seen.insert(batch.next().to_owned()));
+            }
+            assert!(seen.insert(ids.next()));
+        }
+        let prefix = format!("{}-", ids.prefix);
+        assert!(seen.iter().all(|id| id.starts_with(&prefix)));
     }
 }

@@ -280,6 +280,7 @@ async fn post_batch(
     // Per vote: Ok(vote_id, partition) awaiting its offset, or the rejection.
     let mut judged: Vec<Result<(Cow<str>, Partition), VoteRejection>> =
         Vec::with_capacity(batch.votes.len());
+    let mut server_ids = ingest.vote_ids(batch.votes.len());
     for raw in &batch.votes {
         // Each refused vote is counted once: a body that is not a vote here, one judged against
         // its poll by `count_rejection`.
@@ -300,21 +301,27 @@ async fn post_batch(
                     })
                     .inspect_err(|e| ingest.count_rejection(vote.poll_id, e));
                 let (voter, choice) = choice?;
-                let vote_id = vote
-                    .vote_id
-                    .clone()
-                    .unwrap_or_else(|| Cow::Owned(ingest.next_vote_id()));
+                let vote_id = match vote.vote_id.as_deref() {
+                    Some(id) => id,
+                    None => server_ids.next(),
+                };
                 let partition = push_vote(
                     &mut append,
                     partitions,
                     vote.poll_id,
                     voter,
-                    &vote_id,
+                    vote_id,
                     &choice,
                     accepted_at,
                     "batch",
                 );
-                Ok((vote_id, partition))
+                // Kept only for an answer that lists it.
+                let kept = match (only_rejected, &vote.vote_id) {
+                    (true, _) => Cow::Borrowed(""),
+                    (false, Some(id)) => id.clone(),
+                    (false, None) => Cow::Owned(vote_id.to_owned()),
+                };
+                Ok((kept, partition))
             });
         judged.push(verdict);
     }

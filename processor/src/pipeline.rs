@@ -69,7 +69,7 @@ pub struct PartitionCounter {
     max_accepted_us: i64,
     /// Every vote accepted at or before this time that belongs to this partition has been read.
     complete_until: Timestamp,
-    polls: HashMap<PollId, PollPartial>,
+    polls: HashMap<PollId, PollPartial, foldhash::fast::RandomState>,
 }
 
 /// Why checkpoint bytes could not be restored.
@@ -105,7 +105,7 @@ impl PartitionCounter {
             windows,
             max_accepted_us: i64::MIN,
             complete_until: Timestamp(0),
-            polls: HashMap::new(),
+            polls: HashMap::default(),
         }
     }
 

@@ -8,10 +8,9 @@
 use crate::pipeline::{PartitionCounter, WindowConfig};
 use results::PollResults;
 use schemas::vote::decode_vote;
-use schemas::{Offset, Partition, Poll, PollId, Rejections};
+use schemas::{Offset, Partition, PollId, Rejections};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 use std::time::Duration;
 use storage::{Log, LogError, Topic};
 
@@ -89,7 +88,7 @@ fn normalized(mut counts: Vec<i64>, options: usize) -> Vec<i64> {
 /// Replays every votes partition; `progress(partition, read, end)` is called now and then.
 pub async fn recount(
     log: &dyn Log,
-    polls: &HashMap<PollId, Arc<Poll>>,
+    polls: &storage::Polls,
     published: &HashMap<PollId, PollResults>,
     windows: WindowConfig,
     mut progress: impl FnMut(Partition, Offset, Offset),

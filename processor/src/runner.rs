@@ -404,7 +404,7 @@ async fn restore_checkpoint(
 /// Whether the catalog judges this vote as the edge did: it knows the poll and has it open when
 /// the vote was accepted (edges refuse other votes themselves, so a miss means this catalog is
 /// behind another node's).
-fn judged_by(polls: &HashMap<PollId, Arc<schemas::Poll>>, vote: &schemas::VoteRef<'_>) -> bool {
+fn judged_by(polls: &storage::Polls, vote: &schemas::VoteRef<'_>) -> bool {
     polls
         .get(&vote.poll_id)
         .is_some_and(|p| p.state_at(vote.accepted_at) == PollState::Open)

@@ -59,7 +59,7 @@ pub use edge_stats::{EdgeCounts, EdgeReason, EdgeRejections};
 pub use embedded_log::{EmbeddedLog, EmbeddedLogConfig};
 pub use kafka::{GroupConfig, GroupEvent, GroupMember, KafkaConfig, KafkaLog};
 pub use log::{AppendBatch, BoxError, ErrorSource, Fetched, Log, LogError, Position, Topic};
-pub use polls::{FilePollStore, PollCatalog, PollStore, StoreError};
+pub use polls::{FilePollStore, PollCatalog, PollStore, Polls, StoreError};
 pub use postgres::{PgPollStore, PgTallyStore};
 pub use redis_cache::{Notice, RedisCache};
 pub use registry_log::{RegistryConfig, RegistryLog, RegistryMetrics};

@@ -64,7 +64,11 @@ pub trait PollStore: Send + Sync + 'static {
     }
 }
 
-type PollMap = Arc<HashMap<PollId, Arc<Poll>>>;
+/// Every poll by id, looked up once per vote on the edge and in the processor (a fast hasher: the
+/// ids are the catalog's own).
+pub type Polls = HashMap<PollId, Arc<Poll>, foldhash::fast::RandomState>;
+
+type PollMap = Arc<Polls>;
 
 /// Every poll, in memory; cheap to read per vote, changed rarely.
 #[derive(Clone)]
@@ -87,7 +91,7 @@ impl PollCatalog {
     pub async fn load(store: Arc<dyn PollStore>) -> Result<Self, StoreError> {
         let started = std::time::Instant::now();
         let polls = store.load().await?;
-        let map: HashMap<_, _> = polls.into_iter().map(|p| (p.id, Arc::new(p))).collect();
+        let map: Polls = polls.into_iter().map(|p| (p.id, Arc::new(p))).collect();
         let ids = sorted_ids(&map);
         Ok(Self {
             inner: Arc::new(Inner {
@@ -295,7 +299,7 @@ impl PollCatalog {
     async fn reload(&self) -> Result<(), StoreError> {
         let started = std::time::Instant::now();
         let polls = self.inner.store.load().await?;
-        let map: HashMap<_, _> = polls.into_iter().map(|p| (p.id, Arc::new(p))).collect();
+        let map: Polls = polls.into_iter().map(|p| (p.id, Arc::new(p))).collect();
         let ids = sorted_ids(&map);
         *self.inner.polls.write() = Arc::new(map);
         *self.inner.ids.write() = ids;
@@ -327,7 +331,7 @@ impl PollCatalog {
     }
 }
 
-fn sorted_ids(map: &HashMap<PollId, Arc<Poll>>) -> Arc<Vec<PollId>> {
+fn sorted_ids(map: &Polls) -> Arc<Vec<PollId>> {
     let mut ids: Vec<PollId> = map.keys().copied().collect();
     ids.sort_unstable();
     Arc::new(ids)
