@@ -77,9 +77,6 @@ run_wrk() { # label bin round
       "$((cpu1 - cpu0))" "$requests" "$(getconf CLK_TCK)")"
 }
 
-# The process's user + system CPU time so far, in clock ticks.
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-
 for round in $(seq "$rounds"); do
   echo "== round $round"
   run_one baseline "$base" "$round"

@@ -38,13 +38,12 @@ ulimit -n "$(ulimit -Hn)"
 # shellcheck source=scripts/bench-lib.sh
 . scripts/bench-lib.sh
 
-# CPU ticks (user + system) of PID's threads named NAME.
+# CPU ticks of PID's threads named NAME.
 thread_ticks() { # pid name
   local total=0 d
   for d in /proc/"$1"/task/*; do
     if [ "$(cat "$d/comm" 2>/dev/null)" = "$2" ]; then
-      read -r -a f < <(cut -d' ' -f14,15 "$d/stat" 2>/dev/null) || continue
-      total=$((total + f[0] + f[1]))
+      total=$((total + $(cpu_ticks "$1/task/${d##*/}" 2>/dev/null || echo 0)))
     fi
   done
   echo "$total"

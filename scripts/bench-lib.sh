@@ -7,6 +7,12 @@ wait_healthy() { # log [tenths]
   echo "server did not start: $(tail -5 "$1")"; exit 1
 }
 
+# User + system CPU time so far, in clock ticks (`getconf CLK_TCK` a second), of a process (PID)
+# or of one of its threads (PID/task/TID).
+cpu_ticks() { # pid
+  awk '{print $14 + $15}' "/proc/$1/stat"
+}
+
 # Starts `BIN serve` on DIR (embedded log) and waits for it; its pid is $server.
 serve() { # bin dir
   "$1" serve --data-dir "$2" --listen "127.0.0.1:$port" >"$2.log" 2>&1 &
