@@ -15,7 +15,9 @@
 #           which a slower or busier machine changes far less than it changes the rate
 # KINDS="wrk" runs only the wrk line of each round (default: "single batch screen wrk").
 # and prints one line per run (acknowledged votes/s and latency percentiles from loadgen's JSON
-# report, every run checked with --verify). The load generator is the candidate's for both.
+# report, every run checked with --verify; the server's CPU per acknowledged vote over the
+# generator's run, from /proc, verification included, and its fsyncs per 1,000 votes, from
+# /metrics). The load generator is the candidate's for both.
 # Needs curl and python3.
 set -euo pipefail
 base=${1:?baseline binary}; cand=${2:?candidate binary}; rounds=${3:-2}
@@ -27,17 +29,24 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 # shellcheck source=scripts/bench-lib.sh
 . "$(dirname "$0")/bench-lib.sh"
 
-report() { # label run json
-  python3 - "$1" "$2" "$3" <<'PY'
+report() { # label run json server-cpu-ticks fsyncs
+  python3 - "$1" "$2" "$3" "$4" "$5" "$(getconf CLK_TCK)" <<'PY'
 import json, sys
-label, run, path = sys.argv[1:]
+label, run, path = sys.argv[1:4]
+ticks, fsyncs, hz = map(float, sys.argv[4:])
 r = json.load(open(path))
 lat = r["screen_latency"] if run == "screen" else r["latency"]
 ok = (r.get("verify") or {}).get("ok")
+votes = max(r["acknowledged"], 1)
 print(f"{run:7} {label:9} {r['acknowledged_per_sec']:>11,.0f}/s  p50 {lat['p50_ms']:7.2f} ms  "
       f"p90 {lat['p90_ms']:7.2f} ms  p99 {lat['p99_ms']:7.2f} ms  max {lat['max_ms']:8.2f} ms  "
-      f"verify {'ok' if ok else ok}")
+      f"verify {'ok' if ok else ok}  server {ticks * 1e6 / hz / votes:.2f} us CPU/vote, "
+      f"{fsyncs * 1000 / votes:.1f} fsyncs/1,000 votes")
 PY
+}
+
+fsyncs() { # the server's fdatasync calls so far
+  curl -s "http://127.0.0.1:$port/metrics" | awk '/^crowdtick_log_fsyncs_total / {print $2}'
 }
 
 run_one() { # label bin round
@@ -51,10 +60,13 @@ run_one() { # label bin round
       batch)  args=(--batch 10000 --votes 2000000 --polls 10 --voters 2000000 --connections 4 --threads 2) ;;
       screen) args=(--rate 10000 --duration 20 --polls 3 --voters 200000 --connections 64 --screen-latency) ;;
     esac
+    local cpu0 fsync0
+    cpu0=$(cpu_ticks "$server"); fsync0=$(fsyncs)
     "$cand" loadgen --url "http://127.0.0.1:$port" "${args[@]}" --verify --quiet \
       --json-report "$dir/r.json" >"$dir/loadgen.log" 2>&1 || { echo "$label $kind: loadgen failed"; tail -5 "$dir/loadgen.log"; }
+    local ticks=$(($(cpu_ticks "$server") - cpu0)) synced=$(($(fsyncs) - fsync0))
     kill "$server"; wait "$server" 2>/dev/null || true
-    report "$label" "$kind" "$dir/r.json"
+    report "$label" "$kind" "$dir/r.json" "$ticks" "$synced"
   done
 }
 

@@ -257,6 +257,7 @@ impl Config {
                 votes_partitions: self.log.partitions,
                 fsync: self.log.fsync,
                 queue_capacity: self.log.queue_capacity,
+                commit_interval: Duration::from_micros(self.log.commit_interval_us),
                 segment_bytes: self.log.segment_mb << 20,
                 retire_released: self.log.retire_after_snapshot,
                 ..EmbeddedLogConfig::new(self.log_dir())

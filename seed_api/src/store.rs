@@ -58,7 +58,16 @@ impl Appender {
             needs_newline,
             buf: Vec::new(),
         };
-        group_commit::spawn(&format!("seed-{name}"), writer, lines, MAX_GROUP_BYTES)?;
+        group_commit::spawn(
+            &format!("seed-{name}"),
+            writer,
+            lines,
+            group_commit::Grouping {
+                max_bytes: MAX_GROUP_BYTES,
+                min_interval: std::time::Duration::ZERO,
+                backlog: None,
+            },
+        )?;
         Ok(Self { queue })
     }
 

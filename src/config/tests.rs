@@ -221,4 +221,8 @@ fn retention_reaches_the_embedded_log_and_is_refused_where_it_cannot_work() {
     assert!(err.contains("two generations"), "{err}");
     let err = with(|c| c.log.segment_mb = 0).validate().unwrap_err();
     assert!(err.to_string().contains("segment_mb"), "{err}");
+    let err = with(|c| c.log.commit_interval_us = 200_000)
+        .validate()
+        .unwrap_err();
+    assert!(err.to_string().contains("commit_interval_us"), "{err}");
 }

@@ -43,6 +43,9 @@ pub struct EmbeddedLogConfig {
     pub queue_capacity: usize,
     /// Bytes the writer takes into one group commit at most.
     pub max_group_bytes: usize,
+    /// Group commits begin at most this often (an fsync each): under load, appends that come
+    /// sooner wait out the rest of it and share the next one.
+    pub commit_interval: Duration,
     /// A topic's segment files hold about this many bytes each (a group commit is never split).
     pub segment_bytes: u64,
     /// Delete the segments whose every record its partition's consumer released (kept in its
@@ -59,11 +62,16 @@ impl EmbeddedLogConfig {
             fsync: true,
             queue_capacity: 65_536,
             max_group_bytes: 8 << 20,
+            commit_interval: Duration::ZERO,
             segment_bytes: 256 << 20,
             retire_released: false,
         }
     }
 }
+
+/// Queued appends of this many bytes (about 35 single votes) are a group worth committing
+/// without waiting out the rest of `commit_interval`.
+const COMMIT_AT_ONCE_BYTES: usize = 4 << 10;
 
 /// Counters for `/metrics`.
 #[derive(Debug, Default)]
@@ -90,7 +98,7 @@ struct AppendRequest {
 
 pub struct EmbeddedLog {
     topics: Arc<Vec<TopicFile>>,
-    queue: Option<mpsc::Sender<AppendRequest>>,
+    queue: Option<(mpsc::Sender<AppendRequest>, Arc<group_commit::Backlog>)>,
     pub metrics: Arc<LogMetrics>,
     retire_released: bool,
     /// Set while a retirement runs (a release meanwhile leaves it be).
@@ -124,11 +132,17 @@ impl EmbeddedLog {
             segment_bytes: config.segment_bytes,
             metrics: metrics.clone(),
         };
-        group_commit::spawn("log-writer", writer, rx, config.max_group_bytes)
+        let backlog = group_commit::Backlog::new(COMMIT_AT_ONCE_BYTES);
+        let grouping = group_commit::Grouping {
+            max_bytes: config.max_group_bytes,
+            min_interval: config.commit_interval,
+            backlog: Some(backlog.clone()),
+        };
+        group_commit::spawn("log-writer", writer, rx, grouping)
             .map_err(|e| LogError::io("starting the log writer thread", e))?;
         Ok(Self {
             topics,
-            queue: Some(tx),
+            queue: Some((tx, backlog)),
             metrics,
             retire_released: config.retire_released,
             retiring: Default::default(),
@@ -458,8 +472,11 @@ impl Log for EmbeddedLog {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let queue = self.queue.as_ref().ok_or(LogError::Closed)?;
+        let (queue, backlog) = self.queue.as_ref().ok_or(LogError::Closed)?;
         let (reply, answer) = oneshot::channel();
+        // Counted before it is queued, so the writer never takes off more than was added.
+        let bytes = batch.bytes();
+        backlog.add(bytes);
         queue
             .try_send(AppendRequest {
                 topic,
@@ -467,6 +484,7 @@ impl Log for EmbeddedLog {
                 deadline,
                 reply,
             })
+            .inspect_err(|_| backlog.take(bytes))
             .map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => {
                     self.metrics

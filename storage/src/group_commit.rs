@@ -2,9 +2,20 @@
 //! together (one write and at most one fsync per file), then answers them all, so concurrent
 //! writers share an fsync instead of queueing for one each.
 //!
+//! Under load a writer can also commit at most once per [`Grouping::min_interval`]: a request that
+//! comes sooner waits out the rest of it, so groups grow and the commits per second stay bounded
+//! (each costs the node a write, an fsync and the wake-ups of its callers, about the same CPU
+//! whatever it holds), at a cost of at most that interval to a request's latency. The wait ends
+//! early once [`Backlog::enough`] bytes are queued, so a few busy callers with one request in
+//! flight each are not held to the interval's pace.
+//!
 //! The embedded log ([`crate::embedded_log`]) and the old API's account, session and vote files
 //! (`seed_api::store`) both write through [`spawn`]; each says in its [`Commit`] what a group is.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread::Thread;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 /// What a writer does with one group of requests.
@@ -47,27 +58,101 @@ impl<T: Send + 'static> Queue<T> for mpsc::UnboundedReceiver<T> {
     }
 }
 
+/// How a writer forms its groups.
+#[derive(Debug, Clone)]
+pub struct Grouping {
+    /// A group stops growing at this many bytes ([`Commit::size`]).
+    pub max_bytes: usize,
+    /// Groups are committed at most this often: a request that comes sooner after the last
+    /// commit began waits out the rest of the interval, and the requests that come meanwhile join
+    /// its group (zero: commit as soon as a request waits).
+    pub min_interval: Duration,
+    /// What the senders have queued, which ends that wait early (none: the interval alone).
+    pub backlog: Option<Arc<Backlog>>,
+}
+
+/// The bytes queued for a writer with a commit interval, kept by its senders, and the writer to
+/// wake once they are enough for a group: a sender calls [`Backlog::add`] before it queues a
+/// request (and [`Backlog::take`] if the queue refused it); the writer takes off what it takes.
+#[derive(Debug)]
+pub struct Backlog {
+    bytes: AtomicUsize,
+    enough: usize,
+    writer: OnceLock<Thread>,
+}
+
+impl Backlog {
+    /// A backlog whose writer commits without waiting out its interval once `enough` bytes wait.
+    pub fn new(enough: usize) -> Arc<Self> {
+        Arc::new(Self {
+            bytes: AtomicUsize::new(0),
+            enough,
+            writer: OnceLock::new(),
+        })
+    }
+
+    /// `bytes` more are about to be queued: wakes a waiting writer if that makes enough.
+    pub fn add(&self, bytes: usize) {
+        let before = self.bytes.fetch_add(bytes, Ordering::AcqRel);
+        if before < self.enough && before + bytes >= self.enough {
+            if let Some(writer) = self.writer.get() {
+                writer.unpark();
+            }
+        }
+    }
+
+    /// `bytes` left the queue (taken by the writer, or never queued).
+    pub fn take(&self, bytes: usize) {
+        self.bytes.fetch_sub(bytes, Ordering::AcqRel);
+    }
+
+    fn is_enough(&self) -> bool {
+        self.bytes.load(Ordering::Acquire) >= self.enough
+    }
+}
+
 /// Starts the writer thread `name`: it gathers the requests waiting on `queue` (at least one, up
-/// to `max_group` bytes) and hands them to `writer` as one group, until every sender is dropped.
+/// to `grouping.max_bytes`, no sooner than `grouping.min_interval` after the last group began)
+/// and hands them to `writer` as one group, until every sender is dropped.
 pub fn spawn<C: Commit>(
     name: &str,
     mut writer: C,
     mut queue: impl Queue<C::Request>,
-    max_group: usize,
+    grouping: Grouping,
 ) -> std::io::Result<()> {
     let thread = name.to_owned();
+    let Grouping {
+        max_bytes,
+        min_interval,
+        backlog,
+    } = grouping;
     std::thread::Builder::new()
         .name(thread.clone())
         .spawn(move || {
+            if let Some(backlog) = &backlog {
+                let _ = backlog.writer.set(std::thread::current());
+            }
+            let taken = |request: &C::Request| {
+                let size = C::size(request);
+                if let Some(backlog) = &backlog {
+                    backlog.take(size);
+                }
+                size
+            };
             let mut group = Vec::new();
+            let mut last_began: Option<Instant> = None;
             while let Some(first) = queue.next_blocking() {
-                let mut size = C::size(&first);
+                let mut size = taken(&first);
+                if let Some(began) = last_began {
+                    wait_until(began + min_interval, backlog.as_deref());
+                }
+                last_began = Some(Instant::now());
                 group.push(first);
-                while size < max_group {
+                while size < max_bytes {
                     let Some(request) = queue.next_waiting() else {
                         break;
                     };
-                    size += C::size(&request);
+                    size += taken(&request);
                     group.push(request);
                 }
                 writer.commit(&mut group);
@@ -76,6 +161,18 @@ pub fn spawn<C: Commit>(
             tracing::debug!(writer = thread, "writer stopped: every sender is gone");
         })?;
     Ok(())
+}
+
+/// Sleeps until `due`, or until the backlog holds enough for a group.
+fn wait_until(due: Instant, backlog: Option<&Backlog>) {
+    loop {
+        let now = Instant::now();
+        if now >= due || backlog.is_some_and(Backlog::is_enough) {
+            return;
+        }
+        // Woken early by `Backlog::add`; a spurious wake-up just looks again.
+        std::thread::park_timeout(due - now);
+    }
 }
 
 #[cfg(test)]
@@ -111,11 +208,89 @@ mod tests {
             tx.send((10, done)).await.unwrap();
             answers.push(answer);
         }
-        spawn("test-writer", Groups(seen.clone()), rx, 35).unwrap();
+        let grouping = Grouping {
+            max_bytes: 35,
+            min_interval: Duration::ZERO,
+            backlog: None,
+        };
+        spawn("test-writer", Groups(seen.clone()), rx, grouping).unwrap();
         for answer in answers {
             answer.await.unwrap();
         }
         assert_eq!(*seen.lock().unwrap(), vec![4, 4, 2]);
+        drop(tx);
+    }
+
+    #[tokio::test]
+    async fn under_load_a_group_waits_out_the_interval() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel(64);
+        let interval = Duration::from_millis(300);
+        let grouping = Grouping {
+            max_bytes: 1 << 20,
+            min_interval: interval,
+            backlog: None,
+        };
+        spawn("test-writer", Groups(seen.clone()), rx, grouping).unwrap();
+        let send = |tx: &mpsc::Sender<_>| {
+            let (done, answer) = tokio::sync::oneshot::channel();
+            tx.try_send((10, done)).unwrap();
+            answer
+        };
+        // The first request after a quiet spell is committed at once.
+        let began = Instant::now();
+        send(&tx).await.unwrap();
+        assert!(began.elapsed() < interval, "no wait after a quiet spell");
+        // Five that come within the interval wait for it to end, and share one group.
+        let mut answers = Vec::new();
+        for _ in 0..5 {
+            answers.push(send(&tx));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        for answer in answers {
+            answer.await.unwrap();
+        }
+        assert!(began.elapsed() >= interval, "the second group waited");
+        assert_eq!(*seen.lock().unwrap(), vec![1, 5]);
+        drop(tx);
+    }
+
+    #[tokio::test]
+    async fn enough_queued_ends_the_wait_early() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel(64);
+        let backlog = Backlog::new(30);
+        let grouping = Grouping {
+            max_bytes: 1 << 20,
+            min_interval: Duration::from_secs(30),
+            backlog: Some(backlog.clone()),
+        };
+        spawn("test-writer", Groups(seen.clone()), rx, grouping).unwrap();
+        let send = |tx: &mpsc::Sender<_>| {
+            let (done, answer) = tokio::sync::oneshot::channel();
+            backlog.add(10);
+            tx.try_send((10, done)).unwrap();
+            answer
+        };
+        send(&tx).await.unwrap();
+        // The next group waits for its interval (30 s) or for 30 bytes behind the first request.
+        let began = Instant::now();
+        let mut answers = vec![send(&tx), send(&tx), send(&tx)];
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            seen.lock().unwrap().len(),
+            1,
+            "three requests are not enough"
+        );
+        answers.push(send(&tx));
+        for answer in answers {
+            answer.await.unwrap();
+        }
+        assert!(
+            began.elapsed() < Duration::from_secs(10),
+            "woken by the backlog"
+        );
+        assert_eq!(*seen.lock().unwrap(), vec![1, 4]);
         drop(tx);
     }
 }

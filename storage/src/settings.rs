@@ -137,6 +137,10 @@ pub struct LogSection {
     pub fsync: bool,
     /// Append requests that may wait for the log writer before votes get 503.
     pub queue_capacity: usize,
+    /// The embedded log commits (writes and fsyncs) a group of appends at most once per this many
+    /// microseconds: under load, votes that come sooner wait out the rest of it and share the
+    /// next fsync. Fewer, larger groups leave more CPU to the votes; 0 commits at once.
+    pub commit_interval_us: u64,
     /// Each topic's segment files hold about this many MiB.
     pub segment_mb: u64,
     /// Delete the votes log's segments that every partition's snapshot already holds (the
@@ -153,6 +157,7 @@ impl Default for LogSection {
             partitions: 8,
             fsync: true,
             queue_capacity: 65_536,
+            commit_interval_us: 2_000,
             segment_mb: 256,
             retire_after_snapshot: false,
         }
@@ -173,6 +178,12 @@ impl Default for KafkaSection {
 impl LogSection {
     /// Why these settings cannot run, if they cannot.
     pub fn check(&self) -> Result<(), String> {
+        if self.commit_interval_us > 100_000 {
+            return Err(
+                "log.commit_interval_us must be at most 100000 (0.1 s): every vote may wait that long for its fsync"
+                    .into(),
+            );
+        }
         match (self.partitions, self.segment_mb) {
             (1..=1024, 1..=65_536) => Ok(()),
             (1..=1024, _) => Err("log.segment_mb must be 1 to 65536".into()),
