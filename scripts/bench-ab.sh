@@ -29,24 +29,30 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 # shellcheck source=scripts/bench-lib.sh
 . "$(dirname "$0")/bench-lib.sh"
 
-report() { # label run json server-cpu-ticks fsyncs
+report() { # label run json "cpu-ticks-before after" "fsyncs-before after" (a missing reading: n/a)
   python3 - "$1" "$2" "$3" "$4" "$5" "$(getconf CLK_TCK)" <<'PY'
 import json, sys
-label, run, path = sys.argv[1:4]
-ticks, fsyncs, hz = map(float, sys.argv[4:])
+label, run, path, ticks, fsyncs, hz = sys.argv[1:]
 r = json.load(open(path))
 lat = r["screen_latency"] if run == "screen" else r["latency"]
 ok = (r.get("verify") or {}).get("ok")
 votes = max(r["acknowledged"], 1)
+def per_vote(pair, scale, fmt):
+    try:
+        before, after = map(float, pair.split())
+    except ValueError:
+        return "n/a"
+    return format((after - before) * scale / votes, fmt)
 print(f"{run:7} {label:9} {r['acknowledged_per_sec']:>11,.0f}/s  p50 {lat['p50_ms']:7.2f} ms  "
       f"p90 {lat['p90_ms']:7.2f} ms  p99 {lat['p99_ms']:7.2f} ms  max {lat['max_ms']:8.2f} ms  "
-      f"verify {'ok' if ok else ok}  server {ticks * 1e6 / hz / votes:.2f} us CPU/vote, "
-      f"{fsyncs * 1000 / votes:.1f} fsyncs/1,000 votes")
+      f"verify {'ok' if ok else ok}  server {per_vote(ticks, 1e6 / float(hz), '.2f')} us CPU/vote, "
+      f"{per_vote(fsyncs, 1000, '.1f')} fsyncs/1,000 votes")
 PY
 }
 
-fsyncs() { # the server's fdatasync calls so far
-  curl -s "http://127.0.0.1:$port/metrics" | awk '/^crowdtick_log_fsyncs_total / {print $2}'
+fsyncs() { # the server's fdatasync calls so far (nothing if it does not say)
+  curl -sf --max-time 5 "http://127.0.0.1:$port/metrics" |
+    awk '/^crowdtick_log_fsyncs_total / {print $2}' || true
 }
 
 run_one() { # label bin round
@@ -60,11 +66,11 @@ run_one() { # label bin round
       batch)  args=(--batch 10000 --votes 2000000 --polls 10 --voters 2000000 --connections 4 --threads 2) ;;
       screen) args=(--rate 10000 --duration 20 --polls 3 --voters 200000 --connections 64 --screen-latency) ;;
     esac
-    local cpu0 fsync0
-    cpu0=$(cpu_ticks "$server"); fsync0=$(fsyncs)
+    local ticks synced
+    ticks=$(cpu_ticks "$server" 2>/dev/null || true); synced=$(fsyncs)
     "$cand" loadgen --url "http://127.0.0.1:$port" "${args[@]}" --verify --quiet \
       --json-report "$dir/r.json" >"$dir/loadgen.log" 2>&1 || { echo "$label $kind: loadgen failed"; tail -5 "$dir/loadgen.log"; }
-    local ticks=$(($(cpu_ticks "$server") - cpu0)) synced=$(($(fsyncs) - fsync0))
+    ticks+=" $(cpu_ticks "$server" 2>/dev/null || true)"; synced+=" $(fsyncs)"
     kill "$server"; wait "$server" 2>/dev/null || true
     report "$label" "$kind" "$dir/r.json" "$ticks" "$synced"
   done

@@ -219,6 +219,14 @@ impl Config {
         }
         // Backends that need one another (a schema registry needs Kafka, ScyllaDB PostgreSQL).
         self.backends()?;
+        anyhow::ensure!(
+            self.log.commit_interval_us * 4 <= self.ingest.deadline_ms.saturating_mul(1000),
+            "log.commit_interval_us ({} µs) leaves too little of ingest.deadline_ms ({} ms): a vote \
+             may wait that long for its group commit. Keep the interval at most a quarter of the \
+             deadline",
+            self.log.commit_interval_us,
+            self.ingest.deadline_ms
+        );
         if self.log.retire_after_snapshot {
             anyhow::ensure!(
                 self.kafka.brokers.is_empty(),

@@ -225,4 +225,10 @@ fn retention_reaches_the_embedded_log_and_is_refused_where_it_cannot_work() {
         .validate()
         .unwrap_err();
     assert!(err.to_string().contains("commit_interval_us"), "{err}");
+    let tight = with(|c| {
+        c.log.commit_interval_us = 50_000;
+        c.ingest.deadline_ms = 100;
+    });
+    let err = tight.validate().unwrap_err();
+    assert!(err.to_string().contains("deadline_ms"), "{err}");
 }

@@ -474,9 +474,7 @@ impl Log for EmbeddedLog {
         }
         let (queue, backlog) = self.queue.as_ref().ok_or(LogError::Closed)?;
         let (reply, answer) = oneshot::channel();
-        // Counted before it is queued, so the writer never takes off more than was added.
         let bytes = batch.bytes();
-        backlog.add(bytes);
         queue
             .try_send(AppendRequest {
                 topic,
@@ -484,7 +482,6 @@ impl Log for EmbeddedLog {
                 deadline,
                 reply,
             })
-            .inspect_err(|_| backlog.take(bytes))
             .map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => {
                     self.metrics
@@ -494,6 +491,7 @@ impl Log for EmbeddedLog {
                 }
                 mpsc::error::TrySendError::Closed(_) => LogError::Closed,
             })?;
+        backlog.add(bytes);
         // The writer answers every request it takes, expired ones with Timeout, so waiting for the
         // answer (rather than for the deadline) is what keeps "503 means not written" true.
         answer.await.map_err(|_| LogError::Closed)?

@@ -6,13 +6,14 @@
 //! comes sooner waits out the rest of it, so groups grow and the commits per second stay bounded
 //! (each costs the node a write, an fsync and the wake-ups of its callers, about the same CPU
 //! whatever it holds), at a cost of at most that interval to a request's latency. The wait ends
-//! early once [`Backlog::enough`] bytes are queued, so a few busy callers with one request in
-//! flight each are not held to the interval's pace.
+//! early once the [`Backlog`] holds enough bytes for a group: with many callers the groups then
+//! come as fast as they fill. (A few callers with one request in flight each never fill one, and
+//! are held to one request per interval each: a setup like that wants no interval.)
 //!
 //! The embedded log ([`crate::embedded_log`]) and the old API's account, session and vote files
 //! (`seed_api::store`) both write through [`spawn`]; each says in its [`Commit`] what a group is.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicIsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
@@ -72,12 +73,13 @@ pub struct Grouping {
 }
 
 /// The bytes queued for a writer with a commit interval, kept by its senders, and the writer to
-/// wake once they are enough for a group: a sender calls [`Backlog::add`] before it queues a
-/// request (and [`Backlog::take`] if the queue refused it); the writer takes off what it takes.
+/// wake once they are enough for a group: a sender calls [`Backlog::add`] once it has queued a
+/// request; the writer takes off what it takes (the count may dip below zero for a moment, when
+/// the writer takes a request before its sender adds it).
 #[derive(Debug)]
 pub struct Backlog {
-    bytes: AtomicUsize,
-    enough: usize,
+    bytes: AtomicIsize,
+    enough: isize,
     writer: OnceLock<Thread>,
 }
 
@@ -85,14 +87,15 @@ impl Backlog {
     /// A backlog whose writer commits without waiting out its interval once `enough` bytes wait.
     pub fn new(enough: usize) -> Arc<Self> {
         Arc::new(Self {
-            bytes: AtomicUsize::new(0),
-            enough,
+            bytes: AtomicIsize::new(0),
+            enough: isize::try_from(enough).unwrap_or(isize::MAX),
             writer: OnceLock::new(),
         })
     }
 
-    /// `bytes` more are about to be queued: wakes a waiting writer if that makes enough.
+    /// A request of `bytes` was queued: wakes a waiting writer if that makes enough.
     pub fn add(&self, bytes: usize) {
+        let bytes = bytes as isize;
         let before = self.bytes.fetch_add(bytes, Ordering::AcqRel);
         if before < self.enough && before + bytes >= self.enough {
             if let Some(writer) = self.writer.get() {
@@ -101,9 +104,9 @@ impl Backlog {
         }
     }
 
-    /// `bytes` left the queue (taken by the writer, or never queued).
-    pub fn take(&self, bytes: usize) {
-        self.bytes.fetch_sub(bytes, Ordering::AcqRel);
+    /// The writer took a request of `bytes` from the queue.
+    fn take(&self, bytes: usize) {
+        self.bytes.fetch_sub(bytes as isize, Ordering::AcqRel);
     }
 
     fn is_enough(&self) -> bool {
@@ -142,11 +145,12 @@ pub fn spawn<C: Commit>(
             let mut group = Vec::new();
             let mut last_began: Option<Instant> = None;
             while let Some(first) = queue.next_blocking() {
-                let mut size = taken(&first);
-                if let Some(began) = last_began {
-                    wait_until(began + min_interval, backlog.as_deref());
+                if let Some(due) = last_began.and_then(|began| began.checked_add(min_interval)) {
+                    // `first` still counts in the backlog: a big request alone is enough.
+                    wait_until(due, backlog.as_deref());
                 }
                 last_began = Some(Instant::now());
+                let mut size = taken(&first);
                 group.push(first);
                 while size < max_bytes {
                     let Some(request) = queue.next_waiting() else {
@@ -266,31 +270,30 @@ mod tests {
             backlog: Some(backlog.clone()),
         };
         spawn("test-writer", Groups(seen.clone()), rx, grouping).unwrap();
-        let send = |tx: &mpsc::Sender<_>| {
+        let send = |tx: &mpsc::Sender<_>, bytes: usize| {
             let (done, answer) = tokio::sync::oneshot::channel();
-            backlog.add(10);
-            tx.try_send((10, done)).unwrap();
+            tx.try_send((bytes, done)).unwrap();
+            backlog.add(bytes);
             answer
         };
-        send(&tx).await.unwrap();
-        // The next group waits for its interval (30 s) or for 30 bytes behind the first request.
+        send(&tx, 10).await.unwrap();
+        // The next group waits for its interval (30 s) or for 30 bytes queued.
         let began = Instant::now();
-        let mut answers = vec![send(&tx), send(&tx), send(&tx)];
+        let mut answers = vec![send(&tx, 10), send(&tx, 10)];
         tokio::time::sleep(Duration::from_millis(300)).await;
-        assert_eq!(
-            seen.lock().unwrap().len(),
-            1,
-            "three requests are not enough"
-        );
-        answers.push(send(&tx));
+        assert_eq!(seen.lock().unwrap().len(), 1, "20 bytes are not enough");
+        answers.push(send(&tx, 10));
         for answer in answers {
             answer.await.unwrap();
         }
+        assert_eq!(*seen.lock().unwrap(), vec![1, 3]);
+        // One request big enough alone does not wait either.
+        send(&tx, 40).await.unwrap();
         assert!(
             began.elapsed() < Duration::from_secs(10),
             "woken by the backlog"
         );
-        assert_eq!(*seen.lock().unwrap(), vec![1, 4]);
+        assert_eq!(*seen.lock().unwrap(), vec![1, 3, 1]);
         drop(tx);
     }
 }
