@@ -6,9 +6,10 @@
 //! comes sooner waits out the rest of it, so groups grow and the commits per second stay bounded
 //! (each costs the node a write, an fsync and the wake-ups of its callers, about the same CPU
 //! whatever it holds), at a cost of at most that interval to a request's latency. The wait ends
-//! early once the [`Backlog`] holds enough bytes for a group: with many callers the groups then
-//! come as fast as they fill. (A few callers with one request in flight each never fill one, and
-//! are held to one request per interval each: a setup like that wants no interval.)
+//! early once the [`Backlog`] holds enough bytes for a group (with many callers the groups then
+//! come as fast as they fill), or after a quiet spell of a sixteenth of the interval in which no
+//! request came (the callers are all waiting on this group). A few callers with one request in
+//! flight each still pay about a spell per round trip: a setup like that wants no interval.
 //!
 //! The embedded log ([`crate::embedded_log`]) and the old API's account, session and vote files
 //! (`seed_api::store`) both write through [`spawn`]; each says in its [`Commit`] what a group is.
@@ -114,6 +115,9 @@ impl Backlog {
     }
 }
 
+/// A wait for the commit interval ends once no request has come for this part of it.
+const QUIET_PARTS: u32 = 16;
+
 /// Starts the writer thread `name`: it gathers the requests waiting on `queue` (at least one, up
 /// to `grouping.max_bytes`, no sooner than `grouping.min_interval` after the last group began)
 /// and hands them to `writer` as one group, until every sender is dropped.
@@ -147,7 +151,7 @@ pub fn spawn<C: Commit>(
             while let Some(first) = queue.next_blocking() {
                 if let Some(due) = last_began.and_then(|began| began.checked_add(min_interval)) {
                     // `first` still counts in the backlog: a big request alone is enough.
-                    wait_until(due, backlog.as_deref());
+                    wait_until(due, backlog.as_deref(), min_interval / QUIET_PARTS);
                 }
                 last_began = Some(Instant::now());
                 let mut size = taken(&first);
@@ -167,15 +171,33 @@ pub fn spawn<C: Commit>(
     Ok(())
 }
 
-/// Sleeps until `due`, or until the backlog holds enough for a group.
-fn wait_until(due: Instant, backlog: Option<&Backlog>) {
+/// Sleeps until `due`, or until the backlog holds enough for a group, or until a quiet spell of
+/// `quiet` in which no request came: the callers are all waiting on this group (a few busy
+/// connections, or a slow trickle), so waiting longer only delays it.
+fn wait_until(due: Instant, backlog: Option<&Backlog>, quiet: Duration) {
+    let queued = || backlog.map(|b| b.bytes.load(Ordering::Acquire));
+    let mut seen = queued();
+    let mut spell_ends = Instant::now() + quiet;
     loop {
         let now = Instant::now();
         if now >= due || backlog.is_some_and(Backlog::is_enough) {
             return;
         }
+        if backlog.is_some() && now >= spell_ends {
+            let queued_now = queued();
+            if queued_now == seen {
+                return;
+            }
+            seen = queued_now;
+            spell_ends = now + quiet;
+        }
         // Woken early by `Backlog::add`; a spurious wake-up just looks again.
-        std::thread::park_timeout(due - now);
+        let until = if backlog.is_some() {
+            due.min(spell_ends)
+        } else {
+            due
+        };
+        std::thread::park_timeout(until - now);
     }
 }
 
@@ -294,6 +316,36 @@ mod tests {
             "woken by the backlog"
         );
         assert_eq!(*seen.lock().unwrap(), vec![1, 3, 1]);
+        drop(tx);
+    }
+
+    #[tokio::test]
+    async fn a_quiet_spell_ends_the_wait_early() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel(64);
+        let backlog = Backlog::new(1 << 20);
+        let interval = Duration::from_secs(4);
+        let grouping = Grouping {
+            max_bytes: 1 << 20,
+            min_interval: interval,
+            backlog: Some(backlog.clone()),
+        };
+        spawn("test-writer", Groups(seen.clone()), rx, grouping).unwrap();
+        let send = |tx: &mpsc::Sender<_>| {
+            let (done, answer) = tokio::sync::oneshot::channel();
+            tx.try_send((10, done)).unwrap();
+            backlog.add(10);
+            answer
+        };
+        send(&tx).await.unwrap();
+        // Nobody else comes: the second request is committed after a quiet spell (a sixteenth
+        // of the interval), not after the interval.
+        let began = Instant::now();
+        send(&tx).await.unwrap();
+        let waited = began.elapsed();
+        assert!(waited >= interval / QUIET_PARTS, "waited {waited:?}");
+        assert!(waited < interval / 2, "waited {waited:?}");
+        assert_eq!(*seen.lock().unwrap(), vec![1, 1]);
         drop(tx);
     }
 }

@@ -139,9 +139,9 @@ pub struct LogSection {
     pub queue_capacity: usize,
     /// The embedded log commits (writes and fsyncs) a group of appends at most once per this many
     /// microseconds: under load, votes that come sooner wait out the rest of it and share the
-    /// next fsync, unless about 35 votes (4 KiB) already wait. Fewer, larger groups leave more CPU
-    /// to the votes; a client with few connections and one vote in flight on each is held to one
-    /// vote per connection per interval. 0 commits at once.
+    /// next fsync, unless about 35 votes (4 KiB) already wait or none came for a sixteenth of it.
+    /// Fewer, larger groups leave more CPU to the votes; a client with few connections and one
+    /// vote in flight on each gets fewer votes through. 0 commits at once.
     pub commit_interval_us: u64,
     /// Each topic's segment files hold about this many MiB.
     pub segment_mb: u64,
