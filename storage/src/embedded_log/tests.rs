@@ -452,7 +452,7 @@ async fn appends_within_the_commit_interval_share_a_group_and_enough_bytes_commi
         commit_interval: interval,
         ..config(dir.path())
     };
-    let log = Arc::new(EmbeddedLog::open(with_interval(Duration::from_millis(50))).unwrap());
+    let log = Arc::new(EmbeddedLog::open(with_interval(Duration::from_millis(100))).unwrap());
     let one = |i: u8, bytes: usize| {
         let log = log.clone();
         tokio::spawn(async move {
@@ -468,7 +468,8 @@ async fn appends_within_the_commit_interval_share_a_group_and_enough_bytes_commi
     };
     one(0, 1).await.unwrap();
     // Forty small appends a millisecond apart: without the interval each would be a group of its
-    // own (an fsync here takes well under a millisecond); with it they share a few.
+    // own (an fsync here takes well under a millisecond); with it (and its quiet spell of 6 ms,
+    // longer than a slow machine's gap between them) they share a few.
     let before = log.metrics.group_commits.load(Ordering::Relaxed);
     let mut appends = Vec::new();
     for i in 1..=40 {
