@@ -110,8 +110,12 @@ impl Backlog {
         self.bytes.fetch_sub(bytes as isize, Ordering::AcqRel);
     }
 
+    fn queued(&self) -> isize {
+        self.bytes.load(Ordering::Acquire)
+    }
+
     fn is_enough(&self) -> bool {
-        self.bytes.load(Ordering::Acquire) >= self.enough
+        self.queued() >= self.enough
     }
 }
 
@@ -175,29 +179,27 @@ pub fn spawn<C: Commit>(
 /// `quiet` in which no request came: the callers are all waiting on this group (a few busy
 /// connections, or a slow trickle), so waiting longer only delays it.
 fn wait_until(due: Instant, backlog: Option<&Backlog>, quiet: Duration) {
-    let queued = || backlog.map(|b| b.bytes.load(Ordering::Acquire));
-    let mut seen = queued();
+    let Some(backlog) = backlog else {
+        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        return;
+    };
+    let mut seen = backlog.queued();
     let mut spell_ends = Instant::now() + quiet;
     loop {
         let now = Instant::now();
-        if now >= due || backlog.is_some_and(Backlog::is_enough) {
+        if now >= due || backlog.is_enough() {
             return;
         }
-        if backlog.is_some() && now >= spell_ends {
-            let queued_now = queued();
-            if queued_now == seen {
+        if now >= spell_ends {
+            let queued = backlog.queued();
+            if queued == seen {
                 return;
             }
-            seen = queued_now;
+            seen = queued;
             spell_ends = now + quiet;
         }
         // Woken early by `Backlog::add`; a spurious wake-up just looks again.
-        let until = if backlog.is_some() {
-            due.min(spell_ends)
-        } else {
-            due
-        };
-        std::thread::park_timeout(until - now);
+        std::thread::park_timeout(due.min(spell_ends) - now);
     }
 }
 
@@ -247,105 +249,97 @@ mod tests {
         drop(tx);
     }
 
+    /// A writer with a commit interval, started on `Groups`; `send` queues a request of `bytes`
+    /// as `EmbeddedLog::append` does (counted in the backlog, if there is one, once queued).
+    struct Interval {
+        seen: Arc<Mutex<Vec<usize>>>,
+        tx: mpsc::Sender<(usize, tokio::sync::oneshot::Sender<()>)>,
+        backlog: Option<Arc<Backlog>>,
+    }
+
+    impl Interval {
+        fn start(min_interval: Duration, backlog: Option<Arc<Backlog>>) -> Self {
+            let seen = Arc::new(Mutex::new(Vec::new()));
+            let (tx, rx) = mpsc::channel(64);
+            let grouping = Grouping {
+                max_bytes: 1 << 20,
+                min_interval,
+                backlog: backlog.clone(),
+            };
+            spawn("test-writer", Groups(seen.clone()), rx, grouping).unwrap();
+            Self { seen, tx, backlog }
+        }
+
+        fn send(&self, bytes: usize) -> tokio::sync::oneshot::Receiver<()> {
+            let (done, answer) = tokio::sync::oneshot::channel();
+            self.tx.try_send((bytes, done)).unwrap();
+            if let Some(backlog) = &self.backlog {
+                backlog.add(bytes);
+            }
+            answer
+        }
+
+        fn groups(&self) -> Vec<usize> {
+            self.seen.lock().unwrap().clone()
+        }
+    }
+
     #[tokio::test]
     async fn under_load_a_group_waits_out_the_interval() {
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel(64);
         let interval = Duration::from_millis(300);
-        let grouping = Grouping {
-            max_bytes: 1 << 20,
-            min_interval: interval,
-            backlog: None,
-        };
-        spawn("test-writer", Groups(seen.clone()), rx, grouping).unwrap();
-        let send = |tx: &mpsc::Sender<_>| {
-            let (done, answer) = tokio::sync::oneshot::channel();
-            tx.try_send((10, done)).unwrap();
-            answer
-        };
+        let writer = Interval::start(interval, None);
         // The first request after a quiet spell is committed at once.
         let began = Instant::now();
-        send(&tx).await.unwrap();
+        writer.send(10).await.unwrap();
         assert!(began.elapsed() < interval, "no wait after a quiet spell");
         // Five that come within the interval wait for it to end, and share one group.
         let mut answers = Vec::new();
         for _ in 0..5 {
-            answers.push(send(&tx));
+            answers.push(writer.send(10));
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         for answer in answers {
             answer.await.unwrap();
         }
         assert!(began.elapsed() >= interval, "the second group waited");
-        assert_eq!(*seen.lock().unwrap(), vec![1, 5]);
-        drop(tx);
+        assert_eq!(writer.groups(), vec![1, 5]);
     }
 
     #[tokio::test]
     async fn enough_queued_ends_the_wait_early() {
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel(64);
-        let backlog = Backlog::new(30);
-        let grouping = Grouping {
-            max_bytes: 1 << 20,
-            min_interval: Duration::from_secs(30),
-            backlog: Some(backlog.clone()),
-        };
-        spawn("test-writer", Groups(seen.clone()), rx, grouping).unwrap();
-        let send = |tx: &mpsc::Sender<_>, bytes: usize| {
-            let (done, answer) = tokio::sync::oneshot::channel();
-            tx.try_send((bytes, done)).unwrap();
-            backlog.add(bytes);
-            answer
-        };
-        send(&tx, 10).await.unwrap();
+        let writer = Interval::start(Duration::from_secs(30), Some(Backlog::new(30)));
+        writer.send(10).await.unwrap();
         // The next group waits for its interval (30 s) or for 30 bytes queued.
         let began = Instant::now();
-        let mut answers = vec![send(&tx, 10), send(&tx, 10)];
+        let mut answers = vec![writer.send(10), writer.send(10)];
         tokio::time::sleep(Duration::from_millis(300)).await;
-        assert_eq!(seen.lock().unwrap().len(), 1, "20 bytes are not enough");
-        answers.push(send(&tx, 10));
+        assert_eq!(writer.groups().len(), 1, "20 bytes are not enough");
+        answers.push(writer.send(10));
         for answer in answers {
             answer.await.unwrap();
         }
-        assert_eq!(*seen.lock().unwrap(), vec![1, 3]);
+        assert_eq!(writer.groups(), vec![1, 3]);
         // One request big enough alone does not wait either.
-        send(&tx, 40).await.unwrap();
+        writer.send(40).await.unwrap();
         assert!(
             began.elapsed() < Duration::from_secs(10),
             "woken by the backlog"
         );
-        assert_eq!(*seen.lock().unwrap(), vec![1, 3, 1]);
-        drop(tx);
+        assert_eq!(writer.groups(), vec![1, 3, 1]);
     }
 
     #[tokio::test]
     async fn a_quiet_spell_ends_the_wait_early() {
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel(64);
-        let backlog = Backlog::new(1 << 20);
         let interval = Duration::from_secs(4);
-        let grouping = Grouping {
-            max_bytes: 1 << 20,
-            min_interval: interval,
-            backlog: Some(backlog.clone()),
-        };
-        spawn("test-writer", Groups(seen.clone()), rx, grouping).unwrap();
-        let send = |tx: &mpsc::Sender<_>| {
-            let (done, answer) = tokio::sync::oneshot::channel();
-            tx.try_send((10, done)).unwrap();
-            backlog.add(10);
-            answer
-        };
-        send(&tx).await.unwrap();
+        let writer = Interval::start(interval, Some(Backlog::new(1 << 20)));
+        writer.send(10).await.unwrap();
         // Nobody else comes: the second request is committed after a quiet spell (a sixteenth
         // of the interval), not after the interval.
         let began = Instant::now();
-        send(&tx).await.unwrap();
+        writer.send(10).await.unwrap();
         let waited = began.elapsed();
         assert!(waited >= interval / QUIET_PARTS, "waited {waited:?}");
         assert!(waited < interval / 2, "waited {waited:?}");
-        assert_eq!(*seen.lock().unwrap(), vec![1, 1]);
-        drop(tx);
+        assert_eq!(writer.groups(), vec![1, 1]);
     }
 }

@@ -445,6 +445,25 @@ async fn damage_in_an_early_segment_is_refused_and_a_failed_groups_bytes_are_cut
     assert_eq!(segment_files(dir.path()), files);
 }
 
+/// One append of a record keyed `i` with a value of `bytes`, on a task of its own.
+fn append_task(
+    log: &Arc<EmbeddedLog>,
+    i: u8,
+    bytes: usize,
+) -> tokio::task::JoinHandle<Vec<Position>> {
+    let log = log.clone();
+    tokio::spawn(async move {
+        let mut b = AppendBatch::default();
+        b.push(
+            Partition((i % 3) as i32),
+            Timestamp(0),
+            &[i],
+            &vec![i; bytes],
+        );
+        log.append(Topic::Votes, b, far()).await.unwrap()
+    })
+}
+
 #[tokio::test]
 async fn appends_within_the_commit_interval_share_a_group_and_enough_bytes_commit_at_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -453,27 +472,14 @@ async fn appends_within_the_commit_interval_share_a_group_and_enough_bytes_commi
         ..config(dir.path())
     };
     let log = Arc::new(EmbeddedLog::open(with_interval(Duration::from_millis(100))).unwrap());
-    let one = |i: u8, bytes: usize| {
-        let log = log.clone();
-        tokio::spawn(async move {
-            let mut b = AppendBatch::default();
-            b.push(
-                Partition((i % 3) as i32),
-                Timestamp(0),
-                &[i],
-                &vec![i; bytes],
-            );
-            log.append(Topic::Votes, b, far()).await.unwrap()
-        })
-    };
-    one(0, 1).await.unwrap();
+    append_task(&log, 0, 1).await.unwrap();
     // Forty small appends a millisecond apart: without the interval each would be a group of its
     // own (an fsync here takes well under a millisecond); with it (and its quiet spell of 6 ms,
     // longer than a slow machine's gap between them) they share a few.
     let before = log.metrics.group_commits.load(Ordering::Relaxed);
     let mut appends = Vec::new();
     for i in 1..=40 {
-        appends.push(one(i, 1));
+        appends.push(append_task(&log, i, 1));
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     for append in appends {
@@ -484,22 +490,9 @@ async fn appends_within_the_commit_interval_share_a_group_and_enough_bytes_commi
     // With a long interval, an append of 4 KiB or more is a group's worth alone: it does not wait.
     drop(log);
     let log = Arc::new(EmbeddedLog::open(with_interval(Duration::from_secs(20))).unwrap());
-    let one = |i: u8, bytes: usize| {
-        let log = log.clone();
-        tokio::spawn(async move {
-            let mut b = AppendBatch::default();
-            b.push(
-                Partition((i % 3) as i32),
-                Timestamp(0),
-                &[i],
-                &vec![i; bytes],
-            );
-            log.append(Topic::Votes, b, far()).await.unwrap()
-        })
-    };
-    one(41, 1).await.unwrap();
+    append_task(&log, 41, 1).await.unwrap();
     let began = Instant::now();
-    one(42, 8 << 10).await.unwrap();
+    append_task(&log, 42, 8 << 10).await.unwrap();
     assert!(
         began.elapsed() < Duration::from_secs(10),
         "waited for the interval"
