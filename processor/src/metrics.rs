@@ -43,6 +43,8 @@ pub struct ProcessorMetrics {
     /// restarting after a failure, until a fetch reaches the end of the log. Empty and
     /// `owns_partitions`: the processor is ready.
     pub catching_up: Mutex<BTreeSet<Partition>>,
+    /// Why each partition task that failed did so, until it catches up again: readiness says it.
+    pub failures: Mutex<BTreeMap<Partition, String>>,
 }
 
 impl ProcessorMetrics {
@@ -53,6 +55,14 @@ impl ProcessorMetrics {
         }
         // One lock at a time (stop_partitions takes positions, then catching_up).
         let catching_up = self.catching_up.lock().clone();
+        let failures = self.failures.lock().clone();
+        if !failures.is_empty() {
+            let why: Vec<String> = failures
+                .iter()
+                .map(|(p, e)| format!("partition {p} failed ({e}); restarting it every second"))
+                .collect();
+            return Err(why.join("; "));
+        }
         if !catching_up.is_empty() {
             return Err(format!(
                 "partitions {catching_up:?} are restoring or replaying the votes log"

@@ -129,15 +129,11 @@ pub async fn recount(
         };
         check(&counter, &mut report);
         while counter.next_offset() < end {
+            let asked = counter.next_offset();
             let f = log
-                .fetch(
-                    Topic::Votes,
-                    partition,
-                    counter.next_offset(),
-                    4 << 20,
-                    Duration::ZERO,
-                )
-                .await?;
+                .fetch(Topic::Votes, partition, asked, 4 << 20, Duration::ZERO)
+                .await?
+                .starting_at(Topic::Votes, asked)?;
             if f.is_empty() {
                 break;
             }

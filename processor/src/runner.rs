@@ -83,9 +83,10 @@ pub enum PartitionError {
     /// is cleared or replayed: the operator must restore the snapshot).
     #[error(
         "votes partition {partition} cannot be rebuilt: the log before offset {start} was retired \
-         (log.retire_after_snapshot) and {why}. Restore the partition's snapshot \
-         (data_dir/log/snapshots, or the tally store) from a backup, or undo the change that made \
-         it unusable"
+         (log.retire_after_snapshot in the embedded mode; on Kafka the votes topic's retention.ms \
+         or retention.bytes) and {why}. Restore the partition's snapshot (data_dir/log/snapshots, \
+         or the tally store) from a backup, or undo the change that made it unusable; on Kafka, \
+         give the votes topic a retention longer than a processor can be down"
     )]
     CannotRebuild {
         partition: Partition,
@@ -134,6 +135,11 @@ pub async fn run_partition_supervised(
             Err(e) => {
                 // Not ready again until the restarted task has caught up.
                 pipeline.metrics.catching_up.lock().insert(partition);
+                pipeline
+                    .metrics
+                    .failures
+                    .lock()
+                    .insert(partition, e.to_string());
                 pipeline.metrics.restarts.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(partition = partition.0, error = %e, "partition task failed; restarting it in 1 s");
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -191,10 +197,15 @@ pub async fn run_partition(
             false => next_flush,
         };
         let wait = wake.saturating_duration_since(Instant::now());
+        let asked = task.counter.next_offset();
         let fetched = tokio::select! {
-            r = log.fetch(Topic::Votes, partition, task.counter.next_offset(), config.max_fetch_bytes, wait) => r?,
+            r = log.fetch(Topic::Votes, partition, asked, config.max_fetch_bytes, wait) => r?,
             _ = shutdown.signalled() => break,
         };
+        // Records deleted before they were counted (a Kafka topic's retention outran this
+        // partition): stop rather than count on without them. The restarted task refuses too,
+        // unless a snapshot covers what was deleted.
+        let fetched = fetched.starting_at(Topic::Votes, asked)?;
         let mut polls = catalog.snapshot();
         let mut votes = Vec::with_capacity(fetched.len());
         let mut stale_catalog = false;
@@ -286,6 +297,7 @@ pub async fn run_partition(
             if caught_up && !ready {
                 ready = true;
                 metrics.catching_up.lock().remove(&partition);
+                metrics.failures.lock().remove(&partition);
             }
         }
     }
@@ -645,9 +657,11 @@ async fn stop_partitions(
     }
     let mut positions = pipeline.metrics.positions.lock();
     let mut catching_up = pipeline.metrics.catching_up.lock();
+    let mut failures = pipeline.metrics.failures.lock();
     for p in parts {
         positions.remove(p);
         catching_up.remove(p);
+        failures.remove(p);
     }
 }
 
@@ -684,22 +698,4 @@ async fn run_owned_partition(pipeline: Pipeline, partition: Partition, mut stop:
 }
 
 #[cfg(test)]
-mod tests {
-    use super::following_flush;
-    use std::time::{Duration, Instant};
-
-    #[test]
-    fn a_flush_follows_an_interval_later_or_on_the_grid_once_that_has_passed() {
-        let interval = Duration::from_millis(25);
-        let soon = Instant::now() + Duration::from_millis(10);
-        assert_eq!(following_flush(soon, interval), soon + interval);
-        // Quiet for a second: the next one is on the grid, within an interval from now.
-        let long_ago = Instant::now() - Duration::from_secs(1);
-        let next = following_flush(long_ago, interval);
-        let now = Instant::now();
-        assert!(
-            next > now - Duration::from_millis(1) && next <= now + interval,
-            "{next:?}"
-        );
-    }
-}
+mod tests;

@@ -60,11 +60,13 @@ pub enum LogError {
     NoSuchPartition(Partition),
     #[error("the log is shut down")]
     Closed,
-    /// The records before `first` were deleted by retention (their consumer's state up to there
-    /// is in a snapshot).
+    /// The records before `first` were deleted by retention: the embedded log's once every
+    /// snapshot holds them, a Kafka topic's by its `retention.ms` or `retention.bytes` whether or
+    /// not they were read.
     #[error(
         "offset {offset} of {topic} partition {partition} was retired: the log starts at {first} \
-         there (log.retire_after_snapshot deletes what every snapshot holds)"
+         there (log.retire_after_snapshot in the embedded mode deletes what every snapshot holds; \
+         on Kafka the topic's retention.ms or retention.bytes deleted it)"
     )]
     Retired {
         topic: &'static str,
@@ -242,6 +244,20 @@ impl Fetched {
     pub fn is_empty(&self) -> bool {
         self.records.is_empty()
     }
+    /// This fetch, if its records start at `asked` (or there are none). Records that start
+    /// later mean the ones in between are gone, deleted by retention before they were read: a
+    /// consumer that went on would never count them, so that is [`LogError::Retired`].
+    pub fn starting_at(self, topic: Topic, asked: Offset) -> Result<Self, LogError> {
+        if self.is_empty() || self.first_offset <= asked {
+            return Ok(self);
+        }
+        Err(LogError::Retired {
+            topic: topic.name(),
+            partition: self.partition,
+            offset: asked,
+            first: self.first_offset,
+        })
+    }
     /// The offset after the last record (where the next fetch starts).
     pub fn next_offset(&self) -> Offset {
         self.first_offset.plus(self.records.len() as u64)
@@ -347,5 +363,28 @@ mod tests {
         // Clones (one per waiter of a group commit) share the cause and compare equal.
         assert_eq!(e.clone(), e);
         assert_ne!(e, LogError::io("appending to votes/3", "another cause"));
+    }
+
+    #[test]
+    fn a_fetch_that_starts_later_than_asked_is_a_gap_retention_made() {
+        let rec: &[(Timestamp, &[u8], &[u8])] = &[(Timestamp(1), b"k", b"v")];
+        let fetched = |first| Fetched::from_records(Partition(2), Offset(first), Offset(9), rec);
+        for asked in [5, 6] {
+            let f = fetched(5).starting_at(Topic::Votes, Offset(asked)).unwrap();
+            assert_eq!(f.first_offset, Offset(5));
+        }
+        let empty = Fetched::from_records(Partition(2), Offset(8), Offset(9), &[]);
+        assert!(empty.starting_at(Topic::Votes, Offset(3)).is_ok());
+        let gap = fetched(5).starting_at(Topic::Votes, Offset(3)).unwrap_err();
+        assert_eq!(
+            gap,
+            LogError::Retired {
+                topic: "votes",
+                partition: Partition(2),
+                offset: Offset(3),
+                first: Offset(5),
+            }
+        );
+        assert!(gap.to_string().contains("retention.ms"), "{gap}");
     }
 }

@@ -164,6 +164,8 @@ async fn kill_9_with_retention_restores_snapshots_and_counts_exactly_once() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let ready = client.get(format!("{base}/readyz")).send().await.unwrap();
     assert_eq!(ready.status().as_u16(), 503);
+    let why = ready.text().await.unwrap();
+    assert!(why.contains("cannot be rebuilt"), "{why}");
     server.kill().unwrap();
     let _ = server.wait();
     let server_log = std::fs::read_to_string(data.with_extension("server.log")).unwrap();

@@ -90,28 +90,36 @@ impl KafkaLog {
         }
     }
 
-    /// Asks the broker for a partition's high watermark (a blocking call, run off the runtime).
-    async fn query_high_watermark(
+    /// Asks the broker for a partition's low and high watermarks: its first offset still held
+    /// and the next to be written (a blocking call, run off the runtime).
+    async fn query_watermarks(
         &self,
         topic: Topic,
         partition: Partition,
-    ) -> Result<Offset, LogError> {
+    ) -> Result<(Offset, Offset), LogError> {
         let producer = self.producers.producer.read().1.clone();
         let name = self.config.topic_name(topic).to_owned();
         tokio::task::spawn_blocking(move || {
             producer
                 .client()
                 .fetch_watermarks(&name, partition.0, WATERMARK_TIMEOUT)
-                .map(|(_low, high)| Offset(high.max(0)))
+                .map(|(low, high)| (Offset(low.max(0)), Offset(high.max(0))))
                 .map_err(|e| {
-                    LogError::io(
-                        format!("high watermark of {name}/{partition} from Kafka"),
-                        e,
-                    )
+                    LogError::io(format!("watermarks of {name}/{partition} from Kafka"), e)
                 })
         })
         .await
-        .map_err(|e| LogError::io("the high watermark task", e))?
+        .map_err(|e| LogError::io("the watermarks task", e))?
+    }
+
+    /// The broker's high watermark of a partition (see [`Self::high_watermark_for`] for when it
+    /// is exact).
+    async fn query_high_watermark(
+        &self,
+        topic: Topic,
+        partition: Partition,
+    ) -> Result<Offset, LogError> {
+        Ok(self.query_watermarks(topic, partition).await?.1)
     }
 
     /// A high watermark asked for after this call began that is either above `beyond` or exact.
@@ -375,6 +383,14 @@ impl Log for KafkaLog {
             .await?;
         reader.known_high_watermark = reader.known_high_watermark.max(hw);
         Ok(hw)
+    }
+
+    /// The low watermark: above 0 once the topic's retention (`retention.ms`, `retention.bytes`)
+    /// or a deletion of records removed the partition's start, so a replay from 0 cannot rebuild
+    /// its count (the processor then needs a snapshot at or after it, and says so).
+    async fn log_start(&self, topic: Topic, partition: Partition) -> Result<Offset, LogError> {
+        self.check_partition(topic, partition)?;
+        Ok(self.query_watermarks(topic, partition).await?.0)
     }
 }
 

@@ -339,6 +339,17 @@ async fn high_watermarks_follow_the_appends() {
         log.high_watermark(Topic::Votes, Partition(2)).await,
         Err(LogError::NoSuchPartition(Partition(2)))
     ));
+    // The log's start is the broker's low watermark: 0 while nothing was deleted. (tansu cannot
+    // delete records, its DeleteRecords is unimplemented, so a raised start is tested in
+    // `processor/src/runner/tests.rs` with a log that answers as Kafka would.)
+    assert_eq!(
+        log.log_start(Topic::Votes, Partition(0)).await.unwrap(),
+        Offset(0)
+    );
+    assert!(matches!(
+        log.log_start(Topic::Votes, Partition(2)).await,
+        Err(LogError::NoSuchPartition(Partition(2)))
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,182 @@
+//! The partition task against a log whose start is gone.
+
+use super::*;
+use async_trait::async_trait;
+use storage::{
+    AppendBatch, EmbeddedLog, EmbeddedLogConfig, Fetched, FilePollStore, Position, ShutdownTrigger,
+};
+
+#[test]
+fn a_flush_follows_an_interval_later_or_on_the_grid_once_that_has_passed() {
+    let interval = Duration::from_millis(25);
+    let soon = Instant::now() + Duration::from_millis(10);
+    assert_eq!(following_flush(soon, interval), soon + interval);
+    // Quiet for a second: the next one is on the grid, within an interval from now.
+    let long_ago = Instant::now() - Duration::from_secs(1);
+    let next = following_flush(long_ago, interval);
+    let now = Instant::now();
+    assert!(
+        next > now - Duration::from_millis(1) && next <= now + interval,
+        "{next:?}"
+    );
+}
+
+/// A real embedded log whose votes before `gone` are no longer there, as after a Kafka topic's
+/// retention (tansu, the test broker, cannot delete records): a fetch from before it answers
+/// with the records from `gone` on, as librdkafka does once the broker says the offset is out of
+/// range (`auto.offset.reset=earliest`).
+struct Retained {
+    log: EmbeddedLog,
+    gone: Offset,
+    /// Whether `log_start` says so (the broker's low watermark), or still 0 (retention ran after
+    /// the task started).
+    says_start: bool,
+}
+
+#[async_trait]
+impl Log for Retained {
+    fn partitions(&self, topic: Topic) -> u32 {
+        self.log.partitions(topic)
+    }
+    async fn append(
+        &self,
+        topic: Topic,
+        batch: AppendBatch,
+        deadline: std::time::Instant,
+    ) -> Result<Vec<Position>, LogError> {
+        self.log.append(topic, batch, deadline).await
+    }
+    async fn fetch(
+        &self,
+        topic: Topic,
+        partition: Partition,
+        offset: Offset,
+        max_bytes: usize,
+        max_wait: Duration,
+    ) -> Result<Fetched, LogError> {
+        let from = offset.max(self.gone);
+        self.log
+            .fetch(topic, partition, from, max_bytes, max_wait)
+            .await
+    }
+    async fn high_watermark(&self, topic: Topic, partition: Partition) -> Result<Offset, LogError> {
+        self.log.high_watermark(topic, partition).await
+    }
+    async fn log_start(&self, _topic: Topic, _partition: Partition) -> Result<Offset, LogError> {
+        Ok(if self.says_start {
+            self.gone
+        } else {
+            Offset::ZERO
+        })
+    }
+}
+
+/// A pipeline on a log holding 10 records in partition 0, those before `gone` deleted, with the
+/// log's start said or not.
+async fn pipeline_with_gone(gone: i64, says_start: bool) -> (Pipeline, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = EmbeddedLogConfig::new(dir.path().join("log"));
+    config.votes_partitions = 1;
+    config.fsync = false;
+    let log = EmbeddedLog::open(config).unwrap();
+    let mut batch = AppendBatch::default();
+    for i in 0..10u8 {
+        batch.push(Partition(0), schemas::Timestamp(1), &[i], b"not a vote");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    log.append(Topic::Votes, batch, deadline).await.unwrap();
+    let polls = FilePollStore::open(dir.path().join("polls")).unwrap();
+    let pipeline = Pipeline {
+        log: Arc::new(Retained {
+            log,
+            gone: Offset(gone),
+            says_start,
+        }),
+        catalog: PollCatalog::load(Arc::new(polls)).await.unwrap(),
+        tally_store: None,
+        checkpoints: None,
+        cache: None,
+        config: ProcessorConfig::default(),
+        metrics: Default::default(),
+    };
+    (pipeline, dir)
+}
+
+/// Runs partition 0 (see [`pipeline_with_gone`]) until it stops by itself or 3 s pass: what it
+/// returned (`None`: still running) and the records it read.
+async fn run_with_gone(gone: i64, says_start: bool) -> (Option<Result<(), PartitionError>>, u64) {
+    let (pipeline, _dir) = pipeline_with_gone(gone, says_start).await;
+    let (stop, shutdown) = ShutdownTrigger::new();
+    let mut published = Published::default();
+    let task = run_partition(&pipeline, Partition(0), &mut published, shutdown);
+    let ended = tokio::time::timeout(Duration::from_secs(3), task)
+        .await
+        .ok();
+    stop.fire();
+    let read = pipeline.metrics.records_read.load(Ordering::Relaxed);
+    (ended, read)
+}
+
+#[tokio::test]
+async fn votes_deleted_before_they_were_counted_stop_the_partition_instead_of_being_skipped() {
+    // Nothing gone: the task reads all ten and follows the log.
+    let (ended, read) = run_with_gone(0, false).await;
+    assert!(ended.is_none(), "{ended:?}");
+    assert_eq!(read, 10);
+
+    // Gone while the task ran (its start was 0): the first fetch starts at 4, not at 0.
+    let (ended, read) = run_with_gone(4, false).await;
+    match ended {
+        Some(Err(PartitionError::Log(LogError::Retired { offset, first, .. }))) => {
+            assert_eq!((offset, first), (Offset(0), Offset(4)));
+        }
+        other => panic!("expected the gap to stop the task: {other:?}"),
+    }
+    assert_eq!(read, 0, "nothing after the gap was counted");
+
+    // Gone before the task started, and said (the broker's low watermark): with no snapshot
+    // to start from, the task refuses, and says why.
+    let (ended, read) = run_with_gone(4, true).await;
+    match ended {
+        Some(Err(e @ PartitionError::CannotRebuild { .. })) => {
+            let why = e.to_string();
+            assert!(why.contains("before offset 4"), "{why}");
+            assert!(why.contains("retention.ms"), "{why}");
+        }
+        other => panic!("expected the task to refuse: {other:?}"),
+    }
+    assert_eq!(read, 0);
+}
+
+#[tokio::test]
+async fn a_failing_partition_keeps_the_processor_unready_and_readiness_says_why() {
+    let (pipeline, _dir) = pipeline_with_gone(4, true).await;
+    pipeline
+        .metrics
+        .owns_partitions
+        .store(true, Ordering::Relaxed);
+    let metrics = pipeline.metrics.clone();
+    let (stop, shutdown) = ShutdownTrigger::new();
+    let task = tokio::spawn(run_partition_supervised(
+        pipeline,
+        Partition(0),
+        Published::default(),
+        shutdown,
+    ));
+    // Two attempts (a restart a second after the first), both refused.
+    let waited = std::time::Instant::now();
+    while metrics.restarts.load(Ordering::Relaxed) < 2 {
+        assert!(waited.elapsed() < Duration::from_secs(10), "no restart");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let why = metrics.readiness().unwrap_err();
+    assert!(
+        why.contains("partition 0 failed") && why.contains("cannot be rebuilt"),
+        "{why}"
+    );
+    stop.fire();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .unwrap()
+        .unwrap();
+}
