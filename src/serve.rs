@@ -227,6 +227,13 @@ pub async fn start_roles(config: Config, roles: Roles) -> anyhow::Result<App> {
         _ => None,
     };
     if let (Some(log), None, true) = (&log, &shared_results, roles.query || roles.realtime) {
+        if let Some(store) = &tally_store {
+            // What the tallies topic's retention may have deleted (see `load_stored`).
+            let n = results::board::load_stored(&board, &**store)
+                .await
+                .context("reading the stored partials from the tally store")?;
+            tracing::info!(partials = n, "results board filled from the tally store");
+        }
         tasks.push(follow_tallies(log.clone(), board.clone(), shutdown_rx.clone()).await?);
         let board = board.clone();
         readiness = readiness.check("tallies", move || std::future::ready(board.following()));

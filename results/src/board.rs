@@ -13,7 +13,7 @@ use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use storage::{Log, LogError, Shutdown, Topic};
+use storage::{Log, LogError, Shutdown, TallyStore, TallyStoreError, Topic};
 use tokio::sync::watch;
 
 /// How fresh the partial a votes partition has published is, per poll (what a processor resumes
@@ -184,6 +184,23 @@ impl ResultsBoard {
     pub fn partitions(&self) -> u32 {
         self.partitions
     }
+}
+
+/// Applies to the board the latest partial of every (poll, partition) the tally store keeps; how
+/// many it held. A node following a Kafka tallies topic needs it at start: the topic's retention
+/// deletes the partials of polls that have been quiet longer than it, and no processor publishes
+/// them again (they are not newer than what the store holds), so the topic alone would show such
+/// a poll short of the partitions whose partials were deleted.
+pub async fn load_stored(
+    board: &ResultsBoard,
+    store: &dyn TallyStore,
+) -> Result<usize, TallyStoreError> {
+    let stored = store.load_all().await?;
+    let n = stored.len();
+    for t in stored {
+        board.apply(t);
+    }
+    Ok(n)
 }
 
 /// Reads every tallies partition from `positions` up to its current end into the board; returns
