@@ -2,7 +2,8 @@
 //!
 //! - [`vote`]: the vote record of the `votes` topic, its Avro codec (hand-rolled for the hot path,
 //!   checked byte for byte against `apache-avro`) and the partitioner (`hash(poll, voter)`).
-//! - [`tally`]: the absolute partial tally of the `tallies` topic (Avro via `apache-avro`).
+//! - [`tally`]: the absolute partial tally of the `tallies` topic (Avro written and read by hand,
+//!   checked byte for byte against `apache-avro`).
 //! - [`voter`]: voter ids with their namespace (device, verified, old-API account, aggregator), so
 //!   no door can name another's voter.
 //! - [`position`]: [`Partition`], [`Offset`] and [`Timestamp`], the one type of each that every
