@@ -227,8 +227,9 @@ pub async fn start_roles(config: Config, roles: Roles) -> anyhow::Result<App> {
         _ => None,
     };
     if let (Some(log), None, true) = (&log, &shared_results, roles.query || roles.realtime) {
-        if let Some(store) = &tally_store {
-            // What the tallies topic's retention may have deleted (see `load_stored`).
+        if let (Some(store), LogBackend::Kafka { .. }) = (&tally_store, &backends.log) {
+            // What the tallies topic's retention may have deleted (see `load_stored`); the
+            // embedded log keeps its tallies topic whole.
             let n = results::board::load_stored(&board, &**store)
                 .await
                 .context("reading the stored partials from the tally store")?;

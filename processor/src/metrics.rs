@@ -43,7 +43,8 @@ pub struct ProcessorMetrics {
     /// restarting after a failure, until a fetch reaches the end of the log. Empty and
     /// `owns_partitions`: the processor is ready.
     pub catching_up: Mutex<BTreeSet<Partition>>,
-    /// Why each partition task that failed did so, until it catches up again: readiness says it.
+    /// Why each partition task that failed did so, until its restarted task reads the log again:
+    /// readiness says it.
     pub failures: Mutex<BTreeMap<Partition, String>>,
 }
 

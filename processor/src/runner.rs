@@ -85,8 +85,9 @@ pub enum PartitionError {
         "votes partition {partition} cannot be rebuilt: the log before offset {start} was retired \
          (log.retire_after_snapshot in the embedded mode; on Kafka the votes topic's retention.ms \
          or retention.bytes) and {why}. Restore the partition's snapshot (data_dir/log/snapshots, \
-         or the tally store) from a backup, or undo the change that made it unusable; on Kafka, \
-         give the votes topic a retention longer than a processor can be down"
+         or the tally store) from a backup, or undo the change that made it unusable. Votes \
+         deleted before any snapshot held them cannot be counted any more: the partition stays \
+         stopped rather than publish counts without them"
     )]
     CannotRebuild {
         partition: Partition,
@@ -190,6 +191,7 @@ pub async fn run_partition(
     // `QUIET_FLUSHES` intervals (to close windows, and for the quiet partition's snapshot), and a
     // record wakes it at once, to be published then.
     let mut quiet = false;
+    let mut failed_before = metrics.failures.lock().contains_key(&partition);
     loop {
         let fetch_wall = Timestamp::now();
         let wake = match quiet {
@@ -206,6 +208,10 @@ pub async fn run_partition(
         // partition): stop rather than count on without them. The restarted task refuses too,
         // unless a snapshot covers what was deleted.
         let fetched = fetched.starting_at(Topic::Votes, asked)?;
+        if std::mem::take(&mut failed_before) {
+            // Restored and reading again: what stopped the last attempt is past.
+            metrics.failures.lock().remove(&partition);
+        }
         let mut polls = catalog.snapshot();
         let mut votes = Vec::with_capacity(fetched.len());
         let mut stale_catalog = false;
@@ -297,7 +303,6 @@ pub async fn run_partition(
             if caught_up && !ready {
                 ready = true;
                 metrics.catching_up.lock().remove(&partition);
-                metrics.failures.lock().remove(&partition);
             }
         }
     }
@@ -345,7 +350,10 @@ async fn restore_checkpoint(
     let (Some(store), Some(_)) = (&pipeline.checkpoints, pipeline.config.checkpoint_interval)
     else {
         if start > schemas::Offset::ZERO {
-            let why = "snapshots are off (processor.checkpoint_interval_ms = 0)";
+            let why = match pipeline.checkpoints {
+                None => "no snapshot store is configured (on Kafka, snapshots are kept in the tally store: --postgres)",
+                Some(_) => "snapshots are off (processor.checkpoint_interval_ms = 0)",
+            };
             return cannot_replay(partition, start, why.into());
         }
         return Ok(fresh);

@@ -15,7 +15,8 @@ use storage::TallyStore;
 mod cql_double;
 use cql_double::CqlDouble;
 
-/// Deletes a topic on the test broker (and waits until it is gone).
+/// Deletes a topic on the test broker (tansu has deleted it when it answers; Kafka itself
+/// deletes later).
 async fn delete_topic(broker: &TansuBroker, topic: &str) {
     use rdkafka::admin::{AdminClient, AdminOptions};
     use rdkafka::client::DefaultClientContext;

@@ -1,4 +1,4 @@
-//! The partition task against a log whose start is gone.
+//! The partition task and `recount` against a log whose start is gone, and the flush grid.
 
 use super::*;
 use async_trait::async_trait;
@@ -179,4 +179,50 @@ async fn a_failing_partition_keeps_the_processor_unready_and_readiness_says_why(
         .await
         .unwrap()
         .unwrap();
+}
+
+#[tokio::test]
+async fn a_partition_that_reads_again_after_a_passing_failure_no_longer_reports_it() {
+    let (pipeline, _dir) = pipeline_with_gone(0, false).await;
+    let metrics = pipeline.metrics.clone();
+    metrics.owns_partitions.store(true, Ordering::Relaxed);
+    metrics
+        .failures
+        .lock()
+        .insert(Partition(0), "the broker was away".into());
+    let (stop, shutdown) = ShutdownTrigger::new();
+    let task = tokio::spawn(run_partition_supervised(
+        pipeline,
+        Partition(0),
+        Published::default(),
+        shutdown,
+    ));
+    let waited = std::time::Instant::now();
+    while metrics.failures.lock().contains_key(&Partition(0)) {
+        assert!(waited.elapsed() < Duration::from_secs(10), "still reported");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.fire();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn recount_refuses_a_log_whose_start_is_gone() {
+    let audit = |log: Arc<dyn Log>| async move {
+        let published = std::collections::HashMap::new();
+        let polls = storage::Polls::default();
+        crate::recount::recount(&*log, &polls, &published, Default::default(), |_, _, _| {}).await
+    };
+    let (whole, _a) = pipeline_with_gone(0, false).await;
+    assert_eq!(audit(whole.log).await.unwrap().records, 10);
+    let (gone, _b) = pipeline_with_gone(4, false).await;
+    match audit(gone.log).await {
+        Err(LogError::Retired { offset, first, .. }) => {
+            assert_eq!((offset, first), (Offset(0), Offset(4)))
+        }
+        other => panic!("expected the audit to refuse: {other:?}"),
+    }
 }
