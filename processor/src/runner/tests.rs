@@ -148,14 +148,15 @@ async fn votes_deleted_before_they_were_counted_stop_the_partition_instead_of_be
     assert_eq!(read, 0);
 }
 
-#[tokio::test]
-async fn a_failing_partition_keeps_the_processor_unready_and_readiness_says_why() {
-    let (pipeline, _dir) = pipeline_with_gone(4, true).await;
-    pipeline
-        .metrics
-        .owns_partitions
-        .store(true, Ordering::Relaxed);
+/// Runs partition 0 of `pipeline` under its supervisor until `until` holds of its metrics (10 s
+/// at most: then `what` fails the test); returns what readiness said at that moment, then stops it.
+async fn supervised_until(
+    pipeline: Pipeline,
+    what: &str,
+    until: impl Fn(&ProcessorMetrics) -> bool,
+) -> Result<String, String> {
     let metrics = pipeline.metrics.clone();
+    metrics.owns_partitions.store(true, Ordering::Relaxed);
     let (stop, shutdown) = ShutdownTrigger::new();
     let task = tokio::spawn(run_partition_supervised(
         pipeline,
@@ -163,50 +164,44 @@ async fn a_failing_partition_keeps_the_processor_unready_and_readiness_says_why(
         Published::default(),
         shutdown,
     ));
-    // Two attempts (a restart a second after the first), both refused.
     let waited = std::time::Instant::now();
-    while metrics.restarts.load(Ordering::Relaxed) < 2 {
-        assert!(waited.elapsed() < Duration::from_secs(10), "no restart");
+    while !until(&metrics) {
+        assert!(waited.elapsed() < Duration::from_secs(10), "{what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let why = metrics.readiness().unwrap_err();
-    assert!(
-        why.contains("partition 0 failed") && why.contains("cannot be rebuilt"),
-        "{why}"
-    );
+    let readiness = metrics.readiness();
     stop.fire();
     tokio::time::timeout(Duration::from_secs(5), task)
         .await
         .unwrap()
         .unwrap();
+    readiness
+}
+
+#[tokio::test]
+async fn a_failing_partition_keeps_the_processor_unready_and_readiness_says_why() {
+    let (pipeline, _dir) = pipeline_with_gone(4, true).await;
+    // Two attempts (a restart a second after the first), both refused.
+    let restarted = |m: &ProcessorMetrics| m.restarts.load(Ordering::Relaxed) >= 2;
+    let why = supervised_until(pipeline, "no restart", restarted)
+        .await
+        .unwrap_err();
+    assert!(
+        why.contains("partition 0 failed") && why.contains("cannot be rebuilt"),
+        "{why}"
+    );
 }
 
 #[tokio::test]
 async fn a_partition_that_reads_again_after_a_passing_failure_no_longer_reports_it() {
     let (pipeline, _dir) = pipeline_with_gone(0, false).await;
-    let metrics = pipeline.metrics.clone();
-    metrics.owns_partitions.store(true, Ordering::Relaxed);
-    metrics
+    pipeline
+        .metrics
         .failures
         .lock()
         .insert(Partition(0), "the broker was away".into());
-    let (stop, shutdown) = ShutdownTrigger::new();
-    let task = tokio::spawn(run_partition_supervised(
-        pipeline,
-        Partition(0),
-        Published::default(),
-        shutdown,
-    ));
-    let waited = std::time::Instant::now();
-    while metrics.failures.lock().contains_key(&Partition(0)) {
-        assert!(waited.elapsed() < Duration::from_secs(10), "still reported");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    stop.fire();
-    tokio::time::timeout(Duration::from_secs(5), task)
-        .await
-        .unwrap()
-        .unwrap();
+    let cleared = |m: &ProcessorMetrics| !m.failures.lock().contains_key(&Partition(0));
+    let _readiness = supervised_until(pipeline, "still reported", cleared).await;
 }
 
 #[tokio::test]
