@@ -7,8 +7,9 @@
 use crate::backends::{open_log, open_stores, LogBackend, TallyBackend};
 use crate::config::Config;
 use processor::recount::recount;
-use results::board::load_tallies;
+use results::board::{load_tallies, ReadFrom};
 use results::ResultsBoard;
+use schemas::{Offset, Partition};
 use std::io::Write;
 use std::sync::Arc;
 use std::time::Instant;
@@ -23,7 +24,24 @@ pub async fn run(config: &Config, json: bool) -> anyhow::Result<bool> {
     let (poll_store, _) = open_stores(&backends.polls, &TallyBackend::TopicOnly).await?;
     let catalog = PollCatalog::load(poll_store).await?;
     let board = ResultsBoard::new(log.partitions(Topic::Votes));
-    load_tallies(&*log, &board).await?;
+    // The audit needs the latest partial of every (poll, partition): on Kafka the tally store
+    // keeps those the topic's retention deleted, so what the topic holds is checked; the embedded
+    // log keeps them in the results snapshot, which retention made their only copy.
+    let from = match &backends.log {
+        LogBackend::Embedded(_) => {
+            for p in Partition::all(log.partitions(Topic::Tallies)) {
+                let start = log.log_start(Topic::Tallies, p).await?;
+                anyhow::ensure!(
+                    start == Offset::ZERO,
+                    "recount needs the whole log, and the start of the tallies topic was retired \
+                     (log.retire_after_snapshot): partition {p} starts at offset {start}"
+                );
+            }
+            ReadFrom::Positions(Vec::new())
+        }
+        LogBackend::Kafka { .. } => ReadFrom::Oldest,
+    };
+    load_tallies(&*log, &board, &from).await?;
     let started = Instant::now();
     let mut last_print = Instant::now();
     let report = recount(

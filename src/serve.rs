@@ -19,12 +19,12 @@ use edge::readiness::Readiness;
 use processor::runner::Pipeline;
 use processor::start::{Ownership, Processor};
 use processor::{LogProgress, ProcessorMetrics};
-use results::board::follow_tallies;
+use results::board::{follow_tallies, ReadFrom};
 use results::ResultsBoard;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-use storage::{EdgeRejections, PollCatalog, ShutdownTrigger, Topic};
+use storage::{CheckpointStore, EdgeRejections, PollCatalog, ShutdownTrigger, Topic};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -192,6 +192,48 @@ pub async fn start_roles(config: Config, roles: Roles) -> anyhow::Result<App> {
         _ => None,
     };
 
+    // The results board is filled before the processor starts: it resumes from what the board
+    // says was published.
+    if let (Some(log), None, true) = (&log, &shared_results, roles.query || roles.realtime) {
+        let from = match (&backends.log, &tally_store) {
+            (LogBackend::Kafka { .. }, Some(store)) => {
+                // What the tallies topic's retention may have deleted (see `load_stored`).
+                let n = results::board::load_stored(&board, &**store)
+                    .await
+                    .context("reading the stored partials from the tally store")?;
+                tracing::info!(partials = n, "results board filled from the tally store");
+                ReadFrom::Oldest
+            }
+            (LogBackend::Kafka { .. }, None) => ReadFrom::Oldest,
+            (LogBackend::Embedded(embedded), _) => {
+                let snapshots: Arc<dyn CheckpointStore> =
+                    Arc::new(storage::CheckpointFiles::open_named(
+                        embedded.dir.join("snapshots"),
+                        "results",
+                    )?);
+                let from = results::saved::restore(&board, &*snapshots).await?;
+                if let Some(every) = config.processor_config().checkpoint_interval {
+                    tasks.push(results::saved::keep_saving(
+                        board.clone(),
+                        log.clone(),
+                        snapshots,
+                        every,
+                        &from,
+                        shutdown_rx.clone(),
+                    ));
+                }
+                from
+            }
+        };
+        tasks.push(
+            follow_tallies(log.clone(), board.clone(), &from, shutdown_rx.clone())
+                .await
+                .context("reading the tallies topic into the results board")?,
+        );
+        let board = board.clone();
+        readiness = readiness.check("tallies", move || std::future::ready(board.following()));
+    }
+
     let processor = match (roles.processor, &log) {
         (true, Some(log)) => {
             let pipeline = Pipeline {
@@ -226,20 +268,6 @@ pub async fn start_roles(config: Config, roles: Roles) -> anyhow::Result<App> {
         }
         _ => None,
     };
-    if let (Some(log), None, true) = (&log, &shared_results, roles.query || roles.realtime) {
-        if let (Some(store), LogBackend::Kafka { .. }) = (&tally_store, &backends.log) {
-            // What the tallies topic's retention may have deleted (see `load_stored`); the
-            // embedded log keeps its tallies topic whole.
-            let n = results::board::load_stored(&board, &**store)
-                .await
-                .context("reading the stored partials from the tally store")?;
-            tracing::info!(partials = n, "results board filled from the tally store");
-        }
-        tasks.push(follow_tallies(log.clone(), board.clone(), shutdown_rx.clone()).await?);
-        let board = board.clone();
-        readiness = readiness.check("tallies", move || std::future::ready(board.following()));
-    }
-
     let edge_rejections = Arc::new(EdgeRejections::default());
     let keys = edge::access::OperatorKeys::new(config.operator_keys.clone());
     let mut router = Router::new();

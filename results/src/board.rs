@@ -1,8 +1,9 @@
 //! The live results every reader shares: partials from the tallies topic, merged per poll.
 //!
-//! [`tail_tallies`] reads every tallies partition from the start and applies each partial to the
-//! [`ResultsBoard`]; each poll has a `watch` channel holding its latest [`Snapshot`], so a slow
-//! subscriber always gets the newest state and never a queue.
+//! [`follow_tallies`] reads every tallies partition from where the board's snapshot left it (the
+//! start, without one: `saved.rs`) and applies each partial to the [`ResultsBoard`]; each poll has
+//! a `watch` channel holding its latest [`Snapshot`], so a slow subscriber always gets the newest
+//! state and never a queue.
 
 use crate::merge::PollResults;
 use parking_lot::RwLock;
@@ -60,6 +61,10 @@ pub struct ResultsBoard {
     partitions: u32,
     /// Tallies partitions whose last read by [`tail_tallies`] failed (readiness).
     tail_failing: std::sync::atomic::AtomicU32,
+    /// Per tallies partition, the offset up to which every partial is applied.
+    read_up_to: parking_lot::Mutex<Vec<Offset>>,
+    /// Why the board lacks partials the tallies topic no longer holds, if it does (readiness).
+    short: parking_lot::Mutex<Option<String>>,
 }
 
 impl ResultsBoard {
@@ -68,11 +73,17 @@ impl ResultsBoard {
             polls: RwLock::new(HashMap::new()),
             partitions,
             tail_failing: Default::default(),
+            read_up_to: Default::default(),
+            short: Default::default(),
         }
     }
 
-    /// Readiness of a node that follows the tallies topic: `Err` when reading it fails.
+    /// Readiness of a node that follows the tallies topic: `Err` when reading it fails, or when
+    /// partials it needed were retired before a snapshot of the board held them.
     pub fn following(&self) -> Result<String, String> {
+        if let Some(why) = &*self.short.lock() {
+            return Err(why.clone());
+        }
         match self.tail_failing.load(std::sync::atomic::Ordering::Relaxed) {
             0 => Ok("following the tallies topic".into()),
             n => Err(format!(
@@ -172,6 +183,32 @@ impl ResultsBoard {
             .collect()
     }
 
+    /// Per tallies partition, the offset before which every partial is applied.
+    pub fn read_up_to(&self) -> Vec<Offset> {
+        self.read_up_to.lock().clone()
+    }
+
+    fn set_read_up_to(&self, partition: Partition, next: Offset) {
+        let mut read = self.read_up_to.lock();
+        if read.len() <= partition.index() {
+            read.resize(partition.index() + 1, Offset::ZERO);
+        }
+        read[partition.index()] = next;
+    }
+
+    /// Every poll's results as partials (`PollResults::to_partials`), one poll locked at a time:
+    /// what a snapshot of the board stores.
+    pub fn to_partials(&self) -> Vec<PartialTally> {
+        let polls: Vec<PollId> = self.polls.read().keys().copied().collect();
+        let mut out = Vec::new();
+        for poll in polls {
+            if let Some(e) = self.polls.read().get(&poll) {
+                out.extend(e.results.to_partials());
+            }
+        }
+        out
+    }
+
     /// Every poll's merged partials (for `recount`).
     pub fn all_results(&self) -> HashMap<PollId, PollResults> {
         self.polls
@@ -203,13 +240,44 @@ pub async fn load_stored(
     Ok(n)
 }
 
-/// Reads every tallies partition from `positions` up to its current end into the board; returns
-/// the positions reached. Used at start-up, before the processors resume.
-pub async fn load_tallies(log: &dyn Log, board: &ResultsBoard) -> Result<Vec<Offset>, LogError> {
+/// Where a node starts reading the tallies topic.
+#[derive(Debug, Clone)]
+pub enum ReadFrom {
+    /// Whatever the topic still holds: on Kafka, whose retention deletes what the tally store
+    /// keeps ([`load_stored`]).
+    Oldest,
+    /// These positions per tallies partition (a snapshot's of the board; the start without one):
+    /// partials retention deleted after them are missing from the board, which says so
+    /// ([`ResultsBoard::following`]) and reads on from the log's start.
+    Positions(Vec<Offset>),
+}
+
+/// Reads every tallies partition from `from` up to its current end into the board; returns the
+/// positions reached. Used at start-up, before the processors resume.
+pub async fn load_tallies(
+    log: &dyn Log,
+    board: &ResultsBoard,
+    from: &ReadFrom,
+) -> Result<Vec<Offset>, LogError> {
     let mut positions = Vec::new();
     for p in Partition::all(log.partitions(Topic::Tallies)) {
         let end = log.high_watermark(Topic::Tallies, p).await?;
         let mut next = Offset::ZERO;
+        if let ReadFrom::Positions(from) = from {
+            next = from.get(p.index()).copied().unwrap_or(Offset::ZERO);
+            let start = log.log_start(Topic::Tallies, p).await?;
+            if start > next {
+                let why = format!(
+                    "the results are short: tallies partition {p} was retired up to offset \
+                     {start}, past what a snapshot of the results holds ({next}): the results \
+                     snapshot (log/snapshots/results-0.checkpoint in the data directory) is \
+                     missing or damaged"
+                );
+                tracing::error!("{why}");
+                *board.short.lock() = Some(why);
+                next = start;
+            }
+        }
         while next < end {
             let f = log
                 .fetch(Topic::Tallies, p, next, 4 << 20, Duration::ZERO)
@@ -217,19 +285,22 @@ pub async fn load_tallies(log: &dyn Log, board: &ResultsBoard) -> Result<Vec<Off
             apply_fetched(board, &f);
             next = f.next_offset();
         }
+        board.set_read_up_to(p, next);
         positions.push(next);
     }
     Ok(positions)
 }
 
-/// Fills `board` with everything the tallies topic holds, then follows it until `shutdown`: the
-/// read model of a node that shows results starting itself. Returns once the board is filled.
+/// Fills `board` with what the tallies topic holds from `from` (see [`load_tallies`]), then
+/// follows it until `shutdown`: the read model of a node that shows results starting itself.
+/// Returns once the board is filled.
 pub async fn follow_tallies(
     log: Arc<dyn Log>,
     board: Arc<ResultsBoard>,
+    from: &ReadFrom,
     shutdown: Shutdown,
 ) -> Result<tokio::task::JoinHandle<()>, LogError> {
-    let positions = load_tallies(&*log, &board).await?;
+    let positions = load_tallies(&*log, &board, from).await?;
     Ok(tokio::spawn(tail_tallies(log, board, positions, shutdown)))
 }
 
@@ -258,6 +329,7 @@ pub async fn tail_tallies(
                         Ok(f) => {
                             apply_fetched(&board, &f);
                             next = f.next_offset();
+                            board.set_read_up_to(p, next);
                             if std::mem::take(&mut failing) {
                                 failing_count.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                             }

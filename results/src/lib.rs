@@ -8,9 +8,12 @@
 //!   tailing the tallies topic; subscribers get the latest [`Snapshot`] per poll, never a queue.
 //! - [`views`]: the JSON shapes of a poll and of its results (the same for a `GET` and a pushed
 //!   update), including the embargo rule.
+//! - [`saved`]: the board's snapshot in the embedded mode, so a start reads only the tallies after
+//!   it and the tallies topic can be retired behind it.
 
 pub mod board;
 pub mod merge;
+pub mod saved;
 pub mod views;
 
 pub use board::{Published, ResultsBoard, Snapshot};

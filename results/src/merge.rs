@@ -106,6 +106,26 @@ impl PollResults {
     pub fn partial(&self, partition: Partition) -> Option<&PartialTally> {
         self.partials.get(&partition)
     }
+
+    /// What these results hold, as one partial per partition carrying every window count held
+    /// for it: applied to empty results, they give results that merge on exactly as these do.
+    ///
+    /// A window count is held at the offset of the partial that last changed it, and comes back
+    /// at its partition's (higher or equal) partial offset. Nothing told apart by that could
+    /// replace it: a later partial carrying the window either has a higher offset still, or
+    /// carries the same count (a window that changed after its held offset would have been
+    /// carried, and held, at that later offset).
+    pub fn to_partials(&self) -> Vec<PartialTally> {
+        let mut out: BTreeMap<Partition, PartialTally> = self.partials.clone();
+        for (&start_ms, parts) in &self.windows {
+            for (partition, &(_, votes)) in parts {
+                if let Some(t) = out.get_mut(partition) {
+                    t.windows.push(WindowCount { start_ms, votes });
+                }
+            }
+        }
+        out.into_values().collect()
+    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,9 @@
 //! [`CheckpointFiles`]: the embedded mode's snapshots, two generations per votes partition
 //! (`<dir>/votes-<partition>.checkpoint` and the one before it, `…previous.checkpoint`), so a
 //! restart restores each partition's counting state and reads only the log after it (and
-//! retention can delete the log before the older one: the processor releases only that).
+//! retention can delete the log before the older one: the processor releases only that). The
+//! results board's snapshot is kept the same way, under another name
+//! ([`CheckpointFiles::open_named`]: `results-0.checkpoint`).
 //!
 //! File: `[8 bytes "CTCKPT01"][u64 next offset][u32 CRC-32 of the state][state]` (little endian).
 //! Written whole to a temporary file, fsynced, renamed over the old one, then the directory
@@ -25,28 +27,39 @@ const HEADER: usize = 8 + 8 + 4;
 
 pub struct CheckpointFiles {
     dir: PathBuf,
+    /// What the snapshots are of: the start of their file names (`votes`, `results`).
+    name: &'static str,
     /// The offset of each partition's stored snapshot, once known (saves reading it to compare).
     stored: Arc<Mutex<HashMap<Partition, Offset>>>,
 }
 
 impl CheckpointFiles {
-    /// Keeps snapshots in `dir` (created if missing).
+    /// Keeps the votes partitions' snapshots in `dir` (created if missing).
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self, TallyStoreError> {
+        Self::open_named(dir, "votes")
+    }
+
+    /// Keeps snapshots of `name` (`<name>-<partition>.checkpoint`) in `dir` (created if missing).
+    pub fn open_named(
+        dir: impl Into<PathBuf>,
+        name: &'static str,
+    ) -> Result<Self, TallyStoreError> {
         let dir = dir.into();
         std::fs::create_dir_all(&dir)
             .map_err(|e| TallyStoreError::io(format!("creating {}", dir.display()), e))?;
         Ok(Self {
             dir,
+            name,
             stored: Default::default(),
         })
     }
 
-    fn path(dir: &Path, partition: Partition) -> PathBuf {
-        dir.join(format!("votes-{}.checkpoint", partition.0))
+    fn path(dir: &Path, name: &str, partition: Partition) -> PathBuf {
+        dir.join(format!("{name}-{}.checkpoint", partition.0))
     }
 
-    fn previous_path(dir: &Path, partition: Partition) -> PathBuf {
-        dir.join(format!("votes-{}.previous.checkpoint", partition.0))
+    fn previous_path(dir: &Path, name: &str, partition: Partition) -> PathBuf {
+        dir.join(format!("{name}-{}.previous.checkpoint", partition.0))
     }
 
     /// Runs blocking file work off the async threads.
@@ -85,8 +98,14 @@ fn read(path: &Path) -> std::io::Result<Option<(Offset, Vec<u8>)>> {
 }
 
 /// Writes a new newest snapshot; the newest so far becomes the previous generation.
-fn write(dir: &Path, partition: Partition, offset: Offset, state: &[u8]) -> std::io::Result<()> {
-    let path = CheckpointFiles::path(dir, partition);
+fn write(
+    dir: &Path,
+    name: &str,
+    partition: Partition,
+    offset: Offset,
+    state: &[u8],
+) -> std::io::Result<()> {
+    let path = CheckpointFiles::path(dir, name, partition);
     let tmp = path.with_extension("checkpoint.tmp");
     let mut file = File::create(&tmp)?;
     file.write_all(MAGIC)?;
@@ -94,7 +113,7 @@ fn write(dir: &Path, partition: Partition, offset: Offset, state: &[u8]) -> std:
     file.write_all(&crc32fast::hash(state).to_le_bytes())?;
     file.write_all(state)?;
     file.sync_all()?;
-    match std::fs::rename(&path, CheckpointFiles::previous_path(dir, partition)) {
+    match std::fs::rename(&path, CheckpointFiles::previous_path(dir, name, partition)) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
         _ => {}
     }
@@ -118,15 +137,15 @@ impl CheckpointStore for CheckpointFiles {
         if held.is_some_and(|held| held >= next_offset) {
             return Ok(false);
         }
-        let state = state.to_vec();
+        let (state, name) = (state.to_vec(), self.name);
         let stored = self.stored.clone();
         self.blocking(
             move |dir| {
-                write(dir, partition, next_offset, &state)?;
+                write(dir, name, partition, next_offset, &state)?;
                 stored.lock().insert(partition, next_offset);
                 Ok(())
             },
-            format!("writing the snapshot of votes partition {partition}"),
+            format!("writing the snapshot {name}-{partition}"),
         )
         .await?;
         Ok(true)
@@ -136,10 +155,14 @@ impl CheckpointStore for CheckpointFiles {
         &self,
         partition: Partition,
     ) -> Result<Option<(Offset, Vec<u8>)>, TallyStoreError> {
+        let name = self.name;
         let found = self
             .blocking(
                 move |dir| {
-                    for path in [Self::path(dir, partition), Self::previous_path(dir, partition)] {
+                    for path in [
+                        Self::path(dir, name, partition),
+                        Self::previous_path(dir, name, partition),
+                    ] {
                         match read(&path) {
                             Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
                                 // Set aside, so the next snapshot does not push the good previous
@@ -154,7 +177,7 @@ impl CheckpointStore for CheckpointFiles {
                     }
                     Ok(None)
                 },
-                format!("reading the snapshot of votes partition {partition}"),
+                format!("reading the snapshot {name}-{partition}"),
             )
             .await?;
         let mut stored = self.stored.lock();
@@ -166,11 +189,12 @@ impl CheckpointStore for CheckpointFiles {
     }
 
     async fn clear_checkpoint(&self, partition: Partition) -> Result<(), TallyStoreError> {
+        let name = self.name;
         self.blocking(
             move |dir| {
                 for path in [
-                    Self::path(dir, partition),
-                    Self::previous_path(dir, partition),
+                    Self::path(dir, name, partition),
+                    Self::previous_path(dir, name, partition),
                 ] {
                     match std::fs::remove_file(path) {
                         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
@@ -179,7 +203,7 @@ impl CheckpointStore for CheckpointFiles {
                 }
                 Ok(())
             },
-            format!("deleting the snapshot of votes partition {partition}"),
+            format!("deleting the snapshot {name}-{partition}"),
         )
         .await?;
         self.stored.lock().remove(&partition);
@@ -219,7 +243,7 @@ mod tests {
                 .await
                 .unwrap());
         }
-        let newest = CheckpointFiles::path(dir.path(), Partition(0));
+        let newest = CheckpointFiles::path(dir.path(), "votes", Partition(0));
         let damage = |path: &Path| {
             let mut bytes = std::fs::read(path).unwrap();
             *bytes.last_mut().unwrap() ^= 1;
@@ -243,7 +267,11 @@ mod tests {
             Some((Offset(40), b"state at forty".to_vec()))
         );
         // Neither generation usable: none (the partition replays, or its processor refuses).
-        damage(&CheckpointFiles::previous_path(dir.path(), Partition(0)));
+        damage(&CheckpointFiles::previous_path(
+            dir.path(),
+            "votes",
+            Partition(0),
+        ));
         let files = CheckpointFiles::open(dir.path()).unwrap();
         assert_eq!(files.load_checkpoint(Partition(0)).await.unwrap(), None);
         // Then any snapshot may be stored again.

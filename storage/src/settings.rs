@@ -146,10 +146,10 @@ pub struct LogSection {
     /// Each topic's segment files hold about this many MiB.
     pub segment_mb: u64,
     /// Delete the votes log's segments that every partition's snapshot already holds (the
-    /// processor snapshots every `processor.checkpoint_interval_ms`). The votes log stays bounded
-    /// on a long run (the tallies topic is kept); `recount` audits only a log kept whole and
-    /// refuses otherwise, and the snapshots become the only copy of what was deleted, so it is off
-    /// by default.
+    /// processor snapshots every `processor.checkpoint_interval_ms`), and the tallies topic's
+    /// that the results board's snapshot holds. The log stays bounded on a long run; `recount`
+    /// audits only a log kept whole and refuses otherwise, and the snapshots become the only copy
+    /// of what was deleted, so it is off by default.
     pub retire_after_snapshot: bool,
 }
 

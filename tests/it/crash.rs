@@ -146,6 +146,10 @@ async fn kill_9_with_retention_restores_snapshots_and_counts_exactly_once() {
         "no segment was retired:\n{server_log}"
     );
     assert!(
+        server_log.contains("results board restored from its snapshot"),
+        "no restart restored the results board's snapshot:\n{server_log}"
+    );
+    assert!(
         !data.join("log/votes.log").exists(),
         "the first segment is still there"
     );
