@@ -195,6 +195,7 @@ pub async fn start_roles(config: Config, roles: Roles) -> anyhow::Result<App> {
     // The results board is filled before the processor starts: it resumes from what the board
     // says was published.
     if let (Some(log), None, true) = (&log, &shared_results, roles.query || roles.realtime) {
+        let mut saving = None;
         let from = match (&backends.log, &tally_store) {
             (LogBackend::Kafka { .. }, Some(store)) => {
                 // What the tallies topic's retention may have deleted (see `load_stored`).
@@ -211,18 +212,8 @@ pub async fn start_roles(config: Config, roles: Roles) -> anyhow::Result<App> {
                         embedded.dir.join("snapshots"),
                         "results",
                     )?);
-                let from = results::saved::restore(&board, &*snapshots).await?;
-                if let Some(every) = config.processor_config().checkpoint_interval {
-                    tasks.push(results::saved::keep_saving(
-                        board.clone(),
-                        log.clone(),
-                        snapshots,
-                        every,
-                        &from,
-                        shutdown_rx.clone(),
-                    ));
-                }
-                from
+                saving = Some(snapshots.clone());
+                results::saved::restore(&board, &*snapshots).await?
             }
         };
         tasks.push(
@@ -230,6 +221,19 @@ pub async fn start_roles(config: Config, roles: Roles) -> anyhow::Result<App> {
                 .await
                 .context("reading the tallies topic into the results board")?,
         );
+        // Once the board is filled: a snapshot of it holds every tallies partition's position.
+        if let (Some(snapshots), Some(every)) =
+            (saving, config.processor_config().checkpoint_interval)
+        {
+            tasks.push(results::saved::keep_saving(
+                board.clone(),
+                log.clone(),
+                snapshots,
+                every,
+                &from,
+                shutdown_rx.clone(),
+            ));
+        }
         let board = board.clone();
         readiness = readiness.check("tallies", move || std::future::ready(board.following()));
     }

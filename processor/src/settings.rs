@@ -27,7 +27,8 @@ pub struct ProcessorSection {
     /// to files beside the embedded log: `data_dir/log/snapshots`), so its next owner (or the
     /// restarted node) reads on from there instead of replaying the partition; one is written
     /// once the records since the last one number the partition's voters, or the partition is
-    /// quiet for this long. 0: never.
+    /// quiet for this long. In the embedded mode the results board is snapshotted this often too,
+    /// once partials arrived since (`results/src/saved.rs`). 0: never.
     pub checkpoint_interval_ms: u64,
 }
 

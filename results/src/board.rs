@@ -183,6 +183,11 @@ impl ResultsBoard {
             .collect()
     }
 
+    /// Whether the board lacks partials the tallies topic no longer holds (see [`load_tallies`]).
+    pub fn is_short(&self) -> bool {
+        self.short.lock().is_some()
+    }
+
     /// Per tallies partition, the offset before which every partial is applied.
     pub fn read_up_to(&self) -> Vec<Offset> {
         self.read_up_to.lock().clone()

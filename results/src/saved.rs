@@ -26,7 +26,12 @@ const KEY: Partition = Partition(0);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SavedError {
-    #[error("the results snapshot cannot be read (written by another version of CrowdTick?): {0}")]
+    #[error(
+        "the results snapshot (log/snapshots/results-0.checkpoint in the data directory) cannot be \
+         read, written by another version of CrowdTick?: {0}. Run the version that wrote it, or \
+         move the file away to rebuild the results from the tallies topic (complete only when \
+         log.retire_after_snapshot was off; readiness says when they are short)"
+    )]
     Format(String),
     #[error(transparent)]
     Store(#[from] TallyStoreError),
@@ -51,6 +56,7 @@ pub fn encode(positions: &[Offset], partials: &[PartialTally]) -> Vec<u8> {
 
 /// The positions and partials of a snapshot [`encode`] wrote.
 pub fn decode(mut bytes: &[u8]) -> Result<(Vec<Offset>, Vec<PartialTally>), SavedError> {
+    let size = bytes.len();
     let short = || SavedError::Format("it ends early".into());
     let mut take = |n: usize| -> Result<&[u8], SavedError> {
         let (head, rest) = bytes.split_at_checked(n).ok_or_else(short)?;
@@ -63,15 +69,13 @@ pub fn decode(mut bytes: &[u8]) -> Result<(Vec<Offset>, Vec<PartialTally>), Save
         return Err(SavedError::Format(format!("format {format}, not {FORMAT}")));
     }
     let n = u32_of(take(4)?) as usize;
-    let positions = (0..n)
-        .map(|_| {
-            Ok(Offset::from_count(u64::from_le_bytes(
-                take(8)?.try_into().unwrap(),
-            )))
-        })
-        .collect::<Result<_, SavedError>>()?;
+    let positions = take(n.checked_mul(8).ok_or_else(short)?)?
+        .chunks_exact(8)
+        .map(|b| Offset::from_count(u64::from_le_bytes(b.try_into().unwrap())))
+        .collect();
     let n = u32_of(take(4)?) as usize;
-    let mut partials = Vec::with_capacity(n.min(1 << 20));
+    // Each partial takes at least its 4-byte length: a count past that is damage, not a size.
+    let mut partials = Vec::with_capacity(n.min(size / 4));
     for _ in 0..n {
         let len = u32_of(take(4)?) as usize;
         let t = PartialTally::from_avro(take(len)?)
@@ -116,6 +120,8 @@ pub async fn restore(
 
 /// Every `every`, once the board has read further, writes a snapshot of it, then releases the
 /// tallies before the previous one (`restored`: what the start read from), until `shutdown`.
+/// Start it once the board is filled. A board short of retired partials is never saved: its
+/// snapshot would hide that from the next start.
 pub fn keep_saving(
     board: Arc<ResultsBoard>,
     log: Arc<dyn Log>,
@@ -135,6 +141,9 @@ pub fn keep_saving(
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = shutdown.signalled() => return,
+            }
+            if board.is_short() {
+                continue;
             }
             let positions = board.read_up_to();
             if newest.as_ref() == Some(&positions) || positions.iter().all(|p| *p == Offset::ZERO) {

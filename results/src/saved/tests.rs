@@ -167,9 +167,18 @@ fn a_damaged_or_foreign_snapshot_is_refused_not_misread() {
         .unwrap_err()
         .to_string()
         .contains("after the end"));
-    let mut other = bytes;
+    let mut other = bytes.clone();
     other[0] = 2;
     assert!(decode(&other).unwrap_err().to_string().contains("format 2"));
+    // Counts far past the bytes there are: refused, nothing sized by them.
+    for at in [4, 4 + 4 + 16] {
+        let mut huge = bytes.clone();
+        huge[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(decode(&huge)
+            .unwrap_err()
+            .to_string()
+            .contains("ends early"));
+    }
 }
 
 /// Partials of 3 polls in 2 votes partitions published to the tallies topic, `rounds` times each.
@@ -266,7 +275,7 @@ async fn the_tallies_topic_is_retired_behind_snapshots_and_a_start_reads_only_wh
     );
     stop.fire();
     let _ = (tail.await, saver.await);
-    drop(log);
+    drop((log, dyn_log));
 
     // A start restores the snapshot and reads the rest of the topic: the same board, and fewer
     // records read than the topic ever held.
@@ -297,4 +306,20 @@ async fn the_tallies_topic_is_retired_behind_snapshots_and_a_start_reads_only_wh
     let why = without.following().unwrap_err();
     assert!(why.contains("the results are short"), "{why}");
     assert!(why.contains("results-0.checkpoint"), "{why}");
+    // And it is never saved: a snapshot of it would hide that from the next start.
+    let (stop, shutdown) = ShutdownTrigger::new();
+    let snapshots: Arc<dyn CheckpointStore> = Arc::new(snapshots);
+    let from = ReadFrom::Positions(Vec::new());
+    let saver = keep_saving(
+        Arc::new(without),
+        log,
+        snapshots.clone(),
+        Duration::from_millis(5),
+        &from,
+        shutdown,
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop.fire();
+    saver.await.unwrap();
+    assert!(snapshots.load_checkpoint(KEY).await.unwrap().is_none());
 }
