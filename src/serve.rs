@@ -210,7 +210,7 @@ pub async fn start_roles(config: Config, roles: Roles) -> anyhow::Result<App> {
                 let snapshots: Arc<dyn CheckpointStore> =
                     Arc::new(storage::CheckpointFiles::open_named(
                         embedded.dir.join("snapshots"),
-                        "results",
+                        results::saved::NAME,
                     )?);
                 saving = Some(snapshots.clone());
                 results::saved::restore(&board, &*snapshots).await?

@@ -275,8 +275,8 @@ pub async fn load_tallies(
                 let why = format!(
                     "the results are short: tallies partition {p} was retired up to offset \
                      {start}, past what a snapshot of the results holds ({next}): the results \
-                     snapshot (log/snapshots/results-0.checkpoint in the data directory) is \
-                     missing or damaged"
+                     snapshot ({}) is missing or damaged",
+                    crate::saved::WHERE
                 );
                 tracing::error!("{why}");
                 *board.short.lock() = Some(why);

@@ -21,16 +21,21 @@ use std::time::Duration;
 use storage::{CheckpointStore, Log, Shutdown, TallyStoreError, Topic};
 
 const FORMAT: u32 = 1;
+/// The snapshot files' name among the votes snapshots (`storage::CheckpointFiles::open_named`).
+pub const NAME: &str = "results";
 /// The board's one snapshot is stored as "partition" 0 of its files.
 const KEY: Partition = Partition(0);
+/// Where the snapshot is, for the messages that send an operator to it.
+pub(crate) const WHERE: &str = "log/snapshots/results-0.checkpoint in the data directory";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SavedError {
     #[error(
-        "the results snapshot (log/snapshots/results-0.checkpoint in the data directory) cannot be \
-         read, written by another version of CrowdTick?: {0}. Run the version that wrote it, or \
-         move the file away to rebuild the results from the tallies topic (complete only when \
-         log.retire_after_snapshot was off; readiness says when they are short)"
+        "the results snapshot ({at}) cannot be read, written by another version of CrowdTick?: \
+         {0}. Run the version that wrote it, or move the file away to rebuild the results from \
+         the tallies topic (complete only when log.retire_after_snapshot was off; readiness says \
+         when they are short)",
+        at = WHERE
     )]
     Format(String),
     #[error(transparent)]

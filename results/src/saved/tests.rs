@@ -235,7 +235,7 @@ async fn the_tallies_topic_is_retired_behind_snapshots_and_a_start_reads_only_wh
     let log = retiring_log(&dir.path().join("log"));
     let board = Arc::new(ResultsBoard::new(2));
     let snapshots: Arc<dyn CheckpointStore> =
-        Arc::new(CheckpointFiles::open_named(&snapshots_dir, "results").unwrap());
+        Arc::new(CheckpointFiles::open_named(&snapshots_dir, NAME).unwrap());
     let (stop, shutdown) = ShutdownTrigger::new();
     let from = restore(&board, &*snapshots).await.unwrap();
     let dyn_log: Arc<dyn Log> = log.clone();
@@ -283,7 +283,7 @@ async fn the_tallies_topic_is_retired_behind_snapshots_and_a_start_reads_only_wh
     let start = log.log_start(Topic::Tallies, Partition(0)).await.unwrap();
     assert!(start > Offset::ZERO);
     let again = ResultsBoard::new(2);
-    let snapshots = CheckpointFiles::open_named(&snapshots_dir, "results").unwrap();
+    let snapshots = CheckpointFiles::open_named(&snapshots_dir, NAME).unwrap();
     let ReadFrom::Positions(from) = restore(&again, &snapshots).await.unwrap() else {
         panic!("no snapshot restored")
     };
@@ -300,7 +300,7 @@ async fn the_tallies_topic_is_retired_behind_snapshots_and_a_start_reads_only_wh
     // Without the snapshot the board is short of what was retired, and says so.
     std::fs::remove_dir_all(&snapshots_dir).unwrap();
     let without = ResultsBoard::new(2);
-    let snapshots = CheckpointFiles::open_named(&snapshots_dir, "results").unwrap();
+    let snapshots = CheckpointFiles::open_named(&snapshots_dir, NAME).unwrap();
     let from = restore(&without, &snapshots).await.unwrap();
     load_tallies(&*log, &without, &from).await.unwrap();
     let why = without.following().unwrap_err();
