@@ -121,7 +121,7 @@ impl Collector for ProcessorMetrics {
             ),
             (
                 "crowdtick_processor_restarts",
-                "Partition task restarts after an error.",
+                "Partition task restarts after an error (retries of a restore from the tally store included).",
                 &self.restarts,
             ),
             (

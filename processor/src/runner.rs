@@ -693,6 +693,10 @@ async fn run_owned_partition(pipeline: Pipeline, partition: Partition, mut stop:
                         .collect();
                 }
                 Err(e) => {
+                    // Readiness says why until the partition reads its log (`run_partition`).
+                    let why = format!("restoring what it published from the tally store: {e}");
+                    pipeline.metrics.failures.lock().insert(partition, why);
+                    pipeline.metrics.restarts.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(partition = partition.0, error = %e, "restoring a partition from the tally store failed; retrying in 1 s");
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_secs(1)) => {}

@@ -23,7 +23,7 @@ use crate::log::{AppendBatch, Fetched, Log, LogError, Position, Topic};
 use async_trait::async_trait;
 use schemas::{Offset, Partition, Timestamp};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
@@ -101,8 +101,6 @@ pub struct EmbeddedLog {
     queue: Option<(mpsc::Sender<AppendRequest>, Arc<group_commit::Backlog>)>,
     pub metrics: Arc<LogMetrics>,
     retire_released: bool,
-    /// Set while a retirement runs (a release meanwhile leaves it be).
-    retiring: Arc<std::sync::atomic::AtomicBool>,
 }
 
 #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
@@ -145,7 +143,6 @@ impl EmbeddedLog {
             queue: Some((tx, backlog)),
             metrics,
             retire_released: config.retire_released,
-            retiring: Default::default(),
         })
     }
 
@@ -174,7 +171,6 @@ impl EmbeddedLog {
             queue: None,
             metrics: Default::default(),
             retire_released: false,
-            retiring: Default::default(),
         })
     }
 
@@ -239,6 +235,33 @@ fn read_meta(dir: &Path) -> Result<Option<Meta>, LogError> {
             .map_err(|e| LogError::Config(format!("meta.json: {e}"))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(io(e)),
+    }
+}
+
+/// Retires `topic`'s released segments, again as long as releases came meanwhile (so none waits
+/// for the next release: a quiet topic's last release is acted on too). The caller set
+/// `retiring`; it is cleared however this ends (a panic too), so retention never stops for good.
+fn retire_until_settled(
+    file: &TopicFile,
+    topic: Topic,
+    metrics: &LogMetrics,
+) -> Result<(), LogError> {
+    struct Done<'a>(&'a AtomicBool);
+    impl Drop for Done<'_> {
+        fn drop(&mut self) {
+            self.0.store(false, Ordering::SeqCst);
+        }
+    }
+    loop {
+        let done = Done(&file.retiring);
+        file.retire_again.store(false, Ordering::SeqCst);
+        retire(file, topic, metrics)?;
+        drop(done);
+        // A release after `retire_again` was cleared either sees `retiring` cleared and starts
+        // its own retirement, or set it again before this looks: then this one goes on.
+        if !file.retire_again.load(Ordering::SeqCst) || file.retiring.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
     }
 }
 
@@ -629,25 +652,13 @@ impl Log for EmbeddedLog {
         if !self.retire_released {
             return Ok(());
         }
-        if self.retiring.swap(true, Ordering::Acquire) {
-            return Ok(()); // a retirement is running; the next release looks again
+        let file = &self.topics[topic.index()];
+        file.retire_again.store(true, Ordering::SeqCst);
+        if file.retiring.swap(true, Ordering::SeqCst) {
+            return Ok(()); // the running retirement of this topic looks again when it is done
         }
-        let (topics, metrics, retiring) = (
-            self.topics.clone(),
-            self.metrics.clone(),
-            self.retiring.clone(),
-        );
-        let work = move || {
-            // Cleared however this ends (a panic too), so retention never stops for good.
-            struct Done(Arc<std::sync::atomic::AtomicBool>);
-            impl Drop for Done {
-                fn drop(&mut self) {
-                    self.0.store(false, Ordering::Release);
-                }
-            }
-            let _done = Done(retiring);
-            retire(&topics[topic.index()], topic, &metrics)
-        };
+        let (topics, metrics) = (self.topics.clone(), self.metrics.clone());
+        let work = move || retire_until_settled(&topics[topic.index()], topic, &metrics);
         tokio::task::spawn_blocking(work)
             .await
             .map_err(|e| LogError::io("retiring segments", e.to_string()))?

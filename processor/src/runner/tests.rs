@@ -221,3 +221,53 @@ async fn recount_refuses_a_log_whose_start_is_gone() {
         other => panic!("expected the audit to refuse: {other:?}"),
     }
 }
+
+/// A tally store that fails at restore (a real PostgreSQL schema without its tables) keeps the
+/// partition unready with readiness saying why, until a retry finds the tables.
+#[tokio::test]
+async fn a_partition_whose_tally_store_fails_at_restore_is_unready_and_readiness_says_why() {
+    let url = std::env::var("CROWDTICK_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let pool = storage::postgres::connect(&url).await.unwrap_or_else(|e| {
+        panic!("{e}: this test needs PostgreSQL at {url} (CROWDTICK_TEST_POSTGRES)")
+    });
+    let schema = format!("ct_never_migrated_{}", std::process::id());
+    let store = storage::PgTallyStore::new(pool, &schema).unwrap();
+    let (mut pipeline, _dir) = pipeline_with_gone(0, false).await;
+    pipeline.tally_store = Some(Arc::new(store));
+    let metrics = pipeline.metrics.clone();
+    metrics.owns_partitions.store(true, Ordering::Relaxed);
+    metrics.catching_up.lock().insert(Partition(0));
+    let (stop, shutdown) = ShutdownTrigger::new();
+    let task = tokio::spawn(run_owned_partition(pipeline, Partition(0), shutdown));
+    let waited = std::time::Instant::now();
+    while metrics.restarts.load(Ordering::Relaxed) < 2 {
+        assert!(waited.elapsed() < Duration::from_secs(10), "no retry");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let why = metrics.readiness().unwrap_err();
+    assert!(
+        why.contains("partition 0 failed (restoring what it published from the tally store")
+            && why.contains("does not exist"),
+        "{why}"
+    );
+    // The tables arrive: the next retry restores, the partition reads its log, and the failure
+    // is no longer reported.
+    let pool = storage::postgres::connect_and_migrate(&url, &schema)
+        .await
+        .unwrap();
+    while !metrics.failures.lock().is_empty() || metrics.records_read.load(Ordering::Relaxed) < 10 {
+        assert!(waited.elapsed() < Duration::from_secs(20), "still failing");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.fire();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .unwrap()
+        .unwrap();
+    let client = pool.get().await.unwrap();
+    client
+        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .await
+        .unwrap();
+}

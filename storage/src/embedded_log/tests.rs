@@ -258,13 +258,58 @@ async fn append_one_by_one(log: &EmbeddedLog, from: u8, n: u8) {
 }
 
 fn segment_files(dir: &Path) -> Vec<String> {
+    topic_segment_files(dir, "votes")
+}
+
+fn topic_segment_files(dir: &Path, topic: &str) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| n.starts_with("votes.") && n.ends_with(".log"))
+        .filter(|n| n.starts_with(&format!("{topic}.")) && n.ends_with(".log"))
         .collect();
     names.sort();
     names
+}
+
+#[tokio::test]
+async fn releases_that_come_while_a_retirement_runs_are_acted_on_without_waiting_for_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = EmbeddedLog::open(segmented(dir.path())).unwrap();
+    append_one_by_one(&log, 0, 30).await;
+    for i in 0..12u8 {
+        let mut b = AppendBatch::default();
+        b.push(Partition(0), Timestamp(i as i64), b"key", &[i; 30]);
+        log.append(Topic::Tallies, b, far()).await.unwrap();
+    }
+    let (votes, tallies) = (
+        segment_files(dir.path()),
+        topic_segment_files(dir.path(), "tallies"),
+    );
+    assert!(tallies.len() > 2, "{tallies:?}");
+    // Partition 1 holds every votes segment until it releases.
+    log.release(Topic::Votes, Partition(2), Offset(10))
+        .await
+        .unwrap();
+    // `join!` polls the first release, which starts a retirement of the votes topic on a
+    // blocking thread (it finds nothing to retire), before the second and the third come.
+    let (a, b, c) = tokio::join!(
+        log.release(Topic::Votes, Partition(0), Offset(10)),
+        log.release(Topic::Votes, Partition(1), Offset(10)),
+        log.release(Topic::Tallies, Partition(0), Offset(12)),
+    );
+    for released in [a, b, c] {
+        released.unwrap();
+    }
+    // Neither waits for a later release: the tallies topic retires beside the votes topic, and
+    // partition 1's release was read by the running retirement or made it look again.
+    let after = segment_files(dir.path());
+    assert!(after.len() < votes.len(), "{votes:?} → {after:?}");
+    let after = topic_segment_files(dir.path(), "tallies");
+    assert!(after.len() < tallies.len(), "{tallies:?} → {after:?}");
+    for topic in [Topic::Votes, Topic::Tallies] {
+        let start = log.log_start(topic, Partition(0)).await.unwrap();
+        assert!(start > Offset::ZERO, "{topic:?} starts at {start:?}");
+    }
 }
 
 #[tokio::test]

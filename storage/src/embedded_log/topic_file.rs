@@ -10,7 +10,7 @@ use parking_lot::RwLock;
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read};
 use std::path::Path;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use tokio::sync::watch;
 
 /// A frame's header: `[u32 body length][u32 CRC-32 of body]`.
@@ -47,6 +47,10 @@ pub(super) struct TopicFile {
     /// in the index, so every record before a loaded `end` is indexed.
     pub(super) end: AtomicU64,
     pub(super) partitions: Vec<PartitionIndex>,
+    /// Set while a retirement of this topic runs (one at a time per topic).
+    pub(super) retiring: AtomicBool,
+    /// A release came since the running retirement read what was released: it looks again.
+    pub(super) retire_again: AtomicBool,
 }
 
 /// The length of the frame whose header starts `frame` (written by us, or CRC-checked on open).
@@ -150,6 +154,8 @@ pub(super) fn open_topic(
         segments: Segments::new(dir, topic, list),
         end: AtomicU64::new(pos),
         partitions,
+        retiring: AtomicBool::new(false),
+        retire_again: AtomicBool::new(false),
     })
 }
 
