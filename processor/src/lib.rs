@@ -13,6 +13,8 @@
 //!   [`ProcessorConfig`] and consumer group they become.
 //! - [`start`]: [`start::start`], the processor starting itself: every partition (embedded) or a
 //!   member of the Kafka consumer group; [`start::Processor::stop`] flushes, then leaves the group.
+//! - [`lost_votes`]: votes deleted by retention before they were counted, and the operator's
+//!   [`lost_votes::AcceptedLosses`] (`processor.accept_lost_votes`) that lets a partition count on.
 //! - [`recount`]: replays the log into fresh counters and checks every published partial against it.
 //! - `exactness` (tests): counters' partials, merged by the read model (`results`) in any order and
 //!   with repetition, give the exact count.
@@ -20,6 +22,7 @@
 //! Merging partials into results, and the board readers share, are the read model: the `results`
 //! crate.
 
+pub mod lost_votes;
 pub mod metrics;
 pub mod pipeline;
 pub mod recount;

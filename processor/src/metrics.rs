@@ -26,6 +26,8 @@ pub struct ProcessorMetrics {
     pub votes_duplicate: AtomicU64,
     pub votes_rejected: AtomicU64,
     pub records_undecodable: AtomicU64,
+    /// Votes-topic records deleted before they were counted, skipped as the operator accepted.
+    pub votes_lost: AtomicU64,
     pub partials_emitted: AtomicU64,
     pub restarts: AtomicU64,
     pub catalog_rereads: AtomicU64,
@@ -83,7 +85,7 @@ impl ProcessorMetrics {
 
 impl Collector for ProcessorMetrics {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
-        let counters: [(&str, &str, &AtomicU64); 14] = [
+        let counters: [(&str, &str, &AtomicU64); 15] = [
             (
                 "crowdtick_processor_records_read",
                 "Votes-topic records read (replays included).",
@@ -113,6 +115,12 @@ impl Collector for ProcessorMetrics {
                 "crowdtick_processor_records_undecodable",
                 "Records that were not decodable votes.",
                 &self.records_undecodable,
+            ),
+            (
+                "crowdtick_processor_votes_lost",
+                "Votes-topic records deleted by retention before they were counted, skipped as \
+                 processor.accept_lost_votes allowed.",
+                &self.votes_lost,
             ),
             (
                 "crowdtick_processor_partials_emitted",

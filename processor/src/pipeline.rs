@@ -123,6 +123,12 @@ impl PartitionCounter {
         self.next_offset
     }
 
+    /// The records before `start` are lost (deleted before they were counted, as the operator
+    /// accepted): the next record this counter expects is at `start`.
+    pub fn skip_lost(&mut self, start: Offset) {
+        self.next_offset = self.next_offset.max(start);
+    }
+
     /// Judges and counts one vote at `offset` (records must come in offset order). `rules` is the
     /// poll's definition, `None` if the poll is unknown.
     pub fn apply(

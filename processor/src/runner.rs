@@ -9,6 +9,7 @@
 //! only written when it is newer than the one already published for its (poll, partition), so a
 //! replay after a crash re-emits nothing stale.
 
+use crate::lost_votes::{self, AcceptedLosses};
 use crate::metrics::ProcessorMetrics;
 use crate::pipeline::{Outcome, PartitionCounter, WindowConfig};
 use schemas::poll::PollState;
@@ -38,6 +39,9 @@ pub struct ProcessorConfig {
     /// How often a partition's state is checkpointed to the tally store (when there is one); a new
     /// owner restores the checkpoint and reads on from its offset. `None`: never (always replay).
     pub checkpoint_interval: Option<Duration>,
+    /// Partitions that may count on without votes deleted before they were counted
+    /// (`processor.accept_lost_votes`).
+    pub accepted_losses: AcceptedLosses,
 }
 
 impl Default for ProcessorConfig {
@@ -48,6 +52,7 @@ impl Default for ProcessorConfig {
             max_fetch_bytes: 1 << 20,
             ingest_deadline: Duration::from_secs(2),
             checkpoint_interval: Some(Duration::from_secs(5)),
+            accepted_losses: AcceptedLosses::default(),
         }
     }
 }
@@ -87,12 +92,27 @@ pub enum PartitionError {
          or retention.bytes) and {why}. Restore the partition's snapshot (data_dir/log/snapshots, \
          or the tally store) from a backup, or undo the change that made it unusable. Votes \
          deleted before any snapshot held them cannot be counted any more: the partition stays \
-         stopped rather than publish counts without them"
+         stopped rather than publish counts without them. {hint}",
+        hint = lost_votes::how_to_accept(*.partition, *.start)
     )]
     CannotRebuild {
         partition: Partition,
         start: schemas::Offset,
         why: String,
+    },
+    /// Records deleted while the partition was behind them (a fetch from `counted_to` began at
+    /// `start`).
+    #[error(
+        "votes partition {partition} lost votes: the records from offset {counted_to} to {start} \
+         were deleted before they were counted (on Kafka the votes topic's retention.ms or \
+         retention.bytes; log.retire_after_snapshot in the embedded mode). The partition stays \
+         stopped rather than publish counts without them. {hint}",
+        hint = lost_votes::how_to_accept(*.partition, *.start)
+    )]
+    VotesDeleted {
+        partition: Partition,
+        counted_to: schemas::Offset,
+        start: schemas::Offset,
     },
     /// Reading or deleting the partition's checkpoint, or writing its partials (`doing` says
     /// which).
@@ -201,13 +221,33 @@ pub async fn run_partition(
         let wait = wake.saturating_duration_since(Instant::now());
         let asked = task.counter.next_offset();
         let fetched = tokio::select! {
-            r = log.fetch(Topic::Votes, partition, asked, config.max_fetch_bytes, wait) => r?,
+            r = log.fetch(Topic::Votes, partition, asked, config.max_fetch_bytes, wait) => r,
             _ = shutdown.signalled() => break,
         };
         // Records deleted before they were counted (a Kafka topic's retention outran this
-        // partition): stop rather than count on without them. The restarted task refuses too,
-        // unless a snapshot covers what was deleted.
-        let fetched = fetched.starting_at(Topic::Votes, asked)?;
+        // partition: its fetch starts later; the embedded log refuses the fetch): stop rather
+        // than count on without them, unless the operator accepted the loss. The restarted task
+        // refuses too, unless a snapshot covers what was deleted.
+        let retired = match &fetched {
+            Ok(f) => f.retired_before(asked),
+            Err(LogError::Retired { first, .. }) => Some(*first),
+            Err(_) => None,
+        };
+        if let Some(start) = retired {
+            if !config.accepted_losses.accepts(partition, start) {
+                return Err(PartitionError::VotesDeleted {
+                    partition,
+                    counted_to: asked,
+                    start,
+                });
+            }
+            lost_votes::take(metrics, partition, asked, start);
+            if fetched.is_err() {
+                task.counter.skip_lost(start);
+                continue;
+            }
+        }
+        let fetched = fetched?;
         if std::mem::take(&mut failed_before) {
             // Restored and reading again: what stopped the last attempt is past.
             metrics.failures.lock().remove(&partition);
@@ -335,7 +375,8 @@ fn following_flush(due: Instant, interval: Duration) -> Instant {
 /// The counter of one partition, restored from its checkpoint store's checkpoint when there is a
 /// usable one, else new (to replay the partition from the start). An unusable checkpoint is
 /// deleted, so that the checkpoints of the replay replace it, unless retention deleted the log's
-/// start: then nothing is deleted and the task refuses (`CannotRebuild`). An error reading the
+/// start: then nothing is deleted and the task refuses (`CannotRebuild`), unless the operator
+/// accepted that loss (`processor.accept_lost_votes`). An error reading the
 /// store is returned (the supervisor retries): a passing failure must not cost a full replay.
 async fn restore_checkpoint(
     pipeline: &Pipeline,
@@ -343,13 +384,16 @@ async fn restore_checkpoint(
 ) -> Result<PartitionCounter, PartitionError> {
     let windows = pipeline.config.windows;
     let fresh = PartitionCounter::new(partition, windows);
-    // Above 0 once retention deleted records: then only a snapshot at or after it can rebuild.
+    // Above 0 once retention deleted records: then only a snapshot at or after it can rebuild,
+    // unless the operator accepted the loss (the partition task then counts it and reads on).
     let start = pipeline.log.log_start(Topic::Votes, partition).await?;
+    let unaccepted_loss =
+        start > schemas::Offset::ZERO && !pipeline.config.accepted_losses.accepts(partition, start);
     // This task may need everything the log holds until its own snapshots are stored.
     release(pipeline, partition, start).await;
     let (Some(store), Some(_)) = (&pipeline.checkpoints, pipeline.config.checkpoint_interval)
     else {
-        if start > schemas::Offset::ZERO {
+        if unaccepted_loss {
             let why = match pipeline.checkpoints {
                 None => "no snapshot store is configured (on Kafka, snapshots are kept in the tally store: --postgres)",
                 Some(_) => "snapshots are off (processor.checkpoint_interval_ms = 0)",
@@ -364,14 +408,14 @@ async fn restore_checkpoint(
         .await
         .map_err(tally_store_failed("reading the partition's checkpoint"))?
     else {
-        if start > schemas::Offset::ZERO {
+        if unaccepted_loss {
             let why = "no snapshot of it is stored (or the stored one is damaged)";
             return cannot_replay(partition, start, why.into());
         }
         return Ok(fresh);
     };
     let end = pipeline.log.high_watermark(Topic::Votes, partition).await?;
-    let unusable = if offset < start {
+    let unusable = if offset < start && unaccepted_loss {
         format!("the snapshot at offset {offset} is older than the log's start")
     } else if offset > end {
         format!(
@@ -401,7 +445,7 @@ async fn restore_checkpoint(
             Err(e) => e.to_string(),
         }
     };
-    if start > schemas::Offset::ZERO {
+    if unaccepted_loss {
         // The snapshot is the only record of what was retired: kept for the operator.
         return cannot_replay(
             partition,

@@ -2,6 +2,7 @@
 //! what it becomes: the [`ProcessorConfig`] partition tasks run on, the consumer group's
 //! [`GroupConfig`].
 
+use crate::lost_votes::AcceptedLosses;
 use crate::{ProcessorConfig, WindowConfig};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -30,6 +31,11 @@ pub struct ProcessorSection {
     /// quiet for this long. In the embedded mode the results board is snapshotted this often too,
     /// once partials arrived since (`results/src/saved.rs`). 0: never.
     pub checkpoint_interval_ms: u64,
+    /// Votes partitions that may count on although votes were deleted before they were counted,
+    /// as `"PARTITION:OFFSET"`: the partition's log may start at most at OFFSET (its readiness
+    /// and error log say both when it stops). Empty (the default): such a partition stays
+    /// stopped. Each loss taken is logged and counted in `crowdtick_processor_votes_lost`.
+    pub accept_lost_votes: Vec<String>,
 }
 
 impl Default for ProcessorSection {
@@ -43,6 +49,7 @@ impl Default for ProcessorSection {
             assignment_strategy: "cooperative-sticky".into(),
             session_timeout_ms: 10_000,
             checkpoint_interval_ms: 5_000,
+            accept_lost_votes: Vec::new(),
         }
     }
 }
@@ -56,6 +63,7 @@ impl ProcessorSection {
         if !(1..=60_000).contains(&self.flush_interval_ms) {
             return Err("processor.flush_interval_ms must be from 1 to 60000".into());
         }
+        AcceptedLosses::parse(&self.accept_lost_votes)?;
         Ok(())
     }
 
@@ -70,6 +78,8 @@ impl ProcessorSection {
             ingest_deadline,
             checkpoint_interval: (self.checkpoint_interval_ms > 0)
                 .then(|| Duration::from_millis(self.checkpoint_interval_ms)),
+            // `check` refused entries that do not parse.
+            accepted_losses: AcceptedLosses::parse(&self.accept_lost_votes).unwrap_or_default(),
             ..Default::default()
         }
     }

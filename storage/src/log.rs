@@ -248,15 +248,20 @@ impl Fetched {
     /// later mean the ones in between are gone, deleted by retention before they were read: a
     /// consumer that went on would never count them, so that is [`LogError::Retired`].
     pub fn starting_at(self, topic: Topic, asked: Offset) -> Result<Self, LogError> {
-        if self.is_empty() || self.first_offset <= asked {
-            return Ok(self);
+        match self.retired_before(asked) {
+            None => Ok(self),
+            Some(first) => Err(LogError::Retired {
+                topic: topic.name(),
+                partition: self.partition,
+                offset: asked,
+                first,
+            }),
         }
-        Err(LogError::Retired {
-            topic: topic.name(),
-            partition: self.partition,
-            offset: asked,
-            first: self.first_offset,
-        })
+    }
+    /// Where this fetch's records start, if that is past `asked`: the records in between were
+    /// deleted before they were read.
+    pub fn retired_before(&self, asked: Offset) -> Option<Offset> {
+        (!self.is_empty() && self.first_offset > asked).then_some(self.first_offset)
     }
     /// The offset after the last record (where the next fetch starts).
     pub fn next_offset(&self) -> Offset {

@@ -177,6 +177,59 @@ async fn kill_9_with_retention_restores_snapshots_and_counts_exactly_once() {
         server_log.contains("cannot be rebuilt: the log before offset"),
         "{server_log}"
     );
+
+    // The operator accepts the loss readiness names for each partition: they count on from
+    // the log's start, and the loss is counted. (The board's own snapshot went too: if the
+    // tallies were retired, the results are short, and readiness keeps saying so.)
+    let unquoted = why.replace(r#"\""#, "\""); // the hint, as JSON wrote it
+    let accepted: Vec<&str> = unquoted
+        .split("accept_lost_votes = [")
+        .skip(1)
+        .filter_map(|rest| rest.split(']').next())
+        .collect();
+    assert!(!accepted.is_empty(), "{why}");
+    let accepted = format!("[{}]", accepted.join(","));
+    let env: Vec<(&str, &str)> = RETENTION
+        .iter()
+        .copied()
+        .chain([("CROWDTICK_PROCESSOR__ACCEPT_LOST_VOTES", accepted.as_str())])
+        .collect();
+    let mut server = start_server(&data, port, &env);
+    wait_healthy(&client, &base).await;
+    let metric = |body: &str, name: &str| -> u64 {
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let waited = std::time::Instant::now();
+    let why = loop {
+        let ready = client.get(format!("{base}/readyz")).send().await.unwrap();
+        let why = ready.text().await.unwrap();
+        if !why.contains("restoring or replaying") && !why.contains("assign") {
+            break why;
+        }
+        assert!(waited.elapsed() < Duration::from_secs(30), "{why}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let metrics = client.get(format!("{base}/metrics")).send().await.unwrap();
+    let metrics = metrics.text().await.unwrap();
+    server.kill().unwrap();
+    let _ = server.wait();
+    assert!(!why.contains("cannot be rebuilt"), "{accepted}: {why}");
+    assert!(why.contains("caught up"), "{why}");
+    assert!(
+        metric(&metrics, "crowdtick_processor_votes_lost_total ") > 0,
+        "{metrics}"
+    );
+    assert!(
+        metric(&metrics, "crowdtick_processor_votes_counted_total ") > 0,
+        "{metrics}"
+    );
+    let server_log = std::fs::read_to_string(data.with_extension("server.log")).unwrap();
+    assert!(
+        server_log.contains("counting on without them, as processor.accept_lost_votes allows"),
+        "{server_log}"
+    );
 }
 
 fn show(out: &std::process::Output) -> String {

@@ -178,6 +178,7 @@ group_id = {{ $v.processor.groupId | toJson }}
 assignment_strategy = {{ $v.processor.assignmentStrategy | toJson }}
 session_timeout_ms = {{ $v.processor.sessionTimeoutMs | int64 }}
 checkpoint_interval_ms = {{ $v.processor.checkpointIntervalMs | int64 }}
+accept_lost_votes = {{ $v.processor.acceptLostVotes | default list | toJson }}
 
 [realtime]
 coalesce_ms = {{ $v.realtime.coalesceMs | int64 }}

@@ -105,7 +105,19 @@ async fn pipeline_with_gone(gone: i64, says_start: bool) -> (Pipeline, tempfile:
 /// Runs partition 0 (see [`pipeline_with_gone`]) until it stops by itself or 3 s pass: what it
 /// returned (`None`: still running) and the records it read.
 async fn run_with_gone(gone: i64, says_start: bool) -> (Option<Result<(), PartitionError>>, u64) {
-    let (pipeline, _dir) = pipeline_with_gone(gone, says_start).await;
+    let (ended, metrics) = run_with_gone_accepting(gone, says_start, &[]).await;
+    (ended, metrics.records_read.load(Ordering::Relaxed))
+}
+
+/// [`run_with_gone`] with `processor.accept_lost_votes` set to `accepted`; returns the metrics.
+async fn run_with_gone_accepting(
+    gone: i64,
+    says_start: bool,
+    accepted: &[&str],
+) -> (Option<Result<(), PartitionError>>, Arc<ProcessorMetrics>) {
+    let (mut pipeline, _dir) = pipeline_with_gone(gone, says_start).await;
+    let accepted: Vec<String> = accepted.iter().map(|s| s.to_string()).collect();
+    pipeline.config.accepted_losses = AcceptedLosses::parse(&accepted).unwrap();
     let (stop, shutdown) = ShutdownTrigger::new();
     let mut published = Published::default();
     let task = run_partition(&pipeline, Partition(0), &mut published, shutdown);
@@ -113,8 +125,32 @@ async fn run_with_gone(gone: i64, says_start: bool) -> (Option<Result<(), Partit
         .await
         .ok();
     stop.fire();
-    let read = pipeline.metrics.records_read.load(Ordering::Relaxed);
-    (ended, read)
+    (ended, pipeline.metrics.clone())
+}
+
+#[tokio::test]
+async fn a_loss_the_operator_accepted_is_counted_and_the_partition_counts_on() {
+    // Gone while the task ran, and gone before it started (with no snapshot): both count on
+    // from the log's start with "0:4" (or a later offset), and the 4 lost records are counted.
+    for says_start in [false, true] {
+        for accepted in ["0:4", "0:9"] {
+            let (ended, metrics) = run_with_gone_accepting(4, says_start, &[accepted]).await;
+            assert!(ended.is_none(), "{says_start} {accepted}: {ended:?}");
+            assert_eq!(metrics.records_read.load(Ordering::Relaxed), 6);
+            assert_eq!(metrics.votes_lost.load(Ordering::Relaxed), 4);
+            assert!(metrics.failures.lock().is_empty());
+        }
+        // A larger loss than the one accepted, or another partition's: still stopped.
+        for accepted in ["0:3", "1:4"] {
+            let (ended, metrics) = run_with_gone_accepting(4, says_start, &[accepted]).await;
+            assert!(
+                matches!(ended, Some(Err(_))),
+                "{says_start} {accepted}: {ended:?}"
+            );
+            assert_eq!(metrics.records_read.load(Ordering::Relaxed), 0);
+            assert_eq!(metrics.votes_lost.load(Ordering::Relaxed), 0);
+        }
+    }
 }
 
 #[tokio::test]
@@ -127,8 +163,14 @@ async fn votes_deleted_before_they_were_counted_stop_the_partition_instead_of_be
     // Gone while the task ran (its start was 0): the first fetch starts at 4, not at 0.
     let (ended, read) = run_with_gone(4, false).await;
     match ended {
-        Some(Err(PartitionError::Log(LogError::Retired { offset, first, .. }))) => {
-            assert_eq!((offset, first), (Offset(0), Offset(4)));
+        Some(Err(
+            e @ PartitionError::VotesDeleted {
+                counted_to, start, ..
+            },
+        )) => {
+            assert_eq!((counted_to, start), (Offset(0), Offset(4)));
+            let why = e.to_string();
+            assert!(why.contains("accept_lost_votes = [\"0:4\"]"), "{why}");
         }
         other => panic!("expected the gap to stop the task: {other:?}"),
     }
@@ -142,6 +184,7 @@ async fn votes_deleted_before_they_were_counted_stop_the_partition_instead_of_be
             let why = e.to_string();
             assert!(why.contains("before offset 4"), "{why}");
             assert!(why.contains("retention.ms"), "{why}");
+            assert!(why.contains("accept_lost_votes = [\"0:4\"]"), "{why}");
         }
         other => panic!("expected the task to refuse: {other:?}"),
     }
