@@ -7,7 +7,7 @@
 //! readiness names the partition and the offset its log now starts at. An operator who decides the
 //! show must go on writes that pair as `"PARTITION:OFFSET"`: that partition then counts on from its
 //! log's start, provided it is at or before OFFSET (a later, larger loss stops it again). Each loss
-//! taken is logged at error level and counted in `crowdtick_processor_votes_lost`.
+//! taken is logged at error level and counted in `crowdtick_processor_votes_lost_total`.
 
 use crate::ProcessorMetrics;
 use schemas::{Offset, Partition};

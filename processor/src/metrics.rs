@@ -119,7 +119,8 @@ impl Collector for ProcessorMetrics {
             (
                 "crowdtick_processor_votes_lost",
                 "Votes-topic records deleted by retention before they were counted, skipped as \
-                 processor.accept_lost_votes allowed.",
+                 processor.accept_lost_votes allowed (a restart before the partition's next \
+                 snapshot takes, and counts, the same loss again).",
                 &self.votes_lost,
             ),
             (

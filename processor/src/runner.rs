@@ -233,7 +233,8 @@ pub async fn run_partition(
             Err(LogError::Retired { first, .. }) => Some(*first),
             Err(_) => None,
         };
-        if let Some(start) = retired {
+        // (A refusal that names no later start is an error like any other.)
+        if let Some(start) = retired.filter(|&start| start > asked) {
             if !config.accepted_losses.accepts(partition, start) {
                 return Err(PartitionError::VotesDeleted {
                     partition,
@@ -375,8 +376,10 @@ fn following_flush(due: Instant, interval: Duration) -> Instant {
 /// The counter of one partition, restored from its checkpoint store's checkpoint when there is a
 /// usable one, else new (to replay the partition from the start). An unusable checkpoint is
 /// deleted, so that the checkpoints of the replay replace it, unless retention deleted the log's
-/// start: then nothing is deleted and the task refuses (`CannotRebuild`), unless the operator
-/// accepted that loss (`processor.accept_lost_votes`). An error reading the
+/// start: then nothing is deleted and the task refuses (`CannotRebuild`). An accepted loss
+/// (`processor.accept_lost_votes`) lets it go on without a snapshot, or from a usable one older
+/// than the log's start (the partition task takes the loss), never past an unusable one. An
+/// error reading the
 /// store is returned (the supervisor retries): a passing failure must not cost a full replay.
 async fn restore_checkpoint(
     pipeline: &Pipeline,
@@ -445,8 +448,9 @@ async fn restore_checkpoint(
             Err(e) => e.to_string(),
         }
     };
-    if unaccepted_loss {
-        // The snapshot is the only record of what was retired: kept for the operator.
+    if start > schemas::Offset::ZERO {
+        // The snapshot is the only record of what was retired: kept for the operator, whatever
+        // loss was accepted (it may hold votes counted before the one accepted).
         return cannot_replay(
             partition,
             start,

@@ -34,7 +34,7 @@ pub struct ProcessorSection {
     /// Votes partitions that may count on although votes were deleted before they were counted,
     /// as `"PARTITION:OFFSET"`: the partition's log may start at most at OFFSET (its readiness
     /// and error log say both when it stops). Empty (the default): such a partition stays
-    /// stopped. Each loss taken is logged and counted in `crowdtick_processor_votes_lost`.
+    /// stopped. Each loss taken is logged and counted in `crowdtick_processor_votes_lost_total`.
     pub accept_lost_votes: Vec<String>,
 }
 

@@ -252,9 +252,10 @@ fn retire_until_settled(
             self.0.store(false, Ordering::SeqCst);
         }
     }
-    loop {
+    for _ in 0..MAX_RETIRE_ROUNDS {
         let done = Done(&file.retiring);
-        file.retire_again.store(false, Ordering::SeqCst);
+        // A swap, not a store: reading a release's `true` makes its `released` visible here.
+        file.retire_again.swap(false, Ordering::SeqCst);
         retire(file, topic, metrics)?;
         drop(done);
         // A release after `retire_again` was cleared either sees `retiring` cleared and starts
@@ -263,7 +264,13 @@ fn retire_until_settled(
             return Ok(());
         }
     }
+    // Releases kept coming: the caller has waited long enough, and the next release goes on.
+    file.retiring.store(false, Ordering::SeqCst);
+    Ok(())
 }
+
+/// How many retirements of one topic a release's caller waits for at most.
+const MAX_RETIRE_ROUNDS: usize = 4;
 
 /// Deletes the segments of `topic` wholly before what every partition's consumer released.
 fn retire(file: &TopicFile, topic: Topic, metrics: &LogMetrics) -> Result<(), LogError> {

@@ -118,6 +118,13 @@ async fn run_with_gone_accepting(
     let (mut pipeline, _dir) = pipeline_with_gone(gone, says_start).await;
     let accepted: Vec<String> = accepted.iter().map(|s| s.to_string()).collect();
     pipeline.config.accepted_losses = AcceptedLosses::parse(&accepted).unwrap();
+    run_for_3_s(pipeline).await
+}
+
+/// Runs partition 0 of `pipeline` until it stops by itself or 3 s pass.
+async fn run_for_3_s(
+    pipeline: Pipeline,
+) -> (Option<Result<(), PartitionError>>, Arc<ProcessorMetrics>) {
     let (stop, shutdown) = ShutdownTrigger::new();
     let mut published = Published::default();
     let task = run_partition(&pipeline, Partition(0), &mut published, shutdown);
@@ -126,6 +133,48 @@ async fn run_with_gone_accepting(
         .ok();
     stop.fire();
     (ended, pipeline.metrics.clone())
+}
+
+/// An accepted loss goes on from a usable snapshot older than the log's start (losing only what
+/// lies between), never past an unusable one (it may hold votes counted before the loss).
+#[tokio::test]
+async fn an_accepted_loss_goes_on_from_an_older_usable_snapshot_never_past_an_unusable_one() {
+    let mut older = PartitionCounter::new(Partition(0), WindowConfig::default());
+    older.skip_lost(Offset(2));
+    for (state, usable) in [
+        (older.checkpoint(), true),
+        (b"not a snapshot".to_vec(), false),
+    ] {
+        let (mut pipeline, dir) = pipeline_with_gone(4, true).await;
+        let files = storage::CheckpointFiles::open(dir.path().join("snapshots")).unwrap();
+        files
+            .put_checkpoint(Partition(0), Offset(2), &state)
+            .await
+            .unwrap();
+        let files = Arc::new(files);
+        pipeline.checkpoints = Some(files.clone());
+        pipeline.config.accepted_losses = AcceptedLosses::parse(&["0:4".into()]).unwrap();
+        let (ended, metrics) = run_for_3_s(pipeline).await;
+        let (read, lost) = (
+            metrics.records_read.load(Ordering::Relaxed),
+            metrics.votes_lost.load(Ordering::Relaxed),
+        );
+        if usable {
+            assert!(ended.is_none(), "{ended:?}");
+            assert_eq!((read, lost), (6, 2));
+            assert_eq!(metrics.checkpoints_restored.load(Ordering::Relaxed), 1);
+        } else {
+            match ended {
+                Some(Err(e @ PartitionError::CannotRebuild { .. })) => {
+                    assert!(e.to_string().contains("unusable"), "{e}")
+                }
+                other => panic!("expected the task to refuse: {other:?}"),
+            }
+            assert_eq!((read, lost), (0, 0));
+            let kept = files.load_checkpoint(Partition(0)).await.unwrap();
+            assert_eq!(kept, Some((Offset(2), state)), "the snapshot was cleared");
+        }
+    }
 }
 
 #[tokio::test]
