@@ -379,8 +379,8 @@ fn following_flush(due: Instant, interval: Duration) -> Instant {
 /// start: then nothing is deleted and the task refuses (`CannotRebuild`). An accepted loss
 /// (`processor.accept_lost_votes`) lets it go on without a snapshot, or from a usable one older
 /// than the log's start (the partition task takes the loss), never past an unusable one. An
-/// error reading the
-/// store is returned (the supervisor retries): a passing failure must not cost a full replay.
+/// error reading the store is returned (the supervisor retries): a passing failure must not cost
+/// a full replay.
 async fn restore_checkpoint(
     pipeline: &Pipeline,
     partition: Partition,
