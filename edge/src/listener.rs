@@ -37,11 +37,13 @@
 mod admitted;
 pub mod arrival;
 mod event_stream;
+pub mod live_connection;
 pub mod live_socket;
 pub mod read_gate;
 pub mod receive_stamp;
 
 pub use arrival::Arrival;
+pub use live_connection::LiveConnection;
 pub use live_socket::LiveSocket;
 pub use read_gate::ReadGate;
 

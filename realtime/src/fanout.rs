@@ -1,12 +1,13 @@
 //! Where viewers are served: a runtime of its own, on threads of lower scheduling priority, so
 //! the fan-out to thousands of viewers never starves the vote path.
 //!
-//! When a poll's feed publishes, every viewer of it has a frame to write at once: on the node's
-//! main runtime that is thousands of tasks queued ahead of the next vote's request. Here the
-//! viewers' sending loops run on `realtime.fanout_threads` threads of their own, each lowered by
-//! `realtime.fanout_nice` (Linux nice levels), so the kernel gives the vote path the cores first
-//! and the viewers what is left. When what is left is not enough, viewers skip states (each
-//! takes the newest frame when it gets to run), so they fall behind by frames, never by a queue.
+//! When a poll's feed publishes, every viewer of it has a frame to be written at once: on the
+//! node's main runtime that is thousands of writes queued ahead of the next vote's request. Here
+//! the sweeps that write them ([`crate::broadcast`]) and each viewer's own task run on
+//! `realtime.fanout_threads` threads of their own, each lowered by `realtime.fanout_nice` (Linux
+//! nice levels), so the kernel gives the vote path the cores first and the viewers what is left.
+//! When what is left is not enough, viewers skip states (each sweep writes the newest frame), so
+//! they fall behind by frames, never by a queue.
 
 use std::future::Future;
 use tokio::runtime::{Handle, Runtime};

@@ -7,17 +7,18 @@
 //!   frames per second stay within `realtime.frame_budget`), renders the frame once and publishes it in
 //!   a `watch` channel, which keeps only the latest: a viewer that is still sending an older frame
 //!   skips straight to the newest one when it is done. A slow viewer gets the latest state, never
-//!   a queue.
+//!   a queue. The poll's WebSocket viewers are then written to in sweeps ([`crate::broadcast`]);
+//!   event streams and the old API's socket read the channel through their [`Subscription`].
 //! - Once a second the task looks at the viewer count (an atomic the subscriptions move) and
 //!   publishes it only when it changed; it also re-renders then, so a state that moves with the
 //!   clock (a scheduled close) is shown within a second. With no viewers left the task retires
 //!   its feed.
-//! - A viewer costs its connection, one `watch` receiver and two sequence numbers: no task, no
-//!   buffer and no encoding of its own.
+//! - A viewer costs its connection, one `watch` receiver and two sequence numbers: no buffer and
+//!   no encoding of its own.
 
+use crate::broadcast::Audience;
 use crate::frame::{render, Encoded, Frame};
 use crate::{Realtime, Update};
-use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use results::Snapshot;
 use schemas::{Poll, PollId, Timestamp};
@@ -36,6 +37,8 @@ pub struct Feed {
     /// Subscriptions open on this feed.
     pub viewers: AtomicU64,
     frames: watch::Sender<Arc<Frame>>,
+    /// Its WebSocket viewers, written to in sweeps ([`crate::broadcast`]).
+    pub(crate) ws: Audience,
 }
 
 impl Feed {
@@ -52,6 +55,7 @@ impl Feed {
             poll_id: poll.id,
             viewers: AtomicU64::new(0),
             frames: watch::channel(Arc::new(first)).0,
+            ws: Audience::default(),
         });
         tokio::spawn(run(rt.clone(), feed.clone(), results, polls));
         feed
@@ -133,6 +137,7 @@ async fn run(
             || next.viewers_message.seq != prev.viewers_message.seq;
         if moved {
             feed.frames.send_replace(Arc::new(next));
+            feed.ws.sweep(&rt, &feed);
         }
     }
 }
@@ -164,6 +169,10 @@ impl Subscription {
 
     pub fn poll_id(&self) -> PollId {
         self.feed.poll_id
+    }
+
+    pub(crate) fn feed(&self) -> &Arc<Feed> {
+        &self.feed
     }
 
     /// The next message this viewer has not been sent: the results at once on the first call,
@@ -200,11 +209,6 @@ impl Subscription {
         };
         self.rt.messages_sent.fetch_add(1, Ordering::Relaxed);
         message
-    }
-
-    /// The next WebSocket text message (cancel-safe).
-    pub async fn next_ws(&mut self) -> Utf8Bytes {
-        self.next_message().await.ws()
     }
 
     /// The next Server-Sent Event, encoded (cancel-safe).

@@ -2,8 +2,9 @@
 //!
 //! A [`Frame`] holds, for one moment of one poll, the results message for each audience (the
 //! public, and operators and screen-token holders who see embargoed counts) and the viewer-count
-//! message, each already encoded for both transports ([`Encoded`]: the SSE event's bytes and the
-//! WebSocket text are one buffer). A viewer's connection only copies the bytes to its socket.
+//! message, each already encoded for both transports ([`Encoded`]: the SSE event's bytes, and the
+//! WebSocket text frame with its header). A viewer's connection only copies the bytes to its
+//! socket.
 //!
 //! Each message carries a sequence number that moves only when the message's bytes change, so a
 //! viewer sends a message when its sequence is new. This is also the embargo's rule: while a
@@ -18,14 +19,18 @@ use results::Snapshot;
 use schemas::{Poll, Timestamp};
 use serde::Serialize;
 use std::sync::Arc;
+use tungstenite::protocol::frame::coding::{Data, OpCode};
 
-/// One message in both transports' encodings, sharing one buffer.
+/// One message in both transports' encodings.
 #[derive(Debug, Clone)]
 pub struct Encoded {
     /// `event: <name>\ndata: <json>\n\n`
     sse: Bytes,
     /// The JSON alone (a slice of `sse`).
     json: Utf8Bytes,
+    /// The whole WebSocket text frame: its header (unmasked, as a server's frames are) and the
+    /// JSON, the same bytes for every viewer.
+    ws_frame: Bytes,
 }
 
 impl Encoded {
@@ -41,7 +46,12 @@ impl Encoded {
         let sse = Bytes::from(text);
         // A slice of valid UTF-8 at char boundaries: the conversion cannot fail.
         let json = Utf8Bytes::try_from(sse.slice(start..end)).unwrap_or_default();
-        Self { sse, json }
+        let ws_frame = crate::websocket::server_frame(OpCode::Data(Data::Text), json.as_bytes());
+        Self {
+            sse,
+            json,
+            ws_frame,
+        }
     }
 
     /// The Server-Sent Events encoding.
@@ -49,9 +59,9 @@ impl Encoded {
         self.sse.clone()
     }
 
-    /// The WebSocket text message (the JSON alone).
-    pub fn ws(&self) -> Utf8Bytes {
-        self.json.clone()
+    /// The WebSocket text frame, ready to write.
+    pub fn ws_frame(&self) -> &Bytes {
+        &self.ws_frame
     }
 
     pub fn json(&self) -> &str {
@@ -255,10 +265,11 @@ mod tests {
     fn both_encodings_share_one_buffer_and_are_well_formed() {
         let e = Encoded::new("results", r#"{"a":1}"#);
         assert_eq!(&e.sse()[..], b"event: results\ndata: {\"a\":1}\n\n");
-        assert_eq!(e.ws().as_str(), r#"{"a":1}"#);
+        assert_eq!(e.json(), r#"{"a":1}"#);
         let sse = e.sse();
-        let ws = e.ws();
         let inside = sse.as_ptr_range();
-        assert!(inside.contains(&ws.as_str().as_ptr()), "one buffer");
+        assert!(inside.contains(&e.json().as_ptr()), "one buffer");
+        // FIN and text, unmasked, length 7.
+        assert_eq!(&e.ws_frame()[..], b"\x81\x07{\"a\":1}");
     }
 }

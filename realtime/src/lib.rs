@@ -6,6 +6,11 @@
 //!   is news at most once a second, and only when it changed.
 //! - [`frame`]: what is sent (pure): the results for each audience and the viewer count, each
 //!   encoded once per poll for both transports.
+//! - [`broadcast`]: a poll's WebSocket viewers, written to in sweeps after each publish (one
+//!   non-blocking write of the shared frame per viewer, no task woken); a viewer whose socket is
+//!   full is parked and caught up by its own task.
+//! - [`websocket`]: the WebSocket handshake and frames (tungstenite's codec), pure but for the
+//!   upgrade.
 //! - [`routes`]: `GET /v1/polls/{id}/ws` and `GET /v1/polls/{id}/sse`, and the deadline a client
 //!   has to take each message.
 //! - [`start`]: the service starting itself (fan-out runtime, metrics, routes).
@@ -22,6 +27,7 @@
 //! screen token for the poll gets `hidden: true` and no counts, version or offsets until the
 //! poll's results are public (same rule as the query API, via [`results::views`]).
 
+pub mod broadcast;
 pub mod fanout;
 pub mod feed;
 pub mod frame;
@@ -29,6 +35,7 @@ pub mod metrics;
 pub mod origin;
 pub mod routes;
 pub mod settings;
+pub mod websocket;
 
 pub use settings::RealtimeSection;
 

@@ -3,10 +3,10 @@
 //! Who sees embargoed counts: an operator (`Authorization: Bearer <key>`, `X-Api-Key`, or the
 //! console's session cookie) or a screen token for the poll (`?token=`); `?key=` is refused (401).
 
-use crate::{LiveSocket, Realtime};
+use crate::websocket::Handshake;
+use crate::{broadcast, LiveSocket, Realtime};
 use axum::body::Body;
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{Message, WebSocketUpgrade};
+use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderName};
 use axum::response::{IntoResponse, Response};
@@ -75,56 +75,28 @@ async fn ws(
     Query(q): Query<KeyQuery>,
     headers: HeaderMap,
     live: Option<Extension<LiveSocket>>,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    handshake: Result<Handshake, ApiError>,
 ) -> Result<Response, ApiError> {
-    let upgrade = upgrade.map_err(|e| {
-        ApiError::bad_request(
-            "not_a_websocket",
-            format!("this endpoint speaks WebSocket: {e}"),
-        )
-    })?;
+    let handshake = handshake?;
     rt.origins.check(&headers).map_err(forbidden_origin)?;
-    let upgrade = lean(upgrade);
     let id = poll_id(&id)?;
     let operator = sees_embargoed(&rt, &headers, &q, id)?;
-    let mut sub = rt
+    let sub = rt
         .subscribe(id, operator)
         .ok_or_else(|| ApiError::not_found("unknown_poll", format!("there is no poll {id}")))?;
     let live = live.map(|Extension(l)| l);
     small_send_buffer(&rt, live.as_ref());
-    Ok(upgrade
-        .on_upgrade(move |mut socket| async move {
-            // Served on the fan-out runtime, below the vote path's priority.
-            let fanout = rt.clone();
-            fanout.fanout.spawn(async move {
-                loop {
-                    // Both are cancel-safe: whichever loses the race loses nothing.
-                    let text = tokio::select! {
-                        text = sub.next_ws() => text,
-                        incoming = socket.recv() => match incoming {
-                            None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
-                            Some(Ok(_)) => continue, // pings are answered by the library
-                        },
-                    };
-                    let sent = tokio::time::timeout(
-                        rt.settings.send_timeout,
-                        socket.send(Message::Text(text)),
-                    );
-                    match sent.await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(_)) => break,
-                        Err(_) => {
-                            rt.dropped_slow_consumer(id, "ws");
-                            break;
-                        }
-                    }
-                }
-            });
-        })
-        .into_response())
+    Ok(handshake.accept(move |conn, early| async move {
+        // Served on the fan-out runtime, below the vote path's priority.
+        let viewers = rt.clone();
+        viewers
+            .fanout
+            .spawn(broadcast::serve(rt, sub, conn, early, operator));
+    }))
 }
 
-/// A WebSocket upgrade with the limits and small buffers every live socket here uses.
+/// A WebSocket upgrade with the limits and small buffers every live socket here uses (the old
+/// API's socket, which tungstenite serves).
 pub fn lean(upgrade: WebSocketUpgrade) -> WebSocketUpgrade {
     upgrade
         .max_message_size(crate::MAX_CLIENT_MESSAGE_BYTES)

@@ -160,10 +160,9 @@ async fn a_slow_event_source_viewer_is_behind_by_what_its_socket_holds_not_by_a_
     slow_sse_viewer("Accept: text/event-stream\r\n").await;
 }
 
-async fn slow_sse_viewer(accept: &str) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let app = spawn_app().await;
-    // Big messages (64 options of 200 characters, ~17 KB each), so a few fill the buffers.
+/// A poll with big messages (64 options of 200 characters, ~17 KB each), so a few fill the
+/// buffers.
+async fn big_poll(app: &TestApp) -> i64 {
     let labels: Vec<String> = (0..64)
         .map(|i| format!("{i:02}{}", "x".repeat(198)))
         .collect();
@@ -176,17 +175,12 @@ async fn slow_sse_viewer(accept: &str) {
         )
         .await;
     assert_eq!(status, 201, "{body}");
-    let poll = body["id"].as_i64().unwrap();
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let mut sse = socket.connect(app.addr).await.unwrap();
-    sse.write_all(
-        format!("GET /v1/polls/{poll}/sse HTTP/1.1\r\nHost: x\r\n{accept}\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    // Votes from four senders: the results change in every coalescing period.
-    let voting: Vec<_> = (0..4)
+    body["id"].as_i64().unwrap()
+}
+
+/// Votes from four senders until aborted: the results change in every coalescing period.
+fn keep_voting(app: &TestApp, poll: i64) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..4)
         .map(|lane| {
             let (client, url) = (app.client.clone(), app.url("/v1/votes"));
             tokio::spawn(async move {
@@ -199,7 +193,27 @@ async fn slow_sse_viewer(accept: &str) {
                 }
             })
         })
-        .collect();
+        .collect()
+}
+
+/// A socket that takes little at a time (a 4 KiB receive buffer), connected to `app`.
+async fn small_window(app: &TestApp) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(app.addr).await.unwrap()
+}
+
+async fn slow_sse_viewer(accept: &str) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app().await;
+    let poll = big_poll(&app).await;
+    let mut sse = small_window(&app).await;
+    sse.write_all(
+        format!("GET /v1/polls/{poll}/sse HTTP/1.1\r\nHost: x\r\n{accept}\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let voting = keep_voting(&app, poll);
     // The viewer stops reading for 3 s (about 30 frames are published meanwhile)…
     tokio::time::sleep(Duration::from_secs(3)).await;
     let latest = app.results(poll).await["version"].as_i64().unwrap();
@@ -233,6 +247,92 @@ async fn slow_sse_viewer(accept: &str) {
         "{} stale frames before the newest (versions {stale:?}, newest at resume {latest})",
         stale.len()
     );
+}
+
+/// A WebSocket viewer that stops reading is passed by the sweeps once its socket is full, and
+/// gets the newest state when it reads again: behind by what its socket holds, not by a queue.
+#[tokio::test]
+async fn a_slow_websocket_viewer_is_behind_by_what_its_socket_holds_not_by_a_queue() {
+    let app = spawn_app().await;
+    let poll = big_poll(&app).await;
+    let url = format!("ws://{}/v1/polls/{poll}/ws", app.addr);
+    let (mut ws, _) = tokio_tungstenite::client_async(url, small_window(&app).await)
+        .await
+        .unwrap();
+    let voting = keep_voting(&app, poll);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let latest = app.results(poll).await["version"].as_i64().unwrap();
+    let mut stale = Vec::new();
+    let caught_up = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let m = ws.next().await.expect("the socket ended").unwrap();
+            let m: Value = serde_json::from_str(m.to_text().unwrap()).unwrap();
+            let Some(v) = m["version"].as_i64() else {
+                continue;
+            };
+            if v >= latest {
+                return;
+            }
+            stale.push(v);
+        }
+    })
+    .await;
+    for v in voting {
+        v.abort();
+    }
+    assert!(caught_up.is_ok(), "never caught up with version {latest}");
+    assert!(
+        stale.len() <= 6,
+        "{} stale frames before the newest (versions {stale:?}, newest at resume {latest})",
+        stale.len()
+    );
+}
+
+/// The `/v1` socket answers a ping with its payload and a close with its code, and ends.
+#[tokio::test]
+async fn a_websocket_viewer_is_answered_pings_and_closes() {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::tungstenite::Message;
+    let app = spawn_app().await;
+    let poll = app.open_poll(&["A", "B"]).await;
+    let mut ws = viewer(&app, poll).await;
+    ws.send(Message::Ping(b"are you there".to_vec().into()))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut pong = None;
+    while pong.is_none() {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Ok(Some(Ok(Message::Pong(payload)))) => pong = Some(payload),
+            Ok(Some(Ok(_))) => {}
+            other => panic!("no pong: {other:?}"),
+        }
+    }
+    assert_eq!(&pong.unwrap()[..], b"are you there");
+    ws.send(Message::Close(Some(CloseFrame {
+        code: CloseCode::Away,
+        reason: "bye".into(),
+    })))
+    .await
+    .unwrap();
+    let closed = loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => break frame,
+            Ok(Some(Ok(_))) => {}
+            other => panic!("no close: {other:?}"),
+        }
+    };
+    assert_eq!(closed.map(|f| f.code), Some(CloseCode::Away));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while app.metric("crowdtick_realtime_connections").await != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the closed viewer is still counted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// What a browser's `EventSource` opens (a new connection, `Accept: text/event-stream`) is served

@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 /// WebSocket). The deadline runs only while a write waits (the kernel makes room once the client
 /// has taken a good part of what is queued); its timer is made at the first wait.
 pub(super) struct Admitted {
-    stream: TcpStream,
+    pub(super) stream: TcpStream,
     permit: Permit,
     write_stall_timeout: Duration,
     stall: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -26,7 +26,7 @@ pub(super) struct Admitted {
     /// The deadline passed: every write fails from then on (and is counted once).
     timed_out: bool,
     /// What a live stream's handler shares with this socket.
-    live: LiveSocket,
+    pub(super) live: LiveSocket,
     /// Where reads record the kernel's receipt time of their bytes (reads use `recvmsg` then).
     arrival: Option<Arrival>,
     /// Reads that start a request wait while it is closed (the edge answers the votes it holds

@@ -1,0 +1,44 @@
+//! A connection taken back from hyper after an upgrade (a WebSocket), so a live stream writes to
+//! its socket directly: the realtime service writes a poll's frame to each of its viewers' sockets
+//! in one sweep, without a task, a buffer or a framing layer per viewer.
+//!
+//! The socket keeps its place at the gate (the connection's permit travels with it) until the
+//! [`LiveConnection`] is dropped, which closes it. Writes are the caller's to bound: the listener's
+//! write-stall deadline applies to writes that go through hyper, and these do not.
+
+use super::Admitted;
+use bytes::Bytes;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+/// An upgraded connection's socket, with its place at the gate.
+pub struct LiveConnection {
+    admitted: Admitted,
+}
+
+impl LiveConnection {
+    /// The socket under `upgraded` and the bytes hyper had read past the request (a client may
+    /// send its first frames right behind the handshake); `upgraded` back if this listener did
+    /// not accept the connection. A send buffer the handler asked for ([`super::LiveSocket`]) is
+    /// set now.
+    pub fn take(upgraded: Upgraded) -> Result<(Self, Bytes), Upgraded> {
+        let parts = upgraded.downcast::<TokioIo<Admitted>>()?;
+        let admitted = parts.io.into_inner();
+        let asked = admitted.live.take_send_buffer();
+        if asked > 0 {
+            if let Err(e) =
+                socket2::SockRef::from(&admitted.stream).set_send_buffer_size(asked as usize)
+            {
+                tracing::debug!(error = %e, "cannot set a live socket's send buffer");
+            }
+        }
+        Ok((Self { admitted }, parts.read_buf))
+    }
+
+    /// The socket: `try_write`, `try_read`, `writable` and `readable` take `&self`, so a sweep
+    /// and the connection's own task can share it (whoever writes must not interleave frames).
+    pub fn stream(&self) -> &TcpStream {
+        &self.admitted.stream
+    }
+}

@@ -1,0 +1,473 @@
+//! A poll's WebSocket viewers, written to in sweeps.
+//!
+//! When a poll's feed publishes a frame, each shard of its viewers (at most [`SHARD`]) is swept
+//! once on the fan-out runtime. Each viewer whose socket took everything it was last given is
+//! written its new messages there and then, with one non-blocking write of the frame's shared
+//! bytes ([`crate::frame::Encoded::ws_frame`]): no task is woken, no buffer filled and nothing
+//! framed per viewer, so a frame costs a viewer little more than the kernel's write.
+//!
+//! A viewer whose socket is full (or that has just joined, or owes a pong) is parked: sweeps pass
+//! it by, and its own task ([`serve`]) waits for room, writes the rest, and catches up with the
+//! newest frame before it hands the viewer back to the sweeps. So a slow viewer holds at most the
+//! rest of one frame and the kernel's small buffer, and gets the latest state next: never a
+//! queue. Its task also reads what the viewer sends ([`crate::websocket::ClientFrames`]) and is
+//! the only thing a viewer costs between frames.
+
+use crate::feed::{Feed, Subscription};
+use crate::frame::Frame;
+use crate::websocket::{ClientFrames, Reply};
+use crate::Realtime;
+use bytes::Bytes;
+use edge::listener::LiveConnection;
+use parking_lot::Mutex;
+use std::collections::VecDeque;
+use std::io::{ErrorKind, IoSlice};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// Viewers per shard: one sweep task each (a shard's sweep holds its lock for about this many
+/// writes).
+pub const SHARD: usize = 512;
+
+/// The WebSocket viewers of one poll.
+#[derive(Default)]
+pub(crate) struct Audience {
+    shards: Mutex<Vec<Arc<Shard>>>,
+}
+
+#[derive(Default)]
+struct Shard {
+    slots: Mutex<Slots>,
+    /// Viewers in `slots` (read without its lock, to find a shard with room).
+    len: AtomicUsize,
+    /// A sweep is queued and has not yet read the newest frame.
+    scheduled: AtomicBool,
+}
+
+#[derive(Default)]
+struct Slots {
+    viewers: Vec<Option<Arc<Viewer>>>,
+    free: Vec<usize>,
+}
+
+/// A viewer's place in its shard; leaving when dropped.
+pub(crate) struct Seat {
+    shard: Arc<Shard>,
+    slot: usize,
+}
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        let mut slots = self.shard.slots.lock();
+        slots.viewers[self.slot] = None;
+        slots.free.push(self.slot);
+        self.shard.len.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Audience {
+    /// Seats `viewer` in a shard with room (or a new one).
+    fn join(&self, viewer: Arc<Viewer>) -> Seat {
+        let shard = {
+            let mut shards = self.shards.lock();
+            match shards
+                .iter()
+                .find(|s| s.len.load(Ordering::Relaxed) < SHARD)
+            {
+                Some(shard) => shard.clone(),
+                None => {
+                    let shard = Arc::new(Shard::default());
+                    shards.push(shard.clone());
+                    shard
+                }
+            }
+        };
+        let mut slots = shard.slots.lock();
+        let slot = match slots.free.pop() {
+            Some(slot) => {
+                slots.viewers[slot] = Some(viewer);
+                slot
+            }
+            None => {
+                slots.viewers.push(Some(viewer));
+                slots.viewers.len() - 1
+            }
+        };
+        shard.len.fetch_add(1, Ordering::Relaxed);
+        drop(slots);
+        Seat { shard, slot }
+    }
+
+    /// Sweeps every shard with `feed`'s newest frame, each on the fan-out runtime; a shard whose
+    /// sweep is still queued is not queued twice (that sweep reads the newest frame).
+    pub(crate) fn sweep(&self, rt: &Arc<Realtime>, feed: &Arc<Feed>) {
+        let shards = self.shards.lock().clone();
+        for shard in shards {
+            if shard.scheduled.swap(true, Ordering::AcqRel) {
+                continue;
+            }
+            let (rt2, feed) = (rt.clone(), feed.clone());
+            rt.fanout.spawn(async move {
+                shard.scheduled.store(false, Ordering::Release);
+                let frame = feed.latest();
+                let sent: u64 = {
+                    let slots = shard.slots.lock();
+                    slots
+                        .viewers
+                        .iter()
+                        .flatten()
+                        .map(|v| v.offer(&frame))
+                        .sum()
+                };
+                rt2.messages_sent.fetch_add(sent, Ordering::Relaxed);
+            });
+        }
+    }
+}
+
+/// One WebSocket viewer: its socket and what it has been sent.
+pub(crate) struct Viewer {
+    conn: LiveConnection,
+    /// Sees embargoed counts.
+    operator: bool,
+    state: Mutex<Sent>,
+    /// Wakes the viewer's task: a sweep parked it or found its socket gone.
+    wake: Notify,
+}
+
+struct Sent {
+    /// Sequence numbers of the last results and viewer-count messages sent.
+    results: u64,
+    viewers: u64,
+    /// Bytes given to the viewer and not yet written, in order.
+    pending: VecDeque<Bytes>,
+    /// The viewer's task writes for it; sweeps pass it by.
+    parked: bool,
+    /// A close frame is queued: nothing else is sent.
+    closing: bool,
+    /// A write failed: the connection is over.
+    failed: bool,
+}
+
+/// Why a viewer's connection ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Ended {
+    /// The client left, closed, or a write failed.
+    Gone,
+    /// A write waited `realtime.send_timeout_ms` for room.
+    Slow,
+}
+
+/// Writes as much of `bufs` as the socket takes now: the bytes written (0 when it is full).
+fn write_now<'a>(
+    stream: &TcpStream,
+    bufs: impl Iterator<Item = &'a Bytes>,
+) -> std::io::Result<usize> {
+    let mut slices = [IoSlice::new(&[]); 8];
+    let mut n = 0;
+    for (slot, buf) in slices.iter_mut().zip(bufs) {
+        *slot = IoSlice::new(buf);
+        n += 1;
+    }
+    match stream.try_write_vectored(&slices[..n]) {
+        Ok(written) => Ok(written),
+        Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(0),
+        Err(e) => Err(e),
+    }
+}
+
+/// What a frame has new for one viewer: its results message, its viewer count, or both (in
+/// that order); borrowed from the frame, so a sweep copies nothing.
+#[derive(Default)]
+struct News<'a>([Option<&'a Bytes>; 2]);
+
+impl<'a> News<'a> {
+    fn iter(&self) -> impl Iterator<Item = &'a Bytes> + '_ {
+        self.0.iter().flatten().copied()
+    }
+
+    fn len(&self) -> usize {
+        self.0.iter().flatten().count()
+    }
+}
+
+impl Sent {
+    /// The messages of `frame` this viewer has not been sent, now counted as sent; none while a
+    /// close is queued.
+    fn take_news<'a>(&mut self, frame: &'a Frame, operator: bool) -> News<'a> {
+        let mut news = News::default();
+        if self.closing {
+            return news;
+        }
+        let results = frame.results(operator);
+        if results.seq != self.results {
+            self.results = results.seq;
+            news.0[0] = Some(results.message.ws_frame());
+        }
+        if frame.viewers_message.seq != self.viewers {
+            self.viewers = frame.viewers_message.seq;
+            news.0[1] = Some(frame.viewers_message.message.ws_frame());
+        }
+        news
+    }
+
+    /// Drops the first `written` bytes of `pending`.
+    fn consume(&mut self, mut written: usize) {
+        while written > 0 {
+            let Some(front) = self.pending.front_mut() else {
+                return;
+            };
+            if written < front.len() {
+                let _ = front.split_to(written);
+                return;
+            }
+            written -= front.len();
+            self.pending.pop_front();
+        }
+    }
+}
+
+impl Viewer {
+    fn new(conn: LiveConnection, operator: bool) -> Self {
+        Self {
+            conn,
+            operator,
+            state: Mutex::new(Sent {
+                results: 0,
+                viewers: 0,
+                pending: VecDeque::new(),
+                // Its task sends the first frame.
+                parked: true,
+                closing: false,
+                failed: false,
+            }),
+            wake: Notify::new(),
+        }
+    }
+
+    /// A sweep's visit: writes what `frame` has new for this viewer unless it is parked;
+    /// whatever the socket does not take at once parks it. The messages given.
+    fn offer(&self, frame: &Frame) -> u64 {
+        let mut sent = self.state.lock();
+        if sent.parked || sent.failed {
+            return 0;
+        }
+        let news = sent.take_news(frame, self.operator);
+        let given = news.len();
+        if given == 0 {
+            return 0;
+        }
+        let total: usize = news.iter().map(|b| b.len()).sum();
+        match write_now(self.conn.stream(), news.iter()) {
+            Ok(n) if n == total => {}
+            Ok(n) => {
+                sent.pending.extend(news.iter().cloned());
+                sent.consume(n);
+                sent.parked = true;
+                self.wake.notify_one();
+            }
+            Err(_) => {
+                sent.failed = true;
+                self.wake.notify_one();
+            }
+        }
+        given as u64
+    }
+
+    /// Whether the viewer's task has writing to do (or its connection is over).
+    fn needs_task(&self) -> bool {
+        let sent = self.state.lock();
+        sent.parked || sent.failed
+    }
+
+    /// Queues a control frame (a pong, or a close, after which nothing else is sent) behind
+    /// whatever is pending, and parks the viewer so its task writes them.
+    fn reply(&self, reply: Reply) {
+        let mut sent = self.state.lock();
+        let frame = match reply {
+            Reply::Send(frame) => frame,
+            Reply::Close(frame) => {
+                sent.closing = true;
+                frame
+            }
+        };
+        sent.pending.push_back(frame);
+        sent.parked = true;
+    }
+
+    /// The task's side: writes what is pending and then the news of `feed`'s newest frame until
+    /// there is none, waiting for room as long as the socket takes something within
+    /// `realtime.send_timeout_ms`; then hands the viewer back to the sweeps. After a close,
+    /// returns once it is written.
+    async fn catch_up(&self, feed: &Feed, rt: &Realtime) -> Result<(), Ended> {
+        let timeout = rt.settings.send_timeout;
+        let mut deadline = Instant::now() + timeout;
+        loop {
+            {
+                let mut sent = self.state.lock();
+                if sent.failed {
+                    return Err(Ended::Gone);
+                }
+                if sent.pending.is_empty() {
+                    if sent.closing {
+                        return Err(Ended::Gone);
+                    }
+                    let frame = feed.latest();
+                    let news = sent.take_news(&frame, self.operator);
+                    let given = news.len() as u64;
+                    if given == 0 {
+                        sent.parked = false;
+                        return Ok(());
+                    }
+                    sent.pending.extend(news.iter().cloned());
+                    rt.messages_sent.fetch_add(given, Ordering::Relaxed);
+                }
+                match write_now(self.conn.stream(), sent.pending.iter()) {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        sent.consume(n);
+                        deadline = Instant::now() + timeout;
+                        continue;
+                    }
+                    Err(_) => {
+                        sent.failed = true;
+                        return Err(Ended::Gone);
+                    }
+                }
+            }
+            match tokio::time::timeout_at(deadline, self.conn.stream().writable()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(Ended::Gone),
+                Err(_) => return Err(Ended::Slow),
+            }
+        }
+    }
+}
+
+/// Bytes read from a viewer at a time (it sends pings and a close, if anything).
+const READ_CHUNK: usize = 256;
+
+/// Serves one WebSocket viewer of `sub`'s poll on `conn` until it leaves, closes, fails a write
+/// or takes too long to make room (`realtime.send_timeout_ms`); `early`: what the client sent
+/// behind its handshake.
+pub(crate) async fn serve(
+    rt: Arc<Realtime>,
+    sub: Subscription,
+    conn: LiveConnection,
+    early: Bytes,
+    operator: bool,
+) {
+    let feed = sub.feed().clone();
+    let viewer = Arc::new(Viewer::new(conn, operator));
+    let _seat = feed.ws.join(viewer.clone());
+    let mut frames = ClientFrames::default();
+    let mut replies = Vec::new();
+    frames.read(&early, &mut replies);
+    let mut chunk = [0u8; READ_CHUNK];
+    let ended = loop {
+        for reply in replies.drain(..) {
+            viewer.reply(reply);
+        }
+        if viewer.needs_task() {
+            if let Err(ended) = viewer.catch_up(&feed, &rt).await {
+                break ended;
+            }
+        }
+        let stream = viewer.conn.stream();
+        tokio::select! {
+            _ = viewer.wake.notified() => {}
+            ready = stream.readable() => {
+                if ready.is_err() {
+                    break Ended::Gone;
+                }
+                match stream.try_read(&mut chunk) {
+                    Ok(0) => break Ended::Gone,
+                    Ok(n) => frames.read(&chunk[..n], &mut replies),
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                    Err(_) => break Ended::Gone,
+                }
+            }
+        }
+    };
+    if ended == Ended::Slow {
+        rt.dropped_slow_consumer(feed.poll_id, "ws");
+    }
+    drop(sub);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::render;
+    use schemas::{Poll, Timestamp, Visibility};
+
+    fn sent() -> Sent {
+        Sent {
+            results: 0,
+            viewers: 0,
+            pending: VecDeque::new(),
+            parked: false,
+            closing: false,
+            failed: false,
+        }
+    }
+
+    #[test]
+    fn what_a_write_took_is_dropped_from_the_front_across_buffers() {
+        let mut s = sent();
+        s.pending
+            .extend([Bytes::from_static(b"abc"), Bytes::from_static(b"defg")]);
+        s.consume(2);
+        assert_eq!(s.pending, [&b"c"[..], &b"defg"[..]]);
+        s.consume(3);
+        assert_eq!(s.pending, [&b"fg"[..]]);
+        s.consume(2);
+        assert!(s.pending.is_empty());
+    }
+
+    #[test]
+    fn a_viewer_is_given_each_message_once_results_first_and_nothing_after_a_close() {
+        let poll = Arc::new(Poll {
+            id: 1,
+            slug: "s".into(),
+            title: "t".into(),
+            options: vec!["a".into()],
+            max_choices: 1,
+            visibility: Visibility::Live,
+            opens_at: None,
+            closes_at: None,
+            opened_at: Some(Timestamp(0)),
+            closed_at: None,
+            revealed: false,
+            created_at: Timestamp(0),
+            creator: None,
+            voters: Default::default(),
+        });
+        let first = render(None, poll.clone(), Default::default(), 1, Timestamp(0));
+        let mut s = sent();
+        let news: Vec<_> = s.take_news(&first, false).iter().cloned().collect();
+        assert_eq!(
+            news,
+            [
+                first.public.message.ws_frame().clone(),
+                first.viewers_message.message.ws_frame().clone()
+            ]
+        );
+        assert_eq!(s.take_news(&first, false).len(), 0, "given once");
+        let counted = render(
+            Some(&first),
+            poll.clone(),
+            Default::default(),
+            2,
+            Timestamp(0),
+        );
+        let news: Vec<_> = s.take_news(&counted, false).iter().cloned().collect();
+        assert_eq!(news, [counted.viewers_message.message.ws_frame().clone()]);
+        let again = render(Some(&counted), poll, Default::default(), 3, Timestamp(0));
+        s.closing = true;
+        assert_eq!(s.take_news(&again, false).len(), 0, "nothing after a close");
+    }
+}

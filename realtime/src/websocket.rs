@@ -1,0 +1,331 @@
+//! The WebSocket protocol as the realtime service speaks it to `/v1` viewers, with tungstenite's
+//! frame codec and accept key: the opening handshake ([`Handshake`], an extractor), the server's
+//! frames (written once per message and shared, [`server_frame`]), and what a viewer may send
+//! ([`ClientFrames`]: pings are answered, a close is returned, anything else is read and dropped).
+//! Pure but for the handshake's upgrade: no socket here.
+
+use crate::MAX_CLIENT_MESSAGE_BYTES;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::{Buf, Bytes, BytesMut};
+use edge::listener::LiveConnection;
+use edge::ApiError;
+use hyper::upgrade::OnUpgrade;
+use std::future::Future;
+use std::io::Cursor;
+use tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
+use tungstenite::protocol::frame::FrameHeader;
+
+/// A valid WebSocket opening request (RFC 6455, section 4.2.1), its upgrade still to come.
+pub struct Handshake {
+    key: HeaderValue,
+    on_upgrade: OnUpgrade,
+}
+
+fn not_a_websocket(what: &str) -> ApiError {
+    ApiError::bad_request(
+        "not_a_websocket",
+        format!("this endpoint speaks WebSocket: {what}"),
+    )
+}
+
+fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    })
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Handshake {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        if parts.method != Method::GET {
+            return Err(not_a_websocket("the opening request is a GET"));
+        }
+        let h = &parts.headers;
+        if !has_token(h, header::CONNECTION, "upgrade") {
+            return Err(not_a_websocket(
+                "the request has no `Connection: upgrade` header",
+            ));
+        }
+        if !has_token(h, header::UPGRADE, "websocket") {
+            return Err(not_a_websocket(
+                "the request has no `Upgrade: websocket` header",
+            ));
+        }
+        if h.get(header::SEC_WEBSOCKET_VERSION)
+            .map(HeaderValue::as_bytes)
+            != Some(b"13")
+        {
+            return Err(not_a_websocket("`Sec-WebSocket-Version` must be 13"));
+        }
+        let key = h
+            .get(header::SEC_WEBSOCKET_KEY)
+            .cloned()
+            .ok_or_else(|| not_a_websocket("the request has no `Sec-WebSocket-Key` header"))?;
+        let on_upgrade = parts
+            .extensions
+            .remove::<OnUpgrade>()
+            .ok_or_else(|| not_a_websocket("this connection cannot be upgraded (HTTP/1.1 only)"))?;
+        Ok(Self { key, on_upgrade })
+    }
+}
+
+impl Handshake {
+    /// The `101 Switching Protocols` answer; once the client has it, `serve` gets the socket and
+    /// the bytes the client sent behind its request. A connection this node's listener did not
+    /// accept cannot be served so, and is closed (logged).
+    pub fn accept<F, Fut>(self, serve: F) -> Response
+    where
+        F: FnOnce(LiveConnection, Bytes) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let accept = tungstenite::handshake::derive_accept_key(self.key.as_bytes());
+        let on_upgrade = self.on_upgrade;
+        tokio::spawn(async move {
+            let upgraded = match on_upgrade.await {
+                Ok(upgraded) => upgraded,
+                Err(e) => return tracing::debug!(error = %e, "a WebSocket upgrade failed"),
+            };
+            match LiveConnection::take(upgraded) {
+                Ok((conn, early)) => serve(conn, early).await,
+                Err(_) => tracing::error!(
+                    "a WebSocket connection not accepted by the node's listener was closed"
+                ),
+            }
+        });
+        (
+            StatusCode::SWITCHING_PROTOCOLS,
+            [
+                (header::CONNECTION, HeaderValue::from_static("upgrade")),
+                (header::UPGRADE, HeaderValue::from_static("websocket")),
+                (
+                    header::SEC_WEBSOCKET_ACCEPT,
+                    HeaderValue::from_str(&accept).expect("base64 is a valid header value"),
+                ),
+            ],
+        )
+            .into_response()
+    }
+}
+
+/// A whole server frame (final, unmasked) carrying `payload`.
+pub fn server_frame(opcode: OpCode, payload: &[u8]) -> Bytes {
+    let header = FrameHeader {
+        opcode,
+        ..FrameHeader::default()
+    };
+    let len = payload.len() as u64;
+    let mut out = Vec::with_capacity(header.len(len) + payload.len());
+    // Writing to a Vec cannot fail.
+    let _ = header.format(len, &mut out);
+    out.extend_from_slice(payload);
+    Bytes::from(out)
+}
+
+/// A close frame with `code` (and no reason).
+pub fn close_frame(code: CloseCode) -> Bytes {
+    server_frame(
+        OpCode::Control(Control::Close),
+        &u16::from(code).to_be_bytes(),
+    )
+}
+
+/// What a viewer's frames ask of the server.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// Write this (a pong).
+    Send(Bytes),
+    /// Write this close frame, then close the connection.
+    Close(Bytes),
+}
+
+/// The frames a viewer sends, as they arrive: pings are answered with pongs carrying their
+/// payload, a close with a close carrying its code (RFC 6455, 5.5.1), and a frame that breaks
+/// the protocol or is larger than [`MAX_CLIENT_MESSAGE_BYTES`] with a close that says so (1002,
+/// 1009). Data frames and pongs are dropped: the `/v1` socket takes no messages.
+#[derive(Debug, Default)]
+pub struct ClientFrames {
+    /// Bytes of a frame not yet whole.
+    partial: BytesMut,
+}
+
+impl ClientFrames {
+    /// Reads `bytes` (what the socket gave) and returns what to answer, in order; stops at the
+    /// first close.
+    pub fn read(&mut self, bytes: &[u8], replies: &mut Vec<Reply>) {
+        self.partial.extend_from_slice(bytes);
+        loop {
+            let mut cursor = Cursor::new(&self.partial[..]);
+            let (header, len) = match FrameHeader::parse(&mut cursor) {
+                Ok(Some(parsed)) => parsed,
+                Ok(None) => return self.release_if_empty(),
+                Err(_) => return self.end(replies, CloseCode::Protocol),
+            };
+            if len > MAX_CLIENT_MESSAGE_BYTES as u64 {
+                return self.end(replies, CloseCode::Size);
+            }
+            let Some(mask) = header.mask else {
+                // A client's frames are always masked.
+                return self.end(replies, CloseCode::Protocol);
+            };
+            let control = matches!(header.opcode, OpCode::Control(_));
+            let reserved = matches!(
+                header.opcode,
+                OpCode::Data(Data::Reserved(_)) | OpCode::Control(Control::Reserved(_))
+            );
+            if header.rsv1 || header.rsv2 || header.rsv3 || reserved {
+                return self.end(replies, CloseCode::Protocol);
+            }
+            if control && (len > 125 || !header.is_final) {
+                return self.end(replies, CloseCode::Protocol);
+            }
+            let start = cursor.position() as usize;
+            let end = start + len as usize;
+            if self.partial.len() < end {
+                return self.release_if_empty();
+            }
+            let mut payload = self.partial[start..end].to_vec();
+            for (i, byte) in payload.iter_mut().enumerate() {
+                *byte ^= mask[i % 4];
+            }
+            self.partial.advance(end);
+            match header.opcode {
+                OpCode::Control(Control::Ping) => replies.push(Reply::Send(server_frame(
+                    OpCode::Control(Control::Pong),
+                    &payload,
+                ))),
+                OpCode::Control(Control::Close) => {
+                    // Its code back (a close with none gets none); nothing is read after it.
+                    let code = payload.get(..2).unwrap_or_default();
+                    let close = server_frame(OpCode::Control(Control::Close), code);
+                    self.partial.clear();
+                    return replies.push(Reply::Close(close));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// A viewer keeps no buffer between its frames.
+    fn release_if_empty(&mut self) {
+        if self.partial.is_empty() {
+            self.partial = BytesMut::new();
+        }
+    }
+
+    fn end(&mut self, replies: &mut Vec<Reply>, code: CloseCode) {
+        self.partial.clear();
+        replies.push(Reply::Close(close_frame(code)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tungstenite::protocol::frame::Frame;
+
+    /// A frame as a client writes it (masked).
+    fn client(opcode: OpCode, payload: &[u8]) -> Vec<u8> {
+        let header = FrameHeader {
+            opcode,
+            mask: Some([1, 2, 3, 4]),
+            ..FrameHeader::default()
+        };
+        let mut out = Vec::new();
+        header.format(payload.len() as u64, &mut out).unwrap();
+        out.extend(
+            payload
+                .iter()
+                .enumerate()
+                .map(|(i, b)| b ^ [1, 2, 3, 4][i % 4]),
+        );
+        out
+    }
+
+    fn parse(bytes: &[u8]) -> Frame {
+        let mut cursor = Cursor::new(bytes);
+        let (header, len) = FrameHeader::parse(&mut cursor).unwrap().unwrap();
+        let start = cursor.position() as usize;
+        assert_eq!(bytes.len(), start + len as usize, "one whole frame");
+        Frame::from_payload(header, Bytes::copy_from_slice(&bytes[start..]))
+    }
+
+    #[test]
+    fn a_ping_split_anywhere_is_answered_with_its_payload_and_data_is_dropped() {
+        let mut wire = client(OpCode::Data(Data::Text), b"hello");
+        wire.extend(client(OpCode::Control(Control::Ping), b"abc"));
+        wire.extend(client(OpCode::Control(Control::Pong), b""));
+        for split in 0..wire.len() {
+            let mut frames = ClientFrames::default();
+            let mut replies = Vec::new();
+            frames.read(&wire[..split], &mut replies);
+            frames.read(&wire[split..], &mut replies);
+            assert_eq!(replies.len(), 1, "split at {split}: {replies:?}");
+            let Reply::Send(pong) = &replies[0] else {
+                panic!("{replies:?}")
+            };
+            let pong = parse(pong);
+            assert_eq!(pong.header().opcode, OpCode::Control(Control::Pong));
+            assert_eq!(pong.header().mask, None);
+            assert_eq!(pong.payload(), b"abc");
+        }
+    }
+
+    #[test]
+    fn a_close_is_returned_with_its_code_and_ends_the_reading() {
+        let mut wire = client(OpCode::Control(Control::Close), &[0x03, 0xe8, b'b', b'y']);
+        wire.extend(client(OpCode::Control(Control::Ping), b"late"));
+        let mut replies = Vec::new();
+        ClientFrames::default().read(&wire, &mut replies);
+        let [Reply::Close(close)] = &replies[..] else {
+            panic!("{replies:?}")
+        };
+        let close = parse(close);
+        assert_eq!(close.header().opcode, OpCode::Control(Control::Close));
+        assert_eq!(close.payload(), [0x03, 0xe8]);
+    }
+
+    fn closed_with(wire: &[u8]) -> Vec<u8> {
+        let mut replies = Vec::new();
+        ClientFrames::default().read(wire, &mut replies);
+        match &replies[..] {
+            [Reply::Close(close)] => parse(close).payload().to_vec(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn frames_that_break_the_protocol_or_the_size_limit_close_with_the_reason() {
+        let big = vec![b'x'; MAX_CLIENT_MESSAGE_BYTES + 1];
+        // Only the header is needed to refuse it.
+        let header_only = &client(OpCode::Data(Data::Binary), &big)[..8];
+        assert_eq!(closed_with(header_only), 1009u16.to_be_bytes());
+        let mut unmasked = Vec::new();
+        FrameHeader::default().format(0, &mut unmasked).unwrap();
+        unmasked[0] = 0x89; // a ping, not masked
+        assert_eq!(closed_with(&unmasked), 1002u16.to_be_bytes());
+        let long_ping = client(OpCode::Control(Control::Ping), &[0; 126]);
+        assert_eq!(closed_with(&long_ping), 1002u16.to_be_bytes());
+        let mut reserved = client(OpCode::Data(Data::Text), b"x");
+        reserved[0] |= 0x40; // rsv1 without an extension
+        assert_eq!(closed_with(&reserved), 1002u16.to_be_bytes());
+        let mut opcode = client(OpCode::Data(Data::Text), b"x");
+        opcode[0] = 0x83; // a reserved data opcode
+        assert_eq!(closed_with(&opcode), 1002u16.to_be_bytes());
+    }
+
+    #[test]
+    fn server_frames_are_final_unmasked_and_carry_their_length() {
+        for len in [0usize, 125, 126, 65_535, 65_536] {
+            let payload = vec![b'a'; len];
+            let frame = parse(&server_frame(OpCode::Data(Data::Text), &payload));
+            assert!(frame.header().is_final);
+            assert_eq!(frame.header().mask, None);
+            assert_eq!(frame.payload().len(), len);
+        }
+    }
+}
