@@ -202,12 +202,14 @@ impl Sent {
         if self.closing {
             return news;
         }
+        // Sequences only grow: a sweep that read its frame before the viewer's task sent a newer
+        // one must not send the older one after it.
         let results = frame.results(operator);
-        if results.seq != self.results {
+        if results.seq > self.results {
             self.results = results.seq;
             news.0[0] = Some(results.message.ws_frame());
         }
-        if frame.viewers_message.seq != self.viewers {
+        if frame.viewers_message.seq > self.viewers {
             self.viewers = frame.viewers_message.seq;
             news.0[1] = Some(frame.viewers_message.message.ws_frame());
         }
@@ -366,6 +368,7 @@ pub(crate) async fn serve(
     let mut frames = ClientFrames::default();
     let mut replies = Vec::new();
     frames.read(&early, &mut replies);
+    drop(early);
     let mut chunk = [0u8; READ_CHUNK];
     let ended = loop {
         for reply in replies.drain(..) {
@@ -466,6 +469,8 @@ mod tests {
         );
         let news: Vec<_> = s.take_news(&counted, false).iter().cloned().collect();
         assert_eq!(news, [counted.viewers_message.message.ws_frame().clone()]);
+        // A sweep that read the first frame before the viewer's task sent the second.
+        assert_eq!(s.take_news(&first, false).len(), 0, "never an older frame");
         let again = render(Some(&counted), poll, Default::default(), 3, Timestamp(0));
         s.closing = true;
         assert_eq!(s.take_news(&again, false).len(), 0, "nothing after a close");

@@ -188,19 +188,30 @@ impl ClientFrames {
             if self.partial.len() < end {
                 return self.release_if_empty();
             }
-            let mut payload = self.partial[start..end].to_vec();
+            // Only a control frame's payload is read (data frames are dropped unread).
+            let mut payload = [0u8; 125];
+            let payload = &mut payload[..if control { len as usize } else { 0 }];
             for (i, byte) in payload.iter_mut().enumerate() {
-                *byte ^= mask[i % 4];
+                *byte = self.partial[start + i] ^ mask[i % 4];
             }
             self.partial.advance(end);
             match header.opcode {
                 OpCode::Control(Control::Ping) => replies.push(Reply::Send(server_frame(
                     OpCode::Control(Control::Pong),
-                    &payload,
+                    payload,
                 ))),
                 OpCode::Control(Control::Close) => {
-                    // Its code back (a close with none gets none); nothing is read after it.
-                    let code = payload.get(..2).unwrap_or_default();
+                    // Its code back (a close with none gets none; one that is not a code a
+                    // client may send, 1002); nothing is read after it.
+                    let code = match *payload {
+                        [] => &[][..],
+                        [hi, lo, ..]
+                            if CloseCode::from(u16::from_be_bytes([hi, lo])).is_allowed() =>
+                        {
+                            &payload[..2]
+                        }
+                        _ => return self.end(replies, CloseCode::Protocol),
+                    };
                     let close = server_frame(OpCode::Control(Control::Close), code);
                     self.partial.clear();
                     return replies.push(Reply::Close(close));
@@ -316,6 +327,13 @@ mod tests {
         let mut opcode = client(OpCode::Data(Data::Text), b"x");
         opcode[0] = 0x83; // a reserved data opcode
         assert_eq!(closed_with(&opcode), 1002u16.to_be_bytes());
+        // A close whose code no client may send (1006: abnormal), or half a code.
+        let abnormal = client(OpCode::Control(Control::Close), &1006u16.to_be_bytes());
+        assert_eq!(closed_with(&abnormal), 1002u16.to_be_bytes());
+        let half = client(OpCode::Control(Control::Close), &[3]);
+        assert_eq!(closed_with(&half), 1002u16.to_be_bytes());
+        let none = client(OpCode::Control(Control::Close), &[]);
+        assert_eq!(closed_with(&none), b"");
     }
 
     #[test]

@@ -33,7 +33,13 @@ impl LiveConnection {
                 tracing::debug!(error = %e, "cannot set a live socket's send buffer");
             }
         }
-        Ok((Self { admitted }, parts.read_buf))
+        // The bytes are a slice of hyper's connection read buffer (8 KiB and more), which lives
+        // as long as any slice of it does: a viewer keeps a copy of what it needs, not the buffer.
+        let early = match parts.read_buf.is_empty() {
+            true => Bytes::new(),
+            false => Bytes::copy_from_slice(&parts.read_buf),
+        };
+        Ok((Self { admitted }, early))
     }
 
     /// The socket: `try_write`, `try_read`, `writable` and `readable` take `&self`, so a sweep
