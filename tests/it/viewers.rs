@@ -203,6 +203,25 @@ async fn small_window(app: &TestApp) -> tokio::net::TcpStream {
     socket.connect(app.addr).await.unwrap()
 }
 
+/// Stops the voting, then: the slow viewer caught up with `latest`, after at most 6 stale frames
+/// (what its socket held, not a queue of everything it missed).
+fn judge_catch_up(
+    voting: Vec<tokio::task::JoinHandle<()>>,
+    caught_up: bool,
+    stale: &[i64],
+    latest: i64,
+) {
+    for v in voting {
+        v.abort();
+    }
+    assert!(caught_up, "never caught up with version {latest}");
+    assert!(
+        stale.len() <= 6,
+        "{} stale frames before the newest (versions {stale:?}, newest at resume {latest})",
+        stale.len()
+    );
+}
+
 async fn slow_sse_viewer(accept: &str) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let app = spawn_app().await;
@@ -238,15 +257,7 @@ async fn slow_sse_viewer(accept: &str) {
         }
     })
     .await;
-    for v in voting {
-        v.abort();
-    }
-    assert!(caught_up.is_ok(), "never caught up with version {latest}");
-    assert!(
-        stale.len() <= 6,
-        "{} stale frames before the newest (versions {stale:?}, newest at resume {latest})",
-        stale.len()
-    );
+    judge_catch_up(voting, caught_up.is_ok(), &stale, latest);
 }
 
 /// A WebSocket viewer that stops reading is passed by the sweeps once its socket is full, and
@@ -277,15 +288,7 @@ async fn a_slow_websocket_viewer_is_behind_by_what_its_socket_holds_not_by_a_que
         }
     })
     .await;
-    for v in voting {
-        v.abort();
-    }
-    assert!(caught_up.is_ok(), "never caught up with version {latest}");
-    assert!(
-        stale.len() <= 6,
-        "{} stale frames before the newest (versions {stale:?}, newest at resume {latest})",
-        stale.len()
-    );
+    judge_catch_up(voting, caught_up.is_ok(), &stale, latest);
 }
 
 /// The `/v1` socket answers a ping with its payload and a close with its code, and ends.
