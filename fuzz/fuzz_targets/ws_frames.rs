@@ -2,8 +2,8 @@
 //! with the limits both sockets set (`realtime::MAX_CLIENT_MESSAGE_BYTES` for a message and a
 //! frame; server role, so unmasked client frames are refused): never a panic, never a message
 //! over the limit delivered. Each text message then goes where the old API's socket sends it
-//! (`seed_api::ws::read_vote` and `reply`, see `seed_ws_message`); the /v1 socket reads
-//! and drops client messages (realtime/src/routes.rs), so the protocol layer is all it runs.
+//! (`seed_api::ws::read_vote` and `reply`, see `seed_ws_message`). The `/v1` socket reads
+//! frames with its own reader instead: `v1_client_frames`.
 #![no_main]
 
 use seed_api::ws::{read_vote, reply};

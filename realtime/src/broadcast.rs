@@ -24,42 +24,40 @@ use std::collections::VecDeque;
 use std::io::{ErrorKind, IoSlice};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-/// Viewers per shard: one sweep task each (a shard's sweep holds its lock for about this many
-/// writes).
+/// Viewers per shard: one sweep task each, writing to about this many sockets in turn.
 pub const SHARD: usize = 512;
 
-/// The WebSocket viewers of one poll.
-#[derive(Default)]
-pub(crate) struct Audience {
-    shards: Mutex<Vec<Arc<Shard>>>,
+/// The WebSocket viewers of one poll (`T`: a [`Viewer`]; anything, in the tests of seating).
+pub(crate) struct Audience<T = Viewer> {
+    shards: Mutex<Vec<Arc<Shard<T>>>>,
 }
 
-#[derive(Default)]
-struct Shard {
-    slots: Mutex<Slots>,
-    /// Viewers in `slots` (read without its lock, to find a shard with room).
+struct Shard<T> {
+    slots: Mutex<Slots<T>>,
+    /// Viewers seated in `slots` or about to be (raised under the audience's lock; read without
+    /// `slots`' lock, to find a shard with room or one to retire).
     len: AtomicUsize,
     /// A sweep is queued and has not yet read the newest frame.
     scheduled: AtomicBool,
 }
 
-#[derive(Default)]
-struct Slots {
-    viewers: Vec<Option<Arc<Viewer>>>,
+struct Slots<T> {
+    viewers: Vec<Option<Arc<T>>>,
     free: Vec<usize>,
 }
 
 /// A viewer's place in its shard; leaving when dropped.
-pub(crate) struct Seat {
-    shard: Arc<Shard>,
+pub(crate) struct Seat<T = Viewer> {
+    shard: Arc<Shard<T>>,
     slot: usize,
 }
 
-impl Drop for Seat {
+impl<T> Drop for Seat<T> {
     fn drop(&mut self) {
         let mut slots = self.shard.slots.lock();
         slots.viewers[self.slot] = None;
@@ -68,22 +66,41 @@ impl Drop for Seat {
     }
 }
 
-impl Audience {
-    /// Seats `viewer` in a shard with room (or a new one).
-    fn join(&self, viewer: Arc<Viewer>) -> Seat {
+impl<T> Default for Audience<T> {
+    fn default() -> Self {
+        Self {
+            shards: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl<T> Audience<T> {
+    /// Seats `viewer` in a shard with room (or a new one). Its place is counted while the
+    /// audience's lock is held, so a sweep cannot retire the shard between the choice and the
+    /// seating.
+    fn join(&self, viewer: Arc<T>) -> Seat<T> {
         let shard = {
             let mut shards = self.shards.lock();
-            match shards
+            let shard = match shards
                 .iter()
                 .find(|s| s.len.load(Ordering::Relaxed) < SHARD)
             {
                 Some(shard) => shard.clone(),
                 None => {
-                    let shard = Arc::new(Shard::default());
+                    let shard = Arc::new(Shard {
+                        slots: Mutex::new(Slots {
+                            viewers: Vec::new(),
+                            free: Vec::new(),
+                        }),
+                        len: AtomicUsize::new(0),
+                        scheduled: AtomicBool::new(false),
+                    });
                     shards.push(shard.clone());
                     shard
                 }
-            }
+            };
+            shard.len.fetch_add(1, Ordering::Relaxed);
+            shard
         };
         let mut slots = shard.slots.lock();
         let slot = match slots.free.pop() {
@@ -96,16 +113,23 @@ impl Audience {
                 slots.viewers.len() - 1
             }
         };
-        shard.len.fetch_add(1, Ordering::Relaxed);
         drop(slots);
         Seat { shard, slot }
     }
 
+    /// The shards to sweep: those with viewers (the ones left empty are retired now).
+    fn occupied(&self) -> Vec<Arc<Shard<T>>> {
+        let mut shards = self.shards.lock();
+        shards.retain(|s| s.len.load(Ordering::Relaxed) > 0);
+        shards.clone()
+    }
+}
+
+impl Audience<Viewer> {
     /// Sweeps every shard with `feed`'s newest frame, each on the fan-out runtime; a shard whose
     /// sweep is still queued is not queued twice (that sweep reads the newest frame).
     pub(crate) fn sweep(&self, rt: &Arc<Realtime>, feed: &Arc<Feed>) {
-        let shards = self.shards.lock().clone();
-        for shard in shards {
+        for shard in self.occupied() {
             if shard.scheduled.swap(true, Ordering::AcqRel) {
                 continue;
             }
@@ -113,18 +137,23 @@ impl Audience {
             rt.fanout.spawn(async move {
                 shard.scheduled.store(false, Ordering::Release);
                 let frame = feed.latest();
-                let sent: u64 = {
-                    let slots = shard.slots.lock();
-                    slots
-                        .viewers
-                        .iter()
-                        .flatten()
-                        .map(|v| v.offer(&frame))
-                        .sum()
-                };
+                // The shard's lock is held to list its viewers, not for their writes: a viewer
+                // joining or leaving never waits for a sweep.
+                let viewers = shard.seated();
+                let sent: u64 = viewers.iter().map(|v| v.offer(&frame)).sum();
                 rt2.messages_sent.fetch_add(sent, Ordering::Relaxed);
             });
         }
+    }
+}
+
+impl<T> Shard<T> {
+    /// The viewers seated now.
+    fn seated(&self) -> Vec<Arc<T>> {
+        let slots = self.slots.lock();
+        let mut viewers = Vec::with_capacity(self.len.load(Ordering::Relaxed));
+        viewers.extend(slots.viewers.iter().flatten().cloned());
+        viewers
     }
 }
 
@@ -155,8 +184,10 @@ struct Sent {
 /// Why a viewer's connection ended.
 #[derive(Debug, PartialEq, Eq)]
 enum Ended {
-    /// The client left, closed, or a write failed.
+    /// The client left or a write failed.
     Gone,
+    /// A close frame was written (the client's echoed, or one that says what it did wrong).
+    Closed,
     /// A write waited `realtime.send_timeout_ms` for room.
     Slow,
 }
@@ -315,7 +346,7 @@ impl Viewer {
                 }
                 if sent.pending.is_empty() {
                     if sent.closing {
-                        return Err(Ended::Gone);
+                        return Err(Ended::Closed);
                     }
                     let frame = feed.latest();
                     let news = sent.take_news(&frame, self.operator);
@@ -349,6 +380,10 @@ impl Viewer {
     }
 }
 
+/// How long a closed connection waits for the client to close its side (see
+/// [`LiveConnection::finish`]).
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
 /// Bytes read from a viewer at a time (it sends pings and a close, if anything).
 const READ_CHUNK: usize = 256;
 
@@ -364,7 +399,7 @@ pub(crate) async fn serve(
 ) {
     let feed = sub.feed().clone();
     let viewer = Arc::new(Viewer::new(conn, operator));
-    let _seat = feed.ws.join(viewer.clone());
+    let seat = feed.ws.join(viewer.clone());
     let mut frames = ClientFrames::default();
     let mut replies = Vec::new();
     frames.read(&early, &mut replies);
@@ -395,10 +430,13 @@ pub(crate) async fn serve(
             }
         }
     };
-    if ended == Ended::Slow {
-        rt.dropped_slow_consumer(feed.poll_id, "ws");
+    // The viewer is no longer counted, nor swept, while its connection winds down.
+    drop((seat, sub));
+    match ended {
+        Ended::Slow => rt.dropped_slow_consumer(feed.poll_id, "ws"),
+        Ended::Closed => viewer.conn.finish(CLOSE_WAIT).await,
+        Ended::Gone => {}
     }
-    drop(sub);
 }
 
 #[cfg(test)]
@@ -416,6 +454,28 @@ mod tests {
             closing: false,
             failed: false,
         }
+    }
+
+    #[test]
+    fn viewers_fill_shards_in_turn_and_a_shard_left_empty_is_retired() {
+        let audience = Audience::<usize>::default();
+        let mut seats: Vec<_> = (0..SHARD + 1).map(|i| audience.join(Arc::new(i))).collect();
+        let occupied = audience.occupied();
+        assert_eq!(occupied.len(), 2);
+        assert_eq!(occupied[0].seated().len(), SHARD);
+        assert_eq!(*occupied[1].seated()[0], SHARD);
+        // A place freed in the first shard is taken before the second grows.
+        seats.swap_remove(3);
+        let again = audience.join(Arc::new(SHARD + 1));
+        assert_eq!(occupied[0].seated().len(), SHARD);
+        assert_eq!(occupied[1].seated().len(), 1);
+        // The seat moved into place 3 is the second shard's only one.
+        drop(seats.swap_remove(3));
+        assert_eq!(audience.occupied().len(), 1, "the second shard is empty");
+        drop((seats, again));
+        assert!(audience.occupied().is_empty());
+        let _late = audience.join(Arc::new(0));
+        assert_eq!(audience.occupied().len(), 1, "a new shard");
     }
 
     #[test]

@@ -10,6 +10,9 @@ use super::Admitted;
 use bytes::Bytes;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
+use std::io::ErrorKind;
+use std::net::Shutdown;
+use std::time::Duration;
 use tokio::net::TcpStream;
 
 /// An upgraded connection's socket, with its place at the gate.
@@ -46,5 +49,35 @@ impl LiveConnection {
     /// and the connection's own task can share it (whoever writes must not interleave frames).
     pub fn stream(&self) -> &TcpStream {
         &self.admitted.stream
+    }
+
+    /// Ends the connection the way a WebSocket close asks of a server (RFC 6455, 7.1.1): the
+    /// write half is shut, so the client reads what was written and then the end, and what the
+    /// client still sends is read and dropped until it closes too or `within` passes. Closing
+    /// with bytes unread would reset the connection, and a reset can take the close frame with
+    /// it.
+    pub async fn finish(&self, within: Duration) {
+        let stream = self.stream();
+        if socket2::SockRef::from(stream)
+            .shutdown(Shutdown::Write)
+            .is_err()
+        {
+            return;
+        }
+        let mut sink = [0u8; 512];
+        let drained = async {
+            loop {
+                if stream.readable().await.is_err() {
+                    return;
+                }
+                match stream.try_read(&mut sink) {
+                    Ok(0) => return,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                    Err(_) => return,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(within, drained).await;
     }
 }

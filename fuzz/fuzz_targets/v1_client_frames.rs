@@ -1,0 +1,70 @@
+//! Any bytes a viewer sends on the `/v1` socket after the upgrade, read by the service's own frame
+//! reader (`realtime::websocket::ClientFrames`), however the socket splits them: never a panic;
+//! the same answers whether the bytes come at once or in pieces; every answer a whole, final,
+//! unmasked server frame (a pong with at most 125 bytes, or a close); nothing after a close.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use realtime::websocket::{ClientFrames, Reply};
+use std::io::Cursor;
+use tungstenite::protocol::frame::coding::{Control, OpCode};
+use tungstenite::protocol::frame::FrameHeader;
+
+/// What `bytes` are answered when read in pieces whose sizes the bytes themselves choose.
+fn read_in_pieces(bytes: &[u8]) -> Vec<Reply> {
+    let (mut frames, mut replies) = (ClientFrames::default(), Vec::new());
+    let mut rest = bytes;
+    let mut sizes = bytes.iter().cycle();
+    while !rest.is_empty() {
+        let size = (1 + *sizes.next().unwrap() as usize % 64).min(rest.len());
+        frames.read(&rest[..size], &mut replies);
+        rest = &rest[size..];
+    }
+    replies
+}
+
+/// The one server frame in `bytes`: its opcode and payload.
+fn server_frame(bytes: &[u8]) -> (OpCode, &[u8]) {
+    let mut cursor = Cursor::new(bytes);
+    let (header, len) = FrameHeader::parse(&mut cursor)
+        .expect("a server frame parses")
+        .expect("a server frame is whole");
+    assert!(header.is_final && header.mask.is_none(), "{header:?}");
+    assert!(!(header.rsv1 || header.rsv2 || header.rsv3), "{header:?}");
+    let start = cursor.position() as usize;
+    assert_eq!(start + len as usize, bytes.len(), "one frame, nothing after it");
+    (header.opcode, &bytes[start..])
+}
+
+fuzz_target!(|data: &[u8]| {
+    let (mut frames, mut whole) = (ClientFrames::default(), Vec::new());
+    frames.read(data, &mut whole);
+    let pieces = read_in_pieces(data);
+    // Bytes after a close are not read, so the two agree up to and including the first close.
+    let through_close = |replies: &[Reply]| -> usize {
+        replies
+            .iter()
+            .position(|r| matches!(r, Reply::Close(_)))
+            .map_or(replies.len(), |i| i + 1)
+    };
+    assert_eq!(
+        whole[..through_close(&whole)],
+        pieces[..through_close(&pieces)],
+        "the answers depend on how the bytes were split"
+    );
+    assert_eq!(through_close(&whole), whole.len(), "nothing after a close");
+    for reply in &whole {
+        match reply {
+            Reply::Send(bytes) => {
+                let (opcode, payload) = server_frame(bytes);
+                assert_eq!(opcode, OpCode::Control(Control::Pong));
+                assert!(payload.len() <= 125);
+            }
+            Reply::Close(bytes) => {
+                let (opcode, payload) = server_frame(bytes);
+                assert_eq!(opcode, OpCode::Control(Control::Close));
+                assert!(payload.is_empty() || payload.len() == 2, "a code and no reason");
+            }
+        }
+    }
+});
