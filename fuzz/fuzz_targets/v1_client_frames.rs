@@ -1,6 +1,6 @@
 //! Any bytes a viewer sends on the `/v1` socket after the upgrade, read by the service's own frame
-//! reader (`realtime::websocket::ClientFrames`), however the socket splits them: never a panic;
-//! the same answers whether the bytes come at once or in pieces; every answer a whole, final,
+//! reader (`realtime::websocket::ClientFrames`), at once and split into pieces (the input's first
+//! byte chooses how): never a panic; the same answers either way; every answer a whole, final,
 //! unmasked server frame (a pong with at most 125 bytes, or a close); nothing after a close.
 #![no_main]
 
@@ -10,13 +10,18 @@ use std::io::Cursor;
 use tungstenite::protocol::frame::coding::{Control, OpCode};
 use tungstenite::protocol::frame::FrameHeader;
 
-/// What `bytes` are answered when read in pieces whose sizes the bytes themselves choose.
-fn read_in_pieces(bytes: &[u8]) -> Vec<Reply> {
+/// What `bytes` are answered when read in pieces of 1 to 64 bytes, their sizes drawn from
+/// `split` (a seed of its own, so the fuzzer varies how the bytes are split apart from what they
+/// are).
+fn read_in_pieces(split: u8, bytes: &[u8]) -> Vec<Reply> {
     let (mut frames, mut replies) = (ClientFrames::default(), Vec::new());
     let mut rest = bytes;
-    let mut sizes = bytes.iter().cycle();
+    let mut state = u32::from(split).wrapping_mul(2_654_435_761) | 1;
     while !rest.is_empty() {
-        let size = (1 + *sizes.next().unwrap() as usize % 64).min(rest.len());
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        let size = (1 + state as usize % 64).min(rest.len());
         frames.read(&rest[..size], &mut replies);
         rest = &rest[size..];
     }
@@ -36,10 +41,12 @@ fn server_frame(bytes: &[u8]) -> (OpCode, &[u8]) {
     (header.opcode, &bytes[start..])
 }
 
-fuzz_target!(|data: &[u8]| {
+// The first byte chooses how the rest is split; the rest is what the viewer sent.
+fuzz_target!(|input: &[u8]| {
+    let Some((&split, data)) = input.split_first() else { return };
     let (mut frames, mut whole) = (ClientFrames::default(), Vec::new());
     frames.read(data, &mut whole);
-    let pieces = read_in_pieces(data);
+    let pieces = read_in_pieces(split, data);
     // Bytes after a close are not read, so the two agree up to and including the first close.
     let through_close = |replies: &[Reply]| -> usize {
         replies

@@ -29,7 +29,9 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-/// Viewers per shard: one sweep task each, writing to about this many sockets in turn.
+/// Viewers per shard: a sweep writes to about this many sockets in turn. Two sweeps of one shard
+/// may overlap (a publish during a long sweep); a viewer's own lock and its sequence numbers keep
+/// its messages whole, in order and never older than the last.
 pub const SHARD: usize = 512;
 
 /// The WebSocket viewers of one poll (`T`: a [`Viewer`]; anything, in the tests of seating).
@@ -430,7 +432,9 @@ pub(crate) async fn serve(
             }
         }
     };
-    // The viewer is no longer counted, nor swept, while its connection winds down.
+    // While its connection winds down the viewer is no longer counted, and a sweep that listed it
+    // before it left writes nothing more to it.
+    viewer.state.lock().failed = true;
     drop((seat, sub));
     match ended {
         Ended::Slow => rt.dropped_slow_consumer(feed.poll_id, "ws"),

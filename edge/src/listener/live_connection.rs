@@ -53,9 +53,9 @@ impl LiveConnection {
 
     /// Ends the connection the way a WebSocket close asks of a server (RFC 6455, 7.1.1): the
     /// write half is shut, so the client reads what was written and then the end, and what the
-    /// client still sends is read and dropped until it closes too or `within` passes. Closing
-    /// with bytes unread would reset the connection, and a reset can take the close frame with
-    /// it.
+    /// client still sends is read and dropped until it closes too, `within` passes or 64 KiB
+    /// were dropped. Closing with bytes unread resets the connection, and a reset can take the
+    /// close frame with it (a client that closes in time sees none).
     pub async fn finish(&self, within: Duration) {
         let stream = self.stream();
         if socket2::SockRef::from(stream)
@@ -66,13 +66,14 @@ impl LiveConnection {
         }
         let mut sink = [0u8; 512];
         let drained = async {
-            loop {
+            let mut dropped = 0;
+            while dropped < 64 * 1024 {
                 if stream.readable().await.is_err() {
                     return;
                 }
                 match stream.try_read(&mut sink) {
                     Ok(0) => return,
-                    Ok(_) => {}
+                    Ok(n) => dropped += n,
                     Err(e) if e.kind() == ErrorKind::WouldBlock => {}
                     Err(_) => return,
                 }
