@@ -406,7 +406,6 @@ pub(crate) async fn serve(
     let mut replies = Vec::new();
     frames.read(&early, &mut replies);
     drop(early);
-    let mut chunk = [0u8; READ_CHUNK];
     let ended = loop {
         for reply in replies.drain(..) {
             viewer.reply(reply);
@@ -423,6 +422,8 @@ pub(crate) async fn serve(
                 if ready.is_err() {
                     break Ended::Gone;
                 }
+                // Here, not across the awaits: what the task keeps between frames is small.
+                let mut chunk = [0u8; READ_CHUNK];
                 match stream.try_read(&mut chunk) {
                     Ok(0) => break Ended::Gone,
                     Ok(n) => frames.read(&chunk[..n], &mut replies),

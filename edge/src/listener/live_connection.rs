@@ -64,13 +64,14 @@ impl LiveConnection {
         {
             return;
         }
-        let mut sink = [0u8; 512];
         let drained = async {
             let mut dropped = 0;
             while dropped < 64 * 1024 {
                 if stream.readable().await.is_err() {
                     return;
                 }
+                // Not held across the await: every viewer's task has room for this future.
+                let mut sink = [0u8; 512];
                 match stream.try_read(&mut sink) {
                     Ok(0) => return,
                     Ok(n) => dropped += n,
