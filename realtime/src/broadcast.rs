@@ -373,7 +373,7 @@ impl Viewer {
                     }
                 }
             }
-            match tokio::time::timeout_at(deadline, self.conn.stream().writable()).await {
+            match tokio::time::timeout_at(deadline, self.conn.writable()).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => return Err(Ended::Gone),
                 Err(_) => return Err(Ended::Slow),
@@ -418,7 +418,7 @@ pub(crate) async fn serve(
         let stream = viewer.conn.stream();
         tokio::select! {
             _ = viewer.wake.notified() => {}
-            ready = stream.readable() => {
+            ready = viewer.conn.readable() => {
                 if ready.is_err() {
                     break Ended::Gone;
                 }

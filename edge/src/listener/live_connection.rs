@@ -51,6 +51,21 @@ impl LiveConnection {
         &self.admitted.stream
     }
 
+    /// Waits until the socket has something to read (or is closed). For the one task that reads:
+    /// it takes the socket's own reader slot (`poll_read_ready`), where hyper's connection task
+    /// left its waker when it last read, and a waker keeps its task's memory (2.4 KiB, the
+    /// connection's whole future) alive. `TcpStream::readable` waits in a list beside that slot
+    /// and would leave the old waker there for as long as the viewer stays and sends nothing.
+    pub async fn readable(&self) -> std::io::Result<()> {
+        std::future::poll_fn(|cx| self.stream().poll_read_ready(cx)).await
+    }
+
+    /// Waits until the socket takes writes again; for the one task that waits to write (as
+    /// [`Self::readable`], in the socket's own writer slot).
+    pub async fn writable(&self) -> std::io::Result<()> {
+        std::future::poll_fn(|cx| self.stream().poll_write_ready(cx)).await
+    }
+
     /// Ends the connection the way a WebSocket close asks of a server (RFC 6455, 7.1.1): the
     /// write half is shut, so the client reads what was written and then the end, and what the
     /// client still sends is read and dropped until it closes too, `within` passes or 64 KiB
@@ -67,7 +82,7 @@ impl LiveConnection {
         let drained = async {
             let mut dropped = 0;
             while dropped < 64 * 1024 {
-                if stream.readable().await.is_err() {
+                if self.readable().await.is_err() {
                     return;
                 }
                 // Not held across the await: every viewer's task has room for this future.
