@@ -45,23 +45,27 @@ impl LiveConnection {
         Ok((Self { admitted }, early))
     }
 
-    /// The socket: `try_write`, `try_read`, `writable` and `readable` take `&self`, so a sweep
-    /// and the connection's own task can share it (whoever writes must not interleave frames).
+    /// The socket, for its `try_write` and `try_read` (they take `&self`, so a sweep and the
+    /// connection's own task can share it; whoever writes must not interleave frames). Waiting
+    /// goes through [`Self::readable`] and [`Self::writable`], not the stream's own `readable`
+    /// and `writable`, which would keep hyper's task alive (see there).
     pub fn stream(&self) -> &TcpStream {
         &self.admitted.stream
     }
 
-    /// Waits until the socket has something to read (or is closed). For the one task that reads:
-    /// it takes the socket's own reader slot (`poll_read_ready`), where hyper's connection task
-    /// left its waker when it last read, and a waker keeps its task's memory (2.4 KiB, the
-    /// connection's whole future) alive. `TcpStream::readable` waits in a list beside that slot
-    /// and would leave the old waker there for as long as the viewer stays and sends nothing.
+    /// Waits until the socket has something to read (or is closed). Only one task may wait so:
+    /// the socket has one reader slot (`poll_read_ready`), and a second task taking it would
+    /// leave the first never woken. That slot is where hyper's connection task left its waker
+    /// when it last read, and a waker keeps its task's memory (2.4 KiB, the connection's whole
+    /// future) alive; the first wait that finds nothing to read puts this task's waker there.
+    /// `TcpStream::readable` waits in a list beside the slot and would leave the old waker in
+    /// it until the client sent something or closed.
     pub async fn readable(&self) -> std::io::Result<()> {
         std::future::poll_fn(|cx| self.stream().poll_read_ready(cx)).await
     }
 
-    /// Waits until the socket takes writes again; for the one task that waits to write (as
-    /// [`Self::readable`], in the socket's own writer slot).
+    /// Waits until the socket takes writes again. Only one task may wait so (as with
+    /// [`Self::readable`], in the socket's one writer slot).
     pub async fn writable(&self) -> std::io::Result<()> {
         std::future::poll_fn(|cx| self.stream().poll_write_ready(cx)).await
     }
