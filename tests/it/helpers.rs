@@ -272,3 +272,23 @@ pub async fn metric_at(client: &reqwest::Client, base: &str, name: &str) -> u64 
         .parse()
         .unwrap()
 }
+
+/// The code of the next close frame on `ws` (`None`: a close without one), skipping other
+/// messages; panics when the connection ends or errs first, or at `deadline`.
+pub async fn close_code<S>(
+    ws: &mut tokio_tungstenite::WebSocketStream<S>,
+    deadline: tokio::time::Instant,
+) -> Option<tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => return frame.map(|f| f.code),
+            Ok(Some(Ok(_))) => {}
+            other => panic!("no close frame: {other:?}"),
+        }
+    }
+}

@@ -406,7 +406,7 @@ async fn pages_of_other_sites_cannot_open_live_sockets() {
 /// unread would reset it, and the client could lose the close frame or see a reset).
 #[tokio::test]
 async fn an_oversized_socket_message_is_closed_with_1009_and_the_connection_ends_cleanly() {
-    use futures::{SinkExt, StreamExt};
+    use futures::SinkExt;
     use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
     use tokio_tungstenite::tungstenite::Message;
     let app = spawn_app().await;
@@ -419,14 +419,7 @@ async fn an_oversized_socket_message_is_closed_with_1009_and_the_connection_ends
     ws.send(Message::Text("hello".into())).await.unwrap();
     let _ = ws.send(Message::Text("x".repeat(64 * 1024).into())).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    let close = loop {
-        match tokio::time::timeout_at(deadline, ws.next()).await {
-            Ok(Some(Ok(Message::Close(frame)))) => break frame,
-            Ok(Some(Ok(_))) => {}
-            other => panic!("a 64 KiB message got no close frame: {other:?}"),
-        }
-    };
-    assert_eq!(close.map(|f| f.code), Some(CloseCode::Size));
+    assert_eq!(close_code(&mut ws, deadline).await, Some(CloseCode::Size));
     // The socket itself, not the WebSocket client (which takes a reset after a close for an end):
     // the server's end of stream, well before its second's wait is up, and not a reset.
     let tokio_tungstenite::MaybeTlsStream::Plain(socket) = ws.get_mut() else {

@@ -2,7 +2,7 @@
 //! once for both transports, the viewer count as news at most once a second, a feed retired with
 //! its last viewer. (What a viewer costs and how fast they are served: BENCHMARKS.md.)
 
-use crate::helpers::{spawn_app, TestApp};
+use crate::helpers::{close_code, spawn_app, TestApp};
 use futures::StreamExt;
 use serde_json::Value;
 use std::time::Duration;
@@ -320,14 +320,7 @@ async fn a_websocket_viewer_is_answered_pings_and_closes() {
     })))
     .await
     .unwrap();
-    let closed = loop {
-        match tokio::time::timeout_at(deadline, ws.next()).await {
-            Ok(Some(Ok(Message::Close(frame)))) => break frame,
-            Ok(Some(Ok(_))) => {}
-            other => panic!("no close: {other:?}"),
-        }
-    };
-    assert_eq!(closed.map(|f| f.code), Some(CloseCode::Away));
+    assert_eq!(close_code(&mut ws, deadline).await, Some(CloseCode::Away));
     let deadline = Instant::now() + Duration::from_secs(5);
     while app.metric("crowdtick_realtime_connections").await != 0 {
         assert!(
