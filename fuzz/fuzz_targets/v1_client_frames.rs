@@ -1,13 +1,16 @@
 //! Any bytes a viewer sends on the `/v1` socket after the upgrade, read by the service's own frame
 //! reader (`realtime::websocket::ClientFrames`), at once and split into pieces (the input's first
 //! byte chooses how): never a panic; the same answers either way; every answer a whole, final,
-//! unmasked server frame (a pong with at most 125 bytes, or a close); nothing after a close.
+//! unmasked server frame (a pong with at most 125 bytes, or a close with no code or a code a
+//! close may carry: the viewer's own, or 1002, 1007 or 1009 for what it broke); nothing after a
+//! close. Fragments, their order, their total size and their UTF-8 are judged the same way
+//! however the bytes are split.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use realtime::websocket::{ClientFrames, Reply};
 use std::io::Cursor;
-use tungstenite::protocol::frame::coding::{Control, OpCode};
+use tungstenite::protocol::frame::coding::{CloseCode, Control, OpCode};
 use tungstenite::protocol::frame::FrameHeader;
 
 /// What `bytes` are answered when read in pieces of 1 to 64 bytes, their sizes drawn from
@@ -71,6 +74,10 @@ fuzz_target!(|input: &[u8]| {
                 let (opcode, payload) = server_frame(bytes);
                 assert_eq!(opcode, OpCode::Control(Control::Close));
                 assert!(payload.is_empty() || payload.len() == 2, "a code and no reason");
+                if let [hi, lo] = *payload {
+                    let code = CloseCode::from(u16::from_be_bytes([hi, lo]));
+                    assert!(code.is_allowed(), "{code:?} may not be sent");
+                }
             }
         }
     }

@@ -1,7 +1,7 @@
 //! The WebSocket protocol as the realtime service speaks it to `/v1` viewers, with tungstenite's
 //! frame codec and accept key: the opening handshake ([`Handshake`], an extractor), the server's
 //! frames (written once per message and shared, [`server_frame`]), and what a viewer may send
-//! ([`ClientFrames`]: pings are answered, a close is returned, anything else is read and dropped).
+//! ([`ClientFrames`]: pings are answered, a close is returned, data is checked and dropped).
 //! Pure but for the handshake's upgrade: no socket here.
 
 use crate::MAX_CLIENT_MESSAGE_BYTES;
@@ -144,13 +144,78 @@ pub enum Reply {
 }
 
 /// The frames a viewer sends, as they arrive: pings are answered with pongs carrying their
-/// payload, a close with a close carrying its code (RFC 6455, 5.5.1), and a frame that breaks
-/// the protocol or is larger than [`MAX_CLIENT_MESSAGE_BYTES`] with a close that says so (1002,
-/// 1009). Data frames and pongs are dropped: the `/v1` socket takes no messages.
+/// payload, a close with a close carrying its code (RFC 6455, 5.5.1), and what breaks the
+/// protocol with a close that says so: 1002 for a bad frame or fragments out of order, 1009 for
+/// a message larger than [`MAX_CLIENT_MESSAGE_BYTES`] (in all its fragments), 1007 for text (or
+/// a close's reason) that is not UTF-8. Messages and pongs are then dropped: the `/v1` socket
+/// takes no messages, but it reads them as RFC 6455 says, so a client's bug is named, not passed
+/// over.
 #[derive(Debug, Default)]
 pub struct ClientFrames {
     /// Bytes of a frame not yet whole.
     partial: BytesMut,
+    /// The data message whose frames are arriving, if its first was not final.
+    message: Option<Message>,
+}
+
+/// A data message in fragments: its size so far and, for text, the check of its UTF-8.
+#[derive(Debug, Clone, Copy)]
+struct Message {
+    len: u64,
+    text: Option<Utf8Check>,
+}
+
+/// Checks UTF-8 given in pieces: keeps the start of a character cut between two pieces.
+#[derive(Debug, Clone, Copy, Default)]
+struct Utf8Check {
+    cut: [u8; 4],
+    cut_len: u8,
+}
+
+impl Utf8Check {
+    /// Takes the next piece; false if the text so far is not UTF-8.
+    fn take(&mut self, mut bytes: &[u8]) -> bool {
+        if self.cut_len > 0 {
+            // Finish the character cut at the last piece's end (at most 4 bytes in all).
+            let had = self.cut_len as usize;
+            let added = (4 - had).min(bytes.len());
+            let mut joined = self.cut;
+            joined[had..had + added].copy_from_slice(&bytes[..added]);
+            match std::str::from_utf8(&joined[..had + added]) {
+                Ok(_) => bytes = &bytes[added..],
+                // The cut character is whole: the rest is checked from its end.
+                Err(e) if e.valid_up_to() > 0 => bytes = &bytes[e.valid_up_to() - had..],
+                // Still cut short: `bytes` is shorter than the character's end.
+                Err(e) if e.error_len().is_none() => return self.rest(&joined[..had + added]),
+                Err(_) => return false,
+            }
+        }
+        match std::str::from_utf8(bytes) {
+            Ok(_) => self.rest(&[]),
+            Err(e) if e.error_len().is_none() => self.rest(&bytes[e.valid_up_to()..]),
+            Err(_) => false,
+        }
+    }
+
+    /// Keeps `cut` (at most 3 bytes) as the start of a character still to come.
+    fn rest(&mut self, cut: &[u8]) -> bool {
+        self.cut[..cut.len()].copy_from_slice(cut);
+        self.cut_len = cut.len() as u8;
+        true
+    }
+
+    /// Whether the text ended on a whole character.
+    fn is_whole(&self) -> bool {
+        self.cut_len == 0
+    }
+}
+
+/// A whole data frame as it came: its payload still masked.
+struct DataFrame<'a> {
+    opcode: OpCode,
+    is_final: bool,
+    payload: &'a [u8],
+    mask: [u8; 4],
 }
 
 impl ClientFrames {
@@ -188,9 +253,21 @@ impl ClientFrames {
             if self.partial.len() < end {
                 return self.release_if_empty();
             }
-            // Only a control frame's payload is read (data frames are dropped unread).
+            if !control {
+                let data = DataFrame {
+                    opcode: header.opcode,
+                    is_final: header.is_final,
+                    payload: &self.partial[start..end],
+                    mask,
+                };
+                if let Err(code) = take_data(&mut self.message, data) {
+                    return self.end(replies, code);
+                }
+                self.partial.advance(end);
+                continue;
+            }
             let mut payload = [0u8; 125];
-            let payload = &mut payload[..if control { len as usize } else { 0 }];
+            let payload = &mut payload[..len as usize];
             for (i, byte) in payload.iter_mut().enumerate() {
                 *byte = self.partial[start + i] ^ mask[i % 4];
             }
@@ -205,9 +282,12 @@ impl ClientFrames {
                     // client may send, 1002); nothing is read after it.
                     let code = match *payload {
                         [] => &[][..],
-                        [hi, lo, ..]
+                        [hi, lo, ref reason @ ..]
                             if CloseCode::from(u16::from_be_bytes([hi, lo])).is_allowed() =>
                         {
+                            if std::str::from_utf8(reason).is_err() {
+                                return self.end(replies, CloseCode::Invalid);
+                            }
                             &payload[..2]
                         }
                         _ => return self.end(replies, CloseCode::Protocol),
@@ -230,8 +310,47 @@ impl ClientFrames {
 
     fn end(&mut self, replies: &mut Vec<Reply>, code: CloseCode) {
         self.partial.clear();
+        self.message = None;
         replies.push(Reply::Close(close_frame(code)));
     }
+}
+
+/// A data frame, whole: in its place among its message's fragments, within the size limit,
+/// and UTF-8 if its message is text. Its payload is read only for that check.
+fn take_data(message: &mut Option<Message>, frame: DataFrame<'_>) -> Result<(), CloseCode> {
+    let mut current = match (frame.opcode, message.take()) {
+        (OpCode::Data(Data::Continue), Some(current)) => current,
+        (OpCode::Data(Data::Text), None) => Message {
+            len: 0,
+            text: Some(Utf8Check::default()),
+        },
+        (OpCode::Data(Data::Binary), None) => Message { len: 0, text: None },
+        // A continuation of nothing, or a new message before the last one ended.
+        _ => return Err(CloseCode::Protocol),
+    };
+    current.len += frame.payload.len() as u64;
+    if current.len > MAX_CLIENT_MESSAGE_BYTES as u64 {
+        return Err(CloseCode::Size);
+    }
+    if let Some(text) = &mut current.text {
+        // Unmasked a piece at a time on the stack (a multiple of 4: the mask lines up).
+        let mut piece = [0u8; 256];
+        for chunk in frame.payload.chunks(piece.len()) {
+            for (i, (out, byte)) in piece.iter_mut().zip(chunk).enumerate() {
+                *out = byte ^ frame.mask[i % 4];
+            }
+            if !text.take(&piece[..chunk.len()]) {
+                return Err(CloseCode::Invalid);
+            }
+        }
+        if frame.is_final && !text.is_whole() {
+            return Err(CloseCode::Invalid);
+        }
+    }
+    if !frame.is_final {
+        *message = Some(current);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -241,7 +360,13 @@ mod tests {
 
     /// A frame as a client writes it (masked).
     fn client(opcode: OpCode, payload: &[u8]) -> Vec<u8> {
+        fragment(opcode, payload, true)
+    }
+
+    /// A frame of a message that may go on in continuation frames.
+    fn fragment(opcode: OpCode, payload: &[u8], is_final: bool) -> Vec<u8> {
         let header = FrameHeader {
+            is_final,
             opcode,
             mask: Some([1, 2, 3, 4]),
             ..FrameHeader::default()
@@ -334,6 +459,123 @@ mod tests {
         assert_eq!(closed_with(&half), 1002u16.to_be_bytes());
         let none = client(OpCode::Control(Control::Close), &[]);
         assert_eq!(closed_with(&none), b"");
+    }
+
+    const TEXT: OpCode = OpCode::Data(Data::Text);
+    const BINARY: OpCode = OpCode::Data(Data::Binary);
+    const CONTINUE: OpCode = OpCode::Data(Data::Continue);
+
+    /// What `frames` are answered, read whole.
+    fn replies(frames: &[Vec<u8>]) -> Vec<Reply> {
+        let mut replies = Vec::new();
+        ClientFrames::default().read(&frames.concat(), &mut replies);
+        replies
+    }
+
+    #[test]
+    fn fragmented_messages_are_read_in_order_with_pings_between_them() {
+        let ping = client(OpCode::Control(Control::Ping), b"p");
+        // "h\u{e9}" cut inside the \u{e9}, a ping between its fragments, then a binary message.
+        let wire = [
+            fragment(TEXT, &[b'h', 0xc3], false),
+            ping.clone(),
+            fragment(CONTINUE, &[], false),
+            fragment(CONTINUE, &[0xa9], true),
+            fragment(BINARY, &[0xff; 3], false),
+            fragment(CONTINUE, &[0xfe], true),
+            ping,
+        ];
+        let replies = replies(&wire);
+        assert_eq!(replies.len(), 2, "{replies:?}");
+        assert!(replies.iter().all(|r| matches!(r, Reply::Send(_))));
+    }
+
+    #[test]
+    fn fragments_out_of_order_too_large_in_all_or_not_utf8_close_with_the_reason() {
+        let closed = |wire: &[Vec<u8>]| match &replies(wire)[..] {
+            [Reply::Close(close)] => parse(close).payload().to_vec(),
+            other => panic!("{other:?}"),
+        };
+        let half = vec![b'x'; MAX_CLIENT_MESSAGE_BYTES / 2];
+        let cases: [(&[Vec<u8>], u16); 8] = [
+            // A continuation of nothing.
+            (&[client(CONTINUE, b"x")], 1002),
+            // A new message before the last one ended.
+            (&[fragment(TEXT, b"a", false), client(TEXT, b"b")], 1002),
+            (&[fragment(BINARY, b"a", false), client(BINARY, b"b")], 1002),
+            // Each fragment within the limit, the message over it.
+            (
+                &[
+                    fragment(BINARY, &half, false),
+                    fragment(CONTINUE, &half, false),
+                    client(CONTINUE, b"x"),
+                ],
+                1009,
+            ),
+            (&[client(TEXT, &[b'a', 0xff])], 1007),
+            // Ends inside a character, or a bad byte in a later fragment.
+            (&[client(TEXT, &[0xe2, 0x82])], 1007),
+            (
+                &[
+                    fragment(TEXT, &[0xe2], false),
+                    client(CONTINUE, &[0x82, 0x41]),
+                ],
+                1007,
+            ),
+            // A close whose reason is not UTF-8.
+            (
+                &[client(
+                    OpCode::Control(Control::Close),
+                    &[0x03, 0xe8, 0xc0, 0xaf],
+                )],
+                1007,
+            ),
+        ];
+        for (i, (wire, code)) in cases.into_iter().enumerate() {
+            assert_eq!(closed(wire), code.to_be_bytes(), "case {i}");
+        }
+        // The same limit, met exactly, is fine.
+        let exact = [fragment(BINARY, &half, false), client(CONTINUE, &half)];
+        assert!(replies(&exact).is_empty());
+        // A close with a UTF-8 reason (1000, "bye \u{2713}") is answered with its code.
+        let reason = [&[0x03, 0xe8][..], "bye \u{2713}".as_bytes()].concat();
+        let close = client(OpCode::Control(Control::Close), &reason);
+        assert_eq!(closed(&[close]), [0x03, 0xe8]);
+    }
+
+    mod utf8_pieces {
+        use super::super::Utf8Check;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Bytes checked in pieces get the verdict they get whole, wherever they are cut.
+            #[test]
+            fn utf8_in_pieces_is_judged_as_it_is_whole(
+                // Whole characters (1 to 4 bytes) and stray bytes, mixed.
+                parts in prop::collection::vec(
+                    prop_oneof![
+                        (0x80u32..0x11_0000)
+                            .prop_filter_map("a char", char::from_u32)
+                            .prop_map(|c| c.to_string().into_bytes()),
+                        any::<char>().prop_map(|c| c.to_string().into_bytes()),
+                        prop::collection::vec(any::<u8>(), 1..3),
+                    ],
+                    0..12,
+                ),
+                cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..8),
+            ) {
+                let bytes = parts.concat();
+                let mut cuts: Vec<usize> = cuts.iter().map(|c| c.index(bytes.len() + 1)).collect();
+                cuts.sort_unstable();
+                let mut check = Utf8Check::default();
+                let (mut ok, mut from) = (true, 0);
+                for cut in cuts.into_iter().chain([bytes.len()]) {
+                    ok = ok && check.take(&bytes[from..cut]);
+                    from = cut;
+                }
+                prop_assert_eq!(ok && check.is_whole(), std::str::from_utf8(&bytes).is_ok());
+            }
+        }
     }
 
     #[test]
