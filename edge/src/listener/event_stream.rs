@@ -2,7 +2,7 @@
 //!
 //! An event stream is one response that never ends: on hyper's HTTP/1 connection it keeps an 8 KiB
 //! write buffer for the response head and an 8 KiB read buffer for the client's end, for as long as
-//! the viewer watches (BENCHMARKS.md, "Where an SSE viewer's 12.6 KiB goes"). So a new connection
+//! the viewer watches (BENCHMARKS.md, "Where an SSE viewer's 12.6 KiB went"). So a new connection
 //! whose first request is a complete `GET` asking for `text/event-stream` ([`sniff`], which only
 //! peeks) is answered here instead: the request goes through the same router (its handler, access
 //! checks and JSON errors are the ones hyper's path would run), the head is written once, and the
@@ -10,16 +10,20 @@
 //! notices the viewer leaving. The connection closes when the stream ends; anything else (a partial
 //! head, another request, a WebSocket upgrade) is hyper's, untouched.
 
-use super::Admitted;
+use super::{Admitted, LiveSocket};
 use axum::body::Body;
+use axum::extract::ConnectInfo;
 use axum::http::{header, HeaderMap, Method, Request, StatusCode, Version};
 use axum::Router;
 use http_body_util::BodyExt;
 use std::io::IoSlice;
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::time::{Duration, SystemTime};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tower::util::Oneshot;
 use tower::ServiceExt;
 
 /// The largest request head looked at; a longer one goes to hyper.
@@ -93,15 +97,28 @@ fn event_stream_request(bytes: &[u8]) -> Option<(Request<()>, usize)> {
     Some((request.body(()).ok()?, head_len))
 }
 
-/// Answers `request` through `router` on `io`: an event stream until it ends, the client leaves
-/// or the node stops (`stopping`); any other answer whole. The connection closes after.
-pub(super) async fn serve(
-    mut io: Admitted,
-    request: Request<()>,
+/// The router's answer to a sniffed request, still to run.
+pub(super) type Answer = Pin<Box<Oneshot<Router, Request<Body>>>>;
+
+/// What `router` answers the sniffed `request`, with what handlers learn of its connection. Boxed
+/// until it has run, and the request out of its box: neither sizes the task that serves the
+/// stream for as long as the viewer watches.
+pub(super) fn answer(
     router: Router,
-    mut stopping: watch::Receiver<bool>,
-) {
-    let response = match router.oneshot(request.map(|()| Body::empty())).await {
+    request: Box<Request<()>>,
+    peer: ConnectInfo<SocketAddr>,
+    live: LiveSocket,
+) -> Answer {
+    let mut request = *request;
+    request.extensions_mut().insert(peer);
+    request.extensions_mut().insert(live);
+    Box::pin(router.oneshot(request.map(|()| Body::empty())))
+}
+
+/// Serves the router's `answer` on `io`: an event stream until it ends, the client leaves or the
+/// node stops (`stopping`); any other answer whole. The connection closes after.
+pub(super) async fn serve(mut io: Admitted, answer: Answer, mut stopping: watch::Receiver<bool>) {
+    let response = match answer.await {
         Ok(response) => response,
         Err(never) => match never {},
     };
@@ -111,6 +128,9 @@ pub(super) async fn serve(
             .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
     let ended = if streaming {
         let head = response_head(parts.status, &parts.headers, None);
+        // The head is all a stream needs of the response's headers: their map (some 600 bytes)
+        // is not held while the viewer watches.
+        drop(parts);
         match io.write_all(&head).await {
             Ok(()) => {
                 drop(head);
@@ -119,7 +139,8 @@ pub(super) async fn serve(
             Err(e) => Err(e),
         }
     } else {
-        whole_response(&mut io, parts.status, &parts.headers, body).await
+        // Boxed: a stream's task is not sized by what only an error's answer needs.
+        Box::pin(whole_response(&mut io, parts.status, &parts.headers, body)).await
     };
     if let Err(e) = ended {
         tracing::debug!(error = %e, "an event stream's connection ended with an error");
