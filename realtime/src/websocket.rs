@@ -158,12 +158,15 @@ pub struct ClientFrames {
     message: Option<Message>,
 }
 
-/// A data message in fragments: its size so far and, for text, the check of its UTF-8.
+/// A data message in fragments: its size so far (never over [`MAX_CLIENT_MESSAGE_BYTES`]) and,
+/// for text, the check of its UTF-8. Eight bytes a viewer.
 #[derive(Debug, Clone, Copy)]
 struct Message {
-    len: u64,
+    len: u16,
     text: Option<Utf8Check>,
 }
+
+const _: () = assert!(MAX_CLIENT_MESSAGE_BYTES <= u16::MAX as usize);
 
 /// Checks UTF-8 given in pieces: keeps the start of a character cut between two pieces.
 #[derive(Debug, Clone, Copy, Default)]
@@ -294,6 +297,7 @@ impl ClientFrames {
                     };
                     let close = server_frame(OpCode::Control(Control::Close), code);
                     self.partial.clear();
+                    self.message = None;
                     return replies.push(Reply::Close(close));
                 }
                 _ => {}
@@ -328,10 +332,11 @@ fn take_data(message: &mut Option<Message>, frame: DataFrame<'_>) -> Result<(), 
         // A continuation of nothing, or a new message before the last one ended.
         _ => return Err(CloseCode::Protocol),
     };
-    current.len += frame.payload.len() as u64;
-    if current.len > MAX_CLIENT_MESSAGE_BYTES as u64 {
+    let len = usize::from(current.len) + frame.payload.len();
+    if len > MAX_CLIENT_MESSAGE_BYTES {
         return Err(CloseCode::Size);
     }
+    current.len = len as u16;
     if let Some(text) = &mut current.text {
         // Unmasked a piece at a time on the stack (a multiple of 4: the mask lines up).
         let mut piece = [0u8; 256];
@@ -358,6 +363,9 @@ mod tests {
     use super::*;
     use tungstenite::protocol::frame::Frame;
 
+    /// A client's mask: each byte flips high bits too, so text unmasked out of line is not UTF-8.
+    const MASK: [u8; 4] = [0x9d, 0x3a, 0xe7, 0x51];
+
     /// A frame as a client writes it (masked).
     fn client(opcode: OpCode, payload: &[u8]) -> Vec<u8> {
         fragment(opcode, payload, true)
@@ -368,17 +376,12 @@ mod tests {
         let header = FrameHeader {
             is_final,
             opcode,
-            mask: Some([1, 2, 3, 4]),
+            mask: Some(MASK),
             ..FrameHeader::default()
         };
         let mut out = Vec::new();
         header.format(payload.len() as u64, &mut out).unwrap();
-        out.extend(
-            payload
-                .iter()
-                .enumerate()
-                .map(|(i, b)| b ^ [1, 2, 3, 4][i % 4]),
-        );
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
         out
     }
 
@@ -497,7 +500,7 @@ mod tests {
             other => panic!("{other:?}"),
         };
         let half = vec![b'x'; MAX_CLIENT_MESSAGE_BYTES / 2];
-        let cases: [(&[Vec<u8>], u16); 8] = [
+        let cases: [(&[Vec<u8>], u16); 11] = [
             // A continuation of nothing.
             (&[client(CONTINUE, b"x")], 1002),
             // A new message before the last one ended.
@@ -512,7 +515,18 @@ mod tests {
                 ],
                 1009,
             ),
+            (
+                &[
+                    fragment(TEXT, &half, false),
+                    fragment(CONTINUE, &half, false),
+                    client(CONTINUE, b"x"),
+                ],
+                1009,
+            ),
             (&[client(TEXT, &[b'a', 0xff])], 1007),
+            // An overlong encoding, a surrogate.
+            (&[client(TEXT, &[0xc0, 0xaf])], 1007),
+            (&[client(TEXT, &[0xed, 0xa0, 0x80])], 1007),
             // Ends inside a character, or a bad byte in a later fragment.
             (&[client(TEXT, &[0xe2, 0x82])], 1007),
             (
@@ -541,6 +555,33 @@ mod tests {
         let reason = [&[0x03, 0xe8][..], "bye \u{2713}".as_bytes()].concat();
         let close = client(OpCode::Control(Control::Close), &reason);
         assert_eq!(closed(&[close]), [0x03, 0xe8]);
+    }
+
+    #[test]
+    fn long_text_is_unmasked_in_line_and_checked_across_its_pieces() {
+        // Characters cut at the 256-byte pieces the reader unmasks in, and at the fragments.
+        let text = format!("{}\u{e9}{}", "a".repeat(255), "\u{2713}".repeat(300)).into_bytes();
+        let ping = client(OpCode::Control(Control::Ping), b"p");
+        let fragments = |text: &[u8]| {
+            vec![
+                fragment(TEXT, &text[..100], false),
+                fragment(CONTINUE, &text[100..701], false),
+                client(CONTINUE, &text[701..]),
+            ]
+        };
+        for wire in [vec![client(TEXT, &text)], fragments(&text)] {
+            let replies = replies(&[wire, vec![ping.clone()]].concat());
+            assert!(matches!(&replies[..], [Reply::Send(_)]), "{replies:?}");
+        }
+        let mut broken = text.clone();
+        broken[600] = 0xff;
+        for wire in [vec![client(TEXT, &broken)], fragments(&broken)] {
+            let replies = replies(&wire);
+            assert!(
+                matches!(&replies[..], [Reply::Close(c)] if parse(c).payload() == 1007u16.to_be_bytes()),
+                "{replies:?}"
+            );
+        }
     }
 
     mod utf8_pieces {
