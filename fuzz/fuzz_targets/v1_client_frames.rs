@@ -2,8 +2,8 @@
 //! reader (`realtime::websocket::ClientFrames`), at once and split into pieces (the input's first
 //! byte chooses how): never a panic; the same answers either way; every answer a whole, final,
 //! unmasked server frame (a pong with at most 125 bytes, or a close with no code or a code a
-//! close may carry on the wire, RFC 6455 7.4); nothing after a close. Fragments, their order, their total size and their UTF-8 are judged the same way
-//! however the bytes are split.
+//! close may carry on the wire, RFC 6455 7.4); nothing after a close. Fragments, their order,
+//! their total size and their UTF-8 are judged the same way however the bytes are split.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
