@@ -13,11 +13,16 @@
 //!   publishes it only when it changed; it also re-renders then, so a state that moves with the
 //!   clock (a scheduled close) is shown within a second. With no viewers left the task retires
 //!   its feed.
-//! - A viewer costs its connection, one `watch` receiver and two sequence numbers: no buffer and
-//!   no encoding of its own.
+//! - Every half `realtime.sse_keep_alive_secs` the task moves the frame's keep-alive clock
+//!   ([`Frame::beat`]), whatever the poll does: an event stream that has sent nothing for two of
+//!   its beats sends a comment, so proxies keep it open. One clock per poll instead of a timer per
+//!   viewer reset by every event; and since it runs on the clock, not on the poll's activity,
+//!   an embargoed stream's comments say nothing about how busy the poll is.
+//! - A viewer costs its connection, one `watch` receiver and three sequence numbers: no buffer,
+//!   no timer and no encoding of its own.
 
 use crate::broadcast::Audience;
-use crate::frame::{render, Encoded, Frame};
+use crate::frame::{render, Frame};
 use crate::{Realtime, Update};
 use bytes::Bytes;
 use results::Snapshot;
@@ -30,6 +35,9 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 /// How often the viewer count is looked at (and published when it changed).
 pub const VIEWER_COUNT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// An event stream's keep-alive: an SSE comment line.
+const KEEP_ALIVE_COMMENT: &[u8] = b":\n\n";
 
 /// The shared state of one watched poll.
 pub struct Feed {
@@ -69,6 +77,7 @@ impl Feed {
             operator,
             results_sent: 0,
             viewers_sent: 0,
+            beat: self.frames.borrow().beat,
             sent_results_last: false,
         }
     }
@@ -90,8 +99,15 @@ async fn run(
         VIEWER_COUNT_INTERVAL,
     );
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // Ticks between beats (0: none).
+    let beat_every = match rt.settings.sse_keep_alive.as_secs() {
+        0 => 0,
+        secs => (secs / 2).max(1),
+    };
+    let mut ticks = 0u64;
     let mut last_publish = Instant::now();
     loop {
+        let mut beat = false;
         let viewers = tokio::select! {
             changed = results.changed() => {
                 if changed.is_err() {
@@ -110,6 +126,8 @@ async fn run(
                 if n == 0 && rt.retire(&feed) {
                     return;
                 }
+                ticks += 1;
+                beat = beat_every > 0 && ticks.is_multiple_of(beat_every);
                 Some(n)
             }
         };
@@ -125,18 +143,21 @@ async fn run(
             .catalog
             .get(feed.poll_id)
             .unwrap_or_else(|| prev.poll.clone());
-        let next = render(
+        let mut next = render(
             Some(&prev),
             poll,
             snapshot,
             viewers.unwrap_or(prev.viewers),
             Timestamp::now(),
         );
+        next.beat += u64::from(beat);
         let moved = next.public.seq != prev.public.seq
             || next.operator.seq != prev.operator.seq
             || next.viewers_message.seq != prev.viewers_message.seq;
-        if moved {
+        if moved || beat {
             feed.frames.send_replace(Arc::new(next));
+        }
+        if moved {
             feed.ws.sweep(&rt, &feed);
         }
     }
@@ -146,6 +167,8 @@ async fn run(
 enum Change {
     Results(Arc<Frame>),
     Viewers(Arc<Frame>),
+    /// Two beats of the feed's keep-alive clock without a message.
+    KeepAlive,
 }
 
 /// A live client's view of one poll: counted as a viewer until dropped.
@@ -157,6 +180,8 @@ pub struct Subscription {
     operator: bool,
     results_sent: u64,
     viewers_sent: u64,
+    /// The keep-alive clock's beat when this viewer was last sent something.
+    beat: u64,
     /// The last message sent was results (a new count then goes first, so a viewer that is
     /// always behind on results still hears the count).
     sent_results_last: bool,
@@ -177,9 +202,10 @@ impl Subscription {
 
     /// The next message this viewer has not been sent: the results at once on the first call,
     /// then the viewer count, then whatever the feed publishes next (results first, unless the
-    /// count changed and results went last). Cancel-safe: a call dropped before it returns loses
+    /// count changed and results went last); with `keep_alive`, a keep-alive once the feed's
+    /// clock has beaten twice since the last. Cancel-safe: a call dropped before it returns loses
     /// nothing.
-    async fn next_change(&mut self) -> Change {
+    async fn next_change(&mut self, keep_alive: bool) -> Change {
         loop {
             let frame = self.frames.borrow_and_update().clone();
             let results = frame.results(self.operator).seq != self.results_sent;
@@ -187,12 +213,18 @@ impl Subscription {
             if results && !(viewers && self.sent_results_last) {
                 self.results_sent = frame.results(self.operator).seq;
                 self.sent_results_last = true;
+                self.beat = frame.beat;
                 return Change::Results(frame);
             }
             if viewers {
                 self.viewers_sent = frame.viewers_message.seq;
                 self.sent_results_last = false;
+                self.beat = frame.beat;
                 return Change::Viewers(frame);
+            }
+            if keep_alive && frame.beat >= self.beat + 2 {
+                self.beat = frame.beat;
+                return Change::KeepAlive;
             }
             if self.frames.changed().await.is_err() {
                 // The feed outlives its subscriptions; this is never reached.
@@ -201,27 +233,26 @@ impl Subscription {
         }
     }
 
-    async fn next_message(&mut self) -> Encoded {
-        let operator = self.operator;
-        let message = match self.next_change().await {
-            Change::Results(f) => f.results(operator).message.clone(),
-            Change::Viewers(f) => f.viewers_message.message.clone(),
+    /// The next Server-Sent Event, encoded, or a keep-alive comment (cancel-safe).
+    pub async fn next_sse(&mut self) -> Bytes {
+        let event = match self.next_change(true).await {
+            Change::Results(f) => f.results(self.operator).message.sse(),
+            Change::Viewers(f) => f.viewers_message.message.sse(),
+            Change::KeepAlive => return Bytes::from_static(KEEP_ALIVE_COMMENT),
         };
         self.rt.messages_sent.fetch_add(1, Ordering::Relaxed);
-        message
-    }
-
-    /// The next Server-Sent Event, encoded (cancel-safe).
-    pub async fn next_sse(&mut self) -> Bytes {
-        self.next_message().await.sse()
+        event
     }
 
     /// The next update as values, for clients that speak another format (the old API's socket).
     /// Cancel-safe.
     pub async fn next(&mut self) -> Update {
-        let update = match self.next_change().await {
-            Change::Results(f) => Update::Results(f.poll.clone(), f.snapshot.clone()),
-            Change::Viewers(f) => Update::Viewers(f.viewers),
+        let update = loop {
+            match self.next_change(false).await {
+                Change::Results(f) => break Update::Results(f.poll.clone(), f.snapshot.clone()),
+                Change::Viewers(f) => break Update::Viewers(f.viewers),
+                Change::KeepAlive => {}
+            }
         };
         self.rt.messages_sent.fetch_add(1, Ordering::Relaxed);
         update

@@ -100,6 +100,9 @@ pub struct Frame {
     pub viewers: u64,
     /// `{"type":"viewers","count":n}`
     pub viewers_message: Versioned,
+    /// The feed's keep-alive clock: moves every half keep-alive interval, whatever the poll does
+    /// ([`crate::feed`]).
+    pub beat: u64,
 }
 
 impl Frame {
@@ -173,6 +176,7 @@ pub fn render(
         operator,
         viewers,
         viewers_message,
+        beat: prev.map_or(0, |p| p.beat),
     }
 }
 

@@ -77,6 +77,8 @@ pub struct Settings {
     pub fanout_threads: usize,
     /// How much lower their priority is (Linux nice levels).
     pub fanout_nice: i32,
+    /// An event stream quiet for this long gets a comment line ([`feed`]); zero: none.
+    pub sse_keep_alive: Duration,
 }
 
 impl Settings {

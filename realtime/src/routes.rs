@@ -12,13 +12,11 @@ use axum::http::{header, HeaderMap, HeaderName};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Router};
-use bytes::Bytes;
 use edge::access::KeyQuery;
 use edge::ApiError;
 use schemas::PollId;
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
 pub fn router(rt: Arc<Realtime>) -> Router {
     Router::new()
@@ -105,9 +103,6 @@ pub fn lean(upgrade: WebSocketUpgrade) -> WebSocketUpgrade {
         .write_buffer_size(0)
 }
 
-/// How often an idle event stream gets a comment line, so proxies keep it open.
-const SSE_KEEP_ALIVE: Duration = Duration::from_secs(15);
-
 async fn sse(
     State(rt): State<Arc<Realtime>>,
     Path(id): Path<String>,
@@ -135,10 +130,8 @@ async fn sse(
         if let Some(live) = &live {
             live.writable().await;
         }
-        let event = tokio::select! {
-            event = sub.next_sse() => event,
-            _ = tokio::time::sleep(SSE_KEEP_ALIVE) => Bytes::from_static(b":\n\n"),
-        };
+        // Events, and a comment when the stream has been quiet (see `crate::feed`).
+        let event = sub.next_sse().await;
         Some((Ok::<_, Infallible>(event), (sub, live)))
     });
     Ok((

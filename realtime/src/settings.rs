@@ -34,6 +34,9 @@ pub struct RealtimeSection {
     /// How many nice levels lower the fan-out threads run than the rest of the node, so votes
     /// get the cores first and viewers skip frames when there is not enough left (0: the same).
     pub fanout_nice: i32,
+    /// An event stream that sends nothing for this long (whole seconds, at least 2) gets a comment
+    /// line, so proxies keep it open; sent after between half this and this of quiet (0: none).
+    pub sse_keep_alive_secs: u64,
 }
 
 impl RealtimeSection {
@@ -46,6 +49,7 @@ impl RealtimeSection {
             socket_send_buffer: self.socket_send_buffer_bytes,
             fanout_threads: self.fanout_threads,
             fanout_nice: self.fanout_nice,
+            sse_keep_alive: Duration::from_secs(self.sse_keep_alive_secs),
         }
     }
 }
@@ -61,6 +65,7 @@ impl Default for RealtimeSection {
             socket_send_buffer_bytes: 8_192,
             fanout_threads: 1,
             fanout_nice: 10,
+            sse_keep_alive_secs: 15,
         }
     }
 }

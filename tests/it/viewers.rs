@@ -2,9 +2,9 @@
 //! once for both transports, the viewer count as news at most once a second, a feed retired with
 //! its last viewer. (What a viewer costs and how fast they are served: BENCHMARKS.md.)
 
-use crate::helpers::{close_code, spawn_app, TestApp};
+use crate::helpers::{close_code, spawn_app, spawn_app_with, TestApp, KEY};
 use futures::StreamExt;
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -389,4 +389,64 @@ async fn an_event_source_on_its_own_connection_is_framed_answered_and_let_go() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// An event stream that has had nothing to send for two beats of its poll's keep-alive clock
+/// (half `realtime.sse_keep_alive_secs` apart) gets a comment line: the public's stream of an
+/// embargoed poll too while votes flow, since the clock keeps to time, not to the poll; a stream
+/// with news gets none.
+#[tokio::test]
+async fn a_quiet_event_stream_gets_a_comment_on_its_polls_clock_and_a_busy_one_does_not() {
+    let app = spawn_app_with(|c| c.realtime.sse_keep_alive_secs = 2).await;
+    let (status, body) = app
+        .call(
+            "POST",
+            "/v1/polls",
+            Some(json!({"title": "Quiet", "options": ["A", "B"], "open": true, "visibility": "on_reveal"})),
+            true,
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let poll = body["id"].as_i64().unwrap();
+    let stream = |operator: bool| {
+        let mut req = reqwest::Client::new().get(app.url(&format!("/v1/polls/{poll}/sse")));
+        if operator {
+            req = req.bearer_auth(KEY);
+        }
+        req.send()
+    };
+    let (mut public, mut operator) = (stream(false).await.unwrap(), stream(true).await.unwrap());
+    let (mut public_text, mut operator_text) = (String::new(), String::new());
+    // Votes for 5 s (two beats a second apart: a comment at most every 2 s).
+    let start = Instant::now();
+    let mut votes = 0;
+    while start.elapsed() < Duration::from_secs(5) {
+        assert_eq!(app.vote(poll, votes % 2, &format!("q{votes}")).await.0, 202);
+        votes += 1;
+        for (sse, text) in [
+            (&mut public, &mut public_text),
+            (&mut operator, &mut operator_text),
+        ] {
+            while let Ok(chunk) = tokio::time::timeout(Duration::from_millis(20), sse.chunk()).await
+            {
+                let chunk = chunk.unwrap().expect("the stream ended");
+                text.push_str(std::str::from_utf8(&chunk).unwrap());
+            }
+        }
+    }
+    let count = |text: &str, what: &str| text.split("\n\n").filter(|e| e.starts_with(what)).count();
+    let comments = |text: &str| text.split("\n\n").filter(|e| *e == ":").count();
+    assert_eq!(count(&public_text, "event: results"), 1, "{public_text}");
+    assert!(
+        (1..=3).contains(&comments(&public_text)),
+        "{} comments in 5 s: {public_text}",
+        comments(&public_text)
+    );
+    assert!(
+        count(&operator_text, "event: results") > 5,
+        "{operator_text}"
+    );
+    assert_eq!(comments(&operator_text), 0, "{operator_text}");
+    app.wait_counts(poll, &[(votes + 1) / 2, votes / 2], 10)
+        .await;
 }
