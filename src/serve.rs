@@ -83,6 +83,8 @@ pub struct App {
     pub http_metrics: Arc<HttpMetrics>,
     /// The ingest edge's read gate, when this node takes votes and pauses reads.
     read_gate: Option<Arc<ReadGate>>,
+    /// The realtime service's viewers' runtime, when this node serves viewers.
+    event_streams: Option<tokio::runtime::Handle>,
     shutdown: ShutdownTrigger,
     tasks: Vec<JoinHandle<()>>,
     processor: Option<Processor>,
@@ -310,6 +312,8 @@ pub async fn start_roles(config: Config, roles: Roles) -> anyhow::Result<App> {
             Some(realtime)
         }
     };
+    // Event streams are written where WebSocket viewers are, below the vote path's priority.
+    let event_streams = realtime.as_ref().map(|rt| rt.fanout.handle().clone());
     if roles.query {
         router = router.merge(query::start(query::QueryState {
             catalog: catalog.clone(),
@@ -350,6 +354,7 @@ pub async fn start_roles(config: Config, roles: Roles) -> anyhow::Result<App> {
         read_gate: ingest
             .map(|i| i.admission.read_gate.clone())
             .filter(|g| g.enabled()),
+        event_streams,
         shutdown,
         tasks,
         processor,
@@ -385,8 +390,11 @@ pub async fn run_roles(
         app.router.clone(),
         &app.config.http,
         app.http_metrics.clone(),
-        roles.ingest,
-        app.read_gate.clone(),
+        edge::listener::Options {
+            stamp_arrivals: roles.ingest,
+            read_gate: app.read_gate.clone(),
+            event_streams: app.event_streams.clone(),
+        },
         shutdown,
     )
     .await;

@@ -16,6 +16,8 @@
 //! - A new connection whose first request is a whole `GET` asking for `text/event-stream` (a
 //!   browser's `EventSource`) is served without hyper's connection buffers (`event_stream.rs`
 //!   peeks at it; the same router answers it): an SSE viewer costs a few KiB, not hyper's 16.
+//!   Once answered, the stream is written on the runtime the node names
+//!   ([`Options::event_streams`]: the viewers', below the vote path's priority).
 //! - A write the client does not take within `http.write_stall_timeout_ms` ends the connection,
 //!   whatever it carries (a response, an event stream, a WebSocket): a client that stops reading
 //!   holds its socket and buffers for at most that long.
@@ -63,6 +65,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -267,16 +270,32 @@ pub fn body_read_timeout(router: Router, limits: &HttpLimits) -> Router {
     ))
 }
 
+/// What a node's roles ask of its listener beyond the limits.
+#[derive(Default)]
+pub struct Options {
+    /// The node takes votes: have the kernel stamp what each connection receives ([`Arrival`]).
+    pub stamp_arrivals: bool,
+    /// The ingest edge's gate on reads that start a request ([`read_gate`]).
+    pub read_gate: Option<Arc<ReadGate>>,
+    /// The runtime event streams are written on once answered (the viewers' runtime, below the
+    /// vote path's priority); `None`: the connection's own.
+    pub event_streams: Option<Handle>,
+}
+
 /// Serves `router` on `listener` until `shutdown` resolves, within `limits`.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: &HttpLimits,
     metrics: Arc<HttpMetrics>,
-    stamp_arrivals: bool,
-    read_gate: Option<Arc<ReadGate>>,
+    options: Options,
     shutdown: impl Future<Output = ()> + Send,
 ) {
+    let Options {
+        stamp_arrivals,
+        read_gate,
+        event_streams,
+    } = options;
     let open_files = rlimit::getrlimit(rlimit::Resource::NOFILE)
         .map(|(soft, _)| soft)
         .unwrap_or(1024);
@@ -359,6 +378,7 @@ pub async fn serve(
             })
             .flatten();
         let (http, router, read_gate) = (http.clone(), router.clone(), read_gate.clone());
+        let event_streams = event_streams.clone();
         let header_read_timeout = Duration::from_millis(limits.header_read_timeout_ms);
         let (metrics, mut stopping) = (metrics.clone(), stopping.clone());
         connections.spawn(async move {
@@ -384,7 +404,8 @@ pub async fn serve(
                 Sniffed::EventStream(request) => {
                     metrics.event_streams.fetch_add(1, Ordering::Relaxed);
                     let answer = event_stream::answer(router, request, ConnectInfo(peer), live);
-                    return event_stream::serve(admitted, answer, stopping).await;
+                    let streams = event_streams.as_ref();
+                    return event_stream::serve(admitted, answer, stopping, streams).await;
                 }
                 Sniffed::Silent => {
                     metrics.header_timeouts.fetch_add(1, Ordering::Relaxed);
@@ -532,8 +553,7 @@ mod tests {
                 Router::new(),
                 &limits,
                 metrics,
-                false,
-                None,
+                Options::default(),
                 stopped,
             )
             .await
@@ -551,6 +571,63 @@ mod tests {
             matches!(read, Ok(Ok(0)) | Ok(Err(_))),
             "still open: {read:?}"
         );
+    }
+
+    /// Once answered, an event stream is written on the runtime the node names (the viewers',
+    /// below the vote path's priority), not on the connection's.
+    #[tokio::test]
+    async fn an_event_stream_is_written_on_the_runtime_the_node_names() {
+        use axum::body::Body;
+        use axum::http::header;
+        let viewers = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("viewers-runtime")
+            .enable_all()
+            .build()
+            .unwrap();
+        // Each event names the thread that made it.
+        let events = || async {
+            let event = futures::stream::once(async {
+                let thread = std::thread::current().name().unwrap_or("?").to_owned();
+                Ok::<_, std::convert::Infallible>(format!("data: {thread}\n\n"))
+            });
+            let pending = futures::stream::pending();
+            let body = Body::from_stream(futures::StreamExt::chain(event, pending));
+            ([(header::CONTENT_TYPE, "text/event-stream")], body)
+        };
+        let router = Router::new().route("/events", axum::routing::get(events));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let options = Options {
+            event_streams: Some(viewers.handle().clone()),
+            ..Options::default()
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            let (limits, metrics) = (HttpLimits::default(), Arc::new(HttpMetrics::default()));
+            let stopped = async { drop(stopped.await) };
+            serve(listener, router, &limits, metrics, options, stopped).await
+        });
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        let request = "GET /events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n";
+        client.write_all(request.as_bytes()).await.unwrap();
+        let mut got = String::new();
+        let mut buf = [0u8; 1024];
+        while !got.contains("\n\n\r\n") {
+            let n = tokio::time::timeout(Duration::from_secs(5), client.read(&mut buf))
+                .await
+                .expect("no event")
+                .unwrap();
+            assert!(n > 0, "closed: {got}");
+            got.push_str(std::str::from_utf8(&buf[..n]).unwrap());
+        }
+        assert!(got.contains("data: viewers-runtime\n"), "{got}");
+        stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .unwrap()
+            .unwrap();
+        viewers.shutdown_background();
     }
 
     #[test]

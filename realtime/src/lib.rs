@@ -14,7 +14,8 @@
 //! - [`routes`]: `GET /v1/polls/{id}/ws` and `GET /v1/polls/{id}/sse`, and the deadline a client
 //!   has to take each message.
 //! - [`start`]: the service starting itself (fan-out runtime, metrics, routes).
-//! - [`fanout`]: the runtime WebSocket viewers are served on, at a lower priority than votes.
+//! - [`fanout`]: the runtime WebSocket viewers and event streams are served on, at a lower
+//!   priority than votes.
 //! - [`metrics`]: the service's collector for `/metrics` (`crowdtick_realtime_*`).
 //! - [`settings`]: the [`RealtimeSection`], `[realtime]` settings as written, and the
 //!   [`Settings`] they become.

@@ -29,7 +29,8 @@ pub struct RealtimeSection {
     /// The kernel send buffer of each live socket (SO_SNDBUF; Linux doubles it): small, so a
     /// slow viewer is behind by little more than one frame; 0: the kernel's own (autotuned).
     pub socket_send_buffer_bytes: u32,
-    /// Threads that serve WebSocket viewers, apart from the vote path (0: share its runtime).
+    /// Threads that serve WebSocket viewers and event streams, apart from the vote path (0: share
+    /// its runtime).
     pub fanout_threads: usize,
     /// How many nice levels lower the fan-out threads run than the rest of the node, so votes
     /// get the cores first and viewers skip frames when there is not enough left (0: the same).

@@ -22,6 +22,7 @@ use std::pin::Pin;
 use std::time::{Duration, SystemTime};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tower::util::Oneshot;
 use tower::ServiceExt;
@@ -116,8 +117,14 @@ pub(super) fn answer(
 }
 
 /// Serves the router's `answer` on `io`: an event stream until it ends, the client leaves or the
-/// node stops (`stopping`); any other answer whole. The connection closes after.
-pub(super) async fn serve(mut io: Admitted, answer: Answer, mut stopping: watch::Receiver<bool>) {
+/// node stops (`stopping`), on the runtime `streams` when given (a task of its own there; this
+/// one returns once the stream has started); any other answer whole. The connection closes after.
+pub(super) async fn serve(
+    mut io: Admitted,
+    answer: Answer,
+    stopping: watch::Receiver<bool>,
+    streams: Option<&Handle>,
+) {
     let response = match answer.await {
         Ok(response) => response,
         Err(never) => match never {},
@@ -126,21 +133,38 @@ pub(super) async fn serve(mut io: Admitted, answer: Answer, mut stopping: watch:
     let streaming = parts.status == StatusCode::OK
         && (parts.headers.get(header::CONTENT_TYPE))
             .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-    let ended = if streaming {
+    if streaming {
         let head = response_head(parts.status, &parts.headers, None);
         // The head is all a stream needs of the response's headers: their map (some 600 bytes)
         // is not held while the viewer watches.
         drop(parts);
-        match io.write_all(&head).await {
-            Ok(()) => {
-                drop(head);
-                stream_body(&mut io, body, &mut stopping).await
-            }
-            Err(e) => Err(e),
+        let stream = send_stream(io, head, body, stopping);
+        match streams {
+            Some(runtime) => drop(runtime.spawn(stream)),
+            None => stream.await,
         }
     } else {
         // Boxed: a stream's task is not sized by what only an error's answer needs.
-        Box::pin(whole_response(&mut io, parts.status, &parts.headers, body)).await
+        let ended = Box::pin(whole_response(&mut io, parts.status, &parts.headers, body)).await;
+        if let Err(e) = ended {
+            tracing::debug!(error = %e, "an event stream's connection ended with an error");
+        }
+    }
+}
+
+/// An event stream's `head`, then its `body` until it ends, the client leaves or the node stops.
+async fn send_stream(
+    mut io: Admitted,
+    head: Vec<u8>,
+    body: Body,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let ended = match io.write_all(&head).await {
+        Ok(()) => {
+            drop(head);
+            stream_body(&mut io, body, &mut stopping).await
+        }
+        Err(e) => Err(e),
     };
     if let Err(e) = ended {
         tracing::debug!(error = %e, "an event stream's connection ended with an error");
