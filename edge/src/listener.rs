@@ -34,7 +34,8 @@
 //!   is freed when the socket closes: viewers count against the caps.
 //!
 //! On shutdown the loop stops accepting, lets each connection finish the request in flight, and
-//! closes what is still busy (live streams) after a grace period.
+//! closes what is still busy (live streams) after a grace period (an event stream handed to
+//! another runtime is waited for as long, and ends with that runtime).
 
 mod admitted;
 pub mod arrival;
@@ -52,7 +53,7 @@ pub use read_gate::ReadGate;
 use admitted::Admitted;
 use axum::extract::ConnectInfo;
 use axum::Router;
-use event_stream::Sniffed;
+use event_stream::{HandOff, Sniffed};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use parking_lot::Mutex;
@@ -68,6 +69,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tokio_util::task::TaskTracker;
 
 /// Limits on every HTTP connection of a node (`[http]` in the configuration).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -278,7 +280,8 @@ pub struct Options {
     /// The ingest edge's gate on reads that start a request ([`read_gate`]).
     pub read_gate: Option<Arc<ReadGate>>,
     /// The runtime event streams are written on once answered (the viewers' runtime, below the
-    /// vote path's priority); `None`: the connection's own.
+    /// vote path's priority); `None`: the connection's own. Shutdown waits for them as for
+    /// connections, for the grace period; one still busy after it ends when that runtime does.
     pub event_streams: Option<Handle>,
 }
 
@@ -336,6 +339,9 @@ pub async fn serve(
         .flatten();
     let (stop, stopping) = watch::channel(false);
     let mut connections = JoinSet::new();
+    // Event streams written on another runtime (`Options::event_streams`), waited for on shutdown
+    // as connections are.
+    let handed_off = TaskTracker::new();
     let mut last_descriptor_warning: Option<Instant> = None;
     tokio::pin!(shutdown);
     loop {
@@ -378,7 +384,7 @@ pub async fn serve(
             })
             .flatten();
         let (http, router, read_gate) = (http.clone(), router.clone(), read_gate.clone());
-        let event_streams = event_streams.clone();
+        let (event_streams, handed_off) = (event_streams.clone(), handed_off.clone());
         let header_read_timeout = Duration::from_millis(limits.header_read_timeout_ms);
         let (metrics, mut stopping) = (metrics.clone(), stopping.clone());
         connections.spawn(async move {
@@ -404,8 +410,11 @@ pub async fn serve(
                 Sniffed::EventStream(request) => {
                     metrics.event_streams.fetch_add(1, Ordering::Relaxed);
                     let answer = event_stream::answer(router, request, ConnectInfo(peer), live);
-                    let streams = event_streams.as_ref();
-                    return event_stream::serve(admitted, answer, stopping, streams).await;
+                    let hand_off = event_streams.as_ref().map(|runtime| HandOff {
+                        runtime,
+                        tracker: &handed_off,
+                    });
+                    return event_stream::serve(admitted, answer, stopping, hand_off).await;
                 }
                 Sniffed::Silent => {
                     metrics.header_timeouts.fetch_add(1, Ordering::Relaxed);
@@ -447,15 +456,19 @@ pub async fn serve(
         watch.abort();
     }
     let _ = stop.send(true);
+    handed_off.close();
     let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
         while connections.join_next().await.is_some() {}
+        handed_off.wait().await;
     })
     .await;
     if drained.is_err() {
         tracing::info!(
-            open = connections.len(),
+            open = connections.len() + handed_off.len(),
             "connections still busy after the shutdown grace period (live streams); closing them"
         );
+        // Event streams handed off to another runtime end with it (the realtime service's, when
+        // the node drops it).
         connections.abort_all();
     }
 }
@@ -622,11 +635,19 @@ mod tests {
             got.push_str(std::str::from_utf8(&buf[..n]).unwrap());
         }
         assert!(got.contains("data: viewers-runtime\n"), "{got}");
+        // Stopping ends the stream cleanly, and the listener returns only once it has ended.
         stop.send(()).unwrap();
         tokio::time::timeout(Duration::from_secs(5), server)
             .await
             .unwrap()
             .unwrap();
+        let mut rest = String::new();
+        let end = client.read_to_string(&mut rest);
+        tokio::time::timeout(Duration::from_secs(1), end)
+            .await
+            .expect("the stream was not closed")
+            .unwrap();
+        assert!(rest.ends_with("0\r\n\r\n"), "{rest:?}");
         viewers.shutdown_background();
     }
 

@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 /// How often the viewer count is looked at (and published when it changed).
 pub const VIEWER_COUNT_INTERVAL: Duration = Duration::from_secs(1);
@@ -99,42 +99,53 @@ async fn run(
         VIEWER_COUNT_INTERVAL,
     );
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    // Ticks between beats (0: none).
-    let beat_every = match rt.settings.sse_keep_alive.as_secs() {
-        0 => 0,
-        secs => (secs / 2).max(1),
-    };
-    let mut ticks = 0u64;
+    // The keep-alive clock beats on its own interval, from the feed's start: nothing the poll
+    // does moves it, nor holds it up (it goes first, and a change's coalescing wait is a branch
+    // here too).
+    let mut beats = (!rt.settings.sse_keep_alive.is_zero()).then(|| {
+        let half = rt.settings.sse_keep_alive / 2;
+        let mut beats = tokio::time::interval_at(Instant::now() + half, half);
+        beats.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        beats
+    });
     let mut last_publish = Instant::now();
+    // A change seen, to be rendered at the end of its coalescing interval.
+    let mut due: Option<Instant> = None;
     loop {
-        let mut beat = false;
         let viewers = tokio::select! {
-            changed = results.changed() => {
+            biased;
+            _ = next_beat(&mut beats) => {
+                let mut next = Frame::clone(&feed.latest());
+                next.beat += 1;
+                feed.frames.send_replace(Arc::new(next));
+                continue;
+            }
+            _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => None,
+            changed = results.changed(), if due.is_none() => {
                 if changed.is_err() {
                     std::future::pending::<()>().await;
                 }
-                None
+                let audience = rt.connections.load(Ordering::Relaxed);
+                due = Some(last_publish + rt.settings.coalesce_for(audience));
+                continue;
             }
-            changed = polls.changed() => {
+            changed = polls.changed(), if due.is_none() => {
                 if changed.is_err() {
                     std::future::pending::<()>().await;
                 }
-                None
+                let audience = rt.connections.load(Ordering::Relaxed);
+                due = Some(last_publish + rt.settings.coalesce_for(audience));
+                continue;
             }
-            _ = tick.tick() => {
+            _ = tick.tick(), if due.is_none() => {
                 let n = feed.viewers.load(Ordering::Relaxed);
                 if n == 0 && rt.retire(&feed) {
                     return;
                 }
-                ticks += 1;
-                beat = beat_every > 0 && ticks.is_multiple_of(beat_every);
                 Some(n)
             }
         };
-        if viewers.is_none() {
-            let audience = rt.connections.load(Ordering::Relaxed);
-            tokio::time::sleep_until(last_publish + rt.settings.coalesce_for(audience)).await;
-        }
+        due = None;
         last_publish = Instant::now();
         polls.mark_unchanged();
         let snapshot = results.borrow_and_update().clone();
@@ -143,23 +154,28 @@ async fn run(
             .catalog
             .get(feed.poll_id)
             .unwrap_or_else(|| prev.poll.clone());
-        let mut next = render(
+        let next = render(
             Some(&prev),
             poll,
             snapshot,
             viewers.unwrap_or(prev.viewers),
             Timestamp::now(),
         );
-        next.beat += u64::from(beat);
         let moved = next.public.seq != prev.public.seq
             || next.operator.seq != prev.operator.seq
             || next.viewers_message.seq != prev.viewers_message.seq;
-        if moved || beat {
-            feed.frames.send_replace(Arc::new(next));
-        }
         if moved {
+            feed.frames.send_replace(Arc::new(next));
             feed.ws.sweep(&rt, &feed);
         }
+    }
+}
+
+/// The keep-alive clock's next beat; never, without one.
+async fn next_beat(beats: &mut Option<Interval>) {
+    match beats {
+        Some(beats) => drop(beats.tick().await),
+        None => std::future::pending().await,
     }
 }
 

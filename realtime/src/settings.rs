@@ -35,8 +35,9 @@ pub struct RealtimeSection {
     /// How many nice levels lower the fan-out threads run than the rest of the node, so votes
     /// get the cores first and viewers skip frames when there is not enough left (0: the same).
     pub fanout_nice: i32,
-    /// An event stream that sends nothing for this long (whole seconds, at least 2) gets a comment
-    /// line, so proxies keep it open; sent after between half this and this of quiet (0: none).
+    /// An event stream that sends nothing for this long gets a comment line, so proxies keep it
+    /// open: the poll's keep-alive clock beats every half this, and a stream quiet for two beats
+    /// (between half this and this) sends it (0: none).
     pub sse_keep_alive_secs: u64,
 }
 

@@ -393,11 +393,16 @@ async fn an_event_source_on_its_own_connection_is_framed_answered_and_let_go() {
 
 /// An event stream that has had nothing to send for two beats of its poll's keep-alive clock
 /// (half `realtime.sse_keep_alive_secs` apart) gets a comment line: the public's stream of an
-/// embargoed poll too while votes flow, since the clock keeps to time, not to the poll; a stream
-/// with news gets none.
+/// embargoed poll too while votes flow, every `sse_keep_alive_secs`, the votes and their
+/// coalescing waits (made long here) neither hurrying nor holding up the clock; a stream with
+/// news gets none.
 #[tokio::test]
 async fn a_quiet_event_stream_gets_a_comment_on_its_polls_clock_and_a_busy_one_does_not() {
-    let app = spawn_app_with(|c| c.realtime.sse_keep_alive_secs = 2).await;
+    let app = spawn_app_with(|c| {
+        c.realtime.sse_keep_alive_secs = 2;
+        (c.realtime.coalesce_ms, c.realtime.min_coalesce_ms) = (400, 400);
+    })
+    .await;
     let (status, body) = app
         .call(
             "POST",
@@ -415,32 +420,44 @@ async fn a_quiet_event_stream_gets_a_comment_on_its_polls_clock_and_a_busy_one_d
         }
         req.send()
     };
-    let (mut public, mut operator) = (stream(false).await.unwrap(), stream(true).await.unwrap());
-    let (mut public_text, mut operator_text) = (String::new(), String::new());
-    // Votes for 5 s (two beats a second apart: a comment at most every 2 s).
+    let (public, operator) = (stream(false).await.unwrap(), stream(true).await.unwrap());
+    // Each stream read by a task of its own, which notes when each comment arrived.
+    let read_for = |mut sse: reqwest::Response, secs: u64| {
+        tokio::spawn(async move {
+            let until = Instant::now() + Duration::from_secs(secs);
+            let (mut text, mut comments_at) = (String::new(), Vec::new());
+            while let Ok(chunk) = tokio::time::timeout_at(until, sse.chunk()).await {
+                let chunk = chunk.unwrap().expect("the stream ended");
+                let before = comments(&text);
+                text.push_str(std::str::from_utf8(&chunk).unwrap());
+                comments_at.extend((before..comments(&text)).map(|_| Instant::now()));
+            }
+            (text, comments_at)
+        })
+    };
+    let (public, operator) = (read_for(public, 7), read_for(operator, 7));
+    // Votes for 7 s.
     let start = Instant::now();
     let mut votes = 0;
-    while start.elapsed() < Duration::from_secs(5) {
+    while start.elapsed() < Duration::from_secs(7) {
         assert_eq!(app.vote(poll, votes % 2, &format!("q{votes}")).await.0, 202);
         votes += 1;
-        for (sse, text) in [
-            (&mut public, &mut public_text),
-            (&mut operator, &mut operator_text),
-        ] {
-            while let Ok(chunk) = tokio::time::timeout(Duration::from_millis(20), sse.chunk()).await
-            {
-                let chunk = chunk.unwrap().expect("the stream ended");
-                text.push_str(std::str::from_utf8(&chunk).unwrap());
-            }
-        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    let (public_text, comments_at) = public.await.unwrap();
+    let (operator_text, _) = operator.await.unwrap();
     let count = |text: &str, what: &str| text.split("\n\n").filter(|e| e.starts_with(what)).count();
-    let comments = |text: &str| text.split("\n\n").filter(|e| *e == ":").count();
     assert_eq!(count(&public_text, "event: results"), 1, "{public_text}");
     assert!(
-        (1..=3).contains(&comments(&public_text)),
-        "{} comments in 5 s: {public_text}",
-        comments(&public_text)
+        comments_at.len() >= 2,
+        "{} comments in 7 s: {public_text}",
+        comments_at.len()
+    );
+    let gaps: Vec<_> = comments_at.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(
+        gaps.iter()
+            .all(|g| (1_700..=2_300).contains(&g.as_millis())),
+        "comments {gaps:?} apart, not every 2 s"
     );
     assert!(
         count(&operator_text, "event: results") > 5,
@@ -449,4 +466,10 @@ async fn a_quiet_event_stream_gets_a_comment_on_its_polls_clock_and_a_busy_one_d
     assert_eq!(comments(&operator_text), 0, "{operator_text}");
     app.wait_counts(poll, &[(votes + 1) / 2, votes / 2], 10)
         .await;
+}
+
+/// The comment lines (`:`) among the complete events of an event stream's `text`.
+fn comments(text: &str) -> usize {
+    let whole = text.rfind("\n\n").map_or("", |end| &text[..end + 2]);
+    whole.split("\n\n").filter(|e| *e == ":").count()
 }

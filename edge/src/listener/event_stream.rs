@@ -24,6 +24,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::runtime::Handle;
 use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
 use tower::util::Oneshot;
 use tower::ServiceExt;
 
@@ -116,14 +117,21 @@ pub(super) fn answer(
     Box::pin(router.oneshot(request.map(|()| Body::empty())))
 }
 
+/// Where event streams are written once answered: a task on another runtime, tracked so the
+/// listener's shutdown waits for it.
+pub(super) struct HandOff<'a> {
+    pub runtime: &'a Handle,
+    pub tracker: &'a TaskTracker,
+}
+
 /// Serves the router's `answer` on `io`: an event stream until it ends, the client leaves or the
-/// node stops (`stopping`), on the runtime `streams` when given (a task of its own there; this
-/// one returns once the stream has started); any other answer whole. The connection closes after.
+/// node stops (`stopping`), handed off when `hand_off` says where (this task returns once it
+/// has); any other answer whole. The connection closes after.
 pub(super) async fn serve(
     mut io: Admitted,
     answer: Answer,
     stopping: watch::Receiver<bool>,
-    streams: Option<&Handle>,
+    hand_off: Option<HandOff<'_>>,
 ) {
     let response = match answer.await {
         Ok(response) => response,
@@ -139,8 +147,8 @@ pub(super) async fn serve(
         // is not held while the viewer watches.
         drop(parts);
         let stream = send_stream(io, head, body, stopping);
-        match streams {
-            Some(runtime) => drop(runtime.spawn(stream)),
+        match hand_off {
+            Some(to) => drop(to.tracker.spawn_on(stream, to.runtime)),
             None => stream.await,
         }
     } else {
