@@ -120,6 +120,15 @@ async fn run(
                 feed.frames.send_replace(Arc::new(next));
                 continue;
             }
+            // Before the changes: a poll that never stops changing still has its count looked
+            // at, and its feed retired with its last viewer.
+            _ = tick.tick(), if due.is_none() => {
+                let n = feed.viewers.load(Ordering::Relaxed);
+                if n == 0 && rt.retire(&feed) {
+                    return;
+                }
+                Some(n)
+            }
             _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => None,
             changed = results.changed(), if due.is_none() => {
                 if changed.is_err() {
@@ -136,13 +145,6 @@ async fn run(
                 let audience = rt.connections.load(Ordering::Relaxed);
                 due = Some(last_publish + rt.settings.coalesce_for(audience));
                 continue;
-            }
-            _ = tick.tick(), if due.is_none() => {
-                let n = feed.viewers.load(Ordering::Relaxed);
-                if n == 0 && rt.retire(&feed) {
-                    return;
-                }
-                Some(n)
             }
         };
         due = None;

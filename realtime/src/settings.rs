@@ -37,7 +37,7 @@ pub struct RealtimeSection {
     pub fanout_nice: i32,
     /// An event stream that sends nothing for this long gets a comment line, so proxies keep it
     /// open: the poll's keep-alive clock beats every half this, and a stream quiet for two beats
-    /// (between half this and this) sends it (0: none).
+    /// (between half this and this) sends it (0: none; at most a day).
     pub sse_keep_alive_secs: u64,
 }
 
@@ -51,7 +51,8 @@ impl RealtimeSection {
             socket_send_buffer: self.socket_send_buffer_bytes,
             fanout_threads: self.fanout_threads,
             fanout_nice: self.fanout_nice,
-            sse_keep_alive: Duration::from_secs(self.sse_keep_alive_secs),
+            // At most a day: the feed's clock counts from now.
+            sse_keep_alive: Duration::from_secs(self.sse_keep_alive_secs.min(86_400)),
         }
     }
 }
