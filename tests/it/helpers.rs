@@ -257,6 +257,20 @@ impl TestApp {
 }
 
 /// The value of a metric without labels in `GET {base}/metrics` (panics if it is not exported).
+/// Creates an open poll with `visibility`; returns its id.
+pub async fn poll_with(app: &TestApp, visibility: &str, options: &[&str]) -> i64 {
+    let (status, body) = app
+        .call(
+            "POST",
+            "/v1/polls",
+            Some(json!({"title": "Who stays?", "options": options, "open": true, "visibility": visibility})),
+            true,
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    body["id"].as_i64().unwrap()
+}
+
 pub async fn metric_at(client: &reqwest::Client, base: &str, name: &str) -> u64 {
     let text = client
         .get(format!("{base}/metrics"))

@@ -4,7 +4,7 @@
 //! time, embargoed streams carrying nothing that moves with the votes, errors that do not echo
 //! what the client sent, and the per-address cap holding for sockets.
 
-use crate::helpers::{spawn_app_with, TestApp, KEY};
+use crate::helpers::{poll_with, spawn_app_with, TestApp, KEY};
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -16,20 +16,6 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// Creates an open poll with `visibility`; returns its id.
-async fn poll_with(app: &TestApp, visibility: &str, options: &[&str]) -> i64 {
-    let (status, body) = app
-        .call(
-            "POST",
-            "/v1/polls",
-            Some(json!({"title": "Who stays?", "options": options, "open": true, "visibility": visibility})),
-            true,
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
-    body["id"].as_i64().unwrap()
-}
 
 /// A client with no credentials and no cookie jar.
 fn bare() -> reqwest::Client {

@@ -2,9 +2,9 @@
 //! once for both transports, the viewer count as news at most once a second, a feed retired with
 //! its last viewer. (What a viewer costs and how fast they are served: BENCHMARKS.md.)
 
-use crate::helpers::{close_code, spawn_app, spawn_app_with, TestApp, KEY};
+use crate::helpers::{close_code, poll_with, spawn_app, spawn_app_with, TestApp, KEY};
 use futures::StreamExt;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -403,16 +403,7 @@ async fn a_quiet_event_stream_gets_a_comment_on_its_polls_clock_and_a_busy_one_d
         (c.realtime.coalesce_ms, c.realtime.min_coalesce_ms) = (900, 900);
     })
     .await;
-    let (status, body) = app
-        .call(
-            "POST",
-            "/v1/polls",
-            Some(json!({"title": "Quiet", "options": ["A", "B"], "open": true, "visibility": "on_reveal"})),
-            true,
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
-    let poll = body["id"].as_i64().unwrap();
+    let poll = poll_with(&app, "on_reveal", &["A", "B"]).await;
     let stream = |operator: bool| {
         let mut req = reqwest::Client::new().get(app.url(&format!("/v1/polls/{poll}/sse")));
         if operator {
