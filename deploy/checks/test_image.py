@@ -128,3 +128,33 @@ def test_build_context_keeps_what_the_crates_embed():
     for rel in embedded + ["Cargo.toml", "Cargo.lock", "src/main.rs"] + [f"{m}/Cargo.toml" for m in members if m != "."]:
         assert (REPO / rel).exists(), rel
         assert not dockerignore_excludes(rel), f".dockerignore excludes {rel}, which the build needs"
+
+
+def _version(text: str) -> tuple[int, int, int]:
+    """`1.89` and `1.89.0` alike."""
+    major, minor, patch = (text.split(".") + ["0", "0"])[:3]
+    return int(major), int(minor), int(patch)
+
+
+def test_the_declared_rust_version_builds_what_is_locked_and_the_image_has_it():
+    """`rust-version` is what a user's toolchain must be: at least every locked dependency's own,
+    and at most the image's builder."""
+    import json
+    import subprocess
+
+    declared = tomllib.loads((REPO / "Cargo.toml").read_text())["workspace"]["package"]["rust-version"]
+    metadata = subprocess.run(
+        ["cargo", "metadata", "--locked", "--offline", "--format-version", "1"],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    needed = max(
+        (_version(p["rust_version"]), p["name"]) for p in json.loads(metadata)["packages"] if p.get("rust_version")
+    )
+    assert _version(declared) >= needed[0], f"rust-version {declared}, but {needed[1]} needs {needed[0]}"
+    builder = next(c for c in dockerfile_commands() if c.cmd.upper() == "ARG" and c.value[0].startswith("RUST_IMAGE="))
+    image = re.fullmatch(r"RUST_IMAGE=rust:([\d.]+)-bookworm", builder.value[0])
+    assert image, builder.value[0]
+    assert _version(image.group(1)) >= _version(declared), f"the image's Rust {image.group(1)} < rust-version {declared}"

@@ -17,7 +17,10 @@
 //!   browser's `EventSource`) is served without hyper's connection buffers (`event_stream.rs`
 //!   peeks at it; the same router answers it): an SSE viewer costs a few KiB, not hyper's 16.
 //!   Once answered, the stream is written on the runtime the node names
-//!   ([`Options::event_streams`]: the viewers', below the vote path's priority).
+//!   ([`Options::event_streams`]: the viewers', below the vote path's priority). An event stream
+//!   asked for on a connection that carried other requests first (kept alive, or a proxy's) is
+//!   hyper's, and moves its whole connection to that runtime once answered
+//!   (`http_connection.rs`).
 //! - A write the client does not take within `http.write_stall_timeout_ms` ends the connection,
 //!   whatever it carries (a response, an event stream, a WebSocket): a client that stops reading
 //!   holds its socket and buffers for at most that long.
@@ -40,6 +43,7 @@
 mod admitted;
 pub mod arrival;
 mod event_stream;
+mod http_connection;
 pub mod live_connection;
 pub mod live_socket;
 pub mod read_gate;
@@ -145,6 +149,10 @@ pub struct HttpMetrics {
     /// Event streams served without hyper (`event_stream.rs`): new connections whose first
     /// request asked for `text/event-stream`.
     pub event_streams: AtomicU64,
+    /// Event streams hyper served (`http_connection.rs`): asked for on a connection that carried
+    /// other requests first (a browser's kept-alive one, a proxy's pooled one), or in a head the
+    /// listener did not take; each holds hyper's buffers.
+    pub event_streams_through_hyper: AtomicU64,
     /// The cap in force (`max_connections`, or the one derived from the open-file limit).
     pub max_connections: AtomicU64,
     /// Connections closed because a write waited `http.write_stall_timeout_ms` for the client
@@ -405,15 +413,16 @@ pub async fn serve(
                 arrival.clone(),
                 read_gate,
             );
+            // Where a connection's event stream is written once answered.
+            let hand_off = event_streams.as_ref().map(|runtime| HandOff {
+                runtime,
+                tracker: &handed_off,
+            });
             match sniffed {
                 Sniffed::Other => {}
                 Sniffed::EventStream(request) => {
                     metrics.event_streams.fetch_add(1, Ordering::Relaxed);
                     let answer = event_stream::answer(router, request, ConnectInfo(peer), live);
-                    let hand_off = event_streams.as_ref().map(|runtime| HandOff {
-                        runtime,
-                        tracker: &handed_off,
-                    });
                     return event_stream::serve(admitted, answer, stopping, hand_off).await;
                 }
                 Sniffed::Silent => {
@@ -425,30 +434,20 @@ pub async fn serve(
             let service = TowerToHyperService::new(
                 tower::ServiceBuilder::new()
                     .layer(axum::Extension(ConnectInfo(peer)))
-                    .layer(axum::Extension(live))
+                    .layer(axum::Extension(live.clone()))
                     .option_layer(arrival.map(axum::Extension))
+                    .map_response(http_connection::mark_event_streams(
+                        live.clone(),
+                        stopping.clone(),
+                        metrics.clone(),
+                    ))
                     .service(router),
             );
-            // Boxed: held inline, hyper's connection state would size every connection's task,
-            // an event stream's too (BENCHMARKS.md, "an SSE viewer at 2.3 KiB").
-            let mut connection = Box::pin(
+            let connection = Box::pin(
                 http.serve_connection(TokioIo::new(admitted), service)
                     .with_upgrades(),
             );
-            let ended = tokio::select! {
-                ended = connection.as_mut() => ended,
-                _ = async { drop(stopping.wait_for(|stop| *stop).await) } => {
-                    // Finish the request in flight, take no other.
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
-                }
-            };
-            if let Err(e) = ended {
-                if e.is_timeout() {
-                    metrics.header_timeouts.fetch_add(1, Ordering::Relaxed);
-                }
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
+            http_connection::serve(connection, live, stopping, hand_off, metrics, peer).await
         });
     }
     drop(listener);
@@ -623,32 +622,140 @@ mod tests {
         });
         let mut client = TcpStream::connect(addr).await.unwrap();
         let request = "GET /events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n";
-        client.write_all(request.as_bytes()).await.unwrap();
-        let mut got = String::new();
-        let mut buf = [0u8; 1024];
-        while !got.contains("\n\n\r\n") {
-            let n = tokio::time::timeout(Duration::from_secs(5), client.read(&mut buf))
-                .await
-                .expect("no event")
-                .unwrap();
-            assert!(n > 0, "closed: {got}");
-            got.push_str(std::str::from_utf8(&buf[..n]).unwrap());
-        }
+        let got = exchange(&mut client, request, "\n\n\r\n").await;
         assert!(got.contains("data: viewers-runtime\n"), "{got}");
         // Stopping ends the stream cleanly, and the listener returns only once it has ended.
+        stopping_ends_the_stream(stop, server, client).await;
+        viewers.shutdown_background();
+    }
+
+    /// An event stream asked for on a kept-alive connection (hyper's) moves the connection to the
+    /// viewers' runtime too, and the connection goes on serving requests after it.
+    #[tokio::test]
+    async fn a_kept_alive_connection_moves_to_the_viewers_runtime_with_its_event_stream() {
+        use axum::body::Body;
+        use axum::http::header;
+        let viewers = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("viewers-rt")
+            .enable_all()
+            .build()
+            .unwrap();
+        let thread = || std::thread::current().name().unwrap_or("?").to_owned();
+        // Two events, each naming the thread that made it (after a wait, so not within the poll
+        // that answered), then the end of the stream.
+        let events = move || async move {
+            let events = futures::stream::unfold(0, move |n| async move {
+                (n < 2).then_some(())?;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                Some((
+                    Ok::<_, std::convert::Infallible>(format!("data: {}\n\n", thread())),
+                    n + 1,
+                ))
+            });
+            (
+                [(header::CONTENT_TYPE, "text/event-stream")],
+                Body::from_stream(events),
+            )
+        };
+        // One event, then nothing until the node stops.
+        let endless = || async {
+            let event = futures::stream::once(async {
+                Ok::<_, std::convert::Infallible>("data: endless\n\n")
+            });
+            let body =
+                Body::from_stream(futures::StreamExt::chain(event, futures::stream::pending()));
+            ([(header::CONTENT_TYPE, "text/event-stream")], body)
+        };
+        let router = Router::new()
+            .route("/events", axum::routing::get(events))
+            .route("/endless", axum::routing::get(endless))
+            .route(
+                "/thread",
+                axum::routing::get(move || async move { format!("<{}>", thread()) }),
+            );
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let options = Options {
+            event_streams: Some(viewers.handle().clone()),
+            ..Options::default()
+        };
+        let metrics = Arc::new(HttpMetrics::default());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn({
+            let metrics = metrics.clone();
+            async move {
+                let limits = HttpLimits::default();
+                let stopped = async { drop(stopped.await) };
+                serve(listener, router, &limits, metrics, options, stopped).await
+            }
+        });
+        const THREAD: &str = "GET /thread HTTP/1.1\r\nHost: x\r\n\r\n";
+        // A request, then an event stream, on one connection.
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        let first = exchange(&mut client, THREAD, ">").await;
+        assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+        assert!(
+            !first.contains("viewers-rt"),
+            "moved before any stream: {first}"
+        );
+        let sse = "GET /events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n";
+        let stream = exchange(&mut client, sse, "\r\n0\r\n\r\n").await;
+        assert_eq!(stream.matches("data: viewers-rt\n").count(), 2, "{stream}");
+        assert!(stream.contains("connection: close\r\n"), "{stream}");
+        assert_eq!(
+            metrics.event_streams_through_hyper.load(Ordering::Relaxed),
+            1
+        );
+        assert_eq!(metrics.event_streams.load(Ordering::Relaxed), 0);
+        // The connection ends with its stream: it carries no votes on the viewers' runtime.
+        let mut rest = String::new();
+        let end = client.read_to_string(&mut rest);
+        let end = tokio::time::timeout(Duration::from_secs(5), end).await;
+        assert!(matches!(end, Ok(Ok(0))), "not closed: {end:?} {rest:?}");
+        // Stopping ends a stream that would not end, cleanly and at once (not after the grace).
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        exchange(&mut client, THREAD, ">").await;
+        let sse = "GET /endless HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n";
+        exchange(&mut client, sse, "data: endless\n\n").await;
+        stopping_ends_the_stream(stop, server, client).await;
+        viewers.shutdown_background();
+    }
+
+    /// Stops the listener (`server`): it returns within 5 s (not after the grace period), and
+    /// `client`'s stream has ended with its last chunk and the connection closed.
+    async fn stopping_ends_the_stream(
+        stop: tokio::sync::oneshot::Sender<()>,
+        server: tokio::task::JoinHandle<()>,
+        mut client: TcpStream,
+    ) {
         stop.send(()).unwrap();
         tokio::time::timeout(Duration::from_secs(5), server)
             .await
-            .unwrap()
+            .expect("the listener waited for the stream")
             .unwrap();
         let mut rest = String::new();
         let end = client.read_to_string(&mut rest);
         tokio::time::timeout(Duration::from_secs(1), end)
             .await
-            .expect("the stream was not closed")
+            .expect("the connection was not closed")
             .unwrap();
         assert!(rest.ends_with("0\r\n\r\n"), "{rest:?}");
-        viewers.shutdown_background();
+    }
+
+    /// Writes `request` on `client` and reads until what came contains `until`.
+    async fn exchange(client: &mut TcpStream, request: &str, until: &str) -> String {
+        client.write_all(request.as_bytes()).await.unwrap();
+        let (mut got, mut buf) = (String::new(), [0u8; 1024]);
+        while !got.contains(until) {
+            let n = tokio::time::timeout(Duration::from_secs(5), client.read(&mut buf))
+                .await
+                .expect("no answer")
+                .unwrap();
+            assert!(n > 0, "closed: {got}");
+            got.push_str(std::str::from_utf8(&buf[..n]).unwrap());
+        }
+        got
     }
 
     #[test]

@@ -130,6 +130,11 @@ impl Collector for HttpCollector {
                     &h.event_streams,
                 ),
                 (
+                    "crowdtick_http_event_streams_through_hyper",
+                    "Event streams (SSE) asked for on a connection that carried other requests first (a kept-alive or pooled one), with the HTTP server's buffers.",
+                    &h.event_streams_through_hyper,
+                ),
+                (
                     "crowdtick_http_write_stalls",
                     "Connections closed because a write waited http.write_stall_timeout_ms for the client to make room.",
                     &h.write_stalls,

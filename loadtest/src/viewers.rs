@@ -35,8 +35,11 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 pub enum Transport {
     /// `GET /v1/polls/{id}/ws`
     Ws,
-    /// `GET /v1/polls/{id}/sse`
+    /// `GET /v1/polls/{id}/sse`, on a connection of its own (as a browser's `EventSource` opens)
     Sse,
+    /// `GET /v1/polls/{id}` then `GET /v1/polls/{id}/sse` on the same connection, as a browser
+    /// that reuses a kept-alive connection or a proxy with pooled connections asks
+    SseKeptAlive,
 }
 
 #[derive(Debug, Clone)]
@@ -88,6 +91,7 @@ impl ViewerReport {
             "viewers ({}): {} requested, {} held at the end, {} failed to open, {} closed by the server; opened in {:.1} s ({:.0}/s)",
             match self.transport {
                 Some(Transport::Sse) => "sse",
+                Some(Transport::SseKeptAlive) => "sse on kept-alive connections",
                 _ => "ws",
             },
             self.requested,
@@ -354,6 +358,14 @@ async fn hold(
             match transport {
                 Transport::Ws => watch_ws(stream, &host, poll, &stats, permit, stop).await,
                 Transport::Sse => watch_sse(stream, &host, poll, &stats, permit, stop).await,
+                Transport::SseKeptAlive => {
+                    let mut stream = stream;
+                    if let Err(e) = ask_for_the_poll(&mut stream, &host, poll).await {
+                        stats.failed(format!("GET /v1/polls/{poll} before the stream: {e}"));
+                        return;
+                    }
+                    watch_sse(stream, &host, poll, &stats, permit, stop).await
+                }
             }
         });
     }
@@ -407,6 +419,38 @@ async fn watch_ws(
                 }
             },
             _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// Asks for the poll on `stream` and reads the whole answer (by its length), leaving the
+/// connection open for the next request.
+async fn ask_for_the_poll(stream: &mut TcpStream, host: &str, poll: i64) -> anyhow::Result<()> {
+    let request = format!("GET /v1/polls/{poll} HTTP/1.1\r\nhost: {host}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut got = Vec::with_capacity(1024);
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = stream.read(&mut buf).await?;
+        anyhow::ensure!(n > 0, "closed before the answer");
+        got.extend_from_slice(&buf[..n]);
+        let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+        anyhow::ensure!(
+            head.starts_with("http/1.1 200"),
+            "answered {:?}",
+            head.lines().next().unwrap_or("")
+        );
+        let length: usize = head
+            .lines()
+            .find_map(|line| line.strip_prefix("content-length:"))
+            .and_then(|n| n.trim().parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("no content-length in the answer"))?;
+        if got.len() >= end + 4 + length {
+            anyhow::ensure!(got.len() == end + 4 + length, "more than the answer came");
+            return Ok(());
         }
     }
 }

@@ -4,7 +4,7 @@
 //! When a poll's feed publishes, every viewer of it has a frame to be written at once: on the
 //! node's main runtime that is thousands of writes queued ahead of the next vote's request. Here
 //! the sweeps that write them ([`crate::broadcast`]), each viewer's own task and each event
-//! stream the listener serves without hyper (`edge::listener::Options::event_streams`) run on
+//! stream the listener serves (`edge::listener::Options::event_streams`: with or without hyper) run on
 //! `realtime.fanout_threads` threads of their own, each lowered by `realtime.fanout_nice` (Linux
 //! nice levels), so the kernel gives the vote path the cores first and the viewers what is left.
 //! When what is left is not enough, viewers skip states (each sweep writes the newest frame), so

@@ -70,6 +70,11 @@ impl Admitted {
         }
         if !self.stalled {
             self.stalled = true;
+            // A timer is bound to the runtime it was made on: one made before the connection
+            // moved (`http_connection.rs`) is made anew here.
+            if self.live.take_moved() {
+                self.stall = None;
+            }
             let deadline = tokio::time::Instant::now() + self.write_stall_timeout;
             match &mut self.stall {
                 Some(sleep) => sleep.as_mut().reset(deadline),

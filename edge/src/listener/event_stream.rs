@@ -138,10 +138,7 @@ pub(super) async fn serve(
         Err(never) => match never {},
     };
     let (parts, body) = response.into_parts();
-    let streaming = parts.status == StatusCode::OK
-        && (parts.headers.get(header::CONTENT_TYPE))
-            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-    if streaming {
+    if is_event_stream(parts.status, &parts.headers) {
         let head = response_head(parts.status, &parts.headers, None);
         // The head is all a stream needs of the response's headers: their map (some 600 bytes)
         // is not held while the viewer watches.
@@ -158,6 +155,13 @@ pub(super) async fn serve(
             tracing::debug!(error = %e, "an event stream's connection ended with an error");
         }
     }
+}
+
+/// Whether a response is an event stream (a `200` of `text/event-stream`).
+pub(super) fn is_event_stream(status: StatusCode, headers: &HeaderMap) -> bool {
+    status == StatusCode::OK
+        && (headers.get(header::CONTENT_TYPE))
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
 }
 
 /// An event stream's `head`, then its `body` until it ends, the client leaves or the node stops.
