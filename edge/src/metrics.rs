@@ -131,7 +131,7 @@ impl Collector for HttpCollector {
                 ),
                 (
                     "crowdtick_http_event_streams_through_hyper",
-                    "Event streams (SSE) asked for on a connection that carried other requests first (a kept-alive or pooled one), with the HTTP server's buffers.",
+                    "Event streams (SSE) the HTTP server framed: asked for on a connection that carried other requests first (a kept-alive or pooled one), or in a head the listener did not take.",
                     &h.event_streams_through_hyper,
                 ),
                 (

@@ -68,13 +68,17 @@ impl Admitted {
         if self.write_stall_timeout.is_zero() {
             return None;
         }
+        // A timer belongs to the runtime that made it: one made before the connection moved
+        // (`http_connection.rs`) is made anew here, a running one with its deadline.
+        if self.live.take_moved() {
+            if let Some(old) = self.stall.take() {
+                if self.stalled {
+                    self.stall = Some(Box::pin(tokio::time::sleep_until(old.deadline())));
+                }
+            }
+        }
         if !self.stalled {
             self.stalled = true;
-            // A timer is bound to the runtime it was made on: one made before the connection
-            // moved (`http_connection.rs`) is made anew here.
-            if self.live.take_moved() {
-                self.stall = None;
-            }
             let deadline = tokio::time::Instant::now() + self.write_stall_timeout;
             match &mut self.stall {
                 Some(sleep) => sleep.as_mut().reset(deadline),
@@ -390,6 +394,44 @@ mod tests {
         // Done for good: a caller that tries again fails at once and is not counted twice.
         let again = server.write_all(b"x").await.unwrap_err();
         assert_eq!(again.kind(), std::io::ErrorKind::TimedOut);
+        assert_eq!(metrics.write_stalls.load(Ordering::Relaxed), 1);
+    }
+
+    /// A write already waiting when its connection moves to another runtime still fails at its
+    /// deadline there, though the runtime it left no longer runs (its timers never fire).
+    #[test]
+    fn a_stalled_write_keeps_its_deadline_on_the_runtime_it_moves_to() {
+        let runtime = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+        };
+        let (left, moved_to) = (runtime(), runtime());
+        let chunk = vec![7u8; 64 << 10];
+        let (mut server, _client, metrics) = left.block_on(async {
+            let (mut server, client, metrics) =
+                admitted_pair(Duration::from_millis(300), LiveSocket::default()).await;
+            // Write until a write waits for room: the deadline runs, on this runtime.
+            while tokio::time::timeout(Duration::from_millis(100), server.write_all(&chunk))
+                .await
+                .is_ok()
+            {}
+            (server, client, metrics)
+        });
+        server.live.moving();
+        let failed = moved_to.block_on(async {
+            tokio::time::timeout(Duration::from_secs(5), async {
+                loop {
+                    if let Err(e) = server.write_all(&chunk).await {
+                        return e;
+                    }
+                }
+            })
+            .await
+            .expect("the deadline stayed on the runtime the write left")
+        });
+        assert_eq!(failed.kind(), std::io::ErrorKind::TimedOut);
         assert_eq!(metrics.write_stalls.load(Ordering::Relaxed), 1);
     }
 

@@ -4,7 +4,7 @@
 //! An event stream can still come this way: asked for on a connection that carried other requests
 //! first (a browser's kept-alive connection, or a proxy's pooled one), or in a head the listener
 //! did not take. Once a response on the connection is an event stream (the listener's service
-//! marks it on the [`LiveSocket`], [`mark_event_streams`]), the connection moves to the runtime the
+//! marks it on the [`LiveSocket`], [`on_event_streams`]), the connection moves to the runtime the
 //! node names for viewers ([`HandOff`]) for the rest of its life, which ends with the stream, as a
 //! sniffed stream does: its frames are written below the vote path's priority, not beside the
 //! votes. The socket stays registered with the runtime that accepted it; only the task moves.
@@ -34,22 +34,25 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// connection ends with the stream (as a sniffed stream's does) and never carries votes on the
 /// viewers' runtime; its body ends when the node stops, so the stream ends cleanly (its last
 /// chunk) instead of holding the shutdown for its grace period.
-pub(super) fn mark_event_streams(
+pub(super) fn on_event_streams(
     live: LiveSocket,
     stopping: watch::Receiver<bool>,
     metrics: Arc<HttpMetrics>,
 ) -> impl FnOnce(Response) -> Response + Clone {
+    // One handle for the connection: the function is cloned for each request (each vote too).
+    let shared = Arc::new((live, stopping, metrics));
     move |response| {
         if !is_event_stream(response.status(), response.headers()) {
             return response;
         }
+        let (live, stopping, metrics) = &*shared;
         metrics
             .event_streams_through_hyper
             .fetch_add(1, Ordering::Relaxed);
         live.answered_event_stream();
         let (mut parts, body) = response.into_parts();
         (parts.headers).insert(header::CONNECTION, HeaderValue::from_static("close"));
-        let mut stopping = stopping;
+        let mut stopping = stopping.clone();
         let stopped = async move { drop(stopping.wait_for(|stop| *stop).await) };
         let body = Body::from_stream(body.into_data_stream().take_until(stopped));
         Response::from_parts(parts, body)
@@ -60,7 +63,7 @@ pub(super) fn mark_event_streams(
 /// task (BENCHMARKS.md, "an SSE viewer at 2.3 KiB").
 pub(super) type Connection<S> = Pin<Box<UpgradeableConnection<TokioIo<Admitted>, S>>>;
 
-/// Serves `connection` until it ends, or until the node stops (then the request in flight
+/// Serves hyper's `connection` until it ends, or until the node stops (then the request in flight
 /// finishes and no other is taken); once a response on it is an event stream, on the runtime
 /// `hand_off` names (this task returns once it has moved it).
 pub(super) async fn serve<S, B>(

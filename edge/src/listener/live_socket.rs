@@ -7,7 +7,6 @@
 //!   its next frame only once the socket is taking writes again (the HTTP server has written what
 //!   it held), so a slow SSE viewer is not handed a queue of old frames (hyper would queue up to
 //!   16 behind a slow socket).
-//!
 //! - Whether a response on the socket has been an event stream (the owner marks it, and moves
 //!   the connection to the viewers' runtime), and whether it has moved since.
 //!

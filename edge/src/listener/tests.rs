@@ -1,0 +1,243 @@
+//! The accept loop's tests: stopping, event streams on the viewers' runtime, the gate.
+
+use super::*;
+
+/// While a new connection is peeked at (for an event stream) nothing has been said on it:
+/// stopping closes it at once instead of waiting out the header timeout.
+#[tokio::test]
+async fn stopping_closes_a_connection_that_has_said_nothing_at_once() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let limits = HttpLimits::default();
+        let metrics = Arc::new(HttpMetrics::default());
+        let stopped = async {
+            let _ = stopped.await;
+        };
+        serve(
+            listener,
+            Router::new(),
+            &limits,
+            metrics,
+            Options::default(),
+            stopped,
+        )
+        .await
+    });
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(3), server)
+        .await
+        .expect("the node waited for a connection that said nothing")
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(1), silent.read(&mut byte)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "still open: {read:?}"
+    );
+}
+
+/// Once answered, an event stream is written on the runtime the node names (the viewers',
+/// below the vote path's priority), not on the connection's.
+#[tokio::test]
+async fn an_event_stream_is_written_on_the_runtime_the_node_names() {
+    use axum::body::Body;
+    use axum::http::header;
+    let viewers = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("viewers-runtime")
+        .enable_all()
+        .build()
+        .unwrap();
+    // Each event names the thread that made it.
+    let events = || async {
+        let event = futures::stream::once(async {
+            let thread = std::thread::current().name().unwrap_or("?").to_owned();
+            Ok::<_, std::convert::Infallible>(format!("data: {thread}\n\n"))
+        });
+        let pending = futures::stream::pending();
+        let body = Body::from_stream(futures::StreamExt::chain(event, pending));
+        ([(header::CONTENT_TYPE, "text/event-stream")], body)
+    };
+    let router = Router::new().route("/events", axum::routing::get(events));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let options = Options {
+        event_streams: Some(viewers.handle().clone()),
+        ..Options::default()
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let (limits, metrics) = (HttpLimits::default(), Arc::new(HttpMetrics::default()));
+        let stopped = async { drop(stopped.await) };
+        serve(listener, router, &limits, metrics, options, stopped).await
+    });
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    let request = "GET /events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n";
+    let got = exchange(&mut client, request, "\n\n\r\n").await;
+    assert!(got.contains("data: viewers-runtime\n"), "{got}");
+    // Stopping ends the stream cleanly, and the listener returns only once it has ended.
+    stopping_ends_the_stream(stop, server, client).await;
+    viewers.shutdown_background();
+}
+
+/// An event stream asked for on a kept-alive connection (hyper's) moves the connection to the
+/// viewers' runtime too, and the connection ends with it.
+#[tokio::test]
+async fn a_kept_alive_connection_moves_to_the_viewers_runtime_with_its_event_stream() {
+    use axum::body::Body;
+    use axum::http::header;
+    let viewers = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("viewers-rt")
+        .enable_all()
+        .build()
+        .unwrap();
+    let thread = || std::thread::current().name().unwrap_or("?").to_owned();
+    // Two events, each naming the thread that made it (after a wait, so not within the poll
+    // that answered), then the end of the stream.
+    let events = move || async move {
+        let events = futures::stream::unfold(0, move |n| async move {
+            (n < 2).then_some(())?;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            Some((
+                Ok::<_, std::convert::Infallible>(format!("data: {}\n\n", thread())),
+                n + 1,
+            ))
+        });
+        (
+            [(header::CONTENT_TYPE, "text/event-stream")],
+            Body::from_stream(events),
+        )
+    };
+    // One event, then nothing until the node stops.
+    let endless = || async {
+        let event =
+            futures::stream::once(async { Ok::<_, std::convert::Infallible>("data: endless\n\n") });
+        let body = Body::from_stream(futures::StreamExt::chain(event, futures::stream::pending()));
+        ([(header::CONTENT_TYPE, "text/event-stream")], body)
+    };
+    let router = Router::new()
+        .route("/events", axum::routing::get(events))
+        .route("/endless", axum::routing::get(endless))
+        .route(
+            "/thread",
+            axum::routing::get(move || async move { format!("<{}>", thread()) }),
+        );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let options = Options {
+        event_streams: Some(viewers.handle().clone()),
+        ..Options::default()
+    };
+    let metrics = Arc::new(HttpMetrics::default());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn({
+        let metrics = metrics.clone();
+        async move {
+            let limits = HttpLimits::default();
+            let stopped = async { drop(stopped.await) };
+            serve(listener, router, &limits, metrics, options, stopped).await
+        }
+    });
+    const THREAD: &str = "GET /thread HTTP/1.1\r\nHost: x\r\n\r\n";
+    // A request, then an event stream, on one connection.
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    let first = exchange(&mut client, THREAD, ">").await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    assert!(
+        !first.contains("viewers-rt"),
+        "moved before any stream: {first}"
+    );
+    let sse = "GET /events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n";
+    let stream = exchange(&mut client, sse, "\r\n0\r\n\r\n").await;
+    assert_eq!(stream.matches("data: viewers-rt\n").count(), 2, "{stream}");
+    assert!(stream.contains("connection: close\r\n"), "{stream}");
+    assert_eq!(
+        metrics.event_streams_through_hyper.load(Ordering::Relaxed),
+        1
+    );
+    assert_eq!(metrics.event_streams.load(Ordering::Relaxed), 0);
+    // The connection ends with its stream: it carries no votes on the viewers' runtime.
+    let mut rest = String::new();
+    let end = client.read_to_string(&mut rest);
+    let end = tokio::time::timeout(Duration::from_secs(5), end).await;
+    assert!(matches!(end, Ok(Ok(0))), "not closed: {end:?} {rest:?}");
+    // Stopping ends a stream that would not end, cleanly and at once (not after the grace).
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    exchange(&mut client, THREAD, ">").await;
+    let sse = "GET /endless HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n";
+    exchange(&mut client, sse, "data: endless\n\n").await;
+    stopping_ends_the_stream(stop, server, client).await;
+    viewers.shutdown_background();
+}
+
+/// Stops the listener (`server`): it returns within 5 s (not after the grace period), and
+/// `client`'s stream has ended with its last chunk and the connection closed.
+async fn stopping_ends_the_stream(
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<()>,
+    mut client: TcpStream,
+) {
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("the listener waited for the stream")
+        .unwrap();
+    let mut rest = String::new();
+    let end = client.read_to_string(&mut rest);
+    tokio::time::timeout(Duration::from_secs(1), end)
+        .await
+        .expect("the connection was not closed")
+        .unwrap();
+    assert!(rest.ends_with("0\r\n\r\n"), "{rest:?}");
+}
+
+/// Writes `request` on `client` and reads until what came contains `until`.
+async fn exchange(client: &mut TcpStream, request: &str, until: &str) -> String {
+    client.write_all(request.as_bytes()).await.unwrap();
+    let (mut got, mut buf) = (String::new(), [0u8; 1024]);
+    while !got.contains(until) {
+        let n = tokio::time::timeout(Duration::from_secs(5), client.read(&mut buf))
+            .await
+            .expect("no answer")
+            .unwrap();
+        assert!(n > 0, "closed: {got}");
+        got.push_str(std::str::from_utf8(&buf[..n]).unwrap());
+    }
+    got
+}
+
+#[test]
+fn the_gate_caps_connections_in_all_and_per_address_and_frees_them_on_drop() {
+    let gate = Gate::new(3, 2, true, Default::default());
+    let a: IpAddr = "10.0.0.1".parse().unwrap();
+    let b: IpAddr = "10.0.0.2".parse().unwrap();
+    let loopback: IpAddr = "127.0.0.1".parse().unwrap();
+    let a1 = gate.admit(a).unwrap();
+    let _a2 = gate.admit(a).unwrap();
+    assert_eq!(gate.admit(a).unwrap_err(), Refusal::AddressCap);
+    let _b1 = gate.admit(b).unwrap();
+    assert_eq!(gate.open(), 3);
+    assert_eq!(gate.admit(b).unwrap_err(), Refusal::TotalCap);
+    assert_eq!(gate.admit(loopback).unwrap_err(), Refusal::TotalCap);
+    drop(a1);
+    assert_eq!(gate.open(), 2);
+    // Loopback is exempt from the per-address cap, not from the total.
+    let _l1 = gate.admit(loopback).unwrap();
+    assert_eq!(gate.admit(loopback).unwrap_err(), Refusal::TotalCap);
+    assert_eq!(gate.open.lock().get(&a), Some(&1));
+}
+
+#[test]
+fn the_default_cap_leaves_a_reserve_below_the_open_file_limit() {
+    assert_eq!(
+        connection_cap(0, 20_000),
+        20_000 - DESCRIPTOR_RESERVE as usize
+    );
+    assert_eq!(connection_cap(0, 256), 64);
+    assert_eq!(connection_cap(100, 20_000), 100);
+}
