@@ -19,8 +19,8 @@
 //!   Once answered, the stream is written on the runtime the node names
 //!   ([`Options::event_streams`]: the viewers', below the vote path's priority). An event stream
 //!   asked for on a connection that carried other requests first (kept alive, or a proxy's) is
-//!   hyper's, and moves its whole connection to that runtime once answered
-//!   (`http_connection.rs`).
+//!   answered through hyper, which writes its head and hands the socket back (`hand_over.rs`);
+//!   the stream is then written as a sniffed one is, without hyper (`http_connection.rs`).
 //! - A write the client does not take within `http.write_stall_timeout_ms` ends the connection,
 //!   whatever it carries (a response, an event stream, a WebSocket): a client that stops reading
 //!   holds its socket and buffers for at most that long.
@@ -43,6 +43,7 @@
 mod admitted;
 pub mod arrival;
 mod event_stream;
+mod hand_over;
 mod http_connection;
 pub mod live_connection;
 pub mod live_socket;
@@ -58,6 +59,7 @@ use admitted::Admitted;
 use axum::extract::ConnectInfo;
 use axum::Router;
 use event_stream::{HandOff, Sniffed};
+use hand_over::{HandOver, HyperIo};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use parking_lot::Mutex;
@@ -151,7 +153,7 @@ pub struct HttpMetrics {
     pub event_streams: AtomicU64,
     /// Event streams hyper served (`http_connection.rs`): asked for on a connection that carried
     /// other requests first (a browser's kept-alive one, a proxy's pooled one), or in a head the
-    /// listener did not take; each holds hyper's buffers.
+    /// listener did not take; hyper writes the head, then hands the socket over.
     pub event_streams_through_hyper: AtomicU64,
     /// The cap in force (`max_connections`, or the one derived from the open-file limit).
     pub max_connections: AtomicU64,
@@ -431,23 +433,22 @@ pub async fn serve(
                 }
                 Sniffed::Gone => return,
             }
+            let hand_over = Arc::new(HandOver::default());
             let service = TowerToHyperService::new(
                 tower::ServiceBuilder::new()
                     .layer(axum::Extension(ConnectInfo(peer)))
-                    .layer(axum::Extension(live.clone()))
+                    .layer(axum::Extension(live))
                     .option_layer(arrival.map(axum::Extension))
+                    .map_request(http_connection::note_requests(hand_over.clone()))
                     .map_response(http_connection::on_event_streams(
-                        live.clone(),
-                        stopping.clone(),
+                        hand_over.clone(),
                         metrics.clone(),
                     ))
                     .service(router),
             );
-            let connection = Box::pin(
-                http.serve_connection(TokioIo::new(admitted), service)
-                    .with_upgrades(),
-            );
-            http_connection::serve(connection, live, stopping, hand_off, metrics, peer).await
+            let io = TokioIo::new(HyperIo::new(admitted, hand_over.clone()));
+            let connection = Box::pin(http.serve_connection(io, service).with_upgrades());
+            http_connection::serve(connection, hand_over, stopping, hand_off, metrics, peer).await
         });
     }
     drop(listener);

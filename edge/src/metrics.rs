@@ -131,7 +131,7 @@ impl Collector for HttpCollector {
                 ),
                 (
                     "crowdtick_http_event_streams_through_hyper",
-                    "Event streams (SSE) the HTTP server framed: asked for on a connection that carried other requests first (a kept-alive or pooled one), or in a head the listener did not take.",
+                    "Event streams (SSE) whose head the HTTP server wrote: asked for on a connection that carried other requests first (a kept-alive or pooled one), or in a head the listener did not take; the server hands their socket over after the head.",
                     &h.event_streams_through_hyper,
                 ),
                 (

@@ -130,18 +130,7 @@ async fn run(
                 Some(n)
             }
             _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => None,
-            changed = results.changed(), if due.is_none() => {
-                if changed.is_err() {
-                    std::future::pending::<()>().await;
-                }
-                let audience = rt.connections.load(Ordering::Relaxed);
-                due = Some(last_publish + rt.settings.coalesce_for(audience));
-                continue;
-            }
-            changed = polls.changed(), if due.is_none() => {
-                if changed.is_err() {
-                    std::future::pending::<()>().await;
-                }
+            _ = either_changed(&mut results, &mut polls), if due.is_none() => {
                 let audience = rt.connections.load(Ordering::Relaxed);
                 due = Some(last_publish + rt.settings.coalesce_for(audience));
                 continue;
@@ -170,6 +159,22 @@ async fn run(
             feed.frames.send_replace(Arc::new(next));
             feed.ws.sweep(&rt, &feed);
         }
+    }
+}
+
+/// The poll's results or its catalog entry changed; never, once either sender is gone (the node
+/// is stopping).
+async fn either_changed(
+    results: &mut watch::Receiver<Arc<Snapshot>>,
+    polls: &mut watch::Receiver<u64>,
+) {
+    let changed = tokio::select! {
+        biased;
+        changed = results.changed() => changed,
+        changed = polls.changed() => changed,
+    };
+    if changed.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 

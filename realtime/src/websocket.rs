@@ -91,8 +91,8 @@ impl Handshake {
                 Err(e) => return tracing::debug!(error = %e, "a WebSocket upgrade failed"),
             };
             match LiveConnection::take(upgraded) {
-                Ok((conn, early)) => serve(conn, early).await,
-                Err(_) => tracing::error!(
+                Some((conn, early)) => serve(conn, early).await,
+                None => tracing::error!(
                     "a WebSocket connection not accepted by the node's listener was closed"
                 ),
             }

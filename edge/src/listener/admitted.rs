@@ -62,20 +62,48 @@ impl Admitted {
         }
     }
 
+    /// This socket, served from now on by the runtime this is called on: registered with its IO
+    /// driver (readiness is then that runtime's work, not the one's that accepted the socket),
+    /// and a running write-stall timer made anew there with its deadline (a timer belongs to the
+    /// runtime that made it, and fires only while that one runs).
+    pub(super) fn rehome(self) -> std::io::Result<Self> {
+        let Self {
+            stream,
+            permit,
+            write_stall_timeout,
+            stall,
+            stalled,
+            timed_out,
+            live,
+            arrival,
+            read_gate,
+            gate_slot,
+            between_requests,
+        } = self;
+        let stream = TcpStream::from_std(stream.into_std()?)?;
+        let stall = stall
+            .filter(|_| stalled)
+            .map(|old| Box::pin(tokio::time::sleep_until(old.deadline())));
+        Ok(Self {
+            stream,
+            permit,
+            write_stall_timeout,
+            stall,
+            stalled,
+            timed_out,
+            live,
+            arrival,
+            read_gate,
+            gate_slot,
+            between_requests,
+        })
+    }
+
     /// A write waits for room: starts the deadline if it is not running; the error once it has
     /// passed (counted once; every later write fails too).
     fn waiting(&mut self, cx: &mut Context<'_>) -> Option<std::io::Error> {
         if self.write_stall_timeout.is_zero() {
             return None;
-        }
-        // A timer belongs to the runtime that made it: one made before the connection moved
-        // (`http_connection.rs`) is made anew here, a running one with its deadline.
-        if self.live.take_moved() {
-            if let Some(old) = self.stall.take() {
-                if self.stalled {
-                    self.stall = Some(Box::pin(tokio::time::sleep_until(old.deadline())));
-                }
-            }
         }
         if !self.stalled {
             self.stalled = true;
@@ -409,7 +437,7 @@ mod tests {
         };
         let (left, moved_to) = (runtime(), runtime());
         let chunk = vec![7u8; 64 << 10];
-        let (mut server, _client, metrics) = left.block_on(async {
+        let (server, _client, metrics) = left.block_on(async {
             let (mut server, client, metrics) =
                 admitted_pair(Duration::from_millis(300), LiveSocket::default()).await;
             // Write until a write waits for room: the deadline runs, on this runtime.
@@ -419,8 +447,8 @@ mod tests {
             {}
             (server, client, metrics)
         });
-        server.live.moving();
         let failed = moved_to.block_on(async {
+            let mut server = server.rehome().unwrap();
             tokio::time::timeout(Duration::from_secs(5), async {
                 loop {
                     if let Err(e) = server.write_all(&chunk).await {

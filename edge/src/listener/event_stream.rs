@@ -143,11 +143,12 @@ pub(super) async fn serve(
         // The head is all a stream needs of the response's headers: their map (some 600 bytes)
         // is not held while the viewer watches.
         drop(parts);
-        let stream = send_stream(io, head, body, stopping);
-        match hand_off {
-            Some(to) => drop(to.tracker.spawn_on(stream, to.runtime)),
-            None => stream.await,
-        }
+        let stream = Stream {
+            head: Some(head),
+            body,
+            framing: Framing::Chunked,
+        };
+        write_stream(io, stream, stopping, hand_off).await
     } else {
         // Boxed: a stream's task is not sized by what only an error's answer needs.
         let ended = Box::pin(whole_response(&mut io, parts.status, &parts.headers, body)).await;
@@ -164,18 +165,62 @@ pub(super) fn is_event_stream(status: StatusCode, headers: &HeaderMap) -> bool {
             .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
 }
 
-/// An event stream's `head`, then its `body` until it ends, the client leaves or the node stops.
-async fn send_stream(
-    mut io: Admitted,
-    head: Vec<u8>,
-    body: Body,
-    mut stopping: watch::Receiver<bool>,
+/// How an event stream's body is framed: chunked (HTTP/1.1), or by the end of the connection
+/// (HTTP/1.0, which has no chunks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Framing {
+    Chunked,
+    UntilClose,
+}
+
+/// An event stream answered, to be written.
+pub(super) struct Stream {
+    /// The response's head, unless already written (by hyper).
+    pub head: Option<Vec<u8>>,
+    pub body: Body,
+    pub framing: Framing,
+}
+
+/// Writes `stream` on `io` until it ends, the client leaves or the node stops: on the runtime
+/// `hand_off` names, the socket registered there (this task returns once it has handed it off),
+/// or here.
+pub(super) async fn write_stream(
+    io: Admitted,
+    stream: Stream,
+    stopping: watch::Receiver<bool>,
+    hand_off: Option<HandOff<'_>>,
 ) {
-    let ended = match io.write_all(&head).await {
-        Ok(()) => {
-            drop(head);
-            stream_body(&mut io, body, &mut stopping).await
-        }
+    let Some(to) = hand_off else {
+        return send_stream(io, stream, stopping).await;
+    };
+    // Moved from within the runtime's context, here: the task spawned holds the stream alone.
+    let moved = {
+        let _there = to.runtime.enter();
+        io.rehome()
+    };
+    match moved {
+        Ok(io) => drop(
+            to.tracker
+                .spawn_on(send_stream(io, stream, stopping), to.runtime),
+        ),
+        Err(e) => tracing::debug!(error = %e, "an event stream's socket could not move"),
+    }
+}
+
+/// An event stream's head (unless already written), then its body until it ends, the client
+/// leaves or the node stops.
+async fn send_stream(mut io: Admitted, stream: Stream, mut stopping: watch::Receiver<bool>) {
+    let Stream {
+        head,
+        body,
+        framing,
+    } = stream;
+    let written = match head {
+        Some(head) => io.write_all(&head).await,
+        None => Ok(()),
+    };
+    let ended = match written {
+        Ok(()) => stream_body(&mut io, body, framing, &mut stopping).await,
         Err(e) => Err(e),
     };
     if let Err(e) = ended {
@@ -208,10 +253,12 @@ async fn whole_response(
     io.shutdown().await
 }
 
-/// Each data frame of `body` as a chunk, until the body ends, the client leaves or the node stops.
+/// Each data frame of `body` (as a chunk, if `framing` says so), until the body ends, the client
+/// leaves or the node stops.
 async fn stream_body(
     io: &mut Admitted,
     mut body: Body,
+    framing: Framing,
     stopping: &mut watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let mut incoming = [0u8; 1];
@@ -228,7 +275,9 @@ async fn stream_body(
             Some(Err(e)) => return Err(std::io::Error::other(e)),
             Some(Ok(frame)) => {
                 if let Ok(data) = frame.into_data() {
-                    if !data.is_empty() {
+                    if framing == Framing::UntilClose {
+                        io.write_all(&data).await?;
+                    } else if !data.is_empty() {
                         let mut size = [0u8; 18];
                         let chunk = &mut [
                             IoSlice::new(chunk_size_line(data.len(), &mut size)),
@@ -241,7 +290,9 @@ async fn stream_body(
             }
         }
     }
-    io.write_all(b"0\r\n\r\n").await?;
+    if framing == Framing::Chunked {
+        io.write_all(b"0\r\n\r\n").await?;
+    }
     io.shutdown().await
 }
 

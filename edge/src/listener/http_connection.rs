@@ -3,22 +3,24 @@
 //!
 //! An event stream can still come this way: asked for on a connection that carried other requests
 //! first (a browser's kept-alive connection, or a proxy's pooled one), or in a head the listener
-//! did not take. Once a response on the connection is an event stream (the listener's service
-//! marks it on the [`LiveSocket`], [`on_event_streams`]), the connection moves to the runtime the
-//! node names for viewers ([`HandOff`]) for the rest of its life, which ends with the stream, as a
-//! sniffed stream does: its frames are written below the vote path's priority, not beside the
-//! votes. The socket stays registered with the runtime that accepted it; only the task moves.
+//! did not take. Once a response on the connection is an event stream ([`on_event_streams`]),
+//! hyper writes its head and hands the socket over (`hand_over.rs`); the connection's task drops
+//! hyper's connection (its buffers) and writes the stream on the runtime the node names for
+//! viewers ([`HandOff`]), as a sniffed stream is: below the vote path's priority, not beside the
+//! votes. The connection ends with the stream. The socket stays registered with the runtime that
+//! accepted it; only the writing moves.
 
-use super::event_stream::{is_event_stream, HandOff};
-use super::{Admitted, HttpMetrics, LiveSocket};
-use axum::body::Body;
-use axum::http::{header, HeaderValue};
+use super::event_stream::{is_event_stream, write_stream, HandOff, Stream};
+use super::hand_over::{HandOver, HyperIo};
+use super::HttpMetrics;
+use axum::body::{Body, Bytes};
+use axum::http::{header, HeaderValue, Request};
 use axum::response::Response;
-use futures::StreamExt;
 use hyper::body::{Body as HttpBody, Incoming};
 use hyper::server::conn::http1::UpgradeableConnection;
 use hyper::service::HttpService;
 use hyper_util::rt::TokioIo;
+use std::convert::Infallible;
 use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -29,102 +31,62 @@ use tokio::sync::watch;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// What the connection's service does to each response: an event stream is counted and marked on
-/// `live` (for [`serve`] to move the connection), and answered with `connection: close`, so the
-/// connection ends with the stream (as a sniffed stream's does) and never carries votes on the
-/// viewers' runtime; its body ends when the node stops, so the stream ends cleanly (its last
-/// chunk) instead of holding the shutdown for its grace period.
+/// What the connection's service notes of each request: how an event stream answering it is
+/// framed (`HandOver::note_request`).
+pub(super) fn note_requests<B>(
+    hand_over: Arc<HandOver>,
+) -> impl FnMut(Request<B>) -> Request<B> + Clone {
+    move |request| {
+        hand_over.note_request(&request);
+        request
+    }
+}
+
+/// What the connection's service does to each response: an event stream is counted, answered
+/// with `connection: close` (the connection ends with the stream, as a sniffed stream's does, and
+/// never carries votes on the viewers' runtime), and its body kept for the connection's task
+/// ([`HandOver::answer`]); hyper is given a body that never yields, so it writes the head and
+/// then nothing, and hands the socket over.
 pub(super) fn on_event_streams(
-    live: LiveSocket,
-    stopping: watch::Receiver<bool>,
+    hand_over: Arc<HandOver>,
     metrics: Arc<HttpMetrics>,
 ) -> impl FnOnce(Response) -> Response + Clone {
     // One handle for the connection: the function is cloned for each request (each vote too).
-    let shared = Arc::new((live, stopping, metrics));
+    let shared = Arc::new((hand_over, metrics));
     move |response| {
         if !is_event_stream(response.status(), response.headers()) {
             return response;
         }
-        let (live, stopping, metrics) = &*shared;
-        metrics
-            .event_streams_through_hyper
-            .fetch_add(1, Ordering::Relaxed);
-        live.answered_event_stream();
+        let (hand_over, metrics) = &*shared;
         let (mut parts, body) = response.into_parts();
+        let body = match hand_over.answer(body) {
+            Ok(()) => {
+                metrics
+                    .event_streams_through_hyper
+                    .fetch_add(1, Ordering::Relaxed);
+                Body::from_stream(futures::stream::pending::<Result<Bytes, Infallible>>())
+            }
+            // A HEAD: hyper writes the head alone.
+            Err(body) => body,
+        };
         (parts.headers).insert(header::CONNECTION, HeaderValue::from_static("close"));
-        let mut stopping = stopping.clone();
-        let stopped = async move { drop(stopping.wait_for(|stop| *stop).await) };
-        let body = Body::from_stream(body.into_data_stream().take_until(stopped));
         Response::from_parts(parts, body)
     }
 }
 
 /// A connection as hyper serves it, boxed: held inline, hyper's connection state would size the
 /// task (BENCHMARKS.md, "an SSE viewer at 2.3 KiB").
-pub(super) type Connection<S> = Pin<Box<UpgradeableConnection<TokioIo<Admitted>, S>>>;
+pub(super) type Connection<S> = Pin<Box<UpgradeableConnection<TokioIo<HyperIo>, S>>>;
 
 /// Serves hyper's `connection` until it ends, or until the node stops (then the request in flight
-/// finishes and no other is taken); once a response on it is an event stream, on the runtime
-/// `hand_off` names (this task returns once it has moved it).
+/// finishes and no other is taken); once hyper has handed the socket to an event stream
+/// (`hand_over`), writes the stream (which ends at once with its last chunk if the node is
+/// stopping), on the runtime `hand_off` names (this task returns once it has handed it off).
 pub(super) async fn serve<S, B>(
     mut connection: Connection<S>,
-    live: LiveSocket,
+    hand_over: Arc<HandOver>,
     mut stopping: watch::Receiver<bool>,
     hand_off: Option<HandOff<'_>>,
-    metrics: Arc<HttpMetrics>,
-    peer: SocketAddr,
-) where
-    S: HttpService<Incoming, ResBody = B> + Send + 'static,
-    S::Future: Send,
-    S::Error: Into<BoxError>,
-    B: HttpBody + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-{
-    if let Some(to) = hand_off {
-        let streaming = tokio::select! {
-            ended = until_event_stream(connection.as_mut(), &live) => match ended {
-                Some(ended) => return report(ended, &metrics, peer),
-                None => true,
-            },
-            // Stopping: finished here.
-            _ = stopping.wait_for(|stop| *stop) => false,
-        };
-        if streaming {
-            live.moving();
-            let rest = to_the_end(connection, stopping, metrics, peer);
-            drop(to.tracker.spawn_on(rest, to.runtime));
-            return;
-        }
-    }
-    to_the_end(connection, stopping, metrics, peer).await
-}
-
-/// Polls `connection` until it ends (`Some`) or a response on it has been an event stream
-/// (`None`). The mark is set while the connection is polled (its service answers within that
-/// poll), so it is looked at after each poll, with no waker of its own.
-async fn until_event_stream<S, B>(
-    mut connection: Pin<&mut UpgradeableConnection<TokioIo<Admitted>, S>>,
-    live: &LiveSocket,
-) -> Option<hyper::Result<()>>
-where
-    S: HttpService<Incoming, ResBody = B>,
-    S::Error: Into<BoxError>,
-    B: HttpBody + 'static,
-    B::Error: Into<BoxError>,
-{
-    poll_fn(|cx| match connection.as_mut().poll(cx) {
-        Poll::Ready(ended) => Poll::Ready(Some(ended)),
-        Poll::Pending if live.has_event_stream() => Poll::Ready(None),
-        Poll::Pending => Poll::Pending,
-    })
-    .await
-}
-
-/// Serves `connection` until it ends, finishing the request in flight once the node stops.
-async fn to_the_end<S, B>(
-    mut connection: Connection<S>,
-    mut stopping: watch::Receiver<bool>,
     metrics: Arc<HttpMetrics>,
     peer: SocketAddr,
 ) where
@@ -134,14 +96,47 @@ async fn to_the_end<S, B>(
     B::Error: Into<BoxError>,
 {
     let ended = tokio::select! {
-        ended = connection.as_mut() => ended,
+        ended = until_handed_over(connection.as_mut(), &hand_over) => ended,
         _ = async { drop(stopping.wait_for(|stop| *stop).await) } => {
             // Finish the request in flight, take no other.
+            // An event stream answered but not yet handed over is handed over once hyper has
+            // written its head.
             connection.as_mut().graceful_shutdown();
-            connection.await
+            until_handed_over(connection.as_mut(), &hand_over).await
         }
     };
-    report(ended, &metrics, peer)
+    // hyper's buffers go now, whatever comes next.
+    drop(connection);
+    let Some((socket, body, framing)) = hand_over.take() else {
+        return report(ended.unwrap_or(Ok(())), &metrics, peer);
+    };
+    drop(hand_over);
+    let stream = Stream {
+        head: None,
+        body,
+        framing,
+    };
+    write_stream(socket, stream, stopping, hand_off).await
+}
+
+/// Polls `connection` until it ends (`Some`) or has handed its socket over (`None`), looked at
+/// after each poll: the hand-over happens within one.
+async fn until_handed_over<S, B>(
+    mut connection: Pin<&mut UpgradeableConnection<TokioIo<HyperIo>, S>>,
+    hand_over: &HandOver,
+) -> Option<hyper::Result<()>>
+where
+    S: HttpService<Incoming, ResBody = B>,
+    S::Error: Into<BoxError>,
+    B: HttpBody + 'static,
+    B::Error: Into<BoxError>,
+{
+    poll_fn(|cx| match connection.as_mut().poll(cx) {
+        _ if hand_over.is_handed_over() => Poll::Ready(None),
+        Poll::Ready(ended) => Poll::Ready(Some(ended)),
+        Poll::Pending => Poll::Pending,
+    })
+    .await
 }
 
 fn report(ended: hyper::Result<()>, metrics: &HttpMetrics, peer: SocketAddr) {

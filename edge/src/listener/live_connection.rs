@@ -6,6 +6,7 @@
 //! [`LiveConnection`] is dropped, which closes it. Writes are the caller's to bound: the listener's
 //! write-stall deadline applies to writes that go through hyper, and these do not.
 
+use super::hand_over::HyperIo;
 use super::Admitted;
 use bytes::Bytes;
 use hyper::upgrade::Upgraded;
@@ -22,12 +23,12 @@ pub struct LiveConnection {
 
 impl LiveConnection {
     /// The socket under `upgraded` and the bytes hyper had read past the request (a client may
-    /// send its first frames right behind the handshake); `upgraded` back if this listener did
-    /// not accept the connection. A send buffer the handler asked for ([`super::LiveSocket`]) is
-    /// set now.
-    pub fn take(upgraded: Upgraded) -> Result<(Self, Bytes), Upgraded> {
-        let parts = upgraded.downcast::<TokioIo<Admitted>>()?;
-        let admitted = parts.io.into_inner();
+    /// send its first frames right behind the handshake); none if this listener did not accept
+    /// the connection. A send buffer the handler asked for ([`super::LiveSocket`]) is set now.
+    pub fn take(upgraded: Upgraded) -> Option<(Self, Bytes)> {
+        let parts = upgraded.downcast::<TokioIo<HyperIo>>().ok()?;
+        // Only an event stream takes the socket from hyper, and its connection takes no upgrade.
+        let admitted = parts.io.into_inner().into_socket()?;
         let asked = admitted.live.take_send_buffer();
         if asked > 0 {
             if let Err(e) =
@@ -42,7 +43,7 @@ impl LiveConnection {
             true => Bytes::new(),
             false => Bytes::copy_from_slice(&parts.read_buf),
         };
-        Ok((Self { admitted }, early))
+        Some((Self { admitted }, early))
     }
 
     /// The socket, for its `try_write` and `try_read` (they take `&self`, so a sweep and the

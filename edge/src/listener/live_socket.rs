@@ -7,8 +7,6 @@
 //!   its next frame only once the socket is taking writes again (the HTTP server has written what
 //!   it held), so a slow SSE viewer is not handed a queue of old frames (hyper would queue up to
 //!   16 behind a slow socket).
-//! - Whether a response on the socket has been an event stream (the owner marks it, and moves
-//!   the connection to the viewers' runtime), and whether it has moved since.
 //!
 //! Handlers find it as a request extension; it is absent where the socket's owner does not offer
 //! it (then nothing is asked and nothing waited for).
@@ -32,10 +30,6 @@ struct State {
     /// The socket's last write had to wait for room.
     blocked: AtomicBool,
     waker: AtomicWaker,
-    /// A response on this socket has been an event stream.
-    event_stream: AtomicBool,
-    /// The socket's task has moved to another runtime since its owner last looked.
-    moved: AtomicBool,
 }
 
 impl LiveSocket {
@@ -75,25 +69,10 @@ impl LiveSocket {
         self.0.tracked.store(true, Ordering::Relaxed);
     }
 
-    /// The socket's owner marks a response on it as an event stream.
-    pub(super) fn answered_event_stream(&self) {
-        self.0.event_stream.store(true, Ordering::Relaxed);
-    }
-
-    /// Whether a response on this socket has been an event stream.
-    pub(super) fn has_event_stream(&self) -> bool {
-        self.0.event_stream.load(Ordering::Relaxed)
-    }
-
-    /// The socket's task moves to another runtime: timers the socket's owner keeps were made on
-    /// the runtime it leaves, and are to be made anew where it goes.
-    pub(super) fn moving(&self) {
-        self.0.moved.store(true, Ordering::Relaxed);
-    }
-
-    /// Whether the socket's task has moved since the last call.
-    pub(super) fn take_moved(&self) -> bool {
-        self.0.moved.load(Ordering::Relaxed) && self.0.moved.swap(false, Ordering::Relaxed)
+    /// How many hold this socket's shared state.
+    #[cfg(test)]
+    pub(super) fn holders(&self) -> usize {
+        Arc::strong_count(&self.0)
     }
 
     /// Waits until the socket's last write did not have to wait (at once if it did not).
@@ -138,15 +117,6 @@ mod tests {
             .await
             .expect("woken once the socket takes writes")
             .unwrap();
-    }
-
-    #[test]
-    fn a_move_is_reported_once() {
-        let live = LiveSocket::default();
-        assert!(!live.take_moved());
-        live.moving();
-        assert!(live.take_moved());
-        assert!(!live.take_moved());
     }
 
     #[test]

@@ -84,10 +84,10 @@ async fn an_event_stream_is_written_on_the_runtime_the_node_names() {
     viewers.shutdown_background();
 }
 
-/// An event stream asked for on a kept-alive connection (hyper's) moves the connection to the
-/// viewers' runtime too, and the connection ends with it.
+/// An event stream asked for on a kept-alive connection (hyper's) is written on the viewers'
+/// runtime too, and the connection ends with it.
 #[tokio::test]
-async fn a_kept_alive_connection_moves_to_the_viewers_runtime_with_its_event_stream() {
+async fn an_event_stream_on_a_kept_alive_connection_is_written_on_the_viewers_runtime() {
     use axum::body::Body;
     use axum::http::header;
     let viewers = tokio::runtime::Builder::new_multi_thread()
@@ -173,6 +173,199 @@ async fn a_kept_alive_connection_moves_to_the_viewers_runtime_with_its_event_str
     exchange(&mut client, sse, "data: endless\n\n").await;
     stopping_ends_the_stream(stop, server, client).await;
     viewers.shutdown_background();
+}
+
+/// hyper writes an event stream's head (after all it held: here a pipelined response), then
+/// hands the socket over and its connection (its buffers, its service) is dropped while the
+/// stream goes on; HTTP/1.0 gets the stream framed by the connection's end, and a `HEAD` the
+/// head alone.
+#[tokio::test]
+async fn an_event_stream_through_hyper_leaves_hyper_after_its_head() {
+    use axum::body::Body;
+    use axum::http::header;
+    // Two events, the second once the test has looked at the first; the stream's socket's
+    // shared state, for the test to count who holds it.
+    let (next, mut go) = tokio::sync::watch::channel(false);
+    let socket = Arc::new(parking_lot::Mutex::new(None));
+    let seen = socket.clone();
+    let events = move |axum::Extension(live): axum::Extension<LiveSocket>| async move {
+        *seen.lock() = Some(live);
+        let first =
+            futures::stream::once(async { Ok::<_, std::convert::Infallible>("data: 1\n\n") });
+        let second = futures::stream::once(async move {
+            drop(go.wait_for(|go| *go).await);
+            Ok("data: 2\n\n")
+        });
+        let body = Body::from_stream(futures::StreamExt::chain(first, second));
+        ([(header::CONTENT_TYPE, "text/event-stream")], body)
+    };
+    let router = Router::new()
+        .route("/events", axum::routing::get(events))
+        .route("/plain", axum::routing::get(|| async { "<plain>" }));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let metrics = Arc::new(HttpMetrics::default());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn({
+        let metrics = metrics.clone();
+        async move {
+            let limits = HttpLimits::default();
+            let stopped = async { drop(stopped.await) };
+            serve(
+                listener,
+                router,
+                &limits,
+                metrics,
+                Options::default(),
+                stopped,
+            )
+            .await
+        }
+    });
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    // Pipelined: a plain request and the stream in one write.
+    let requests = "GET /plain HTTP/1.1\r\nHost: x\r\n\r\n\
+        GET /events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n";
+    let got = exchange(&mut client, requests, "data: 1\n\n\r\n").await;
+    let (plain, stream) = got.split_once("<plain>").expect("the plain answer first");
+    assert!(plain.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
+    assert!(stream.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
+    let (head, body) = stream.split_once("\r\n\r\n").unwrap();
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+    assert!(head.contains("connection: close"), "{head}");
+    assert_eq!(body, "9\r\ndata: 1\n\n\r\n");
+    // The test's and the socket's: hyper's connection (its service's copy) is gone.
+    let live = socket.lock().take().expect("the handler's socket");
+    assert_eq!(
+        live.holders(),
+        2,
+        "hyper's connection is still held while the stream goes on"
+    );
+    next.send_replace(true);
+    let mut rest = String::new();
+    let end = tokio::time::timeout(Duration::from_secs(5), client.read_to_string(&mut rest));
+    assert!(matches!(end.await, Ok(Ok(_))), "not closed: {rest:?}");
+    assert_eq!(rest, "9\r\ndata: 2\n\n\r\n0\r\n\r\n");
+    assert_eq!(
+        metrics.event_streams_through_hyper.load(Ordering::Relaxed),
+        1
+    );
+    // HTTP/1.0 (never sniffed): no chunks, the body ends with the connection.
+    next.send_replace(false);
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    let request = "GET /events HTTP/1.0\r\nAccept: text/event-stream\r\n\r\n";
+    let got = exchange(&mut client, request, "data: 1\n\n").await;
+    assert!(got.starts_with("HTTP/1.0 200 OK\r\n"), "{got}");
+    assert!(!got.contains("transfer-encoding"), "{got}");
+    assert!(got.ends_with("\r\n\r\ndata: 1\n\n"), "{got}");
+    next.send_replace(true);
+    let mut rest = String::new();
+    let end = tokio::time::timeout(Duration::from_secs(5), client.read_to_string(&mut rest));
+    assert!(matches!(end.await, Ok(Ok(_))), "not closed: {rest:?}");
+    assert_eq!(rest, "data: 2\n\n");
+    // HEAD: the head alone, by hyper.
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    let request = "HEAD /events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n";
+    client.write_all(request.as_bytes()).await.unwrap();
+    let mut got = String::new();
+    let end = tokio::time::timeout(Duration::from_secs(5), client.read_to_string(&mut got));
+    assert!(matches!(end.await, Ok(Ok(_))), "not closed: {got:?}");
+    assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
+    assert!(got.ends_with("\r\n\r\n") && !got.contains("data"), "{got}");
+    assert_eq!(
+        metrics.event_streams_through_hyper.load(Ordering::Relaxed),
+        2
+    );
+    stop.send(()).unwrap();
+    server.await.unwrap();
+}
+
+/// A stream handed to the viewers' runtime needs nothing more of the runtime that accepted it:
+/// its socket is registered with the viewers' runtime, so it goes on (past a full socket, which
+/// waits for the driver to say it takes writes again) while the other does not run.
+#[test]
+fn a_handed_off_stream_outlives_the_runtime_that_accepted_it() {
+    use axum::body::Body;
+    use axum::http::header;
+    use std::io::{Read, Write};
+    let viewers = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let accepting = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (next, mut go) = tokio::sync::watch::channel(false);
+    let events = move || async move {
+        let first =
+            futures::stream::once(async { Ok::<_, std::convert::Infallible>("data: 1\n\n") });
+        let second = futures::stream::once(async move {
+            drop(go.wait_for(|go| *go).await);
+            Ok(format!("data: {}\n\n", "2".repeat(4 << 20)))
+        });
+        let first = futures::StreamExt::map(first, |e| e.map(String::from));
+        let body = Body::from_stream(futures::StreamExt::chain(first, second));
+        ([(header::CONTENT_TYPE, "text/event-stream")], body)
+    };
+    let router = Router::new().route("/events", axum::routing::get(events));
+    let options = Options {
+        event_streams: Some(viewers.handle().clone()),
+        ..Options::default()
+    };
+    let listener = accepting
+        .block_on(TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    accepting.spawn(async move {
+        let (limits, metrics) = (HttpLimits::default(), Arc::new(HttpMetrics::default()));
+        serve(
+            listener,
+            router,
+            &limits,
+            metrics,
+            options,
+            std::future::pending(),
+        )
+        .await
+    });
+    let mut client = std::net::TcpStream::connect(addr).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let request = "GET /events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n";
+    client.write_all(request.as_bytes()).unwrap();
+    let read_until = |client: &mut std::net::TcpStream, until: &str| {
+        let (mut got, mut buf) = (Vec::new(), vec![0u8; 64 << 10]);
+        loop {
+            let from = got.len().saturating_sub(until.len());
+            match client.read(&mut buf) {
+                Ok(n @ 1..) => got.extend_from_slice(&buf[..n]),
+                ended => panic!("{ended:?} before {until:?}: {} bytes", got.len()),
+            }
+            if got[from..]
+                .windows(until.len())
+                .any(|w| w == until.as_bytes())
+            {
+                return String::from_utf8(got).unwrap();
+            }
+        }
+    };
+    // The runtime that accepted runs only while it is asked to.
+    accepting.block_on(async {
+        let mut waited = 0;
+        while viewers.metrics().num_alive_tasks() == 0 && waited < 500 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            waited += 1;
+        }
+    });
+    read_until(&mut client, "data: 1\n\n");
+    // The accepting runtime is not run again: its driver reports nothing from now on.
+    next.send_replace(true);
+    let rest = read_until(&mut client, "\r\n0\r\n\r\n");
+    assert_eq!(rest.matches('2').count(), 4 << 20);
+    drop(accepting);
 }
 
 /// Stops the listener (`server`): it returns within 5 s (not after the grace period), and
