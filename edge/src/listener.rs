@@ -19,7 +19,7 @@
 //!   Once answered, the stream is written on the runtime the node names
 //!   ([`Options::event_streams`]: the viewers', below the vote path's priority). An event stream
 //!   asked for on a connection that carried other requests first (kept alive, or a proxy's) is
-//!   answered through hyper, which writes its head and hands the socket back (`hand_over.rs`);
+//!   answered through hyper, which writes its head and hands the socket back (`hand_back.rs`);
 //!   the stream is then written as a sniffed one is, without hyper (`http_connection.rs`).
 //! - A write the client does not take within `http.write_stall_timeout_ms` ends the connection,
 //!   whatever it carries (a response, an event stream, a WebSocket): a client that stops reading
@@ -43,7 +43,7 @@
 mod admitted;
 pub mod arrival;
 mod event_stream;
-mod hand_over;
+mod hand_back;
 mod http_connection;
 pub mod live_connection;
 pub mod live_socket;
@@ -59,7 +59,7 @@ use admitted::Admitted;
 use axum::extract::ConnectInfo;
 use axum::Router;
 use event_stream::{HandOff, Sniffed};
-use hand_over::{HandOver, HyperIo};
+use hand_back::{HandBack, HyperIo};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use parking_lot::Mutex;
@@ -153,7 +153,7 @@ pub struct HttpMetrics {
     pub event_streams: AtomicU64,
     /// Event streams hyper served (`http_connection.rs`): asked for on a connection that carried
     /// other requests first (a browser's kept-alive one, a proxy's pooled one), or in a head the
-    /// listener did not take; hyper writes the head, then hands the socket over.
+    /// listener did not take; hyper writes the head, then hands the socket back (`hand_back.rs`).
     pub event_streams_through_hyper: AtomicU64,
     /// The cap in force (`max_connections`, or the one derived from the open-file limit).
     pub max_connections: AtomicU64,
@@ -292,6 +292,8 @@ pub struct Options {
     /// The runtime event streams are written on once answered (the viewers' runtime, below the
     /// vote path's priority); `None`: the connection's own. Shutdown waits for them as for
     /// connections, for the grace period; one still busy after it ends when that runtime does.
+    /// Its IO and time drivers must be on (`enable_all`): a stream's socket and its write-stall
+    /// timer move there.
     pub event_streams: Option<Handle>,
 }
 
@@ -323,6 +325,9 @@ pub async fn serve(
     // HTTP/1.1 with upgrades (WebSocket), as axum::serve speaks it without its http2 feature. The
     // header timer runs from the moment the connection waits for a request's first byte: a client
     // that connects and says nothing is closed on time too.
+    // hyper's `pipeline_flush` stays off (its default): with it on, hyper would not flush its
+    // socket while a pipelined request waits, and an event stream's socket is handed back at
+    // that flush (`hand_back.rs`).
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms));
@@ -433,22 +438,23 @@ pub async fn serve(
                 }
                 Sniffed::Gone => return,
             }
-            let hand_over = Arc::new(HandOver::default());
+            let hand_back = Arc::new(HandBack::default());
             let service = TowerToHyperService::new(
                 tower::ServiceBuilder::new()
                     .layer(axum::Extension(ConnectInfo(peer)))
                     .layer(axum::Extension(live))
                     .option_layer(arrival.map(axum::Extension))
-                    .map_request(http_connection::note_requests(hand_over.clone()))
+                    .map_request(http_connection::note_requests(hand_back.clone()))
                     .map_response(http_connection::on_event_streams(
-                        hand_over.clone(),
+                        hand_back.clone(),
+                        stopping.clone(),
                         metrics.clone(),
                     ))
                     .service(router),
             );
-            let io = TokioIo::new(HyperIo::new(admitted, hand_over.clone()));
+            let io = TokioIo::new(HyperIo::new(admitted, hand_back.clone()));
             let connection = Box::pin(http.serve_connection(io, service).with_upgrades());
-            http_connection::serve(connection, hand_over, stopping, hand_off, metrics, peer).await
+            http_connection::serve(connection, hand_back, stopping, hand_off, metrics, peer).await
         });
     }
     drop(listener);

@@ -131,7 +131,7 @@ impl Collector for HttpCollector {
                 ),
                 (
                     "crowdtick_http_event_streams_through_hyper",
-                    "Event streams (SSE) whose head the HTTP server wrote: asked for on a connection that carried other requests first (a kept-alive or pooled one), or in a head the listener did not take; the server hands their socket over after the head.",
+                    "Event streams (SSE) answered through the HTTP server: asked for on a connection that carried other requests first (a kept-alive or pooled one), or in a head the listener did not take; the server writes the head and hands the socket back (a HEAD, or a request with a body, it answers whole).",
                     &h.event_streams_through_hyper,
                 ),
                 (

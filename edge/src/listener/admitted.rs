@@ -67,35 +67,14 @@ impl Admitted {
     /// and a running write-stall timer made anew there with its deadline (a timer belongs to the
     /// runtime that made it, and fires only while that one runs).
     pub(super) fn rehome(self) -> std::io::Result<Self> {
-        let Self {
-            stream,
-            permit,
-            write_stall_timeout,
-            stall,
-            stalled,
-            timed_out,
-            live,
-            arrival,
-            read_gate,
-            gate_slot,
-            between_requests,
-        } = self;
-        let stream = TcpStream::from_std(stream.into_std()?)?;
-        let stall = stall
-            .filter(|_| stalled)
+        let stream = TcpStream::from_std(self.stream.into_std()?)?;
+        let stall = (self.stall)
+            .filter(|_| self.stalled)
             .map(|old| Box::pin(tokio::time::sleep_until(old.deadline())));
         Ok(Self {
             stream,
-            permit,
-            write_stall_timeout,
             stall,
-            stalled,
-            timed_out,
-            live,
-            arrival,
-            read_gate,
-            gate_slot,
-            between_requests,
+            ..self
         })
     }
 

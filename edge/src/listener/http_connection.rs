@@ -4,18 +4,18 @@
 //! An event stream can still come this way: asked for on a connection that carried other requests
 //! first (a browser's kept-alive connection, or a proxy's pooled one), or in a head the listener
 //! did not take. Once a response on the connection is an event stream ([`on_event_streams`]),
-//! hyper writes its head and hands the socket over (`hand_over.rs`); the connection's task drops
+//! hyper writes its head and hands the socket back (`hand_back.rs`); the connection's task drops
 //! hyper's connection (its buffers) and writes the stream on the runtime the node names for
 //! viewers ([`HandOff`]), as a sniffed stream is: below the vote path's priority, not beside the
-//! votes. The connection ends with the stream. The socket stays registered with the runtime that
-//! accepted it; only the writing moves.
+//! votes, its socket registered with that runtime. The connection ends with the stream.
 
 use super::event_stream::{is_event_stream, write_stream, HandOff, Stream};
-use super::hand_over::{HandOver, HyperIo};
+use super::hand_back::{HandBack, HyperIo};
 use super::HttpMetrics;
 use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderValue, Request};
 use axum::response::Response;
+use futures::StreamExt;
 use hyper::body::{Body as HttpBody, Incoming};
 use hyper::server::conn::http1::UpgradeableConnection;
 use hyper::service::HttpService;
@@ -32,44 +32,52 @@ use tokio::sync::watch;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// What the connection's service notes of each request: how an event stream answering it is
-/// framed (`HandOver::note_request`).
+/// framed (`HandBack::note_request`).
 pub(super) fn note_requests<B>(
-    hand_over: Arc<HandOver>,
+    hand_back: Arc<HandBack>,
 ) -> impl FnMut(Request<B>) -> Request<B> + Clone {
     move |request| {
-        hand_over.note_request(&request);
+        hand_back.note_request(&request);
         request
     }
 }
 
-/// What the connection's service does to each response: an event stream is counted, answered
+/// What the connection's service does to each response: an event stream is counted and answered
 /// with `connection: close` (the connection ends with the stream, as a sniffed stream's does, and
-/// never carries votes on the viewers' runtime), and its body kept for the connection's task
-/// ([`HandOver::answer`]); hyper is given a body that never yields, so it writes the head and
-/// then nothing, and hands the socket over.
+/// never carries votes on the viewers' runtime), framed by hyper (a handler's own length or
+/// encoding is dropped, so the head says what the stream's writer does), and its body kept for
+/// the connection's task ([`HandBack::answer`]); hyper is given a body that never yields, so it
+/// writes the head and then nothing, and hands the socket back. A stream hyper writes itself (a
+/// `HEAD`, or a request with a body) ends when the node stops, instead of holding the shutdown
+/// for its grace period.
 pub(super) fn on_event_streams(
-    hand_over: Arc<HandOver>,
+    hand_back: Arc<HandBack>,
+    stopping: watch::Receiver<bool>,
     metrics: Arc<HttpMetrics>,
 ) -> impl FnOnce(Response) -> Response + Clone {
     // One handle for the connection: the function is cloned for each request (each vote too).
-    let shared = Arc::new((hand_over, metrics));
+    let shared = Arc::new((hand_back, stopping, metrics));
     move |response| {
         if !is_event_stream(response.status(), response.headers()) {
             return response;
         }
-        let (hand_over, metrics) = &*shared;
+        let (hand_back, stopping, metrics) = &*shared;
+        metrics
+            .event_streams_through_hyper
+            .fetch_add(1, Ordering::Relaxed);
         let (mut parts, body) = response.into_parts();
-        let body = match hand_over.answer(body) {
-            Ok(()) => {
-                metrics
-                    .event_streams_through_hyper
-                    .fetch_add(1, Ordering::Relaxed);
-                Body::from_stream(futures::stream::pending::<Result<Bytes, Infallible>>())
+        let body = match hand_back.answer(body) {
+            Ok(()) => Body::from_stream(futures::stream::pending::<Result<Bytes, Infallible>>()),
+            Err(body) => {
+                let mut stopping = stopping.clone();
+                let stopped = async move { drop(stopping.wait_for(|stop| *stop).await) };
+                Body::from_stream(body.into_data_stream().take_until(stopped))
             }
-            // A HEAD: hyper writes the head alone.
-            Err(body) => body,
         };
-        (parts.headers).insert(header::CONNECTION, HeaderValue::from_static("close"));
+        let headers = &mut parts.headers;
+        headers.remove(header::CONTENT_LENGTH);
+        headers.remove(header::TRANSFER_ENCODING);
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         Response::from_parts(parts, body)
     }
 }
@@ -80,11 +88,11 @@ pub(super) type Connection<S> = Pin<Box<UpgradeableConnection<TokioIo<HyperIo>, 
 
 /// Serves hyper's `connection` until it ends, or until the node stops (then the request in flight
 /// finishes and no other is taken); once hyper has handed the socket to an event stream
-/// (`hand_over`), writes the stream (which ends at once with its last chunk if the node is
+/// (`hand_back`), writes the stream (which ends at once with its last chunk if the node is
 /// stopping), on the runtime `hand_off` names (this task returns once it has handed it off).
 pub(super) async fn serve<S, B>(
     mut connection: Connection<S>,
-    hand_over: Arc<HandOver>,
+    hand_back: Arc<HandBack>,
     mut stopping: watch::Receiver<bool>,
     hand_off: Option<HandOff<'_>>,
     metrics: Arc<HttpMetrics>,
@@ -96,21 +104,21 @@ pub(super) async fn serve<S, B>(
     B::Error: Into<BoxError>,
 {
     let ended = tokio::select! {
-        ended = until_handed_over(connection.as_mut(), &hand_over) => ended,
+        ended = until_handed_back(connection.as_mut(), &hand_back) => ended,
         _ = async { drop(stopping.wait_for(|stop| *stop).await) } => {
             // Finish the request in flight, take no other.
-            // An event stream answered but not yet handed over is handed over once hyper has
+            // An event stream answered but not yet handed back is handed back once hyper has
             // written its head.
             connection.as_mut().graceful_shutdown();
-            until_handed_over(connection.as_mut(), &hand_over).await
+            until_handed_back(connection.as_mut(), &hand_back).await
         }
     };
     // hyper's buffers go now, whatever comes next.
     drop(connection);
-    let Some((socket, body, framing)) = hand_over.take() else {
+    let Some((socket, body, framing)) = hand_back.take() else {
         return report(ended.unwrap_or(Ok(())), &metrics, peer);
     };
-    drop(hand_over);
+    drop(hand_back);
     let stream = Stream {
         head: None,
         body,
@@ -119,11 +127,11 @@ pub(super) async fn serve<S, B>(
     write_stream(socket, stream, stopping, hand_off).await
 }
 
-/// Polls `connection` until it ends (`Some`) or has handed its socket over (`None`), looked at
-/// after each poll: the hand-over happens within one.
-async fn until_handed_over<S, B>(
+/// Polls `connection` until it ends (`Some`) or has handed its socket back (`None`), looked at
+/// after each poll: the hand-back happens within one.
+async fn until_handed_back<S, B>(
     mut connection: Pin<&mut UpgradeableConnection<TokioIo<HyperIo>, S>>,
-    hand_over: &HandOver,
+    hand_back: &HandBack,
 ) -> Option<hyper::Result<()>>
 where
     S: HttpService<Incoming, ResBody = B>,
@@ -132,7 +140,7 @@ where
     B::Error: Into<BoxError>,
 {
     poll_fn(|cx| match connection.as_mut().poll(cx) {
-        _ if hand_over.is_handed_over() => Poll::Ready(None),
+        _ if hand_back.is_handed_back() => Poll::Ready(None),
         Poll::Ready(ended) => Poll::Ready(Some(ended)),
         Poll::Pending => Poll::Pending,
     })

@@ -6,7 +6,7 @@
 //! [`LiveConnection`] is dropped, which closes it. Writes are the caller's to bound: the listener's
 //! write-stall deadline applies to writes that go through hyper, and these do not.
 
-use super::hand_over::HyperIo;
+use super::hand_back::HyperIo;
 use super::Admitted;
 use bytes::Bytes;
 use hyper::upgrade::Upgraded;

@@ -175,10 +175,10 @@ async fn an_event_stream_on_a_kept_alive_connection_is_written_on_the_viewers_ru
     viewers.shutdown_background();
 }
 
-/// hyper writes an event stream's head (after all it held: here a pipelined response), then
-/// hands the socket over and its connection (its buffers, its service) is dropped while the
-/// stream goes on; HTTP/1.0 gets the stream framed by the connection's end, and a `HEAD` the
-/// head alone.
+/// hyper writes an event stream's head (after all it held: here a pipelined response of 1 MiB
+/// the client is late to read), then hands the socket back and its connection (its buffers, its
+/// service) is dropped while the stream goes on; a handler's length header is not the stream's;
+/// HTTP/1.0 gets the stream framed by the connection's end, and a `HEAD` the head alone.
 #[tokio::test]
 async fn an_event_stream_through_hyper_leaves_hyper_after_its_head() {
     use axum::body::Body;
@@ -197,11 +197,17 @@ async fn an_event_stream_through_hyper_leaves_hyper_after_its_head() {
             Ok("data: 2\n\n")
         });
         let body = Body::from_stream(futures::StreamExt::chain(first, second));
-        ([(header::CONTENT_TYPE, "text/event-stream")], body)
+        let headers = [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CONTENT_LENGTH, "5"),
+        ];
+        (headers, body)
     };
+    const BIG: usize = 1 << 20;
+    let big = || async { format!("<{}>", "p".repeat(BIG)) };
     let router = Router::new()
         .route("/events", axum::routing::get(events))
-        .route("/plain", axum::routing::get(|| async { "<plain>" }));
+        .route("/big", axum::routing::get(big));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let metrics = Arc::new(HttpMetrics::default());
@@ -223,16 +229,20 @@ async fn an_event_stream_through_hyper_leaves_hyper_after_its_head() {
         }
     });
     let mut client = TcpStream::connect(addr).await.unwrap();
-    // Pipelined: a plain request and the stream in one write.
-    let requests = "GET /plain HTTP/1.1\r\nHost: x\r\n\r\n\
+    // Pipelined: a big response and the stream, asked for in one write, read late.
+    let requests = "GET /big HTTP/1.1\r\nHost: x\r\n\r\n\
         GET /events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n";
-    let got = exchange(&mut client, requests, "data: 1\n\n\r\n").await;
-    let (plain, stream) = got.split_once("<plain>").expect("the plain answer first");
-    assert!(plain.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
-    assert!(stream.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
+    client.write_all(requests.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got = exchange(&mut client, "", "data: 1\n\n\r\n").await;
+    let (big, stream) = got.split_once('>').expect("the big answer first");
+    assert!(big.starts_with("HTTP/1.1 200 OK\r\n"), "{}", &got[..200]);
+    assert!(big.ends_with(&format!("\r\n\r\n<{}", "p".repeat(BIG))));
+    assert!(stream.starts_with("HTTP/1.1 200 OK\r\n"), "{stream}");
     let (head, body) = stream.split_once("\r\n\r\n").unwrap();
     assert!(head.contains("transfer-encoding: chunked"), "{head}");
     assert!(head.contains("connection: close"), "{head}");
+    assert!(!head.contains("content-length"), "{head}");
     assert_eq!(body, "9\r\ndata: 1\n\n\r\n");
     // The test's and the socket's: hyper's connection (its service's copy) is gone.
     let live = socket.lock().take().expect("the handler's socket");
@@ -274,7 +284,7 @@ async fn an_event_stream_through_hyper_leaves_hyper_after_its_head() {
     assert!(got.ends_with("\r\n\r\n") && !got.contains("data"), "{got}");
     assert_eq!(
         metrics.event_streams_through_hyper.load(Ordering::Relaxed),
-        2
+        3
     );
     stop.send(()).unwrap();
     server.await.unwrap();
@@ -282,10 +292,18 @@ async fn an_event_stream_through_hyper_leaves_hyper_after_its_head() {
 
 /// A stream handed to the viewers' runtime needs nothing more of the runtime that accepted it:
 /// its socket is registered with the viewers' runtime, so it goes on (past a full socket, which
-/// waits for the driver to say it takes writes again) while the other does not run.
+/// waits for the driver to say it takes writes again) while the other does not run. Both ways: a
+/// stream asked for first on its connection (sniffed), and one behind another request (hyper's).
 #[test]
 fn a_handed_off_stream_outlives_the_runtime_that_accepted_it() {
+    stream_outlives_the_runtime_that_accepted_it("");
+    stream_outlives_the_runtime_that_accepted_it("GET /plain HTTP/1.1\r\nHost: x\r\n\r\n");
+}
+
+fn stream_outlives_the_runtime_that_accepted_it(before: &str) {
     use axum::body::Body;
+    // Far more than the socket's buffers hold (the client's is kept small): the writes wait.
+    const SECOND: usize = 16 << 20;
     use axum::http::header;
     use std::io::{Read, Write};
     let viewers = tokio::runtime::Builder::new_multi_thread()
@@ -303,13 +321,15 @@ fn a_handed_off_stream_outlives_the_runtime_that_accepted_it() {
             futures::stream::once(async { Ok::<_, std::convert::Infallible>("data: 1\n\n") });
         let second = futures::stream::once(async move {
             drop(go.wait_for(|go| *go).await);
-            Ok(format!("data: {}\n\n", "2".repeat(4 << 20)))
+            Ok(format!("data: {}\n\n", "2".repeat(SECOND)))
         });
         let first = futures::StreamExt::map(first, |e| e.map(String::from));
         let body = Body::from_stream(futures::StreamExt::chain(first, second));
         ([(header::CONTENT_TYPE, "text/event-stream")], body)
     };
-    let router = Router::new().route("/events", axum::routing::get(events));
+    let router = Router::new()
+        .route("/events", axum::routing::get(events))
+        .route("/plain", axum::routing::get(|| async { "<plain>" }));
     let options = Options {
         event_streams: Some(viewers.handle().clone()),
         ..Options::default()
@@ -334,8 +354,13 @@ fn a_handed_off_stream_outlives_the_runtime_that_accepted_it() {
     client
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
+    socket2::SockRef::from(&client)
+        .set_recv_buffer_size(64 << 10)
+        .unwrap();
     let request = "GET /events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n";
-    client.write_all(request.as_bytes()).unwrap();
+    client
+        .write_all(format!("{before}{request}").as_bytes())
+        .unwrap();
     let read_until = |client: &mut std::net::TcpStream, until: &str| {
         let (mut got, mut buf) = (Vec::new(), vec![0u8; 64 << 10]);
         loop {
@@ -360,11 +385,13 @@ fn a_handed_off_stream_outlives_the_runtime_that_accepted_it() {
             waited += 1;
         }
     });
-    read_until(&mut client, "data: 1\n\n");
+    let first = read_until(&mut client, "data: 1\n\n");
+    assert_eq!(first.contains("<plain>"), !before.is_empty(), "{first}");
     // The accepting runtime is not run again: its driver reports nothing from now on.
     next.send_replace(true);
+    std::thread::sleep(Duration::from_millis(300));
     let rest = read_until(&mut client, "\r\n0\r\n\r\n");
-    assert_eq!(rest.matches('2').count(), 4 << 20);
+    assert_eq!(rest.matches('2').count(), SECOND);
     drop(accepting);
 }
 
@@ -392,16 +419,22 @@ async fn stopping_ends_the_stream(
 /// Writes `request` on `client` and reads until what came contains `until`.
 async fn exchange(client: &mut TcpStream, request: &str, until: &str) -> String {
     client.write_all(request.as_bytes()).await.unwrap();
-    let (mut got, mut buf) = (String::new(), [0u8; 1024]);
-    while !got.contains(until) {
+    let (mut got, mut buf) = (Vec::new(), vec![0u8; 64 << 10]);
+    loop {
+        let from = got.len().saturating_sub(until.len());
         let n = tokio::time::timeout(Duration::from_secs(5), client.read(&mut buf))
             .await
             .expect("no answer")
             .unwrap();
-        assert!(n > 0, "closed: {got}");
-        got.push_str(std::str::from_utf8(&buf[..n]).unwrap());
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+        if got[from..]
+            .windows(until.len())
+            .any(|w| w == until.as_bytes())
+        {
+            return String::from_utf8(got).unwrap();
+        }
     }
-    got
 }
 
 #[test]

@@ -1,18 +1,19 @@
 //! An event stream's socket, taken back from hyper once hyper has written the stream's head.
 //!
 //! An event stream is a response that lasts as long as its viewer watches, and while a response
-//! lasts hyper keeps its connection's 8 KiB read buffer and state (BENCHMARKS.md, "an SSE
-//! viewer on a kept-alive connection at 2.3 KiB"). So hyper holds each connection's socket through a
-//! [`HyperIo`], which hands the socket over ([`HandOver`]) at hyper's first flush after an event
+//! lasts hyper keeps its connection's 8 KiB read buffer and state (BENCHMARKS.md, "an SSE viewer
+//! on a kept-alive connection at 2.3 KiB"). So hyper holds each connection's socket through a
+//! [`HyperIo`], which hands the socket back ([`HandBack`]) at hyper's first flush after an event
 //! stream's head: hyper flushes its socket only once it has written all it holds (the responses
-//! before, and the stream's head), and the body it was given for the stream waits for nothing.
-//! The connection's task then drops hyper's connection and writes the stream's body itself, as
-//! it writes a sniffed stream's (`event_stream.rs`).
+//! before, and the stream's head; hyper 1's `Buffered::poll_flush` with `pipeline_flush` off,
+//! its default, which the listener keeps), and the body it was given for the stream yields
+//! nothing. The connection's task then drops hyper's connection and writes the stream's body
+//! itself, as it writes a sniffed stream's (`event_stream.rs`).
 
 use super::event_stream::Framing;
 use super::Admitted;
 use axum::body::Body;
-use axum::http::{Method, Request, Version};
+use axum::http::{header, Method, Request, Version};
 use parking_lot::Mutex;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -20,70 +21,76 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// What a connection's service and its socket share for an event stream's hand-over.
+/// What a connection's service and its socket share for an event stream's hand-back.
 #[derive(Default)]
-pub(super) struct HandOver {
-    /// How a stream answering the request in flight is framed (`NOT_TAKEN`: hyper's to answer).
+pub(super) struct HandBack {
+    /// How a stream answering the request in flight is framed (`LEFT_TO_HYPER`: hyper writes
+    /// it all).
     framing: AtomicU8,
-    /// An event stream was answered: the socket is handed over at hyper's next flush.
+    /// An event stream was answered: the socket is handed back at hyper's next flush.
     answered: AtomicBool,
-    /// The socket was handed over.
+    /// The socket was handed back.
     handed: AtomicBool,
-    taken: Mutex<Taken>,
+    parts: Mutex<Parts>,
 }
 
+/// The stream's body (from the service) and the socket (from hyper's IO), as each comes.
 #[derive(Default)]
-struct Taken {
+struct Parts {
     stream: Option<(Body, Framing)>,
     socket: Option<Admitted>,
 }
 
-const NOT_TAKEN: u8 = 0;
+const LEFT_TO_HYPER: u8 = 0;
 const CHUNKED: u8 = 1;
 const UNTIL_CLOSE: u8 = 2;
 
-impl HandOver {
-    /// Notes how a stream answering `request` would be framed: only a `GET`'s body is written
-    /// (a `HEAD` has none), in chunks on HTTP/1.1 and until the connection closes on HTTP/1.0,
-    /// as hyper would.
+impl HandBack {
+    /// Notes how a stream answering `request` would be framed: only a body-less `GET`'s stream
+    /// is taken (a `HEAD` has no body to write, and a request's own body would still be coming
+    /// in), in chunks on HTTP/1.1 and until the connection closes on HTTP/1.0, as hyper would.
     pub(super) fn note_request<B>(&self, request: &Request<B>) {
+        let headers = request.headers();
+        let has_body = headers.contains_key(header::CONTENT_LENGTH)
+            || headers.contains_key(header::TRANSFER_ENCODING);
         let framing = match (request.method(), request.version()) {
+            _ if has_body => LEFT_TO_HYPER,
             (&Method::GET, Version::HTTP_11) => CHUNKED,
             (&Method::GET, Version::HTTP_10) => UNTIL_CLOSE,
-            _ => NOT_TAKEN,
+            _ => LEFT_TO_HYPER,
         };
         self.framing.store(framing, Ordering::Relaxed);
     }
 
     /// Keeps the event stream `body` answering the request in flight, for the connection's task
-    /// to write once hyper has handed the socket over; `body` back if the request's stream is
-    /// hyper's to write (not a `GET`).
+    /// to write once hyper has handed the socket back; `body` back if the request's stream is
+    /// hyper's to write (`note_request`).
     pub(super) fn answer(&self, body: Body) -> Result<(), Body> {
         let framing = match self.framing.load(Ordering::Relaxed) {
             CHUNKED => Framing::Chunked,
             UNTIL_CLOSE => Framing::UntilClose,
             _ => return Err(body),
         };
-        self.taken.lock().stream = Some((body, framing));
+        self.parts.lock().stream = Some((body, framing));
         self.answered.store(true, Ordering::Release);
         Ok(())
     }
 
-    /// Whether the socket has been handed over (then hyper's connection is done with).
-    pub(super) fn is_handed_over(&self) -> bool {
+    /// Whether the socket has been handed back (then hyper's connection is done with).
+    pub(super) fn is_handed_back(&self) -> bool {
         self.handed.load(Ordering::Acquire)
     }
 
-    /// The socket and the stream to write on it, once handed over.
+    /// The socket and the stream to write on it, once handed back.
     pub(super) fn take(&self) -> Option<(Admitted, Body, Framing)> {
-        let mut taken = self.taken.lock();
-        let socket = taken.socket.take()?;
-        let (body, framing) = taken.stream.take()?;
+        let mut parts = self.parts.lock();
+        let socket = parts.socket.take()?;
+        let (body, framing) = parts.stream.take()?;
         Some((socket, body, framing))
     }
 
-    fn hand_over(&self, socket: Admitted) {
-        self.taken.lock().socket = Some(socket);
+    fn hand_back(&self, socket: Admitted) {
+        self.parts.lock().socket = Some(socket);
         self.handed.store(true, Ordering::Release);
     }
 }
@@ -91,14 +98,14 @@ impl HandOver {
 /// A connection's socket as hyper holds it, until an event stream takes it (see the module doc).
 pub(super) struct HyperIo {
     socket: Option<Admitted>,
-    hand_over: Arc<HandOver>,
+    hand_back: Arc<HandBack>,
 }
 
 impl HyperIo {
-    pub(super) fn new(socket: Admitted, hand_over: Arc<HandOver>) -> Self {
+    pub(super) fn new(socket: Admitted, hand_back: Arc<HandBack>) -> Self {
         Self {
             socket: Some(socket),
-            hand_over,
+            hand_back,
         }
     }
 
@@ -112,7 +119,7 @@ impl HyperIo {
             Some(socket) => Ok(Pin::new(socket)),
             None => Err(std::io::Error::new(
                 std::io::ErrorKind::NotConnected,
-                "this connection's socket was handed to its event stream",
+                "this connection's socket was handed back for its event stream",
             )),
         }
     }
@@ -150,13 +157,13 @@ impl AsyncWrite for HyperIo {
     }
 
     /// hyper flushes its socket once it has written all it holds: after an event stream's head,
-    /// the socket is handed over.
+    /// the socket is handed back.
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
         std::task::ready!(this.socket()?.poll_flush(cx))?;
-        if this.hand_over.answered.load(Ordering::Acquire) {
+        if this.hand_back.answered.load(Ordering::Acquire) {
             if let Some(socket) = this.socket.take() {
-                this.hand_over.hand_over(socket);
+                this.hand_back.hand_back(socket);
             }
         }
         Poll::Ready(Ok(()))
