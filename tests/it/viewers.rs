@@ -150,14 +150,22 @@ fn sse_versions(text: &str) -> (Vec<i64>, String) {
 
 #[tokio::test]
 async fn a_slow_sse_viewer_is_behind_by_what_its_socket_holds_not_by_a_queue() {
-    slow_sse_viewer("").await;
+    slow_sse_viewer("", false).await;
 }
 
 /// The same viewer as a browser's `EventSource` asks (`Accept: text/event-stream` on a new
 /// connection): served without hyper (edge/src/listener/event_stream.rs), behind by no more.
 #[tokio::test]
 async fn a_slow_event_source_viewer_is_behind_by_what_its_socket_holds_not_by_a_queue() {
-    slow_sse_viewer("Accept: text/event-stream\r\n").await;
+    slow_sse_viewer("Accept: text/event-stream\r\n", false).await;
+}
+
+/// The same viewer on a connection that carried a request first (a browser's kept-alive one, a
+/// proxy's pooled one): hyper writes the stream's head and hands the socket back
+/// (edge/src/listener/hand_back.rs), and the viewer is behind by no more.
+#[tokio::test]
+async fn a_slow_event_source_viewer_on_a_kept_alive_connection_is_behind_by_no_more() {
+    slow_sse_viewer("Accept: text/event-stream\r\n", true).await;
 }
 
 /// A poll with big messages (64 options of 200 characters, ~17 KB each), so a few fill the
@@ -222,13 +230,22 @@ fn judge_catch_up(
     );
 }
 
-async fn slow_sse_viewer(accept: &str) {
+/// A viewer that stops reading its event stream, asked for with `accept`, after a request for the
+/// poll on the same connection if `kept_alive`.
+async fn slow_sse_viewer(accept: &str, kept_alive: bool) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let app = spawn_app().await;
     let poll = big_poll(&app).await;
     let mut sse = small_window(&app).await;
+    let before = match kept_alive {
+        true => format!("GET /v1/polls/{poll} HTTP/1.1\r\nHost: x\r\n\r\n"),
+        false => String::new(),
+    };
+    let through_hyper = app
+        .metric("crowdtick_http_event_streams_through_hyper_total")
+        .await;
     sse.write_all(
-        format!("GET /v1/polls/{poll}/sse HTTP/1.1\r\nHost: x\r\n{accept}\r\n").as_bytes(),
+        format!("{before}GET /v1/polls/{poll}/sse HTTP/1.1\r\nHost: x\r\n{accept}\r\n").as_bytes(),
     )
     .await
     .unwrap();
@@ -258,6 +275,13 @@ async fn slow_sse_viewer(accept: &str) {
     })
     .await;
     judge_catch_up(voting, caught_up.is_ok(), &stale, latest);
+    // Served without hyper only when the stream opened its connection and asked for events.
+    let through_hyper = app
+        .metric("crowdtick_http_event_streams_through_hyper_total")
+        .await
+        - through_hyper;
+    let expected = u64::from(kept_alive || accept.is_empty());
+    assert_eq!(through_hyper, expected, "event streams through hyper");
 }
 
 /// A WebSocket viewer that stops reading is passed by the sweeps once its socket is full, and
