@@ -143,15 +143,16 @@ def test_the_declared_rust_version_builds_what_is_locked_and_the_image_has_it():
     import subprocess
 
     declared = tomllib.loads((REPO / "Cargo.toml").read_text())["workspace"]["package"]["rust-version"]
-    metadata = subprocess.run(
+    listed = subprocess.run(
         # Not --offline: the manifests of other platforms' dependencies (Windows, Android) are
         # fetched from the registry when a fresh machine has never built them.
         ["cargo", "metadata", "--locked", "--format-version", "1"],
         cwd=REPO,
-        check=True,
         capture_output=True,
         text=True,
-    ).stdout
+    )
+    assert listed.returncode == 0, listed.stderr
+    metadata = listed.stdout
     needed = max(
         (_version(p["rust_version"]), p["name"]) for p in json.loads(metadata)["packages"] if p.get("rust_version")
     )

@@ -175,7 +175,7 @@ async fn an_event_stream_on_a_kept_alive_connection_is_written_on_the_viewers_ru
     viewers.shutdown_background();
 }
 
-/// hyper writes an event stream's head (after all it held: here a pipelined response of 1 MiB
+/// hyper writes an event stream's head (after all it held: here a pipelined response of 16 MiB
 /// the client is late to read), then hands the socket back and its connection (its buffers, its
 /// service) is dropped while the stream goes on; a handler's length header is not the stream's;
 /// HTTP/1.0 gets the stream framed by the connection's end, and a `HEAD` the head alone.
@@ -203,7 +203,9 @@ async fn an_event_stream_through_hyper_leaves_hyper_after_its_head() {
         ];
         (headers, body)
     };
-    const BIG: usize = 1 << 20;
+    // Far more than the socket's buffers hold (the client's is kept small): hyper still holds
+    // some of it when it answers the stream.
+    const BIG: usize = 16 << 20;
     let big = || async { format!("<{}>", "p".repeat(BIG)) };
     let router = Router::new()
         .route("/events", axum::routing::get(events))
@@ -228,7 +230,9 @@ async fn an_event_stream_through_hyper_leaves_hyper_after_its_head() {
             .await
         }
     });
-    let mut client = TcpStream::connect(addr).await.unwrap();
+    let client = tokio::net::TcpSocket::new_v4().unwrap();
+    client.set_recv_buffer_size(64 << 10).unwrap();
+    let mut client = client.connect(addr).await.unwrap();
     // Pipelined: a big response and the stream, asked for in one write, read late.
     let requests = "GET /big HTTP/1.1\r\nHost: x\r\n\r\n\
         GET /events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n";
@@ -338,8 +342,10 @@ fn stream_outlives_the_runtime_that_accepted_it(before: &str) {
         .block_on(TcpListener::bind("127.0.0.1:0"))
         .unwrap();
     let addr = listener.local_addr().unwrap();
+    let metrics = Arc::new(HttpMetrics::default());
+    let served = metrics.clone();
     accepting.spawn(async move {
-        let (limits, metrics) = (HttpLimits::default(), Arc::new(HttpMetrics::default()));
+        let limits = HttpLimits::default();
         serve(
             listener,
             router,
@@ -387,6 +393,9 @@ fn stream_outlives_the_runtime_that_accepted_it(before: &str) {
     });
     let first = read_until(&mut client, "data: 1\n\n");
     assert_eq!(first.contains("<plain>"), !before.is_empty(), "{first}");
+    // Behind another request, the stream was answered through hyper and handed back.
+    let through_hyper = served.event_streams_through_hyper.load(Ordering::Relaxed);
+    assert_eq!(through_hyper, u64::from(!before.is_empty()));
     // The accepting runtime is not run again: its driver reports nothing from now on.
     next.send_replace(true);
     std::thread::sleep(Duration::from_millis(300));
