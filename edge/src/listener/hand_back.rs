@@ -50,11 +50,14 @@ impl HandBack {
     /// is taken (a `HEAD` has no body to write, and a request's own body would still be coming
     /// in), in chunks on HTTP/1.1 and until the connection closes on HTTP/1.0, as hyper would.
     pub(super) fn note_request<B>(&self, request: &Request<B>) {
-        let headers = request.headers();
-        let has_body = headers.contains_key(header::CONTENT_LENGTH)
-            || headers.contains_key(header::TRANSFER_ENCODING);
+        // A vote (a POST) is turned away before any header is looked at.
+        let has_body = || {
+            let headers = request.headers();
+            headers.contains_key(header::CONTENT_LENGTH)
+                || headers.contains_key(header::TRANSFER_ENCODING)
+        };
         let framing = match (request.method(), request.version()) {
-            _ if has_body => LEFT_TO_HYPER,
+            (&Method::GET, _) if has_body() => LEFT_TO_HYPER,
             (&Method::GET, Version::HTTP_11) => CHUNKED,
             (&Method::GET, Version::HTTP_10) => UNTIL_CLOSE,
             _ => LEFT_TO_HYPER,
