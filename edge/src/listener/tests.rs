@@ -63,18 +63,13 @@ async fn an_event_stream_is_written_on_the_runtime_the_node_names() {
         ([(header::CONTENT_TYPE, "text/event-stream")], body)
     };
     let router = Router::new().route("/events", axum::routing::get(events));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let options = Options {
         event_streams: Some(viewers.handle().clone()),
         ..Options::default()
     };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        let (limits, metrics) = (HttpLimits::default(), Arc::new(HttpMetrics::default()));
-        let stopped = async { drop(stopped.await) };
-        serve(listener, router, &limits, metrics, options, stopped).await
-    });
+    let Running {
+        addr, stop, server, ..
+    } = start(router, options).await;
     let mut client = TcpStream::connect(addr).await.unwrap();
     let request = "GET /events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n";
     let got = exchange(&mut client, request, "\n\n\r\n").await;
@@ -127,22 +122,16 @@ async fn an_event_stream_on_a_kept_alive_connection_is_written_on_the_viewers_ru
             "/thread",
             axum::routing::get(move || async move { format!("<{}>", thread()) }),
         );
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let options = Options {
         event_streams: Some(viewers.handle().clone()),
         ..Options::default()
     };
-    let metrics = Arc::new(HttpMetrics::default());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn({
-        let metrics = metrics.clone();
-        async move {
-            let limits = HttpLimits::default();
-            let stopped = async { drop(stopped.await) };
-            serve(listener, router, &limits, metrics, options, stopped).await
-        }
-    });
+    let Running {
+        addr,
+        metrics,
+        stop,
+        server,
+    } = start(router, options).await;
     const THREAD: &str = "GET /thread HTTP/1.1\r\nHost: x\r\n\r\n";
     // A request, then an event stream, on one connection.
     let mut client = TcpStream::connect(addr).await.unwrap();
@@ -210,26 +199,12 @@ async fn an_event_stream_through_hyper_leaves_hyper_after_its_head() {
     let router = Router::new()
         .route("/events", axum::routing::get(events))
         .route("/big", axum::routing::get(big));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let metrics = Arc::new(HttpMetrics::default());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn({
-        let metrics = metrics.clone();
-        async move {
-            let limits = HttpLimits::default();
-            let stopped = async { drop(stopped.await) };
-            serve(
-                listener,
-                router,
-                &limits,
-                metrics,
-                Options::default(),
-                stopped,
-            )
-            .await
-        }
-    });
+    let Running {
+        addr,
+        metrics,
+        stop,
+        server,
+    } = start(router, Options::default()).await;
     let client = tokio::net::TcpSocket::new_v4().unwrap();
     client.set_recv_buffer_size(64 << 10).unwrap();
     let mut client = client.connect(addr).await.unwrap();
@@ -402,6 +377,37 @@ fn stream_outlives_the_runtime_that_accepted_it(before: &str) {
     let rest = read_until(&mut client, "\r\n0\r\n\r\n");
     assert_eq!(rest.matches('2').count(), SECOND);
     drop(accepting);
+}
+
+/// A listener on a loopback port, serving in a task of its own.
+struct Running {
+    addr: std::net::SocketAddr,
+    metrics: Arc<HttpMetrics>,
+    /// Stops it.
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+/// Starts the listener on `router` with `options`.
+async fn start(router: Router, options: Options) -> Running {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let metrics = Arc::new(HttpMetrics::default());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn({
+        let metrics = metrics.clone();
+        async move {
+            let limits = HttpLimits::default();
+            let stopped = async { drop(stopped.await) };
+            serve(listener, router, &limits, metrics, options, stopped).await
+        }
+    });
+    Running {
+        addr,
+        metrics,
+        stop,
+        server,
+    }
 }
 
 /// Stops the listener (`server`): it returns within 5 s (not after the grace period), and
