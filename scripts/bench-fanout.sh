@@ -6,7 +6,8 @@
 #
 #   scripts/bench-fanout.sh [CROWDTICK_BIN]
 #
-# BENCH_VIEWERS (default 15000) WebSocket viewers of one poll on a fresh `crowdtick serve`
+# BENCH_VIEWERS (default 15000) viewers of one poll (BENCH_TRANSPORT: ws, the default, sse or
+# sse-kept-alive, as the load generator's --viewer-transport) on a fresh `crowdtick serve`
 # (embedded log, fsync on), votes at BENCH_RATE (default 2000/s: enough to move the poll every
 # coalescing interval, little enough to leave the fan-out its core) for BENCH_SECS (default 25);
 # the fan-out thread's CPU (from /proc) and the node's crowdtick_realtime_messages_sent are read
@@ -22,7 +23,11 @@ if [[ "${1:-}" == -h || "${1:-}" == --help ]]; then
 fi
 cd "$(dirname "$0")/.."
 viewers=${BENCH_VIEWERS:-15000}; rate=${BENCH_RATE:-2000}; secs=${BENCH_SECS:-25}
-window=${BENCH_WINDOW:-8}; profile=${BENCH_PROFILE:-release}
+window=${BENCH_WINDOW:-8}; profile=${BENCH_PROFILE:-release}; transport=${BENCH_TRANSPORT:-ws}
+case $transport in
+  ws | sse | sse-kept-alive) ;;
+  *) echo "scripts/bench-fanout.sh: BENCH_TRANSPORT is ws, sse or sse-kept-alive, not '$transport'" >&2; exit 2 ;;
+esac
 port=18197
 target_dir=$(realpath -m "${CARGO_TARGET_DIR:-target}")
 if [ -z "${1:-}" ]; then
@@ -50,9 +55,9 @@ thread_ticks() { # pid name
 }
 metric() { curl -s "http://127.0.0.1:$port/metrics" | awk -v m="$1" '$1 == m || $1 == m "_total" {print $2}'; }
 
-echo "fan-out: $viewers WebSocket viewers of one poll, votes at $rate/s; $(nproc) cores; $(date -u +%F)" >&2
+echo "fan-out: $viewers viewers ($transport) of one poll, votes at $rate/s; $(nproc) cores; $(date -u +%F)" >&2
 serve "$bin" "$work/data"
-"$bin" loadgen --url "http://127.0.0.1:$port" --viewers "$viewers" --rate "$rate" --duration "$secs" \
+"$bin" loadgen --url "http://127.0.0.1:$port" --viewers "$viewers" --viewer-transport "$transport" --rate "$rate" --duration "$secs" \
   --voters 500000 --polls 1 --connections 64 --verify --quiet >"$work/loadgen.out" 2>&1 &
 loadgen=$!
 held=0

@@ -262,13 +262,17 @@ async fn stream_body(
     stopping: &mut watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let mut incoming = [0u8; 1];
+    // Made once: every stream waits on the node's one stop channel, and a wait made anew for
+    // each frame would take that channel's lock twice per frame per viewer.
+    let stopped = stopping.wait_for(|stop| *stop);
+    tokio::pin!(stopped);
     loop {
         let frame = tokio::select! {
             frame = body.frame() => frame,
             // The client closed (or reset) its end, or says something: an event stream's client
             // has nothing to say, and reading it byte by byte is not worth a core.
             _ = io.read(&mut incoming) => return Ok(()),
-            _ = stopping.wait_for(|stop| *stop) => break,
+            _ = &mut stopped => break,
         };
         match frame {
             None => break,
