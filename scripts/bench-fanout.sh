@@ -114,7 +114,7 @@ PY
 if [ -f "$work/perf.data" ]; then
   echo; echo "where the fan-out thread's time went (perf, share of its samples):"
   perf report -i "$work/perf.data" --comm fanout --children --sort sym --stdio -g none 2>/dev/null |
-    grep -E '\] (__sys_sendto|tcp_v4_rcv|do_syscall_64|entry_SYSCALL_64_after_hwframe)$' | sed 's/^/  /' || true
+    grep -E '\] (__sys_sendto|do_writev|tcp_v4_rcv|sock_def_readable|do_syscall_64|entry_SYSCALL_64_after_hwframe)$' | sed 's/^/  /' || true
   perf report -i "$work/perf.data" --comm fanout --no-children --sort dso --stdio -g none 2>/dev/null |
     grep '%' | sed -n '1,4s/^/  /p' || true
 fi

@@ -263,7 +263,7 @@ async fn stream_body(
 ) -> std::io::Result<()> {
     let mut incoming = [0u8; 1];
     // Made once: every stream waits on the node's one stop channel, and a wait made anew for
-    // each frame would take that channel's lock twice per frame per viewer.
+    // each frame would lock that channel's waiter list to join it and again to leave it.
     let stopped = stopping.wait_for(|stop| *stop);
     tokio::pin!(stopped);
     loop {
