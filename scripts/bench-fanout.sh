@@ -9,7 +9,10 @@
 # BENCH_VIEWERS (default 15000) viewers of one poll (BENCH_TRANSPORT: ws, the default, sse or
 # sse-kept-alive, as the load generator's --viewer-transport) on a fresh `crowdtick serve`
 # (embedded log, fsync on), votes at BENCH_RATE (default 2000/s: enough to move the poll every
-# coalescing interval, little enough to leave the fan-out its core) for BENCH_SECS (default 25);
+# coalescing interval, little enough to leave the fan-out its core) for BENCH_SECS (default 25),
+# with the frame budget of the runs before the default changed (realtime.frame_budget 150000,
+# realtime.coalesce_ms 100: 100 ms frames at 15,000 viewers, more than the thread writes, so it is
+# busy and its cost per frame is what is read; the default, 75,000, would leave it idle part of the time);
 # the fan-out thread's CPU (from /proc) and the node's crowdtick_realtime_messages_sent are read
 # over BENCH_WINDOW seconds (default 8) once every viewer is open, and the load generator's viewer
 # thread's CPU over the same window. BENCH_PERF=1 also records the fan-out thread with `perf`
@@ -56,7 +59,9 @@ thread_ticks() { # pid name
 metric() { curl -s "http://127.0.0.1:$port/metrics" | awk -v m="$1" '$1 == m || $1 == m "_total" {print $2}'; }
 
 echo "fan-out: $viewers viewers ($transport) of one poll, votes at $rate/s; $(nproc) cores; $(date -u +%F)" >&2
+export CROWDTICK_REALTIME__FRAME_BUDGET=150000 CROWDTICK_REALTIME__COALESCE_MS=100
 serve "$bin" "$work/data"
+unset CROWDTICK_REALTIME__FRAME_BUDGET CROWDTICK_REALTIME__COALESCE_MS
 "$bin" loadgen --url "http://127.0.0.1:$port" --viewers "$viewers" --viewer-transport "$transport" --rate "$rate" --duration "$secs" \
   --voters 500000 --polls 1 --connections 64 --verify --quiet >"$work/loadgen.out" 2>&1 &
 loadgen=$!

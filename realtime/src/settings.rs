@@ -62,9 +62,9 @@ impl Default for RealtimeSection {
         Self {
             coalesce_ms: 200,
             min_coalesce_ms: 25,
-            // Below what one node's fan-out core writes with votes flowing beside it on the
-            // 2-core machine (BENCHMARKS.md, "(fifth session): a frame budget"): at 150,000 the
-            // frames queued, and both the votes and the viewers' lag paid for it.
+            // What a node's WebSocket viewers were delivered with votes flowing beside them on
+            // the 2-core machine (BENCHMARKS.md, "(fifth session): a frame budget"): at 150,000
+            // both the votes and the viewers' lag paid for the frames it could not send.
             frame_budget: 75_000,
             allowed_origins: Vec::new(),
             send_timeout_ms: 5_000,
