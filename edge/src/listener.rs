@@ -21,9 +21,13 @@
 //!   asked for on a connection that carried other requests first (kept alive, or a proxy's) is
 //!   answered through hyper, which writes its head and hands the socket back (`hand_back.rs`);
 //!   the stream is then written as a sniffed one is, without hyper (`http_connection.rs`).
+//!   A handler that writes its own stream ([`StreamWriter`], the realtime service's sweeps) is
+//!   handed the socket once the head is written, on that runtime, instead of its body being
+//!   written.
 //! - A write the client does not take within `http.write_stall_timeout_ms` ends the connection,
-//!   whatever it carries (a response, an event stream, a WebSocket): a client that stops reading
-//!   holds its socket and buffers for at most that long.
+//!   whatever the listener writes on it (a response, an event stream's head and body): a client
+//!   that stops reading holds its socket and buffers for at most that long. A socket handed over
+//!   (a WebSocket, a [`StreamWriter`]'s stream) is bounded by whoever writes to it.
 //! - A live stream's handler may ask for a small kernel send buffer
 //!   (`realtime.socket_send_buffer_bytes`), set before the socket's next write, and learn how much
 //!   the socket has written ([`LiveSocket`]).
@@ -49,11 +53,13 @@ pub mod live_connection;
 pub mod live_socket;
 pub mod read_gate;
 pub mod receive_stamp;
+mod stream_writer;
 
 pub use arrival::Arrival;
 pub use live_connection::LiveConnection;
 pub use live_socket::LiveSocket;
 pub use read_gate::ReadGate;
+pub use stream_writer::StreamWriter;
 
 use admitted::Admitted;
 use axum::extract::ConnectInfo;

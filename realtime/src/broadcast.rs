@@ -1,20 +1,25 @@
-//! A poll's WebSocket viewers, written to in sweeps.
+//! A poll's live viewers, WebSockets and event streams, written to in sweeps.
 //!
 //! When a poll's feed publishes a frame, each shard of its viewers (at most [`SHARD`]) is swept
 //! once on the fan-out runtime. Each viewer whose socket took everything it was last given is
 //! written its new messages there and then, with one non-blocking write of the frame's shared
-//! bytes ([`crate::frame::Encoded::ws_frame`]): no task is woken, no buffer filled and nothing
-//! framed per viewer, so a frame costs a viewer little more than the kernel's write.
+//! bytes ([`crate::frame::Encoded::ws_frame`], or [`crate::frame::Encoded::sse_chunk`] for an
+//! event stream, whose socket the listener hands over after the stream's head:
+//! `edge::listener::StreamWriter`): no task is woken, no buffer filled and nothing framed per
+//! viewer, so a frame costs a viewer little more than the kernel's write. The feed's keep-alive
+//! clock sweeps too: an event stream that has been sent nothing for two of its beats is written
+//! a comment.
 //!
 //! A viewer whose socket is full (or that has just joined, or owes a pong) is parked: sweeps pass
 //! it by, and its own task ([`serve`]) waits for room, writes the rest, and catches up with the
 //! newest frame before it hands the viewer back to the sweeps. So a slow viewer holds at most the
 //! rest of one frame and the kernel's small buffer, and gets the latest state next: never a
-//! queue. Its task also reads what the viewer sends ([`crate::websocket::ClientFrames`]) and is
-//! the only thing a viewer costs between frames.
+//! queue. Its task also reads what the viewer sends ([`crate::websocket::ClientFrames`]; an event
+//! stream's client has nothing to say, and is gone when it does), ends an event stream with its
+//! last chunk when the node stops, and is the only thing a viewer costs between frames.
 
 use crate::feed::{Feed, Subscription};
-use crate::frame::Frame;
+use crate::frame::{Encoded, Frame, KEEP_ALIVE_CHUNK};
 use crate::websocket::{ClientFrames, Reply};
 use crate::Realtime;
 use bytes::Bytes;
@@ -26,7 +31,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 /// Viewers per shard: a sweep writes to about this many sockets in turn. Two sweeps of one shard
@@ -34,7 +39,7 @@ use tokio::time::Instant;
 /// its messages whole, in order and never older than the last.
 pub const SHARD: usize = 512;
 
-/// The WebSocket viewers of one poll (`T`: a [`Viewer`]; anything, in the tests of seating).
+/// The live viewers of one poll (`T`: a [`Viewer`]; anything, in the tests of seating).
 pub(crate) struct Audience<T = Viewer> {
     shards: Mutex<Vec<Arc<Shard<T>>>>,
 }
@@ -128,8 +133,9 @@ impl<T> Audience<T> {
 }
 
 impl Audience<Viewer> {
-    /// Sweeps every shard with `feed`'s newest frame, each on the fan-out runtime; a shard whose
-    /// sweep is still queued is not queued twice (that sweep reads the newest frame).
+    /// Sweeps every shard with `feed`'s newest frame (or its keep-alive clock's beat), each on
+    /// the fan-out runtime; a shard whose sweep is still queued is not queued twice (that sweep
+    /// reads the newest frame).
     pub(crate) fn sweep(&self, rt: &Arc<Realtime>, feed: &Arc<Feed>) {
         for shard in self.occupied() {
             if shard.scheduled.swap(true, Ordering::AcqRel) {
@@ -159,11 +165,49 @@ impl<T> Shard<T> {
     }
 }
 
-/// One WebSocket viewer: its socket and what it has been sent.
+/// How a viewer's messages are framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Transport {
+    /// WebSocket text frames.
+    WebSocket,
+    /// Server-Sent Events, each an HTTP/1.1 chunk, and a comment when the stream has been quiet.
+    EventStream,
+}
+
+impl Transport {
+    fn name(self) -> &'static str {
+        match self {
+            Transport::WebSocket => "ws",
+            Transport::EventStream => "sse",
+        }
+    }
+
+    fn bytes(self, message: &Encoded) -> &Bytes {
+        match self {
+            Transport::WebSocket => message.ws_frame(),
+            Transport::EventStream => message.sse_chunk(),
+        }
+    }
+}
+
+/// What a viewer's task is given besides its connection.
+pub(crate) enum Client {
+    /// A WebSocket: what the client sent behind its handshake.
+    WebSocket { early: Bytes },
+    /// An event stream (its head written): the node's stop signal, after which the stream ends
+    /// with its last chunk.
+    EventStream { stopping: watch::Receiver<bool> },
+}
+
+/// An event stream's last chunk.
+const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// One live viewer: its socket and what it has been sent.
 pub(crate) struct Viewer {
     conn: LiveConnection,
     /// Sees embargoed counts.
     operator: bool,
+    transport: Transport,
     state: Mutex<Sent>,
     /// Wakes the viewer's task: a sweep parked it or found its socket gone.
     wake: Notify,
@@ -173,6 +217,8 @@ struct Sent {
     /// Sequence numbers of the last results and viewer-count messages sent.
     results: u64,
     viewers: u64,
+    /// The feed's keep-alive beat when the viewer was last given something.
+    beat: u64,
     /// Bytes given to the viewer and not yet written, in order.
     pending: VecDeque<Bytes>,
     /// The viewer's task writes for it; sweeps pass it by.
@@ -213,24 +259,35 @@ fn write_now<'a>(
 }
 
 /// What a frame has new for one viewer: its results message, its viewer count, or both (in
-/// that order); borrowed from the frame, so a sweep copies nothing.
+/// that order), or an event stream's keep-alive; borrowed from the frame, so a sweep copies
+/// nothing.
 #[derive(Default)]
-struct News<'a>([Option<&'a Bytes>; 2]);
+struct News<'a> {
+    bytes: [Option<&'a Bytes>; 2],
+    /// Messages among them (a keep-alive is none).
+    messages: u64,
+}
 
 impl<'a> News<'a> {
     fn iter(&self) -> impl Iterator<Item = &'a Bytes> + '_ {
-        self.0.iter().flatten().copied()
+        self.bytes.iter().flatten().copied()
     }
 
-    fn len(&self) -> usize {
-        self.0.iter().flatten().count()
+    fn is_empty(&self) -> bool {
+        self.bytes.iter().all(Option::is_none)
     }
 }
 
 impl Sent {
-    /// The messages of `frame` this viewer has not been sent, now counted as sent; none while a
-    /// close is queued.
-    fn take_news<'a>(&mut self, frame: &'a Frame, operator: bool) -> News<'a> {
+    /// The messages of `frame` this viewer has not been sent, framed for `transport`, now
+    /// counted as sent; for an event stream given nothing for two beats of the feed's clock, a
+    /// keep-alive; nothing while a close is queued.
+    fn take_news<'a>(
+        &mut self,
+        frame: &'a Frame,
+        operator: bool,
+        transport: Transport,
+    ) -> News<'a> {
         let mut news = News::default();
         if self.closing {
             return news;
@@ -240,11 +297,19 @@ impl Sent {
         let results = frame.results(operator);
         if results.seq > self.results {
             self.results = results.seq;
-            news.0[0] = Some(results.message.ws_frame());
+            news.bytes[0] = Some(transport.bytes(&results.message));
+            news.messages += 1;
         }
         if frame.viewers_message.seq > self.viewers {
             self.viewers = frame.viewers_message.seq;
-            news.0[1] = Some(frame.viewers_message.message.ws_frame());
+            news.bytes[1] = Some(transport.bytes(&frame.viewers_message.message));
+            news.messages += 1;
+        }
+        if news.messages > 0 {
+            self.beat = self.beat.max(frame.beat);
+        } else if transport == Transport::EventStream && frame.beat >= self.beat + 2 {
+            self.beat = frame.beat;
+            news.bytes[0] = Some(&KEEP_ALIVE_CHUNK);
         }
         news
     }
@@ -266,13 +331,15 @@ impl Sent {
 }
 
 impl Viewer {
-    fn new(conn: LiveConnection, operator: bool) -> Self {
+    fn new(conn: LiveConnection, operator: bool, transport: Transport) -> Self {
         Self {
             conn,
             operator,
+            transport,
             state: Mutex::new(Sent {
                 results: 0,
                 viewers: 0,
+                beat: 0,
                 pending: VecDeque::new(),
                 // Its task sends the first frame.
                 parked: true,
@@ -290,9 +357,8 @@ impl Viewer {
         if sent.parked || sent.failed {
             return 0;
         }
-        let news = sent.take_news(frame, self.operator);
-        let given = news.len();
-        if given == 0 {
+        let news = sent.take_news(frame, self.operator, self.transport);
+        if news.is_empty() {
             return 0;
         }
         let total: usize = news.iter().map(|b| b.len()).sum();
@@ -309,7 +375,7 @@ impl Viewer {
                 self.wake.notify_one();
             }
         }
-        given as u64
+        news.messages
     }
 
     /// Whether the viewer's task has writing to do (or its connection is over).
@@ -351,14 +417,13 @@ impl Viewer {
                         return Err(Ended::Closed);
                     }
                     let frame = feed.latest();
-                    let news = sent.take_news(&frame, self.operator);
-                    let given = news.len() as u64;
-                    if given == 0 {
+                    let news = sent.take_news(&frame, self.operator, self.transport);
+                    if news.is_empty() {
                         sent.parked = false;
                         return Ok(());
                     }
                     sent.pending.extend(news.iter().cloned());
-                    rt.messages_sent.fetch_add(given, Ordering::Relaxed);
+                    rt.messages_sent.fetch_add(news.messages, Ordering::Relaxed);
                 }
                 match write_now(self.conn.stream(), sent.pending.iter()) {
                     Ok(0) => {}
@@ -389,23 +454,27 @@ const CLOSE_WAIT: Duration = Duration::from_secs(1);
 /// Bytes read from a viewer at a time (it sends pings and a close, if anything).
 const READ_CHUNK: usize = 256;
 
-/// Serves one WebSocket viewer of `sub`'s poll on `conn` until it leaves, closes, fails a write
-/// or takes too long to make room (`realtime.send_timeout_ms`); `early`: what the client sent
-/// behind its handshake.
+/// Serves one live viewer of `sub`'s poll on `conn` until it leaves, closes, fails a write, takes
+/// too long to make room (`realtime.send_timeout_ms`) or, for an event stream, the node stops.
 pub(crate) async fn serve(
     rt: Arc<Realtime>,
     sub: Subscription,
     conn: LiveConnection,
-    early: Bytes,
     operator: bool,
+    client: Client,
 ) {
     let feed = sub.feed().clone();
-    let viewer = Arc::new(Viewer::new(conn, operator));
-    let seat = feed.ws.join(viewer.clone());
     let mut frames = ClientFrames::default();
     let mut replies = Vec::new();
-    frames.read(&early, &mut replies);
-    drop(early);
+    let (transport, mut stopping) = match client {
+        Client::WebSocket { early } => {
+            frames.read(&early, &mut replies);
+            (Transport::WebSocket, None)
+        }
+        Client::EventStream { stopping } => (Transport::EventStream, Some(stopping)),
+    };
+    let viewer = Arc::new(Viewer::new(conn, operator, transport));
+    let seat = feed.audience.join(viewer.clone());
     let ended = loop {
         for reply in replies.drain(..) {
             viewer.reply(reply);
@@ -418,6 +487,10 @@ pub(crate) async fn serve(
         let stream = viewer.conn.stream();
         tokio::select! {
             _ = viewer.wake.notified() => {}
+            () = stopped(&mut stopping) => {
+                replies.push(Reply::Close(Bytes::from_static(LAST_CHUNK)));
+                stopping = None;
+            }
             ready = viewer.conn.readable() => {
                 if ready.is_err() {
                     break Ended::Gone;
@@ -426,6 +499,8 @@ pub(crate) async fn serve(
                 let mut chunk = [0u8; READ_CHUNK];
                 match stream.try_read(&mut chunk) {
                     Ok(0) => break Ended::Gone,
+                    // An event stream's client has nothing to say.
+                    Ok(_) if transport == Transport::EventStream => break Ended::Gone,
                     Ok(n) => frames.read(&chunk[..n], &mut replies),
                     Err(e) if e.kind() == ErrorKind::WouldBlock => {}
                     Err(_) => break Ended::Gone,
@@ -438,9 +513,17 @@ pub(crate) async fn serve(
     viewer.state.lock().failed = true;
     drop((seat, sub));
     match ended {
-        Ended::Slow => rt.dropped_slow_consumer(feed.poll_id, "ws"),
+        Ended::Slow => rt.dropped_slow_consumer(feed.poll_id, transport.name()),
         Ended::Closed => viewer.conn.finish(CLOSE_WAIT).await,
         Ended::Gone => {}
+    }
+}
+
+/// Once the node stops (or its stop signal is gone); never, without one.
+async fn stopped(stopping: &mut Option<watch::Receiver<bool>>) {
+    match stopping {
+        Some(stopping) => drop(stopping.wait_for(|stop| *stop).await),
+        None => std::future::pending().await,
     }
 }
 
@@ -450,10 +533,13 @@ mod tests {
     use crate::frame::render;
     use schemas::{Poll, Timestamp, Visibility};
 
+    const WS: Transport = Transport::WebSocket;
+
     fn sent() -> Sent {
         Sent {
             results: 0,
             viewers: 0,
+            beat: 0,
             pending: VecDeque::new(),
             parked: false,
             closing: false,
@@ -496,9 +582,8 @@ mod tests {
         assert!(s.pending.is_empty());
     }
 
-    #[test]
-    fn a_viewer_is_given_each_message_once_results_first_and_nothing_after_a_close() {
-        let poll = Arc::new(Poll {
+    fn poll() -> Arc<Poll> {
+        Arc::new(Poll {
             id: 1,
             slug: "s".into(),
             title: "t".into(),
@@ -513,10 +598,15 @@ mod tests {
             created_at: Timestamp(0),
             creator: None,
             voters: Default::default(),
-        });
+        })
+    }
+
+    #[test]
+    fn a_viewer_is_given_each_message_once_results_first_and_nothing_after_a_close() {
+        let poll = poll();
         let first = render(None, poll.clone(), Default::default(), 1, Timestamp(0));
         let mut s = sent();
-        let news: Vec<_> = s.take_news(&first, false).iter().cloned().collect();
+        let news: Vec<_> = s.take_news(&first, false, WS).iter().cloned().collect();
         assert_eq!(
             news,
             [
@@ -524,7 +614,7 @@ mod tests {
                 first.viewers_message.message.ws_frame().clone()
             ]
         );
-        assert_eq!(s.take_news(&first, false).len(), 0, "given once");
+        assert!(s.take_news(&first, false, WS).is_empty(), "given once");
         let counted = render(
             Some(&first),
             poll.clone(),
@@ -532,12 +622,71 @@ mod tests {
             2,
             Timestamp(0),
         );
-        let news: Vec<_> = s.take_news(&counted, false).iter().cloned().collect();
+        let news: Vec<_> = s.take_news(&counted, false, WS).iter().cloned().collect();
         assert_eq!(news, [counted.viewers_message.message.ws_frame().clone()]);
         // A sweep that read the first frame before the viewer's task sent the second.
-        assert_eq!(s.take_news(&first, false).len(), 0, "never an older frame");
+        assert!(
+            s.take_news(&first, false, WS).is_empty(),
+            "never an older frame"
+        );
         let again = render(Some(&counted), poll, Default::default(), 3, Timestamp(0));
         s.closing = true;
-        assert_eq!(s.take_news(&again, false).len(), 0, "nothing after a close");
+        assert!(
+            s.take_news(&again, false, WS).is_empty(),
+            "nothing after a close"
+        );
+    }
+
+    #[test]
+    fn an_event_stream_is_given_chunks_and_a_keep_alive_after_two_quiet_beats_a_websocket_none() {
+        let first = render(None, poll(), Default::default(), 1, Timestamp(0));
+        let (mut sse, mut ws) = (sent(), sent());
+        let news = sse.take_news(&first, false, Transport::EventStream);
+        assert_eq!(news.messages, 2);
+        let bytes: Vec<_> = news.iter().cloned().collect();
+        assert_eq!(
+            bytes,
+            [
+                first.public.message.sse_chunk().clone(),
+                first.viewers_message.message.sse_chunk().clone()
+            ]
+        );
+        ws.take_news(&first, false, WS);
+        let mut beat = Frame::clone(&first);
+        beat.beat = 1;
+        assert!(
+            sse.take_news(&beat, false, Transport::EventStream)
+                .is_empty(),
+            "one beat"
+        );
+        beat.beat = 2;
+        let news = sse.take_news(&beat, false, Transport::EventStream);
+        assert_eq!(news.messages, 0, "a keep-alive is not a message");
+        assert_eq!(news.iter().collect::<Vec<_>>(), [&KEEP_ALIVE_CHUNK]);
+        assert!(
+            sse.take_news(&beat, false, Transport::EventStream)
+                .is_empty(),
+            "once"
+        );
+        assert!(
+            ws.take_news(&beat, false, WS).is_empty(),
+            "a WebSocket gets none"
+        );
+        // A message resets the clock: the next keep-alive is two beats after it.
+        let mut counted = render(Some(&first), poll(), Default::default(), 2, Timestamp(0));
+        counted.beat = 3;
+        assert_eq!(
+            sse.take_news(&counted, false, Transport::EventStream)
+                .messages,
+            1
+        );
+        counted.beat = 4;
+        assert!(sse
+            .take_news(&counted, false, Transport::EventStream)
+            .is_empty());
+        counted.beat = 5;
+        assert!(!sse
+            .take_news(&counted, false, Transport::EventStream)
+            .is_empty());
     }
 }

@@ -7,15 +7,16 @@
 //!   frames per second stay within `realtime.frame_budget`), renders the frame once and publishes it in
 //!   a `watch` channel, which keeps only the latest: a viewer that is still sending an older frame
 //!   skips straight to the newest one when it is done. A slow viewer gets the latest state, never
-//!   a queue. The poll's WebSocket viewers are then written to in sweeps ([`crate::broadcast`]);
-//!   event streams and the old API's socket read the channel through their [`Subscription`].
+//!   a queue. The poll's WebSocket viewers and event streams are then written to in sweeps
+//!   ([`crate::broadcast`]); an event stream the node's listener does not hand over (a `HEAD`,
+//!   HTTP/1.0) and the old API's socket read the channel through their [`Subscription`].
 //! - Once a second the task looks at the viewer count (an atomic the subscriptions move) and
 //!   publishes it only when it changed; it also re-renders then, so a state that moves with the
 //!   clock (a scheduled close) is shown within a second. With no viewers left the task retires
 //!   its feed.
 //! - Every half `realtime.sse_keep_alive_secs` the task moves the frame's keep-alive clock
-//!   ([`Frame::beat`]), whatever the poll does: an event stream that has sent nothing for two of
-//!   its beats sends a comment, so proxies keep it open. One clock per poll instead of a timer per
+//!   ([`Frame::beat`]) and sweeps, whatever the poll does: an event stream that has sent nothing
+//!   for two of its beats sends a comment, so proxies keep it open. One clock per poll instead of a timer per
 //!   viewer reset by every event; and since it runs on the clock, not on the poll's activity,
 //!   an embargoed stream's comments say nothing about how busy the poll is.
 //! - A viewer costs its connection, one `watch` receiver and three sequence numbers: no buffer,
@@ -45,8 +46,9 @@ pub struct Feed {
     /// Subscriptions open on this feed.
     pub viewers: AtomicU64,
     frames: watch::Sender<Arc<Frame>>,
-    /// Its WebSocket viewers, written to in sweeps ([`crate::broadcast`]).
-    pub(crate) ws: Audience,
+    /// Its viewers written to in sweeps ([`crate::broadcast`]): WebSockets, and event streams
+    /// whose sockets the listener handed over.
+    pub(crate) audience: Audience,
 }
 
 impl Feed {
@@ -63,7 +65,7 @@ impl Feed {
             poll_id: poll.id,
             viewers: AtomicU64::new(0),
             frames: watch::channel(Arc::new(first)).0,
-            ws: Audience::default(),
+            audience: Audience::default(),
         });
         tokio::spawn(run(rt.clone(), feed.clone(), results, polls));
         feed
@@ -118,6 +120,7 @@ async fn run(
                 let mut next = Frame::clone(&feed.latest());
                 next.beat += 1;
                 feed.frames.send_replace(Arc::new(next));
+                feed.audience.sweep(&rt, &feed);
                 continue;
             }
             // Before the changes: a poll that never stops changing still has its count looked
@@ -157,7 +160,7 @@ async fn run(
             || next.viewers_message.seq != prev.viewers_message.seq;
         if moved {
             feed.frames.send_replace(Arc::new(next));
-            feed.ws.sweep(&rt, &feed);
+            feed.audience.sweep(&rt, &feed);
         }
     }
 }

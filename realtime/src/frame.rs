@@ -31,6 +31,21 @@ pub struct Encoded {
     /// The whole WebSocket text frame: its header (unmasked, as a server's frames are) and the
     /// JSON, the same bytes for every viewer.
     ws_frame: Bytes,
+    /// The SSE event as one HTTP/1.1 chunk (its size line, the event, the chunk's end): what an
+    /// event stream's viewer is written in a sweep ([`crate::broadcast`]).
+    sse_chunk: Bytes,
+}
+
+/// An event stream's keep-alive (an SSE comment line) as a chunk.
+pub static KEEP_ALIVE_CHUNK: Bytes = Bytes::from_static(b"3\r\n:\n\n\r\n");
+
+/// `bytes` as one HTTP/1.1 chunk.
+fn chunk(bytes: &[u8]) -> Bytes {
+    let mut chunk = format!("{:x}\r\n", bytes.len()).into_bytes();
+    chunk.reserve(bytes.len() + 2);
+    chunk.extend_from_slice(bytes);
+    chunk.extend_from_slice(b"\r\n");
+    chunk.into()
 }
 
 impl Encoded {
@@ -48,6 +63,7 @@ impl Encoded {
         let json = Utf8Bytes::try_from(sse.slice(start..end)).unwrap_or_default();
         let ws_frame = crate::websocket::server_frame(OpCode::Data(Data::Text), json.as_bytes());
         Self {
+            sse_chunk: chunk(&sse),
             sse,
             json,
             ws_frame,
@@ -57,6 +73,11 @@ impl Encoded {
     /// The Server-Sent Events encoding.
     pub fn sse(&self) -> Bytes {
         self.sse.clone()
+    }
+
+    /// The Server-Sent Events encoding as an HTTP/1.1 chunk, ready to write.
+    pub fn sse_chunk(&self) -> &Bytes {
+        &self.sse_chunk
     }
 
     /// The WebSocket text frame, ready to write.
@@ -275,5 +296,19 @@ mod tests {
         assert!(inside.contains(&e.json().as_ptr()), "one buffer");
         // FIN and text, unmasked, length 7.
         assert_eq!(&e.ws_frame()[..], b"\x81\x07{\"a\":1}");
+    }
+
+    #[test]
+    fn an_events_chunk_is_its_size_in_hex_the_event_and_the_chunks_end() {
+        let long = "x".repeat(300);
+        for json in ["{}", long.as_str()] {
+            let encoded = Encoded::new("results", json);
+            let chunk = std::str::from_utf8(encoded.sse_chunk()).unwrap();
+            let (size, rest) = chunk.split_once("\r\n").unwrap();
+            let sse = std::str::from_utf8(&encoded.sse).unwrap();
+            assert_eq!(usize::from_str_radix(size, 16).unwrap(), sse.len());
+            assert_eq!(rest, format!("{sse}\r\n"));
+        }
+        assert_eq!(&KEEP_ALIVE_CHUNK[..], b"3\r\n:\n\n\r\n");
     }
 }

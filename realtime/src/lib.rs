@@ -6,9 +6,9 @@
 //!   is news at most once a second, and only when it changed.
 //! - [`frame`]: what is sent (pure): the results for each audience and the viewer count, each
 //!   encoded once per poll for both transports.
-//! - [`broadcast`]: a poll's WebSocket viewers, written to in sweeps after each publish (one
-//!   non-blocking write of the shared frame per viewer, no task woken); a viewer whose socket is
-//!   full is parked and caught up by its own task.
+//! - [`broadcast`]: a poll's WebSocket viewers and event streams, written to in sweeps after each
+//!   publish (one non-blocking write of the shared frame per viewer, no task woken); a viewer
+//!   whose socket is full is parked and caught up by its own task.
 //! - [`websocket`]: the WebSocket handshake and frames (tungstenite's codec), pure but for the
 //!   upgrade.
 //! - [`routes`]: `GET /v1/polls/{id}/ws` and `GET /v1/polls/{id}/sse`, and the deadline a client

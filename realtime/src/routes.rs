@@ -4,7 +4,7 @@
 //! console's session cookie) or a screen token for the poll (`?token=`); `?key=` is refused (401).
 
 use crate::websocket::Handshake;
-use crate::{broadcast, LiveSocket, Realtime};
+use crate::{broadcast, LiveSocket, Realtime, Subscription};
 use axum::body::Body;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Path, Query, State};
@@ -12,8 +12,12 @@ use axum::http::{header, HeaderMap, HeaderName};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Router};
+use bytes::Bytes;
 use edge::access::KeyQuery;
+use edge::listener::StreamWriter;
 use edge::ApiError;
+use futures::StreamExt;
+use parking_lot::Mutex;
 use schemas::PollId;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -87,9 +91,10 @@ async fn ws(
     Ok(handshake.accept(move |conn, early| async move {
         // Served on the fan-out runtime, below the vote path's priority.
         let viewers = rt.clone();
+        let client = broadcast::Client::WebSocket { early };
         viewers
             .fanout
-            .spawn(broadcast::serve(rt, sub, conn, early, operator));
+            .spawn(broadcast::serve(rt, sub, conn, operator, client));
     }))
 }
 
@@ -117,30 +122,56 @@ async fn sse(
         .ok_or_else(|| ApiError::not_found("unknown_poll", format!("there is no poll {id}")))?;
     let live = live.map(|Extension(l)| l);
     small_send_buffer(&rt, live.as_ref());
-    // The subscription always has the newest state, and the stream takes the next frame only once
-    // the socket takes writes again (hyper alone would queue up to 16 events behind a slow
-    // socket): no task or channel per viewer, and a slow viewer is behind by what its socket
-    // holds. A client for which a write waits for `http.write_stall_timeout_ms` is closed by
-    // the listener.
-    if let Some(live) = &live {
-        live.track();
-    }
-    let events = futures::stream::unfold((sub, live), |(mut sub, live)| async move {
-        // What the HTTP server holds leaves first (see `live_socket`).
-        if let Some(live) = &live {
-            live.writable().await;
-        }
-        // Events, and a comment when the stream has been quiet (see `crate::feed`).
-        let event = sub.next_sse().await;
-        Some((Ok::<_, Infallible>(event), (sub, live)))
-    });
-    Ok((
+    // Whichever starts first has the subscription: the node's listener hands the socket to the
+    // writer once the head is written, and the viewer is written to in its poll's sweeps
+    // (`crate::broadcast`); the body is the stream where it does not (a `HEAD`, HTTP/1.0, a
+    // router served elsewhere).
+    let slot = Arc::new(Mutex::new(Some(sub)));
+    let writer = {
+        let slot = slot.clone();
+        StreamWriter::new(move |conn, stopping| async move {
+            let Some(sub) = slot.lock().take() else {
+                return;
+            };
+            let client = broadcast::Client::EventStream { stopping };
+            broadcast::serve(rt, sub, conn, operator, client).await
+        })
+    };
+    let mut response = (
         [
             (header::CONTENT_TYPE, "text/event-stream"),
             (header::CACHE_CONTROL, "no-cache"),
             (HeaderName::from_static("x-accel-buffering"), "no"),
         ],
-        Body::from_stream(events),
+        Body::from_stream(events(slot, live)),
     )
-        .into_response())
+        .into_response();
+    response.extensions_mut().insert(writer);
+    Ok(response)
+}
+
+/// An event stream as a body, once it takes the subscription from `slot`. The subscription always
+/// has the newest state, and the stream takes the next frame only once the socket takes writes
+/// again (hyper alone would queue up to 16 events behind a slow socket): no task or channel per
+/// viewer, and a slow viewer is behind by what its socket holds. A client for which a write waits
+/// for `http.write_stall_timeout_ms` is closed by the listener.
+fn events(
+    slot: Arc<Mutex<Option<Subscription>>>,
+    live: Option<LiveSocket>,
+) -> impl futures::Stream<Item = Result<Bytes, Infallible>> {
+    if let Some(live) = &live {
+        live.track();
+    }
+    let taken = futures::stream::once(async move { slot.lock().take() });
+    taken.filter_map(std::future::ready).flat_map(move |sub| {
+        futures::stream::unfold((sub, live.clone()), |(mut sub, live)| async move {
+            // What the HTTP server holds leaves first (see `live_socket`).
+            if let Some(live) = &live {
+                live.writable().await;
+            }
+            // Events, and a comment when the stream has been quiet (see `crate::feed`).
+            let event = sub.next_sse().await;
+            Some((Ok(event), (sub, live)))
+        })
+    })
 }

@@ -22,9 +22,9 @@ pub struct RealtimeSection {
     /// Web origins (`https://partner.example.com`) whose pages may open WebSockets besides the
     /// server's own and `public_url`'s; `["*"]`: any. Clients that send no Origin are not pages.
     pub allowed_origins: Vec<String>,
-    /// A WebSocket client that does not take a message within this is disconnected (counted in
-    /// `crowdtick_realtime_slow_consumers_dropped_total`); every connection, SSE included, also
-    /// meets `http.write_stall_timeout_ms`.
+    /// A WebSocket or SSE client that does not take a message within this is disconnected
+    /// (counted in `crowdtick_realtime_slow_consumers_dropped_total`); an event stream the listener
+    /// does not hand over (HTTP/1.0), like every response, meets `http.write_stall_timeout_ms`.
     pub send_timeout_ms: u64,
     /// The kernel send buffer of each live socket (SO_SNDBUF; Linux doubles it): small, so a
     /// slow viewer is behind by little more than one frame; 0: the kernel's own (autotuned).

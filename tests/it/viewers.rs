@@ -488,3 +488,53 @@ fn comments(text: &str) -> usize {
     let whole = text.rfind("\n\n").map_or("", |end| &text[..end + 2]);
     whole.split("\n\n").filter(|e| *e == ":").count()
 }
+
+/// An event stream is written in its poll's sweeps, on a connection of its own (as a browser's
+/// `EventSource` opens it) or after another request on a kept-alive one, and when the node stops
+/// it ends at once with its last chunk and the connection closes: the node does not wait out its
+/// grace period for it.
+#[tokio::test]
+async fn an_event_stream_ends_with_its_last_chunk_when_the_node_stops() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app().await;
+    let poll = app.open_poll(&["A", "B"]).await;
+    let sse = format!(
+        "GET /v1/polls/{poll}/sse HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n"
+    );
+    let kept_alive = format!("GET /v1/polls/{poll} HTTP/1.1\r\nHost: x\r\n\r\n{sse}");
+    let mut streams = Vec::new();
+    for request in [sse, kept_alive] {
+        let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut text = String::new();
+        let mut buf = vec![0u8; 16 << 10];
+        while !text.contains("event: viewers") {
+            let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+                .await
+                .expect("no events")
+                .unwrap();
+            assert!(n > 0, "the stream ended: {text}");
+            text.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        assert!(text.contains("transfer-encoding: chunked"), "{text}");
+        streams.push(stream);
+    }
+    assert_eq!(app.vote(poll, 1, "v1").await.0, 202);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::timeout(Duration::from_secs(5), app.stop())
+        .await
+        .expect("the node waited for its event streams");
+    for mut stream in streams {
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut rest))
+            .await
+            .expect("the connection was not closed")
+            .unwrap();
+        let rest = String::from_utf8_lossy(&rest);
+        assert!(
+            rest.contains(r#""total_votes":1"#),
+            "the vote's event: {rest}"
+        );
+        assert!(rest.ends_with("\r\n0\r\n\r\n"), "no last chunk: {rest:?}");
+    }
+}

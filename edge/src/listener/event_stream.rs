@@ -8,9 +8,11 @@
 //! checks and JSON errors are the ones hyper's path would run), the head is written once, and the
 //! body's frames go out as chunks, each with one vectored write of the shared frame. A one-byte read
 //! notices the viewer leaving. The connection closes when the stream ends; anything else (a partial
-//! head, another request, a WebSocket upgrade) is hyper's, untouched.
+//! head, another request, a WebSocket upgrade) is hyper's, untouched. A handler that writes its
+//! own stream ([`StreamWriter`]) is handed the socket after the head instead of its body being
+//! written, here and on hyper's path.
 
-use super::{Admitted, LiveSocket};
+use super::{Admitted, LiveConnection, LiveSocket, StreamWriter};
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{header, HeaderMap, Method, Request, StatusCode, Version};
@@ -137,9 +139,10 @@ pub(super) async fn serve(
         Ok(response) => response,
         Err(never) => match never {},
     };
-    let (parts, body) = response.into_parts();
+    let (mut parts, body) = response.into_parts();
     if is_event_stream(parts.status, &parts.headers) {
         let head = response_head(parts.status, &parts.headers, None);
+        let writer = parts.extensions.remove::<StreamWriter>();
         // The head is all a stream needs of the response's headers: their map (some 600 bytes)
         // is not held while the viewer watches.
         drop(parts);
@@ -147,6 +150,7 @@ pub(super) async fn serve(
             head: Some(head),
             body,
             framing: Framing::Chunked,
+            writer,
         };
         write_stream(io, stream, stopping, hand_off).await
     } else {
@@ -179,32 +183,62 @@ pub(super) struct Stream {
     pub head: Option<Vec<u8>>,
     pub body: Body,
     pub framing: Framing,
+    /// What writes the body instead, if the handler offered it: given the socket after the head
+    /// of a chunked stream.
+    pub writer: Option<StreamWriter>,
 }
 
-/// Writes `stream` on `io` until it ends, the client leaves or the node stops: on the runtime
+/// Writes `stream` on `io` until it ends, the client leaves or the node stops (or, after the head
+/// of a chunked stream, hands the socket to the handler's [`StreamWriter`]): on the runtime
 /// `hand_off` names, the socket registered there (this task returns once it has handed it off),
 /// or here.
 pub(super) async fn write_stream(
-    io: Admitted,
-    stream: Stream,
+    mut io: Admitted,
+    mut stream: Stream,
     stopping: watch::Receiver<bool>,
     hand_off: Option<HandOff<'_>>,
 ) {
+    let writer = stream.writer.take();
+    let writer = writer.filter(|_| stream.framing == Framing::Chunked);
+    let own = writer.as_ref().and_then(StreamWriter::take);
+    if let Some(write) = own {
+        // The head here, where the connection was answered (a few hundred bytes a new socket
+        // takes at once): the task handed off is the writer's alone, no bigger than it.
+        drop(stream.body);
+        if let Some(head) = stream.head {
+            if let Err(e) = io.write_all(&head).await {
+                return tracing::debug!(error = %e, "an event stream's head could not be written");
+            }
+        }
+        let Some(to) = hand_off else {
+            return write(LiveConnection::new(io), stopping).await;
+        };
+        match rehome(io, &to) {
+            Ok(io) => drop(
+                to.tracker
+                    .spawn_on(write(LiveConnection::new(io), stopping), to.runtime),
+            ),
+            Err(e) => tracing::debug!(error = %e, "an event stream's socket could not move"),
+        }
+        return;
+    }
     let Some(to) = hand_off else {
         return send_stream(io, stream, stopping).await;
     };
-    // Moved from within the runtime's context, here: the task spawned holds the stream alone.
-    let moved = {
-        let _there = to.runtime.enter();
-        io.rehome()
-    };
-    match moved {
+    match rehome(io, &to) {
         Ok(io) => drop(
             to.tracker
                 .spawn_on(send_stream(io, stream, stopping), to.runtime),
         ),
         Err(e) => tracing::debug!(error = %e, "an event stream's socket could not move"),
     }
+}
+
+/// `io` registered with `to`'s runtime, moved from within its context here: the task spawned
+/// there holds the stream alone.
+fn rehome(io: Admitted, to: &HandOff<'_>) -> std::io::Result<Admitted> {
+    let _there = to.runtime.enter();
+    io.rehome()
 }
 
 /// An event stream's head (unless already written), then its body until it ends, the client
@@ -214,6 +248,7 @@ async fn send_stream(mut io: Admitted, stream: Stream, mut stopping: watch::Rece
         head,
         body,
         framing,
+        writer: _,
     } = stream;
     let written = match head {
         Some(head) => io.write_all(&head).await,

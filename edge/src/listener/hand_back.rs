@@ -10,8 +10,8 @@
 //! nothing. The connection's task then drops hyper's connection and writes the stream's body
 //! itself, as it writes a sniffed stream's (`event_stream.rs`).
 
-use super::event_stream::Framing;
-use super::Admitted;
+use super::event_stream::{Framing, Stream};
+use super::{Admitted, StreamWriter};
 use axum::body::Body;
 use axum::http::{header, Method, Request, Version};
 use parking_lot::Mutex;
@@ -37,7 +37,7 @@ pub(super) struct HandBack {
 /// The stream's body (from the service) and the socket (from hyper's IO), as each comes.
 #[derive(Default)]
 struct Parts {
-    stream: Option<(Body, Framing)>,
+    stream: Option<(Body, Framing, Option<StreamWriter>)>,
     socket: Option<Admitted>,
 }
 
@@ -65,16 +65,16 @@ impl HandBack {
         self.framing.store(framing, Ordering::Relaxed);
     }
 
-    /// Keeps the event stream `body` answering the request in flight, for the connection's task
-    /// to write once hyper has handed the socket back; `body` back if the request's stream is
-    /// hyper's to write (`note_request`).
-    pub(super) fn answer(&self, body: Body) -> Result<(), Body> {
+    /// Keeps the event stream `body` answering the request in flight (and the handler's own
+    /// `writer` of it, if any), for the connection's task to write once hyper has handed the
+    /// socket back; `body` back if the request's stream is hyper's to write (`note_request`).
+    pub(super) fn answer(&self, body: Body, writer: Option<StreamWriter>) -> Result<(), Body> {
         let framing = match self.framing.load(Ordering::Relaxed) {
             CHUNKED => Framing::Chunked,
             UNTIL_CLOSE => Framing::UntilClose,
             _ => return Err(body),
         };
-        self.parts.lock().stream = Some((body, framing));
+        self.parts.lock().stream = Some((body, framing, writer));
         self.answered.store(true, Ordering::Release);
         Ok(())
     }
@@ -84,12 +84,18 @@ impl HandBack {
         self.handed.load(Ordering::Acquire)
     }
 
-    /// The socket and the stream to write on it, once handed back.
-    pub(super) fn take(&self) -> Option<(Admitted, Body, Framing)> {
+    /// The socket and the stream to write on it (its head written), once handed back.
+    pub(super) fn take(&self) -> Option<(Admitted, Stream)> {
         let mut parts = self.parts.lock();
         let socket = parts.socket.take()?;
-        let (body, framing) = parts.stream.take()?;
-        Some((socket, body, framing))
+        let (body, framing, writer) = parts.stream.take()?;
+        let stream = Stream {
+            head: None,
+            body,
+            framing,
+            writer,
+        };
+        Some((socket, stream))
     }
 
     fn hand_back(&self, socket: Admitted) {

@@ -9,9 +9,9 @@
 //! viewers ([`HandOff`]), as a sniffed stream is: below the vote path's priority, not beside the
 //! votes, its socket registered with that runtime. The connection ends with the stream.
 
-use super::event_stream::{is_event_stream, write_stream, HandOff, Stream};
+use super::event_stream::{is_event_stream, write_stream, HandOff};
 use super::hand_back::{HandBack, HyperIo};
-use super::HttpMetrics;
+use super::{HttpMetrics, StreamWriter};
 use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderValue, Request};
 use axum::response::Response;
@@ -66,7 +66,8 @@ pub(super) fn on_event_streams(
             .event_streams_through_hyper
             .fetch_add(1, Ordering::Relaxed);
         let (mut parts, body) = response.into_parts();
-        let body = match hand_back.answer(body) {
+        let writer = parts.extensions.remove::<StreamWriter>();
+        let body = match hand_back.answer(body, writer) {
             Ok(()) => Body::from_stream(futures::stream::pending::<Result<Bytes, Infallible>>()),
             Err(body) => {
                 let mut stopping = stopping.clone();
@@ -115,15 +116,10 @@ pub(super) async fn serve<S, B>(
     };
     // hyper's buffers go now, whatever comes next.
     drop(connection);
-    let Some((socket, body, framing)) = hand_back.take() else {
+    let Some((socket, stream)) = hand_back.take() else {
         return report(ended.unwrap_or(Ok(())), &metrics, peer);
     };
     drop(hand_back);
-    let stream = Stream {
-        head: None,
-        body,
-        framing,
-    };
     write_stream(socket, stream, stopping, hand_off).await
 }
 

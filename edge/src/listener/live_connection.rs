@@ -1,6 +1,7 @@
-//! A connection taken back from hyper after an upgrade (a WebSocket), so a live stream writes to
-//! its socket directly: the realtime service writes a poll's frame to each of its viewers' sockets
-//! in one sweep, without a task, a buffer or a framing layer per viewer.
+//! A connection taken back from hyper after an upgrade (a WebSocket), or from the listener after
+//! an event stream's head ([`super::StreamWriter`]), so a live stream writes to its socket
+//! directly: the realtime service writes a poll's frame to each of its viewers' sockets in one
+//! sweep, without a task, a buffer or a framing layer per viewer.
 //!
 //! The socket keeps its place at the gate (the connection's permit travels with it) until the
 //! [`LiveConnection`] is dropped, which closes it. Writes are the caller's to bound: the listener's
@@ -29,6 +30,18 @@ impl LiveConnection {
         let parts = upgraded.downcast::<TokioIo<HyperIo>>().ok()?;
         // Only an event stream takes the socket from hyper, and its connection takes no upgrade.
         let admitted = parts.io.into_inner().into_socket()?;
+        // The bytes are a slice of hyper's connection read buffer (8 KiB and more), which lives
+        // as long as any slice of it does: a viewer keeps a copy of what it needs, not the buffer.
+        let early = match parts.read_buf.is_empty() {
+            true => Bytes::new(),
+            false => Bytes::copy_from_slice(&parts.read_buf),
+        };
+        Some((Self::new(admitted), early))
+    }
+
+    /// An event stream's socket, its head written ([`super::StreamWriter`]); a send buffer the
+    /// handler asked for and the head's write did not take is set now.
+    pub(super) fn new(admitted: Admitted) -> Self {
         let asked = admitted.live.take_send_buffer();
         if asked > 0 {
             if let Err(e) =
@@ -37,13 +50,7 @@ impl LiveConnection {
                 tracing::debug!(error = %e, "cannot set a live socket's send buffer");
             }
         }
-        // The bytes are a slice of hyper's connection read buffer (8 KiB and more), which lives
-        // as long as any slice of it does: a viewer keeps a copy of what it needs, not the buffer.
-        let early = match parts.read_buf.is_empty() {
-            true => Bytes::new(),
-            false => Bytes::copy_from_slice(&parts.read_buf),
-        };
-        Some((Self { admitted }, early))
+        Self { admitted }
     }
 
     /// The socket, for its `try_write` and `try_read` (they take `&self`, so a sweep and the

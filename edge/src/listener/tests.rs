@@ -46,12 +46,7 @@ async fn stopping_closes_a_connection_that_has_said_nothing_at_once() {
 async fn an_event_stream_is_written_on_the_runtime_the_node_names() {
     use axum::body::Body;
     use axum::http::header;
-    let viewers = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("viewers-runtime")
-        .enable_all()
-        .build()
-        .unwrap();
+    let viewers = viewers_runtime("viewers-runtime");
     // Each event names the thread that made it.
     let events = || async {
         let event = futures::stream::once(async {
@@ -63,13 +58,9 @@ async fn an_event_stream_is_written_on_the_runtime_the_node_names() {
         ([(header::CONTENT_TYPE, "text/event-stream")], body)
     };
     let router = Router::new().route("/events", axum::routing::get(events));
-    let options = Options {
-        event_streams: Some(viewers.handle().clone()),
-        ..Options::default()
-    };
     let Running {
         addr, stop, server, ..
-    } = start(router, options).await;
+    } = start(router, on(&viewers)).await;
     let mut client = TcpStream::connect(addr).await.unwrap();
     let request = "GET /events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n";
     let got = exchange(&mut client, request, "\n\n\r\n").await;
@@ -85,12 +76,7 @@ async fn an_event_stream_is_written_on_the_runtime_the_node_names() {
 async fn an_event_stream_on_a_kept_alive_connection_is_written_on_the_viewers_runtime() {
     use axum::body::Body;
     use axum::http::header;
-    let viewers = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("viewers-rt")
-        .enable_all()
-        .build()
-        .unwrap();
+    let viewers = viewers_runtime("viewers-rt");
     let thread = || std::thread::current().name().unwrap_or("?").to_owned();
     // Two events, each naming the thread that made it (after a wait, so not within the poll
     // that answered), then the end of the stream.
@@ -122,16 +108,12 @@ async fn an_event_stream_on_a_kept_alive_connection_is_written_on_the_viewers_ru
             "/thread",
             axum::routing::get(move || async move { format!("<{}>", thread()) }),
         );
-    let options = Options {
-        event_streams: Some(viewers.handle().clone()),
-        ..Options::default()
-    };
     let Running {
         addr,
         metrics,
         stop,
         server,
-    } = start(router, options).await;
+    } = start(router, on(&viewers)).await;
     const THREAD: &str = "GET /thread HTTP/1.1\r\nHost: x\r\n\r\n";
     // A request, then an event stream, on one connection.
     let mut client = TcpStream::connect(addr).await.unwrap();
@@ -162,6 +144,94 @@ async fn an_event_stream_on_a_kept_alive_connection_is_written_on_the_viewers_ru
     exchange(&mut client, sse, "data: endless\n\n").await;
     stopping_ends_the_stream(stop, server, client).await;
     viewers.shutdown_background();
+}
+
+/// A handler's own writer of its stream ([`StreamWriter`]) is handed the socket once the head is
+/// written, on the viewers' runtime, whether the stream opened its connection (sniffed) or came
+/// after a request (hyper's), and its body is not written; where the listener does not take the
+/// socket (HTTP/1.0, which has no chunks) the body is the stream. The writer is told when the node
+/// stops.
+#[tokio::test]
+async fn a_streams_own_writer_is_handed_the_socket_after_the_head() {
+    use axum::body::Body;
+    use axum::http::header;
+    use axum::response::IntoResponse;
+    let viewers = viewers_runtime("writers-rt");
+    // The writer's one chunk names its thread; it writes the last chunk once the node stops.
+    let own = || async {
+        let writer = StreamWriter::new(|conn: LiveConnection, mut stopping| async move {
+            let thread = std::thread::current().name().unwrap_or("?").to_owned();
+            let event = format!("data: {thread}\n\n");
+            write_fully(
+                &conn,
+                format!("{:x}\r\n{event}\r\n", event.len()).as_bytes(),
+            )
+            .await;
+            drop(stopping.wait_for(|stop| *stop).await);
+            write_fully(&conn, b"0\r\n\r\n").await;
+        });
+        let body =
+            futures::stream::once(async { Ok::<_, std::convert::Infallible>("data: body\n\n") });
+        let mut response = (
+            [(header::CONTENT_TYPE, "text/event-stream")],
+            Body::from_stream(body),
+        )
+            .into_response();
+        response.extensions_mut().insert(writer);
+        response
+    };
+    let router = Router::new()
+        .route("/own", axum::routing::get(own))
+        .route("/plain", axum::routing::get(|| async { "<plain>" }));
+    let Running {
+        addr, stop, server, ..
+    } = start(router, on(&viewers)).await;
+    const SSE: &str = "GET /own HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n";
+    let mut sniffed = TcpStream::connect(addr).await.unwrap();
+    let got = exchange(&mut sniffed, SSE, "\n\n\r\n").await;
+    assert!(got.contains("transfer-encoding: chunked\r\n"), "{got}");
+    assert!(
+        got.ends_with("\r\n\r\n12\r\ndata: writers-rt\n\n\r\n"),
+        "{got}"
+    );
+    let mut kept = TcpStream::connect(addr).await.unwrap();
+    exchange(&mut kept, "GET /plain HTTP/1.1\r\nHost: x\r\n\r\n", ">").await;
+    let got = exchange(&mut kept, SSE, "\n\n\r\n").await;
+    assert!(
+        got.ends_with("\r\n\r\n12\r\ndata: writers-rt\n\n\r\n"),
+        "{got}"
+    );
+    let mut old = TcpStream::connect(addr).await.unwrap();
+    let request = "GET /own HTTP/1.0\r\nAccept: text/event-stream\r\n\r\n";
+    let mut got = String::new();
+    old.write_all(request.as_bytes()).await.unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(5), old.read_to_string(&mut got));
+    assert!(matches!(end.await, Ok(Ok(_))), "not closed: {got:?}");
+    assert!(got.ends_with("\r\n\r\ndata: body\n\n"), "{got}");
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("the listener waited for the writers")
+        .unwrap();
+    for mut client in [sniffed, kept] {
+        let mut rest = String::new();
+        let end = tokio::time::timeout(Duration::from_secs(1), client.read_to_string(&mut rest));
+        assert!(matches!(end.await, Ok(Ok(_))), "not closed: {rest:?}");
+        assert_eq!(rest, "0\r\n\r\n");
+    }
+    viewers.shutdown_background();
+}
+
+/// Writes all of `bytes` on a live connection.
+async fn write_fully(conn: &LiveConnection, mut bytes: &[u8]) {
+    while !bytes.is_empty() {
+        conn.writable().await.unwrap();
+        match conn.stream().try_write(bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
 }
 
 /// hyper writes an event stream's head (after all it held: here a pipelined response of 16 MiB
@@ -386,6 +456,24 @@ struct Running {
     /// Stops it.
     stop: tokio::sync::oneshot::Sender<()>,
     server: tokio::task::JoinHandle<()>,
+}
+
+/// A runtime of one thread named `name`, for viewers.
+fn viewers_runtime(name: &str) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name(name)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// The listener's options with event streams written on `viewers`.
+fn on(viewers: &tokio::runtime::Runtime) -> Options {
+    Options {
+        event_streams: Some(viewers.handle().clone()),
+        ..Options::default()
+    }
 }
 
 /// Starts the listener on `router` with `options`.
