@@ -102,9 +102,10 @@ pub struct HttpLimits {
     pub max_connections_per_address: usize,
     /// Loopback clients (local tools, a sidecar proxy) are exempt from the per-address cap.
     pub limits_exempt_loopback: bool,
-    /// A connection whose write has waited this long for the client to make room (it stopped
-    /// reading) is closed, whatever it carries (a response, an event stream, a WebSocket); 0: no
-    /// deadline.
+    /// A connection whose write through the listener has waited this long for the client to make
+    /// room (it stopped reading) is closed (a response, an event stream's head or the body the
+    /// listener writes); a socket handed over (a WebSocket, a [`StreamWriter`]'s stream) is bounded
+    /// by its writer (`realtime.send_timeout_ms`). 0: no deadline.
     pub write_stall_timeout_ms: u64,
 }
 

@@ -514,6 +514,11 @@ pub(crate) async fn serve(
     drop((seat, sub));
     match ended {
         Ended::Slow => rt.dropped_slow_consumer(feed.poll_id, transport.name()),
+        // A WebSocket's client answers a close frame; an event stream's has nothing to say, and
+        // its connection ends at once.
+        Ended::Closed if transport == Transport::EventStream => {
+            viewer.conn.finish(Duration::ZERO).await
+        }
         Ended::Closed => viewer.conn.finish(CLOSE_WAIT).await,
         Ended::Gone => {}
     }

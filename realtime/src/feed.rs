@@ -8,17 +8,18 @@
 //!   a `watch` channel, which keeps only the latest: a viewer that is still sending an older frame
 //!   skips straight to the newest one when it is done. A slow viewer gets the latest state, never
 //!   a queue. The poll's WebSocket viewers and event streams are then written to in sweeps
-//!   ([`crate::broadcast`]); an event stream the node's listener does not hand over (a `HEAD`,
-//!   HTTP/1.0) and the old API's socket read the channel through their [`Subscription`].
+//!   ([`crate::broadcast`]); an event stream whose body is written instead (on HTTP/1.0, a `GET`
+//!   with a body, a router served by another server) and the old API's socket read the channel
+//!   through their [`Subscription`].
 //! - Once a second the task looks at the viewer count (an atomic the subscriptions move) and
 //!   publishes it only when it changed; it also re-renders then, so a state that moves with the
 //!   clock (a scheduled close) is shown within a second. With no viewers left the task retires
 //!   its feed.
 //! - Every half `realtime.sse_keep_alive_secs` the task moves the frame's keep-alive clock
 //!   ([`Frame::beat`]) and sweeps, whatever the poll does: an event stream that has sent nothing
-//!   for two of its beats sends a comment, so proxies keep it open. One clock per poll instead of a timer per
-//!   viewer reset by every event; and since it runs on the clock, not on the poll's activity,
-//!   an embargoed stream's comments say nothing about how busy the poll is.
+//!   for two of its beats sends a comment, so proxies keep it open. One clock per poll instead
+//!   of a timer per viewer reset by every event; and since it runs on the clock, not on the
+//!   poll's activity, an embargoed stream's comments say nothing about how busy the poll is.
 //! - A viewer costs its connection, one `watch` receiver and three sequence numbers: no buffer,
 //!   no timer and no encoding of its own.
 

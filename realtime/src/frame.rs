@@ -24,9 +24,9 @@ use tungstenite::protocol::frame::coding::{Data, OpCode};
 /// One message in both transports' encodings.
 #[derive(Debug, Clone)]
 pub struct Encoded {
-    /// `event: <name>\ndata: <json>\n\n`
+    /// `event: <name>\ndata: <json>\n\n` (a slice of `sse_chunk`).
     sse: Bytes,
-    /// The JSON alone (a slice of `sse`).
+    /// The JSON alone (a slice of `sse_chunk`).
     json: Utf8Bytes,
     /// The whole WebSocket text frame: its header (unmasked, as a server's frames are) and the
     /// JSON, the same bytes for every viewer.
@@ -39,31 +39,27 @@ pub struct Encoded {
 /// An event stream's keep-alive (an SSE comment line) as a chunk.
 pub static KEEP_ALIVE_CHUNK: Bytes = Bytes::from_static(b"3\r\n:\n\n\r\n");
 
-/// `bytes` as one HTTP/1.1 chunk.
-fn chunk(bytes: &[u8]) -> Bytes {
-    let mut chunk = format!("{:x}\r\n", bytes.len()).into_bytes();
-    chunk.reserve(bytes.len() + 2);
-    chunk.extend_from_slice(bytes);
-    chunk.extend_from_slice(b"\r\n");
-    chunk.into()
-}
-
 impl Encoded {
     fn new(event: &str, json: &str) -> Self {
-        let mut text = String::with_capacity(event.len() + json.len() + 16);
+        // One buffer: the chunk's size line, the event, the chunk's end.
+        let event_len = "event: \ndata: \n\n".len() + event.len() + json.len();
+        let mut text = format!("{event_len:x}\r\n");
+        let head = text.len();
+        text.reserve(event_len + 2);
         text.push_str("event: ");
         text.push_str(event);
         text.push_str("\ndata: ");
         let start = text.len();
         text.push_str(json);
         let end = text.len();
-        text.push_str("\n\n");
-        let sse = Bytes::from(text);
+        text.push_str("\n\n\r\n");
+        let sse_chunk = Bytes::from(text);
+        let sse = sse_chunk.slice(head..head + event_len);
         // A slice of valid UTF-8 at char boundaries: the conversion cannot fail.
-        let json = Utf8Bytes::try_from(sse.slice(start..end)).unwrap_or_default();
+        let json = Utf8Bytes::try_from(sse_chunk.slice(start..end)).unwrap_or_default();
         let ws_frame = crate::websocket::server_frame(OpCode::Data(Data::Text), json.as_bytes());
         Self {
-            sse_chunk: chunk(&sse),
+            sse_chunk,
             sse,
             json,
             ws_frame,
@@ -301,14 +297,22 @@ mod tests {
     #[test]
     fn an_events_chunk_is_its_size_in_hex_the_event_and_the_chunks_end() {
         let long = "x".repeat(300);
+        // What a chunk carries, by its size line.
+        let payload = |chunk: &Bytes| {
+            let chunk = std::str::from_utf8(chunk).unwrap().to_owned();
+            let (size, rest) = chunk.split_once("\r\n").unwrap();
+            let size = usize::from_str_radix(size, 16).unwrap();
+            assert_eq!(rest.len(), size + 2, "{chunk:?}");
+            assert!(rest.ends_with("\r\n"), "{chunk:?}");
+            rest[..size].to_owned()
+        };
         for json in ["{}", long.as_str()] {
             let encoded = Encoded::new("results", json);
-            let chunk = std::str::from_utf8(encoded.sse_chunk()).unwrap();
-            let (size, rest) = chunk.split_once("\r\n").unwrap();
-            let sse = std::str::from_utf8(&encoded.sse).unwrap();
-            assert_eq!(usize::from_str_radix(size, 16).unwrap(), sse.len());
-            assert_eq!(rest, format!("{sse}\r\n"));
+            let sse = format!("event: results\ndata: {json}\n\n");
+            assert_eq!(encoded.sse, sse.as_bytes());
+            assert_eq!(encoded.json(), json);
+            assert_eq!(payload(encoded.sse_chunk()), sse);
         }
-        assert_eq!(&KEEP_ALIVE_CHUNK[..], b"3\r\n:\n\n\r\n");
+        assert_eq!(payload(&KEEP_ALIVE_CHUNK), ":\n\n");
     }
 }

@@ -1,9 +1,9 @@
 //! CrowdTick's realtime service: live results per poll over WebSocket and Server-Sent Events.
 //!
 //! - [`feed`]: one task per watched poll renders its messages once per coalescing interval and
-//!   publishes the latest; each viewer's [`Subscription`] reads the latest frame and sends what
-//!   it has not sent yet (a slow viewer gets the newest state, never a queue). The viewer count
-//!   is news at most once a second, and only when it changed.
+//!   publishes the latest; each viewer is sent what it has not been sent of the latest frame (a
+//!   slow viewer gets the newest state, never a queue), in sweeps or through its
+//!   [`Subscription`]. The viewer count is news at most once a second, and only when it changed.
 //! - [`frame`]: what is sent (pure): the results for each audience and the viewer count, each
 //!   encoded once per poll for both transports.
 //! - [`broadcast`]: a poll's WebSocket viewers and event streams, written to in sweeps after each
@@ -11,8 +11,8 @@
 //!   whose socket is full is parked and caught up by its own task.
 //! - [`websocket`]: the WebSocket handshake and frames (tungstenite's codec), pure but for the
 //!   upgrade.
-//! - [`routes`]: `GET /v1/polls/{id}/ws` and `GET /v1/polls/{id}/sse`, and the deadline a client
-//!   has to take each message.
+//! - [`routes`]: `GET /v1/polls/{id}/ws` and `GET /v1/polls/{id}/sse` (the deadline a client has
+//!   to take each message is [`broadcast`]'s).
 //! - [`start`]: the service starting itself (fan-out runtime, metrics, routes).
 //! - [`fanout`]: the runtime WebSocket viewers and event streams are served on, at a lower
 //!   priority than votes.
@@ -106,7 +106,7 @@ pub struct Realtime {
     /// Which web pages may open a WebSocket.
     pub origins: origin::OriginPolicy,
     pub settings: Settings,
-    /// Where WebSocket viewers are served.
+    /// Where live viewers are served.
     pub fanout: fanout::Fanout,
     /// The feeds of the polls being watched.
     feeds: Mutex<HashMap<PollId, Arc<Feed>>>,

@@ -124,8 +124,8 @@ async fn sse(
     small_send_buffer(&rt, live.as_ref());
     // Whichever starts first has the subscription: the node's listener hands the socket to the
     // writer once the head is written, and the viewer is written to in its poll's sweeps
-    // (`crate::broadcast`); the body is the stream where it does not (a `HEAD`, HTTP/1.0, a
-    // router served elsewhere).
+    // (`crate::broadcast`); the body is the stream where it does not (HTTP/1.0, a `GET` with a
+    // body, a router served elsewhere; a `HEAD` gets the head alone).
     let slot = Arc::new(Mutex::new(Some(sub)));
     let writer = {
         let slot = slot.clone();

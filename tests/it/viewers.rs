@@ -521,7 +521,7 @@ async fn an_event_stream_ends_with_its_last_chunk_when_the_node_stops() {
     }
     assert_eq!(app.vote(poll, 1, "v1").await.0, 202);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    tokio::time::timeout(Duration::from_secs(5), app.stop())
+    tokio::time::timeout(Duration::from_secs(3), app.stop())
         .await
         .expect("the node waited for its event streams");
     for mut stream in streams {

@@ -14,8 +14,9 @@ use tokio::net::TcpStream;
 
 /// An admitted connection's socket, holding its place at the gate until it is closed, with a
 /// deadline on writes: a write that has waited `write_stall_timeout` for room in the socket fails
-/// with `TimedOut`, which ends the connection whatever it carries (a response, an event stream, a
-/// WebSocket). The deadline runs only while a write waits (the kernel makes room once the client
+/// with `TimedOut`, which ends the connection (a response, an event stream's head or the body the
+/// listener writes; a socket handed over, a WebSocket or a `StreamWriter`'s stream, is written
+/// directly and bounded by its writer). The deadline runs only while a write waits (the kernel makes room once the client
 /// has taken a good part of what is queued); its timer is made at the first wait.
 pub(super) struct Admitted {
     pub(super) stream: TcpStream,

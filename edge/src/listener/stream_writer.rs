@@ -4,9 +4,10 @@
 //! event streams so, in the sweeps its WebSocket viewers are written in: one non-blocking write of
 //! a frame's shared bytes per viewer, no task woken and no chunk framed per viewer.
 //!
-//! The body stays the answer wherever the listener does not write the head and take the socket
-//! itself (a `HEAD`, a stream on HTTP/1.0, which has no chunks, or a router served by another
-//! server): a handler gives both, and whichever is used first has the stream.
+//! The body stays the answer wherever the socket is not handed over: a stream on HTTP/1.0, which
+//! has no chunks; a `GET` with a body, or a `HEAD` (its head alone), which hyper answers whole; a
+//! router served by another server. A handler gives both, and whichever is used first has the
+//! stream.
 
 use super::LiveConnection;
 use futures::future::BoxFuture;
