@@ -149,39 +149,13 @@ async fn an_event_stream_on_a_kept_alive_connection_is_written_on_the_viewers_ru
 /// A handler's own writer of its stream ([`StreamWriter`]) is handed the socket once the head is
 /// written, on the viewers' runtime, whether the stream opened its connection (sniffed) or came
 /// after a request (hyper's), and its body is not written; where the listener does not take the
-/// socket (HTTP/1.0, which has no chunks) the body is the stream. The writer is told when the node
-/// stops.
+/// socket (HTTP/1.0, which has no chunks) the body is the stream, and a `HEAD` gets the head
+/// alone. The writer is told when the node stops.
 #[tokio::test]
 async fn a_streams_own_writer_is_handed_the_socket_after_the_head() {
-    use axum::body::Body;
-    use axum::http::header;
-    use axum::response::IntoResponse;
     let viewers = viewers_runtime("writers-rt");
-    // The writer's one chunk names its thread; it writes the last chunk once the node stops.
-    let own = || async {
-        let writer = StreamWriter::new(|conn: LiveConnection, mut stopping| async move {
-            let thread = std::thread::current().name().unwrap_or("?").to_owned();
-            let event = format!("data: {thread}\n\n");
-            write_fully(
-                &conn,
-                format!("{:x}\r\n{event}\r\n", event.len()).as_bytes(),
-            )
-            .await;
-            drop(stopping.wait_for(|stop| *stop).await);
-            write_fully(&conn, b"0\r\n\r\n").await;
-        });
-        let body =
-            futures::stream::once(async { Ok::<_, std::convert::Infallible>("data: body\n\n") });
-        let mut response = (
-            [(header::CONTENT_TYPE, "text/event-stream")],
-            Body::from_stream(body),
-        )
-            .into_response();
-        response.extensions_mut().insert(writer);
-        response
-    };
     let router = Router::new()
-        .route("/own", axum::routing::get(own))
+        .route("/own", axum::routing::get(own_stream))
         .route("/plain", axum::routing::get(|| async { "<plain>" }));
     let Running {
         addr, stop, server, ..
@@ -208,6 +182,15 @@ async fn a_streams_own_writer_is_handed_the_socket_after_the_head() {
     let end = tokio::time::timeout(Duration::from_secs(5), old.read_to_string(&mut got));
     assert!(matches!(end.await, Ok(Ok(_))), "not closed: {got:?}");
     assert!(got.ends_with("\r\n\r\ndata: body\n\n"), "{got}");
+    // A HEAD: the head alone, by hyper; the writer is not called.
+    let mut head = TcpStream::connect(addr).await.unwrap();
+    let request = "HEAD /own HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n";
+    let mut got = String::new();
+    head.write_all(request.as_bytes()).await.unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(5), head.read_to_string(&mut got));
+    assert!(matches!(end.await, Ok(Ok(_))), "not closed: {got:?}");
+    assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
+    assert!(got.ends_with("\r\n\r\n") && !got.contains("data"), "{got}");
     stop.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(5), server)
         .await
@@ -220,6 +203,56 @@ async fn a_streams_own_writer_is_handed_the_socket_after_the_head() {
         assert_eq!(rest, "0\r\n\r\n");
     }
     viewers.shutdown_background();
+}
+
+/// Without a runtime named for viewers, the writer runs in the connection's own task, and is told
+/// when the node stops.
+#[tokio::test]
+async fn a_streams_own_writer_runs_in_the_connections_task_without_a_viewers_runtime() {
+    let router = Router::new().route("/own", axum::routing::get(own_stream));
+    let Running {
+        addr, stop, server, ..
+    } = start(router, Options::default()).await;
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    let sse = "GET /own HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n";
+    let got = exchange(&mut client, sse, "\n\n\r\n").await;
+    assert!(
+        got.contains("\r\n\r\n") && !got.contains("data: body"),
+        "{got}"
+    );
+    assert!(
+        got.ends_with("\n\n\r\n") && got.contains("\r\ndata: "),
+        "{got}"
+    );
+    stopping_ends_the_stream(stop, server, client).await;
+}
+
+/// An event stream with its own writer ([`StreamWriter`]): the writer's one chunk names its
+/// thread, and it writes the last chunk once the node stops; the body (one event, `data: body`)
+/// is for where the socket is not handed over.
+async fn own_stream() -> axum::response::Response {
+    use axum::body::Body;
+    use axum::http::header;
+    use axum::response::IntoResponse;
+    let writer = StreamWriter::new(|conn: LiveConnection, mut stopping| async move {
+        let thread = std::thread::current().name().unwrap_or("?").to_owned();
+        let event = format!("data: {thread}\n\n");
+        write_fully(
+            &conn,
+            format!("{:x}\r\n{event}\r\n", event.len()).as_bytes(),
+        )
+        .await;
+        drop(stopping.wait_for(|stop| *stop).await);
+        write_fully(&conn, b"0\r\n\r\n").await;
+    });
+    let body = futures::stream::once(async { Ok::<_, std::convert::Infallible>("data: body\n\n") });
+    let mut response = (
+        [(header::CONTENT_TYPE, "text/event-stream")],
+        Body::from_stream(body),
+    )
+        .into_response();
+    response.extensions_mut().insert(writer);
+    response
 }
 
 /// Writes all of `bytes` on a live connection.
