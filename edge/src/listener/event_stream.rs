@@ -210,35 +210,31 @@ pub(super) async fn write_stream(
                 return tracing::debug!(error = %e, "an event stream's head could not be written");
             }
         }
-        let Some(to) = hand_off else {
-            return write(LiveConnection::new(io), stopping).await;
+        return match hand_off {
+            Some(to) => hand_to(io, &to, |io| write(LiveConnection::new(io), stopping)),
+            None => write(LiveConnection::new(io), stopping).await,
         };
-        match rehome(io, &to) {
-            Ok(io) => drop(
-                to.tracker
-                    .spawn_on(write(LiveConnection::new(io), stopping), to.runtime),
-            ),
-            Err(e) => tracing::debug!(error = %e, "an event stream's socket could not move"),
-        }
-        return;
     }
-    let Some(to) = hand_off else {
-        return send_stream(io, stream, stopping).await;
-    };
-    match rehome(io, &to) {
-        Ok(io) => drop(
-            to.tracker
-                .spawn_on(send_stream(io, stream, stopping), to.runtime),
-        ),
-        Err(e) => tracing::debug!(error = %e, "an event stream's socket could not move"),
+    match hand_off {
+        Some(to) => hand_to(io, &to, |io| send_stream(io, stream, stopping)),
+        None => send_stream(io, stream, stopping).await,
     }
 }
 
-/// `io` registered with `to`'s runtime, moved from within its context here: the task spawned
-/// there holds the stream alone.
-fn rehome(io: Admitted, to: &HandOff<'_>) -> std::io::Result<Admitted> {
-    let _there = to.runtime.enter();
-    io.rehome()
+/// Runs `task` on `to`'s runtime, tracked, with `io` registered there (moved from within that
+/// runtime's context, here: the task spawned holds the stream alone).
+fn hand_to<F>(io: Admitted, to: &HandOff<'_>, task: impl FnOnce(Admitted) -> F)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let moved = {
+        let _there = to.runtime.enter();
+        io.rehome()
+    };
+    match moved {
+        Ok(io) => drop(to.tracker.spawn_on(task(io), to.runtime)),
+        Err(e) => tracing::debug!(error = %e, "an event stream's socket could not move"),
+    }
 }
 
 /// An event stream's head (unless already written), then its body until it ends, the client
