@@ -16,7 +16,8 @@
 //! rest of one frame and the kernel's small buffer, and gets the latest state next: never a
 //! queue. Its task also reads what the viewer sends ([`crate::websocket::ClientFrames`]; an event
 //! stream's client has nothing to say, and is gone when it does), ends an event stream with its
-//! last chunk when the node stops, and is the only thing a viewer costs between frames.
+//! last chunk when the node stops (or at once, without it, if its socket is full then), and is
+//! the only thing a viewer costs between frames.
 
 use crate::feed::{Feed, Subscription};
 use crate::frame::{Encoded, Frame, KEEP_ALIVE_CHUNK};
@@ -238,6 +239,10 @@ enum Ended {
     Closed,
     /// A write waited `realtime.send_timeout_ms` for room.
     Slow,
+    /// The node stopped while the viewer's socket was full (an event stream): it is closed
+    /// then, with what its socket holds and without its last chunk, instead of holding the
+    /// node's stop up for as long as the client does not read.
+    Stopped,
 }
 
 /// Writes as much of `bufs` as the socket takes now: the bytes written (0 when it is full).
@@ -401,9 +406,14 @@ impl Viewer {
 
     /// The task's side: writes what is pending and then the news of `feed`'s newest frame until
     /// there is none, waiting for room as long as the socket takes something within
-    /// `realtime.send_timeout_ms`; then hands the viewer back to the sweeps. After a close,
-    /// returns once it is written.
-    async fn catch_up(&self, feed: &Feed, rt: &Realtime) -> Result<(), Ended> {
+    /// `realtime.send_timeout_ms` (and, with a `stop` signal, the node is not stopping); then
+    /// hands the viewer back to the sweeps. After a close, returns once it is written.
+    async fn catch_up(
+        &self,
+        feed: &Feed,
+        rt: &Realtime,
+        stop: &mut Option<watch::Receiver<bool>>,
+    ) -> Result<(), Ended> {
         let timeout = rt.settings.send_timeout;
         let mut deadline = Instant::now() + timeout;
         loop {
@@ -438,10 +448,13 @@ impl Viewer {
                     }
                 }
             }
-            match tokio::time::timeout_at(deadline, self.conn.writable()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return Err(Ended::Gone),
-                Err(_) => return Err(Ended::Slow),
+            tokio::select! {
+                room = tokio::time::timeout_at(deadline, self.conn.writable()) => match room {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return Err(Ended::Gone),
+                    Err(_) => return Err(Ended::Slow),
+                },
+                () = stopped(stop) => return Err(Ended::Stopped),
             }
         }
     }
@@ -473,6 +486,8 @@ pub(crate) async fn serve(
         }
         Client::EventStream { stopping } => (Transport::EventStream, Some(stopping)),
     };
+    // Once the node stops, a wait for room ends the stream (`stopping` is heard once, below).
+    let mut stop = stopping.clone();
     let viewer = Arc::new(Viewer::new(conn, operator, transport));
     let seat = feed.audience.join(viewer.clone());
     let ended = loop {
@@ -480,7 +495,7 @@ pub(crate) async fn serve(
             viewer.reply(reply);
         }
         if viewer.needs_task() {
-            if let Err(ended) = viewer.catch_up(&feed, &rt).await {
+            if let Err(ended) = viewer.catch_up(&feed, &rt, &mut stop).await {
                 break ended;
             }
         }
@@ -520,7 +535,7 @@ pub(crate) async fn serve(
             viewer.conn.finish(Duration::ZERO).await
         }
         Ended::Closed => viewer.conn.finish(CLOSE_WAIT).await,
-        Ended::Gone => {}
+        Ended::Gone | Ended::Stopped => {}
     }
 }
 

@@ -538,3 +538,38 @@ async fn an_event_stream_ends_with_its_last_chunk_when_the_node_stops() {
         assert!(rest.ends_with("\r\n0\r\n\r\n"), "no last chunk: {rest:?}");
     }
 }
+
+/// An event stream whose client stopped reading does not hold the node's stop up: with its socket
+/// full it is closed at once (without its last chunk), not once `realtime.send_timeout_ms` or
+/// the listener's grace period has passed.
+#[tokio::test]
+async fn a_stalled_event_stream_does_not_hold_up_the_nodes_stop() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app_with(|c| c.realtime.send_timeout_ms = 60_000).await;
+    let poll = big_poll(&app).await;
+    let mut sse = small_window(&app).await;
+    sse.write_all(
+        format!(
+            "GET /v1/polls/{poll}/sse HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let voting = keep_voting(&app, poll);
+    // About 30 frames of ~17 KB are published while the viewer does not read: its socket fills.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for v in voting {
+        v.abort();
+    }
+    tokio::time::timeout(Duration::from_secs(5), app.stop())
+        .await
+        .expect("the node's stop waited for a stream whose client does not read");
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), sse.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the stream was not closed");
+    assert!(
+        !rest.ends_with(b"\r\n0\r\n\r\n"),
+        "a last chunk through a full socket"
+    );
+}
