@@ -91,10 +91,9 @@ fn main() -> anyhow::Result<()> {
     let frame = vec![b'x'; bytes];
     let mut ring = match batch {
         0 => None,
-        n => Some(
-            IoUring::new(n.next_power_of_two() as u32)
-                .context("io_uring is not available here (kernel.io_uring_disabled?)")?,
-        ),
+        n => Some(IoUring::new(n.next_power_of_two() as u32).context(
+            "cannot set up io_uring (kernel.io_uring_disabled set, or BATCH above 32768?)",
+        )?),
     };
     std::thread::sleep(Duration::from_millis(500));
     let (mut cpu, mut short) = (Duration::ZERO, 0);
@@ -140,12 +139,19 @@ fn send_batch(ring: &mut IoUring, writers: &[TcpStream], frame: &[u8]) -> anyhow
             unsafe { queue.push(&send) }.context("more sends than the ring holds")?;
         }
     }
-    ring.submit_and_wait(writers.len())?;
+    let submitted = ring.submit_and_wait(writers.len())?;
     let whole = frame.len() as i32;
-    Ok(ring
-        .completion()
-        .filter(|done| done.result() != whole)
-        .count())
+    let (mut done, mut short) = (0, 0);
+    for completion in ring.completion() {
+        done += 1;
+        short += usize::from(completion.result() != whole);
+    }
+    anyhow::ensure!(
+        submitted == writers.len() && done == writers.len(),
+        "{} sends, {submitted} submitted, {done} completed",
+        writers.len()
+    );
+    Ok(short)
 }
 
 /// The readers' process, killed when the run ends (however it ends).

@@ -16,8 +16,8 @@
 //! rest of one frame and the kernel's small buffer, and gets the latest state next: never a
 //! queue. Its task also reads what the viewer sends ([`crate::websocket::ClientFrames`]; an event
 //! stream's client has nothing to say, and is gone when it does), ends an event stream with its
-//! last chunk when the node stops (or at once, without it, if its socket is full then), and is
-//! the only thing a viewer costs between frames.
+//! last chunk when the node stops (without it, if its socket then takes nothing for a second),
+//! and is the only thing a viewer costs between frames.
 
 use crate::feed::{Feed, Subscription};
 use crate::frame::{Encoded, Frame, KEEP_ALIVE_CHUNK};
@@ -196,7 +196,7 @@ pub(crate) enum Client {
     /// A WebSocket: what the client sent behind its handshake.
     WebSocket { early: Bytes },
     /// An event stream (its head written): the node's stop signal, after which the stream ends
-    /// with its last chunk.
+    /// with its last chunk (or without it, if its socket takes nothing for [`STOP_WAIT`]).
     EventStream { stopping: watch::Receiver<bool> },
 }
 
@@ -239,9 +239,9 @@ enum Ended {
     Closed,
     /// A write waited `realtime.send_timeout_ms` for room.
     Slow,
-    /// The node stopped while the viewer's socket was full (an event stream): it is closed
-    /// then, with what its socket holds and without its last chunk, instead of holding the
-    /// node's stop up for as long as the client does not read.
+    /// The node stopped and the viewer's socket then took nothing for [`STOP_WAIT`] (an event
+    /// stream): it is closed with what its socket holds and without its last chunk, instead of
+    /// holding the node's stop up for as long as the client does not read.
     Stopped,
 }
 
@@ -406,8 +406,9 @@ impl Viewer {
 
     /// The task's side: writes what is pending and then the news of `feed`'s newest frame until
     /// there is none, waiting for room as long as the socket takes something within
-    /// `realtime.send_timeout_ms` (and, with a `stop` signal, the node is not stopping); then
-    /// hands the viewer back to the sweeps. After a close, returns once it is written.
+    /// `realtime.send_timeout_ms` (within [`STOP_WAIT`] once the node has stopped, with a `stop`
+    /// signal); then hands the viewer back to the sweeps. After a close, returns once it is
+    /// written.
     async fn catch_up(
         &self,
         feed: &Feed,
@@ -416,6 +417,8 @@ impl Viewer {
     ) -> Result<(), Ended> {
         let timeout = rt.settings.send_timeout;
         let mut deadline = Instant::now() + timeout;
+        // Once the node stops: when the socket must have taken something by.
+        let mut stop_by: Option<Instant> = None;
         loop {
             {
                 let mut sent = self.state.lock();
@@ -440,6 +443,7 @@ impl Viewer {
                     Ok(n) => {
                         sent.consume(n);
                         deadline = Instant::now() + timeout;
+                        stop_by = stop_by.map(|_| Instant::now() + STOP_WAIT);
                         continue;
                     }
                     Err(_) => {
@@ -448,13 +452,18 @@ impl Viewer {
                     }
                 }
             }
+            let until = stop_by.map_or(deadline, |by| by.min(deadline));
             tokio::select! {
-                room = tokio::time::timeout_at(deadline, self.conn.writable()) => match room {
+                biased;
+                room = tokio::time::timeout_at(until, self.conn.writable()) => match room {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => return Err(Ended::Gone),
+                    Err(_) if stop_by.is_some() => return Err(Ended::Stopped),
                     Err(_) => return Err(Ended::Slow),
                 },
-                () = stopped(stop) => return Err(Ended::Stopped),
+                () = stopped(stop), if stop_by.is_none() => {
+                    stop_by = Some(Instant::now() + STOP_WAIT);
+                }
             }
         }
     }
@@ -463,6 +472,11 @@ impl Viewer {
 /// How long a closed connection waits for the client to close its side (see
 /// [`LiveConnection::finish`]).
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// Once the node stops, how long an event stream's socket may take nothing (a client that reads
+/// gets the rest of its frame and its last chunk; one that stopped reading does not hold the
+/// node's stop up for `realtime.send_timeout_ms`).
+const STOP_WAIT: Duration = Duration::from_secs(1);
 
 /// Bytes read from a viewer at a time (it sends pings and a close, if anything).
 const READ_CHUNK: usize = 256;
@@ -486,7 +500,7 @@ pub(crate) async fn serve(
         }
         Client::EventStream { stopping } => (Transport::EventStream, Some(stopping)),
     };
-    // Once the node stops, a wait for room ends the stream (`stopping` is heard once, below).
+    // Once the node stops, a wait for room is short (`stopping` is heard once, below).
     let mut stop = stopping.clone();
     let viewer = Arc::new(Viewer::new(conn, operator, transport));
     let seat = feed.audience.join(viewer.clone());
