@@ -85,6 +85,8 @@ pub struct App {
     read_gate: Option<Arc<ReadGate>>,
     /// The realtime service's viewers' runtime, when this node serves viewers.
     event_streams: Option<tokio::runtime::Handle>,
+    /// The realtime service, told of the stop (its WebSocket viewers are let go).
+    realtime: Option<Arc<realtime::Realtime>>,
     shutdown: ShutdownTrigger,
     tasks: Vec<JoinHandle<()>>,
     processor: Option<Processor>,
@@ -314,6 +316,7 @@ pub async fn start_roles(config: Config, roles: Roles) -> anyhow::Result<App> {
     };
     // Event streams are written where WebSocket viewers are, below the vote path's priority.
     let event_streams = realtime.as_ref().map(|rt| rt.fanout.handle().clone());
+    let viewers = realtime.clone();
     if roles.query {
         router = router.merge(query::start(query::QueryState {
             catalog: catalog.clone(),
@@ -355,6 +358,7 @@ pub async fn start_roles(config: Config, roles: Roles) -> anyhow::Result<App> {
             .map(|i| i.admission.read_gate.clone())
             .filter(|g| g.enabled()),
         event_streams,
+        realtime: viewers,
         shutdown,
         tasks,
         processor,
@@ -403,8 +407,12 @@ pub async fn run_roles(
 }
 
 impl App {
-    /// Stops the background tasks; processors publish what they hold first.
+    /// Lets the WebSocket viewers go and stops the background tasks; processors publish what
+    /// they hold first.
     pub async fn stop(self) {
+        if let Some(realtime) = &self.realtime {
+            realtime.stop().await;
+        }
         self.shutdown.fire();
         for t in self.tasks {
             let _ = t.await;

@@ -15,13 +15,14 @@
 //! newest frame before it hands the viewer back to the sweeps. So a slow viewer holds at most the
 //! rest of one frame and the kernel's small buffer, and gets the latest state next: never a
 //! queue. Its task also reads what the viewer sends ([`crate::websocket::ClientFrames`]; an event
-//! stream's client has nothing to say, and is gone when it does), ends an event stream with its
-//! last chunk when the node stops (without it, if its socket then takes nothing for a second),
-//! and is the only thing a viewer costs between frames.
+//! stream's client has nothing to say, and is gone when it does), ends a WebSocket with a close
+//! frame saying the server is going away (1001) and an event stream with its last chunk when the
+//! node stops (without them, if its socket then takes nothing for a second), and is the only
+//! thing a viewer costs between frames.
 
 use crate::feed::{Feed, Subscription};
 use crate::frame::{Encoded, Frame, KEEP_ALIVE_CHUNK};
-use crate::websocket::{ClientFrames, Reply};
+use crate::websocket::{close_frame, ClientFrames, Reply};
 use crate::Realtime;
 use bytes::Bytes;
 use edge::listener::LiveConnection;
@@ -34,6 +35,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
+use tungstenite::protocol::frame::coding::CloseCode;
 
 /// Viewers per shard: a sweep writes to about this many sockets in turn. Two sweeps of one shard
 /// may overlap (a publish during a long sweep); a viewer's own lock and its sequence numbers keep
@@ -189,14 +191,29 @@ impl Transport {
             Transport::EventStream => message.sse_chunk(),
         }
     }
+
+    /// What a viewer is sent last when the node stops: a WebSocket's close frame saying the
+    /// server is going away (1001), so its client reconnects elsewhere at once; an event
+    /// stream's last chunk.
+    fn goodbye(self) -> Bytes {
+        match self {
+            Transport::WebSocket => close_frame(CloseCode::Away),
+            Transport::EventStream => Bytes::from_static(LAST_CHUNK),
+        }
+    }
 }
 
-/// What a viewer's task is given besides its connection.
+/// What a viewer's task is given besides its connection: the node's stop signal, after which
+/// the viewer is sent its [`Transport::goodbye`] and let go (without it, if its socket takes
+/// nothing for [`STOP_WAIT`]).
 pub(crate) enum Client {
-    /// A WebSocket: what the client sent behind its handshake.
-    WebSocket { early: Bytes },
-    /// An event stream (its head written): the node's stop signal, after which the stream ends
-    /// with its last chunk (or without it, if its socket takes nothing for [`STOP_WAIT`]).
+    /// A WebSocket: what the client sent behind its handshake; the realtime service's stop
+    /// ([`crate::Realtime::stop`]).
+    WebSocket {
+        early: Bytes,
+        stopping: watch::Receiver<bool>,
+    },
+    /// An event stream (its head written): the listener's stop.
     EventStream { stopping: watch::Receiver<bool> },
 }
 
@@ -239,9 +256,9 @@ enum Ended {
     Closed,
     /// A write waited `realtime.send_timeout_ms` for room.
     Slow,
-    /// The node stopped and the viewer's socket then took nothing for [`STOP_WAIT`] (an event
-    /// stream): it is closed with what its socket holds and without its last chunk, instead of
-    /// holding the node's stop up for as long as the client does not read.
+    /// The node stopped and the viewer's socket then took nothing for [`STOP_WAIT`]: it is
+    /// closed with what its socket holds, without its goodbye, instead of holding the node's
+    /// stop up for as long as the client does not read.
     Stopped,
 }
 
@@ -406,14 +423,13 @@ impl Viewer {
 
     /// The task's side: writes what is pending and then the news of `feed`'s newest frame until
     /// there is none, waiting for room as long as the socket takes something within
-    /// `realtime.send_timeout_ms` (within [`STOP_WAIT`] once the node has stopped, with a `stop`
-    /// signal); then hands the viewer back to the sweeps. After a close, returns once it is
-    /// written.
+    /// `realtime.send_timeout_ms` (within [`STOP_WAIT`] once the node has stopped); then hands
+    /// the viewer back to the sweeps. After a close, returns once it is written.
     async fn catch_up(
         &self,
         feed: &Feed,
         rt: &Realtime,
-        stop: &mut Option<watch::Receiver<bool>>,
+        stop: &mut watch::Receiver<bool>,
     ) -> Result<(), Ended> {
         let timeout = rt.settings.send_timeout;
         let mut deadline = Instant::now() + timeout;
@@ -461,7 +477,8 @@ impl Viewer {
                     Err(_) if stop_by.is_some() => return Err(Ended::Stopped),
                     Err(_) => return Err(Ended::Slow),
                 },
-                () = stopped(stop), if stop_by.is_none() => {
+                // (A stop signal gone is a stop.)
+                _ = stop.wait_for(|stop| *stop), if stop_by.is_none() => {
                     stop_by = Some(Instant::now() + STOP_WAIT);
                 }
             }
@@ -473,16 +490,16 @@ impl Viewer {
 /// [`LiveConnection::finish`]).
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
-/// Once the node stops, how long an event stream's socket may take nothing (a client that reads
-/// gets the rest of its frame and its last chunk; one that stopped reading does not hold the
-/// node's stop up for `realtime.send_timeout_ms`).
+/// Once the node stops, how long a viewer's socket may take nothing (a client that reads gets the
+/// rest of its frame and its goodbye; one that stopped reading does not hold the node's stop up
+/// for `realtime.send_timeout_ms`).
 const STOP_WAIT: Duration = Duration::from_secs(1);
 
 /// Bytes read from a viewer at a time (it sends pings and a close, if anything).
 const READ_CHUNK: usize = 256;
 
 /// Serves one live viewer of `sub`'s poll on `conn` until it leaves, closes, fails a write, takes
-/// too long to make room (`realtime.send_timeout_ms`) or, for an event stream, the node stops.
+/// too long to make room (`realtime.send_timeout_ms`) or the node stops.
 pub(crate) async fn serve(
     rt: Arc<Realtime>,
     sub: Subscription,
@@ -493,15 +510,16 @@ pub(crate) async fn serve(
     let feed = sub.feed().clone();
     let mut frames = ClientFrames::default();
     let mut replies = Vec::new();
-    let (transport, mut stopping) = match client {
-        Client::WebSocket { early } => {
+    let (transport, mut stop) = match client {
+        Client::WebSocket { early, stopping } => {
             frames.read(&early, &mut replies);
-            (Transport::WebSocket, None)
+            (Transport::WebSocket, stopping)
         }
-        Client::EventStream { stopping } => (Transport::EventStream, Some(stopping)),
+        Client::EventStream { stopping } => (Transport::EventStream, stopping),
     };
-    // Once the node stops, a wait for room is short (`stopping` is heard once, below).
-    let mut stop = stopping.clone();
+    // The stop is heard once here, where the viewer's goodbye is queued; a wait for room in its
+    // catch-up is short from then on.
+    let mut stopping = Some(stop.clone());
     let viewer = Arc::new(Viewer::new(conn, operator, transport));
     let seat = feed.audience.join(viewer.clone());
     let ended = loop {
@@ -517,7 +535,7 @@ pub(crate) async fn serve(
         tokio::select! {
             _ = viewer.wake.notified() => {}
             () = stopped(&mut stopping) => {
-                replies.push(Reply::Close(Bytes::from_static(LAST_CHUNK)));
+                replies.push(Reply::Close(transport.goodbye()));
                 stopping = None;
             }
             ready = viewer.conn.readable() => {

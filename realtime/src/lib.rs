@@ -13,7 +13,8 @@
 //!   upgrade.
 //! - [`routes`]: `GET /v1/polls/{id}/ws` and `GET /v1/polls/{id}/sse` (the deadline a client has
 //!   to take each message is [`broadcast`]'s).
-//! - [`start`]: the service starting itself (fan-out runtime, metrics, routes).
+//! - [`start`]: the service starting itself (fan-out runtime, metrics, routes);
+//!   [`Realtime::stop`]: its WebSocket viewers told the node is going away, and waited for.
 //! - [`fanout`]: the runtime WebSocket viewers and event streams are served on, at a lower
 //!   priority than votes.
 //! - [`metrics`]: the service's collector for `/metrics` (`crowdtick_realtime_*`).
@@ -56,6 +57,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use storage::PollCatalog;
+use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
 
 pub use routes::router;
 
@@ -114,7 +117,14 @@ pub struct Realtime {
     pub messages_sent: AtomicU64,
     /// Clients disconnected for not taking a message within `settings.send_timeout`.
     pub slow_consumers_dropped: AtomicU64,
+    /// Raised by [`Realtime::stop`]: WebSocket viewers are told the node is going away.
+    stopping: watch::Sender<bool>,
+    /// The WebSocket viewers being served, waited for by [`Realtime::stop`].
+    websockets: TaskTracker,
 }
+
+/// How long [`Realtime::stop`] waits for WebSocket viewers to take their close frame and close.
+const STOP_GRACE: Duration = Duration::from_secs(3);
 
 /// One thing to tell a live client, as values.
 #[derive(Debug, Clone)]
@@ -163,7 +173,43 @@ impl Realtime {
             connections: AtomicU64::new(0),
             messages_sent: AtomicU64::new(0),
             slow_consumers_dropped: AtomicU64::new(0),
+            stopping: watch::channel(false).0,
+            websockets: TaskTracker::new(),
         }))
+    }
+
+    /// Serves a WebSocket viewer on the fan-out runtime until it leaves or the node stops.
+    pub(crate) fn serve_websocket(
+        self: &Arc<Self>,
+        sub: Subscription,
+        conn: edge::listener::LiveConnection,
+        operator: bool,
+        early: bytes::Bytes,
+    ) {
+        let client = broadcast::Client::WebSocket {
+            early,
+            stopping: self.stopping.subscribe(),
+        };
+        let viewer = broadcast::serve(self.clone(), sub, conn, operator, client);
+        self.fanout.spawn(self.websockets.track_future(viewer));
+    }
+
+    /// Tells every WebSocket viewer the node is going away (close code 1001, so its client
+    /// reconnects elsewhere at once) and waits for them to close, at most [`STOP_GRACE`]; a
+    /// viewer that arrives later is told at once. The node calls it once its listener has
+    /// stopped (event streams end with the listener).
+    pub async fn stop(&self) {
+        self.stopping.send_replace(true);
+        self.websockets.close();
+        if tokio::time::timeout(STOP_GRACE, self.websockets.wait())
+            .await
+            .is_err()
+        {
+            tracing::info!(
+                open = self.websockets.len(),
+                "WebSocket viewers still open after the stop's grace period; they close with the node"
+            );
+        }
     }
 
     /// Counts a client dropped for not taking a message in time.

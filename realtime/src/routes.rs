@@ -90,11 +90,7 @@ async fn ws(
     small_send_buffer(&rt, live.as_ref());
     Ok(handshake.accept(move |conn, early| async move {
         // Served on the fan-out runtime, below the vote path's priority.
-        let viewers = rt.clone();
-        let client = broadcast::Client::WebSocket { early };
-        viewers
-            .fanout
-            .spawn(broadcast::serve(rt, sub, conn, operator, client));
+        rt.serve_websocket(sub, conn, operator, early);
     }))
 }
 

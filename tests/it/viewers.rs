@@ -580,3 +580,28 @@ async fn a_stalled_event_stream_does_not_hold_up_the_nodes_stop() {
         "a last chunk through a full socket"
     );
 }
+
+/// When the node stops, a WebSocket viewer is told the server is going away (1001), so its client
+/// reconnects elsewhere at once instead of seeing the connection drop; the node waits for it to
+/// close.
+#[tokio::test]
+async fn a_websocket_viewer_is_told_the_node_is_going_away_when_it_stops() {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    let app = spawn_app().await;
+    let poll = app.open_poll(&["A", "B"]).await;
+    let mut ws = viewer(&app, poll).await;
+    let first = messages_until(&mut ws, Instant::now() + Duration::from_millis(500)).await;
+    assert!(!first.is_empty(), "the viewer was sent nothing");
+    let stopping = tokio::spawn(app.stop());
+    let code = close_code(&mut ws, Instant::now() + Duration::from_secs(5)).await;
+    assert_eq!(code, Some(CloseCode::Away));
+    // The client answers the close (tungstenite does so as it is read on) and the node's stop
+    // ends.
+    while let Ok(Some(Ok(_))) =
+        tokio::time::timeout(Duration::from_secs(5), futures::StreamExt::next(&mut ws)).await
+    {}
+    tokio::time::timeout(Duration::from_secs(5), stopping)
+        .await
+        .expect("the node's stop waited for its viewer")
+        .unwrap();
+}
