@@ -423,8 +423,9 @@ impl Viewer {
 
     /// The task's side: writes what is pending and then the news of `feed`'s newest frame until
     /// there is none, waiting for room as long as the socket takes something within
-    /// `realtime.send_timeout_ms` (within [`STOP_WAIT`] once the node has stopped); then hands
-    /// the viewer back to the sweeps. After a close, returns once it is written.
+    /// `realtime.send_timeout_ms` (within [`STOP_WAIT`] once the node has stopped, and with no
+    /// news once pending is written); then hands the viewer back to the sweeps. After a close,
+    /// returns once it is written.
     async fn catch_up(
         &self,
         feed: &Feed,
@@ -444,6 +445,12 @@ impl Viewer {
                 if sent.pending.is_empty() {
                     if sent.closing {
                         return Err(Ended::Closed);
+                    }
+                    // Once the node stops, its goodbye is next: no more news first, which a
+                    // client that reads slowly could be given until the stop's grace ran out.
+                    if *stop.borrow() {
+                        sent.parked = false;
+                        return Ok(());
                     }
                     let frame = feed.latest();
                     let news = sent.take_news(&frame, self.operator, self.transport);

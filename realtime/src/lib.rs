@@ -195,9 +195,10 @@ impl Realtime {
     }
 
     /// Tells every WebSocket viewer the node is going away (close code 1001, so its client
-    /// reconnects elsewhere at once) and waits for them to close, at most [`STOP_GRACE`]; a
-    /// viewer that arrives later is told at once. The node calls it once its listener has
-    /// stopped (event streams end with the listener).
+    /// can reconnect elsewhere at once) and waits for them to close, at most [`STOP_GRACE`]; a
+    /// viewer whose upgrade completes later is told at once, and not waited for. The node calls
+    /// it once its listener has stopped (event streams end with the listener). The old API's
+    /// socket (`seed_api`) is not told: it ends with the process.
     pub async fn stop(&self) {
         self.stopping.send_replace(true);
         self.websockets.close();

@@ -595,8 +595,13 @@ async fn a_websocket_viewer_is_told_the_node_is_going_away_when_it_stops() {
     let stopping = tokio::spawn(app.stop());
     let code = close_code(&mut ws, Instant::now() + Duration::from_secs(5)).await;
     assert_eq!(code, Some(CloseCode::Away));
-    // The client answers the close (tungstenite does so as it is read on) and the node's stop
-    // ends.
+    // The node waits for its viewer to close (at most a second after its close frame)…
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !stopping.is_finished(),
+        "the node did not wait for its viewer"
+    );
+    // …which answers the close (tungstenite does so as it is read on), and the node's stop ends.
     while let Ok(Some(Ok(_))) =
         tokio::time::timeout(Duration::from_secs(5), futures::StreamExt::next(&mut ws)).await
     {}
