@@ -582,8 +582,8 @@ async fn a_stalled_event_stream_does_not_hold_up_the_nodes_stop() {
 }
 
 /// When the node stops, a WebSocket viewer is told the server is going away (1001), so its client
-/// reconnects elsewhere at once instead of seeing the connection drop; the node waits for it to
-/// close.
+/// can reconnect elsewhere at once instead of seeing the connection drop; the node waits for it
+/// to close.
 #[tokio::test]
 async fn a_websocket_viewer_is_told_the_node_is_going_away_when_it_stops() {
     use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -602,9 +602,7 @@ async fn a_websocket_viewer_is_told_the_node_is_going_away_when_it_stops() {
         "the node did not wait for its viewer"
     );
     // …which answers the close (tungstenite does so as it is read on), and the node's stop ends.
-    while let Ok(Some(Ok(_))) =
-        tokio::time::timeout(Duration::from_secs(5), futures::StreamExt::next(&mut ws)).await
-    {}
+    while let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {}
     tokio::time::timeout(Duration::from_secs(5), stopping)
         .await
         .expect("the node's stop waited for its viewer")
