@@ -526,7 +526,7 @@ pub(crate) async fn serve(
     };
     // The stop is heard once here, where the viewer's goodbye is queued; a wait for room in its
     // catch-up is short from then on.
-    let mut stopping = Some(stop.clone());
+    let mut told = false;
     let viewer = Arc::new(Viewer::new(conn, operator, transport));
     let seat = feed.audience.join(viewer.clone());
     let ended = loop {
@@ -541,9 +541,10 @@ pub(crate) async fn serve(
         let stream = viewer.conn.stream();
         tokio::select! {
             _ = viewer.wake.notified() => {}
-            () = stopped(&mut stopping) => {
+            // (A stop signal gone is a stop.)
+            _ = stop.wait_for(|stop| *stop), if !told => {
                 replies.push(Reply::Close(transport.goodbye()));
-                stopping = None;
+                told = true;
             }
             ready = viewer.conn.readable() => {
                 if ready.is_err() {
@@ -575,14 +576,6 @@ pub(crate) async fn serve(
         }
         Ended::Closed => viewer.conn.finish(CLOSE_WAIT).await,
         Ended::Gone | Ended::Stopped => {}
-    }
-}
-
-/// Once the node stops (or its stop signal is gone); never, without one.
-async fn stopped(stopping: &mut Option<watch::Receiver<bool>>) {
-    match stopping {
-        Some(stopping) => drop(stopping.wait_for(|stop| *stop).await),
-        None => std::future::pending().await,
     }
 }
 
