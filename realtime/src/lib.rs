@@ -194,11 +194,26 @@ impl Realtime {
         self.fanout.spawn(self.websockets.track_future(viewer));
     }
 
+    /// The service's stop signal, raised by [`Realtime::stop`], for a live socket served
+    /// elsewhere (the old API's, in `seed_api`), which then says goodbye as these viewers do.
+    pub fn stopping(&self) -> watch::Receiver<bool> {
+        self.stopping.subscribe()
+    }
+
+    /// Counts `socket` (a live socket served elsewhere: the old API's) among the WebSocket
+    /// viewers [`Realtime::stop`] waits for.
+    pub fn track<F: std::future::Future>(
+        &self,
+        socket: F,
+    ) -> impl std::future::Future<Output = F::Output> {
+        self.websockets.track_future(socket)
+    }
+
     /// Tells every WebSocket viewer the node is going away (close code 1001, so its client
     /// can reconnect elsewhere at once) and waits for them to close, at most [`STOP_GRACE`]; a
     /// viewer whose upgrade completes later is told at once, and not waited for. The node calls
     /// it once its listener has stopped (event streams end with the listener). The old API's
-    /// socket (`seed_api`) is not told: it ends with the process.
+    /// socket (`seed_api`) hears the same signal ([`Realtime::stopping`]) and is waited for too.
     pub async fn stop(&self) {
         self.stopping.send_replace(true);
         self.websockets.close();

@@ -16,6 +16,9 @@
 //!   HTTP paths ([`super::throttle`]); over it: `{"error": "Request was throttled. …", "status": 429}`.
 //! - A client that does not take a message within `realtime.send_timeout_ms` is disconnected
 //!   (counted as a slow consumer).
+//! - When the node stops, the socket is closed with code 1001 (going away) so the client can
+//!   reconnect elsewhere at once, and the node waits for the client's answer as it does for its
+//!   `/v1` viewers (`realtime::Realtime::stop`).
 //! - A page of another site (an `Origin` the realtime service does not allow) gets `403
 //!   {"detail": …}`; messages over 4 KiB close the socket.
 //! - Unknown poll (or a non-numeric id), or no valid credentials: the upgrade is accepted, then the
@@ -39,6 +42,7 @@ use schemas::{Poll, PollId, Timestamp};
 use serde_json::{json, Value};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use tokio::sync::watch;
 
 pub async fn handler(
     State(seed): State<Arc<Seed>>,
@@ -78,27 +82,35 @@ pub async fn handler(
     upgrade
         .on_upgrade(move |socket| async move {
             match outcome {
-                Err(reason) => refuse(socket, &reason).await,
-                Ok((user, sub)) => serve(seed, socket, user, peer, sub).await,
+                Err(reason) => close(socket, close_code::POLICY, &reason).await,
+                Ok((user, sub)) => {
+                    let realtime = seed.realtime.clone();
+                    realtime.track(serve(seed, socket, user, peer, sub)).await
+                }
             }
         })
         .into_response()
 }
 
-/// Closes a just-opened socket with 1008 and a reason.
-async fn refuse(mut socket: WebSocket, reason: &str) {
+/// What a socket is told when the node stops (with close code 1001, going away).
+const GOING_AWAY: &str = "The server is going away; reconnect.";
+
+/// Closes a socket with `code` and `reason`, then waits (briefly) for the client's close reply so
+/// the frame is not lost to a reset; two seconds in all, however slowly the client reads.
+async fn close(mut socket: WebSocket, code: u16, reason: &str) {
     // A close reason is at most 123 bytes.
     let mut end = reason.len().min(123);
     while !reason.is_char_boundary(end) {
         end -= 1;
     }
     let frame = CloseFrame {
-        code: close_code::POLICY,
+        code,
         reason: reason[..end].into(),
     };
-    let _ = socket.send(Message::Close(Some(frame))).await;
-    // Wait (briefly) for the client's close reply so the frame is not lost to a reset.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+        if socket.send(Message::Close(Some(frame))).await.is_err() {
+            return;
+        }
         while let Some(Ok(m)) = socket.recv().await {
             if matches!(m, Message::Close(_)) {
                 break;
@@ -116,31 +128,47 @@ async fn serve(
     mut sub: Subscription,
 ) {
     let poll_id = sub.poll_id();
+    let mut stop = seed.realtime.stopping();
     let (mut tx, mut rx) = socket.split();
     let mut last = LastSent::default();
-    loop {
-        // Both are cancel-safe: whichever loses the race loses nothing.
+    // Ends when the connection is done (false) or the node stops (true).
+    let going_away = loop {
+        // All are cancel-safe: whichever loses the race loses nothing.
         tokio::select! {
+            // The node is stopping (a stop signal gone is a stop): the client is told, so it can
+            // reconnect elsewhere at once.
+            () = stopped(&mut stop) => break true,
             update = sub.next() => {
                 let Update::Results(poll, snap) = update else { continue };
                 if let Some(msg) = last.message(&poll, &snap, Timestamp::now()) {
                     if !send_within(&seed, &mut tx, poll_id, msg).await {
-                        break;
+                        break false;
                     }
                 }
             }
             incoming = rx.next() => match incoming {
-                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break false,
                 Some(Ok(Message::Text(text))) => {
                     let reply = client_message(&seed, user, peer, poll_id, text.as_str()).await;
                     if !send_within(&seed, &mut tx, poll_id, reply.to_string()).await {
-                        break;
+                        break false;
                     }
                 }
                 Some(Ok(_)) => {} // pings are answered by axum; binary messages are ignored
             }
         }
+    };
+    drop(sub);
+    if going_away {
+        if let Ok(socket) = tx.reunite(rx) {
+            close(socket, close_code::AWAY, GOING_AWAY).await;
+        }
     }
+}
+
+/// Returns once the node stops (or its stop signal is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
 }
 
 /// Sends one message within `realtime.send_timeout_ms`; `false` if the connection is done (closed,

@@ -822,3 +822,38 @@ async fn concurrent_votes_by_one_user_count_once() {
         (200, expected)
     );
 }
+
+/// On a rolling update the old API's socket, like the `/v1` one, is told the server is going
+/// away, so its client reconnects elsewhere at once instead of seeing the connection drop.
+#[tokio::test]
+async fn the_websocket_is_told_the_node_is_going_away_when_it_stops() {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    let app = spawn_app().await;
+    let c = new_client();
+    let session = register(&app, &c, "jon").await;
+    let poll = seed_poll(&app, &c, &["A", "B"]).await;
+    let mut ws = ws_connect(&app, &poll.to_string(), Some(&session)).await;
+    assert_eq!(ws_json(&mut ws).await, json!({"results": {"A": 0, "B": 0}}));
+    let stopping = tokio::spawn(app.stop());
+    let frame = loop {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => break frame.expect("a close code"),
+            Ok(Some(Ok(_))) => {}
+            other => panic!("no close frame within 5 s: {other:?}"),
+        }
+    };
+    assert_eq!(frame.code, CloseCode::Away);
+    assert_eq!(frame.reason, "The server is going away; reconnect.");
+    // The node waits for the client's answer…
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !stopping.is_finished(),
+        "the node did not wait for the socket"
+    );
+    // …which tungstenite sends as the socket is read on; then the node's stop ends.
+    while let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {}
+    tokio::time::timeout(Duration::from_secs(5), stopping)
+        .await
+        .expect("the node's stop waited for the socket")
+        .unwrap();
+}
