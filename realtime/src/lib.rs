@@ -202,7 +202,7 @@ impl Realtime {
 
     /// Counts `socket` (a live socket served elsewhere: the old API's) among the WebSocket
     /// viewers [`Realtime::stop`] waits for.
-    pub fn track<F: std::future::Future>(
+    pub fn track_socket<F: std::future::Future>(
         &self,
         socket: F,
     ) -> impl std::future::Future<Output = F::Output> {

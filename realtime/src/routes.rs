@@ -64,8 +64,9 @@ fn sees_embargoed(
 /// 128 KiB for reading at the upgrade).
 const WS_READ_BUFFER_BYTES: usize = 256;
 
-/// Asks for the small kernel send buffer of a live socket, where the listener offers it.
-fn small_send_buffer(rt: &Realtime, live: Option<&LiveSocket>) {
+/// Asks for the small kernel send buffer of a live socket (`realtime.socket_send_buffer_bytes`),
+/// where the listener offers it; the old API's socket asks too.
+pub fn small_send_buffer(rt: &Realtime, live: Option<&LiveSocket>) {
     if let (Some(live), n @ 1..) = (live, rt.settings.socket_send_buffer) {
         live.request_send_buffer(n);
     }

@@ -18,7 +18,10 @@
 //!   (counted as a slow consumer).
 //! - When the node stops, the socket is closed with code 1001 (going away) so the client can
 //!   reconnect elsewhere at once, and the node waits for the client's answer as it does for its
-//!   `/v1` viewers (`realtime::Realtime::stop`).
+//!   `/v1` viewers (`realtime::Realtime::stop`), at most a second: a client that has stopped
+//!   reading (a send waiting for room) is let go then, without it.
+//! - Its kernel send buffer is the small one of every live socket
+//!   (`realtime.socket_send_buffer_bytes`).
 //! - A page of another site (an `Origin` the realtime service does not allow) gets `403
 //!   {"detail": …}`; messages over 4 KiB close the socket.
 //! - Unknown poll (or a non-numeric id), or no valid credentials: the upgrade is accepted, then the
@@ -36,12 +39,13 @@ use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use futures::stream::SplitSink;
 use futures::{SinkExt, StreamExt};
-use realtime::{Subscription, Update};
+use realtime::{LiveSocket, Subscription, Update};
 use results::Snapshot;
 use schemas::{Poll, PollId, Timestamp};
 use serde_json::{json, Value};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::watch;
 
 pub async fn handler(
@@ -49,6 +53,7 @@ pub async fn handler(
     Path(id): Path<String>,
     headers: HeaderMap,
     connect: Option<Extension<ConnectInfo<SocketAddr>>>,
+    live: Option<Extension<LiveSocket>>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let peer = connect.map(|Extension(ConnectInfo(addr))| addr.ip());
@@ -79,15 +84,19 @@ pub async fn handler(
             .map(|sub| (user, sub))
             .ok_or_else(|| drf::NO_POLL.to_owned()),
     };
+    if outcome.is_ok() {
+        let live = live.map(|Extension(l)| l);
+        realtime::routes::small_send_buffer(&seed.realtime, live.as_ref());
+    }
+    let realtime = seed.realtime.clone();
     upgrade
-        .on_upgrade(move |socket| async move {
-            match outcome {
-                Err(reason) => close(socket, close_code::POLICY, &reason).await,
-                Ok((user, sub)) => {
-                    let realtime = seed.realtime.clone();
-                    realtime.track(serve(seed, socket, user, peer, sub)).await
+        .on_upgrade(move |socket| {
+            realtime.track_socket(async move {
+                match outcome {
+                    Err(reason) => close(socket, close_code::POLICY, &reason, REFUSE_WAIT).await,
+                    Ok((user, sub)) => serve(seed, socket, user, peer, sub).await,
                 }
-            }
+            })
         })
         .into_response()
 }
@@ -95,9 +104,16 @@ pub async fn handler(
 /// What a socket is told when the node stops (with close code 1001, going away).
 const GOING_AWAY: &str = "The server is going away; reconnect.";
 
-/// Closes a socket with `code` and `reason`, then waits (briefly) for the client's close reply so
-/// the frame is not lost to a reset; two seconds in all, however slowly the client reads.
-async fn close(mut socket: WebSocket, code: u16, reason: &str) {
+/// How long a refused socket's close, and its client's answer, may take.
+const REFUSE_WAIT: Duration = Duration::from_secs(2);
+
+/// How long the close of a socket may take once the node stops: like a `/v1` viewer's, a client
+/// that has stopped reading does not hold the node's stop up for long.
+const GOING_AWAY_WAIT: Duration = Duration::from_secs(1);
+
+/// Closes a socket with `code` and `reason`, then waits for the client's close reply so the frame
+/// is not lost to a reset; `within` in all, however slowly the client reads.
+async fn close(mut socket: WebSocket, code: u16, reason: &str, within: Duration) {
     // A close reason is at most 123 bytes.
     let mut end = reason.len().min(123);
     while !reason.is_char_boundary(end) {
@@ -107,7 +123,7 @@ async fn close(mut socket: WebSocket, code: u16, reason: &str) {
         code,
         reason: reason[..end].into(),
     };
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+    let _ = tokio::time::timeout(within, async {
         if socket.send(Message::Close(Some(frame))).await.is_err() {
             return;
         }
@@ -131,27 +147,28 @@ async fn serve(
     let mut stop = seed.realtime.stopping();
     let (mut tx, mut rx) = socket.split();
     let mut last = LastSent::default();
-    // Ends when the connection is done (false) or the node stops (true).
-    let going_away = loop {
+    let ended = loop {
         // All are cancel-safe: whichever loses the race loses nothing.
         tokio::select! {
+            biased;
             // The node is stopping (a stop signal gone is a stop): the client is told, so it can
             // reconnect elsewhere at once.
-            () = stopped(&mut stop) => break true,
+            () = stopped(&mut stop) => break Ended::Stopping,
             update = sub.next() => {
                 let Update::Results(poll, snap) = update else { continue };
                 if let Some(msg) = last.message(&poll, &snap, Timestamp::now()) {
-                    if !send_within(&seed, &mut tx, poll_id, msg).await {
-                        break false;
+                    if let Err(ended) = send_within(&seed, &mut tx, &mut stop, poll_id, msg).await {
+                        break ended;
                     }
                 }
             }
             incoming = rx.next() => match incoming {
-                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break false,
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break Ended::Over,
                 Some(Ok(Message::Text(text))) => {
                     let reply = client_message(&seed, user, peer, poll_id, text.as_str()).await;
-                    if !send_within(&seed, &mut tx, poll_id, reply.to_string()).await {
-                        break false;
+                    let reply = reply.to_string();
+                    if let Err(ended) = send_within(&seed, &mut tx, &mut stop, poll_id, reply).await {
+                        break ended;
                     }
                 }
                 Some(Ok(_)) => {} // pings are answered by axum; binary messages are ignored
@@ -159,11 +176,20 @@ async fn serve(
         }
     };
     drop(sub);
-    if going_away {
+    if ended == Ended::Stopping {
         if let Ok(socket) = tx.reunite(rx) {
-            close(socket, close_code::AWAY, GOING_AWAY).await;
+            close(socket, close_code::AWAY, GOING_AWAY, GOING_AWAY_WAIT).await;
         }
     }
+}
+
+/// Why a socket's loop ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Ended {
+    /// The client closed or left, a write failed, or it was dropped as a slow consumer.
+    Over,
+    /// The node is stopping: the client is told so.
+    Stopping,
 }
 
 /// Returns once the node stops (or its stop signal is gone).
@@ -171,26 +197,33 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|stop| *stop).await;
 }
 
-/// Sends one message within `realtime.send_timeout_ms`; `false` if the connection is done (closed,
-/// or dropped as a slow consumer).
+/// Sends one message within `realtime.send_timeout_ms`, unless the node stops first (a message
+/// is never cut: what the socket's writer took is written whole ahead of the close, and what it
+/// had not taken is dropped).
 async fn send_within(
     seed: &Seed,
     tx: &mut SplitSink<WebSocket, Message>,
+    stop: &mut watch::Receiver<bool>,
     poll_id: PollId,
     text: String,
-) -> bool {
+) -> Result<(), Ended> {
     let rt = &seed.realtime;
-    match tokio::time::timeout(
+    let send = tokio::time::timeout(
         rt.settings.send_timeout,
         tx.send(Message::Text(text.into())),
-    )
-    .await
-    {
-        Ok(sent) => sent.is_ok(),
-        Err(_) => {
-            rt.dropped_slow_consumer(poll_id, "seed_ws");
-            false
-        }
+    );
+    tokio::select! {
+        biased;
+        sent = send => match sent {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Ended::Over),
+            Err(_) => {
+                rt.dropped_slow_consumer(poll_id, "seed_ws");
+                Err(Ended::Over)
+            }
+        },
+        // A client that stopped reading does not hold the node's stop up.
+        () = stopped(stop) => Err(Ended::Stopping),
     }
 }
 
