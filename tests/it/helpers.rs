@@ -306,3 +306,46 @@ where
         }
     }
 }
+
+/// A poll with big messages (64 options of 200 characters: ~17 KB each on `/v1`, ~13 KB on the
+/// old API's socket), so a few fill the buffers.
+pub async fn big_poll(app: &TestApp) -> i64 {
+    let labels: Vec<String> = (0..64)
+        .map(|i| format!("{i:02}{}", "x".repeat(198)))
+        .collect();
+    let (status, body) = app
+        .call(
+            "POST",
+            "/v1/polls",
+            Some(json!({"title": "Slow", "options": labels, "open": true})),
+            true,
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    body["id"].as_i64().unwrap()
+}
+
+/// Votes from four senders until aborted: the results change in every coalescing period.
+pub fn keep_voting(app: &TestApp, poll: i64) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..4)
+        .map(|lane| {
+            let (client, url) = (app.client.clone(), app.url("/v1/votes"));
+            tokio::spawn(async move {
+                for i in 0.. {
+                    let _ = client
+                        .post(&url)
+                        .json(&json!({"poll_id": poll, "option_id": i % 64, "voter_id": format!("s{lane}-{i}")}))
+                        .send()
+                        .await;
+                }
+            })
+        })
+        .collect()
+}
+
+/// A socket that takes little at a time (a 4 KiB receive buffer), connected to `app`.
+pub async fn small_window(app: &TestApp) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(app.addr).await.unwrap()
+}

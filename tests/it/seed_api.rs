@@ -865,33 +865,16 @@ async fn the_websocket_is_told_the_node_is_going_away_when_it_stops() {
 async fn a_stalled_websocket_does_not_hold_up_the_nodes_stop() {
     let app = spawn_app_with(|c| c.realtime.send_timeout_ms = 60_000).await;
     let session = register(&app, &new_client(), "jon").await;
-    // Big messages (every label, 64 of 200 characters: ~13 KB each), so buffers fill at once.
-    let labels: Vec<String> = (0..64)
-        .map(|i| format!("{i:02}{}", "x".repeat(198)))
-        .collect();
-    let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
-    let poll = app.open_poll(&labels).await;
-    // A client with a small receive window, which reads nothing after the handshake.
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let stream = socket.connect(app.addr).await.unwrap();
+    let poll = big_poll(&app).await;
+    // A client that takes little at a time, and reads nothing after the handshake.
+    let stream = small_window(&app).await;
     let mut req = format!("ws://{}/ws/poll/{poll}/", app.addr)
         .into_client_request()
         .unwrap();
     req.headers_mut()
         .insert("cookie", format!("sessionid={session}").parse().unwrap());
     let (_stalled, _) = tokio_tungstenite::client_async(req, stream).await.unwrap();
-    let voting: Vec<_> = (0..4)
-        .map(|lane| {
-            let (client, url) = (app.client.clone(), app.url("/v1/votes"));
-            tokio::spawn(async move {
-                for i in 0.. {
-                    let vote = json!({"poll_id": poll, "option_id": i % 64, "voter_id": format!("s{lane}-{i}")});
-                    let _ = client.post(&url).json(&vote).send().await;
-                }
-            })
-        })
-        .collect();
+    let voting = keep_voting(&app, poll);
     tokio::time::sleep(Duration::from_secs(3)).await;
     for v in voting {
         v.abort();

@@ -2,7 +2,10 @@
 //! once for both transports, the viewer count as news at most once a second, a feed retired with
 //! its last viewer. (What a viewer costs and how fast they are served: BENCHMARKS.md.)
 
-use crate::helpers::{close_code, poll_with, spawn_app, spawn_app_with, TestApp, KEY};
+use crate::helpers::{
+    big_poll, close_code, keep_voting, poll_with, small_window, spawn_app, spawn_app_with, TestApp,
+    KEY,
+};
 use futures::StreamExt;
 use serde_json::Value;
 use std::time::Duration;
@@ -166,49 +169,6 @@ async fn a_slow_event_source_viewer_is_behind_by_what_its_socket_holds_not_by_a_
 #[tokio::test]
 async fn a_slow_event_source_viewer_on_a_kept_alive_connection_is_behind_by_no_more() {
     slow_sse_viewer("Accept: text/event-stream\r\n", true).await;
-}
-
-/// A poll with big messages (64 options of 200 characters, ~17 KB each), so a few fill the
-/// buffers.
-async fn big_poll(app: &TestApp) -> i64 {
-    let labels: Vec<String> = (0..64)
-        .map(|i| format!("{i:02}{}", "x".repeat(198)))
-        .collect();
-    let (status, body) = app
-        .call(
-            "POST",
-            "/v1/polls",
-            Some(serde_json::json!({"title": "Slow", "options": labels, "open": true})),
-            true,
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
-    body["id"].as_i64().unwrap()
-}
-
-/// Votes from four senders until aborted: the results change in every coalescing period.
-fn keep_voting(app: &TestApp, poll: i64) -> Vec<tokio::task::JoinHandle<()>> {
-    (0..4)
-        .map(|lane| {
-            let (client, url) = (app.client.clone(), app.url("/v1/votes"));
-            tokio::spawn(async move {
-                for i in 0.. {
-                    let _ = client
-                        .post(&url)
-                        .json(&serde_json::json!({"poll_id": poll, "option_id": i % 64, "voter_id": format!("s{lane}-{i}")}))
-                        .send()
-                        .await;
-                }
-            })
-        })
-        .collect()
-}
-
-/// A socket that takes little at a time (a 4 KiB receive buffer), connected to `app`.
-async fn small_window(app: &TestApp) -> tokio::net::TcpStream {
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    socket.connect(app.addr).await.unwrap()
 }
 
 /// Stops the voting, then: the slow viewer caught up with `latest`, after at most 6 stale frames
