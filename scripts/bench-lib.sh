@@ -38,3 +38,28 @@ request = function()
 end
 LUA
 }
+
+# The server's own view of the single votes it acknowledged, from a scrape of its /metrics (FILE):
+# from the kernel's receipt of a request to its 202 (crowdtick_ingest_vote_sojourn_seconds) and
+# from the append to durable (crowdtick_ingest_vote_duration_seconds). Histogram buckets, so each
+# quantile is "<= the bucket's bound". With the load generator's send-to-answer figures beside it,
+# this says whether a vote's time went to the server or to the generator and the kernel.
+server_view() { # metrics-file
+  python3 - "$1" <<'PY'
+import sys
+hist = {}
+for line in open(sys.argv[1]):
+    if line.startswith("#") or "_bucket{" not in line:
+        continue
+    name = line.split("_bucket{")[0]
+    le = line.split('le="')[1].split('"')[0]
+    hist.setdefault(name, []).append((float("inf") if le == "+Inf" else float(le), int(float(line.split()[-1]))))
+def within(name, q):
+    buckets = sorted(hist.get(name, []))
+    count = buckets[-1][1] if buckets else 0
+    return next((f"<= {le * 1000:g} ms" for le, n in buckets if count and n >= q * count), "n/a")
+sojourn, durable = "crowdtick_ingest_vote_sojourn_seconds", "crowdtick_ingest_vote_duration_seconds"
+print(f"server: receipt to 202 p50 {within(sojourn, 0.5)}, p99 {within(sojourn, 0.99)}; "
+      f"append to durable p99 {within(durable, 0.99)}")
+PY
+}

@@ -49,24 +49,15 @@ summary() { # name
   python3 - "$work/$1.json" "$1" "$work/$1.metrics" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1])); a = r["answer_latency"]
-# The server's own view: kernel receipt to 202, from its histogram (bucket bounds, so "<= x").
-buckets, count = [], 0
-for line in open(sys.argv[3]):
-    if line.startswith("crowdtick_ingest_vote_sojourn_seconds_bucket"):
-        le = line.split('le="')[1].split('"')[0]
-        buckets.append((float("inf") if le == "+Inf" else float(le), int(line.split()[-1])))
-    elif line.startswith("crowdtick_ingest_vote_sojourn_seconds_count"):
-        count = int(line.split()[-1])
-def within(q):
-    return next((f"<= {le * 1000:g} ms" for le, n in buckets if count and n >= q * count), "n/a")
 shed_wait = sum(int(l.split()[-1]) for l in open(sys.argv[3]) if l.startswith("crowdtick_ingest_requests_shed_wait_total"))
 shed = r["status_counts"].get("503", 0)
 verify = r.get("verify") or {}
 print(f"  {sys.argv[2]:10} {r['acknowledged_per_sec']:>9,.0f} votes/s acknowledged, {shed:>9,} 503s, "
       f"accepted requests send to answer p50 {a['p50_ms']:.1f} / p99 {a['p99_ms']:.1f} ms, "
       f"verify {'ok' if verify.get('ok') else 'FAILED' if verify else 'not run'}")
-print(f"  {'':10} server: receipt to 202 p50 {within(0.5)}, p99 {within(0.99)}; shed for their wait {shed_wait:,}")
+print(f"  {'':10} shed for their wait {shed_wait:,}; ", end="", flush=True)
 PY
+  server_view "$work/$1.metrics"
 }
 
 echo "admission at twice capacity: server on core 0, generator on core 1; $(nproc) cores; $(date -u +%F)"

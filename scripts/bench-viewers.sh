@@ -12,6 +12,12 @@
 #           viewers: the baseline of the next line
 #   both    the same votes while VIEWERS WebSocket viewers watch the poll: vote latency, the
 #           viewers' lag from tally to screen, messages delivered per second
+#   join    the same votes while the VIEWERS open from the first vote on (--viewers-with-votes,
+#           1,024 connection attempts in flight): viewers accepted per second while votes flow,
+#           and what the crowd's connects cost the votes (vote max, the kernel's listen overflows)
+# A vote run also prints its latency from the request's send (not its due time) and the
+# server's own view from its /metrics (`server_view` in bench-lib.sh): what of a vote's time
+# was the server's and what was the load generator's, which shares the cores.
 # KINDS="votes both" runs only those. Every vote run is checked with --verify. The load generator is the candidate's for both.
 # Needs curl and python3.
 set -euo pipefail
@@ -24,6 +30,11 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 # shellcheck source=scripts/bench-lib.sh
 . "$(dirname "$0")/bench-lib.sh"
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$server/status"; }
+# Connects the kernel dropped because a listener's backlog was full, machine-wide, so far
+# (TcpExt ListenOverflows; each such client tries again a second later).
+listen_overflows() {
+  awk '/^TcpExt:/ { if (!n) { for (i = 1; i <= NF; i++) if ($i == "ListenOverflows") c = i; n = 1 } else print $c }' /proc/net/netstat
+}
 
 report() { # label kind json rss_before rss_peak
   python3 - "$@" <<'PY'
@@ -39,19 +50,21 @@ if kind in ("ws", "sse"):
           f"server RSS {before/1024:6.1f} -> {peak/1024:7.1f} MiB: {(peak-before)/held:6.1f} KiB per viewer")
     sys.exit()
 lat = r["latency"]; ok = (r.get("verify") or {}).get("ok")
+a = r["answer_latency"]
 line = (f"{kind:6} {label:9} {r['acknowledged_per_sec']:>8,.0f} votes/s  p50 {lat['p50_ms']:8.2f} ms  "
-        f"p99 {lat['p99_ms']:8.2f} ms  max {lat['max_ms']:9.2f} ms  verify {'ok' if ok else ok}")
+        f"p99 {lat['p99_ms']:8.2f} ms  max {lat['max_ms']:9.2f} ms (send to answer p99 {a['p99_ms']:.2f} ms)  "
+        f"verify {'ok' if ok else ok}")
 if v:
     l = v["lag"]
-    line += (f"; {v['held']} viewers held, lag p50 {l['p50_ms']:.1f} ms p99 {l['p99_ms']:.1f} ms "
+    line += (f"; {v['held']} viewers held (opened {v['opened_per_sec']:,.0f}/s), lag p50 {l['p50_ms']:.1f} ms p99 {l['p99_ms']:.1f} ms "
              f"max {l['max_ms']:.1f} ms, {v['messages_per_sec']:,.0f} msg/s; server RSS peak {peak/1024:.0f} MiB")
 print(line)
 PY
 }
 
 run_one() { # label bin
-  local label=$1 bin=$2 dir args before peak lg
-  for kind in ${KINDS:-ws sse votes both}; do
+  local label=$1 bin=$2 dir args before peak lg overflows
+  for kind in ${KINDS:-ws sse votes both join}; do
     dir="$work/$label-$kind"; mkdir -p "$dir"
     serve "$bin" "$dir/data"
     case $kind in
@@ -59,8 +72,10 @@ run_one() { # label bin
       sse)   args=(--viewers "$viewers" --viewers-only --duration 3 --viewer-transport sse) ;;
       votes) args=(--rate "$rate" --duration "$secs" --voters 200000 --connections 128 --verify) ;;
       both)  args=(--rate "$rate" --duration "$secs" --voters 200000 --connections 128 --verify --viewers "$viewers") ;;
+      join)  args=(--rate "$rate" --duration "$secs" --voters 200000 --connections 128 --verify --viewers "$viewers"
+                   --viewers-with-votes --viewer-concurrency 1024) ;;
     esac
-    sleep 0.5; before=$(rss_kib); peak=$before
+    sleep 0.5; before=$(rss_kib); peak=$before; overflows=$(listen_overflows)
     "$cand" loadgen --url "http://127.0.0.1:$port" "${args[@]}" --quiet \
       --json-report "$dir/r.json" >"$dir/loadgen.log" 2>&1 &
     lg=$!
@@ -68,8 +83,13 @@ run_one() { # label bin
       peak=$(( $(rss_kib) > peak ? $(rss_kib) : peak )); sleep 0.5
     done
     wait "$lg" || { echo "$label $kind: loadgen failed"; tail -5 "$dir/loadgen.log"; }
+    curl -s --max-time 5 "http://127.0.0.1:$port/metrics" >"$dir/metrics" || true
     kill "$server"; wait "$server" 2>/dev/null || true
+    overflows=$(( $(listen_overflows) - overflows ))
     report "$label" "$kind" "$dir/r.json" "$before" "$peak"
+    case $kind in
+      votes|both|join) echo "       $(server_view "$dir/metrics"); the kernel's listen overflows: $overflows" ;;
+    esac
   done
 }
 

@@ -176,7 +176,7 @@ fn serve_roles(
     let open_files = edge::listener::raise_open_file_limit();
     tracing::info!(open_files, "open-file limit");
     runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(&config.listen)
+        let listener = edge::listener::bind(&config.listen, config.http.listen_backlog)
             .await
             .map_err(|e| {
                 anyhow::anyhow!(

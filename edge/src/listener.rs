@@ -1,6 +1,8 @@
 //! Serving HTTP with a limit on every door: the accept loop of every node.
 //!
-//! - The open-file limit is raised to the hard limit at start ([`raise_open_file_limit`]).
+//! - The open-file limit is raised to the hard limit at start ([`raise_open_file_limit`]), and
+//!   the listener asks the kernel for room for `http.listen_backlog` connections not yet
+//!   accepted ([`bind`]), so a crowd connecting at once is not dropped at the door.
 //! - Connections are admitted by a [`Gate`]: at most `max_connections` in all (by default the
 //!   open-file limit less a reserve for logs, Kafka and PostgreSQL, so the process refuses before
 //!   the kernel does) and `max_connections_per_address` from one address. A connection over
@@ -107,6 +109,12 @@ pub struct HttpLimits {
     /// listener writes); a socket handed over (a WebSocket, a [`StreamWriter`]'s stream) is bounded
     /// by its writer (`realtime.send_timeout_ms`). 0: no deadline.
     pub write_stall_timeout_ms: u64,
+    /// Connections the kernel holds for the accept loop before it takes them (the listen
+    /// backlog; the kernel caps it at `net.core.somaxconn`). Past it the kernel drops a new
+    /// client's handshake and the client waits a second to try again, a voter as much as a
+    /// viewer: when an audience connects at once, as it does when a show starts, this is the
+    /// room that keeps those connects from waiting.
+    pub listen_backlog: u32,
 }
 
 impl Default for HttpLimits {
@@ -118,6 +126,7 @@ impl Default for HttpLimits {
             max_connections_per_address: 256,
             limits_exempt_loopback: true,
             write_stall_timeout_ms: 10_000,
+            listen_backlog: 4096,
         }
     }
 }
@@ -125,10 +134,16 @@ impl Default for HttpLimits {
 impl HttpLimits {
     /// Why these settings cannot run, if they cannot.
     pub fn check(&self) -> Result<(), String> {
-        if self.header_read_timeout_ms >= 100 && self.body_read_timeout_ms >= 100 {
-            return Ok(());
+        if self.header_read_timeout_ms < 100 || self.body_read_timeout_ms < 100 {
+            return Err(
+                "http.header_read_timeout_ms and http.body_read_timeout_ms must be at least 100"
+                    .into(),
+            );
         }
-        Err("http.header_read_timeout_ms and http.body_read_timeout_ms must be at least 100".into())
+        if self.listen_backlog == 0 {
+            return Err("http.listen_backlog must be at least 1 (the default is 4096)".into());
+        }
+        Ok(())
     }
 }
 
@@ -167,6 +182,32 @@ pub struct HttpMetrics {
     /// Connections closed because a write waited `http.write_stall_timeout_ms` for the client
     /// to make room.
     pub write_stalls: AtomicU64,
+}
+
+/// Listens on `addr` (an address or `host:port`) with a listen backlog of `backlog`
+/// ([`HttpLimits::listen_backlog`]); tokio's `TcpListener::bind` asks the kernel for 128, which
+/// a thousand viewers connecting at once overflow.
+pub async fn bind(addr: &str, backlog: u32) -> std::io::Result<TcpListener> {
+    let mut last_error = None;
+    for address in tokio::net::lookup_host(addr).await? {
+        let socket = if address.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        // As tokio's bind does: a restarted node can listen again at once.
+        socket.set_reuseaddr(true)?;
+        match socket.bind(address) {
+            Ok(()) => return socket.listen(backlog),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{addr} names no address to listen on"),
+        )
+    }))
 }
 
 /// Raises the soft open-file limit to the hard limit; returns the limit now in force.

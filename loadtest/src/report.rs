@@ -92,10 +92,10 @@ pub struct Report {
     /// Final refusals by error code.
     pub rejections: BTreeMap<String, u64>,
     pub connections_opened: u64,
-    /// Vote-to-screen latency (`--screen-latency`).
     /// Accepted requests, from their own send to their answer (retries and schedule excluded):
     /// what queueing at the server cost the votes it took.
     pub answer_latency: Latency,
+    /// Vote-to-screen latency (`--screen-latency`).
     pub screen_latency: Option<Latency>,
     pub screen_unseen: Option<u64>,
     /// With `--viewers`: what the live viewers measured.

@@ -275,22 +275,8 @@ fn cpu_ticks(pid: u32) -> u64 {
 async fn out_of_file_descriptors_the_accept_loop_pauses_and_recovers() {
     // A server whose hard open-file limit is 256, told to accept up to 1,000 connections: the
     // kernel runs out of descriptors before the cap does.
-    let data = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let server = Command::new("bash")
-        .arg("-c")
-        .arg(format!(
-            "ulimit -n 256 && exec {} serve --listen 127.0.0.1:{port} --data-dir {} --partitions 2",
-            env!("CARGO_BIN_EXE_crowdtick"),
-            data.path().display()
-        ))
-        .env("CROWDTICK_HTTP__MAX_CONNECTIONS", "1000")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    // Killed however the test ends.
-    let server = KillOnDrop(server);
+    let (server, port, _data) =
+        serve_under_ulimit("-n 256", &[("CROWDTICK_HTTP__MAX_CONNECTIONS", "1000")]);
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
     wait_healthy(&client, &base).await;
@@ -337,6 +323,26 @@ async fn out_of_file_descriptors_the_accept_loop_pauses_and_recovers() {
 }
 
 struct KillOnDrop(std::process::Child);
+
+/// Starts the node from a shell that first runs `ulimit ULIMIT` (with `env` set), on a free port
+/// and a fresh data directory: the node, killed however the test ends; its port; its directory.
+fn serve_under_ulimit(ulimit: &str, env: &[(&str, &str)]) -> (KillOnDrop, u16, tempfile::TempDir) {
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let server = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "ulimit {ulimit} && exec {} serve --listen 127.0.0.1:{port} --data-dir {} --partitions 2",
+            env!("CARGO_BIN_EXE_crowdtick"),
+            data.path().display()
+        ))
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    (KillOnDrop(server), port, data)
+}
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
@@ -430,4 +436,42 @@ async fn an_oversized_socket_message_is_closed_with_1009_and_the_connection_ends
         Ok(Ok(0)) => {}
         other => panic!("the connection did not end cleanly after the close: {other:?}"),
     }
+}
+
+/// The soft and hard open-file limits of a process, from `/proc/<pid>/limits`.
+fn open_file_limits(pid: &str) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let mut numbers = line
+        .split_whitespace()
+        .filter_map(|w| w.parse::<u64>().ok());
+    (numbers.next().unwrap(), numbers.next().unwrap())
+}
+
+#[tokio::test]
+async fn a_node_raises_its_open_file_limit_to_the_hard_limit_and_caps_connections_below_it() {
+    // Started with a soft limit of 300 under the machine's hard limit (20,000 on these machines),
+    // as a shell's default 1,024 would start it: the node must take the hard limit for itself
+    // and size its connection cap from it, not from the 300.
+    let (_, hard) = open_file_limits("self");
+    assert!(
+        hard > 1_000,
+        "this test needs a hard open-file limit above 1,000, not {hard}"
+    );
+    let (server, port, _data) = serve_under_ulimit("-S -n 300", &[]);
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    wait_healthy(&client, &base).await;
+
+    let (soft, node_hard) = open_file_limits(&server.0.id().to_string());
+    assert_eq!(node_hard, hard);
+    assert_eq!(soft, hard, "the node kept a soft open-file limit of {soft}");
+    let cap = metric_at(&client, &base, "crowdtick_http_max_connections").await;
+    assert!(
+        cap > 300 && cap < hard,
+        "the connection cap is {cap}: it should be the hard limit ({hard}) less a reserve"
+    );
 }

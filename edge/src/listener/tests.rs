@@ -603,3 +603,51 @@ fn the_default_cap_leaves_a_reserve_below_the_open_file_limit() {
     assert_eq!(connection_cap(0, 256), 64);
     assert_eq!(connection_cap(100, 20_000), 100);
 }
+
+/// A crowd connecting at once waits in the kernel's backlog for the accept loop, not a second
+/// for a dropped handshake to be tried again: 600 connections to a listener that has accepted
+/// none of them all complete their handshakes (with tokio's own backlog of 128 the 130th waits).
+#[tokio::test]
+async fn a_crowd_connecting_at_once_fits_in_the_listen_backlog() {
+    let somaxconn: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(4096);
+    let crowd = 600.min(somaxconn);
+    if crowd < 600 {
+        eprintln!("net.core.somaxconn is {somaxconn}: the crowd is {crowd}, not 600");
+    }
+    let listener = bind("127.0.0.1:0", HttpLimits::default().listen_backlog)
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connects = (0..crowd)
+        .map(|_| tokio::time::timeout(Duration::from_millis(800), TcpStream::connect(addr)));
+    let results = futures::future::join_all(connects).await;
+    let connected: Vec<TcpStream> = results.into_iter().flatten().flatten().collect();
+    assert_eq!(
+        connected.len(),
+        crowd,
+        "only {} of {crowd} handshakes completed without the accept loop",
+        connected.len()
+    );
+    drop(listener);
+}
+
+#[tokio::test]
+async fn binding_an_address_in_use_fails_with_the_kernels_reason() {
+    let first = bind("127.0.0.1:0", 16).await.unwrap();
+    let taken = first.local_addr().unwrap().to_string();
+    let err = bind(&taken, 16).await.unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse, "{err}");
+}
+
+#[test]
+fn a_listen_backlog_of_zero_is_refused() {
+    let limits = HttpLimits {
+        listen_backlog: 0,
+        ..HttpLimits::default()
+    };
+    assert!(limits.check().unwrap_err().contains("http.listen_backlog"));
+    assert!(HttpLimits::default().check().is_ok());
+}

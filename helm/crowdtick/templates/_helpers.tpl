@@ -192,6 +192,7 @@ body_read_timeout_ms = {{ $v.config.http.bodyReadTimeoutMs | int64 }}
 max_connections = {{ $v.config.http.maxConnections | int64 }}
 max_connections_per_address = {{ $v.config.http.maxConnectionsPerAddress | int64 }}
 limits_exempt_loopback = {{ $v.config.http.limitsExemptLoopback }}
+listen_backlog = {{ $v.config.http.listenBacklog | int64 }}
 {{- with $v.scylla }}
 {{- if .hosts }}
 
