@@ -30,10 +30,12 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 # shellcheck source=scripts/bench-lib.sh
 . "$(dirname "$0")/bench-lib.sh"
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$server/status"; }
-# Connects the kernel dropped because a listener's backlog was full, machine-wide, so far
-# (TcpExt ListenOverflows; each such client tries again a second later).
+# Connects the kernel dropped because a listener's backlog was full, in this network namespace,
+# so far (TcpExt ListenOverflows; each such client tries again a second later); 0 where the
+# kernel does not count them.
 listen_overflows() {
-  awk '/^TcpExt:/ { if (!n) { for (i = 1; i <= NF; i++) if ($i == "ListenOverflows") c = i; n = 1 } else print $c }' /proc/net/netstat
+  awk '/^TcpExt:/ { if (!n) { for (i = 1; i <= NF; i++) if ($i == "ListenOverflows") c = i; n = 1 } else v = c ? $c : 0 }
+       END { print v + 0 }' /proc/net/netstat 2>/dev/null || echo 0
 }
 
 report() { # label kind json rss_before rss_peak

@@ -184,30 +184,59 @@ pub struct HttpMetrics {
     pub write_stalls: AtomicU64,
 }
 
-/// Listens on `addr` (an address or `host:port`) with a listen backlog of `backlog`
-/// ([`HttpLimits::listen_backlog`]); tokio's `TcpListener::bind` asks the kernel for 128, which
-/// a thousand viewers connecting at once overflow.
+/// Listens on `addr` (an address or `host:port`, each address it names tried in turn) with a
+/// listen backlog of `backlog` ([`HttpLimits::listen_backlog`]); tokio's `TcpListener::bind`
+/// asks the kernel for 128, which a thousand viewers connecting at once overflow. Warns when
+/// the kernel's `net.core.somaxconn` holds the backlog below what was asked.
 pub async fn bind(addr: &str, backlog: u32) -> std::io::Result<TcpListener> {
-    let mut last_error = None;
-    for address in tokio::net::lookup_host(addr).await? {
+    let listen_on = |address: std::net::SocketAddr| {
         let socket = if address.is_ipv4() {
             tokio::net::TcpSocket::new_v4()?
         } else {
             tokio::net::TcpSocket::new_v6()?
         };
         // As tokio's bind does: a restarted node can listen again at once.
+        #[cfg(unix)]
         socket.set_reuseaddr(true)?;
-        match socket.bind(address) {
-            Ok(()) => return socket.listen(backlog),
+        socket.bind(address)?;
+        socket.listen(backlog)
+    };
+    let mut last_error = None;
+    for address in tokio::net::lookup_host(addr).await? {
+        match listen_on(address) {
+            Ok(listener) => {
+                warn_if_the_kernel_caps(backlog);
+                return Ok(listener);
+            }
             Err(e) => last_error = Some(e),
         }
     }
     Err(last_error.unwrap_or_else(|| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
-            format!("{addr} names no address to listen on"),
+            "the name resolves to no address",
         )
     }))
+}
+
+/// The kernel silently takes the smaller of a listen backlog and `net.core.somaxconn`.
+fn warn_if_the_kernel_caps(backlog: u32) {
+    let somaxconn = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok());
+    match somaxconn {
+        Some(cap) if cap < backlog => tracing::warn!(
+            listen_backlog = backlog,
+            somaxconn = cap,
+            "the kernel holds the listen backlog at net.core.somaxconn: a crowd connecting at \
+             once may wait a second for dropped connects; raise net.core.somaxconn to \
+             http.listen_backlog"
+        ),
+        _ => tracing::info!(
+            listen_backlog = backlog.min(somaxconn.unwrap_or(backlog)),
+            "listen backlog"
+        ),
+    }
 }
 
 /// Raises the soft open-file limit to the hard limit; returns the limit now in force.

@@ -114,7 +114,9 @@ pub async fn spawn_app_in(data: TempDir, configure: impl FnOnce(&mut Config)) ->
     config.processor.flush_interval_ms = 10;
     config.ingest.deadline_ms = 1_000;
     configure(&mut config);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = edge::listener::bind("127.0.0.1:0", config.http.listen_backlog)
+        .await
+        .unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let handle = tokio::spawn(async move {

@@ -613,9 +613,13 @@ async fn a_crowd_connecting_at_once_fits_in_the_listen_backlog() {
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(4096);
-    let crowd = 600.min(somaxconn);
-    if crowd < 600 {
-        eprintln!("net.core.somaxconn is {somaxconn}: the crowd is {crowd}, not 600");
+    let crowd = 600;
+    if somaxconn < crowd {
+        eprintln!(
+            "SKIPPED: net.core.somaxconn is {somaxconn}, so the kernel holds any backlog below \
+             the crowd of {crowd}; nothing here to test"
+        );
+        return;
     }
     let listener = bind("127.0.0.1:0", HttpLimits::default().listen_backlog)
         .await
