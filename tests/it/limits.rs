@@ -324,6 +324,13 @@ async fn out_of_file_descriptors_the_accept_loop_pauses_and_recovers() {
 
 struct KillOnDrop(std::process::Child);
 
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts the node from a shell that first runs `ulimit ULIMIT` (with `env` set), on a free port
 /// and a fresh data directory: the node, killed however the test ends; its port; its directory.
 fn serve_under_ulimit(ulimit: &str, env: &[(&str, &str)]) -> (KillOnDrop, u16, tempfile::TempDir) {
@@ -342,13 +349,6 @@ fn serve_under_ulimit(ulimit: &str, env: &[(&str, &str)]) -> (KillOnDrop, u16, t
         .spawn()
         .unwrap();
     (KillOnDrop(server), port, data)
-}
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// A WebSocket handshake to `path` with an optional `Origin`: the HTTP status of the answer (101 on
