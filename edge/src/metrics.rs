@@ -154,8 +154,31 @@ impl Collector for HttpCollector {
             ConstCounter::new(value.load(Relaxed))
                 .encode(refused.encode_family(&[("reason", reason)])?)?;
         }
+        let netstat = std::fs::read_to_string("/proc/net/netstat").unwrap_or_default();
+        if let Some(dropped) = listen_overflows(&netstat) {
+            ConstCounter::new(dropped).encode(encoder.encode_descriptor(
+                "crowdtick_http_listen_overflows",
+                "Connects the kernel dropped because a listen backlog was full (each client tries again a second later): \
+                 the kernel's TcpExt ListenOverflows for this node's network namespace, so every listener in it \
+                 (in a pod, this node's alone). Rising: raise http.listen_backlog and net.core.somaxconn, or add nodes.",
+                None,
+                MetricType::Counter,
+            )?)?;
+        }
         Ok(())
     }
+}
+
+/// The kernel's `ListenOverflows` from a `/proc/net/netstat` text (a `TcpExt:` line of names
+/// followed by one of values); `None` where the kernel does not count them.
+pub fn listen_overflows(netstat: &str) -> Option<u64> {
+    let mut tcp_ext = netstat.lines().filter_map(|l| l.strip_prefix("TcpExt:"));
+    let (names, values) = (tcp_ext.next()?, tcp_ext.next()?);
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(name, _)| *name == "ListenOverflows")
+        .and_then(|(_, value)| value.parse().ok())
 }
 
 #[cfg(test)]
@@ -187,6 +210,32 @@ mod tests {
             .find_map(|l| l.strip_prefix("process_resident_memory_bytes "))
             .and_then(|v| v.parse::<u64>().ok());
         assert!(rss.is_some_and(|b| b > 0), "{text}");
+    }
+
+    #[test]
+    fn listen_overflows_are_read_from_the_kernels_netstat_text() {
+        let netstat = "TcpExt: SyncookiesSent SyncookiesRecv ListenOverflows ListenDrops\n\
+                       TcpExt: 3093 1160 11384 11384\n\
+                       IpExt: InNoRoutes ListenOverflows\n\
+                       IpExt: 0 7\n";
+        assert_eq!(listen_overflows(netstat), Some(11384));
+        assert_eq!(
+            listen_overflows("TcpExt: SyncookiesSent\nTcpExt: 1\n"),
+            None
+        );
+        assert_eq!(listen_overflows(""), None);
+        // On this machine (Linux), the node exports the kernel's count.
+        if std::path::Path::new("/proc/net/netstat").exists() {
+            let mut registry = Registry::default();
+            Arc::new(HttpMetrics::default()).register_metrics(&mut registry);
+            let mut text = String::new();
+            prometheus_text::encode(&mut text, &registry).unwrap();
+            assert!(
+                text.lines()
+                    .any(|l| l.starts_with("crowdtick_http_listen_overflows_total ")),
+                "{text}"
+            );
+        }
     }
 
     #[test]
