@@ -158,9 +158,10 @@ impl Collector for HttpCollector {
         if let Some(dropped) = listen_overflows(&netstat) {
             ConstCounter::new(dropped).encode(encoder.encode_descriptor(
                 "crowdtick_http_listen_overflows",
-                "Connects the kernel dropped because a listen backlog was full (each client tries again a second later): \
-                 the kernel's TcpExt ListenOverflows for this node's network namespace, so every listener in it \
-                 (in a pod, this node's alone). Rising: raise http.listen_backlog and net.core.somaxconn, or add nodes.",
+                "Handshake packets the kernel dropped because a listen backlog was full (their client tries again a second later; \
+                 one slow connect can count more than once): the kernel's TcpExt ListenOverflows for this node's network \
+                 namespace, so every listener in it (in a pod, this node's alone; nodes sharing a host report the same \
+                 number, so do not sum them). Rising: raise http.listen_backlog and net.core.somaxconn, or add nodes.",
                 None,
                 MetricType::Counter,
             )?)?;
@@ -224,8 +225,9 @@ mod tests {
             None
         );
         assert_eq!(listen_overflows(""), None);
-        // On this machine (Linux), the node exports the kernel's count.
-        if std::path::Path::new("/proc/net/netstat").exists() {
+        // Where the kernel counts them (Linux), the node exports the kernel's count.
+        let here = std::fs::read_to_string("/proc/net/netstat").unwrap_or_default();
+        if listen_overflows(&here).is_some() {
             let mut registry = Registry::default();
             Arc::new(HttpMetrics::default()).register_metrics(&mut registry);
             let mut text = String::new();
