@@ -289,12 +289,12 @@ pub async fn metric_at(client: &reqwest::Client, base: &str, name: &str) -> u64 
         .unwrap()
 }
 
-/// The code of the next close frame on `ws` (`None`: a close without one), skipping other
-/// messages; panics when the connection ends or errs first, or at `deadline`.
-pub async fn close_code<S>(
+/// The next close frame on `ws` (`None`: a close without one), skipping other messages; panics
+/// when the connection ends or errs first, or at `deadline`.
+pub async fn close_frame<S>(
     ws: &mut tokio_tungstenite::WebSocketStream<S>,
     deadline: tokio::time::Instant,
-) -> Option<tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode>
+) -> Option<tokio_tungstenite::tungstenite::protocol::CloseFrame>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -302,11 +302,42 @@ where
     use tokio_tungstenite::tungstenite::Message;
     loop {
         match tokio::time::timeout_at(deadline, ws.next()).await {
-            Ok(Some(Ok(Message::Close(frame)))) => return frame.map(|f| f.code),
+            Ok(Some(Ok(Message::Close(frame)))) => return frame,
             Ok(Some(Ok(_))) => {}
             other => panic!("no close frame: {other:?}"),
         }
     }
+}
+
+/// The code of the next close frame on `ws` (`None`: a close without one); as [`close_frame`].
+pub async fn close_code<S>(
+    ws: &mut tokio_tungstenite::WebSocketStream<S>,
+    deadline: tokio::time::Instant,
+) -> Option<tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    close_frame(ws, deadline).await.map(|f| f.code)
+}
+
+/// After a stopping node's close frame on `ws`: the node's stop (`stopping`) still waits for
+/// `who` half a second on, and ends within 5 s once the client answers the close (tungstenite
+/// answers as the socket is read on).
+pub async fn the_stop_waits_for_the_client<S, T>(
+    ws: &mut tokio_tungstenite::WebSocketStream<S>,
+    stopping: tokio::task::JoinHandle<T>,
+    who: &str,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures::StreamExt;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!stopping.is_finished(), "the node did not wait for {who}");
+    while let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {}
+    tokio::time::timeout(Duration::from_secs(5), stopping)
+        .await
+        .unwrap_or_else(|_| panic!("the node's stop waited for {who}"))
+        .unwrap();
 }
 
 /// A poll with big messages (64 options of 200 characters: ~17 KB each on `/v1`, ~13 KB on the
@@ -315,16 +346,8 @@ pub async fn big_poll(app: &TestApp) -> i64 {
     let labels: Vec<String> = (0..64)
         .map(|i| format!("{i:02}{}", "x".repeat(198)))
         .collect();
-    let (status, body) = app
-        .call(
-            "POST",
-            "/v1/polls",
-            Some(json!({"title": "Slow", "options": labels, "open": true})),
-            true,
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
-    body["id"].as_i64().unwrap()
+    let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+    app.open_poll(&labels).await
 }
 
 /// Votes from four senders until aborted: the results change in every coalescing period.

@@ -835,27 +835,16 @@ async fn the_websocket_is_told_the_node_is_going_away_when_it_stops() {
     let mut ws = ws_connect(&app, &poll.to_string(), Some(&session)).await;
     assert_eq!(ws_json(&mut ws).await, json!({"results": {"A": 0, "B": 0}}));
     let stopping = tokio::spawn(app.stop());
-    let frame = loop {
-        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
-            Ok(Some(Ok(Message::Close(frame)))) => break frame.expect("a close code"),
-            Ok(Some(Ok(_))) => {}
-            other => panic!("no close frame within 5 s: {other:?}"),
-        }
-    };
+    let frame = close_frame(
+        &mut ws,
+        tokio::time::Instant::now() + Duration::from_secs(5),
+    )
+    .await
+    .expect("a close code");
     assert_eq!(frame.code, CloseCode::Away);
     assert_eq!(frame.reason, "The server is going away; reconnect.");
-    // The node waits for the client's answer…
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(
-        !stopping.is_finished(),
-        "the node did not wait for the socket"
-    );
-    // …which tungstenite sends as the socket is read on; then the node's stop ends.
-    while let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {}
-    tokio::time::timeout(Duration::from_secs(5), stopping)
-        .await
-        .expect("the node's stop waited for the socket")
-        .unwrap();
+    // The node waits for the client's answer, then its stop ends.
+    the_stop_waits_for_the_client(&mut ws, stopping, "the socket").await;
 }
 
 /// A client that has stopped reading when the node stops does not hold the stop up: its socket is

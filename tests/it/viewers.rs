@@ -3,8 +3,8 @@
 //! its last viewer. (What a viewer costs and how fast they are served: BENCHMARKS.md.)
 
 use crate::helpers::{
-    big_poll, close_code, keep_voting, poll_with, small_window, spawn_app, spawn_app_with, TestApp,
-    KEY,
+    big_poll, close_code, keep_voting, poll_with, small_window, spawn_app, spawn_app_with,
+    the_stop_waits_for_the_client, TestApp, KEY,
 };
 use futures::StreamExt;
 use serde_json::Value;
@@ -555,16 +555,7 @@ async fn a_websocket_viewer_is_told_the_node_is_going_away_when_it_stops() {
     let stopping = tokio::spawn(app.stop());
     let code = close_code(&mut ws, Instant::now() + Duration::from_secs(5)).await;
     assert_eq!(code, Some(CloseCode::Away));
-    // The node waits for its viewer to close (at most a second after its close frame)…
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(
-        !stopping.is_finished(),
-        "the node did not wait for its viewer"
-    );
-    // …which answers the close (tungstenite does so as it is read on), and the node's stop ends.
-    while let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {}
-    tokio::time::timeout(Duration::from_secs(5), stopping)
-        .await
-        .expect("the node's stop waited for its viewer")
-        .unwrap();
+    // The node waits for its viewer to close (at most a second after its close frame), then its
+    // stop ends.
+    the_stop_waits_for_the_client(&mut ws, stopping, "its viewer").await;
 }
