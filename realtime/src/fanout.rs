@@ -42,6 +42,12 @@ impl Fanout {
         }
     }
 
+    /// The runtime of its own, if it has one (not [`Fanout::current`]): where a viewer's socket
+    /// is registered.
+    pub fn separate(&self) -> Option<&Handle> {
+        self.runtime.as_ref().map(|_| &self.handle)
+    }
+
     /// The runtime, for work spawned from elsewhere (the listener's event streams).
     pub fn handle(&self) -> &Handle {
         &self.handle
@@ -102,5 +108,20 @@ mod tests {
             rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap(),
             (own + 7).min(19)
         );
+    }
+
+    /// Viewers' sockets move only to a runtime of its own: on the caller's there is nothing to
+    /// move them from.
+    #[tokio::test]
+    async fn only_a_runtime_of_its_own_is_where_sockets_move() {
+        let own = Fanout::new(1, 0).unwrap();
+        let there = own.separate().expect("a runtime of its own");
+        assert_eq!(there.id(), own.handle().id());
+        assert_ne!(there.id(), Handle::current().id());
+        assert!(Fanout::current().separate().is_none());
+        // Dropped off the caller's runtime, which a runtime's drop must not block.
+        tokio::task::spawn_blocking(move || drop(own))
+            .await
+            .unwrap();
     }
 }

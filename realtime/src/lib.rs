@@ -186,6 +186,18 @@ impl Realtime {
         operator: bool,
         early: bytes::Bytes,
     ) {
+        // Its socket registered there too: its readiness is that runtime's to report, not the
+        // votes' runtime's, where hyper accepted it.
+        let conn = match self.fanout.separate() {
+            None => conn,
+            Some(there) => match conn.move_to(there) {
+                Ok(moved) => moved,
+                // Only when the viewers' runtime is shutting down, or out of memory.
+                Err(e) => {
+                    return tracing::warn!(error = %e, "a WebSocket viewer's socket could not move to the viewers' runtime; it was closed")
+                }
+            },
+        };
         let client = broadcast::Client::WebSocket {
             early,
             stopping: self.stopping.subscribe(),

@@ -16,6 +16,7 @@ use std::io::ErrorKind;
 use std::net::Shutdown;
 use std::time::Duration;
 use tokio::net::TcpStream;
+use tokio::runtime::Handle;
 
 /// An upgraded connection's socket, with its place at the gate.
 pub struct LiveConnection {
@@ -53,6 +54,20 @@ impl LiveConnection {
         Self { admitted }
     }
 
+    /// The same connection, its socket registered with `runtime`'s IO driver instead of the
+    /// one that accepted it: a viewer served on another runtime (the realtime service's) is then
+    /// woken by that runtime, and its readiness costs the accepting runtime (the votes') nothing.
+    /// Wakers left in the old registration (hyper's connection task's) go with it.
+    ///
+    /// # Panics
+    ///
+    /// If `runtime`'s IO driver is off (it must be built with `enable_io` or `enable_all`).
+    pub fn move_to(self, runtime: &Handle) -> std::io::Result<Self> {
+        let _there = runtime.enter();
+        let admitted = self.admitted.rehome()?;
+        Ok(Self { admitted })
+    }
+
     /// The socket, for its `try_write` and `try_read` (they take `&self`, so a sweep and the
     /// connection's own task can share it; whoever writes must not interleave frames). Waiting
     /// goes through [`Self::readable`] and [`Self::writable`], not the stream's own `readable`
@@ -67,7 +82,8 @@ impl LiveConnection {
     /// when it last read, and a waker keeps its task's memory (2.4 KiB, the connection's whole
     /// future) alive; the first wait that finds nothing to read puts this task's waker there.
     /// `TcpStream::readable` waits in a list beside the slot and would leave the old waker in
-    /// it until the client sent something or closed.
+    /// it until the client sent something or closed. (A socket moved to another runtime,
+    /// [`Self::move_to`], starts with empty slots.)
     pub async fn readable(&self) -> std::io::Result<()> {
         std::future::poll_fn(|cx| self.stream().poll_read_ready(cx)).await
     }

@@ -482,6 +482,118 @@ fn stream_outlives_the_runtime_that_accepted_it(before: &str) {
     drop(accepting);
 }
 
+/// An upgraded socket moved to the viewers' runtime ([`LiveConnection::move_to`]) is read and
+/// written there with nothing of the runtime that accepted it, which runs here only until the
+/// socket has moved and is then dropped; what the client sent before the move is read there.
+#[test]
+fn an_upgraded_socket_moved_to_the_viewers_runtime_needs_nothing_of_the_accepting_one() {
+    use axum::body::Body;
+    use axum::http::{header, Request, StatusCode};
+    use std::io::{Read, Write};
+    let viewers = viewers_runtime("viewers-ws");
+    let accepting = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (is_upgraded, mut upgraded_yet) = tokio::sync::watch::channel(false);
+    let (release, mut released) = tokio::sync::watch::channel(false);
+    let (moved, mut moved_yet) = tokio::sync::watch::channel(false);
+    let there = viewers.handle().clone();
+    // Upgrades, moves the socket once released, then answers each byte the client sends with
+    // the thread that read it.
+    let upgrade = move |mut request: Request<Body>| async move {
+        let on_upgrade = hyper::upgrade::on(&mut request);
+        tokio::spawn(async move {
+            let Ok(upgraded) = on_upgrade.await else {
+                return;
+            };
+            let (conn, _) = LiveConnection::take(upgraded).expect("a socket of the listener's");
+            is_upgraded.send_replace(true);
+            drop(released.wait_for(|go| *go).await);
+            let conn = conn.move_to(&there).unwrap();
+            there.spawn(async move {
+                let mut byte = [0u8; 1];
+                while conn.readable().await.is_ok() {
+                    match conn.stream().try_read(&mut byte) {
+                        Ok(1) => {
+                            let thread = std::thread::current().name().unwrap_or("?").to_owned();
+                            let answer = format!("<{}:{thread}>", byte[0] as char);
+                            let written = conn.stream().try_write(answer.as_bytes());
+                            assert_eq!(written.unwrap(), answer.len());
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        _ => return,
+                    }
+                }
+            });
+            moved.send_replace(true);
+        });
+        let switching = [
+            (header::CONNECTION, "upgrade"),
+            (header::UPGRADE, "websocket"),
+        ];
+        (StatusCode::SWITCHING_PROTOCOLS, switching)
+    };
+    let router = Router::new().route("/ws", axum::routing::get(upgrade));
+    let listener = accepting
+        .block_on(TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    accepting.spawn(async move {
+        let limits = HttpLimits::default();
+        let metrics = Arc::new(HttpMetrics::default());
+        let forever = std::future::pending();
+        serve(
+            listener,
+            router,
+            &limits,
+            metrics,
+            Options::default(),
+            forever,
+        )
+        .await
+    });
+    let mut client = std::net::TcpStream::connect(addr).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let request =
+        "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n";
+    client.write_all(request.as_bytes()).unwrap();
+    let read_until = |client: &mut std::net::TcpStream, until: &str| {
+        let (mut got, mut buf) = (Vec::new(), [0u8; 4096]);
+        while !String::from_utf8_lossy(&got).contains(until) {
+            match client.read(&mut buf) {
+                Ok(n @ 1..) => got.extend_from_slice(&buf[..n]),
+                ended => panic!("{ended:?} before {until:?}: {got:?}"),
+            }
+        }
+        String::from_utf8(got).unwrap()
+    };
+    // The accepting runtime runs until the connection is upgraded, and again until the socket
+    // has moved, with a byte from the client waiting on it.
+    let until = |seen: &mut tokio::sync::watch::Receiver<bool>| {
+        accepting.block_on(async {
+            let wait = seen.wait_for(|seen| *seen);
+            tokio::time::timeout(Duration::from_secs(5), wait)
+                .await
+                .expect("not in time")
+                .unwrap();
+        })
+    };
+    until(&mut upgraded_yet);
+    let head = read_until(&mut client, "\r\n\r\n");
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    client.write_all(b"a").unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    release.send_replace(true);
+    until(&mut moved_yet);
+    drop(accepting);
+    assert_eq!(read_until(&mut client, ">"), "<a:viewers-ws>");
+    client.write_all(b"b").unwrap();
+    assert_eq!(read_until(&mut client, ">"), "<b:viewers-ws>");
+}
+
 /// A listener on a loopback port, serving in a task of its own.
 struct Running {
     addr: std::net::SocketAddr,
