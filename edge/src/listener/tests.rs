@@ -518,6 +518,8 @@ fn an_upgraded_socket_moved_to_the_viewers_runtime_needs_nothing_of_the_acceptin
                         Ok(1) => {
                             let thread = std::thread::current().name().unwrap_or("?").to_owned();
                             let answer = format!("<{}:{thread}>", byte[0] as char);
+                            // A new registration knows the socket writable only once told.
+                            conn.writable().await.unwrap();
                             let written = conn.stream().try_write(answer.as_bytes());
                             assert_eq!(written.unwrap(), answer.len());
                         }
