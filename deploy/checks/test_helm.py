@@ -297,6 +297,9 @@ def test_prometheus_rules_use_crowdtick_metrics(chart: helm.Chart) -> None:
     assert "crowdtick_ingest_votes_unavailable_total" in rules["CrowdTickIngestUnavailableHigh"]
     assert re.search(r"histogram_quantile\(0\.99, sum by \(le\) \(rate\(crowdtick_ingest_vote_duration_seconds_bucket",
                      rules["CrowdTickVoteLatencyP99High"])
+    overflows = rules["CrowdTickListenOverflows"]
+    assert re.search(r'rate\(crowdtick_http_listen_overflows_total\{namespace="[^"]+", job=~"crowdtick-ingest\|crowdtick-realtime"\}\[5m\]\)',
+                     overflows), overflows
     monitor = find(docs, "ServiceMonitor", "crowdtick")
     assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
 
