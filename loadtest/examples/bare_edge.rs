@@ -62,18 +62,10 @@ async fn main() -> std::io::Result<()> {
         .route("/v1/polls", post(poll))
         .route("/v1/votes", post(vote))
         .with_state(Arc::new(Counters::default()));
-    let address: std::net::SocketAddr = addr
-        .parse()
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    let socket = if address.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(address)?;
-    // The node's default listen backlog (http.listen_backlog), not tokio's 128: the same door.
-    let listener = socket.listen(4096)?;
+    // The node's own bind and default listen backlog (http.listen_backlog), not tokio's 128:
+    // the same door.
+    let backlog = edge::listener::HttpLimits::default().listen_backlog;
+    let listener = edge::listener::bind(&addr, backlog).await?;
     eprintln!("bare edge on {addr}");
     axum::serve(listener, app).await
 }

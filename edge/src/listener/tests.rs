@@ -387,7 +387,7 @@ fn stream_outlives_the_runtime_that_accepted_it(before: &str) {
     // Far more than the socket's buffers hold (the client's is kept small): the writes wait.
     const SECOND: usize = 16 << 20;
     use axum::http::header;
-    use std::io::{Read, Write};
+    use std::io::Write;
     let viewers = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -416,24 +416,7 @@ fn stream_outlives_the_runtime_that_accepted_it(before: &str) {
         event_streams: Some(viewers.handle().clone()),
         ..Options::default()
     };
-    let listener = accepting
-        .block_on(TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    let metrics = Arc::new(HttpMetrics::default());
-    let served = metrics.clone();
-    accepting.spawn(async move {
-        let limits = HttpLimits::default();
-        serve(
-            listener,
-            router,
-            &limits,
-            metrics,
-            options,
-            std::future::pending(),
-        )
-        .await
-    });
+    let (addr, served) = serve_on(&accepting, router, options);
     let mut client = std::net::TcpStream::connect(addr).unwrap();
     client
         .set_read_timeout(Some(Duration::from_secs(5)))
@@ -445,22 +428,6 @@ fn stream_outlives_the_runtime_that_accepted_it(before: &str) {
     client
         .write_all(format!("{before}{request}").as_bytes())
         .unwrap();
-    let read_until = |client: &mut std::net::TcpStream, until: &str| {
-        let (mut got, mut buf) = (Vec::new(), vec![0u8; 64 << 10]);
-        loop {
-            let from = got.len().saturating_sub(until.len());
-            match client.read(&mut buf) {
-                Ok(n @ 1..) => got.extend_from_slice(&buf[..n]),
-                ended => panic!("{ended:?} before {until:?}: {} bytes", got.len()),
-            }
-            if got[from..]
-                .windows(until.len())
-                .any(|w| w == until.as_bytes())
-            {
-                return String::from_utf8(got).unwrap();
-            }
-        }
-    };
     // The runtime that accepted runs only while it is asked to.
     accepting.block_on(async {
         let mut waited = 0;
@@ -489,7 +456,7 @@ fn stream_outlives_the_runtime_that_accepted_it(before: &str) {
 fn an_upgraded_socket_moved_to_the_viewers_runtime_needs_nothing_of_the_accepting_one() {
     use axum::body::Body;
     use axum::http::{header, Request, StatusCode};
-    use std::io::{Read, Write};
+    use std::io::Write;
     let viewers = viewers_runtime("viewers-ws");
     let accepting = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -537,24 +504,7 @@ fn an_upgraded_socket_moved_to_the_viewers_runtime_needs_nothing_of_the_acceptin
         (StatusCode::SWITCHING_PROTOCOLS, switching)
     };
     let router = Router::new().route("/ws", axum::routing::get(upgrade));
-    let listener = accepting
-        .block_on(TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    accepting.spawn(async move {
-        let limits = HttpLimits::default();
-        let metrics = Arc::new(HttpMetrics::default());
-        let forever = std::future::pending();
-        serve(
-            listener,
-            router,
-            &limits,
-            metrics,
-            Options::default(),
-            forever,
-        )
-        .await
-    });
+    let (addr, _) = serve_on(&accepting, router, Options::default());
     let mut client = std::net::TcpStream::connect(addr).unwrap();
     client
         .set_read_timeout(Some(Duration::from_secs(5)))
@@ -562,16 +512,6 @@ fn an_upgraded_socket_moved_to_the_viewers_runtime_needs_nothing_of_the_acceptin
     let request =
         "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n";
     client.write_all(request.as_bytes()).unwrap();
-    let read_until = |client: &mut std::net::TcpStream, until: &str| {
-        let (mut got, mut buf) = (Vec::new(), [0u8; 4096]);
-        while !String::from_utf8_lossy(&got).contains(until) {
-            match client.read(&mut buf) {
-                Ok(n @ 1..) => got.extend_from_slice(&buf[..n]),
-                ended => panic!("{ended:?} before {until:?}: {got:?}"),
-            }
-        }
-        String::from_utf8(got).unwrap()
-    };
     // The accepting runtime runs until the connection is upgraded, and again until the socket
     // has moved, with a byte from the client waiting on it.
     let until = |seen: &mut tokio::sync::watch::Receiver<bool>| {
@@ -594,6 +534,47 @@ fn an_upgraded_socket_moved_to_the_viewers_runtime_needs_nothing_of_the_acceptin
     assert_eq!(read_until(&mut client, ">"), "<a:viewers-ws>");
     client.write_all(b"b").unwrap();
     assert_eq!(read_until(&mut client, ">"), "<b:viewers-ws>");
+}
+
+/// Serves `router` with `options` on a loopback port, in a task of `accepting` (which runs it only
+/// while asked to); its address and counters.
+fn serve_on(
+    accepting: &tokio::runtime::Runtime,
+    router: Router,
+    options: Options,
+) -> (std::net::SocketAddr, Arc<HttpMetrics>) {
+    let listener = accepting
+        .block_on(TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let metrics = Arc::new(HttpMetrics::default());
+    let served = metrics.clone();
+    accepting.spawn(async move {
+        let limits = HttpLimits::default();
+        let forever = std::future::pending();
+        serve(listener, router, &limits, metrics, options, forever).await
+    });
+    (addr, served)
+}
+
+/// Reads `client` (a blocking socket) until what came contains `until`; panics if it ends or
+/// its read timeout passes first.
+fn read_until(client: &mut std::net::TcpStream, until: &str) -> String {
+    use std::io::Read;
+    let (mut got, mut buf) = (Vec::new(), vec![0u8; 64 << 10]);
+    loop {
+        let from = got.len().saturating_sub(until.len());
+        match client.read(&mut buf) {
+            Ok(n @ 1..) => got.extend_from_slice(&buf[..n]),
+            ended => panic!("{ended:?} before {until:?}: {} bytes", got.len()),
+        }
+        if got[from..]
+            .windows(until.len())
+            .any(|w| w == until.as_bytes())
+        {
+            return String::from_utf8(got).unwrap();
+        }
+    }
 }
 
 /// A listener on a loopback port, serving in a task of its own.
