@@ -43,6 +43,11 @@ impl Node {
         let _ = self.child.wait();
     }
 
+    /// The node's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Resident memory in KiB (from /proc).
     pub fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()));
@@ -71,6 +76,8 @@ pub struct Cluster {
     pub schema: String,
     pub redis_prefix: String,
     pub client: reqwest::Client,
+    /// The binary its nodes run: this build's, unless a measurement compares another.
+    pub server: PathBuf,
     started: usize,
 }
 
@@ -107,6 +114,7 @@ impl Cluster {
                 .timeout(Duration::from_secs(30))
                 .build()
                 .unwrap(),
+            server: env!("CARGO_BIN_EXE_crowdtick").into(),
             started: 0,
         }
     }
@@ -125,7 +133,7 @@ impl Cluster {
         self.started += 1;
         let port = free_port();
         let log = std::fs::File::create(self.log_path(role, self.started)).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_crowdtick"))
+        let child = Command::new(&self.server)
             .args([role, "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
             .arg(self.dir.path().join(format!("data-{}", self.started)))
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))

@@ -374,3 +374,37 @@ pub async fn small_window(app: &TestApp) -> tokio::net::TcpStream {
     socket.set_recv_buffer_size(4096).unwrap();
     socket.connect(app.addr).await.unwrap()
 }
+
+/// CPU time (user + system) a process has spent, in clock ticks (USER_HZ, 1/100 s on Linux);
+/// a zombie not yet waited for still has its own.
+pub fn cpu_ticks(pid: u32) -> u64 {
+    let stat = format!("/proc/{pid}/stat");
+    stat_ticks(std::path::Path::new(&stat)).unwrap_or_else(|| panic!("no CPU time in {stat}"))
+}
+
+/// The user + system clock ticks in a process's or a thread's `stat` file under /proc (None
+/// once it is gone).
+pub fn stat_ticks(stat: &std::path::Path) -> Option<u64> {
+    let stat = std::fs::read_to_string(stat).ok()?;
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// The whole machine's clock ticks so far: (busy, all), from the first line of /proc/stat.
+pub fn machine_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    let all: u64 = ticks.iter().sum();
+    // user nice system idle iowait irq softirq steal: idle and iowait are not busy.
+    let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+    (all - idle, all)
+}

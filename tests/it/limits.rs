@@ -259,18 +259,6 @@ async fn the_total_cap_answers_503_and_websocket_viewers_hold_their_places() {
     }
 }
 
-/// CPU time (user + system, in clock ticks) of a process.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .collect();
-    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
-}
-
 #[tokio::test]
 async fn out_of_file_descriptors_the_accept_loop_pauses_and_recovers() {
     // A server whose hard open-file limit is 256, told to accept up to 1,000 connections: the

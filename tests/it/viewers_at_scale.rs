@@ -8,9 +8,13 @@
 //! `crowdtick loadgen` votes at `CROWDTICK_BENCH_VOTE_RATE` (default 10000) per second for
 //! `CROWDTICK_BENCH_SECS` (default 20). Prints the viewers held, how fast they were accepted,
 //! the realtime nodes' RSS (idle, and the peak while holding), the messages delivered per second,
-//! the lag from tally to viewer, and the votes' latency.
+//! the lag from tally to viewer, the votes' latency, and where the machine's CPU went while the
+//! votes flowed (the realtime nodes, the votes' node, the load generators, the rest).
+//! `CROWDTICK_BENCH_SERVER`, if set, is the binary the nodes run (an A/B's baseline); the load
+//! generators are always this build's.
 
 use crate::cluster::{Cluster, Node};
+use crate::helpers::{cpu_ticks, machine_ticks, stat_ticks};
 use serde_json::Value;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -65,6 +69,9 @@ async fn viewers_across_realtime_nodes() {
     let nodes = viewers.div_ceil(PER_NODE);
     let broker = TansuBroker::start();
     let mut c = Cluster::new(broker.addr(), 4);
+    if let Ok(server) = std::env::var("CROWDTICK_BENCH_SERVER") {
+        c.server = server.into();
+    }
     c.env.retain(|(k, _)| k != "RUST_LOG");
     c.env.push(("RUST_LOG".into(), "warn".into()));
     // The votes' side in one process (ingest, processor and query on the broker, PostgreSQL and
@@ -158,11 +165,24 @@ async fn viewers_across_realtime_nodes() {
         ],
         &c.dir.path().join("votes.out"),
     );
+    let cpu = |w: &[(Child, std::path::PathBuf)], votes: &Child| CpuShares {
+        realtime: realtime.iter().map(|n| cpu_ticks(n.pid())).sum(),
+        fanout: realtime.iter().map(|n| fanout_ticks(n.pid())).sum(),
+        votes_node: cpu_ticks(ingest.pid()),
+        viewer_loadgens: w.iter().map(|(c, _)| cpu_ticks(c.id())).sum(),
+        vote_loadgen: cpu_ticks(votes.id()),
+        machine: machine_ticks(),
+        at: Instant::now(),
+    };
+    let before = cpu(&watchers, &votes);
     let mut peak = holding;
+    let mut during = None;
     while votes.try_wait().unwrap().is_none() {
         peak = peak.max(rss_mib(&realtime));
+        during = Some(cpu(&watchers, &votes));
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    let cpu_report = during.map(|d| d.since(&before)).unwrap_or_default();
     let sent = messages_sent(&c, &realtime).await;
     let mut lines = Vec::new();
     let (mut p99, mut max, mut per_sec, mut closed) = (0f64, 0f64, 0f64, 0u64);
@@ -188,6 +208,7 @@ async fn viewers_across_realtime_nodes() {
         v["acknowledged_per_sec"].as_f64().unwrap_or(0.0),
         v["latency"]["p99_ms"]
     );
+    eprintln!("bench: {cpu_report}");
     for (i, r) in lines.iter().enumerate() {
         eprintln!("bench: viewer process {i}: {r}");
     }
@@ -201,4 +222,61 @@ async fn viewers_across_realtime_nodes() {
 
 async fn messages_sent(c: &Cluster, nodes: &[Node]) -> u64 {
     metric_sum(c, nodes, "crowdtick_realtime_messages_sent_total").await
+}
+
+/// CPU time (clock ticks) of each part of the run, read together.
+struct CpuShares {
+    realtime: u64,
+    /// Of which the realtime nodes' fan-out threads (`realtime/src/fanout.rs`).
+    fanout: u64,
+    votes_node: u64,
+    viewer_loadgens: u64,
+    vote_loadgen: u64,
+    /// The machine's (busy, all) ticks.
+    machine: (u64, u64),
+    at: Instant,
+}
+
+impl CpuShares {
+    /// Where the machine's CPU went between `before` and this reading, in percent of one core.
+    fn since(&self, before: &Self) -> String {
+        let secs = self.at.duration_since(before.at).as_secs_f64().max(0.01);
+        // Ticks are 1/100 s: ticks per second is percent of a core.
+        let pct = |now: u64, then: u64| now.saturating_sub(then) as f64 / secs;
+        let parts = [
+            pct(self.realtime, before.realtime),
+            pct(self.votes_node, before.votes_node),
+            pct(self.viewer_loadgens, before.viewer_loadgens),
+            pct(self.vote_loadgen, before.vote_loadgen),
+        ];
+        let fanout = pct(self.fanout, before.fanout);
+        let busy = pct(self.machine.0, before.machine.0);
+        let cores = (self.machine.1 - before.machine.1) as f64 / 100.0 / secs;
+        format!(
+            "CPU while the votes flowed ({secs:.1} s, % of one core; the machine has {cores:.1} cores): \
+             realtime nodes {:.0}% (their fan-out threads {fanout:.0}%), the votes' node {:.0}%, viewer load generators {:.0}%, \
+             vote load generator {:.0}%, the rest (tansu, PostgreSQL, Redis, this test, the kernel's own) {:.0}%; \
+             busy {busy:.0}% of {:.0}%",
+            parts[0],
+            parts[1],
+            parts[2],
+            parts[3],
+            (busy - parts.iter().sum::<f64>()).max(0.0),
+            cores * 100.0
+        )
+    }
+}
+
+/// CPU time (clock ticks) of a process's fan-out threads (named `fanout`), from /proc.
+fn fanout_ticks(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == "fanout")
+        })
+        .filter_map(|t| stat_ticks(&t.path().join("stat")))
+        .sum()
 }
