@@ -50,7 +50,7 @@ impl Node {
 
     /// Resident memory in KiB (from /proc).
     pub fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()));
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()));
         edge::metrics::vm_rss_kib(&status.unwrap_or_default()).unwrap_or(0)
     }
 

@@ -391,20 +391,23 @@ pub fn stat_ticks(stat: &std::path::Path) -> Option<u64> {
     Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
 }
 
-/// The whole machine's clock ticks so far: (busy, all), from the first line of /proc/stat.
+/// The whole machine's clock ticks so far, (busy, all), from the first line of /proc/stat.
 pub fn machine_ticks() -> (u64, u64) {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let ticks: Vec<u64> = stat
+    let ticks: Option<Vec<u64>> = stat
         .lines()
         .next()
         .unwrap_or_default()
         .split_whitespace()
         .skip(1)
         .take(8)
-        .filter_map(|t| t.parse().ok())
+        .map(|t| t.parse().ok())
         .collect();
+    let ticks = ticks
+        .filter(|t| t.len() == 8)
+        .expect("/proc/stat's first line has 8 counts of clock ticks");
     let all: u64 = ticks.iter().sum();
-    // user nice system idle iowait irq softirq steal: idle and iowait are not busy.
-    let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
-    (all - idle, all)
+    // user nice system idle iowait irq softirq steal (guest time is in user's): idle and iowait
+    // are not busy.
+    (all - ticks[3] - ticks[4], all)
 }

@@ -10,8 +10,8 @@
 //! the realtime nodes' RSS (idle, and the peak while holding), the messages delivered per second,
 //! the lag from tally to viewer, the votes' latency, and where the machine's CPU went while the
 //! votes flowed (the realtime nodes, the votes' node, the load generators, the rest).
-//! `CROWDTICK_BENCH_SERVER`, if set, is the binary the nodes run (an A/B's baseline); the load
-//! generators are always this build's.
+//! `CROWDTICK_BENCH_SERVER`, if set, is the binary every node runs (either side of an A/B,
+//! `scripts/viewers.sh BASE CAND`); the load generators are always this build's.
 
 use crate::cluster::{Cluster, Node};
 use crate::helpers::{cpu_ticks, machine_ticks, stat_ticks};
@@ -169,7 +169,7 @@ async fn viewers_across_realtime_nodes() {
         realtime: realtime.iter().map(|n| cpu_ticks(n.pid())).sum(),
         fanout: realtime.iter().map(|n| fanout_ticks(n.pid())).sum(),
         votes_node: cpu_ticks(ingest.pid()),
-        viewer_loadgens: w.iter().map(|(c, _)| cpu_ticks(c.id())).sum(),
+        viewer_loadgens: w.iter().map(|(child, _)| cpu_ticks(child.id())).sum(),
         vote_loadgen: cpu_ticks(votes.id()),
         machine: machine_ticks(),
         at: Instant::now(),
@@ -179,10 +179,15 @@ async fn viewers_across_realtime_nodes() {
     let mut during = None;
     while votes.try_wait().unwrap().is_none() {
         peak = peak.max(rss_mib(&realtime));
+        // Read while the vote generator runs (it is reaped by the check above, and a process
+        // reaped has no /proc of its own).
         during = Some(cpu(&watchers, &votes));
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let cpu_report = during.map(|d| d.since(&before)).unwrap_or_default();
+    let cpu_report = during.map_or_else(
+        || "CPU: no reading (the vote load generator ended at once)".to_owned(),
+        |d| d.report_since(&before),
+    );
     let sent = messages_sent(&c, &realtime).await;
     let mut lines = Vec::new();
     let (mut p99, mut max, mut per_sec, mut closed) = (0f64, 0f64, 0f64, 0u64);
@@ -239,7 +244,7 @@ struct CpuShares {
 
 impl CpuShares {
     /// Where the machine's CPU went between `before` and this reading, in percent of one core.
-    fn since(&self, before: &Self) -> String {
+    fn report_since(&self, before: &Self) -> String {
         let secs = self.at.duration_since(before.at).as_secs_f64().max(0.01);
         // Ticks are 1/100 s: ticks per second is percent of a core.
         let pct = |now: u64, then: u64| now.saturating_sub(then) as f64 / secs;
@@ -251,11 +256,12 @@ impl CpuShares {
         ];
         let fanout = pct(self.fanout, before.fanout);
         let busy = pct(self.machine.0, before.machine.0);
-        let cores = (self.machine.1 - before.machine.1) as f64 / 100.0 / secs;
+        let cores = self.machine.1.saturating_sub(before.machine.1) as f64 / 100.0 / secs;
         format!(
-            "CPU while the votes flowed ({secs:.1} s, % of one core; the machine has {cores:.1} cores): \
-             realtime nodes {:.0}% (their fan-out threads {fanout:.0}%), the votes' node {:.0}%, viewer load generators {:.0}%, \
-             vote load generator {:.0}%, the rest (tansu, PostgreSQL, Redis, this test, the kernel's own) {:.0}%; \
+            "CPU while the votes flowed ({secs:.1} s, % of one core; the machine has \
+             {cores:.1} cores): realtime nodes {:.0}% (their fan-out threads {fanout:.0}%), \
+             the votes' node {:.0}%, viewer load generators {:.0}%, vote load generator {:.0}%, \
+             the rest (tansu, PostgreSQL, Redis, this test, the kernel's own) {:.0}%; \
              busy {busy:.0}% of {:.0}%",
             parts[0],
             parts[1],
