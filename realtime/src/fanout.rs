@@ -13,6 +13,9 @@
 use std::future::Future;
 use tokio::runtime::{Handle, Runtime};
 
+/// The name of the viewers' runtime's threads (what `/proc/PID/task/*/comm` shows).
+pub const THREAD_NAME: &str = "fanout";
+
 /// The viewers' runtime; shut down (without waiting) when dropped.
 pub struct Fanout {
     runtime: Option<Runtime>,
@@ -24,7 +27,7 @@ impl Fanout {
     pub fn new(threads: usize, nice: i32) -> std::io::Result<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads.max(1))
-            .thread_name("fanout")
+            .thread_name(THREAD_NAME)
             .on_thread_start(move || lower_priority(nice))
             .enable_all()
             .build()?;

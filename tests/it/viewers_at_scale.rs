@@ -248,32 +248,27 @@ impl CpuShares {
         let secs = self.at.duration_since(before.at).as_secs_f64().max(0.01);
         // Ticks are 1/100 s: ticks per second is percent of a core.
         let pct = |now: u64, then: u64| now.saturating_sub(then) as f64 / secs;
-        let parts = [
-            pct(self.realtime, before.realtime),
-            pct(self.votes_node, before.votes_node),
-            pct(self.viewer_loadgens, before.viewer_loadgens),
-            pct(self.vote_loadgen, before.vote_loadgen),
-        ];
+        let realtime = pct(self.realtime, before.realtime);
         let fanout = pct(self.fanout, before.fanout);
+        let votes_node = pct(self.votes_node, before.votes_node);
+        let viewers = pct(self.viewer_loadgens, before.viewer_loadgens);
+        let vote_gen = pct(self.vote_loadgen, before.vote_loadgen);
         let busy = pct(self.machine.0, before.machine.0);
-        let cores = self.machine.1.saturating_sub(before.machine.1) as f64 / 100.0 / secs;
+        let rest = (busy - realtime - votes_node - viewers - vote_gen).max(0.0);
+        let all = pct(self.machine.1, before.machine.1);
         format!(
             "CPU while the votes flowed ({secs:.1} s, % of one core; the machine has \
-             {cores:.1} cores): realtime nodes {:.0}% (their fan-out threads {fanout:.0}%), \
-             the votes' node {:.0}%, viewer load generators {:.0}%, vote load generator {:.0}%, \
-             the rest (tansu, PostgreSQL, Redis, this test, the kernel's own) {:.0}%; \
-             busy {busy:.0}% of {:.0}%",
-            parts[0],
-            parts[1],
-            parts[2],
-            parts[3],
-            (busy - parts.iter().sum::<f64>()).max(0.0),
-            cores * 100.0
+             {:.1} cores): realtime nodes {realtime:.0}% (their fan-out threads {fanout:.0}%), \
+             the votes' node {votes_node:.0}%, viewer load generators {viewers:.0}%, \
+             vote load generator {vote_gen:.0}%, the rest (tansu, PostgreSQL, Redis, this test, \
+             the kernel's own) {rest:.0}%; busy {busy:.0}% of {all:.0}%",
+            all / 100.0
         )
     }
 }
 
-/// CPU time (clock ticks) of a process's fan-out threads (named `fanout`), from /proc.
+/// CPU time (clock ticks) of a process's fan-out threads (`realtime::fanout::THREAD_NAME`),
+/// from /proc.
 fn fanout_ticks(pid: u32) -> u64 {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return 0;
@@ -281,7 +276,8 @@ fn fanout_ticks(pid: u32) -> u64 {
     tasks
         .flatten()
         .filter(|t| {
-            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == "fanout")
+            std::fs::read_to_string(t.path().join("comm"))
+                .is_ok_and(|c| c.trim() == realtime::fanout::THREAD_NAME)
         })
         .filter_map(|t| stat_ticks(&t.path().join("stat")))
         .sum()
