@@ -32,19 +32,13 @@ case $transport in
   *) echo "scripts/bench-fanout.sh: BENCH_TRANSPORT is ws, sse or sse-kept-alive, not '$transport'" >&2; exit 2 ;;
 esac
 port=18197
-target_dir=$(realpath -m "${CARGO_TARGET_DIR:-target}")
-if [ -z "${1:-}" ]; then
-  cargo build --release -q --bin crowdtick -p crowdtick
-fi
-bin=$(realpath -m "${1:-$target_dir/release/crowdtick}")
-[ -x "$bin" ] || { echo "scripts/bench-fanout.sh: no crowdtick binary at $bin (--help)" >&2; exit 2; }
-cargo build --profile "$profile" -q -p loadtest --example send_floor
-floor=$target_dir/$([ "$profile" = dev ] && echo debug || echo "$profile")/examples/send_floor
+# shellcheck source=scripts/bench-lib.sh
+. scripts/bench-lib.sh
+bin=$(crowdtick_binary scripts/bench-fanout.sh "${1:-}")
+floor=$(loadtest_example send_floor "$profile")
 work=$(mktemp -d /tmp/crowdtick-fanout.XXXXXX)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 ulimit -n "$(ulimit -Hn)"
-# shellcheck source=scripts/bench-lib.sh
-. scripts/bench-lib.sh
 
 # CPU ticks of PID's threads named NAME.
 thread_ticks() { # pid name

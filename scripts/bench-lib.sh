@@ -63,3 +63,19 @@ print(f"server: receipt to 202 p50 {within(sojourn, 0.5)}, p99 {within(sojourn, 
       f"append to durable p99 {within(durable, 0.99)}")
 PY
 }
+
+# The crowdtick binary a script measures: BIN when given (it must be an executable), else this
+# checkout's release build, built first. Prints its absolute path; exits 2 with SCRIPT's name.
+crowdtick_binary() { # script [bin]
+  local target_dir; target_dir=$(realpath -m "${CARGO_TARGET_DIR:-target}")
+  [ -n "${2:-}" ] || cargo build --release -q --bin crowdtick -p crowdtick
+  local bin; bin=$(realpath -m "${2:-$target_dir/release/crowdtick}")
+  [ -x "$bin" ] || { echo "$1: no crowdtick binary at $bin (--help)" >&2; exit 2; }
+  echo "$bin"
+}
+
+# Builds loadtest's example NAME with cargo's PROFILE (dev, release, ...) and prints its path.
+loadtest_example() { # name profile
+  cargo build --profile "$2" -q -p loadtest --example "$1"
+  echo "$(realpath -m "${CARGO_TARGET_DIR:-target}")/$([ "$2" = dev ] && echo debug || echo "$2")/examples/$1"
+}

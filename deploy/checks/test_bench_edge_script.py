@@ -1,0 +1,53 @@
+"""scripts/bench-edge.sh (issue 11, item 2) run small on the test build: the same single-vote load
+against the bare axum endpoint and against CrowdTick, open and closed loop, each line with the
+ratio, and under it the CPU a vote cost the server and the load generator and the p99 from each
+vote's send. The figures are BENCHMARKS.md's; that the script measures both sides and says what it
+measured is this test's."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+
+from conftest import REPO
+
+NUMBER = r"([\d,]+(?:\.\d+)?)"
+
+
+def test_edge_script_measures_both_sides_and_what_a_vote_costs_each(crowdtick_bin):
+    env = {
+        **os.environ,
+        "BENCH_BIN": str(crowdtick_bin),
+        "BENCH_PROFILE": "dev",
+        "BENCH_CLOSED_SECS": "2",
+    }
+    run = subprocess.run(
+        ["bash", "scripts/bench-edge.sh", "200", "3", "8"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, f"bench-edge.sh failed:\n{run.stdout}\n{run.stderr}"
+    lines = run.stdout.splitlines()
+    assert "open loop at 200/s for 3 s and closed loop for 2 s, 8 connections" in lines[0], lines
+    for mode in ("open", "closed"):
+        at = next(i for i, line in enumerate(lines) if line.startswith(f"{mode} "))
+        rates = re.match(
+            rf"{mode} +bare axum +{NUMBER} votes/s .* crowdtick +{NUMBER} votes/s .* ratio {NUMBER}$",
+            lines[at],
+        )
+        assert rates, lines[at]
+        bare, ours, ratio = (float(g.replace(",", "")) for g in rates.groups())
+        assert bare > 0 and ours > 0, lines[at]
+        assert abs(ratio - ours / bare) < 0.01, lines[at]
+        costs = re.fullmatch(
+            rf" +per vote: bare axum {NUMBER} µs \+ generator {NUMBER} µs, send to answer p99 {NUMBER} ms;"
+            rf" crowdtick {NUMBER} µs \+ generator {NUMBER} µs, send to answer p99 {NUMBER} ms",
+            lines[at + 1],
+        )
+        assert costs, lines[at + 1]
+        # Every vote costs each side some CPU, and every answer took some time.
+        assert all(float(g) > 0 for g in costs.groups()), lines[at + 1]
