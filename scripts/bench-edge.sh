@@ -12,8 +12,9 @@
 # release build (built); the bare endpoint is built with BENCH_PROFILE (release). Each
 # run also prints the CPU a vote cost the server and the generator (together they are the
 # machine's budget: two cores at 40 µs a vote carry 50,000 votes/s with nothing to spare) and the
-# p99 from each vote's send, the server's part of the p99 from its due time. Exits non-zero when
-# a load generator run failed. Needs curl and python3.
+# p99 from each vote's send (an upper bound on the server's part of the p99 from its due time:
+# it also holds the loopback and the generator's own wait to read the answer). Exits 1 when a
+# load generator run failed. Needs curl and python3.
 set -euo pipefail
 if [[ "${1:-}" == -h || "${1:-}" == --help ]]; then
   sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
@@ -40,9 +41,10 @@ start() { # name
 }
 
 # One run: prints "votes/s p50 p99 send-to-answer-p99 server-µs/vote generator-µs/vote" (CPU per
-# acknowledged vote, user + system: the server's from /proc, the generator's from bash's `time`).
+# acknowledged vote, user + system: the server's from /proc, the generator's from bash's `time`),
+# or "nan" for each when the load generator failed (and marks the run failed).
 run() { # name mode
-  local args ticks0 ticks1
+  local args ticks0 ticks1 TIMEFORMAT='%U %S' LC_ALL=C
   case $2 in
     open)   args=(--rate "$rate" --duration "$secs") ;;
     closed) args=(--duration "$closed_secs") ;;
@@ -54,6 +56,9 @@ run() { # name mode
     2>"$work/$1-$2.time" || { echo "$1 $2: loadgen failed: $(tail -5 "$work/$1-$2.out")" >&2; touch "$work/failed"; }
   ticks1=$(cpu_ticks "$server")
   kill "$server"; wait "$server" 2>/dev/null || true
+  if [ ! -s "$work/$1-$2.json" ]; then
+    touch "$work/failed"; echo "nan nan nan nan nan nan"; return
+  fi
   python3 - "$work/$1-$2.json" "$work/$1-$2.time" "$((ticks1 - ticks0))" "$(getconf CLK_TCK)" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
@@ -68,7 +73,6 @@ PY
 }
 
 echo "edge vs bare axum: open loop at $rate/s for $secs s and closed loop for $closed_secs s, $conns connections; $(nproc) cores; $(date -u +%F)"
-TIMEFORMAT='%U %S'
 for mode in open closed; do
   read -r b_rate b_p50 b_p99 b_ans b_cpu b_gen < <(run bare "$mode")
   read -r c_rate c_p50 c_p99 c_ans c_cpu c_gen < <(run crowdtick "$mode")

@@ -17,7 +17,7 @@
 # over BENCH_WINDOW seconds (default 8) once every viewer is open, and the load generator's viewer
 # thread's CPU over the same window. BENCH_PERF=1 also records the fan-out thread with `perf`
 # (when installed) and prints where its time went. CROWDTICK_BIN defaults to this checkout's
-# release build (built if missing); the floor is built with BENCH_PROFILE (release). Needs curl
+# release build (built first); the floor is built with BENCH_PROFILE (release). Needs curl
 # and python3.
 set -euo pipefail
 if [[ "${1:-}" == -h || "${1:-}" == --help ]]; then

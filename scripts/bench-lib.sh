@@ -4,7 +4,7 @@
 # server's last log lines if it never answers.
 wait_healthy() { # log [tenths]
   for _ in $(seq "${2:-200}"); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && return; sleep 0.1; done
-  echo "server did not start: $(tail -5 "$1")"; exit 1
+  echo "server did not start: $(tail -5 "$1")" >&2; exit 1
 }
 
 # User + system CPU time so far, in clock ticks (`getconf CLK_TCK` a second), of a process (PID)
@@ -65,17 +65,19 @@ PY
 }
 
 # The crowdtick binary a script measures: BIN when given (it must be an executable), else this
-# checkout's release build, built first. Prints its absolute path; exits 2 with SCRIPT's name.
+# checkout's release build, built first. Prints its absolute path; exits 2 (a failed build, or
+# no binary there, with SCRIPT's name).
 crowdtick_binary() { # script [bin]
   local target_dir; target_dir=$(realpath -m "${CARGO_TARGET_DIR:-target}")
-  [ -n "${2:-}" ] || cargo build --release -q --bin crowdtick -p crowdtick
+  [ -n "${2:-}" ] || cargo build --release -q --bin crowdtick -p crowdtick || exit 2
   local bin; bin=$(realpath -m "${2:-$target_dir/release/crowdtick}")
   [ -x "$bin" ] || { echo "$1: no crowdtick binary at $bin (--help)" >&2; exit 2; }
   echo "$bin"
 }
 
-# Builds loadtest's example NAME with cargo's PROFILE (dev, release, ...) and prints its path.
+# Builds loadtest's example NAME with cargo's PROFILE (dev, release, ...) and prints its path;
+# exits 2 when the build fails.
 loadtest_example() { # name profile
-  cargo build --profile "$2" -q -p loadtest --example "$1"
+  cargo build --profile "$2" -q -p loadtest --example "$1" || exit 2
   echo "$(realpath -m "${CARGO_TARGET_DIR:-target}")/$([ "$2" = dev ] && echo debug || echo "$2")/examples/$1"
 }
