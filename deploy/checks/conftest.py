@@ -2,7 +2,8 @@
 `crowdtick config`, which loads and validates a configuration exactly as every service does at
 start-up (defaults < TOML file < CROWDTICK_* environment), without connecting to anything.
 
-Used by test_helm.py, test_helm_secrets.py and helm_support.py (and free for test_compose.py and other checks to use).
+Used by test_helm.py, test_helm_secrets.py and helm_support.py (and free for test_compose.py and other checks to use);
+`run_script` by the checks of the benchmark scripts (test_bench_*.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,19 @@ import pytest
 
 #: The repository root (deploy/checks/conftest.py -> parents[2]).
 REPO = Path(__file__).resolve().parents[2]
+
+
+def run_script(script: str, *args: object, env: Mapping[str, str] | None = None, timeout: float = 600):
+    """Runs `bash scripts/SCRIPT ARGS...` from the repository root with this process's environment
+    plus `env`, capturing its output as text (the benchmark scripts' checks)."""
+    return subprocess.run(
+        ["bash", f"scripts/{script}", *map(str, args)],
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def crowdtick_binary() -> Path:

@@ -6,30 +6,16 @@ measured is this test's."""
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
 
-from conftest import REPO
+from conftest import run_script
 
 NUMBER = r"([\d,]+(?:\.\d+)?)"
 
 
 def test_edge_script_measures_both_sides_and_what_a_vote_costs_each(crowdtick_bin):
-    env = {
-        **os.environ,
-        "BENCH_BIN": str(crowdtick_bin),
-        "BENCH_PROFILE": "dev",
-        "BENCH_CLOSED_SECS": "2",
-    }
-    run = subprocess.run(
-        ["bash", "scripts/bench-edge.sh", "200", "3", "8"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    env = {"BENCH_BIN": str(crowdtick_bin), "BENCH_PROFILE": "dev", "BENCH_CLOSED_SECS": "2"}
+    run = run_script("bench-edge.sh", 200, 3, 8, env=env)
     assert run.returncode == 0, f"bench-edge.sh failed:\n{run.stdout}\n{run.stderr}"
     lines = run.stdout.splitlines()
     assert "open loop at 200/s for 3 s and closed loop for 2 s, 8 connections" in lines[0], lines
@@ -66,14 +52,8 @@ def test_edge_script_fails_when_a_load_generator_run_fails(crowdtick_bin, tmp_pa
         f'exec "{crowdtick_bin}" "$@"\n'
     )
     fake.chmod(0o755)
-    run = subprocess.run(
-        ["bash", "scripts/bench-edge.sh", "200", "1", "2"],
-        cwd=REPO,
-        env={**os.environ, "BENCH_BIN": str(fake), "BENCH_PROFILE": "dev", "BENCH_CLOSED_SECS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    env = {"BENCH_BIN": str(fake), "BENCH_PROFILE": "dev", "BENCH_CLOSED_SECS": "1"}
+    run = run_script("bench-edge.sh", 200, 1, 2, env=env)
     assert run.returncode == 1, f"expected exit 1:\n{run.stdout}\n{run.stderr}"
     assert "bare open: loadgen failed: no load today" in run.stderr, run.stderr
     assert "Traceback" not in run.stderr, run.stderr

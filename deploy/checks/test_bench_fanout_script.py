@@ -5,30 +5,20 @@ BENCHMARKS.md's; that the script measures both sides and says what it measured i
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
 
-from conftest import REPO
+from conftest import run_script
 
 
 def test_fanout_script_measures_the_node_and_the_floor_in_one_run(crowdtick_bin):
     env = {
-        **os.environ,
         "BENCH_VIEWERS": "200",
         "BENCH_RATE": "200",
         "BENCH_SECS": "8",
         "BENCH_WINDOW": "3",
         "BENCH_PROFILE": "dev",
     }
-    run = subprocess.run(
-        ["bash", "scripts/bench-fanout.sh", str(crowdtick_bin)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    run = run_script("bench-fanout.sh", crowdtick_bin, env=env)
     assert run.returncode == 0, f"bench-fanout.sh failed:\n{run.stdout}\n{run.stderr}"
     rows = {
         cells[0]: cells[1:]

@@ -6,19 +6,12 @@ gets them is this test's."""
 from __future__ import annotations
 
 import re
-import subprocess
 
-from conftest import REPO
+from conftest import run_script
 
 
 def test_restart_script_times_both_sides_on_the_same_show(crowdtick_bin):
-    run = subprocess.run(
-        ["bash", "scripts/bench-restart.sh", str(crowdtick_bin), str(crowdtick_bin), "4", "2"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    run = run_script("bench-restart.sh", crowdtick_bin, crowdtick_bin, 4, 2)
     assert run.returncode == 0, f"bench-restart.sh failed:\n{run.stdout}\n{run.stderr}"
     assert re.search(r"tallies topic \d+ MiB", run.stdout), run.stdout
     lines = [l for l in run.stdout.splitlines() if l.startswith(("baseline", "candidate"))]

@@ -6,29 +6,19 @@ runs, reads the load generator's reports and says what it measured is this test'
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
 
-from conftest import REPO
+from conftest import run_script
 
 
 def test_the_suite_prints_each_row_with_both_sides_a_ratio_and_its_command(crowdtick_bin):
     env = {
-        **os.environ,
         "BENCH_ROWS": "spike batch sse",
         "BENCH_RATE": "200",
         "BENCH_VOTES": "20000",
         "BENCH_VIEWERS": "20",
     }
-    run = subprocess.run(
-        ["bash", "scripts/bench", str(crowdtick_bin), str(crowdtick_bin)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    run = run_script("bench", crowdtick_bin, crowdtick_bin, env=env)
     assert run.returncode == 0, f"scripts/bench failed:\n{run.stdout}\n{run.stderr}"
     rows = [
         line.split("|")[1:-1]

@@ -7,19 +7,12 @@ is checked here."""
 from __future__ import annotations
 
 import re
-import subprocess
 
-from conftest import REPO
+from conftest import run_script
 
 
 def test_ten_million_voters_script_measures_both_sides_and_the_restart(crowdtick_bin):
-    run = subprocess.run(
-        ["bash", "scripts/bench-voters.sh", str(crowdtick_bin), str(crowdtick_bin), "20000"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    run = run_script("bench-voters.sh", crowdtick_bin, crowdtick_bin, 20000)
     assert run.returncode == 0, f"bench-voters.sh failed:\n{run.stdout}\n{run.stderr}"
     lines = [l for l in run.stdout.splitlines() if l.startswith(("baseline", "candidate"))]
     assert len(lines) == 2, run.stdout
@@ -31,7 +24,5 @@ def test_ten_million_voters_script_measures_both_sides_and_the_restart(crowdtick
 
 
 def test_locust_script_explains_itself():
-    run = subprocess.run(
-        ["bash", "scripts/bench-locust.sh", "--help"], cwd=REPO, capture_output=True, text=True
-    )
+    run = run_script("bench-locust.sh", "--help")
     assert run.returncode == 0 and "1,000 SeedApiUsers" in run.stdout, run.stdout
