@@ -15,9 +15,10 @@
 #   join    the same votes while the VIEWERS open from the first vote on (--viewers-with-votes,
 #           1,024 connection attempts in flight): viewers accepted per second while votes flow,
 #           and what the crowd's connects cost the votes (vote max, the kernel's listen overflows)
-# A vote run also prints its latency from the request's send (not its due time) and the
-# server's own view from its /metrics (`server_view` in bench-lib.sh): what of a vote's time
-# was the server's and what was the load generator's, which shares the cores.
+# A vote run also prints its latency from the request's send (not its due time), its worst
+# second (the loadgen report's `by_second`: while viewers join, say) and the server's own view
+# from its /metrics (`server_view` in bench-lib.sh): what of a vote's time was the server's and
+# what was the load generator's, which shares the cores.
 # KINDS="votes both" runs only those. Every vote run is checked with --verify. The load generator is the candidate's for both.
 # Needs curl and python3.
 set -euo pipefail
@@ -56,6 +57,10 @@ a = r["answer_latency"]
 line = (f"{kind:6} {label:9} {r['acknowledged_per_sec']:>8,.0f} votes/s  p50 {lat['p50_ms']:8.2f} ms  "
         f"p99 {lat['p99_ms']:8.2f} ms  max {lat['max_ms']:9.2f} ms (send to answer p99 {a['p99_ms']:.2f} ms)  "
         f"verify {'ok' if ok else ok}")
+w = max(r.get("by_second") or [], key=lambda s: s["p99_ms"], default=None)
+if w:
+    line += (f"; worst second (to {w['until_secs']:.0f} s): p99 {w['p99_ms']:.1f} ms, "
+             f"send to answer p99 {w['answer_p99_ms']:.1f} ms")
 if v:
     l = v["lag"]
     line += (f"; {v['held']} viewers held (opened {v['opened_per_sec']:,.0f}/s), lag p50 {l['p50_ms']:.1f} ms p99 {l['p99_ms']:.1f} ms "

@@ -7,8 +7,9 @@
 //!   new vote id) and retries (an earlier submission again, same vote id) — and the lane of each.
 //! - [`client`]: a lean HTTP/1.1 keep-alive connection per lane (hyper), reconnecting after any
 //!   failure, telling "certainly not sent" from "may have been processed".
-//! - [`run`]: the dispatcher and the lanes (per-voter order, retries with backoff, give-up), the
-//!   progress line.
+//! - [`run`]: the dispatcher and the lanes (per-voter order, retries with backoff, give-up).
+//! - [`seconds`]: the run second by second (each second's latencies): the progress line and the
+//!   report's `by_second`.
 //! - [`record`]: the acknowledgement record (`--record`), read back by `--verify-only`.
 //! - [`verify`] (pure core): expected tallies from the acknowledged submissions and their
 //!   comparison with `GET /v1/polls/{id}/results`.
@@ -28,6 +29,7 @@ pub mod record;
 pub mod report;
 pub mod run;
 pub mod screen;
+pub mod seconds;
 pub mod verify;
 pub mod viewers;
 
@@ -547,6 +549,7 @@ async fn run_main(args: &LoadgenArgs, control: Arc<Control>) -> anyhow::Result<(
         not_sent: outcome.not_sent,
         latency: Latency::of(&outcome.latency),
         answer_latency: Latency::of(&outcome.answered),
+        by_second: outcome.by_second,
         status_counts: outcome.status_counts,
         errors: outcome.errors,
         rejections: outcome.rejections,

@@ -95,6 +95,8 @@ pub struct Report {
     /// Accepted requests, from their own send to their answer (retries and schedule excluded):
     /// what queueing at the server cost the votes it took.
     pub answer_latency: Latency,
+    /// Each second of the run: acknowledged, p99 from the due time, p99 from the send.
+    pub by_second: Vec<crate::seconds::Second>,
     /// Vote-to-screen latency (`--screen-latency`).
     pub screen_latency: Option<Latency>,
     pub screen_unseen: Option<u64>,
@@ -166,6 +168,12 @@ impl Report {
             "accepted requests, send to answer: p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms (n={})",
             a.p50_ms, a.p99_ms, a.max_ms, a.count
         );
+        if let Some(w) = crate::seconds::Second::worst(&self.by_second) {
+            println!(
+                "worst second (the one ending at {:.1} s): p99 {:.1} ms, send to answer p99 {:.1} ms, {} acknowledged",
+                w.until_secs, w.p99_ms, w.answer_p99_ms, w.acknowledged
+            );
+        }
         if let Some(s) = &self.screen_latency {
             println!(
                 "vote-to-screen: p50 {:.1} ms  p90 {:.1} ms  p99 {:.1} ms  max {:.1} ms  (n={}, never seen {})",

@@ -22,13 +22,14 @@
 //! The hot path allocates little: request bodies are written with `write!` into a per-lane
 //! `BytesMut` and split off (the allocation is reused once hyper drops the previous body), URIs
 //! and header values are built once, counters are relaxed atomics, and latencies go into the
-//! lane's own histogram (an uncontended lock, merged once a second for the progress line).
+//! lane's own histogram (an uncontended lock, merged once a second: `seconds.rs`).
 
 use crate::client::{error_code, Attempt, Conn, Target};
 use crate::plan::{lane_of, Plan, PlanConfig, Submission};
 use crate::polls::PollInfo;
 use crate::record::{LaneRecorder, Line, RecordSink};
-use crate::report::{fmt_us, new_histogram};
+use crate::report::new_histogram;
+use crate::seconds::{LaneHist, Second, Seconds};
 use crate::verify::{Expectation, Outcome};
 use bytes::{Bytes, BytesMut};
 use hdrhistogram::Histogram;
@@ -92,19 +93,19 @@ pub struct Receipt {
 }
 
 /// Counters shared by every lane.
-struct Stats {
-    submissions: AtomicU64,
-    completed: AtomicU64,
-    requests: AtomicU64,
-    acked: AtomicU64,
-    rejected: AtomicU64,
-    given_up: AtomicU64,
-    given_up_uncertain: AtomicU64,
-    rejected_uncertain: AtomicU64,
-    not_sent: AtomicU64,
-    err_connect: AtomicU64,
-    err_broken: AtomicU64,
-    err_timeout: AtomicU64,
+pub(crate) struct Stats {
+    pub submissions: AtomicU64,
+    pub completed: AtomicU64,
+    pub requests: AtomicU64,
+    pub acked: AtomicU64,
+    pub rejected: AtomicU64,
+    pub given_up: AtomicU64,
+    pub given_up_uncertain: AtomicU64,
+    pub rejected_uncertain: AtomicU64,
+    pub not_sent: AtomicU64,
+    pub err_connect: AtomicU64,
+    pub err_broken: AtomicU64,
+    pub err_timeout: AtomicU64,
     /// Answers by HTTP status (index = status, 0..600).
     status: Box<[AtomicU64]>,
 }
@@ -128,18 +129,9 @@ impl Stats {
         }
     }
 
-    fn status(&self, s: u16) -> u64 {
+    pub fn status(&self, s: u16) -> u64 {
         self.status.get(s as usize).map_or(0, |a| a.load(Relaxed))
     }
-}
-
-/// Latency histograms of a shard of lanes: since the start, and since the last progress line;
-/// and the time each accepted request took from its own send to its answer (no retries, no
-/// schedule: what the server's queue cost the votes it took).
-struct LaneHist {
-    total: Histogram<u64>,
-    interval: Histogram<u64>,
-    answered: Histogram<u64>,
 }
 
 /// Lanes share histograms in this many shards (a histogram is ~190 KB; runs may have 10,000s of
@@ -164,6 +156,8 @@ pub struct RunOutcome {
     pub latency: Histogram<u64>,
     /// Accepted requests, from their own send to their answer.
     pub answered: Histogram<u64>,
+    /// The run second by second.
+    pub by_second: Vec<Second>,
     pub status_counts: BTreeMap<String, u64>,
     pub errors: BTreeMap<String, u64>,
     pub rejections: BTreeMap<String, u64>,
@@ -196,13 +190,7 @@ pub async fn run(cfg: RunConfig, control: Arc<Control>) -> anyhow::Result<RunOut
         receivers.push(rx);
     }
     let hists: Vec<Arc<Mutex<LaneHist>>> = (0..lanes.clamp(1, HISTOGRAM_SHARDS))
-        .map(|_| {
-            Arc::new(Mutex::new(LaneHist {
-                total: new_histogram(),
-                interval: new_histogram(),
-                answered: new_histogram(),
-            }))
-        })
+        .map(|_| Arc::new(Mutex::new(LaneHist::new())))
         .collect();
 
     let start = Instant::now() + Duration::from_millis(20);
@@ -243,10 +231,7 @@ pub async fn run(cfg: RunConfig, control: Arc<Control>) -> anyhow::Result<RunOut
         lane_tasks.push(tokio::spawn(lane.run(rx)));
     }
 
-    let progress = cfg.progress.then(|| {
-        let (stats, hists) = (stats.clone(), hists.clone());
-        tokio::spawn(progress_loop(stats, hists, start))
-    });
+    let seconds = Seconds::spawn(stats.clone(), hists.clone(), start, cfg.progress);
 
     let plan = Plan::new(cfg.plan.clone());
     dispatch(plan, senders, cfg.rate, start, deadline, &control, &stats).await;
@@ -265,6 +250,7 @@ pub async fn run(cfg: RunConfig, control: Arc<Control>) -> anyhow::Result<RunOut
         not_sent: 0,
         latency: new_histogram(),
         answered: new_histogram(),
+        by_second: Vec::new(),
         status_counts: BTreeMap::new(),
         errors: BTreeMap::new(),
         rejections: BTreeMap::new(),
@@ -284,9 +270,7 @@ pub async fn run(cfg: RunConfig, control: Arc<Control>) -> anyhow::Result<RunOut
         outcome.connections_opened += done.connects;
         last_answer = last_answer.max(done.last_answer);
     }
-    if let Some(p) = progress {
-        p.abort();
-    }
+    outcome.by_second = seconds.finish().await;
     if let Some(t) = closed_timer {
         t.abort();
     }
@@ -379,54 +363,6 @@ async fn dispatch(
         // Sleep to the next due time, but tick at least every millisecond.
         let next = at(plan.position()).max(now + Duration::from_micros(200));
         tokio::time::sleep_until(next.min(now + Duration::from_millis(1))).await;
-    }
-}
-
-async fn progress_loop(stats: Arc<Stats>, hists: Vec<Arc<Mutex<LaneHist>>>, start: Instant) {
-    let mut tick = tokio::time::interval_at(start + Duration::from_secs(1), Duration::from_secs(1));
-    let mut last_acked = 0u64;
-    let mut last_subs = 0u64;
-    let mut total = new_histogram();
-    let mut interval = new_histogram();
-    loop {
-        tick.tick().await;
-        interval.reset();
-        for h in &hists {
-            let mut h = h.lock().unwrap_or_else(|e| e.into_inner());
-            interval.add(&h.interval).ok();
-            h.interval.reset();
-        }
-        total.add(&interval).ok();
-        let acked = stats.acked.load(Relaxed);
-        let subs = stats.requests.load(Relaxed);
-        let q = |h: &Histogram<u64>, q: f64| {
-            if h.is_empty() {
-                "-".to_owned()
-            } else {
-                fmt_us(h.value_at_quantile(q))
-            }
-        };
-        eprintln!(
-            "[{:>6.1}s] requests {} ({}/s)  acked {} ({}/s)  rejected {}  gave up {}  errors: connect {} broken {} timeout {} 503 {} 429 {} 5xx {}  p99 {} (last 1s {}, max {})",
-            start.elapsed().as_secs_f64(),
-            subs,
-            subs - last_subs,
-            acked,
-            acked - last_acked,
-            stats.rejected.load(Relaxed),
-            stats.given_up.load(Relaxed),
-            stats.err_connect.load(Relaxed),
-            stats.err_broken.load(Relaxed),
-            stats.err_timeout.load(Relaxed),
-            stats.status(503),
-            stats.status(429),
-            (500..600).filter(|&s| s != 503).map(|s| stats.status(s)).sum::<u64>(),
-            q(&total, 0.99),
-            q(&interval, 0.99),
-            if total.is_empty() { "-".to_owned() } else { fmt_us(total.max()) },
-        );
-        last_acked = acked;
-        last_subs = subs;
     }
 }
 
@@ -605,11 +541,11 @@ impl Lane {
                             .last_answer
                             .saturating_duration_since(sent_at)
                             .as_micros();
-                        self.hist
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .answered
-                            .saturating_record((us as u64).max(1));
+                        let us = (us as u64).max(1);
+                        let mut h = self.hist.lock().unwrap_or_else(|e| e.into_inner());
+                        h.answered.saturating_record(us);
+                        h.answered_second.saturating_record(us);
+                        drop(h);
                         self.failing = false;
                         return Final::Answered(body);
                     }
@@ -773,7 +709,7 @@ impl Lane {
         {
             let mut h = self.hist.lock().unwrap_or_else(|e| e.into_inner());
             h.total.saturating_record(us.max(1));
-            h.interval.saturating_record(us.max(1));
+            h.second.saturating_record(us.max(1));
         }
         self.stats.acked.fetch_add(1, Relaxed);
         self.note(s, Outcome::Acked);

@@ -317,3 +317,48 @@ async fn a_server_that_counts_duplicates_fails_verification() {
         .expect_err("duplicates counted must be caught");
     assert!(e.to_string().contains("differ"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_report_holds_the_run_second_by_second() {
+    let url = start(false).await;
+    let dir = std::env::temp_dir().join(format!("lg-seconds-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let report = dir.join("report.json");
+    loadtest::main(args(
+        &url,
+        &[
+            "--rate",
+            "1000",
+            "--duration",
+            "2.5",
+            "--json-report",
+            report.to_str().unwrap(),
+        ],
+    ))
+    .await
+    .expect("an honest server passes");
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let seconds = r["by_second"].as_array().expect("by_second");
+    // Two whole seconds and the rest: the votes due in the last half second, their retries and
+    // the answers still in flight at 2 s.
+    assert!((3..=5).contains(&seconds.len()), "{seconds:?}");
+    let acked: u64 = seconds
+        .iter()
+        .map(|s| s["acknowledged"].as_u64().unwrap())
+        .sum();
+    assert_eq!(acked, r["acknowledged"].as_u64().unwrap(), "{seconds:?}");
+    let until: Vec<f64> = seconds
+        .iter()
+        .map(|s| s["until_secs"].as_f64().unwrap())
+        .collect();
+    assert!(until.windows(2).all(|w| w[0] < w[1]), "{until:?}");
+    for s in seconds
+        .iter()
+        .filter(|s| s["acknowledged"].as_u64() > Some(0))
+    {
+        let (p99, max) = (s["p99_ms"].as_f64().unwrap(), s["max_ms"].as_f64().unwrap());
+        assert!(p99 > 0.0 && max >= p99, "{s}");
+        assert!(s["answer_p99_ms"].as_f64().unwrap() > 0.0, "{s}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

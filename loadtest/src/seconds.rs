@@ -1,0 +1,213 @@
+//! The run second by second: once a second the lanes' histograms of that second are merged into
+//! one [`Second`], printed as the progress line (unless `--quiet`) and kept for the report
+//! (`by_second`), so a run's tail can be placed in time: a crowd of viewers joining, the first
+//! seconds of a spike, a stall of the server.
+
+use crate::report::{fmt_us, new_histogram};
+use crate::run::Stats;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// Latency histograms of a shard of lanes: since the start and in the current second, from the
+/// due time (open loop; the first send in the closed loop) and from each accepted request's own
+/// send to its answer (no retries, no schedule: what the server's queue cost the votes it took).
+pub(crate) struct LaneHist {
+    pub total: Histogram<u64>,
+    pub second: Histogram<u64>,
+    pub answered: Histogram<u64>,
+    pub answered_second: Histogram<u64>,
+}
+
+impl LaneHist {
+    pub fn new() -> Self {
+        Self {
+            total: new_histogram(),
+            second: new_histogram(),
+            answered: new_histogram(),
+            answered_second: new_histogram(),
+        }
+    }
+}
+
+/// One second of the run: the submissions acknowledged in it and their latencies.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Second {
+    /// The second's end, in seconds from the first scheduled send (the last one may be short).
+    pub until_secs: f64,
+    pub acknowledged: u64,
+    /// From the due time (open loop) or the first send (closed loop), as the run's `latency`.
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    /// From each accepted request's own send to its answer, as the run's `answer_latency`.
+    pub answer_p99_ms: f64,
+}
+
+impl Second {
+    fn of(until: Duration, latency: &Histogram<u64>, answered: &Histogram<u64>) -> Self {
+        let ms = |h: &Histogram<u64>, q: f64| {
+            if h.is_empty() {
+                0.0
+            } else {
+                h.value_at_quantile(q) as f64 / 1000.0
+            }
+        };
+        Self {
+            until_secs: until.as_secs_f64(),
+            acknowledged: latency.len(),
+            p99_ms: ms(latency, 0.99),
+            max_ms: if latency.is_empty() {
+                0.0
+            } else {
+                latency.max() as f64 / 1000.0
+            },
+            answer_p99_ms: ms(answered, 0.99),
+        }
+    }
+
+    /// The second whose p99 from the due time was the highest.
+    pub fn worst(seconds: &[Second]) -> Option<&Second> {
+        seconds.iter().max_by(|a, b| a.p99_ms.total_cmp(&b.p99_ms))
+    }
+}
+
+/// The task that takes each second's histograms from the lanes.
+pub(crate) struct Seconds {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Vec<Second>>,
+}
+
+impl Seconds {
+    /// Starts taking the seconds from `start` on, printing a progress line each if `progress`.
+    pub fn spawn(
+        stats: Arc<Stats>,
+        hists: Vec<Arc<Mutex<LaneHist>>>,
+        start: Instant,
+        progress: bool,
+    ) -> Self {
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(take_seconds(stats, hists, start, progress, stopped));
+        Self { stop, task }
+    }
+
+    /// Every second of the run, the last (partial) one included once the lanes are done.
+    pub async fn finish(self) -> Vec<Second> {
+        let _ = self.stop.send(());
+        self.task.await.unwrap_or_default()
+    }
+}
+
+async fn take_seconds(
+    stats: Arc<Stats>,
+    hists: Vec<Arc<Mutex<LaneHist>>>,
+    start: Instant,
+    progress: bool,
+    mut stopped: oneshot::Receiver<()>,
+) -> Vec<Second> {
+    let mut tick = tokio::time::interval_at(start + Duration::from_secs(1), Duration::from_secs(1));
+    let mut seconds = Vec::new();
+    let (mut total, mut latency, mut answered) =
+        (new_histogram(), new_histogram(), new_histogram());
+    let (mut last_acked, mut last_requests) = (0u64, 0u64);
+    loop {
+        let last = tokio::select! {
+            _ = tick.tick() => false,
+            _ = &mut stopped => true,
+        };
+        latency.reset();
+        answered.reset();
+        for h in &hists {
+            let mut h = h.lock().unwrap_or_else(|e| e.into_inner());
+            latency.add(&h.second).ok();
+            answered.add(&h.answered_second).ok();
+            h.second.reset();
+            h.answered_second.reset();
+        }
+        total.add(&latency).ok();
+        if !(last && latency.is_empty()) {
+            seconds.push(Second::of(start.elapsed(), &latency, &answered));
+        }
+        if last {
+            return seconds;
+        }
+        if progress {
+            let (acked, requests) = (stats.acked.load(Relaxed), stats.requests.load(Relaxed));
+            print_progress(
+                &stats,
+                start,
+                [requests, last_requests, acked, last_acked],
+                &total,
+                &latency,
+            );
+            (last_acked, last_requests) = (acked, requests);
+        }
+    }
+}
+
+/// The progress line of a second; `counts` are the requests and acknowledgements now and a
+/// second ago.
+fn print_progress(
+    stats: &Stats,
+    start: Instant,
+    counts: [u64; 4],
+    total: &Histogram<u64>,
+    second: &Histogram<u64>,
+) {
+    let [requests, last_requests, acked, last_acked] = counts;
+    let q = |h: &Histogram<u64>, q: f64| {
+        if h.is_empty() {
+            "-".to_owned()
+        } else {
+            fmt_us(h.value_at_quantile(q))
+        }
+    };
+    eprintln!(
+        "[{:>6.1}s] requests {} ({}/s)  acked {} ({}/s)  rejected {}  gave up {}  errors: connect {} broken {} timeout {} 503 {} 429 {} 5xx {}  p99 {} (last 1s {}, max {})",
+        start.elapsed().as_secs_f64(),
+        requests,
+        requests - last_requests,
+        acked,
+        acked - last_acked,
+        stats.rejected.load(Relaxed),
+        stats.given_up.load(Relaxed),
+        stats.err_connect.load(Relaxed),
+        stats.err_broken.load(Relaxed),
+        stats.err_timeout.load(Relaxed),
+        stats.status(503),
+        stats.status(429),
+        (500..600).filter(|&s| s != 503).map(|s| stats.status(s)).sum::<u64>(),
+        q(total, 0.99),
+        q(second, 0.99),
+        if total.is_empty() { "-".to_owned() } else { fmt_us(total.max()) },
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_holds_its_own_percentiles_and_the_worst_is_the_highest_p99() {
+        let (mut latency, mut answered) = (new_histogram(), new_histogram());
+        for ms in 1..=100u64 {
+            latency.record(ms * 1000).unwrap();
+            answered.record(ms * 100).unwrap();
+        }
+        let s = Second::of(Duration::from_millis(2500), &latency, &answered);
+        assert_eq!(s.acknowledged, 100);
+        assert_eq!(s.until_secs, 2.5);
+        assert!((s.p99_ms - 99.0).abs() < 0.1, "{s:?}");
+        assert!((s.max_ms - 100.0).abs() < 0.1, "{s:?}");
+        assert!((s.answer_p99_ms - 9.9).abs() < 0.01, "{s:?}");
+        let quiet = Second::of(Duration::from_secs(3), &new_histogram(), &new_histogram());
+        assert_eq!((quiet.acknowledged, quiet.p99_ms), (0, 0.0));
+        let seconds = [quiet.clone(), s.clone(), quiet];
+        assert_eq!(Second::worst(&seconds), Some(&s));
+        assert_eq!(Second::worst(&[]), None);
+    }
+}
