@@ -95,7 +95,8 @@ pub struct Report {
     /// Accepted requests, from their own send to their answer (retries and schedule excluded):
     /// what queueing at the server cost the votes it took.
     pub answer_latency: Latency,
-    /// Each second of the run: acknowledged, p99 from the due time, p99 from the send.
+    /// Each second of the run (`until_secs`): the submissions acknowledged in it, their p99 and
+    /// max as `latency`'s, and their p99 as `answer_latency`'s.
     pub by_second: Vec<crate::seconds::Second>,
     /// Vote-to-screen latency (`--screen-latency`).
     pub screen_latency: Option<Latency>,

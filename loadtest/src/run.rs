@@ -29,7 +29,7 @@ use crate::plan::{lane_of, Plan, PlanConfig, Submission};
 use crate::polls::PollInfo;
 use crate::record::{LaneRecorder, Line, RecordSink};
 use crate::report::new_histogram;
-use crate::seconds::{LaneHist, Second, Seconds};
+use crate::seconds::{LaneHist, Second, SecondsTask};
 use crate::verify::{Expectation, Outcome};
 use bytes::{Bytes, BytesMut};
 use hdrhistogram::Histogram;
@@ -231,7 +231,7 @@ pub async fn run(cfg: RunConfig, control: Arc<Control>) -> anyhow::Result<RunOut
         lane_tasks.push(tokio::spawn(lane.run(rx)));
     }
 
-    let seconds = Seconds::spawn(stats.clone(), hists.clone(), start, cfg.progress);
+    let seconds = SecondsTask::spawn(stats.clone(), hists.clone(), start, cfg.progress);
 
     let plan = Plan::new(cfg.plan.clone());
     dispatch(plan, senders, cfg.rate, start, deadline, &control, &stats).await;
@@ -542,10 +542,11 @@ impl Lane {
                             .saturating_duration_since(sent_at)
                             .as_micros();
                         let us = (us as u64).max(1);
-                        let mut h = self.hist.lock().unwrap_or_else(|e| e.into_inner());
-                        h.answered.saturating_record(us);
-                        h.answered_second.saturating_record(us);
-                        drop(h);
+                        {
+                            let mut h = self.hist.lock().unwrap_or_else(|e| e.into_inner());
+                            h.answered.saturating_record(us);
+                            h.answered_second.saturating_record(us);
+                        }
                         self.failing = false;
                         return Final::Answered(body);
                     }

@@ -36,9 +36,11 @@ impl LaneHist {
 }
 
 /// One second of the run: the submissions acknowledged in it and their latencies.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Second {
-    /// The second's end, in seconds from the first scheduled send (the last one may be short).
+    /// When it was taken, in seconds from the first scheduled send: a second's end, later if
+    /// the generator was held up (a tick missed is not made up for), or the run's end for the
+    /// last, shorter one.
     pub until_secs: f64,
     pub acknowledged: u64,
     /// From the due time (open loop) or the first send (closed loop), as the run's `latency`.
@@ -70,19 +72,26 @@ impl Second {
         }
     }
 
-    /// The second whose p99 from the due time was the highest.
+    /// The second whose p99 from the due time was the highest, of those with at least
+    /// [`Self::ENOUGH`] acknowledged: a p99 of fewer is their max (the run's last moments,
+    /// or a few retries).
     pub fn worst(seconds: &[Second]) -> Option<&Second> {
-        seconds.iter().max_by(|a, b| a.p99_ms.total_cmp(&b.p99_ms))
+        (seconds.iter())
+            .filter(|s| s.acknowledged >= Self::ENOUGH)
+            .max_by(|a, b| a.p99_ms.total_cmp(&b.p99_ms))
     }
+
+    /// The fewest acknowledged votes whose p99 [`Self::worst`] weighs.
+    pub const ENOUGH: u64 = 100;
 }
 
 /// The task that takes each second's histograms from the lanes.
-pub(crate) struct Seconds {
+pub(crate) struct SecondsTask {
     stop: oneshot::Sender<()>,
     task: JoinHandle<Vec<Second>>,
 }
 
-impl Seconds {
+impl SecondsTask {
     /// Starts taking the seconds from `start` on, printing a progress line each if `progress`.
     pub fn spawn(
         stats: Arc<Stats>,
@@ -98,7 +107,12 @@ impl Seconds {
     /// Every second of the run, the last (partial) one included once the lanes are done.
     pub async fn finish(self) -> Vec<Second> {
         let _ = self.stop.send(());
-        self.task.await.unwrap_or_default()
+        self.task.await.unwrap_or_else(|e| {
+            eprintln!(
+                "warning: the run's seconds were not taken ({e}): the report has no by_second"
+            );
+            Vec::new()
+        })
     }
 }
 
@@ -110,10 +124,12 @@ async fn take_seconds(
     mut stopped: oneshot::Receiver<()>,
 ) -> Vec<Second> {
     let mut tick = tokio::time::interval_at(start + Duration::from_secs(1), Duration::from_secs(1));
+    // A tick missed (the generator held up) is not made up for by a burst of short seconds.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seconds = Vec::new();
     let (mut total, mut latency, mut answered) =
         (new_histogram(), new_histogram(), new_histogram());
-    let (mut last_acked, mut last_requests) = (0u64, 0u64);
+    let mut before = Counts::default();
     loop {
         let last = tokio::select! {
             _ = tick.tick() => false,
@@ -136,29 +152,32 @@ async fn take_seconds(
             return seconds;
         }
         if progress {
-            let (acked, requests) = (stats.acked.load(Relaxed), stats.requests.load(Relaxed));
-            print_progress(
-                &stats,
-                start,
-                [requests, last_requests, acked, last_acked],
-                &total,
-                &latency,
-            );
-            (last_acked, last_requests) = (acked, requests);
+            let now = Counts {
+                requests: stats.requests.load(Relaxed),
+                acked: stats.acked.load(Relaxed),
+            };
+            print_progress(&stats, start, now, before, &total, &latency);
+            before = now;
         }
     }
 }
 
-/// The progress line of a second; `counts` are the requests and acknowledgements now and a
-/// second ago.
+/// Requests sent and submissions acknowledged so far.
+#[derive(Debug, Clone, Copy, Default)]
+struct Counts {
+    requests: u64,
+    acked: u64,
+}
+
+/// The progress line of a second: the counts `now` and a second `before`.
 fn print_progress(
     stats: &Stats,
     start: Instant,
-    counts: [u64; 4],
+    now: Counts,
+    before: Counts,
     total: &Histogram<u64>,
     second: &Histogram<u64>,
 ) {
-    let [requests, last_requests, acked, last_acked] = counts;
     let q = |h: &Histogram<u64>, q: f64| {
         if h.is_empty() {
             "-".to_owned()
@@ -169,10 +188,10 @@ fn print_progress(
     eprintln!(
         "[{:>6.1}s] requests {} ({}/s)  acked {} ({}/s)  rejected {}  gave up {}  errors: connect {} broken {} timeout {} 503 {} 429 {} 5xx {}  p99 {} (last 1s {}, max {})",
         start.elapsed().as_secs_f64(),
-        requests,
-        requests - last_requests,
-        acked,
-        acked - last_acked,
+        now.requests,
+        now.requests - before.requests,
+        now.acked,
+        now.acked - before.acked,
         stats.rejected.load(Relaxed),
         stats.given_up.load(Relaxed),
         stats.err_connect.load(Relaxed),
@@ -206,7 +225,11 @@ mod tests {
         assert!((s.answer_p99_ms - 9.9).abs() < 0.01, "{s:?}");
         let quiet = Second::of(Duration::from_secs(3), &new_histogram(), &new_histogram());
         assert_eq!((quiet.acknowledged, quiet.p99_ms), (0, 0.0));
-        let seconds = [quiet.clone(), s.clone(), quiet];
+        // A second of a few votes is not the worst, however slow they were.
+        let mut few = new_histogram();
+        few.record(5_000_000).unwrap();
+        let tail = Second::of(Duration::from_secs(4), &few, &few);
+        let seconds = [quiet.clone(), s.clone(), quiet, tail];
         assert_eq!(Second::worst(&seconds), Some(&s));
         assert_eq!(Second::worst(&[]), None);
     }

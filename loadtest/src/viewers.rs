@@ -391,23 +391,24 @@ async fn connect(addr: SocketAddr, source: IpAddr) -> std::io::Result<TcpStream>
 /// Has the kernel choose a bound socket's port at its connect, by the whole connection
 /// (`IP_BIND_ADDRESS_NO_PORT`), not at its bind: bind's own search for a free port walks every
 /// port bound on the address, those of an earlier run's connections still in `TIME_WAIT`
-/// included, and took the viewers' core: of 26 runs of 15,000 viewers, each within a minute of
-/// the last, 10 opened 500–2,700 viewers/s instead of 6,500–11,800 (BENCHMARKS.md, 2026-12-05).
+/// included, and took the viewers' core in back-to-back runs (BENCHMARKS.md, "2026-12-05
+/// (second session)").
 fn port_at_connect(socket: &TcpSocket) {
     use std::os::fd::AsRawFd;
     let on: libc::c_int = 1;
     // SAFETY: the descriptor is the socket's, open for this call; the option's value is a
-    // c_int that lives across it, and its size is passed with it. A kernel without the option
-    // (before Linux 4.2) refuses it, and bind chooses the port as before.
-    unsafe {
+    // c_int that lives across it, and its size is passed with it.
+    let _refused = unsafe {
         libc::setsockopt(
             socket.as_raw_fd(),
             libc::IPPROTO_IP,
             libc::IP_BIND_ADDRESS_NO_PORT,
             (&on as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
+        )
+    };
+    // A kernel without the option (before Linux 4.2) refuses it, and bind chooses the port as
+    // before.
 }
 
 async fn watch_ws(

@@ -358,6 +358,13 @@ async fn the_report_holds_the_run_second_by_second() {
     {
         let (p99, max) = (s["p99_ms"].as_f64().unwrap(), s["max_ms"].as_f64().unwrap());
         assert!(p99 > 0.0 && max >= p99, "{s}");
+    }
+    // A request's answer and its acknowledgement are noted one after the other: a second's
+    // edge may part them, but not for a whole second's votes.
+    for s in seconds
+        .iter()
+        .filter(|s| s["acknowledged"].as_u64() >= Some(100))
+    {
         assert!(s["answer_p99_ms"].as_f64().unwrap() > 0.0, "{s}");
     }
     std::fs::remove_dir_all(&dir).ok();
