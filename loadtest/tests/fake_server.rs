@@ -265,27 +265,26 @@ fn args(url: &str, extra: &[&str]) -> loadtest::LoadgenArgs {
     Cli::parse_from(base.iter().chain(extra)).args
 }
 
+/// Runs the load generator on `url` with `extra` arguments, which must verify; its JSON report
+/// (written in `dir`).
+async fn reported_run(url: &str, dir: &std::path::Path, extra: &[&str]) -> serde_json::Value {
+    let report = dir.join("report.json");
+    let report_arg = ["--json-report", report.to_str().unwrap()];
+    let all: Vec<&str> = extra.iter().copied().chain(report_arg).collect();
+    loadtest::main(args(url, &all))
+        .await
+        .expect("an honest server passes");
+    serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_through_faults_and_verifies_exactly() {
     let url = start(false).await;
     let dir = std::env::temp_dir().join(format!("lg-fake-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let record = dir.join("run.rec");
-    let report = dir.join("report.json");
-    loadtest::main(args(
-        &url,
-        &[
-            "--votes",
-            "3000",
-            "--record",
-            record.to_str().unwrap(),
-            "--json-report",
-            report.to_str().unwrap(),
-        ],
-    ))
-    .await
-    .expect("an honest server passes");
-    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let record_arg = record.to_str().unwrap();
+    let r = reported_run(&url, &dir, &["--votes", "3000", "--record", record_arg]).await;
     assert_eq!(r["acknowledged"], 3000, "{r}");
     assert_eq!(r["verify"]["ok"], true);
     assert!(r["errors"]["broken"].as_u64().unwrap() > 0, "{r}");
@@ -323,21 +322,7 @@ async fn the_report_holds_the_run_second_by_second() {
     let url = start(false).await;
     let dir = std::env::temp_dir().join(format!("lg-seconds-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let report = dir.join("report.json");
-    loadtest::main(args(
-        &url,
-        &[
-            "--rate",
-            "1000",
-            "--duration",
-            "2.5",
-            "--json-report",
-            report.to_str().unwrap(),
-        ],
-    ))
-    .await
-    .expect("an honest server passes");
-    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let r = reported_run(&url, &dir, &["--rate", "1000", "--duration", "2.5"]).await;
     let seconds = r["by_second"].as_array().expect("by_second");
     // Two whole seconds and the rest: the votes due in the last half second, their retries and
     // the answers still in flight at 2 s.
