@@ -40,9 +40,10 @@ start() { # name
   fi
 }
 
-# One run: prints "votes/s p50 p99 send-to-answer-p99 server-µs/vote generator-µs/vote" (CPU per
-# acknowledged vote, user + system: the server's from /proc, the generator's from bash's `time`),
-# or "nan" for each when the load generator failed (and marks the run failed).
+# One run: prints "votes/s p50 p99 send-to-answer-p99 server-µs/vote generator-µs/vote
+# sent-late-p99" (CPU per acknowledged vote, user + system: the server's from /proc, the
+# generator's from bash's `time`; the last is the open loop's, "-" in the closed loop), or "nan"
+# for each when the load generator failed (and marks the run failed).
 run() { # name mode
   local args ticks0 ticks1 TIMEFORMAT='%U %S' LC_ALL=C
   case $2 in
@@ -57,7 +58,7 @@ run() { # name mode
   ticks1=$(cpu_ticks "$server")
   kill "$server"; wait "$server" 2>/dev/null || true
   if [ ! -s "$work/$1-$2.json" ]; then
-    touch "$work/failed"; echo "nan nan nan nan nan nan"; return
+    touch "$work/failed"; echo "nan nan nan nan nan nan nan"; return
   fi
   python3 - "$work/$1-$2.json" "$work/$1-$2.time" "$((ticks1 - ticks0))" "$(getconf CLK_TCK)" <<'PY'
 import json, sys
@@ -67,15 +68,17 @@ acked = max(r["acknowledged"], 1)
 server_us = int(sys.argv[3]) / int(sys.argv[4]) * 1e6 / acked
 generator_us = (float(user) + float(system)) * 1e6 / acked
 l = r["latency"]
+late = r.get("send_lateness")
+late = f"{late['p99_ms']:.2f}" if late else "-"
 print(f"{r['acknowledged_per_sec']:.0f} {l['p50_ms']:.2f} {l['p99_ms']:.2f} "
-      f"{r['answer_latency']['p99_ms']:.2f} {server_us:.1f} {generator_us:.1f}")
+      f"{r['answer_latency']['p99_ms']:.2f} {server_us:.1f} {generator_us:.1f} {late}")
 PY
 }
 
 echo "edge vs bare axum: open loop at $rate/s for $secs s and closed loop for $closed_secs s, $conns connections; $(nproc) cores; $(date -u +%F)"
 for mode in open closed; do
-  read -r b_rate b_p50 b_p99 b_ans b_cpu b_gen < <(run bare "$mode")
-  read -r c_rate c_p50 c_p99 c_ans c_cpu c_gen < <(run crowdtick "$mode")
+  read -r b_rate b_p50 b_p99 b_ans b_cpu b_gen b_late < <(run bare "$mode")
+  read -r c_rate c_p50 c_p99 c_ans c_cpu c_gen c_late < <(run crowdtick "$mode")
   python3 - "$mode" "$b_rate" "$b_p50" "$b_p99" "$c_rate" "$c_p50" "$c_p99" <<'PY'
 import sys
 mode, br, b50, b99, cr, c50, c99 = sys.argv[1:]
@@ -83,8 +86,10 @@ print(f"{mode:6}  bare axum {float(br):>9,.0f} votes/s (p50 {b50} ms, p99 {b99} 
       f"crowdtick {float(cr):>9,.0f} votes/s (p50 {c50} ms, p99 {c99} ms)   ratio {float(cr)/float(br):.2f}")
 PY
   # Where the two cores went: a vote's CPU on each side, and its p99 from the generator's send
-  # (the p99 above counts from each vote's due time, so a generator behind its schedule adds to it).
-  echo "        per vote: bare axum ${b_cpu} µs + generator ${b_gen} µs, send to answer p99 ${b_ans} ms;" \
-    "crowdtick ${c_cpu} µs + generator ${c_gen} µs, send to answer p99 ${c_ans} ms"
+  # (the p99 above counts from each vote's due time, so a generator behind its schedule adds to
+  # it; in the open loop, how late the generator itself sent the votes is the "sent late" p99).
+  late() { [ "$1" = - ] || echo ", sent late p99 $1 ms"; }
+  echo "        per vote: bare axum ${b_cpu} µs + generator ${b_gen} µs, send to answer p99 ${b_ans} ms$(late "$b_late");" \
+    "crowdtick ${c_cpu} µs + generator ${c_gen} µs, send to answer p99 ${c_ans} ms$(late "$c_late")"
 done
 if [ -e "$work/failed" ]; then exit 1; fi

@@ -15,15 +15,20 @@
 #   join    the same votes while the VIEWERS open from the first vote on (--viewers-with-votes,
 #           1,024 connection attempts in flight): viewers accepted per second while votes flow,
 #           and what the crowd's connects cost the votes (vote max, the kernel's listen overflows)
-# A vote run also prints its latency from the request's send (not its due time), its worst
-# second (the loadgen report's `by_second`: while viewers join, say) and the server's own view
-# from its /metrics (`server_view` in bench-lib.sh): what of a vote's time was the server's and
-# what was the load generator's, which shares the cores.
-# KINDS="votes both" runs only those. Every vote run is checked with --verify. The load generator is the candidate's for both.
+# A vote run also prints its latency from the request's send (not its due time), how late the
+# load generator itself sent the votes (the report's `send_lateness`: from the later of the due
+# time and the lane's previous answer to the send), its worst second (the loadgen report's
+# `by_second`: while viewers join, say) and the server's own view from its /metrics
+# (`server_view` in bench-lib.sh): what of a vote's time was the server's and what was the load
+# generator's, which shares the cores.
+# KINDS="votes both" runs only those; VOTE_CONNECTIONS (default 128) sets the vote lanes. Every vote run is checked with --verify. The load generator is the candidate's for both.
 # Needs curl and python3.
 set -euo pipefail
 base=${1:?baseline binary}; cand=${2:?candidate binary}
 viewers=${3:-15000}; rate=${4:-10000}; secs=${5:-20}
+# Vote connections (the load generator's lanes; a lane sends a vote only once it has the answer
+# to the one before, so fewer lanes means votes queueing behind a slow answer).
+conns=${VOTE_CONNECTIONS:-128}
 port=18191
 work=$(mktemp -d /tmp/crowdtick-viewers.XXXXXX)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
@@ -55,13 +60,13 @@ if kind in ("ws", "sse"):
 lat = r["latency"]; ok = (r.get("verify") or {}).get("ok")
 a = r["answer_latency"]
 line = (f"{kind:6} {label:9} {r['acknowledged_per_sec']:>8,.0f} votes/s  p50 {lat['p50_ms']:8.2f} ms  "
-        f"p99 {lat['p99_ms']:8.2f} ms  max {lat['max_ms']:9.2f} ms (send to answer p99 {a['p99_ms']:.2f} ms)  "
-        f"verify {'ok' if ok else ok}")
+        f"p99 {lat['p99_ms']:8.2f} ms  max {lat['max_ms']:9.2f} ms (send to answer p99 {a['p99_ms']:.2f} ms, "
+        f"sent late p99 {(r.get('send_lateness') or {}).get('p99_ms', 0):.2f} ms)  verify {'ok' if ok else ok}")
 # The worst second of 100 votes or more, as the loadgen report names it (Second::worst).
 w = max((s for s in r.get("by_second") or [] if s["acknowledged"] >= 100), key=lambda s: s["p99_ms"], default=None)
 if w:
     line += (f"; worst second (to {w['until_secs']:.0f} s): p99 {w['p99_ms']:.1f} ms, "
-             f"send to answer p99 {w['answer_p99_ms']:.1f} ms")
+             f"send to answer p99 {w['answer_p99_ms']:.1f} ms, sent late p99 {w.get('send_late_p99_ms', 0):.1f} ms")
 if v:
     l = v["lag"]
     line += (f"; {v['held']} viewers held (opened {v['opened_per_sec']:,.0f}/s), lag p50 {l['p50_ms']:.1f} ms p99 {l['p99_ms']:.1f} ms "
@@ -78,9 +83,9 @@ run_one() { # label bin
     case $kind in
       ws)    args=(--viewers "$viewers" --viewers-only --duration 3) ;;
       sse)   args=(--viewers "$viewers" --viewers-only --duration 3 --viewer-transport sse) ;;
-      votes) args=(--rate "$rate" --duration "$secs" --voters 200000 --connections 128 --verify) ;;
-      both)  args=(--rate "$rate" --duration "$secs" --voters 200000 --connections 128 --verify --viewers "$viewers") ;;
-      join)  args=(--rate "$rate" --duration "$secs" --voters 200000 --connections 128 --verify --viewers "$viewers"
+      votes) args=(--rate "$rate" --duration "$secs" --voters 200000 --connections "$conns" --verify) ;;
+      both)  args=(--rate "$rate" --duration "$secs" --voters 200000 --connections "$conns" --verify --viewers "$viewers") ;;
+      join)  args=(--rate "$rate" --duration "$secs" --voters 200000 --connections "$conns" --verify --viewers "$viewers"
                    --viewers-with-votes --viewer-concurrency 1024) ;;
     esac
     sleep 0.5; before=$(rss_kib); peak=$before; overflows=$(listen_overflows)

@@ -549,6 +549,7 @@ async fn run_main(args: &LoadgenArgs, control: Arc<Control>) -> anyhow::Result<(
         not_sent: outcome.not_sent,
         latency: Latency::of(&outcome.latency),
         answer_latency: Latency::of(&outcome.answered),
+        send_lateness: args.rate.map(|_| Latency::of(&outcome.send_late)),
         by_second: outcome.by_second,
         status_counts: outcome.status_counts,
         errors: outcome.errors,

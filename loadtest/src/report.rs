@@ -95,6 +95,10 @@ pub struct Report {
     /// Accepted requests, from their own send to their answer (retries and schedule excluded):
     /// what queueing at the server cost the votes it took.
     pub answer_latency: Latency,
+    /// Open loop: how late the load generator sent each acknowledged submission, from the later
+    /// of its due time and its lane's previous answer to its first send. With the server on the
+    /// same cores, this is the part of `latency` that was the generator's, not the server's.
+    pub send_lateness: Option<Latency>,
     /// Each second of the run (`until_secs`): the submissions acknowledged in it, their p99 and
     /// max as `latency`'s, and their p99 as `answer_latency`'s.
     pub by_second: Vec<crate::seconds::Second>,
@@ -169,10 +173,16 @@ impl Report {
             "accepted requests, send to answer: p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms (n={})",
             a.p50_ms, a.p99_ms, a.max_ms, a.count
         );
+        if let Some(l) = &self.send_lateness {
+            println!(
+                "sent late by the generator (from the later of the due time and the lane's previous answer): p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
+                l.p50_ms, l.p99_ms, l.max_ms
+            );
+        }
         if let Some(w) = crate::seconds::Second::worst(&self.by_second) {
             println!(
-                "worst second (the one ending at {:.1} s): p99 {:.1} ms, send to answer p99 {:.1} ms, {} acknowledged",
-                w.until_secs, w.p99_ms, w.answer_p99_ms, w.acknowledged
+                "worst second (the one ending at {:.1} s): p99 {:.1} ms, send to answer p99 {:.1} ms, sent late p99 {:.1} ms, {} acknowledged",
+                w.until_secs, w.p99_ms, w.answer_p99_ms, w.send_late_p99_ms, w.acknowledged
             );
         }
         if let Some(s) = &self.screen_latency {

@@ -5,7 +5,10 @@
 //! - **Open loop** (`--rate`): submission `i` is due at `start + i / rate`. The dispatcher releases
 //!   submissions when they are due (a 1 ms tick); a lane that is behind just has a longer queue.
 //!   Latency is answer time − intended time, so a stall of the server shows in the percentiles
-//!   instead of silently slowing the schedule (no coordinated omission).
+//!   instead of silently slowing the schedule (no coordinated omission). Each acknowledged
+//!   submission's send lateness (first send − the later of its due time and its lane's previous
+//!   answer) is kept beside it: the part of the latency that was the generator's own, not the
+//!   server's, when both share the cores.
 //! - **Closed loop**: the dispatcher keeps every lane's queue full; each lane sends as soon as it
 //!   has its previous answer. Latency is answer time − first send time.
 //!
@@ -156,6 +159,8 @@ pub struct RunOutcome {
     pub latency: Histogram<u64>,
     /// Accepted requests, from their own send to their answer.
     pub answered: Histogram<u64>,
+    /// Open loop: how late the generator sent each acknowledged submission (see `Lane::single`).
+    pub send_late: Histogram<u64>,
     /// The run second by second.
     pub by_second: Vec<Second>,
     pub status_counts: BTreeMap<String, u64>,
@@ -225,6 +230,7 @@ pub async fn run(cfg: RunConfig, control: Arc<Control>) -> anyhow::Result<RunOut
             receipts: Vec::new(),
             rejections: BTreeMap::new(),
             last_answer: start,
+            free_since: start,
             votes_uri: Uri::from_static("/v1/votes"),
             batch_uri: Uri::from_static("/v1/votes/batch?results=rejected"),
         };
@@ -250,6 +256,7 @@ pub async fn run(cfg: RunConfig, control: Arc<Control>) -> anyhow::Result<RunOut
         not_sent: 0,
         latency: new_histogram(),
         answered: new_histogram(),
+        send_late: new_histogram(),
         by_second: Vec::new(),
         status_counts: BTreeMap::new(),
         errors: BTreeMap::new(),
@@ -278,6 +285,7 @@ pub async fn run(cfg: RunConfig, control: Arc<Control>) -> anyhow::Result<RunOut
         let h = h.lock().unwrap_or_else(|e| e.into_inner());
         outcome.latency.add(&h.total).ok();
         outcome.answered.add(&h.answered).ok();
+        outcome.send_late.add(&h.late).ok();
     }
     outcome.elapsed = last_answer.saturating_duration_since(start);
     outcome.wall = start.elapsed();
@@ -391,8 +399,18 @@ struct Lane {
     receipts: Vec<Receipt>,
     rejections: BTreeMap<String, u64>,
     last_answer: Instant,
+    /// When the lane was done with its previous submission (answered, refused or given up).
+    free_since: Instant,
     votes_uri: Uri,
     batch_uri: Uri,
+}
+
+/// How late a submission due at `due` was sent at `sent` by a lane that was done with the one
+/// before it at `free_since`, in microseconds: until the later of the two, it was not the
+/// generator's to send.
+fn sent_late_us(due: Instant, free_since: Instant, sent: Instant) -> u64 {
+    sent.saturating_duration_since(due.max(free_since))
+        .as_micros() as u64
 }
 
 /// How a request (one vote or one batch) ended.
@@ -438,6 +456,7 @@ impl Lane {
             }
             if batch == 0 {
                 self.single(first).await;
+                self.free_since = Instant::now();
                 continue;
             }
             items.clear();
@@ -449,6 +468,7 @@ impl Lane {
                 }
             }
             self.batch(&items).await;
+            self.free_since = Instant::now();
         }
         // Stopped: what is still queued was never sent.
         rx.close();
@@ -605,13 +625,14 @@ impl Lane {
         } else {
             sent
         };
+        let late = self.lateness(&item, sent);
         let mut ambiguous = false;
         let uri = self.votes_uri.clone();
         let want = self.cfg.receipts;
         let fin = self.send(&uri, body, 202, want, &mut ambiguous).await;
         match fin {
             Final::Answered(body) => {
-                self.acked(&s, from);
+                self.acked(&s, from, late);
                 if want {
                     if let Ok(r) = serde_json::from_slice::<Receipt202>(&body) {
                         self.receipts.push(Receipt {
@@ -670,7 +691,11 @@ impl Lane {
                 }
                 for (item, refusal) in items.iter().zip(refused) {
                     match refusal {
-                        None => self.acked(&item.sub, if open { item.intended } else { sent }),
+                        None => self.acked(
+                            &item.sub,
+                            if open { item.intended } else { sent },
+                            self.lateness(item, sent),
+                        ),
                         Some(code) => self.refused(&item.sub, code, ambiguous),
                     }
                 }
@@ -705,12 +730,25 @@ impl Lane {
         }
     }
 
-    fn acked(&mut self, s: &Submission, from: Instant) {
+    /// Open loop: how late the generator itself sent `item` at `sent`, in microseconds: from the
+    /// later of its due time and the moment this lane was done with the submission before it
+    /// (until then it waited for the server's answer to that one). It is the dispatcher's tick,
+    /// the lane task waiting for a core, and the lane's own work; what the schedule adds beyond
+    /// the server's answers. `None` in the closed loop, which has no due time.
+    fn lateness(&self, item: &Item, sent: Instant) -> Option<u64> {
+        (self.cfg.rate).map(|_| sent_late_us(item.intended, self.free_since, sent))
+    }
+
+    fn acked(&mut self, s: &Submission, from: Instant, late_us: Option<u64>) {
         let us = self.last_answer.saturating_duration_since(from).as_micros() as u64;
         {
             let mut h = self.hist.lock().unwrap_or_else(|e| e.into_inner());
             h.total.saturating_record(us.max(1));
             h.second.saturating_record(us.max(1));
+            if let Some(late) = late_us {
+                h.late.saturating_record(late.max(1));
+                h.late_second.saturating_record(late.max(1));
+            }
         }
         self.stats.acked.fetch_add(1, Relaxed);
         self.note(s, Outcome::Acked);
@@ -732,5 +770,22 @@ impl Lane {
             self.stats.given_up_uncertain.fetch_add(1, Relaxed);
             self.note(s, Outcome::Uncertain);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_vote_is_late_from_the_later_of_its_due_time_and_its_lanes_last_answer() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        // Due while the lane was free: every moment after the due time is the generator's.
+        assert_eq!(sent_late_us(t0 + ms(10), t0, t0 + ms(310)), 300_000);
+        // Due while the lane waited for the server: late only from the answer on.
+        assert_eq!(sent_late_us(t0 + ms(10), t0 + ms(300), t0 + ms(302)), 2_000);
+        // Sent at once: not late at all.
+        assert_eq!(sent_late_us(t0 + ms(10), t0, t0 + ms(10)), 0);
     }
 }

@@ -15,13 +15,18 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 /// Latency histograms of a shard of lanes: since the start and in the current second, from the
-/// due time (open loop; the first send in the closed loop) and from each accepted request's own
-/// send to its answer (no retries, no schedule: what the server's queue cost the votes it took).
+/// due time (open loop; the first send in the closed loop), from each accepted request's own
+/// send to its answer (no retries, no schedule: what the server's queue cost the votes it took)
+/// and, in the open loop, each acknowledged submission's lateness: from the later of its due
+/// time and the moment its lane was done with the submission before it, to its first send
+/// (what the load generator itself, sharing the cores, held it back).
 pub(crate) struct LaneHist {
     pub total: Histogram<u64>,
     pub second: Histogram<u64>,
     pub answered: Histogram<u64>,
     pub answered_second: Histogram<u64>,
+    pub late: Histogram<u64>,
+    pub late_second: Histogram<u64>,
 }
 
 impl LaneHist {
@@ -31,6 +36,8 @@ impl LaneHist {
             second: new_histogram(),
             answered: new_histogram(),
             answered_second: new_histogram(),
+            late: new_histogram(),
+            late_second: new_histogram(),
         }
     }
 }
@@ -48,10 +55,18 @@ pub struct Second {
     pub max_ms: f64,
     /// From each accepted request's own send to its answer, as the run's `answer_latency`.
     pub answer_p99_ms: f64,
+    /// How late the load generator sent them, as the run's `send_lateness` (0 in the closed
+    /// loop).
+    pub send_late_p99_ms: f64,
 }
 
 impl Second {
-    fn of(until: Duration, latency: &Histogram<u64>, answered: &Histogram<u64>) -> Self {
+    fn of(
+        until: Duration,
+        latency: &Histogram<u64>,
+        answered: &Histogram<u64>,
+        late: &Histogram<u64>,
+    ) -> Self {
         let ms = |h: &Histogram<u64>, q: f64| {
             if h.is_empty() {
                 0.0
@@ -69,6 +84,7 @@ impl Second {
                 latency.max() as f64 / 1000.0
             },
             answer_p99_ms: ms(answered, 0.99),
+            send_late_p99_ms: ms(late, 0.99),
         }
     }
 
@@ -127,8 +143,12 @@ async fn take_seconds(
     // A tick missed (the generator held up) is not made up for by a burst of short seconds.
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seconds = Vec::new();
-    let (mut total, mut latency, mut answered) =
-        (new_histogram(), new_histogram(), new_histogram());
+    let (mut total, mut latency, mut answered, mut late) = (
+        new_histogram(),
+        new_histogram(),
+        new_histogram(),
+        new_histogram(),
+    );
     let mut before = Counts::default();
     loop {
         let last = tokio::select! {
@@ -137,16 +157,19 @@ async fn take_seconds(
         };
         latency.reset();
         answered.reset();
+        late.reset();
         for h in &hists {
             let mut h = h.lock().unwrap_or_else(|e| e.into_inner());
             latency.add(&h.second).ok();
             answered.add(&h.answered_second).ok();
+            late.add(&h.late_second).ok();
             h.second.reset();
             h.answered_second.reset();
+            h.late_second.reset();
         }
         total.add(&latency).ok();
         if !(last && latency.is_empty()) {
-            seconds.push(Second::of(start.elapsed(), &latency, &answered));
+            seconds.push(Second::of(start.elapsed(), &latency, &answered, &late));
         }
         if last {
             return seconds;
@@ -212,23 +235,27 @@ mod tests {
 
     #[test]
     fn a_second_holds_its_own_percentiles_and_the_worst_is_the_highest_p99() {
-        let (mut latency, mut answered) = (new_histogram(), new_histogram());
+        let (mut latency, mut answered, mut late) =
+            (new_histogram(), new_histogram(), new_histogram());
         for ms in 1..=100u64 {
             latency.record(ms * 1000).unwrap();
             answered.record(ms * 100).unwrap();
+            late.record(ms * 10).unwrap();
         }
-        let s = Second::of(Duration::from_millis(2500), &latency, &answered);
+        let s = Second::of(Duration::from_millis(2500), &latency, &answered, &late);
         assert_eq!(s.acknowledged, 100);
         assert_eq!(s.until_secs, 2.5);
         assert!((s.p99_ms - 99.0).abs() < 0.1, "{s:?}");
         assert!((s.max_ms - 100.0).abs() < 0.1, "{s:?}");
         assert!((s.answer_p99_ms - 9.9).abs() < 0.01, "{s:?}");
-        let quiet = Second::of(Duration::from_secs(3), &new_histogram(), &new_histogram());
+        assert!((s.send_late_p99_ms - 0.99).abs() < 0.001, "{s:?}");
+        let none = new_histogram();
+        let quiet = Second::of(Duration::from_secs(3), &none, &none, &none);
         assert_eq!((quiet.acknowledged, quiet.p99_ms), (0, 0.0));
         // A second of a few votes is not the worst, however slow they were.
         let mut few = new_histogram();
         few.record(5_000_000).unwrap();
-        let tail = Second::of(Duration::from_secs(4), &few, &few);
+        let tail = Second::of(Duration::from_secs(4), &few, &few, &none);
         let seconds = [quiet.clone(), s.clone(), quiet, tail];
         assert_eq!(Second::worst(&seconds), Some(&s));
         assert_eq!(Second::worst(&[]), None);

@@ -287,6 +287,8 @@ async fn retries_through_faults_and_verifies_exactly() {
     let r = reported_run(&url, &dir, &["--votes", "3000", "--record", record_arg]).await;
     assert_eq!(r["acknowledged"], 3000, "{r}");
     assert_eq!(r["verify"]["ok"], true);
+    // The closed loop has no due time to be late for.
+    assert!(r["send_lateness"].is_null(), "{r}");
     assert!(r["errors"]["broken"].as_u64().unwrap() > 0, "{r}");
     assert!(r["status_counts"]["503"].as_u64().unwrap() > 0, "{r}");
     // The record verifies on its own too.
@@ -352,5 +354,31 @@ async fn the_report_holds_the_run_second_by_second() {
     {
         assert!(s["answer_p99_ms"].as_f64().unwrap() > 0.0, "{s}");
     }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// The open loop's send lateness is the generator's own delay, not the server's: when the server
+/// stalls for 300 ms (its runtime blocked; the load generator runs on a runtime of its own), the
+/// votes that fall due meanwhile wait in their lanes behind the answers still owed, and their
+/// latency from the due time shows the stall, but none of it is counted as sent late.
+/// (`run::tests` checks the other side: a vote due while its lane is free counts every moment it
+/// is not sent.)
+#[tokio::test]
+async fn a_stalled_server_is_not_counted_as_the_generator_sending_late() {
+    let url = start(false).await;
+    let dir = std::env::temp_dir().join(format!("lg-late-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // This test's runtime has one thread, so this blocks the fake server.
+    tokio::spawn(async {
+        tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    });
+    let r = reported_run(&url, &dir, &["--rate", "1000", "--duration", "2"]).await;
+    let (late, latency) = (&r["send_lateness"], &r["latency"]);
+    let ms = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap();
+    assert!(ms(&r["answer_latency"], "max_ms") >= 200.0, "{r}");
+    assert!(ms(latency, "p99_ms") >= 150.0, "{r}");
+    assert!(ms(late, "max_ms") < 100.0, "{r}");
+    assert_eq!(late["count"], r["acknowledged"], "{r}");
     std::fs::remove_dir_all(&dir).ok();
 }
