@@ -68,8 +68,10 @@ pub struct LoadgenArgs {
     pub allow_remote: bool,
     /// Open loop: submissions per second. Submission i is due at start + i/rate and its latency
     /// counts from then, so a stalled server shows in the percentiles (no coordinated omission).
-    /// The --connections lanes carry the schedule. Without --rate: closed loop, each connection
-    /// sends its next submission as soon as it has the previous answer.
+    /// The --connections lanes carry the schedule; the report also says how late the generator
+    /// itself sent them (from the later of the due time and the lane's previous answer). Without
+    /// --rate: closed loop, each connection sends its next submission as soon as it has the
+    /// previous answer.
     #[arg(long, value_name = "VOTES_PER_SEC")]
     pub rate: Option<f64>,
     /// Connections (lanes). Each carries a fixed share of the voters, one request at a time.
