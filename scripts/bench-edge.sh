@@ -75,6 +75,8 @@ print(f"{r['acknowledged_per_sec']:.0f} {l['p50_ms']:.2f} {l['p99_ms']:.2f} "
 PY
 }
 
+# ", sent late p99 X ms" for the open loop's figure; nothing for the closed loop's "-".
+late() { [ "$1" = - ] || echo ", sent late p99 $1 ms"; }
 echo "edge vs bare axum: open loop at $rate/s for $secs s and closed loop for $closed_secs s, $conns connections; $(nproc) cores; $(date -u +%F)"
 for mode in open closed; do
   read -r b_rate b_p50 b_p99 b_ans b_cpu b_gen b_late < <(run bare "$mode")
@@ -88,7 +90,6 @@ PY
   # Where the two cores went: a vote's CPU on each side, and its p99 from the generator's send
   # (the p99 above counts from each vote's due time, so a generator behind its schedule adds to
   # it; in the open loop, how late the generator itself sent the votes is the "sent late" p99).
-  late() { [ "$1" = - ] || echo ", sent late p99 $1 ms"; }
   echo "        per vote: bare axum ${b_cpu} µs + generator ${b_gen} µs, send to answer p99 ${b_ans} ms$(late "$b_late");" \
     "crowdtick ${c_cpu} µs + generator ${c_gen} µs, send to answer p99 ${c_ans} ms$(late "$c_late")"
 done

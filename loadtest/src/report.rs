@@ -96,11 +96,12 @@ pub struct Report {
     /// what queueing at the server cost the votes it took.
     pub answer_latency: Latency,
     /// Open loop: how late the load generator sent each acknowledged submission, from the later
-    /// of its due time and its lane's previous answer to its first send. With the server on the
-    /// same cores, this is the part of `latency` that was the generator's, not the server's.
+    /// of its due time and its lane's previous answer to its first send: the generator's own
+    /// delay before the send. It is a lower bound of the generator's share of `latency`: a late
+    /// read of an answer counts in `answer_latency` (and in the wait of the lane's next vote).
     pub send_lateness: Option<Latency>,
     /// Each second of the run (`until_secs`): the submissions acknowledged in it, their p99 and
-    /// max as `latency`'s, and their p99 as `answer_latency`'s.
+    /// max as `latency`'s, their p99 as `answer_latency`'s and their p99 as `send_lateness`'s.
     pub by_second: Vec<crate::seconds::Second>,
     /// Vote-to-screen latency (`--screen-latency`).
     pub screen_latency: Option<Latency>,

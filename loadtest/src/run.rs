@@ -7,8 +7,9 @@
 //!   Latency is answer time − intended time, so a stall of the server shows in the percentiles
 //!   instead of silently slowing the schedule (no coordinated omission). Each acknowledged
 //!   submission's send lateness (first send − the later of its due time and its lane's previous
-//!   answer) is kept beside it: the part of the latency that was the generator's own, not the
-//!   server's, when both share the cores.
+//!   answer) is kept beside it: the generator's own delay before the send, a lower bound of its
+//!   share of the latency when it shares the cores with the server (a late read of an answer
+//!   counts in the answer's time).
 //! - **Closed loop**: the dispatcher keeps every lane's queue full; each lane sends as soon as it
 //!   has its previous answer. Latency is answer time − first send time.
 //!

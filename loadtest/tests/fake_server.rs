@@ -380,5 +380,8 @@ async fn a_stalled_server_is_not_counted_as_the_generator_sending_late() {
     assert!(ms(latency, "p99_ms") >= 150.0, "{r}");
     assert!(ms(late, "max_ms") < 100.0, "{r}");
     assert_eq!(late["count"], r["acknowledged"], "{r}");
+    // Not nothing either: the dispatcher releases a vote at the first timer tick (1 ms) at or
+    // after its due time, so most votes of an idle lane go out a fraction of a millisecond late.
+    assert!(ms(late, "p90_ms") >= 0.1, "{r}");
     std::fs::remove_dir_all(&dir).ok();
 }
