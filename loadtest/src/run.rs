@@ -160,7 +160,7 @@ pub struct RunOutcome {
     pub latency: Histogram<u64>,
     /// Accepted requests, from their own send to their answer.
     pub answered: Histogram<u64>,
-    /// Open loop: how late the generator sent each acknowledged submission (see `Lane::single`).
+    /// Open loop: how late the generator sent each acknowledged submission (`Lane::lateness`).
     pub send_late: Histogram<u64>,
     /// The run second by second.
     pub by_second: Vec<Second>,
@@ -733,9 +733,9 @@ impl Lane {
 
     /// Open loop: how late the generator itself sent `item` at `sent`, in microseconds: from the
     /// later of its due time and the moment this lane was done with the submission before it
-    /// (until then it waited for the server's answer to that one). It is the dispatcher's tick,
-    /// the lane task waiting for a core, and the lane's own work; what the schedule adds beyond
-    /// the server's answers. `None` in the closed loop, which has no due time.
+    /// (until then it waited for the answer to that one): the dispatcher's tick, the lane task
+    /// waiting for a core, and the lane's own work. `None` in the closed loop, which has no due
+    /// time.
     fn lateness(&self, item: &Item, sent: Instant) -> Option<u64> {
         (self.cfg.rate).map(|_| sent_late_us(item.intended, self.free_since, sent))
     }

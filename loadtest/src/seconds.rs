@@ -19,7 +19,7 @@ use tokio::time::Instant;
 /// send to its answer (no retries, no schedule: what the server's queue cost the votes it took)
 /// and, in the open loop, each acknowledged submission's lateness: from the later of its due
 /// time and the moment its lane was done with the submission before it, to its first send
-/// (what the load generator itself, sharing the cores, held it back).
+/// (how long the load generator itself held it back).
 pub(crate) struct LaneHist {
     pub total: Histogram<u64>,
     pub second: Histogram<u64>,
