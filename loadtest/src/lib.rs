@@ -7,7 +7,8 @@
 //!   new vote id) and retries (an earlier submission again, same vote id) — and the lane of each.
 //! - [`client`]: a lean HTTP/1.1 keep-alive connection per lane (hyper), reconnecting after any
 //!   failure, telling "certainly not sent" from "may have been processed".
-//! - [`run`]: the dispatcher and the lanes (per-voter order, retries with backoff, give-up).
+//! - [`run`]: the dispatcher and the schedule (per-voter order, open and closed loop); `lane`:
+//!   a lane's connection, its retries with backoff and give-up, and what it measures.
 //! - [`seconds`]: the run second by second (each second's latencies): the progress line and the
 //!   report's `by_second`.
 //! - [`record`]: the acknowledgement record (`--record`), read back by `--verify-only`.
@@ -23,6 +24,7 @@
 //! `kafka-perf.md` (Kafka perf-test recipes for the votes topic).
 
 pub mod client;
+mod lane;
 pub mod plan;
 pub mod polls;
 pub mod record;

@@ -361,7 +361,7 @@ async fn the_report_holds_the_run_second_by_second() {
 /// stalls for 300 ms (its runtime blocked; the load generator runs on a runtime of its own), the
 /// votes that fall due meanwhile wait in their lanes behind the answers still owed, and their
 /// latency from the due time shows the stall, but none of it is counted as sent late.
-/// (`run::tests` checks the other side: a vote due while its lane is free counts every moment it
+/// (`lane::tests` checks the other side: a vote due while its lane is free counts every moment it
 /// is not sent.)
 #[tokio::test]
 async fn a_stalled_server_is_not_counted_as_the_generator_sending_late() {
