@@ -420,14 +420,15 @@ impl Lane {
     }
 
     fn acked(&mut self, s: &Submission, from: Instant, late_us: Option<u64>) {
-        let us = self.last_answer.saturating_duration_since(from).as_micros() as u64;
+        // A histogram's smallest value is 1 µs.
+        let us = (self.last_answer.saturating_duration_since(from).as_micros() as u64).max(1);
         {
             let mut h = self.hist.lock().unwrap_or_else(|e| e.into_inner());
-            h.total.saturating_record(us.max(1));
-            h.second.saturating_record(us.max(1));
-            if let Some(late) = late_us {
-                h.late.saturating_record(late.max(1));
-                h.late_second.saturating_record(late.max(1));
+            h.total.saturating_record(us);
+            h.second.saturating_record(us);
+            if let Some(late) = late_us.map(|late| late.max(1)) {
+                h.late.saturating_record(late);
+                h.late_second.saturating_record(late);
             }
         }
         self.stats.acked.fetch_add(1, Relaxed);
