@@ -198,6 +198,10 @@ struct BatchOut<'a> {
     results: Vec<VoteResult<'a>>,
 }
 
+/// How many of a batch's votes are judged between yields to the runtime: about half a
+/// millisecond of work.
+const YIELD_EVERY_VOTES: usize = 1024;
+
 /// Many votes in one request, from an aggregator (SMS gateway, partner app) with its own key:
 /// judged one by one, its voters in its own namespace, appended as one batch, answered with a
 /// result per vote once the accepted ones are durable.
@@ -281,7 +285,12 @@ async fn post_batch(
     let mut judged: Vec<Result<(Cow<str>, Partition), VoteRejection>> =
         Vec::with_capacity(batch.votes.len());
     let mut server_ids = ingest.vote_ids(batch.votes.len());
-    for raw in &batch.votes {
+    for (i, raw) in batch.votes.iter().enumerate() {
+        if i > 0 && i % YIELD_EVERY_VOTES == 0 {
+            // Let the requests that arrived meanwhile be read and judged (a single vote must not
+            // wait out a 10,000-vote batch for a worker, nor be shed for having waited).
+            tokio::task::yield_now().await;
+        }
         // Each refused vote is counted once: a body that is not a vote here, one judged against
         // its poll by `count_rejection`.
         let verdict = serde_json::from_str::<VoteIn>(raw.get())

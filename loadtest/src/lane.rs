@@ -6,14 +6,13 @@
 use crate::client::{error_code, Attempt, Conn};
 use crate::plan::Submission;
 use crate::record::{LaneRecorder, Line};
-use crate::run::{Control, Item, Receipt, RunConfig, Stats};
+use crate::run::{Control, Handout, Item, Receipt, RunConfig, Stats};
 use crate::seconds::LaneHist;
 use crate::verify::{Expectation, Outcome};
 use bytes::{Bytes, BytesMut};
 use hyper::{Method, Uri};
 use serde::Deserialize;
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -60,6 +59,37 @@ pub(crate) struct Lane {
 fn sent_late_us(due: Instant, free_since: Instant, sent: Instant) -> u64 {
     sent.saturating_duration_since(due.max(free_since))
         .as_micros() as u64
+}
+
+/// About how many (poll, voter) pairs one lane of `cfg` sees: every pair the plan can reach,
+/// or every submission of a shorter plan (a timed run's by its rate), shared by the lanes;
+/// at most 2^22 (a guess too large for a lane costs memory, not a wrong check).
+fn pairs_per_lane(cfg: &RunConfig) -> usize {
+    let pairs = u64::from(cfg.plan.voters) * cfg.plan.options.len() as u64;
+    let submissions = match (cfg.plan.total, cfg.rate, cfg.duration) {
+        (Some(total), _, _) => total,
+        (None, Some(rate), Some(d)) => (rate * d.as_secs_f64()) as u64,
+        _ => 0,
+    };
+    (pairs.min(submissions) / cfg.lanes.max(1) as u64).min(1 << 22) as usize
+}
+
+/// Queues what the dispatcher handed out.
+fn take(queued: &mut VecDeque<Item>, handout: Handout) {
+    match handout {
+        Handout::One(item) => queued.push_back(item),
+        Handout::Run(items) => queued.extend(items),
+    }
+}
+
+/// Notes an acknowledged submission's latency from `from` to the answer at `answered` and, in
+/// the open loop, how late it was sent. A histogram's smallest value is 1 µs.
+fn record_acked(h: &mut LaneHist, answered: Instant, from: Instant, late_us: Option<u64>) {
+    let us = (answered.saturating_duration_since(from).as_micros() as u64).max(1);
+    h.latency.saturating_record(us);
+    if let Some(late) = late_us {
+        h.late.saturating_record(late.max(1));
+    }
 }
 
 /// How a request (one vote or one batch) ended.
@@ -115,7 +145,11 @@ impl Lane {
             failing: false,
             last_probe: start,
             recorder: cfg.record.clone().map(LaneRecorder::new),
-            expectation: Expectation::default(),
+            expectation: if cfg.expect {
+                Expectation::with_capacity(pairs_per_lane(cfg))
+            } else {
+                Expectation::default()
+            },
             receipts: Vec::new(),
             rejections: BTreeMap::new(),
             last_answer: start,
@@ -126,35 +160,61 @@ impl Lane {
     }
 
     /// Works through `rx` until it closes or the run stops.
-    pub async fn run(mut self, mut rx: mpsc::Receiver<Item>) -> LaneDone {
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Handout>) -> LaneDone {
         let batch = self.cfg.batch;
+        let closed = self.cfg.rate.is_none();
         let mut items: Vec<Item> = Vec::with_capacity(batch);
-        while let Some(first) = rx.recv().await {
+        // Handed out but not yet sent, in plan order.
+        let mut queued: VecDeque<Item> = VecDeque::new();
+        loop {
+            if queued.is_empty() {
+                match rx.recv().await {
+                    Some(handout) => take(&mut queued, handout),
+                    None => break,
+                }
+            }
             if self.control.stop.load(Relaxed) {
-                self.stats.not_sent.fetch_add(1, Relaxed);
                 break;
             }
             if batch == 0 {
-                self.single(first).await;
+                let item = queued.pop_front().expect("not empty");
+                self.single(item).await;
                 self.free_since = Instant::now();
                 continue;
             }
             items.clear();
-            items.push(first);
             while items.len() < batch {
-                match rx.try_recv() {
-                    Ok(i) => items.push(i),
-                    Err(_) => break,
+                if queued.is_empty() {
+                    // The open loop sends what is due; the closed loop fills its batch (its
+                    // dispatcher hands out as fast as the lanes take), short only at the end.
+                    let next = if closed {
+                        rx.recv().await
+                    } else {
+                        rx.try_recv().ok()
+                    };
+                    match next {
+                        Some(handout) => take(&mut queued, handout),
+                        None => break,
+                    }
                 }
+                let room = batch - items.len();
+                let n = room.min(queued.len());
+                items.extend(queued.drain(..n));
+            }
+            if self.control.stop.load(Relaxed) {
+                queued.extend(items.drain(..));
+                break;
             }
             self.batch(&items).await;
             self.free_since = Instant::now();
         }
         // Stopped: what is still queued was never sent.
         rx.close();
-        while rx.try_recv().is_ok() {
-            self.stats.not_sent.fetch_add(1, Relaxed);
+        let mut not_sent = queued.len();
+        while let Ok(handout) = rx.try_recv() {
+            not_sent += handout.len();
         }
+        self.stats.not_sent.fetch_add(not_sent as u64, Relaxed);
         if let Some(r) = &mut self.recorder {
             r.flush();
         }
@@ -167,14 +227,25 @@ impl Lane {
         }
     }
 
+    /// Writes `s` as a vote's JSON into the lane's buffer (numbers by `itoa`: a batch writes
+    /// 10,000 of them per request).
     fn write_vote(&mut self, s: &Submission) {
-        let poll_id = self.cfg.polls[s.poll as usize].id;
-        let prefix = &self.cfg.prefix;
-        let _ = write!(
-            self.buf,
-            r#"{{"poll_id":{poll_id},"option_id":{},"voter_id":"{prefix}-{}","vote_id":"{prefix}-{}"}}"#,
-            s.option, s.voter, s.vote
-        );
+        let mut n = itoa::Buffer::new();
+        let buf = &mut self.buf;
+        let prefix = self.cfg.prefix.as_bytes();
+        buf.extend_from_slice(br#"{"poll_id":"#);
+        buf.extend_from_slice(n.format(self.cfg.polls[s.poll as usize].id).as_bytes());
+        buf.extend_from_slice(br#","option_id":"#);
+        buf.extend_from_slice(n.format(s.option).as_bytes());
+        buf.extend_from_slice(br#","voter_id":""#);
+        buf.extend_from_slice(prefix);
+        buf.extend_from_slice(b"-");
+        buf.extend_from_slice(n.format(s.voter).as_bytes());
+        buf.extend_from_slice(br#"","vote_id":""#);
+        buf.extend_from_slice(prefix);
+        buf.extend_from_slice(b"-");
+        buf.extend_from_slice(n.format(s.vote).as_bytes());
+        buf.extend_from_slice(br#""}"#);
     }
 
     /// Sends the body until a final answer (see the module doc). `ambiguous` is set when an
@@ -245,7 +316,6 @@ impl Lane {
                         {
                             let mut h = self.hist.lock().unwrap_or_else(|e| e.into_inner());
                             h.answered.saturating_record(us);
-                            h.answered_second.saturating_record(us);
                         }
                         self.failing = false;
                         return Final::Answered(body);
@@ -369,13 +439,22 @@ impl Lane {
                         refused[i] = Some(r.error.map_or_else(|| "unknown".to_owned(), |e| e.code));
                     }
                 }
+                // The batch's latencies under one lock, its acknowledgements in one count.
+                let mut acked = 0;
+                {
+                    let mut h = self.hist.lock().unwrap_or_else(|e| e.into_inner());
+                    for (item, refusal) in items.iter().zip(&refused) {
+                        if refusal.is_none() {
+                            let from = if open { item.intended } else { sent };
+                            record_acked(&mut h, self.last_answer, from, self.lateness(item, sent));
+                            acked += 1;
+                        }
+                    }
+                }
+                self.stats.acked.fetch_add(acked, Relaxed);
                 for (item, refusal) in items.iter().zip(refused) {
                     match refusal {
-                        None => self.acked(
-                            &item.sub,
-                            if open { item.intended } else { sent },
-                            self.lateness(item, sent),
-                        ),
+                        None => self.note(&item.sub, Outcome::Acked),
                         Some(code) => self.refused(&item.sub, code, ambiguous),
                     }
                 }
@@ -420,16 +499,9 @@ impl Lane {
     }
 
     fn acked(&mut self, s: &Submission, from: Instant, late_us: Option<u64>) {
-        // A histogram's smallest value is 1 µs.
-        let us = (self.last_answer.saturating_duration_since(from).as_micros() as u64).max(1);
         {
             let mut h = self.hist.lock().unwrap_or_else(|e| e.into_inner());
-            h.total.saturating_record(us);
-            h.second.saturating_record(us);
-            if let Some(late) = late_us.map(|late| late.max(1)) {
-                h.late.saturating_record(late);
-                h.late_second.saturating_record(late);
-            }
+            record_acked(&mut h, self.last_answer, from, late_us);
         }
         self.stats.acked.fetch_add(1, Relaxed);
         self.note(s, Outcome::Acked);

@@ -10,8 +10,10 @@
 //!   answer) is kept beside it: the generator's own delay before the send, a lower bound of its
 //!   share of the latency when it shares the cores with the server (a late read of an answer
 //!   counts in the answer's time).
-//! - **Closed loop**: the dispatcher keeps every lane's queue full; each lane sends as soon as it
-//!   has its previous answer. Latency is answer time − first send time.
+//! - **Closed loop**: the dispatcher keeps every lane's queue full (batches in runs of up to 256
+//!   submissions, [`Handout`], two full batches deep); each lane sends as soon as it has its
+//!   previous answer, a batch once it is full (or the plan is done). Latency is answer time −
+//!   first send time.
 //!
 //! Per-voter order (needed to know which vote the server counts): every submission of a pair goes
 //! to the lane `lane_of(poll, voter)`, and a lane starts a submission only after the previous one
@@ -23,7 +25,7 @@
 //! (so a server that never comes back ends the run instead of stalling it for hours) and the
 //! closed loop waits.
 //!
-//! The hot path allocates little: request bodies are written with `write!` into a per-lane
+//! The hot path allocates little: request bodies are written (numbers by `itoa`) into a per-lane
 //! `BytesMut` and split off (the allocation is reused once hyper drops the previous body), URIs
 //! and header values are built once, counters are relaxed atomics, and latencies go into the
 //! lane's own histogram (an uncontended lock, merged once a second: `seconds.rs`).
@@ -174,18 +176,51 @@ pub(crate) struct Item {
     pub intended: Instant,
 }
 
+/// What the dispatcher hands a lane: one submission (the open loop, each as it falls due; the
+/// closed loop of single votes) or a run of them (the closed loop of batches, handed out as fast
+/// as the lanes take them: one channel operation for up to [`HANDOUT_RUN`] votes, not one each).
+pub(crate) enum Handout {
+    One(Item),
+    Run(Vec<Item>),
+}
+
+impl Handout {
+    pub fn len(&self) -> usize {
+        match self {
+            Handout::One(_) => 1,
+            Handout::Run(items) => items.len(),
+        }
+    }
+}
+
+/// The most submissions in one [`Handout::Run`].
+const HANDOUT_RUN: usize = 256;
+
 /// Runs the load to completion.
 pub async fn run(cfg: RunConfig, control: Arc<Control>) -> anyhow::Result<RunOutcome> {
     anyhow::ensure!(cfg.lanes >= 1, "at least one connection");
     let stats = Arc::new(Stats::new());
     let lanes = cfg.lanes;
     // Open loop: deep queues (a stalled lane keeps its schedule); closed loop: enough to never
-    // starve a lane while the dispatcher serves the others.
-    let capacity = if cfg.rate.is_some() { 1 << 16 } else { 1024 };
+    // starve a lane while the dispatcher serves the others, and for batches two full batches
+    // (a lane sends what is queued, up to --batch), within about 1,000,000 queued in all.
+    let run_len = if cfg.rate.is_none() {
+        cfg.batch.clamp(1, HANDOUT_RUN)
+    } else {
+        1
+    };
+    let capacity = if cfg.rate.is_some() {
+        1 << 16
+    } else {
+        (2 * cfg.batch)
+            .min(1_000_000 / lanes)
+            .max(1024)
+            .div_ceil(run_len)
+    };
     let mut senders = Vec::with_capacity(lanes);
     let mut receivers = Vec::with_capacity(lanes);
     for _ in 0..lanes {
-        let (tx, rx) = mpsc::channel::<Item>(capacity);
+        let (tx, rx) = mpsc::channel::<Handout>(capacity);
         senders.push(tx);
         receivers.push(rx);
     }
@@ -223,7 +258,10 @@ pub async fn run(cfg: RunConfig, control: Arc<Control>) -> anyhow::Result<RunOut
     let seconds = SecondsTask::spawn(stats.clone(), hists.clone(), start, cfg.progress);
 
     let plan = Plan::new(cfg.plan.clone());
-    dispatch(plan, senders, cfg.rate, start, deadline, &control, &stats).await;
+    match cfg.rate {
+        Some(rate) => dispatch_open(plan, senders, rate, start, deadline, &control, &stats).await,
+        None => dispatch_closed(plan, senders, run_len, start, &control, &stats).await,
+    }
 
     let mut outcome = RunOutcome {
         elapsed: Duration::ZERO,
@@ -260,15 +298,14 @@ pub async fn run(cfg: RunConfig, control: Arc<Control>) -> anyhow::Result<RunOut
         outcome.connections_opened += done.connects;
         last_answer = last_answer.max(done.last_answer);
     }
-    outcome.by_second = seconds.finish().await;
+    if let Some((by_second, run)) = seconds.finish().await {
+        outcome.by_second = by_second;
+        outcome.latency = run.latency;
+        outcome.answered = run.answered;
+        outcome.send_late = run.late;
+    }
     if let Some(t) = closed_timer {
         t.abort();
-    }
-    for h in &hists {
-        let h = h.lock().unwrap_or_else(|e| e.into_inner());
-        outcome.latency.add(&h.total).ok();
-        outcome.answered.add(&h.answered).ok();
-        outcome.send_late.add(&h.late).ok();
     }
     outcome.elapsed = last_answer.saturating_duration_since(start);
     outcome.wall = start.elapsed();
@@ -297,11 +334,70 @@ pub async fn run(cfg: RunConfig, control: Arc<Control>) -> anyhow::Result<RunOut
     Ok(outcome)
 }
 
-/// Walks the plan, handing each submission to its lane (at its time, in the open loop).
-async fn dispatch(
+/// The closed loop: walks the plan, handing its lane each submission (in runs of `run_len`)
+/// as soon as the lane's queue has room.
+async fn dispatch_closed(
+    plan: Plan,
+    senders: Vec<mpsc::Sender<Handout>>,
+    run_len: usize,
+    start: Instant,
+    control: &Control,
+    stats: &Stats,
+) {
+    let lanes = senders.len();
+    let mut runs: Vec<Vec<Item>> = vec![Vec::new(); lanes];
+    tokio::time::sleep_until(start).await;
+    // False once the lane is gone.
+    async fn hand(tx: &mpsc::Sender<Handout>, handout: Handout, stats: &Stats) -> bool {
+        let n = handout.len() as u64;
+        let sent = tx.send(handout).await.is_ok();
+        stats
+            .submissions
+            .fetch_add(if sent { n } else { 0 }, Relaxed);
+        sent
+    }
+    for sub in plan {
+        if control.stop.load(Relaxed) {
+            return;
+        }
+        let lane = lane_of(sub.poll, sub.voter, lanes);
+        let item = Item {
+            sub,
+            intended: start,
+        };
+        let handout = if run_len == 1 {
+            Handout::One(item)
+        } else {
+            let run = &mut runs[lane];
+            if run.capacity() == 0 {
+                run.reserve_exact(run_len);
+            }
+            run.push(item);
+            if run.len() < run_len {
+                continue;
+            }
+            Handout::Run(std::mem::take(run))
+        };
+        if !hand(&senders[lane], handout, stats).await {
+            return;
+        }
+    }
+    // The plan is done: what is left in each lane's run.
+    for (tx, run) in senders.iter().zip(runs) {
+        if !run.is_empty()
+            && !control.stop.load(Relaxed)
+            && !hand(tx, Handout::Run(run), stats).await
+        {
+            return;
+        }
+    }
+}
+
+/// The open loop: hands each submission to its lane at its time.
+async fn dispatch_open(
     mut plan: Plan,
-    senders: Vec<mpsc::Sender<Item>>,
-    rate: Option<f64>,
+    senders: Vec<mpsc::Sender<Handout>>,
+    rate: f64,
     start: Instant,
     deadline: Option<Instant>,
     control: &Control,
@@ -309,23 +405,6 @@ async fn dispatch(
 ) {
     let lanes = senders.len();
     tokio::time::sleep_until(start).await;
-    let Some(rate) = rate else {
-        for sub in plan.by_ref() {
-            if control.stop.load(Relaxed) {
-                return;
-            }
-            let lane = lane_of(sub.poll, sub.voter, lanes);
-            let item = Item {
-                sub,
-                intended: start,
-            };
-            if senders[lane].send(item).await.is_err() {
-                return;
-            }
-            stats.submissions.fetch_add(1, Relaxed);
-        }
-        return;
-    };
     let nanos_per = 1e9 / rate;
     let at = |seq: u64| start + Duration::from_nanos((seq as f64 * nanos_per) as u64);
     loop {
@@ -343,7 +422,11 @@ async fn dispatch(
                 return;
             }
             let lane = lane_of(sub.poll, sub.voter, lanes);
-            if senders[lane].send(Item { sub, intended }).await.is_err() {
+            if senders[lane]
+                .send(Handout::One(Item { sub, intended }))
+                .await
+                .is_err()
+            {
                 return;
             }
             stats.submissions.fetch_add(1, Relaxed);

@@ -14,32 +14,34 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-/// Latency histograms of a shard of lanes: since the start and in the current second, from the
-/// due time (open loop; the first send in the closed loop), from each accepted request's own
-/// send to its answer (no retries, no schedule: what the server's queue cost the votes it took)
-/// and, in the open loop, each acknowledged submission's lateness: from the later of its due
-/// time and the moment its lane was done with the submission before it, to its first send
-/// (how long the load generator itself held it back).
+/// Latency histograms of a shard of lanes in the current second, from the due time (open loop;
+/// the first send in the closed loop), from each accepted request's own send to its answer (no
+/// retries, no schedule: what the server's queue cost the votes it took) and, in the open loop,
+/// each acknowledged submission's lateness: from the later of its due time and the moment its
+/// lane was done with the submission before it, to its first send (how long the load generator
+/// itself held it back). Once a second [`SecondsTask`] takes them and adds them to the run's
+/// totals, so a vote is recorded once, not once a second and once for the run.
 pub(crate) struct LaneHist {
-    pub total: Histogram<u64>,
-    pub second: Histogram<u64>,
+    pub latency: Histogram<u64>,
     pub answered: Histogram<u64>,
-    pub answered_second: Histogram<u64>,
     pub late: Histogram<u64>,
-    pub late_second: Histogram<u64>,
 }
 
 impl LaneHist {
     pub fn new() -> Self {
         Self {
-            total: new_histogram(),
-            second: new_histogram(),
+            latency: new_histogram(),
             answered: new_histogram(),
-            answered_second: new_histogram(),
             late: new_histogram(),
-            late_second: new_histogram(),
         }
     }
+}
+
+/// The whole run's histograms, each the sum of its seconds (see [`LaneHist`]).
+pub(crate) struct RunHist {
+    pub latency: Histogram<u64>,
+    pub answered: Histogram<u64>,
+    pub late: Histogram<u64>,
 }
 
 /// One second of the run: the submissions acknowledged in it and their latencies.
@@ -104,7 +106,7 @@ impl Second {
 /// The task that takes each second's histograms from the lanes.
 pub(crate) struct SecondsTask {
     stop: oneshot::Sender<()>,
-    task: JoinHandle<Vec<Second>>,
+    task: JoinHandle<(Vec<Second>, RunHist)>,
 }
 
 impl SecondsTask {
@@ -120,15 +122,15 @@ impl SecondsTask {
         Self { stop, task }
     }
 
-    /// Every second of the run, the last (partial) one included once the lanes are done.
-    pub async fn finish(self) -> Vec<Second> {
+    /// Every second of the run, the last (partial) one included, and the run's histograms;
+    /// called once the lanes are done. `None` if the task failed (it cannot: it only adds
+    /// histograms and prints).
+    pub async fn finish(self) -> Option<(Vec<Second>, RunHist)> {
         let _ = self.stop.send(());
-        self.task.await.unwrap_or_else(|e| {
-            eprintln!(
-                "warning: the run's seconds were not taken ({e}): the report has no by_second"
-            );
-            Vec::new()
-        })
+        self.task
+            .await
+            .inspect_err(|e| eprintln!("warning: the run's seconds were not taken ({e})"))
+            .ok()
     }
 }
 
@@ -138,48 +140,55 @@ async fn take_seconds(
     start: Instant,
     progress: bool,
     mut stopped: oneshot::Receiver<()>,
-) -> Vec<Second> {
+) -> (Vec<Second>, RunHist) {
     let mut tick = tokio::time::interval_at(start + Duration::from_secs(1), Duration::from_secs(1));
     // A tick missed (the generator held up) is not made up for by a burst of short seconds.
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seconds = Vec::new();
-    let (mut total, mut latency, mut answered, mut late) = (
-        new_histogram(),
-        new_histogram(),
-        new_histogram(),
-        new_histogram(),
-    );
+    let mut run = RunHist {
+        latency: new_histogram(),
+        answered: new_histogram(),
+        late: new_histogram(),
+    };
+    let mut this = LaneHist::new();
     let mut before = Counts::default();
     loop {
         let last = tokio::select! {
             _ = tick.tick() => false,
             _ = &mut stopped => true,
         };
-        latency.reset();
-        answered.reset();
-        late.reset();
+        this.latency.reset();
+        this.answered.reset();
+        this.late.reset();
         for h in &hists {
             let mut h = h.lock().unwrap_or_else(|e| e.into_inner());
-            latency.add(&h.second).ok();
-            answered.add(&h.answered_second).ok();
-            late.add(&h.late_second).ok();
-            h.second.reset();
-            h.answered_second.reset();
-            h.late_second.reset();
+            this.latency.add(&h.latency).ok();
+            this.answered.add(&h.answered).ok();
+            this.late.add(&h.late).ok();
+            h.latency.reset();
+            h.answered.reset();
+            h.late.reset();
         }
-        total.add(&latency).ok();
-        if !(last && latency.is_empty()) {
-            seconds.push(Second::of(start.elapsed(), &latency, &answered, &late));
+        run.latency.add(&this.latency).ok();
+        run.answered.add(&this.answered).ok();
+        run.late.add(&this.late).ok();
+        if !(last && this.latency.is_empty()) {
+            seconds.push(Second::of(
+                start.elapsed(),
+                &this.latency,
+                &this.answered,
+                &this.late,
+            ));
         }
         if last {
-            return seconds;
+            return (seconds, run);
         }
         if progress {
             let now = Counts {
                 requests: stats.requests.load(Relaxed),
                 acked: stats.acked.load(Relaxed),
             };
-            print_progress(&stats, start, now, before, &total, &latency);
+            print_progress(&stats, start, now, before, &run.latency, &this.latency);
             before = now;
         }
     }

@@ -67,13 +67,27 @@ struct PairState {
     closed: bool,
 }
 
+type Pairs = HashMap<(u32, u32), PairState, BuildHasherDefault<PairHasher>>;
+
 /// The expected tallies, built from submissions' outcomes in plan order (per pair).
 #[derive(Debug, Clone, Default)]
 pub struct Expectation {
-    pairs: HashMap<(u32, u32), PairState, BuildHasherDefault<PairHasher>>,
+    /// The pairs observed here.
+    pairs: Pairs,
+    /// Other lanes' pairs, merged in as they were (lanes own disjoint pairs).
+    merged: Vec<Pairs>,
 }
 
 impl Expectation {
+    /// An expectation with room for `pairs` pairs, so it does not grow (rehashing every pair
+    /// it holds) while the run is under way.
+    pub fn with_capacity(pairs: usize) -> Self {
+        Self {
+            pairs: HashMap::with_capacity_and_hasher(pairs, Default::default()),
+            merged: Vec::new(),
+        }
+    }
+
     /// Notes the final outcome of a submission of (poll index, voter) with `option`. A pair's
     /// submissions must be observed in plan order.
     pub fn observe(&mut self, poll: u32, voter: u32, option: u16, outcome: Outcome) {
@@ -86,25 +100,32 @@ impl Expectation {
         s.closed = outcome == Outcome::Acked;
     }
 
-    /// Adds another lane's expectation (lanes own disjoint pairs).
+    /// Adds another lane's expectation (lanes own disjoint pairs). Its pairs are kept as they
+    /// are, not inserted again one by one.
     pub fn merge(&mut self, other: Expectation) {
-        if self.pairs.is_empty() {
-            self.pairs = other.pairs;
-            return;
-        }
-        for (k, v) in other.pairs {
-            match self.pairs.get_mut(&k) {
-                None => {
-                    self.pairs.insert(k, v);
-                }
-                // Not expected (a pair is one lane's); keep the first lane's view.
-                Some(mine) => debug_assert!(false, "pair {k:?} in two lanes: {mine:?} {v:?}"),
+        debug_assert!(
+            other.all_pairs().all(|(k, _)| !self.contains(k)),
+            "a pair in two lanes"
+        );
+        for pairs in std::iter::once(other.pairs).chain(other.merged) {
+            if self.pairs.is_empty() {
+                self.pairs = pairs;
+            } else if !pairs.is_empty() {
+                self.merged.push(pairs);
             }
         }
     }
 
     pub fn pairs(&self) -> usize {
-        self.pairs.len()
+        self.pairs.len() + self.merged.iter().map(HashMap::len).sum::<usize>()
+    }
+
+    fn contains(&self, pair: &(u32, u32)) -> bool {
+        self.pairs.contains_key(pair) || self.merged.iter().any(|m| m.contains_key(pair))
+    }
+
+    fn all_pairs(&self) -> impl Iterator<Item = (&(u32, u32), &PairState)> {
+        self.pairs.iter().chain(self.merged.iter().flatten())
     }
 
     /// The expected tallies of every poll (index order of `polls`), baselines included.
@@ -118,7 +139,7 @@ impl Expectation {
                 at_most_one: Vec::new(),
             })
             .collect();
-        for (&(poll, _), s) in &self.pairs {
+        for (&(poll, _), s) in self.all_pairs() {
             let Some(e) = out.get_mut(poll as usize) else {
                 continue;
             };

@@ -311,6 +311,20 @@ async fn open_loop_batches_verify() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_loop_batches_are_as_large_as_asked_and_verify() {
+    let url = start(false).await;
+    let dir = std::env::temp_dir().join(format!("lg-batches-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let r = reported_run(&url, &dir, &["--votes", "40000", "--batch", "4000"]).await;
+    assert_eq!(r["acknowledged"], 40000, "{r}");
+    assert_eq!(r["verify"]["ok"], true, "{r}");
+    // 8 lanes of about 5,000 votes each: a full batch and the rest, 16 requests (batches never
+    // fault here). A lane's batch was capped by its queue of 1,024: 40 requests or more.
+    assert_eq!(r["requests"], 16, "{r}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_counts_duplicates_fails_verification() {
     let url = start(true).await;
     let e = loadtest::main(args(&url, &["--votes", "2000", "--duplicate-share", "0.3"]))
