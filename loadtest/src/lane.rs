@@ -6,7 +6,7 @@
 use crate::client::{error_code, Attempt, Conn};
 use crate::plan::Submission;
 use crate::record::{LaneRecorder, Line};
-use crate::run::{Control, Handout, Item, Receipt, RunConfig, Stats};
+use crate::run::{closed_fill, Control, Handout, Item, Receipt, RunConfig, Stats};
 use crate::seconds::LaneHist;
 use crate::verify::{Expectation, Outcome};
 use bytes::{Bytes, BytesMut};
@@ -162,7 +162,12 @@ impl Lane {
     /// Works through `rx` until it closes or the run stops.
     pub async fn run(mut self, mut rx: mpsc::Receiver<Handout>) -> LaneDone {
         let batch = self.cfg.batch;
-        let closed = self.cfg.rate.is_none();
+        // The closed loop waits for this many to send a batch; the open loop sends what is due.
+        let fill = if self.cfg.rate.is_none() {
+            closed_fill(batch, self.cfg.lanes)
+        } else {
+            0
+        };
         let mut items: Vec<Item> = Vec::with_capacity(batch);
         // Handed out but not yet sent, in plan order.
         let mut queued: VecDeque<Item> = VecDeque::new();
@@ -185,9 +190,9 @@ impl Lane {
             items.clear();
             while items.len() < batch {
                 if queued.is_empty() {
-                    // The open loop sends what is due; the closed loop fills its batch (its
-                    // dispatcher hands out as fast as the lanes take), short only at the end.
-                    let next = if closed {
+                    // The closed loop's dispatcher hands out as fast as the lanes take: a batch
+                    // is short of `fill` only at the plan's end.
+                    let next = if items.len() < fill {
                         rx.recv().await
                     } else {
                         rx.try_recv().ok()

@@ -126,8 +126,8 @@ pub struct LoadgenArgs {
     #[arg(long, default_value_t = 0.05, value_name = "FRACTION")]
     pub retry_share: f64,
     /// Votes per request through POST /v1/votes/batch?results=rejected (the aggregator path);
-    /// a lane puts up to N queued submissions in one request (the closed loop queues two full
-    /// batches per lane, up to 1,000,000 votes in all). 0: single votes to POST /v1/votes.
+    /// in the closed loop a lane waits for N (with many lanes, for its share of 1,000,000),
+    /// in the open loop it sends what is due, up to N. 0: single votes to POST /v1/votes.
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub batch: usize,
     /// Give up on a submission after retrying it this long without a 202 or 4xx (server down).

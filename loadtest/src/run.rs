@@ -11,9 +11,9 @@
 //!   share of the latency when it shares the cores with the server (a late read of an answer
 //!   counts in the answer's time).
 //! - **Closed loop**: the dispatcher keeps every lane's queue full (batches in runs of up to 256
-//!   submissions, [`Handout`], two full batches deep); each lane sends as soon as it has its
-//!   previous answer, a batch once it is full (or the plan is done). Latency is answer time −
-//!   first send time.
+//!   submissions, [`Handout`]); each lane sends as soon as it has its previous answer, a batch
+//!   once it is full (or the plan is done; with many lanes, once it holds its share of a
+//!   million, [`closed_fill`]). Latency is answer time − first send time.
 //!
 //! Per-voter order (needed to know which vote the server counts): every submission of a pair goes
 //! to the lane `lane_of(poll, voter)`, and a lane starts a submission only after the previous one
@@ -196,14 +196,24 @@ impl Handout {
 /// The most submissions in one [`Handout::Run`].
 const HANDOUT_RUN: usize = 256;
 
+/// The closed loop's lanes together wait for at most this many submissions to fill batches.
+const CLOSED_FILL_ALL: usize = 1_000_000;
+
+/// How many submissions a lane of the closed loop waits for before it sends a batch (more that
+/// are queued by then go too, up to `batch`): the whole batch, or the lane's share of
+/// [`CLOSED_FILL_ALL`] when there are many lanes (10,000 lanes wait for 100 each, not 10,000).
+pub(crate) fn closed_fill(batch: usize, lanes: usize) -> usize {
+    batch.min(CLOSED_FILL_ALL / lanes.max(1)).max(1)
+}
+
 /// Runs the load to completion.
 pub async fn run(cfg: RunConfig, control: Arc<Control>) -> anyhow::Result<RunOutcome> {
     anyhow::ensure!(cfg.lanes >= 1, "at least one connection");
     let stats = Arc::new(Stats::new());
     let lanes = cfg.lanes;
     // Open loop: deep queues (a stalled lane keeps its schedule); closed loop: enough to never
-    // starve a lane while the dispatcher serves the others, and for batches two full batches
-    // (a lane sends what is queued, up to --batch), within about 1,000,000 queued in all.
+    // starve a lane while the dispatcher serves the others (1,024), and for batches two of the
+    // batches a lane waits to fill (`closed_fill`).
     let run_len = if cfg.rate.is_none() {
         cfg.batch.clamp(1, HANDOUT_RUN)
     } else {
@@ -212,8 +222,7 @@ pub async fn run(cfg: RunConfig, control: Arc<Control>) -> anyhow::Result<RunOut
     let capacity = if cfg.rate.is_some() {
         1 << 16
     } else {
-        (2 * cfg.batch)
-            .min(1_000_000 / lanes)
+        (2 * closed_fill(cfg.batch, lanes))
             .max(1024)
             .div_ceil(run_len)
     };

@@ -129,7 +129,12 @@ impl SecondsTask {
         let _ = self.stop.send(());
         self.task
             .await
-            .inspect_err(|e| eprintln!("warning: the run's seconds were not taken ({e})"))
+            .inspect_err(|e| {
+                eprintln!(
+                    "warning: the run's seconds were not taken ({e}): the report has no by_second \
+                     and no latencies"
+                )
+            })
             .ok()
     }
 }
