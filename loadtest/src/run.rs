@@ -356,15 +356,6 @@ async fn dispatch_closed(
     let lanes = senders.len();
     let mut runs: Vec<Vec<Item>> = vec![Vec::new(); lanes];
     tokio::time::sleep_until(start).await;
-    // False once the lane is gone.
-    async fn hand(tx: &mpsc::Sender<Handout>, handout: Handout, stats: &Stats) -> bool {
-        let n = handout.len() as u64;
-        let sent = tx.send(handout).await.is_ok();
-        stats
-            .submissions
-            .fetch_add(if sent { n } else { 0 }, Relaxed);
-        sent
-    }
     for sub in plan {
         if control.stop.load(Relaxed) {
             return;
@@ -400,6 +391,16 @@ async fn dispatch_closed(
             return;
         }
     }
+}
+
+/// Hands `handout` to the lane of `tx` and counts its submissions; false once the lane is gone.
+async fn hand(tx: &mpsc::Sender<Handout>, handout: Handout, stats: &Stats) -> bool {
+    let n = handout.len() as u64;
+    let sent = tx.send(handout).await.is_ok();
+    if sent {
+        stats.submissions.fetch_add(n, Relaxed);
+    }
+    sent
 }
 
 /// The open loop: hands each submission to its lane at its time.

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 /// each acknowledged submission's lateness: from the later of its due time and the moment its
 /// lane was done with the submission before it, to its first send (how long the load generator
 /// itself held it back). Once a second [`SecondsTask`] takes them and adds them to the run's
-/// totals, so a vote is recorded once, not once a second and once for the run.
+/// totals (a `LaneHist` too), so a vote is recorded once, not once a second and once for the run.
 pub(crate) struct LaneHist {
     pub latency: Histogram<u64>,
     pub answered: Histogram<u64>,
@@ -35,13 +35,19 @@ impl LaneHist {
             late: new_histogram(),
         }
     }
-}
 
-/// The whole run's histograms, each the sum of its seconds (see [`LaneHist`]).
-pub(crate) struct RunHist {
-    pub latency: Histogram<u64>,
-    pub answered: Histogram<u64>,
-    pub late: Histogram<u64>,
+    /// Adds `other`'s values into these (the bounds are the same: nothing can fail).
+    fn add(&mut self, other: &LaneHist) {
+        self.latency.add(&other.latency).ok();
+        self.answered.add(&other.answered).ok();
+        self.late.add(&other.late).ok();
+    }
+
+    fn reset(&mut self) {
+        self.latency.reset();
+        self.answered.reset();
+        self.late.reset();
+    }
 }
 
 /// One second of the run: the submissions acknowledged in it and their latencies.
@@ -106,7 +112,7 @@ impl Second {
 /// The task that takes each second's histograms from the lanes.
 pub(crate) struct SecondsTask {
     stop: oneshot::Sender<()>,
-    task: JoinHandle<(Vec<Second>, RunHist)>,
+    task: JoinHandle<(Vec<Second>, LaneHist)>,
 }
 
 impl SecondsTask {
@@ -125,7 +131,7 @@ impl SecondsTask {
     /// Every second of the run, the last (partial) one included, and the run's histograms;
     /// called once the lanes are done. `None` if the task failed (it cannot: it only adds
     /// histograms and prints).
-    pub async fn finish(self) -> Option<(Vec<Second>, RunHist)> {
+    pub async fn finish(self) -> Option<(Vec<Second>, LaneHist)> {
         let _ = self.stop.send(());
         self.task
             .await
@@ -145,38 +151,25 @@ async fn take_seconds(
     start: Instant,
     progress: bool,
     mut stopped: oneshot::Receiver<()>,
-) -> (Vec<Second>, RunHist) {
+) -> (Vec<Second>, LaneHist) {
     let mut tick = tokio::time::interval_at(start + Duration::from_secs(1), Duration::from_secs(1));
     // A tick missed (the generator held up) is not made up for by a burst of short seconds.
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seconds = Vec::new();
-    let mut run = RunHist {
-        latency: new_histogram(),
-        answered: new_histogram(),
-        late: new_histogram(),
-    };
-    let mut this = LaneHist::new();
+    let (mut run, mut this) = (LaneHist::new(), LaneHist::new());
     let mut before = Counts::default();
     loop {
         let last = tokio::select! {
             _ = tick.tick() => false,
             _ = &mut stopped => true,
         };
-        this.latency.reset();
-        this.answered.reset();
-        this.late.reset();
+        this.reset();
         for h in &hists {
             let mut h = h.lock().unwrap_or_else(|e| e.into_inner());
-            this.latency.add(&h.latency).ok();
-            this.answered.add(&h.answered).ok();
-            this.late.add(&h.late).ok();
-            h.latency.reset();
-            h.answered.reset();
-            h.late.reset();
+            this.add(&h);
+            h.reset();
         }
-        run.latency.add(&this.latency).ok();
-        run.answered.add(&this.answered).ok();
-        run.late.add(&this.late).ok();
+        run.add(&this);
         if !(last && this.latency.is_empty()) {
             seconds.push(Second::of(
                 start.elapsed(),
