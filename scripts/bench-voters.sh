@@ -36,8 +36,10 @@ run_one() { # label bin
     --polls 1 --duplicate-share 0 --retry-share 0 --connections 4 --threads 2 --verify --quiet \
     --json-report "$dir/r.json" >"$dir/loadgen.log" 2>&1 || { echo "$label: loadgen failed"; tail -5 "$dir/loadgen.log"; exit 1; }
   # The partition is quiet for a checkpoint interval (5 s), then checkpointed (up to a few s at
-  # ten million voters): the restart starts from that snapshot.
-  sleep 12
+  # ten million voters): the restart starts from that snapshot. A node gives its allocator's free
+  # memory back at its first quiet look (every 2 s) after a busy spell (edge/src/memory.rs), so
+  # the RSS read here, 20 s after the load, is the node at rest.
+  sleep 20
   after=$(rss_kib); counted=$(total); disk=$(du -sm "$dir/data" | cut -f1)
   kill -9 "$server"; wait "$server" 2>/dev/null || true
   start=$(now)

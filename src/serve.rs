@@ -14,6 +14,7 @@ use crate::config::Config;
 use anyhow::Context;
 use axum::Router;
 use edge::listener::{HttpMetrics, ReadGate};
+use edge::memory::MemoryMetrics;
 use edge::metrics::NodeMetrics;
 use edge::readiness::Readiness;
 use processor::runner::Pipeline;
@@ -147,6 +148,14 @@ pub async fn start_roles(config: Config, roles: Roles) -> anyhow::Result<App> {
     let processor_metrics = Arc::new(ProcessorMetrics::default());
     let mut tasks = Vec::new();
     let mut readiness = Readiness::default();
+
+    // Every node, whatever its roles: a burst's freed buffers go back to the system once it is over.
+    let memory_metrics = Arc::new(MemoryMetrics::default());
+    memory_metrics.register_metrics(&mut metrics.registry);
+    tasks.push(tokio::spawn(edge::memory::trim_when_quiet(
+        memory_metrics,
+        shutdown_rx.clone(),
+    )));
 
     if catalog.is_shared() {
         let every = Duration::from_millis(config.polls.refresh_ms);

@@ -9,6 +9,8 @@
 //!   kernel's receive stamps (`receive_stamp.rs`, read by admission as [`listener::Arrival`]), the
 //!   read gate that pauses new requests while many votes wait for the log (`read_gate.rs`), and
 //!   what a live stream shares with its socket (`live_socket.rs`).
+//! - [`memory`]: the node's background trim that gives the allocator's free memory back to the
+//!   system after a burst (glibc keeps it in its arenas), and its counters.
 //! - [`metrics`]: `GET /metrics`, a Prometheus registry each service registers its collector in;
 //!   the process's and the accept loop's own figures.
 //! - [`node`]: what every node answers besides its services: `/healthz`, `/readyz`, `/metrics`,
@@ -23,6 +25,7 @@
 pub mod access;
 pub mod api_error;
 pub mod listener;
+pub mod memory;
 pub mod metrics;
 pub mod node;
 pub mod probe;

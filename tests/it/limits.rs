@@ -1,6 +1,7 @@
 //! Limits on every door (`edge/src/listener.rs`): slow headers, idle kept-alive connections and slow
 //! bodies are cut off on time; connections over the caps get a JSON refusal at once; out of file
-//! descriptors, the accept loop pauses instead of spinning, and serves again when they return.
+//! descriptors, the accept loop pauses instead of spinning, and serves again when they return. A
+//! node gives its allocator's free memory back on its own (`edge/src/memory.rs`).
 
 use crate::helpers::*;
 use serde_json::Value;
@@ -322,12 +323,22 @@ impl Drop for KillOnDrop {
 /// Starts the node from a shell that first runs `ulimit ULIMIT` (with `env` set), on a free port
 /// and a fresh data directory: the node, killed however the test ends; its port; its directory.
 fn serve_under_ulimit(ulimit: &str, env: &[(&str, &str)]) -> (KillOnDrop, u16, tempfile::TempDir) {
+    serve_from_shell(&format!("ulimit {ulimit} && "), env)
+}
+
+/// Starts the node as a process of its own, as `serve_under_ulimit` does, with no limit set.
+fn serve_alone() -> (KillOnDrop, u16, tempfile::TempDir) {
+    serve_from_shell("", &[])
+}
+
+/// Starts the node from a shell that first runs `setup` (with `env` set).
+fn serve_from_shell(setup: &str, env: &[(&str, &str)]) -> (KillOnDrop, u16, tempfile::TempDir) {
     let data = tempfile::tempdir().unwrap();
     let port = free_port();
     let server = Command::new("bash")
         .arg("-c")
         .arg(format!(
-            "ulimit {ulimit} && exec {} serve --listen 127.0.0.1:{port} --data-dir {} --partitions 2",
+            "{setup}exec {} serve --listen 127.0.0.1:{port} --data-dir {} --partitions 2",
             env!("CARGO_BIN_EXE_crowdtick"),
             data.path().display()
         ))
@@ -462,4 +473,28 @@ async fn a_node_raises_its_open_file_limit_to_the_hard_limit_and_caps_connection
         cap > 300 && cap < hard,
         "the connection cap is {cap}: it should be the hard limit ({hard}) less a reserve"
     );
+}
+
+/// A node gives its allocator's free memory back once it has gone quiet (`edge/src/memory.rs`):
+/// a process of its own (this test binary's other nodes keep its process busy), idle after its
+/// start, trims at one of its first looks and counts it. `edge`'s unit tests show that a trim
+/// returns a burst's holes, that the process's CPU time is read right, and that the policy
+/// trims once per busy spell and never at a busy look. (glibc only: elsewhere nodes do not trim.)
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[tokio::test]
+async fn a_quiet_node_gives_its_free_memory_back() {
+    let (_server, port, _data) = serve_alone();
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    wait_healthy(&client, &base).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric_at(&client, &base, "crowdtick_memory_trims_total").await == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "an idle node did not trim within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // Exported beside it: what the trims gave back.
+    metric_at(&client, &base, "crowdtick_memory_trimmed_bytes_total").await;
 }
