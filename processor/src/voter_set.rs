@@ -10,6 +10,13 @@
 //!
 //! Hashing is std's `RandomState` (SipHash, keyed per set), as `HashSet` had: voter ids come from
 //! the public, so collisions must not be choosable.
+//!
+//! The table grows in steps: when it is full, a table twice its size takes its place and the voters
+//! already counted move into it a few at each insert after (reading the arena in order), while the
+//! full table still answers for the ones not yet moved. Grown at once, a set of 1,000,000 voters
+//! held its partition's task for about 175 ms, and the eight partitions' sets grew at about the same
+//! moment, stalling every vote on the node for over a second (BENCHMARKS.md, "2026-12-05 (seventh
+//! session)").
 
 use hashbrown::hash_table::{Entry, HashTable};
 use std::collections::hash_map::RandomState;
@@ -20,6 +27,15 @@ use std::hash::BuildHasher;
 /// whole under index 0 (still exact, only larger).
 const MAX_NAMESPACES: usize = u8::MAX as usize + 1;
 
+/// Tables smaller than this grow at once, as hashbrown grows them (under a millisecond).
+const GROW_IN_STEPS_FROM: usize = 4096;
+
+/// Voters moved into the grown table at each insert: a full table of `n` has moved into its
+/// successor after `n / 8` inserts, when the successor is about half full, so a growth is always
+/// over before the next one is due. Until then both tables are held (as hashbrown holds both for
+/// the moment it grows): about 6 bytes more per voter of this set.
+const MOVED_PER_INSERT: usize = 8;
+
 /// A set of voter ids (as they stand in the log).
 pub struct VoterSet {
     /// One record per voter, in the order they were first counted:
@@ -28,6 +44,8 @@ pub struct VoterSet {
     /// Offsets of the records in `arena` (40 bits: an arena of up to 1 TiB), by the hash of
     /// (namespace index, rest): five bytes a slot instead of eight.
     index: HashTable<Offset40>,
+    /// While `index` grows in steps: the full table it replaced.
+    growing: Option<Growth>,
     /// The namespaces seen, in the order they were first seen; index 0 is "", no namespace.
     namespaces: Vec<Box<str>>,
     hasher: RandomState,
@@ -38,6 +56,7 @@ impl Default for VoterSet {
         Self {
             arena: Vec::new(),
             index: HashTable::new(),
+            growing: None,
             namespaces: vec!["".into()],
             hasher: RandomState::new(),
         }
@@ -46,15 +65,16 @@ impl Default for VoterSet {
 
 impl VoterSet {
     pub fn len(&self) -> usize {
-        self.index.len()
+        self.index.len() + self.growing.as_ref().map_or(0, Growth::not_moved)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.index.is_empty()
+        self.len() == 0
     }
 
     /// Makes room for `additional` more voters without growing the table meanwhile.
     pub fn reserve(&mut self, additional: usize) {
+        self.move_voters(usize::MAX);
         let Self {
             arena,
             index,
@@ -83,6 +103,25 @@ impl VoterSet {
             ..
         } = self;
         let hash = hasher.hash_one((ns, rest));
+        let eq = |at: &Offset40| record(arena, at) == (ns, rest);
+        if let Some(growth) = &self.growing {
+            if growth.full.find(hash, eq).is_some() {
+                return false;
+            }
+        }
+        let full = index.len() == index.capacity();
+        if full && index.len() >= GROW_IN_STEPS_FROM {
+            if index.find(hash, eq).is_some() {
+                return false;
+            }
+            self.grow_in_steps();
+        }
+        let Self {
+            arena,
+            index,
+            hasher,
+            ..
+        } = self;
         match index.entry(
             hash,
             |at| record(arena, at) == (ns, rest),
@@ -95,6 +134,7 @@ impl VoterSet {
                 put_leb128(arena, rest.len());
                 arena.extend_from_slice(rest);
                 slot.insert(at);
+                self.move_voters(MOVED_PER_INSERT);
                 true
             }
         }
@@ -134,9 +174,67 @@ impl VoterSet {
 
     fn find(&self, ns: u8, rest: &[u8]) -> bool {
         let hash = self.hasher.hash_one((ns, rest));
-        (self.index)
-            .find(hash, |at| record(&self.arena, at) == (ns, rest))
-            .is_some()
+        let eq = |at: &Offset40| record(&self.arena, at) == (ns, rest);
+        self.index.find(hash, eq).is_some()
+            || (self.growing.as_ref()).is_some_and(|g| g.full.find(hash, eq).is_some())
+    }
+
+    /// Puts a table twice the size in place of the full one; the voters move over in
+    /// [`Self::move_voters`]. A growth still under way (never, by [`MOVED_PER_INSERT`]) ends first.
+    fn grow_in_steps(&mut self) {
+        self.move_voters(usize::MAX);
+        let grown = HashTable::with_capacity(self.index.capacity() + 1);
+        self.growing = Some(Growth {
+            full: std::mem::replace(&mut self.index, grown),
+            next: 0,
+            end: self.arena.len(),
+            moved: 0,
+        });
+    }
+
+    /// Moves up to `most` voters from the full table into the grown one, in the arena's order, and
+    /// drops the full table once all have moved.
+    fn move_voters(&mut self, most: usize) {
+        let Some(growth) = &mut self.growing else {
+            return;
+        };
+        let Self {
+            arena,
+            index,
+            hasher,
+            ..
+        } = self;
+        for _ in 0..most {
+            if growth.next == growth.end {
+                self.growing = None;
+                return;
+            }
+            let (ns, rest, next) = read_record(arena, growth.next);
+            let at = Offset40::new(growth.next);
+            index.insert_unique(hasher.hash_one((ns, rest)), at, |at| {
+                rehash(hasher, arena, at)
+            });
+            growth.next = next;
+            growth.moved += 1;
+        }
+    }
+}
+
+/// A full table being replaced by one twice its size.
+struct Growth {
+    /// The full table: every voter whose record starts before `end`.
+    full: HashTable<Offset40>,
+    /// The arena offset of the next voter to move.
+    next: usize,
+    /// The arena's length when the growth began.
+    end: usize,
+    /// How many voters have moved.
+    moved: usize,
+}
+
+impl Growth {
+    fn not_moved(&self) -> usize {
+        self.full.len() - self.moved
     }
 }
 
@@ -265,6 +363,45 @@ mod tests {
                 .collect();
             prop_assert_eq!(listed, model);
         }
+    }
+
+    #[test]
+    fn a_set_growing_in_steps_finds_every_voter_throughout() {
+        let mut set = VoterSet::default();
+        let (mut growths, mut was_growing) = (0, false);
+        for i in 0..80_000usize {
+            assert!(set.insert(&format!("device:{i}")), "voter {i}");
+            // Earlier voters, moved and not yet moved, are still there, once.
+            let earlier = format!("device:{}", i.wrapping_mul(7919) % (i + 1));
+            assert!(set.contains(&earlier), "{earlier} after {i}");
+            assert!(!set.insert(&earlier), "{earlier} twice after {i}");
+            assert!(!set.contains(&format!("device:{}", i + 1)));
+            assert_eq!(set.len(), i + 1);
+            let growing = set.growing.is_some();
+            growths += usize::from(growing && !was_growing);
+            was_growing = growing;
+        }
+        assert_eq!(
+            growths, 4,
+            "steps at 7,168, 14,336, 28,672 and 57,344 voters"
+        );
+        assert!(set.growing.is_none(), "the last growth was over by 64,512");
+        assert!((0..80_000).all(|i| set.contains(&format!("device:{i}"))));
+        assert_eq!(set.iter().count(), 80_000);
+    }
+
+    #[test]
+    fn reserving_while_growing_moves_every_voter_first() {
+        let mut set = VoterSet::default();
+        let mut i = 0;
+        while set.growing.is_none() {
+            set.insert(&format!("user:{i}"));
+            i += 1;
+        }
+        set.reserve(100_000);
+        assert!(set.growing.is_none());
+        assert_eq!(set.len(), i);
+        assert!((0..i).all(|v| set.contains(&format!("user:{v}"))));
     }
 
     #[test]
