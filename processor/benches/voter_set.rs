@@ -5,8 +5,8 @@
 //! and the longest insert (where `HashSet` grows its table it rehashes every voter in one insert;
 //! `VoterSet` grows in steps: BENCHMARKS.md "2026-12-05 (eighth session)"). Timing each insert
 //! slows the inserts/s a little. Sets between two sizes where a growth is under way hold both
-//! tables, so `VOTERS` of 1,000,000 (a growth from 917,504) reads about 6 bytes more than
-//! 10,000,000.
+//! tables, so `VOTERS` of 1,000,000 (a growth from 917,504) reads about 6 bytes per voter more
+//! than the same count grown at once.
 
 use processor::voter_set::VoterSet;
 use std::collections::HashSet;
