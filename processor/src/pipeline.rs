@@ -118,6 +118,20 @@ impl PartitionCounter {
         self.polls.values().map(|p| p.voters.len()).sum()
     }
 
+    /// Moves up to `most` voters of the voter sets' growths under way (see
+    /// [`VoterSet::settle`]), so a partition that has gone quiet does not hold two tables for a
+    /// set; how many it moved.
+    pub fn settle_voter_sets(&mut self, most: usize) -> usize {
+        let mut moved = 0;
+        for poll in self.polls.values_mut() {
+            if moved == most {
+                break;
+            }
+            moved += poll.voters.settle(most - moved);
+        }
+        moved
+    }
+
     /// The offset of the next record this counter expects.
     pub fn next_offset(&self) -> Offset {
         self.next_offset
@@ -530,6 +544,42 @@ mod tests {
             longer.push(0);
             prop_assert!(PartitionCounter::restore(Partition(1), windows, &longer).is_err());
         }
+    }
+
+    #[test]
+    fn settling_moves_the_voter_sets_growths_within_its_budget() {
+        let windows = WindowConfig {
+            window_ms: 1_000,
+            allowed_lateness_ms: 2_000,
+        };
+        let mut counter = PartitionCounter::new(Partition(0), windows);
+        // Two polls, each set just past its first growth in steps (at 7,168 voters).
+        for offset in 0..2 * 7_200 {
+            let mut buf = Vec::new();
+            Vote {
+                vote_id: format!("{offset}"),
+                poll_id: offset as i64 % 2,
+                voter_id: format!("voter-{}", offset / 2),
+                options: vec![0],
+                accepted_at: Timestamp(1_000),
+                source: "t".into(),
+            }
+            .encode(&mut buf);
+            let vote = decode_vote(&buf).unwrap();
+            let outcome = counter.apply(Offset(offset as i64), &vote, Some(&rules()));
+            assert_eq!(outcome, Outcome::Counted);
+        }
+        assert_eq!(counter.settle_voter_sets(0), 0);
+        assert_eq!(
+            counter.settle_voter_sets(10_000),
+            10_000,
+            "spans both polls' sets"
+        );
+        // Each set has moved 8 voters at each of its 32 inserts since the growth.
+        let rest = counter.settle_voter_sets(10_000);
+        assert_eq!(rest, 2 * (7_168 - 32 * 8) - 10_000);
+        assert_eq!(counter.settle_voter_sets(10_000), 0, "every move is over");
+        assert_eq!(counter.voters(), 2 * 7_200);
     }
 
     #[test]

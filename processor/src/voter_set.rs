@@ -16,7 +16,8 @@
 //! full table still answers for the ones not yet moved. Grown at once, a set of 1,000,000 voters
 //! held its partition's task for about 175 ms, and the eight partitions' sets grew at about the same
 //! moment, stalling every vote on the node for over a second (BENCHMARKS.md, "2026-12-05 (seventh
-//! session)").
+//! session)"). A set that stops taking new voters in the middle of a move would hold both tables;
+//! [`VoterSet::settle`] moves the rest a slice at a time (the partition task calls it when quiet).
 
 use hashbrown::hash_table::{Entry, HashTable};
 use std::collections::hash_map::RandomState;
@@ -190,6 +191,14 @@ impl VoterSet {
             end: self.arena.len(),
             moved: 0,
         });
+    }
+
+    /// Moves up to `most` voters of a growth under way into the grown table (dropping the full one
+    /// once all have moved); how many it moved, 0 if no growth is under way.
+    pub fn settle(&mut self, most: usize) -> usize {
+        let before = self.growing.as_ref().map_or(0, Growth::not_moved);
+        self.move_voters(most);
+        before - self.growing.as_ref().map_or(0, Growth::not_moved)
     }
 
     /// Moves up to `most` voters from the full table into the grown one, in the arena's order, and
@@ -433,6 +442,26 @@ mod tests {
         assert!(set.growing.is_none());
         assert_eq!(set.len(), i);
         assert!((0..i).all(|v| set.contains(&format!("user:{v}"))));
+    }
+
+    #[test]
+    fn settling_moves_a_stopped_growth_a_slice_at_a_time() {
+        let mut set = VoterSet::default();
+        let mut i = 0;
+        while set.growing.is_none() {
+            set.insert(&voter(i));
+            i += 1;
+        }
+        let to_move = set.growing.as_ref().unwrap().not_moved();
+        assert_eq!(to_move, 7_168 - MOVED_PER_INSERT);
+        assert_eq!(set.settle(1_000), 1_000);
+        assert!(set.growing.is_some());
+        assert_eq!(set.settle(usize::MAX), to_move - 1_000);
+        assert!(set.growing.is_none(), "the full table is dropped");
+        assert_eq!(set.settle(1_000), 0);
+        assert_eq!(set.len(), i);
+        assert!((0..i).all(|v| set.contains(&voter(v))));
+        assert!(!set.insert(&voter(0)) && set.insert(&voter(i)));
     }
 
     #[test]
