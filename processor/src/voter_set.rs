@@ -17,7 +17,8 @@
 //! held its partition's task for about 175 ms, and the eight partitions' sets grew at about the same
 //! moment, stalling every vote on the node for over a second (BENCHMARKS.md, "2026-12-05 (seventh
 //! session)"). A set that stops taking new voters in the middle of a move would hold both tables;
-//! [`VoterSet::settle`] moves the rest a slice at a time (the partition task calls it when quiet).
+//! [`VoterSet::settle`] moves the rest a slice at a time (the partition task calls it at each
+//! flush).
 
 use hashbrown::hash_table::{Entry, HashTable};
 use std::collections::hash_map::RandomState;
@@ -190,15 +191,28 @@ impl VoterSet {
             next: 0,
             end: self.arena.len(),
             moved: 0,
+            settled_at: 0,
         });
     }
 
-    /// Moves up to `most` voters of a growth under way into the grown table (dropping the full one
-    /// once all have moved); how many it moved, 0 if no growth is under way.
+    /// Brings the voters moved since the last call up to `most`, counting those the inserts
+    /// moved meanwhile (a set taking voters moves itself; one whose votes stopped does not):
+    /// how many moved since the last call, 0 if no growth is under way. The full table is
+    /// dropped once all have moved.
     pub fn settle(&mut self, most: usize) -> usize {
-        let before = self.growing.as_ref().map_or(0, Growth::not_moved);
-        self.move_voters(most);
-        before - self.growing.as_ref().map_or(0, Growth::not_moved)
+        let Some(growth) = &self.growing else {
+            return 0;
+        };
+        let (by_inserts, before) = (growth.moved - growth.settled_at, growth.not_moved());
+        self.move_voters(most.saturating_sub(by_inserts));
+        let after = match &mut self.growing {
+            Some(growth) => {
+                growth.settled_at = growth.moved;
+                growth.not_moved()
+            }
+            None => 0,
+        };
+        by_inserts + before - after
     }
 
     /// Moves up to `most` voters from the full table into the grown one, in the arena's order, and
@@ -215,8 +229,7 @@ impl VoterSet {
         } = self;
         for _ in 0..most {
             if growth.next == growth.end {
-                self.growing = None;
-                return;
+                break;
             }
             let (ns, rest, next) = read_record(arena, growth.next);
             let at = Offset40::new(growth.next);
@@ -225,6 +238,9 @@ impl VoterSet {
             });
             growth.next = next;
             growth.moved += 1;
+        }
+        if growth.next == growth.end {
+            self.growing = None;
         }
     }
 }
@@ -239,6 +255,8 @@ struct Growth {
     end: usize,
     /// How many voters have moved.
     moved: usize,
+    /// `moved` at the last [`VoterSet::settle`].
+    settled_at: usize,
 }
 
 impl Growth {
@@ -377,7 +395,7 @@ mod tests {
     #[test]
     fn a_set_growing_in_steps_finds_every_voter_throughout() {
         let mut set = VoterSet::default();
-        let (mut growths, mut was_growing) = (0, false);
+        let (mut growths, mut was_growing, mut last_over) = (0, false, 0);
         for i in 0..80_000usize {
             assert!(set.insert(&voter(i)), "voter {i}");
             // Earlier voters, moved and not yet moved, are still there, once.
@@ -388,16 +406,18 @@ mod tests {
             assert_eq!(set.len(), i + 1);
             let growing = set.growing.is_some();
             growths += usize::from(growing && !was_growing);
+            if was_growing && !growing {
+                last_over = i + 1;
+            }
             was_growing = growing;
         }
         assert_eq!(
             growths, 4,
             "steps at 7,168, 14,336, 28,672 and 57,344 voters"
         );
-        assert!(
-            set.growing.is_none(),
-            "the last growth's move was over by 64,513"
-        );
+        // 57,344 voters to move, 8 at each insert from the 57,345th voter on.
+        assert_eq!(last_over, 57_344 + 57_344 / 8, "the last move's end");
+        assert!(set.growing.is_none());
         assert!((0..80_000).all(|i| set.contains(&voter(i))));
         assert_eq!(set.iter().count(), 80_000);
     }
@@ -454,10 +474,30 @@ mod tests {
         }
         let to_move = set.growing.as_ref().unwrap().not_moved();
         assert_eq!(to_move, 7_168 - MOVED_PER_INSERT);
+        assert_eq!(set.settle(1_000), 1_000, "the insert's 8 and 992 more");
+        assert_eq!(set.settle(0), 0);
+        // Inserts since the last call count: 10 of them moved 80, the call moves 920 more.
+        for _ in 0..10 {
+            set.insert(&voter(i));
+            i += 1;
+        }
         assert_eq!(set.settle(1_000), 1_000);
+        let to_move = set.growing.as_ref().unwrap().not_moved();
+        assert_eq!(to_move, 7_168 - 2_000);
+        // Inserts that moved more than asked: the call moves none.
+        for _ in 0..200 {
+            set.insert(&voter(i));
+            i += 1;
+        }
+        assert_eq!(set.settle(1_000), 1_600);
+        let to_move = set.growing.as_ref().unwrap().not_moved();
+        assert_eq!(to_move, 7_168 - 3_600);
         assert!(set.growing.is_some());
-        assert_eq!(set.settle(usize::MAX), to_move - 1_000);
-        assert!(set.growing.is_none(), "the full table is dropped");
+        assert_eq!(set.settle(to_move), to_move);
+        assert!(
+            set.growing.is_none(),
+            "the full table is dropped with the last voter moved"
+        );
         assert_eq!(set.settle(1_000), 0);
         assert_eq!(set.len(), i);
         assert!((0..i).all(|v| set.contains(&voter(v))));
