@@ -197,8 +197,8 @@ impl VoterSet {
 
     /// Brings the voters moved since the last call up to `most`, counting those the inserts
     /// moved meanwhile (a set taking voters moves itself; one whose votes stopped does not):
-    /// how many moved since the last call, 0 if no growth is under way. The full table is
-    /// dropped once all have moved.
+    /// how many of the growth under way moved since the last call, 0 if none is under way. The
+    /// full table is dropped once all have moved.
     pub fn settle(&mut self, most: usize) -> usize {
         let Some(growth) = &self.growing else {
             return 0;
