@@ -422,6 +422,14 @@ mod tests {
         assert_eq!(set.iter().count(), 80_000);
     }
 
+    /// Inserts voters `from..from + count`; the next voter's number.
+    fn insert_voters(set: &mut VoterSet, from: usize, count: usize) -> usize {
+        for i in from..from + count {
+            set.insert(&voter(i));
+        }
+        from + count
+    }
+
     /// Voter `i`, in one of four namespaces (one of them none).
     fn voter(i: usize) -> String {
         let namespace = ["device:", "user:", "agg:sms:", ""][i % 4];
@@ -477,18 +485,12 @@ mod tests {
         assert_eq!(set.settle(1_000), 1_000, "the insert's 8 and 992 more");
         assert_eq!(set.settle(0), 0);
         // Inserts since the last call count: 10 of them moved 80, the call moves 920 more.
-        for _ in 0..10 {
-            set.insert(&voter(i));
-            i += 1;
-        }
+        i = insert_voters(&mut set, i, 10);
         assert_eq!(set.settle(1_000), 1_000);
         let to_move = set.growing.as_ref().unwrap().not_moved();
         assert_eq!(to_move, 7_168 - 2_000);
         // Inserts that moved more than asked: the call moves none.
-        for _ in 0..200 {
-            set.insert(&voter(i));
-            i += 1;
-        }
+        i = insert_voters(&mut set, i, 200);
         assert_eq!(set.settle(1_000), 1_600);
         let to_move = set.growing.as_ref().unwrap().not_moved();
         assert_eq!(to_move, 7_168 - 3_600);
