@@ -4,6 +4,7 @@
 //! first send), each request's send to answer, and in the open loop how late it sent each vote.
 
 use crate::client::{error_code, Attempt, Conn};
+use crate::placement::Outstanding;
 use crate::plan::Submission;
 use crate::record::{LaneRecorder, Line};
 use crate::run::{closed_fill, Control, Handout, Item, Receipt, RunConfig, Stats};
@@ -51,6 +52,8 @@ pub(crate) struct Lane {
     free_since: Instant,
     votes_uri: Uri,
     batch_uri: Uri,
+    /// The open loop's count of what this lane holds, and the lane's number in it.
+    outstanding: Option<(Arc<[Outstanding]>, usize)>,
 }
 
 /// How late a submission due at `due` was sent at `sent` by a lane that was done with the one
@@ -133,6 +136,7 @@ impl Lane {
         control: &Arc<Control>,
         hist: Arc<Mutex<LaneHist>>,
         start: Instant,
+        outstanding: Option<(Arc<[Outstanding]>, usize)>,
     ) -> Self {
         Self {
             conn: Conn::new(cfg.target.clone()),
@@ -156,6 +160,7 @@ impl Lane {
             free_since: start,
             votes_uri: Uri::from_static("/v1/votes"),
             batch_uri: Uri::from_static("/v1/votes/batch?results=rejected"),
+            outstanding,
         }
     }
 
@@ -184,7 +189,7 @@ impl Lane {
             if batch == 0 {
                 let item = queued.pop_front().expect("not empty");
                 self.single(item).await;
-                self.free_since = Instant::now();
+                self.finished(1);
                 continue;
             }
             items.clear();
@@ -211,7 +216,7 @@ impl Lane {
                 break;
             }
             self.batch(&items).await;
-            self.free_since = Instant::now();
+            self.finished(items.len());
         }
         // Stopped: what is still queued was never sent.
         rx.close();
@@ -229,6 +234,14 @@ impl Lane {
             rejections: self.rejections,
             connects: self.conn.connects,
             last_answer: self.last_answer,
+        }
+    }
+
+    /// `n` submissions reached their final state: the lane is free for the next.
+    fn finished(&mut self, n: usize) {
+        self.free_since = Instant::now();
+        if let Some((outstanding, lane)) = &self.outstanding {
+            outstanding[*lane].done(n, self.failing);
         }
     }
 

@@ -4,7 +4,10 @@
 //! server acknowledged.
 //!
 //! - [`plan`] (pure): the seeded sequence of submissions — first votes, duplicates (same voter,
-//!   new vote id) and retries (an earlier submission again, same vote id) — and the lane of each.
+//!   new vote id) and retries (an earlier submission again, same vote id) — and the lane of each
+//!   in the closed loop.
+//! - [`placement`]: the open loop's lane of each submission: a fresh pair's an idle lane, later
+//!   submissions of the pair the same lane.
 //! - [`client`]: a lean HTTP/1.1 keep-alive connection per lane (hyper), reconnecting after any
 //!   failure, telling "certainly not sent" from "may have been processed".
 //! - [`run`]: the dispatcher and the schedule (per-voter order, open and closed loop); `lane`:
@@ -25,6 +28,7 @@
 
 pub mod client;
 mod lane;
+pub mod placement;
 pub mod plan;
 pub mod polls;
 pub mod record;
@@ -70,13 +74,16 @@ pub struct LoadgenArgs {
     pub allow_remote: bool,
     /// Open loop: submissions per second. Submission i is due at start + i/rate and its latency
     /// counts from then, so a stalled server shows in the percentiles (no coordinated omission).
-    /// The --connections lanes carry the schedule; the report also says how late the generator
-    /// itself sent them (from the later of the due time and the lane's previous answer). Without
+    /// The --connections lanes carry the schedule, a voter's first vote on an idle one (like a
+    /// pool of connections) and the voter's later votes on the same one; the report also says
+    /// how late the generator itself sent them (from the later of the due time and the lane's
+    /// previous answer). Without
     /// --rate: closed loop, each connection sends its next submission as soon as it has the
     /// previous answer.
     #[arg(long, value_name = "VOTES_PER_SEC")]
     pub rate: Option<f64>,
-    /// Connections (lanes). Each carries a fixed share of the voters, one request at a time.
+    /// Connections (lanes), each carrying one request at a time. In the closed loop each carries
+    /// a fixed share of the voters.
     #[arg(long, default_value_t = 64, value_name = "N")]
     pub connections: usize,
     /// Total submissions, duplicates and retries included [default: 100000 when no --duration].

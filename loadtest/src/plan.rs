@@ -84,6 +84,30 @@ pub struct Submission {
     pub kind: Kind,
 }
 
+/// Where the plan keeps its last submission's pair and the submission itself, among what it may
+/// hand out again ([`Plan::recall`]): slots of its recent pairs ([`RECENT_PAIRS`]) and recent
+/// submissions ([`RECENT_SUBMISSIONS`]). A caller that keeps a table beside those slots can follow
+/// every submission of a pair in bounded memory: the plan draws duplicates and retries from them
+/// only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recall {
+    /// What the submission's pair was found in.
+    pub origin: Origin,
+    /// The slot of the recent submissions the submission itself now holds.
+    pub sub: usize,
+}
+
+/// Where a submission's pair comes from, in the plan's memory ([`Recall`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A fresh pair, now in this slot of the recent pairs.
+    Fresh(usize),
+    /// A duplicate of the pair in this slot of the recent pairs.
+    Duplicate(usize),
+    /// A resend of the submission in this slot of the recent submissions.
+    Retry(usize),
+}
+
 /// What the plan is made of.
 #[derive(Debug, Clone)]
 pub struct PlanConfig {
@@ -116,6 +140,7 @@ pub struct Plan {
     recent_pairs_at: usize,
     recent_subs: Vec<Submission>,
     recent_subs_at: usize,
+    recall: Recall,
 }
 
 fn gcd(mut a: u64, mut b: u64) -> u64 {
@@ -152,7 +177,16 @@ impl Plan {
             recent_pairs_at: 0,
             recent_subs: Vec::new(),
             recent_subs_at: 0,
+            recall: Recall {
+                origin: Origin::Fresh(0),
+                sub: 0,
+            },
         }
+    }
+
+    /// Where the last submission handed out came from and is kept (see [`Recall`]).
+    pub fn recall(&self) -> Recall {
+        self.recall
     }
 
     pub fn config(&self) -> &PlanConfig {
@@ -168,7 +202,8 @@ impl Plan {
         self.rng.below(self.cfg.options[poll as usize] as u64) as u16
     }
 
-    fn fresh_pair(&mut self) -> Option<(u32, u32)> {
+    /// The next fresh pair and the slot of the recent pairs it now holds.
+    fn fresh_pair(&mut self) -> Option<((u32, u32), usize)> {
         if self.fresh_next >= self.fresh_total {
             return None;
         }
@@ -178,21 +213,28 @@ impl Plan {
             as u64;
         let polls = self.cfg.options.len() as u64;
         let pair = ((x % polls) as u32, (x / polls) as u32);
-        if self.recent_pairs.len() < RECENT_PAIRS {
+        let slot = if self.recent_pairs.len() < RECENT_PAIRS {
             self.recent_pairs.push(pair);
+            self.recent_pairs.len() - 1
         } else {
-            self.recent_pairs[self.recent_pairs_at] = pair;
-            self.recent_pairs_at = (self.recent_pairs_at + 1) % RECENT_PAIRS;
-        }
-        Some(pair)
+            let slot = self.recent_pairs_at;
+            self.recent_pairs[slot] = pair;
+            self.recent_pairs_at = (slot + 1) % RECENT_PAIRS;
+            slot
+        };
+        Some((pair, slot))
     }
 
-    fn remember(&mut self, s: Submission) {
+    /// Keeps `s` among the recent submissions; the slot it holds.
+    fn remember(&mut self, s: Submission) -> usize {
         if self.recent_subs.len() < RECENT_SUBMISSIONS {
             self.recent_subs.push(s);
+            self.recent_subs.len() - 1
         } else {
-            self.recent_subs[self.recent_subs_at] = s;
-            self.recent_subs_at = (self.recent_subs_at + 1) % RECENT_SUBMISSIONS;
+            let slot = self.recent_subs_at;
+            self.recent_subs[slot] = s;
+            self.recent_subs_at = (slot + 1) % RECENT_SUBMISSIONS;
+            slot
         }
     }
 }
@@ -209,42 +251,44 @@ impl Iterator for Plan {
         let draw = self.rng.next_f64();
         let want_retry = draw < self.cfg.retry_share;
         let want_duplicate = !want_retry && draw < self.cfg.retry_share + self.cfg.duplicate_share;
-        let s = if want_retry && !self.recent_subs.is_empty() {
+        let (s, origin) = if want_retry && !self.recent_subs.is_empty() {
             let i = self.rng.below(self.recent_subs.len() as u64) as usize;
-            Submission {
+            let s = Submission {
                 seq,
                 kind: Kind::Retry,
                 ..self.recent_subs[i]
-            }
+            };
+            (s, Origin::Retry(i))
         } else {
             let fresh = if want_duplicate {
                 None
             } else {
                 self.fresh_pair()
             };
-            let (poll, voter, kind) = match fresh {
-                Some((poll, voter)) => (poll, voter, Kind::Fresh),
+            let ((poll, voter), kind, origin) = match fresh {
+                Some((pair, slot)) => (pair, Kind::Fresh, Origin::Fresh(slot)),
                 None if !self.recent_pairs.is_empty() => {
                     let i = self.rng.below(self.recent_pairs.len() as u64) as usize;
-                    let (poll, voter) = self.recent_pairs[i];
-                    (poll, voter, Kind::Duplicate)
+                    (self.recent_pairs[i], Kind::Duplicate, Origin::Duplicate(i))
                 }
                 // A duplicate (or retry) drawn before any pair voted: make it fresh.
                 None => {
-                    let (poll, voter) = self.fresh_pair().expect("fresh pairs remain at start");
-                    (poll, voter, Kind::Fresh)
+                    let (pair, slot) = self.fresh_pair().expect("fresh pairs remain at start");
+                    (pair, Kind::Fresh, Origin::Fresh(slot))
                 }
             };
-            Submission {
+            let s = Submission {
                 seq,
                 poll,
                 voter,
                 option: self.random_option(poll),
                 vote: seq,
                 kind,
-            }
+            };
+            (s, origin)
         };
-        self.remember(s);
+        let sub = self.remember(s);
+        self.recall = Recall { origin, sub };
         Some(s)
     }
 }

@@ -16,8 +16,11 @@
 //!   million, [`closed_fill`]). Latency is answer time − first send time.
 //!
 //! Per-voter order (needed to know which vote the server counts): every submission of a pair goes
-//! to the lane `lane_of(poll, voter)`, and a lane starts a submission only after the previous one
-//! reached its final state. A failed attempt (no connection, broken connection, timeout, 503, 429,
+//! to one lane, and a lane starts a submission only after the previous one reached its final
+//! state. The closed loop places a pair by its hash (`lane_of(poll, voter)`); the open loop places
+//! a fresh pair on an idle lane and the pair's later submissions on the same lane
+//! ([`crate::placement`]), so a vote due while its pair's hashed lane is busy does not wait for
+//! that lane's answer while another lane is idle. A failed attempt (no connection, broken connection, timeout, 503, 429,
 //! other 5xx) is retried with the same body — same vote id — after a backoff (5 ms doubling to 1 s,
 //! or the server's `Retry-After` capped at 1 s) until a 202 or a 4xx, for at most `--give-up-secs`.
 //! A lane that gave up then probes the server once a second with one attempt of its next
@@ -32,6 +35,7 @@
 
 use crate::client::Target;
 use crate::lane::Lane;
+use crate::placement::{Outstanding, Placer};
 use crate::plan::{lane_of, Plan, PlanConfig, Submission};
 use crate::polls::PollInfo;
 use crate::record::RecordSink;
@@ -233,6 +237,8 @@ pub async fn run(cfg: RunConfig, control: Arc<Control>) -> anyhow::Result<RunOut
         senders.push(tx);
         receivers.push(rx);
     }
+    // The open loop's lanes count what they hold, for the placement of fresh pairs.
+    let outstanding = cfg.rate.map(|_| Outstanding::per_lane(lanes));
     let hists: Vec<Arc<Mutex<LaneHist>>> = (0..lanes.clamp(1, HISTOGRAM_SHARDS))
         .map(|_| Arc::new(Mutex::new(LaneHist::new())))
         .collect();
@@ -260,6 +266,7 @@ pub async fn run(cfg: RunConfig, control: Arc<Control>) -> anyhow::Result<RunOut
             &control,
             hists[i % hists.len()].clone(),
             start,
+            outstanding.clone().map(|o| (o, i)),
         );
         lane_tasks.push(tokio::spawn(lane.run(rx)));
     }
@@ -268,7 +275,11 @@ pub async fn run(cfg: RunConfig, control: Arc<Control>) -> anyhow::Result<RunOut
 
     let plan = Plan::new(cfg.plan.clone());
     match cfg.rate {
-        Some(rate) => dispatch_open(plan, senders, rate, start, deadline, &control, &stats).await,
+        Some(rate) => {
+            let placer = Placer::new(outstanding.expect("the open loop's"));
+            let timing = (rate, start, deadline);
+            dispatch_open(plan, placer, senders, timing, &control, &stats).await
+        }
         None => dispatch_closed(plan, senders, run_len, start, &control, &stats).await,
     }
 
@@ -403,17 +414,16 @@ async fn hand(tx: &mpsc::Sender<Handout>, handout: Handout, stats: &Stats) -> bo
     sent
 }
 
-/// The open loop: hands each submission to its lane at its time.
+/// The open loop: hands each submission at its time to the lane `placer` chooses; `timing` is
+/// the rate, the start and the deadline.
 async fn dispatch_open(
     mut plan: Plan,
+    mut placer: Placer,
     senders: Vec<mpsc::Sender<Handout>>,
-    rate: f64,
-    start: Instant,
-    deadline: Option<Instant>,
+    (rate, start, deadline): (f64, Instant, Option<Instant>),
     control: &Control,
     stats: &Stats,
 ) {
-    let lanes = senders.len();
     tokio::time::sleep_until(start).await;
     let nanos_per = 1e9 / rate;
     let at = |seq: u64| start + Duration::from_nanos((seq as f64 * nanos_per) as u64);
@@ -431,7 +441,7 @@ async fn dispatch_open(
             if deadline.is_some_and(|d| intended >= d) {
                 return;
             }
-            let lane = lane_of(sub.poll, sub.voter, lanes);
+            let lane = placer.place(plan.recall());
             if senders[lane]
                 .send(Handout::One(Item { sub, intended }))
                 .await

@@ -100,7 +100,7 @@ impl Expectation {
         s.closed = outcome == Outcome::Acked;
     }
 
-    /// Adds another lane's expectation (lanes own disjoint pairs: `lane_of`). Its pairs are kept as they
+    /// Adds another lane's expectation (lanes own disjoint pairs: `run.rs`). Its pairs are kept as they
     /// are, not inserted again one by one.
     pub fn merge(&mut self, other: Expectation) {
         for pairs in std::iter::once(other.pairs).chain(other.merged) {

@@ -299,6 +299,32 @@ async fn retries_through_faults_and_verifies_exactly() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// The open loop places a voter's first vote on an idle lane and the voter's later votes (the
+/// duplicates and retries, 30% here) on the same one: through the faults, each voter's votes
+/// still go out in order, and the lanes' expectations merge into the exact count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_loop_single_votes_through_faults_verify_exactly() {
+    let url = start(false).await;
+    let dir = std::env::temp_dir().join(format!("lg-open-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let extra = [
+        "--rate",
+        "3000",
+        "--duration",
+        "1",
+        "--duplicate-share",
+        "0.2",
+        "--retry-share",
+        "0.1",
+    ];
+    let r = reported_run(&url, &dir, &extra).await;
+    assert_eq!(r["acknowledged"], 3000, "{r}");
+    assert_eq!(r["verify"]["ok"], true, "{r}");
+    assert!(r["errors"]["broken"].as_u64().unwrap() > 0, "{r}");
+    assert!(r["status_counts"]["503"].as_u64().unwrap() > 0, "{r}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_loop_batches_verify() {
     let url = start(false).await;
