@@ -65,8 +65,9 @@ fn sent_late_us(due: Instant, free_since: Instant, sent: Instant) -> u64 {
 }
 
 /// About how many (poll, voter) pairs one lane of `cfg` sees: every pair the plan can reach,
-/// or every submission of a shorter plan (a timed run's by its rate), shared by the lanes;
-/// at most 2^22 (a guess too large for a lane costs memory, not a wrong check).
+/// or every submission of a shorter plan (a timed run's by its rate), shared by the lanes
+/// evenly (the open loop's placement shares them about evenly, round robin); at most 2^22 (a
+/// guess too large for a lane costs memory, one too small a growth, neither a wrong check).
 fn pairs_per_lane(cfg: &RunConfig) -> usize {
     let pairs = u64::from(cfg.plan.voters) * cfg.plan.options.len() as u64;
     let submissions = match (cfg.plan.total, cfg.rate, cfg.duration) {
@@ -241,7 +242,10 @@ impl Lane {
     fn finished(&mut self, n: usize) {
         self.free_since = Instant::now();
         if let Some((outstanding, lane)) = &self.outstanding {
-            outstanding[*lane].done(n, self.failing);
+            let probe_due = self
+                .failing
+                .then(|| (self.last_probe + PROBE_EVERY).into_std());
+            outstanding[*lane].done(n, probe_due);
         }
     }
 

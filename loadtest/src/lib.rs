@@ -74,12 +74,12 @@ pub struct LoadgenArgs {
     pub allow_remote: bool,
     /// Open loop: submissions per second. Submission i is due at start + i/rate and its latency
     /// counts from then, so a stalled server shows in the percentiles (no coordinated omission).
-    /// The --connections lanes carry the schedule, a voter's first vote on an idle one (like a
-    /// pool of connections) and the voter's later votes on the same one; the report also says
-    /// how late the generator itself sent them (from the later of the due time and the lane's
-    /// previous answer). Without
-    /// --rate: closed loop, each connection sends its next submission as soon as it has the
-    /// previous answer.
+    /// The --connections lanes carry the schedule: a voter's first vote in a poll goes to an idle
+    /// lane among the next 16 (else the least busy of them), like a pool of connections, and the
+    /// voter's later votes in that poll to the same lane. The report also says how late the
+    /// generator itself sent them (from the later of the due time and the lane's previous
+    /// answer). Without --rate: closed loop, each connection sends its next submission as soon as
+    /// it has the previous answer.
     #[arg(long, value_name = "VOTES_PER_SEC")]
     pub rate: Option<f64>,
     /// Connections (lanes), each carrying one request at a time. In the closed loop each carries

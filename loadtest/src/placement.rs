@@ -2,13 +2,13 @@
 //!
 //! A lane is one connection with one request in flight, so a submission handed to a busy lane
 //! waits for that lane's answer even while other lanes are idle. Spread over 128 lanes by a hash
-//! of their pair, 50,000 votes/s kept each lane busy about 0.8 of the time, and most of a vote's
-//! latency from its due time was that wait, not the server's answer (BENCHMARKS.md, "2026-12-05
-//! (eighth session)"): a wait no voter has, each on a connection of their own.
+//! of their pair, 50,000 votes/s kept each lane busy about 0.8 of the time, and by estimate most
+//! of a vote's latency from its due time was that wait, not the server's answer (BENCHMARKS.md,
+//! "2026-12-05 (eighth session)"): a wait no voter has, each on a connection of their own.
 //!
-//! So a fresh pair goes to an idle lane, as a pool of connections would send it: the first of up
-//! to [`LOOK_AT`] lanes, round robin, with nothing outstanding, else the one of them with the
-//! least. Every later submission of that pair (a duplicate, a retry) goes to the lane its first
+//! So a fresh (poll, voter) pair goes to an idle lane, as a pool of connections would send it:
+//! the first of up to [`LOOK_AT`] lanes, round robin, with nothing outstanding, else the one of
+//! them with the least. Every later submission of that pair (a duplicate, a retry) goes to the lane its first
 //! one went to, so a pair's submissions are still sent in plan order, one after the other, and no
 //! two lanes' expectations share a pair (`verify.rs`). Where the pairs went is kept beside the
 //! plan's own memory of the pairs and submissions it may hand out again ([`Recall`]), so it is
@@ -16,24 +16,28 @@
 //! (`plan::lane_of`).
 
 use crate::plan::{Origin, Recall};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 /// A fresh pair's lane is chosen among this many, round robin.
 pub const LOOK_AT: usize = 16;
 
-/// A lane whose server stopped answering counts as holding this many more: it gives the open
-/// loop's due submissions up at once, so it would look idle, and fresh pairs go to lanes that
-/// answer while any does.
+/// A lane whose server stopped answering gives the open loop's due submissions up at once until
+/// its next probe (once a second), so it would look idle. Until that probe is due it counts as
+/// holding this many more, so fresh pairs go to the lanes it is looked at with that answer; once
+/// it is due, the next fresh pair to reach it is its probe.
 const FAILING: usize = 1 << 20;
 
-/// Submissions handed to one lane and not yet final (answered, refused or given up), on a cache
-/// line of its own: the dispatcher reads every lane's while each lane writes its own.
+/// Submissions handed to one lane and not yet final (answered, refused or given up), and when its
+/// failing server is next probed, on a cache line of its own: the dispatcher reads every lane's
+/// while each lane writes its own.
 #[derive(Debug, Default)]
 #[repr(align(64))]
 pub struct Outstanding {
     held: AtomicUsize,
-    failing: AtomicBool,
+    /// [`micros`] of the next probe while the lane's server does not answer it; 0 while it does.
+    probe_due: AtomicU64,
 }
 
 impl Outstanding {
@@ -42,21 +46,28 @@ impl Outstanding {
         (0..lanes).map(|_| Outstanding::default()).collect()
     }
 
-    /// `n` submissions of the lane are final; `failing`: its server stopped answering it.
-    pub fn done(&self, n: usize, failing: bool) {
+    /// `n` submissions of the lane are final; `probe_due`: its server stopped answering it, and
+    /// it probes again then.
+    pub fn done(&self, n: usize, probe_due: Option<Instant>) {
         self.held.fetch_sub(n, Relaxed);
-        self.failing.store(failing, Relaxed);
+        self.probe_due.store(probe_due.map_or(0, micros), Relaxed);
     }
 
-    /// What the lane holds, and [`FAILING`] more while its server does not answer it.
-    fn load(&self) -> usize {
-        let failing = if self.failing.load(Relaxed) {
-            FAILING
-        } else {
-            0
+    /// What the lane holds at `now` ([`micros`]), and [`FAILING`] more until its probe is due.
+    fn load(&self, now: u64) -> usize {
+        let failing = match self.probe_due.load(Relaxed) > now {
+            true => FAILING,
+            false => 0,
         };
         self.held.load(Relaxed) + failing
     }
+}
+
+/// Microseconds from this clock's first reading to `at`, at least 1 (0 stands for none).
+fn micros(at: Instant) -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    at.saturating_duration_since(epoch).as_micros() as u64 + 1
 }
 
 /// The open loop's dispatcher's side: places each submission as the plan hands it out.
@@ -81,19 +92,16 @@ impl Placer {
         }
     }
 
-    /// The lane of the submission the plan handed out last (`recall`: [`crate::plan::Plan::recall`]),
-    /// counted as outstanding there.
+    /// The lane of the submission the plan handed out last (`recall`:
+    /// [`crate::plan::Plan::recall`]), counted as outstanding there. Every submission the plan
+    /// hands out must be placed, in order.
     pub fn place(&mut self, recall: Recall) -> usize {
-        let known = match recall.origin {
-            Origin::Fresh(_) => None,
-            Origin::Duplicate(slot) => self.pair_lane.get(slot),
-            Origin::Retry(slot) => self.sub_lane.get(slot),
-        };
-        // (A pair not placed before is one whose first submission the plan handed out after the
-        // run's end: it may go anywhere.)
-        let lane = match known {
-            Some(&lane) => lane as usize,
-            None => self.idle_lane(),
+        let placed =
+            "the plan draws again only from slots of submissions it handed out, all placed";
+        let lane = match recall.origin {
+            Origin::Fresh(_) => self.idle_lane(),
+            Origin::Duplicate(slot) => *self.pair_lane.get(slot).expect(placed) as usize,
+            Origin::Retry(slot) => *self.sub_lane.get(slot).expect(placed) as usize,
         };
         if let Origin::Fresh(slot) = recall.origin {
             keep(&mut self.pair_lane, slot, lane);
@@ -106,10 +114,11 @@ impl Placer {
     /// The first lane with nothing outstanding among the next [`LOOK_AT`], else the least busy.
     fn idle_lane(&mut self) -> usize {
         let lanes = self.outstanding.len();
+        let now = micros(Instant::now());
         let (mut least, mut lane) = (usize::MAX, self.next);
         for k in 0..LOOK_AT.min(lanes) {
             let at = (self.next + k) % lanes;
-            let n = self.outstanding[at].load();
+            let n = self.outstanding[at].load(now);
             if n < least {
                 (least, lane) = (n, at);
                 if n == 0 {
@@ -152,13 +161,13 @@ mod tests {
         let first: Vec<_> = (0..4).map(|i| placer.place(fresh(i))).collect();
         assert_eq!(first, vec![0, 1, 2, 3]);
         // Lane 2 answers: it is the only idle one.
-        outstanding[2].done(1, false);
+        outstanding[2].done(1, None);
         assert_eq!(placer.place(fresh(4)), 2);
         // None idle (1, 1, 1, 3 outstanding), the round robin at lane 3: the least busy after
         // it, lane 0.
         outstanding[3].held.fetch_add(2, Relaxed);
         assert_eq!(placer.place(fresh(5)), 0);
-        assert_eq!(outstanding[0].load(), 2);
+        assert_eq!(outstanding[0].load(0), 2);
     }
 
     #[test]
@@ -182,25 +191,68 @@ mod tests {
         });
         assert_eq!((dup, retry), (lane, lane));
         assert_eq!(
-            outstanding[lane].load(),
+            outstanding[lane].load(0),
             3,
             "the pair's lane holds all three"
         );
     }
 
     #[test]
-    fn a_lane_whose_server_stopped_answering_gets_no_fresh_pairs_while_another_answers() {
+    fn a_failing_lane_gets_no_fresh_pairs_until_its_probe_is_due() {
         let outstanding = Outstanding::per_lane(3);
         let mut placer = Placer::new(outstanding.clone());
         let first: Vec<_> = (0..3).map(|i| placer.place(fresh(i))).collect();
         assert_eq!(first, vec![0, 1, 2]);
-        // Lane 0 gave its submission up (failing), lanes 1 and 2 still wait for answers.
-        outstanding[0].done(1, true);
+        // Lane 0 gave its submission up and probes in an hour; lanes 1 and 2 still wait for
+        // answers.
+        let later = Instant::now() + std::time::Duration::from_secs(3600);
+        outstanding[0].done(1, Some(later));
         let next: Vec<_> = (3..7).map(|i| placer.place(fresh(i))).collect();
         assert!(!next.contains(&0), "{next:?}");
-        // Once it answers again it is idle like any other.
-        outstanding[0].done(0, false);
+        // Once its probe is due it is idle like any other: the next fresh pair probes.
+        outstanding[0].done(0, Some(Instant::now()));
         assert_eq!(placer.place(fresh(7)), 0);
+    }
+
+    /// Far more submissions than the plan remembers (4,096), and more fresh pairs (about 70,000)
+    /// than its recent pairs (65,536): the tables beside its memory are overwritten as it is, and
+    /// every pair keeps its lane.
+    #[test]
+    fn pairs_keep_their_lane_after_the_plans_memory_wraps() {
+        let total = 100_000;
+        let mut plan = Plan::new(PlanConfig {
+            seed: 11,
+            voters: 1_000_000,
+            options: vec![3],
+            duplicate_share: 0.2,
+            retry_share: 0.1,
+            total: Some(total),
+        });
+        let outstanding = Outstanding::per_lane(32);
+        let mut placer = Placer::new(outstanding.clone());
+        let mut answers = crate::plan::SplitMix64::new(5);
+        let mut lane_of_pair: HashMap<(u32, u32), usize> = HashMap::new();
+        let mut wrapped = false;
+        while let Some(s) = plan.next() {
+            for _ in 0..2 {
+                let l = answers.below(32) as usize;
+                if outstanding[l].load(0) > 0 {
+                    outstanding[l].done(1, None);
+                }
+            }
+            let recall = plan.recall();
+            wrapped |= matches!(recall.origin, Origin::Fresh(slot) if slot == 0 && s.seq > 0);
+            let lane = placer.place(recall);
+            let first = *lane_of_pair.entry((s.poll, s.voter)).or_insert(lane);
+            assert_eq!(
+                first,
+                lane,
+                "pair {:?} moved lanes at {}",
+                (s.poll, s.voter),
+                s.seq
+            );
+        }
+        assert!(wrapped, "the recent pairs wrapped");
     }
 
     proptest! {
@@ -229,16 +281,17 @@ mod tests {
             for &answered in &answers {
                 // A lane answers one of its submissions before the next is placed.
                 let l = answered % lanes;
-                if outstanding[l].load() > 0 {
-                    outstanding[l].done(1, false);
+                if outstanding[l].load(0) > 0 {
+                    outstanding[l].done(1, None);
                 }
                 let s = plan.next().expect("as long as the answers");
-                let idle_before = (0..lanes).filter(|&l| outstanding[l].load() == 0).count();
+                let idle_before = (0..lanes).filter(|&l| outstanding[l].load(0) == 0).count();
                 let lane = placer.place(plan.recall());
                 let first = *lane_of_pair.entry((s.poll, s.voter)).or_insert(lane);
                 prop_assert_eq!(first, lane, "pair {:?} moved lanes", (s.poll, s.voter));
                 if s.kind == crate::plan::Kind::Fresh && lanes <= LOOK_AT && idle_before > 0 {
-                    prop_assert_eq!(outstanding[lane].load(), 1, "a fresh pair went to a busy lane");
+                    let held = outstanding[lane].load(0);
+                    prop_assert_eq!(held, 1, "a fresh pair went to a busy lane");
                 }
             }
         }

@@ -55,8 +55,9 @@ pub fn mix64(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// The lane (connection) that carries every submission of the pair (poll index, voter): all of a
-/// pair's submissions go through one lane, so they are sent in plan order, one after the other.
+/// The closed loop's lane (connection) for every submission of the pair (poll index, voter): all
+/// of a pair's submissions go through one lane, so they are sent in plan order, one after the
+/// other (the open loop's lanes: `placement.rs`).
 pub fn lane_of(poll: u32, voter: u32, lanes: usize) -> usize {
     (mix64(((poll as u64) << 32) | voter as u64 ^ 0x5851_F42D_4C95_7F2D) % lanes as u64) as usize
 }

@@ -18,10 +18,10 @@
 //! Per-voter order (needed to know which vote the server counts): every submission of a pair goes
 //! to one lane, and a lane starts a submission only after the previous one reached its final
 //! state. The closed loop places a pair by its hash (`lane_of(poll, voter)`); the open loop places
-//! a fresh pair on an idle lane and the pair's later submissions on the same lane
-//! ([`crate::placement`]), so a vote due while its pair's hashed lane is busy does not wait for
-//! that lane's answer while another lane is idle. A failed attempt (no connection, broken connection, timeout, 503, 429,
-//! other 5xx) is retried with the same body — same vote id — after a backoff (5 ms doubling to 1 s,
+//! a fresh pair on an idle lane among the next 16 and the pair's later submissions on the same
+//! lane ([`crate::placement`]), so a pair's first vote does not wait for a busy lane's answer
+//! while one of those is idle (its duplicates and retries still wait for their lane). A failed
+//! attempt (no connection, broken connection, timeout, 503, 429, other 5xx) is retried with the same body — same vote id — after a backoff (5 ms doubling to 1 s,
 //! or the server's `Retry-After` capped at 1 s) until a 202 or a 4xx, for at most `--give-up-secs`.
 //! A lane that gave up then probes the server once a second with one attempt of its next
 //! submission until it answers again; meanwhile the open loop gives its due submissions up at once

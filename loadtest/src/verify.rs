@@ -100,8 +100,8 @@ impl Expectation {
         s.closed = outcome == Outcome::Acked;
     }
 
-    /// Adds another lane's expectation (lanes own disjoint pairs: `run.rs`). Its pairs are kept as they
-    /// are, not inserted again one by one.
+    /// Adds another lane's expectation (lanes own disjoint pairs: `plan::lane_of`,
+    /// `placement.rs`). Its pairs are kept as they are, not inserted again one by one.
     pub fn merge(&mut self, other: Expectation) {
         for pairs in std::iter::once(other.pairs).chain(other.merged) {
             if self.pairs.is_empty() {
