@@ -8,9 +8,9 @@
 //!
 //! So a fresh (poll, voter) pair goes to an idle lane, as a pool of connections would send it:
 //! the first of up to [`LOOK_AT`] lanes, round robin, with nothing outstanding, else the one of
-//! them with the least. Every later submission of that pair (a duplicate, a retry) goes to the lane its first
-//! one went to, so a pair's submissions are still sent in plan order, one after the other, and no
-//! two lanes' expectations share a pair (`verify.rs`). Where the pairs went is kept beside the
+//! them with the least. Every later submission of that pair (a duplicate, a retry) goes to the
+//! lane its first one went to, so a pair's submissions are still sent in plan order, one after
+//! the other, and no two lanes' expectations share a pair (`verify.rs`). Where the pairs went is kept beside the
 //! plan's own memory of the pairs and submissions it may hand out again ([`Recall`]), so it is
 //! bounded as that is. The closed loop keeps every lane busy and places by the pair's hash
 //! (`plan::lane_of`).
@@ -25,8 +25,8 @@ pub const LOOK_AT: usize = 16;
 
 /// A lane whose server stopped answering gives the open loop's due submissions up at once until
 /// its next probe (once a second), so it would look idle. Until that probe is due it counts as
-/// holding this many more, so fresh pairs go to the lanes it is looked at with that answer; once
-/// it is due, the next fresh pair to reach it is its probe.
+/// holding this many more, so a fresh pair goes to another of the lanes looked at, one that
+/// answers; once it is due, the next fresh pair to reach it is its probe.
 const FAILING: usize = 1 << 20;
 
 /// Submissions handed to one lane and not yet final (answered, refused or given up), and when its
