@@ -10,10 +10,10 @@
 //! the first of up to [`LOOK_AT`] lanes, round robin, with nothing outstanding, else the one of
 //! them with the least. Every later submission of that pair (a duplicate, a retry) goes to the
 //! lane its first one went to, so a pair's submissions are still sent in plan order, one after
-//! the other, and no two lanes' expectations share a pair (`verify.rs`). Where the pairs went is kept beside the
-//! plan's own memory of the pairs and submissions it may hand out again ([`Recall`]), so it is
-//! bounded as that is. The closed loop keeps every lane busy and places by the pair's hash
-//! (`plan::lane_of`).
+//! the other, and no two lanes' expectations share a pair (`verify.rs`). Where the pairs went is
+//! kept beside the plan's own memory of the pairs and submissions it may hand out again
+//! ([`Recall`]), so it is bounded as that is. The closed loop keeps every lane busy and places by
+//! the pair's hash (`plan::lane_of`).
 
 use crate::plan::{Origin, Recall};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
