@@ -17,7 +17,8 @@
 # p99 470 ms).
 # Reports, per run: votes acknowledged per second, 503s, and how long accepted requests took from
 # their own send to their answer (p50 / p99), which is what queueing at the server cost them. The
-# load generator's lanes honour Retry-After (a shed vote is retried, same vote id, after it).
+# load generator's lanes honour Retry-After (a shed vote is retried, same vote id, after it times
+# 1 to 2 at random).
 # Needs taskset (util-linux), curl and python3; two cores or more.
 set -euo pipefail
 cd "$(dirname "$0")/.."

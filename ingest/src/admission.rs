@@ -1,6 +1,6 @@
 //! Admission control: the edge sheds votes early (503 + `Retry-After`) instead of growing a queue.
 //!
-//! Three checks, all lock-free:
+//! Four checks, all lock-free:
 //! - how long the request waited for this node before its handler ran ([`WaitJudge`]): on an
 //!   overloaded node the time goes to waiting for a core, not for the log, so the request's own
 //!   wait (from the kernel's receipt of its bytes, [`crate::arrival`]) is the signal that sees it.
@@ -18,6 +18,18 @@
 //!   A burst that the log absorbs within an interval never sheds; only a queue that stands does.
 //!   While shedding, the few appends still in flight keep reporting; if none report for two
 //!   intervals, shedding ends (the queue has drained).
+//! - off by default, a bound on the backlog once the node has shown it may be past its capacity:
+//!   a read pause ([`edge::listener::read_gate`]) means the node held more appends than it
+//!   answers promptly; from then on, votes are shed while `backlog_at` appends are in flight,
+//!   until none was shed for `backlog_quiet`. Every vote a node past capacity accepts then waits
+//!   behind few others, and the clients it sheds go quiet. But a burst within capacity on many
+//!   connections pauses reads too, and the bound is near where such a node runs, so the rule can
+//!   keep shedding what the node would carry (BENCHMARKS.md, "2026-12-06"): an operator's choice.
+//!
+//! Shed answers' `Retry-After` take 1, 2, … `retry_after_max_secs` seconds in turn
+//! ([`Admission::retry_after_secs`]), so the clients shed together come back in smaller cohorts;
+//! within the second, clients spread themselves (the web UI and the load generator wait
+//! `Retry-After` times 1 to 2).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -40,6 +52,13 @@ pub struct AdmissionConfig {
     /// Stop reading new requests at this many appends in flight (a batch is one), until half are
     /// answered (0: never; [`crate::read_gate`]).
     pub pause_reads_at: usize,
+    /// Once reads have paused, shed votes while this many appends are in flight, until none was
+    /// shed for `backlog_quiet` (0: never; needs `pause_reads_at`, which counts the appends and
+    /// pauses; see [`Admission::admit`]).
+    pub backlog_at: usize,
+    pub backlog_quiet: Duration,
+    /// Shed answers' `Retry-After` spread evenly over 1..=this many seconds.
+    pub retry_after_max_secs: u32,
 }
 
 impl Default for AdmissionConfig {
@@ -53,6 +72,11 @@ impl Default for AdmissionConfig {
             wait_target: Duration::from_millis(10),
             wait_interval: Duration::from_millis(100),
             pause_reads_at: 1_000,
+            // Off: measured to meet its aim at twice capacity, and to cost throughput near
+            // capacity on many connections (BENCHMARKS.md, "2026-12-06").
+            backlog_at: 0,
+            backlog_quiet: Duration::from_millis(1_000),
+            retry_after_max_secs: 3,
         }
     }
 }
@@ -66,6 +90,8 @@ pub enum Shed {
     QueueDelay,
     /// The request waited too long for this node (see [`WaitJudge`]).
     Waited,
+    /// After a read pause, `backlog_at` appends or more were in flight.
+    Backlog,
 }
 
 pub struct Admission {
@@ -81,6 +107,15 @@ pub struct Admission {
     last_report: AtomicU64,
     pub shed_in_flight: AtomicU64,
     pub shed_delay: AtomicU64,
+    /// Read pauses seen by the backlog rule.
+    backlog_pauses_seen: AtomicU64,
+    /// While the backlog rule is on (from a read pause until none was shed for a quiet while):
+    /// when it last shed or came on, µs since `epoch` (at least 1); 0 while it is off. One word,
+    /// so turning it off cannot undo a pause or a shed noted meanwhile.
+    backlog_last: AtomicU64,
+    pub shed_backlog: AtomicU64,
+    /// Shed answers so far, to spread their `Retry-After`.
+    sheds: AtomicU64,
     pub wait: WaitJudge,
     pub read_gate: std::sync::Arc<edge::listener::ReadGate>,
 }
@@ -109,6 +144,10 @@ impl Admission {
             last_report: AtomicU64::new(0),
             shed_in_flight: AtomicU64::new(0),
             shed_delay: AtomicU64::new(0),
+            backlog_pauses_seen: AtomicU64::new(0),
+            backlog_last: AtomicU64::new(0),
+            shed_backlog: AtomicU64::new(0),
+            sheds: AtomicU64::new(0),
             wait: WaitJudge::new(config.wait_target, config.wait_interval),
             read_gate: std::sync::Arc::new(edge::listener::ReadGate::new(config.pause_reads_at)),
         }
@@ -131,6 +170,10 @@ impl Admission {
                 return Err(Shed::QueueDelay);
             }
         }
+        if self.backlog_stands(now) {
+            self.shed_backlog.fetch_add(votes as u64, Relaxed);
+            return Err(Shed::Backlog);
+        }
         let before = self.in_flight.fetch_add(votes, Relaxed);
         let max = self.config.max_in_flight_votes;
         // A single request larger than the bound is still admitted when nothing else is in flight.
@@ -143,6 +186,55 @@ impl Admission {
             admission: self,
             votes,
         })
+    }
+
+    /// The backlog rule: a read pause means the node holds more appends than it answers promptly.
+    /// From then on, votes are shed while `backlog_at` appends or more are in flight, until none
+    /// was shed for `backlog_quiet`. Nothing when `backlog_at` is 0; otherwise a few relaxed loads
+    /// per request, and a store only when the state changes (or once a millisecond while shedding).
+    fn backlog_stands(&self, now: Instant) -> bool {
+        let at = self.config.backlog_at;
+        if at == 0 {
+            return false;
+        }
+        let now_us = self.micros(now).max(1);
+        let pauses = self.read_gate.pauses.load(Relaxed);
+        if pauses != self.backlog_pauses_seen.load(Relaxed) {
+            self.backlog_pauses_seen.store(pauses, Relaxed);
+            self.backlog_last.store(now_us, Relaxed);
+        }
+        let last = self.backlog_last.load(Relaxed);
+        if last == 0 {
+            return false;
+        }
+        if self.read_gate.in_flight() >= at {
+            if now_us > last + 1_000 {
+                self.backlog_last.store(now_us, Relaxed);
+            }
+            return true;
+        }
+        if now_us.saturating_sub(last) > self.config.backlog_quiet.as_micros() as u64 {
+            // Off, unless a pause or a shed was noted since `last` was read.
+            let _ = self
+                .backlog_last
+                .compare_exchange(last, 0, Relaxed, Relaxed);
+        }
+        false
+    }
+
+    /// Whether the backlog rule is on at `now` (it goes off once none was shed for a quiet while,
+    /// whether or not a vote came since).
+    pub fn is_shedding_backlog(&self, now: Instant) -> bool {
+        let last = self.backlog_last.load(Relaxed);
+        last != 0
+            && self.micros(now).saturating_sub(last) <= self.config.backlog_quiet.as_micros() as u64
+    }
+
+    /// The `Retry-After` of the next shed answer: 1, 2, … `retry_after_max_secs`, in turn, so the
+    /// clients shed together do not all come back in the same second.
+    pub fn retry_after_secs(&self) -> u32 {
+        let max = self.config.retry_after_max_secs.max(1) as u64;
+        1 + (self.sheds.fetch_add(1, Relaxed) % max) as u32
     }
 
     /// Reports how long an append waited for the log.
@@ -275,6 +367,9 @@ mod tests {
             wait_target: Duration::ZERO,
             wait_interval: Duration::from_millis(100),
             pause_reads_at: 0,
+            backlog_at: 0,
+            backlog_quiet: Duration::from_millis(100),
+            retry_after_max_secs: 1,
         })
     }
 
@@ -370,5 +465,51 @@ mod tests {
             a.admit(1, t + ms(400)).is_ok(),
             "no reports for two intervals"
         );
+    }
+
+    #[test]
+    fn after_a_read_pause_votes_are_shed_while_the_backlog_stands_until_a_quiet_while() {
+        let a = Admission::new(AdmissionConfig {
+            pause_reads_at: 8,
+            backlog_at: 2,
+            backlog_quiet: Duration::from_millis(100),
+            retry_after_max_secs: 3,
+            ..admission(0).config
+        });
+        let t = a.epoch;
+        let ms = |n| Duration::from_millis(n);
+        // Many appends in flight, but reads never paused: nothing is shed.
+        let mut held: Vec<_> = (0..7).map(|_| a.read_gate.hold().unwrap()).collect();
+        assert!(a.admit(1, t + ms(10)).is_ok());
+        // A read pause: from now on, shed while 2 or more appends are in flight.
+        held.push(a.read_gate.hold().unwrap());
+        assert_eq!(a.read_gate.pauses.load(Relaxed), 1);
+        assert_eq!(a.admit(1, t + ms(20)).err(), Some(Shed::Backlog));
+        assert!(a.is_shedding_backlog(t + ms(20)));
+        held.truncate(2);
+        assert_eq!(a.admit(1, t + ms(60)).err(), Some(Shed::Backlog));
+        // Below the bound: admitted, but the rule stays on until a quiet while has passed.
+        held.truncate(1);
+        assert!(a.admit(1, t + ms(100)).is_ok());
+        assert!(a.is_shedding_backlog(t + ms(100)));
+        held.push(a.read_gate.hold().unwrap());
+        assert_eq!(a.admit(1, t + ms(150)).err(), Some(Shed::Backlog));
+        held.truncate(1);
+        assert!(a.admit(1, t + ms(200)).is_ok());
+        assert!(
+            !a.is_shedding_backlog(t + ms(251)),
+            "none shed for 100 ms, no vote since"
+        );
+        assert!(a.admit(1, t + ms(251)).is_ok());
+        assert!(!a.is_shedding_backlog(t + ms(252)));
+        held.push(a.read_gate.hold().unwrap());
+        assert!(
+            a.admit(1, t + ms(260)).is_ok(),
+            "off until the next read pause"
+        );
+        assert_eq!(a.shed_backlog.load(Relaxed), 3);
+        // Shed answers' Retry-After take 1, 2, 3 s in turn.
+        let secs: Vec<u32> = (0..6).map(|_| a.retry_after_secs()).collect();
+        assert_eq!(secs, [1, 2, 3, 1, 2, 3]);
     }
 }

@@ -206,10 +206,11 @@ impl Ingest {
             admission::Shed::InFlight => "this edge has as many votes in flight as it may hold",
             admission::Shed::QueueDelay => "the vote log has a standing queue",
             admission::Shed::Waited => "this edge is busier than it can answer promptly",
+            admission::Shed::Backlog => "this edge holds more votes than it can answer promptly",
         };
         ApiError::unavailable(
             format!("{why}; the vote was not recorded — retry after the Retry-After seconds with the same vote_id"),
-            1,
+            self.admission.retry_after_secs(),
         )
     }
 

@@ -50,7 +50,7 @@ impl fmt::Debug for IngestCollector {
 impl Collector for IngestCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
         let (i, a) = (&self.0.metrics, &self.0.admission);
-        let counters: [(&str, &str, &AtomicU64); 11] = [
+        let counters: [(&str, &str, &AtomicU64); 12] = [
             ("crowdtick_ingest_requests", "Single-vote requests.", &i.requests),
             ("crowdtick_ingest_batch_requests", "Batch requests.", &i.batch_requests),
             ("crowdtick_ingest_votes_accepted", "Votes acknowledged (durable).", &i.votes_accepted),
@@ -75,6 +75,11 @@ impl Collector for IngestCollector {
                 "crowdtick_ingest_requests_shed_wait",
                 "Vote requests shed (503) because they waited too long for this node (from the kernel's receipt of their bytes).",
                 &a.wait.shed,
+            ),
+            (
+                "crowdtick_ingest_votes_shed_backlog",
+                "Votes shed (503) after a read pause while ingest.shed_backlog_appends appends were in flight.",
+                &a.shed_backlog,
             ),
             (
                 "crowdtick_ingest_read_pauses",
@@ -124,6 +129,11 @@ impl Collector for IngestCollector {
                 "crowdtick_ingest_shedding",
                 "1 while the edge sheds votes because the log has a standing queue.",
                 a.is_shedding() as i64,
+            ),
+            (
+                "crowdtick_ingest_shedding_backlog",
+                "1 from a read pause until no vote was shed for ingest.shed_backlog_quiet_ms (votes are shed while ingest.shed_backlog_appends appends are in flight).",
+                a.is_shedding_backlog(Instant::now()) as i64,
             ),
             ],
         )

@@ -33,6 +33,15 @@ pub struct IngestSection {
     /// never. Measured on the embedded log (1,000); a node on Kafka holds about rate × append
     /// latency, so set it above that (the Helm chart sets 4,096).
     pub pause_reads_in_flight: usize,
+    /// After a read pause, shed votes (503) while this many appends are in flight, until none was
+    /// shed for `shed_backlog_quiet_ms`: a node past its capacity keeps few votes waiting, so the
+    /// ones it accepts are answered promptly (a quarter of `pause_reads_in_flight` was measured).
+    /// 0 (the default): never, since a burst within capacity on many connections starts it too.
+    pub shed_backlog_appends: usize,
+    pub shed_backlog_quiet_ms: u64,
+    /// A shed vote's `Retry-After` is 1, 2, … this many seconds in turn, so the votes shed together
+    /// do not come back together.
+    pub shed_retry_after_max_secs: u32,
     /// The aggregators that may post batches, each with its own key, voter namespace and quota:
     /// `[[ingest.aggregators]] name = "sms-uk", key = "…", votes_per_sec = 20000`.
     pub aggregators: Vec<AggregatorConfig>,
@@ -55,6 +64,9 @@ impl Default for IngestSection {
             shed_wait_target_ms: d.admission.wait_target.as_millis() as u64,
             shed_wait_interval_ms: d.admission.wait_interval.as_millis() as u64,
             pause_reads_in_flight: d.admission.pause_reads_at,
+            shed_backlog_appends: d.admission.backlog_at,
+            shed_backlog_quiet_ms: d.admission.backlog_quiet.as_millis() as u64,
+            shed_retry_after_max_secs: d.admission.retry_after_max_secs,
             aggregators: vec![AggregatorConfig {
                 name: "dev".into(),
                 key: DEV_AGGREGATOR_KEY.into(),
@@ -119,6 +131,9 @@ impl IngestSection {
                 wait_target: Duration::from_millis(self.shed_wait_target_ms),
                 wait_interval: Duration::from_millis(self.shed_wait_interval_ms.max(1)),
                 pause_reads_at: self.pause_reads_in_flight,
+                backlog_at: self.shed_backlog_appends,
+                backlog_quiet: Duration::from_millis(self.shed_backlog_quiet_ms),
+                retry_after_max_secs: self.shed_retry_after_max_secs.max(1),
             },
             ..Default::default()
         }

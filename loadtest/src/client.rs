@@ -248,8 +248,7 @@ async fn read(resp: Response<Incoming>, want_body: bool) -> Result<Attempt, hype
         .get(RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<f64>().ok())
-        .filter(|s| s.is_finite() && *s >= 0.0)
-        .map(Duration::from_secs_f64);
+        .and_then(|s| Duration::try_from_secs_f64(s).ok());
     let mut body = resp.into_body();
     let body = if want_body || !(200..300).contains(&status) {
         body.collect().await?.to_bytes()

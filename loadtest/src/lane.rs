@@ -5,7 +5,7 @@
 
 use crate::client::{error_code, Attempt, Conn};
 use crate::placement::Outstanding;
-use crate::plan::Submission;
+use crate::plan::{mix64, SplitMix64, Submission};
 use crate::record::{LaneRecorder, Line};
 use crate::run::{closed_fill, Control, Handout, Item, Receipt, RunConfig, Stats};
 use crate::seconds::LaneHist;
@@ -22,6 +22,16 @@ use tokio::time::Instant;
 
 /// How often a lane whose server stopped answering tries again.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// The longest a lane waits before a retry: a server's `Retry-After` is honoured up to this; the
+/// lane's own backoff stops at 1 s.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(10);
+
+/// A shed submission is retried after its `Retry-After` times 1 to 2, uniformly, as the web UI's
+/// vote page does: clients shed in the same moment do not all come back in the same one.
+fn jittered(retry_after: Duration, rng: &mut SplitMix64) -> Duration {
+    retry_after.mul_f64(1.0 + rng.next_f64())
+}
 
 /// What a lane hands back.
 pub(crate) struct LaneDone {
@@ -54,6 +64,8 @@ pub(crate) struct Lane {
     batch_uri: Uri,
     /// The open loop's count of what this lane holds, and the lane's number in it.
     outstanding: Option<(Arc<[Outstanding]>, usize)>,
+    /// Spreads the lane's retries after `Retry-After` ([`jittered`]).
+    jitter: SplitMix64,
 }
 
 /// How late a submission due at `due` was sent at `sent` by a lane that was done with the one
@@ -137,6 +149,7 @@ impl Lane {
         control: &Arc<Control>,
         hist: Arc<Mutex<LaneHist>>,
         start: Instant,
+        index: usize,
         outstanding: Option<(Arc<[Outstanding]>, usize)>,
     ) -> Self {
         Self {
@@ -162,6 +175,7 @@ impl Lane {
             votes_uri: Uri::from_static("/v1/votes"),
             batch_uri: Uri::from_static("/v1/votes/batch?results=rejected"),
             outstanding,
+            jitter: SplitMix64::new(mix64(cfg.plan.seed ^ !(index as u64))),
         }
     }
 
@@ -343,8 +357,13 @@ impl Lane {
                         return Final::Answered(body);
                     }
                     match status {
-                        // Not recorded (the API says so): retry as told.
-                        503 | 429 => retry_after.unwrap_or(backoff),
+                        // Not recorded (the API says so): retry as told; a shed vote (503) after
+                        // a jittered wait, a rate-limited one (429) when its limit allows.
+                        503 => match retry_after {
+                            Some(after) => jittered(after.min(MAX_RETRY_AFTER), &mut self.jitter),
+                            None => backoff,
+                        },
+                        429 => retry_after.unwrap_or(backoff),
                         // Another server error: the vote may or may not have been written.
                         500..=599 => {
                             *ambiguous = true;
@@ -376,7 +395,7 @@ impl Lane {
                     Duration::ZERO
                 }
             }
-            .min(Duration::from_secs(1));
+            .min(MAX_RETRY_AFTER);
             if self.control.hard_stop.load(Relaxed) || Instant::now() + wait > give_up_at {
                 self.failing = true;
                 return Final::GaveUp;
@@ -562,5 +581,22 @@ mod tests {
         assert_eq!(sent_late_us(t0 + ms(10), t0 + ms(300), t0 + ms(302)), 2_000);
         // Sent at once: not late at all.
         assert_eq!(sent_late_us(t0 + ms(10), t0, t0 + ms(10)), 0);
+    }
+
+    #[test]
+    fn retries_after_retry_after_spread_over_one_to_two_times_it() {
+        let mut rng = SplitMix64::new(7);
+        let after = Duration::from_secs(1);
+        let waits: Vec<Duration> = (0..1_000).map(|_| jittered(after, &mut rng)).collect();
+        assert!(waits.iter().all(|w| *w >= after && *w < 2 * after));
+        // Spread over the whole second: each tenth of it holds some of them.
+        for tenth in 0..10u32 {
+            let from = after + after * tenth / 10;
+            let to = from + after / 10;
+            assert!(
+                waits.iter().any(|w| *w >= from && *w < to),
+                "none in {from:?}..{to:?}"
+            );
+        }
     }
 }

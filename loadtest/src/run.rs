@@ -21,8 +21,10 @@
 //! a fresh pair on an idle lane among the next 16 and the pair's later submissions on the same
 //! lane ([`crate::placement`]), so a pair's first vote does not wait for a busy lane's answer
 //! while one of those is idle (its duplicates and retries still wait for their lane). A failed
-//! attempt (no connection, broken connection, timeout, 503, 429, other 5xx) is retried with the same body — same vote id — after a backoff (5 ms doubling to 1 s,
-//! or the server's `Retry-After` capped at 1 s) until a 202 or a 4xx, for at most `--give-up-secs`.
+//! attempt (no connection, broken connection, timeout, 503, 429, other 5xx) is retried with the
+//! same body — same vote id — after a backoff (5 ms doubling to 1 s, or the server's
+//! `Retry-After`, at most 10 s, a 503's times 1 to 2 at random) until a 202 or a 4xx, for at most
+//! `--give-up-secs`.
 //! A lane that gave up then probes the server once a second with one attempt of its next
 //! submission until it answers again; meanwhile the open loop gives its due submissions up at once
 //! (so a server that never comes back ends the run instead of stalling it for hours) and the
@@ -266,6 +268,7 @@ pub async fn run(cfg: RunConfig, control: Arc<Control>) -> anyhow::Result<RunOut
             &control,
             hists[i % hists.len()].clone(),
             start,
+            i,
             outstanding.clone().map(|o| (o, i)),
         );
         lane_tasks.push(tokio::spawn(lane.run(rx)));

@@ -1,7 +1,8 @@
 //! Admission by the wait for a core (`ingest::admission::WaitJudge`, `edge/src/listener/receive_stamp.rs`): a
 //! vote that waited too long for the node is shed with a fast 503 and `Retry-After` before anything
 //! is written, and votes beside it are acknowledged and counted exactly; reads pause while the edge
-//! holds many votes (`edge/src/listener/read_gate.rs`).
+//! holds many votes (`edge/src/listener/read_gate.rs`), and with `shed_backlog_appends` set, a
+//! backlog is shed after a pause; shed votes are told to come back in different seconds.
 
 use crate::helpers::*;
 use serde_json::{json, Value};
@@ -16,16 +17,27 @@ fn vote_request(poll: i64, voter: &str, option: i64, path: &str) -> String {
     )
 }
 
-/// Checks an answer is a fast 503 that says when to retry; its JSON body.
+/// Checks an answer is a fast 503 that says when to retry (1 to 3 s, spread over the answers
+/// shed together); its JSON body.
 fn shed_body(answer: &str) -> Value {
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
-    assert!(
-        answer
-            .to_ascii_lowercase()
-            .contains("\r\nretry-after: 1\r\n"),
-        "{answer}"
-    );
+    let secs = retry_after_secs(answer);
+    assert!((1..=3).contains(&secs), "{answer}");
     serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap()
+}
+
+fn retry_after_secs(answer: &str) -> u32 {
+    let head = answer
+        .split("\r\n\r\n")
+        .next()
+        .unwrap()
+        .to_ascii_lowercase();
+    head.lines()
+        .find_map(|l| l.strip_prefix("retry-after: "))
+        .unwrap_or_else(|| panic!("no Retry-After: {answer}"))
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 /// Sends each request on its own connection from a plain thread while this test's runtime (the
@@ -91,6 +103,10 @@ async fn a_vote_that_waited_too_long_for_the_node_is_shed_and_the_rest_count() {
         .map(|i| vote_request(poll, &format!("waited-{i}"), 1, "/v1/votes"))
         .collect();
     let answers = send_while_the_node_is_busy(app.addr, requests).await;
+    // Shed together, told to come back in different seconds.
+    let mut retry_after: Vec<u32> = answers.iter().map(|a| retry_after_secs(a)).collect();
+    retry_after.sort();
+    assert_eq!(retry_after, [1, 1, 2, 2, 3, 3]);
     for answer in &answers {
         let body = shed_body(answer);
         assert_eq!(body["error"]["code"], "unavailable", "{body}");
@@ -155,25 +171,16 @@ async fn the_old_api_sheds_too_and_a_zero_target_sheds_nothing() {
     );
 }
 
-/// Reads pause while the edge holds `pause_reads_in_flight` vote requests and resume once half
-/// are answered (`edge/src/listener/read_gate.rs`): nothing stalls, every vote gets its answer, and the
-/// counts are exactly the acknowledged votes.
-#[tokio::test]
-async fn reads_pause_while_the_edge_holds_votes_and_every_vote_is_answered() {
+/// 400 votes in `poll`, 64 at a time, option `i % 2` for voter `PREFIX{i}`: each answer's status,
+/// option and body, after checking each is 202 or 503.
+async fn votes_64_at_a_time(app: &TestApp, poll: i64, prefix: &str) -> Vec<(u16, i64, Value)> {
     use futures::StreamExt;
-    let app = spawn_app_with(|c| c.ingest.pause_reads_in_flight = 2).await;
-    let poll = app.open_poll(&["A", "B"]).await;
-    let answers: Vec<(u16, i64)> = futures::stream::iter(0..400i64)
-        .map(|i| {
-            let app = &app;
-            async move {
-                let vote =
-                    json!({"poll_id": poll, "option_id": i % 2, "voter_id": format!("p{i}")});
-                (
-                    app.call("POST", "/v1/votes", Some(vote), false).await.0,
-                    i % 2,
-                )
-            }
+    let answers: Vec<(u16, i64, Value)> = futures::stream::iter(0..400i64)
+        .map(|i| async move {
+            let vote =
+                json!({"poll_id": poll, "option_id": i % 2, "voter_id": format!("{prefix}{i}")});
+            let (status, body) = app.call("POST", "/v1/votes", Some(vote), false).await;
+            (status, i % 2, body)
         })
         .buffer_unordered(64)
         .collect()
@@ -182,6 +189,11 @@ async fn reads_pause_while_the_edge_holds_votes_and_every_vote_is_answered() {
         answers.iter().all(|a| a.0 == 202 || a.0 == 503),
         "only 202 or 503"
     );
+    answers
+}
+
+/// Waits for the poll's published counts to be exactly the acknowledged votes of `answers`.
+async fn counts_are_the_acknowledged(app: &TestApp, poll: i64, answers: &[(u16, i64, Value)]) {
     let acked = |option| {
         answers
             .iter()
@@ -190,9 +202,57 @@ async fn reads_pause_while_the_edge_holds_votes_and_every_vote_is_answered() {
     };
     assert!(acked(0) + acked(1) > 0);
     app.wait_counts(poll, &[acked(0), acked(1)], 10).await;
+}
+
+/// Reads pause while the edge holds `pause_reads_in_flight` vote requests and resume once half
+/// are answered (`edge/src/listener/read_gate.rs`): nothing stalls, every vote gets its answer, and the
+/// counts are exactly the acknowledged votes.
+#[tokio::test]
+async fn reads_pause_while_the_edge_holds_votes_and_every_vote_is_answered() {
+    let app = spawn_app_with(|c| c.ingest.pause_reads_in_flight = 2).await;
+    let poll = app.open_poll(&["A", "B"]).await;
+    let answers = votes_64_at_a_time(&app, poll, "p").await;
+    counts_are_the_acknowledged(&app, poll, &answers).await;
     assert!(
         app.metric("crowdtick_ingest_read_pauses_total").await > 0,
         "64 votes at once against a bound of 2 paused the reads"
     );
     assert_eq!(app.metric("crowdtick_ingest_reads_paused").await, 0);
+}
+
+/// Once reads have paused, the edge sheds votes while `shed_backlog_appends` appends are in flight
+/// (`Admission::admit`), with the reason in the body and in /metrics; every vote gets 202 or 503,
+/// and the counts are exactly the acknowledged votes.
+#[tokio::test]
+async fn after_a_read_pause_the_backlog_is_shed_and_the_acknowledged_votes_count() {
+    let app = spawn_app_with(|c| {
+        c.ingest.pause_reads_in_flight = 8;
+        c.ingest.shed_backlog_appends = 2;
+    })
+    .await;
+    let poll = app.open_poll(&["A", "B"]).await;
+    let answers = votes_64_at_a_time(&app, poll, "b").await;
+    let backlog = answers
+        .iter()
+        .filter(|a| a.0 == 503)
+        .filter(|a| {
+            a.2["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("holds more votes than it can answer promptly"))
+        })
+        .count() as u64;
+    assert!(
+        app.metric("crowdtick_ingest_read_pauses_total").await > 0,
+        "64 votes at once against a bound of 8 paused the reads"
+    );
+    assert!(
+        backlog > 0,
+        "after the pause, votes past 2 appends in flight were shed"
+    );
+    assert_eq!(
+        app.metric("crowdtick_ingest_votes_shed_backlog_total")
+            .await,
+        backlog
+    );
+    counts_are_the_acknowledged(&app, poll, &answers).await;
 }

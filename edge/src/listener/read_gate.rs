@@ -149,6 +149,11 @@ impl ReadGate {
     pub fn is_closed(&self) -> bool {
         self.closed.load(SeqCst)
     }
+
+    /// Appends counted in flight now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Relaxed)
+    }
 }
 
 #[cfg(test)]
