@@ -46,7 +46,8 @@ IDENTITY_VALUES: dict[str, Any] = {
     },
     "ingest": {
         "admission": {"maxInFlightVotes": 50000, "shedTargetMs": 40, "shedIntervalMs": 250,
-                      "shedWaitTargetMs": 25, "shedWaitIntervalMs": 300, "pauseReadsInFlight": 8192},
+                      "shedWaitTargetMs": 25, "shedWaitIntervalMs": 300, "pauseReadsInFlight": 8192,
+                      "shedBacklogAppends": 2048, "shedBacklogQuietMs": 500, "shedRetryAfterMaxSecs": 5},
         "voterTokens": {"algorithm": "HS384", "issuer": "https://id.example.com", "audience": "crowdtick",
                         "leewaySecs": 30},
     },

@@ -560,6 +560,10 @@ def test_crowdtick_accepts_the_settings_of_every_container(chart: helm.Chart, va
             assert effective["ingest"]["max_in_flight_votes"] == merged["ingest"]["admission"]["maxInFlightVotes"], label
             assert effective["ingest"]["shed_wait_target_ms"] == merged["ingest"]["admission"]["shedWaitTargetMs"], label
             assert effective["ingest"]["pause_reads_in_flight"] == merged["ingest"]["admission"]["pauseReadsInFlight"], label
+            assert effective["ingest"]["shed_backlog_appends"] == merged["ingest"]["admission"]["shedBacklogAppends"], label
+            assert effective["ingest"]["shed_backlog_quiet_ms"] == merged["ingest"]["admission"]["shedBacklogQuietMs"], label
+            assert (effective["ingest"]["shed_retry_after_max_secs"]
+                    == merged["ingest"]["admission"]["shedRetryAfterMaxSecs"]), label
     assert not failures, "\n".join(failures)
 
 

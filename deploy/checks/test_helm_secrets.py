@@ -182,10 +182,12 @@ def test_voter_token_secret_reads_back_as_the_same_string(chart: helm.Chart) -> 
 def test_toml_carries_admission_and_voter_tokens(chart: helm.Chart) -> None:
     default = tomllib.loads(find(render(chart, {}), "ConfigMap", "crowdtick")["data"]["crowdtick.toml"])
     admission = ("max_in_flight_votes", "shed_target_ms", "shed_interval_ms", "shed_wait_target_ms",
-                 "shed_wait_interval_ms", "pause_reads_in_flight")
+                 "shed_wait_interval_ms", "pause_reads_in_flight", "shed_backlog_appends",
+                 "shed_backlog_quiet_ms", "shed_retry_after_max_secs")
     assert {k: default["ingest"][k] for k in admission} == \
         {"max_in_flight_votes": 200000, "shed_target_ms": 500, "shed_interval_ms": 1000,
-         "shed_wait_target_ms": 10, "shed_wait_interval_ms": 100, "pause_reads_in_flight": 4096}
+         "shed_wait_target_ms": 10, "shed_wait_interval_ms": 100, "pause_reads_in_flight": 4096,
+         "shed_backlog_appends": 0, "shed_backlog_quiet_ms": 1000, "shed_retry_after_max_secs": 3}
     assert "voter_tokens" not in default["ingest"]  # nothing set: the binary's defaults
     assert "aggregators" not in default["ingest"]  # secrets: from the environment only
 
@@ -198,7 +200,8 @@ def test_toml_carries_admission_and_voter_tokens(chart: helm.Chart) -> None:
     toml = tomllib.loads(text)
     assert {k: toml["ingest"][k] for k in admission} == \
         {"max_in_flight_votes": 50000, "shed_target_ms": 40, "shed_interval_ms": 250,
-         "shed_wait_target_ms": 25, "shed_wait_interval_ms": 300, "pause_reads_in_flight": 8192}
+         "shed_wait_target_ms": 25, "shed_wait_interval_ms": 300, "pause_reads_in_flight": 8192,
+         "shed_backlog_appends": 2048, "shed_backlog_quiet_ms": 500, "shed_retry_after_max_secs": 5}
     assert toml["ingest"]["voter_tokens"] == {
         "algorithm": "EdDSA", "public_key_pem": ED25519_PUBLIC_KEY_PEM, "issuer": 'https://id.example.com/"realm"',
         "audience": "crowdtick", "leeway_secs": 15}
@@ -252,6 +255,9 @@ def test_secret_change_rolls_the_pods(chart: helm.Chart) -> None:
     ({"ingest": {"admission": {"shedIntervalMs": 0}}}, "/ingest/admission/shedIntervalMs"),
     ({"ingest": {"admission": {"shedWaitIntervalMs": 0}}}, "/ingest/admission/shedWaitIntervalMs"),
     ({"ingest": {"admission": {"shedTarget": 100}}}, "/ingest/admission"),
+    ({"ingest": {"admission": {"shedBacklogAppends": -1}}}, "/ingest/admission/shedBacklogAppends"),
+    ({"ingest": {"admission": {"shedBacklogQuietMs": 0}}}, "/ingest/admission/shedBacklogQuietMs"),
+    ({"ingest": {"admission": {"shedRetryAfterMaxSecs": 0}}}, "/ingest/admission/shedRetryAfterMaxSecs"),
 ])
 def test_schema_refuses_bad_identity_values(chart: helm.Chart, values: dict, where: str) -> None:
     with pytest.raises(helm.HelmValuesError) as refused:
@@ -273,3 +279,17 @@ def test_templates_refuse_aggregators_used_twice(chart: helm.Chart, aggregators:
     with pytest.raises(helm.HelmRenderError, match=message) as refused:
         chart.render({"auth": {"aggregators": aggregators}}, name=RELEASE, namespace=NAMESPACE)
     assert "shared-key-0123456789" not in str(refused.value)
+
+
+@pytest.mark.parametrize("admission", [
+    {"shedBacklogAppends": 4096},
+    {"shedBacklogAppends": 250, "pauseReadsInFlight": 0},
+])
+def test_templates_refuse_a_backlog_bound_at_or_above_the_read_pause(chart: helm.Chart, admission: dict) -> None:
+    """The backlog rule starts at a read pause: a bound at or above pauseReadsInFlight adds nothing."""
+    with pytest.raises(helm.HelmRenderError, match=r"shedBacklogAppends \(\d+\) must be below"):
+        chart.render({"ingest": {"admission": admission}}, name=RELEASE, namespace=NAMESPACE)
+    below = {"pauseReadsInFlight": 1000, "shedBacklogAppends": 250}
+    toml = tomllib.loads(find(render(chart, {"ingest": {"admission": below}}), "ConfigMap",
+                              "crowdtick")["data"]["crowdtick.toml"])
+    assert (toml["ingest"]["shed_backlog_appends"], toml["ingest"]["pause_reads_in_flight"]) == (250, 1000)

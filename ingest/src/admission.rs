@@ -54,7 +54,7 @@ pub struct AdmissionConfig {
     pub pause_reads_at: usize,
     /// Once reads have paused, shed votes while this many appends are in flight, until none was
     /// shed for `backlog_quiet` (0: never; needs `pause_reads_at`, which counts the appends and
-    /// pauses; see [`Admission::admit`]).
+    /// pauses, and must be below it; see [`Admission::admit`]).
     pub backlog_at: usize,
     pub backlog_quiet: Duration,
     /// Shed answers' `Retry-After` spread evenly over 1..=this many seconds.

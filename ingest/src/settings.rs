@@ -37,6 +37,8 @@ pub struct IngestSection {
     /// shed for `shed_backlog_quiet_ms`: a node past its capacity keeps few votes waiting, so the
     /// ones it accepts are answered promptly (a quarter of `pause_reads_in_flight` was measured).
     /// 0 (the default): never, since a burst within capacity on many connections starts it too.
+    /// Must be below `pause_reads_in_flight` (the rule starts at a read pause; the node refuses
+    /// to start otherwise).
     pub shed_backlog_appends: usize,
     pub shed_backlog_quiet_ms: u64,
     /// A shed vote's `Retry-After` is 1, 2, … this many seconds in turn, so the votes shed together
@@ -85,10 +87,19 @@ pub const DEV_AGGREGATOR_KEY: &str = "dev-aggregator-key";
 impl IngestSection {
     /// Why these settings cannot run, if they cannot.
     pub fn check(&self) -> Result<(), String> {
-        match self.deadline_ms {
-            10.. => Ok(()),
-            _ => Err("ingest.deadline_ms must be at least 10".into()),
+        if self.deadline_ms < 10 {
+            return Err("ingest.deadline_ms must be at least 10".into());
         }
+        let (backlog, pause) = (self.shed_backlog_appends, self.pause_reads_in_flight);
+        if backlog > 0 && backlog >= pause {
+            return Err(format!(
+                "ingest.shed_backlog_appends ({backlog}) must be below \
+                 ingest.pause_reads_in_flight ({pause}): the rule starts at a read pause, and a \
+                 bound at or above it is reached only while reads are paused, so it would shed \
+                 next to nothing (a quarter of it was measured; 0 turns the rule off)"
+            ));
+        }
+        Ok(())
     }
 
     /// Warns when an aggregator still has the development key and the node listens on `listen`

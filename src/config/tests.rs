@@ -232,3 +232,25 @@ fn retention_reaches_the_embedded_log_and_is_refused_where_it_cannot_work() {
     let err = tight.validate().unwrap_err();
     assert!(err.to_string().contains("deadline_ms"), "{err}");
 }
+
+#[test]
+fn a_backlog_bound_at_or_above_the_read_pause_is_refused() {
+    with(|c| c.ingest.shed_backlog_appends = 250)
+        .validate()
+        .unwrap();
+    let above = with(|c| c.ingest.shed_backlog_appends = 1_000);
+    let err = above.validate().unwrap_err().to_string();
+    assert!(
+        err.contains("must be below ingest.pause_reads_in_flight (1000)"),
+        "{err}"
+    );
+    let no_pause = with(|c| {
+        c.ingest.shed_backlog_appends = 250;
+        c.ingest.pause_reads_in_flight = 0;
+    });
+    let err = no_pause.validate().unwrap_err().to_string();
+    assert!(err.contains("shed_backlog_appends (250)"), "{err}");
+    with(|c| c.ingest.pause_reads_in_flight = 0)
+        .validate()
+        .unwrap();
+}

@@ -138,6 +138,9 @@ shed_interval_ms = {{ $v.ingest.admission.shedIntervalMs | int64 }}
 shed_wait_target_ms = {{ $v.ingest.admission.shedWaitTargetMs | int64 }}
 shed_wait_interval_ms = {{ $v.ingest.admission.shedWaitIntervalMs | int64 }}
 pause_reads_in_flight = {{ $v.ingest.admission.pauseReadsInFlight | int64 }}
+shed_backlog_appends = {{ $v.ingest.admission.shedBacklogAppends | int64 }}
+shed_backlog_quiet_ms = {{ $v.ingest.admission.shedBacklogQuietMs | int64 }}
+shed_retry_after_max_secs = {{ $v.ingest.admission.shedRetryAfterMaxSecs | int64 }}
 {{- with $v.ingest.voterTokens }}
 {{- if or .algorithm .publicKeyPem .issuer .audience .leewaySecs }}
 
@@ -344,6 +347,11 @@ is bypassed). Included by the ConfigMap, which every release renders.
 {{- end }}
 {{- if not (or .Values.postgres.url .Values.postgres.existingSecret) }}
 {{- fail "postgres.url (or postgres.existingSecret) is required: CrowdTick's distributed mode keeps polls and tallies in PostgreSQL" }}
+{{- end }}
+{{- with .Values.ingest.admission }}
+{{- if and (gt (int64 .shedBacklogAppends) 0) (ge (int64 .shedBacklogAppends) (int64 .pauseReadsInFlight)) }}
+{{- fail (printf "ingest.admission.shedBacklogAppends (%d) must be below ingest.admission.pauseReadsInFlight (%d): the rule starts at a read pause, and a bound at or above it is reached only while reads are paused, so it would shed next to nothing (a quarter of it was measured; 0 turns the rule off)" (int64 .shedBacklogAppends) (int64 .pauseReadsInFlight)) }}
+{{- end }}
 {{- end }}
 {{- if gt (mul 4 (int64 .Values.config.polls.refreshMs)) (int64 .Values.config.polls.closeLeadMs) }}
 {{- fail (printf "config.polls.refreshMs (%d) must be at most a quarter of config.polls.closeLeadMs (%d): every ingest edge must re-read the poll catalog several times before a close applies" (int64 .Values.config.polls.refreshMs) (int64 .Values.config.polls.closeLeadMs)) }}
