@@ -20,6 +20,7 @@ import kubernetes_validate
 import pytest
 
 from figment_env import FigmentParseError, figment_unescape, parse_figment_env_value  # noqa: F401
+from conftest import run_crowdtick_config
 from helm_support import (  # noqa: F401 (chart is a fixture)
     AGGREGATORS_VAR,
     ED25519_PUBLIC_KEY_PEM,
@@ -258,6 +259,7 @@ def test_secret_change_rolls_the_pods(chart: helm.Chart) -> None:
     ({"ingest": {"admission": {"shedBacklogAppends": -1}}}, "/ingest/admission/shedBacklogAppends"),
     ({"ingest": {"admission": {"shedBacklogQuietMs": 0}}}, "/ingest/admission/shedBacklogQuietMs"),
     ({"ingest": {"admission": {"shedRetryAfterMaxSecs": 0}}}, "/ingest/admission/shedRetryAfterMaxSecs"),
+    ({"ingest": {"admission": {"shedRetryAfterMaxSecs": 3601}}}, "/ingest/admission/shedRetryAfterMaxSecs"),
 ])
 def test_schema_refuses_bad_identity_values(chart: helm.Chart, values: dict, where: str) -> None:
     with pytest.raises(helm.HelmValuesError) as refused:
@@ -293,3 +295,28 @@ def test_templates_refuse_a_backlog_bound_at_or_above_the_read_pause(chart: helm
     toml = tomllib.loads(find(render(chart, {"ingest": {"admission": below}}), "ConfigMap",
                               "crowdtick")["data"]["crowdtick.toml"])
     assert (toml["ingest"]["shed_backlog_appends"], toml["ingest"]["pause_reads_in_flight"]) == (250, 1000)
+
+
+@pytest.mark.parametrize("key, value, values_key, accepted", [
+    ("shed_backlog_quiet_ms", 0, "shedBacklogQuietMs", False),
+    ("shed_backlog_quiet_ms", 1, "shedBacklogQuietMs", True),
+    ("shed_retry_after_max_secs", 0, "shedRetryAfterMaxSecs", False),
+    ("shed_retry_after_max_secs", 1, "shedRetryAfterMaxSecs", True),
+    ("shed_retry_after_max_secs", 3600, "shedRetryAfterMaxSecs", True),
+    ("shed_retry_after_max_secs", 3601, "shedRetryAfterMaxSecs", False),
+])
+def test_the_binary_and_the_schema_agree_on_the_shed_settings(chart: helm.Chart, key: str, value: int,
+                                                               values_key: str, accepted: bool) -> None:
+    """A value the chart refuses is one CrowdTick refuses at start too (and says which), and one
+    it renders starts."""
+    result = run_crowdtick_config(f"[ingest]\n{key} = {value}\n", {})
+    assert (result.returncode == 0) == accepted, (key, value, result.stderr)
+    if not accepted:
+        assert f"ingest.{key}" in result.stderr, result.stderr
+    values = {"ingest": {"admission": {values_key: value}}}
+    if accepted:
+        toml = tomllib.loads(find(render(chart, values), "ConfigMap", "crowdtick")["data"]["crowdtick.toml"])
+        assert toml["ingest"][key] == value
+    else:
+        with pytest.raises(helm.HelmValuesError):
+            chart.render(values, name=RELEASE, namespace=NAMESPACE)

@@ -12,9 +12,9 @@
 //!   instead of spinning on the error (the pending connection stays in the kernel's backlog).
 //! - Each connection is HTTP/1.1 (with upgrades, for WebSocket) under hyper's header read timeout,
 //!   which runs whenever the connection waits for a request: it bounds slow headers, a client that
-//!   connects and says nothing, and a kept-alive connection's idle wait. The body read timeout is a
-//!   layer on the router ([`body_read_timeout`]: the longest pause within a body) and, at the edge,
-//!   one deadline for a vote's whole body (`ingest::routes::read_body`).
+//!   connects and says nothing, and a kept-alive connection's idle wait. The body read timeout is
+//!   a layer on the router ([`crate::node::NodeLayer`]: the longest pause within a body) and, at
+//!   the edge, one deadline for a vote's whole body (`ingest::routes::read_body`).
 //! - A new connection whose first request is a whole `GET` asking for `text/event-stream` (a
 //!   browser's `EventSource`) is served without hyper's connection buffers (`event_stream.rs`
 //!   peeks at it; the same router answers it): an SSE viewer costs a few KiB, not hyper's 16.
@@ -350,13 +350,6 @@ impl Drop for Permit {
             .connections_open
             .fetch_sub(1, Ordering::AcqRel);
     }
-}
-
-/// The router's layer that cuts off a request body that does not arrive within `limits`.
-pub fn body_read_timeout(router: Router, limits: &HttpLimits) -> Router {
-    router.layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
-        Duration::from_millis(limits.body_read_timeout_ms),
-    ))
 }
 
 /// What a node's roles ask of its listener beyond the limits.

@@ -1,16 +1,25 @@
 //! What every node answers besides its services' routes: `/healthz`, `/readyz`
 //! ([`crate::readiness`]), `/metrics` ([`crate::metrics`]), a JSON 404 and 405, and every error
-//! answer as JSON ([`json_errors`]), with the body read timeout of [`HttpLimits`].
+//! answer as JSON ([`json_errors`]), with the body read timeout of [`HttpLimits`]: both in one
+//! layer ([`NodeLayer`]), since each layer of a router costs every request a boxed route.
 
-use crate::listener::{body_read_timeout, HttpLimits};
+use crate::listener::HttpLimits;
 use crate::metrics::NodeMetrics;
 use crate::readiness::{readyz, Readiness};
 use crate::ApiError;
+use axum::body::Body;
+use axum::extract::Request;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use futures::future::{self, BoxFuture, Either, FutureExt, TryFutureExt};
+use std::convert::Infallible;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tower::{Layer, Service};
+use tower_http::timeout::TimeoutBody;
 
 /// Adds the node's own endpoints and error handling to the services' `router`. `not_found` is
 /// the message of a 404 (it says where the API is described).
@@ -21,7 +30,7 @@ pub fn node_router(
     not_found: String,
     limits: &HttpLimits,
 ) -> Router {
-    let router = router
+    router
         .route(
             "/healthz",
             get(|| async { Json(serde_json::json!({"status": "ok"})) }),
@@ -39,22 +48,89 @@ pub fn node_router(
                 "this endpoint does not take that method; see /openapi.json",
             )
         })
-        .layer(axum::middleware::map_response(json_errors));
-    body_read_timeout(router, limits)
+        .layer(NodeLayer {
+            body_read_timeout: Duration::from_millis(limits.body_read_timeout_ms),
+        })
 }
 
-/// Every error answer is JSON: a framework rejection (a body over a route's limit, a bad header)
-/// arrives as plain text and is rewrapped as `{"error": {"code", "message"}}` with its status.
-pub async fn json_errors(resp: Response) -> Response {
+/// Cuts off a request body that does not arrive within `body_read_timeout` (tower-http's
+/// [`TimeoutBody`]: it bounds the gap between chunks) and rewraps every error answer that is not
+/// JSON ([`json_errors`]). An answer that needs no rewrap passes through without an allocation.
+#[derive(Clone, Copy)]
+pub struct NodeLayer {
+    pub body_read_timeout: Duration,
+}
+
+impl<S> Layer<S> for NodeLayer {
+    type Service = NodeService<S>;
+
+    fn layer(&self, inner: S) -> NodeService<S> {
+        NodeService {
+            inner,
+            body_read_timeout: self.body_read_timeout,
+        }
+    }
+}
+
+/// The service of [`NodeLayer`].
+#[derive(Clone)]
+pub struct NodeService<S> {
+    inner: S,
+    body_read_timeout: Duration,
+}
+
+/// An answer as it leaves [`NodeService`]: as it was, or rewrapped as JSON.
+type Answer = Either<
+    future::Ready<Result<Response, Infallible>>,
+    future::Map<BoxFuture<'static, Response>, fn(Response) -> Result<Response, Infallible>>,
+>;
+
+impl<S> Service<Request> for NodeService<S>
+where
+    S: Service<Request<TimeoutBody<Body>>, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = future::AndThen<S::Future, Answer, fn(Response) -> Answer>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let timeout = self.body_read_timeout;
+        let request = request.map(|body| TimeoutBody::new(timeout, body));
+        self.inner
+            .call(request)
+            .and_then(as_json as fn(Response) -> Answer)
+    }
+}
+
+fn as_json(response: Response) -> Answer {
+    if !needs_json(&response) {
+        return Either::Left(future::ready(Ok(response)));
+    }
+    Either::Right(json_errors(response).boxed().map(Ok))
+}
+
+/// An error answer (4xx, 5xx) whose body is not JSON (nor an event stream).
+fn needs_json(resp: &Response) -> bool {
     let status = resp.status();
     let is_json = resp
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json") || v.starts_with("text/event-stream"));
-    if !(status.is_client_error() || status.is_server_error()) || is_json {
+    (status.is_client_error() || status.is_server_error()) && !is_json
+}
+
+/// Every error answer is JSON: a framework rejection (a body over a route's limit, a bad header)
+/// arrives as plain text and is rewrapped as `{"error": {"code", "message"}}` with its status.
+pub async fn json_errors(resp: Response) -> Response {
+    if !needs_json(&resp) {
         return resp;
     }
+    let status = resp.status();
     let (parts, body) = resp.into_parts();
     let text = axum::body::to_bytes(body, 64 << 10)
         .await
@@ -79,4 +155,97 @@ pub async fn json_errors(resp: Response) -> Response {
             .insert(header::RETRY_AFTER, retry.clone());
     }
     fixed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt;
+
+    async fn call(router: &Router, request: Request) -> (StatusCode, Option<String>, String) {
+        let response = router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(header::RETRY_AFTER)
+            .map(|v| v.to_str().unwrap().to_owned());
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        (
+            status,
+            retry_after,
+            String::from_utf8(body.to_vec()).unwrap(),
+        )
+    }
+
+    fn get_request(path: &str) -> Request {
+        Request::get(path).body(Body::empty()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_plain_error_is_rewrapped_as_json_and_every_other_answer_passes_unchanged() {
+        let plain = || async {
+            let retry = [(header::RETRY_AFTER, "3")];
+            (StatusCode::SERVICE_UNAVAILABLE, retry, "try later")
+        };
+        let router = Router::new()
+            .route("/plain", get(plain))
+            .route("/ok", get(|| async { "fine" }))
+            .route(
+                "/json",
+                get(|| async { ApiError::bad_request("bad_x", "x is bad") }),
+            )
+            .layer(NodeLayer {
+                body_read_timeout: Duration::from_secs(5),
+            });
+
+        let (status, retry, body) = call(&router, get_request("/plain")).await;
+        assert_eq!(
+            (status, retry.as_deref()),
+            (StatusCode::SERVICE_UNAVAILABLE, Some("3"))
+        );
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(json["error"]["code"], "internal", "{body}");
+        assert_eq!(json["error"]["message"], "try later", "{body}");
+
+        assert_eq!(
+            call(&router, get_request("/ok")).await,
+            (StatusCode::OK, None, "fine".into())
+        );
+        let (status, _, body) = call(&router, get_request("/json")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(body.contains("\"bad_x\""), "{body}");
+    }
+
+    #[tokio::test]
+    async fn a_body_that_stops_arriving_is_cut_off_after_the_read_timeout() {
+        let read = |body: Body| async move {
+            match axum::body::to_bytes(body, 1024).await {
+                Ok(bytes) => format!("read {}", bytes.len()),
+                Err(e) => format!("cut off: {e:?}"),
+            }
+        };
+        let router = Router::new()
+            .route("/body", axum::routing::post(read))
+            .layer(NodeLayer {
+                body_read_timeout: Duration::from_millis(100),
+            });
+        let stalled = futures::stream::pending::<Result<axum::body::Bytes, Infallible>>();
+        let request = Request::post("/body")
+            .body(Body::from_stream(stalled))
+            .unwrap();
+        let (status, _, body) =
+            tokio::time::timeout(Duration::from_secs(3), call(&router, request))
+                .await
+                .expect("a stalled body was not cut off within 3 s");
+        assert_eq!(status, StatusCode::OK);
+        assert!(
+            body.starts_with("cut off") && body.contains("TimeoutError"),
+            "{body}"
+        );
+
+        let whole = Request::post("/body").body(Body::from("abc")).unwrap();
+        assert_eq!(call(&router, whole).await.2, "read 3");
+    }
 }

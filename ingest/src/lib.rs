@@ -382,12 +382,13 @@ impl VoteIds {
             counter: AtomicU64::new(0),
         }
     }
+    /// The next id, in one allocation (`format!` grows its string twice).
     fn next(&self) -> String {
-        format!(
-            "{}-{}",
-            self.prefix,
-            self.counter.fetch_add(1, Ordering::Relaxed)
-        )
+        use std::fmt::Write;
+        let mut id = String::with_capacity(self.prefix.len() + 21);
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let _ = write!(id, "{}-{n}", self.prefix);
+        id
     }
 
     /// `n` consecutive ids, taken at once (more are taken if they run out).

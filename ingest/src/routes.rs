@@ -9,7 +9,7 @@ use crate::rate_limit::Refusal;
 use crate::validate::{self, VoteIn};
 use crate::{push_vote, unavailable, Ingest};
 use axum::body::Body;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Query, Request, State};
+use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -30,7 +30,6 @@ pub fn router(ingest: Arc<Ingest>) -> Router {
     Router::new()
         .route("/v1/votes", post(post_vote))
         .route("/v1/votes/batch", post(post_batch))
-        .layer(DefaultBodyLimit::disable())
         .with_state(ingest)
 }
 

@@ -40,9 +40,10 @@ pub struct IngestSection {
     /// Must be below `pause_reads_in_flight` (the rule starts at a read pause; the node refuses
     /// to start otherwise).
     pub shed_backlog_appends: usize,
+    /// (At least 1 ms.)
     pub shed_backlog_quiet_ms: u64,
     /// A shed vote's `Retry-After` is 1, 2, … this many seconds in turn, so the votes shed together
-    /// do not come back together.
+    /// do not come back together (1 to 3,600).
     pub shed_retry_after_max_secs: u32,
     /// The aggregators that may post batches, each with its own key, voter namespace and quota:
     /// `[[ingest.aggregators]] name = "sms-uk", key = "…", votes_per_sec = 20000`.
@@ -84,11 +85,30 @@ impl Default for IngestSection {
 /// laptop; a deployment sets `ingest.aggregators` of its own).
 pub const DEV_AGGREGATOR_KEY: &str = "dev-aggregator-key";
 
+/// The longest `Retry-After` a shed vote may be told (an hour; the chart's schema says the same).
+const MAX_SHED_RETRY_AFTER_SECS: u32 = 3_600;
+
 impl IngestSection {
     /// Why these settings cannot run, if they cannot.
     pub fn check(&self) -> Result<(), String> {
         if self.deadline_ms < 10 {
             return Err("ingest.deadline_ms must be at least 10".into());
+        }
+        if self.shed_backlog_quiet_ms == 0 {
+            return Err(
+                "ingest.shed_backlog_quiet_ms must be at least 1: the backlog rule ends once \
+                        no vote was shed for this long, so 0 would end it at once (1000 is the \
+                        default)"
+                    .into(),
+            );
+        }
+        let retry_max = self.shed_retry_after_max_secs;
+        if !(1..=MAX_SHED_RETRY_AFTER_SECS).contains(&retry_max) {
+            return Err(format!(
+                "ingest.shed_retry_after_max_secs ({retry_max}) must be 1 to \
+                 {MAX_SHED_RETRY_AFTER_SECS}: shed votes are told to come back after 1 to this many \
+                 seconds (3 is the default)"
+            ));
         }
         let (backlog, pause) = (self.shed_backlog_appends, self.pause_reads_in_flight);
         if backlog > 0 && backlog >= pause {
@@ -144,7 +164,7 @@ impl IngestSection {
                 pause_reads_at: self.pause_reads_in_flight,
                 backlog_at: self.shed_backlog_appends,
                 backlog_quiet: Duration::from_millis(self.shed_backlog_quiet_ms),
-                retry_after_max_secs: self.shed_retry_after_max_secs.max(1),
+                retry_after_max_secs: self.shed_retry_after_max_secs,
             },
             ..Default::default()
         }

@@ -23,14 +23,17 @@ use tokio::time::Instant;
 /// How often a lane whose server stopped answering tries again.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 
-/// The longest a lane waits before a retry: a server's `Retry-After` is honoured up to this; the
-/// lane's own backoff stops at 1 s.
+/// The longest `Retry-After` a lane honours (a longer one is taken as this); the lane's own
+/// backoff stops at 1 s.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(10);
 
-/// A shed submission is retried after its `Retry-After` times 1 to 2, uniformly, as the web UI's
-/// vote page does: clients shed in the same moment do not all come back in the same one.
+/// A shed submission is retried after its `Retry-After` (at most [`MAX_RETRY_AFTER`]) times 1 to
+/// 2, uniformly, as the web UI's vote page does: clients shed in the same moment do not all come
+/// back in the same one. The spread is kept whole past the cap's half (up to twice the cap).
 fn jittered(retry_after: Duration, rng: &mut SplitMix64) -> Duration {
-    retry_after.mul_f64(1.0 + rng.next_f64())
+    retry_after
+        .min(MAX_RETRY_AFTER)
+        .mul_f64(1.0 + rng.next_f64())
 }
 
 /// What a lane hands back.
@@ -360,10 +363,10 @@ impl Lane {
                         // Not recorded (the API says so): retry as told; a shed vote (503) after
                         // a jittered wait, a rate-limited one (429) when its limit allows.
                         503 => match retry_after {
-                            Some(after) => jittered(after.min(MAX_RETRY_AFTER), &mut self.jitter),
+                            Some(after) => jittered(after, &mut self.jitter),
                             None => backoff,
                         },
-                        429 => retry_after.unwrap_or(backoff),
+                        429 => retry_after.map_or(backoff, |a| a.min(MAX_RETRY_AFTER)),
                         // Another server error: the vote may or may not have been written.
                         500..=599 => {
                             *ambiguous = true;
@@ -394,8 +397,7 @@ impl Lane {
                     *ambiguous = true;
                     Duration::ZERO
                 }
-            }
-            .min(MAX_RETRY_AFTER);
+            };
             if self.control.hard_stop.load(Relaxed) || Instant::now() + wait > give_up_at {
                 self.failing = true;
                 return Final::GaveUp;
@@ -581,6 +583,20 @@ mod tests {
         assert_eq!(sent_late_us(t0 + ms(10), t0 + ms(300), t0 + ms(302)), 2_000);
         // Sent at once: not late at all.
         assert_eq!(sent_late_us(t0 + ms(10), t0, t0 + ms(10)), 0);
+    }
+
+    #[test]
+    fn a_long_retry_after_is_capped_before_its_spread_not_after() {
+        let mut rng = SplitMix64::new(11);
+        let s = Duration::from_secs;
+        // 8 s: spread over 8-16 s, not cut at 10 s (a cap after the spread put 3 in 4 there).
+        let waits: Vec<Duration> = (0..1_000).map(|_| jittered(s(8), &mut rng)).collect();
+        assert!(waits.iter().all(|w| *w >= s(8) && *w < s(16)));
+        assert!(waits.iter().filter(|w| **w > s(10)).count() > 500);
+        // An hour: taken as the cap, then spread over 10-20 s.
+        let waits: Vec<Duration> = (0..1_000).map(|_| jittered(s(3600), &mut rng)).collect();
+        assert!(waits.iter().all(|w| *w >= s(10) && *w < s(20)));
+        assert!(waits.iter().any(|w| *w > s(15)));
     }
 
     #[test]

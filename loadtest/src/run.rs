@@ -23,8 +23,8 @@
 //! while one of those is idle (its duplicates and retries still wait for their lane). A failed
 //! attempt (no connection, broken connection, timeout, 503, 429, other 5xx) is retried with the
 //! same body — same vote id — after a backoff (5 ms doubling to 1 s, or the server's
-//! `Retry-After`, at most 10 s, a 503's times 1 to 2 at random) until a 202 or a 4xx, for at most
-//! `--give-up-secs`.
+//! `Retry-After`, taken as at most 10 s, a 503's times 1 to 2 at random) until a 202 or a 4xx,
+//! for at most `--give-up-secs`.
 //! A lane that gave up then probes the server once a second with one attempt of its next
 //! submission until it answers again; meanwhile the open loop gives its due submissions up at once
 //! (so a server that never comes back ends the run instead of stalling it for hours) and the

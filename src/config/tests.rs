@@ -254,3 +254,35 @@ fn a_backlog_bound_at_or_above_the_read_pause_is_refused() {
         .validate()
         .unwrap();
 }
+
+#[test]
+fn a_quiet_spell_of_zero_and_a_retry_after_outside_an_hour_are_refused() {
+    let err = with(|c| c.ingest.shed_backlog_quiet_ms = 0)
+        .validate()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("shed_backlog_quiet_ms must be at least 1"),
+        "{err}"
+    );
+    for bad in [0, 3_601] {
+        let err = with(|c| c.ingest.shed_retry_after_max_secs = bad)
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!(
+                "shed_retry_after_max_secs ({bad}) must be 1 to 3600"
+            )),
+            "{err}"
+        );
+    }
+    for good in [1, 3_600] {
+        with(|c| c.ingest.shed_retry_after_max_secs = good)
+            .validate()
+            .unwrap();
+    }
+    with(|c| c.ingest.shed_backlog_quiet_ms = 1)
+        .validate()
+        .unwrap();
+}
