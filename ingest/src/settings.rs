@@ -40,7 +40,7 @@ pub struct IngestSection {
     /// Must be below `pause_reads_in_flight` (the rule starts at a read pause; the node refuses
     /// to start otherwise).
     pub shed_backlog_appends: usize,
-    /// (At least 1 ms.)
+    /// How long no vote may have been shed before the backlog rule ends (at least 1 ms).
     pub shed_backlog_quiet_ms: u64,
     /// A shed vote's `Retry-After` is 1, 2, … this many seconds in turn, so the votes shed together
     /// do not come back together (1 to 3,600).

@@ -230,11 +230,11 @@
       if (status === 0 || status === 503 || status === 429 || status >= 500) {
         // Not a verdict on the vote: resend the same vote_id.
         const backoff = Math.min(15000, 1000 * 2 ** Math.min(st.retries - 1, 4));
-        // A busy service's Retry-After times 1 to 2 at random (at most 15 s): voters shed in the
-        // same moment come back spread out.
+        // A busy service's Retry-After (taken as at most 15 s) times 1 to 2 at random: voters
+        // shed in the same moment come back spread out, however long they were told to wait.
         const told = e.retryAfterMs != null ? Math.max(e.retryAfterMs, 250) : null;
         const wait =
-          told == null ? backoff : status === 503 ? Math.min(15000, told * (1 + Math.random())) : told;
+          told == null ? backoff : status === 503 ? Math.min(15000, told) * (1 + Math.random()) : told;
         const why =
           status === 0
             ? "No connection."
