@@ -1,6 +1,6 @@
 //! What every node answers besides its services' routes: `/healthz`, `/readyz`
 //! ([`crate::readiness`]), `/metrics` ([`crate::metrics`]), a JSON 404 and 405, and every error
-//! answer as JSON ([`json_errors`]), with the body read timeout of [`HttpLimits`]: both in one
+//! answer as JSON (`json_errors`), with the body read timeout of [`HttpLimits`]: both in one
 //! layer ([`NodeLayer`]), since each layer of a router costs every request a boxed route.
 
 use crate::listener::HttpLimits;
@@ -55,7 +55,7 @@ pub fn node_router(
 
 /// Cuts off a request body that does not arrive within `body_read_timeout` (tower-http's
 /// [`TimeoutBody`]: it bounds the gap between chunks) and rewraps every error answer that is not
-/// JSON ([`json_errors`]). An answer that needs no rewrap passes through without an allocation.
+/// JSON (`json_errors`). An answer that needs no rewrap passes through without an allocation.
 #[derive(Clone, Copy)]
 pub struct NodeLayer {
     pub body_read_timeout: Duration,
@@ -126,10 +126,8 @@ fn needs_json(resp: &Response) -> bool {
 
 /// Every error answer is JSON: a framework rejection (a body over a route's limit, a bad header)
 /// arrives as plain text and is rewrapped as `{"error": {"code", "message"}}` with its status.
-pub async fn json_errors(resp: Response) -> Response {
-    if !needs_json(&resp) {
-        return resp;
-    }
+/// Called by [`NodeLayer`] only for an answer that [`needs_json`].
+async fn json_errors(resp: Response) -> Response {
     let status = resp.status();
     let (parts, body) = resp.into_parts();
     let text = axum::body::to_bytes(body, 64 << 10)
