@@ -7,10 +7,12 @@
 //! - [`listener`]: the accept loop every node serves on: connection caps, header, idle, body and
 //!   write timeouts, the open-file limit; each admitted socket (`listener/admitted.rs`) with the
 //!   kernel's receive stamps (`receive_stamp.rs`, read by admission as [`listener::Arrival`]), the
-//!   read gate that pauses new requests while many votes wait for the log (`read_gate.rs`), and
-//!   what a live stream shares with its socket (`live_socket.rs`).
-//! - [`memory`]: the node's background trim that gives the allocator's free memory back to the
-//!   system after a burst (glibc keeps it in its arenas), and its counters.
+//!   read gate that pauses new requests while many votes wait for the log (`read_gate.rs`), what
+//!   a live stream shares with its socket (`live_socket.rs`), and what a request's handler learns
+//!   of its connection, as one extension ([`listener::ConnectionContext`]).
+//! - [`memory`]: the node's background trim that gives the allocators' free memory back to the
+//!   system after a burst (jemalloc's, the binary's, and glibc's keep it a while), and its
+//!   counters.
 //! - [`metrics`]: `GET /metrics`, a Prometheus registry each service registers its collector in;
 //!   the process's and the accept loop's own figures.
 //! - [`node`]: what every node answers besides its services: `/healthz`, `/readyz`, `/metrics`,

@@ -33,6 +33,8 @@
 //! - A live stream's handler may ask for a small kernel send buffer
 //!   (`realtime.socket_send_buffer_bytes`), set before the socket's next write, and learn how much
 //!   the socket has written ([`LiveSocket`]).
+//! - Handlers learn of a request's connection from one request extension
+//!   ([`ConnectionContext`]: the client's address, the live socket, the receipt stamp).
 //! - On a node taking votes, the kernel stamps what each connection receives, and each read
 //!   records the receipt time of its bytes ([`receive_stamp`], [`Arrival`]): the
 //!   edge judges a vote by how long it waited for a core, which no clock in the handler sees.
@@ -48,6 +50,7 @@
 
 mod admitted;
 pub mod arrival;
+pub mod connection_context;
 mod event_stream;
 mod hand_back;
 mod http_connection;
@@ -58,13 +61,13 @@ pub mod receive_stamp;
 mod stream_writer;
 
 pub use arrival::Arrival;
+pub use connection_context::ConnectionContext;
 pub use live_connection::LiveConnection;
 pub use live_socket::LiveSocket;
 pub use read_gate::ReadGate;
 pub use stream_writer::StreamWriter;
 
 use admitted::Admitted;
-use axum::extract::ConnectInfo;
 use axum::Router;
 use event_stream::{HandOff, Sniffed};
 use hand_back::{HandBack, HyperIo};
@@ -455,8 +458,7 @@ pub async fn serve(
         };
         metrics.connections_accepted.fetch_add(1, Ordering::Relaxed);
         let _ = stream.set_nodelay(true);
-        // ConnectInfo for the handlers that want the peer (rate limits); what live streams share
-        // with the socket (their send buffer, what it has written).
+        // What live streams share with the socket (their send buffer, what it has written).
         let live = LiveSocket::default();
         // When the kernel received each request (for the edge's admission), if asked.
         let arrival = stamp_arrivals
@@ -490,6 +492,13 @@ pub async fn serve(
                 arrival.clone(),
                 read_gate,
             );
+            // What handlers learn of the connection: the client's address (rate limits), the
+            // live socket, the receipt stamps; one extension, so one entry a request.
+            let context = ConnectionContext {
+                peer,
+                live,
+                arrival,
+            };
             // Where a connection's event stream is written once answered.
             let hand_off = event_streams.as_ref().map(|runtime| HandOff {
                 runtime,
@@ -499,7 +508,7 @@ pub async fn serve(
                 Sniffed::Other => {}
                 Sniffed::EventStream(request) => {
                     metrics.event_streams.fetch_add(1, Ordering::Relaxed);
-                    let answer = event_stream::answer(router, request, ConnectInfo(peer), live);
+                    let answer = event_stream::answer(router, request, context);
                     return event_stream::serve(admitted, answer, stopping, hand_off).await;
                 }
                 Sniffed::Silent => {
@@ -511,9 +520,7 @@ pub async fn serve(
             let hand_back = Arc::new(HandBack::default());
             let service = TowerToHyperService::new(
                 tower::ServiceBuilder::new()
-                    .layer(axum::Extension(ConnectInfo(peer)))
-                    .layer(axum::Extension(live))
-                    .option_layer(arrival.map(axum::Extension))
+                    .layer(axum::Extension(context))
                     .map_request(http_connection::note_requests(hand_back.clone()))
                     .map_response(http_connection::on_event_streams(
                         hand_back.clone(),

@@ -1,13 +1,15 @@
-//! Giving the allocator's free memory back to the system once a burst is over. glibc's malloc keeps
-//! what a thread frees in that thread's arena for its next allocations, and returns only the free
-//! top of an arena on its own. After a burst (a million votes a second in batches of 10,000:
-//! request bodies, fetch buffers, a snapshot's buffers) the holes between live blocks stay
-//! resident: about 6 bytes a voter at ten million voters, a seventh of the node (BENCHMARKS.md,
-//! "2026-12-05 (seventh session)"). [`trim`] returns every free page of every arena
-//! (`malloc_trim`); a node runs [`trim_when_quiet`] in the background, which trims once after each
-//! busy spell, when the process has gone quiet: never while it uses more than a tenth of a core
-//! (under load the memory would be used again at once, and a trim holds each arena's lock while it
-//! walks the free blocks: a trim took 8–13 ms after bursts of ten and twenty million votes).
+//! Giving the allocator's free memory back to the system once a burst is over. An allocator keeps
+//! what a thread frees for its next allocations: after a burst (a million votes a second in
+//! batches of 10,000: request bodies, fetch buffers, a snapshot's buffers) the holes between live
+//! blocks stay resident. With glibc's malloc that was about 6 bytes a voter at ten million voters,
+//! a seventh of the node (BENCHMARKS.md, "2026-12-05 (seventh session)"). [`trim`] purges every
+//! arena of jemalloc, the `crowdtick` binary's allocator (`src/main.rs`), and returns every free
+//! page of glibc's arenas (`malloc_trim`), which the C libraries linked in (librdkafka) and a
+//! build without jemalloc (the tests' own processes) allocate from. A node runs
+//! [`trim_when_quiet`] in the background, which trims once after each busy spell, when the
+//! process has gone quiet: never while it uses more than a tenth of a core (under load the memory
+//! would be used again at once, and a trim holds each arena's lock while it walks the free
+//! blocks: glibc's took 8–13 ms after bursts of ten and twenty million votes).
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
@@ -88,16 +90,24 @@ impl Collector for MemoryMetrics {
     }
 }
 
-/// Whether this build can trim: glibc's allocator only (elsewhere [`trim_when_quiet`] returns at
-/// once and the counters stay 0).
+/// Whether this build can trim: on Linux with glibc only (elsewhere [`trim_when_quiet`] returns
+/// at once and the counters stay 0).
 pub const CAN_TRIM: bool = cfg!(all(target_os = "linux", target_env = "gnu"));
 
-/// Returns the allocator's free pages to the system; what the process's resident size fell by
-/// across it, in bytes (0 where the allocator is not glibc's).
+/// jemalloc's name for every arena at once (`MALLCTL_ARENAS_ALL`), in `arena.<i>.purge`.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const PURGE_ALL_ARENAS: &std::ffi::CStr = c"arena.4096.purge";
+
+/// Returns the free pages of the allocators' arenas to the system (jemalloc's and glibc's; not
+/// what jemalloc's per-thread caches hold); what the process's resident size fell by across it,
+/// in bytes (0 where neither can be asked).
 pub fn trim() -> u64 {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         let before = crate::metrics::resident_memory_bytes();
+        if !purge_jemalloc() {
+            tracing::debug!("jemalloc did not purge its arenas");
+        }
         // SAFETY: `malloc_trim` only releases free memory of glibc's own arenas, under each
         // arena's lock; it touches no memory a caller holds.
         unsafe { libc::malloc_trim(0) };
@@ -107,6 +117,26 @@ pub fn trim() -> u64 {
     {
         0
     }
+}
+
+/// Purges the unused dirty pages of every jemalloc arena; whether jemalloc did. (In a process
+/// whose global allocator is not jemalloc, such as a test binary, jemalloc's arenas hold only
+/// what was asked of jemalloc directly.)
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn purge_jemalloc() -> bool {
+    // SAFETY: the name is NUL-terminated (a `c""` literal); `arena.<i>.purge` reads and writes
+    // nothing (every pointer null, length 0) and only returns pages no allocation holds. A
+    // failure leaves the memory where it was.
+    let failed = unsafe {
+        tikv_jemalloc_sys::mallctl(
+            PURGE_ALL_ARENAS.as_ptr(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            0,
+        )
+    };
+    failed == 0
 }
 
 /// The CPU time this process has used (user and system, every thread).
@@ -170,6 +200,10 @@ pub async fn trim_when_quiet(metrics: Arc<MemoryMetrics>, mut shutdown: Shutdown
 mod tests {
     use super::*;
 
+    /// The trim tests measure the whole process's resident size across a trim, and each trim
+    /// gives back every arena's holes: run side by side, one would take the other's.
+    static ONE_TRIM_TEST_AT_A_TIME: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
+
     #[test]
     fn trims_once_after_each_busy_spell_never_while_busy() {
         let mut policy = TrimPolicy::default();
@@ -212,6 +246,7 @@ mod tests {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     #[test]
     fn a_trim_gives_back_the_holes_a_burst_left() {
+        let _alone = ONE_TRIM_TEST_AT_A_TIME.lock();
         // On a thread of its own (an arena of its own, as a runtime's worker has while there
         // are few threads): 64 MiB in blocks of 32 KiB (below glibc's mmap threshold), every
         // other one freed. The holes lie between live blocks, so glibc keeps them resident
@@ -231,6 +266,43 @@ mod tests {
         .unwrap();
         // 32 MiB were freed in 1,024 holes, about 28 MiB of them whole pages; other tests of
         // this binary may touch memory meanwhile (the listener's touch up to 32 MiB).
+        assert!(returned >= 8 << 20, "gave back {returned} bytes");
+    }
+
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn a_trim_purges_what_a_burst_freed_in_jemalloc() {
+        let _alone = ONE_TRIM_TEST_AT_A_TIME.lock();
+        // The binary's allocator, asked directly (this test binary allocates from glibc): 64 MiB
+        // in blocks of 32 KiB, written, every other one freed. jemalloc keeps the freed pages
+        // dirty for its decay time (10 s); the trim's purge returns them at once.
+        const BLOCK: usize = 32 << 10;
+        let returned = std::thread::spawn(|| {
+            // SAFETY: each block is BLOCK bytes from jemalloc's `malloc`, written within its
+            // bounds and freed once by jemalloc's `free`.
+            unsafe {
+                let blocks: Vec<*mut u8> = (0..2048)
+                    .map(|_| {
+                        let block = tikv_jemalloc_sys::malloc(BLOCK).cast::<u8>();
+                        assert!(!block.is_null());
+                        block.write_bytes(1, BLOCK);
+                        block
+                    })
+                    .collect();
+                for &block in blocks.iter().skip(1).step_by(2) {
+                    tikv_jemalloc_sys::free(block.cast());
+                }
+                let returned = trim();
+                assert!(purge_jemalloc(), "jemalloc refused arena.4096.purge");
+                for &block in blocks.iter().step_by(2) {
+                    assert_eq!(*block.add(BLOCK - 1), 1, "a live block was touched");
+                    tikv_jemalloc_sys::free(block.cast());
+                }
+                returned
+            }
+        })
+        .join()
+        .unwrap();
         assert!(returned >= 8 << 20, "gave back {returned} bytes");
     }
 }

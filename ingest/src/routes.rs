@@ -9,18 +9,17 @@ use crate::rate_limit::Refusal;
 use crate::validate::{self, VoteIn};
 use crate::{push_vote, unavailable, Ingest};
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Query, Request, State};
+use axum::extract::{Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use edge::listener::Arrival;
+use edge::listener::ConnectionContext;
 use edge::ApiError;
 use schemas::{Offset, Partition, VoteRejection, VoterNamespace};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::borrow::Cow;
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -52,8 +51,8 @@ pub(crate) fn refused(r: Refusal, whose: &str) -> ApiError {
 
 /// Takes `votes` from the client address's rate limit.
 pub fn check_address(ingest: &Ingest, req: &Request, votes: u32) -> Result<(), ApiError> {
-    match req.extensions().get::<ConnectInfo<SocketAddr>>() {
-        Some(ConnectInfo(addr)) => ingest
+    match ConnectionContext::peer_of(req) {
+        Some(addr) => ingest
             .limiter
             .check(addr.ip(), votes)
             .map_err(|r| refused(r, "this address")),
@@ -127,7 +126,7 @@ pub async fn read_body(
 async fn post_vote(State(ingest): State<Arc<Ingest>>, req: Request) -> Response {
     ingest.metrics.requests.fetch_add(1, Ordering::Relaxed);
     // How long the request had waited for the node when its handler began.
-    let waited = req.extensions().get::<Arrival>().and_then(Arrival::waited);
+    let waited = ConnectionContext::waited_of(&req);
     let started = Instant::now();
     // Counted as refused at the door: a bad token, over the address's rate, a body too large or
     // not a vote (a vote judged against its poll is counted by `count_rejection`).
@@ -222,7 +221,7 @@ async fn post_batch(
                 AggregatorRefusal::Unknown => "no aggregator has this key; check `ingest.aggregators` in the server's configuration",
             })
         })?;
-    ingest.admit_request(req.extensions().get::<Arrival>().and_then(Arrival::waited))?;
+    ingest.admit_request(ConnectionContext::waited_of(&req))?;
     // `?results=rejected`: answer only the rejected votes (with their index); `all` is the default.
     let mut only_rejected = false;
     for (k, v) in &q {

@@ -23,7 +23,8 @@
 //! - [`origin`]: which web pages may open a WebSocket (the `Origin` allow-list).
 //! - [`LiveSocket`] (from `edge::listener`): what a live connection shares with the listener (a
 //!   small kernel send buffer; whether its writes wait for room, so an event stream takes its next
-//!   frame only once the socket takes writes again).
+//!   frame only once the socket takes writes again). Handlers find it in the request's
+//!   [`ConnectionContext`], also from `edge::listener`.
 //!
 //! Embargo: a connection that is not an operator's (key header or session cookie) and holds no
 //! screen token for the poll gets `hidden: true` and no counts, version or offsets until the
@@ -46,7 +47,7 @@ pub use settings::RealtimeSection;
 pub const MAX_CLIENT_MESSAGE_BYTES: usize = 4096;
 
 use edge::access::OperatorKeys;
-pub use edge::listener::LiveSocket;
+pub use edge::listener::{ConnectionContext, LiveSocket};
 use feed::Feed;
 pub use feed::Subscription;
 use parking_lot::Mutex;

@@ -4,7 +4,7 @@
 //! console's session cookie) or a screen token for the poll (`?token=`); `?key=` is refused (401).
 
 use crate::websocket::Handshake;
-use crate::{broadcast, LiveSocket, Realtime, Subscription};
+use crate::{broadcast, ConnectionContext, LiveSocket, Realtime, Subscription};
 use axum::body::Body;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Path, Query, State};
@@ -77,7 +77,7 @@ async fn ws(
     Path(id): Path<String>,
     Query(q): Query<KeyQuery>,
     headers: HeaderMap,
-    live: Option<Extension<LiveSocket>>,
+    connection: Option<Extension<ConnectionContext>>,
     handshake: Result<Handshake, ApiError>,
 ) -> Result<Response, ApiError> {
     let handshake = handshake?;
@@ -87,7 +87,7 @@ async fn ws(
     let sub = rt
         .subscribe(id, operator)
         .ok_or_else(|| ApiError::not_found("unknown_poll", format!("there is no poll {id}")))?;
-    let live = live.map(|Extension(l)| l);
+    let live = connection.map(|Extension(context)| context.live);
     small_send_buffer(&rt, live.as_ref());
     Ok(handshake.accept(move |conn, early| async move {
         // Served on the fan-out runtime, below the vote path's priority.
@@ -110,14 +110,14 @@ async fn sse(
     Path(id): Path<String>,
     Query(q): Query<KeyQuery>,
     headers: HeaderMap,
-    live: Option<Extension<LiveSocket>>,
+    connection: Option<Extension<ConnectionContext>>,
 ) -> Result<Response, ApiError> {
     let id = poll_id(&id)?;
     let operator = sees_embargoed(&rt, &headers, &q, id)?;
     let sub = rt
         .subscribe(id, operator)
         .ok_or_else(|| ApiError::not_found("unknown_poll", format!("there is no poll {id}")))?;
-    let live = live.map(|Extension(l)| l);
+    let live = connection.map(|Extension(context)| context.live);
     small_send_buffer(&rt, live.as_ref());
     // Whichever starts first has the subscription: the node's listener hands the socket to the
     // writer once the head is written, and the viewer is written to in its poll's sweeps

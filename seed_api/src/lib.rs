@@ -60,7 +60,7 @@ pub use throttle::SeedLimits;
 use auth::{Auth, RegisterError, UserId};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{from_fn_with_state, Next};
 use axum::response::{IntoResponse, Response};
@@ -71,6 +71,7 @@ use drf::{
     LabelCounts, ALREADY_VOTED, BLANK, INVALID_EMAIL, INVALID_USERNAME, NULL, REQUIRED,
     USERNAME_TAKEN,
 };
+use edge::listener::ConnectionContext;
 use ingest::validate::VoteIn;
 use parking_lot::Mutex;
 use schemas::{Poll, PollId, QualifiedVoter, Timestamp, VoterNamespace};
@@ -78,7 +79,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use store::Appender;
 use throttle::Throttles;
@@ -377,9 +378,7 @@ pub fn padded_counts(poll: &Poll, counts: &[i64]) -> Vec<i64> {
 
 /// The client's address, from the listener (None where a router is served without it).
 pub fn peer(req: &Request) -> Option<IpAddr> {
-    req.extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| addr.ip())
+    ConnectionContext::peer_of(req).map(|addr| addr.ip())
 }
 
 async fn throttle_registration(
@@ -396,10 +395,7 @@ async fn throttle_registration(
 /// The old API's votes: limited per address, and shed as the edge's are when the node is
 /// overloaded (the request waited too long for it), before the body is read.
 async fn throttle_vote(State(seed): State<Arc<Seed>>, req: Request, next: Next) -> Response {
-    let waited = req
-        .extensions()
-        .get::<edge::listener::Arrival>()
-        .and_then(edge::listener::Arrival::waited);
+    let waited = ConnectionContext::waited_of(&req);
     if let Err(e) = seed.ingest.admit_request(waited) {
         return drf::from_api_error(&e).into_response();
     }

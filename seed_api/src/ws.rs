@@ -33,17 +33,18 @@ use super::drf::{self, hidden_detail, DrfError, LabelCounts};
 use super::{padded_counts, Seed};
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
+use edge::listener::ConnectionContext;
 use futures::stream::SplitSink;
 use futures::{SinkExt, StreamExt};
-use realtime::{LiveSocket, Subscription, Update};
+use realtime::{Subscription, Update};
 use results::Snapshot;
 use schemas::{Poll, PollId, Timestamp};
 use serde_json::{json, Value};
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -52,11 +53,13 @@ pub async fn handler(
     State(seed): State<Arc<Seed>>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    connect: Option<Extension<ConnectInfo<SocketAddr>>>,
-    live: Option<Extension<LiveSocket>>,
+    connection: Option<Extension<ConnectionContext>>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let peer = connect.map(|Extension(ConnectInfo(addr))| addr.ip());
+    let (peer, live) = match connection {
+        Some(Extension(context)) => (Some(context.peer.ip()), Some(context.live)),
+        None => (None, None),
+    };
     let upgrade = match upgrade {
         Ok(u) => u,
         Err(e) => {
@@ -85,7 +88,6 @@ pub async fn handler(
             .ok_or_else(|| drf::NO_POLL.to_owned()),
     };
     if outcome.is_ok() {
-        let live = live.map(|Extension(l)| l);
         realtime::routes::small_send_buffer(&seed.realtime, live.as_ref());
     }
     let realtime = seed.realtime.clone();

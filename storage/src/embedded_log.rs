@@ -583,7 +583,16 @@ impl Log for EmbeddedLog {
         let mut frames = frames;
         let start = frames[0];
         let last = (frames[frames.len() - 1] - start) as usize;
-        let mut data = vec![0u8; last + HEADER];
+        // Zeroed by a write, not by `vec![0; n]`: jemalloc (the binary's allocator) zeroes a large
+        // block asked for by `calloc` by giving its pages back, and the read below then faults
+        // every page in again (a batched vote cost a quarter more CPU; BENCHMARKS.md,
+        // "2026-12-06 (fourth session)").
+        #[expect(
+            clippy::slow_vector_initialization,
+            reason = "vec![0; n] is a calloc, whose large block jemalloc zeroes by dropping its pages"
+        )]
+        let mut data = Vec::with_capacity(last + HEADER);
+        data.resize(last + HEADER, 0);
         let retired = |e: std::io::Error| match e.kind() {
             // Retired between the index read and this one.
             std::io::ErrorKind::NotFound => LogError::Retired {

@@ -4,9 +4,10 @@
 //! the connection's task runs: that wait is invisible to the handler's own clock, and it is where
 //! an overloaded edge spends its time (thousands of requests waiting for a core, not for the log).
 //! The node's listener asks the kernel for receive timestamps and records, per connection, the
-//! receipt time of the latest bytes it read; handlers find it as a request extension and judge the
-//! request by how long it waited ([`crate::admission::WaitJudge`]). The stamp becomes a monotonic
-//! instant when it is read, and each stamp is taken by one request only.
+//! receipt time of the latest bytes it read; handlers find it in the request's
+//! [`ConnectionContext`](super::ConnectionContext) and judge the request by how long it waited
+//! (`ingest::admission::WaitJudge`). The stamp becomes a monotonic instant when it is read, and
+//! each stamp is taken by one request only.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};

@@ -12,14 +12,12 @@
 //! own stream ([`StreamWriter`]) is handed the socket after the head instead of its body being
 //! written, here and on hyper's path.
 
-use super::{Admitted, LiveConnection, LiveSocket, StreamWriter};
+use super::{Admitted, ConnectionContext, LiveConnection, StreamWriter};
 use axum::body::Body;
-use axum::extract::ConnectInfo;
 use axum::http::{header, HeaderMap, Method, Request, StatusCode, Version};
 use axum::Router;
 use http_body_util::BodyExt;
 use std::io::IoSlice;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::time::{Duration, SystemTime};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -110,12 +108,10 @@ pub(super) type Answer = Pin<Box<Oneshot<Router, Request<Body>>>>;
 pub(super) fn answer(
     router: Router,
     request: Box<Request<()>>,
-    peer: ConnectInfo<SocketAddr>,
-    live: LiveSocket,
+    context: ConnectionContext,
 ) -> Answer {
     let mut request = *request;
-    request.extensions_mut().insert(peer);
-    request.extensions_mut().insert(live);
+    request.extensions_mut().insert(context);
     Box::pin(router.oneshot(request.map(|()| Body::empty())))
 }
 

@@ -8,8 +8,8 @@
 //!   it held), so a slow SSE viewer is not handed a queue of old frames (hyper would queue up to
 //!   16 behind a slow socket).
 //!
-//! Handlers find it as a request extension; it is absent where the socket's owner does not offer
-//! it (then nothing is asked and nothing waited for).
+//! Handlers find it in the request's [`ConnectionContext`](super::ConnectionContext); it is absent
+//! where the socket's owner does not offer it (then nothing is asked and nothing waited for).
 
 use futures::task::AtomicWaker;
 use std::future::poll_fn;

@@ -6,7 +6,7 @@
 //! connections first; a wake from the log's writer thread goes to the global queue). Pausing the
 //! reads that start requests lets the handlers answer; the new requests wait in the kernel
 //! meanwhile, their receipt stamped, and once reading resumes the ones that waited too long are
-//! shed cheaply ([`crate::admission::WaitJudge`]).
+//! shed cheaply (`ingest::admission::WaitJudge`).
 //!
 //! Only appends count ([`ReadGate::hold`]), and a pause never lasts longer than the listener lets
 //! it ([`ReadGate::expire`]): a stalled log cannot stop a node from answering its probes.

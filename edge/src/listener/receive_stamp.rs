@@ -3,7 +3,7 @@
 //! A request that arrives while every core is busy waits in its socket until the connection's
 //! task runs; only the kernel saw when it arrived. With timestamps on, each read also returns the
 //! receipt time of the latest bytes it took, which the listener hands to the request
-//! ([`edge::listener::Arrival`]) so admission can judge how long the request waited for the node.
+//! ([`Arrival`](super::Arrival)) so admission can judge how long the request waited for the node.
 
 use std::io;
 use std::mem::MaybeUninit;

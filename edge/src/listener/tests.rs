@@ -280,8 +280,8 @@ async fn an_event_stream_through_hyper_leaves_hyper_after_its_head() {
     let (next, mut go) = tokio::sync::watch::channel(false);
     let socket = Arc::new(parking_lot::Mutex::new(None));
     let seen = socket.clone();
-    let events = move |axum::Extension(live): axum::Extension<LiveSocket>| async move {
-        *seen.lock() = Some(live);
+    let events = move |axum::Extension(context): axum::Extension<ConnectionContext>| async move {
+        *seen.lock() = Some(context.live);
         let first =
             futures::stream::once(async { Ok::<_, std::convert::Infallible>("data: 1\n\n") });
         let second = futures::stream::once(async move {
