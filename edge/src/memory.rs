@@ -5,7 +5,7 @@
 //! a seventh of the node (BENCHMARKS.md, "2026-12-05 (seventh session)"). [`trim`] purges every
 //! arena of jemalloc, the `crowdtick` binary's allocator (`src/main.rs`), and returns every free
 //! page of glibc's arenas (`malloc_trim`), which the C libraries linked in (librdkafka) and a
-//! build without jemalloc (the tests' own processes) allocate from. A node runs
+//! process without jemalloc (a test binary's own nodes) allocate from. A node runs
 //! [`trim_when_quiet`] in the background, which trims once after each busy spell, when the
 //! process has gone quiet: never while it uses more than a tenth of a core (under load the memory
 //! would be used again at once, and a trim holds each arena's lock while it walks the free
