@@ -2,6 +2,8 @@
 //!
 //! - [`api_error`]: [`ApiError`], the one JSON error (`{"error": {"code", "message"}}`, with
 //!   `Retry-After` on 429 and 503).
+//! - [`body_gap_timeout`]: a request body's read timeout between chunks, whose timer is armed
+//!   only while the body keeps the node waiting (a vote's body, already there, costs none).
 //! - [`access`]: operator access shared by the query and realtime services: operator keys, signed
 //!   session and screen tokens, `?key=` refused.
 //! - [`listener`]: the accept loop every node serves on: connection caps, header, idle, body and
@@ -26,6 +28,7 @@
 
 pub mod access;
 pub mod api_error;
+pub mod body_gap_timeout;
 pub mod listener;
 pub mod memory;
 pub mod metrics;

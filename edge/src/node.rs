@@ -3,11 +3,11 @@
 //! answer as JSON (`json_errors`), with the body read timeout of [`HttpLimits`]: both in one
 //! layer ([`NodeLayer`]), since each layer of a router costs every request a boxed route.
 
+use crate::body_gap_timeout::GapTimeoutBody;
 use crate::listener::HttpLimits;
 use crate::metrics::NodeMetrics;
 use crate::readiness::{readyz, Readiness};
 use crate::ApiError;
-use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -19,7 +19,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tower::{Layer, Service};
-use tower_http::timeout::TimeoutBody;
 
 /// Adds the node's own endpoints and error handling to the services' `router`. `not_found` is
 /// the message of a 404 (it says where the API is described).
@@ -53,8 +52,8 @@ pub fn node_router(
         })
 }
 
-/// Cuts off a request body that does not arrive within `body_read_timeout` (tower-http's
-/// [`TimeoutBody`]: it bounds the gap between chunks) and rewraps every error answer that is not
+/// Cuts off a request body that does not arrive within `body_read_timeout` ([`GapTimeoutBody`]:
+/// it bounds the gap between chunks) and rewraps every error answer that is not
 /// JSON (`json_errors`). An answer that needs no rewrap passes through without an allocation.
 #[derive(Clone, Copy)]
 pub struct NodeLayer {
@@ -87,7 +86,7 @@ type Answer = Either<
 
 impl<S> Service<Request> for NodeService<S>
 where
-    S: Service<Request<TimeoutBody<Body>>, Response = Response, Error = Infallible>,
+    S: Service<Request<GapTimeoutBody>, Response = Response, Error = Infallible>,
 {
     type Response = Response;
     type Error = Infallible;
@@ -99,7 +98,7 @@ where
 
     fn call(&mut self, request: Request) -> Self::Future {
         let timeout = self.body_read_timeout;
-        let request = request.map(|body| TimeoutBody::new(timeout, body));
+        let request = request.map(|body| GapTimeoutBody::new(timeout, body));
         self.inner
             .call(request)
             .and_then(as_json as fn(Response) -> Answer)
@@ -158,6 +157,7 @@ async fn json_errors(resp: Response) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::body::Body;
     use tower::ServiceExt;
 
     async fn call(router: &Router, request: Request) -> (StatusCode, Option<String>, String) {

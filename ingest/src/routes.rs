@@ -20,8 +20,10 @@ use schemas::{Offset, Partition, VoteRejection, VoterNamespace};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::borrow::Cow;
+use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Instant;
 use storage::{AppendBatch, EdgeReason, Topic};
 
@@ -102,13 +104,17 @@ pub async fn read_body(
         )
     };
     // One deadline for the whole body (the router's layer only bounds the gap between chunks).
-    tokio::time::timeout(
-        ingest.config.body_read_timeout,
-        axum::body::to_bytes(Body::new(req.into_body()), limit),
-    )
-    .await
-    .map_err(|_| body_timeout())?
-    .map_err(|e| {
+    // A vote's body has usually come with its head: read it without a timer (tokio locks its
+    // timer wheel to drop a timer, even one never armed), and start the deadline only if not.
+    let mut read = std::pin::pin!(axum::body::to_bytes(Body::new(req.into_body()), limit));
+    let read_at_once = std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await;
+    let read = match read_at_once {
+        Poll::Ready(read) => read,
+        Poll::Pending => tokio::time::timeout(ingest.config.body_read_timeout, read)
+            .await
+            .map_err(|_| body_timeout())?,
+    };
+    read.map_err(|e| {
         let text = format!("{e:?}");
         if text.contains("LengthLimit") {
             ApiError::too_large(limit)
