@@ -6,7 +6,8 @@
 #   scripts/bench-voters.sh BASELINE_BIN CANDIDATE_BIN [VOTERS]
 #
 # For each binary, on a fresh embedded server (fsync on): VOTERS (default 10,000,000) distinct
-# voters in one poll, in batches of 10,000 over 4 connections, checked exactly (--verify); the
+# voters in one poll, in batches of 10,000 over 4 connections, checked exactly (--verify), and
+# how many batches the node shed (503; the generator waits out each one's Retry-After); the
 # server's RSS before and after (from /proc, at rest once counted), bytes per voter; then kill -9,
 # a restart on the same data directory, and the seconds until /readyz answers 200 and until the
 # results show every vote again, and the data directory's size on disk (the log, and the
@@ -15,7 +16,7 @@
 # with CROWDTICK_LOG__SEGMENT_MB=64, for a candidate against itself).
 # Needs curl and python3; about 2 GB of disk per run.
 set -euo pipefail
-case ${1:-} in -h | --help) sed -n '2,12p' "$0"; exit 0 ;; esac
+case ${1:-} in -h | --help) sed -n '2,16p' "$0"; exit 0 ;; esac
 base=${1:?baseline binary}; cand=${2:?candidate binary}; voters=${3:-10000000}
 port=18197
 work=$(mktemp -d /tmp/crowdtick-voters.XXXXXX)
@@ -54,7 +55,8 @@ import json, sys
 label, path, before, after, voters, counted, start, ready, back, disk = sys.argv[1:]
 r = json.load(open(path)); ok = (r.get("verify") or {}).get("ok")
 before, after, voters = int(before), int(after), int(voters)
-print(f"{label:9} {r['acknowledged_per_sec']:>9,.0f} votes/s verify {'ok' if ok else ok}; "
+shed = (r.get("status_counts") or {}).get("503", 0)
+print(f"{label:9} {r['acknowledged_per_sec']:>9,.0f} votes/s verify {'ok' if ok else ok}, {shed} batches shed (503); "
       f"RSS {before/1024:6.1f} -> {after/1024:7.1f} MiB: {(after-before)*1024/voters:5.1f} bytes per voter; "
       f"after kill -9: ready in {float(ready)-float(start):5.2f} s, all {int(counted):,} votes shown in "
       f"{float(back)-float(start):5.2f} s; data on disk {int(disk):,} MiB")

@@ -261,6 +261,7 @@ pub async fn start_roles(config: Config, roles: Roles) -> anyhow::Result<App> {
                 cache: cache.clone(),
                 config: config.processor_config(),
                 metrics: processor_metrics.clone(),
+                checkpoint_turn: Default::default(),
             };
             let group = config.group_config();
             let ownership = match &backends.log {

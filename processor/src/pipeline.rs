@@ -567,15 +567,15 @@ mod tests {
             let outcome = counter.apply(Offset(offset as i64), &vote, Some(&rules()));
             assert_eq!(outcome, Outcome::Counted);
         }
-        // Each set has moved 8 voters at each of its 32 inserts from the growth on: 512 in all.
-        assert_eq!(counter.settle_voter_sets(0), 512, "what the inserts moved");
+        // Each set has moved 2 voters at each of its 32 inserts from the growth on: 128 in all.
+        assert_eq!(counter.settle_voter_sets(0), 128, "what the inserts moved");
         assert_eq!(
             counter.settle_voter_sets(10_000),
             10_000,
             "spans both polls' sets"
         );
         let rest = counter.settle_voter_sets(10_000);
-        assert_eq!(rest, 2 * (7_168 - 32 * 8) - 10_000);
+        assert_eq!(rest, 2 * (7_168 - 32 * 2) - 10_000);
         assert_eq!(counter.settle_voter_sets(10_000), 0, "every move is over");
         assert_eq!(counter.voters(), 2 * 7_200);
     }

@@ -74,6 +74,21 @@ pub struct Pipeline {
     pub cache: Option<RedisCache>,
     pub config: ProcessorConfig,
     pub metrics: Arc<ProcessorMetrics>,
+    /// Whose turn it is to take a snapshot (one partition at a time).
+    pub checkpoint_turn: CheckpointTurn,
+}
+
+/// Lets one partition task of a node encode and store its snapshot at a time. An even load fills
+/// the partitions alike, so they fall due together, and each one's encoding holds a runtime thread
+/// (tens of milliseconds at half a million voters): all at once, they kept the requests from every
+/// thread and the node shed votes (BENCHMARKS.md, "2026-12-06 (sixth session)"). Clones share it.
+#[derive(Clone)]
+pub struct CheckpointTurn(Arc<tokio::sync::Semaphore>);
+
+impl Default for CheckpointTurn {
+    fn default() -> Self {
+        Self(Arc::new(tokio::sync::Semaphore::new(1)))
+    }
 }
 
 /// Why a partition task stopped (its supervisor restarts it): which part failed, with its cause.
@@ -359,13 +374,16 @@ const QUIET_FLUSHES: u32 = 10;
 
 /// At each flush a partition task's voter sets have moved at least this many voters, in all,
 /// from their full tables into the tables that replaced them, while that many remain to move
-/// (`PartitionCounter::settle_voter_sets` tops up what the inserts moved; about a millisecond
-/// when it all falls to it, by the bench's cost of a growth). A poll whose votes stop in the
-/// middle of a move inserts no more: at this pace, the task keeping its flush interval while it
-/// moves voters (not quiet), a move of n voters ends within n / 8,192 flushes (917,504 in about
-/// 3 s at the default 25 ms) unless other sets' inserts take the whole budget, and the node
-/// holds one table per set at rest.
-const SETTLED_PER_FLUSH: usize = 8_192;
+/// (`PartitionCounter::settle_voter_sets` tops up what the inserts moved; about a quarter of a
+/// millisecond when it all falls to it, by the bench's cost of a growth). A poll whose votes stop
+/// in the middle of a move inserts no more: at this pace, the task keeping its flush interval
+/// while it moves voters (not quiet), a move of n voters ends within n / 2,048 flushes (917,504
+/// in about 11 s at the default 25 ms) unless other sets' inserts take the whole budget, and the
+/// node holds one table per set at rest. Small, because the partitions' sets grow at about the
+/// same moment: under a load too light for the inserts to move that many, eight partitions
+/// topping up 8,192 a flush each (the value until BENCHMARKS.md's "2026-12-06 (sixth session)")
+/// would move 2,600,000 voters a second, most of a core.
+const SETTLED_PER_FLUSH: usize = 2_048;
 
 /// When the next flush is due: the next multiple of `interval` on the wall clock, the same
 /// instant for every partition task (of every processor whose clock is in step), so their
@@ -588,6 +606,15 @@ impl PartitionTask<'_> {
         if offset <= self.checkpointed || !(now || due) {
             return;
         }
+        // A partition whose turn it is not stays due, and tries again at its next flush.
+        let turn = &self.pipeline.checkpoint_turn.0;
+        let _turn = match now {
+            true => turn.acquire().await.ok(),
+            false => match turn.try_acquire() {
+                Ok(permit) => Some(permit),
+                Err(_) => return,
+            },
+        };
         self.last_checkpoint = Instant::now();
         let bytes = self.counter.checkpoint();
         let partition = self.counter.partition();

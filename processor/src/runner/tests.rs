@@ -97,6 +97,7 @@ async fn pipeline_with_gone(gone: i64, says_start: bool) -> (Pipeline, tempfile:
         checkpoints: None,
         cache: None,
         config: ProcessorConfig::default(),
+        checkpoint_turn: Default::default(),
         metrics: Default::default(),
     };
     (pipeline, dir)
@@ -362,4 +363,37 @@ async fn a_partition_whose_tally_store_fails_at_restore_is_unready_and_readiness
         .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
         .await
         .unwrap();
+}
+
+/// A partition whose snapshot is due takes none while another holds the node's turn
+/// ([`CheckpointTurn`]), and takes it at a flush once the turn is free.
+#[tokio::test]
+async fn a_due_snapshot_waits_for_the_nodes_turn() {
+    let (mut pipeline, dir) = pipeline_with_gone(0, true).await;
+    let files = storage::CheckpointFiles::open(dir.path().join("snapshots")).unwrap();
+    pipeline.checkpoints = Some(Arc::new(files));
+    pipeline.config.checkpoint_interval = Some(Duration::from_millis(100));
+    let held = (pipeline.checkpoint_turn.0.clone().try_acquire_owned()).unwrap();
+    let written = || pipeline.metrics.checkpoints_written.load(Ordering::Relaxed);
+    let (stop, shutdown) = ShutdownTrigger::new();
+    let mut published = Published::default();
+    let task = run_partition(&pipeline, Partition(0), &mut published, shutdown);
+    let check = async {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let while_held = written();
+        drop(held);
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        (while_held, written())
+    };
+    tokio::pin!(task);
+    let (while_held, after) = tokio::select! {
+        counts = check => counts,
+        ended = &mut task => panic!("the partition task stopped: {ended:?}"),
+    };
+    stop.fire();
+    assert_eq!(
+        (while_held, after),
+        (0, 1),
+        "snapshots while held, and after"
+    );
 }
