@@ -57,6 +57,8 @@ impl Default for ProcessorConfig {
     }
 }
 
+mod checkpoint_turn;
+pub use checkpoint_turn::CheckpointTurn;
 pub use results::Published;
 
 /// What the partition tasks read from and write to.
@@ -76,19 +78,6 @@ pub struct Pipeline {
     pub metrics: Arc<ProcessorMetrics>,
     /// Whose turn it is to take a snapshot (one partition at a time).
     pub checkpoint_turn: CheckpointTurn,
-}
-
-/// Lets one partition task of a node encode and store its snapshot at a time. An even load fills
-/// the partitions alike, so they fall due together, and each one's encoding holds a runtime thread
-/// (tens of milliseconds at half a million voters): all at once, they kept the requests from every
-/// thread and the node shed votes (BENCHMARKS.md, "2026-12-06 (sixth session)"). Clones share it.
-#[derive(Clone)]
-pub struct CheckpointTurn(Arc<tokio::sync::Semaphore>);
-
-impl Default for CheckpointTurn {
-    fn default() -> Self {
-        Self(Arc::new(tokio::sync::Semaphore::new(1)))
-    }
 }
 
 /// Why a partition task stopped (its supervisor restarts it): which part failed, with its cause.
@@ -379,10 +368,9 @@ const QUIET_FLUSHES: u32 = 10;
 /// in the middle of a move inserts no more: at this pace, the task keeping its flush interval
 /// while it moves voters (not quiet), a move of n voters ends within n / 2,048 flushes (917,504
 /// in about 11 s at the default 25 ms) unless other sets' inserts take the whole budget, and the
-/// node holds one table per set at rest. Small, because the partitions' sets grow at about the
-/// same moment: under a load too light for the inserts to move that many, eight partitions
-/// topping up 8,192 a flush each (the value until BENCHMARKS.md's "2026-12-06 (sixth session)")
-/// would move 2,600,000 voters a second, most of a core.
+/// node holds one table per set at rest. Small, because the partitions' sets grow together:
+/// eight topping up 8,192 a flush each (until BENCHMARKS.md's "2026-12-06 (sixth session)") is
+/// 2,600,000 moves a second, about a third of a core, under a load too light to move as many.
 const SETTLED_PER_FLUSH: usize = 2_048;
 
 /// When the next flush is due: the next multiple of `interval` on the wall clock, the same
@@ -598,7 +586,8 @@ impl PartitionTask<'_> {
         // voters at least or the partition has been quiet for an interval. So checkpoints never
         // cost more than the log they save replaying (while new voters pour in, about twice the
         // final state in all), a restart replays at most about max(voters, one interval's)
-        // records, and once the votes stop the rest is checkpointed.
+        // records (and what came while the partition waited for its turn), and once the votes
+        // stop the rest is checkpointed.
         let since = offset.count().saturating_sub(self.checkpointed.count()) as usize;
         let quiet = self.last_record.elapsed() >= interval;
         let due =
@@ -606,19 +595,22 @@ impl PartitionTask<'_> {
         if offset <= self.checkpointed || !(now || due) {
             return;
         }
-        // A partition whose turn it is not stays due, and tries again at its next flush.
+        // One partition at a time (`CheckpointTurn`): one not given the turn stays due and tries
+        // at its next flush; one that stops waits for it.
         let turn = &self.pipeline.checkpoint_turn.0;
-        let _turn = match now {
-            true => turn.acquire().await.ok(),
+        let permit = match now {
+            true => turn.acquire().await.expect("the turn is never closed"),
             false => match turn.try_acquire() {
-                Ok(permit) => Some(permit),
+                Ok(permit) => permit,
                 Err(_) => return,
             },
         };
         self.last_checkpoint = Instant::now();
         let bytes = self.counter.checkpoint();
         let partition = self.counter.partition();
-        match store.put_checkpoint(partition, offset, &bytes).await {
+        let stored = store.put_checkpoint(partition, offset, &bytes).await;
+        drop(permit);
+        match stored {
             Ok(written) => {
                 // The snapshot before this one is now a generation back: the log may let go of
                 // what both hold (so a damaged newest snapshot still has one to fall back on).

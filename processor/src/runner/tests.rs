@@ -366,34 +366,54 @@ async fn a_partition_whose_tally_store_fails_at_restore_is_unready_and_readiness
 }
 
 /// A partition whose snapshot is due takes none while another holds the node's turn
-/// ([`CheckpointTurn`]), and takes it at a flush once the turn is free.
+/// ([`CheckpointTurn`]), and takes it at a flush once the turn is free; one that stops waits for
+/// the turn to take its last.
 #[tokio::test]
-async fn a_due_snapshot_waits_for_the_nodes_turn() {
-    let (mut pipeline, dir) = pipeline_with_gone(0, true).await;
-    let files = storage::CheckpointFiles::open(dir.path().join("snapshots")).unwrap();
-    pipeline.checkpoints = Some(Arc::new(files));
-    pipeline.config.checkpoint_interval = Some(Duration::from_millis(100));
-    let held = (pipeline.checkpoint_turn.0.clone().try_acquire_owned()).unwrap();
-    let written = || pipeline.metrics.checkpoints_written.load(Ordering::Relaxed);
-    let (stop, shutdown) = ShutdownTrigger::new();
-    let mut published = Published::default();
-    let task = run_partition(&pipeline, Partition(0), &mut published, shutdown);
-    let check = async {
-        tokio::time::sleep(Duration::from_millis(800)).await;
-        let while_held = written();
+async fn a_snapshot_waits_for_the_nodes_turn() {
+    for stopping in [false, true] {
+        let (mut pipeline, dir) = pipeline_with_gone(0, true).await;
+        let files = storage::CheckpointFiles::open(dir.path().join("snapshots")).unwrap();
+        pipeline.checkpoints = Some(Arc::new(files));
+        // Due 100 ms after the start, or (a minute) only when the task stops.
+        let interval = if stopping { 60_000 } else { 100 };
+        pipeline.config.checkpoint_interval = Some(Duration::from_millis(interval));
+        let held = (pipeline.checkpoint_turn.0.clone().try_acquire_owned()).unwrap();
+        let written = || pipeline.metrics.checkpoints_written.load(Ordering::Relaxed);
+        let (stop, shutdown) = ShutdownTrigger::new();
+        let mut published = Published::default();
+        let task = run_partition(&pipeline, Partition(0), &mut published, shutdown);
+        tokio::pin!(task);
+        // Runs the task for `ms`; whether it ended meanwhile.
+        macro_rules! run_for {
+            ($ms:expr) => {
+                tokio::time::timeout(Duration::from_millis($ms), &mut task)
+                    .await
+                    .is_ok()
+            };
+        }
+        assert!(!run_for!(800), "the partition task stopped ({stopping})");
+        if stopping {
+            stop.fire();
+            assert!(!run_for!(500), "stopped without waiting for the turn");
+        }
+        assert_eq!(
+            written(),
+            0,
+            "a snapshot while the turn was held ({stopping})"
+        );
         drop(held);
-        tokio::time::sleep(Duration::from_millis(800)).await;
-        (while_held, written())
-    };
-    tokio::pin!(task);
-    let (while_held, after) = tokio::select! {
-        counts = check => counts,
-        ended = &mut task => panic!("the partition task stopped: {ended:?}"),
-    };
-    stop.fire();
-    assert_eq!(
-        (while_held, after),
-        (0, 1),
-        "snapshots while held, and after"
-    );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while written() == 0 && Instant::now() < deadline {
+            if run_for!(50) {
+                assert!(stopping, "the partition task stopped");
+                break;
+            }
+        }
+        assert_eq!(
+            written(),
+            1,
+            "the snapshot once the turn was free ({stopping})"
+        );
+        stop.fire();
+    }
 }
