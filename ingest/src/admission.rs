@@ -7,6 +7,7 @@
 //!   This is the adaptive CoDel of request queues: while some request of the last interval waited
 //!   less than the target, a request is shed only if it waited a whole interval; once none has
 //!   for an interval (a queue stands), every request that waited more than the target is shed.
+//!   A batch is shed only past a whole interval, and starts no run ([`WaitJudge::judge_batch`]).
 //!   Clients told to retry later (`Retry-After`) go quiet and the queue before the handlers
 //!   shortens. (It bounds the wait before a vote's handler, not the wait after its append for the
 //!   handler to run again: BENCHMARKS.md, "shedding by the wait for a core".);
@@ -344,6 +345,22 @@ impl WaitJudge {
         Ok(())
     }
 
+    /// Judges a batch request (up to thousands of votes, from an aggregator's few connections)
+    /// that waited `waited`: shed only past a whole interval, and left out of the run of long
+    /// waits that single votes are judged by. A node whose cores are all busy (a batch load keeps
+    /// them so, by design) has batches waiting tens of milliseconds for a thread; under the
+    /// single votes' target they were shed while their few connections formed no queue that could
+    /// grow, and their clients waited out `Retry-After` with the node idle (BENCHMARKS.md,
+    /// "2026-12-06 (seventh session)"). Batches are still bounded by the votes in flight and the
+    /// log's queue delay, and a node that holds a batch a whole interval sheds it.
+    pub fn judge_batch(&self, waited: Duration) -> Result<(), Shed> {
+        if self.enabled() && waited.as_micros() as u64 > self.interval_us {
+            self.shed.fetch_add(1, Relaxed);
+            return Err(Shed::Waited);
+        }
+        Ok(())
+    }
+
     /// Whether every request of the last interval waited past the target (a queue stands).
     pub fn is_overloaded(&self, now: Instant) -> bool {
         let now_us = self.micros(now);
@@ -399,6 +416,31 @@ mod tests {
         assert!(judge.judge(ms(40), t + ms(1_400)).is_ok());
         assert!(!judge.is_overloaded(t + ms(1_401)));
         assert_eq!(judge.shed.load(Relaxed), 3);
+    }
+
+    #[test]
+    fn a_batch_is_shed_for_its_wait_only_past_an_interval_and_starts_no_run() {
+        let judge = WaitJudge::new(Duration::from_millis(10), Duration::from_millis(100));
+        let t = judge.epoch;
+        let ms = |n| Duration::from_millis(n);
+        // Batches that waited long, for longer than an interval: none shed, no queue stands.
+        for at in (1_000..1_300).step_by(20) {
+            assert!(judge.judge_batch(ms(60)).is_ok());
+            assert!(!judge.is_overloaded(t + ms(at)));
+        }
+        // So a single vote after them is judged as on a node with no run of long waits.
+        assert!(judge.judge(ms(60), t + ms(1_300)).is_ok());
+        // A standing queue of single votes sheds theirs past the target, a batch only past the
+        // interval.
+        assert!(judge.judge(ms(60), t + ms(1_390)).is_ok());
+        assert!(judge.is_overloaded(t + ms(1_420)));
+        assert_eq!(judge.judge(ms(40), t + ms(1_420)), Err(Shed::Waited));
+        assert!(judge.judge_batch(ms(40)).is_ok());
+        assert!(judge.judge_batch(ms(100)).is_ok());
+        assert_eq!(judge.judge_batch(ms(101)), Err(Shed::Waited));
+        assert_eq!(judge.shed.load(Relaxed), 2);
+        let off = WaitJudge::new(Duration::ZERO, Duration::from_millis(100));
+        assert!(off.judge_batch(Duration::from_secs(30)).is_ok());
     }
 
     #[test]

@@ -198,6 +198,15 @@ impl Ingest {
             .map_err(|shed| self.shed(shed, 1))
     }
 
+    /// Judges a batch request by its wait ([`admission::WaitJudge::judge_batch`]): shed only past
+    /// a whole interval.
+    pub fn admit_batch_request(&self, waited: Option<Duration>) -> Result<(), ApiError> {
+        match waited {
+            Some(waited) => (self.admission.wait.judge_batch(waited)).map_err(|s| self.shed(s, 1)),
+            None => Ok(()),
+        }
+    }
+
     fn shed(&self, shed: admission::Shed, votes: usize) -> ApiError {
         self.metrics
             .votes_unavailable

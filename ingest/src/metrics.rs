@@ -117,7 +117,7 @@ impl Collector for IngestCollector {
             ),
             (
                 "crowdtick_ingest_overloaded",
-                "1 while no vote request has met ingest.shed_wait_target_ms for ingest.shed_wait_interval_ms (requests past the target are shed).",
+                "1 while no single vote request has met ingest.shed_wait_target_ms for ingest.shed_wait_interval_ms (requests past the target are shed; batches are judged against the interval only).",
                 a.wait.is_overloaded(Instant::now()) as i64,
             ),
             (

@@ -227,7 +227,7 @@ async fn post_batch(
                 AggregatorRefusal::Unknown => "no aggregator has this key; check `ingest.aggregators` in the server's configuration",
             })
         })?;
-    ingest.admit_request(ConnectionContext::waited_of(&req))?;
+    ingest.admit_batch_request(ConnectionContext::waited_of(&req))?;
     // `?results=rejected`: answer only the rejected votes (with their index); `all` is the default.
     let mut only_rejected = false;
     for (k, v) in &q {

@@ -25,7 +25,8 @@ pub struct IngestSection {
     pub shed_interval_ms: u64,
     /// Shed a vote request (503) that waited longer than this for the node (from the kernel's
     /// receipt of its bytes to its handler) once no request has waited less for
-    /// `shed_wait_interval_ms`; before that, only one that waited a whole interval. 0 turns it off.
+    /// `shed_wait_interval_ms`; before that, only one that waited a whole interval. A batch is
+    /// shed only past a whole interval, and its wait starts no standing queue. 0 turns it off.
     pub shed_wait_target_ms: u64,
     pub shed_wait_interval_ms: u64,
     /// Stop reading new requests while this many appends of votes (a batch is one) wait for the

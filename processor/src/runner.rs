@@ -597,19 +597,19 @@ impl PartitionTask<'_> {
         }
         // One partition at a time (`CheckpointTurn`): one not given the turn stays due and tries
         // at its next flush; one that stops waits for it.
-        let turn = &self.pipeline.checkpoint_turn.0;
+        let turn = &self.pipeline.checkpoint_turn;
         let permit = match now {
-            true => turn.acquire().await.expect("the turn is never closed"),
-            false => match turn.try_acquire() {
+            true => (turn.permits.acquire().await).expect("the turn is never closed"),
+            false => match turn.permits.try_acquire() {
                 Ok(permit) => permit,
                 Err(_) => return,
             },
         };
         self.last_checkpoint = Instant::now();
         let bytes = self.counter.checkpoint();
-        let partition = self.counter.partition();
-        let stored = store.put_checkpoint(partition, offset, &bytes).await;
-        drop(permit);
+        let (partition, size) = (self.counter.partition(), bytes.len() as u64);
+        let write = store.put_checkpoint(partition, offset, bytes);
+        let stored = turn.hold_while(permit, partition, write).await;
         match stored {
             Ok(written) => {
                 // The snapshot before this one is now a generation back: the log may let go of
@@ -618,8 +618,7 @@ impl PartitionTask<'_> {
                 if written {
                     let m = &self.pipeline.metrics;
                     m.checkpoints_written.fetch_add(1, Ordering::Relaxed);
-                    m.checkpoint_bytes
-                        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                    m.checkpoint_bytes.fetch_add(size, Ordering::Relaxed);
                 } else {
                     // Another owner (a zombie, or a new owner ahead of us) stored a later one.
                     tracing::debug!(

@@ -155,12 +155,13 @@ pub fn keep_saving(
                 continue;
             }
             let state = encode(&positions, &board.to_partials());
+            let bytes = state.len();
             match snapshots
-                .put_checkpoint(KEY, progress(&positions), &state)
+                .put_checkpoint(KEY, progress(&positions), state)
                 .await
             {
                 Ok(true) => {
-                    tracing::debug!(bytes = state.len(), positions = ?positions, "results board snapshot written");
+                    tracing::debug!(bytes, positions = ?positions, "results board snapshot written");
                     // The one before is now the older generation: a start needs nothing before it.
                     if let Some(older) = newest.replace(positions) {
                         for (p, &below) in older.iter().enumerate() {

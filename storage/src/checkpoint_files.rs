@@ -127,7 +127,7 @@ impl CheckpointStore for CheckpointFiles {
         &self,
         partition: Partition,
         next_offset: Offset,
-        state: &[u8],
+        state: Vec<u8>,
     ) -> Result<bool, TallyStoreError> {
         let known = self.stored.lock().get(&partition).copied();
         let held = match known {
@@ -137,7 +137,7 @@ impl CheckpointStore for CheckpointFiles {
         if held.is_some_and(|held| held >= next_offset) {
             return Ok(false);
         }
-        let (state, name) = (state.to_vec(), self.name);
+        let name = self.name;
         let stored = self.stored.clone();
         self.blocking(
             move |dir| {
@@ -228,7 +228,7 @@ mod tests {
         );
         let fresh = CheckpointFiles::open(dir.path()).unwrap();
         assert!(!fresh
-            .put_checkpoint(Partition(1001), Offset(2), b"two")
+            .put_checkpoint(Partition(1001), Offset(2), b"two".to_vec())
             .await
             .unwrap());
     }
@@ -239,7 +239,7 @@ mod tests {
         let files = CheckpointFiles::open(dir.path()).unwrap();
         for (offset, state) in [(40, &b"state at forty"[..]), (50, b"state at fifty")] {
             assert!(files
-                .put_checkpoint(Partition(0), Offset(offset), state)
+                .put_checkpoint(Partition(0), Offset(offset), state.to_vec())
                 .await
                 .unwrap());
         }
@@ -257,7 +257,7 @@ mod tests {
         );
         // The damaged one is set aside: the next snapshot keeps forty as its previous generation.
         assert!(files
-            .put_checkpoint(Partition(0), Offset(60), b"state at sixty")
+            .put_checkpoint(Partition(0), Offset(60), b"state at sixty".to_vec())
             .await
             .unwrap());
         damage(&newest);
@@ -276,7 +276,7 @@ mod tests {
         assert_eq!(files.load_checkpoint(Partition(0)).await.unwrap(), None);
         // Then any snapshot may be stored again.
         assert!(files
-            .put_checkpoint(Partition(0), Offset(7), b"replayed")
+            .put_checkpoint(Partition(0), Offset(7), b"replayed".to_vec())
             .await
             .unwrap());
         std::fs::write(&newest, b"CTCK").unwrap();

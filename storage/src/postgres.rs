@@ -494,7 +494,7 @@ impl CheckpointStore for PgTallyStore {
         &self,
         partition: Partition,
         next_offset: Offset,
-        state: &[u8],
+        state: Vec<u8>,
     ) -> Result<bool, TallyStoreError> {
         let (client, stmt) = prepared(&self.pool, &self.put_checkpoint_sql).await?;
         let written = client

@@ -371,13 +371,13 @@ impl CheckpointStore for ScyllaTallyStore {
         &self,
         partition: Partition,
         next_offset: Offset,
-        state: &[u8],
+        state: Vec<u8>,
     ) -> Result<bool, TallyStoreError> {
         let s = &self.statements;
         let (p, o, st) = (
             CqlValue::Int(partition.0),
             CqlValue::BigInt(next_offset.0),
-            CqlValue::Blob(state.to_vec()),
+            CqlValue::Blob(state),
         );
         if self
             .applied(&s.new_checkpoint, vec![p.clone(), o.clone(), st.clone()])

@@ -67,12 +67,13 @@ impl From<StoreError> for TallyStoreError {
 pub trait CheckpointStore: Send + Sync + 'static {
     /// Stores a processor's checkpoint of one votes partition (its state after reading every record
     /// before `next_offset`), unless a checkpoint at a higher offset is stored. Returns whether it
-    /// was written.
+    /// was written. `state` is handed over whole (tens of MB at a million voters), so a store that
+    /// keeps or sends it need not copy it.
     async fn put_checkpoint(
         &self,
         partition: Partition,
         next_offset: Offset,
-        state: &[u8],
+        state: Vec<u8>,
     ) -> Result<bool, TallyStoreError>;
     /// The stored checkpoint of one votes partition: (next_offset, state).
     async fn load_checkpoint(
@@ -233,15 +234,13 @@ impl CheckpointStore for MemoryTallyStore {
         &self,
         partition: Partition,
         next_offset: Offset,
-        state: &[u8],
+        state: Vec<u8>,
     ) -> Result<bool, TallyStoreError> {
         let mut inner = self.inner.lock();
         match inner.checkpoints.get(&partition) {
             Some((held, _)) if *held >= next_offset => Ok(false),
             _ => {
-                inner
-                    .checkpoints
-                    .insert(partition, (next_offset, state.to_vec()));
+                inner.checkpoints.insert(partition, (next_offset, state));
                 Ok(true)
             }
         }
@@ -429,20 +428,20 @@ pub(crate) mod tests {
     pub(crate) async fn checkpoint_contract(store: &dyn CheckpointStore) {
         assert_eq!(store.load_checkpoint(Partition(1000)).await.unwrap(), None);
         assert!(store
-            .put_checkpoint(Partition(1000), Offset(10), b"ten")
+            .put_checkpoint(Partition(1000), Offset(10), b"ten".to_vec())
             .await
             .unwrap());
         // A stale owner's older or equal checkpoint does not replace it.
         assert!(!store
-            .put_checkpoint(Partition(1000), Offset(9), b"nine")
+            .put_checkpoint(Partition(1000), Offset(9), b"nine".to_vec())
             .await
             .unwrap());
         assert!(!store
-            .put_checkpoint(Partition(1000), Offset(10), b"ten again")
+            .put_checkpoint(Partition(1000), Offset(10), b"ten again".to_vec())
             .await
             .unwrap());
         assert!(store
-            .put_checkpoint(Partition(1001), Offset(3), b"three")
+            .put_checkpoint(Partition(1001), Offset(3), b"three".to_vec())
             .await
             .unwrap());
         assert_eq!(
@@ -450,7 +449,7 @@ pub(crate) mod tests {
             Some((Offset(10), b"ten".to_vec()))
         );
         assert!(store
-            .put_checkpoint(Partition(1000), Offset(11), b"newer")
+            .put_checkpoint(Partition(1000), Offset(11), b"newer".to_vec())
             .await
             .unwrap());
         assert_eq!(
@@ -465,7 +464,7 @@ pub(crate) mod tests {
         store.clear_checkpoint(Partition(1000)).await.unwrap();
         assert_eq!(store.load_checkpoint(Partition(1000)).await.unwrap(), None);
         assert!(store
-            .put_checkpoint(Partition(1000), Offset(2), b"replayed")
+            .put_checkpoint(Partition(1000), Offset(2), b"replayed".to_vec())
             .await
             .unwrap());
     }

@@ -171,6 +171,51 @@ async fn the_old_api_sheds_too_and_a_zero_target_sheds_nothing() {
     );
 }
 
+/// A batch is judged by its wait too, against a whole interval rather than the single votes'
+/// target (`WaitJudge::judge_batch`): one whose bytes waited 400 ms for the node is shed whole,
+/// with the same fast 503, and none of its votes counts; a batch that did not wait is counted.
+#[tokio::test]
+async fn a_batch_that_waited_past_an_interval_is_shed_whole() {
+    let app = spawn_app_with(|c| {
+        c.ingest.shed_wait_target_ms = 10;
+        c.ingest.shed_wait_interval_ms = 100;
+    })
+    .await;
+    let poll = app.open_poll(&["A", "B"]).await;
+    let batch = |prefix: &str| {
+        let votes: Vec<Value> = (0..50)
+            .map(|i| json!({"poll_id": poll, "option_id": i % 2, "voter_id": format!("{prefix}{i}")}))
+            .collect();
+        json!({ "votes": votes }).to_string()
+    };
+    let body = batch("waited-");
+    let request = format!(
+        "POST /v1/votes/batch HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        AGG_KEY,
+        body.len()
+    );
+    let answer = send_while_the_node_is_busy(app.addr, vec![request])
+        .await
+        .remove(0);
+    let shed = shed_body(&answer);
+    assert_eq!(shed["error"]["code"], "unavailable", "{shed}");
+    assert_eq!(
+        app.metric("crowdtick_ingest_requests_shed_wait_total")
+            .await,
+        1
+    );
+    let status = (app.client.post(app.url("/v1/votes/batch")))
+        .bearer_auth(AGG_KEY)
+        .header("content-type", "application/json")
+        .body(batch("prompt-"))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status.as_u16(), 200);
+    app.wait_counts(poll, &[25, 25], 10).await;
+}
+
 /// 400 votes in `poll`, 64 at a time, option `i % 2` for voter `PREFIX{i}`: each answer's status,
 /// option and body, after checking each is 202 or 503.
 async fn votes_64_at_a_time(app: &TestApp, poll: i64, prefix: &str) -> Vec<(u16, i64, Value)> {

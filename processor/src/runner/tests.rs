@@ -149,7 +149,7 @@ async fn an_accepted_loss_goes_on_from_an_older_usable_snapshot_never_past_an_un
         let (mut pipeline, dir) = pipeline_with_gone(4, true).await;
         let files = storage::CheckpointFiles::open(dir.path().join("snapshots")).unwrap();
         files
-            .put_checkpoint(Partition(0), Offset(2), &state)
+            .put_checkpoint(Partition(0), Offset(2), state.clone())
             .await
             .unwrap();
         let files = Arc::new(files);
@@ -377,7 +377,7 @@ async fn a_snapshot_waits_for_the_nodes_turn() {
         // Due 100 ms after the start, or (a minute) only when the task stops.
         let interval = if stopping { 60_000 } else { 100 };
         pipeline.config.checkpoint_interval = Some(Duration::from_millis(interval));
-        let held = (pipeline.checkpoint_turn.0.clone().try_acquire_owned()).unwrap();
+        let held = (pipeline.checkpoint_turn.permits.clone().try_acquire_owned()).unwrap();
         let written = || pipeline.metrics.checkpoints_written.load(Ordering::Relaxed);
         let (stop, shutdown) = ShutdownTrigger::new();
         let mut published = Published::default();
@@ -416,4 +416,72 @@ async fn a_snapshot_waits_for_the_nodes_turn() {
         );
         stop.fire();
     }
+}
+
+/// A checkpoint store whose writes take `.0` (a store that hangs a while), and that holds no
+/// checkpoint.
+struct SlowStore(Duration);
+
+#[async_trait]
+impl CheckpointStore for SlowStore {
+    async fn put_checkpoint(
+        &self,
+        _: Partition,
+        _: Offset,
+        _: Vec<u8>,
+    ) -> Result<bool, storage::TallyStoreError> {
+        tokio::time::sleep(self.0).await;
+        Ok(true)
+    }
+    async fn load_checkpoint(
+        &self,
+        _: Partition,
+    ) -> Result<Option<(Offset, Vec<u8>)>, storage::TallyStoreError> {
+        Ok(None)
+    }
+    async fn clear_checkpoint(&self, _: Partition) -> Result<(), storage::TallyStoreError> {
+        Ok(())
+    }
+}
+
+/// A snapshot write that hangs holds the node's turn for at most the turn's limit: then the
+/// other partitions may take theirs, while the partition still waits for its write to end.
+#[tokio::test]
+async fn a_hung_snapshot_write_lets_the_turn_go() {
+    let (mut pipeline, _dir) = pipeline_with_gone(0, true).await;
+    // The write takes 3 s; the turn is held for at most 1 s of it.
+    pipeline.checkpoints = Some(Arc::new(SlowStore(Duration::from_secs(3))));
+    pipeline.config.checkpoint_interval = Some(Duration::from_millis(100));
+    pipeline.checkpoint_turn = CheckpointTurn::with_limit(Duration::from_secs(1));
+    let permits = pipeline.checkpoint_turn.permits.clone();
+    let written = || pipeline.metrics.checkpoints_written.load(Ordering::Relaxed);
+    let (stop, shutdown) = ShutdownTrigger::new();
+    let mut published = Published::default();
+    let task = run_partition(&pipeline, Partition(0), &mut published, shutdown);
+    tokio::pin!(task);
+    // Runs the task for 20 ms at a time until `done()` or 10 s pass; when it happened.
+    macro_rules! run_until {
+        ($what:literal, $done:expr) => {{
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !$done {
+                assert!(Instant::now() < deadline, "{} did not happen", $what);
+                let ran = tokio::time::timeout(Duration::from_millis(20), &mut task).await;
+                assert!(ran.is_err(), "the partition task stopped");
+            }
+            Instant::now()
+        }};
+    }
+    let taken = run_until!(
+        "the write taking the turn",
+        permits.available_permits() == 0
+    );
+    let freed = run_until!("the turn let go", permits.available_permits() == 1);
+    assert!(
+        freed - taken >= Duration::from_millis(900),
+        "{:?}",
+        freed - taken
+    );
+    assert_eq!(written(), 0, "the write was over when the turn was let go");
+    let _ = run_until!("the write's end", written() == 1);
+    stop.fire();
 }

@@ -296,7 +296,7 @@ async fn checkpoints_only_move_forward() {
     let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
     // A few MB round-trip whole (a partition of ~150k voters).
     assert!(store
-        .put_checkpoint(Partition(2), Offset(100), &big)
+        .put_checkpoint(Partition(2), Offset(100), big.clone())
         .await
         .unwrap());
     assert_eq!(
