@@ -598,12 +598,8 @@ impl PartitionTask<'_> {
         // One partition at a time (`CheckpointTurn`): one not given the turn stays due and tries
         // at its next flush; one that stops waits for it.
         let turn = &self.pipeline.checkpoint_turn;
-        let permit = match now {
-            true => (turn.permits.acquire().await).expect("the turn is never closed"),
-            false => match turn.permits.try_acquire() {
-                Ok(permit) => permit,
-                Err(_) => return,
-            },
+        let Some(permit) = turn.take(now).await else {
+            return;
         };
         self.last_checkpoint = Instant::now();
         let bytes = self.counter.checkpoint();

@@ -76,6 +76,16 @@ async fn send_while_the_node_is_busy(
     .unwrap()
 }
 
+/// An app that sheds a request that waited 10 ms once none met that for 100 ms (and one that
+/// waited 100 ms at any time).
+async fn app_judging_waits() -> TestApp {
+    spawn_app_with(|c| {
+        c.ingest.shed_wait_target_ms = 10;
+        c.ingest.shed_wait_interval_ms = 100;
+    })
+    .await
+}
+
 /// The server runs on this test's runtime (one thread). Votes are sent from plain threads while
 /// that thread is blocked, so their bytes wait in the kernel for 400 ms, longer than a whole
 /// `shed_wait_interval_ms`: each is shed with 503, `Retry-After` and a JSON reason, and counted in
@@ -83,11 +93,7 @@ async fn send_while_the_node_is_busy(
 /// overload), and the published counts are exactly the acknowledged votes.
 #[tokio::test]
 async fn a_vote_that_waited_too_long_for_the_node_is_shed_and_the_rest_count() {
-    let app = spawn_app_with(|c| {
-        c.ingest.shed_wait_target_ms = 10;
-        c.ingest.shed_wait_interval_ms = 100;
-    })
-    .await;
+    let app = app_judging_waits().await;
     let poll = app.open_poll(&["A", "B"]).await;
     let vote = |voter: &'static str, option: i64| {
         app.call(
@@ -176,11 +182,7 @@ async fn the_old_api_sheds_too_and_a_zero_target_sheds_nothing() {
 /// with the same fast 503, and none of its votes counts; a batch that did not wait is counted.
 #[tokio::test]
 async fn a_batch_that_waited_past_an_interval_is_shed_whole() {
-    let app = spawn_app_with(|c| {
-        c.ingest.shed_wait_target_ms = 10;
-        c.ingest.shed_wait_interval_ms = 100;
-    })
-    .await;
+    let app = app_judging_waits().await;
     let poll = app.open_poll(&["A", "B"]).await;
     let batch = |prefix: &str| {
         let votes: Vec<Value> = (0..50)

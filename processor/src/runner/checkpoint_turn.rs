@@ -36,6 +36,15 @@ impl CheckpointTurn {
         }
     }
 
+    /// The turn: waited for when `wait` (a partition that stops), else only if it is free now
+    /// (`None`: a due partition stays due and tries at its next flush).
+    pub(super) async fn take(&self, wait: bool) -> Option<SemaphorePermit<'_>> {
+        match wait {
+            true => Some((self.permits.acquire().await).expect("the turn is never closed")),
+            false => self.permits.try_acquire().ok(),
+        }
+    }
+
     /// Awaits `partition`'s snapshot `write` holding the turn (`permit`), and lets the turn go if
     /// the write takes longer than the limit; the write itself is awaited to its end either way
     /// (so a partition never has two writes of its own in flight).
