@@ -10,8 +10,9 @@
 //!   closed; it never waits in a queue.
 //! - If accepting fails anyway for want of file descriptors, the loop pauses briefly and counts it
 //!   instead of spinning on the error (the pending connection stays in the kernel's backlog).
-//! - Each connection is HTTP/1.1 (with upgrades, for WebSocket) under hyper's header read timeout,
-//!   which runs whenever the connection waits for a request: it bounds slow headers, a client that
+//! - Each connection is HTTP/1.1 (with upgrades, for WebSocket) under a header read timeout of its
+//!   own, which runs whenever the connection waits for a request (`idle_watch.rs`, one interval a
+//!   connection rather than hyper's timer a request): it bounds slow headers, a client that
 //!   connects and says nothing, and a kept-alive connection's idle wait. The body read timeout is
 //!   a layer on the router ([`crate::node::NodeLayer`]: the longest pause within a body) and, at
 //!   the edge, one deadline for a vote's whole body (`ingest::routes::read_body`).
@@ -54,6 +55,7 @@ pub mod connection_context;
 mod event_stream;
 mod hand_back;
 mod http_connection;
+mod idle_watch;
 pub mod live_connection;
 pub mod live_socket;
 pub mod read_gate;
@@ -71,7 +73,7 @@ use admitted::Admitted;
 use axum::Router;
 use event_stream::{HandOff, Sniffed};
 use hand_back::{HandBack, HyperIo};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -93,7 +95,8 @@ use tokio_util::task::TaskTracker;
 #[serde(default, deny_unknown_fields)]
 pub struct HttpLimits {
     /// A request's headers must arrive within this; it also bounds how long a kept-alive
-    /// connection may wait idle for its next request.
+    /// connection may wait idle for its next request. A connection is closed between one and one
+    /// and a half of it after its last activity (`listener/idle_watch.rs`), never before.
     pub header_read_timeout_ms: u64,
     /// A vote's or batch's body must arrive whole within this (408 otherwise); on every other
     /// endpoint, a pause this long between two pieces of a body ends the request (4xx).
@@ -395,15 +398,14 @@ pub async fn serve(
         limits.limits_exempt_loopback,
         metrics.clone(),
     );
-    // HTTP/1.1 with upgrades (WebSocket), as axum::serve speaks it without its http2 feature. The
-    // header timer runs from the moment the connection waits for a request's first byte: a client
-    // that connects and says nothing is closed on time too.
+    // HTTP/1.1 with upgrades (WebSocket), as axum::serve speaks it without its http2 feature.
+    // hyper's header timer (a timer for every request) is off: each connection's wait for a head
+    // is bounded by a watch of its own (`idle_watch.rs`), and its first bytes by the sniff.
     // hyper's `pipeline_flush` stays off (its default): with it on, hyper would not flush its
     // socket while a pipelined request waits, and an event stream's socket is handed back at
     // that flush (`hand_back.rs`).
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms));
+    http.header_read_timeout(None);
     // Shared: each connection's task holds a pointer, not a copy of the settings.
     let http = Arc::new(http);
     let write_stall_timeout = Duration::from_millis(limits.write_stall_timeout_ms);
@@ -531,7 +533,16 @@ pub async fn serve(
             );
             let io = TokioIo::new(HyperIo::new(admitted, hand_back.clone()));
             let connection = Box::pin(http.serve_connection(io, service).with_upgrades());
-            http_connection::serve(connection, hand_back, stopping, hand_off, metrics, peer).await
+            http_connection::serve(
+                connection,
+                hand_back,
+                header_read_timeout,
+                stopping,
+                hand_off,
+                metrics,
+                peer,
+            )
+            .await
         });
     }
     drop(listener);

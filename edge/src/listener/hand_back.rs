@@ -9,8 +9,12 @@
 //! its default, which the listener keeps), and the body it was given for the stream yields
 //! nothing. The connection's task then drops hyper's connection and writes the stream's body
 //! itself, as it writes a sniffed stream's (`event_stream.rs`).
+//!
+//! What the service and the socket share also counts the connection's requests and writes, for
+//! the watch that closes it once idle (`idle_watch.rs`).
 
 use super::event_stream::{Framing, Stream};
+use super::idle_watch::Activity;
 use super::{Admitted, StreamWriter};
 use axum::body::Body;
 use axum::http::{header, Method, Request, Version};
@@ -21,9 +25,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// What a connection's service and its socket share for an event stream's hand-back.
+/// What a connection's service and its socket share: an event stream's hand-back, and what the
+/// connection has done (for its idle watch).
 #[derive(Default)]
 pub(super) struct HandBack {
+    /// Requests begun and answered, writes (`idle_watch.rs`).
+    pub(super) activity: Activity,
     /// How a stream answering the request in flight is framed (`LEFT_TO_HYPER`: hyper writes
     /// it all).
     framing: AtomicU8,
@@ -49,7 +56,9 @@ impl HandBack {
     /// Notes how a stream answering `request` would be framed: only a body-less `GET`'s stream
     /// is taken (a `HEAD` has no body to write, and a request's own body would still be coming
     /// in), in chunks on HTTP/1.1 and until the connection closes on HTTP/1.0, as hyper would.
+    /// The request is counted as begun.
     pub(super) fn note_request<B>(&self, request: &Request<B>) {
+        self.activity.begin();
         // A vote (a POST) is turned away before any header is looked at.
         let has_body = || {
             let headers = request.headers();
@@ -123,6 +132,13 @@ impl HyperIo {
         self.socket
     }
 
+    /// A write that moved bytes is the connection's activity (a long answer drained slowly).
+    fn count_write(&self, written: &Poll<std::io::Result<usize>>) {
+        if let Poll::Ready(Ok(1..)) = written {
+            self.hand_back.activity.wrote();
+        }
+    }
+
     fn socket(&mut self) -> std::io::Result<Pin<&mut Admitted>> {
         match &mut self.socket {
             Some(socket) => Ok(Pin::new(socket)),
@@ -150,7 +166,10 @@ impl AsyncWrite for HyperIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        self.get_mut().socket()?.poll_write(cx, buf)
+        let this = self.get_mut();
+        let written = this.socket()?.poll_write(cx, buf);
+        this.count_write(&written);
+        written
     }
 
     fn poll_write_vectored(
@@ -158,7 +177,10 @@ impl AsyncWrite for HyperIo {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        self.get_mut().socket()?.poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let written = this.socket()?.poll_write_vectored(cx, bufs);
+        this.count_write(&written);
+        written
     }
 
     fn is_write_vectored(&self) -> bool {

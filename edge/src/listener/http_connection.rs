@@ -11,6 +11,7 @@
 
 use super::event_stream::{is_event_stream, write_stream, HandOff};
 use super::hand_back::{HandBack, HyperIo};
+use super::idle_watch::idle_past;
 use super::{HttpMetrics, StreamWriter};
 use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderValue, Request};
@@ -27,6 +28,7 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::Poll;
+use std::time::Duration;
 use tokio::sync::watch;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -42,7 +44,9 @@ pub(super) fn note_requests<B>(
     }
 }
 
-/// What the connection's service does to each response: an event stream is counted and answered
+/// What the connection's service does to each response: any other response is counted as the
+/// request's answer (`idle_watch.rs`; an event stream stays in flight while it lasts); an event
+/// stream is counted and answered
 /// with `connection: close` (the connection ends with the stream, as a sniffed stream's does, and
 /// never carries votes on the viewers' runtime), framed by hyper (a handler's own length or
 /// encoding is dropped, so the head says what the stream's writer does), and its body kept for
@@ -58,10 +62,11 @@ pub(super) fn on_event_streams(
     // One handle for the connection: the function is cloned for each request (each vote too).
     let shared = Arc::new((hand_back, stopping, metrics));
     move |response| {
+        let (hand_back, stopping, metrics) = &*shared;
         if !is_event_stream(response.status(), response.headers()) {
+            hand_back.activity.answer();
             return response;
         }
-        let (hand_back, stopping, metrics) = &*shared;
         metrics
             .event_streams_through_hyper
             .fetch_add(1, Ordering::Relaxed);
@@ -87,13 +92,16 @@ pub(super) fn on_event_streams(
 /// task (BENCHMARKS.md, "an SSE viewer at 2.3 KiB").
 pub(super) type Connection<S> = Pin<Box<UpgradeableConnection<TokioIo<HyperIo>, S>>>;
 
-/// Serves hyper's `connection` until it ends, or until the node stops (then the request in flight
-/// finishes and no other is taken); once hyper has handed the socket to an event stream
-/// (`hand_back`), writes the stream (which ends at once with its last chunk if the node is
-/// stopping), on the runtime `hand_off` names (this task returns once it has handed it off).
+/// Serves hyper's `connection` until it ends, until it has waited `header_read_timeout` for a
+/// request's head (`idle_watch.rs`; counted as a header timeout), or until the node stops (then
+/// the request in flight finishes and no other is taken); once hyper has handed the socket to an
+/// event stream (`hand_back`), writes the stream (which ends at once with its last chunk if the
+/// node is stopping), on the runtime `hand_off` names (this task returns once it has handed it
+/// off).
 pub(super) async fn serve<S, B>(
     mut connection: Connection<S>,
     hand_back: Arc<HandBack>,
+    header_read_timeout: Duration,
     mut stopping: watch::Receiver<bool>,
     hand_off: Option<HandOff<'_>>,
     metrics: Arc<HttpMetrics>,
@@ -104,14 +112,28 @@ pub(super) async fn serve<S, B>(
     B: HttpBody + 'static,
     B::Error: Into<BoxError>,
 {
-    let ended = tokio::select! {
-        ended = until_handed_back(connection.as_mut(), &hand_back) => ended,
-        _ = async { drop(stopping.wait_for(|stop| *stop).await) } => {
-            // Finish the request in flight, take no other.
-            // An event stream answered but not yet handed back is handed back once hyper has
-            // written its head.
-            connection.as_mut().graceful_shutdown();
-            until_handed_back(connection.as_mut(), &hand_back).await
+    let closed_idle = || {
+        metrics.header_timeouts.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(%peer, "closing a connection that waited too long for a request's head");
+    };
+    let ended = {
+        // The watch runs on while a stopping node lets the request in flight finish: a head
+        // coming at a trickle does not hold the shutdown past the timeout either.
+        let idle = idle_past(&hand_back.activity, header_read_timeout);
+        tokio::pin!(idle);
+        tokio::select! {
+            ended = until_handed_back(connection.as_mut(), &hand_back) => ended,
+            () = idle.as_mut() => return closed_idle(),
+            _ = async { drop(stopping.wait_for(|stop| *stop).await) } => {
+                // Finish the request in flight, take no other.
+                // An event stream answered but not yet handed back is handed back once hyper
+                // has written its head.
+                connection.as_mut().graceful_shutdown();
+                tokio::select! {
+                    ended = until_handed_back(connection.as_mut(), &hand_back) => ended,
+                    () = idle.as_mut() => return closed_idle(),
+                }
+            }
         }
     };
     // hyper's buffers go now, whatever comes next.

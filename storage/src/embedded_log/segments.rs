@@ -110,26 +110,57 @@ impl Segments {
 
     /// Reads `buf.len()` bytes at topic position `pos`, across segment files. A position before the
     /// first segment (retired meanwhile) is `NotFound`.
-    pub(super) fn read_exact_at(&self, mut buf: &mut [u8], mut pos: u64) -> std::io::Result<()> {
+    pub(super) fn read_exact_at(&self, buf: &mut [u8], pos: u64) -> std::io::Result<()> {
+        let len = buf.len();
+        self.read_at_least(buf, pos, len).map(drop)
+    }
+
+    /// Reads at topic position `pos` into `buf`, across segment files, stopping early only at the
+    /// end of what is written: at least `min` bytes (`UnexpectedEof` otherwise), and as many more
+    /// as there are, in one read where the segments allow. Returns how many it read. A position
+    /// before the first segment (retired meanwhile) is `NotFound`.
+    pub(super) fn read_at_least(
+        &self,
+        buf: &mut [u8],
+        pos: u64,
+        min: usize,
+    ) -> std::io::Result<usize> {
         let list = self.list.read();
-        while !buf.is_empty() {
-            let i = list.partition_point(|s| s.start <= pos);
+        let mut read = 0;
+        while read < buf.len() {
+            let at = pos + read as u64;
+            let i = list.partition_point(|s| s.start <= at);
             if i == 0 {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::NotFound,
-                    format!("position {pos} of {} was retired", self.topic),
+                    format!("position {at} of {} was retired", self.topic),
                 ));
             }
             let segment = &list[i - 1];
-            let available = list.get(i).map_or(u64::MAX, |next| next.start) - pos;
-            let n = (buf.len() as u64).min(available) as usize;
-            segment
+            let available = list.get(i).map_or(u64::MAX, |next| next.start) - at;
+            let n = ((buf.len() - read) as u64).min(available) as usize;
+            match segment
                 .file
-                .read_exact_at(&mut buf[..n], pos - segment.start)?;
-            buf = &mut buf[n..];
-            pos += n as u64;
+                .read_at(&mut buf[read..read + n], at - segment.start)
+            {
+                Ok(0) => break,
+                // Short: the end of what is written (no second read to hear it again).
+                Ok(got) if got < n && read + got >= min => return Ok(read + got),
+                Ok(got) => read += got,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
         }
-        Ok(())
+        if read < min {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!(
+                    "{} holds {read} of the {min} bytes wanted at {pos}",
+                    self.topic
+                ),
+            ));
+        }
+        Ok(read)
     }
 
     /// Writes `buf` at `end` (the end of the last durable frame) in the last segment, first

@@ -181,22 +181,33 @@ async fn fetch_waits_for_new_records() {
 proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
     /// Fetches of any size read every partition's records back whole and in order, each
-    /// fetch at least one record and past `max_bytes` only when one record is larger.
+    /// fetch at least one record and past `max_bytes` only when one record is larger: records
+    /// shorter and longer than what a fetch reads past its last frame's header at once
+    /// (`LAST_FRAME_GUESS`), in one group or each in its own, in one segment or in many.
     #[test]
     fn fetches_of_any_size_return_every_record_whole(
-        records in proptest::collection::vec((0i32..3, 0usize..300), 1..60),
-        max_bytes in 1usize..700,
+        records in proptest::collection::vec((0i32..3, 0usize..1500), 1..60),
+        max_bytes in 1usize..2000,
+        group_each in proptest::bool::ANY,
+        segment_bytes in proptest::option::of(200u64..3000),
     ) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
             let dir = tempfile::tempdir().unwrap();
-            let log = EmbeddedLog::open(config(dir.path())).unwrap();
+            let mut config = config(dir.path());
+            if let Some(bytes) = segment_bytes {
+                config.segment_bytes = bytes;
+            }
+            let log = EmbeddedLog::open(config).unwrap();
             let mut b = AppendBatch::default();
             let mut expected = vec![Vec::new(); 3];
             for (i, &(p, len)) in records.iter().enumerate() {
                 let value = vec![i as u8; len];
                 b.push(Partition(p), Timestamp(i as i64), format!("k{i}").as_bytes(), &value);
                 expected[p as usize].push((format!("k{i}").into_bytes(), value));
+                if group_each {
+                    log.append(Topic::Votes, std::mem::take(&mut b), far()).await.unwrap();
+                }
             }
             log.append(Topic::Votes, b, far()).await.unwrap();
             for (p, expected) in expected.iter().enumerate() {
