@@ -590,7 +590,7 @@ impl Log for EmbeddedLog {
         let last = (frames[frames.len() - 1] - start) as usize;
         // Read with the span, in the same read, what the last frame is likely to take (a single
         // vote's frame fits): a second read for that frame's rest is only for a longer one.
-        let wanted = last + HEADER;
+        let through_last_header = last + HEADER;
         // Zeroed by a write, not by `vec![0; n]`: jemalloc (the binary's allocator) zeroes a large
         // block asked for by `calloc` by giving its pages back, and the read below then faults
         // every page in again (a batched vote cost a quarter more CPU; BENCHMARKS.md,
@@ -599,8 +599,8 @@ impl Log for EmbeddedLog {
             clippy::slow_vector_initialization,
             reason = "vec![0; n] is a calloc, whose large block jemalloc zeroes by dropping its pages"
         )]
-        let mut data = Vec::with_capacity(wanted + LAST_FRAME_GUESS);
-        data.resize(wanted + LAST_FRAME_GUESS, 0);
+        let mut data = Vec::with_capacity(through_last_header + LAST_FRAME_GUESS);
+        data.resize(through_last_header + LAST_FRAME_GUESS, 0);
         let retired = |e: std::io::Error| match e.kind() {
             // Retired between the index read and this one.
             std::io::ErrorKind::NotFound => LogError::Retired {
@@ -612,7 +612,7 @@ impl Log for EmbeddedLog {
             _ => io(e),
         };
         let read = (file.segments)
-            .read_at_least(&mut data, start, wanted)
+            .read_at_least(&mut data, start, through_last_header)
             .map_err(retired)?;
         let last_end = last + frame_len(&data[last..]);
         if frames.len() > 1 && start + last_end as u64 > limit {

@@ -58,7 +58,7 @@ impl HandBack {
     /// in), in chunks on HTTP/1.1 and until the connection closes on HTTP/1.0, as hyper would.
     /// The request is counted as begun.
     pub(super) fn note_request<B>(&self, request: &Request<B>) {
-        self.activity.begin();
+        self.activity.request_begun();
         // A vote (a POST) is turned away before any header is looked at.
         let has_body = || {
             let headers = request.headers();
@@ -132,10 +132,13 @@ impl HyperIo {
         self.socket
     }
 
-    /// A write that moved bytes is the connection's activity (a long answer drained slowly).
+    /// A write that moved bytes is the connection's activity (a long answer drained slowly), and
+    /// one waiting for room keeps it busy (the write-stall timeout bounds that).
     fn count_write(&self, written: &Poll<std::io::Result<usize>>) {
-        if let Poll::Ready(Ok(1..)) = written {
-            self.hand_back.activity.wrote();
+        let activity = &self.hand_back.activity;
+        match written {
+            Poll::Ready(result) => activity.write_ended(matches!(result, Ok(1..))),
+            Poll::Pending => activity.write_blocked(),
         }
     }
 

@@ -44,16 +44,16 @@ pub(super) fn note_requests<B>(
     }
 }
 
-/// What the connection's service does to each response: any other response is counted as the
-/// request's answer (`idle_watch.rs`; an event stream stays in flight while it lasts); an event
-/// stream is counted and answered
-/// with `connection: close` (the connection ends with the stream, as a sniffed stream's does, and
-/// never carries votes on the viewers' runtime), framed by hyper (a handler's own length or
-/// encoding is dropped, so the head says what the stream's writer does), and its body kept for
-/// the connection's task ([`HandBack::answer`]); hyper is given a body that never yields, so it
-/// writes the head and then nothing, and hands the socket back. A stream hyper writes itself (a
-/// `HEAD`, or a request with a body) ends when the node stops, instead of holding the shutdown
-/// for its grace period.
+/// What the connection's service does to each response. One that is not an event stream answers
+/// its request (`idle_watch.rs`): at once when its body's length is known, else at its body's
+/// end ([`AnsweredAtEnd`]). An event stream stays in flight while it lasts; it is counted and
+/// answered with `connection: close` (the connection ends with the stream, as a sniffed stream's
+/// does, and never carries votes on the viewers' runtime), framed by hyper (a handler's own
+/// length or encoding is dropped, so the head says what the stream's writer does), and its body
+/// kept for the connection's task ([`HandBack::answer`]); hyper is given a body that never
+/// yields, so it writes the head and then nothing, and hands the socket back. A stream hyper
+/// writes itself (a `HEAD`, or a request with a body) ends when the node stops, instead of
+/// holding the shutdown for its grace period.
 pub(super) fn on_event_streams(
     hand_back: Arc<HandBack>,
     stopping: watch::Receiver<bool>,
@@ -64,8 +64,11 @@ pub(super) fn on_event_streams(
     move |response| {
         let (hand_back, stopping, metrics) = &*shared;
         if !is_event_stream(response.status(), response.headers()) {
-            hand_back.activity.answer();
-            return response;
+            if response.body().size_hint().exact().is_some() {
+                hand_back.activity.request_answered();
+                return response;
+            }
+            return response.map(|body| Body::new(AnsweredAtEnd::new(body, hand_back.clone())));
         }
         metrics
             .event_streams_through_hyper
@@ -116,12 +119,14 @@ pub(super) async fn serve<S, B>(
         metrics.header_timeouts.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(%peer, "closing a connection that waited too long for a request's head");
     };
+    // Biased: a head that came as the watch's last tick did is taken, not closed on.
     let ended = {
         // The watch runs on while a stopping node lets the request in flight finish: a head
         // coming at a trickle does not hold the shutdown past the timeout either.
         let idle = idle_past(&hand_back.activity, header_read_timeout);
         tokio::pin!(idle);
         tokio::select! {
+            biased;
             ended = until_handed_back(connection.as_mut(), &hand_back) => ended,
             () = idle.as_mut() => return closed_idle(),
             _ = async { drop(stopping.wait_for(|stop| *stop).await) } => {
@@ -130,6 +135,7 @@ pub(super) async fn serve<S, B>(
                 // has written its head.
                 connection.as_mut().graceful_shutdown();
                 tokio::select! {
+                    biased;
                     ended = until_handed_back(connection.as_mut(), &hand_back) => ended,
                     () = idle.as_mut() => return closed_idle(),
                 }
@@ -139,7 +145,7 @@ pub(super) async fn serve<S, B>(
     // hyper's buffers go now, whatever comes next.
     drop(connection);
     let Some((socket, stream)) = hand_back.take() else {
-        return report(ended.unwrap_or(Ok(())), &metrics, peer);
+        return report(ended.unwrap_or(Ok(())), peer);
     };
     drop(hand_back);
     write_stream(socket, stream, stopping, hand_off).await
@@ -165,11 +171,60 @@ where
     .await
 }
 
-fn report(ended: hyper::Result<()>, metrics: &HttpMetrics, peer: SocketAddr) {
+fn report(ended: hyper::Result<()>, peer: SocketAddr) {
     if let Err(e) = ended {
-        if e.is_timeout() {
-            metrics.header_timeouts.fetch_add(1, Ordering::Relaxed);
-        }
         tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// A response body written in pieces, whose end (or drop, when the connection ends first)
+/// answers its request for the connection's idle watch: until then the request is in flight.
+struct AnsweredAtEnd {
+    body: Body,
+    hand_back: Option<Arc<HandBack>>,
+}
+
+impl AnsweredAtEnd {
+    fn new(body: Body, hand_back: Arc<HandBack>) -> Self {
+        Self {
+            body,
+            hand_back: Some(hand_back),
+        }
+    }
+
+    fn answered(&mut self) {
+        if let Some(hand_back) = self.hand_back.take() {
+            hand_back.activity.request_answered();
+        }
+    }
+}
+
+impl HttpBody for AnsweredAtEnd {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, axum::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
+            self.answered();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for AnsweredAtEnd {
+    fn drop(&mut self) {
+        self.answered();
     }
 }

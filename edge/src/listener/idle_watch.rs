@@ -6,14 +6,16 @@
 //! connection, a clock read, an allocation, and the timer wheel's lock taken to register it and
 //! again to deregister it (hyper also polls the connection's read once more after each head, to
 //! start the next timer). Here the connection counts what it does ([`Activity`]: requests begun and
-//! answered, writes), and one interval of its own, ticking every half timeout, looks at the counts
-//! ([`IdleJudge`]). A connection with no request in flight that began no request and wrote
-//! nothing through two whole ticks is closed: its wait for a head (a client that says nothing, or
-//! sends its headers at a trickle, or a kept-alive connection left idle) ends between one and one
-//! and a half timeouts after its last activity. A request in flight is bounded elsewhere (its
-//! body by the body read timeout, its answer's writes by the write-stall timeout).
+//! answered, writes, a write waiting for room), and one interval of its own, ticking every half
+//! timeout, looks at the counts ([`IdleJudge`]). A connection with no request in flight and no
+//! write waiting that began no request and wrote nothing through two whole ticks is closed: its
+//! wait for a head (a client that says nothing, or sends its headers at a trickle, or a kept-alive
+//! connection left idle) ends between one and one and a half timeouts after its last activity. A
+//! request is in flight until its answer is made, or, for an answer written in pieces, until its
+//! last piece (`http_connection.rs`, `AnsweredAtEnd`); it is bounded elsewhere (its body by the
+//! body read timeout, its answer's writes by the write-stall timeout).
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 use tokio::time::{Instant, MissedTickBehavior};
 
@@ -24,22 +26,31 @@ pub(super) struct Activity {
     begun: AtomicU32,
     answered: AtomicU32,
     writes: AtomicU32,
+    write_waiting: AtomicBool,
 }
 
 impl Activity {
     /// A request's head has come (the service is called with it).
-    pub(super) fn begin(&self) {
+    pub(super) fn request_begun(&self) {
         self.begun.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The request in flight has its answer (hyper writes it next, counted by [`Self::wrote`]).
-    pub(super) fn answer(&self) {
+    /// The oldest request in flight has its whole answer (made, or its last piece given to hyper).
+    pub(super) fn request_answered(&self) {
         self.answered.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The connection wrote some bytes.
-    pub(super) fn wrote(&self) {
-        self.writes.fetch_add(1, Ordering::Relaxed);
+    /// A write ended: `moved` bytes or not (an error); none is waiting for room now.
+    pub(super) fn write_ended(&self, moved: bool) {
+        if moved {
+            self.writes.fetch_add(1, Ordering::Relaxed);
+        }
+        self.write_waiting.store(false, Ordering::Relaxed);
+    }
+
+    /// A write waits for the client to make room (bounded by the write-stall timeout, not here).
+    pub(super) fn write_blocked(&self) {
+        self.write_waiting.store(true, Ordering::Relaxed);
     }
 
     fn counts(&self) -> Counts {
@@ -47,6 +58,7 @@ impl Activity {
             begun: self.begun.load(Ordering::Relaxed),
             answered: self.answered.load(Ordering::Relaxed),
             writes: self.writes.load(Ordering::Relaxed),
+            write_waiting: self.write_waiting.load(Ordering::Relaxed),
         }
     }
 }
@@ -56,6 +68,7 @@ struct Counts {
     begun: u32,
     answered: u32,
     writes: u32,
+    write_waiting: bool,
 }
 
 /// Whether a connection looked at every tick has been idle through two whole ticks (pure).
@@ -66,10 +79,10 @@ struct IdleJudge {
 }
 
 impl IdleJudge {
-    /// Looks at the counts of a tick; true once the connection has had no request in flight and
-    /// nothing counted through the two ticks before this one and up to it.
+    /// Looks at the counts of a tick; true once the connection has had no request in flight, no
+    /// write waiting and nothing counted through the two ticks before this one and up to it.
     fn idle_through_two_ticks(&mut self, now: Counts) -> bool {
-        let waiting = now.begun == now.answered;
+        let waiting = now.begun == now.answered && !now.write_waiting;
         if waiting && self.last == Some(now) {
             self.quiet_ticks = self.quiet_ticks.saturating_add(1);
         } else {
@@ -106,6 +119,7 @@ mod tests {
             begun,
             answered,
             writes,
+            write_waiting: false,
         }
     }
 
@@ -139,16 +153,23 @@ mod tests {
     }
 
     #[test]
-    fn a_request_in_flight_is_never_idle() {
+    fn a_request_in_flight_or_a_write_waiting_is_never_idle() {
         let mut judge = IdleJudge::default();
         for _ in 0..10 {
             assert!(!judge.idle_through_two_ticks(counts(3, 2, 7)));
         }
+        let blocked = Counts {
+            write_waiting: true,
+            ..counts(3, 3, 7)
+        };
+        for _ in 0..10 {
+            assert!(!judge.idle_through_two_ticks(blocked));
+        }
     }
 
     /// In the listener: a request in flight longer than the timeout is answered, an answer
-    /// written in pieces for longer than it is written whole, and the connection is closed once
-    /// it has then waited a timeout for its next request (not before).
+    /// written in pieces with pauses longer than it is written whole, and the connection is
+    /// closed once it has then waited a timeout for its next request (not before).
     #[tokio::test]
     async fn a_busy_connection_outlives_the_timeout_and_an_idle_one_does_not() {
         use crate::listener::{serve, HttpLimits, HttpMetrics, Options};
@@ -161,9 +182,10 @@ mod tests {
             "slow answer"
         }
         async fn trickle() -> axum::body::Body {
+            // Pauses longer than the timeout: the answer is in flight until its last piece.
             let pieces = futures::stream::unfold(0, |i| async move {
-                tokio::time::sleep(Duration::from_millis(150)).await;
-                (i < 6).then(|| {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                (i < 3).then(|| {
                     (
                         Ok::<_, std::convert::Infallible>(format!("piece {i};")),
                         i + 1,
@@ -201,7 +223,7 @@ mod tests {
         let mut buf = [0u8; 4096];
         for (request, last) in [
             ("/slow", "slow answer"),
-            ("/trickle", "piece 5;\r\n0\r\n\r\n"),
+            ("/trickle", "piece 2;\r\n0\r\n\r\n"),
         ] {
             let head = format!("GET {request} HTTP/1.1\r\nHost: x\r\n\r\n");
             client.write_all(head.as_bytes()).await.unwrap();
@@ -234,8 +256,9 @@ mod tests {
         server.abort();
     }
 
-    /// A head coming at a trickle does not hold a stopping node past the timeout (hyper would
-    /// wait for the request it has begun to read, up to the shutdown's grace period, 10 s).
+    /// A head coming at a trickle does not hold a stopping node past the timeout: the watch runs
+    /// on while the node lets a request in flight finish (without it, the node would wait for
+    /// the request it has begun to read, up to the shutdown's grace period, 10 s).
     #[tokio::test]
     async fn a_stopping_node_does_not_wait_for_a_head_at_a_trickle() {
         use crate::listener::{serve, HttpLimits, HttpMetrics, Options};
@@ -286,18 +309,22 @@ mod tests {
 
     proptest! {
         /// Idle is said exactly when the last three looks saw the same counts with no request
-        /// in flight.
+        /// in flight and no write waiting.
         #[test]
         fn idle_is_three_equal_looks_with_nothing_in_flight(
-            looks in proptest::collection::vec((0u32..3, 0u32..3, 0u32..2), 1..40)
+            looks in proptest::collection::vec((0u32..3, 0u32..3, 0u32..2, proptest::bool::weighted(0.2)), 1..40)
         ) {
             let mut judge = IdleJudge::default();
-            let looks: Vec<Counts> = looks.into_iter().map(|(b, a, w)| counts(b, a, w)).collect();
+            let looks: Vec<Counts> = looks
+                .into_iter()
+                .map(|(b, a, w, write_waiting)| Counts { write_waiting, ..counts(b, a, w) })
+                .collect();
             for (i, &now) in looks.iter().enumerate() {
                 let said = judge.idle_through_two_ticks(now);
                 let expected = i >= 2
                     && looks[i - 2..=i].iter().all(|&c| c == now)
-                    && now.begun == now.answered;
+                    && now.begun == now.answered
+                    && !now.write_waiting;
                 prop_assert_eq!(said, expected, "look {} of {:?}", i, looks);
             }
         }

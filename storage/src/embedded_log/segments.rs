@@ -115,10 +115,10 @@ impl Segments {
         self.read_at_least(buf, pos, len).map(drop)
     }
 
-    /// Reads at topic position `pos` into `buf`, across segment files, stopping early only at the
-    /// end of what is written: at least `min` bytes (`UnexpectedEof` otherwise), and as many more
-    /// as there are, in one read where the segments allow. Returns how many it read. A position
-    /// before the first segment (retired meanwhile) is `NotFound`.
+    /// Reads at topic position `pos` into `buf`, across segment files: at least `min` bytes
+    /// (`UnexpectedEof` otherwise), and as many more as the segment holding the `min`th byte has
+    /// (a read stops at the end of what is written, or of that segment). Returns how many it
+    /// read. A position before the first segment (retired meanwhile) is `NotFound`.
     pub(super) fn read_at_least(
         &self,
         buf: &mut [u8],
@@ -146,7 +146,14 @@ impl Segments {
                 Ok(0) => break,
                 // Short: the end of what is written (no second read to hear it again).
                 Ok(got) if got < n && read + got >= min => return Ok(read + got),
-                Ok(got) => read += got,
+                Ok(got) => {
+                    read += got;
+                    // At a segment's end with what `min` asks for: the rest is the next
+                    // segment's (no frame spans two), not worth a read of its own.
+                    if read >= min && got as u64 == available {
+                        break;
+                    }
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
