@@ -172,9 +172,9 @@ mod tests {
     /// closed once it has then waited a timeout for its next request (not before).
     #[tokio::test]
     async fn a_busy_connection_outlives_the_timeout_and_an_idle_one_does_not() {
-        use crate::listener::{serve, HttpLimits, HttpMetrics, Options};
+        use crate::listener::tests::{start_within, Running};
+        use crate::listener::{HttpLimits, Options};
         use axum::routing::get;
-        use std::sync::Arc;
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
         async fn slow() -> &'static str {
@@ -197,26 +197,16 @@ mod tests {
         let router = axum::Router::new()
             .route("/slow", get(slow))
             .route("/trickle", get(trickle));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let limits = HttpLimits {
             header_read_timeout_ms: 300,
             ..HttpLimits::default()
         };
-        let metrics = Arc::new(HttpMetrics::default());
-        let server_metrics = metrics.clone();
-        let server = tokio::spawn(async move {
-            let forever = std::future::pending::<()>();
-            serve(
-                listener,
-                router,
-                &limits,
-                server_metrics,
-                Options::default(),
-                forever,
-            )
-            .await
-        });
+        let Running {
+            addr,
+            metrics,
+            stop: _stop,
+            server,
+        } = start_within(router, Options::default(), limits).await;
 
         let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
         let mut got = Vec::new();
@@ -261,30 +251,17 @@ mod tests {
     /// the request it has begun to read, up to the shutdown's grace period, 10 s).
     #[tokio::test]
     async fn a_stopping_node_does_not_wait_for_a_head_at_a_trickle() {
-        use crate::listener::{serve, HttpLimits, HttpMetrics, Options};
-        use std::sync::Arc;
+        use crate::listener::tests::{start_within, Running};
+        use crate::listener::{HttpLimits, Options};
         use tokio::io::AsyncWriteExt;
 
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let limits = HttpLimits {
             header_read_timeout_ms: 1000,
             ..HttpLimits::default()
         };
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(async move {
-            let stopped = async { drop(stopped.await) };
-            let metrics = Arc::new(HttpMetrics::default());
-            serve(
-                listener,
-                axum::Router::new(),
-                &limits,
-                metrics,
-                Options::default(),
-                stopped,
-            )
-            .await
-        });
+        let Running {
+            addr, stop, server, ..
+        } = start_within(axum::Router::new(), Options::default(), limits).await;
         let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
         slow.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
         tokio::time::sleep(Duration::from_millis(200)).await;

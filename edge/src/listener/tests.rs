@@ -578,12 +578,12 @@ fn read_until(client: &mut std::net::TcpStream, until: &str) -> String {
 }
 
 /// A listener on a loopback port, serving in a task of its own.
-struct Running {
-    addr: std::net::SocketAddr,
-    metrics: Arc<HttpMetrics>,
-    /// Stops it.
-    stop: tokio::sync::oneshot::Sender<()>,
-    server: tokio::task::JoinHandle<()>,
+pub(super) struct Running {
+    pub(super) addr: std::net::SocketAddr,
+    pub(super) metrics: Arc<HttpMetrics>,
+    /// Stops it (dropped, too).
+    pub(super) stop: tokio::sync::oneshot::Sender<()>,
+    pub(super) server: tokio::task::JoinHandle<()>,
 }
 
 /// A runtime of one thread named `name`, for viewers.
@@ -606,6 +606,11 @@ fn on(viewers: &tokio::runtime::Runtime) -> Options {
 
 /// Starts the listener on `router` with `options`.
 async fn start(router: Router, options: Options) -> Running {
+    start_within(router, options, HttpLimits::default()).await
+}
+
+/// Starts the listener on `router` with `options`, within `limits`.
+pub(super) async fn start_within(router: Router, options: Options, limits: HttpLimits) -> Running {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let metrics = Arc::new(HttpMetrics::default());
@@ -613,7 +618,6 @@ async fn start(router: Router, options: Options) -> Running {
     let server = tokio::spawn({
         let metrics = metrics.clone();
         async move {
-            let limits = HttpLimits::default();
             let stopped = async { drop(stopped.await) };
             serve(listener, router, &limits, metrics, options, stopped).await
         }
