@@ -58,7 +58,9 @@ impl Default for ProcessorConfig {
 }
 
 mod checkpoint_turn;
+mod flush_grid;
 pub use checkpoint_turn::CheckpointTurn;
+use flush_grid::{following_flush, next_flush_time, next_read};
 pub use results::Published;
 
 /// What the partition tasks read from and write to.
@@ -217,8 +219,18 @@ pub async fn run_partition(
     // record wakes it at once, to be published then.
     let mut quiet = false;
     let mut failed_before = metrics.failures.lock().contains_key(&partition);
+    // Caught up and not quiet: the next fetch waits (`next_read`), so what the log's group commits
+    // add between two flushes is read in about two fetches, not one each.
+    let mut linger = false;
     loop {
-        let fetch_wall = Timestamp::now();
+        if std::mem::take(&mut linger) {
+            let until = next_read(next_flush, config.flush_interval, Instant::now());
+            tokio::select! {
+                _ = tokio::time::sleep_until(until.into()) => {}
+                _ = shutdown.signalled() => break,
+            }
+        }
+        let (fetch_wall, fetch_began) = (Timestamp::now(), Instant::now());
         let wake = match quiet {
             true => next_flush.max(next_flush_time(config.flush_interval * QUIET_FLUSHES)),
             false => next_flush,
@@ -321,7 +333,8 @@ pub async fn run_partition(
             .lock()
             .insert(partition, task.counter.next_offset());
 
-        if task.counter.next_offset() >= fetched.high_watermark {
+        let reached_end = task.counter.next_offset() >= fetched.high_watermark;
+        if reached_end {
             // Caught up with everything written before this fetch began.
             caught_up = true;
             let margin = (config.ingest_deadline + Duration::from_secs(1)).as_micros() as i64;
@@ -341,7 +354,12 @@ pub async fn run_partition(
                 );
             }
         }
-        if !replaying && Instant::now() >= next_flush {
+        // A record ends a quiet spell (the task reads on at the pace of a busy one); a flush
+        // follows a read begun when it was due, or one that waited for it in vain, so it holds
+        // everything written before it was due.
+        quiet &= fetched.is_empty();
+        let read_for_flush = fetch_began >= next_flush || fetched.is_empty();
+        if !replaying && Instant::now() >= next_flush && read_for_flush {
             let published = task.flush().await?;
             let settling = task.counter.settle_voter_sets(SETTLED_PER_FLUSH) > 0;
             quiet = fetched.is_empty() && !published && !settling;
@@ -352,6 +370,7 @@ pub async fn run_partition(
                 metrics.catching_up.lock().remove(&partition);
             }
         }
+        linger = reached_end && !replaying && !quiet;
     }
     task.flush().await?;
     task.checkpoint(true).await;
@@ -372,24 +391,6 @@ const QUIET_FLUSHES: u32 = 10;
 /// eight topping up 8,192 a flush each (until BENCHMARKS.md's "2026-12-06 (sixth session)") is
 /// 2,600,000 moves a second, about a third of a core, under a load too light to move as many.
 const SETTLED_PER_FLUSH: usize = 2_048;
-
-/// When the next flush is due: the next multiple of `interval` on the wall clock, the same
-/// instant for every partition task (of every processor whose clock is in step), so their
-/// partials reach the tallies topic together: one group commit for them all, and one change of a
-/// poll's results for its viewers instead of one per partition.
-fn next_flush_time(interval: Duration) -> Instant {
-    Instant::now() + Timestamp::now().until_next_multiple(interval)
-}
-
-/// The flush after the one due at `due`: an interval later, or, when that has passed already (a
-/// quiet partition, a slow flush), the next multiple of `interval` on the wall clock.
-fn following_flush(due: Instant, interval: Duration) -> Instant {
-    let next = due + interval;
-    match next > Instant::now() {
-        true => next,
-        false => next_flush_time(interval),
-    }
-}
 
 /// The counter of one partition, restored from its checkpoint store's checkpoint when there is a
 /// usable one, else new (to replay the partition from the start). An unusable checkpoint is

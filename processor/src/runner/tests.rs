@@ -2,6 +2,7 @@
 
 use super::*;
 use async_trait::async_trait;
+use std::sync::atomic::AtomicU64;
 use storage::{
     AppendBatch, EmbeddedLog, EmbeddedLogConfig, Fetched, FilePollStore, Position, ShutdownTrigger,
 };
@@ -31,6 +32,8 @@ struct Retained {
     /// Whether `log_start` says so (the broker's low watermark), or still 0 (retention ran after
     /// the task started).
     says_start: bool,
+    /// The fetches made of it.
+    fetches: Arc<AtomicU64>,
 }
 
 #[async_trait]
@@ -54,6 +57,7 @@ impl Log for Retained {
         max_bytes: usize,
         max_wait: Duration,
     ) -> Result<Fetched, LogError> {
+        self.fetches.fetch_add(1, Ordering::Relaxed);
         let from = offset.max(self.gone);
         self.log
             .fetch(topic, partition, from, max_bytes, max_wait)
@@ -74,6 +78,16 @@ impl Log for Retained {
 /// A pipeline on a log holding 10 records in partition 0, those before `gone` deleted, with the
 /// log's start said or not.
 async fn pipeline_with_gone(gone: i64, says_start: bool) -> (Pipeline, tempfile::TempDir) {
+    let (pipeline, dir, _) = pipeline_counting_fetches(gone, says_start).await;
+    (pipeline, dir)
+}
+
+/// [`pipeline_with_gone`], and the count of the fetches made of its log.
+async fn pipeline_counting_fetches(
+    gone: i64,
+    says_start: bool,
+) -> (Pipeline, tempfile::TempDir, Arc<AtomicU64>) {
+    let fetches = Arc::new(AtomicU64::new(0));
     let dir = tempfile::tempdir().unwrap();
     let mut config = EmbeddedLogConfig::new(dir.path().join("log"));
     config.votes_partitions = 1;
@@ -91,6 +105,7 @@ async fn pipeline_with_gone(gone: i64, says_start: bool) -> (Pipeline, tempfile:
             log,
             gone: Offset(gone),
             says_start,
+            fetches: fetches.clone(),
         }),
         catalog: PollCatalog::load(Arc::new(polls)).await.unwrap(),
         tally_store: None,
@@ -100,7 +115,65 @@ async fn pipeline_with_gone(gone: i64, says_start: bool) -> (Pipeline, tempfile:
         checkpoint_turn: Default::default(),
         metrics: Default::default(),
     };
-    (pipeline, dir)
+    (pipeline, dir, fetches)
+}
+
+/// A partition task that keeps up reads the log about twice a flush interval, not once a group
+/// commit, and reads every record.
+#[tokio::test]
+async fn a_partition_that_keeps_up_reads_twice_a_flush_not_once_a_commit() {
+    let (mut pipeline, _dir, fetches) = pipeline_counting_fetches(0, false).await;
+    let interval = Duration::from_millis(100);
+    pipeline.config.flush_interval = interval;
+    let (stop, shutdown) = ShutdownTrigger::new();
+    let task = tokio::spawn({
+        let pipeline = pipeline.clone();
+        async move {
+            let mut published = Published::default();
+            run_partition(&pipeline, Partition(0), &mut published, shutdown).await
+        }
+    });
+    let read = |n: u64| {
+        let metrics = pipeline.metrics.clone();
+        async move {
+            let give_up = Instant::now() + Duration::from_secs(5);
+            while metrics.records_read.load(Ordering::Relaxed) < n {
+                assert!(Instant::now() < give_up, "{n} records not read within 5 s");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    read(10).await;
+    let (before, began) = (fetches.load(Ordering::Relaxed), Instant::now());
+    // 40 group commits over about two flush intervals (each its own: 5 ms apart).
+    for i in 0..40u8 {
+        let mut batch = AppendBatch::default();
+        batch.push(Partition(0), schemas::Timestamp(1), &[i], b"not a vote");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        pipeline
+            .log
+            .append(Topic::Votes, batch, deadline)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    read(50).await;
+    let made = fetches.load(Ordering::Relaxed) - before;
+    // About two a flush interval the commits spanned (three when the read before a flush waits
+    // for a record), and a few for the ends; one per commit would be 40 or more.
+    let intervals = began.elapsed().as_millis().div_ceil(interval.as_millis()) as u64;
+    let bound = 3 * intervals + 4;
+    assert!(
+        bound < 40,
+        "the commits took {intervals} intervals: too slow to judge"
+    );
+    assert!(
+        made <= bound,
+        "{made} fetches for 40 commits in {intervals} flush intervals"
+    );
+    stop.fire();
+    task.await.unwrap().unwrap();
+    assert_eq!(pipeline.metrics.records_read.load(Ordering::Relaxed), 50);
 }
 
 /// Runs partition 0 (see [`pipeline_with_gone`]) until it stops by itself or 3 s pass: what it
