@@ -15,17 +15,15 @@ use crate::pipeline::{Outcome, PartitionCounter, WindowConfig};
 use schemas::poll::PollState;
 use schemas::vote::decode_vote;
 use schemas::{Offset, PartialTally, Partition, PollId, Timestamp};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use storage::Shutdown;
 use storage::{
-    AppendBatch, CheckpointStore, GroupEvent, Log, LogError, PollCatalog, RedisCache, StoreError,
-    TallyStore, TallyStoreError, Topic,
+    AppendBatch, CheckpointStore, Log, LogError, PollCatalog, RedisCache, StoreError, TallyStore,
+    TallyStoreError, Topic,
 };
-use storage::{Shutdown, ShutdownTrigger};
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
 #[derive(Debug, Clone)]
 pub struct ProcessorConfig {
@@ -59,8 +57,10 @@ impl Default for ProcessorConfig {
 
 mod checkpoint_turn;
 mod flush_grid;
+mod group;
 pub use checkpoint_turn::CheckpointTurn;
 use flush_grid::{following_flush, next_flush_time, next_read};
+pub use group::run_group;
 pub use results::Published;
 
 /// What the partition tasks read from and write to.
@@ -222,12 +222,32 @@ pub async fn run_partition(
     // Caught up and not quiet: the next fetch waits (`next_read`), so what the log's group commits
     // add between two flushes is read in about two fetches, not one each.
     let mut linger = false;
+    // Signalled to stop, its replay done: the task reads on, without waiting, what was written
+    // before the signal (a node stops its ingest before its processor), so its last flush
+    // publishes every vote acknowledged before the stop, not only those it had read.
+    let mut stopping: Option<LastReads> = None;
     loop {
-        if std::mem::take(&mut linger) {
+        if std::mem::take(&mut linger) && stopping.is_none() {
             let until = next_read(next_flush, config.flush_interval, Instant::now());
             tokio::select! {
                 _ = tokio::time::sleep_until(until.into()) => {}
-                _ = shutdown.signalled() => break,
+                _ = shutdown.signalled() => {}
+            }
+        }
+        if stopping.is_none() && shutdown.is_signalled() {
+            if replaying {
+                break;
+            }
+            let until = Instant::now() + LAST_READS;
+            let end = log.high_watermark(Topic::Votes, partition);
+            match tokio::time::timeout_at(until.into(), end).await {
+                Ok(Ok(end)) => stopping = Some(LastReads { until, end }),
+                _ => break,
+            }
+        }
+        if let Some(last) = &stopping {
+            if task.counter.next_offset() >= last.end || Instant::now() >= last.until {
+                break;
             }
         }
         let (fetch_wall, fetch_began) = (Timestamp::now(), Instant::now());
@@ -237,9 +257,24 @@ pub async fn run_partition(
         };
         let wait = wake.saturating_duration_since(Instant::now());
         let asked = task.counter.next_offset();
-        let fetched = tokio::select! {
-            r = log.fetch(Topic::Votes, partition, asked, config.max_fetch_bytes, wait) => r,
-            _ = shutdown.signalled() => break,
+        let max_bytes = config.max_fetch_bytes;
+        let fetched = match stopping {
+            None => tokio::select! {
+                r = log.fetch(Topic::Votes, partition, asked, max_bytes, wait) => r,
+                _ = shutdown.signalled() => continue,
+            },
+            Some(LastReads { until, .. }) => {
+                let read = log.fetch(Topic::Votes, partition, asked, max_bytes, Duration::ZERO);
+                match tokio::time::timeout_at(until.into(), read).await {
+                    Ok(Ok(fetched)) => Ok(fetched),
+                    // What the last reads miss, the restart or the next owner counts.
+                    Ok(Err(e)) => {
+                        tracing::warn!(partition = partition.0, error = %e, "reading the votes acknowledged before the stop failed; the next owner counts them");
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
         };
         // Records deleted before they were counted (a Kafka topic's retention outran this
         // partition: its fetch starts later; the embedded log refuses the fetch): stop rather
@@ -252,6 +287,9 @@ pub async fn run_partition(
         };
         // (A refusal that names no later start is an error like any other.)
         if let Some(start) = retired.filter(|&start| start > asked) {
+            if stopping.is_some() {
+                break; // The restart or the next owner stops on it.
+            }
             if !config.accepted_losses.accepts(partition, start) {
                 return Err(PartitionError::VotesDeleted {
                     partition,
@@ -291,8 +329,12 @@ pub async fn run_partition(
             // A poll created, opened or closed on another node since our last re-read: judge
             // these votes by the definitions the edge had when it accepted them.
             metrics.catalog_rereads.fetch_add(1, Ordering::Relaxed);
-            catalog.refresh().await.map_err(PartitionError::Catalog)?;
-            polls = catalog.snapshot();
+            match catalog.refresh().await {
+                Ok(()) => polls = catalog.snapshot(),
+                // Stopping: these votes are not counted yet, the next owner counts them.
+                Err(_) if stopping.is_some() => break,
+                Err(e) => return Err(PartitionError::Catalog(e)),
+            }
         }
         let (mut counted, mut late_window, mut dup, mut rejected) = (0u64, 0u64, 0u64, 0u64);
         for (offset, vote) in votes {
@@ -358,6 +400,12 @@ pub async fn run_partition(
         // follows a read begun when it was due, or one that waited for it in vain, so it holds
         // everything written before it was due.
         quiet &= fetched.is_empty();
+        if stopping.is_some() {
+            match fetched.is_empty() {
+                true => break,
+                false => continue,
+            }
+        }
         let read_for_flush = fetch_began >= next_flush || fetched.is_empty();
         if !replaying && Instant::now() >= next_flush && read_for_flush {
             let published = task.flush().await?;
@@ -376,6 +424,16 @@ pub async fn run_partition(
     task.checkpoint(true).await;
     Ok(())
 }
+
+/// A partition task signalled to stop reads on, before its last flush, to the end its partition
+/// had at the signal, for at most [`LAST_READS`] (see [`run_partition`]).
+struct LastReads {
+    until: Instant,
+    end: Offset,
+}
+
+/// How long a partition task signalled to stop reads on (see [`LastReads`]).
+const LAST_READS: Duration = Duration::from_millis(500);
 
 /// A quiet partition task wakes every this many flush intervals (see [`run_partition`]).
 const QUIET_FLUSHES: u32 = 10;
@@ -670,118 +728,6 @@ async fn write_cache(
             tracing::warn!(error = %e, "writing the results cache failed; retrying at the next flush");
         }
     }
-}
-
-/// Runs the partitions the consumer group gives this process until shutdown.
-///
-/// On assignment, a partition's task restores what was already published from the tally store (so
-/// nothing stale is re-emitted) and its exact state from the partition's checkpoint (or by
-/// replaying the partition without one); on revocation, the task stops, flushes and checkpoints
-/// before the group may hand the partition on.
-pub async fn run_group(
-    pipeline: Pipeline,
-    mut events: mpsc::UnboundedReceiver<GroupEvent>,
-    mut shutdown: Shutdown,
-) {
-    let mut running: BTreeMap<Partition, (ShutdownTrigger, JoinHandle<()>)> = BTreeMap::new();
-    loop {
-        let event = tokio::select! {
-            e = events.recv() => e,
-            _ = shutdown.signalled() => None,
-        };
-        match event {
-            Some(GroupEvent::Assigned(parts)) => {
-                // Catching up from now: the task first loads what was published, then restores.
-                pipeline
-                    .metrics
-                    .catching_up
-                    .lock()
-                    .extend(parts.iter().filter(|p| !running.contains_key(p)));
-                pipeline
-                    .metrics
-                    .owns_partitions
-                    .store(true, Ordering::Relaxed);
-                for p in parts {
-                    if running.contains_key(&p) {
-                        continue;
-                    }
-                    let (stop, stop_rx) = ShutdownTrigger::new();
-                    let handle = tokio::spawn(run_owned_partition(pipeline.clone(), p, stop_rx));
-                    running.insert(p, (stop, handle));
-                }
-            }
-            Some(GroupEvent::Revoked(parts, ack)) => {
-                stop_partitions(&pipeline, &mut running, &parts).await;
-                let _ = ack.send(());
-            }
-            None => break,
-        }
-    }
-    // Leaving the group revokes everything: nobody will acknowledge, so nobody must wait.
-    drop(events);
-    let all: Vec<Partition> = running.keys().copied().collect();
-    stop_partitions(&pipeline, &mut running, &all).await;
-}
-
-async fn stop_partitions(
-    pipeline: &Pipeline,
-    running: &mut BTreeMap<Partition, (ShutdownTrigger, JoinHandle<()>)>,
-    parts: &[Partition],
-) {
-    let mut stopping = Vec::new();
-    for p in parts {
-        if let Some((stop, handle)) = running.remove(p) {
-            stop.fire();
-            stopping.push(handle);
-        }
-    }
-    for h in stopping {
-        let _ = h.await;
-    }
-    let mut positions = pipeline.metrics.positions.lock();
-    let mut catching_up = pipeline.metrics.catching_up.lock();
-    let mut failures = pipeline.metrics.failures.lock();
-    for p in parts {
-        positions.remove(p);
-        catching_up.remove(p);
-        failures.remove(p);
-    }
-}
-
-/// One owned partition: restore what was published (and make sure the results cache has it), then
-/// run until revoked.
-async fn run_owned_partition(pipeline: Pipeline, partition: Partition, mut stop: Shutdown) {
-    let published = match &pipeline.tally_store {
-        None => Published::new(),
-        Some(store) => loop {
-            match store.load_partition(partition).await {
-                Ok(partials) => {
-                    if let Some(cache) = &pipeline.cache {
-                        // A previous owner may have died between the store and the cache write:
-                        // the cache takes only what is newer than what it holds.
-                        let mut pending = partials.clone();
-                        write_cache(cache, &mut pending, &pipeline.metrics).await;
-                    }
-                    break partials
-                        .into_iter()
-                        .map(|t| (t.poll_id, t.freshness()))
-                        .collect();
-                }
-                Err(e) => {
-                    // Readiness says why until the partition reads its log (`run_partition`).
-                    let why = format!("restoring what it published from the tally store: {e}");
-                    pipeline.metrics.failures.lock().insert(partition, why);
-                    pipeline.metrics.restarts.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(partition = partition.0, error = %e, "restoring a partition from the tally store failed; retrying in 1 s");
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                        _ = stop.signalled() => return,
-                    }
-                }
-            }
-        },
-    };
-    run_partition_supervised(pipeline, partition, published, stop).await;
 }
 
 #[cfg(test)]

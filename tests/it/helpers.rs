@@ -258,7 +258,6 @@ impl TestApp {
     }
 }
 
-/// The value of a metric without labels in `GET {base}/metrics` (panics if it is not exported).
 /// Creates an open poll with `visibility`; returns its id.
 pub async fn poll_with(app: &TestApp, visibility: &str, options: &[&str]) -> i64 {
     let (status, body) = app
@@ -273,6 +272,7 @@ pub async fn poll_with(app: &TestApp, visibility: &str, options: &[&str]) -> i64
     body["id"].as_i64().unwrap()
 }
 
+/// The value of a metric without labels in `GET {base}/metrics` (panics if it is not exported).
 pub async fn metric_at(client: &reqwest::Client, base: &str, name: &str) -> u64 {
     let text = client
         .get(format!("{base}/metrics"))

@@ -1,11 +1,13 @@
 //! The partition task and `recount` against a log whose start is gone, and the flush grid.
 
+use super::group::run_owned_partition;
 use super::*;
 use async_trait::async_trait;
 use std::sync::atomic::AtomicU64;
 use storage::{
     AppendBatch, EmbeddedLog, EmbeddedLogConfig, Fetched, FilePollStore, Position, ShutdownTrigger,
 };
+use tokio::task::JoinHandle;
 
 #[test]
 fn a_flush_follows_an_interval_later_or_on_the_grid_once_that_has_passed() {
@@ -118,6 +120,28 @@ async fn pipeline_counting_fetches(
     (pipeline, dir, fetches)
 }
 
+/// Runs partition 0 of `pipeline` in a task of its own until the trigger fires.
+fn spawn_partition_0(
+    pipeline: &Pipeline,
+) -> (ShutdownTrigger, JoinHandle<Result<(), PartitionError>>) {
+    let (stop, shutdown) = ShutdownTrigger::new();
+    let pipeline = pipeline.clone();
+    let task = tokio::spawn(async move {
+        let mut published = Published::default();
+        run_partition(&pipeline, Partition(0), &mut published, shutdown).await
+    });
+    (stop, task)
+}
+
+/// Waits until `pipeline`'s partition tasks have read `n` records (panics after 5 s).
+async fn read(pipeline: &Pipeline, n: u64) {
+    let give_up = Instant::now() + Duration::from_secs(5);
+    while pipeline.metrics.records_read.load(Ordering::Relaxed) < n {
+        assert!(Instant::now() < give_up, "{n} records not read within 5 s");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// A partition task that keeps up reads the log about twice a flush interval, not once a group
 /// commit, and reads every record.
 #[tokio::test]
@@ -125,25 +149,8 @@ async fn a_partition_that_keeps_up_reads_twice_a_flush_not_once_a_commit() {
     let (mut pipeline, _dir, fetches) = pipeline_counting_fetches(0, false).await;
     let interval = Duration::from_millis(100);
     pipeline.config.flush_interval = interval;
-    let (stop, shutdown) = ShutdownTrigger::new();
-    let task = tokio::spawn({
-        let pipeline = pipeline.clone();
-        async move {
-            let mut published = Published::default();
-            run_partition(&pipeline, Partition(0), &mut published, shutdown).await
-        }
-    });
-    let read = |n: u64| {
-        let metrics = pipeline.metrics.clone();
-        async move {
-            let give_up = Instant::now() + Duration::from_secs(5);
-            while metrics.records_read.load(Ordering::Relaxed) < n {
-                assert!(Instant::now() < give_up, "{n} records not read within 5 s");
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }
-    };
-    read(10).await;
+    let (stop, task) = spawn_partition_0(&pipeline);
+    read(&pipeline, 10).await;
     let (before, began) = (fetches.load(Ordering::Relaxed), Instant::now());
     // 40 group commits over about two flush intervals (each its own: 5 ms apart).
     for i in 0..40u8 {
@@ -157,7 +164,7 @@ async fn a_partition_that_keeps_up_reads_twice_a_flush_not_once_a_commit() {
             .unwrap();
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    read(50).await;
+    read(&pipeline, 50).await;
     let made = fetches.load(Ordering::Relaxed) - before;
     // About two a flush interval the commits spanned (three when the read before a flush waits
     // for a record), and a few for the ends; one per commit would be 40 or more.
@@ -174,6 +181,34 @@ async fn a_partition_that_keeps_up_reads_twice_a_flush_not_once_a_commit() {
     stop.fire();
     task.await.unwrap().unwrap();
     assert_eq!(pipeline.metrics.records_read.load(Ordering::Relaxed), 50);
+}
+
+/// A task signalled to stop while it waits to read again reads what was written before the
+/// signal, so its last flush and checkpoint hold every vote the node acknowledged.
+#[tokio::test]
+async fn a_stopping_partition_reads_to_the_end_before_its_last_flush() {
+    let (mut pipeline, dir, _) = pipeline_counting_fetches(0, false).await;
+    // A long interval: the caught-up task waits LONGEST_WAIT before each read.
+    pipeline.config.flush_interval = Duration::from_secs(10);
+    let files = Arc::new(storage::CheckpointFiles::open(dir.path().join("snapshots")).unwrap());
+    pipeline.checkpoints = Some(files.clone());
+    pipeline.config.checkpoint_interval = Some(Duration::from_secs(60));
+    let (stop, task) = spawn_partition_0(&pipeline);
+    read(&pipeline, 10).await;
+    // Into the task's wait (it read the 10 at once, and waits 50 ms before reading again).
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let mut batch = AppendBatch::default();
+    for i in 0..5u8 {
+        batch.push(Partition(0), schemas::Timestamp(1), &[i], b"not a vote");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let log = &pipeline.log;
+    log.append(Topic::Votes, batch, deadline).await.unwrap();
+    stop.fire();
+    task.await.unwrap().unwrap();
+    assert_eq!(pipeline.metrics.records_read.load(Ordering::Relaxed), 15);
+    let checkpoint = files.load_checkpoint(Partition(0)).await.unwrap();
+    assert_eq!(checkpoint.map(|(offset, _)| offset), Some(Offset(15)));
 }
 
 /// Runs partition 0 (see [`pipeline_with_gone`]) until it stops by itself or 3 s pass: what it
