@@ -8,7 +8,8 @@
 //! - [`metrics`]: the counters in [`ProcessorMetrics`] (counters, owned partitions and their positions, readiness)
 //!   and the collectors for `/metrics`: `crowdtick_processor_*`, and [`LogProgress`] (each votes
 //!   partition's high watermark and this processor's lag behind it).
-//! - [`runner`]: the partition tasks, a loop over fetch and flush tick against any [`storage::Log`].
+//! - [`runner`]: the partition tasks, a loop over fetch and flush tick against any [`storage::Log`]
+//!   (`runner/group.rs` runs one for each partition the consumer group assigns).
 //! - [`settings`]: the [`ProcessorSection`], `[processor]` settings as written, and the
 //!   [`ProcessorConfig`] and consumer group they become.
 //! - [`start`]: [`start::start`], the processor starting itself: every partition (embedded) or a

@@ -19,10 +19,9 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use storage::Shutdown;
 use storage::{
-    AppendBatch, CheckpointStore, Log, LogError, PollCatalog, RedisCache, StoreError, TallyStore,
-    TallyStoreError, Topic,
+    AppendBatch, CheckpointStore, Log, LogError, PollCatalog, RedisCache, Shutdown, StoreError,
+    TallyStore, TallyStoreError, Topic,
 };
 
 #[derive(Debug, Clone)]
@@ -224,7 +223,8 @@ pub async fn run_partition(
     let mut linger = false;
     // Signalled to stop, its replay done: the task reads on, without waiting, what was written
     // before the signal (a node stops its ingest before its processor), so its last flush
-    // publishes every vote acknowledged before the stop, not only those it had read.
+    // publishes the votes acknowledged before the stop, not only those it had read; for at most
+    // `LAST_READS`, and a failure ends these reads (`last_reads_cut`).
     let mut stopping: Option<LastReads> = None;
     loop {
         if std::mem::take(&mut linger) && stopping.is_none() {
@@ -242,7 +242,8 @@ pub async fn run_partition(
             let end = log.high_watermark(Topic::Votes, partition);
             match tokio::time::timeout_at(until.into(), end).await {
                 Ok(Ok(end)) => stopping = Some(LastReads { until, end }),
-                _ => break,
+                Ok(Err(e)) => break last_reads_cut(partition, &e),
+                Err(_) => break last_reads_cut(partition, &"the log's end not known in time"),
             }
         }
         if let Some(last) = &stopping {
@@ -267,12 +268,8 @@ pub async fn run_partition(
                 let read = log.fetch(Topic::Votes, partition, asked, max_bytes, Duration::ZERO);
                 match tokio::time::timeout_at(until.into(), read).await {
                     Ok(Ok(fetched)) => Ok(fetched),
-                    // What the last reads miss, the restart or the next owner counts.
-                    Ok(Err(e)) => {
-                        tracing::warn!(partition = partition.0, error = %e, "reading the votes acknowledged before the stop failed; the next owner counts them");
-                        break;
-                    }
-                    Err(_) => break,
+                    Ok(Err(e)) => break last_reads_cut(partition, &e),
+                    Err(_) => break last_reads_cut(partition, &"out of time"),
                 }
             }
         };
@@ -288,7 +285,7 @@ pub async fn run_partition(
         // (A refusal that names no later start is an error like any other.)
         if let Some(start) = retired.filter(|&start| start > asked) {
             if stopping.is_some() {
-                break; // The restart or the next owner stops on it.
+                break last_reads_cut(partition, &"records deleted before they were counted");
             }
             if !config.accepted_losses.accepts(partition, start) {
                 return Err(PartitionError::VotesDeleted {
@@ -329,11 +326,16 @@ pub async fn run_partition(
             // A poll created, opened or closed on another node since our last re-read: judge
             // these votes by the definitions the edge had when it accepted them.
             metrics.catalog_rereads.fetch_add(1, Ordering::Relaxed);
-            match catalog.refresh().await {
-                Ok(()) => polls = catalog.snapshot(),
-                // Stopping: these votes are not counted yet, the next owner counts them.
-                Err(_) if stopping.is_some() => break,
-                Err(e) => return Err(PartitionError::Catalog(e)),
+            let refreshed = match &stopping {
+                None => Ok(catalog.refresh().await),
+                Some(last) => tokio::time::timeout_at(last.until.into(), catalog.refresh()).await,
+            };
+            match refreshed {
+                Ok(Ok(())) => polls = catalog.snapshot(),
+                // Stopping: these votes are not counted yet.
+                Ok(Err(e)) if stopping.is_some() => break last_reads_cut(partition, &e),
+                Ok(Err(e)) => return Err(PartitionError::Catalog(e)),
+                Err(_) => break last_reads_cut(partition, &"out of time"),
             }
         }
         let (mut counted, mut late_window, mut dup, mut rejected) = (0u64, 0u64, 0u64, 0u64);
@@ -434,6 +436,12 @@ struct LastReads {
 
 /// How long a partition task signalled to stop reads on (see [`LastReads`]).
 const LAST_READS: Duration = Duration::from_millis(500);
+
+/// Says why a stopping partition task ends its last reads before the end it had at the signal:
+/// the restart, or the partition's next owner, counts the rest from the last checkpoint.
+fn last_reads_cut(partition: Partition, why: &dyn std::fmt::Display) {
+    tracing::warn!(partition = partition.0, %why, "stopping before every vote acknowledged before the stop was read; the restart or the partition's next owner counts the rest");
+}
 
 /// A quiet partition task wakes every this many flush intervals (see [`run_partition`]).
 const QUIET_FLUSHES: u32 = 10;

@@ -349,7 +349,7 @@ async fn a_graceful_stop_checkpoints_every_acknowledged_vote() {
     }
     let data = app.stop().await;
     let app = spawn_app_in(data, |_| {}).await;
-    crate::helpers::wait_ready(&app.client, &app.base, 10).await;
+    wait_ready(&app.client, &app.base, 10).await;
     let read_again = app.metric("crowdtick_processor_records_read_total").await;
     assert_eq!(read_again, 0, "records read again after a graceful stop");
     let r = app.wait_counts(poll, &[100, 100], 10).await;
