@@ -247,8 +247,11 @@ pub async fn run_partition(
             }
         }
         if let Some(last) = &stopping {
-            if task.counter.next_offset() >= last.end || Instant::now() >= last.until {
+            if task.counter.next_offset() >= last.end {
                 break;
+            }
+            if Instant::now() >= last.until {
+                break last_reads_cut(partition, &"out of time");
             }
         }
         let (fetch_wall, fetch_began) = (Timestamp::now(), Instant::now());
@@ -404,7 +407,9 @@ pub async fn run_partition(
         quiet &= fetched.is_empty();
         if stopping.is_some() {
             match fetched.is_empty() {
-                true => break,
+                true => {
+                    break last_reads_cut(partition, &"the log gave nothing more before its end")
+                }
                 false => continue,
             }
         }
