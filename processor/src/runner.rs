@@ -401,10 +401,6 @@ pub async fn run_partition(
                 );
             }
         }
-        // A record ends a quiet spell (the task reads on at the pace of a busy one); a flush
-        // follows a read begun when it was due, or one that waited for it in vain, so it holds
-        // everything written before it was due.
-        quiet &= fetched.is_empty();
         if stopping.is_some() {
             match fetched.is_empty() {
                 true => {
@@ -413,6 +409,10 @@ pub async fn run_partition(
                 false => continue,
             }
         }
+        // A record ends a quiet spell (the task reads on at the pace of a busy one); a flush
+        // follows a read begun when it was due, or one that waited for it in vain, so it holds
+        // everything written before it was due.
+        quiet &= fetched.is_empty();
         let read_for_flush = fetch_began >= next_flush || fetched.is_empty();
         if !replaying && Instant::now() >= next_flush && read_for_flush {
             let published = task.flush().await?;
