@@ -10,6 +10,7 @@
 //! - [`rate_limit`]: limits that count votes (`governor`): per client address, per aggregator.
 //! - [`admission`]: sheds votes with 503 early (a request that waited too long for the node once a
 //!   queue stands, votes in flight, the log's standing queue).
+//! - [`receipt`]: a durable vote's [`Receipt`], and its JSON written straight into the answer.
 //! - [`latency`]: the histogram of how long acknowledged votes waited to become durable.
 //! - [`metrics`]: the counters in [`IngestMetrics`] and the edge's collector for `/metrics` (`crowdtick_ingest_*`).
 //! - [`start`]: the service starting itself (state, metrics, routes).
@@ -24,14 +25,14 @@ pub mod identity;
 pub mod latency;
 pub mod metrics;
 pub mod rate_limit;
+pub mod receipt;
 pub mod routes;
 pub mod settings;
 pub mod validate;
 
 use edge::ApiError;
 use schemas::vote::{encode_vote, vote_key};
-use schemas::{partition_for, Offset, Partition, PollId, QualifiedVoter, Timestamp, VoteRejection};
-use serde::Serialize;
+use schemas::{partition_for, Partition, PollId, QualifiedVoter, Timestamp, VoteRejection};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,6 +40,7 @@ use storage::{AppendBatch, EdgeReason, EdgeRejections, Log, LogError, PollCatalo
 
 pub use edge::listener::Arrival;
 pub use metrics::IngestMetrics;
+pub use receipt::Receipt;
 pub use settings::{IngestSection, DEV_AGGREGATOR_KEY};
 
 /// Why [`Ingest::submit`] did not record a vote.
@@ -109,16 +111,6 @@ impl Default for IngestConfig {
             admission: Default::default(),
         }
     }
-}
-
-/// A durable vote's receipt.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct Receipt {
-    pub vote_id: String,
-    pub poll_id: PollId,
-    pub partition: Partition,
-    pub offset: Offset,
-    pub accepted_at: String,
 }
 
 /// The edge's shared state.
@@ -279,7 +271,7 @@ impl Ingest {
             poll_id: vote.poll_id,
             partition,
             offset: positions[0].offset,
-            accepted_at: accepted_at.rfc3339_micros(),
+            accepted_at,
         })
     }
 

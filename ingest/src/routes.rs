@@ -167,10 +167,21 @@ async fn post_vote(State(ingest): State<Arc<Ingest>>, req: Request) -> Response 
                     .sojourn_latency
                     .observe(waited + started.elapsed(), 1);
             }
-            (StatusCode::ACCEPTED, Json(receipt)).into_response()
+            accepted(&receipt)
         }
         Err(e) => e.into_response(),
     }
+}
+
+/// The 202 of a durable vote: its receipt as JSON ([`crate::Receipt::to_json`]).
+fn accepted(receipt: &crate::Receipt) -> Response {
+    let mut response = Response::new(Body::from(receipt.to_json()));
+    *response.status_mut() = StatusCode::ACCEPTED;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 #[derive(Deserialize)]

@@ -130,7 +130,12 @@ impl Timestamp {
 
     /// RFC 3339 in UTC with microseconds, as a vote's receipt shows when it was accepted.
     pub fn rfc3339_micros(self) -> String {
-        humantime::format_rfc3339_micros(self.system_time()).to_string()
+        self.rfc3339_micros_display().to_string()
+    }
+
+    /// The same, to be written where it goes (no `String` of its own).
+    pub fn rfc3339_micros_display(self) -> humantime::Rfc3339Timestamp {
+        humantime::format_rfc3339_micros(self.system_time())
     }
 
     /// As a system time (a moment before the epoch shows as the epoch).
