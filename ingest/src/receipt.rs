@@ -1,4 +1,4 @@
-//! A durable vote's receipt, the answer every acknowledged single vote gets, and its JSON.
+//! A durable vote's receipt, and its JSON.
 //!
 //! Every single vote's 202 carries one, so [`Receipt::to_json`] writes its bytes straight into
 //! the response body: the keys as constants, the numbers with `itoa`, the time by `humantime`
