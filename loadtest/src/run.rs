@@ -140,9 +140,22 @@ impl Stats {
     }
 }
 
-/// Lanes share histograms in this many shards (a histogram is ~190 KB; runs may have 10,000s of
-/// lanes, one connection each).
-const HISTOGRAM_SHARDS: usize = 64;
+/// Lanes share their histograms in shards, this many for each of the runtime's threads: enough
+/// that two threads seldom want the same shard's lock, and few, as a shard's three histograms
+/// take about 560 KB. A single-threaded run (the default) keeps one shard, which stays in the
+/// core's cache. 64 shards, as before, put every vote's records in cold memory, and each second's
+/// merge went through 36 MB while no lane was served: a run's p99 against the bare endpoint was
+/// twice what it is with one (BENCHMARKS.md, "2026-12-07 (third session)").
+const HISTOGRAM_SHARDS_PER_THREAD: usize = 4;
+
+/// How many histogram shards the lanes of a run on the current runtime share.
+fn histogram_shards(lanes: usize) -> usize {
+    let threads = tokio::runtime::Handle::current().metrics().num_workers();
+    match threads {
+        1 => 1,
+        _ => lanes.clamp(1, threads * HISTOGRAM_SHARDS_PER_THREAD),
+    }
+}
 
 /// What the run measured.
 pub struct RunOutcome {
@@ -241,7 +254,7 @@ pub async fn run(cfg: RunConfig, control: Arc<Control>) -> anyhow::Result<RunOut
     }
     // The open loop's lanes count what they hold, for the placement of fresh pairs.
     let outstanding = cfg.rate.map(|_| Outstanding::per_lane(lanes));
-    let hists: Vec<Arc<Mutex<LaneHist>>> = (0..lanes.clamp(1, HISTOGRAM_SHARDS))
+    let hists: Vec<Arc<Mutex<LaneHist>>> = (0..histogram_shards(lanes))
         .map(|_| Arc::new(Mutex::new(LaneHist::new())))
         .collect();
 
@@ -460,5 +473,21 @@ async fn dispatch_open(
         // Sleep to the next due time, but tick at least every millisecond.
         let next = at(plan.position()).max(now + Duration::from_micros(200));
         tokio::time::sleep_until(next.min(now + Duration::from_millis(1))).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::histogram_shards;
+
+    #[tokio::test]
+    async fn a_single_threaded_run_keeps_one_histogram_shard() {
+        assert_eq!(histogram_shards(128), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_run_on_threads_keeps_a_few_shards_a_thread_and_no_more_than_its_lanes() {
+        assert_eq!(histogram_shards(128), 8);
+        assert_eq!(histogram_shards(3), 3);
     }
 }

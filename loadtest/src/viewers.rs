@@ -18,6 +18,7 @@ use crate::report::{new_histogram, Latency};
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 use hyper::Method;
+use memchr::memmem;
 use parking_lot::Mutex;
 use serde::Serialize;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -163,7 +164,7 @@ fn now_micros() -> i64 {
 /// `"updated_at":<µs>` in a message, without parsing the rest of it.
 pub fn updated_at(text: &[u8]) -> Option<i64> {
     const KEY: &[u8] = b"\"updated_at\":";
-    let at = text.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    let at = memmem::find(text, KEY)? + KEY.len();
     let digits = text[at..].iter().take_while(|b| b.is_ascii_digit()).count();
     std::str::from_utf8(&text[at..at + digits])
         .ok()?
@@ -321,7 +322,9 @@ fn lower_priority(nice: i32) {
     }
 }
 
-/// Opens every viewer (at most `concurrency` at once) and keeps them until `stop`.
+/// Opens every viewer (at most `concurrency` at once) and keeps them until `stop`. A viewer's
+/// task does not watch `stop` itself (that was a waiter registered and dropped per message): once
+/// this returns, its runtime stops polling them and its shutdown drops them, sockets and all.
 async fn hold(
     addr: SocketAddr,
     url: String,
@@ -345,7 +348,7 @@ async fn hold(
             opts.first_source + (i % opts.sources as usize) as u8,
         ));
         let poll = opts.polls[i % opts.polls.len()];
-        let (stats, host, stop) = (stats.clone(), host.clone(), stop.clone());
+        let (stats, host) = (stats.clone(), host.clone());
         let transport = opts.transport;
         tokio::spawn(async move {
             let stream = match connect(addr, source).await {
@@ -356,15 +359,15 @@ async fn hold(
                 }
             };
             match transport {
-                Transport::Ws => watch_ws(stream, &host, poll, &stats, permit, stop).await,
-                Transport::Sse => watch_sse(stream, &host, poll, &stats, permit, stop).await,
+                Transport::Ws => watch_ws(stream, &host, poll, &stats, permit).await,
+                Transport::Sse => watch_sse(stream, &host, poll, &stats, permit).await,
                 Transport::SseKeptAlive => {
                     let mut stream = stream;
                     if let Err(e) = ask_for_the_poll(&mut stream, &host, poll).await {
                         stats.failed(format!("GET /v1/polls/{poll} before the stream: {e}"));
                         return;
                     }
-                    watch_sse(stream, &host, poll, &stats, permit, stop).await
+                    watch_sse(stream, &host, poll, &stats, permit).await
                 }
             }
         });
@@ -417,9 +420,10 @@ async fn watch_ws(
     poll: i64,
     stats: &Stats,
     permit: tokio::sync::OwnedSemaphorePermit,
-    mut stop: watch::Receiver<bool>,
 ) {
-    let config = WebSocketConfig::default().read_buffer_size(4096);
+    // tungstenite zeroes the room left in its buffer before each read: a message (a few hundred
+    // bytes) fits in 1 KiB, and a larger one takes two reads.
+    let config = WebSocketConfig::default().read_buffer_size(1024);
     let url = format!("ws://{host}/v1/polls/{poll}/ws");
     let mut ws = match tokio_tungstenite::client_async_with_config(url, stream, Some(config)).await
     {
@@ -432,17 +436,14 @@ async fn watch_ws(
     drop(permit);
     stats.held.fetch_add(1, Ordering::Relaxed);
     loop {
-        tokio::select! {
-            msg = ws.next() => match msg {
-                Some(Ok(m)) if m.is_text() => stats.message(m.into_data().as_ref()),
-                Some(Ok(_)) => {}
-                _ => {
-                    stats.held.fetch_sub(1, Ordering::Relaxed);
-                    stats.closed.fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
-            },
-            _ = stop.wait_for(|s| *s) => return,
+        match ws.next().await {
+            Some(Ok(m)) if m.is_text() => stats.message(m.into_data().as_ref()),
+            Some(Ok(_)) => {}
+            _ => {
+                stats.held.fetch_sub(1, Ordering::Relaxed);
+                stats.closed.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
         }
     }
 }
@@ -485,7 +486,6 @@ async fn watch_sse(
     poll: i64,
     stats: &Stats,
     permit: tokio::sync::OwnedSemaphorePermit,
-    mut stop: watch::Receiver<bool>,
 ) {
     let request = format!(
         "GET /v1/polls/{poll}/sse HTTP/1.1\r\nhost: {host}\r\naccept: text/event-stream\r\n\r\n"
@@ -500,11 +500,7 @@ async fn watch_sse(
     let mut pending: Vec<u8> = Vec::new();
     let mut header_done = false;
     loop {
-        let n = tokio::select! {
-            n = stream.read(&mut buf) => n,
-            _ = stop.wait_for(|s| *s) => return,
-        };
-        let n = match n {
+        let n = match stream.read(&mut buf).await {
             Ok(0) | Err(_) => {
                 if header_done {
                     stats.held.fetch_sub(1, Ordering::Relaxed);
@@ -532,9 +528,9 @@ async fn watch_sse(
             permit.take();
         }
         // Each complete event (its data line) is one message.
-        while let Some(end) = pending.windows(2).position(|w| w == b"\n\n") {
+        while let Some(end) = memmem::find(&pending, b"\n\n") {
             let event = &pending[..end];
-            if let Some(data) = event.windows(6).position(|w| w == b"data: ") {
+            if let Some(data) = memmem::find(event, b"data: ") {
                 stats.message(&event[data..]);
             }
             pending.drain(..end + 2);

@@ -397,6 +397,27 @@ async fn the_report_holds_the_run_second_by_second() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// On several threads the lanes note their latencies in several histogram shards: every
+/// acknowledged vote still reaches the run's seconds and its totals, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_several_threads_every_vote_reaches_the_report_once() {
+    let url = start(false).await;
+    let dir = std::env::temp_dir().join(format!("lg-threads-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let extra = ["--rate", "2000", "--duration", "1.5", "--threads", "3"];
+    let r = reported_run(&url, &dir, &extra).await;
+    let acked = r["acknowledged"].as_u64().unwrap();
+    assert_eq!(acked, 3000, "{r}");
+    assert_eq!(r["latency"]["count"], acked, "{r}");
+    assert_eq!(r["answer_latency"]["count"], acked, "{r}");
+    assert_eq!(r["send_lateness"]["count"], acked, "{r}");
+    let by_second: u64 = (r["by_second"].as_array().expect("by_second").iter())
+        .map(|s| s["acknowledged"].as_u64().unwrap())
+        .sum();
+    assert_eq!(by_second, acked, "{r}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 /// The open loop's send lateness is the generator's own delay, not the server's: when the server
 /// stalls for 300 ms (its runtime blocked; the load generator runs on a runtime of its own), the
 /// votes that fall due meanwhile wait in their lanes behind the answers still owed, and their

@@ -559,3 +559,62 @@ async fn a_websocket_viewer_is_told_the_node_is_going_away_when_it_stops() {
     // stop ends.
     the_stop_waits_for_the_client(&mut ws, stopping, "its viewer").await;
 }
+
+/// The load generator's viewers (`crowdtick loadgen --viewers`, the measuring end of
+/// BENCHMARKS.md's viewer rows) against a node, over both transports: every viewer opens and is
+/// held to the end, each reads the node's messages, and the lag of each results message is read
+/// from its `updated_at`; the run ends (its viewers dropped with their runtime) and verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_load_generators_viewers_are_held_and_measure_their_lag() {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: loadtest::LoadgenArgs,
+    }
+    let app = spawn_app().await;
+    let dir = tempfile::tempdir().unwrap();
+    for transport in ["ws", "sse"] {
+        let report = dir.path().join(format!("{transport}.json"));
+        let url = format!("http://{}", app.addr);
+        let args = [
+            "loadgen",
+            "--url",
+            &url,
+            "--operator-key",
+            KEY,
+            "--rate",
+            "400",
+            "--duration",
+            "2",
+            "--voters",
+            "1000",
+            "--connections",
+            "4",
+            "--viewers",
+            "40",
+            "--viewer-transport",
+            transport,
+            "--verify",
+            "--quiet",
+            "--json-report",
+            report.to_str().unwrap(),
+        ];
+        let run = loadtest::main(Cli::parse_from(args).args);
+        tokio::time::timeout(Duration::from_secs(60), run)
+            .await
+            .expect("the run ended")
+            .expect("the run verified");
+        let r: Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+        let v = &r["viewers"];
+        assert_eq!(
+            (v["held"].as_u64(), v["failed"].as_u64()),
+            (Some(40), Some(0)),
+            "{v}"
+        );
+        assert!(v["messages"].as_u64().unwrap() >= 40, "{v}");
+        let lag = &v["lag"];
+        assert!(lag["count"].as_u64().unwrap() >= 40, "{v}");
+        assert!(lag["p50_ms"].as_f64().unwrap() > 0.0, "{v}");
+    }
+}
