@@ -422,7 +422,7 @@ async fn watch_ws(
     permit: tokio::sync::OwnedSemaphorePermit,
 ) {
     // tungstenite zeroes the room left in its buffer before each read: a message (a few hundred
-    // bytes) fits in 1 KiB, and a larger one takes two reads.
+    // bytes) fits in 1 KiB, and a larger one takes more reads.
     let config = WebSocketConfig::default().read_buffer_size(1024);
     let url = format!("ws://{host}/v1/polls/{poll}/ws");
     let mut ws = match tokio_tungstenite::client_async_with_config(url, stream, Some(config)).await
