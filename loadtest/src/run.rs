@@ -33,7 +33,8 @@
 //! The hot path allocates little: request bodies are written (numbers by `itoa`) into a per-lane
 //! `BytesMut` and split off (the allocation is reused once hyper drops the previous body), URIs
 //! and header values are built once, counters are relaxed atomics, and latencies go into the
-//! lane's own histogram (an uncontended lock, merged once a second: `seconds.rs`).
+//! histograms of the lane's shard (one shard for a single-threaded run; a lock seldom contended,
+//! merged once a second: `seconds.rs`).
 
 use crate::client::Target;
 use crate::lane::Lane;
@@ -148,12 +149,17 @@ impl Stats {
 /// twice what it is with one (BENCHMARKS.md, "2026-12-07 (third session)").
 const HISTOGRAM_SHARDS_PER_THREAD: usize = 4;
 
-/// How many histogram shards the lanes of a run on the current runtime share.
-fn histogram_shards(lanes: usize) -> usize {
-    let threads = tokio::runtime::Handle::current().metrics().num_workers();
+/// The most shards, whatever `--threads` (up to 256) asks: 36 MB of histograms.
+const MAX_HISTOGRAM_SHARDS: usize = 64;
+
+/// How many histogram shards `lanes` lanes on `threads` threads share.
+fn histogram_shards(lanes: usize, threads: usize) -> usize {
     match threads {
-        1 => 1,
-        _ => lanes.clamp(1, threads * HISTOGRAM_SHARDS_PER_THREAD),
+        0 | 1 => 1,
+        _ => lanes.clamp(
+            1,
+            (threads * HISTOGRAM_SHARDS_PER_THREAD).min(MAX_HISTOGRAM_SHARDS),
+        ),
     }
 }
 
@@ -254,7 +260,8 @@ pub async fn run(cfg: RunConfig, control: Arc<Control>) -> anyhow::Result<RunOut
     }
     // The open loop's lanes count what they hold, for the placement of fresh pairs.
     let outstanding = cfg.rate.map(|_| Outstanding::per_lane(lanes));
-    let hists: Vec<Arc<Mutex<LaneHist>>> = (0..histogram_shards(lanes))
+    let threads = tokio::runtime::Handle::current().metrics().num_workers();
+    let hists: Vec<Arc<Mutex<LaneHist>>> = (0..histogram_shards(lanes, threads))
         .map(|_| Arc::new(Mutex::new(LaneHist::new())))
         .collect();
 
@@ -480,14 +487,15 @@ async fn dispatch_open(
 mod tests {
     use super::histogram_shards;
 
-    #[tokio::test]
-    async fn a_single_threaded_run_keeps_one_histogram_shard() {
-        assert_eq!(histogram_shards(128), 1);
+    #[test]
+    fn a_single_threaded_run_keeps_one_histogram_shard() {
+        assert_eq!(histogram_shards(128, 1), 1);
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_run_on_threads_keeps_a_few_shards_a_thread_and_no_more_than_its_lanes() {
-        assert_eq!(histogram_shards(128), 8);
-        assert_eq!(histogram_shards(3), 3);
+    #[test]
+    fn a_run_on_threads_keeps_a_few_shards_a_thread_no_more_than_its_lanes_nor_64() {
+        assert_eq!(histogram_shards(128, 2), 8);
+        assert_eq!(histogram_shards(3, 2), 3);
+        assert_eq!(histogram_shards(10_000, 256), 64);
     }
 }
