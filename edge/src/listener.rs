@@ -404,8 +404,14 @@ pub async fn serve(
     // hyper's `pipeline_flush` stays off (its default): with it on, hyper would not flush its
     // socket while a pipelined request waits, and an event stream's socket is handed back at
     // that flush (`hand_back.rs`).
+    // hyper does not read while a request is in flight (`half_close`). That read, its watch for
+    // a client gone mid-request, took a new 8 KiB read buffer for every request (the one before
+    // still held by the request's head and body), and it closed unanswered a connection whose
+    // client had shut its side after its request. A client gone is noticed when its answer (or a
+    // stream hyper writes) is written.
     let mut http = hyper::server::conn::http1::Builder::new();
     http.header_read_timeout(None);
+    http.half_close(true);
     // Shared: each connection's task holds a pointer, not a copy of the settings.
     let http = Arc::new(http);
     let write_stall_timeout = Duration::from_millis(limits.write_stall_timeout_ms);

@@ -224,6 +224,24 @@ enum Audience {
     Opening(tokio::task::JoinHandle<anyhow::Result<viewers::Viewers>>),
 }
 
+impl LoadgenArgs {
+    /// Parses the flags of `crowdtick loadgen` given after the subcommand's name, as the binary
+    /// would (for tests and programs that start a run without the `crowdtick` binary).
+    pub fn try_parse_flags<'a>(
+        flags: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Self, clap::Error> {
+        use clap::{FromArgMatches, Parser};
+        #[derive(Parser)]
+        struct Loadgen {
+            #[command(flatten)]
+            args: LoadgenArgs,
+        }
+        let matches = <Loadgen as clap::CommandFactory>::command()
+            .try_get_matches_from(std::iter::once("loadgen").chain(flags))?;
+        Loadgen::from_arg_matches(&matches).map(|l| l.args)
+    }
+}
+
 /// What Ctrl-C does: 0 running (stop sending), 1 stopping (abandon retries), 2 verifying (exit).
 static PHASE: AtomicU8 = AtomicU8::new(0);
 
@@ -609,16 +627,9 @@ async fn run_main(args: &LoadgenArgs, control: Arc<Control>) -> anyhow::Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: LoadgenArgs,
-    }
 
     fn parse(a: &[&str]) -> Result<LoadgenArgs, clap::Error> {
-        Cli::try_parse_from(std::iter::once("loadgen").chain(a.iter().copied())).map(|c| c.args)
+        LoadgenArgs::try_parse_flags(a.iter().copied())
     }
 
     #[test]

@@ -241,14 +241,7 @@ async fn start(lie: bool) -> String {
 }
 
 fn args(url: &str, extra: &[&str]) -> loadtest::LoadgenArgs {
-    use clap::Parser;
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: loadtest::LoadgenArgs,
-    }
     let base = [
-        "loadgen",
         "--url",
         url,
         "--voters",
@@ -262,7 +255,7 @@ fn args(url: &str, extra: &[&str]) -> loadtest::LoadgenArgs {
         "2",
         "--quiet",
     ];
-    Cli::parse_from(base.iter().chain(extra)).args
+    loadtest::LoadgenArgs::try_parse_flags(base.iter().chain(extra).copied()).unwrap()
 }
 
 /// Runs the load generator on `url` with `extra` arguments, which must verify; its JSON report

@@ -566,19 +566,12 @@ async fn a_websocket_viewer_is_told_the_node_is_going_away_when_it_stops() {
 /// from its `updated_at`; the run ends, verified, and its viewers are closed with their runtime.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_load_generators_viewers_are_held_and_measure_their_lag() {
-    use clap::Parser;
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: loadtest::LoadgenArgs,
-    }
     let app = spawn_app().await;
     let dir = tempfile::tempdir().unwrap();
     for transport in ["ws", "sse"] {
         let report = dir.path().join(format!("{transport}.json"));
         let url = format!("http://{}", app.addr);
         let args = [
-            "loadgen",
             "--url",
             &url,
             "--operator-key",
@@ -600,7 +593,7 @@ async fn the_load_generators_viewers_are_held_and_measure_their_lag() {
             "--json-report",
             report.to_str().unwrap(),
         ];
-        let run = loadtest::main(Cli::parse_from(args).args);
+        let run = loadtest::main(loadtest::LoadgenArgs::try_parse_flags(args).unwrap());
         tokio::time::timeout(Duration::from_secs(60), run)
             .await
             .expect("the run ended")
