@@ -407,8 +407,11 @@ pub async fn serve(
     // hyper does not read while a request is in flight (`half_close`). That read, its watch for
     // a client gone mid-request, took a new 8 KiB read buffer for every request (the one before
     // still held by the request's head and body), and it closed unanswered a connection whose
-    // client had shut its side after its request. A client gone is noticed when its answer (or a
-    // stream hyper writes) is written.
+    // client had shut its side after its request. A client gone is noticed when its answer is
+    // written; from an event stream hyper writes itself (asked for by a `GET` with a body, which
+    // is not handed back), at the second write after it left (a keep-alive every
+    // `realtime.sse_keep_alive_secs`, or a frame), and never while a stream with no keep-alive
+    // has nothing to send.
     let mut http = hyper::server::conn::http1::Builder::new();
     http.header_read_timeout(None);
     http.half_close(true);

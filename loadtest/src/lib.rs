@@ -230,15 +230,13 @@ impl LoadgenArgs {
     pub fn try_parse_flags<'a>(
         flags: impl IntoIterator<Item = &'a str>,
     ) -> Result<Self, clap::Error> {
-        use clap::{FromArgMatches, Parser};
+        use clap::Parser;
         #[derive(Parser)]
         struct Loadgen {
             #[command(flatten)]
             args: LoadgenArgs,
         }
-        let matches = <Loadgen as clap::CommandFactory>::command()
-            .try_get_matches_from(std::iter::once("loadgen").chain(flags))?;
-        Loadgen::from_arg_matches(&matches).map(|l| l.args)
+        Loadgen::try_parse_from(std::iter::once("loadgen").chain(flags)).map(|l| l.args)
     }
 }
 

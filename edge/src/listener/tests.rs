@@ -2,6 +2,8 @@
 
 use super::*;
 
+mod clients_that_leave;
+
 /// While a new connection is peeked at (for an event stream) nothing has been said on it:
 /// stopping closes it at once instead of waiting out the header timeout.
 #[tokio::test]
@@ -753,47 +755,4 @@ fn a_listen_backlog_of_zero_is_refused() {
     };
     assert!(limits.check().unwrap_err().contains("http.listen_backlog"));
     assert!(HttpLimits::default().check().is_ok());
-}
-
-/// A client that shuts its side of the connection once it has sent its request (as `nc -N` and
-/// some gateways do) gets its answer, and the connection then ends: hyper does not read while a
-/// request is in flight (`half_close`), so it does not take that end for a client gone and close
-/// the connection unanswered. A client gone altogether frees its place once its answer is tried.
-#[tokio::test]
-async fn a_client_that_shuts_its_side_after_its_request_is_answered() {
-    let router = Router::new().route(
-        "/slow",
-        axum::routing::get(|| async {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            "answered"
-        }),
-    );
-    let running = start(router, Options::default()).await;
-    let request = b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n";
-    let mut client = TcpStream::connect(running.addr).await.unwrap();
-    client.write_all(request).await.unwrap();
-    client.shutdown().await.unwrap();
-    let mut answer = String::new();
-    tokio::time::timeout(Duration::from_secs(5), client.read_to_string(&mut answer))
-        .await
-        .expect("the connection was not closed after its answer")
-        .unwrap();
-    assert!(
-        answer.starts_with("HTTP/1.1 200") && answer.ends_with("answered"),
-        "{answer:?}"
-    );
-
-    let mut gone = TcpStream::connect(running.addr).await.unwrap();
-    gone.write_all(request).await.unwrap();
-    drop(gone);
-    let open = || running.metrics.connections_open.load(Ordering::Relaxed);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while open() > 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(
-        open(),
-        0,
-        "a client gone before its answer still holds its place"
-    );
 }
