@@ -591,16 +591,11 @@ impl Log for EmbeddedLog {
         // Read with the span, in the same read, what the last frame is likely to take (a single
         // vote's frame fits): a second read for that frame's rest is only for a longer one.
         let through_last_header = last + HEADER;
-        // Zeroed by a write, not by `vec![0; n]`: jemalloc (the binary's allocator) zeroes a large
-        // block asked for by `calloc` by giving its pages back, and the read below then faults
-        // every page in again (a batched vote cost a quarter more CPU; BENCHMARKS.md,
-        // "2026-12-06 (fourth session)").
-        #[expect(
-            clippy::slow_vector_initialization,
-            reason = "vec![0; n] is a calloc, whose large block jemalloc zeroes by dropping its pages"
-        )]
-        let mut data = Vec::with_capacity(through_last_header + LAST_FRAME_GUESS);
-        data.resize(through_last_header + LAST_FRAME_GUESS, 0);
+        // Read into the buffer's spare room, never zeroed: not by a write (about 660 of a single
+        // vote's 37,000 instructions; BENCHMARKS.md "2026-12-07 (fourth session)"), nor by
+        // `vec![0; n]` (jemalloc zeroes a large `calloc` block by giving its pages back, and the
+        // read then faults every page in again; "2026-12-06 (fourth session)").
+        let mut data = Vec::new();
         let retired = |e: std::io::Error| match e.kind() {
             // Retired between the index read and this one.
             std::io::ErrorKind::NotFound => LogError::Retired {
@@ -612,7 +607,12 @@ impl Log for EmbeddedLog {
             _ => io(e),
         };
         let read = (file.segments)
-            .read_at_least(&mut data, start, through_last_header)
+            .read_at_least(
+                &mut data,
+                through_last_header + LAST_FRAME_GUESS,
+                start,
+                through_last_header,
+            )
             .map_err(retired)?;
         let last_end = last + frame_len(&data[last..]);
         if frames.len() > 1 && start + last_end as u64 > limit {
@@ -623,9 +623,8 @@ impl Log for EmbeddedLog {
         } else if last_end <= read {
             data.truncate(last_end);
         } else {
-            data.resize(last_end, 0);
             (file.segments)
-                .read_exact_at(&mut data[read..], start + read as u64)
+                .read_exact_at(&mut data, last_end - read, start + read as u64)
                 .map_err(retired)?;
         }
         let mut records = Vec::with_capacity(frames.len());

@@ -108,26 +108,33 @@ impl Segments {
         self.list.read().first().map_or(0, |s| s.start)
     }
 
-    /// Reads `buf.len()` bytes at topic position `pos`, across segment files. A position before the
-    /// first segment (retired meanwhile) is `NotFound`.
-    pub(super) fn read_exact_at(&self, buf: &mut [u8], pos: u64) -> std::io::Result<()> {
-        let len = buf.len();
-        self.read_at_least(buf, pos, len).map(drop)
+    /// Reads `len` bytes at topic position `pos`, across segment files, onto the end of `buf`. A
+    /// position before the first segment (retired meanwhile) is `NotFound`.
+    pub(super) fn read_exact_at(
+        &self,
+        buf: &mut Vec<u8>,
+        len: usize,
+        pos: u64,
+    ) -> std::io::Result<()> {
+        self.read_at_least(buf, len, pos, len).map(drop)
     }
 
-    /// Reads at topic position `pos` into `buf`, across segment files: at least `min` bytes
-    /// (`UnexpectedEof` otherwise), and as many more as the segment holding the `min`th byte has
-    /// (a read stops at the end of what is written, or of that segment). Returns how many it
-    /// read. A position before the first segment (retired meanwhile) is `NotFound`.
+    /// Reads at topic position `pos`, across segment files, onto the end of `buf`: at most `len`
+    /// bytes and at least `min` (`UnexpectedEof` otherwise), as many as the segment holding the
+    /// `min`th byte has (a read stops at the end of what is written, or of that segment). Returns
+    /// how many it read. The bytes land in `buf`'s spare room, not zeroed first. A position
+    /// before the first segment (retired meanwhile) is `NotFound`.
     pub(super) fn read_at_least(
         &self,
-        buf: &mut [u8],
+        buf: &mut Vec<u8>,
+        len: usize,
         pos: u64,
         min: usize,
     ) -> std::io::Result<usize> {
+        buf.reserve(len);
         let list = self.list.read();
         let mut read = 0;
-        while read < buf.len() {
+        while read < len {
             let at = pos + read as u64;
             let i = list.partition_point(|s| s.start <= at);
             if i == 0 {
@@ -138,11 +145,8 @@ impl Segments {
             }
             let segment = &list[i - 1];
             let available = list.get(i).map_or(u64::MAX, |next| next.start) - at;
-            let n = ((buf.len() - read) as u64).min(available) as usize;
-            match segment
-                .file
-                .read_at(&mut buf[read..read + n], at - segment.start)
-            {
+            let n = ((len - read) as u64).min(available) as usize;
+            match read_onto(buf, n, &segment.file, at - segment.start) {
                 Ok(0) => break,
                 // Short: the end of what is written (no second read to hear it again).
                 Ok(got) if got < n && read + got >= min => return Ok(read + got),
@@ -267,4 +271,15 @@ impl Segments {
 
 pub(super) fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+/// Reads at most `n` bytes at `offset` of `file` into `buf`'s spare room (which holds `n`) and
+/// makes them part of `buf`: a read into a slice (`FileExt::read_at`) would want the room zeroed
+/// first, which the fetch of a busy partition paid on every byte it read.
+fn read_onto(buf: &mut Vec<u8>, n: usize, file: &File, offset: u64) -> std::io::Result<usize> {
+    let room = &mut buf.spare_capacity_mut()[..n];
+    let got = rustix::io::pread(file, room, offset)?.0.len();
+    // SAFETY: `pread` initialised the `got` bytes that follow `buf`'s length.
+    unsafe { buf.set_len(buf.len() + got) };
+    Ok(got)
 }
