@@ -279,7 +279,8 @@ pub(super) fn sync_dir(dir: &Path) -> std::io::Result<()> {
 fn read_onto(buf: &mut Vec<u8>, n: usize, file: &File, offset: u64) -> std::io::Result<usize> {
     let room = &mut buf.spare_capacity_mut()[..n];
     let got = rustix::io::pread(file, room, offset)?.0.len();
-    // SAFETY: `pread` initialised the `got` bytes that follow `buf`'s length.
+    // SAFETY: `pread` initialised the `got` bytes that follow `buf`'s length, and `got` is at
+    // most `n`, which the spare room holds.
     unsafe { buf.set_len(buf.len() + got) };
     Ok(got)
 }
