@@ -15,7 +15,9 @@
 //!   connection rather than hyper's timer a request): it bounds slow headers, a client that
 //!   connects and says nothing, and a kept-alive connection's idle wait. The body read timeout is
 //!   a layer on the router ([`crate::node::NodeLayer`]: the longest pause within a body) and, at
-//!   the edge, one deadline for a vote's whole body (`ingest::routes::read_body`).
+//!   the edge, one deadline for a vote's whole body (`ingest::routes::read_body`). hyper does not
+//!   read while a request is in flight (`half_close`): a client that shuts its side after its
+//!   request is answered, and a client gone is noticed when its answer is written.
 //! - A new connection whose first request is a whole `GET` asking for `text/event-stream` (a
 //!   browser's `EventSource`) is served without hyper's connection buffers (`event_stream.rs`
 //!   peeks at it; the same router answers it): an SSE viewer costs a few KiB, not hyper's 16.
