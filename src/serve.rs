@@ -357,7 +357,7 @@ pub async fn start_roles(config: Config, roles: Roles) -> anyhow::Result<App> {
             roles.names()
         )
     };
-    let router = edge::node::node_router(router, readiness, metrics, not_found, &config.http);
+    let router = edge::node::node_router(router, readiness, metrics, not_found);
     Ok(App {
         config: Arc::new(config),
         roles,

@@ -17,16 +17,17 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::Sleep;
 
-/// A request body that ends in [`BodyTimeoutError`] once no chunk has come for `gap`.
-pub struct GapTimeoutBody {
-    body: Body,
+/// A request body that ends in [`BodyTimeoutError`] once no chunk has come for `gap`: hyper's
+/// `Incoming` as the listener serves it (axum boxes it once, around this), or any other body.
+pub struct GapTimeoutBody<B = Body> {
+    body: B,
     gap: Duration,
     /// Armed while the body keeps us waiting; dropped (deregistered) when a chunk comes.
     timer: Option<Pin<Box<Sleep>>>,
 }
 
-impl GapTimeoutBody {
-    pub fn new(gap: Duration, body: Body) -> Self {
+impl<B> GapTimeoutBody<B> {
+    pub fn new(gap: Duration, body: B) -> Self {
         Self {
             body,
             gap,
@@ -35,13 +36,17 @@ impl GapTimeoutBody {
     }
 }
 
-/// The error of a [`GapTimeoutBody`] whose client stopped sending. Its name is what
-/// `ingest`'s `read_body` recognises (it answers 408 `body_timeout`).
+/// The error of a [`GapTimeoutBody`] whose client stopped sending: `ingest`'s `read_body` finds
+/// it in a body's error by its type, and answers 408 `body_timeout`.
 #[derive(Debug, thiserror::Error)]
 #[error("no part of the request body came within the read timeout")]
 pub struct BodyTimeoutError;
 
-impl hyper::body::Body for GapTimeoutBody {
+impl<B> hyper::body::Body for GapTimeoutBody<B>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
     type Data = Bytes;
     type Error = BoxError;
 
@@ -52,7 +57,7 @@ impl hyper::body::Body for GapTimeoutBody {
         let this = &mut *self;
         if let Poll::Ready(frame) = Pin::new(&mut this.body).poll_frame(cx) {
             this.timer = None;
-            return Poll::Ready(frame.map(|f| f.map_err(BoxError::from)));
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
         let gap = this.gap;
         let timer = this

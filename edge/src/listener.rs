@@ -14,10 +14,11 @@
 //!   own, which runs whenever the connection waits for a request (`idle_watch.rs`, one interval a
 //!   connection rather than hyper's timer a request): it bounds slow headers, a client that
 //!   connects and says nothing, and a kept-alive connection's idle wait. The body read timeout is
-//!   a layer on the router ([`crate::node::NodeLayer`]: the longest pause within a body) and, at
-//!   the edge, one deadline for a vote's whole body (`ingest::routes::read_body`). hyper does not
-//!   read while a request is in flight (`half_close`): a client that shuts its side after its
-//!   request is answered, and a client gone is noticed when its answer is written.
+//!   in the layer put around the router ([`crate::node::NodeLayer`]: the longest pause within a
+//!   body, and every error answer as JSON) and, at the edge, one deadline for a vote's whole
+//!   body (`ingest::body::read_body`). hyper does not read while a request is in flight
+//!   (`half_close`): a client that shuts its side after its request is answered, and a client
+//!   gone is noticed when its answer is written.
 //! - A new connection whose first request is a whole `GET` asking for `text/event-stream` (a
 //!   browser's `EventSource`) is served without hyper's connection buffers (`event_stream.rs`
 //!   peeks at it; the same router answers it): an SSE viewer costs a few KiB, not hyper's 16.
@@ -71,6 +72,7 @@ pub use live_socket::LiveSocket;
 pub use read_gate::ReadGate;
 pub use stream_writer::StreamWriter;
 
+use crate::node::NodeLayer;
 use admitted::Admitted;
 use axum::Router;
 use event_stream::{HandOff, Sniffed};
@@ -91,6 +93,7 @@ use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::task::TaskTracker;
+use tower::Layer;
 
 /// Limits on every HTTP connection of a node (`[http]` in the configuration).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -389,6 +392,8 @@ pub async fn serve(
         read_gate,
         event_streams,
     } = options;
+    // Around the whole router, not on it: one layer of a router is a box and a clone a request.
+    let router = NodeLayer::new(limits).layer(router);
     let open_files = rlimit::getrlimit(rlimit::Resource::NOFILE)
         .map(|(soft, _)| soft)
         .unwrap_or(1024);

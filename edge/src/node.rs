@@ -1,7 +1,9 @@
 //! What every node answers besides its services' routes: `/healthz`, `/readyz`
 //! ([`crate::readiness`]), `/metrics` ([`crate::metrics`]), a JSON 404 and 405, and every error
 //! answer as JSON (`json_errors`), with the body read timeout of [`HttpLimits`]: both in one
-//! layer ([`NodeLayer`]), since each layer of a router costs every request a boxed route.
+//! layer ([`NodeLayer`]), which the listener puts around the whole router
+//! ([`crate::listener::serve`]) rather than on it: a layer of a router wraps each of its routes,
+//! and costs every request a clone of the boxed route and a boxed future.
 
 use crate::body_gap_timeout::GapTimeoutBody;
 use crate::listener::HttpLimits;
@@ -20,14 +22,14 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tower::{Layer, Service};
 
-/// Adds the node's own endpoints and error handling to the services' `router`. `not_found` is
-/// the message of a 404 (it says where the API is described).
+/// Adds the node's own endpoints, and a JSON 404 and 405, to the services' `router`. `not_found`
+/// is the message of a 404 (it says where the API is described). The listener serves it inside
+/// [`NodeLayer`].
 pub fn node_router(
     router: Router,
     readiness: Readiness,
     metrics: NodeMetrics,
     not_found: String,
-    limits: &HttpLimits,
 ) -> Router {
     router
         .route(
@@ -47,9 +49,6 @@ pub fn node_router(
                 "this endpoint does not take that method; see /openapi.json",
             )
         })
-        .layer(NodeLayer {
-            body_read_timeout: Duration::from_millis(limits.body_read_timeout_ms),
-        })
 }
 
 /// Cuts off a request body that does not arrive within `body_read_timeout` ([`GapTimeoutBody`]:
@@ -58,6 +57,14 @@ pub fn node_router(
 #[derive(Clone, Copy)]
 pub struct NodeLayer {
     pub body_read_timeout: Duration,
+}
+
+impl NodeLayer {
+    pub fn new(limits: &HttpLimits) -> NodeLayer {
+        NodeLayer {
+            body_read_timeout: Duration::from_millis(limits.body_read_timeout_ms),
+        }
+    }
 }
 
 impl<S> Layer<S> for NodeLayer {
@@ -84,9 +91,11 @@ type Answer = Either<
     future::Map<BoxFuture<'static, Response>, fn(Response) -> Result<Response, Infallible>>,
 >;
 
-impl<S> Service<Request> for NodeService<S>
+/// Any request body: hyper's `Incoming` as the listener serves it, so that axum boxes it once,
+/// around the timeout.
+impl<S, B> Service<Request<B>> for NodeService<S>
 where
-    S: Service<Request<GapTimeoutBody>, Response = Response, Error = Infallible>,
+    S: Service<Request<GapTimeoutBody<B>>, Response = Response, Error = Infallible>,
 {
     type Response = Response;
     type Error = Infallible;
@@ -96,7 +105,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request) -> Self::Future {
+    fn call(&mut self, request: Request<B>) -> Self::Future {
         let timeout = self.body_read_timeout;
         let request = request.map(|body| GapTimeoutBody::new(timeout, body));
         self.inner

@@ -1,6 +1,7 @@
 //! CrowdTick's ingest edge: the public vote API.
 //!
-//! - [`routes`]: `POST /v1/votes` and `POST /v1/votes/batch` (axum), body limits, JSON errors.
+//! - [`routes`]: `POST /v1/votes` and `POST /v1/votes/batch` (axum), JSON errors.
+//! - [`body`]: a request's body read whole, within its size limit and one deadline.
 //! - [`settings`]: the [`IngestSection`], `[ingest]` settings as written, and the
 //!   [`IngestConfig`] they become.
 //! - [`validate`] (pure): parse and judge a vote against its poll — exists, open at the stamped time,
@@ -21,6 +22,7 @@
 //! deadline the log does not write it and the answer is 503 with `Retry-After`.
 
 pub mod admission;
+pub mod body;
 pub mod identity;
 pub mod latency;
 pub mod metrics;

@@ -4,6 +4,7 @@
 //! the aggregator key (batches) is checked and the caller's rate limit taken from the headers, so
 //! a refused caller never makes the edge wait for or buffer a body.
 
+use crate::body::read_body;
 use crate::identity::{bearer, AggregatorRefusal, TokenError, VerifiedVoter};
 use crate::rate_limit::Refusal;
 use crate::validate::{self, VoteIn};
@@ -20,10 +21,8 @@ use schemas::{Offset, Partition, VoteRejection, VoterNamespace};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::borrow::Cow;
-use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Instant;
 use storage::{AppendBatch, EdgeReason, Topic};
 
@@ -79,53 +78,6 @@ fn voter_token(ingest: &Ingest, req: &Request) -> Result<Option<VerifiedVoter>, 
             TokenError::Invalid(_) => "invalid_voter_token",
         };
         ApiError::new(StatusCode::UNAUTHORIZED, code, e.to_string())
-    })
-}
-
-/// Reads a request body up to `limit` bytes, whole within the body timeout.
-pub async fn read_body(
-    ingest: &Ingest,
-    req: Request,
-    limit: usize,
-) -> Result<axum::body::Bytes, ApiError> {
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(ApiError::too_large(limit));
-    }
-    let body_timeout = || {
-        ApiError::new(
-            axum::http::StatusCode::REQUEST_TIMEOUT,
-            "body_timeout",
-            "the request body did not arrive in time; send it whole and promptly",
-        )
-    };
-    // One deadline for the whole body (the router's layer only bounds the gap between chunks).
-    // A vote's body has usually come with its head: read it without a timer (tokio locks its
-    // timer wheel to drop a timer, even one never armed), and start the deadline only if not.
-    let mut read = std::pin::pin!(axum::body::to_bytes(Body::new(req.into_body()), limit));
-    let read_at_once = std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await;
-    let read = match read_at_once {
-        Poll::Ready(read) => read,
-        Poll::Pending => tokio::time::timeout(ingest.config.body_read_timeout, read)
-            .await
-            .map_err(|_| body_timeout())?,
-    };
-    read.map_err(|e| {
-        let text = format!("{e:?}");
-        if text.contains("LengthLimit") {
-            ApiError::too_large(limit)
-        } else if text.contains("TimeoutError") {
-            body_timeout()
-        } else {
-            ApiError::bad_request(
-                "unreadable_body",
-                format!("the request body could not be read: {e}"),
-            )
-        }
     })
 }
 

@@ -21,10 +21,21 @@ pub struct VoteIn<'a> {
     pub option_ids: Option<Vec<i64>>,
     /// The client's own id for its voter (device or aggregator namespace); with a voter token, the
     /// token's `sub` is the voter and this may be left out.
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrowed_where_it_can")]
     pub voter_id: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrowed_where_it_can")]
     pub vote_id: Option<Cow<'a, str>>,
+}
+
+/// A text borrowed from the body unless it holds escapes. serde's `borrow` makes a `Cow` field
+/// borrow, but not one inside an `Option`, which it would copy into a `String` every time.
+fn borrowed_where_it_can<'de, D>(d: D) -> Result<Option<Cow<'de, str>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+    Ok(Option::<Text>::deserialize(d)?.map(|t| t.0))
 }
 
 /// The chosen options, checked, without a heap allocation.
@@ -164,6 +175,25 @@ mod tests {
         (e.status, e.code)
     }
     use proptest::prelude::*;
+
+    #[test]
+    fn a_votes_ids_are_borrowed_from_its_body_unless_escaped() {
+        let body = br#"{"poll_id":1,"option_id":0,"voter_id":"v1","vote_id":"a\"b"}"#;
+        let vote = parse_vote(body).unwrap();
+        assert!(
+            matches!(vote.voter_id, Some(Cow::Borrowed("v1"))),
+            "{vote:?}"
+        );
+        assert!(
+            matches!(&vote.vote_id, Some(Cow::Owned(id)) if id == "a\"b"),
+            "{vote:?}"
+        );
+        let vote = parse_vote(br#"{"poll_id":1,"option_id":0,"vote_id":null}"#).unwrap();
+        assert!(
+            vote.voter_id.is_none() && vote.vote_id.is_none(),
+            "{vote:?}"
+        );
+    }
 
     fn poll() -> Poll {
         Poll {

@@ -13,6 +13,7 @@
 //! written, here and on hyper's path.
 
 use super::{Admitted, ConnectionContext, LiveConnection, StreamWriter};
+use crate::node::NodeService;
 use axum::body::Body;
 use axum::http::{header, HeaderMap, Method, Request, StatusCode, Version};
 use axum::Router;
@@ -100,13 +101,13 @@ fn event_stream_request(bytes: &[u8]) -> Option<(Request<()>, usize)> {
 }
 
 /// The router's answer to a sniffed request, still to run.
-pub(super) type Answer = Pin<Box<Oneshot<Router, Request<Body>>>>;
+pub(super) type Answer = Pin<Box<Oneshot<NodeService<Router>, Request<Body>>>>;
 
 /// What `router` answers the sniffed `request`, with what handlers learn of its connection. Boxed
 /// until it has run, and the request out of its box: neither sizes the task that serves the
 /// stream for as long as the viewer watches.
 pub(super) fn answer(
-    router: Router,
+    router: NodeService<Router>,
     request: Box<Request<()>>,
     context: ConnectionContext,
 ) -> Answer {
