@@ -78,6 +78,8 @@ impl Roles {
 pub struct App {
     pub config: Arc<Config>,
     pub roles: Roles,
+    /// The node's routes, without the layer `edge::listener::serve` puts around them
+    /// (`edge::node::NodeLayer`: the body read timeout, every error answer as JSON).
     pub router: Router,
     pub board: Arc<ResultsBoard>,
     /// The accept loop's counters (registered in the node's metrics).

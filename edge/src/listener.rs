@@ -378,7 +378,9 @@ pub struct Options {
     pub event_streams: Option<Handle>,
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves, within `limits`.
+/// Serves `router` on `listener` until `shutdown` resolves, within `limits`. The router is served
+/// inside [`NodeLayer`] (the body read timeout, every error answer as JSON): this is the one place
+/// that puts it, so a router given here carries no layer of its own.
 pub async fn serve(
     listener: TcpListener,
     router: Router,

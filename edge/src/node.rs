@@ -169,7 +169,15 @@ mod tests {
     use axum::body::Body;
     use tower::ServiceExt;
 
-    async fn call(router: &Router, request: Request) -> (StatusCode, Option<String>, String) {
+    /// As the listener serves a router: inside [`NodeLayer`], put around it.
+    fn served(router: Router, body_read_timeout: Duration) -> NodeService<Router> {
+        NodeLayer { body_read_timeout }.layer(router)
+    }
+
+    async fn call(
+        router: &NodeService<Router>,
+        request: Request,
+    ) -> (StatusCode, Option<String>, String) {
         let response = router.clone().oneshot(request).await.unwrap();
         let status = response.status();
         let retry_after = response
@@ -202,10 +210,8 @@ mod tests {
             .route(
                 "/json",
                 get(|| async { ApiError::bad_request("bad_x", "x is bad") }),
-            )
-            .layer(NodeLayer {
-                body_read_timeout: Duration::from_secs(5),
-            });
+            );
+        let router = served(router, Duration::from_secs(5));
 
         let (status, retry, body) = call(&router, get_request("/plain")).await;
         assert_eq!(
@@ -223,6 +229,16 @@ mod tests {
         let (status, _, body) = call(&router, get_request("/json")).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert!(body.contains("\"bad_x\""), "{body}");
+
+        // The router's own answers pass through the layer too: axum's empty 404 and 405.
+        let (status, _, body) = call(&router, get_request("/nowhere")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(json["error"]["message"], "404 Not Found", "{body}");
+        let post = Request::post("/ok").body(Body::empty()).unwrap();
+        let (status, _, body) = call(&router, post).await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+        assert!(body.contains("\"method_not_allowed\""), "{body}");
     }
 
     #[tokio::test]
@@ -233,11 +249,10 @@ mod tests {
                 Err(e) => format!("cut off: {e:?}"),
             }
         };
-        let router = Router::new()
-            .route("/body", axum::routing::post(read))
-            .layer(NodeLayer {
-                body_read_timeout: Duration::from_millis(100),
-            });
+        let router = served(
+            Router::new().route("/body", axum::routing::post(read)),
+            Duration::from_millis(100),
+        );
         let stalled = futures::stream::pending::<Result<axum::body::Bytes, Infallible>>();
         let request = Request::post("/body")
             .body(Body::from_stream(stalled))

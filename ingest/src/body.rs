@@ -1,12 +1,13 @@
 //! A request's body read whole: within a byte limit and one deadline, its failures mapped to the
 //! API's errors (413 `body_too_large`, 408 `body_timeout`, 400 `unreadable_body`).
 //!
-//! A vote's body comes in one chunk, usually with its head, and is handed on as that chunk: no
-//! list of chunks, no copy, no timer (`read_whole`). axum's `to_bytes`, its limit and collector,
-//! took 1,397 instructions a vote for it, this 958 (BENCHMARKS.md, "2026-12-07 (fifth session)").
+//! A vote's body comes in one chunk, usually with its head, and is handed on as that chunk, with
+//! no timer and no wrapper, list or poll past its end (`read_whole`). axum's `to_bytes` (a
+//! limit around the body, and a collector with a `VecDeque` of chunks) took 1,397 instructions a
+//! vote for it, this 640 (BENCHMARKS.md, "2026-12-07 (fifth session)").
 
 use crate::Ingest;
-use axum::body::{Body, Bytes};
+use axum::body::{Body, Bytes, HttpBody as _};
 use axum::extract::Request;
 use axum::http::{header, StatusCode};
 use bytes::BytesMut;
@@ -51,7 +52,8 @@ pub async fn read_body(ingest: &Ingest, req: Request, limit: usize) -> Result<By
     if declared.is_some_and(|n| n > limit) {
         return Err(ApiError::too_large(limit));
     }
-    // One deadline for the whole body (the router's layer only bounds the gap between chunks).
+    // One deadline for the whole body (`NodeLayer`, around the router, bounds only the gap
+    // between chunks).
     // A vote's body has usually come with its head: read it without a timer (tokio locks its
     // timer wheel to drop a timer, even one never armed), and start the deadline only if not.
     let mut read = std::pin::pin!(read_whole(req.into_body(), limit));
@@ -65,11 +67,16 @@ pub async fn read_body(ingest: &Ingest, req: Request, limit: usize) -> Result<By
     Ok(read?)
 }
 
-/// The body's bytes: its one chunk as it came, or its chunks joined when there are more.
+/// The body's bytes: its one chunk as it came, or its chunks joined when there are more. It stops
+/// at the body's end as the body knows it (hyper's, once its `Content-Length` is read), without
+/// another poll.
 async fn read_whole(mut body: Body, limit: usize) -> Result<Bytes, BodyError> {
     let mut first = Bytes::new();
     let mut joined = BytesMut::new();
-    while let Some(frame) = body.frame().await {
+    while !body.is_end_stream() {
+        let Some(frame) = body.frame().await else {
+            break;
+        };
         let frame = frame.map_err(|e| match timed_out(&e) {
             true => BodyError::TimedOut,
             false => BodyError::Unreadable(e),
@@ -77,6 +84,9 @@ async fn read_whole(mut body: Body, limit: usize) -> Result<Bytes, BodyError> {
         let Ok(chunk) = frame.into_data() else {
             continue; // trailers: a vote has no use for them
         };
+        if chunk.is_empty() {
+            continue;
+        }
         if first.len() + joined.len() + chunk.len() > limit {
             return Err(BodyError::TooLarge(limit));
         }

@@ -387,11 +387,16 @@ impl VoteIds {
     }
     /// The next id, in one allocation (`format!` grows its string twice).
     fn next(&self) -> String {
-        use std::fmt::Write;
         let mut id = String::with_capacity(self.prefix.len() + 21);
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let _ = write!(id, "{}-{n}", self.prefix);
+        self.write(self.counter.fetch_add(1, Ordering::Relaxed), &mut id);
         id
+    }
+
+    /// Appends id `n` to `out`: the prefix, a dash and the number (`itoa`, not `fmt`).
+    fn write(&self, n: u64, out: &mut String) {
+        out.push_str(&self.prefix);
+        out.push('-');
+        out.push_str(itoa::Buffer::new().format(n));
     }
 
     /// `n` consecutive ids, taken at once (more are taken if they run out).
@@ -418,12 +423,11 @@ pub(crate) struct VoteIdRange<'a> {
 impl VoteIdRange<'_> {
     /// The next id, in a buffer the following call reuses (copy it to keep it).
     pub(crate) fn next(&mut self) -> &str {
-        use std::fmt::Write;
         if self.next == self.end {
             *self = self.ids.take(64);
         }
         self.buf.clear();
-        let _ = write!(self.buf, "{}-{}", self.ids.prefix, self.next);
+        self.ids.write(self.next, &mut self.buf);
         self.next += 1;
         &self.buf
     }

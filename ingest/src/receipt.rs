@@ -1,15 +1,15 @@
 //! A durable vote's receipt, and its JSON.
 //!
 //! Every single vote's 202 carries one, so [`Receipt::to_json`] writes its bytes straight into
-//! the response body: the keys as constants, the numbers with `itoa`, the time by `humantime`
-//! into the same buffer, and the vote id as is unless it needs escaping (then by `serde_json`).
-//! It writes what `serde_json::to_vec` writes for the derived `Serialize`, which a property test
-//! checks, and a vote costs about 1,800 fewer instructions than with axum's `Json` (BENCHMARKS.md,
-//! "2026-12-07 (second session)").
+//! the response body: the keys as constants, the numbers with `itoa`, the time by
+//! [`Timestamp::write_rfc3339_micros`] into the same buffer, and the vote id as is unless it
+//! needs escaping (then by `serde_json`). It writes what `serde_json::to_vec` writes for the
+//! derived `Serialize`, which a property test checks, and a vote costs about 1,800 fewer
+//! instructions than with axum's `Json` (BENCHMARKS.md, "2026-12-07 (second session)"), and
+//! about 500 fewer again with the time written without `fmt` ("2026-12-07 (fifth session)").
 
 use schemas::{Offset, Partition, PollId, Timestamp};
 use serde::{Serialize, Serializer};
-use std::io::Write;
 
 /// A durable vote's receipt.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -37,9 +37,8 @@ impl Receipt {
         out.extend_from_slice(b",\"offset\":");
         out.extend_from_slice(numbers.format(self.offset.0).as_bytes());
         out.extend_from_slice(b",\"accepted_at\":\"");
-        // Digits, dashes, colons, a dot and letters: nothing to escape. A Vec takes every write,
-        // and every time `Timestamp::now` gives formats (humantime refuses past the year 9999).
-        let _ = write!(out, "{}", self.accepted_at.rfc3339_micros_display());
+        // Digits, dashes, colons, a dot and letters: nothing to escape.
+        self.accepted_at.write_rfc3339_micros(&mut out);
         out.extend_from_slice(b"\"}");
         out
     }

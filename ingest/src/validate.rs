@@ -193,6 +193,11 @@ mod tests {
             vote.voter_id.is_none() && vote.vote_id.is_none(),
             "{vote:?}"
         );
+        let Err(VoteRejection::Malformed(why)) = parse_vote(br#"{"poll_id":1,"voter_id":7}"#)
+        else {
+            panic!("a number for voter_id was taken");
+        };
+        assert!(why.contains("expected a string"), "{why}");
     }
 
     fn poll() -> Poll {
