@@ -4,7 +4,8 @@
 //! A vote's body comes in one chunk, usually with its head, and is handed on as that chunk, with
 //! no timer and no wrapper, list or poll past its end (`read_whole`). axum's `to_bytes` (a
 //! limit around the body, and a collector with a `VecDeque` of chunks) took 1,397 instructions a
-//! vote for it, this 640 (BENCHMARKS.md, "2026-12-07 (fifth session)").
+//! vote for it; this takes 640, with the body boxed once (BENCHMARKS.md, "2026-12-07 (fifth
+//! session)").
 
 use crate::Ingest;
 use axum::body::{Body, Bytes, HttpBody as _};

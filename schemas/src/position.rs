@@ -13,7 +13,6 @@
 use serde::{Deserialize, Serialize};
 use std::cell::Cell;
 use std::fmt;
-use std::io::Write;
 
 /// A partition of a topic, numbered from 0.
 #[derive(Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -153,19 +152,17 @@ impl Timestamp {
         let text = SECOND.with(|cached| {
             let (at, text) = cached.get();
             if at == second {
-                return Some(text);
+                return text;
             }
             let start = std::time::UNIX_EPOCH + std::time::Duration::from_secs(second as u64);
-            // `2026-12-07T12:00:00Z` up to the year 9999, which is as far as humantime goes.
+            // `2026-12-07T12:00:00Z`. Past the year 9999 humantime refuses to format, and this
+            // panics as `serde_json` would on the same time (`Timestamp::now` gives none such).
             let whole = humantime::format_rfc3339_seconds(start).to_string();
-            let text: [u8; 19] = whole.as_bytes().get(..19)?.try_into().ok()?;
+            let mut text = [0; 19];
+            text.copy_from_slice(&whole.as_bytes()[..19]);
             cached.set((second, text));
-            Some(text)
+            text
         });
-        let Some(text) = text else {
-            let _ = write!(out, "{}", self.rfc3339_micros_display());
-            return;
-        };
         let mut digits = [b'0'; 6];
         for digit in digits.iter_mut().rev() {
             *digit = b'0' + (fraction % 10) as u8;
