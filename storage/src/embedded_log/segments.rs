@@ -8,6 +8,14 @@
 //! state up to there is in a snapshot) can be deleted. `<topic>.retired.json` records first where
 //! the topic now starts and each partition's first offset there (the offsets of what stays do not
 //! change), then the files go; a crash in between leaves files the next open deletes.
+//!
+//! Zeros ahead (`zero_ahead`): the writer keeps about a mebibyte of written zeros past the last
+//! record of the last segment, so a group overwrites blocks the file already has and its
+//! `fdatasync` flushes data only. A group that extends the file must also flush its size, one
+//! more write to the disk in each fsync (a journal commit on a journalled file system):
+//! an fsync after an append into written zeros took half the time and CPU here, and less than
+//! half the time on a journalled ext4 (BENCHMARKS.md, "2026-12-07 (sixth session)"). Correctness
+//! never rests on the zeros: a frame of zeros ends the scan on open as the end of the file does.
 
 use super::io;
 use crate::log::LogError;
@@ -15,6 +23,7 @@ use parking_lot::RwLock;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 pub(super) struct Segment {
@@ -38,14 +47,23 @@ pub(super) struct Segments {
     topic: &'static str,
     /// Sorted by start; never empty once opened for writing.
     list: RwLock<Vec<Segment>>,
+    /// The topic position up to which the last segment's file is taken to hold zeros past its
+    /// last record (written by the writer, or found on open; a failed write of them leaves the
+    /// hint wrong, which costs speed only: nothing is read from it).
+    zeroed_to: AtomicU64,
 }
 
+/// Zeros written in one piece by [`Segments::zero_ahead`].
+static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+
 impl Segments {
-    pub(super) fn new(dir: &Path, topic: &'static str, list: Vec<Segment>) -> Self {
+    /// `zeroed_to`: where the zeros found past the last record of the last segment end.
+    pub(super) fn new(dir: &Path, topic: &'static str, list: Vec<Segment>, zeroed_to: u64) -> Self {
         Self {
             dir: dir.to_owned(),
             topic,
             list: RwLock::new(list),
+            zeroed_to: AtomicU64::new(zeroed_to),
         }
     }
 
@@ -121,8 +139,9 @@ impl Segments {
 
     /// Reads at topic position `pos`, across segment files, onto the end of `buf`: at most `len`
     /// bytes and at least `min` (`UnexpectedEof` otherwise), as many as the segment holding the
-    /// `min`th byte has (a read stops at the end of what is written, or of that segment). Returns
-    /// how many it read. The bytes land in `buf`'s spare room, not zeroed first. A position
+    /// `min`th byte has (a read stops at the end of the file, or of that segment; past the last
+    /// record it may return the writer's zeros ahead, which no index points at). Returns how many
+    /// it read. The bytes land in `buf`'s spare room, not zeroed first. A position
     /// before the first segment (retired meanwhile) is `NotFound`.
     pub(super) fn read_at_least(
         &self,
@@ -201,6 +220,7 @@ impl Segments {
             sync_dir(&self.dir)?;
             let file = Arc::new(file);
             self.list.write().push(Segment { start: end, file });
+            self.zeroed_to.store(end, Ordering::Relaxed);
         }
         let (start, file) = {
             let list = self.list.read();
@@ -214,9 +234,51 @@ impl Segments {
         Ok(())
     }
 
+    /// Keeps `ahead` bytes of durable zeros past `end` (the end of the last durable frame) in the
+    /// last segment, up to where the writer starts the next one: once fewer than half are left,
+    /// writes zeros from the end of those there are, then `fdatasync`s them. Returns whether it
+    /// wrote (and synced) any. Called by the writer between groups: the next group waits for it
+    /// (about 1 ms a mebibyte here, once every half of `ahead` appended). The zeros are a hint,
+    /// so a failure only costs the next groups their speed.
+    pub(super) fn zero_ahead(
+        &self,
+        end: u64,
+        ahead: u64,
+        segment_bytes: u64,
+    ) -> std::io::Result<bool> {
+        let zeroed = self.zeroed_to.load(Ordering::Relaxed);
+        if ahead == 0 || zeroed >= end + ahead / 2 {
+            return Ok(false);
+        }
+        let (start, file) = {
+            let list = self.list.read();
+            let Some(last) = list.last() else {
+                return Ok(false);
+            };
+            (last.start, last.file.clone())
+        };
+        // `zeroed` is at least the last segment's start (set when it began, or on open).
+        let from = zeroed.max(end);
+        let to = (end + ahead).min(start + segment_bytes.max(1));
+        if from >= to {
+            return Ok(false);
+        }
+        // Tried once for these bytes, even when it fails (a full disk): the next try comes half
+        // of `ahead` later, not after every group.
+        self.zeroed_to.store(to, Ordering::Relaxed);
+        let mut at = from;
+        while at < to {
+            let n = ((to - at) as usize).min(ZEROS.len());
+            file.write_all_at(&ZEROS[..n], at - start)?;
+            at += n as u64;
+        }
+        file.sync_data().map(|()| true)
+    }
+
     /// Cuts the last segment back to `end` (after a failed write), durably: the failed group's
     /// frames must not come back after a crash, past where the next segment will start.
     pub(super) fn truncate(&self, end: u64) -> std::io::Result<()> {
+        self.zeroed_to.store(end, Ordering::Relaxed);
         let list = self.list.read();
         match list.last() {
             Some(last) => {

@@ -101,13 +101,14 @@ async fn a_torn_tail_is_cut_and_earlier_records_stay() {
         }
     }
     let path = dir.path().join("votes.log");
-    let len = std::fs::metadata(&path).unwrap().len();
-    // A crash mid-write: the last record is half there.
+    // Five frames of 8 + 16 + 3 + 20 bytes, then the writer's zeros ahead.
+    let len = 5 * 47;
+    // A crash mid-write: the last record is half there, zeros where the rest should be.
     OpenOptions::new()
         .write(true)
         .open(&path)
         .unwrap()
-        .set_len(len - 7)
+        .write_all_at(&[0; 7], len - 7)
         .unwrap();
     let log = EmbeddedLog::open(config(dir.path())).unwrap();
     assert_eq!(read_all(&log, 1).await.len(), 4);
@@ -128,6 +129,123 @@ async fn a_torn_tail_is_cut_and_earlier_records_stay() {
         log.append(Topic::Votes, b, far()).await.unwrap()[0].offset,
         Offset(3)
     );
+}
+
+/// The bytes of the votes topic's only segment.
+fn votes_file(dir: &Path) -> Vec<u8> {
+    std::fs::read(dir.join("votes.log")).unwrap()
+}
+
+#[tokio::test]
+async fn the_writer_keeps_zeros_ahead_of_its_records_and_a_reopen_keeps_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let ahead = 4096;
+    let config = || EmbeddedLogConfig {
+        zero_ahead_bytes: ahead,
+        ..config(dir.path())
+    };
+    let frame = 47; // 8 + 16 + 3 + 20 bytes
+    {
+        let log = EmbeddedLog::open(config()).unwrap();
+        for i in 0..5u8 {
+            let mut b = AppendBatch::default();
+            b.push(Partition(1), Timestamp(0), b"key", &[i + 1; 20]);
+            log.append(Topic::Votes, b, far()).await.unwrap();
+        }
+        // Written once the first group was answered: zeros up to `ahead` past its end.
+        let bytes = votes_file(dir.path());
+        assert_eq!(bytes.len(), frame + ahead as usize);
+        assert!(bytes[5 * frame..].iter().all(|&b| b == 0));
+    }
+    // Reopened: the records, and the zeros kept for the next appends (not cut as a torn tail).
+    let log = EmbeddedLog::open(config()).unwrap();
+    assert_eq!(read_all(&log, 1).await.len(), 5);
+    assert_eq!(votes_file(dir.path()).len(), frame + ahead as usize);
+    // Beside it, a reader (`recount`) finds the records and stops at the zeros.
+    let reader = EmbeddedLog::open_read_only(dir.path()).unwrap();
+    assert_eq!(read_all(&reader, 1).await.len(), 5);
+    // Appends go on after the last record, into the zeros; past half of them, more are written.
+    for i in 5..100u8 {
+        let mut b = AppendBatch::default();
+        b.push(Partition(1), Timestamp(0), b"key", &[i + 1; 20]);
+        let at = log.append(Topic::Votes, b, far()).await.unwrap();
+        assert_eq!(at[0].offset, Offset(i as i64));
+    }
+    let end = 100 * frame;
+    let bytes = votes_file(dir.path());
+    assert!(bytes.len() >= end + ahead as usize / 2, "{}", bytes.len());
+    assert!(bytes[end..].iter().all(|&b| b == 0));
+    drop(log);
+    let log = EmbeddedLog::open(config()).unwrap();
+    let records = read_all(&log, 1).await;
+    assert_eq!(records.len(), 100);
+    assert!(records
+        .iter()
+        .enumerate()
+        .all(|(i, r)| r.2 == [i as u8 + 1; 20]));
+}
+
+#[tokio::test]
+async fn a_torn_group_in_the_zeros_ahead_is_cut_and_the_records_before_it_stay() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = EmbeddedLog::open(config(dir.path())).unwrap();
+        for i in 0..3u8 {
+            let mut b = AppendBatch::default();
+            b.push(Partition(1), Timestamp(0), b"key", &[i; 20]);
+            log.append(Topic::Votes, b, far()).await.unwrap();
+        }
+    }
+    assert_eq!(votes_file(dir.path()).len(), 47 + (1 << 20), "zeros ahead");
+    // A crash while a group was written into the zeros: some of its bytes reached the disk, a
+    // page further on (a frame's header with no whole frame after it).
+    let path = dir.path().join("votes.log");
+    let f = OpenOptions::new().write(true).open(&path).unwrap();
+    f.write_all_at(&[9; 30], 3 * 47 + 4096).unwrap();
+    let log = EmbeddedLog::open(config(dir.path())).unwrap();
+    assert_eq!(read_all(&log, 1).await.len(), 3);
+    assert_eq!(
+        votes_file(dir.path()).len(),
+        3 * 47,
+        "cut at the last record"
+    );
+    let mut b = AppendBatch::default();
+    b.push(Partition(1), Timestamp(0), b"key", b"after");
+    assert_eq!(
+        log.append(Topic::Votes, b, far()).await.unwrap()[0].offset,
+        Offset(3)
+    );
+}
+
+#[tokio::test]
+async fn a_new_segment_gets_zeros_ahead_when_segments_became_smaller() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = |segment_bytes| EmbeddedLogConfig {
+        zero_ahead_bytes: 4096,
+        segment_bytes,
+        ..config(dir.path())
+    };
+    {
+        let log = EmbeddedLog::open(config(1 << 20)).unwrap();
+        append_one_by_one(&log, 0, 5).await;
+    }
+    // Reopened with segments smaller than the one there: the next group starts a new one, and
+    // the zeros of the old one (past 5 frames) say nothing of the new one.
+    let log = EmbeddedLog::open(config(100)).unwrap();
+    append_one_by_one(&log, 0, 1).await;
+    let files = segment_files(dir.path());
+    assert_eq!(files.len(), 2, "{files:?}");
+    let frame = 57; // 8 + 16 + 3 + 30 bytes
+    let new = std::fs::read(dir.path().join(format!("votes.{:020}.log", 5 * frame))).unwrap();
+    assert_eq!(new.len(), 100, "zeros up to where the next segment starts");
+    assert!(new[frame..].iter().all(|&b| b == 0));
+    drop(log);
+    let log = EmbeddedLog::open(config(100)).unwrap();
+    let mut records = 0;
+    for p in 0..3 {
+        records += read_all(&log, p).await.len();
+    }
+    assert_eq!(records, 6);
 }
 
 #[tokio::test]

@@ -1,7 +1,7 @@
 //! One topic's frames: the frame format, the in-memory index of each partition (offset →
 //! position, 8 bytes a record), and opening a topic (a scan of its segment files that rebuilds the
-//! index and cuts a torn or corrupt tail). Appending is the writer's (`embedded_log.rs`), reading
-//! is `fetch`'s, the files are `segments.rs`'.
+//! index and cuts a torn or corrupt tail, or keeps the writer's zeros ahead). Appending is the
+//! writer's (`embedded_log.rs`), reading is `fetch`'s, the files are `segments.rs`'.
 
 use super::io;
 use super::segments::{Retired, Segment, Segments};
@@ -9,6 +9,7 @@ use crate::log::LogError;
 use parking_lot::RwLock;
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use tokio::sync::watch;
@@ -59,8 +60,8 @@ pub(super) fn frame_len(frame: &[u8]) -> usize {
 }
 
 /// Opens a topic's segments, building each partition's index and cutting a torn or corrupt tail
-/// of the last one; damage in an earlier one is refused (votes follow it). Segments a retirement
-/// left behind are deleted (when writable).
+/// of the last one (a tail of zeros is kept: the writer's zeros ahead); damage in an earlier one is
+/// refused (votes follow it). Segments a retirement left behind are deleted (when writable).
 pub(super) fn open_topic(
     dir: &Path,
     topic: &'static str,
@@ -98,6 +99,7 @@ pub(super) fn open_topic(
     let mut index: Vec<Vec<u64>> = vec![Vec::new(); partitions as usize];
     let mut list = Vec::with_capacity(files.len());
     let mut pos = retired.start;
+    let mut zeroed_to = retired.start;
     let nexts: Vec<Option<u64>> = files
         .iter()
         .skip(1)
@@ -121,7 +123,11 @@ pub(super) fn open_topic(
                 path.display()
             )));
         }
-        if valid < len {
+        if valid < len && next.is_none() && writable && all_zeros(&file, valid, len)? {
+            // The writer's zeros ahead (`segments.rs`), or a group none of whose bytes reached
+            // the disk: kept for the next appends.
+            zeroed_to = start + len;
+        } else if valid < len {
             // The torn tail of the last segment, or bytes of a failed group past a segment's share.
             cut(&path, &file, valid, len, writable)?;
         }
@@ -151,7 +157,7 @@ pub(super) fn open_topic(
         })
         .collect();
     Ok(TopicFile {
-        segments: Segments::new(dir, topic, list),
+        segments: Segments::new(dir, topic, list, zeroed_to.max(pos)),
         end: AtomicU64::new(pos),
         partitions,
         retiring: AtomicBool::new(false),
@@ -201,6 +207,21 @@ fn scan(file: &File, start: u64, len: u64, index: &mut [Vec<u64>]) -> Result<u64
         pos += (HEADER + body_len) as u64;
     }
     Ok(pos)
+}
+
+/// Whether the bytes of `file` in `from..to` are all zero.
+fn all_zeros(file: &File, from: u64, to: u64) -> Result<bool, LogError> {
+    let mut buf = vec![0u8; (64 << 10).min((to - from) as usize)];
+    let mut at = from;
+    while at < to {
+        let n = ((to - at) as usize).min(buf.len());
+        file.read_exact_at(&mut buf[..n], at).map_err(io)?;
+        if buf[..n].iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+        at += n as u64;
+    }
+    Ok(true)
 }
 
 fn cut(path: &Path, file: &File, valid: u64, len: u64, writable: bool) -> Result<(), LogError> {
