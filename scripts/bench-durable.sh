@@ -11,10 +11,15 @@
 # (crowdtick_ingest_vote_duration_seconds' sum over its count across the 10 s) and the group
 # commits a second. Needs wrk and curl (apt-get install wrk curl) and python3.
 set -euo pipefail
-if [[ "${1:-}" == -h || "${1:-}" == --help || $# -lt 2 ]]; then
-  sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
-  exit 0
-fi
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
+if [[ "${1:-}" == -h || "${1:-}" == --help ]]; then usage; exit 0; fi
+if [[ $# -lt 2 ]]; then usage >&2; exit 2; fi
+for bin in "$1" "$2"; do
+  [ -x "$bin" ] || { echo "bench-durable.sh: no executable at $bin (--help)" >&2; exit 2; }
+done
+for tool in wrk curl python3; do
+  command -v "$tool" >/dev/null || { echo "bench-durable.sh: needs $tool (apt-get install wrk curl python3)" >&2; exit 2; }
+done
 base=$1; cand=$2; rounds=${3:-4}
 port=18196
 work=$(mktemp -d "${4:-/tmp}/crowdtick-durable.XXXXXX")
@@ -49,6 +54,8 @@ def scrape(f):
 a, b = scrape(f"{d}/before"), scrape(f"{d}/after")
 delta = lambda k: b.get(k, 0) - a.get(k, 0)
 h = "crowdtick_ingest_vote_duration_seconds"
+if n == 0:
+    sys.exit(f"{label}: wrk completed no requests (see the server's log)")
 durable = delta(h + "_sum") / max(delta(h + "_count"), 1) * 1e6
 groups = sum(delta(k) for k in b if k.startswith("crowdtick_log_group_commits"))
 print(f"{label:9} {n / 10:8,.0f} requests/s  server CPU {ticks / hz * 1e6 / n:5.2f} µs a request  "
