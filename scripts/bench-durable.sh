@@ -29,19 +29,19 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 write_vote_lua "$work/vote.lua"
 
 measure() { # label bin
-  local dir="$work/$1" out requests u0 s0 u1 s1
+  local dir="$work/$1" out requests cpu0 cpu1
   rm -rf "$dir"; mkdir -p "$dir"
   serve "$2" "$dir/data"
   open_poll
   wrk -t1 -c64 -d2s -s "$work/vote.lua" "http://127.0.0.1:$port" >/dev/null
   curl -sf "127.0.0.1:$port/metrics" >"$dir/before"
-  read -r u0 s0 < <(awk '{print $14, $15}' "/proc/$server/stat")
+  cpu0=$(cpu_ticks "$server")
   out=$(wrk -t1 -c64 -d10s -s "$work/vote.lua" "http://127.0.0.1:$port")
-  read -r u1 s1 < <(awk '{print $14, $15}' "/proc/$server/stat")
+  cpu1=$(cpu_ticks "$server")
   curl -sf "127.0.0.1:$port/metrics" >"$dir/after"
   kill "$server"; wait "$server" 2>/dev/null || true
   requests=$(awk '/requests in/ {print $1}' <<<"$out")
-  python3 - "$1" "$requests" "$((u1 + s1 - u0 - s0))" "$(getconf CLK_TCK)" "$dir" <<'PY'
+  python3 - "$1" "$requests" "$((cpu1 - cpu0))" "$(getconf CLK_TCK)" "$dir" <<'PY'
 import sys
 label, n, ticks, hz, d = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 def scrape(f):

@@ -3,7 +3,8 @@
 //! - [`log`]: the [`Log`] trait — topics, partitions, offsets, consumer-held positions (Kafka's model).
 //! - [`embedded_log`]: [`EmbeddedLog`], a stream per topic in segment files (its partitions
 //!   interleaved; an in-memory index of 8 bytes a record), group commit (many records per fsync),
-//!   CRC-framed records, torn tails cut on open, segments every consumer released retired (an
+//!   CRC-framed records, zeros written ahead of each topic's end (so an fsync flushes data, not
+//!   the file's size), torn tails cut on open, segments every consumer released retired (an
 //!   opt-in retention). What `crowdtick serve` runs on by default.
 //! - [`checkpoint_files`]: [`CheckpointFiles`], the embedded mode's per-partition snapshots.
 //! - [`group_commit`]: the writer thread behind the embedded log and the old API's files: every
