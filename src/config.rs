@@ -267,6 +267,7 @@ impl Config {
                 queue_capacity: self.log.queue_capacity,
                 commit_interval: Duration::from_micros(self.log.commit_interval_us),
                 segment_bytes: self.log.segment_mb << 20,
+                zero_ahead_bytes: self.log.zero_ahead_kb << 10,
                 retire_released: self.log.retire_after_snapshot,
                 ..EmbeddedLogConfig::new(self.log_dir())
             })

@@ -194,6 +194,7 @@ fn retention_reaches_the_embedded_log_and_is_refused_where_it_cannot_work() {
     let c = with(|c| {
         c.log.retire_after_snapshot = true;
         c.log.segment_mb = 64;
+        c.log.zero_ahead_kb = 256;
     });
     c.validate().unwrap();
     let LogBackend::Embedded(log) = c.backends().unwrap().log else {
@@ -201,6 +202,11 @@ fn retention_reaches_the_embedded_log_and_is_refused_where_it_cannot_work() {
     };
     assert!(log.retire_released);
     assert_eq!(log.segment_bytes, 64 << 20);
+    assert_eq!(log.zero_ahead_bytes, 256 << 10);
+    let err = with(|c| c.log.zero_ahead_kb = 65_537)
+        .validate()
+        .unwrap_err();
+    assert!(err.to_string().contains("zero_ahead_kb"), "{err}");
     let on_kafka = with(|c| {
         c.log.retire_after_snapshot = true;
         c.kafka.brokers = "k:9092".into();
@@ -285,4 +291,65 @@ fn a_quiet_spell_of_zero_and_a_retry_after_outside_an_hour_are_refused() {
     with(|c| c.ingest.shed_backlog_quiet_ms = 1)
         .validate()
         .unwrap();
+}
+
+/// README's configuration example holds every setting, each at its default (but the four a
+/// deployment must choose): a setting added, renamed or given a new default fails here until the
+/// README says so.
+#[test]
+fn the_readmes_configuration_example_holds_every_setting_at_its_default() {
+    let readme = include_str!("../../README.md");
+    let block = readme
+        .split("```toml\n")
+        .find(|b| b.starts_with("listen = "))
+        .and_then(|b| b.split("```").next())
+        .expect("README's configuration example (a toml block starting with listen =)");
+    let example: toml::Table = toml::from_str(block).expect("README's example is TOML");
+    let defaults = toml::Table::try_from(Config::default()).unwrap();
+    // Top-level settings and each section's, not into a setting whose value is a map.
+    let names = |t: &toml::Table| -> std::collections::BTreeSet<String> {
+        t.iter()
+            .flat_map(|(k, v)| match v {
+                toml::Value::Table(section) => section.keys().map(|s| format!("{k}.{s}")).collect(),
+                _ => vec![k.clone()],
+            })
+            .collect()
+    };
+    let (documented, settings) = (names(&example), names(&defaults));
+    let missing: Vec<_> = settings.difference(&documented).collect();
+    let unknown: Vec<_> = documented.difference(&settings).collect();
+    assert!(
+        missing.is_empty(),
+        "settings README's example does not list: {missing:?}"
+    );
+    assert!(
+        unknown.is_empty(),
+        "README's example lists settings there are not: {unknown:?}"
+    );
+    let mut parsed: Config = toml::from_str(block)
+        .unwrap_or_else(|e| panic!("README's example is not a configuration: {}", e.message()));
+    let chosen = Config::default();
+    assert_ne!(
+        parsed.operator_keys, chosen.operator_keys,
+        "the example sets a key of its own"
+    );
+    parsed.listen.clone_from(&chosen.listen);
+    parsed.data_dir.clone_from(&chosen.data_dir);
+    parsed.operator_keys.clone_from(&chosen.operator_keys);
+    parsed.public_url.clone_from(&chosen.public_url);
+    let (documented, default) = (toml::to_string(&parsed), toml::to_string(&chosen));
+    let (documented, default) = (documented.unwrap(), default.unwrap());
+    let only_in = |a: &str, b: &str| -> Vec<String> {
+        let b: std::collections::BTreeSet<&str> = b.lines().collect();
+        a.lines()
+            .filter(|l| !b.contains(l))
+            .map(String::from)
+            .collect()
+    };
+    assert!(
+        documented == default && parsed == chosen,
+        "README's example gives settings other values than their defaults: README {:?}, default {:?}",
+        only_in(&documented, &default),
+        only_in(&default, &documented)
+    );
 }

@@ -145,6 +145,11 @@ pub struct LogSection {
     pub commit_interval_us: u64,
     /// Each topic's segment files hold about this many MiB.
     pub segment_mb: u64,
+    /// With `fsync`, the embedded log keeps about this many KiB of written zeros past each
+    /// topic's last record, so a group's fsync flushes its data and not the file's new size too
+    /// (half an fsync's time on ext4; BENCHMARKS.md "2026-12-07 (sixth session)"). 0: none, for
+    /// copy-on-write file systems (btrfs, ZFS), where overwriting zeros saves nothing. 0 to 65536.
+    pub zero_ahead_kb: u64,
     /// Delete the votes log's segments that every partition's snapshot already holds (the
     /// processor snapshots every `processor.checkpoint_interval_ms`), and the tallies topic's
     /// that the results board's snapshot holds. The log stays bounded on a long run; `recount`
@@ -161,6 +166,7 @@ impl Default for LogSection {
             queue_capacity: 65_536,
             commit_interval_us: 2_000,
             segment_mb: 256,
+            zero_ahead_kb: 1024,
             retire_after_snapshot: false,
         }
     }
@@ -185,6 +191,9 @@ impl LogSection {
                 "log.commit_interval_us must be at most 100000 (0.1 s): every vote may wait that long for its fsync"
                     .into(),
             );
+        }
+        if self.zero_ahead_kb > 65_536 {
+            return Err("log.zero_ahead_kb must be at most 65536 (64 MiB); 0 turns it off".into());
         }
         match (self.partitions, self.segment_mb) {
             (1..=1024, 1..=65_536) => Ok(()),
