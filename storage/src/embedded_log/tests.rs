@@ -240,12 +240,16 @@ async fn a_new_segment_gets_zeros_ahead_when_segments_became_smaller() {
     assert_eq!(new.len(), 100, "zeros up to where the next segment starts");
     assert!(new[frame..].iter().all(|&b| b == 0));
     drop(log);
+    let old = dir.path().join("votes.log");
+    assert!(std::fs::metadata(&old).unwrap().len() > 5 * frame as u64);
     let log = EmbeddedLog::open(config(100)).unwrap();
     let mut records = 0;
     for p in 0..3 {
         records += read_all(&log, p).await.len();
     }
     assert_eq!(records, 6);
+    // The old segment's zeros past its share (where the new one starts) are cut on open.
+    assert_eq!(std::fs::metadata(&old).unwrap().len(), 5 * frame as u64);
 }
 
 #[tokio::test]

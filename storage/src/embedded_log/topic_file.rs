@@ -128,8 +128,10 @@ pub(super) fn open_topic(
             // the disk: kept for the next appends.
             zeroed_to = start + len;
         } else if valid < len {
-            // The torn tail of the last segment, or bytes of a failed group past a segment's share.
-            cut(&path, &file, valid, len, writable)?;
+            // The torn tail of the last segment, bytes of a failed group past a segment's share,
+            // or the writer's zeros past it (`log.segment_mb` made smaller between runs).
+            let zeros = writable && all_zeros(&file, valid, len)?;
+            cut(&path, &file, valid, len, writable, zeros)?;
         }
         pos = start + valid;
         list.push(Segment {
@@ -224,9 +226,23 @@ fn all_zeros(file: &File, from: u64, to: u64) -> Result<bool, LogError> {
     Ok(true)
 }
 
-fn cut(path: &Path, file: &File, valid: u64, len: u64, writable: bool) -> Result<(), LogError> {
+/// Cuts `file` back to `valid` (writable), saying why: `zeros` when the tail is only zeros (the
+/// writer's zeros ahead, or a failed group's bytes that never reached the disk), which hold no
+/// record and are no sign of damage.
+fn cut(
+    path: &Path,
+    file: &File,
+    valid: u64,
+    len: u64,
+    writable: bool,
+    zeros: bool,
+) -> Result<(), LogError> {
     if writable {
-        tracing::warn!(path = %path.display(), valid, len, "cutting a torn or corrupt tail left by a crash");
+        if zeros {
+            tracing::info!(path = %path.display(), valid, len, "cutting zeros past this segment's last record (they hold no record)");
+        } else {
+            tracing::warn!(path = %path.display(), valid, len, "cutting a torn or corrupt tail left by a crash");
+        }
         file.set_len(valid).map_err(io)?;
         file.sync_all().map_err(io)?;
     } else {
