@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::backends::{CacheBackend, LogBackend, PollBackend, TallyBackend};
+use std::collections::BTreeSet;
 
 #[test]
 #[allow(clippy::result_large_err)] // figment::Jail's closure signature, not ours
@@ -203,7 +204,12 @@ fn retention_reaches_the_embedded_log_and_is_refused_where_it_cannot_work() {
     assert!(log.retire_released);
     assert_eq!(log.segment_bytes, 64 << 20);
     assert_eq!(log.zero_ahead_bytes, 256 << 10);
-    let err = with(|c| c.log.zero_ahead_kb = 65_537)
+    let LogBackend::Embedded(default) = Config::default().backends().unwrap().log else {
+        panic!("embedded");
+    };
+    let library = EmbeddedLogConfig::new(default.dir.clone());
+    assert_eq!(default.zero_ahead_bytes, library.zero_ahead_bytes);
+    let err = with(|c| c.log.zero_ahead_kb = 16_385)
         .validate()
         .unwrap_err();
     assert!(err.to_string().contains("zero_ahead_kb"), "{err}");
@@ -306,16 +312,9 @@ fn the_readmes_configuration_example_holds_every_setting_at_its_default() {
         .expect("README's configuration example (a toml block starting with listen =)");
     let example: toml::Table = toml::from_str(block).expect("README's example is TOML");
     let defaults = toml::Table::try_from(Config::default()).unwrap();
-    // Top-level settings and each section's, not into a setting whose value is a map.
-    let names = |t: &toml::Table| -> std::collections::BTreeSet<String> {
-        t.iter()
-            .flat_map(|(k, v)| match v {
-                toml::Value::Table(section) => section.keys().map(|s| format!("{k}.{s}")).collect(),
-                _ => vec![k.clone()],
-            })
-            .collect()
-    };
-    let (documented, settings) = (names(&example), names(&defaults));
+    let (mut documented, mut settings) = (BTreeSet::new(), BTreeSet::new());
+    setting_names(&example, "", &mut documented);
+    setting_names(&defaults, "", &mut settings);
     let missing: Vec<_> = settings.difference(&documented).collect();
     let unknown: Vec<_> = documented.difference(&settings).collect();
     assert!(
@@ -337,14 +336,9 @@ fn the_readmes_configuration_example_holds_every_setting_at_its_default() {
     parsed.data_dir.clone_from(&chosen.data_dir);
     parsed.operator_keys.clone_from(&chosen.operator_keys);
     parsed.public_url.clone_from(&chosen.public_url);
-    let (documented, default) = (toml::to_string(&parsed), toml::to_string(&chosen));
-    let (documented, default) = (documented.unwrap(), default.unwrap());
-    let only_in = |a: &str, b: &str| -> Vec<String> {
-        let b: std::collections::BTreeSet<&str> = b.lines().collect();
-        a.lines()
-            .filter(|l| !b.contains(l))
-            .map(String::from)
-            .collect()
+    let (documented, default) = (sectioned_lines(&parsed), sectioned_lines(&chosen));
+    let only_in = |a: &BTreeSet<String>, b: &BTreeSet<String>| -> Vec<String> {
+        a.difference(b).cloned().collect()
     };
     assert!(
         documented == default && parsed == chosen,
@@ -352,4 +346,39 @@ fn the_readmes_configuration_example_holds_every_setting_at_its_default() {
         only_in(&documented, &default),
         only_in(&default, &documented)
     );
+}
+
+/// Every setting's dotted name in `table`, into sections and their tables (an array of tables by
+/// its first), but not into a setting whose value is a map of the user's own (`kafka.settings`).
+fn setting_names(table: &toml::Table, prefix: &str, names: &mut BTreeSet<String>) {
+    for (key, value) in table {
+        let name = format!("{prefix}{key}");
+        let inner = match value {
+            toml::Value::Table(t) if name != "kafka.settings" => Some(t),
+            toml::Value::Array(items) => items.first().and_then(toml::Value::as_table),
+            _ => None,
+        };
+        match inner {
+            Some(t) => setting_names(t, &format!("{name}."), names),
+            None => {
+                names.insert(name);
+            }
+        }
+    }
+}
+
+/// A configuration as TOML, each line prefixed with its table's header (`[ingest] deadline_ms =
+/// 2000`), so lines that differ say where they are.
+fn sectioned_lines(config: &Config) -> BTreeSet<String> {
+    let text = toml::to_string(config).unwrap();
+    let mut header = String::new();
+    let mut lines = BTreeSet::new();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        if line.starts_with('[') {
+            header = line.to_owned();
+        } else {
+            lines.insert(format!("{header} {line}"));
+        }
+    }
+    lines
 }

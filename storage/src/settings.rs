@@ -148,7 +148,9 @@ pub struct LogSection {
     /// With `fsync`, the embedded log keeps about this many KiB of written zeros past each
     /// topic's last record, so a group's fsync flushes its data and not the file's new size too
     /// (half an fsync's time on ext4; BENCHMARKS.md "2026-12-07 (sixth session)"). 0: none, for
-    /// copy-on-write file systems (btrfs, ZFS), where overwriting zeros saves nothing. 0 to 65536.
+    /// copy-on-write file systems (btrfs, ZFS), where overwriting zeros saves nothing. Each refill
+    /// writes about half of it on the writer's thread between groups (about 1 ms a MiB on the
+    /// project's VM), which the next group waits for; never past a segment's end. 0 to 16384.
     pub zero_ahead_kb: u64,
     /// Delete the votes log's segments that every partition's snapshot already holds (the
     /// processor snapshots every `processor.checkpoint_interval_ms`), and the tallies topic's
@@ -192,8 +194,12 @@ impl LogSection {
                     .into(),
             );
         }
-        if self.zero_ahead_kb > 65_536 {
-            return Err("log.zero_ahead_kb must be at most 65536 (64 MiB); 0 turns it off".into());
+        if self.zero_ahead_kb > 16_384 {
+            return Err(
+                "log.zero_ahead_kb must be at most 16384 (16 MiB: each refill holds the next \
+                 group up for about half of it); 0 turns it off"
+                    .into(),
+            );
         }
         match (self.partitions, self.segment_mb) {
             (1..=1024, 1..=65_536) => Ok(()),

@@ -241,15 +241,57 @@ async fn a_new_segment_gets_zeros_ahead_when_segments_became_smaller() {
     assert!(new[frame..].iter().all(|&b| b == 0));
     drop(log);
     let old = dir.path().join("votes.log");
-    assert!(std::fs::metadata(&old).unwrap().len() > 5 * frame as u64);
-    let log = EmbeddedLog::open(config(100)).unwrap();
+    let share = 5 * frame as u64;
+    assert!(std::fs::metadata(&old).unwrap().len() > share);
+    // The old segment's zeros past its share (where the new one starts) are cut on open, as
+    // zeros, not as a crash's torn tail.
+    let (log, logs) = logs_of(|| EmbeddedLog::open(config(100)).unwrap());
+    assert!(
+        logs.contains("cutting zeros") && !logs.contains("WARN"),
+        "{logs}"
+    );
     let mut records = 0;
     for p in 0..3 {
         records += read_all(&log, p).await.len();
     }
     assert_eq!(records, 6);
-    // The old segment's zeros past its share (where the new one starts) are cut on open.
-    assert_eq!(std::fs::metadata(&old).unwrap().len(), 5 * frame as u64);
+    assert_eq!(std::fs::metadata(&old).unwrap().len(), share);
+    drop(log);
+    // Bytes past the share that are not all zeros are cut too, with a warning.
+    let file = std::fs::OpenOptions::new().write(true).open(&old).unwrap();
+    file.write_all_at(&[0, 0, 7, 0], share).unwrap();
+    let (log, logs) = logs_of(|| EmbeddedLog::open(config(100)).unwrap());
+    assert!(
+        logs.contains("WARN") && logs.contains("torn or corrupt"),
+        "{logs}"
+    );
+    assert_eq!(std::fs::metadata(&old).unwrap().len(), share);
+    drop(log);
+}
+
+/// What `f` logged at INFO and above (tracing's plain text format), and what it returned.
+fn logs_of<T>(f: impl FnOnce() -> T) -> (T, String) {
+    #[derive(Clone, Default)]
+    struct Logs(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Logs {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    let out = tracing::subscriber::with_default(subscriber, f);
+    let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    (out, text)
 }
 
 #[tokio::test]

@@ -123,14 +123,15 @@ pub(super) fn open_topic(
                 path.display()
             )));
         }
-        if valid < len && next.is_none() && writable && all_zeros(&file, valid, len)? {
-            // The writer's zeros ahead (`segments.rs`), or a group none of whose bytes reached
-            // the disk: kept for the next appends.
+        // Only zeros past the records: the writer's zeros ahead (`segments.rs`), or a group none
+        // of whose bytes reached the disk. (Read-only opens do not look.)
+        let zeros = valid < len && writable && all_zeros(&file, valid, len)?;
+        if zeros && next.is_none() {
+            // Kept for the next appends.
             zeroed_to = start + len;
         } else if valid < len {
             // The torn tail of the last segment, bytes of a failed group past a segment's share,
-            // or the writer's zeros past it (`log.segment_mb` made smaller between runs).
-            let zeros = writable && all_zeros(&file, valid, len)?;
+            // or zeros past it (`log.segment_mb` made smaller between runs).
             cut(&path, &file, valid, len, writable, zeros)?;
         }
         pos = start + valid;
@@ -239,7 +240,8 @@ fn cut(
 ) -> Result<(), LogError> {
     if writable {
         if zeros {
-            tracing::info!(path = %path.display(), valid, len, "cutting zeros past this segment's last record (they hold no record)");
+            let why = "cutting zeros past the segment's last record (they hold none)";
+            tracing::info!(path = %path.display(), valid, len, "{why}");
         } else {
             tracing::warn!(path = %path.display(), valid, len, "cutting a torn or corrupt tail left by a crash");
         }
