@@ -349,12 +349,13 @@ fn the_readmes_configuration_example_holds_every_setting_at_its_default() {
 }
 
 /// Every setting's dotted name in `table`, into sections and their tables (an array of tables by
-/// its first), but not into a setting whose value is a map of the user's own (`kafka.settings`).
+/// its first), but not into a setting whose value is a map of the user's own (`kafka.settings`)
+/// or an empty one (which would leave no name behind).
 fn setting_names(table: &toml::Table, prefix: &str, names: &mut BTreeSet<String>) {
     for (key, value) in table {
         let name = format!("{prefix}{key}");
         let inner = match value {
-            toml::Value::Table(t) if name != "kafka.settings" => Some(t),
+            toml::Value::Table(t) if name != "kafka.settings" && !t.is_empty() => Some(t),
             toml::Value::Array(items) => items.first().and_then(toml::Value::as_table),
             _ => None,
         };

@@ -149,8 +149,9 @@ pub struct LogSection {
     /// topic's last record, so a group's fsync flushes its data and not the file's new size too
     /// (half an fsync's time on ext4; BENCHMARKS.md "2026-12-07 (sixth session)"). 0: none, for
     /// copy-on-write file systems (btrfs, ZFS), where overwriting zeros saves nothing. Each refill
-    /// writes about half of it on the writer's thread between groups (about 1 ms a MiB on the
-    /// project's VM), which the next group waits for; never past a segment's end. 0 to 16384.
+    /// writes about half of it (all of it when a segment starts or after an open) on the writer's
+    /// thread between groups, which the next group waits for (about 1 ms a MiB on the VM of that
+    /// section); never past a segment's end. 0 to 16384.
     pub zero_ahead_kb: u64,
     /// Delete the votes log's segments that every partition's snapshot already holds (the
     /// processor snapshots every `processor.checkpoint_interval_ms`), and the tallies topic's

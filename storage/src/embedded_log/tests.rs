@@ -136,6 +136,19 @@ fn votes_file(dir: &Path) -> Vec<u8> {
     std::fs::read(dir.join("votes.log")).unwrap()
 }
 
+/// The file at `path` once it holds at least `len` bytes, or as it is after 10 s: the writer
+/// adds zeros ahead after it has answered a group, so a test holding the answer may look too soon.
+fn file_once_at_least(path: &Path, len: usize) -> Vec<u8> {
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let bytes = std::fs::read(path).unwrap();
+        if bytes.len() >= len || Instant::now() > until {
+            return bytes;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 #[tokio::test]
 async fn the_writer_keeps_zeros_ahead_of_its_records_and_a_reopen_keeps_them() {
     let dir = tempfile::tempdir().unwrap();
@@ -172,7 +185,7 @@ async fn the_writer_keeps_zeros_ahead_of_its_records_and_a_reopen_keeps_them() {
         assert_eq!(at[0].offset, Offset(i as i64));
     }
     let end = 100 * frame;
-    let bytes = votes_file(dir.path());
+    let bytes = file_once_at_least(&dir.path().join("votes.log"), end + ahead as usize / 2);
     assert!(bytes.len() >= end + ahead as usize / 2, "{}", bytes.len());
     assert!(bytes[end..].iter().all(|&b| b == 0));
     drop(log);
@@ -236,7 +249,10 @@ async fn a_new_segment_gets_zeros_ahead_when_segments_became_smaller() {
     let files = segment_files(dir.path());
     assert_eq!(files.len(), 2, "{files:?}");
     let frame = 57; // 8 + 16 + 3 + 30 bytes
-    let new = std::fs::read(dir.path().join(format!("votes.{:020}.log", 5 * frame))).unwrap();
+    let new = file_once_at_least(
+        &dir.path().join(format!("votes.{:020}.log", 5 * frame)),
+        100,
+    );
     assert_eq!(new.len(), 100, "zeros up to where the next segment starts");
     assert!(new[frame..].iter().all(|&b| b == 0));
     drop(log);
@@ -245,9 +261,11 @@ async fn a_new_segment_gets_zeros_ahead_when_segments_became_smaller() {
     assert!(std::fs::metadata(&old).unwrap().len() > share);
     // The old segment's zeros past its share (where the new one starts) are cut on open, as
     // zeros, not as a crash's torn tail.
-    let (log, logs) = logs_of(|| EmbeddedLog::open(config(100)).unwrap());
+    capture_logs();
+    let log = EmbeddedLog::open(config(100)).unwrap();
+    let logs = logs_about(&old);
     assert!(
-        logs.contains("cutting zeros") && !logs.contains("WARN"),
+        logs.contains("cutting zeros") && !logs.contains("torn or corrupt"),
         "{logs}"
     );
     let mut records = 0;
@@ -260,19 +278,33 @@ async fn a_new_segment_gets_zeros_ahead_when_segments_became_smaller() {
     // Bytes past the share that are not all zeros are cut too, with a warning.
     let file = std::fs::OpenOptions::new().write(true).open(&old).unwrap();
     file.write_all_at(&[0, 0, 7, 0], share).unwrap();
-    let (log, logs) = logs_of(|| EmbeddedLog::open(config(100)).unwrap());
+    let log = EmbeddedLog::open(config(100)).unwrap();
+    let logs = logs_about(&old);
     assert!(
-        logs.contains("WARN") && logs.contains("torn or corrupt"),
+        logs.contains(" WARN ") && logs.contains("torn or corrupt"),
         "{logs}"
     );
     assert_eq!(std::fs::metadata(&old).unwrap().len(), share);
     drop(log);
 }
 
-/// What `f` logged at INFO and above (tracing's plain text format), and what it returned.
-fn logs_of<T>(f: impl FnOnce() -> T) -> (T, String) {
-    #[derive(Clone, Default)]
-    struct Logs(Arc<std::sync::Mutex<Vec<u8>>>);
+/// The lines this test binary logged about `path` (INFO and above, tracing's plain text), from
+/// [`capture_logs`] on.
+fn logs_about(path: &Path) -> String {
+    let all = capture_logs().lock().unwrap().clone();
+    let path = path.display().to_string();
+    String::from_utf8_lossy(&all)
+        .lines()
+        .filter(|line| line.contains(&path))
+        .map(|line| format!("{line}\n"))
+        .collect()
+}
+
+/// Every log line of this test binary from the first call on, through a global subscriber: a
+/// thread-local one could miss a line whose callsite another thread reached first.
+fn capture_logs() -> &'static std::sync::Mutex<Vec<u8>> {
+    #[derive(Clone, Copy)]
+    struct Logs(&'static std::sync::Mutex<Vec<u8>>);
     impl std::io::Write for Logs {
         fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
             self.0.lock().unwrap().extend_from_slice(bytes);
@@ -282,16 +314,18 @@ fn logs_of<T>(f: impl FnOnce() -> T) -> (T, String) {
             Ok(())
         }
     }
-    let logs = Logs::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::INFO)
-        .finish();
-    let out = tracing::subscriber::with_default(subscriber, f);
-    let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
-    (out, text)
+    static LOGS: std::sync::OnceLock<&'static std::sync::Mutex<Vec<u8>>> =
+        std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs: &'static _ = Box::leak(Box::default());
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || Logs(logs))
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("the only global subscriber");
+        logs
+    })
 }
 
 #[tokio::test]
