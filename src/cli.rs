@@ -44,8 +44,8 @@ pub enum Command {
     Recount(RecountArgs),
     // Help text: the `#[command(about, long_about)]` of `loadtest::LoadgenArgs` (with examples).
     Loadgen(Box<loadtest::LoadgenArgs>),
-    /// Print the effective configuration (after file, environment and flags) as TOML.
-    Config(ServeArgs),
+    /// Print the effective configuration (after file, environment and flags) as TOML, its secrets (keys, passwords) hidden unless --show-secrets.
+    Config(ConfigArgs),
     /// Probe a node: exit 0 if URL answers 200, 1 otherwise (for container healthchecks; the image has no curl).
     Healthcheck(HealthcheckArgs),
     /// Create or update the PostgreSQL tables of the distributed mode (polls, partial tallies, partition checkpoints), and with --scylla the ScyllaDB keyspace and tally tables; safe to repeat.
@@ -99,6 +99,16 @@ pub struct RecountArgs {
     /// Print the report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    #[command(flatten)]
+    pub settings: ServeArgs,
+    /// Print the operator keys, aggregator keys, the voter-token secret and the passwords in
+    /// URLs and Kafka settings as they are, instead of <redacted>.
+    #[arg(long)]
+    pub show_secrets: bool,
 }
 
 #[derive(Debug, Args)]
@@ -245,8 +255,15 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Config(args) => {
-            args.apply(&mut config);
-            print!("{}", toml_of(&config));
+            args.settings.apply(&mut config);
+            // Only a configuration every service would start with is printed.
+            config.validate()?;
+            if args.show_secrets {
+                print!("{}", toml_of(&config));
+            } else {
+                println!("# secrets are shown as <redacted>; `crowdtick config --show-secrets` prints them");
+                print!("{}", toml_of(&config.redacted()));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Healthcheck(args) => {

@@ -373,5 +373,6 @@ impl Config {
     }
 }
 
+mod secrets;
 #[cfg(test)]
 mod tests;

@@ -63,8 +63,11 @@ def run_crowdtick_config(
     *,
     binary: Path | None = None,
     timeout: float = 60,
+    show_secrets: bool = True,
 ) -> subprocess.CompletedProcess[str]:
-    """Runs `crowdtick config --config FILE [args]` and returns the finished process.
+    """Runs `crowdtick config --config FILE [--show-secrets] [args]` and returns the finished
+    process. With `show_secrets` (the checks compare the keys and URLs that reach the binary) it
+    prints them as they are; without, as `<redacted>`.
 
     `toml_text` is written to a temporary FILE (None: an empty file). The process gets exactly
     `env` plus PATH (nothing else from this process's environment, so stray CROWDTICK_* variables
@@ -81,7 +84,7 @@ def run_crowdtick_config(
             run_env["CROWDTICK_CONFIG"] = str(config_file)
         run_env["PATH"] = os.environ.get("PATH", "/usr/bin:/bin")
         return subprocess.run(
-            [str(binary), "config", "--config", str(config_file), *args],
+            [str(binary), "config", "--config", str(config_file), *(["--show-secrets"] if show_secrets else []), *args],
             env=run_env,
             cwd=tmp,
             capture_output=True,

@@ -15,6 +15,9 @@
    `crowdtick config` (the binary's own loading and validation), which must accept them; with one
    key misspelled (in the TOML, or in a variable's name) it must refuse them; [scylla] and
    [schema_registry] are rendered only when turned on, and read back by the binary as given;
+5. every setting the binary knows is rendered into crowdtick.toml or given as a variable, but for
+   the few _helpers.tpl names as left out (the embedded log's files, the old API's throttles);
+   and `crowdtick config` in a pod prints none of the chart's secrets without --show-secrets.
 
 The API's secrets are checked in test_helm_secrets.py; the rendering both use is helm_support.py.
 """
@@ -587,3 +590,115 @@ def test_crowdtick_refuses_a_misspelled_key(chart: helm.Chart, value_set: str) -
                 if result.returncode == 0:
                     accepted.append(f"{label}: variable {typo} (for {name}) was accepted")
     assert not accepted, "misspellings that were not refused:\n" + "\n".join(accepted)
+
+
+# --- 5. every setting is the chart's to set, or named as not ---------------------------------
+
+# What no container of the chart is given, neither in its crowdtick.toml nor as a variable: the
+# embedded log's own files and commits (the chart's pods log to Kafka), and the old API's
+# throttles (only a node of every role serves that API; the chart runs none). _helpers.tpl's
+# comment on crowdtick.toml must name each of these, and each setting that comes from a variable.
+NOT_IN_THE_CHART = {
+    "log.commit_interval_us", "log.segment_mb", "log.zero_ahead_kb", "log.retire_after_snapshot", "[seed]",
+}
+
+
+def setting_names(table: dict, prefix: str = "") -> set[str]:
+    """Dotted names of a configuration's settings; kafka.settings (a free map) and arrays of
+    tables are settings of their own, and a [seed] setting is the section "[seed]"."""
+    names = set()
+    for key, value in table.items():
+        name = prefix + key
+        if isinstance(value, dict) and name != "kafka.settings":
+            names |= setting_names(value, name + ".")
+        else:
+            names.add("[seed]" if name.startswith("seed.") else name)
+    return names
+
+
+def helpers_toml_comment() -> str:
+    """The comment above _helpers.tpl's crowdtick.toml definition."""
+    text = (CHART / "templates" / "_helpers.tpl").read_text(encoding="utf-8")
+    comment = re.search(r"\{\{/\*\ncrowdtick\.toml: (.*?)\*/\}\}\n\{\{- define \"crowdtick\.toml\"", text, re.S)
+    assert comment, "_helpers.tpl: no comment above the crowdtick.toml definition"
+    return comment.group(1)
+
+
+def test_the_chart_renders_every_setting_but_those_it_names(chart: helm.Chart) -> None:
+    binary = crowdtick_binary()
+    every, rendered, from_env = set(), set(), set()
+    for values in VALUE_SETS.values():
+        for label, docs, pod_name, spec, container in crowdtick_containers(chart, values):
+            toml, env = container_settings(docs, pod_name, spec, container)
+            result = run_crowdtick_config(toml, env, (container.get("args") or container["command"])[1:],
+                                          binary=binary)
+            assert result.returncode == 0, f"{label}: crowdtick config exited {result.returncode}: {result.stderr}"
+            every |= setting_names(tomllib.loads(result.stdout))
+            rendered |= setting_names(tomllib.loads(toml))
+            from_env |= {name.removeprefix("CROWDTICK_").lower().replace("__", ".") for name in env
+                         if name.startswith("CROWDTICK_")}
+    from_env &= every
+    assert rendered <= every, f"the chart renders settings the binary does not know: {sorted(rendered - every)}"
+    assert every - rendered - from_env == NOT_IN_THE_CHART, (
+        "settings the chart neither renders nor gives as variables, against the ones it names: "
+        f"missing from the chart {sorted(every - rendered - from_env - NOT_IN_THE_CHART)}, "
+        f"named but in the chart {sorted(NOT_IN_THE_CHART - (every - rendered - from_env))}")
+    comment = helpers_toml_comment()
+    unnamed = sorted(n for n in NOT_IN_THE_CHART | (from_env - rendered) if n not in comment)
+    assert not unnamed, f"_helpers.tpl's comment on crowdtick.toml does not name {unnamed}"
+
+
+def test_realtime_and_http_values_reach_the_binary(chart: helm.Chart) -> None:
+    values = {"realtime": {"sendTimeoutMs": 7000, "socketSendBufferBytes": 16384, "fanoutThreads": 2,
+                           "fanoutNice": 5, "sseKeepAliveSecs": 20},
+              "config": {"http": {"writeStallTimeoutMs": 3000}}}
+    expected = {"send_timeout_ms": 7000, "socket_send_buffer_bytes": 16384, "fanout_threads": 2,
+                "fanout_nice": 5, "sse_keep_alive_secs": 20}
+    for label, effective in effective_settings(chart, values).items():
+        assert {k: effective["realtime"][k] for k in expected} == expected, label
+        assert effective["http"]["write_stall_timeout_ms"] == 3000, label
+
+
+@pytest.mark.parametrize("values, where", [
+    ({"realtime": {"sendTimeoutMs": 0}}, "/realtime/sendTimeoutMs"),
+    ({"realtime": {"fanoutNice": 20}}, "/realtime/fanoutNice"),
+    ({"realtime": {"fanoutNice": -1}}, "/realtime/fanoutNice"),
+    ({"realtime": {"sseKeepAliveSecs": 86401}}, "/realtime/sseKeepAliveSecs"),
+    ({"config": {"http": {"writeStallTimeoutMs": -1}}}, "/config/http/writeStallTimeoutMs"),
+])
+def test_schema_refuses_bad_realtime_and_http_values(chart: helm.Chart, values: dict, where: str) -> None:
+    with pytest.raises(helm.HelmValuesError) as refused:
+        chart.render(values, name=RELEASE, namespace=NAMESPACE)
+    assert f"at '{where}" in str(refused.value), str(refused.value)
+
+
+SECRET_VALUES = {
+    "auth": {"operatorKeys": ["operator-key-0123456789"],
+             "aggregators": [{"name": "sms-uk", "key": "aggregator-key-0123456789"}],
+             "voterTokens": {"hmacSecret": "voter-token-hmac-secret-0123456789abcdef"}},
+    "postgres": {"url": "postgres://crowdtick:postgres-password-0123@postgres:5432/crowdtick"},
+    "redis": {"url": "redis://:redis-password-0123@redis:6379"},
+}
+
+
+def test_crowdtick_config_prints_no_secret_of_the_chart_unless_asked(chart: helm.Chart) -> None:
+    """`crowdtick config` in a pod (kubectl exec) prints the chart's keys and passwords only with
+    --show-secrets; every other setting it prints as with it."""
+    secrets = ["operator-key-0123456789", "aggregator-key-0123456789", "voter-token-hmac-secret-0123456789abcdef",
+               "postgres-password-0123", "redis-password-0123"]
+    binary = crowdtick_binary()
+    for label, docs, pod_name, spec, container in crowdtick_containers(chart, SECRET_VALUES):
+        toml, env = container_settings(docs, pod_name, spec, container)
+        flags = (container.get("args") or container["command"])[1:]
+        hidden = run_crowdtick_config(toml, env, flags, binary=binary, show_secrets=False)
+        shown = run_crowdtick_config(toml, env, flags, binary=binary)
+        assert hidden.returncode == 0 and shown.returncode == 0, (label, hidden.stderr, shown.stderr)
+        assert [s for s in secrets if s in shown.stdout], f"{label}: the chart's secrets do not reach the binary"
+        printed = [s for s in secrets if s in hidden.stdout]
+        assert not printed, f"{label}: `crowdtick config` prints {printed}"
+        hidden_settings, shown_settings = tomllib.loads(hidden.stdout), tomllib.loads(shown.stdout)
+        for section, key in [("", "operator_keys"), ("ingest", "aggregators"), ("ingest", "voter_tokens"),
+                             ("postgres", "url"), ("redis", "url")]:
+            for settings in (hidden_settings, shown_settings):
+                (settings[section] if section else settings).pop(key, None)
+        assert hidden_settings == shown_settings, label

@@ -106,9 +106,16 @@ app.kubernetes.io/component: {{ .component }}
 
 {{/*
 crowdtick.toml: every CrowdTick setting that is not a secret, built from the values. Strings are
-written with toJson, whose escapes are valid in TOML basic strings. Not here (environment
-variables from a Secret or the pod): operator_keys, ingest.aggregators,
-ingest.voter_tokens.hmac_secret, postgres.url, redis.url, processor.instance_id.
+written with toJson, whose escapes are valid in TOML basic strings. Not here:
+- from environment variables (a Secret or the pod): listen, data_dir, operator_keys,
+  ingest.aggregators, ingest.voter_tokens.hmac_secret, postgres.url, redis.url,
+  processor.instance_id;
+- the embedded log's own files and commits, which no pod of the chart has (votes and tallies go
+  to Kafka): log.commit_interval_us, log.segment_mb, log.zero_ahead_kb, log.retire_after_snapshot;
+- [seed], the old API's throttles: the old API is served only by a node of every role (`crowdtick
+  serve`), which the chart does not run.
+deploy/checks/test_helm.py (test_the_chart_renders_every_setting_but_those_it_names) holds this
+list to the binary's settings.
 */}}
 {{- define "crowdtick.toml" -}}
 {{- $v := .Values -}}
@@ -188,6 +195,11 @@ coalesce_ms = {{ $v.realtime.coalesceMs | int64 }}
 min_coalesce_ms = {{ $v.realtime.minCoalesceMs | int64 }}
 frame_budget = {{ $v.realtime.frameBudget | int64 }}
 allowed_origins = {{ $v.realtime.allowedOrigins | default list | toJson }}
+send_timeout_ms = {{ $v.realtime.sendTimeoutMs | int64 }}
+socket_send_buffer_bytes = {{ $v.realtime.socketSendBufferBytes | int64 }}
+fanout_threads = {{ $v.realtime.fanoutThreads | int64 }}
+fanout_nice = {{ $v.realtime.fanoutNice | int64 }}
+sse_keep_alive_secs = {{ $v.realtime.sseKeepAliveSecs | int64 }}
 
 [http]
 header_read_timeout_ms = {{ $v.config.http.headerReadTimeoutMs | int64 }}
@@ -195,6 +207,7 @@ body_read_timeout_ms = {{ $v.config.http.bodyReadTimeoutMs | int64 }}
 max_connections = {{ $v.config.http.maxConnections | int64 }}
 max_connections_per_address = {{ $v.config.http.maxConnectionsPerAddress | int64 }}
 limits_exempt_loopback = {{ $v.config.http.limitsExemptLoopback }}
+write_stall_timeout_ms = {{ $v.config.http.writeStallTimeoutMs | int64 }}
 listen_backlog = {{ $v.config.http.listenBacklog | int64 }}
 {{- with $v.scylla }}
 {{- if .hosts }}
