@@ -44,7 +44,7 @@ pub enum Command {
     Recount(RecountArgs),
     // Help text: the `#[command(about, long_about)]` of `loadtest::LoadgenArgs` (with examples).
     Loadgen(Box<loadtest::LoadgenArgs>),
-    /// Print the effective configuration (after file, environment and flags) as TOML, its secrets (keys, passwords) hidden unless --show-secrets.
+    /// Print the effective configuration (file, environment, flags) as TOML, secrets hidden.
     Config(ConfigArgs),
     /// Probe a node: exit 0 if URL answers 200, 1 otherwise (for container healthchecks; the image has no curl).
     Healthcheck(HealthcheckArgs),
@@ -256,7 +256,7 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Config(args) => {
             args.settings.apply(&mut config);
-            // Only a configuration every service would start with is printed.
+            // Refused as `serve` refuses it after the flags (the keys are checked at start).
             config.validate()?;
             if args.show_secrets {
                 print!("{}", toml_of(&config));

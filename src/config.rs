@@ -18,6 +18,10 @@ pub use ingest::{IngestSection, DEV_AGGREGATOR_KEY};
 pub use processor::ProcessorSection;
 pub use realtime::RealtimeSection;
 
+/// The operator key of the default configuration, for a laptop (public, like
+/// [`DEV_AGGREGATOR_KEY`]).
+pub const DEV_OPERATOR_KEY: &str = "dev-operator-key";
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -58,7 +62,7 @@ impl Default for Config {
         Self {
             listen: "127.0.0.1:8080".into(),
             data_dir: "data".into(),
-            operator_keys: vec!["dev-operator-key".into()],
+            operator_keys: vec![DEV_OPERATOR_KEY.into()],
             public_url: String::new(),
             log: LogSection::default(),
             ingest: IngestSection::default(),
@@ -216,6 +220,13 @@ impl Config {
             self.http.check(),
         ] {
             check.map_err(anyhow::Error::msg)?;
+        }
+        if let Some(setting) = self.redacted_secret() {
+            anyhow::bail!(
+                "{setting} holds {}, which is how `crowdtick config` prints a secret: give the \
+                 secret itself (`crowdtick config --show-secrets` prints it)",
+                secrets::REDACTED
+            );
         }
         // Backends that need one another (a schema registry needs Kafka, ScyllaDB PostgreSQL).
         self.backends()?;

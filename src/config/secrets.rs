@@ -2,41 +2,65 @@
 //! them (`--show-secrets`): a terminal, a ticket or a CI log that shows the configuration does not
 //! carry an operator key, an aggregator's key, the voter-token secret or a password.
 //!
-//! Hidden: every operator key; every aggregator's key; `ingest.voter_tokens.hmac_secret`; the
-//! password of `postgres.url`, `redis.url` and `schema_registry.url` (in the URL's user
-//! information, a `password=` query parameter, or a `password=` word of a key=value connection
-//! string); `kafka.settings` whose name says password, secret, a private key or OAuth's config.
-//! An empty setting stays empty, so the output still says what is not set.
+//! Hidden: every operator key and aggregator key but the development ones of the default
+//! configuration (public, and worth seeing on a node that still runs with them);
+//! `ingest.voter_tokens.hmac_secret`; the passwords of `postgres.url`, `redis.url` and
+//! `schema_registry.url`, wherever their clients read one (`storage::redact`); `kafka.settings`
+//! whose name says password, passphrase, secret, a private key or OAuth's config. An empty setting
+//! stays empty, so the output still says what is not set. [`Config::validate`] refuses a secret
+//! that is [`REDACTED`], so printed output fed back in fails at once instead of running with it.
 
-use super::Config;
-
-/// What a hidden secret is printed as.
-pub const REDACTED: &str = "<redacted>";
+use super::{Config, DEV_AGGREGATOR_KEY, DEV_OPERATOR_KEY};
+pub use storage::redact::REDACTED;
 
 impl Config {
     /// This configuration with every secret replaced by [`REDACTED`] (see the module docs).
     pub fn redacted(&self) -> Config {
         let mut shown = self.clone();
         for key in &mut shown.operator_keys {
-            *key = REDACTED.into();
+            if key != DEV_OPERATOR_KEY {
+                hide(key);
+            }
         }
         for aggregator in &mut shown.ingest.aggregators {
-            aggregator.key = REDACTED.into();
+            if aggregator.key != DEV_AGGREGATOR_KEY {
+                hide(&mut aggregator.key);
+            }
         }
         hide(&mut shown.ingest.voter_tokens.hmac_secret);
-        for url in [
-            &mut shown.postgres.url,
-            &mut shown.redis.url,
-            &mut shown.schema_registry.url,
-        ] {
-            *url = without_passwords(url);
-        }
+        shown.postgres.url = storage::redact::postgres(&shown.postgres.url);
+        shown.redis.url = storage::redact::redis(&shown.redis.url);
+        shown.schema_registry.url = storage::redact::registry(&shown.schema_registry.url);
         for (name, value) in &mut shown.kafka.settings {
             if is_secret_kafka_setting(name) {
                 hide(value);
             }
         }
         shown
+    }
+
+    /// The first secret setting whose value is [`REDACTED`], as printed output fed back in has.
+    pub(super) fn redacted_secret(&self) -> Option<&'static str> {
+        let is = |s: &String| s == REDACTED;
+        if self.operator_keys.iter().any(is) {
+            Some("operator_keys")
+        } else if self.ingest.aggregators.iter().any(|a| is(&a.key)) {
+            Some("ingest.aggregators")
+        } else if is(&self.ingest.voter_tokens.hmac_secret) {
+            Some("ingest.voter_tokens.hmac_secret")
+        } else if self.kafka.settings.values().any(is) {
+            Some("kafka.settings")
+        } else {
+            [
+                &self.postgres.url,
+                &self.redis.url,
+                &self.schema_registry.url,
+            ]
+            .into_iter()
+            .zip(["postgres.url", "redis.url", "schema_registry.url"])
+            .find(|(url, _)| url.contains(REDACTED))
+            .map(|(_, name)| name)
+        }
     }
 }
 
@@ -47,132 +71,35 @@ fn hide(secret: &mut String) {
 }
 
 /// librdkafka's properties that hold a secret: `sasl.password`, `ssl.key.password`,
-/// `ssl.keystore.password`, `sasl.oauthbearer.client.secret`, `ssl.key.pem`,
-/// `sasl.oauthbearer.config` (which may carry a client secret), and any other with such a name.
+/// `ssl.keystore.password`, `sasl.oauthbearer.client.secret`,
+/// `sasl.oauthbearer.assertion.private.key.passphrase`, `ssl.key.pem`, `sasl.oauthbearer.config`
+/// (which may carry a client secret), and any other with such a name.
 fn is_secret_kafka_setting(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
-    ["password", "secret", "key.pem", "oauthbearer.config"]
-        .iter()
-        .any(|part| name.contains(part))
-}
-
-/// `urls` (one, or several separated by commas) with each password replaced.
-fn without_passwords(urls: &str) -> String {
-    urls.split(',')
-        .map(|url| match url.find("://") {
-            Some(scheme_end) => url_without_password(url, scheme_end + 3),
-            None => words_without_password(url),
-        })
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-/// A URL whose authority starts at `start`: the password of its user information and of a
-/// `password` or `sslpassword` query parameter replaced.
-fn url_without_password(url: &str, start: usize) -> String {
-    let end = url[start..]
-        .find(['/', '?', '#'])
-        .map_or(url.len(), |i| start + i);
-    let mut shown = String::with_capacity(url.len());
-    match url[start..end].rfind('@') {
-        Some(at) => {
-            let user_info = &url[start..start + at];
-            shown.push_str(&url[..start]);
-            match user_info.split_once(':') {
-                Some((user, _password)) => {
-                    shown.push_str(user);
-                    shown.push(':');
-                    shown.push_str(REDACTED);
-                }
-                None => shown.push_str(user_info),
-            }
-            shown.push_str(&url[start + at..end]);
-        }
-        None => shown.push_str(&url[..end]),
-    }
-    let rest = &url[end..];
-    let Some((path, query_and_fragment)) = rest.split_once('?') else {
-        shown.push_str(rest);
-        return shown;
-    };
-    let (query, fragment) = match query_and_fragment.split_once('#') {
-        Some((q, f)) => (q, Some(f)),
-        None => (query_and_fragment, None),
-    };
-    shown.push_str(path);
-    shown.push('?');
-    let params: Vec<String> = query
-        .split('&')
-        .map(|param| match param.split_once('=') {
-            Some((name, _)) if is_password_name(name) => format!("{name}={REDACTED}"),
-            _ => param.to_owned(),
-        })
-        .collect();
-    shown.push_str(&params.join("&"));
-    if let Some(fragment) = fragment {
-        shown.push('#');
-        shown.push_str(fragment);
-    }
-    shown
-}
-
-/// A key=value connection string (`host=db user=crowdtick password=...`) with its password words
-/// replaced.
-fn words_without_password(conninfo: &str) -> String {
-    conninfo
-        .split(' ')
-        .map(|word| match word.split_once('=') {
-            Some((name, _)) if is_password_name(name) => format!("{name}={REDACTED}"),
-            _ => word.to_owned(),
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-fn is_password_name(name: &str) -> bool {
-    name.eq_ignore_ascii_case("password") || name.eq_ignore_ascii_case("sslpassword")
+    [
+        "password",
+        "passphrase",
+        "secret",
+        "key.pem",
+        "oauthbearer.config",
+    ]
+    .iter()
+    .any(|part| name.contains(part))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn urls_keep_everything_but_their_passwords() {
-        for (given, shown) in [
-            ("", ""),
-            ("postgres://crowdtick@db:5432/crowdtick", "postgres://crowdtick@db:5432/crowdtick"),
-            (
-                "postgres://crowdtick:s3cr:et@db:5432/crowdtick?sslmode=require",
-                "postgres://crowdtick:<redacted>@db:5432/crowdtick?sslmode=require",
-            ),
-            ("redis://:hunter2@cache:6379/0", "redis://:<redacted>@cache:6379/0"),
-            ("rediss://cache:6379", "rediss://cache:6379"),
-            (
-                "postgres://db/crowdtick?user=ct&password=hunter2&sslmode=require#x",
-                "postgres://db/crowdtick?user=ct&password=<redacted>&sslmode=require#x",
-            ),
-            (
-                "http://reg:pw@registry-a:8081,http://registry-b:8081?sslpassword=pw",
-                "http://reg:<redacted>@registry-a:8081,http://registry-b:8081?sslpassword=<redacted>",
-            ),
-            (
-                "host=db user=crowdtick password=hunter2 dbname=crowdtick",
-                "host=db user=crowdtick password=<redacted> dbname=crowdtick",
-            ),
-            // An '@' in the path is not user information.
-            ("http://registry:8081/a@b", "http://registry:8081/a@b"),
-        ] {
-            assert_eq!(without_passwords(given), shown, "{given}");
-        }
-    }
-
-    #[test]
-    fn every_secret_is_hidden_and_every_other_setting_kept() {
+    fn with_secrets() -> Config {
         let mut config = Config {
             operator_keys: vec!["operator-key-one".into(), "operator-key-two".into()],
             ..Config::default()
         };
+        let mut sms = config.ingest.aggregators[0].clone();
+        sms.name = "sms-uk".into();
+        sms.key = "sms-uk-aggregator-key".into();
+        config.ingest.aggregators.push(sms);
         config.ingest.voter_tokens.hmac_secret = "a-voter-token-secret-of-32-bytes!".into();
         config.postgres.url = "postgres://ct:pg-password@db/ct".into();
         config.redis.url = "redis://:redis-password@cache:6379".into();
@@ -181,6 +108,10 @@ mod tests {
             ("sasl.password", "kafka-password"),
             ("SSL.KEY.PASSWORD", "key-password"),
             ("sasl.oauthbearer.client.secret", "oauth-secret"),
+            (
+                "sasl.oauthbearer.assertion.private.key.passphrase",
+                "passphrase-secret",
+            ),
             ("ssl.key.pem", "-----BEGIN PRIVATE KEY-----"),
             (
                 "sasl.oauthbearer.config",
@@ -191,12 +122,18 @@ mod tests {
         ] {
             config.kafka.settings.insert(name.into(), value.into());
         }
-        let printed = toml::to_string(&config.redacted()).unwrap();
+        config
+    }
+
+    #[test]
+    fn every_secret_is_hidden_and_every_other_setting_kept() {
+        let config = with_secrets();
         let shown = config.redacted();
+        let printed = toml::to_string(&shown).unwrap();
         for secret in [
             "operator-key-one",
             "operator-key-two",
-            super::super::DEV_AGGREGATOR_KEY,
+            "sms-uk-aggregator-key",
             "a-voter-token-secret",
             "pg-password",
             "redis-password",
@@ -204,16 +141,14 @@ mod tests {
             "kafka-password",
             "key-password",
             "oauth-secret",
+            "passphrase-secret",
             "PRIVATE KEY",
             "oauth-config-secret",
         ] {
             assert!(!printed.contains(secret), "{secret} is printed:\n{printed}");
         }
         assert_eq!(shown.operator_keys, [REDACTED, REDACTED]);
-        assert_eq!(
-            shown.ingest.aggregators.len(),
-            config.ingest.aggregators.len()
-        );
+        assert_eq!(shown.ingest.aggregators[1].key, REDACTED);
         assert_eq!(shown.kafka.settings["linger.ms"], "7");
         assert_eq!(shown.kafka.settings["sasl.username"], "crowdtick");
         // Everything else as it was.
@@ -229,10 +164,29 @@ mod tests {
     }
 
     #[test]
-    fn settings_that_are_not_set_stay_empty() {
-        let shown = Config::default().redacted();
+    fn development_keys_and_settings_not_set_are_shown_as_they_are() {
+        let mut config = Config::default();
+        config.operator_keys.push(String::new());
+        let shown = config.redacted();
+        assert_eq!(shown.operator_keys, [DEV_OPERATOR_KEY, ""]);
+        assert_eq!(shown.ingest.aggregators[0].key, DEV_AGGREGATOR_KEY);
         assert_eq!(shown.ingest.voter_tokens.hmac_secret, "");
         assert_eq!(shown.postgres.url, "");
         assert_eq!(shown.redis.url, "");
+    }
+
+    #[test]
+    fn printed_secrets_fed_back_in_are_refused() {
+        assert_eq!(with_secrets().redacted_secret(), None);
+        let shown = with_secrets().redacted();
+        assert_eq!(shown.redacted_secret(), Some("operator_keys"));
+        let error = shown.validate().unwrap_err().to_string();
+        assert!(
+            error.contains("operator_keys") && error.contains("--show-secrets"),
+            "{error}"
+        );
+        let mut only_url = with_secrets();
+        only_url.redis.url = shown.redis.url.clone();
+        assert_eq!(only_url.redacted_secret(), Some("redis.url"));
     }
 }

@@ -46,6 +46,7 @@ pub mod metrics;
 pub mod poll_journal;
 pub mod polls;
 pub mod postgres;
+pub mod redact;
 pub mod redis_cache;
 pub mod registry_log;
 pub mod scylla;

@@ -53,7 +53,7 @@ impl From<PgError> for StoreError {
 /// A pool of connections to `url` (`postgres://user[:password]@host:port/database`), after one
 /// successful connection. The error names the server (password hidden) and the cause.
 pub async fn connect(url: &str) -> Result<Pool, PgError> {
-    let shown = redact(url);
+    let shown = crate::redact::postgres(url);
     let mut config: tokio_postgres::Config = url
         .parse()
         .map_err(|e| PgError::new(format!("invalid PostgreSQL URL {shown}: {}", pg_text(&e))))?;
@@ -536,27 +536,6 @@ fn quote_ident(name: &str) -> Result<String, PgError> {
         )));
     }
     Ok(format!("\"{}\"", name.replace('"', "\"\"")))
-}
-
-/// The URL with its password hidden, for messages.
-fn redact(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_string();
-    };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => match rest[..at].find(':') {
-            Some(colon) => format!(
-                "{}{}:***{}",
-                &url[..scheme_end + 3],
-                &rest[..colon],
-                &rest[at..]
-            ),
-            None => url.to_string(),
-        },
-        None => url.to_string(),
-    }
 }
 
 /// A tokio-postgres error with its cause (its `Display` alone says only "db error" and the like).

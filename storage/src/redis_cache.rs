@@ -73,15 +73,16 @@ fn err(what: &str, e: redis::RedisError) -> StoreError {
 impl RedisCache {
     /// Connects (and checks the connection with a PING).
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, StoreError> {
+        let shown = crate::redact::redis(url);
         let client = redis::Client::open(url)
-            .map_err(|e| StoreError::io(format!("Redis URL {url:?}"), e))?;
+            .map_err(|e| StoreError::io(format!("Redis URL {shown:?}"), e))?;
         let mut conn = tokio::time::timeout(
             std::time::Duration::from_secs(10),
             client.get_connection_manager(),
         )
         .await
-        .map_err(|_| StoreError::io(format!("Redis at {url}"), "no answer within 10 s"))?
-        .map_err(|e| StoreError::io(format!("Redis at {url}"), e))?;
+        .map_err(|_| StoreError::io(format!("Redis at {shown}"), "no answer within 10 s"))?
+        .map_err(|e| StoreError::io(format!("Redis at {shown}"), e))?;
         let _: String = redis::cmd("PING")
             .query_async(&mut conn)
             .await

@@ -153,7 +153,7 @@ impl RegistryLog {
         )
         .await?;
         tracing::info!(
-            registry = %config.url,
+            registry = %crate::redact::registry(&config.url),
             votes_subject = %votes.subject, votes_id = votes.id,
             tallies_subject = %tallies.subject, tallies_id = tallies.id,
             "schema registry: records are framed with these schema ids"
@@ -224,7 +224,7 @@ async fn framing(
         post_schema(settings, subject.clone(), supplied)
             .await
             .map_err(|source| RegistryError::Register {
-                url: config.url.clone(),
+                url: crate::redact::registry(&config.url),
                 subject: subject.clone(),
                 source,
             })?
@@ -239,7 +239,7 @@ async fn framing(
                 })
             })
             .map_err(|source| RegistryError::NotRegistered {
-                url: config.url.clone(),
+                url: crate::redact::registry(&config.url),
                 subject: subject.clone(),
                 file,
                 source,

@@ -160,14 +160,13 @@ async fn unreachable_server_is_a_clear_error() {
     assert!(err.unreachable);
     let e = err.to_string();
     assert!(
-        e.starts_with("cannot connect to PostgreSQL at postgres://postgres:***@127.0.0.1:1/test: "),
+        e.starts_with(
+            "cannot connect to PostgreSQL at postgres://postgres:<redacted>@127.0.0.1:1/test: "
+        ),
         "{e}"
     );
     assert!(!e.contains("secret"), "{e}");
     assert!(e.to_lowercase().contains("refused"), "{e}");
-    assert_eq!(redact("postgres://h/db"), "postgres://h/db");
-    assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
-    assert_eq!(redact("host=h user=u"), "host=h user=u");
     assert!(quote_ident("").is_err());
     assert_eq!(quote_ident("a\"b").unwrap(), "\"a\"\"b\"");
 }
