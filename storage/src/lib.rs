@@ -17,6 +17,8 @@
 //! - [`metrics`]: the logs' collectors for `/metrics` (`crowdtick_log_*`,
 //!   `crowdtick_schema_registry_*`).
 //! - [`redis_cache`]: [`RedisCache`], the distributed mode's results cache and change notices.
+//! - [`redact`]: PostgreSQL, Redis and schema-registry URLs with their passwords hidden, for
+//!   messages, logs and `crowdtick config`.
 //! - [`polls`]: [`PollCatalog`], the in-memory view of every poll that the edge and
 //!   the processor consult per vote, over a [`PollStore`] ([`FilePollStore`] when embedded).
 //! - [`poll_journal`]: [`FilePollStore`], poll definitions as an append-only journal of JSON lines

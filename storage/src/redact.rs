@@ -1,11 +1,11 @@
 //! Connection strings with their passwords hidden, for what CrowdTick prints (error messages,
 //! logs, `crowdtick config`). Each is read as the client that connects with it reads it, so a
 //! password the client would use is never printed:
-//! - [`postgres`]: tokio-postgres's URL (the user information runs to the first `@`, a
+//! - [`postgres()`]: tokio-postgres's URL (the user information runs to the first `@`, a
 //!   `password` query parameter) or its key=value words (quoted values, backslash escapes);
-//! - [`redis`]: the redis crate's URL (the user information of its authority, a `pass` query
+//! - [`redis()`]: the redis crate's URL (the user information of its authority, a `pass` query
 //!   parameter of a Unix socket's URL);
-//! - [`registry`]: the schema registry's URLs, separated by commas.
+//! - [`registry()`]: the schema registry's URLs, separated by commas.
 //!
 //! An empty password stays empty; everything else is printed as given.
 

@@ -258,6 +258,25 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn a_bad_url_is_named_without_its_password() {
+        let Err(e) = RedisCache::connect("redis://:not-this-one@127.0.0.1:no-port", "p:").await
+        else {
+            panic!("a URL without a port number was accepted");
+        };
+        let mut text = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(cause) = source {
+            text.push_str(&format!(": {cause}"));
+            source = cause.source();
+        }
+        assert!(
+            text.contains("redis://:<redacted>@127.0.0.1:no-port"),
+            "{text}"
+        );
+        assert!(!text.contains("not-this-one"), "{text}");
+    }
+
     /// The script's own spelling of "newer partial wins", against `schemas::Freshness`: every
     /// pair (held, new) of freshness values, each in its own poll.
     #[tokio::test]
