@@ -54,9 +54,13 @@ impl From<PgError> for StoreError {
 /// successful connection. The error names the server (password hidden) and the cause.
 pub async fn connect(url: &str) -> Result<Pool, PgError> {
     let shown = crate::redact::postgres(url);
-    let mut config: tokio_postgres::Config = url
-        .parse()
-        .map_err(|e| PgError::new(format!("invalid PostgreSQL URL {shown}: {}", pg_text(&e))))?;
+    let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
+        PgError::new(format!(
+            "invalid PostgreSQL URL {shown}: {}; write it as \
+                 postgres://user:password@host:port/database or as key=value words",
+            unquoted(&pg_text(&e))
+        ))
+    })?;
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(Duration::from_secs(5));
     }
@@ -536,6 +540,24 @@ fn quote_ident(name: &str) -> Result<String, PgError> {
         )));
     }
     Ok(format!("\"{}\"", name.replace('"', "\"\"")))
+}
+
+/// `text` with each `quoted` part longer than a character left out: tokio-postgres quotes the
+/// piece of a connection string it could not read, which may hold a password.
+fn unquoted(text: &str) -> String {
+    let mut parts = text.split('`');
+    let mut shown = parts.next().unwrap_or_default().to_owned();
+    while let Some(quoted) = parts.next() {
+        shown.push('`');
+        shown.push_str(if quoted.chars().count() > 1 {
+            "…"
+        } else {
+            quoted
+        });
+        shown.push('`');
+        shown.push_str(parts.next().unwrap_or_default());
+    }
+    shown
 }
 
 /// A tokio-postgres error with its cause (its `Display` alone says only "db error" and the like).

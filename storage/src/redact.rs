@@ -1,77 +1,114 @@
 //! Connection strings with their passwords hidden, for what CrowdTick prints (error messages,
-//! logs, `crowdtick config`). Each is read as the client that connects with it reads it, so a
-//! password the client would use is never printed:
-//! - [`postgres()`]: tokio-postgres's URL (the user information runs to the first `@`, a
-//!   `password` query parameter) or its key=value words (quoted values, backslash escapes);
-//! - [`redis()`]: the redis crate's URL (the user information of its authority, a `pass` query
-//!   parameter of a Unix socket's URL);
-//! - [`registry()`]: the schema registry's URLs, separated by commas.
+//! logs, `crowdtick config`). Each is first read by the parser its client uses, so what is hidden
+//! is the password the client would send:
+//! - [`postgres()`]: tokio-postgres's own parser finds the password; it is hidden in the URL's
+//!   user information (up to its last `@` before the host, so a mistyped `@` in the password
+//!   hides all of it) or `password` query parameter, or in the key=value words;
+//! - [`redis()`] and [`registry()`] (comma-separated URLs): the `url` crate (which the redis crate
+//!   and reqwest use) finds the user information's password and the `pass` or `password` query
+//!   parameters.
 //!
-//! An empty password stays empty; everything else is printed as given.
+//! A string its parser cannot read, and a PostgreSQL string from which tokio-postgres would read
+//! anything but the stand-in as the password, is printed as [`REDACTED`] whole. An empty string stays empty; a string without a password is printed as
+//! given.
 
 /// What a hidden secret is printed as.
 pub const REDACTED: &str = "<redacted>";
 
-/// A PostgreSQL connection string (`postgres://` or `postgresql://` URL, or key=value words)
-/// with its password hidden. Key=value words that tokio-postgres could not read are hidden whole.
+/// A PostgreSQL connection string (a `postgres://` or `postgresql://` URL, or key=value words)
+/// with its password hidden.
 pub fn postgres(conninfo: &str) -> String {
+    if conninfo.is_empty() {
+        return String::new();
+    }
+    let Ok(config) = conninfo.parse::<tokio_postgres::Config>() else {
+        return REDACTED.to_owned();
+    };
+    let Some(password) = config.get_password() else {
+        return conninfo.to_owned();
+    };
     let start = ["postgres://", "postgresql://"]
         .into_iter()
         .find(|prefix| conninfo.starts_with(prefix))
         .map(str::len);
-    match start {
-        Some(start) => url(conninfo, start, UserInfo::ToFirstAt, &["password"]),
-        None => key_value_words(conninfo).unwrap_or_else(|| REDACTED.to_owned()),
+    let shown = match start {
+        Some(start) => postgres_url(conninfo, start),
+        None => key_value_words(conninfo),
+    };
+    // What tokio-postgres reads from what is shown must be the stand-in, not the password.
+    let reads_as_hidden = |shown: &str| {
+        shown
+            .parse::<tokio_postgres::Config>()
+            .is_ok_and(|c| c.get_password() == Some(REDACTED.as_bytes()))
+    };
+    match shown {
+        Some(shown) if password.is_empty() || reads_as_hidden(&shown) => shown,
+        _ => REDACTED.to_owned(),
     }
 }
 
-/// A Redis URL (`redis://`, `rediss://`, `redis+unix://`, `unix://`) with its password hidden.
-pub fn redis(url_text: &str) -> String {
-    match url_text.find("://") {
-        Some(scheme_end) => url(
-            url_text,
-            scheme_end + 3,
-            UserInfo::InAuthority,
-            &["pass", "password"],
-        ),
-        None => url_text.to_owned(),
-    }
+/// A Redis URL (`redis://`, `rediss://`, `redis+unix://`, `unix:`) with its password hidden.
+pub fn redis(url: &str) -> String {
+    with_url_crate(url, &["pass", "password"])
 }
 
 /// Schema registry URLs (one, or several separated by commas) with their passwords hidden.
 pub fn registry(urls: &str) -> String {
     urls.split(',')
-        .map(|one| match one.find("://") {
-            Some(scheme_end) => url(one, scheme_end + 3, UserInfo::InAuthority, &["password"]),
-            None => one.to_owned(),
-        })
+        .map(|one| with_url_crate(one.trim(), &["password"]))
         .collect::<Vec<_>>()
         .join(",")
 }
 
-/// Where a URL's user information ends.
-#[derive(Clone, Copy, PartialEq)]
-enum UserInfo {
-    /// At the first `@` after the scheme, wherever it is (tokio-postgres); no fragment.
-    ToFirstAt,
-    /// At the last `@` of the authority, which ends at `/`, `?` or `#` (the `url` crate).
-    InAuthority,
+/// Stands in for a secret inside a URL the `url` crate writes: letters it leaves as they are.
+const MARK: &str = "CROWDTICKREDACTEDSECRET";
+
+fn with_url_crate(text: &str, secret_params: &[&str]) -> String {
+    if text.is_empty() {
+        return String::new();
+    }
+    let Ok(mut url) = url::Url::parse(text) else {
+        return unreadable(text);
+    };
+    let is_secret = |name: &str| secret_params.iter().any(|s| name.eq_ignore_ascii_case(s));
+    let password = url.password().is_some_and(|p| !p.is_empty());
+    let secret_query = url
+        .query_pairs()
+        .any(|(name, value)| !value.is_empty() && is_secret(&name));
+    if !password && !secret_query {
+        return text.to_owned();
+    }
+    if password && url.set_password(Some(MARK)).is_err() {
+        return REDACTED.to_owned();
+    }
+    if secret_query {
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(name, value)| {
+                let value = match is_secret(&name) && !value.is_empty() {
+                    true => MARK.to_owned(),
+                    false => value.into_owned(),
+                };
+                (name.into_owned(), value)
+            })
+            .collect();
+        url.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    url.as_str().replace(MARK, REDACTED)
 }
 
-/// `text` (a URL whose authority starts at `start`) with the password of its user information
-/// and the values of its `secret_params` query parameters hidden.
-fn url(text: &str, start: usize, user_info: UserInfo, secret_params: &[&str]) -> String {
+/// A `postgres://` URL whose user information starts at `start`: tokio-postgres takes it to the
+/// first `@`; it is hidden to the last `@` before the host's end, so that a password holding an
+/// unencoded `@` is hidden whole. Its `password` query parameters are hidden too.
+fn postgres_url(text: &str, start: usize) -> Option<String> {
     let mut shown = String::with_capacity(text.len() + REDACTED.len());
     shown.push_str(&text[..start]);
     let mut rest = &text[start..];
-    let at = match user_info {
-        UserInfo::ToFirstAt => rest.find('@'),
-        UserInfo::InAuthority => {
-            let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-            rest[..end].rfind('@')
-        }
-    };
-    if let Some(at) = at {
+    if let Some(first_at) = rest.find('@') {
+        let host_end = rest[first_at..]
+            .find(['/', '?'])
+            .map_or(rest.len(), |i| first_at + i);
+        let at = rest[..host_end].rfind('@').unwrap_or(first_at);
         let (info, after) = rest.split_at(at);
         match info.split_once(':') {
             Some((user, password)) if !password.is_empty() => {
@@ -85,22 +122,16 @@ fn url(text: &str, start: usize, user_info: UserInfo, secret_params: &[&str]) ->
     }
     let Some((before, query)) = rest.split_once('?') else {
         shown.push_str(rest);
-        return shown;
+        return Some(shown);
     };
     shown.push_str(before);
     shown.push('?');
-    let (query, fragment) = match query.split_once('#') {
-        Some((query, fragment)) if user_info == UserInfo::InAuthority => (query, Some(fragment)),
-        _ => (query, None),
-    };
     for (i, param) in query.split('&').enumerate() {
         if i > 0 {
             shown.push('&');
         }
         match param.split_once('=') {
-            Some((name, value))
-                if !value.is_empty() && secret_params.iter().any(|s| decoded_is(name, s)) =>
-            {
+            Some((name, value)) if !value.is_empty() && decoded_is(name, "password") => {
                 shown.push_str(name);
                 shown.push('=');
                 shown.push_str(REDACTED);
@@ -108,11 +139,21 @@ fn url(text: &str, start: usize, user_info: UserInfo, secret_params: &[&str]) ->
             _ => shown.push_str(param),
         }
     }
-    if let Some(fragment) = fragment {
-        shown.push('#');
-        shown.push_str(fragment);
+    Some(shown)
+}
+
+/// A URL its client cannot read, for the message that says so: its scheme and what follows its
+/// last `@` up to any query (the host, the likely mistake), the rest hidden; [`REDACTED`] whole
+/// without an `@` after the scheme.
+fn unreadable(text: &str) -> String {
+    match (text.find("://"), text.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let host = &text[at..];
+            let host = host.split_once('?').map_or(host, |(before, _)| before);
+            format!("{}{REDACTED}{host}", &text[..scheme_end + 3])
+        }
+        _ => REDACTED.to_owned(),
     }
-    shown
 }
 
 /// Whether `name`, percent-decoded, is `target` (ASCII case ignored).
@@ -209,12 +250,13 @@ mod tests {
             ("", ""),
             ("postgres://h/db", "postgres://h/db"),
             ("postgres://u@h/db", "postgres://u@h/db"),
-            ("postgres://u:@h/db", "postgres://u:@h/db"),
+            ("host=h user=u", "host=h user=u"),
             (
                 "postgres://ct:s3cr:et@db:5432/ct?sslmode=require",
                 "postgres://ct:<redacted>@db:5432/ct?sslmode=require",
             ),
-            // The user information runs to the first '@', whatever comes before it.
+            // The user information runs to the first '@', whatever comes before it, and is
+            // hidden to the last '@' before the host's end.
             (
                 "postgres://ct:pa/ss@db/ct",
                 "postgres://ct:<redacted>@db/ct",
@@ -228,11 +270,19 @@ mod tests {
                 "postgres://ct:<redacted>@db1,db2/ct",
             ),
             (
+                "postgres://ct:pw12@ss@db/ct",
+                "postgres://ct:<redacted>@db/ct",
+            ),
+            (
+                "postgres://ct:pw@[::1]:5432/ct",
+                "postgres://ct:<redacted>@[::1]:5432/ct",
+            ),
+            (
                 "postgres://db/ct?user=ct&password=hun#ter2&sslmode=require",
                 "postgres://db/ct?user=ct&password=<redacted>&sslmode=require",
             ),
             (
-                "postgres://db/ct?pass%77ord=x",
+                "postgres://db/ct?pass%77ord=hunter2",
                 "postgres://db/ct?pass%77ord=<redacted>",
             ),
             (
@@ -248,7 +298,9 @@ mod tests {
                 "application_name=https://svc password=hunter2",
                 "application_name=https://svc password=<redacted>",
             ),
-            // Words tokio-postgres cannot read are not printed at all.
+            // What tokio-postgres cannot read is not printed at all: a scheme it does not know
+            // is read as key=value words, and refused.
+            ("Postgres://ct:hunter2@db/ct?sslmode=require", "<redacted>"),
             ("host=db password='unterminated", "<redacted>"),
             ("host=db password", "<redacted>"),
         ] {
@@ -257,28 +309,51 @@ mod tests {
     }
 
     #[test]
-    fn redis_and_registry_passwords_are_hidden() {
+    fn redis_and_registry_passwords_are_hidden_where_the_url_crate_reads_them() {
         for (given, shown) in [
+            ("", ""),
             (
                 "redis://:hunter2@cache:6379/0",
                 "redis://:<redacted>@cache:6379/0",
             ),
             ("rediss://u:p%40ss@cache", "rediss://u:<redacted>@cache"),
             ("redis://cache:6379", "redis://cache:6379"),
+            ("redis://u@cache:6379", "redis://u@cache:6379"),
             (
                 "unix:///run/redis.sock?db=1&pass=x",
                 "unix:///run/redis.sock?db=1&pass=<redacted>",
             ),
             (
+                "unix:/run/redis.sock?pass=x",
+                "unix:/run/redis.sock?pass=<redacted>",
+            ),
+            (
                 "redis+unix:///s?pass=x#y",
                 "redis+unix:///s?pass=<redacted>#y",
             ),
+            // Not URLs the client reads: the host is shown, all before it hidden.
+            ("redis://:pa/ss@cache", "redis://<redacted>@cache"),
+            (
+                "redis://:pw@cache:no-port?pass=x",
+                "redis://<redacted>@cache:no-port",
+            ),
+            ("cache:6379?pass=x", "cache:6379?pass=<redacted>"),
         ] {
             assert_eq!(redis(given), shown, "{given}");
         }
-        assert_eq!(
-            registry("http://reg:pw@registry-a:8081,https://registry-b:8081/a@b"),
-            "http://reg:<redacted>@registry-a:8081,https://registry-b:8081/a@b"
-        );
+        for (given, shown) in [
+            (
+                "http://reg:pw@registry-a:8081,https://registry-b:8081/a@b",
+                "http://reg:<redacted>@registry-a:8081/,https://registry-b:8081/a@b",
+            ),
+            // The ways a browser (and reqwest) reads an http URL's user information.
+            ("http:///u:pw@reg:8081", "http://u:<redacted>@reg:8081/"),
+            ("https:\\\\u:pw@reg", "https://u:<redacted>@reg/"),
+            ("http:u:pw@reg:8081", "http://u:<redacted>@reg:8081/"),
+            ("http://u:p,w@reg", "<redacted>,<redacted>"),
+            ("http://u:pw@reg:no-port", "http://<redacted>@reg:no-port"),
+        ] {
+            assert_eq!(registry(given), shown, "{given}");
+        }
     }
 }

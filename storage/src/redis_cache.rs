@@ -271,7 +271,7 @@ mod tests {
             source = cause.source();
         }
         assert!(
-            text.contains("redis://:<redacted>@127.0.0.1:no-port"),
+            text.contains("redis://<redacted>@127.0.0.1:no-port"),
             "{text}"
         );
         assert!(!text.contains("not-this-one"), "{text}");

@@ -167,6 +167,14 @@ async fn unreachable_server_is_a_clear_error() {
     );
     assert!(!e.contains("secret"), "{e}");
     assert!(e.to_lowercase().contains("refused"), "{e}");
+    // A scheme tokio-postgres does not know: it reads the string as key=value words and quotes
+    // the one it cannot read, password and all.
+    let e = connect("Postgres://postgres:secret@127.0.0.1:1/test?sslmode=disable")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("invalid PostgreSQL URL <redacted>: "), "{e}");
+    assert!(e.contains("`…`") && !e.contains("secret"), "{e}");
     assert!(quote_ident("").is_err());
     assert_eq!(quote_ident("a\"b").unwrap(), "\"a\"\"b\"");
 }
