@@ -5,7 +5,7 @@
 //! Hidden: every operator key and aggregator key but the development ones of the default
 //! configuration (public, and worth seeing on a node that still runs with them);
 //! `ingest.voter_tokens.hmac_secret`; the passwords of `postgres.url`, `redis.url` and
-//! `schema_registry.url`, wherever their clients read one (`storage::redact`); `kafka.settings`
+//! `schema_registry.url`, as their clients read them (`storage::redact`); `kafka.settings`
 //! whose name says password, passphrase, secret, a private key or OAuth's config. An empty setting
 //! stays empty, so the output still says what is not set. [`Config::validate`] refuses a secret
 //! that is [`REDACTED`], so printed output fed back in fails at once instead of running with it.

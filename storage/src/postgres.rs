@@ -542,20 +542,18 @@ fn quote_ident(name: &str) -> Result<String, PgError> {
     Ok(format!("\"{}\"", name.replace('"', "\"\"")))
 }
 
-/// `text` with each `quoted` part longer than a character left out: tokio-postgres quotes the
-/// piece of a connection string it could not read, which may hold a password.
+/// tokio-postgres's message about a connection string it could not read, without the piece of
+/// the string it quotes (which may hold a password, backticks and all): the option it calls
+/// unknown and the character it "got" become an ellipsis; the fixed names it quotes are kept.
 fn unquoted(text: &str) -> String {
-    let mut parts = text.split('`');
-    let mut shown = parts.next().unwrap_or_default().to_owned();
-    while let Some(quoted) = parts.next() {
-        shown.push('`');
-        shown.push_str(if quoted.chars().count() > 1 {
-            "…"
-        } else {
-            quoted
-        });
-        shown.push('`');
-        shown.push_str(parts.next().unwrap_or_default());
+    let mut shown = text.to_owned();
+    for opening in ["unknown option `", "but got `"] {
+        if let (Some(start), Some(last)) = (shown.find(opening), shown.rfind('`')) {
+            let from = start + opening.len();
+            if last >= from {
+                shown.replace_range(from..last, "…");
+            }
+        }
     }
     shown
 }

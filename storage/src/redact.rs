@@ -1,16 +1,18 @@
 //! Connection strings with their passwords hidden, for what CrowdTick prints (error messages,
-//! logs, `crowdtick config`). Each is first read by the parser its client uses, so what is hidden
-//! is the password the client would send:
-//! - [`postgres()`]: tokio-postgres's own parser finds the password; it is hidden in the URL's
-//!   user information (up to its last `@` before the host, so a mistyped `@` in the password
-//!   hides all of it) or `password` query parameter, or in the key=value words;
+//! logs, `crowdtick config`). Each is first read by the parser its client uses:
+//! - [`postgres()`]: tokio-postgres's own parser. A URL's `password` query values are hidden
+//!   (to the next `&`, whatever they hold), then its user information's password (from the first
+//!   `:` to the last `@` before the host's end, so a mistyped `@` in it hides all of it); in
+//!   key=value words, each `password` value. What is shown must read back, by tokio-postgres, with
+//!   no password or [`REDACTED`] as it; a string that does not, or that tokio-postgres cannot
+//!   read, is [`REDACTED`] whole.
 //! - [`redis()`] and [`registry()`] (comma-separated URLs): the `url` crate (which the redis crate
-//!   and reqwest use) finds the user information's password and the `pass` or `password` query
-//!   parameters.
+//!   and reqwest use) finds the user information's password and the query's `pass` (Redis's, of a
+//!   Unix socket) and `password` values. A URL it cannot read shows only its scheme and what
+//!   follows the last `@` before any query (the host: the likely mistake), or is [`REDACTED`]
+//!   whole without an `@`.
 //!
-//! A string its parser cannot read, and a PostgreSQL string from which tokio-postgres would read
-//! anything but the stand-in as the password, is printed as [`REDACTED`] whole. An empty string stays empty; a string without a password is printed as
-//! given.
+//! An empty string stays empty; a string without a password is printed as given.
 
 /// What a hidden secret is printed as.
 pub const REDACTED: &str = "<redacted>";
@@ -24,25 +26,24 @@ pub fn postgres(conninfo: &str) -> String {
     let Ok(config) = conninfo.parse::<tokio_postgres::Config>() else {
         return REDACTED.to_owned();
     };
-    let Some(password) = config.get_password() else {
-        return conninfo.to_owned();
-    };
     let start = ["postgres://", "postgresql://"]
         .into_iter()
         .find(|prefix| conninfo.starts_with(prefix))
         .map(str::len);
     let shown = match start {
-        Some(start) => postgres_url(conninfo, start),
+        Some(start) => Some(postgres_url(&without_password_params(conninfo), start)),
+        None if config.get_password().is_none() => return conninfo.to_owned(),
         None => key_value_words(conninfo),
     };
-    // What tokio-postgres reads from what is shown must be the stand-in, not the password.
+    // What tokio-postgres reads from what is shown must be no password or the stand-in.
     let reads_as_hidden = |shown: &str| {
-        shown
-            .parse::<tokio_postgres::Config>()
-            .is_ok_and(|c| c.get_password() == Some(REDACTED.as_bytes()))
+        shown.parse::<tokio_postgres::Config>().is_ok_and(|c| {
+            c.get_password()
+                .is_none_or(|p| p.is_empty() || p == REDACTED.as_bytes())
+        })
     };
     match shown {
-        Some(shown) if password.is_empty() || reads_as_hidden(&shown) => shown,
+        Some(shown) if reads_as_hidden(&shown) => shown,
         _ => REDACTED.to_owned(),
     }
 }
@@ -97,60 +98,71 @@ fn with_url_crate(text: &str, secret_params: &[&str]) -> String {
     url.as_str().replace(MARK, REDACTED)
 }
 
-/// A `postgres://` URL whose user information starts at `start`: tokio-postgres takes it to the
-/// first `@`; it is hidden to the last `@` before the host's end, so that a password holding an
-/// unencoded `@` is hidden whole. Its `password` query parameters are hidden too.
-fn postgres_url(text: &str, start: usize) -> Option<String> {
+/// `text` with the value of each `password` query parameter (`?` or `&`, the name percent-decoded)
+/// hidden up to the next `&`, wherever it is: a value holding `@` is hidden whole, though
+/// tokio-postgres would read it as user information.
+fn without_password_params(text: &str) -> String {
     let mut shown = String::with_capacity(text.len() + REDACTED.len());
-    shown.push_str(&text[..start]);
-    let mut rest = &text[start..];
-    if let Some(first_at) = rest.find('@') {
-        let host_end = rest[first_at..]
-            .find(['/', '?'])
-            .map_or(rest.len(), |i| first_at + i);
-        let at = rest[..host_end].rfind('@').unwrap_or(first_at);
-        let (info, after) = rest.split_at(at);
-        match info.split_once(':') {
-            Some((user, password)) if !password.is_empty() => {
-                shown.push_str(user);
-                shown.push(':');
-                shown.push_str(REDACTED);
-            }
-            _ => shown.push_str(info),
+    let mut from = 0;
+    let mut at = 0;
+    while let Some(i) = text[at..].find(['?', '&']).map(|i| at + i) {
+        let name_start = i + 1;
+        let name_end = text[name_start..]
+            .find(['=', '&', '?'])
+            .map_or(text.len(), |e| name_start + e);
+        at = name_end;
+        if !text[name_end..].starts_with('=')
+            || !decoded_is(&text[name_start..name_end], "password")
+        {
+            continue;
         }
-        rest = after;
+        let value_end = text[name_end..]
+            .find('&')
+            .map_or(text.len(), |e| name_end + e);
+        if value_end > name_end + 1 {
+            shown.push_str(&text[from..=name_end]);
+            shown.push_str(REDACTED);
+            from = value_end;
+        }
+        at = value_end;
     }
-    let Some((before, query)) = rest.split_once('?') else {
-        shown.push_str(rest);
-        return Some(shown);
-    };
-    shown.push_str(before);
-    shown.push('?');
-    for (i, param) in query.split('&').enumerate() {
-        if i > 0 {
-            shown.push('&');
-        }
-        match param.split_once('=') {
-            Some((name, value)) if !value.is_empty() && decoded_is(name, "password") => {
-                shown.push_str(name);
-                shown.push('=');
-                shown.push_str(REDACTED);
-            }
-            _ => shown.push_str(param),
-        }
-    }
-    Some(shown)
+    shown.push_str(&text[from..]);
+    shown
 }
 
-/// A URL its client cannot read, for the message that says so: its scheme and what follows its
-/// last `@` up to any query (the host, the likely mistake), the rest hidden; [`REDACTED`] whole
-/// without an `@` after the scheme.
+/// A `postgres://` URL whose user information starts at `start`: tokio-postgres takes it to the
+/// first `@`; its password is hidden to the last `@` before the host's end, so that a password
+/// holding an unencoded `@` is hidden whole.
+fn postgres_url(text: &str, start: usize) -> String {
+    let rest = &text[start..];
+    let Some(first_at) = rest.find('@') else {
+        return text.to_owned();
+    };
+    let host_end = rest[first_at..]
+        .find(['/', '?'])
+        .map_or(rest.len(), |i| first_at + i);
+    let at = rest[..host_end].rfind('@').unwrap_or(first_at);
+    let (info, after) = rest.split_at(at);
+    match info.split_once(':') {
+        Some((user, password)) if !password.is_empty() => {
+            format!("{}{user}:{REDACTED}{after}", &text[..start])
+        }
+        _ => text.to_owned(),
+    }
+}
+
+/// A URL its client cannot read, for the message that says so: its scheme and what follows the
+/// last `@` before any query or fragment (the host, the likely mistake), the rest hidden;
+/// [`REDACTED`] whole without such an `@`.
 fn unreadable(text: &str) -> String {
-    match (text.find("://"), text.rfind('@')) {
+    let before_query = &text[..text.find(['?', '#']).unwrap_or(text.len())];
+    match (before_query.find("://"), before_query.rfind('@')) {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let host = &text[at..];
-            let host = host.split_once('?').map_or(host, |(before, _)| before);
-            format!("{}{REDACTED}{host}", &text[..scheme_end + 3])
+            format!(
+                "{}{REDACTED}{}",
+                &text[..scheme_end + 3],
+                &before_query[at..]
+            )
         }
         _ => REDACTED.to_owned(),
     }
@@ -354,6 +366,34 @@ mod tests {
             ("http://u:pw@reg:no-port", "http://<redacted>@reg:no-port"),
         ] {
             assert_eq!(registry(given), shown, "{given}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever a password holds, no form of connection string prints it (a password starts
+        /// with Q, which nothing else in these strings holds, and is at least 6 characters).
+        #[test]
+        fn no_password_is_printed(core in "[a-z@:/?#&=,' %\\\\`]{5,12}") {
+            let password = format!("Q{core}");
+            let escaped = password.replace('\\', "\\\\").replace('\'', "\\'");
+            for given in [
+                format!("postgres://ct:{password}@db:5432/ct?sslmode=disable"),
+                format!("postgresql://db/ct?user=ct&password={password}&sslmode=disable"),
+                format!("host=db user=ct password='{escaped}' dbname=ct"),
+            ] {
+                let shown = postgres(&given);
+                proptest::prop_assert!(!shown.contains('Q'), "{given} shown as {shown}");
+            }
+            for given in [
+                format!("redis://:{password}@cache:6379/0"),
+                format!("unix:///run/redis.sock?db=1&pass={password}"),
+            ] {
+                let shown = redis(&given);
+                proptest::prop_assert!(!shown.contains('Q'), "{given} shown as {shown}");
+            }
+            let given = format!("https://user:{password}@registry:8081");
+            let shown = registry(&given);
+            proptest::prop_assert!(!shown.contains('Q'), "{given} shown as {shown}");
         }
     }
 }

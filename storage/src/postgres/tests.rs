@@ -169,12 +169,26 @@ async fn unreachable_server_is_a_clear_error() {
     assert!(e.to_lowercase().contains("refused"), "{e}");
     // A scheme tokio-postgres does not know: it reads the string as key=value words and quotes
     // the one it cannot read, password and all.
-    let e = connect("Postgres://postgres:secret@127.0.0.1:1/test?sslmode=disable")
+    for (url, tell) in [
+        (
+            "Postgres://postgres:secret@127.0.0.1:1/test?sslmode=disable",
+            "unknown option `…`",
+        ),
+        (
+            "Postgres://postgres:se`cret@127.0.0.1:1/test?sslmode=disable",
+            "unknown option `…`",
+        ),
+        ("host=127.0.0.1 password secret", "but got `…`"),
+    ] {
+        let e = connect(url).await.unwrap_err().to_string();
+        assert!(e.starts_with("invalid PostgreSQL URL <redacted>: "), "{e}");
+        assert!(e.contains(tell) && !e.contains("cret"), "{e}");
+    }
+    let e = connect("host=127.0.0.1 port=x")
         .await
         .unwrap_err()
         .to_string();
-    assert!(e.starts_with("invalid PostgreSQL URL <redacted>: "), "{e}");
-    assert!(e.contains("`…`") && !e.contains("secret"), "{e}");
+    assert!(e.contains("invalid value for option `port`"), "{e}");
     assert!(quote_ident("").is_err());
     assert_eq!(quote_ident("a\"b").unwrap(), "\"a\"\"b\"");
 }
