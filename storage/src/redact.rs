@@ -170,27 +170,9 @@ fn unreadable(text: &str) -> String {
 
 /// Whether `name`, percent-decoded, is `target` (ASCII case ignored).
 fn decoded_is(name: &str, target: &str) -> bool {
-    let bytes = name.as_bytes();
-    let mut decoded = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (
-            bytes[i],
-            bytes.get(i + 1).copied(),
-            bytes.get(i + 2).copied(),
-        ) {
-            (b'%', Some(h), Some(l)) if hex(h).is_some() && hex(l).is_some() => {
-                decoded.push((hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0)) as u8);
-                i += 3;
-            }
-            (b, _, _) => {
-                decoded.push(b);
-                i += 1;
-            }
-        }
-    }
-    decoded.eq_ignore_ascii_case(target.as_bytes())
+    url::form_urlencoded::parse(name.as_bytes())
+        .next()
+        .is_some_and(|(decoded, _)| decoded.eq_ignore_ascii_case(target))
 }
 
 /// tokio-postgres's key=value words with each `password` value hidden; None when they are not
