@@ -1,8 +1,9 @@
 //! A poll's live viewers, WebSockets and event streams, written to in sweeps.
 //!
-//! When a poll's feed publishes a frame, each shard of its viewers (at most [`SHARD`]) is swept
-//! once on the fan-out runtime. Each viewer whose socket took everything it was last given is
-//! written its new messages there and then, with one non-blocking write of the frame's shared
+//! A poll's viewers sit in shards (at most [`SHARD`] each), swept in turn on the fan-out runtime
+//! as its feed renders, each about once a coalescing interval ([`crate::pacing`]), with the
+//! newest frame when its sweep runs. Each viewer whose socket took everything it was last given
+//! is written its new messages there and then, with one non-blocking write of the frame's shared
 //! bytes ([`crate::frame::Encoded::ws_frame`], or [`crate::frame::Encoded::sse_chunk`] for an
 //! event stream, whose socket the listener hands over after the stream's head:
 //! `edge::listener::StreamWriter`): no task is woken, no buffer filled and nothing framed per
@@ -12,16 +13,17 @@
 //!
 //! A viewer whose socket is full (or that has just joined, or owes a pong) is parked: sweeps pass
 //! it by, and its own task ([`serve`]) waits for room, writes the rest, and catches up with the
-//! newest frame before it hands the viewer back to the sweeps. So a slow viewer holds at most the
-//! rest of one frame and the kernel's small buffer, and gets the latest state next: never a
-//! queue. Its task also reads what the viewer sends ([`crate::websocket::ClientFrames`]; an event
-//! stream's client has nothing to say, and is gone when it does), ends a WebSocket with a close
-//! frame saying the server is going away (1001) and an event stream with its last chunk when the
-//! node stops (without them, if its socket then takes nothing for a second), and is the only
-//! thing a viewer costs between frames.
+//! frame its shard was last swept with before it hands the viewer back to the sweeps. So a slow
+//! viewer holds at most the rest of one frame and the kernel's small buffer, and gets the latest
+//! state next: never a queue. Its task also reads what the viewer sends
+//! ([`crate::websocket::ClientFrames`]; an event stream's client has nothing to say, and is gone
+//! when it does), ends a WebSocket with a close frame saying the server is going away (1001) and
+//! an event stream with its last chunk when the node stops (without them, if its socket then
+//! takes nothing for a second), and is the only thing a viewer costs between frames.
 
 use crate::feed::{Feed, Subscription};
 use crate::frame::{Encoded, Frame, KEEP_ALIVE_CHUNK};
+use crate::pacing::Pacer;
 use crate::websocket::{close_frame, ClientFrames, Reply};
 use crate::Realtime;
 use bytes::Bytes;
@@ -29,7 +31,7 @@ use edge::listener::LiveConnection;
 use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::io::{ErrorKind, IoSlice};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -38,8 +40,8 @@ use tokio::time::Instant;
 use tungstenite::protocol::frame::coding::CloseCode;
 
 /// Viewers per shard: a sweep writes to about this many sockets in turn. Two sweeps of one shard
-/// may overlap (a publish during a long sweep); a viewer's own lock and its sequence numbers keep
-/// its messages whole, in order and never older than the last.
+/// may overlap (its next turn during a long sweep); a viewer's own lock and its sequence numbers
+/// keep its messages whole, in order and never older than the last.
 pub const SHARD: usize = 512;
 
 /// The live viewers of one poll (`T`: a [`Viewer`]; anything, in the tests of seating).
@@ -54,6 +56,12 @@ struct Shard<T> {
     len: AtomicUsize,
     /// A sweep is queued and has not yet read the newest frame.
     scheduled: AtomicBool,
+    /// The feed's render this shard was last swept with, or is queued to be ([`Audience::pace`]).
+    swept: AtomicU64,
+    /// When its last turn began.
+    turn: Mutex<Option<Instant>>,
+    /// The frame of its last sweep: what a viewer parked while it ran catches up with.
+    frame: Mutex<Option<Arc<Frame>>>,
 }
 
 struct Slots<T> {
@@ -104,6 +112,9 @@ impl<T> Audience<T> {
                         }),
                         len: AtomicUsize::new(0),
                         scheduled: AtomicBool::new(false),
+                        swept: AtomicU64::new(0),
+                        turn: Mutex::new(None),
+                        frame: Mutex::new(None),
                     });
                     shards.push(shard.clone());
                     shard
@@ -133,28 +144,75 @@ impl<T> Audience<T> {
         shards.retain(|s| s.len.load(Ordering::Relaxed) > 0);
         shards.clone()
     }
+
+    /// How many shards the viewers sit in.
+    pub(crate) fn shards(&self) -> usize {
+        let shards = self.shards.lock();
+        shards
+            .iter()
+            .filter(|s| s.len.load(Ordering::Relaxed) > 0)
+            .count()
+    }
+}
+
+impl<T> Seat<T> {
+    /// The frame its shard was last swept with (`None` before its first sweep).
+    fn swept_frame(&self) -> Option<Arc<Frame>> {
+        self.shard.frame.lock().clone()
+    }
 }
 
 impl Audience<Viewer> {
-    /// Sweeps every shard with `feed`'s newest frame (or its keep-alive clock's beat), each on
-    /// the fan-out runtime; a shard whose sweep is still queued is not queued twice (that sweep
-    /// reads the newest frame).
-    pub(crate) fn sweep(&self, rt: &Arc<Realtime>, feed: &Arc<Feed>) {
-        for shard in self.occupied() {
-            if shard.scheduled.swap(true, Ordering::AcqRel) {
-                continue;
-            }
-            let (rt2, feed) = (rt.clone(), feed.clone());
-            rt.fanout.spawn(async move {
-                shard.scheduled.store(false, Ordering::Release);
-                let frame = feed.latest();
-                // The shard's lock is held to list its viewers, not for their writes: a viewer
-                // joining or leaving never waits for a sweep.
-                let viewers = shard.seated();
-                let sent: u64 = viewers.iter().map(|v| v.offer(&frame)).sum();
-                rt2.messages_sent.fetch_add(sent, Ordering::Relaxed);
-            });
+    /// Sweeps, as `pacer` allows ([`crate::pacing`]: the shards in turn, about all of them an
+    /// `interval`, none twice within one), the shards not yet swept with the feed's newest
+    /// render. How long until the next pass, when some are left behind.
+    pub(crate) fn pace(
+        &self,
+        rt: &Arc<Realtime>,
+        feed: &Arc<Feed>,
+        pacer: &mut Pacer,
+        interval: Duration,
+    ) -> Option<Duration> {
+        let shards = self.occupied();
+        let (newest, now) = (feed.renders.load(Ordering::Acquire), Instant::now());
+        pacer.pass(
+            now,
+            interval,
+            shards.len(),
+            |i| (shards[i].swept.load(Ordering::Relaxed) < newest).then(|| *shards[i].turn.lock()),
+            |i| {
+                shards[i].swept.fetch_max(newest, Ordering::Relaxed);
+                *shards[i].turn.lock() = Some(now);
+                Self::schedule(rt, feed, &shards[i]);
+            },
+        )
+    }
+
+    /// Queues a sweep of `shard` with the feed's newest frame when it runs, unless one is queued
+    /// already (that one reads the newest frame).
+    fn schedule(rt: &Arc<Realtime>, feed: &Arc<Feed>, shard: &Arc<Shard<Viewer>>) {
+        if shard.scheduled.swap(true, Ordering::AcqRel) {
+            return;
         }
+        let (rt2, feed, shard) = (rt.clone(), feed.clone(), shard.clone());
+        rt.fanout.spawn(async move {
+            shard.scheduled.store(false, Ordering::Release);
+            // Read under the shard's frame lock, so an overlapping sweep's older frame is never
+            // kept after a newer one; the render read first is at most the frame's.
+            let frame = {
+                let mut kept = shard.frame.lock();
+                let render = feed.renders.load(Ordering::Acquire);
+                let frame = feed.latest();
+                *kept = Some(frame.clone());
+                shard.swept.fetch_max(render, Ordering::Relaxed);
+                frame
+            };
+            // The shard's lock is held to list its viewers, not for their writes: a viewer
+            // joining or leaving never waits for a sweep.
+            let viewers = shard.seated();
+            let sent: u64 = viewers.iter().map(|v| v.offer(&frame)).sum();
+            rt2.messages_sent.fetch_add(sent, Ordering::Relaxed);
+        });
     }
 }
 
@@ -421,14 +479,15 @@ impl Viewer {
         sent.parked = true;
     }
 
-    /// The task's side: writes what is pending and then the news of `feed`'s newest frame until
-    /// there is none, waiting for room as long as the socket takes something within
-    /// `realtime.send_timeout_ms` (within [`STOP_WAIT`] once the node has stopped, and with no
-    /// news once pending is written); then hands the viewer back to the sweeps. After a close,
-    /// returns once it is written.
+    /// The task's side: writes what is pending and then the news of the frame its shard was last
+    /// swept with (`feed`'s newest when it joins) until there is none, waiting for room as long
+    /// as the socket takes something within `realtime.send_timeout_ms` (within [`STOP_WAIT`]
+    /// once the node has stopped, and with no news once pending is written); then hands the
+    /// viewer back to the sweeps. After a close, returns once it is written.
     async fn catch_up(
         &self,
         feed: &Feed,
+        seat: &Seat,
         rt: &Realtime,
         stop: &mut watch::Receiver<bool>,
     ) -> Result<(), Ended> {
@@ -452,7 +511,13 @@ impl Viewer {
                         sent.parked = false;
                         return Ok(());
                     }
-                    let frame = feed.latest();
+                    // The frame its shard was last swept with, which it may have missed (a newer
+                    // one is its shard's next sweep's: at most one frame an interval); the
+                    // newest when it joins.
+                    let frame = match seat.swept_frame() {
+                        Some(frame) if sent.results > 0 => frame,
+                        _ => feed.latest(),
+                    };
                     let news = sent.take_news(&frame, self.operator, self.transport);
                     if news.is_empty() {
                         sent.parked = false;
@@ -514,7 +579,8 @@ pub(crate) async fn serve(
     operator: bool,
     client: Client,
 ) {
-    let feed = sub.feed().clone();
+    let counted = sub.into_counted();
+    let feed = counted.feed().clone();
     let mut frames = ClientFrames::default();
     let mut replies = Vec::new();
     let (transport, mut stop) = match client {
@@ -534,7 +600,7 @@ pub(crate) async fn serve(
             viewer.reply(reply);
         }
         if viewer.needs_task() {
-            if let Err(ended) = viewer.catch_up(&feed, &rt, &mut stop).await {
+            if let Err(ended) = viewer.catch_up(&feed, &seat, &rt, &mut stop).await {
                 break ended;
             }
         }
@@ -566,7 +632,7 @@ pub(crate) async fn serve(
     // While its connection winds down the viewer is no longer counted, and a sweep that listed it
     // before it left writes nothing more to it.
     viewer.state.lock().failed = true;
-    drop((seat, sub));
+    drop((seat, counted));
     match ended {
         Ended::Slow => rt.dropped_slow_consumer(feed.poll_id, transport.name()),
         // A WebSocket's client answers a close frame; an event stream's has nothing to say, and

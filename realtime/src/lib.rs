@@ -1,14 +1,17 @@
 //! CrowdTick's realtime service: live results per poll over WebSocket and Server-Sent Events.
 //!
-//! - [`feed`]: one task per watched poll renders its messages once per coalescing interval and
+//! - [`feed`]: one task per watched poll renders its messages once per render interval and
 //!   publishes the latest; each viewer is sent what it has not been sent of the latest frame (a
-//!   slow viewer gets the newest state, never a queue), in sweeps or through its
-//!   [`Subscription`]. The viewer count is news at most once a second, and only when it changed.
+//!   slow viewer gets the newest state, never a queue), at most once a coalescing interval, in
+//!   sweeps or through its [`Subscription`]. The viewer count is news at most once a second, and
+//!   only when it changed.
+//! - [`pacing`]: how a poll's shards of viewers take turns over the coalescing interval, so each
+//!   sweep writes a fresh frame (pure).
 //! - [`frame`]: what is sent (pure): the results for each audience and the viewer count, each
 //!   encoded once per poll for both transports.
-//! - [`broadcast`]: a poll's WebSocket viewers and event streams, written to in sweeps after each
-//!   publish (one non-blocking write of the shared frame per viewer, no task woken); a viewer
-//!   whose socket is full is parked and caught up by its own task.
+//! - [`broadcast`]: a poll's WebSocket viewers and event streams, in shards written to in sweeps,
+//!   in turn as [`pacing`] allows (one non-blocking write of the shared frame per viewer, no task
+//!   woken); a viewer whose socket is full is parked and caught up by its own task.
 //! - [`websocket`]: the WebSocket handshake and frames (tungstenite's codec), pure but for the
 //!   upgrade.
 //! - [`routes`]: `GET /v1/polls/{id}/ws` and `GET /v1/polls/{id}/sse` (the deadline a client has
@@ -36,6 +39,7 @@ pub mod feed;
 pub mod frame;
 pub mod metrics;
 pub mod origin;
+pub mod pacing;
 pub mod routes;
 pub mod settings;
 pub mod websocket;
@@ -66,7 +70,8 @@ pub use routes::router;
 /// How the realtime service serves its viewers (`[realtime]` settings).
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// At most one results update per poll per this long (with a large audience: [`Self::coalesce_for`]).
+    /// At most one results update per viewer per this long (with a large audience:
+    /// [`Self::coalesce_for`]).
     pub coalesce: Duration,
     /// The shortest interval between a poll's updates (with a small audience; `coalesce` when
     /// above it).
@@ -87,9 +92,10 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// The interval between a poll's results updates while the node serves `viewers`: the one
+    /// The interval between a viewer's results updates while the node serves `viewers`: the one
     /// that keeps its frames per second within `frame_budget` (every viewer gets at most one
-    /// frame per interval), between `min_coalesce` and `coalesce`. A studio screen alone on a
+    /// frame per interval; a poll with several shards of viewers is rendered for their turns
+    /// within it), between `min_coalesce` and `coalesce`. A studio screen alone on a
     /// node sees a vote a flush after it is counted; a hundred thousand viewers get `coalesce`.
     pub fn coalesce_for(&self, viewers: u64) -> Duration {
         if self.frame_budget == 0 {
@@ -98,7 +104,13 @@ impl Settings {
         let micros = viewers
             .saturating_mul(1_000_000)
             .div_ceil(self.frame_budget);
-        Duration::from_micros(micros).clamp(self.min_coalesce.min(self.coalesce), self.coalesce)
+        Duration::from_micros(micros).clamp(self.shortest_interval(), self.coalesce)
+    }
+
+    /// The shortest interval between a poll's updates to a viewer, and between its renders:
+    /// `min_coalesce`, or `coalesce` when it is below it.
+    pub fn shortest_interval(&self) -> Duration {
+        self.min_coalesce.min(self.coalesce)
     }
 }
 

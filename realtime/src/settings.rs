@@ -8,15 +8,16 @@ use std::time::Duration;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct RealtimeSection {
-    /// The longest a poll's results update waits to be sent, in milliseconds: the interval
-    /// between updates when the node's audience is large (each update is rendered once and shared
-    /// by every viewer of the poll).
+    /// The interval between a viewer's results updates when the node's audience is large, in
+    /// milliseconds: about the longest a change waits to reach a viewer (each update is rendered
+    /// once and shared by every viewer of the poll; a poll with many viewers is rendered more
+    /// often, for its shards of viewers in turn).
     pub coalesce_ms: u64,
     /// The shortest interval between a poll's updates, when the node's audience is small (a
     /// studio screen sees a vote sooner); `coalesce_ms` when it is above it.
     pub min_coalesce_ms: u64,
     /// Frames per second the node aims to send across all its viewers: the interval between a
-    /// poll's updates is the node's viewers divided by this, between `min_coalesce_ms` and
+    /// viewer's updates is the node's viewers divided by this, between `min_coalesce_ms` and
     /// `coalesce_ms` (0: always `coalesce_ms`).
     pub frame_budget: u64,
     /// Web origins (`https://partner.example.com`) whose pages may open WebSockets besides the

@@ -620,3 +620,95 @@ async fn the_load_generators_viewers_are_held_and_measure_their_lag() {
         }
     }
 }
+
+/// A poll with more viewers than one shard holds (`realtime::broadcast::SHARD`, 512) has its
+/// shards swept in turn over its coalescing interval: each viewer is still written about once an
+/// interval, but the shards get different renders of the poll as votes flow (rendered for their
+/// turns), each fresher than an interval, instead of all of them one render at the start of a
+/// sweep of the whole audience; and once the votes stop, every viewer gets the final results.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_audience_is_swept_in_turns_each_viewer_once_an_interval_with_a_fresh_frame() {
+    // 1,100 viewers, three shards: an interval of 1 s (1,100 over a budget of 1,000 frames a
+    // second, at most `coalesce_ms`), a render every third of it.
+    let app = spawn_app_with(|c| {
+        (c.realtime.coalesce_ms, c.realtime.frame_budget) = (1_000, 1_000);
+        c.http.max_connections_per_address = 0;
+    })
+    .await;
+    let poll = big_poll(&app).await;
+    let mut viewers = Vec::new();
+    for _ in 0..1_100 {
+        viewers.push(viewer(&app, poll).await);
+    }
+    // Votes for 5 s, then 3 s more for the last of them to reach every viewer.
+    let voting = keep_voting(&app, poll);
+    let until = Instant::now() + Duration::from_secs(8);
+    // Each viewer's results messages: when each came, its version and total, its tally's age.
+    let readers: Vec<_> = viewers
+        .into_iter()
+        .map(|mut ws| {
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                while let Ok(Some(Ok(m))) = tokio::time::timeout_at(until, ws.next()).await {
+                    let Ok(m) = serde_json::from_str::<Value>(m.to_text().unwrap_or("")) else {
+                        continue;
+                    };
+                    if m["type"] == "results" {
+                        let at = m["updated_at"].as_i64().unwrap();
+                        let age = schemas::Timestamp::now().micros() - at;
+                        let (version, total) = (m["version"].as_i64(), m["total_votes"].as_i64());
+                        got.push((Instant::now(), version.unwrap(), total.unwrap(), age));
+                    }
+                }
+                got
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    voting.iter().for_each(|lane| lane.abort());
+    let stopped = Instant::now();
+    let mut received = Vec::new();
+    for reader in readers {
+        received.push(reader.await.unwrap());
+    }
+    let last = app.results(poll).await;
+
+    let mut versions = std::collections::BTreeSet::new();
+    let mut most_a_viewer_got = 0;
+    for got in &received {
+        // Past the first message (the viewer's own, when it joined, or its shard's first turn).
+        let turns = got.get(1..).unwrap_or_default();
+        for pair in turns.windows(2) {
+            let gap = pair[1].0 - pair[0].0;
+            // A render each turn would write them a third of that apart.
+            assert!(
+                gap >= Duration::from_millis(500),
+                "a viewer written {gap:?} apart"
+            );
+        }
+        for (at, version, _, age) in turns {
+            // (The last votes' results reach the last shard up to an interval after them.)
+            if *at < stopped {
+                assert!(
+                    *age < 1_000_000,
+                    "a frame {age} µs old on arrival while votes flow"
+                );
+            }
+            versions.insert(*version);
+        }
+        most_a_viewer_got = most_a_viewer_got.max(turns.len());
+        let (_, version, total, _) = got.last().expect("a viewer got no results");
+        assert_eq!(
+            (Some(*version), Some(*total)),
+            (last["version"].as_i64(), last["total_votes"].as_i64()),
+            "a viewer's last results are not the final ones"
+        );
+    }
+    assert!(most_a_viewer_got >= 2, "{received:?}");
+    // One render for the whole audience an interval would give every viewer the same versions.
+    assert!(
+        versions.len() >= 2 * most_a_viewer_got,
+        "{} versions across the audience, at most {most_a_viewer_got} a viewer",
+        versions.len()
+    );
+}
