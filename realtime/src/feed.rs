@@ -13,7 +13,7 @@
 //!   shards, in turn, each about once a coalescing interval with the newest frame then
 //!   ([`crate::broadcast`], paced by `Pacer`); an event stream whose body is written instead (on
 //!   HTTP/1.0, a `GET` with a body, a router served by another server) and the old API's socket
-//!   read the channel through their [`Subscription`], which sends results at most once a
+//!   read the channel through their [`Subscription`], which sends results about once a
 //!   coalescing interval too.
 //! - Once a second the task looks at the viewer count (an atomic the subscriptions move) and
 //!   publishes it only when it changed; it also re-renders then, so a state that moves with the
@@ -27,8 +27,9 @@
 //!   busy the poll is.
 //! - A viewer written to in sweeps costs its connection, its place in its shard, three sequence
 //!   numbers and its place in the counts; one read through its [`Subscription`] also a `watch`
-//!   receiver and the time of its last results. No buffer and no encoding of its own, and no
-//!   timer but while a [`Subscription`] waits for its results' turn.
+//!   receiver and the time of its last results. No encoding of its own, and no buffer or timer
+//!   but while its socket is full (its own task then holds the rest of a frame and waits for
+//!   room, [`crate::broadcast`]) or a [`Subscription`] waits for its results' turn.
 
 use crate::broadcast::Audience;
 use crate::frame::{render, Frame};
@@ -62,8 +63,8 @@ pub struct Feed {
     /// Subscriptions open on this feed.
     pub viewers: AtomicU64,
     frames: watch::Sender<Arc<Frame>>,
-    /// Frames published (renders and keep-alive beats), raised after each: a shard whose sweep
-    /// read a lower number is behind ([`crate::pacing`]).
+    /// Frames published (renders and keep-alive beats), raised after each: a shard swept (or
+    /// queued to be) with a lower number is behind ([`crate::pacing`]).
     pub(crate) renders: AtomicU64,
     /// Its viewers written to in sweeps ([`crate::broadcast`]): WebSockets, and event streams
     /// whose sockets the listener handed over.
@@ -294,7 +295,7 @@ impl Subscription {
 
     /// The next message this viewer has not been sent: the results at once on the first call,
     /// then the viewer count, then whatever the feed publishes next (results first, unless the
-    /// count changed and results went last; results at most once a coalescing interval); with
+    /// count changed and results went last; results about once a coalescing interval); with
     /// `keep_alive`, a keep-alive once the feed's clock has beaten twice since the last.
     /// Cancel-safe: a call dropped before it returns loses nothing.
     async fn next_change(&mut self, keep_alive: bool) -> Change {

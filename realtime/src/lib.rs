@@ -2,7 +2,7 @@
 //!
 //! - [`feed`]: one task per watched poll renders its messages once per render interval and
 //!   publishes the latest; each viewer is sent what it has not been sent of the latest frame (a
-//!   slow viewer gets the newest state, never a queue), at most once a coalescing interval, in
+//!   slow viewer gets the newest state, never a queue), about once a coalescing interval, in
 //!   sweeps or through its [`Subscription`]. The viewer count is news at most once a second, and
 //!   only when it changed.
 //! - [`pacing`]: how a poll's shards of viewers take turns over the coalescing interval, so each
@@ -73,8 +73,8 @@ pub struct Settings {
     /// At most one results update per viewer per this long (with a large audience:
     /// [`Self::coalesce_for`]).
     pub coalesce: Duration,
-    /// The shortest interval between a poll's updates (with a small audience; `coalesce` when
-    /// above it).
+    /// The shortest interval between a viewer's updates (with a small audience) and between a
+    /// poll's renders; `coalesce` when above it.
     pub min_coalesce: Duration,
     /// Frames per second the node aims to send across all its viewers (0: no budget, always
     /// `coalesce`).

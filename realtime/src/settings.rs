@@ -9,12 +9,13 @@ use std::time::Duration;
 #[serde(default, deny_unknown_fields)]
 pub struct RealtimeSection {
     /// The interval between a viewer's results updates when the node's audience is large, in
-    /// milliseconds: about the longest a change waits to reach a viewer (each update is rendered
-    /// once and shared by every viewer of the poll; a poll with many viewers is rendered more
+    /// milliseconds: about the longest a change waits to reach a viewer (each render is encoded
+    /// once and shared by the viewers swept with it; a poll with many viewers is rendered more
     /// often, for its shards of viewers in turn).
     pub coalesce_ms: u64,
-    /// The shortest interval between a poll's updates, when the node's audience is small (a
-    /// studio screen sees a vote sooner); `coalesce_ms` when it is above it.
+    /// The shortest interval between a viewer's updates, when the node's audience is small (a
+    /// studio screen sees a vote sooner), and between a poll's renders with any audience;
+    /// `coalesce_ms` when it is above it.
     pub min_coalesce_ms: u64,
     /// Frames per second the node aims to send across all its viewers: the interval between a
     /// viewer's updates is the node's viewers divided by this, between `min_coalesce_ms` and
