@@ -31,7 +31,7 @@
 //!   but while its socket is full (its own task then holds the rest of a frame and waits for
 //!   room, [`crate::broadcast`]) or a [`Subscription`] waits for its results' turn.
 
-use crate::broadcast::Audience;
+use crate::audience::Audience;
 use crate::frame::{render, Frame};
 use crate::pacing::{self, Pacer};
 use crate::{Realtime, Update};

@@ -9,6 +9,7 @@
 //!   sweep writes a fresh frame (pure).
 //! - [`frame`]: what is sent (pure): the results for each audience and the viewer count, each
 //!   encoded once per poll for both transports.
+//! - [`audience`]: a poll's viewers seated in shards, and each shard's turn queueing its sweep.
 //! - [`broadcast`]: a poll's WebSocket viewers and event streams, in shards written to in sweeps,
 //!   in turn as [`pacing`] allows (one non-blocking write of the shared frame per viewer, no task
 //!   woken); a viewer whose socket is full is parked and caught up by its own task.
@@ -33,6 +34,7 @@
 //! screen token for the poll gets `hidden: true` and no counts, version or offsets until the
 //! poll's results are public (same rule as the query API, via [`results::views`]).
 
+pub mod audience;
 pub mod broadcast;
 pub mod fanout;
 pub mod feed;

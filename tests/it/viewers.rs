@@ -621,7 +621,7 @@ async fn the_load_generators_viewers_are_held_and_measure_their_lag() {
     }
 }
 
-/// A poll with more viewers than one shard holds (`realtime::broadcast::SHARD`, 512) has its
+/// A poll with more viewers than one shard holds (`realtime::audience::SHARD`, 512) has its
 /// shards swept in turn over its coalescing interval: each viewer is still written about once an
 /// interval, but the shards get different renders of the poll as votes flow (rendered for their
 /// turns), each fresher than an interval, instead of all of them one render at the start of a
