@@ -146,6 +146,7 @@ pub async fn start_roles(config: Config, roles: Roles) -> anyhow::Result<App> {
         .as_ref()
         .map_or(config.log.partitions, |l| l.partitions(Topic::Votes));
     let board = Arc::new(ResultsBoard::new(partitions));
+    board.register_metrics(&mut metrics.registry);
     let (shutdown, shutdown_rx) = ShutdownTrigger::new();
     let processor_metrics = Arc::new(ProcessorMetrics::default());
     let mut tasks = Vec::new();

@@ -12,7 +12,6 @@
 //! - [`admission`]: sheds votes with 503 early (a request that waited too long for the node once a
 //!   queue stands, votes in flight, the log's standing queue).
 //! - [`receipt`]: a durable vote's [`Receipt`], and its JSON written straight into the answer.
-//! - [`latency`]: the histogram of how long acknowledged votes waited to become durable.
 //! - [`metrics`]: the counters in [`IngestMetrics`] and the edge's collector for `/metrics` (`crowdtick_ingest_*`).
 //! - [`start`]: the service starting itself (state, metrics, routes).
 //! - [`Ingest`]: the shared state and [`Ingest::submit`], the one way a vote enters the log (the seed
@@ -24,7 +23,6 @@
 pub mod admission;
 pub mod body;
 pub mod identity;
-pub mod latency;
 pub mod metrics;
 pub mod rate_limit;
 pub mod receipt;

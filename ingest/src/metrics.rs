@@ -2,16 +2,15 @@
 //! path with one relaxed atomic add per request or batch, and the collector that renders them with
 //! the admission's state when scraped.
 
-use crate::latency::LatencyHistogram;
 use crate::Ingest;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
-use prometheus_client::metrics::MetricType;
+use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::registry::Registry;
 use std::fmt;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Instant;
+use storage::latency::LatencyHistogram;
 
 /// Counters of the vote path.
 #[derive(Debug, Default)]
@@ -93,20 +92,21 @@ impl Collector for IngestCollector {
             ),
         ];
         storage::metrics::counters(&mut encoder, &counters)?;
-        for (name, help, histogram) in [
-            (
-                "crowdtick_ingest_vote_duration_seconds",
-                "Time acknowledged votes waited to become durable (append to acknowledgement).",
-                &i.durable_latency,
-            ),
-            (
-                "crowdtick_ingest_vote_sojourn_seconds",
-                "Single votes acknowledged: from the kernel's receipt of the request to the 202 (what this node's queues cost them).",
-                &i.sojourn_latency,
-            ),
-        ] {
-            histogram.encode(encoder.encode_descriptor(name, help, None, MetricType::Histogram)?)?;
-        }
+        storage::metrics::histograms(
+            &mut encoder,
+            &[
+                (
+                    "crowdtick_ingest_vote_duration_seconds",
+                    "Time acknowledged votes waited to become durable (append to acknowledgement).",
+                    &i.durable_latency,
+                ),
+                (
+                    "crowdtick_ingest_vote_sojourn_seconds",
+                    "Single votes acknowledged: from the kernel's receipt of the request to the 202 (what this node's queues cost them).",
+                    &i.sojourn_latency,
+                ),
+            ],
+        )?;
         storage::metrics::gauges(
             &mut encoder,
             &[

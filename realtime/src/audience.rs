@@ -185,9 +185,20 @@ impl Audience<Viewer> {
             };
             // The shard's lock is held to list its viewers, not for their writes: a viewer
             // joining or leaving never waits for a sweep.
+            let began = Instant::now();
             let viewers = shard.seated();
-            let sent: u64 = viewers.iter().map(|v| v.offer(&frame)).sum();
+            let (mut sent, mut given_results) = (0, 0);
+            for viewer in &viewers {
+                let given = viewer.offer(&frame);
+                sent += given.messages;
+                given_results += u64::from(given.results);
+            }
             rt2.messages_sent.fetch_add(sent, Ordering::Relaxed);
+            rt2.sweep_duration.observe(began.elapsed(), 1);
+            if given_results > 0 && frame.snapshot.version > 0 {
+                rt2.results_age
+                    .observe(frame.snapshot.updated_at.age(), given_results);
+            }
         });
     }
 }

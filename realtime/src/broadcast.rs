@@ -158,6 +158,16 @@ struct News<'a> {
     bytes: [Option<&'a Bytes>; 2],
     /// Messages among them (a keep-alive is none).
     messages: u64,
+    /// A results message among them.
+    results: bool,
+}
+
+/// What a sweep's visit gave a viewer ([`Viewer::offer`]): its messages, and whether new results
+/// were among them (given to its socket, whole or in part).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Given {
+    pub messages: u64,
+    pub results: bool,
 }
 
 impl<'a> News<'a> {
@@ -191,6 +201,7 @@ impl Sent {
             self.results = results.seq;
             news.bytes[0] = Some(transport.bytes(&results.message));
             news.messages += 1;
+            news.results = true;
         }
         if frame.viewers_message.seq > self.viewers {
             self.viewers = frame.viewers_message.seq;
@@ -243,15 +254,15 @@ impl Viewer {
     }
 
     /// A sweep's visit: writes what `frame` has new for this viewer unless it is parked;
-    /// whatever the socket does not take at once parks it. The messages given.
-    pub(crate) fn offer(&self, frame: &Frame) -> u64 {
+    /// whatever the socket does not take at once parks it. What it was given.
+    pub(crate) fn offer(&self, frame: &Frame) -> Given {
         let mut sent = self.state.lock();
         if sent.parked || sent.failed {
-            return 0;
+            return Given::default();
         }
         let news = sent.take_news(frame, self.operator, self.transport);
         if news.is_empty() {
-            return 0;
+            return Given::default();
         }
         let total: usize = news.iter().map(|b| b.len()).sum();
         match write_now(self.conn.stream(), news.iter()) {
@@ -267,7 +278,10 @@ impl Viewer {
                 self.wake.notify_one();
             }
         }
-        news.messages
+        Given {
+            messages: news.messages,
+            results: news.results,
+        }
     }
 
     /// Whether the viewer's task has writing to do (or its connection is over).

@@ -63,6 +63,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use storage::latency::{LatencyHistogram, SCREEN_BUCKETS_SECONDS};
 use storage::PollCatalog;
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
@@ -132,6 +133,11 @@ pub struct Realtime {
     pub messages_sent: AtomicU64,
     /// Clients disconnected for not taking a message within `settings.send_timeout`.
     pub slow_consumers_dropped: AtomicU64,
+    /// Per viewer a sweep gave new results: their age when the sweep ended, from this node's
+    /// board taking their tally; at most the node's part of that viewer's lag.
+    pub results_age: LatencyHistogram,
+    /// How long each sweep of a shard of viewers took.
+    pub sweep_duration: LatencyHistogram,
     /// Raised by [`Realtime::stop`]: WebSocket viewers are told the node is going away.
     stopping: watch::Sender<bool>,
     /// The WebSocket viewers being served, waited for by [`Realtime::stop`].
@@ -188,6 +194,8 @@ impl Realtime {
             connections: AtomicU64::new(0),
             messages_sent: AtomicU64::new(0),
             slow_consumers_dropped: AtomicU64::new(0),
+            results_age: LatencyHistogram::new(&SCREEN_BUCKETS_SECONDS),
+            sweep_duration: LatencyHistogram::default(),
             stopping: watch::channel(false).0,
             websockets: TaskTracker::new(),
         }))

@@ -1,5 +1,6 @@
 //! The realtime service's figures on `/metrics` (`crowdtick_realtime_*`): open live connections,
-//! watched polls, messages sent and slow viewers dropped, read when scraped.
+//! watched polls, messages sent and slow viewers dropped, how old the results were that sweeps
+//! wrote and how long the sweeps took, read when scraped.
 
 use crate::Realtime;
 use prometheus_client::collector::Collector;
@@ -8,7 +9,7 @@ use prometheus_client::registry::Registry;
 use std::fmt;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use storage::metrics::{counters, gauges, register};
+use storage::metrics::{counters, gauges, histograms, register};
 
 impl Realtime {
     /// Registers the realtime service's collector.
@@ -47,6 +48,21 @@ impl Collector for RealtimeCollector {
                     "crowdtick_realtime_slow_consumers_dropped",
                     "Live clients disconnected for not taking a message within realtime.send_timeout_ms.",
                     &rt.slow_consumers_dropped,
+                ),
+            ],
+        )?;
+        histograms(
+            &mut encoder,
+            &[
+                (
+                    "crowdtick_realtime_results_age_seconds",
+                    "Per viewer a sweep wrote new results to: how old they were when the sweep ended, from this node's results board taking their tally (at most this node's part of the viewer's lag; a viewer's own task, writing to a socket that was full, is not counted).",
+                    &rt.results_age,
+                ),
+                (
+                    "crowdtick_realtime_sweep_duration_seconds",
+                    "How long each sweep of a shard of a poll's viewers took to write them.",
+                    &rt.sweep_duration,
                 ),
             ],
         )

@@ -14,6 +14,7 @@ use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+use storage::latency::{LatencyHistogram, SCREEN_BUCKETS_SECONDS};
 use storage::{Log, LogError, Shutdown, TallyStore, TallyStoreError, Topic};
 use tokio::sync::watch;
 
@@ -65,6 +66,9 @@ pub struct ResultsBoard {
     read_up_to: parking_lot::Mutex<Vec<Offset>>,
     /// Why the board lacks partials the tallies topic no longer holds, if it does (readiness).
     short: parking_lot::Mutex<Option<String>>,
+    /// From a processor emitting a partial (its clock) to the board taking it from the tallies
+    /// topic as it follows it (this node's clock): the tally's way through the log, per partial.
+    pub tally_delay: LatencyHistogram,
 }
 
 impl ResultsBoard {
@@ -75,6 +79,7 @@ impl ResultsBoard {
             tail_failing: Default::default(),
             read_up_to: Default::default(),
             short: Default::default(),
+            tally_delay: LatencyHistogram::new(&SCREEN_BUCKETS_SECONDS),
         }
     }
 
@@ -287,7 +292,7 @@ pub async fn load_tallies(
             let f = log
                 .fetch(Topic::Tallies, p, next, 4 << 20, Duration::ZERO)
                 .await?;
-            apply_fetched(board, &f);
+            apply_fetched(board, &f, false);
             next = f.next_offset();
         }
         board.set_read_up_to(p, next);
@@ -332,7 +337,7 @@ pub async fn tail_tallies(
                     };
                     match f {
                         Ok(f) => {
-                            apply_fetched(&board, &f);
+                            apply_fetched(&board, &f, true);
                             next = f.next_offset();
                             board.set_read_up_to(p, next);
                             if std::mem::take(&mut failing) {
@@ -356,10 +361,18 @@ pub async fn tail_tallies(
     }
 }
 
-fn apply_fetched(board: &ResultsBoard, f: &storage::Fetched) {
+/// Applies what a fetch of the tallies topic holds; `live` (following it, not filling the board
+/// at start) also times each partial's way from its processor ([`ResultsBoard::tally_delay`]).
+fn apply_fetched(board: &ResultsBoard, f: &storage::Fetched, live: bool) {
+    let now = live.then(Timestamp::now);
     for (offset, _, _, value) in f.iter() {
         match PartialTally::from_avro(value) {
-            Ok(t) => board.apply(t),
+            Ok(t) => {
+                if let Some(now) = now {
+                    board.tally_delay.observe(now.since(t.emitted_at), 1);
+                }
+                board.apply(t)
+            }
             Err(e) => {
                 tracing::warn!(partition = f.partition.0, offset = offset.0, error = %e, "undecodable partial tally; skipped")
             }

@@ -6,6 +6,8 @@
 //!   never decreases, and its timeline.
 //! - [`board`]: [`ResultsBoard`], the merged live results every reader of a node shares, fed by
 //!   tailing the tallies topic; subscribers get the latest [`Snapshot`] per poll, never a queue.
+//! - [`metrics`]: the board's collector for `/metrics` (`crowdtick_results_*`): the tallies'
+//!   way through the log to it.
 //! - [`views`]: the JSON shapes of a poll and of its results (the same for a `GET` and a pushed
 //!   update), including the embargo rule.
 //! - [`saved`]: the board's snapshot in the embedded mode, so a start reads only the tallies after
@@ -13,6 +15,7 @@
 
 pub mod board;
 pub mod merge;
+pub mod metrics;
 pub mod saved;
 pub mod views;
 

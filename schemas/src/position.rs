@@ -115,6 +115,17 @@ impl Timestamp {
         self.0
     }
 
+    /// From `earlier` to this moment; zero when `earlier` is not earlier (clocks of two machines
+    /// out of step).
+    pub fn since(self, earlier: Timestamp) -> std::time::Duration {
+        std::time::Duration::from_micros(self.0.saturating_sub(earlier.0).max(0) as u64)
+    }
+
+    /// From this moment until now, by the system clock (zero for a moment still to come).
+    pub fn age(self) -> std::time::Duration {
+        Timestamp::now().since(self)
+    }
+
     /// From this moment to the next multiple of `interval` since the epoch (a whole `interval`
     /// when it is one): a wall-clock grid that every task, and every node whose clock is in step,
     /// meets at the same instants.

@@ -15,7 +15,8 @@
 //! - [`registry_log`]: [`RegistryLog`], the Confluent wire format (magic byte, schema id, datum) on
 //!   the Kafka topics when a schema registry is configured.
 //! - [`metrics`]: the logs' collectors for `/metrics` (`crowdtick_log_*`,
-//!   `crowdtick_schema_registry_*`).
+//!   `crowdtick_schema_registry_*`), and the tables every crate's collector renders; [`latency`]:
+//!   the histogram they keep of how long things waited.
 //! - [`redis_cache`]: [`RedisCache`], the distributed mode's results cache and change notices.
 //! - [`redact`]: PostgreSQL, Redis and schema-registry URLs with their passwords hidden, for
 //!   messages, logs and `crowdtick config`.
@@ -43,6 +44,7 @@ pub mod edge_stats;
 pub mod embedded_log;
 pub mod group_commit;
 pub mod kafka;
+pub mod latency;
 pub mod log;
 pub mod metrics;
 pub mod poll_journal;

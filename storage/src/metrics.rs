@@ -1,9 +1,11 @@
 //! The logs' collectors for `/metrics`: the embedded log's group commits ([`LogMetrics`],
 //! `crowdtick_log_*`) and the schema registry's framing ([`RegistryMetrics`],
 //! `crowdtick_schema_registry_*`). Each renders its atomics when scraped; nothing on the append
-//! path changes. [`counters`] and [`gauges`] render the tables every crate's collector keeps.
+//! path changes. [`counters`], [`gauges`] and [`histograms`] render the tables every crate's
+//! collector keeps.
 
 use crate::embedded_log::LogMetrics;
+use crate::latency::LatencyHistogram;
 use crate::registry_log::RegistryMetrics;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -41,6 +43,17 @@ pub fn gauges(encoder: &mut DescriptorEncoder, table: &[(&str, &str, i64)]) -> f
             None,
             MetricType::Gauge,
         )?)?;
+    }
+    Ok(())
+}
+
+/// Renders histograms ([`LatencyHistogram`]s, each name with its unit: `_seconds`).
+pub fn histograms(
+    encoder: &mut DescriptorEncoder,
+    table: &[(&str, &str, &LatencyHistogram)],
+) -> fmt::Result {
+    for (name, help, histogram) in table {
+        histogram.encode(encoder.encode_descriptor(name, help, None, MetricType::Histogram)?)?;
     }
     Ok(())
 }

@@ -411,3 +411,111 @@ pub fn machine_ticks() -> (u64, u64) {
     // are not busy.
     (all - ticks[3] - ticks[4], all)
 }
+
+/// A histogram of `GET /metrics` (summed over the nodes it was read from): its cumulative
+/// buckets by upper bound (`+Inf` last), its sum and its count.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ScrapedHistogram {
+    pub buckets: Vec<(f64, u64)>,
+    pub sum: f64,
+    pub count: u64,
+}
+
+impl ScrapedHistogram {
+    /// The histogram `name` (without labels) in `GET {base}/metrics`, added to this one (empty if
+    /// the node does not export it).
+    pub async fn add_from(&mut self, client: &reqwest::Client, base: &str, name: &str) {
+        let Ok(r) = client.get(format!("{base}/metrics")).send().await else {
+            return;
+        };
+        let text = r.text().await.unwrap_or_default();
+        let mut at = 0;
+        for line in text.lines() {
+            let Some((key, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            if let Some(le) = key
+                .strip_prefix(&format!("{name}_bucket{{le=\""))
+                .and_then(|l| l.strip_suffix("\"}"))
+            {
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().unwrap()
+                };
+                let n: u64 = value.parse().unwrap();
+                match self.buckets.get_mut(at) {
+                    Some(b) => b.1 += n,
+                    None => self.buckets.push((le, n)),
+                }
+                at += 1;
+            } else if key == format!("{name}_sum") {
+                self.sum += value.parse::<f64>().unwrap();
+            } else if key == format!("{name}_count") {
+                self.count += value.parse::<u64>().unwrap();
+            }
+        }
+    }
+
+    /// What was observed since `before` (an earlier reading of the same nodes).
+    pub fn since(&self, before: &Self) -> Self {
+        let old = |i: usize| before.buckets.get(i).map_or(0, |b| b.1);
+        Self {
+            buckets: (self.buckets.iter().enumerate())
+                .map(|(i, &(le, n))| (le, n.saturating_sub(old(i))))
+                .collect(),
+            sum: self.sum - before.sum,
+            count: self.count.saturating_sub(before.count),
+        }
+    }
+
+    /// The `q` quantile in seconds, interpolated within its bucket as Prometheus'
+    /// `histogram_quantile` does (the last finite bound when it falls in `+Inf`; `None` when
+    /// nothing was observed).
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        let total = self.buckets.last()?.1;
+        if total == 0 {
+            return None;
+        }
+        let rank = q * total as f64;
+        let (mut lower, mut below) = (0.0, 0);
+        for &(le, n) in &self.buckets {
+            if n as f64 >= rank {
+                if le.is_infinite() {
+                    return Some(lower);
+                }
+                let within = (rank - below as f64) / (n - below).max(1) as f64;
+                return Some(lower + (le - lower) * within);
+            }
+            (lower, below) = (le, n);
+        }
+        Some(lower)
+    }
+
+    pub fn mean(&self) -> Option<f64> {
+        (self.count > 0).then(|| self.sum / self.count as f64)
+    }
+}
+
+#[test]
+fn a_scraped_histograms_quantiles_interpolate_within_their_bucket() {
+    let h = ScrapedHistogram {
+        buckets: vec![(0.1, 50), (0.2, 90), (0.5, 100), (f64::INFINITY, 100)],
+        sum: 12.0,
+        count: 100,
+    };
+    assert!((h.quantile(0.5).unwrap() - 0.1).abs() < 1e-9);
+    assert!((h.quantile(0.7).unwrap() - 0.15).abs() < 1e-9);
+    assert!((h.quantile(0.99).unwrap() - 0.47).abs() < 1e-9);
+    let before = ScrapedHistogram {
+        buckets: vec![(0.1, 50), (0.2, 50), (0.5, 50), (f64::INFINITY, 50)],
+        sum: 2.0,
+        count: 50,
+    };
+    let later = h.since(&before);
+    assert_eq!(later.buckets[0], (0.1, 0));
+    assert_eq!(later.count, 50);
+    assert!((later.quantile(0.8).unwrap() - 0.2).abs() < 1e-9);
+    assert!((later.mean().unwrap() - 0.2).abs() < 1e-9);
+    assert_eq!(ScrapedHistogram::default().quantile(0.5), None);
+}

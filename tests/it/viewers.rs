@@ -4,7 +4,7 @@
 
 use crate::helpers::{
     big_poll, close_code, keep_voting, poll_with, small_window, spawn_app, spawn_app_with,
-    the_stop_waits_for_the_client, TestApp, KEY,
+    the_stop_waits_for_the_client, ScrapedHistogram, TestApp, KEY,
 };
 use futures::StreamExt;
 use serde_json::Value;
@@ -711,4 +711,30 @@ async fn a_large_audience_is_swept_in_turns_each_viewer_once_an_interval_with_a_
         "{} versions across the audience, at most {most_a_viewer_got} a viewer",
         versions.len()
     );
+
+    // The node's own account of it (`/metrics`): sweeps gave every viewer results several
+    // times, each younger than an interval and a render past the last tally (the final results
+    // too); the three shards were swept; the tallies came through the log to the board.
+    let scrape = |name: &'static str| {
+        let app = &app;
+        async move {
+            let mut h = ScrapedHistogram::default();
+            h.add_from(&app.client, &app.base, name).await;
+            h
+        }
+    };
+    let age = scrape("crowdtick_realtime_results_age_seconds").await;
+    assert!(age.count >= 2 * 1_100, "{age:?}");
+    let under = |h: &ScrapedHistogram, secs: f64| h.buckets.iter().find(|b| b.0 >= secs).unwrap().1;
+    assert_eq!(
+        under(&age, 2.0),
+        age.count,
+        "results older than 2 s: {age:?}"
+    );
+    assert!(age.quantile(0.5).unwrap() < 1.0, "{age:?}");
+    let sweeps = scrape("crowdtick_realtime_sweep_duration_seconds").await;
+    assert!(sweeps.count >= 3 * 2, "{sweeps:?}");
+    let tallies = scrape("crowdtick_results_tally_delay_seconds").await;
+    assert!(tallies.count >= 1, "{tallies:?}");
+    assert_eq!(under(&tallies, 5.0), tallies.count, "{tallies:?}");
 }

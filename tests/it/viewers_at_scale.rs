@@ -8,13 +8,15 @@
 //! `crowdtick loadgen` votes at `CROWDTICK_BENCH_VOTE_RATE` (default 10000) per second for
 //! `CROWDTICK_BENCH_SECS` (default 20). Prints the viewers held, how fast they were accepted,
 //! the realtime nodes' RSS (idle, and the peak while holding), the messages delivered per second,
-//! the lag from tally to viewer, the votes' latency, and where the machine's CPU went while the
-//! votes flowed (the realtime nodes, the votes' node, the load generators, the rest).
+//! the lag from tally to viewer, the votes' latency, where the machine's CPU went while the
+//! votes flowed (the realtime nodes, the votes' node, the load generators, the rest), and where
+//! the lag went by the nodes' own histograms (a tally's way through the broker to a node's
+//! results board, the results' age when a sweep had written them, how long the sweeps took).
 //! `CROWDTICK_BENCH_SERVER`, if set, is the binary every node runs (either side of an A/B,
 //! `scripts/viewers.sh BASE CAND`); the load generators are always this build's.
 
 use crate::cluster::{Cluster, Node};
-use crate::helpers::{cpu_ticks, machine_ticks, stat_ticks};
+use crate::helpers::{cpu_ticks, machine_ticks, stat_ticks, ScrapedHistogram};
 use serde_json::Value;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -175,6 +177,7 @@ async fn viewers_across_realtime_nodes() {
         at: Instant::now(),
     };
     let before = cpu(&watchers, &votes);
+    let stages_before = LagStages::read(&c, &realtime).await;
     let mut peak = holding;
     let mut during = None;
     while votes.try_wait().unwrap().is_none() {
@@ -188,6 +191,7 @@ async fn viewers_across_realtime_nodes() {
         || "CPU: no reading (the vote load generator ended at once)".to_owned(),
         |d| d.report_since(&before),
     );
+    let stages = LagStages::read(&c, &realtime).await.since(&stages_before);
     let sent = messages_sent(&c, &realtime).await;
     let mut lines = Vec::new();
     let (mut p99, mut max, mut per_sec, mut closed) = (0f64, 0f64, 0f64, 0u64);
@@ -214,6 +218,7 @@ async fn viewers_across_realtime_nodes() {
         v["latency"]["p99_ms"]
     );
     eprintln!("bench: {cpu_report}");
+    eprintln!("bench: {}", stages.report());
     for (i, r) in lines.iter().enumerate() {
         eprintln!("bench: viewer process {i}: {r}");
     }
@@ -223,6 +228,67 @@ async fn viewers_across_realtime_nodes() {
         "not every viewer was held:\n{}",
         c.logs()
     );
+}
+
+/// Where a tally's way to the viewers goes, by the realtime nodes' histograms (`/metrics`),
+/// summed over them: through the log to each node's results board, then to the end of the
+/// sweep that wrote it to a viewer, and how long the sweeps took.
+struct LagStages {
+    tallies: ScrapedHistogram,
+    results_age: ScrapedHistogram,
+    sweeps: ScrapedHistogram,
+}
+
+impl LagStages {
+    async fn read(c: &Cluster, nodes: &[Node]) -> Self {
+        let read = |name: &'static str| {
+            let mut h = ScrapedHistogram::default();
+            async move {
+                for n in nodes {
+                    h.add_from(&c.client, &n.base, name).await;
+                }
+                h
+            }
+        };
+        Self {
+            tallies: read("crowdtick_results_tally_delay_seconds").await,
+            results_age: read("crowdtick_realtime_results_age_seconds").await,
+            sweeps: read("crowdtick_realtime_sweep_duration_seconds").await,
+        }
+    }
+
+    fn since(&self, before: &Self) -> Self {
+        Self {
+            tallies: self.tallies.since(&before.tallies),
+            results_age: self.results_age.since(&before.results_age),
+            sweeps: self.sweeps.since(&before.sweeps),
+        }
+    }
+
+    fn report(&self) -> String {
+        let ms = |h: &ScrapedHistogram, q: f64| {
+            h.quantile(q)
+                .map_or_else(|| "-".to_owned(), |s| format!("{:.1}", s * 1e3))
+        };
+        let line = |h: &ScrapedHistogram| {
+            format!(
+                "p50 {} ms, p99 {} ms (n={})",
+                ms(h, 0.5),
+                ms(h, 0.99),
+                h.count
+            )
+        };
+        format!(
+            "where the lag goes, by the realtime nodes' histograms while the votes flowed \
+             (interpolated within their buckets): tallies from their processor to a node's \
+             results board {} (not in the viewers' lag, which starts there); results' age \
+             when the sweep that wrote them to a viewer ended (the nodes' part) {}; a shard's \
+             sweep took {}; the rest of a viewer's lag is the kernel's and its load generator's",
+            line(&self.tallies),
+            line(&self.results_age),
+            line(&self.sweeps),
+        )
+    }
 }
 
 async fn messages_sent(c: &Cluster, nodes: &[Node]) -> u64 {
