@@ -3,7 +3,10 @@
 # on a tansu broker, each watched by its own `crowdtick loadgen --viewers-only` process, while
 # votes flow at a fixed rate; prints viewers held, accept rate, the realtime nodes' RSS, messages
 # per second, the lag from tally to viewer, and where the machine's CPU went meanwhile (the
-# realtime nodes and their fan-out threads, the votes' node, the load generators, the rest).
+# realtime nodes and their fan-out threads, the votes' node, the load generators, the rest), and
+# where the lag went by the nodes' histograms (a tally's way to a node's results board, the
+# results' age when a sweep had written them, how long the sweeps took; a baseline built before
+# they existed prints "-" for them).
 #
 #   scripts/viewers.sh [SERVER_BIN...]
 #
