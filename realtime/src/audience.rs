@@ -175,13 +175,14 @@ impl Audience<Viewer> {
             shard.scheduled.store(false, Ordering::Release);
             // Read under the shard's frame lock, so an overlapping sweep's older frame is never
             // kept after a newer one; the render read first is at most the frame's.
-            let frame = {
+            let (frame, counted_before) = {
                 let mut kept = shard.frame.lock();
                 let render = feed.renders.load(Ordering::Acquire);
                 let frame = feed.latest();
+                let before = kept.as_ref().map_or(0, |f| f.snapshot.version);
                 *kept = Some(frame.clone());
                 shard.swept.fetch_max(render, Ordering::Relaxed);
-                frame
+                (frame, before)
             };
             // The shard's lock is held to list its viewers, not for their writes: a viewer
             // joining or leaving never waits for a sweep.
@@ -195,7 +196,9 @@ impl Audience<Viewer> {
             }
             rt2.messages_sent.fetch_add(sent, Ordering::Relaxed);
             rt2.sweep_duration.observe(began.elapsed(), 1);
-            if given_results > 0 && frame.snapshot.version > 0 {
+            // Timed only when the shard is given a newer tally: results that move for the
+            // poll's state alone (closed, revealed) are as old as the poll's last tally.
+            if given_results > 0 && frame.snapshot.version > counted_before {
                 rt2.results_age
                     .observe(frame.snapshot.updated_at.age(), given_results);
             }

@@ -63,7 +63,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use storage::latency::{LatencyHistogram, SCREEN_BUCKETS_SECONDS};
+use storage::latency::{LatencyHistogram, BUCKETS_SECONDS, SCREEN_BUCKETS_SECONDS};
 use storage::PollCatalog;
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
@@ -133,8 +133,9 @@ pub struct Realtime {
     pub messages_sent: AtomicU64,
     /// Clients disconnected for not taking a message within `settings.send_timeout`.
     pub slow_consumers_dropped: AtomicU64,
-    /// Per viewer a sweep gave new results: their age when the sweep ended, from this node's
-    /// board taking their tally; at most the node's part of that viewer's lag.
+    /// Per viewer a sweep gave results of a newer tally: their age when the sweep ended, from
+    /// this node's board taking the tally; about the node's part of that viewer's lag (up to
+    /// the sweep's length more for a viewer written early in it).
     pub results_age: LatencyHistogram,
     /// How long each sweep of a shard of viewers took.
     pub sweep_duration: LatencyHistogram,
@@ -195,7 +196,7 @@ impl Realtime {
             messages_sent: AtomicU64::new(0),
             slow_consumers_dropped: AtomicU64::new(0),
             results_age: LatencyHistogram::new(&SCREEN_BUCKETS_SECONDS),
-            sweep_duration: LatencyHistogram::default(),
+            sweep_duration: LatencyHistogram::new(&BUCKETS_SECONDS),
             stopping: watch::channel(false).0,
             websockets: TaskTracker::new(),
         }))

@@ -56,7 +56,7 @@ impl Collector for RealtimeCollector {
             &[
                 (
                     "crowdtick_realtime_results_age_seconds",
-                    "Per viewer a sweep wrote new results to: how old they were when the sweep ended, from this node's results board taking their tally (at most this node's part of the viewer's lag; a viewer's own task, writing to a socket that was full, is not counted).",
+                    "Per viewer a sweep wrote the results of a newer tally to: how old they were when the sweep ended, from this node's results board taking the tally (about this node's part of the viewer's lag, up to the sweep's length more for a viewer written early in it; a viewer's own task, writing to a socket that was full, is not counted).",
                     &rt.results_age,
                 ),
                 (

@@ -292,7 +292,7 @@ pub async fn load_tallies(
             let f = log
                 .fetch(Topic::Tallies, p, next, 4 << 20, Duration::ZERO)
                 .await?;
-            apply_fetched(board, &f, false);
+            apply_fetched(board, &f, None);
             next = f.next_offset();
         }
         board.set_read_up_to(p, next);
@@ -321,6 +321,7 @@ pub async fn tail_tallies(
     positions: Vec<Offset>,
     shutdown: Shutdown,
 ) {
+    let since = Timestamp::now();
     let tasks: Vec<_> = positions
         .into_iter()
         .enumerate()
@@ -337,7 +338,7 @@ pub async fn tail_tallies(
                     };
                     match f {
                         Ok(f) => {
-                            apply_fetched(&board, &f, true);
+                            apply_fetched(&board, &f, Some(since));
                             next = f.next_offset();
                             board.set_read_up_to(p, next);
                             if std::mem::take(&mut failing) {
@@ -361,15 +362,18 @@ pub async fn tail_tallies(
     }
 }
 
-/// Applies what a fetch of the tallies topic holds; `live` (following it, not filling the board
-/// at start) also times each partial's way from its processor ([`ResultsBoard::tally_delay`]).
-fn apply_fetched(board: &ResultsBoard, f: &storage::Fetched, live: bool) {
-    let now = live.then(Timestamp::now);
+/// Applies what a fetch of the tallies topic holds; following it `since` a moment (not filling
+/// the board at start), also times the way from its processor of each partial emitted since
+/// then ([`ResultsBoard::tally_delay`]): one emitted before, read late, is the start's catch-up.
+fn apply_fetched(board: &ResultsBoard, f: &storage::Fetched, since: Option<Timestamp>) {
+    let now = since.map(|since| (since, Timestamp::now()));
     for (offset, _, _, value) in f.iter() {
         match PartialTally::from_avro(value) {
             Ok(t) => {
-                if let Some(now) = now {
-                    board.tally_delay.observe(now.since(t.emitted_at), 1);
+                if let Some((since, now)) = now {
+                    if t.emitted_at >= since {
+                        board.tally_delay.observe(now.since(t.emitted_at), 1);
+                    }
                 }
                 board.apply(t)
             }

@@ -30,7 +30,7 @@ impl Collector for BoardCollector {
             &mut encoder,
             &[(
                 "crowdtick_results_tally_delay_seconds",
-                "Partial tallies, from a processor emitting one (its clock) to this node's results board taking it from the tallies topic (this node's clock): the tallies' way through the log.",
+                "Partial tallies, from a processor emitting one (its clock) to this node's results board taking it from the tallies topic (this node's clock): the tallies' way through the log. Only partials emitted after the node began following the topic, not the start's catch-up.",
                 &self.0.tally_delay,
             )],
         )

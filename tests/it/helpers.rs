@@ -445,7 +445,10 @@ impl ScrapedHistogram {
                 };
                 let n: u64 = value.parse().unwrap();
                 match self.buckets.get_mut(at) {
-                    Some(b) => b.1 += n,
+                    Some(b) => {
+                        assert_eq!(b.0, le, "{name}: nodes with other buckets");
+                        b.1 += n
+                    }
                     None => self.buckets.push((le, n)),
                 }
                 at += 1;
@@ -459,7 +462,12 @@ impl ScrapedHistogram {
 
     /// What was observed since `before` (an earlier reading of the same nodes).
     pub fn since(&self, before: &Self) -> Self {
-        let old = |i: usize| before.buckets.get(i).map_or(0, |b| b.1);
+        let old = |i: usize| {
+            before.buckets.get(i).map_or(0, |b| {
+                assert_eq!(b.0, self.buckets[i].0, "readings with other buckets");
+                b.1
+            })
+        };
         Self {
             buckets: (self.buckets.iter().enumerate())
                 .map(|(i, &(le, n))| (le, n.saturating_sub(old(i))))

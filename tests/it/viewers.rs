@@ -713,7 +713,7 @@ async fn a_large_audience_is_swept_in_turns_each_viewer_once_an_interval_with_a_
     );
 
     // The node's own account of it (`/metrics`): sweeps gave every viewer results several
-    // times, each younger than an interval and a render past the last tally (the final results
+    // times, half of them younger than an interval and none much older (the final results
     // too); the three shards were swept; the tallies came through the log to the board.
     let scrape = |name: &'static str| {
         let app = &app;
@@ -727,9 +727,9 @@ async fn a_large_audience_is_swept_in_turns_each_viewer_once_an_interval_with_a_
     assert!(age.count >= 2 * 1_100, "{age:?}");
     let under = |h: &ScrapedHistogram, secs: f64| h.buckets.iter().find(|b| b.0 >= secs).unwrap().1;
     assert_eq!(
-        under(&age, 2.0),
+        under(&age, 5.0),
         age.count,
-        "results older than 2 s: {age:?}"
+        "results older than 5 s: {age:?}"
     );
     assert!(age.quantile(0.5).unwrap() < 1.0, "{age:?}");
     let sweeps = scrape("crowdtick_realtime_sweep_duration_seconds").await;
